@@ -1,0 +1,129 @@
+"""Grade one output against a case's assertions and combine them as promptfoo does."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable, Mapping
+
+from ..prompt import TemplateError, render_template
+from .base import Assertion, AssertionConfigError, AssertionContext, Grade, entry_for
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One assertion's verdict on one output, as it appears in reports."""
+
+    type: str
+    value: Any
+    passed: bool
+    score: float
+    reason: str
+    weight: float = 1.0
+    threshold: float | None = None
+    metric: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "value": self.value,
+            "passed": self.passed,
+            "score": self.score,
+            "reason": self.reason,
+            "weight": self.weight,
+            "threshold": self.threshold,
+            "metric": self.metric,
+        }
+
+
+@dataclass(frozen=True)
+class CaseGrade:
+    passed: bool
+    score: float
+    reason: str
+    outcomes: tuple[Outcome, ...] = ()
+    named_scores: Mapping[str, float] = field(default_factory=dict)
+
+
+def render_assertion(assertion: Assertion, variables: Mapping[str, Any]) -> Assertion:
+    """Render a string value with the case's vars (promptfoo does, except for code references)."""
+    entry = entry_for(assertion.type)
+    if entry.needs_value and assertion.value is None:
+        raise AssertionConfigError(f"{assertion.where or assertion.type}: '{assertion.label}' needs a 'value'")
+    value = assertion.value
+    if entry.render_value:
+        try:
+            value = _render_strings(value, variables)
+        except TemplateError as exc:
+            raise AssertionConfigError(f"{assertion.where or assertion.type}: value {exc}") from None
+    rendered = replace(assertion, value=value)
+    if entry.check is not None:
+        entry.check(rendered)
+    return rendered
+
+
+def _render_strings(value: Any, variables: Mapping[str, Any]) -> Any:
+    if isinstance(value, str):
+        return render_template(value, variables) if ("{{" in value or "{%" in value) else value
+    if isinstance(value, list):
+        return [_render_strings(v, variables) for v in value]
+    return value
+
+
+def grade_assertion(output: str, assertion: Assertion, ctx: AssertionContext) -> Grade:
+    """Grade one (already rendered) assertion; `not-` inverts the verdict and the score."""
+    grade = entry_for(assertion.type).grader(output, assertion, ctx)
+    if not assertion.inverse:
+        return grade
+    passed = not grade.passed
+    reason = "Assertion passed" if passed else f"Expected output not to satisfy '{assertion.type}': {grade.reason}"
+    # promptfoo keeps a python check's own score under `not-` and flips only the verdict.
+    score = grade.score if assertion.type == "python" else 1.0 - grade.score
+    return Grade(passed, score, reason)
+
+
+def grade_case(
+    output: str,
+    assertions: Iterable[Assertion],
+    ctx: AssertionContext,
+    threshold: float | None = None,
+) -> CaseGrade:
+    """Combine assertion grades: weighted mean score; a case `threshold` overrides pass/fail.
+
+    As in promptfoo, every assertion counts towards the weighted score; the case passes when
+    every assertion passes, or, when the case sets `threshold`, when the weighted score reaches it.
+    A weight-0 assertion is reported but decides nothing.
+    """
+    outcomes: list[Outcome] = []
+    total = weight_sum = 0.0
+    failure = ""
+    metric_totals: dict[str, list[float]] = {}
+    for assertion in assertions:
+        grade = grade_assertion(output, assertion, ctx)
+        score = min(1.0, max(0.0, float(grade.score)))
+        # promptfoo forces a weight-0 assertion to pass: it is reported and decides nothing.
+        passed = grade.passed or assertion.weight == 0
+        outcomes.append(
+            Outcome(assertion.label, assertion.value, passed, score, grade.reason, assertion.weight, assertion.threshold, assertion.metric)
+        )
+        total += score * assertion.weight
+        weight_sum += assertion.weight
+        if assertion.metric:
+            sums = metric_totals.setdefault(assertion.metric, [0.0, 0.0])
+            sums[0] += score * assertion.weight
+            sums[1] += assertion.weight
+        if not passed:
+            failure = grade.reason  # promptfoo reports the last failure
+    if not outcomes:
+        return CaseGrade(True, 1.0, "No assertions")
+    score = total / weight_sum if weight_sum else 0.0
+    passed = not failure
+    reason = failure or "All assertions passed"
+    if threshold is not None:
+        passed = score >= threshold
+        reason = (
+            f"Aggregate score {score:.2f} >= threshold {threshold:g}"
+            if passed
+            else f"Aggregate score {score:.2f} < threshold {threshold:g}"
+        )
+    named = {name: (s / w if w else 0.0) for name, (s, w) in metric_totals.items()}
+    return CaseGrade(passed, score, reason, tuple(outcomes), named)

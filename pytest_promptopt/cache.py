@@ -1,0 +1,126 @@
+"""Response cache and record/replay, in one SQLite file shared by every process of a run.
+
+Keys hash the model's identity, the parameters and the messages; never a secret. SQLite in WAL
+mode with a busy timeout lets pytest-xdist workers read and write concurrently without lost
+writes; each process opens its own connection.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .models.base import Model, ModelError, Request, Response
+from .redact import without_secrets
+
+__all__ = ["CacheMiss", "CacheMode", "CallStats", "ResponseCache"]
+
+
+class CacheMode(enum.Enum):
+    OFF = "off"
+    READWRITE = "readwrite"
+    REPLAY = "replay"
+
+
+class CacheMiss(ModelError):
+    """Replay mode found no recording for a request (an error: CI must not call the model)."""
+
+
+@dataclass
+class CallStats:
+    calls: int = 0
+    cache_hits: int = 0
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS responses (
+    key TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    response TEXT NOT NULL,
+    created REAL NOT NULL
+)
+"""
+
+
+def cache_key(model: Model, request: Request, repeat: int = 0) -> str:
+    blob = json.dumps(
+        {
+            "model": without_secrets(dict(model.cache_identity)),
+            "params": without_secrets(dict(request.params)),
+            "messages": [dict(m) for m in request.messages],
+            "repeat": repeat,
+        },
+        sort_keys=True,
+        ensure_ascii=False,
+        default=str,
+    )
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+class ResponseCache:
+    """Look up, call and record model responses according to the cache mode."""
+
+    def __init__(self, path: Path, mode: CacheMode = CacheMode.READWRITE) -> None:
+        self.path = path
+        self.mode = mode
+        self._local = threading.local()
+        self._lock = threading.Lock()
+
+    def _connection(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+            conn.execute("PRAGMA busy_timeout = 60000")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute(_SCHEMA)
+            self._local.conn = conn
+        return conn
+
+    def get(self, key: str) -> Response | None:
+        row = self._connection().execute("SELECT response FROM responses WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        return Response.from_dict({**json.loads(row[0]), "cached": True})
+
+    def put(self, key: str, response: Response) -> None:
+        data = response.to_dict()
+        data.pop("cached", None)
+        self._connection().execute(
+            "INSERT OR REPLACE INTO responses (key, model, response, created) VALUES (?, ?, ?, ?)",
+            (key, response.model, json.dumps(data, ensure_ascii=False), time.time()),
+        )
+
+    def fetch(self, model: Model, request: Request, stats: CallStats, repeat: int = 0) -> Response:
+        """The model's response to `request`, from the cache when the mode allows."""
+        if self.mode is CacheMode.OFF or not getattr(model, "cacheable", True):
+            stats.calls += 1
+            return model.generate(request)
+        key = cache_key(model, request, repeat)
+        hit = self.get(key)
+        if hit is not None:
+            stats.cache_hits += 1
+            return hit
+        if self.mode is CacheMode.REPLAY:
+            raise CacheMiss(
+                f"replay mode: no recorded response for model {model.name} and this prompt "
+                f"(key {key[:12]}); record it with --promptopt-cache=readwrite"
+            )
+        stats.calls += 1
+        response = model.generate(request)
+        self.put(key, response)
+        return response
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None

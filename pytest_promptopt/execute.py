@@ -1,0 +1,88 @@
+"""Execute one case: call the model through the cache, then grade the output.
+
+The same function runs in the pytest process, an xdist worker or (later) a Spark executor: the
+runner changes, the case does not.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Iterable, Mapping
+
+from .assertions.base import AssertionConfigError, AssertionContext, AssertionEvaluationError
+from .assertions.scoring import CaseGrade, Outcome, grade_case
+from .cache import CallStats, ResponseCache
+from .models.base import Model, ModelError, Request, Response
+from .redact import scrub
+from .results import CaseResult
+from .suite.model import Case
+
+__all__ = ["execute_case", "fill_grade", "fill_response", "json_safe"]
+
+
+def json_safe(value: Any) -> Any:
+    """Vars may hold YAML dates and the like; reports carry their JSON form."""
+    return json.loads(json.dumps(value, default=str, ensure_ascii=False))
+
+
+def score_labels(outcomes: Iterable[Outcome]) -> dict[str, float]:
+    """Scores keyed by assertion (its metric name, else its type; repeats get `#2`, `#3`...)."""
+    scores: dict[str, float] = {}
+    for outcome in outcomes:
+        label = outcome.metric or outcome.type
+        key, n = label, 1
+        while key in scores:
+            n += 1
+            key = f"{label}#{n}"
+        scores[key] = outcome.score
+    return scores
+
+
+def fill_response(result: CaseResult, response: Response) -> None:
+    result.output = response.text
+    result.latency_ms = response.latency_ms
+    result.prompt_tokens = response.prompt_tokens
+    result.completion_tokens = response.completion_tokens
+    result.cost = response.cost
+    result.model = response.model or result.model
+
+
+def fill_grade(result: CaseResult, grade: CaseGrade) -> None:
+    result.passed = grade.passed
+    result.score = grade.score
+    result.reason = grade.reason
+    result.assertions = [json_safe(o.to_dict()) for o in grade.outcomes]
+    result.scores = score_labels(grade.outcomes)
+    result.named_scores = dict(grade.named_scores)
+
+
+def execute_case(case: Case, model: Model, cache: ResponseCache, nodeid: str = "", params: Mapping[str, Any] | None = None) -> CaseResult:
+    """Run `case` on `model`. Model and assertion faults become `result.error`, never exceptions."""
+    stats = CallStats()
+    started = time.perf_counter()
+    result = CaseResult(
+        case_id=case.case_id,
+        name=case.name,
+        nodeid=nodeid,
+        vars=json_safe(dict(case.vars)),
+        prompt=case.rendered_prompt,
+        prompt_index=case.prompt_index,
+        test_index=case.test_index,
+        model=case.model.display,
+    )
+    try:
+        response = cache.fetch(model, Request.from_prompt(case.rendered_prompt, params), stats)
+    except ModelError as exc:
+        result.error = f"model error ({case.model.display}): {scrub(str(exc))}"
+    else:
+        fill_response(result, response)
+        ctx = AssertionContext(vars=case.vars, prompt=case.rendered_prompt, response=response, base_dir=case.base_dir)
+        try:
+            fill_grade(result, grade_case(response.text, case.assertions, ctx, case.threshold))
+        except (AssertionEvaluationError, AssertionConfigError) as exc:
+            result.error = f"assertion error: {scrub(str(exc))}"
+    result.calls = stats.calls
+    result.cache_hits = stats.cache_hits
+    result.duration_s = time.perf_counter() - started
+    return result

@@ -1,0 +1,105 @@
+"""The model protocol: one request in, one response out.
+
+Every adapter (bundled SmolLM2, litellm, echo, scripted fake) implements `Model`. Requests and
+responses are plain data so they can be cached, sent across xdist workers or Spark rows, and
+compared in tests.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
+
+Message = Mapping[str, str]  # {"role": "user" | "system" | "assistant", "content": "..."}
+
+
+class ModelError(RuntimeError):
+    """A model could not answer (unreachable, timed out, refused, misconfigured).
+
+    Reported as a pytest *error*, never as a failed assertion.
+    """
+
+
+@dataclass(frozen=True)
+class Request:
+    """What is sent to a model: chat messages plus generation parameters.
+
+    `prompt` is the rendered prompt text exactly as the template produced it; adapters that
+    echo or log the prompt use it, chat adapters use `messages`.
+    """
+
+    prompt: str
+    messages: tuple[Mapping[str, str], ...]
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_prompt(cls, prompt: str | Sequence[Message], params: Mapping[str, Any] | None = None) -> "Request":
+        """Build a request from a prompt string or a list of chat messages.
+
+        A string that is a JSON list of `{"role", "content"}` objects is read as chat messages,
+        as promptfoo does for chat-format prompts.
+        """
+        params = dict(params or {})
+        if isinstance(prompt, str):
+            messages = _chat_messages(prompt)
+            if messages is None:
+                messages = ({"role": "user", "content": prompt},)
+            return cls(prompt=prompt, messages=messages, params=params)
+        messages = tuple({"role": str(m["role"]), "content": str(m["content"])} for m in prompt)
+        return cls(prompt=json.dumps(list(messages), ensure_ascii=False), messages=messages, params=params)
+
+
+def _chat_messages(text: str) -> tuple[dict[str, str], ...] | None:
+    stripped = text.strip()
+    if not (stripped.startswith("[") and stripped.endswith("]")):
+        return None
+    try:
+        data = json.loads(stripped)
+    except ValueError:
+        return None
+    if not data or not all(isinstance(m, dict) and "role" in m and "content" in m for m in data):
+        return None
+    return tuple({"role": str(m["role"]), "content": str(m["content"])} for m in data)
+
+
+@dataclass(frozen=True)
+class Response:
+    """A model's answer: the text plus what it cost.
+
+    `str(response)` is the text, so a response can be passed wherever an output string is expected.
+    """
+
+    text: str
+    latency_ms: float = 0.0
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cost: float | None = None
+    cached: bool = False
+    model: str = ""
+
+    def __str__(self) -> str:
+        return self.text
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Response":
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+@runtime_checkable
+class Model(Protocol):
+    """What every model adapter provides.
+
+    `name` identifies the model in reports; `cache_identity` identifies everything that changes
+    its answers (model id, weights, decoding defaults) and never contains a secret.
+    """
+
+    name: str
+
+    @property
+    def cache_identity(self) -> Mapping[str, Any]: ...
+
+    def generate(self, request: Request) -> Response: ...

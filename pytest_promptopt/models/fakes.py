@@ -1,0 +1,88 @@
+"""Deterministic models for plumbing tests: `EchoModel` and the scripted `FakeModel`."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+from .base import ModelError, Request, Response
+
+__all__ = ["EchoModel", "FakeModel"]
+
+
+class EchoModel:
+    """Answers with the rendered prompt, exactly as promptfoo's `echo` provider does."""
+
+    name = "echo"
+
+    @property
+    def cache_identity(self) -> Mapping[str, Any]:
+        return {"model": "echo"}
+
+    cacheable = False  # echoing is instant and exact: a cache would only add I/O
+
+    def generate(self, request: Request) -> Response:
+        return Response(text=request.prompt, latency_ms=0.0, prompt_tokens=0, completion_tokens=0, cost=0.0, model=self.name)
+
+
+Script = Mapping[str, str] | Callable[[Request], "str | Response"]
+
+
+class FakeModel:
+    """A scripted model: answers from a mapping (prompt text -> answer) or a function.
+
+    Like httpx's `MockTransport`, it lets a test decide every answer:
+
+    >>> model = FakeModel({"What is 2+2?": "4"})
+    >>> model.generate(Request.from_prompt("What is 2+2?")).text
+    '4'
+
+    A mapping is looked up by the whole rendered prompt, then by the last user message. A prompt
+    the script does not know raises `ModelError` (reported as an error) unless `default` is set.
+    A function may raise `ModelError` itself to simulate an outage.
+    """
+
+    def __init__(self, script: Script, *, default: str | None = None, name: str = "fake", latency_ms: float = 0.0) -> None:
+        self.script = script
+        self.default = default
+        self.name = name
+        self.latency_ms = latency_ms
+        self.calls: list[Request] = []
+
+    @property
+    def cacheable(self) -> bool:
+        # A function's answers cannot be fingerprinted, so caching them would hide script changes.
+        return not callable(self.script)
+
+    @property
+    def cache_identity(self) -> Mapping[str, Any]:
+        script = None if callable(self.script) else sorted(self.script.items())
+        return {"model": self.name, "script": script, "default": self.default}
+
+    def generate(self, request: Request) -> Response:
+        self.calls.append(request)
+        if callable(self.script):
+            answer = self.script(request)
+        else:
+            answer = self._lookup(request)
+        if isinstance(answer, Response):
+            return answer
+        text = str(answer)
+        return Response(
+            text=text,
+            latency_ms=self.latency_ms,
+            prompt_tokens=len(request.prompt.split()),
+            completion_tokens=len(text.split()),
+            cost=0.0,
+            model=self.name,
+        )
+
+    def _lookup(self, request: Request) -> str:
+        assert not callable(self.script)
+        if request.prompt in self.script:
+            return self.script[request.prompt]
+        users = [m["content"] for m in request.messages if m.get("role") == "user"]
+        if users and users[-1] in self.script:
+            return self.script[users[-1]]
+        if self.default is not None:
+            return self.default
+        raise ModelError(f"{self.name}: no scripted answer for prompt {request.prompt[:200]!r}")

@@ -1,0 +1,127 @@
+"""Model specs (what a suite or option names) and their resolution to adapters."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .base import Model, ModelError
+
+__all__ = ["BUNDLED", "ModelSpec", "create_model", "parse_model_spec"]
+
+BUNDLED = "smollm2"
+_BUNDLED_ALIASES = {"smollm2", "bundled", "local:smollm2", "smollm2-135m-instruct"}
+
+# promptfoo provider prefixes whose litellm name differs; others map `p:model` to `p/model`.
+_PROVIDER_RENAMES = {
+    "vertex": "vertex_ai",
+    "ollama:chat": "ollama_chat",
+    "ollama:completion": "ollama",
+    "openai:chat": "openai",
+    "openai:completion": "text-completion-openai",
+    "anthropic:messages": "anthropic",
+    "azure:chat": "azure",
+    "azureopenai": "azure",
+}
+_UNSUPPORTED_PREFIXES = ("python:", "exec:", "file://", "http:", "https:", "webhook:", "browser:", "golang:", "sequence:")
+
+# promptfoo's camelCase provider config keys and their litellm names.
+_CONFIG_RENAMES = {"apiBaseUrl": "api_base", "apiHost": "api_base", "maxTokens": "max_tokens", "apiKeyEnvar": "api_key_env", "topP": "top_p"}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model a case uses: an id (`smollm2`, `echo`, `fake`, `openai/gpt-4o-mini`, ...) and params."""
+
+    id: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    label: str = ""
+
+    @property
+    def key(self) -> str:
+        """Stable identity used to share one adapter per process (params included)."""
+        blob = json.dumps({"id": self.id, "params": self.params}, sort_keys=True, default=str)
+        return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+    @property
+    def display(self) -> str:
+        return self.label or self.id
+
+    def to_dict(self) -> dict[str, Any]:
+        from ..redact import redact
+
+        return {"id": self.id, "params": redact(dict(self.params)), "label": self.label}
+
+
+def parse_model_spec(entry: Any, where: str = "providers") -> ModelSpec:
+    """Read a model from a string or promptfoo provider object (`{id, config, label}`)."""
+    if isinstance(entry, str):
+        ident, params, label = entry, {}, ""
+    elif isinstance(entry, Mapping):
+        if not isinstance(entry.get("id"), str):
+            raise ValueError(f"{where}: a provider object needs an 'id' string")
+        ident = entry["id"]
+        params = dict(entry.get("config") or {})
+        label = str(entry.get("label") or "")
+    else:
+        raise ValueError(f"{where}: a provider is a string id or an object with 'id' and 'config'")
+    params = {_CONFIG_RENAMES.get(k, k): v for k, v in params.items()}
+    if "apiKey" in params or "api_key" in params:
+        raise ValueError(
+            f"{where}: API keys must not be written in a suite; set the provider's environment variable "
+            "(e.g. OPENAI_API_KEY) or name one with 'apiKeyEnvar'"
+        )
+    return ModelSpec(_normalise_id(ident.strip(), where), params, label)
+
+
+def _normalise_id(ident: str, where: str) -> str:
+    if not ident:
+        raise ValueError(f"{where}: empty model id")
+    if ident in _BUNDLED_ALIASES:
+        return BUNDLED
+    if ident in {"echo", "fake"}:
+        return ident
+    if ident.startswith("litellm:"):
+        return ident[len("litellm:"):]
+    if ident.startswith(_UNSUPPORTED_PREFIXES):
+        raise ValueError(
+            f"{where}: provider '{ident}' is not supported; use '{BUNDLED}', 'echo', 'fake', or a litellm "
+            "model such as 'openai/gpt-4o-mini'"
+        )
+    if "/" in ident.split(":", 1)[0] or ":" not in ident:
+        if "/" not in ident:
+            raise ValueError(
+                f"{where}: unknown model '{ident}'; use '{BUNDLED}' (the bundled model), 'echo', 'fake', "
+                "or a litellm model such as 'openai/gpt-4o-mini'"
+            )
+        return ident
+    for prefix in sorted(_PROVIDER_RENAMES, key=len, reverse=True):
+        if ident.startswith(prefix + ":"):
+            return f"{_PROVIDER_RENAMES[prefix]}/{ident[len(prefix) + 1:]}"
+    provider, _, model = ident.partition(":")
+    return f"{provider}/{model}"
+
+
+def create_model(spec: ModelSpec) -> Model:
+    """Build the adapter for a spec. Heavy libraries load later, on the first call."""
+    params = dict(spec.params)
+    if spec.id == BUNDLED:
+        from .local import LocalModel
+
+        return LocalModel(params)
+    if spec.id == "echo":
+        from .fakes import EchoModel
+
+        return EchoModel()
+    if spec.id == "fake":
+        from .fakes import FakeModel
+
+        responses = params.get("responses")
+        if not isinstance(responses, Mapping) and "default" not in params:
+            raise ModelError("the 'fake' provider needs config.responses (prompt -> answer) or config.default")
+        return FakeModel(dict(responses or {}), default=params.get("default"), name=spec.label or "fake")
+    from .hosted import LiteLLMModel
+
+    return LiteLLMModel(spec.id, params)

@@ -1,0 +1,212 @@
+"""pytest entry point (`-p promptopt`): options, markers, hooks and fixtures; wiring only.
+
+Every hook hands off to the `PromptoptSession` kept in `config.stash`. Nothing heavy is imported
+here: without `--promptopt` the plugin only checks file names during collection.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Generator
+
+import pytest
+
+from .settings import OPTIONS, Settings
+
+PYTHON_FIXTURES = ("prompt_model", "prompt_check")
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from . import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("promptopt", "prompt regression testing (pytest-promptopt)")
+    for option in OPTIONS:
+        dest = option.flag.lstrip("-").replace("-", "_")
+        if option.is_flag:
+            group.addoption(option.flag, action="store_true", default=False, dest=dest, help=option.help)
+        else:
+            group.addoption(option.flag, dest=dest, default=None, choices=option.choices, help=option.help)
+        if option.ini:
+            parser.addini(option.ini, help=option.help, default=None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from .session import PromptoptSession, session_key
+
+    config.addinivalue_line(
+        "markers",
+        "promptopt(suite=None, gates=None, model=None): a Python prompt test; `suite` groups tests into one "
+        "gated suite, `gates` sets its thresholds (e.g. {'pass_rate': 0.8}), `model` overrides the model",
+    )
+    settings = Settings.from_config(config)
+    state = PromptoptSession(
+        settings,
+        is_controller=not hasattr(config, "workerinput"),
+        make_model=lambda spec: config.hook.pytest_promptopt_make_model(spec=spec),
+    )
+    config.stash[session_key] = state
+    if state.is_controller and settings.enabled:
+        config.pluginmanager.register(ControllerHooks(state), "promptopt-controller")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    from .session import session_key
+
+    session = config.stash.get(session_key, None)
+    if session is not None:
+        session.close()
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    from .items import SuiteFile, is_suite_file
+
+    if is_suite_file(file_path):
+        return SuiteFile.from_parent(parent, path=file_path)
+    return None
+
+
+def _is_python_prompt_test(item: pytest.Item) -> bool:
+    return item.get_closest_marker("promptopt") is not None or any(
+        name in getattr(item, "fixturenames", ()) for name in PYTHON_FIXTURES
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    from .items import SKIP_REASON
+    from .session import session_key
+
+    if config.stash[session_key].settings.enabled:
+        return
+    skip = pytest.mark.skip(reason=SKIP_REASON)
+    for item in items:
+        if isinstance(item, pytest.Function) and _is_python_prompt_test(item):
+            item.add_marker(skip)
+
+
+# --------------------------------------------------------------------------- Python prompt tests
+
+
+_recorder_key = pytest.StashKey[Any]()
+
+
+def _recorder(request: pytest.FixtureRequest) -> Any:
+    from .checks import PythonCaseRecorder, python_suite
+
+    item = request.node
+    recorder = item.stash.get(_recorder_key, None)
+    if recorder is None:
+        callspec = getattr(item, "callspec", None)
+        params = dict(callspec.params) if callspec is not None else {}
+        recorder = PythonCaseRecorder(
+            suite=python_suite(item, item.get_closest_marker("promptopt")),
+            nodeid=item.nodeid,
+            name=item.name,
+            vars=params,
+            base_dir=item.path.parent,
+        )
+        item.stash[_recorder_key] = recorder
+    return recorder
+
+
+@pytest.fixture
+def prompt_model(request: pytest.FixtureRequest) -> Any:
+    """The configured model: `prompt_model("prompt")` or `prompt_model([{"role": ..., "content": ...}])`.
+
+    Returns a `Response` (`.text`, `.latency_ms`, `.prompt_tokens`, `.completion_tokens`, `.cost`),
+    through the response cache. `@pytest.mark.promptopt(model="openai/gpt-4o-mini")` overrides it.
+    """
+    from .checks import ModelClient, python_model_spec
+    from .session import session_key
+
+    session = request.config.stash[session_key]
+    marker = request.node.get_closest_marker("promptopt")
+    spec = python_model_spec(marker, session.settings.model, request.node.nodeid, session)
+    return ModelClient(session, spec, _recorder(request))
+
+
+@pytest.fixture
+def prompt_check(request: pytest.FixtureRequest) -> Any:
+    """Scored assertions: `prompt_check(output, contains("Paris"), regex(r"^[A-Z]"), threshold=None)`.
+
+    Fails the test with the output and each assertion's score; in a suite with gates, a failing
+    check is reported as an expected failure ("tolerated by gate ...") and the gates decide.
+    """
+    from .checks import PromptCheck
+
+    recorder = _recorder(request)
+    gates = ", ".join(g.describe() for g in recorder.suite.gates) or None
+    return PromptCheck(recorder, gates)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    recorder = item.stash.get(_recorder_key, None)
+    if recorder is not None and call.when == "teardown":
+        from .session import RECORD_KEY, session_key
+
+        session = item.config.stash[session_key]
+        call_passed = item.stash.get(_call_passed_key, False)
+        item.user_properties.append((RECORD_KEY, session.encode(recorder.suite, recorder.result(call_passed))))
+    report = yield
+    if recorder is not None and call.when == "call":
+        item.stash[_call_passed_key] = report.passed
+        if recorder.error and report.failed:
+            report.user_properties.append(("promptopt_error", recorder.error))
+    return report
+
+
+_call_passed_key = pytest.StashKey[bool]()
+
+
+def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> Any:
+    # A model fault inside a Python prompt test is an error, not a failed assertion.
+    if report.when == "call" and report.failed and any(k == "promptopt_error" for k, _ in report.user_properties):
+        return "error", "E", ("ERROR", {"red": True})
+    return None
+
+
+# --------------------------------------------------------------------------- results and gates
+
+
+class ControllerHooks:
+    """Registered only in the controller process (never in an xdist worker): collects every case
+    record from the test reports, decides the gates after all workers are done, reports."""
+
+    def __init__(self, state: Any) -> None:
+        self.state = state
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        # The teardown report carries everything recorded in setup, call and teardown.
+        if report.when != "teardown":
+            return
+        for key, value in report.user_properties:
+            if key == "promptopt":
+                self.state.add_record(value)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if not self.state.records:
+            return
+        run = self.state.summary()
+        if not run.gates_passed and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if self.state.settings.report_path is not None:
+            from .report.json_report import write_report
+
+            write_report(self.state.settings.report_path, run, exit_status=int(session.exitstatus))
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self.state.records:
+            return
+        from .report.terminal import summary_lines
+
+        terminalreporter.section("promptopt summary")
+        for line in summary_lines(self.state.summary()):
+            red = line.startswith("GATE FAILED")
+            terminalreporter.write_line(line, red=red, bold=red)
+        if self.state.settings.report_path is not None:
+            terminalreporter.write_line(f"JSON report: {self.state.settings.report_path}")

@@ -1,0 +1,154 @@
+"""Prompt templates: sandboxed Jinja2 rendering with promptfoo's `{{var}}` syntax.
+
+promptfoo renders with Nunjucks; Jinja2 reads the same `{{ }}`, filters and loops. The
+environment is sandboxed, and variables are passed as data: a var's value is never itself parsed
+as a template, so case data cannot inject template code.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = ["Prompt", "TemplateError", "render_prompt", "render_template", "template_variables"]
+
+
+class TemplateError(ValueError):
+    """A template does not parse, or renders without a variable it needs."""
+
+
+@functools.lru_cache(maxsize=1)
+def _environment() -> Any:
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(
+        undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True
+    )
+    # Nunjucks filters promptfoo users write that Jinja2 lacks or names differently.
+    env.filters["dump"] = lambda value, indent=None: json.dumps(value, indent=indent, ensure_ascii=False)
+    return env
+
+
+@functools.lru_cache(maxsize=4096)
+def _compile(template: str) -> tuple[Any, frozenset[str]]:
+    from jinja2 import TemplateSyntaxError, meta
+
+    env = _environment()
+    try:
+        ast = env.parse(template)
+        compiled = env.from_string(template)
+    except TemplateSyntaxError as exc:
+        raise TemplateError(f"template syntax error on line {exc.lineno}: {exc.message}") from None
+    return compiled, frozenset(meta.find_undeclared_variables(ast))
+
+
+def template_variables(template: str) -> frozenset[str]:
+    """The variables a template reads (free names only, not loop variables)."""
+    return _compile(template)[1]
+
+
+def render_template(template: str, variables: Mapping[str, Any]) -> str:
+    """Render `template` with `variables`; a missing variable raises `TemplateError` naming it."""
+    from jinja2 import TemplateError as JinjaError
+    from jinja2.exceptions import SecurityError
+
+    compiled, needed = _compile(template)
+    missing = sorted(needed - set(variables))
+    if missing:
+        names = ", ".join(repr(m) for m in missing)
+        raise TemplateError(f"missing variable {names} (the template uses {{{{ {missing[0]} }}}})")
+    try:
+        return compiled.render(**variables)
+    except SecurityError as exc:
+        raise TemplateError(f"template tried an unsafe operation: {exc}") from None
+    except JinjaError as exc:
+        raise TemplateError(f"template failed to render: {exc}") from None
+
+
+def render_prompt(template: str, variables: Mapping[str, Any]) -> str:
+    """Render a prompt as promptfoo does: a JSON prompt (chat messages) has each of its strings
+    rendered and is re-serialised with 2-space indents; any other text is rendered as a template."""
+    structure = _json_structure(template)
+    if structure is None:
+        return render_template(template, variables)
+    return json.dumps(_render_strings(structure, variables), indent=2, ensure_ascii=False)
+
+
+def _json_structure(template: str) -> Any:
+    stripped = template.strip()
+    if not stripped.startswith(("[", "{")):
+        return None
+    try:
+        value = json.loads(stripped)
+    except ValueError:
+        return None
+    return value if isinstance(value, (list, dict)) else None
+
+
+def _collect_variables(value: Any, names: set[str]) -> None:
+    if isinstance(value, str):
+        names |= template_variables(value)
+    elif isinstance(value, list):
+        for item in value:
+            _collect_variables(item, names)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _collect_variables(item, names)
+
+
+def _render_strings(value: Any, variables: Mapping[str, Any]) -> Any:
+    if isinstance(value, str):
+        return render_template(value, variables)
+    if isinstance(value, list):
+        return [_render_strings(v, variables) for v in value]
+    if isinstance(value, dict):
+        return {k: _render_strings(v, variables) for k, v in value.items()}
+    return value
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt template with `{{var}}` placeholders.
+
+    >>> Prompt("What is the capital of {{ country }}?").render(country="France")
+    'What is the capital of France?'
+    """
+
+    template: str
+    label: str = ""
+    source: str | None = None
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], label: str | None = None) -> "Prompt":
+        """Load a template from a text file (its label defaults to the file name)."""
+        file = Path(path)
+        try:
+            text = file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise TemplateError(f"cannot read prompt file {file}: {exc.strerror}") from None
+        return cls(text, label=label or file.name, source=str(file))
+
+    @property
+    def variables(self) -> frozenset[str]:
+        structure = _json_structure(self.template)
+        if structure is None:
+            return template_variables(self.template)
+        names: set[str] = set()
+        _collect_variables(structure, names)
+        return frozenset(names)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.template.encode("utf-8")).hexdigest()
+
+    def render(self, variables: Mapping[str, Any] | None = None, /, **kwargs: Any) -> str:
+        return render_prompt(self.template, {**(variables or {}), **kwargs})
+
+    def __str__(self) -> str:
+        return self.template

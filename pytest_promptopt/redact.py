@@ -1,0 +1,41 @@
+"""Keep secrets out of logs, reports, cache keys and tracking params."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Mapping
+
+REDACTED = "***"
+
+# `token` only as a suffix, so `max_tokens` and `prompt_tokens` stay readable.
+_SECRET_KEY = re.compile(r"(api[_-]?key|secret|passw(or)?d|authorization|credential|private[_-]?key|token$)", re.I)
+_SECRET_ENV = re.compile(r"(API_KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL)", re.I)
+
+
+def is_secret_key(key: str) -> bool:
+    return bool(_SECRET_KEY.search(key))
+
+
+def redact(value: Any) -> Any:
+    """A copy of `value` with secret-looking keys masked and secret env values scrubbed from strings."""
+    if isinstance(value, Mapping):
+        return {k: (REDACTED if is_secret_key(str(k)) and v not in (None, "") else redact(v)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(redact(v) for v in value) if isinstance(value, list) else tuple(redact(v) for v in value)
+    if isinstance(value, str):
+        return scrub(value)
+    return value
+
+
+def without_secrets(params: Mapping[str, Any]) -> dict[str, Any]:
+    """`params` minus every secret-looking key (for cache keys: a key change must not bust the cache)."""
+    return {k: v for k, v in params.items() if not is_secret_key(str(k))}
+
+
+def scrub(text: str) -> str:
+    """Replace the value of every secret-looking environment variable found in `text`."""
+    for name, secret in os.environ.items():
+        if len(secret) >= 8 and _SECRET_ENV.search(name) and secret in text:
+            text = text.replace(secret, REDACTED)
+    return text

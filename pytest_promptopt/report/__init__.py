@@ -1,0 +1,1 @@
+"""Reporters: terminal, JSON (and later HTML, MLflow), all reading one `RunSummary`."""

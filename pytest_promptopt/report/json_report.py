@@ -1,0 +1,62 @@
+"""The JSON report (`--promptopt-report PATH`); its schema is `schemas/report.schema.json`."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..redact import redact
+from ..results import RunSummary, SuiteSummary
+
+REPORT_VERSION = 1
+
+
+def suite_dict(s: SuiteSummary) -> dict[str, Any]:
+    totals = s.totals()
+    return {
+        "name": s.info.name,
+        "id": s.info.id,
+        "file": s.info.file,
+        "kind": s.info.kind,
+        "model": ", ".join(s.models),
+        "cases": len(s.results),
+        "passed": s.passed,
+        "failed": s.failed,
+        "errors": s.errors,
+        "pass_rate": s.pass_rate,
+        "mean_score": s.mean_score(),
+        "metrics": s.metric_means(),
+        "gates": [g.to_dict() for g in s.gates],
+        "gates_passed": s.gates_passed,
+        "latency_ms": {"p50": s.latency_percentile(0.5), "p95": s.latency_percentile(0.95)},
+        "tokens": {"prompt": totals["prompt_tokens"], "completion": totals["completion_tokens"]},
+        "cost": totals["cost"],
+        "calls": totals["calls"],
+        "cache_hits": totals["cache_hits"],
+        "duration_s": totals["duration_s"],
+        "results": [redact(r.to_dict()) for r in s.results],
+    }
+
+
+def report_dict(run: RunSummary, *, exit_status: int | None = None) -> dict[str, Any]:
+    from .. import __version__
+
+    return {
+        "version": REPORT_VERSION,
+        "plugin_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "gates_passed": run.gates_passed,
+        "exit_status": exit_status,
+        "suites": [suite_dict(s) for s in run.suites],
+    }
+
+
+def write_report(path: Path, run: RunSummary, *, exit_status: int | None = None) -> None:
+    """Write atomically, so a reader never sees half a report."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(report_dict(run, exit_status=exit_status), indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+    os.replace(tmp, path)

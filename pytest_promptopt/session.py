@@ -1,0 +1,98 @@
+"""The run-wide object kept in `config.stash`: models, cache, collected results, gates, reports."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any, Callable
+
+import pytest
+
+from .cache import ResponseCache
+from .execute import execute_case
+from .models.base import Model, ModelError
+from .models.registry import ModelSpec, create_model
+from .results import CaseResult, RunSummary, summarize
+from .settings import Settings
+from .suite.model import Case, SuiteInfo
+
+__all__ = ["RECORD_KEY", "PromptoptSession", "session_key"]
+
+RECORD_KEY = "promptopt"  # the user_properties name that carries a case record to the controller
+session_key = pytest.StashKey["PromptoptSession"]()
+
+
+class PromptoptSession:
+    """One per pytest process. Workers execute cases; the controller also collects and decides.
+
+    `make_model` is the `pytest_promptopt_make_model` hook (a conftest may supply adapters).
+    """
+
+    def __init__(self, settings: Settings, *, is_controller: bool, make_model: Callable[[ModelSpec], Any] | None = None) -> None:
+        self.settings = settings
+        self.is_controller = is_controller
+        self._make_model = make_model
+        self._models: dict[str, Model] = {}
+        self._models_lock = threading.Lock()
+        self._cache: ResponseCache | None = None
+        self.records: list[tuple[SuiteInfo, CaseResult]] = []
+        self._summary: RunSummary | None = None
+
+    # ------------------------------------------------------------------ execution (any process)
+
+    @property
+    def cache(self) -> ResponseCache:
+        if self._cache is None:
+            self._cache = ResponseCache(self.settings.cache_path, self.settings.cache_mode)
+        return self._cache
+
+    def model_for(self, spec: ModelSpec) -> Model:
+        """One adapter per spec per process, so the bundled model loads once per worker."""
+        with self._models_lock:
+            model = self._models.get(spec.key)
+            if model is None:
+                model = self._make_model(spec) if self._make_model else None
+                if model is None:
+                    params = dict(spec.params)
+                    if "/" in spec.id and "timeout" not in params:
+                        params["timeout"] = self.settings.timeout_s
+                    model = create_model(ModelSpec(spec.id, params, spec.label))
+                self._models[spec.key] = model
+            return model
+
+    def adopt_model(self, model: Model) -> ModelSpec:
+        """Use a model object given directly (e.g. `@pytest.mark.promptopt(model=FakeModel(...))`)."""
+        spec = ModelSpec(f"object:{getattr(model, 'name', type(model).__name__)}", {"instance": id(model)}, getattr(model, "name", ""))
+        with self._models_lock:
+            self._models[spec.key] = model
+        return spec
+
+    def run_case(self, case: Case, nodeid: str) -> CaseResult:
+        try:
+            model = self.model_for(case.model)
+        except ModelError as exc:
+            return CaseResult(case.case_id, case.name, nodeid, error=f"model error ({case.model.display}): {exc}",
+                              prompt=case.rendered_prompt, prompt_index=case.prompt_index, test_index=case.test_index,
+                              model=case.model.display)
+        return execute_case(case, model, self.cache, nodeid)
+
+    # ------------------------------------------------------------------ results (controller)
+
+    @staticmethod
+    def encode(info: SuiteInfo, result: CaseResult) -> str:
+        """A record as a JSON string: the only form that crosses xdist safely (see STYLE.md)."""
+        return json.dumps({"suite": info.to_dict(), "case": result.to_dict()}, ensure_ascii=False, default=str)
+
+    def add_record(self, payload: str) -> None:
+        data = json.loads(payload)
+        self.records.append((SuiteInfo.from_dict(data["suite"]), CaseResult.from_dict(data["case"])))
+        self._summary = None
+
+    def summary(self) -> RunSummary:
+        if self._summary is None:
+            self._summary = summarize(self.records)
+        return self._summary
+
+    def close(self) -> None:
+        if self._cache is not None:
+            self._cache.close()

@@ -1,0 +1,1 @@
+"""Suite files: schema, loading with located errors, and the Case records they become."""

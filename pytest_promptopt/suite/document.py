@@ -1,0 +1,94 @@
+"""Read a YAML/JSON suite document, keeping the line of every node for error messages."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+Path_ = tuple[str | int, ...]
+
+
+class DocumentError(ValueError):
+    def __init__(self, message: str, line: int | None = None) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+@dataclass
+class LineMap:
+    """Line (1-based) of each node, by its path in the document; unknown paths fall back to the parent."""
+
+    lines: dict[Path_, int] = field(default_factory=dict)
+
+    def line(self, path: Sequence[str | int]) -> int | None:
+        path = tuple(path)
+        while True:
+            if path in self.lines:
+                return self.lines[path]
+            if not path:
+                return None
+            path = path[:-1]
+
+
+def format_path(path: Sequence[str | int]) -> str:
+    """`("tests", 3, "assert", 0, "type")` -> `tests[3].assert[0].type`."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def read_document(path: Path) -> tuple[Any, LineMap]:
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DocumentError(f"cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise DocumentError(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DocumentError(f"invalid JSON: {exc.msg} (column {exc.colno})", exc.lineno) from None
+    else:
+        try:
+            data = yaml.load(text, Loader=_loader())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise DocumentError(f"invalid YAML: {problem}", mark.line + 1 if mark else None) from None
+    lines = LineMap()
+    try:
+        node = yaml.compose(text, Loader=_loader())
+    except yaml.YAMLError:
+        node = None  # JSON that YAML cannot read (tabs): errors then carry paths without lines
+    if node is not None:
+        _walk(node, (), lines.lines)
+    return data, lines
+
+
+def _loader() -> Any:
+    import yaml
+
+    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _walk(node: Any, path: Path_, lines: dict[Path_, int]) -> None:
+    import yaml
+
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            child = path + (str(key.value),)
+            _walk(value, child, lines)
+            lines[child] = key.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _walk(item, path + (index,), lines)

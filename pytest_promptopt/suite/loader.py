@@ -1,0 +1,534 @@
+"""Load a suite file into validated `Case`s, with errors that name the file, line and path.
+
+The format is a compatible subset of promptfoo's config (see docs/suite-format.md), validated
+against the JSON Schema shipped in `pytest_promptopt/schemas/suite.schema.json`.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import functools
+import glob
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+from ..assertions.base import Assertion, AssertionConfigError, assertion_types
+from ..assertions.scoring import render_assertion
+from ..gates import parse_gates
+from ..models.registry import ModelSpec, parse_model_spec
+from ..prompt import Prompt, TemplateError, render_prompt
+from .document import DocumentError, LineMap, format_path, read_document
+from .model import Case, SuiteError, SuiteInfo
+
+__all__ = ["LoadedSuite", "load_suite", "suite_schema"]
+
+SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schemas" / "suite.schema.json"
+
+
+@functools.lru_cache(maxsize=1)
+def suite_schema() -> dict[str, Any]:
+    return json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+
+
+@dataclass(frozen=True)
+class LoadedSuite:
+    info: SuiteInfo
+    cases: tuple[Case, ...]
+
+
+class _Context:
+    """Where we are in the document, to turn any problem into a `SuiteError`."""
+
+    def __init__(self, file: Path, display: str, lines: LineMap) -> None:
+        self.file = file
+        self.display = display
+        self.lines = lines
+        self.base_dir = file.parent
+
+    def error(self, path: Sequence[str | int], message: str) -> SuiteError:
+        return SuiteError(self.display, message, format_path(path), self.lines.line(path))
+
+
+def load_suite(file: Path, display: str, default_model: ModelSpec) -> LoadedSuite:
+    """Parse, validate and expand a suite file into cases. Raises `SuiteError`."""
+    try:
+        data, lines = read_document(file)
+    except DocumentError as exc:
+        raise SuiteError(display, str(exc), line=exc.line) from None
+    ctx = _Context(file, display, lines)
+    if not isinstance(data, dict):
+        raise ctx.error((), "a suite is a mapping with 'prompts' and 'tests' (see docs/suite-format.md)")
+    _validate(data, ctx)
+    try:
+        gates = parse_gates(data.get("gates"))
+    except ValueError as exc:
+        raise ctx.error(("gates",), str(exc).split(": ", 1)[-1]) from None
+    name = data.get("name") or data.get("description") or file.name
+    info = SuiteInfo(id=display, name=str(name), file=display, gates=gates)
+    prompts = _prompts(data.get("prompts"), ctx)
+    providers = _providers(data.get("providers", data.get("targets")), ctx) or [default_model]
+    default_test = _default_test(data.get("defaultTest"), ctx)
+    cases = list(_cases(info, prompts, providers, default_test, _tests(data.get("tests"), ctx), ctx))
+    return LoadedSuite(info, tuple(cases))
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _validate(data: dict[str, Any], ctx: _Context) -> None:
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import best_match
+
+    validator = Draft202012Validator(suite_schema())
+    error = best_match(validator.iter_errors(data))
+    if error is None:
+        return
+    raise _schema_error(error, ctx)
+
+
+def _schema_error(error: Any, ctx: _Context) -> SuiteError:
+    path = list(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        unexpected = sorted(set(error.instance) - set(allowed))
+        key = unexpected[0]
+        hint = difflib.get_close_matches(key, allowed, n=1)
+        fix = f"did you mean '{hint[0]}'? " if hint else ""
+        if not path:
+            fix += "promptfoo features outside the supported subset (scenarios, redteam, extensions, ...) are not run. "
+        return ctx.error(path + [key], f"unknown key '{key}'; {fix}allowed here: {', '.join(allowed)}")
+    if path and path[-1] == "type" and "assert" in [p for p in path if isinstance(p, str)]:
+        from ..assertions.base import suggest_type
+
+        hint = suggest_type(str(error.instance))
+        did_you_mean = f"did you mean '{hint}'? " if hint else ""
+        return ctx.error(
+            path,
+            f"unknown assertion type {error.instance!r}; {did_you_mean}supported: {', '.join(assertion_types())} "
+            "(each also with a 'not-' prefix)",
+        )
+    if error.validator in ("oneOf", "anyOf") and error.context:
+        # Prefer the alternative whose own complaint is most specific.
+        deepest = max(error.context, key=lambda e: len(e.absolute_path))
+        if len(deepest.absolute_path) > len(error.absolute_path):
+            return _schema_error(deepest, ctx)
+    return ctx.error(path, _describe(error))
+
+
+def _describe(error: Any) -> str:
+    if error.validator == "type":
+        expected = error.validator_value
+        expected = " or ".join(expected) if isinstance(expected, list) else expected
+        return f"expected {expected}, got {type(error.instance).__name__} {json.dumps(error.instance, default=str)[:80]}"
+    if error.validator == "required":
+        return error.message.replace("is a required property", "is required here")
+    if error.validator == "oneOf":
+        hints = {
+            "prompts": "a prompt string, a file:// path, or a list of them (or {raw|id, label} objects)",
+            "providers": "a model id string, a {id, config, label} object, or a list of them",
+            "tests": "a list of test objects, or a file:// path to a CSV/JSONL/YAML/JSON file of tests",
+            "defaultTest": "a test object (vars, assert, threshold, ...) or a file:// path",
+            "vars": "a mapping of variable names to values, or a file:// path",
+        }
+        key = next((p for p in reversed(list(error.absolute_path)) if isinstance(p, str)), "")
+        if key in hints:
+            return f"expected {hints[key]}"
+    return error.message
+
+
+# ----------------------------------------------------------------------------- prompts
+
+
+_FILE_LIKE = re.compile(r"^[^\n]*\.(txt|md|j2|json|ya?ml|prompt)$")
+
+
+def _prompts(raw: Any, ctx: _Context) -> list[Prompt]:
+    if raw is None:
+        return [Prompt("{{prompt}}", label="{{prompt}}")]
+    entries = raw if isinstance(raw, list) else [raw]
+    prompts: list[Prompt] = []
+    for index, entry in enumerate(entries):
+        path = ("prompts", index) if isinstance(raw, list) else ("prompts",)
+        label = None
+        if isinstance(entry, dict):
+            label = entry.get("label")
+            text = entry.get("raw") or entry.get("id")
+        else:
+            text = entry
+        if text.startswith("file://") or (_FILE_LIKE.match(text) and "{{" not in text and " " not in text):
+            prompts.extend(_prompt_files(text, label, path, ctx))
+        else:
+            prompts.append(Prompt(text, label=label or text[:60]))
+    for index, prompt in enumerate(prompts):
+        try:
+            prompt.variables
+        except TemplateError as exc:
+            raise ctx.error(("prompts", index) if isinstance(raw, list) else ("prompts",), f"prompt {exc}") from None
+    return prompts
+
+
+def _prompt_files(reference: str, label: str | None, path: tuple[Any, ...], ctx: _Context) -> list[Prompt]:
+    pattern = reference[len("file://"):] if reference.startswith("file://") else reference
+    matches = sorted(glob.glob(str(ctx.base_dir / pattern))) if any(c in pattern for c in "*?[") else [str(ctx.base_dir / pattern)]
+    if not matches or not Path(matches[0]).is_file():
+        raise ctx.error(path, f"prompt file not found: {ctx.base_dir / pattern}")
+    prompts: list[Prompt] = []
+    for match in matches:
+        file = Path(match)
+        text = file.read_text(encoding="utf-8")
+        if file.suffix in (".yaml", ".yml"):
+            import yaml
+
+            prompts.append(Prompt(json.dumps(yaml.safe_load(text)), label=label or file.name, source=str(file)))
+            continue
+        if file.suffix == ".json":
+            prompts.append(Prompt(text, label=label or file.name, source=str(file)))
+            continue
+        # promptfoo splits text prompt files on lines holding only '---'.
+        parts = [p.strip() for p in re.split(r"^---$", text, flags=re.M)]
+        for n, part in enumerate(p for p in parts if p):
+            prompts.append(Prompt(part, label=label or (file.name if len(parts) == 1 else f"{file.name}#{n}"), source=str(file)))
+    return prompts
+
+
+# ----------------------------------------------------------------------------- providers
+
+
+def _providers(raw: Any, ctx: _Context) -> list[ModelSpec]:
+    if raw is None:
+        return []
+    entries = raw if isinstance(raw, list) else [raw]
+    specs = []
+    for index, entry in enumerate(entries):
+        path = ("providers", index) if isinstance(raw, list) else ("providers",)
+        try:
+            specs.append(parse_model_spec(entry, format_path(path)))
+        except ValueError as exc:
+            raise ctx.error(path, str(exc).split(": ", 1)[-1]) from None
+    return specs
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+@dataclass
+class _Test:
+    data: dict[str, Any]
+    path: tuple[Any, ...]
+    index: int
+
+
+def _default_test(raw: Any, ctx: _Context) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if isinstance(raw, str):
+        loaded = _load_structured(raw, ("defaultTest",), ctx)
+        if not isinstance(loaded, dict):
+            raise ctx.error(("defaultTest",), f"{raw} must hold a test object")
+        _validate_fragment(loaded, "test", ("defaultTest",), ctx)
+        return loaded
+    return raw
+
+
+def _tests(raw: Any, ctx: _Context) -> list[_Test]:
+    if raw is None:
+        return [_Test({}, ("tests",), 0)]  # promptfoo runs each prompt once with no vars
+    if isinstance(raw, str):
+        raw_entries: list[tuple[Any, tuple[Any, ...]]] = [(raw, ("tests",))]
+    else:
+        raw_entries = [(entry, ("tests", i)) for i, entry in enumerate(raw)]
+    tests: list[_Test] = []
+    for entry, path in raw_entries:
+        if isinstance(entry, str):
+            for data in _tests_from_file(entry, path, ctx):
+                tests.append(_Test(data, path, len(tests)))
+        else:
+            tests.append(_Test(entry, path, len(tests)))
+    return tests
+
+
+def _tests_from_file(reference: str, path: tuple[Any, ...], ctx: _Context) -> list[dict[str, Any]]:
+    pattern = reference[len("file://"):]
+    files = sorted(glob.glob(str(ctx.base_dir / pattern))) if any(c in pattern for c in "*?[") else [str(ctx.base_dir / pattern)]
+    if not files or not Path(files[0]).is_file():
+        raise ctx.error(path, f"tests file not found: {ctx.base_dir / pattern}")
+    tests: list[dict[str, Any]] = []
+    for name in files:
+        file = Path(name)
+        where = f"{reference} ({file.name}"
+        if file.suffix == ".csv":
+            tests.extend(_tests_from_csv(file, path, ctx))
+            continue
+        if file.suffix == ".jsonl":
+            for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError as exc:
+                    raise ctx.error(path, f"{where} line {number}): invalid JSON: {exc}") from None
+                if not isinstance(row, dict):
+                    raise ctx.error(path, f"{where} line {number}): each line must be a JSON object")
+                test = row if {"vars", "assert"} & set(row) else {"vars": row}
+                _validate_fragment(test, "test", path, ctx, f"{where} line {number})")
+                tests.append(test)
+            continue
+        loaded = _load_structured("file://" + str(file), path, ctx)
+        rows = loaded if isinstance(loaded, list) else [loaded]
+        for number, test in enumerate(rows):
+            _validate_fragment(test, "test", path, ctx, f"{where} item {number})")
+            tests.append(test)
+    return tests
+
+
+# promptfoo's assertionFromString: `type: value`, `not-type(threshold): value`, else equals.
+_EXPECTED = re.compile(r"^(not-)?([a-z][a-z-]*)(?:\((\d+(?:\.\d+)?)\))?(?::([\s\S]*))?$")
+
+
+def assertion_from_string(text: str) -> dict[str, Any]:
+    text = text.strip()
+    if text.startswith("python:"):
+        return {"type": "python", "value": text[len("python:"):].strip()}
+    if text.startswith("file://") and ".py" in text:
+        return {"type": "python", "value": text}
+    match = _EXPECTED.match(text)
+    if match and match.group(2) in assertion_types():
+        inverse, kind, threshold, value = match.groups()
+        result: dict[str, Any] = {"type": (inverse or "") + kind}
+        if kind in {"contains-any", "contains-all", "icontains-any", "icontains-all"}:
+            result["value"] = [v.strip() for v in (value or "").split(",") if v.strip()]
+        elif kind in {"is-json", "contains-json"}:
+            if value:
+                result["value"] = value
+        elif value is not None:
+            result["value"] = value.strip()
+        if threshold is not None:
+            result["threshold"] = float(threshold)
+        elif kind in {"latency", "cost", "levenshtein"}:
+            result["threshold"] = 0.75  # promptfoo's CSV default for thresholded types
+        return result
+    return {"type": "equals", "value": text}
+
+
+def _tests_from_csv(file: Path, path: tuple[Any, ...], ctx: _Context) -> list[dict[str, Any]]:
+    tests: list[dict[str, Any]] = []
+    with file.open(encoding="utf-8-sig", newline="") as handle:
+        reader = csv.DictReader(handle)
+        for number, row in enumerate(reader, 2):
+            test: dict[str, Any] = {"vars": {}, "assert": []}
+            metric = None
+            for column, cell in row.items():
+                column = (column or "").strip()
+                cell = cell if cell is not None else ""
+                if column.startswith("__expected"):
+                    if cell.strip():
+                        test["assert"].append(assertion_from_string(cell))
+                elif column == "__description":
+                    test["description"] = cell
+                elif column == "__metric":
+                    metric = cell.strip() or None
+                elif column == "__threshold":
+                    try:
+                        if float(cell):
+                            test["threshold"] = float(cell)
+                    except ValueError:
+                        raise ctx.error(path, f"{file.name} row {number}: __threshold {cell!r} is not a number") from None
+                elif column.startswith("__"):
+                    raise ctx.error(path, f"{file.name}: column {column!r} is not supported (use __expected, __description, __metric, __threshold)")
+                else:
+                    test["vars"][column] = cell
+            if metric:
+                for assertion in test["assert"]:
+                    assertion["metric"] = metric
+            test.setdefault("description", f"Row #{number - 1}")
+            _validate_fragment(test, "test", path, ctx, f"{file.name} row {number}")
+            tests.append(test)
+    return tests
+
+
+def _load_structured(reference: str, path: tuple[Any, ...], ctx: _Context) -> Any:
+    import yaml
+
+    file = Path(reference[len("file://"):])
+    file = file if file.is_absolute() else ctx.base_dir / file
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ctx.error(path, f"cannot read {file}: {exc.strerror}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ctx.error(path, f"{file.name} does not parse: {exc}") from None
+
+
+def _validate_fragment(data: Any, definition: str, path: tuple[Any, ...], ctx: _Context, origin: str = "") -> None:
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import best_match
+
+    schema = {**suite_schema(), "$ref": f"#/$defs/{definition}"}
+    schema.pop("properties", None)
+    schema.pop("additionalProperties", None)
+    schema.pop("type", None)
+    error = best_match(Draft202012Validator(schema).iter_errors(data))
+    if error is not None:
+        inner = _schema_error(error, _Context(ctx.file, ctx.display, LineMap()))
+        raise ctx.error(path, f"{origin + ': ' if origin else ''}{inner.path}: {inner.message}")
+
+
+# ----------------------------------------------------------------------------- expansion
+
+
+def _merge(default: Mapping[str, Any], test: Mapping[str, Any]) -> dict[str, Any]:
+    """promptfoo's defaultTest merge: vars/options/metadata shallow-merged (test wins), default
+    asserts first unless the test sets options.disableDefaultAsserts, threshold/provider: test's if set."""
+    options = {**default.get("options", {}), **test.get("options", {})}
+    asserts = [] if options.get("disableDefaultAsserts") else list(default.get("assert", []))
+    return {
+        "description": test.get("description", ""),
+        "vars": {**(default.get("vars") or {}), **(test.get("vars") or {})},
+        "assert": asserts + list(test.get("assert", [])),
+        "threshold": test.get("threshold", default.get("threshold")),
+        "provider": test.get("provider", default.get("provider")),
+        "options": options,
+    }
+
+
+def _load_vars(raw: Any, path: tuple[Any, ...], ctx: _Context) -> dict[str, Any]:
+    if isinstance(raw, str):
+        loaded = _load_structured(raw, path + ("vars",), ctx)
+        if not isinstance(loaded, dict):
+            raise ctx.error(path + ("vars",), f"{raw} must hold a mapping of variables")
+        raw = loaded
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        if isinstance(value, str) and value.startswith("file://"):
+            value = _var_from_file(value, path + ("vars", name), ctx)
+        if isinstance(value, str) and value.endswith("\n"):
+            value = value[:-1]  # promptfoo drops one trailing newline from string vars
+        values[str(name)] = value
+    return values
+
+
+def _var_from_file(reference: str, path: tuple[Any, ...], ctx: _Context) -> str:
+    file = ctx.base_dir / reference[len("file://"):]
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ctx.error(path, f"cannot read var file {file}: {exc.strerror}") from None
+    if file.suffix in (".yaml", ".yml"):
+        import yaml
+
+        return json.dumps(yaml.safe_load(text))
+    return text.strip()
+
+
+def _var_combinations(variables: dict[str, Any]) -> list[dict[str, Any]]:
+    """promptfoo runs a test once per combination of its list-of-strings vars."""
+    listed = {k: v for k, v in variables.items() if isinstance(v, list) and v and all(isinstance(x, str) for x in v)}
+    if not listed:
+        return [variables]
+    keys = list(listed)
+    return [{**variables, **dict(zip(keys, combo))} for combo in itertools.product(*(listed[k] for k in keys))]
+
+
+def _assertion(raw: Mapping[str, Any], where: str) -> Assertion:
+    kind = str(raw["type"])
+    inverse = kind.startswith("not-")
+    base = kind[4:] if inverse else kind
+    if base == "levenshtein" and inverse:
+        # promptfoo silently ignores `not-` on levenshtein; refusing is kinder than either reading.
+        raise AssertionConfigError(f"{where}.type: 'not-levenshtein' is not supported (promptfoo ignores the 'not-' here); use not-equals or a levenshtein threshold")
+    return Assertion(
+        type=base,
+        value=raw.get("value"),
+        threshold=raw.get("threshold"),
+        weight=float(raw.get("weight", 1.0)),
+        metric=raw.get("metric"),
+        inverse=inverse,
+        config=raw.get("config"),
+        where=where,
+    )
+
+
+def case_id(*parts: Any) -> str:
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha1(blob.encode("utf-8")).hexdigest()[:12]
+
+
+def _cases(
+    info: SuiteInfo,
+    prompts: list[Prompt],
+    providers: list[ModelSpec],
+    default: dict[str, Any],
+    tests: list[_Test],
+    ctx: _Context,
+) -> Iterator[Case]:
+    seen: dict[str, int] = {}
+    for test in tests:
+        merged = _merge(default, test.data)
+        path = test.path
+        base_vars = _load_vars(merged["vars"], path, ctx)
+        test_providers = providers
+        if merged["provider"] is not None:
+            try:
+                test_providers = [parse_model_spec(merged["provider"], format_path(path + ("provider",)))]
+            except ValueError as exc:
+                raise ctx.error(path + ("provider",), str(exc).split(": ", 1)[-1]) from None
+        raw_asserts = merged["assert"]
+        n_default = len(raw_asserts) - len(test.data.get("assert", []))
+        combos = _var_combinations(base_vars)
+        for combo_index, variables in enumerate(combos):
+            for prompt_index, prompt in enumerate(prompts):
+                try:
+                    rendered = render_prompt(prompt.template, variables)
+                except TemplateError as exc:
+                    p_where = f"prompts[{prompt_index}]" if len(prompts) > 1 or isinstance(prompt, Prompt) else "prompts"
+                    raise ctx.error(path + ("vars",), f"{exc} in {p_where} ({prompt.label}); add it to this test's vars or to defaultTest.vars") from None
+                assertions = []
+                for a_index, raw in enumerate(raw_asserts):
+                    a_path = ("defaultTest", "assert", a_index) if a_index < n_default else path + ("assert", a_index - n_default)
+                    try:
+                        assertions.append(render_assertion(_assertion(raw, format_path(a_path)), variables))
+                    except AssertionConfigError as exc:
+                        message = str(exc)
+                        prefix = format_path(a_path)
+                        raise ctx.error(a_path, message[len(prefix) + 2:] if message.startswith(prefix) else message) from None
+                for spec in test_providers:
+                    identity = case_id(
+                        variables, [a.to_dict() for a in assertions], merged["threshold"],
+                        prompt_index if len(prompts) > 1 else None, spec.display if len(test_providers) > 1 else None,
+                    )
+                    occurrence = seen.get(identity, 0)
+                    seen[identity] = occurrence + 1
+                    if occurrence:
+                        identity = f"{identity}-{occurrence}"
+                    yield Case(
+                        suite=info,
+                        case_id=identity,
+                        name=_name(merged["description"], test.index, combo_index, len(combos), prompt_index, len(prompts), spec, len(test_providers)),
+                        prompt=prompt,
+                        rendered_prompt=rendered,
+                        prompt_index=prompt_index,
+                        test_index=test.index,
+                        vars=variables,
+                        assertions=tuple(assertions),
+                        model=spec,
+                        threshold=merged["threshold"],
+                        description=merged["description"],
+                        base_dir=ctx.base_dir,
+                    )
+
+
+def _name(description: str, test: int, combo: int, combos: int, prompt: int, prompts: int, spec: ModelSpec, providers: int) -> str:
+    # Brackets and '::' would confuse node ids: `name[params]` is how pytest reads them back.
+    label = re.sub(r"\s+", " ", description).strip()[:80].replace("::", ":").replace("[", "(").replace("]", ")") or "test"
+    ident = f"t{test}" + (f".{combo}" if combos > 1 else "") + (f"-p{prompt}" if prompts > 1 else "")
+    if providers > 1:
+        ident += f"-{spec.display}"
+    return f"{label}[{ident}]"

@@ -1,0 +1,67 @@
+"""The records a suite file becomes: `SuiteInfo` (what the gates and reports need) and `Case`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..assertions.base import Assertion
+from ..gates import Gate
+from ..models.registry import ModelSpec
+from ..prompt import Prompt
+
+
+class SuiteError(ValueError):
+    """A suite file is malformed. Names the file, the line, the path in the document and the fix."""
+
+    def __init__(self, file: str, message: str, path: str = "", line: int | None = None) -> None:
+        self.file = file
+        self.path = path
+        self.line = line
+        self.message = message
+        location = f"{file}:{line}" if line else file
+        super().__init__(f"{location}: {path}: {message}" if path else f"{location}: {message}")
+
+
+@dataclass(frozen=True)
+class SuiteInfo:
+    """A suite's identity and gates; travels with every case record to the controller."""
+
+    id: str
+    name: str
+    file: str
+    gates: tuple[Gate, ...] = ()
+    kind: str = "file"  # "file" for suite files, "python" for Python tests
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "file": self.file, "kind": self.kind, "gates": [g.to_dict() for g in self.gates]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "SuiteInfo":
+        return cls(
+            id=data["id"],
+            name=data["name"],
+            file=data["file"],
+            gates=tuple(Gate.from_dict(g) for g in data.get("gates", ())),
+            kind=data.get("kind", "file"),
+        )
+
+
+@dataclass(frozen=True)
+class Case:
+    """One model call and its assertions: a (prompt, provider, test, vars) combination."""
+
+    suite: SuiteInfo
+    case_id: str
+    name: str
+    prompt: Prompt
+    rendered_prompt: str
+    prompt_index: int
+    test_index: int
+    vars: Mapping[str, Any]
+    assertions: tuple[Assertion, ...]
+    model: ModelSpec
+    threshold: float | None = None
+    description: str = ""
+    base_dir: Path = field(default_factory=Path.cwd)

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+# The three ways users run the plugin; pytester tests that exercise the pytest integration run
+# in each of them (DEVELOPERS.md: plain, -n 2, -p no:xdist).
+MODES = {
+    "plain": [],
+    "xdist": ["-n", "2"],
+    "no-xdist": ["-p", "no:xdist"],
+}
+
+
+@pytest.fixture(params=list(MODES), ids=list(MODES))
+def mode(request: pytest.FixtureRequest) -> list[str]:
+    return list(MODES[request.param])
+
+
+@pytest.fixture
+def run_pytest(pytester: pytest.Pytester) -> Any:
+    """Run pytest in a subprocess (xdist needs one), in pytester's temporary directory."""
+
+    def run(*args: str) -> pytest.RunResult:
+        return pytester.runpytest_subprocess(*args)
+
+    return run
+
+
+def load_report(path: Path) -> dict[str, Any]:
+    data = json.loads(path.read_text())
+    schema = json.loads((Path(__file__).parent.parent / "pytest_promptopt" / "schemas" / "report.schema.json").read_text())
+    import jsonschema
+
+    jsonschema.validate(data, schema)
+    return data
+
+
+def comparable(report: dict[str, Any]) -> list[Any]:
+    """A report without timings, for comparing runs across modes."""
+    suites = []
+    for s in report["suites"]:
+        suites.append(
+            {
+                "name": s["name"],
+                "counts": (s["cases"], s["passed"], s["failed"], s["errors"], s["pass_rate"]),
+                "gates": s["gates"],
+                "results": sorted(
+                    (r["case_id"], r["output"], r["passed"], r["error"], json.dumps(r["scores"], sort_keys=True))
+                    for r in s["results"]
+                ),
+            }
+        )
+    return suites
+
+collect_ignore = ["data"]  # fixtures for tests (a promptfooconfig.yaml), not tests themselves

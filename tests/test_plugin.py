@@ -1,0 +1,288 @@
+"""The plugin as users run it: pytester subprocesses in every mode (plain, -n 2, -p no:xdist)."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+from conftest import comparable, load_report
+
+ECHO_SUITE = """
+description: capitals
+providers: [echo]
+prompts: ["The capital of {{country}} is {{capital}}."]
+tests:
+  - description: france
+    vars: {country: France, capital: Paris}
+    assert: [{type: contains, value: Paris}, {type: icontains, value: "{{country}}", metric: mentions}]
+  - description: spain
+    vars: {country: Spain, capital: Madrid}
+    assert: [{type: contains, value: Madrid}]
+  - description: wrong
+    vars: {country: Italy, capital: Milan}
+    assert: [{type: contains, value: Rome, metric: mentions}]
+"""
+
+
+def test_suite_cases_are_items_and_failing_case_fails_without_gates(pytester, run_pytest, mode):
+    pytester.makefile(".promptopt.yaml", qa=ECHO_SUITE)
+    result = run_pytest("--promptopt", "-v", "-rA", "--promptopt-report", "report.json", *mode)
+    result.assert_outcomes(passed=2, failed=1)
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*promptopt summary*", "*capitals*echo*3*2*1*0*66.7%*"])
+    # The failure shows the output, each assertion, its score and why.
+    result.stdout.fnmatch_lines(["*output:*", "*The capital of Italy is Milan.*", "*FAIL  contains Rome  score 0.00*", '*Expected output to contain "Rome"*'])
+    result.stdout.fnmatch_lines(["FAILED qa.promptopt.yaml::wrong[[]t2[]]*"])
+    report = load_report(pytester.path / "report.json")
+    suite = report["suites"][0]
+    assert (suite["cases"], suite["passed"], suite["failed"], suite["errors"]) == (3, 2, 1, 0)
+    assert suite["metrics"] == {"mentions": 0.5}
+    by_test = {r["test_index"]: r for r in suite["results"]}
+    assert by_test[2]["output"] == "The capital of Italy is Milan." and by_test[2]["passed"] is False
+    assert by_test[0]["scores"] == {"contains": 1.0, "mentions": 1.0}
+    assert all(r["prompt_index"] == 0 for r in suite["results"])
+
+
+def test_gates_decide_and_failing_cases_are_tolerated(pytester, run_pytest, mode):
+    pytester.makefile(".promptopt.yaml", qa=ECHO_SUITE + "gates:\n  pass_rate: 0.6\n")
+    result = run_pytest("--promptopt", "-rx", *mode)
+    result.assert_outcomes(passed=2, xfailed=1)
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["*tolerated by gate pass_rate >= 0.6*"])
+
+
+def test_gate_above_what_the_model_reaches_fails_the_run_with_value_and_threshold(pytester, run_pytest, mode):
+    pytester.makefile(".promptopt.yaml", qa=ECHO_SUITE + "gates:\n  pass_rate: 0.9\n  mentions: {min: 0.4}\n")
+    result = run_pytest("--promptopt", "--promptopt-report", "r.json", *mode)
+    # Every item passed or was tolerated, yet the gate fails the session.
+    result.assert_outcomes(passed=2, xfailed=1)
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*GATE FAILED*capitals*pass_rate = 0.667, threshold 0.9*"])
+    gates = load_report(pytester.path / "r.json")["suites"][0]["gates"]
+    assert gates[0] == {"name": "pass_rate", "threshold": 0.9, "value": pytest.approx(2 / 3), "passed": False, "reason": gates[0]["reason"]}
+    assert gates[1]["passed"] is True and gates[1]["value"] == 0.5
+
+
+def test_reports_are_identical_across_modes(pytester, run_pytest):
+    pytester.makefile(".promptopt.yaml", qa=ECHO_SUITE + "gates:\n  pass_rate: 0.5\n")
+    pytester.makefile(".promptopt.yaml", other=ECHO_SUITE.replace("capitals", "capitals-2"))
+    reports = {}
+    for name, args in {"plain": [], "xdist": ["-n", "2"], "no-xdist": ["-p", "no:xdist"]}.items():
+        result = run_pytest("--promptopt", "--promptopt-report", f"{name}.json", *args)
+        assert result.ret == 1  # `other` has no gates, so its failing case fails
+        reports[name] = comparable(load_report(pytester.path / f"{name}.json"))
+    assert reports["plain"] == reports["xdist"] == reports["no-xdist"]
+    assert len(reports["plain"]) == 2
+
+
+def test_without_promptopt_prompt_tests_are_skipped_with_how_to_run(pytester, run_pytest, mode):
+    pytester.makefile(".promptopt.yaml", qa="this: [is not even valid")
+    pytester.makepyfile(
+        test_py="""
+        import pytest
+
+        def test_plain():
+            assert True
+
+        def test_prompt(prompt_model, prompt_check):
+            raise AssertionError("must not run")
+
+        @pytest.mark.promptopt(suite="x")
+        def test_marked():
+            raise AssertionError("must not run")
+        """
+    )
+    result = run_pytest("-rs", *mode)
+    result.assert_outcomes(passed=1, skipped=3)
+    result.stdout.fnmatch_lines(["*prompt test: run it with `pytest --promptopt`*"])
+    assert "promptopt summary" not in result.stdout.str()
+
+
+def test_plugin_can_be_disabled(pytester, run_pytest):
+    pytester.makefile(".promptopt.yaml", qa=ECHO_SUITE)
+    result = run_pytest("-p", "no:promptopt", "--collect-only", "-q")
+    assert result.ret == 5  # nothing collected: the suite file is just a YAML file
+    assert "--promptopt" not in run_pytest("-p", "no:promptopt", "--help").stdout.str()
+
+
+def test_model_fault_is_an_error_not_a_failure(pytester, run_pytest, mode):
+    pytester.makeconftest(
+        """
+        from pytest_promptopt import FakeModel, ModelError
+
+        def answer(request):
+            if "Spain" in request.prompt:
+                raise ModelError("upstream timed out after 60s")
+            return request.prompt
+
+        def pytest_promptopt_make_model(spec):
+            if spec.id == "acme/flaky":
+                return FakeModel(answer, name="acme/flaky")
+        """
+    )
+    pytester.makefile(".promptopt.yaml", qa=ECHO_SUITE.replace("[echo]", "[acme/flaky]") + "gates:\n  pass_rate: 0.5\n")
+    result = run_pytest("--promptopt", "--promptopt-report", "r.json", *mode)
+    result.assert_outcomes(passed=1, xfailed=1, errors=1)
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*upstream timed out after 60s*"])
+    suite = load_report(pytester.path / "r.json")["suites"][0]
+    assert (suite["passed"], suite["failed"], suite["errors"]) == (1, 1, 1)
+    assert suite["pass_rate"] == 0.5  # the error is counted apart, not as a failure
+    errored = [r for r in suite["results"] if r["error"]]
+    assert errored[0]["output"] is None and "upstream timed out" in errored[0]["error"]
+
+
+def test_python_tests_with_fixtures_marker_and_gates(pytester, run_pytest, mode):
+    pytester.makepyfile(
+        test_prompts="""
+        import pytest
+        from pytest_promptopt import Prompt, contains, regex, word_count, FakeModel
+
+        capitals = FakeModel({"Capital of France?": "Paris", "Capital of Spain?": "Barcelona"}, name="scripted")
+        PROMPT = Prompt("Capital of {{ country }}?")
+
+        @pytest.mark.promptopt(suite="capitals", gates={"pass_rate": 0.5}, model=capitals)
+        @pytest.mark.parametrize("country,capital", [("France", "Paris"), ("Spain", "Madrid")])
+        def test_capital(prompt_model, prompt_check, country, capital):
+            answer = prompt_model(PROMPT.render(country=country))
+            assert answer.latency_ms >= 0 and answer.completion_tokens == 1
+            prompt_check(answer, contains(capital), regex(r"^[A-Z]"), word_count(max=3))
+
+        @pytest.mark.promptopt(model=capitals)
+        def test_ungated(prompt_model, prompt_check):
+            prompt_check(prompt_model("Capital of Spain?"), contains("Madrid"))
+        """
+    )
+    result = run_pytest("--promptopt", "-rx", "--promptopt-report", "r.json", *mode)
+    result.assert_outcomes(passed=1, xfailed=1, failed=1)
+    result.stdout.fnmatch_lines(["*FAIL  contains Madrid  score 0.00*"])
+    result.stdout.fnmatch_lines(["*XFAIL*test_capital*Spain*tolerated by gate pass_rate >= 0.5*"])
+    report = load_report(pytester.path / "r.json")
+    suites = {s["name"]: s for s in report["suites"]}
+    capitals = suites["capitals"]
+    assert (capitals["passed"], capitals["failed"], capitals["pass_rate"]) == (1, 1, 0.5)
+    assert capitals["gates"][0]["passed"] is True and capitals["kind"] == "python"
+    spain = next(r for r in capitals["results"] if "Spain" in r["nodeid"])
+    assert spain["output"] == "Barcelona" and spain["vars"] == {"country": "Spain", "capital": "Madrid"}
+    assert spain["scores"]["contains"] == 0.0 and spain["scores"]["regex"] == 1.0
+    assert suites["test_prompts.py"]["failed"] == 1
+
+
+def test_python_test_model_error_is_reported_as_error(pytester, run_pytest):
+    pytester.makepyfile(
+        test_down="""
+        import pytest
+        from pytest_promptopt import FakeModel, ModelError, contains
+
+        def down(request):
+            raise ModelError("connection refused")
+
+        @pytest.mark.promptopt(model=FakeModel(down))
+        def test_it(prompt_model, prompt_check):
+            prompt_check(prompt_model("hi"), contains("x"))
+        """
+    )
+    result = run_pytest("--promptopt", "--promptopt-report", "r.json")
+    result.assert_outcomes(errors=1)
+    suite = load_report(pytester.path / "r.json")["suites"][0]
+    assert suite["errors"] == 1 and "connection refused" in suite["results"][0]["error"]
+
+
+def test_per_case_selection_lastfailed_and_junit(pytester, run_pytest):
+    pytester.makefile(".promptopt.yaml", qa=ECHO_SUITE)
+    result = run_pytest("--promptopt", "-k", "france or wrong", "--junitxml", "junit.xml")
+    result.assert_outcomes(passed=1, failed=1)
+    junit = (pytester.path / "junit.xml").read_text()
+    assert junit.count("<testcase") == 2 and 'name="france[t0]"' in junit
+    result = run_pytest("--promptopt", "--lf")
+    result.assert_outcomes(failed=1)
+
+
+def test_cache_warm_rerun_makes_no_calls_and_replay_miss_is_an_error(pytester, run_pytest, mode):
+    pytester.makeconftest(
+        """
+        import os
+        from pytest_promptopt import FakeModel
+
+        def answer(request):
+            with open("calls.log", "a") as log:
+                log.write(request.prompt + "\\n")
+            return request.prompt
+
+        class Recorded(FakeModel):
+            cacheable = True  # a function-backed fake that we allow to be cached for this test
+
+            @property
+            def cache_identity(self):
+                return {"model": "acme/recorded"}
+
+        def pytest_promptopt_make_model(spec):
+            if spec.id == "acme/recorded":
+                return Recorded(answer, name="acme/recorded")
+        """
+    )
+    pytester.makefile(".promptopt.yaml", qa=ECHO_SUITE.replace("[echo]", "[acme/recorded]"))
+    first = run_pytest("--promptopt", "--promptopt-report", "first.json", *mode)
+    first.assert_outcomes(passed=2, failed=1)
+    assert len((pytester.path / "calls.log").read_text().splitlines()) == 3
+    second = run_pytest("--promptopt", "--promptopt-cache", "replay", "--promptopt-report", "second.json", *mode)
+    second.assert_outcomes(passed=2, failed=1)
+    assert len((pytester.path / "calls.log").read_text().splitlines()) == 3  # zero new model calls
+    suite = load_report(pytester.path / "second.json")["suites"][0]
+    assert sum(r["calls"] for r in suite["results"]) == 0 and sum(r["cache_hits"] for r in suite["results"]) == 3
+    assert comparable(load_report(pytester.path / "first.json")) == comparable(load_report(pytester.path / "second.json"))
+    # A new case in replay mode has no recording: an error, never a silent pass.
+    pytester.makefile(".promptopt.yaml", qa=ECHO_SUITE.replace("[echo]", "[acme/recorded]").replace("Milan", "Naples"))
+    third = run_pytest("--promptopt", "--promptopt-cache", "replay", *mode)
+    third.assert_outcomes(passed=2, errors=1)
+    third.stdout.fnmatch_lines(["*replay mode: no recorded response*"])
+
+
+def test_bad_option_values_are_usage_errors(pytester, run_pytest):
+    result = run_pytest("--promptopt", "--promptopt-model", "gpt4")
+    assert result.ret == 4
+    result.stderr.fnmatch_lines(["*--promptopt-model*unknown model 'gpt4'*openai/gpt-4o-mini*"])
+    pytester.makeini("[pytest]\npromptopt_cache = sometimes\n")
+    result = run_pytest("--promptopt")
+    assert result.ret == 4
+    result.stderr.fnmatch_lines(["*--promptopt-cache (ini: promptopt_cache)*'sometimes' is not one of off, readwrite, replay*"])
+
+
+def test_ini_sets_the_model_and_command_line_wins(pytester, run_pytest):
+    pytester.makeini("[pytest]\npromptopt_model = echo\n")
+    pytester.makefile(".promptopt.yaml", qa="prompts: ['hi {{x}}']\ntests: [{vars: {x: there}, assert: [{type: equals, value: hi there}]}]\n")
+    run_pytest("--promptopt").assert_outcomes(passed=1)
+    pytester.makeconftest(
+        """
+        from pytest_promptopt import FakeModel
+
+        def pytest_promptopt_make_model(spec):
+            if spec.id == "acme/other":
+                return FakeModel(lambda r: "something else")
+        """
+    )
+    run_pytest("--promptopt", "--promptopt-model", "acme/other").assert_outcomes(failed=1)
+
+
+def test_collection_error_for_bad_suite_names_file_line_and_path(pytester, run_pytest, mode):
+    pytester.makefile(
+        ".promptopt.yaml",
+        qa=textwrap.dedent(
+            """
+            prompts: ["{{q}}"]
+            providers: [echo]
+            tests:
+              - vars: {q: hi}
+                assert:
+                  - type: contans
+                    value: hi
+            """
+        ),
+    )
+    result = run_pytest("--promptopt", *mode)
+    assert result.ret == (1 if "-n" in mode else 2)  # xdist reports collection errors as errors
+    out = result.stdout.str()
+    assert "qa.promptopt.yaml:6: tests[0].assert[0].type: unknown assertion type 'contans'; did you mean 'contains'?" in out
+    assert "Traceback" not in out
