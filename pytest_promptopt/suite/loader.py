@@ -441,9 +441,6 @@ def _assertion(raw: Mapping[str, Any], where: str) -> Assertion:
     kind = str(raw["type"])
     inverse = kind.startswith("not-")
     base = kind[4:] if inverse else kind
-    if base == "levenshtein" and inverse:
-        # promptfoo silently ignores `not-` on levenshtein; refusing is kinder than either reading.
-        raise AssertionConfigError(f"{where}.type: 'not-levenshtein' is not supported (promptfoo ignores the 'not-' here); use not-equals or a levenshtein threshold")
     return Assertion(
         type=base,
         value=raw.get("value"),
@@ -496,9 +493,10 @@ def _cases(
                     try:
                         assertions.append(render_assertion(_assertion(raw, format_path(a_path)), variables))
                     except AssertionConfigError as exc:
-                        message = str(exc)
-                        prefix = format_path(a_path)
-                        raise ctx.error(a_path, message[len(prefix) + 2:] if message.startswith(prefix) else message) from None
+                        message, prefix = str(exc), format_path(a_path)
+                        if message.startswith(prefix + ": "):
+                            message = message[len(prefix) + 2:]
+                        raise ctx.error(a_path, message) from None
                 for spec in test_providers:
                     identity = case_id(
                         variables, [a.to_dict() for a in assertions], merged["threshold"],
@@ -511,7 +509,7 @@ def _cases(
                     yield Case(
                         suite=info,
                         case_id=identity,
-                        name=_name(merged["description"], test.index, combo_index, len(combos), prompt_index, len(prompts), spec, len(test_providers)),
+                        name=_name(merged["description"] or _vars_label(variables), test.index, combo_index, len(combos), prompt_index, len(prompts), spec, len(test_providers)),
                         prompt=prompt,
                         rendered_prompt=rendered,
                         prompt_index=prompt_index,
@@ -523,6 +521,12 @@ def _cases(
                         description=merged["description"],
                         base_dir=ctx.base_dir,
                     )
+
+
+def _vars_label(variables: Mapping[str, Any]) -> str:
+    """A short `k=v` label so cases without a description are still readable and -k selectable."""
+    parts = [f"{k}={v}" for k, v in variables.items() if isinstance(v, (str, int, float))]
+    return ", ".join(parts)[:60]
 
 
 def _name(description: str, test: int, combo: int, combos: int, prompt: int, prompts: int, spec: ModelSpec, providers: int) -> str:
