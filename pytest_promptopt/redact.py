@@ -10,7 +10,7 @@ REDACTED = "***"
 
 # `token` only as a suffix, so `max_tokens` and `prompt_tokens` stay readable.
 _SECRET_KEY = re.compile(r"(api[_-]?key|secret|passw(or)?d|authorization|credential|private[_-]?key|token$)", re.I)
-_SECRET_ENV = re.compile(r"(API_KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL)", re.I)
+_SECRET_ENV = re.compile(r"(KEY$|_KEY_|TOKEN|SECRET|PASSWORD|CREDENTIAL)", re.I)
 
 
 def is_secret_key(key: str) -> bool:
@@ -33,9 +33,10 @@ def without_secrets(params: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if not is_secret_key(str(k))}
 
 
-def scrub(text: str) -> str:
-    """Replace the value of every secret-looking environment variable found in `text`."""
-    for name, secret in os.environ.items():
-        if len(secret) >= 8 and _SECRET_ENV.search(name) and secret in text:
+def scrub(text: str, extra: tuple[str, ...] = ()) -> str:
+    """Replace the value of every secret-looking environment variable (and `extra`) in `text`."""
+    secrets = [v for k, v in os.environ.items() if _SECRET_ENV.search(k)] + list(extra)
+    for secret in secrets:
+        if len(secret) >= 8 and secret in text:
             text = text.replace(secret, REDACTED)
     return text

@@ -62,6 +62,7 @@ class LiteLLMModel:
     def generate(self, request: Request) -> Response:
         litellm = _litellm()
         params = {**self.params, **request.params}
+        key = None
         if self.api_key_env:
             key = os.environ.get(str(self.api_key_env))
             if not key:
@@ -77,7 +78,7 @@ class LiteLLMModel:
                 **params,
             )
         except Exception as exc:  # litellm raises its own hierarchy per provider
-            raise ModelError(f"model {self.model}: {type(exc).__name__}: {scrub(str(exc))}") from None
+            raise ModelError(f"model {self.model}: {type(exc).__name__}: {scrub(str(exc), (key,) if key else ())}") from None
         latency_ms = (time.perf_counter() - started) * 1000.0
         choice = reply.choices[0]
         text = choice.message.content or ""

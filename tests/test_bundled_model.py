@@ -1,0 +1,58 @@
+"""The real bundled model (SmolLM2-135M-Instruct on CPU): a suite end to end, and batching."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import load_report
+from pytest_promptopt import LocalModel, Request
+
+pytestmark = pytest.mark.slow_model
+
+SUITE = """
+description: bundled smoke
+providers: [{id: smollm2, config: {max_tokens: 24}}]
+prompts: ["What is the capital of {{country}}? Answer in one short sentence."]
+tests:
+  - vars: {country: France}
+    assert: [{type: icontains, value: Paris}, {type: word-count, value: {max: 20}}]
+  - vars: {country: Japan}
+    assert: [{type: icontains, value: Tokyo}]
+  - vars: {country: Italy}
+    assert: [{type: icontains, value: Madrid}]   # a wrong expectation: must fail
+"""
+
+
+def test_a_suite_on_the_bundled_model_passes_and_an_unreachable_gate_fails(pytester, run_pytest):
+    pytester.makefile(".promptopt.yaml", qa=SUITE + "gates: {pass_rate: 0.6}\n")
+    result = run_pytest("--promptopt", "--promptopt-report", "r.json")
+    result.assert_outcomes(passed=2, xfailed=1)
+    assert result.ret == 0
+    suite = load_report(pytester.path / "r.json")["suites"][0]
+    assert suite["model"] == "smollm2-135m-instruct"
+    france = next(r for r in suite["results"] if r["vars"]["country"] == "France")
+    assert "Paris" in france["output"] and france["completion_tokens"] > 0 and france["latency_ms"] > 0
+    # Same suite, gate above what the model reaches: exit 1, naming the gate, value and threshold.
+    # The warm cache answers it: no model call at all.
+    pytester.makefile(".promptopt.yaml", qa=SUITE + "gates: {pass_rate: 0.9}\n")
+    result = run_pytest("--promptopt", "--promptopt-report", "r2.json")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*GATE FAILED*bundled smoke*pass_rate = 0.667, threshold 0.9*"])
+    again = load_report(pytester.path / "r2.json")["suites"][0]
+    assert sum(r["calls"] for r in again["results"]) == 0 and sum(r["cache_hits"] for r in again["results"]) == 3
+
+
+def test_batched_greedy_generation_equals_unbatched():
+    model = LocalModel({"max_tokens": 16})
+    requests = [Request.from_prompt(f"Name one fact about {topic}.") for topic in ("the sun", "Paris", "water", "cats", "the number seven")]
+    single = [model.generate(r).text for r in requests]
+    batched = model.generate_batch(requests)
+    assert [r.text for r in batched] == single
+    assert all(r.text for r in batched) and all(r.completion_tokens for r in batched)
+
+
+def test_unknown_parameter_is_a_clear_model_error():
+    from pytest_promptopt import ModelError
+
+    with pytest.raises(ModelError, match="max_tokens"):
+        LocalModel({"max_token": 5}).generate(Request.from_prompt("hi"))

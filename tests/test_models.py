@@ -1,0 +1,88 @@
+"""Model adapters: echo, the scripted fake, spec parsing, and litellm against a loopback server."""
+
+from __future__ import annotations
+
+import pytest
+
+from fake_openai import FakeOpenAI
+from pytest_promptopt import EchoModel, FakeModel, LiteLLMModel, ModelError, Request, Response
+from pytest_promptopt.models.registry import BUNDLED, ModelSpec, create_model, parse_model_spec
+
+
+def test_request_reads_chat_json_prompts_as_messages():
+    request = Request.from_prompt('[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]')
+    assert [m["role"] for m in request.messages] == ["system", "user"]
+    assert Request.from_prompt("[not json").messages == ({"role": "user", "content": "[not json"},)
+
+
+def test_echo_returns_the_rendered_prompt():
+    assert EchoModel().generate(Request.from_prompt("exactly this\n")).text == "exactly this\n"
+
+
+def test_fake_answers_from_mapping_or_function_and_unknown_prompt_is_a_model_error():
+    fake = FakeModel({"q1": "a1"}, default=None)
+    assert fake.generate(Request.from_prompt("q1")).text == "a1"
+    with pytest.raises(ModelError, match="no scripted answer"):
+        fake.generate(Request.from_prompt("q2"))
+    scripted = FakeModel(lambda r: Response(r.prompt[::-1], latency_ms=5))
+    assert scripted.generate(Request.from_prompt("abc")).text == "cba"
+
+
+@pytest.mark.parametrize(
+    "entry, expected",
+    [
+        ("smollm2", BUNDLED),
+        ("bundled", BUNDLED),
+        ("echo", "echo"),
+        ("openai:gpt-4o-mini", "openai/gpt-4o-mini"),
+        ("vertex:gemini-2.0-flash", "vertex_ai/gemini-2.0-flash"),
+        ("litellm:groq/llama3-8b", "groq/llama3-8b"),
+        ("hosted_vllm/meta-llama/Llama-3-8B", "hosted_vllm/meta-llama/Llama-3-8B"),
+    ],
+)
+def test_model_ids(entry, expected):
+    assert parse_model_spec(entry).id == expected
+
+
+@pytest.mark.parametrize("entry", ["gpt4", "exec:./run.sh", "", {"config": {}}])
+def test_bad_model_ids(entry):
+    with pytest.raises(ValueError):
+        parse_model_spec(entry)
+
+
+def test_litellm_against_an_openai_compatible_server(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("ACME_KEY", "sk-test-0123456789")
+    with FakeOpenAI(lambda body: (200, "Paris")) as server:
+        model = create_model(ModelSpec("openai/acme-chat", {"api_base": server.base_url, "api_key_env": "ACME_KEY", "temperature": 0, "max_tokens": 8}))
+        assert isinstance(model, LiteLLMModel)
+        response = model.generate(Request.from_prompt('[{"role": "system", "content": "Terse."}, {"role": "user", "content": "Capital of France?"}]'))
+    assert response.text == "Paris"
+    assert (response.prompt_tokens, response.completion_tokens) == (7, 1)
+    assert response.latency_ms > 0
+    sent = server.requests[0]
+    assert sent["messages"] == [{"role": "system", "content": "Terse."}, {"role": "user", "content": "Capital of France?"}]
+    assert sent["temperature"] == 0 and sent["max_tokens"] == 8
+    headers = {k.lower(): v for k, v in server.headers[0].items()}
+    assert headers["authorization"] == "Bearer sk-test-0123456789"  # key from the environment
+    assert "sk-test" not in str(model.cache_identity)
+
+
+def test_litellm_failure_is_a_model_error_without_the_key(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("ACME_KEY", "sk-test-0123456789")
+    with FakeOpenAI(lambda body: (401, "bad key sk-test-0123456789")) as server:
+        model = LiteLLMModel("openai/acme-chat", {"api_base": server.base_url, "api_key_env": "ACME_KEY", "num_retries": 0})
+        with pytest.raises(ModelError) as info:
+            model.generate(Request.from_prompt("hi"))
+    assert "openai/acme-chat" in str(info.value) and "sk-test-0123456789" not in str(info.value)
+
+
+def test_unreachable_server_is_a_model_error(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-dummy-dummy")
+    model = LiteLLMModel("openai/acme-chat", {"api_base": "http://127.0.0.1:9/v1", "num_retries": 0, "timeout": 5})
+    with pytest.raises(ModelError):
+        model.generate(Request.from_prompt("hi"))
+
+
+def test_key_written_into_params_is_refused():
+    with pytest.raises(ModelError, match="must not be written"):
+        LiteLLMModel("openai/gpt-4o-mini", {"api_key": "sk-123"})

@@ -1,0 +1,37 @@
+"""The public API is explicit, and the plugin costs nothing without --promptopt."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest_promptopt
+
+HEAVY = ["torch", "transformers", "litellm", "mlflow", "dspy", "pyspark", "yaml", "jsonschema", "jinja2"]
+
+
+def test_all_names_resolve_and_nothing_else_is_public():
+    for name in pytest_promptopt.__all__:
+        assert getattr(pytest_promptopt, name) is not None
+    assert set(dir(pytest_promptopt)) == set(pytest_promptopt.__all__)
+    assert {"Prompt", "FakeModel", "EchoModel", "LocalModel", "LiteLLMModel", "contains", "not_", "Response"} <= set(pytest_promptopt.__all__)
+
+
+def test_importing_the_plugin_imports_nothing_heavy():
+    code = "import sys, pytest_promptopt.plugin; print(','.join(m for m in %r if m in sys.modules))" % HEAVY
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == ""
+
+
+def test_a_run_without_promptopt_loads_nothing_heavy(pytester):
+    pytester.makefile(".promptopt.yaml", qa="prompts: ['x']\nproviders: [smollm2]\n")
+    pytester.makepyfile(test_a="def test_a():\n    pass\n")
+    pytester.makeconftest(
+        "import sys\n"
+        f"HEAVY = {HEAVY!r}\n"
+        "def pytest_sessionfinish(session):\n"
+        "    open('loaded.txt', 'w').write(','.join(m for m in HEAVY if m in sys.modules))\n"
+    )
+    result = pytester.runpytest_subprocess("-p", "no:hypothesispytest")
+    result.assert_outcomes(passed=1, skipped=1)
+    assert (pytester.path / "loaded.txt").read_text() == ""
