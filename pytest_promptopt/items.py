@@ -36,10 +36,6 @@ class CaseFailed(AssertionError):
     """The model answered and the case's assertions failed."""
 
 
-class CaseErrored(Exception):
-    """The case could not be judged (model or assertion fault): reported as a pytest error."""
-
-
 class SuiteFile(pytest.File):
     def collect(self) -> Iterator[pytest.Item]:
         session: PromptoptSession | None = self.config.stash.get(session_key, None)
@@ -54,10 +50,10 @@ class SuiteFile(pytest.File):
         for case in loaded.cases:
             yield CaseItem.from_parent(self, name=case.name, nodeid=_case_nodeid(self, case.name), case=case)
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException]) -> Any:  # type: ignore[override]
         if isinstance(excinfo.value, SuiteError):
             return f"invalid prompt suite: {excinfo.value}"
-        return super().repr_failure(excinfo, style)
+        return super().repr_failure(excinfo)
 
 
 class DisabledSuite(pytest.Item):
@@ -80,7 +76,8 @@ class CaseItem(pytest.Item):
         self.result = session.run_case(self.case, self.nodeid)
         self.user_properties.append((RECORD_KEY, session.encode(self.case.suite, self.result)))
         if self.result.error:
-            raise CaseErrored(self.result.error)
+            # pytest renders setup errors without repr_failure; pytrace=False shows just the text.
+            pytest.fail(describe_case(self.result, self.case.rendered_prompt), pytrace=False)
 
     def runtest(self) -> None:
         result = self.result
@@ -93,7 +90,7 @@ class CaseItem(pytest.Item):
         raise CaseFailed(result.reason)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
-        if isinstance(excinfo.value, (CaseFailed, CaseErrored)) and self.result is not None:
+        if isinstance(excinfo.value, CaseFailed) and self.result is not None:
             return describe_case(self.result, self.case.rendered_prompt)
         return super().repr_failure(excinfo, style)
 

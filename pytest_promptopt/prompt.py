@@ -15,11 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-__all__ = ["Prompt", "TemplateError", "render_prompt", "render_template", "template_variables"]
+__all__ = ["MissingVariable", "Prompt", "TemplateError", "render_prompt", "render_template", "template_variables"]
 
 
 class TemplateError(ValueError):
     """A template does not parse, or renders without a variable it needs."""
+
+
+class MissingVariable(TemplateError):
+    """A template uses a variable the case does not define."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -62,7 +66,7 @@ def render_template(template: str, variables: Mapping[str, Any]) -> str:
     missing = sorted(needed - set(variables))
     if missing:
         names = ", ".join(repr(m) for m in missing)
-        raise TemplateError(f"missing variable {names} (the template uses {{{{ {missing[0]} }}}})")
+        raise MissingVariable(f"missing variable {names} (the template uses {{{{ {missing[0]} }}}})")
     try:
         return compiled.render(**variables)
     except SecurityError as exc:

@@ -75,6 +75,11 @@ class Grade:
     score: float
     reason: str = ""
 
+    @classmethod
+    def binary(cls, passed: bool, failure: str) -> "Grade":
+        """A pass/fail check: score 1 or 0, promptfoo's "Assertion passed" reason on success."""
+        return cls(passed, 1.0 if passed else 0.0, "Assertion passed" if passed else failure)
+
 
 @dataclass(frozen=True)
 class AssertionContext:

@@ -21,15 +21,11 @@ def levenshtein_distance(a: str, b: str) -> int:
     return previous[-1]
 
 
-def _binary(passed: bool, failure: str) -> Grade:
-    return Grade(passed, 1.0 if passed else 0.0, "Assertion passed" if passed else failure)
-
-
 @register("levenshtein")
 def levenshtein(output: str, assertion: Assertion, ctx: AssertionContext) -> Grade:
     threshold = assertion.threshold if assertion.threshold is not None else LEVENSHTEIN_DEFAULT_THRESHOLD
     distance = levenshtein_distance(output, str(assertion.value))
-    return _binary(distance <= threshold, f"Levenshtein distance {distance} is greater than threshold {threshold:g}")
+    return Grade.binary(distance <= threshold, f"Levenshtein distance {distance} is greater than threshold {threshold:g}")
 
 
 def _bounds(assertion: Assertion, what: str) -> tuple[float | None, float | None]:
@@ -56,7 +52,7 @@ def _bounds(assertion: Assertion, what: str) -> tuple[float | None, float | None
 def _within(count: int, assertion: Assertion, what: str) -> Grade:
     low, high = _bounds(assertion, what)
     if low is not None and low == high:
-        return _binary(count == low, f"Expected exactly {low:g} {what}, got {count}")
+        return Grade.binary(count == low, f"Expected exactly {low:g} {what}, got {count}")
     if low is not None and count < low:
         return Grade(False, 0.0, f"Expected at least {low:g} {what}, got {count}")
     if high is not None and count > high:
@@ -87,7 +83,7 @@ def latency(output: str, assertion: Assertion, ctx: AssertionContext) -> Grade:
         raise AssertionEvaluationError("latency assertion needs a model response")
     ms = ctx.response.latency_ms
     threshold = float(assertion.threshold or 0)
-    return _binary(ms <= threshold, f"Latency {ms:.0f}ms is greater than threshold {threshold:g}ms")
+    return Grade.binary(ms <= threshold, f"Latency {ms:.0f}ms is greater than threshold {threshold:g}ms")
 
 
 @register("cost", needs_value=False, check=_need_threshold)
@@ -99,4 +95,4 @@ def cost(output: str, assertion: Assertion, ctx: AssertionContext) -> Grade:
         )
     threshold = float(assertion.threshold or 0)
     spent = ctx.response.cost
-    return _binary(spent <= threshold, f"Cost {spent:.6g} is greater than threshold {threshold:g}")
+    return Grade.binary(spent <= threshold, f"Cost {spent:.6g} is greater than threshold {threshold:g}")

@@ -69,13 +69,21 @@ def _render_strings(value: Any, variables: Mapping[str, Any]) -> Any:
     return value
 
 
+def _shown(value: Any) -> str:
+    if value is None or callable(value):
+        return ""
+    import json
+
+    return " " + json.dumps(value, ensure_ascii=False)[:200]
+
+
 def grade_assertion(output: str, assertion: Assertion, ctx: AssertionContext) -> Grade:
     """Grade one (already rendered) assertion; `not-` inverts the verdict and the score."""
     grade = entry_for(assertion.type).grader(output, assertion, ctx)
     if not assertion.inverse:
         return grade
     passed = not grade.passed
-    reason = "Assertion passed" if passed else f"Expected output not to satisfy '{assertion.type}': {grade.reason}"
+    reason = "Assertion passed" if passed else f"Expected output not to satisfy {assertion.type}{_shown(assertion.value)}"
     # promptfoo keeps a python check's own score under `not-` and flips only the verdict.
     score = grade.score if assertion.type == "python" else 1.0 - grade.score
     return Grade(passed, score, reason)

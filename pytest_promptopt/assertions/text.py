@@ -10,10 +10,6 @@ from typing import Any, Callable
 from .base import Assertion, AssertionConfigError, AssertionContext, Grade, register
 
 
-def _binary(passed: bool, failure: str) -> Grade:
-    return Grade(passed, 1.0 if passed else 0.0, "Assertion passed" if passed else failure)
-
-
 def _scalar(assertion: Assertion) -> str:
     if isinstance(assertion.value, (dict, list)) or assertion.value is None:
         raise AssertionConfigError(f"{assertion.where or assertion.type}: '{assertion.type}' needs a string or number value")
@@ -50,8 +46,8 @@ def equals(output: str, assertion: Assertion, ctx: AssertionContext) -> Grade:
             passed = json.loads(output) == expected
         except ValueError:
             passed = False
-        return _binary(passed, f"Expected output to equal {json.dumps(expected)}")
-    return _binary(output == str(expected), f'Expected output "{output}" to equal "{expected}"')
+        return Grade.binary(passed, f"Expected output to equal {json.dumps(expected)}")
+    return Grade.binary(output == str(expected), f'Expected output "{output}" to equal "{expected}"')
 
 
 def _substring(name: str, fold: bool) -> Callable[[str, Assertion, AssertionContext], Grade]:
@@ -59,7 +55,7 @@ def _substring(name: str, fold: bool) -> Callable[[str, Assertion, AssertionCont
     def grade(output: str, assertion: Assertion, ctx: AssertionContext) -> Grade:
         value = _scalar(assertion)
         haystack, needle = (output.lower(), value.lower()) if fold else (output, value)
-        return _binary(needle in haystack, f'Expected output to contain "{value}"')
+        return Grade.binary(needle in haystack, f'Expected output to contain "{value}"')
 
     return grade
 
@@ -76,8 +72,8 @@ def _several(name: str, fold: bool, need_all: bool) -> Callable[[str, Assertion,
         found = [v for v in values if (v.lower() if fold else v) in haystack]
         if need_all:
             missing = [v for v in values if v not in found]
-            return _binary(not missing, f"Expected output to contain all of [{', '.join(values)}]; missing: [{', '.join(missing)}]")
-        return _binary(bool(found), f"Expected output to contain one of [{', '.join(values)}]")
+            return Grade.binary(not missing, f"Expected output to contain all of [{', '.join(values)}]; missing: [{', '.join(missing)}]")
+        return Grade.binary(bool(found), f"Expected output to contain one of [{', '.join(values)}]")
 
     return grade
 
@@ -91,7 +87,7 @@ icontains_all = _several("icontains-all", fold=True, need_all=True)
 @register("starts-with", check=_check_scalar)
 def starts_with(output: str, assertion: Assertion, ctx: AssertionContext) -> Grade:
     value = _scalar(assertion)
-    return _binary(output.startswith(value), f'Expected output to start with "{value}"')
+    return Grade.binary(output.startswith(value), f'Expected output to start with "{value}"')
 
 
 def _compile_regex(assertion: Assertion) -> re.Pattern[str]:
@@ -105,4 +101,4 @@ def _compile_regex(assertion: Assertion) -> re.Pattern[str]:
 @register("regex", check=lambda a: None if _compile_regex(a) else None)
 def regex(output: str, assertion: Assertion, ctx: AssertionContext) -> Grade:
     compiled = _compile_regex(assertion)
-    return _binary(compiled.search(output) is not None, f'Expected output to match regex "{compiled.pattern}"')
+    return Grade.binary(compiled.search(output) is not None, f'Expected output to match regex "{compiled.pattern}"')

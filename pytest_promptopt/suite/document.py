@@ -74,6 +74,13 @@ def read_document(path: Path) -> tuple[Any, LineMap]:
     return data, lines
 
 
+def load_yaml(text: str) -> Any:
+    """Parse YAML (or JSON) text with the same loader as suite files, everywhere."""
+    import yaml
+
+    return yaml.load(text, Loader=_loader())
+
+
 def _loader() -> Any:
     import yaml
 

@@ -22,8 +22,8 @@ from ..assertions.base import Assertion, AssertionConfigError, assertion_types
 from ..assertions.scoring import render_assertion
 from ..gates import parse_gates
 from ..models.registry import ModelSpec, parse_model_spec
-from ..prompt import Prompt, TemplateError, render_prompt
-from .document import DocumentError, LineMap, format_path, read_document
+from ..prompt import MissingVariable, Prompt, TemplateError, render_prompt
+from .document import DocumentError, LineMap, format_path, load_yaml, read_document
 from .model import Case, SuiteError, SuiteInfo
 
 __all__ = ["LoadedSuite", "load_suite", "suite_schema"]
@@ -183,9 +183,7 @@ def _prompt_files(reference: str, label: str | None, path: tuple[Any, ...], ctx:
         file = Path(match)
         text = file.read_text(encoding="utf-8")
         if file.suffix in (".yaml", ".yml"):
-            import yaml
-
-            prompts.append(Prompt(json.dumps(yaml.safe_load(text)), label=label or file.name, source=str(file)))
+            prompts.append(Prompt(json.dumps(load_yaml(text)), label=label or file.name, source=str(file)))
             continue
         if file.suffix == ".json":
             prompts.append(Prompt(text, label=label or file.name, source=str(file)))
@@ -291,7 +289,18 @@ def _tests_from_file(reference: str, path: tuple[Any, ...], ctx: _Context) -> li
 _EXPECTED = re.compile(r"^(not-)?([a-z][a-z-]*)(?:\((\d+(?:\.\d+)?)\))?(?::([\s\S]*))?$")
 
 
+# promptfoo types this plugin does not run (yet): a CSV cell naming one must not silently become `equals`.
+_PROMPTFOO_ONLY = {
+    "javascript", "fn", "eval", "grade", "llm-rubric", "model-graded-closedqa", "model-graded-factuality", "factuality",
+    "answer-relevance", "context-faithfulness", "context-recall", "context-relevance", "similar", "classifier",
+    "moderation", "perplexity", "perplexity-score", "rouge-n", "bleu", "gleu", "meteor", "g-eval", "webhook",
+    "is-sql", "contains-sql", "is-xml", "contains-xml", "is-html", "contains-html", "is-refusal", "select-best",
+    "is-valid-openai-tools-call", "is-valid-openai-function-call", "guardrails", "finish-reason",
+}
+
+
 def assertion_from_string(text: str) -> dict[str, Any]:
+    """promptfoo's CSV shorthand: `type: value`, `not-type(threshold): value`, else `equals`."""
     text = text.strip()
     if text.startswith("python:"):
         return {"type": "python", "value": text[len("python:"):].strip()}
@@ -313,6 +322,8 @@ def assertion_from_string(text: str) -> dict[str, Any]:
         elif kind in {"latency", "cost", "levenshtein"}:
             result["threshold"] = 0.75  # promptfoo's CSV default for thresholded types
         return result
+    if match and match.group(2) in _PROMPTFOO_ONLY:
+        raise ValueError(f"assertion type '{match.group(2)}' in {text[:60]!r} is not supported here")
     return {"type": "equals", "value": text}
 
 
@@ -328,12 +339,17 @@ def _tests_from_csv(file: Path, path: tuple[Any, ...], ctx: _Context) -> list[di
                 cell = cell if cell is not None else ""
                 if column.startswith("__expected"):
                     if cell.strip():
-                        test["assert"].append(assertion_from_string(cell))
+                        try:
+                            test["assert"].append(assertion_from_string(cell))
+                        except ValueError as exc:
+                            raise ctx.error(path, f"{file.name} row {number}, column {column}: {exc}") from None
                 elif column == "__description":
                     test["description"] = cell
                 elif column == "__metric":
                     metric = cell.strip() or None
                 elif column == "__threshold":
+                    if not cell.strip():
+                        continue
                     try:
                         if float(cell):
                             test["threshold"] = float(cell)
@@ -362,7 +378,7 @@ def _load_structured(reference: str, path: tuple[Any, ...], ctx: _Context) -> An
     except OSError as exc:
         raise ctx.error(path, f"cannot read {file}: {exc.strerror}") from None
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text)
     except yaml.YAMLError as exc:
         raise ctx.error(path, f"{file.name} does not parse: {exc}") from None
 
@@ -384,14 +400,14 @@ def _validate_fragment(data: Any, definition: str, path: tuple[Any, ...], ctx: _
 # ----------------------------------------------------------------------------- expansion
 
 
-def _merge(default: Mapping[str, Any], test: Mapping[str, Any]) -> dict[str, Any]:
+def _merge(default: Mapping[str, Any], test: Mapping[str, Any], path: tuple[Any, ...], ctx: _Context) -> dict[str, Any]:
     """promptfoo's defaultTest merge: vars/options/metadata shallow-merged (test wins), default
     asserts first unless the test sets options.disableDefaultAsserts, threshold/provider: test's if set."""
     options = {**default.get("options", {}), **test.get("options", {})}
     asserts = [] if options.get("disableDefaultAsserts") else list(default.get("assert", []))
     return {
         "description": test.get("description", ""),
-        "vars": {**(default.get("vars") or {}), **(test.get("vars") or {})},
+        "vars": {**_vars_mapping(default.get("vars"), ("defaultTest",), ctx), **_vars_mapping(test.get("vars"), path, ctx)},
         "assert": asserts + list(test.get("assert", [])),
         "threshold": test.get("threshold", default.get("threshold")),
         "provider": test.get("provider", default.get("provider")),
@@ -399,12 +415,19 @@ def _merge(default: Mapping[str, Any], test: Mapping[str, Any]) -> dict[str, Any
     }
 
 
-def _load_vars(raw: Any, path: tuple[Any, ...], ctx: _Context) -> dict[str, Any]:
+def _vars_mapping(raw: Any, path: tuple[Any, ...], ctx: _Context) -> dict[str, Any]:
+    """A test's `vars`: a mapping, or a file:// path to a YAML/JSON mapping."""
+    if raw is None:
+        return {}
     if isinstance(raw, str):
         loaded = _load_structured(raw, path + ("vars",), ctx)
         if not isinstance(loaded, dict):
             raise ctx.error(path + ("vars",), f"{raw} must hold a mapping of variables")
-        raw = loaded
+        return loaded
+    return dict(raw)
+
+
+def _load_vars(raw: Mapping[str, Any], path: tuple[Any, ...], ctx: _Context) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for name, value in raw.items():
         if isinstance(value, str) and value.startswith("file://"):
@@ -422,9 +445,7 @@ def _var_from_file(reference: str, path: tuple[Any, ...], ctx: _Context) -> str:
     except OSError as exc:
         raise ctx.error(path, f"cannot read var file {file}: {exc.strerror}") from None
     if file.suffix in (".yaml", ".yml"):
-        import yaml
-
-        return json.dumps(yaml.safe_load(text))
+        return json.dumps(load_yaml(text))
     return text.strip()
 
 
@@ -468,7 +489,7 @@ def _cases(
 ) -> Iterator[Case]:
     seen: dict[str, int] = {}
     for test in tests:
-        merged = _merge(default, test.data)
+        merged = _merge(default, test.data, test.path, ctx)
         path = test.path
         base_vars = _load_vars(merged["vars"], path, ctx)
         test_providers = providers
@@ -485,8 +506,10 @@ def _cases(
                 try:
                     rendered = render_prompt(prompt.template, variables)
                 except TemplateError as exc:
-                    p_where = f"prompts[{prompt_index}]" if len(prompts) > 1 or isinstance(prompt, Prompt) else "prompts"
-                    raise ctx.error(path + ("vars",), f"{exc} in {p_where} ({prompt.label}); add it to this test's vars or to defaultTest.vars") from None
+                    where = f"prompts[{prompt_index}] ({prompt.label})"
+                    if isinstance(exc, MissingVariable):
+                        raise ctx.error(path + ("vars",), f"{exc} in {where}; add it to this test's vars or to defaultTest.vars") from None
+                    raise ctx.error(("prompts", prompt_index), f"{exc} in {where}") from None
                 assertions = []
                 for a_index, raw in enumerate(raw_asserts):
                     a_path = ("defaultTest", "assert", a_index) if a_index < n_default else path + ("assert", a_index - n_default)
