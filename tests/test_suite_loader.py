@@ -261,3 +261,26 @@ def test_providers_map_promptfoo_ids_to_litellm(tmp_path):
         "openai/gpt-4o-mini", "openai/gpt-4o", "anthropic/claude-3-5-haiku-latest", "ollama_chat/llama3", "databricks/my-endpoint"]
     assert suite.cases[-1].model.params == {"api_base": "http://x", "temperature": 0}
     assert len({c.case_id for c in suite.cases}) == 5
+
+
+def test_vars_from_a_file_in_a_test_and_in_default_test(tmp_path):
+    (tmp_path / "defaults.yaml").write_text("lang: French\nq: default\n")
+    (tmp_path / "case.json").write_text('{"q": "hello"}')
+    suite = load(tmp_path, "prompts: ['{{q}} in {{lang}}']\ndefaultTest: {vars: file://defaults.yaml}\ntests: [{vars: file://case.json}, {vars: {}}]\n")
+    assert [c.rendered_prompt for c in suite.cases] == ["hello in French", "default in French"]
+
+
+def test_csv_edge_cases(tmp_path):
+    (tmp_path / "a.csv").write_text("q,__expected,__threshold\nx,contains: x,\n")
+    assert load(tmp_path, "prompts: ['{{q}}']\ntests: file://a.csv\n").cases[0].threshold is None  # empty cell: none
+    (tmp_path / "b.csv").write_text("q,__expected\nx,llm-rubric: is polite\n")
+    err = error(tmp_path, "prompts: ['{{q}}']\ntests: file://b.csv\n")
+    assert "b.csv row 2, column __expected: assertion type 'llm-rubric'" in err.message and "not supported" in err.message
+
+
+def test_unsafe_template_points_at_the_prompt(tmp_path):
+    err = error(tmp_path, """
+        prompts: ["ok", "{{ ''.__class__.__mro__ }}"]
+        tests: [{vars: {}}]
+        """)
+    assert err.path == "prompts[1]" and "add it to this test's vars" not in err.message
