@@ -13,7 +13,14 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("validate", help="validate suite files against the schema and print their cases")
     check.add_argument("files", nargs="+")
     sub.add_parser("schema", help="print the suite file JSON Schema")
+    upload = sub.add_parser("upload", help="send a run kept in a pending-upload file (or a JSON report) to MLflow")
+    upload.add_argument("files", nargs="+", metavar="PATH", help="e.g. .promptopt/pending/<timestamp>.json")
+    upload.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else the URI the file records")
+    upload.add_argument("--experiment", help="default: the experiment the file records")
+    upload.add_argument("--keep", action="store_true", help="keep each file after it was sent (default: delete it)")
     args = parser.parse_args(argv)
+    if args.command == "upload":
+        return _upload(args)
     if args.command == "schema":
         from .suite.loader import suite_schema
 
@@ -34,6 +41,28 @@ def main(argv: list[str] | None = None) -> int:
             status = 1
             continue
         print(f"{name}: ok, {len(loaded.cases)} cases, gates: {', '.join(g.describe() for g in loaded.info.gates) or 'none'}")
+    return status
+
+
+def _upload(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .report.mlflow_writer import upload_pending
+
+    status = 0
+    for name in args.files:
+        path = Path(name)
+        try:
+            logged = upload_pending(path, tracking_uri=args.tracking_uri, experiment=args.experiment)
+        except Exception as exc:  # report every file, keep going
+            print(f"{name}: not sent: {type(exc).__name__}: {' '.join(str(exc).split())[:400]}", file=sys.stderr)
+            status = 1
+            continue
+        for problem in logged.problems:
+            print(f"{name}: warning: {problem}", file=sys.stderr)
+        if not args.keep:
+            path.unlink()
+        print(f"{name}: sent; {logged.describe()}")
     return status
 
 

@@ -20,6 +20,7 @@ from .cache import CallStats
 from .execute import fill_grade, fill_response, json_safe
 from .models.base import Message, Model, ModelError, Request, Response
 from .models.registry import ModelSpec, parse_model_spec
+from .redact import redact
 from .report.text import describe_case
 from .results import CaseResult
 from .session import PromptoptSession
@@ -47,6 +48,7 @@ class PythonCaseRecorder:
     grades: list[CaseGrade] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     error: str | None = None
+    model_spec: ModelSpec | None = None
     started: float = field(default_factory=time.perf_counter)
 
     def result(self, call_passed: bool) -> CaseResult:
@@ -58,6 +60,8 @@ class PythonCaseRecorder:
             prompt=self.last_prompt,
             error=self.error,
         )
+        if self.model_spec is not None and not self.model_spec.id.startswith("object:"):
+            result.model_params = redact(json_safe(dict(self.model_spec.params)))
         if self.last_response is not None:
             fill_response(result, self.last_response)
         if self.outputs:
@@ -104,6 +108,7 @@ class ModelClient:
         __tracebackhide__ = True
         request = Request.from_prompt(prompt, params)
         self._recorder.last_prompt = request.prompt
+        self._recorder.model_spec = self.spec
         try:
             response = self.session.cache.fetch(self.model, request, self._recorder.stats)
         except ModelError as exc:

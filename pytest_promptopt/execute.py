@@ -14,7 +14,7 @@ from .assertions.base import AssertionConfigError, AssertionContext, AssertionEv
 from .assertions.scoring import CaseGrade, Outcome, grade_case
 from .cache import CallStats, ResponseCache
 from .models.base import Model, ModelError, Request, Response
-from .redact import scrub
+from .redact import redact, scrub
 from .results import CaseResult
 from .suite.model import Case
 
@@ -70,6 +70,8 @@ def execute_case(case: Case, model: Model, cache: ResponseCache, nodeid: str = "
         prompt_index=case.prompt_index,
         test_index=case.test_index,
         model=case.model.display,
+        template=case.prompt.template,
+        model_params=redact(json_safe(dict(case.model.params))),
     )
     try:
         response = cache.fetch(model, Request.from_prompt(case.rendered_prompt, params), stats)

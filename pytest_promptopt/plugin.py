@@ -6,6 +6,8 @@ here: without `--promptopt` the plugin only checks file names during collection.
 
 from __future__ import annotations
 
+import time
+import warnings
 from pathlib import Path
 from typing import Any, Generator
 
@@ -178,6 +180,8 @@ class ControllerHooks:
 
     def __init__(self, state: Any) -> None:
         self.state = state
+        self.started = time.time()
+        self.mlflow: Any = None  # the MLflow reporting outcome, for the terminal summary
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         # The teardown report carries everything recorded in setup, call and teardown.
@@ -198,6 +202,14 @@ class ControllerHooks:
             from .report.json_report import write_report
 
             write_report(self.state.settings.report_path, run, exit_status=int(session.exitstatus))
+        if self.state.settings.mlflow is not None:
+            from .report.mlflow_writer import SessionMeta, report_run
+
+            meta = SessionMeta.collect(run, rootdir=self.state.settings.rootdir, pytest_args=list(session.config.invocation_params.args),
+                                       started=self.started, exit_status=int(session.exitstatus))
+            self.mlflow = report_run(run, meta, self.state.settings.mlflow)
+            for message in self.mlflow.warnings():
+                warnings.warn(pytest.PytestWarning(message), stacklevel=1)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if not self.state.records:
@@ -210,3 +222,6 @@ class ControllerHooks:
             terminalreporter.write_line(line, red=red, bold=red)
         if self.state.settings.report_path is not None:
             terminalreporter.write_line(f"JSON report: {self.state.settings.report_path}")
+        if self.mlflow is not None:
+            for line in self.mlflow.lines():
+                terminalreporter.write_line(line, red=self.mlflow.error is not None)

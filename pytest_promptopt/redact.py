@@ -40,3 +40,21 @@ def scrub(text: str, extra: tuple[str, ...] = ()) -> str:
         if len(secret) >= 8 and secret in text:
             text = text.replace(secret, REDACTED)
     return text
+
+
+# `key: value` in YAML or JSON text; a value opening a mapping or list is not consumed, so the
+# keys inside it are examined too.
+_KEY_VALUE = re.compile(
+    r"""(?P<lead>["']?(?P<key>[A-Za-z_][\w-]*)["']?[ \t]*:[ \t]*)"""
+    r"""(?P<value>"(?:[^"\\\n]|\\.)*"|'[^'\n]*'|[^\s,{}\[\]#'"](?:[^,}\]\n#]*[^\s,}\]#])?)"""
+)
+
+
+def redact_text(text: str) -> str:
+    """A YAML/JSON document's text (e.g. a suite file) with secret-looking keys' values masked
+    and secret environment values scrubbed; comments and layout are kept."""
+
+    def mask(match: re.Match[str]) -> str:
+        return match.group("lead") + REDACTED if is_secret_key(match.group("key")) else match.group(0)
+
+    return scrub(_KEY_VALUE.sub(mask, text))

@@ -36,6 +36,8 @@ class CaseResult:
     prompt_index: int | None = None
     test_index: int | None = None
     model: str = ""
+    template: str | None = None  # the prompt template before rendering (suite-file cases)
+    model_params: dict[str, Any] = field(default_factory=dict)  # redacted: records travel and get logged
     latency_ms: float | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None

@@ -9,9 +9,10 @@ from typing import Any, Callable
 import pytest
 
 from .cache import ResponseCache
-from .execute import execute_case
+from .execute import execute_case, json_safe
 from .models.base import Model, ModelError
 from .models.registry import ModelSpec, create_model
+from .redact import redact
 from .results import CaseResult, RunSummary, summarize
 from .settings import Settings
 from .suite.model import Case, SuiteInfo
@@ -73,7 +74,8 @@ class PromptoptSession:
         except ModelError as exc:
             return CaseResult(case.case_id, case.name, nodeid, error=f"model error ({case.model.display}): {exc}",
                               prompt=case.rendered_prompt, prompt_index=case.prompt_index, test_index=case.test_index,
-                              model=case.model.display)
+                              model=case.model.display, template=case.prompt.template,
+                              model_params=redact(json_safe(dict(case.model.params))))
         return execute_case(case, model, self.cache, nodeid)
 
     # ------------------------------------------------------------------ results (controller)

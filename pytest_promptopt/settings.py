@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -9,7 +11,7 @@ from typing import Any, Callable
 from .cache import CacheMode
 from .models.registry import BUNDLED, ModelSpec, parse_model_spec
 
-__all__ = ["OPTIONS", "Option", "Settings"]
+__all__ = ["OPTIONS", "MlflowSettings", "Option", "Settings"]
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,21 @@ OPTIONS: tuple[Option, ...] = (
     Option("--promptopt-cache-dir", "promptopt_cache_dir", "folder of the response cache (relative to rootdir)", ".promptopt"),
     Option("--promptopt-report", "promptopt_report", "write the JSON report to this path", None),
     Option("--promptopt-timeout", "promptopt_timeout", "timeout in seconds for one hosted model call", "60"),
+    Option("--promptopt-no-mlflow", "promptopt_no_mlflow", "do not log the run to MLflow (ini: true/false)", is_flag=True),
+    Option("--promptopt-mlflow-uri", "promptopt_mlflow_uri", "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<rootdir>/mlflow.db)", None),
+    Option("--promptopt-experiment", "promptopt_experiment", "MLflow experiment name (default: the rootdir's name)", None),
 )
+
+
+@dataclass(frozen=True)
+class MlflowSettings:
+    """Where the controller logs the run: `tracking_uri` and `experiment`; `pending_dir` keeps a
+    run that could not be sent. `local_store` is the default SQLite store in the project."""
+
+    tracking_uri: str
+    experiment: str
+    pending_dir: Path
+    local_store: bool = False
 
 
 @dataclass(frozen=True)
@@ -43,6 +59,7 @@ class Settings:
     report_path: Path | None
     timeout_s: float
     rootdir: Path
+    mlflow: MlflowSettings | None = None  # None: --promptopt-no-mlflow
 
     @classmethod
     def from_config(cls, config: Any) -> "Settings":
@@ -93,13 +110,67 @@ class Settings:
             return p if p.is_absolute() else Path(str(config.invocation_params.dir)) / p
 
         cache_dir = Path(str(value(by_flag["--promptopt-cache-dir"]))).expanduser()
+        cache_dir = cache_dir if cache_dir.is_absolute() else rootdir / cache_dir
         timeout_s = parsed("--promptopt-timeout", timeout)
+        mlflow = None
+        if not parsed("--promptopt-no-mlflow", _boolean):
+            mlflow = _mlflow_settings(config, rootdir, cache_dir / "pending", parsed)
         return cls(
             enabled=bool(config.getoption("promptopt")),
             model=parsed("--promptopt-model", model),
             cache_mode=parsed("--promptopt-cache", cache_mode),
-            cache_path=(cache_dir if cache_dir.is_absolute() else rootdir / cache_dir) / "cache.sqlite",
+            cache_path=cache_dir / "cache.sqlite",
             report_path=parsed("--promptopt-report", path),
             timeout_s=timeout_s,
             rootdir=rootdir,
+            mlflow=mlflow,
         )
+
+
+def _boolean(raw: Any) -> bool:
+    if raw is None or isinstance(raw, bool):
+        return bool(raw)
+    text = str(raw).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true or false, got {raw!r}")
+
+
+# A scheme (`sqlite:`, `http:`, `databricks:`...) or one of MLflow's bare names for Databricks.
+_URI = re.compile(r"^([a-z][a-z0-9+.-]*:.+|databricks|databricks-uc)$", re.I)
+
+
+def _tracking_uri(raw: str) -> str:
+    uri = raw.strip()
+    if not _URI.match(uri) or re.match(r"^[a-z]:[\\/]", uri, re.I):
+        raise ValueError(
+            f"{raw!r} is not a tracking URI; use e.g. sqlite:///path/to/mlflow.db, http://host:5000 or databricks"
+        )
+    return uri
+
+
+def _mlflow_settings(config: Any, rootdir: Path, pending_dir: Path, parsed: Callable[[str, Callable[[Any], Any]], Any]) -> MlflowSettings:
+    """Tracking URI: --promptopt-mlflow-uri, else $MLFLOW_TRACKING_URI, else the ini key, else the
+    project's own SQLite store (MLflow 3's default; its file store refuses to run).
+
+    The environment variable is MLflow's own setting, so it is passed on as MLflow reads it (it
+    may name a file store that MLFLOW_ALLOW_FILE_STORE allows) and never stops a pytest run."""
+    given = config.getoption("promptopt_mlflow_uri")
+    env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if given is None and env:
+        uri = env
+    else:
+        uri = parsed("--promptopt-mlflow-uri", lambda raw: None if raw is None else _tracking_uri(str(raw)))
+    local_store = uri is None
+    if local_store:
+        uri = f"sqlite:///{(rootdir / 'mlflow.db').as_posix()}"
+
+    def experiment(raw: Any) -> str:
+        name = (rootdir.name or "promptopt") if raw is None else str(raw).strip()
+        if not name:
+            raise ValueError("the experiment name must not be empty")
+        return name
+
+    return MlflowSettings(uri, parsed("--promptopt-experiment", experiment), pending_dir, local_store)

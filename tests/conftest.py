@@ -24,9 +24,15 @@ def mode(request: pytest.FixtureRequest) -> list[str]:
 
 @pytest.fixture
 def run_pytest(pytester: pytest.Pytester) -> Any:
-    """Run pytest in a subprocess (xdist needs one), in pytester's temporary directory."""
+    """Run pytest in a subprocess (xdist needs one), in pytester's temporary directory.
 
-    def run(*args: str) -> pytest.RunResult:
+    MLflow logging is on by default with --promptopt; it costs seconds per run (import, a fresh
+    SQLite store), so only tests/test_mlflow.py, which passes `mlflow=True`, keeps it on.
+    """
+
+    def run(*args: str, mlflow: bool = False) -> pytest.RunResult:
+        if "--promptopt" in args and not mlflow:
+            args = (*args, "--promptopt-no-mlflow")
         return pytester.runpytest_subprocess(*args)
 
     return run

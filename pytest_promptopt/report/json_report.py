@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..redact import redact
-from ..results import RunSummary, SuiteSummary
+from ..results import CaseResult, RunSummary, SuiteSummary, summarize
 
 REPORT_VERSION = 1
 
@@ -60,3 +60,22 @@ def write_report(path: Path, run: RunSummary, *, exit_status: int | None = None)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(report_dict(run, exit_status=exit_status), indent=2, ensure_ascii=False, default=str), encoding="utf-8")
     os.replace(tmp, path)
+
+
+def run_from_report(data: dict[str, Any]) -> RunSummary:
+    """The `RunSummary` a report was written from (gates re-decided from the same results), so a
+    saved report can be sent to MLflow later by the same code that sends a live run."""
+    from ..gates import Gate
+    from ..suite.model import SuiteInfo
+
+    records = []
+    for suite in data.get("suites", []):
+        info = SuiteInfo(
+            id=suite.get("id") or suite["name"],
+            name=suite["name"],
+            file=suite["file"],
+            gates=tuple(Gate(g["name"], float(g["threshold"])) for g in suite.get("gates", [])),
+            kind=suite.get("kind", "file"),
+        )
+        records.extend((info, CaseResult.from_dict(result)) for result in suite["results"])
+    return summarize(records)

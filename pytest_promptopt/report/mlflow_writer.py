@@ -1,0 +1,523 @@
+"""MLflow reporter: one parent run per pytest session, one child run per suite.
+
+Only the controller calls it, once, after every case ran and the gates were decided (under xdist
+the records have already travelled to the controller), so there is one writer per store: no
+SQLite write contention, no migration race on a fresh store. Nothing here knows about pytest: it
+takes a `RunSummary`, the session's `SessionMeta` and the `MlflowSettings`.
+
+mlflow is imported inside the functions that log (DEVELOPERS.md: lazy heavy imports), and every
+call goes through an explicit `MlflowClient` and run id, so no active run leaks into user code.
+Every param, tag and artifact passes through `redact`/`scrub` first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import logging
+import os
+import re
+import shlex
+import subprocess
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from ..redact import redact, redact_text, scrub
+from ..results import RunSummary, SuiteSummary
+from ..settings import MlflowSettings
+
+__all__ = ["Logged", "MlflowReportError", "Outcome", "SessionMeta", "log_run", "report_run", "safe_text", "upload_pending", "write_pending"]
+
+PENDING_KEY = "mlflow"  # what a pending-upload file adds to the JSON report
+TABLE_FILE = "cases.json"
+REPORT_FILE = "promptopt-report.json"
+TABLE_COLUMNS = (
+    "case_id", "name", "status", "passed", "error", "score", "reason", "vars", "prompt", "output", "scores",
+    "named_scores", "model", "latency_ms", "prompt_tokens", "completion_tokens", "cost", "calls", "cache_hits",
+    "prompt_index", "test_index", "nodeid",
+)
+_JSON_COLUMNS = {"vars", "scores", "named_scores"}
+# MLflow's limits (mlflow/utils/validation.py): values, and entities per log_batch call.
+_MAX_PARAM_VALUE, _MAX_TAG_VALUE, _MAX_PER_BATCH = 6000, 8000, 100
+# Short network limits while logging, so a server that is down costs seconds, not minutes
+# (MLflow's defaults retry 7 times over about two minutes), and no progress bars in pytest's
+# output. A user's own setting wins.
+_ENV_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+_SUITE_FILE_LIMIT = 1_000_000
+
+
+class MlflowReportError(RuntimeError):
+    """Logging to MLflow failed in a way we can describe in one line."""
+
+
+@dataclass
+class SessionMeta:
+    """What the parent run records about the pytest session (plain data: it is saved in pending files)."""
+
+    started_ms: int
+    ended_ms: int
+    exit_status: int | None = None
+    pytest_args: list[str] = field(default_factory=list)
+    rootdir: str = ""
+    git_commit: str | None = None
+    git_branch: str | None = None
+    ci: bool = False
+    suite_files: dict[str, str] = field(default_factory=dict)  # suite file (as reported) -> its text
+
+    @classmethod
+    def collect(cls, run: RunSummary, *, rootdir: Path, pytest_args: list[str], started: float, exit_status: int | None) -> "SessionMeta":
+        commit = _git(rootdir, "rev-parse", "HEAD")
+        branch = _git(rootdir, "rev-parse", "--abbrev-ref", "HEAD")
+        if branch in (None, "HEAD"):  # detached, as in most CI checkouts
+            branch = next((os.environ[k] for k in ("GITHUB_HEAD_REF", "GITHUB_REF_NAME", "CI_COMMIT_REF_NAME") if os.environ.get(k)), None)
+        files: dict[str, str] = {}
+        for suite in run.suites:
+            path = rootdir / suite.info.file
+            with contextlib.suppress(OSError):
+                if path.is_file() and path.stat().st_size <= _SUITE_FILE_LIMIT:
+                    files[suite.info.file] = safe_text(redact_text(path.read_text(encoding="utf-8", errors="replace")))
+        return cls(
+            started_ms=int(started * 1000),
+            ended_ms=int(time.time() * 1000),
+            exit_status=exit_status,
+            pytest_args=[safe_text(a) for a in pytest_args],
+            rootdir=str(rootdir),
+            git_commit=commit,
+            git_branch=branch,
+            ci=os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"),
+            suite_files=files,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "SessionMeta":
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class Logged:
+    """Where a run went: the parent run id, one child run id per suite, and any check that failed."""
+
+    tracking_uri: str
+    experiment: str
+    experiment_id: str
+    parent_run_id: str
+    child_run_ids: dict[str, str]
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str | None:
+        if not self.tracking_uri.startswith(("http://", "https://")):
+            return None
+        return f"{self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.parent_run_id}"
+
+    def describe(self) -> str:
+        where = f"MLflow: {self.tracking_uri}, experiment '{self.experiment}', run {self.parent_run_id}"
+        return where + (f" ({self.url})" if self.url else "")
+
+
+@dataclass
+class Outcome:
+    """The result of `report_run`: logged, or failed with the run kept in a pending file."""
+
+    logged: Logged | None = None
+    error: str | None = None
+    pending: Path | None = None
+
+    def warnings(self) -> list[str]:
+        found = [f"{self.logged.describe()}: {p}" for p in self.logged.problems] if self.logged else []
+        if self.error:
+            kept = f"; results kept in {self.pending}, send them later with `python -m pytest_promptopt upload {self.pending}`" if self.pending else ""
+            found.append(self.error + kept)
+        return found
+
+    def lines(self) -> list[str]:
+        if self.logged is not None:
+            return [self.logged.describe()]
+        lines = [self.error or "MLflow reporting failed"]
+        if self.pending is not None:
+            lines.append(f"results kept in {self.pending}; send them later with: python -m pytest_promptopt upload {self.pending}")
+        return lines
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def report_run(run: RunSummary, meta: SessionMeta, target: MlflowSettings) -> Outcome:
+    """Log `run`; on any failure keep it in a pending-upload file instead. Never raises: the
+    tests already ran and gated, and reporting must not change that."""
+    artifact_location = _local_artifacts(target)
+    try:
+        logged = log_run(run, meta, target.tracking_uri, target.experiment, artifact_location=artifact_location)
+    except Exception as exc:  # any MLflow, network or database fault
+        error = f"MLflow reporting failed ({safe_uri(target.tracking_uri)}): {_one_line(exc)}"
+        try:
+            pending = write_pending(target.pending_dir, run, meta, target, error=error)
+        except OSError as write_error:
+            return Outcome(error=f"{error}; the results could not be kept either: {write_error}")
+        return Outcome(error=error, pending=pending)
+    return Outcome(logged=logged)
+
+
+def log_run(run: RunSummary, meta: SessionMeta, tracking_uri: str, experiment: str, *, artifact_location: str | None = None) -> Logged:
+    """Create the parent and child runs, log everything, then check it arrived."""
+    with _mlflow_calls():
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=tracking_uri)
+        experiment_id = _experiment_id(client, experiment, artifact_location)
+        started = _dt.datetime.fromtimestamp(meta.started_ms / 1000, _dt.timezone.utc)
+        parent = client.create_run(
+            experiment_id, start_time=meta.started_ms, tags=_parent_tags(run, meta), run_name=f"pytest-{started:%Y%m%d-%H%M%S}"
+        ).info.run_id
+        children: dict[str, str] = {}
+        with _terminate_on_error(client, parent):
+            _log_batch(client, parent, metrics=_parent_metrics(run))
+            from .json_report import report_dict
+
+            client.log_text(parent, json.dumps(report_dict(run, exit_status=meta.exit_status), indent=2, default=str), REPORT_FILE)
+            for suite in run.suites:
+                children[suite.info.id] = _log_suite(client, experiment_id, parent, suite, meta)
+            client.set_terminated(parent, "FINISHED", end_time=meta.ended_ms)
+        try:
+            problems = _verify(client, experiment_id, parent, run, children)
+        except Exception as exc:  # the run is logged; a failed read-back must not make it pending
+            problems = [f"could not read the logged runs back: {_one_line(exc)}"]
+    return Logged(safe_uri(tracking_uri), experiment, experiment_id, parent, children, problems)
+
+
+def write_pending(directory: Path, run: RunSummary, meta: SessionMeta, target: MlflowSettings, *, error: str = "") -> Path:
+    """The JSON report plus what `upload` needs (target, session metadata), written atomically."""
+    from .json_report import report_dict
+
+    data = report_dict(run, exit_status=meta.exit_status)
+    data[PENDING_KEY] = {
+        "tracking_uri": safe_uri(target.tracking_uri),
+        "experiment": target.experiment,
+        "artifact_location": _local_artifacts(target),
+        "error": error,
+        "session": meta.to_dict(),
+    }
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    path = directory / f"{stamp}.json"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def upload_pending(path: Path, *, tracking_uri: str | None = None, experiment: str | None = None) -> Logged:
+    """Send a pending-upload file (or any JSON report) to MLflow with the same code as a live run.
+
+    The tracking URI is `tracking_uri`, else $MLFLOW_TRACKING_URI, else the one the file records.
+    """
+    from .json_report import run_from_report
+
+    data = json.loads(path.read_text(encoding="utf-8"))
+    saved = data.get(PENDING_KEY) or {}
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or saved.get("tracking_uri")
+    name = experiment or saved.get("experiment")
+    if not uri or not name:
+        raise MlflowReportError(f"{path} does not record where it was going; pass --tracking-uri and --experiment")
+    if "session" in saved:
+        meta = SessionMeta.from_dict(saved["session"])
+    else:  # a plain JSON report: only its creation time is known
+        created = _dt.datetime.fromisoformat(data["created"]).timestamp() * 1000 if data.get("created") else time.time() * 1000
+        meta = SessionMeta(started_ms=int(created), ended_ms=int(created), exit_status=data.get("exit_status"))
+    same_store = uri == saved.get("tracking_uri")
+    return log_run(run_from_report(data), meta, uri, name, artifact_location=saved.get("artifact_location") if same_store else None)
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def _parent_tags(run: RunSummary, meta: SessionMeta) -> dict[str, str]:
+    from .. import __version__
+
+    models = sorted({m for s in run.suites for m in s.models})
+    tags = {
+        "promptopt.session": "true",
+        "promptopt.gates_passed": _flag(run.gates_passed),
+        "promptopt.exit_status": "" if meta.exit_status is None else str(meta.exit_status),
+        "promptopt.ci": _flag(meta.ci),
+        "promptopt.pytest_args": shlex.join(meta.pytest_args),
+        "promptopt.models": ", ".join(models),
+        "promptopt.plugin_version": __version__,
+        "promptopt.rootdir": meta.rootdir,
+        "mlflow.note.content": _note(run),
+    }
+    if meta.git_commit:
+        tags["mlflow.source.git.commit"] = meta.git_commit
+    if meta.git_branch:
+        tags["mlflow.source.git.branch"] = meta.git_branch
+    return _clean_tags(tags)
+
+
+def _parent_metrics(run: RunSummary) -> dict[str, float | None]:
+    passed = sum(s.passed for s in run.suites)
+    failed = sum(s.failed for s in run.suites)
+    return {
+        "suites": len(run.suites),
+        "cases": sum(len(s.results) for s in run.suites),
+        "passed": passed,
+        "failed": failed,
+        "errors": sum(s.errors for s in run.suites),
+        "pass_rate": passed / (passed + failed) if passed + failed else None,
+        "gates_failed": len(run.failed_gates()),
+    }
+
+
+def _log_suite(client: Any, experiment_id: str, parent: str, suite: SuiteSummary, meta: SessionMeta) -> str:
+    tags = {
+        "mlflow.parentRunId": parent,
+        "promptopt.suite": suite.info.name,
+        "promptopt.suite_file": suite.info.file,
+        "promptopt.models": ", ".join(suite.models),
+        "promptopt.gates_passed": _flag(suite.gates_passed),
+        **{f"promptopt.gate.{_key(g.name)}": "passed" if g.passed else "failed" for g in suite.gates},
+    }
+    child = client.create_run(experiment_id, start_time=meta.started_ms, tags=_clean_tags(tags), run_name=suite.info.name).info.run_id
+    with _terminate_on_error(client, child):
+        templates = _templates(suite)
+        _log_batch(client, child, metrics=_suite_metrics(suite), params=_suite_params(suite, templates))
+        client.log_table(child, _case_table(suite), TABLE_FILE)
+        text = meta.suite_files.get(suite.info.file)
+        if text is not None:
+            client.log_text(child, text, f"suite/{Path(suite.info.file).name}")
+        for index, template in templates.items():
+            client.log_text(child, scrub(template), f"prompts/template-{index}.txt")
+        client.log_text(child, _rendered_prompts(suite), "prompts/rendered.md")
+        client.set_terminated(child, "FINISHED", end_time=meta.ended_ms)
+    return child
+
+
+def _templates(suite: SuiteSummary) -> dict[int, str]:
+    templates: dict[int, str] = {}
+    for result in suite.results:
+        if result.template is not None:
+            templates.setdefault(result.prompt_index or 0, result.template)
+    return dict(sorted(templates.items()))
+
+
+def _suite_params(suite: SuiteSummary, templates: Mapping[int, str]) -> dict[str, str]:
+    import hashlib
+
+    params = {"suite_name": suite.info.name, "suite_file": suite.info.file, "suite_kind": suite.info.kind, "model": ", ".join(suite.models)}
+    for index, template in templates.items():
+        params[f"prompt.{index}.template"] = template
+        params[f"prompt.{index}.sha256"] = hashlib.sha256(template.encode("utf-8")).hexdigest()
+    model_params: dict[str, Any] = {}
+    for result in suite.results:
+        model_params.setdefault(result.model or "model", result.model_params)
+    for model, values in model_params.items():
+        params[f"model_params.{_key(model)}"] = json.dumps(redact(values), sort_keys=True, default=str)
+    for gate in suite.gates:
+        params[f"gate.{_key(gate.name)}.threshold"] = f"{gate.threshold:g}"
+    return {k: _truncate(scrub(str(v)), _MAX_PARAM_VALUE) for k, v in params.items()}
+
+
+def _suite_metrics(suite: SuiteSummary) -> dict[str, float | None]:
+    totals = suite.totals()
+    metrics: dict[str, float | None] = {
+        "pass_rate": suite.pass_rate,
+        "mean_score": suite.mean_score(),
+        "cases": len(suite.results),
+        "passed": suite.passed,
+        "failed": suite.failed,
+        "errors": suite.errors,
+        "latency_p50_ms": suite.latency_percentile(0.5),
+        "latency_p95_ms": suite.latency_percentile(0.95),
+        "prompt_tokens": totals["prompt_tokens"],
+        "completion_tokens": totals["completion_tokens"],
+        "cost": totals["cost"],
+        "calls": totals["calls"],
+        "cache_hits": totals["cache_hits"],
+        "duration_s": totals["duration_s"],
+    }
+    metrics.update({f"metric.{_key(name)}": value for name, value in suite.metric_means().items()})
+    metrics.update({f"gate.{_key(g.name)}": g.value for g in suite.gates})
+    return metrics
+
+
+def _case_table(suite: SuiteSummary) -> dict[str, list[Any]]:
+    """One row per case; the MLflow UI shows it (log_table). JSON columns stay strings so every
+    cell is a scalar the UI can filter."""
+    rows = [redact({**r.to_dict(), "status": r.status}) for r in suite.results]
+    return {
+        column: [json.dumps(row.get(column), ensure_ascii=False, sort_keys=True, default=str) if column in _JSON_COLUMNS else row.get(column) for row in rows]
+        for column in TABLE_COLUMNS
+    }
+
+
+def _rendered_prompts(suite: SuiteSummary) -> str:
+    parts = [f"# {suite.info.name}: rendered prompts\n"]
+    for result in suite.results:
+        parts.append(f"## {result.name} ({result.case_id})\n\n```\n{result.prompt}\n```\n")
+    return scrub("\n".join(parts))
+
+
+def _note(run: RunSummary) -> str:
+    from .terminal import summary_lines
+
+    return "```\n" + "\n".join(summary_lines(run)) + "\n```"
+
+
+def _verify(client: Any, experiment_id: str, parent: str, run: RunSummary, children: Mapping[str, str]) -> list[str]:
+    """Read back what was logged: one child run per suite, one table row per case. (The table is
+    read from its artifact: `MlflowClient.load_table` searches runs through the global tracking
+    URI in MLflow 3.17, not the client's.)"""
+    problems = []
+    found = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'", max_results=1000)
+    if len(found) != len(run.suites):
+        problems.append(f"{len(found)} child runs found for {len(run.suites)} suites")
+    with tempfile.TemporaryDirectory(prefix="promptopt-mlflow-") as tmp:
+        for suite in run.suites:
+            run_id = children[suite.info.id]
+            local = client.download_artifacts(run_id, TABLE_FILE, tmp)
+            rows = len(json.loads(Path(local).read_text(encoding="utf-8")).get("data", []))
+            if rows != len(suite.results):
+                problems.append(f"suite '{suite.info.name}': the case table has {rows} rows for {len(suite.results)} cases")
+    return problems
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _experiment_id(client: Any, name: str, artifact_location: str | None) -> str:
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location)
+        except MlflowException:
+            experiment = client.get_experiment_by_name(name)  # created meanwhile by another session
+            if experiment is None:
+                raise
+    if experiment.lifecycle_stage == "deleted":
+        raise MlflowReportError(f"experiment '{name}' is deleted; restore it or choose another with --promptopt-experiment")
+    return experiment.experiment_id
+
+
+def _log_batch(client: Any, run_id: str, *, metrics: Mapping[str, float | None], params: Mapping[str, str] | None = None) -> None:
+    from mlflow.entities import Metric, Param
+
+    stamp = int(time.time() * 1000)
+    metric_list = [Metric(k, float(v), stamp, 0) for k, v in metrics.items() if v is not None]
+    param_list = [Param(k, v) for k, v in (params or {}).items()]
+    for start in range(0, max(len(metric_list), len(param_list), 1), _MAX_PER_BATCH):
+        end = start + _MAX_PER_BATCH
+        client.log_batch(run_id, metrics=metric_list[start:end], params=param_list[start:end])
+
+
+@contextlib.contextmanager
+def _terminate_on_error(client: Any, run_id: str) -> Iterator[None]:
+    """A run cut short is marked FAILED (best effort), so it never looks like a finished session."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(Exception):
+            client.set_terminated(run_id, "FAILED")
+        raise
+
+
+@contextlib.contextmanager
+def _mlflow_calls() -> Iterator[None]:
+    """Import mlflow, then keep its network limits short and its loggers, progress bars and
+    warnings quiet, for the duration of the logging only."""
+    saved = {name: os.environ.get(name) for name in _ENV_DEFAULTS}
+    for name, value in _ENV_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    loggers = [logging.getLogger(name) for name in ("mlflow", "alembic")]
+    levels = [logger.level for logger in loggers]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                import mlflow  # noqa: F401  (it sets its logger's level on import, hence the order)
+            except ImportError:
+                raise MlflowReportError(
+                    "mlflow is not installed; pip install 'pytest-promptopt[mlflow]' (or pass --promptopt-no-mlflow)"
+                ) from None
+            for logger in loggers:
+                logger.setLevel(logging.WARNING)  # "Creating initial MLflow database tables..." and the like
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _local_artifacts(target: MlflowSettings) -> str | None:
+    """Artifacts of the project's own store live next to it (MLflow would use ./mlruns of the cwd)."""
+    if not target.local_store:
+        return None
+    db = Path(target.tracking_uri[len("sqlite:///"):])
+    return (db.parent / "mlruns").as_uri()
+
+
+def _git(rootdir: Path, *args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", *args], cwd=rootdir, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if done.returncode != 0:
+        return None
+    return done.stdout.strip() or None
+
+
+_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.I)
+
+
+def safe_text(text: str) -> str:
+    """`text` without URL credentials (`https://user:pw@host`) or secret environment values."""
+    return scrub(_USERINFO.sub(r"\1***@", text))
+
+
+def safe_uri(uri: str) -> str:
+    return safe_text(uri)
+
+
+def _clean_tags(tags: Mapping[str, str]) -> dict[str, str]:
+    return {k: _truncate(safe_text(str(v)), _MAX_TAG_VALUE) for k, v in tags.items()}
+
+
+def _key(name: str) -> str:
+    """A param/metric key MLflow accepts (alphanumerics, `_ - . space`; no path tricks)."""
+    key = re.sub(r"[^\w.\- ]", "_", name).strip() or "_"
+    return "_" + key if key.startswith(".") else key
+
+
+def _truncate(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 40] + " ... (truncated; see the artifacts)"
+
+
+def _flag(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    # requests/urllib3 bury the cause ("Connection refused", a timeout) in a long retry message.
+    cause = re.search(r"(\[Errno -?\d+\][^\"')]*|timed out|Name or service not known)", text)
+    if cause and ("Max retries exceeded" in text or "timed out" in text):
+        return safe_text(f"cannot reach the tracking server: {cause.group(1).strip()}")
+    if not isinstance(exc, MlflowReportError):
+        text = f"{type(exc).__name__}: {text}"
+    return safe_text(text[:400])

@@ -1,0 +1,399 @@
+"""MLflow reporting, offline, against real MLflow: a SQLite store and a `mlflow server` on loopback.
+
+Every pytester run here passes `mlflow=True` (conftest's `run_pytest` turns MLflow off elsewhere).
+A fresh MLflow store spends ~6 s migrating its schema, so each test copies one migrated template.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from conftest import load_report
+
+pytestmark = pytest.mark.timeout(240)
+
+QA = """
+description: capitals
+providers: [echo]
+prompts: ["The capital of {{country}} is {{capital}}."]
+tests:
+  - description: france
+    vars: {country: France, capital: Paris}
+    assert: [{type: contains, value: Paris}, {type: icontains, value: "{{country}}", metric: mentions}]
+  - description: spain
+    vars: {country: Spain, capital: Madrid}
+    assert: [{type: contains, value: Madrid}]
+  - description: wrong
+    vars: {country: Italy, capital: Milan}
+    assert: [{type: contains, value: Rome, metric: mentions}]
+gates:
+  pass_rate: 0.9
+"""
+
+TWO_PROMPTS = """
+description: greetings
+providers: [echo]
+prompts: ["Hello {{name}}", "Goodbye {{name}}"]
+tests:
+  - vars: {name: Ada}
+    assert: [{type: icontains, value: ada}]
+gates:
+  pass_rate: 0.5
+"""
+
+PYTHON_TESTS = """
+import pytest
+from pytest_promptopt import FakeModel, contains
+
+MODEL = FakeModel({"Capital of France?": "Paris", "Capital of Spain?": "Barcelona"}, name="scripted")
+
+@pytest.mark.promptopt(suite="py-capitals", gates={"pass_rate": 0.5}, model=MODEL)
+@pytest.mark.parametrize("country,capital", [("France", "Paris"), ("Spain", "Madrid")])
+def test_capital(prompt_model, prompt_check, country, capital):
+    prompt_check(prompt_model(f"Capital of {country}?"), contains(capital))
+"""
+
+CASES = {"capitals": 3, "greetings": 2, "py-capitals": 2}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def offline_mlflow(migrated_store: Path) -> Iterator[None]:
+    # MLflow (and SQLAlchemy, pandas, the stores) must be imported before a test's `pytester`
+    # snapshots sys.modules: pytester removes what a test imported when it ends, and C-extension
+    # packages such as SQLAlchemy break when imported a second time.
+    import mlflow.store.artifact.mlflow_artifacts_repo  # noqa: F401
+    import mlflow.store.tracking.rest_store  # noqa: F401
+    from mlflow import MlflowClient
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        MlflowClient(tracking_uri=sqlite_uri(migrated_store)).search_runs(["0"])
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")  # no usage events to the network
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        yield
+
+
+@pytest.fixture(scope="session")
+def migrated_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow SQLite store with its schema migrated, made once for all xdist workers
+    (each test copies it)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # shared by the workers of this run
+    db = root / "mlflow-template.db"
+    with (root / "mlflow-template.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not db.exists():
+            from mlflow import MlflowClient
+
+            building = root / f"mlflow-template-{os.getpid()}.db"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # SQLAlchemy deprecations inside MLflow
+                MlflowClient(tracking_uri=sqlite_uri(building)).search_experiments()
+            os.replace(building, db)
+    return db
+
+
+def sqlite_uri(path: Path) -> str:
+    return f"sqlite:///{path.as_posix()}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_tree(uri: str, experiment: str) -> tuple[Any, Any, dict[str, Any]]:
+    """The client, the one session (parent) run, and its child runs by suite name."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"no experiment {experiment!r} in {uri}"
+    runs = client.search_runs([found.experiment_id], max_results=100)
+    parents = [r for r in runs if r.data.tags.get("promptopt.session") == "true"]
+    assert len(parents) == 1, [r.info.run_name for r in runs]
+    parent = parents[0]
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert len(children) == len(runs) - 1  # nothing but the session and its suites
+    assert parent.info.status == "FINISHED" and all(c.info.status == "FINISHED" for c in children.values())
+    return client, parent, children
+
+
+def case_table(client: Any, run_id: str) -> dict[str, dict[str, Any]]:
+    """The logged case table, by case name. (Not `client.load_table`: MLflow 3.17 searches the
+    runs through the global tracking URI there, not the client's.)"""
+    with tempfile.TemporaryDirectory() as tmp:
+        table = json.loads(Path(client.download_artifacts(run_id, "cases.json", tmp)).read_text())
+    assert {"case_id", "name", "vars", "prompt", "output", "passed", "error", "score", "scores", "latency_ms"} <= set(table["columns"])
+    rows = [dict(zip(table["columns"], row)) for row in table["data"]]
+    return {row["name"]: row for row in rows}
+
+
+def assert_tables(client: Any, children: dict[str, Any], expected: dict[str, int]) -> None:
+    assert sorted(children) == sorted(expected)
+    for name, child in children.items():
+        assert len(case_table(client, child.info.run_id)) == expected[name], name
+
+
+def write_project(pytester: pytest.Pytester) -> None:
+    pytester.makefile(".promptopt.yaml", qa=QA, two=TWO_PROMPTS)
+    pytester.makepyfile(test_py=PYTHON_TESTS)
+
+
+def git_commit(path: Path) -> str | None:
+    if shutil.which("git") is None:
+        return None
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "init.defaultBranch=main"]
+    subprocess.run([*git, "init", "-q"], cwd=path, check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "init"], cwd=path, check=True)
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, check=True, capture_output=True, text=True).stdout.strip()
+
+
+# --------------------------------------------------------------------------- a SQLite store
+
+
+@pytest.mark.parametrize("mode", [[], ["-n", "2"]], ids=["plain", "xdist"])
+def test_run_tree_metrics_params_tags_and_tables_in_the_project_store(pytester, run_pytest, migrated_store, mode):
+    write_project(pytester)
+    commit = git_commit(pytester.path)
+    shutil.copy(migrated_store, pytester.path / "mlflow.db")  # the default store: <rootdir>/mlflow.db
+    result = run_pytest("--promptopt", *mode, mlflow=True)
+    assert result.ret == 1  # the capitals gate (pass_rate 0.9) fails; reporting does not change that
+    client, parent, children = run_tree(sqlite_uri(pytester.path / "mlflow.db"), pytester.path.name)
+    result.stdout.fnmatch_lines([f"MLflow: sqlite:///*mlflow.db, experiment '{pytester.path.name}', run {parent.info.run_id}"])
+    assert "warning" not in result.stdout.str().lower()
+
+    tags = parent.data.tags
+    assert tags["promptopt.gates_passed"] == "false" and tags["promptopt.exit_status"] == "1"
+    assert "--promptopt" in tags["promptopt.pytest_args"].split() and tags["promptopt.plugin_version"]
+    assert tags["promptopt.models"] == "echo, scripted" and tags["promptopt.ci"] in ("true", "false")
+    if commit:
+        assert tags["mlflow.source.git.commit"] == commit and tags["mlflow.source.git.branch"] == "main"
+    assert parent.data.metrics == {"suites": 3, "cases": 7, "passed": 5, "failed": 2, "errors": 0, "pass_rate": 5 / 7, "gates_failed": 1}
+    assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["promptopt-report.json"]
+
+    qa = children["capitals"]
+    assert qa.data.metrics == pytest.approx({
+        "pass_rate": 2 / 3, "mean_score": qa.data.metrics["mean_score"], "cases": 3, "passed": 2, "failed": 1, "errors": 0,
+        "metric.mentions": 0.5, "gate.pass_rate": 2 / 3, "calls": 3, "cache_hits": 0, "latency_p50_ms": 0, "latency_p95_ms": 0,
+        "prompt_tokens": 0, "completion_tokens": 0, "cost": 0, "duration_s": qa.data.metrics["duration_s"],
+    })
+    template = "The capital of {{country}} is {{capital}}."
+    assert qa.data.params == {
+        "suite_name": "capitals", "suite_file": "qa.promptopt.yaml", "suite_kind": "file", "model": "echo",
+        "prompt.0.template": template, "prompt.0.sha256": hashlib.sha256(template.encode()).hexdigest(),
+        "model_params.echo": "{}", "gate.pass_rate.threshold": "0.9",
+    }
+    assert qa.data.tags["promptopt.gate.pass_rate"] == "failed" and qa.data.tags["promptopt.gates_passed"] == "false"
+    artifacts = {a.path for a in client.list_artifacts(qa.info.run_id)} | {a.path for a in client.list_artifacts(qa.info.run_id, "prompts")}
+    assert {"cases.json", "suite", "prompts/template-0.txt", "prompts/rendered.md"} <= artifacts
+    rendered = Path(client.download_artifacts(qa.info.run_id, "prompts/rendered.md", str(pytester.path))).read_text()
+    assert "The capital of Italy is Milan." in rendered
+    assert children["greetings"].data.params["prompt.1.template"] == "Goodbye {{name}}"
+    assert children["greetings"].data.tags["promptopt.gate.pass_rate"] == "passed"
+    assert children["py-capitals"].data.metrics["pass_rate"] == 0.5 and children["py-capitals"].data.params["suite_kind"] == "python"
+    assert_tables(client, children, CASES)
+    table = case_table(client, qa.info.run_id)
+    assert table["wrong[t2]"]["output"] == "The capital of Italy is Milan." and table["wrong[t2]"]["passed"] is False
+    assert table["france[t0]"]["vars"] == '{"capital": "Paris", "country": "France"}'
+
+
+# --------------------------------------------------------------------------- a real server
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory, migrated_store: Path) -> Iterator[str]:
+    """`mlflow server` on a free loopback port, stopped (its whole process group) at the end."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    shutil.copy(migrated_store, root / "server.db")
+    port = free_port()
+    log = (root / "server.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", sqlite_uri(root / "server.db"),
+         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=root,
+        # Without this the server also starts a job runner and about eight huey consumers.
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"mlflow server did not come up:\n{(root / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.25)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=15)
+        log.close()
+
+
+def test_a_remote_tracking_server_from_the_environment_under_xdist(pytester, run_pytest, mlflow_server, monkeypatch):
+    write_project(pytester)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    result = run_pytest("--promptopt", "-n", "2", "--promptopt-experiment", "ci-server", mlflow=True)
+    assert result.ret == 1
+    client, parent, children = run_tree(mlflow_server, "ci-server")
+    result.stdout.fnmatch_lines([f"MLflow: {mlflow_server}, experiment 'ci-server', run {parent.info.run_id} ({mlflow_server}/#/experiments/*/runs/{parent.info.run_id})"])
+    assert children["capitals"].data.metrics["pass_rate"] == pytest.approx(2 / 3)
+    assert children["capitals"].data.params["suite_file"] == "qa.promptopt.yaml"
+    assert_tables(client, children, CASES)
+    assert not (pytester.path / "mlflow.db").exists() and not (pytester.path / ".promptopt" / "pending").exists()
+
+
+# --------------------------------------------------------------------------- faults
+
+
+def test_server_down_keeps_the_run_and_upload_sends_it_later(pytester, run_pytest, migrated_store, monkeypatch):
+    write_project(pytester)
+    baseline = run_pytest("--promptopt", "--promptopt-experiment", "later")  # MLflow off
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://alice:pw-{'x' * 12}@127.0.0.1:{free_port()}")  # nothing listens
+    started = time.monotonic()
+    result = run_pytest("--promptopt", "--promptopt-experiment", "later", mlflow=True)
+    assert time.monotonic() - started < 60  # short HTTP timeouts, no two-minute retry loop
+    assert result.ret == baseline.ret == 1
+    assert result.parseoutcomes() == baseline.parseoutcomes() | {"warnings": 1}
+    result.stdout.fnmatch_lines(["*PytestWarning: MLflow reporting failed (http://***@127.0.0.1:*)*results kept in*",
+                                 "MLflow reporting failed (http://***@127.0.0.1:*", "results kept in *.json; send them later with: python -m pytest_promptopt upload *"])
+    assert "pw-xxxx" not in result.stdout.str()
+    pending = list((pytester.path / ".promptopt" / "pending").glob("*.json"))
+    assert len(pending) == 1
+    saved = load_report(pending[0])  # the JSON report (it validates) plus where it was going
+    assert saved["mlflow"]["experiment"] == "later" and "pw-xxxx" not in pending[0].read_text()
+    assert {s["name"]: s["cases"] for s in saved["suites"]} == CASES
+
+    store = pytester.path / "live.db"
+    shutil.copy(migrated_store, store)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    sent = subprocess.run([sys.executable, "-m", "pytest_promptopt", "upload", str(pending[0]), "--tracking-uri", sqlite_uri(store)],
+                          capture_output=True, text=True, timeout=120, cwd=pytester.path)
+    assert sent.returncode == 0, sent.stderr
+    assert "sent; MLflow: sqlite:///" in sent.stdout and not pending[0].exists()
+    client, parent, children = run_tree(sqlite_uri(store), "later")
+    assert parent.data.tags["promptopt.gates_passed"] == "false" and parent.data.tags["promptopt.exit_status"] == "1"
+    assert children["capitals"].data.params["prompt.0.sha256"] == hashlib.sha256(b"The capital of {{country}} is {{capital}}.").hexdigest()
+    assert_tables(client, children, CASES)
+
+
+SECRET_SUITE = """
+description: secrets
+providers:
+  - id: acme/scripted
+    config: {client_secret: hunter2-client-secret, temperature: 0}
+prompts: ["Forward this: {{note}}"]
+tests:
+  - vars: {note: "the token is tok-9f8e7d6c5b4a3921"}
+    assert: [{type: contains, value: token}]
+"""
+
+
+def test_secrets_never_reach_params_tags_or_artifacts(pytester, run_pytest, migrated_store, monkeypatch):
+    monkeypatch.setenv("ACME_SERVICE_TOKEN", "tok-9f8e7d6c5b4a3921")
+    pytester.makeconftest(
+        """
+        from pytest_promptopt import FakeModel
+
+        def pytest_promptopt_make_model(spec):
+            if spec.id == "acme/scripted":
+                return FakeModel(lambda request: request.prompt, name="acme/scripted")
+        """
+    )
+    pytester.makefile(".promptopt.yaml", secret=SECRET_SUITE)
+    shutil.copy(migrated_store, pytester.path / "mlflow.db")
+    result = run_pytest("--promptopt", "--promptopt-experiment", "secrets", mlflow=True)
+    assert result.ret == 0
+    client, parent, children = run_tree(sqlite_uri(pytester.path / "mlflow.db"), "secrets")
+    child = children["secrets"]
+    assert child.data.params["model_params.acme_scripted"] == '{"client_secret": "***", "temperature": 0}'
+    [row] = case_table(client, child.info.run_id).values()
+    assert row["output"] == "Forward this: the token is ***"
+    # Nothing anywhere in the store (database and artifact files) holds either secret.
+    stored = [pytester.path / "mlflow.db", *(p for p in (pytester.path / "mlruns").rglob("*") if p.is_file())]
+    assert any(p.name == "secret.promptopt.yaml" for p in stored)
+    for path in stored:
+        data = path.read_bytes()
+        assert b"hunter2" not in data and b"9f8e7d6c5b4a3921" not in data, path
+
+
+# --------------------------------------------------------------------------- off, and settings
+
+
+def test_no_mlflow_writes_nothing_and_imports_nothing(pytester, run_pytest):
+    write_project(pytester)
+    pytester.makeconftest(
+        "import sys\n"
+        "def pytest_unconfigure(config):\n"
+        "    open('mlflow-loaded.txt', 'w').write(str('mlflow' in sys.modules))\n"
+    )
+    result = run_pytest("--promptopt", "--promptopt-no-mlflow", mlflow=True)
+    assert result.ret == 1 and "MLflow" not in result.stdout.str()
+    assert (pytester.path / "mlflow-loaded.txt").read_text() == "False"
+    assert not {"mlflow.db", "mlruns"} & {p.name for p in pytester.path.iterdir()}
+    assert not (pytester.path / ".promptopt" / "pending").exists()
+
+
+def test_settings_precedence_and_bad_values_name_the_option(pytester, monkeypatch):
+    from pytest_promptopt.session import session_key
+
+    def mlflow_settings(*args: str) -> Any:
+        return pytester.parseconfigure("--promptopt", *args).stash[session_key].settings.mlflow
+
+    default = mlflow_settings()
+    assert default.tracking_uri == f"sqlite:///{pytester.path.as_posix()}/mlflow.db" and default.local_store
+    assert default.experiment == pytester.path.name
+    pytester.makeini("[pytest]\npromptopt_mlflow_uri = sqlite:///from-ini.db\npromptopt_experiment = from-ini\n")
+    assert (mlflow_settings().tracking_uri, mlflow_settings().experiment) == ("sqlite:///from-ini.db", "from-ini")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert mlflow_settings().tracking_uri == "http://127.0.0.1:5000"  # the environment beats the ini
+    assert mlflow_settings("--promptopt-mlflow-uri", "databricks").tracking_uri == "databricks"  # the option beats both
+    assert mlflow_settings("--promptopt-no-mlflow") is None
+    assert mlflow_settings("-o", "promptopt_no_mlflow=true") is None
+
+    for args, message in [
+        (["--promptopt-mlflow-uri", "just/a/path"], "--promptopt-mlflow-uri (ini: promptopt_mlflow_uri): 'just/a/path' is not a tracking URI"),
+        (["--promptopt-experiment", " "], "--promptopt-experiment (ini: promptopt_experiment): the experiment name must not be empty"),
+        (["-o", "promptopt_no_mlflow=maybe"], "--promptopt-no-mlflow (ini: promptopt_no_mlflow): expected true or false"),
+    ]:
+        with pytest.raises(pytest.UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            mlflow_settings(*args)
+
+
+def test_redact_text_masks_secret_keys_in_yaml_and_json():
+    from pytest_promptopt.redact import redact_text
+
+    text = 'config: {client_secret: abc, max_tokens: 5}\npassword: "p w" # note\n"auth_token": "x1"\nvalue: Paris\n'
+    assert redact_text(text) == 'config: {client_secret: ***, max_tokens: 5}\npassword: *** # note\n"auth_token": ***\nvalue: Paris\n'
