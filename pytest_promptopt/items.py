@@ -9,7 +9,7 @@ import pytest
 
 from .report.text import describe_case
 from .results import CaseResult
-from .session import RECORD_KEY, PromptoptSession, session_key
+from .session import PromptoptSession, record_key, session_key
 from .suite.model import Case, SuiteError
 
 SUITE_SUFFIXES = (".promptopt.yaml", ".promptopt.yml", ".promptopt.json")
@@ -74,7 +74,7 @@ class CaseItem(pytest.Item):
         # The model call happens in setup, so a model fault is a pytest *error*, not a failure.
         session = self.config.stash[session_key]
         self.result = session.run_case(self.case, self.nodeid)
-        self.user_properties.append((RECORD_KEY, session.encode(self.case.suite, self.result)))
+        self.stash[record_key] = session.encode(self.case.suite, self.result)
         if self.result.error:
             # pytest renders setup errors without repr_failure; pytrace=False shows just the text.
             pytest.fail(describe_case(self.result, self.case.rendered_prompt), pytrace=False)

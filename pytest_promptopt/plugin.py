@@ -146,27 +146,35 @@ def prompt_check(request: pytest.FixtureRequest) -> Any:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
-    recorder = item.stash.get(_recorder_key, None)
-    if recorder is not None and call.when == "teardown":
-        from .session import RECORD_KEY, session_key
+    from .session import RECORD_ATTR, record_key
 
-        session = item.config.stash[session_key]
-        call_passed = item.stash.get(_call_passed_key, False)
-        item.user_properties.append((RECORD_KEY, session.encode(recorder.suite, recorder.result(call_passed))))
     report = yield
+    recorder = item.stash.get(_recorder_key, None)
     if recorder is not None and call.when == "call":
         item.stash[_call_passed_key] = report.passed
         if recorder.error and report.failed:
-            report.user_properties.append(("promptopt_error", recorder.error))
+            setattr(report, ERROR_ATTR, recorder.error)
+    if call.when == "teardown":
+        payload = item.stash.get(record_key, None)
+        if payload is None and recorder is not None:
+            from .session import session_key
+
+            result = recorder.result(item.stash.get(_call_passed_key, False))
+            payload = item.config.stash[session_key].encode(recorder.suite, result)
+        if payload is not None:
+            # A report attribute, not user_properties: it crosses xdist the same way (reports
+            # serialise their __dict__) but stays out of JUnit XML, which would copy every output.
+            setattr(report, RECORD_ATTR, payload)
     return report
 
 
 _call_passed_key = pytest.StashKey[bool]()
+ERROR_ATTR = "promptopt_error"
 
 
 def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> Any:
     # A model fault inside a Python prompt test is an error, not a failed assertion.
-    if report.when == "call" and report.failed and any(k == "promptopt_error" for k, _ in report.user_properties):
+    if report.when == "call" and report.failed and getattr(report, ERROR_ATTR, None):
         return "error", "E", ("ERROR", {"red": True})
     return None
 
@@ -184,12 +192,12 @@ class ControllerHooks:
         self.mlflow: Any = None  # the MLflow reporting outcome, for the terminal summary
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        # The teardown report carries everything recorded in setup, call and teardown.
-        if report.when != "teardown":
-            return
-        for key, value in report.user_properties:
-            if key == "promptopt":
-                self.state.add_record(value)
+        from .session import RECORD_ATTR
+
+        # The teardown report carries the case's record (see pytest_runtest_makereport).
+        payload = getattr(report, RECORD_ATTR, None) if report.when == "teardown" else None
+        if payload is not None:
+            self.state.add_record(payload)
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:

@@ -17,10 +17,11 @@ from .results import CaseResult, RunSummary, summarize
 from .settings import Settings
 from .suite.model import Case, SuiteInfo
 
-__all__ = ["RECORD_KEY", "PromptoptSession", "session_key"]
+__all__ = ["RECORD_ATTR", "PromptoptSession", "record_key", "session_key"]
 
-RECORD_KEY = "promptopt"  # the user_properties name that carries a case record to the controller
+RECORD_ATTR = "promptopt_record"  # the teardown report attribute that carries a case record
 session_key = pytest.StashKey["PromptoptSession"]()
+record_key = pytest.StashKey[str]()  # an item's encoded record, until its teardown report
 
 
 class PromptoptSession:

@@ -287,3 +287,10 @@ def test_collection_error_for_bad_suite_names_file_line_and_path(pytester, run_p
     out = result.stdout.str()
     assert "qa.promptopt.yaml:6: tests[0].assert[0].type: unknown assertion type 'contans'; did you mean 'contains'?" in out
     assert "Traceback" not in out
+
+
+def test_junit_xml_does_not_carry_case_records(pytester, run_pytest, mode):
+    pytester.makefile(".promptopt.yaml", qa=ECHO_SUITE)
+    run_pytest("--promptopt", "--junitxml", "junit.xml", "--promptopt-report", "r.json", *mode).assert_outcomes(passed=2, failed=1)
+    assert "promptopt" not in (pytester.path / "junit.xml").read_text().replace("qa.promptopt.yaml", "")
+    assert len(load_report(pytester.path / "r.json")["suites"][0]["results"]) == 3
