@@ -68,7 +68,7 @@ def execute_case(case: Case, model: Model, cache: ResponseCache, nodeid: str = "
         vars=json_safe(dict(case.vars)),
         prompt=case.rendered_prompt,
         prompt_index=case.prompt_index,
-        test_index=case.test_index,
+        test_index=case.test_index, position=case.position,
         model=case.model.display,
         template=case.prompt.template,
         model_params=redact(json_safe(dict(case.model.params))),
@@ -79,6 +79,7 @@ def execute_case(case: Case, model: Model, cache: ResponseCache, nodeid: str = "
         result.error = f"model error ({case.model.display}): {scrub(str(exc))}"
     else:
         fill_response(result, response)
+        result.model = case.model.label or result.model  # a suite's provider label names it in reports
         ctx = AssertionContext(vars=case.vars, prompt=case.rendered_prompt, response=response, base_dir=case.base_dir)
         try:
             fill_grade(result, grade_case(response.text, case.assertions, ctx, case.threshold))

@@ -35,6 +35,7 @@ class CaseResult:
     assertions: list[dict[str, Any]] = field(default_factory=list)
     prompt_index: int | None = None
     test_index: int | None = None
+    position: int | None = None  # order of the case in its suite file (None for Python tests)
     model: str = ""
     template: str | None = None  # the prompt template before rendering (suite-file cases)
     model_params: dict[str, Any] = field(default_factory=dict)  # redacted: records travel and get logged
@@ -132,13 +133,13 @@ class RunSummary:
 
 
 def summarize(records: Iterable[tuple[SuiteInfo, CaseResult]]) -> RunSummary:
-    """Group case results by suite (first-seen order of suites, results sorted by node id)."""
+    """Group case results by suite; a suite file's results in file order, Python tests by node id."""
     grouped: dict[str, tuple[SuiteInfo, list[CaseResult]]] = {}
     for info, result in records:
         grouped.setdefault(info.id, (info, []))[1].append(result)
     suites = []
     for info, results in grouped.values():
-        results.sort(key=lambda r: (r.test_index if r.test_index is not None else -1, r.prompt_index or 0, r.nodeid))
+        results.sort(key=lambda r: (r.position if r.position is not None else -1, r.nodeid))
         summary = SuiteSummary(info, results, [], sorted({r.model for r in results if r.model}))
         summary.gates = [decide(g, summary.pass_rate, summary.metric_means()) for g in info.gates]
         suites.append(summary)

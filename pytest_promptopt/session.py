@@ -74,7 +74,7 @@ class PromptoptSession:
             model = self.model_for(case.model)
         except ModelError as exc:
             return CaseResult(case.case_id, case.name, nodeid, error=f"model error ({case.model.display}): {exc}",
-                              prompt=case.rendered_prompt, prompt_index=case.prompt_index, test_index=case.test_index,
+                              prompt=case.rendered_prompt, prompt_index=case.prompt_index, test_index=case.test_index, position=case.position,
                               model=case.model.display, template=case.prompt.template,
                               model_params=redact(json_safe(dict(case.model.params))))
         return execute_case(case, model, self.cache, nodeid)

@@ -66,6 +66,10 @@ class Settings:
         import pytest
 
         rootdir = Path(str(config.rootpath))
+        if not config.getoption("promptopt"):
+            # Without --promptopt nothing runs, so nothing is parsed: a bad ini value must not
+            # break an ordinary pytest run.
+            return cls(False, ModelSpec(BUNDLED), CacheMode.READWRITE, rootdir / ".promptopt" / "cache.sqlite", None, 60.0, rootdir)
 
         def value(option: Option) -> Any:
             dest = option.flag.lstrip("-").replace("-", "_")
@@ -103,11 +107,19 @@ class Settings:
                 raise ValueError(f"must be a positive number of seconds, got {raw!r}")
             return seconds
 
-        def path(raw: Any) -> Path | None:
+        def report_path(raw: Any) -> Path | None:
             if raw in (None, ""):
                 return None
             p = Path(str(raw)).expanduser()
-            return p if p.is_absolute() else Path(str(config.invocation_params.dir)) / p
+            # A path on the command line is relative to where pytest starts; one in the ini file
+            # is relative to that file, wherever pytest is started from.
+            if config.getoption("promptopt_report") is not None:
+                base = Path(str(config.invocation_params.dir))
+            elif config.inipath is not None:
+                base = Path(str(config.inipath)).parent
+            else:
+                base = rootdir
+            return base / p
 
         cache_dir = Path(str(value(by_flag["--promptopt-cache-dir"]))).expanduser()
         cache_dir = cache_dir if cache_dir.is_absolute() else rootdir / cache_dir
@@ -116,11 +128,11 @@ class Settings:
         if not parsed("--promptopt-no-mlflow", _boolean):
             mlflow = _mlflow_settings(config, rootdir, cache_dir / "pending", parsed)
         return cls(
-            enabled=bool(config.getoption("promptopt")),
+            enabled=True,
             model=parsed("--promptopt-model", model),
             cache_mode=parsed("--promptopt-cache", cache_mode),
             cache_path=cache_dir / "cache.sqlite",
-            report_path=parsed("--promptopt-report", path),
+            report_path=parsed("--promptopt-report", report_path),
             timeout_s=timeout_s,
             rootdir=rootdir,
             mlflow=mlflow,

@@ -294,3 +294,31 @@ def test_junit_xml_does_not_carry_case_records(pytester, run_pytest, mode):
     run_pytest("--promptopt", "--junitxml", "junit.xml", "--promptopt-report", "r.json", *mode).assert_outcomes(passed=2, failed=1)
     assert "promptopt" not in (pytester.path / "junit.xml").read_text().replace("qa.promptopt.yaml", "")
     assert len(load_report(pytester.path / "r.json")["suites"][0]["results"]) == 3
+
+
+def test_bad_ini_value_does_not_break_a_run_without_promptopt(pytester, run_pytest):
+    pytester.makeini("[pytest]\npromptopt_cache = sometimes\n")
+    pytester.makepyfile(test_a="def test_a():\n    pass\n")
+    run_pytest().assert_outcomes(passed=1)
+
+
+def test_ini_report_path_is_relative_to_the_ini_file(pytester, monkeypatch):
+    pytester.makeini("[pytest]\npromptopt_report = build/report.json\npromptopt_model = echo\n")
+    pytester.makefile(".promptopt.yaml", qa="prompts: ['hi']\n")
+    sub = pytester.mkdir("sub")
+    monkeypatch.chdir(sub)
+    result = pytester.runpytest_subprocess("--promptopt", "--promptopt-no-mlflow", "--rootdir", str(pytester.path), str(pytester.path), "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    assert (pytester.path / "build" / "report.json").is_file() and not (sub / "build").exists()
+
+
+def test_report_lists_cases_in_file_order_and_uses_provider_labels(pytester, run_pytest, mode):
+    pytester.makefile(
+        ".promptopt.yaml",
+        qa="providers: [{id: echo, label: my-echo}]\nprompts: ['{{x}}']\ntests: [{vars: {x: [c, b, a]}}, {vars: {x: '0'}}]\n",
+    )
+    run_pytest("--promptopt", "--promptopt-report", "r.json", *mode).assert_outcomes(passed=4)
+    suite = load_report(pytester.path / "r.json")["suites"][0]
+    assert [r["output"] for r in suite["results"]] == ["c", "b", "a", "0"]
+    assert [r["position"] for r in suite["results"]] == [0, 1, 2, 3]
+    assert suite["model"] == "my-echo"

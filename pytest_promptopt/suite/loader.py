@@ -543,6 +543,7 @@ def _cases(
                         threshold=merged["threshold"],
                         description=merged["description"],
                         base_dir=ctx.base_dir,
+                        position=sum(seen.values()) - 1,
                     )
 
 

@@ -65,3 +65,4 @@ class Case:
     threshold: float | None = None
     description: str = ""
     base_dir: Path = field(default_factory=Path.cwd)
+    position: int = 0  # order of the case in its suite (collection order)
