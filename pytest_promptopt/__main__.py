@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
             print(exc, file=sys.stderr)
             status = 1
             continue
-        print(f"{name}: ok, {len(loaded.cases)} cases, gates: {', '.join(g.describe() for g in loaded.info.gates) or 'none'}")
+        print(f"{name}: ok, {len(loaded.cases)} case{'' if len(loaded.cases) == 1 else 's'}, gates: {', '.join(g.describe() for g in loaded.info.gates) or 'none'}")
     return status
 
 

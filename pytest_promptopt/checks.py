@@ -140,7 +140,9 @@ class PromptCheck:
             rendered = [render_assertion(a, variables) for a in assertions]
             grade = grade_case(text, rendered, AssertionContext(variables, self._recorder.last_prompt, response, self._recorder.base_dir), threshold)
         except AssertionConfigError as exc:
-            raise pytest.UsageError(f"prompt_check: {exc}") from None
+            # A malformed check is the test's fault, not the output's: an error, not a failure.
+            self._recorder.error = f"assertion error: {exc}"
+            raise
         except AssertionEvaluationError as exc:
             self._recorder.error = f"assertion error: {exc}"
             raise

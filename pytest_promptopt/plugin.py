@@ -82,11 +82,33 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     from .session import session_key
 
     if config.stash[session_key].settings.enabled:
+        _check_python_suites(items)
         return
     skip = pytest.mark.skip(reason=SKIP_REASON)
     for item in items:
         if isinstance(item, pytest.Function) and _is_python_prompt_test(item):
             item.add_marker(skip)
+
+
+def _check_python_suites(items: list[pytest.Item]) -> None:
+    """Python tests that share a `suite=` must agree on its gates: one suite, one verdict."""
+    from .checks import python_suite
+
+    first: dict[str, tuple[str, Any]] = {}
+    for item in items:
+        marker = item.get_closest_marker("promptopt")
+        if not isinstance(item, pytest.Function) or marker is None or "suite" not in marker.kwargs:
+            continue
+        suite = python_suite(item, marker)
+        seen = first.setdefault(suite.id, (item.nodeid, suite.gates))
+        if seen[1] != suite.gates:
+            def shown(gates: Any) -> str:
+                return ", ".join(g.describe() for g in gates) or "no gates"
+
+            raise pytest.UsageError(
+                f"suite '{suite.id}': {seen[0]} declares {shown(seen[1])} but {item.nodeid} declares "
+                f"{shown(suite.gates)}; give every test of a suite the same gates (e.g. a module-level pytestmark)"
+            )
 
 
 # --------------------------------------------------------------------------- Python prompt tests

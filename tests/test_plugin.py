@@ -322,3 +322,50 @@ def test_report_lists_cases_in_file_order_and_uses_provider_labels(pytester, run
     assert [r["output"] for r in suite["results"]] == ["c", "b", "a", "0"]
     assert [r["position"] for r in suite["results"]] == [0, 1, 2, 3]
     assert suite["model"] == "my-echo"
+
+
+def test_python_tests_of_one_suite_must_agree_on_gates(pytester, run_pytest):
+    pytester.makepyfile(
+        test_gates="""
+        import pytest
+
+        @pytest.mark.promptopt(suite="s", gates={"pass_rate": 0.5})
+        def test_a(prompt_check):
+            pass
+
+        @pytest.mark.promptopt(suite="s", gates={"pass_rate": 0.9})
+        def test_b(prompt_check):
+            pass
+        """
+    )
+    result = run_pytest("--promptopt")
+    assert result.ret == 4
+    result.stderr.fnmatch_lines(["*suite 's': test_gates.py::test_a declares pass_rate >= 0.5 but test_gates.py::test_b declares pass_rate >= 0.9*"])
+
+
+def test_malformed_python_check_is_an_error(pytester, run_pytest):
+    pytester.makepyfile(
+        test_bad="""
+        import pytest
+        from pytest_promptopt import regex
+
+        @pytest.mark.promptopt(model="echo")
+        def test_it(prompt_model, prompt_check):
+            prompt_check(prompt_model("hi"), regex("(unclosed"))
+        """
+    )
+    result = run_pytest("--promptopt", "--promptopt-report", "r.json")
+    result.assert_outcomes(errors=1)
+    assert "invalid regular expression" in load_report(pytester.path / "r.json")["suites"][0]["results"][0]["error"]
+
+
+def test_validate_command(pytester):
+    pytester.makefile(".promptopt.yaml", good="prompts: ['{{q}}']\ntests: [{vars: {q: a}}]\n", bad="prompts: ['{{q}}']\ntests: [{vars: {}}]\n")
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "pytest_promptopt", "validate", "good.promptopt.yaml", "bad.promptopt.yaml"],
+                          capture_output=True, text=True, cwd=pytester.path)
+    assert proc.returncode == 1
+    assert "good.promptopt.yaml: ok, 1 case, gates: none" in proc.stdout
+    assert "bad.promptopt.yaml:2: tests[0].vars: missing variable 'q'" in proc.stderr

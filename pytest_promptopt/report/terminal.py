@@ -51,6 +51,6 @@ def gate_lines(suites: Iterable[SuiteSummary]) -> list[str]:
     for s in suites:
         for g in s.gates:
             if not g.passed:
-                value = "n/a" if g.value is None else f"{g.value:.3f}"
-                lines.append(f"GATE FAILED  {s.info.name} ({s.info.file}): {g.name} = {value}, threshold {g.threshold:g}; {g.reason}")
+                detail = f"{g.value:.3f}" if g.value is not None else f"n/a ({g.reason})"
+                lines.append(f"GATE FAILED  {s.info.name} ({s.info.file}): {g.name} = {detail}, threshold {g.threshold:g}")
     return lines
