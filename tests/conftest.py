@@ -17,6 +17,24 @@ MODES = {
 }
 
 
+# A suite on the echo model (output = rendered prompt): two passing cases and one failing.
+ECHO_SUITE = """
+description: capitals
+providers: [echo]
+prompts: ["The capital of {{country}} is {{capital}}."]
+tests:
+  - description: france
+    vars: {country: France, capital: Paris}
+    assert: [{type: contains, value: Paris}, {type: icontains, value: "{{country}}", metric: mentions}]
+  - description: spain
+    vars: {country: Spain, capital: Madrid}
+    assert: [{type: contains, value: Madrid}]
+  - description: wrong
+    vars: {country: Italy, capital: Milan}
+    assert: [{type: contains, value: Rome, metric: mentions}]
+"""
+
+
 @pytest.fixture(params=list(MODES), ids=list(MODES))
 def mode(request: pytest.FixtureRequest) -> list[str]:
     return list(MODES[request.param])

@@ -25,27 +25,11 @@ from typing import Any, Iterator
 
 import pytest
 
-from conftest import load_report
+from conftest import ECHO_SUITE, load_report
 
 pytestmark = pytest.mark.timeout(240)
 
-QA = """
-description: capitals
-providers: [echo]
-prompts: ["The capital of {{country}} is {{capital}}."]
-tests:
-  - description: france
-    vars: {country: France, capital: Paris}
-    assert: [{type: contains, value: Paris}, {type: icontains, value: "{{country}}", metric: mentions}]
-  - description: spain
-    vars: {country: Spain, capital: Madrid}
-    assert: [{type: contains, value: Madrid}]
-  - description: wrong
-    vars: {country: Italy, capital: Milan}
-    assert: [{type: contains, value: Rome, metric: mentions}]
-gates:
-  pass_rate: 0.9
-"""
+QA = ECHO_SUITE + "gates:\n  pass_rate: 0.9\n"
 
 TWO_PROMPTS = """
 description: greetings
@@ -397,3 +381,15 @@ def test_redact_text_masks_secret_keys_in_yaml_and_json():
 
     text = 'config: {client_secret: abc, max_tokens: 5}\npassword: "p w" # note\n"auth_token": "x1"\nvalue: Paris\n'
     assert redact_text(text) == 'config: {client_secret: ***, max_tokens: 5}\npassword: *** # note\n"auth_token": ***\nvalue: Paris\n'
+
+
+def test_the_html_report_is_an_artifact_of_the_session_run(pytester, run_pytest, migrated_store):
+    pytest.importorskip("plotly", reason="the html extra (plotly) is not installed")
+    write_project(pytester)
+    shutil.copy(migrated_store, pytester.path / "mlflow.db")
+    result = run_pytest("--promptopt", "--promptopt-html", "out/promptopt.html", mlflow=True)
+    assert result.ret == 1
+    client, parent, _ = run_tree(sqlite_uri(pytester.path / "mlflow.db"), pytester.path.name)
+    assert sorted(a.path for a in client.list_artifacts(parent.info.run_id)) == ["promptopt-report.json", "promptopt.html"]
+    logged = Path(client.download_artifacts(parent.info.run_id, "promptopt.html", str(pytester.path / "downloaded")))
+    assert logged.read_bytes() == (pytester.path / "out" / "promptopt.html").read_bytes()

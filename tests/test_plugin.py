@@ -7,23 +7,8 @@ import textwrap
 
 import pytest
 
-from conftest import comparable, load_report
+from conftest import ECHO_SUITE, comparable, load_report
 
-ECHO_SUITE = """
-description: capitals
-providers: [echo]
-prompts: ["The capital of {{country}} is {{capital}}."]
-tests:
-  - description: france
-    vars: {country: France, capital: Paris}
-    assert: [{type: contains, value: Paris}, {type: icontains, value: "{{country}}", metric: mentions}]
-  - description: spain
-    vars: {country: Spain, capital: Madrid}
-    assert: [{type: contains, value: Madrid}]
-  - description: wrong
-    vars: {country: Italy, capital: Milan}
-    assert: [{type: contains, value: Rome, metric: mentions}]
-"""
 
 
 def test_suite_cases_are_items_and_failing_case_fails_without_gates(pytester, run_pytest, mode):
