@@ -51,7 +51,14 @@ class PythonCaseRecorder:
     model_spec: ModelSpec | None = None
     started: float = field(default_factory=time.perf_counter)
 
+    def __post_init__(self) -> None:
+        from .registry import take_rendered
+
+        take_rendered()  # registry prompts rendered from now on belong to this test
+
     def result(self, call_passed: bool) -> CaseResult:
+        from .registry import take_rendered
+
         result = CaseResult(
             case_id=hashlib.sha1(self.nodeid.encode()).hexdigest()[:12],
             name=self.name,
@@ -81,6 +88,7 @@ class PythonCaseRecorder:
         result.calls = self.stats.calls
         result.cache_hits = self.stats.cache_hits
         result.duration_s = time.perf_counter() - self.started
+        result.registry_prompts = take_rendered()  # Prompt.from_registry(...).render() in this test
         return result
 
 

@@ -71,6 +71,7 @@ def execute_case(case: Case, model: Model, cache: ResponseCache, nodeid: str = "
         test_index=case.test_index, position=case.position,
         model=case.model.display,
         template=case.prompt.template,
+        registry_prompts=[case.prompt.registry_uri] if case.prompt.registry_uri else [],
         model_params=redact(json_safe(dict(case.model.params))),
     )
     try:

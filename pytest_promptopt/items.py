@@ -46,7 +46,7 @@ class SuiteFile(pytest.File):
         from .suite.loader import load_suite
 
         display = self.path.relative_to(self.config.rootpath).as_posix() if self.path.is_relative_to(self.config.rootpath) else str(self.path)
-        loaded = load_suite(self.path, display, session.settings.model)
+        loaded = load_suite(self.path, display, session.settings.model, session.registry.resolve)
         for case in loaded.cases:
             yield CaseItem.from_parent(self, name=case.name, nodeid=_case_nodeid(self, case.name), case=case)
 

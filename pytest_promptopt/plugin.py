@@ -16,6 +16,7 @@ import pytest
 from .settings import OPTIONS, Settings
 
 PYTHON_FIXTURES = ("prompt_model", "prompt_check")
+REGISTRY_INPUT = "promptopt_registry"  # workerinput key: the session token of registry resolutions
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -49,10 +50,16 @@ def pytest_configure(config: pytest.Config) -> None:
         settings,
         is_controller=not hasattr(config, "workerinput"),
         make_model=lambda spec: config.hook.pytest_promptopt_make_model(spec=spec),
+        registry_token=getattr(config, "workerinput", {}).get(REGISTRY_INPUT),
     )
     config.stash[session_key] = state
     if state.is_controller and settings.enabled:
         config.pluginmanager.register(ControllerHooks(state), "promptopt-controller")
+        # Progress line (report/progress.py): controller only, and never under -q.
+        if settings.progress_s is not None and config.get_verbosity() >= 0:
+            from .report.progress import ProgressLine
+
+            config.pluginmanager.register(ProgressLine(state, config, settings.progress_s), "promptopt-progress")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -61,6 +68,17 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     session = config.stash.get(session_key, None)
     if session is not None:
         session.close()
+
+
+# What the plugin writes into a project: MLflow's local artifacts (copies of suite files among
+# them) and the response cache. Collecting those copies would run every suite twice.
+_OWN_FOLDERS = ("mlruns", ".promptopt")
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    if collection_path.name in _OWN_FOLDERS and collection_path.parent == config.rootpath:
+        return True
+    return None
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
@@ -213,6 +231,11 @@ class ControllerHooks:
         self.started = time.time()
         self.mlflow: Any = None  # the MLflow reporting outcome, for the terminal summary
 
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        # xdist: workers reuse the controller's Prompt Registry resolutions (registry.py).
+        node.workerinput[REGISTRY_INPUT] = self.state.registry_token
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         from .session import RECORD_ATTR
 
@@ -232,12 +255,17 @@ class ControllerHooks:
             from .report.json_report import write_report
 
             write_report(self.state.settings.report_path, run, exit_status=int(session.exitstatus))
+        html_path = self.state.settings.html_path
+        if html_path is not None:  # HTML report (report/html_report.py); also an MLflow artifact
+            from .report.html_report import write_html
+
+            write_html(html_path, run, exit_status=int(session.exitstatus))
         if self.state.settings.mlflow is not None:
             from .report.mlflow_writer import SessionMeta, report_run
 
             meta = SessionMeta.collect(run, rootdir=self.state.settings.rootdir, pytest_args=list(session.config.invocation_params.args),
                                        started=self.started, exit_status=int(session.exitstatus))
-            self.mlflow = report_run(run, meta, self.state.settings.mlflow)
+            self.mlflow = report_run(run, meta, self.state.settings.mlflow, artifacts=[html_path] if html_path else [])
             for message in self.mlflow.warnings():
                 warnings.warn(pytest.PytestWarning(message), stacklevel=1)
 
@@ -252,6 +280,8 @@ class ControllerHooks:
             terminalreporter.write_line(line, red=red, bold=red)
         if self.state.settings.report_path is not None:
             terminalreporter.write_line(f"JSON report: {self.state.settings.report_path}")
+        if self.state.settings.html_path is not None:
+            terminalreporter.write_line(f"HTML report: {self.state.settings.html_path}")
         if self.mlflow is not None:
             for line in self.mlflow.lines():
                 terminalreporter.write_line(line, red=self.mlflow.error is not None)

@@ -127,6 +127,23 @@ class Prompt:
     template: str
     label: str = ""
     source: str | None = None
+    registry_uri: str | None = None  # `prompts:/name/<version>` when the template came from the MLflow Prompt Registry
+
+    @classmethod
+    def from_registry(cls, uri: str, label: str | None = None) -> "Prompt":
+        """A registered prompt: `prompts:/name/3` or `prompts:/name@alias` (MLflow Prompt Registry).
+
+        Resolved once per pytest session, to a fixed version (an alias becomes its version
+        number), through the session's tracking URI; outside pytest through $MLFLOW_TRACKING_URI.
+        Raises `TemplateError` when the prompt, version or alias is unknown or MLflow is unreachable.
+        """
+        from .registry import RegistryError, resolver
+
+        try:
+            found = resolver().resolve(uri)
+        except RegistryError as exc:
+            raise TemplateError(f"registered prompt {uri}: {exc}") from None
+        return cls(found.template, label=label or uri, source=uri, registry_uri=found.uri)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], label: str | None = None) -> "Prompt":
@@ -152,6 +169,10 @@ class Prompt:
         return hashlib.sha256(self.template.encode("utf-8")).hexdigest()
 
     def render(self, variables: Mapping[str, Any] | None = None, /, **kwargs: Any) -> str:
+        if self.registry_uri is not None:  # a Python prompt test's child run links this version
+            from .registry import note_rendered
+
+            note_rendered(self.registry_uri)
         return render_prompt(self.template, {**(variables or {}), **kwargs})
 
     def __str__(self) -> str:

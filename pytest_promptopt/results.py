@@ -38,6 +38,7 @@ class CaseResult:
     position: int | None = None  # order of the case in its suite file (None for Python tests)
     model: str = ""
     template: str | None = None  # the prompt template before rendering (suite-file cases)
+    registry_prompts: list[str] = field(default_factory=list)  # `prompts:/name/<version>` of registered prompts used
     model_params: dict[str, Any] = field(default_factory=dict)  # redacted: records travel and get logged
     latency_ms: float | None = None
     prompt_tokens: int | None = None

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
+import uuid
 from typing import Any, Callable
 
 import pytest
@@ -13,6 +15,8 @@ from .execute import execute_case, json_safe
 from .models.base import Model, ModelError
 from .models.registry import ModelSpec, create_model
 from .redact import redact
+from .registry import PromptResolver, activate
+from .registry import active as resolver_active
 from .results import CaseResult, RunSummary, summarize
 from .settings import Settings
 from .suite.model import Case, SuiteInfo
@@ -30,9 +34,19 @@ class PromptoptSession:
     `make_model` is the `pytest_promptopt_make_model` hook (a conftest may supply adapters).
     """
 
-    def __init__(self, settings: Settings, *, is_controller: bool, make_model: Callable[[ModelSpec], Any] | None = None) -> None:
+    def __init__(self, settings: Settings, *, is_controller: bool, make_model: Callable[[ModelSpec], Any] | None = None,
+                 registry_token: str | None = None) -> None:
         self.settings = settings
         self.is_controller = is_controller
+        # Prompt Registry references resolve once per session: the controller's token names the
+        # file its workers share (registry.py). The registry is the tracking URI's; with MLflow
+        # reporting off, $MLFLOW_TRACKING_URI, else the project's store.
+        self.registry_token = registry_token or uuid.uuid4().hex
+        uri = settings.mlflow.tracking_uri if settings.mlflow else (
+            os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(settings.rootdir / 'mlflow.db').as_posix()}")
+        self.registry = PromptResolver(uri, settings.cache_path.parent / "registry" / f"{self.registry_token}.json")
+        if settings.enabled:
+            activate(self.registry)  # for Prompt.from_registry in Python tests
         self._make_model = make_model
         self._models: dict[str, Model] = {}
         self._models_lock = threading.Lock()
@@ -76,6 +90,7 @@ class PromptoptSession:
             return CaseResult(case.case_id, case.name, nodeid, error=f"model error ({case.model.display}): {exc}",
                               prompt=case.rendered_prompt, prompt_index=case.prompt_index, test_index=case.test_index, position=case.position,
                               model=case.model.display, template=case.prompt.template,
+                              registry_prompts=[case.prompt.registry_uri] if case.prompt.registry_uri else [],
                               model_params=redact(json_safe(dict(case.model.params))))
         return execute_case(case, model, self.cache, nodeid)
 
@@ -99,3 +114,7 @@ class PromptoptSession:
     def close(self) -> None:
         if self._cache is not None:
             self._cache.close()
+        if self.is_controller:
+            self.registry.discard()
+        if resolver_active() is self.registry:
+            activate(None)

@@ -36,6 +36,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("--promptopt-no-mlflow", "promptopt_no_mlflow", "do not log the run to MLflow (ini: true/false)", is_flag=True),
     Option("--promptopt-mlflow-uri", "promptopt_mlflow_uri", "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<rootdir>/mlflow.db)", None),
     Option("--promptopt-experiment", "promptopt_experiment", "MLflow experiment name (default: the rootdir's name)", None),
+    # HTML report and progress line (issue 4, items 6 and 7)
+    Option("--promptopt-html", "promptopt_html", "write a self-contained HTML report to this path (needs the html extra: plotly)", None),
+    Option("--promptopt-progress", "promptopt_progress", "progress line every N seconds: auto (every 10 s), off, or a number of seconds; never with -q", "auto"),
 )
 
 
@@ -60,6 +63,8 @@ class Settings:
     timeout_s: float
     rootdir: Path
     mlflow: MlflowSettings | None = None  # None: --promptopt-no-mlflow
+    html_path: Path | None = None  # --promptopt-html
+    progress_s: float | None = None  # seconds between progress lines; None: off
 
     @classmethod
     def from_config(cls, config: Any) -> "Settings":
@@ -108,18 +113,7 @@ class Settings:
             return seconds
 
         def report_path(raw: Any) -> Path | None:
-            if raw in (None, ""):
-                return None
-            p = Path(str(raw)).expanduser()
-            # A path on the command line is relative to where pytest starts; one in the ini file
-            # is relative to that file, wherever pytest is started from.
-            if config.getoption("promptopt_report") is not None:
-                base = Path(str(config.invocation_params.dir))
-            elif config.inipath is not None:
-                base = Path(str(config.inipath)).parent
-            else:
-                base = rootdir
-            return base / p
+            return None if raw in (None, "") else _output_path(config, "promptopt_report", raw, rootdir)
 
         cache_dir = Path(str(value(by_flag["--promptopt-cache-dir"]))).expanduser()
         cache_dir = cache_dir if cache_dir.is_absolute() else rootdir / cache_dir
@@ -136,7 +130,50 @@ class Settings:
             timeout_s=timeout_s,
             rootdir=rootdir,
             mlflow=mlflow,
+            **_report_settings(config, rootdir, parsed),
         )
+
+
+PROGRESS_AUTO_S = 10.0
+
+
+def _report_settings(config: Any, rootdir: Path, parsed: Callable[[str, Callable[[Any], Any]], Any]) -> dict[str, Any]:
+    """`html_path` and `progress_s` (the HTML report and the progress line)."""
+
+    def html_path(raw: Any) -> Path | None:
+        if raw in (None, ""):
+            return None
+        import importlib.util
+
+        if importlib.util.find_spec("plotly") is None:  # fail now, not after a long run
+            raise ValueError("the HTML report needs plotly: pip install 'pytest-promptopt[html]'")
+        return _output_path(config, "promptopt_html", raw, rootdir)
+
+    def progress(raw: Any) -> float | None:
+        text = str(raw).strip().lower()
+        if text == "auto":
+            return PROGRESS_AUTO_S
+        if text == "off":
+            return None
+        seconds = float(text)
+        if not seconds > 0:
+            raise ValueError(f"expected auto, off or a positive number of seconds, got {raw!r}")
+        return seconds
+
+    return {"html_path": parsed("--promptopt-html", html_path), "progress_s": parsed("--promptopt-progress", progress)}
+
+
+def _output_path(config: Any, dest: str, raw: Any, rootdir: Path) -> Path:
+    """A path given on the command line is relative to where pytest starts; one in the ini file
+    is relative to that file, wherever pytest is started from."""
+    p = Path(str(raw)).expanduser()
+    if config.getoption(dest) is not None:
+        base = Path(str(config.invocation_params.dir))
+    elif config.inipath is not None:
+        base = Path(str(config.inipath)).parent
+    else:
+        base = rootdir
+    return base / p
 
 
 def _boolean(raw: Any) -> bool:

@@ -393,3 +393,12 @@ def test_the_html_report_is_an_artifact_of_the_session_run(pytester, run_pytest,
     assert sorted(a.path for a in client.list_artifacts(parent.info.run_id)) == ["promptopt-report.json", "promptopt.html"]
     logged = Path(client.download_artifacts(parent.info.run_id, "promptopt.html", str(pytester.path / "downloaded")))
     assert logged.read_bytes() == (pytester.path / "out" / "promptopt.html").read_bytes()
+
+
+def test_a_second_run_does_not_collect_the_suite_copies_mlflow_stored(pytester, run_pytest):
+    pytester.makefile(".promptopt.yaml", qa=QA)
+    run_pytest("--promptopt", mlflow=True)
+    assert list((pytester.path / "mlruns").rglob("qa.promptopt.yaml")), "the suite file is logged as an artifact"
+    second = run_pytest("--promptopt", "--collect-only", "-q", mlflow=True)
+    collected = [line for line in second.stdout.lines if "::" in line]
+    assert len(collected) == 3 and all(line.startswith("qa.promptopt.yaml::") for line in collected)

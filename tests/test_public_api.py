@@ -7,7 +7,7 @@ import sys
 
 import pytest_promptopt
 
-HEAVY = ["torch", "transformers", "litellm", "mlflow", "dspy", "pyspark", "yaml", "jsonschema", "jinja2"]
+HEAVY = ["torch", "transformers", "litellm", "mlflow", "dspy", "pyspark", "yaml", "jsonschema", "jinja2", "plotly"]
 
 
 def test_all_names_resolve_and_nothing_else_is_public():

@@ -25,7 +25,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 from ..redact import redact, redact_text, scrub
 from ..results import RunSummary, SuiteSummary
@@ -36,6 +36,7 @@ __all__ = ["Logged", "MlflowReportError", "Outcome", "SessionMeta", "log_run", "
 PENDING_KEY = "mlflow"  # what a pending-upload file adds to the JSON report
 TABLE_FILE = "cases.json"
 REPORT_FILE = "promptopt-report.json"
+LINKED_PROMPTS_TAG = "mlflow.linkedPrompts"  # mlflow.tracing.constant.TraceTagKey.LINKED_PROMPTS
 TABLE_COLUMNS = (
     "case_id", "name", "status", "passed", "error", "score", "reason", "vars", "prompt", "output", "scores",
     "named_scores", "model", "latency_ms", "prompt_tokens", "completion_tokens", "cost", "calls", "cache_hits",
@@ -154,12 +155,13 @@ class Outcome:
 # --------------------------------------------------------------------------- entry points
 
 
-def report_run(run: RunSummary, meta: SessionMeta, target: MlflowSettings) -> Outcome:
+def report_run(run: RunSummary, meta: SessionMeta, target: MlflowSettings, *, artifacts: Sequence[Path] = ()) -> Outcome:
     """Log `run`; on any failure keep it in a pending-upload file instead. Never raises: the
-    tests already ran and gated, and reporting must not change that."""
+    tests already ran and gated, and reporting must not change that. `artifacts` (the HTML
+    report) are logged to the parent run under their file names."""
     artifact_location = _local_artifacts(target)
     try:
-        logged = log_run(run, meta, target.tracking_uri, target.experiment, artifact_location=artifact_location)
+        logged = log_run(run, meta, target.tracking_uri, target.experiment, artifact_location=artifact_location, artifacts=artifacts)
     except Exception as exc:  # any MLflow, network or database fault
         error = f"MLflow reporting failed ({safe_uri(target.tracking_uri)}): {_one_line(exc)}"
         try:
@@ -170,7 +172,8 @@ def report_run(run: RunSummary, meta: SessionMeta, target: MlflowSettings) -> Ou
     return Outcome(logged=logged)
 
 
-def log_run(run: RunSummary, meta: SessionMeta, tracking_uri: str, experiment: str, *, artifact_location: str | None = None) -> Logged:
+def log_run(run: RunSummary, meta: SessionMeta, tracking_uri: str, experiment: str, *, artifact_location: str | None = None,
+            artifacts: Sequence[Path] = ()) -> Logged:
     """Create the parent and child runs, log everything, then check it arrived."""
     with _mlflow_calls():
         from mlflow import MlflowClient
@@ -182,19 +185,22 @@ def log_run(run: RunSummary, meta: SessionMeta, tracking_uri: str, experiment: s
             experiment_id, start_time=meta.started_ms, tags=_parent_tags(run, meta), run_name=f"pytest-{started:%Y%m%d-%H%M%S}"
         ).info.run_id
         children: dict[str, str] = {}
+        registry_problems: list[str] = []  # prompts that could not be registered (the run is still logged)
         with _terminate_on_error(client, parent):
             _log_batch(client, parent, metrics=_parent_metrics(run))
             from .json_report import report_dict
 
             client.log_text(parent, json.dumps(report_dict(run, exit_status=meta.exit_status), indent=2, default=str), REPORT_FILE)
+            for path in artifacts:
+                client.log_artifact(parent, str(path))
             for suite in run.suites:
-                children[suite.info.id] = _log_suite(client, experiment_id, parent, suite, meta)
+                children[suite.info.id] = _log_suite(client, experiment_id, parent, suite, meta, registry_problems)
             client.set_terminated(parent, "FINISHED", end_time=meta.ended_ms)
         try:
             problems = _verify(client, experiment_id, parent, run, children)
         except Exception as exc:  # the run is logged; a failed read-back must not make it pending
             problems = [f"could not read the logged runs back: {_one_line(exc)}"]
-    return Logged(safe_uri(tracking_uri), experiment, experiment_id, parent, children, problems)
+    return Logged(safe_uri(tracking_uri), experiment, experiment_id, parent, children, registry_problems + problems)
 
 
 def write_pending(directory: Path, run: RunSummary, meta: SessionMeta, target: MlflowSettings, *, error: str = "") -> Path:
@@ -279,7 +285,8 @@ def _parent_metrics(run: RunSummary) -> dict[str, float | None]:
     }
 
 
-def _log_suite(client: Any, experiment_id: str, parent: str, suite: SuiteSummary, meta: SessionMeta) -> str:
+def _log_suite(client: Any, experiment_id: str, parent: str, suite: SuiteSummary, meta: SessionMeta, problems: list[str]) -> str:
+    linked = _prompt_versions(client, suite, problems)
     tags = {
         "mlflow.parentRunId": parent,
         "promptopt.suite": suite.info.name,
@@ -288,6 +295,8 @@ def _log_suite(client: Any, experiment_id: str, parent: str, suite: SuiteSummary
         "promptopt.gates_passed": _flag(suite.gates_passed),
         **{f"promptopt.gate.{_key(g.name)}": "passed" if g.passed else "failed" for g in suite.gates},
     }
+    if linked:  # MLflow's own link from a run to the prompt versions it used (the UI shows it)
+        tags[LINKED_PROMPTS_TAG] = json.dumps(linked)
     child = client.create_run(experiment_id, start_time=meta.started_ms, tags=_clean_tags(tags), run_name=suite.info.name).info.run_id
     with _terminate_on_error(client, child):
         templates = _templates(suite)
@@ -301,6 +310,61 @@ def _log_suite(client: Any, experiment_id: str, parent: str, suite: SuiteSummary
         client.log_text(child, _rendered_prompts(suite), "prompts/rendered.md")
         client.set_terminated(child, "FINISHED", end_time=meta.ended_ms)
     return child
+
+
+def registry_name(suite_name: str, index: int, several: bool) -> str:
+    """The Prompt Registry name of a suite's own prompt: the suite name as a slug (lowercase
+    letters, digits, `_ - .`), plus `-p<index>` when the suite has several prompts."""
+    slug = re.sub(r"[^a-z0-9_.\-]+", "-", suite_name.lower()).strip("-.") or "promptopt-suite"
+    return f"{slug}-p{index}" if several else slug
+
+
+def _prompt_versions(client: Any, suite: SuiteSummary, problems: list[str]) -> list[dict[str, str]]:
+    """The prompt versions a suite tested, for the child run's `mlflow.linkedPrompts` tag.
+
+    Registry prompts link the version they resolved to. A suite file's own (inline or file)
+    prompts are registered under `registry_name`, as a new version only when the text differs
+    from the latest one. A failure is a problem to warn about, never a failed run. (The tag is
+    written at run creation in MLflow's format: `MlflowClient.link_prompt_version_to_run` writes
+    through the global tracking URI in MLflow 3.17, not the client's.)"""
+    from ..registry import RegistryError, parse_uri
+
+    linked: list[dict[str, str]] = []
+
+    def link(name: str, version: Any) -> None:
+        entry = {"name": name, "version": str(version)}
+        if entry not in linked:
+            linked.append(entry)
+
+    for uri in sorted({u for r in suite.results for u in r.registry_prompts}):
+        with contextlib.suppress(RegistryError):
+            name, version, _ = parse_uri(uri)
+            link(name, version)
+    if suite.info.kind != "file":
+        return linked
+    templates = _templates(suite)
+    own = {r.prompt_index or 0 for r in suite.results if r.template is not None and not r.registry_prompts}
+    for index in sorted(own & set(templates)):
+        name = registry_name(suite.info.name, index, len(templates) > 1)
+        try:
+            link(name, _register_prompt(client, name, scrub(templates[index]), f"{suite.info.file} prompts[{index}]"))
+        except Exception as exc:  # a name taken by a model, a registry that refuses: warn, log the rest
+            problems.append(f"suite '{suite.info.name}': prompts[{index}] was not registered as '{name}': {_one_line(exc)}")
+    return linked
+
+
+def _register_prompt(client: Any, name: str, template: str, origin: str) -> int:
+    """The version holding `template`: the latest one if its text is the same, else a new one."""
+    from mlflow.exceptions import MlflowException
+
+    if client.get_prompt(name) is not None:
+        try:
+            latest = client.get_prompt_version_by_alias(name, "latest")
+        except MlflowException:
+            latest = None  # a prompt without versions
+        if latest is not None and latest.template == template:
+            return int(latest.version)
+    return int(client.register_prompt(name, template, commit_message=f"pytest-promptopt: {origin}").version)
 
 
 def _templates(suite: SuiteSummary) -> dict[int, str]:

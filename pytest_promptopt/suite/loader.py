@@ -16,7 +16,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from ..assertions.base import Assertion, AssertionConfigError, assertion_types
 from ..assertions.scoring import render_assertion
@@ -45,23 +45,27 @@ class LoadedSuite:
 class _Context:
     """Where we are in the document, to turn any problem into a `SuiteError`."""
 
-    def __init__(self, file: Path, display: str, lines: LineMap) -> None:
+    def __init__(self, file: Path, display: str, lines: LineMap, resolve_prompt: Callable[[str], Any] | None = None) -> None:
         self.file = file
         self.display = display
         self.lines = lines
         self.base_dir = file.parent
+        self.resolve_prompt = resolve_prompt
 
     def error(self, path: Sequence[str | int], message: str) -> SuiteError:
         return SuiteError(self.display, message, format_path(path), self.lines.line(path))
 
 
-def load_suite(file: Path, display: str, default_model: ModelSpec) -> LoadedSuite:
-    """Parse, validate and expand a suite file into cases. Raises `SuiteError`."""
+def load_suite(file: Path, display: str, default_model: ModelSpec, resolve_prompt: Callable[[str], Any] | None = None) -> LoadedSuite:
+    """Parse, validate and expand a suite file into cases. Raises `SuiteError`.
+
+    `resolve_prompt` turns a `prompts:/...` reference into a `registry.Resolved` (default: the
+    running session's resolver, see `registry.resolver`)."""
     try:
         data, lines = read_document(file)
     except DocumentError as exc:
         raise SuiteError(display, str(exc), line=exc.line) from None
-    ctx = _Context(file, display, lines)
+    ctx = _Context(file, display, lines, resolve_prompt)
     if not isinstance(data, dict):
         raise ctx.error((), "a suite is a mapping with 'prompts' and 'tests' (see docs/suite-format.md)")
     _validate(data, ctx)
@@ -161,7 +165,9 @@ def _prompts(raw: Any, ctx: _Context) -> list[Prompt]:
             text = entry.get("raw") or entry.get("id")
         else:
             text = entry
-        if text.startswith("file://") or (_FILE_LIKE.match(text) and "{{" not in text and " " not in text):
+        if text.startswith("prompts:/"):
+            prompts.append(_registry_prompt(text, label, path, ctx))
+        elif text.startswith("file://") or (_FILE_LIKE.match(text) and "{{" not in text and " " not in text):
             prompts.extend(_prompt_files(text, label, path, ctx))
         else:
             prompts.append(Prompt(text, label=label or text[:60]))
@@ -171,6 +177,17 @@ def _prompts(raw: Any, ctx: _Context) -> list[Prompt]:
         except TemplateError as exc:
             raise ctx.error(("prompts", index) if isinstance(raw, list) else ("prompts",), f"prompt {exc}") from None
     return prompts
+
+
+def _registry_prompt(uri: str, label: str | None, path: tuple[Any, ...], ctx: _Context) -> Prompt:
+    """A prompt from the MLflow Prompt Registry, resolved once per session to a fixed version."""
+    from ..registry import RegistryError, resolver
+
+    try:
+        found = (ctx.resolve_prompt or resolver().resolve)(uri)
+    except RegistryError as exc:
+        raise ctx.error(path, f"registered prompt {uri}: {exc}") from None
+    return Prompt(found.template, label=label or uri, source=uri, registry_uri=found.uri)
 
 
 def _prompt_files(reference: str, label: str | None, path: tuple[Any, ...], ctx: _Context) -> list[Prompt]:

@@ -1,0 +1,198 @@
+"""MLflow Prompt Registry references: `prompts:/name/3` and `prompts:/name@alias`.
+
+A reference is resolved once per pytest session, to a fixed version (an alias becomes the version
+number it pointed to), and every case of the session uses that version's template. The first
+process that needs a reference looks it up and writes the answer (or the error) to a small JSON
+file shared by the session (`<cache dir>/registry/<session token>.json`, under a file lock); the
+controller hands its token to xdist workers, so workers reuse the controller's or each other's
+answer and an alias moved in the middle of a run changes nothing. The controller deletes the file
+when the session ends.
+
+mlflow is imported only when a reference is resolved (DEVELOPERS.md: lazy heavy imports).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+__all__ = ["PromptResolver", "RegistryError", "Resolved", "is_registry_uri", "parse_uri", "resolver"]
+
+SCHEME = "prompts:/"
+# MLflow's prompt names: alphanumerics, `-`, `_`, `.`; a version number or an alias after it.
+_URI = re.compile(r"^prompts:/([A-Za-z0-9_.\-]+)(?:/(\d+)|@([A-Za-z0-9_.\-]+))$")
+
+
+# MLflow's error codes for an unknown prompt, version or alias (a missing alias is an invalid value).
+_NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
+
+
+class RegistryError(ValueError):
+    """A registry reference is malformed, unknown, or the registry cannot be reached."""
+
+
+@dataclass(frozen=True)
+class Resolved:
+    name: str
+    version: int
+    template: str
+
+    @property
+    def uri(self) -> str:
+        """The fixed reference: `prompts:/name/<version>`."""
+        return f"{SCHEME}{self.name}/{self.version}"
+
+
+def is_registry_uri(text: Any) -> bool:
+    return isinstance(text, str) and text.startswith(SCHEME)
+
+
+def parse_uri(uri: str) -> tuple[str, int | None, str | None]:
+    """`prompts:/name/3` -> (name, 3, None); `prompts:/name@alias` -> (name, None, alias)."""
+    match = _URI.match(uri.strip())
+    if match is None:
+        raise RegistryError(f"{uri!r} is not a prompt reference; use prompts:/<name>/<version> or prompts:/<name>@<alias>")
+    name, version, alias = match.groups()
+    return name, (int(version) if version else None), alias
+
+
+def fetch(uri: str, tracking_uri: str | None) -> Resolved:
+    """One look-up in the registry of `tracking_uri` (None: MLflow's own default)."""
+    name, version, alias = parse_uri(uri)
+    from .report.mlflow_writer import _mlflow_calls, _one_line, safe_uri
+
+    where = safe_uri(tracking_uri) if tracking_uri else "MLflow's default tracking URI"
+    try:
+        with _mlflow_calls():
+            from mlflow import MlflowClient
+            from mlflow.exceptions import MlflowException
+
+            client = MlflowClient(tracking_uri=tracking_uri)
+            try:
+                found = client.get_prompt_version(name, version) if version is not None else client.get_prompt_version_by_alias(name, alias)
+            except MlflowException as exc:
+                if exc.error_code not in _NOT_FOUND:
+                    raise  # a server that is down or refuses: "cannot read" below
+                raise RegistryError(f"not found in the registry at {where}: {exc.message}") from None
+    except RegistryError:
+        raise
+    except Exception as exc:  # network, database, or mlflow missing
+        raise RegistryError(f"cannot read the registry at {where}: {_one_line(exc)}") from None
+    if found is None:
+        raise RegistryError(f"not found in the registry at {where}")
+    template = found.template
+    if not isinstance(template, str):  # a chat prompt: our JSON chat format
+        template = json.dumps(template, ensure_ascii=False)
+    return Resolved(found.name, int(found.version), template)
+
+
+class PromptResolver:
+    """Resolves references for one session; `shared` is the session's JSON file (None: this
+    process only)."""
+
+    def __init__(self, tracking_uri: str | None, shared: Path | None = None) -> None:
+        self.tracking_uri = tracking_uri
+        self.shared = shared
+        self._known: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def resolve(self, uri: str) -> Resolved:
+        uri = uri.strip()
+        parse_uri(uri)  # a malformed reference fails fast, without MLflow
+        with self._lock:
+            entry = self._known.get(uri)
+            if entry is None:
+                entry = self._shared_entry(uri)
+                self._known[uri] = entry
+        if "error" in entry:
+            raise RegistryError(entry["error"])
+        return Resolved(entry["name"], int(entry["version"]), entry["template"])
+
+    def _shared_entry(self, uri: str) -> dict[str, Any]:
+        if self.shared is None:
+            return self._lookup(uri)
+        self.shared.parent.mkdir(parents=True, exist_ok=True)
+        with _file_lock(self.shared.with_suffix(".lock")):
+            known = json.loads(self.shared.read_text(encoding="utf-8")) if self.shared.exists() else {}
+            if uri not in known:
+                known[uri] = self._lookup(uri)
+                tmp = self.shared.with_name(f".{self.shared.name}.{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(known, ensure_ascii=False), encoding="utf-8")
+                os.replace(tmp, self.shared)
+            return known[uri]
+
+    def _lookup(self, uri: str) -> dict[str, Any]:
+        try:
+            found = fetch(uri, self.tracking_uri)
+        except RegistryError as exc:
+            return {"error": str(exc)}
+        return {"name": found.name, "version": found.version, "template": found.template}
+
+    def discard(self) -> None:
+        """Delete the session's shared file (the controller, at the end of the session)."""
+        if self.shared is not None:
+            for path in (self.shared, self.shared.with_suffix(".lock")):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    with path.open("a+b") as handle:
+        try:
+            import fcntl
+        except ImportError:  # Windows
+            import msvcrt
+
+            handle.seek(0)
+            msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK, 1)  # type: ignore[attr-defined]
+            try:
+                yield
+            finally:
+                handle.seek(0)
+                msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]
+            return
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# The resolver of the running pytest session (set by the plugin), used by `Prompt.from_registry`
+# and by `load_suite` when no resolver is given. Outside pytest: $MLFLOW_TRACKING_URI or MLflow's default.
+_active: PromptResolver | None = None
+_rendered: list[str] = []  # registry prompts rendered by the running Python test (see checks.py)
+
+
+def resolver() -> PromptResolver:
+    global _active
+    if _active is None:
+        _active = PromptResolver(os.environ.get("MLFLOW_TRACKING_URI") or None)
+    return _active
+
+
+def active() -> PromptResolver | None:
+    return _active
+
+
+def activate(active: PromptResolver | None) -> None:
+    global _active
+    _active = active
+
+
+def note_rendered(uri: str) -> None:
+    if uri not in _rendered:
+        _rendered.append(uri)
+
+
+def take_rendered() -> list[str]:
+    taken = list(_rendered)
+    _rendered.clear()
+    return taken

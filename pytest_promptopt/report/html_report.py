@@ -1,0 +1,274 @@
+"""The HTML report (`--promptopt-html PATH`): one self-contained file a person can open offline.
+
+It reads only a `RunSummary`, like every reporter. The plots are plotly figures; plotly.js is
+inlined once in the page, so viewing the file needs no network. Every piece of user content
+(suite names, outputs, reasons, errors) is HTML-escaped: a model's output is shown as text,
+never interpreted. The case table is filtered by a few lines of vanilla JavaScript.
+
+plotly is imported inside `render_html` (DEVELOPERS.md: lazy heavy imports); it comes with the
+`html` extra.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from html import escape
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..redact import redact
+from ..results import CaseResult, RunSummary, SuiteSummary
+
+__all__ = ["render_html", "write_html"]
+
+STATUSES = ("passed", "failed", "error")
+
+
+def write_html(path: Path, run: RunSummary, *, exit_status: int | None = None) -> None:
+    """Write atomically, so a reader (or the MLflow upload) never sees half a page."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(render_html(run, exit_status=exit_status), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def render_html(run: RunSummary, *, exit_status: int | None = None) -> str:
+    from plotly.offline import get_plotlyjs
+
+    from .. import __version__
+
+    created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    verdict = "all gates passed" if run.gates_passed else f"{len(run.failed_gates())} gate(s) failed"
+    cases = sum(len(s.results) for s in run.suites)
+    head = (
+        f"<p class=meta>{cases} cases in {len(run.suites)} suites · "
+        f"<span class='{'ok' if run.gates_passed else 'bad'}'>{escape(verdict)}</span>"
+        + ("" if exit_status is None else f" · exit status {int(exit_status)}")
+        + f" · {escape(created)} · pytest-promptopt {escape(__version__)}</p>"
+    )
+    body = [
+        "<h1>promptopt report</h1>",
+        head,
+        "<h2>Suites</h2>",
+        _suites_table(run.suites),
+        "<h2>Plots</h2>",
+        "<div class=plots>",
+        *(f"<div class=plot id='plot-{key}'>{html}</div>" for key, html in _plots(run)),
+        "</div>",
+        "<h2>Cases</h2>",
+        _cases_table(run.suites),
+    ]
+    return (
+        "<!DOCTYPE html>\n<html lang=en>\n<head>\n<meta charset=utf-8>\n"
+        "<meta name=viewport content='width=device-width, initial-scale=1'>\n"
+        "<title>promptopt report</title>\n"
+        f"<style>{_CSS}</style>\n"
+        # plotly.js, once, inline: the page must work offline (no CDN).
+        f"<script>{get_plotlyjs()}</script>\n"
+        "</head>\n<body>\n" + "\n".join(body) + f"\n<script>{_JS}</script>\n</body>\n</html>\n"
+    )
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def _num(value: float | None, fmt: str = "{:.3f}") -> str:
+    return "–" if value is None else fmt.format(value)
+
+
+def _rate(value: float | None) -> str:
+    return "–" if value is None else f"{value * 100:.1f}%"
+
+
+def _suites_table(suites: list[SuiteSummary]) -> str:
+    rows = []
+    for s in suites:
+        totals = s.totals()
+        gates = "".join(
+            f"<li class='{'ok' if g.passed else 'bad'}'>{escape(g.name)}: {_num(g.value)} "
+            f"(threshold {g.threshold:g}) <b>{'pass' if g.passed else 'FAIL'}</b>"
+            + ("" if g.value is not None else f" <span class=reason>{escape(g.reason)}</span>")
+            + "</li>"
+            for g in s.gates
+        )
+        metrics = ", ".join(f"{escape(k)} = {v:.3f}" for k, v in sorted(s.metric_means().items())) or "–"
+        rows.append(
+            "<tr class='suite'>"
+            f"<td><b>{escape(s.info.name)}</b><br><span class=file>{escape(s.info.file)}</span></td>"
+            f"<td>{escape(', '.join(s.models)) or '–'}</td>"
+            f"<td>{len(s.results)}</td><td>{s.passed}</td><td>{s.failed}</td><td>{s.errors}</td>"
+            f"<td>{_rate(s.pass_rate)}</td><td>{_num(s.mean_score(), '{:.2f}')}</td><td>{metrics}</td>"
+            f"<td>{_num(s.latency_percentile(0.5), '{:.0f}')} / {_num(s.latency_percentile(0.95), '{:.0f}')}</td>"
+            f"<td>{totals['calls']}</td><td>{totals['cache_hits']}</td>"
+            f"<td>{'<ul class=gates>' + gates + '</ul>' if gates else 'no gates'}</td>"
+            "</tr>"
+        )
+    header = "".join(
+        f"<th>{h}</th>"
+        for h in ("suite", "model", "cases", "passed", "failed", "errors", "pass rate", "mean score", "metric means",
+                  "latency p50 / p95 (ms)", "calls", "cache hits", "gates")
+    )
+    return f"<table class=summary><thead><tr>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _label(text: str) -> str:
+    # plotly.js reads a few HTML tags in labels; escaped, a name is shown exactly as written.
+    return escape(text)
+
+
+def _plots(run: RunSummary) -> Iterable[tuple[str, str]]:
+    import plotly.graph_objects as go
+    import plotly.io as pio
+
+    def html(fig: Any, key: str) -> tuple[str, str]:
+        fig.update_layout(template="plotly_white", margin={"l": 50, "r": 20, "t": 50, "b": 50}, height=360)
+        return key, pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id=f"fig-{key}",
+                                config={"displaylogo": False, "responsive": True})
+
+    names = [_label(s.info.name) for s in run.suites]
+    rates = [None if s.pass_rate is None else s.pass_rate * 100 for s in run.suites]
+    fig = go.Figure(go.Bar(x=names, y=rates, name="pass rate", marker_color=["#2e7d32" if s.gates_passed else "#c62828" for s in run.suites],
+                           text=[_rate(s.pass_rate) for s in run.suites], textposition="auto"))
+    gate_x, gate_y = [], []
+    for name, s in zip(names, run.suites):
+        for g in s.gates:
+            if g.name == "pass_rate":
+                gate_x.append(name)
+                gate_y.append(g.threshold * 100)
+    if gate_x:
+        fig.add_trace(go.Scatter(x=gate_x, y=gate_y, mode="markers", name="pass_rate gate",
+                                 marker={"symbol": "line-ew-open", "size": 40, "line": {"width": 3}, "color": "#111"}))
+    fig.update_layout(title="Pass rate per suite (bars; green: gates passed)", yaxis={"title": "pass rate (%)", "range": [0, 105]})
+    yield html(fig, "pass-rate")
+
+    fig = go.Figure()
+    for name, s in zip(names, run.suites):
+        xs, ys = [], []
+        for r in s.results:
+            if r.error:
+                continue
+            if r.score is not None:
+                xs.append("case score")
+                ys.append(r.score)
+            for metric, value in sorted(r.named_scores.items()):
+                xs.append(_label(metric))
+                ys.append(value)
+        if ys:
+            fig.add_trace(go.Box(x=xs, y=ys, name=name, boxpoints="all", jitter=0.4, pointpos=0))
+    fig.update_layout(title="Score distribution per metric (case score and named metrics)", boxmode="group", yaxis={"title": "score"})
+    yield html(fig, "scores")
+
+    fig = go.Figure()
+    for name, s in zip(names, run.suites):
+        values = [r.latency_ms for r in s.results if r.latency_ms is not None]
+        if values:
+            fig.add_trace(go.Histogram(x=values, name=name, opacity=0.7))
+    fig.update_layout(title="Latency distribution (model call, ms; a cache hit keeps the original latency)", barmode="overlay",
+                      xaxis={"title": "latency (ms)"}, yaxis={"title": "cases"})
+    yield html(fig, "latency")
+
+
+# --------------------------------------------------------------------------- cases
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _assertion(a: dict[str, Any]) -> str:
+    passed = bool(a.get("passed"))
+    score = a.get("score")
+    what = escape(str(a.get("type", "")))
+    if a.get("value") is not None:
+        what += f" <code>{escape(_text(a.get('value')))}</code>"
+    if a.get("metric"):
+        what += f" <span class=metric>[{escape(str(a['metric']))}]</span>"
+    return (
+        f"<li class='{'ok' if passed else 'bad'}'><b>{'PASS' if passed else 'FAIL'}</b> {what} "
+        f"score {_num(score, '{:.2f}') if isinstance(score, (int, float)) else '–'}"
+        + (f"<div class=reason>{escape(_text(a.get('reason')))}</div>" if a.get("reason") else "")
+        + "</li>"
+    )
+
+
+def _case_row(suite: SuiteSummary, result: CaseResult) -> str:
+    data = redact(result.to_dict())
+    status = result.status
+    assertions = "".join(_assertion(a) for a in data.get("assertions") or [])
+    score = "" if result.score is None else f"<div class=score>score {result.score:.2f}</div>"
+    return (
+        f"<tr class='case' data-status='{status}'>"
+        f"<td>{escape(suite.info.name)}</td>"
+        f"<td><b>{escape(data['name'])}</b><div class=file>{escape(data['case_id'])}</div></td>"
+        f"<td><span class='status {status}'>{status}</span>{score}</td>"
+        f"<td><pre class=output>{escape(_text(data.get('output')))}</pre></td>"
+        f"<td>{'<ul class=assertions>' + assertions + '</ul>' if assertions else ''}"
+        + (f"<div class=reason>{escape(data['reason'])}</div>" if data.get("reason") and not assertions else "")
+        + "</td>"
+        f"<td><pre class=error>{escape(_text(data.get('error')))}</pre></td>"
+        "</tr>"
+    )
+
+
+def _cases_table(suites: list[SuiteSummary]) -> str:
+    total = sum(len(s.results) for s in suites)
+    options = "".join(f"<option value={s}>{s}</option>" for s in STATUSES)
+    controls = (
+        "<div class=filters>"
+        "<label>Filter <input id=filter-text type=search placeholder='text in any column' autocomplete=off></label> "
+        f"<label>Status <select id=filter-status><option value=''>all</option>{options}</select></label> "
+        f"<span id=filter-count>{total} of {total} cases</span>"
+        "</div>"
+    )
+    rows = "".join(_case_row(s, r) for s in suites for r in s.results)
+    header = "".join(f"<th>{h}</th>" for h in ("suite", "case", "status", "output", "assertions (score, reason)", "error"))
+    return f"{controls}<table id=cases class=cases><thead><tr>{header}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+_CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1a1a1a}
+h1{margin:0 0 4px}h2{margin-top:28px;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;width:100%}th,td{border:1px solid #ddd;padding:4px 6px;vertical-align:top;text-align:left}
+th{background:#f4f4f4;position:sticky;top:0}
+.ok{color:#2e7d32}.bad{color:#c62828}.meta,.file,.reason{color:#555}.file{font-size:12px}
+ul.gates,ul.assertions{margin:0;padding-left:16px}
+pre{white-space:pre-wrap;word-break:break-word;margin:0;max-height:16em;overflow:auto;font-size:12.5px}
+.status{font-weight:bold;padding:1px 6px;border-radius:3px;color:#fff}
+.status.passed{background:#2e7d32}.status.failed{background:#c62828}.status.error{background:#ef6c00}
+.plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(420px,1fr));gap:12px}
+.filters{margin:8px 0}.filters input{width:24em}#filter-count{color:#555;margin-left:8px}
+"""
+
+# Filters the case table: a row shows when its text contains every word typed (case-insensitive)
+# and its status matches. Reads only textContent and data attributes; writes only `hidden`.
+_JS = """
+(function () {
+  var text = document.getElementById('filter-text');
+  var status = document.getElementById('filter-status');
+  var count = document.getElementById('filter-count');
+  var rows = Array.prototype.slice.call(document.querySelectorAll('#cases tbody tr'));
+  var haystack = rows.map(function (row) { return row.textContent.toLowerCase(); });
+  function apply() {
+    var words = text.value.toLowerCase().split(/\\s+/).filter(Boolean);
+    var wanted = status.value;
+    var shown = 0;
+    rows.forEach(function (row, i) {
+      var ok = (!wanted || row.getAttribute('data-status') === wanted) &&
+        words.every(function (w) { return haystack[i].indexOf(w) !== -1; });
+      row.hidden = !ok;
+      if (ok) { shown += 1; }
+    });
+    count.textContent = shown + ' of ' + rows.length + ' cases';
+  }
+  text.addEventListener('input', apply);
+  status.addEventListener('change', apply);
+  apply();
+})();
+"""

@@ -1,0 +1,164 @@
+"""The MLflow Prompt Registry, against a real SQLite store: `prompts:/name/3` and
+`prompts:/name@alias` in suites and Python tests, registration of a suite's own prompts, and the
+`mlflow.linkedPrompts` tag on each suite's child run.
+
+The store is a copy of test_mlflow.py's migrated template (a fresh store spends seconds migrating).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import load_report
+from test_mlflow import free_port, migrated_store, offline_mlflow, run_tree, sqlite_uri  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.timeout(240)
+
+FROM_REGISTRY = """
+description: greeter
+providers: [echo]
+prompts: ["prompts:/greet@prod"]
+tests:
+  - vars: {name: Ada}
+    assert: [{type: equals, value: "Hello Ada"}]
+  - vars: {name: Bob}
+    assert: [{type: equals, value: "Hello Bob"}]
+  - vars: {name: Cy}
+    assert: [{type: equals, value: "Hello Cy"}]
+  - vars: {name: Di}
+    assert: [{type: equals, value: "Hello Di"}]
+"""
+
+PYTHON_TEST = """
+import pytest
+from pytest_promptopt import Prompt, equals
+
+PROMPT = Prompt.from_registry("prompts:/greet/2")
+
+@pytest.mark.promptopt(suite="py-greet", model="echo")
+def test_pinned_version(prompt_model, prompt_check):
+    prompt_check(prompt_model(PROMPT.render(name="Eve")), equals("Hi Eve!"))
+"""
+
+
+def client_for(uri: str) -> Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def registered_store(pytester: pytest.Pytester, store: Path) -> Any:
+    """The project's store (`<rootdir>/mlflow.db`) with `greet` v1 and v2, alias prod -> v1."""
+    shutil.copy(store, pytester.path / "mlflow.db")
+    client = client_for(sqlite_uri(pytester.path / "mlflow.db"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        client.register_prompt("greet", "Hello {{name}}")
+        client.register_prompt("greet", "Hi {{name}}!")
+        client.set_prompt_alias("greet", "prod", 1)
+    return client
+
+
+def linked(run: Any) -> list[dict[str, str]]:
+    return json.loads(run.data.tags.get("mlflow.linkedPrompts", "[]"))
+
+
+@pytest.mark.parametrize("mode", [[], ["-n", "2"]], ids=["plain", "xdist"])
+def test_alias_and_version_resolve_once_and_child_runs_link_them(pytester, run_pytest, migrated_store, mode):  # noqa: F811
+    client = registered_store(pytester, migrated_store)
+    pytester.makefile(".promptopt.yaml", greet=FROM_REGISTRY)
+    pytester.makepyfile(test_py=PYTHON_TEST)
+    result = run_pytest("--promptopt", "--promptopt-report", "report.json", "-p", "no:randomly", *mode, mlflow=True)
+    assert result.ret == 0, result.stdout.str()
+    result.assert_outcomes(passed=5)
+    # echo answers with the rendered prompt: every case used v1's text (the alias), the Python test v2's.
+    report = load_report(pytester.path / "report.json")
+    by_suite = {s["name"]: s for s in report["suites"]}
+    assert {r["output"] for r in by_suite["greeter"]["results"]} == {"Hello Ada", "Hello Bob", "Hello Cy", "Hello Di"}
+    assert all(r["registry_prompts"] == ["prompts:/greet/1"] for r in by_suite["greeter"]["results"])
+    assert by_suite["py-greet"]["results"][0]["registry_prompts"] == ["prompts:/greet/2"]
+
+    _, _, children = run_tree(sqlite_uri(pytester.path / "mlflow.db"), pytester.path.name)
+    assert linked(children["greeter"]) == [{"name": "greet", "version": "1"}]
+    assert linked(children["py-greet"]) == [{"name": "greet", "version": "2"}]
+    assert [p.name for p in client.search_prompts()] == ["greet"]  # a registry prompt is not registered again
+    assert not list((pytester.path / ".promptopt" / "registry").glob("*.json"))  # the session's file is gone
+
+
+def test_unknown_references_and_an_unreachable_registry_are_collection_errors(pytester, run_pytest, migrated_store, monkeypatch):  # noqa: F811
+    registered_store(pytester, migrated_store)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_uri(pytester.path / "mlflow.db"))  # MLflow reporting is off here
+    pytester.makefile(".promptopt.yaml", alias="providers: [echo]\nprompts: ['prompts:/greet@nope']\n",
+                      version="providers: [echo]\nprompts: ['Hi {{name}}', 'prompts:/greet/7']\ntests: [{vars: {name: A}}]\n",
+                      name="providers: [echo]\nprompts: {id: 'prompts:/missing/1', label: m}\n",
+                      malformed="providers: [echo]\nprompts: ['prompts:/greet']\n")
+    result = run_pytest("--promptopt", "-n", "2")
+    result.assert_outcomes(errors=4)  # collection errors, reported by the workers
+    result.stdout.fnmatch_lines_random([
+        "*alias.promptopt.yaml:2: prompts[[]0[]]: registered prompt prompts:/greet@nope: not found in the registry at sqlite:///*mlflow.db: Prompt alias nope not found.",
+        "*version.promptopt.yaml:2: prompts[[]1[]]: registered prompt prompts:/greet/7: not found in the registry at *: Prompt (name=greet, version=7) not found",
+        "*name.promptopt.yaml:2: prompts: registered prompt prompts:/missing/1: not found in the registry at *missing*",
+        "*malformed.promptopt.yaml:2: prompts[[]0[]]: registered prompt prompts:/greet: *is not a prompt reference; use prompts:/<name>/<version> or prompts:/<name>@<alias>",
+    ])
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")  # nothing listens
+    for name in ("version", "name", "malformed"):
+        (pytester.path / f"{name}.promptopt.yaml").unlink()
+    result = run_pytest("--promptopt")
+    assert result.ret == pytest.ExitCode.INTERRUPTED  # collection errors
+    result.stdout.fnmatch_lines(["*alias.promptopt.yaml:2: prompts[[]0[]]: registered prompt prompts:/greet@nope: cannot read the registry at http://127.0.0.1:*"])
+
+
+def test_a_suites_own_prompt_gets_a_new_version_only_when_its_text_changes(pytester, run_pytest, migrated_store):  # noqa: F811
+    shutil.copy(migrated_store, pytester.path / "mlflow.db")
+    uri = sqlite_uri(pytester.path / "mlflow.db")
+    suite = "description: Capital Cities!\nproviders: [echo]\nprompts: [{prompt}, 'prompts:/greet@prod']\ntests: [{{vars: {{name: Ada}}}}]\n"
+    client = client_for(uri)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        client.register_prompt("greet", "Hello {{name}}")
+        client.set_prompt_alias("greet", "prod", 1)
+
+    def run_and_link(prompt: str) -> list[dict[str, str]]:
+        pytester.makefile(".promptopt.yaml", cities=suite.format(prompt=json.dumps(prompt)))
+        # (The suite by name: <rootdir>/mlruns holds copies of it, logged as artifacts.)
+        result = run_pytest("--promptopt", "cities.promptopt.yaml", mlflow=True)
+        assert result.ret == 0, result.stdout.str()
+        runs = client.search_runs([client.get_experiment_by_name(pytester.path.name).experiment_id], order_by=["attributes.start_time DESC"])
+        return linked(next(r for r in runs if r.info.run_name == "Capital Cities!"))
+
+    # The name is the suite name as a slug, plus -p<index> when a suite has several prompts.
+    assert run_and_link("Capital of {{name}}?") == [{"name": "greet", "version": "1"}, {"name": "capital-cities-p0", "version": "1"}]
+    assert run_and_link("Capital of {{name}}?") == [{"name": "greet", "version": "1"}, {"name": "capital-cities-p0", "version": "1"}]
+    assert client.get_prompt_version_by_alias("capital-cities-p0", "latest").version == 1  # unchanged: no new version
+    assert run_and_link("The capital of {{name}}?") == [{"name": "greet", "version": "1"}, {"name": "capital-cities-p0", "version": "2"}]
+    latest = client.get_prompt_version_by_alias("capital-cities-p0", "latest")
+    assert (latest.version, latest.template) == (2, "The capital of {{name}}?")
+    assert latest.commit_message == "pytest-promptopt: cities.promptopt.yaml prompts[0]"
+
+
+def test_no_mlflow_registers_nothing(pytester, run_pytest, migrated_store):  # noqa: F811
+    shutil.copy(migrated_store, pytester.path / "mlflow.db")
+    pytester.makefile(".promptopt.yaml", own="providers: [echo]\nprompts: ['Hi {{name}}']\ntests: [{vars: {name: A}}]\n")
+    assert run_pytest("--promptopt").ret == 0  # conftest adds --promptopt-no-mlflow
+    assert list(client_for(sqlite_uri(pytester.path / "mlflow.db")).search_prompts()) == []
+
+
+def test_names_and_references():
+    from pytest_promptopt.registry import RegistryError, parse_uri
+    from pytest_promptopt.report.mlflow_writer import registry_name
+
+    assert parse_uri("prompts:/qa.v2/3") == ("qa.v2", 3, None)
+    assert parse_uri("prompts:/qa@champion") == ("qa", None, "champion")
+    for bad in ("prompts:/qa", "prompts:/qa/x", "prompts:/a b/1", "prompts:/qa@"):
+        with pytest.raises(RegistryError, match="not a prompt reference"):
+            parse_uri(bad)
+    assert registry_name("Capital Cities!", 0, several=False) == "capital-cities"
+    assert registry_name("qa/greetings v2", 1, several=True) == "qa-greetings-v2-p1"
+    assert registry_name("***", 0, several=False) == "promptopt-suite"
