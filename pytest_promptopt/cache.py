@@ -79,7 +79,7 @@ class ResponseCache:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
             conn.execute("PRAGMA busy_timeout = 60000")
-            conn.execute("PRAGMA journal_mode = WAL")
+            _wal(conn)
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute(_SCHEMA)
             self._local.conn = conn
@@ -124,3 +124,18 @@ class ResponseCache:
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+
+def _wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL. The switch needs a moment of exclusive access, and SQLite reports "database
+    is locked" at once (no busy wait) while another process (an xdist worker opening the same new
+    cache) holds it, so retry for a few seconds."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)

@@ -249,6 +249,14 @@ class ControllerHooks:
         if not self.state.records:
             return
         run = self.state.summary()
+        baseline = self.state.settings.baseline
+        if baseline is not None and run.baseline is None and self.state.settings.mlflow is not None:
+            # --promptopt-baseline: compared here, shown by every reporter; it never gates (yet).
+            from .report.mlflow_baseline import compare_with_baseline
+
+            run.baseline = compare_with_baseline(run, baseline, self.state.settings.mlflow.tracking_uri, self.state.settings.mlflow.experiment)
+            if run.baseline.error:
+                warnings.warn(pytest.PytestWarning(run.baseline.error), stacklevel=1)
         if not run.gates_passed and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if self.state.settings.report_path is not None:
@@ -278,6 +286,12 @@ class ControllerHooks:
         for line in summary_lines(self.state.summary()):
             red = line.startswith("GATE FAILED")
             terminalreporter.write_line(line, red=red, bold=red)
+        if self.state.summary().baseline is not None:
+            from .report.terminal import baseline_lines
+
+            terminalreporter.section("promptopt baseline")
+            for line in baseline_lines(self.state.summary().baseline):
+                terminalreporter.write_line(line, red=line.startswith(("baseline not loaded", "  newly failing")))
         if self.state.settings.report_path is not None:
             terminalreporter.write_line(f"JSON report: {self.state.settings.report_path}")
         if self.state.settings.html_path is not None:

@@ -10,6 +10,7 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Mapping
 
+from .baseline import BaselineComparison, CaseOutcome, outcome_from_result
 from .gates import GateResult, decide
 from .suite.model import SuiteInfo
 
@@ -124,6 +125,11 @@ class SuiteSummary:
 @dataclass
 class RunSummary:
     suites: list[SuiteSummary]
+    baseline: BaselineComparison | None = None  # set by the controller with --promptopt-baseline
+
+    def suite_outcomes(self) -> dict[str, tuple[str, list[CaseOutcome]]]:
+        """Each suite's case outcomes by suite id, the current side of `baseline.compare_run`."""
+        return {s.info.id: (s.info.name, [outcome_from_result(r) for r in s.results]) for s in self.suites}
 
     @property
     def gates_passed(self) -> bool:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from .baseline import BaselineRef
 from .cache import CacheMode
 from .models.registry import BUNDLED, ModelSpec, parse_model_spec
 
@@ -36,9 +37,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("--promptopt-no-mlflow", "promptopt_no_mlflow", "do not log the run to MLflow (ini: true/false)", is_flag=True),
     Option("--promptopt-mlflow-uri", "promptopt_mlflow_uri", "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<rootdir>/mlflow.db)", None),
     Option("--promptopt-experiment", "promptopt_experiment", "MLflow experiment name (default: the rootdir's name)", None),
+    Option("--promptopt-mlflow-traces", "promptopt_mlflow_traces", "also log every case as an MLflow trace with its assertions as feedback (ini: true/false)", is_flag=True),
     # HTML report and progress line (issue 4, items 6 and 7)
     Option("--promptopt-html", "promptopt_html", "write a self-contained HTML report to this path (needs the html extra: plotly)", None),
     Option("--promptopt-progress", "promptopt_progress", "progress line every N seconds: auto (every 10 s), off, or a number of seconds; never with -q", "auto"),
+    # Baselines from MLflow (issue 4, item 4; file baselines come with issue 7)
+    Option("--promptopt-baseline", "promptopt_baseline", "compare with a baseline run: mlflow:<run_id> or mlflow:branch=<name> (the latest finished session run on that git branch)", None),
 )
 
 
@@ -51,6 +55,7 @@ class MlflowSettings:
     experiment: str
     pending_dir: Path
     local_store: bool = False
+    traces: bool = False  # --promptopt-mlflow-traces: one trace per case (report/mlflow_traces.py)
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,7 @@ class Settings:
     mlflow: MlflowSettings | None = None  # None: --promptopt-no-mlflow
     html_path: Path | None = None  # --promptopt-html
     progress_s: float | None = None  # seconds between progress lines; None: off
+    baseline: BaselineRef | None = None  # --promptopt-baseline
 
     @classmethod
     def from_config(cls, config: Any) -> "Settings":
@@ -130,6 +136,7 @@ class Settings:
             timeout_s=timeout_s,
             rootdir=rootdir,
             mlflow=mlflow,
+            baseline=_baseline(parsed, mlflow),
             **_report_settings(config, rootdir, parsed),
         )
 
@@ -161,6 +168,32 @@ def _report_settings(config: Any, rootdir: Path, parsed: Callable[[str, Callable
         return seconds
 
     return {"html_path": parsed("--promptopt-html", html_path), "progress_s": parsed("--promptopt-progress", progress)}
+
+
+def _baseline(parsed: Callable[[str, Callable[[Any], Any]], Any], mlflow: MlflowSettings | None) -> BaselineRef | None:
+    """`mlflow:<run_id>` or `mlflow:branch=<name>`; anything else is reserved for file baselines."""
+
+    def ref(raw: Any) -> BaselineRef | None:
+        text = "" if raw is None else str(raw).strip()
+        if not text:
+            return None
+        if not text.lower().startswith("mlflow:"):
+            raise ValueError(f"{raw!r}: file baselines (a PATH) are not available yet; use mlflow:<run_id> or mlflow:branch=<name>")
+        rest = text[len("mlflow:"):].strip()
+        if rest.lower().startswith("branch="):
+            branch = rest[len("branch="):].strip()
+            if not branch:
+                raise ValueError(f"{raw!r}: the branch name is empty")
+            found = BaselineRef("mlflow", branch=branch)
+        elif re.fullmatch(r"[A-Za-z0-9_-]+", rest):
+            found = BaselineRef("mlflow", run_id=rest)
+        else:
+            raise ValueError(f"{raw!r} is neither mlflow:<run_id> nor mlflow:branch=<name>")
+        if mlflow is None:
+            raise ValueError("an MLflow baseline is read from the tracking store, which --promptopt-no-mlflow turns off")
+        return found
+
+    return parsed("--promptopt-baseline", ref)
 
 
 def _output_path(config: Any, dest: str, raw: Any, rootdir: Path) -> Path:
@@ -222,4 +255,5 @@ def _mlflow_settings(config: Any, rootdir: Path, pending_dir: Path, parsed: Call
             raise ValueError("the experiment name must not be empty")
         return name
 
-    return MlflowSettings(uri, parsed("--promptopt-experiment", experiment), pending_dir, local_store)
+    return MlflowSettings(uri, parsed("--promptopt-experiment", experiment), pending_dir, local_store,
+                          traces=parsed("--promptopt-mlflow-traces", _boolean))

@@ -146,6 +146,22 @@ def _plots(run: RunSummary) -> Iterable[tuple[str, str]]:
     fig.update_layout(title="Pass rate per suite (bars; green: gates passed)", yaxis={"title": "pass rate (%)", "range": [0, 105]})
     yield html(fig, "pass-rate")
 
+    compared = run.baseline.suites if run.baseline is not None else {}
+    if compared:  # --promptopt-baseline: the baseline's pass rate next to this run's
+        def pct(value: float | None) -> float | None:
+            return None if value is None else value * 100
+
+        pairs = [(name, compared.get(s.info.id)) for name, s in zip(names, run.suites)]
+        fig = go.Figure([
+            go.Bar(x=names, y=[pct(c.baseline_pass_rate) if c else None for _, c in pairs], name=f"baseline ({_label(run.baseline.ref)})",
+                   marker_color="#9e9e9e"),
+            go.Bar(x=names, y=rates, name="this run", marker_color="#1565c0",
+                   text=[f"{c.delta * 100:+.1f} pts" if c and c.delta is not None else "" for _, c in pairs], textposition="auto"),
+        ])
+        fig.update_layout(title="Pass rate against the baseline (not a gate)", barmode="group",
+                          yaxis={"title": "pass rate (%)", "range": [0, 105]})
+        yield html(fig, "baseline")
+
     fig = go.Figure()
     for name, s in zip(names, run.suites):
         xs, ys = [], []

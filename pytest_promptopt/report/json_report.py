@@ -8,15 +8,16 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..baseline import BaselineComparison, SuiteComparison
 from ..redact import redact
 from ..results import CaseResult, RunSummary, SuiteSummary, summarize
 
 REPORT_VERSION = 1
 
 
-def suite_dict(s: SuiteSummary) -> dict[str, Any]:
+def suite_dict(s: SuiteSummary, baseline: BaselineComparison | None = None) -> dict[str, Any]:
     totals = s.totals()
-    return {
+    data = {
         "name": s.info.name,
         "id": s.info.id,
         "file": s.info.file,
@@ -39,19 +40,27 @@ def suite_dict(s: SuiteSummary) -> dict[str, Any]:
         "duration_s": totals["duration_s"],
         "results": [redact(r.to_dict()) for r in s.results],
     }
+    if baseline is not None:  # --promptopt-baseline: null when the baseline could not be loaded
+        compared = baseline.suites.get(s.info.id)
+        data["baseline"] = None if compared is None else redact(compared.to_dict())
+    return data
 
 
 def report_dict(run: RunSummary, *, exit_status: int | None = None) -> dict[str, Any]:
     from .. import __version__
 
-    return {
+    data = {
         "version": REPORT_VERSION,
         "plugin_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "gates_passed": run.gates_passed,
         "exit_status": exit_status,
-        "suites": [suite_dict(s) for s in run.suites],
+        "suites": [suite_dict(s, run.baseline) for s in run.suites],
     }
+    if run.baseline is not None:
+        b = run.baseline
+        data["baseline"] = {"ref": b.ref, "run_id": b.run_id, "error": b.error, "removed_suites": b.removed_suites, "gating": False}
+    return data
 
 
 def write_report(path: Path, run: RunSummary, *, exit_status: int | None = None) -> None:
@@ -78,4 +87,9 @@ def run_from_report(data: dict[str, Any]) -> RunSummary:
             kind=suite.get("kind", "file"),
         )
         records.extend((info, CaseResult.from_dict(result)) for result in suite["results"])
-    return summarize(records)
+    run = summarize(records)
+    if data.get("baseline"):  # the comparison travels with a pending run
+        top = data["baseline"]
+        suites = {s.get("id") or s["name"]: SuiteComparison.from_dict(s["baseline"]) for s in data.get("suites", []) if s.get("baseline")}
+        run.baseline = BaselineComparison(top["ref"], top.get("run_id"), suites, list(top.get("removed_suites") or []), top.get("error"))
+    return run

@@ -36,6 +36,7 @@ __all__ = ["Logged", "MlflowReportError", "Outcome", "SessionMeta", "log_run", "
 PENDING_KEY = "mlflow"  # what a pending-upload file adds to the JSON report
 TABLE_FILE = "cases.json"
 REPORT_FILE = "promptopt-report.json"
+BASELINE_FILE = "baseline_comparison.json"  # with --promptopt-baseline
 LINKED_PROMPTS_TAG = "mlflow.linkedPrompts"  # mlflow.tracing.constant.TraceTagKey.LINKED_PROMPTS
 TABLE_COLUMNS = (
     "case_id", "name", "status", "passed", "error", "score", "reason", "vars", "prompt", "output", "scores",
@@ -161,7 +162,8 @@ def report_run(run: RunSummary, meta: SessionMeta, target: MlflowSettings, *, ar
     report) are logged to the parent run under their file names."""
     artifact_location = _local_artifacts(target)
     try:
-        logged = log_run(run, meta, target.tracking_uri, target.experiment, artifact_location=artifact_location, artifacts=artifacts)
+        logged = log_run(run, meta, target.tracking_uri, target.experiment, artifact_location=artifact_location, artifacts=artifacts,
+                         traces=target.traces)
     except Exception as exc:  # any MLflow, network or database fault
         error = f"MLflow reporting failed ({safe_uri(target.tracking_uri)}): {_one_line(exc)}"
         try:
@@ -173,8 +175,9 @@ def report_run(run: RunSummary, meta: SessionMeta, target: MlflowSettings, *, ar
 
 
 def log_run(run: RunSummary, meta: SessionMeta, tracking_uri: str, experiment: str, *, artifact_location: str | None = None,
-            artifacts: Sequence[Path] = ()) -> Logged:
-    """Create the parent and child runs, log everything, then check it arrived."""
+            artifacts: Sequence[Path] = (), traces: bool = False) -> Logged:
+    """Create the parent and child runs, log everything, then check it arrived. `traces`
+    (--promptopt-mlflow-traces) also writes one trace per case (mlflow_traces.py)."""
     with _mlflow_calls():
         from mlflow import MlflowClient
 
@@ -193,13 +196,19 @@ def log_run(run: RunSummary, meta: SessionMeta, tracking_uri: str, experiment: s
             client.log_text(parent, json.dumps(report_dict(run, exit_status=meta.exit_status), indent=2, default=str), REPORT_FILE)
             for path in artifacts:
                 client.log_artifact(parent, str(path))
+            if run.baseline is not None:
+                client.log_text(parent, json.dumps(redact(run.baseline.to_dict()), indent=2, default=str), BASELINE_FILE)
             for suite in run.suites:
-                children[suite.info.id] = _log_suite(client, experiment_id, parent, suite, meta, registry_problems)
+                children[suite.info.id] = _log_suite(client, experiment_id, parent, suite, meta, registry_problems, run.baseline)
             client.set_terminated(parent, "FINISHED", end_time=meta.ended_ms)
         try:
             problems = _verify(client, experiment_id, parent, run, children)
         except Exception as exc:  # the run is logged; a failed read-back must not make it pending
             problems = [f"could not read the logged runs back: {_one_line(exc)}"]
+        if traces:  # a trace that could not be written is a warning: the runs are logged
+            from .mlflow_traces import write_and_verify
+
+            problems += write_and_verify(client, experiment_id, run, children, started_ms=meta.started_ms)
     return Logged(safe_uri(tracking_uri), experiment, experiment_id, parent, children, registry_problems + problems)
 
 
@@ -268,6 +277,9 @@ def _parent_tags(run: RunSummary, meta: SessionMeta) -> dict[str, str]:
         tags["mlflow.source.git.commit"] = meta.git_commit
     if meta.git_branch:
         tags["mlflow.source.git.branch"] = meta.git_branch
+    if run.baseline is not None:  # --promptopt-baseline (mlflow_baseline.py)
+        tags["promptopt.baseline"] = run.baseline.ref
+        tags["promptopt.baseline_run_id"] = run.baseline.run_id or ""
     return _clean_tags(tags)
 
 
@@ -285,11 +297,13 @@ def _parent_metrics(run: RunSummary) -> dict[str, float | None]:
     }
 
 
-def _log_suite(client: Any, experiment_id: str, parent: str, suite: SuiteSummary, meta: SessionMeta, problems: list[str]) -> str:
+def _log_suite(client: Any, experiment_id: str, parent: str, suite: SuiteSummary, meta: SessionMeta, problems: list[str],
+               baseline: Any = None) -> str:
     linked = _prompt_versions(client, suite, problems)
     tags = {
         "mlflow.parentRunId": parent,
         "promptopt.suite": suite.info.name,
+        "promptopt.suite_id": suite.info.id,  # the key a later baseline comparison matches on
         "promptopt.suite_file": suite.info.file,
         "promptopt.models": ", ".join(suite.models),
         "promptopt.gates_passed": _flag(suite.gates_passed),
@@ -300,7 +314,7 @@ def _log_suite(client: Any, experiment_id: str, parent: str, suite: SuiteSummary
     child = client.create_run(experiment_id, start_time=meta.started_ms, tags=_clean_tags(tags), run_name=suite.info.name).info.run_id
     with _terminate_on_error(client, child):
         templates = _templates(suite)
-        _log_batch(client, child, metrics=_suite_metrics(suite), params=_suite_params(suite, templates))
+        _log_batch(client, child, metrics=_suite_metrics(suite, baseline), params=_suite_params(suite, templates))
         client.log_table(child, _case_table(suite), TABLE_FILE)
         text = meta.suite_files.get(suite.info.file)
         if text is not None:
@@ -392,7 +406,7 @@ def _suite_params(suite: SuiteSummary, templates: Mapping[int, str]) -> dict[str
     return {k: _truncate(scrub(str(v)), _MAX_PARAM_VALUE) for k, v in params.items()}
 
 
-def _suite_metrics(suite: SuiteSummary) -> dict[str, float | None]:
+def _suite_metrics(suite: SuiteSummary, run_baseline: Any = None) -> dict[str, float | None]:
     totals = suite.totals()
     metrics: dict[str, float | None] = {
         "pass_rate": suite.pass_rate,
@@ -412,6 +426,9 @@ def _suite_metrics(suite: SuiteSummary) -> dict[str, float | None]:
     }
     metrics.update({f"metric.{_key(name)}": value for name, value in suite.metric_means().items()})
     metrics.update({f"gate.{_key(g.name)}": g.value for g in suite.gates})
+    compared = run_baseline.suites.get(suite.info.id) if run_baseline is not None else None
+    if compared is not None:
+        metrics.update({"baseline_pass_rate": compared.baseline_pass_rate, "pass_rate_delta": compared.delta})
     return metrics
 
 

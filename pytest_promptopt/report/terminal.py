@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from ..baseline import BaselineComparison
 from ..results import RunSummary, SuiteSummary
 
 
@@ -53,4 +54,42 @@ def gate_lines(suites: Iterable[SuiteSummary]) -> list[str]:
             if not g.passed:
                 detail = f"{g.value:.3f}" if g.value is not None else f"n/a ({g.reason})"
                 lines.append(f"GATE FAILED  {s.info.name} ({s.info.file}): {g.name} = {detail}, threshold {g.threshold:g}")
+    return lines
+
+
+def _points(delta: float | None) -> str:
+    return "n/a" if delta is None else f"{delta * 100:+.1f} pts"
+
+
+def _short(text: str | None, limit: int = 80) -> str:
+    if text is None:
+        return "(no output)"
+    one = " ".join(text.split())
+    return repr(one if len(one) <= limit else one[: limit - 3] + "...")
+
+
+def baseline_lines(comparison: BaselineComparison) -> list[str]:
+    """The baseline section: where the baseline came from, per-suite deltas, then each case that
+    flipped with both outputs. The comparison is shown, not gated."""
+    if comparison.error:
+        return [f"baseline not loaded: {comparison.error}"]
+    lines = [f"baseline {comparison.ref}: session run {comparison.run_id} (compared, not gated)"]
+    for c in comparison.suites.values():
+        metrics = "".join(
+            f"; {name} {m.baseline:.3f} -> {m.current:.3f} ({m.delta:+.3f})"
+            for name, m in c.metric_deltas.items() if m.delta is not None and m.baseline is not None and m.current is not None
+        )
+        counts = f"{len(c.newly_failing)} newly failing, {len(c.newly_passing)} newly passing, {len(c.added)} added, {len(c.removed)} removed"
+        if c.baseline_run_id is None:
+            lines.append(f"{c.name}: not in the baseline ({len(c.added)} added)")
+            continue
+        lines.append(f"{c.name}: pass rate {_rate(c.baseline_pass_rate)} -> {_rate(c.pass_rate)} ({_points(c.delta)}){metrics}; {counts}")
+    if comparison.removed_suites:
+        lines.append("suites only in the baseline: " + ", ".join(comparison.removed_suites))
+    for c in comparison.suites.values():
+        for flip in c.flipped:
+            kind = "newly failing" if flip.baseline_status == "passed" else "newly passing"
+            lines.append(f"  {kind}  {c.name} :: {flip.name} ({flip.case_id}): {flip.baseline_status} -> {flip.status}")
+            lines.append(f"      baseline: {_short(flip.baseline_output)}")
+            lines.append(f"      now:      {_short(flip.output)}")
     return lines

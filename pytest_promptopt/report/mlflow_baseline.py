@@ -1,0 +1,116 @@
+"""Loading a baseline from MLflow: a session (parent) run, its per-suite child runs and their
+per-case tables (`cases.json`, as `mlflow_writer` logs them), as a `baseline.BaselineRun`.
+
+`mlflow:<run_id>` names the session run; `mlflow:branch=<name>` is the latest FINISHED session
+run of the experiment whose `mlflow.source.git.branch` tag is that branch. The table is
+downloaded with the client and parsed (`MlflowClient.load_table` reads through the global
+tracking URI in MLflow 3.17, not the client's). Nothing here knows about pytest.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..baseline import BaselineRef, BaselineRun, BaselineSuite, CaseOutcome
+from .mlflow_writer import TABLE_FILE, MlflowReportError, _mlflow_calls, _one_line, safe_uri
+
+__all__ = ["BaselineError", "load_baseline"]
+
+SESSION_TAG = "promptopt.session"
+SUITE_ID_TAG = "promptopt.suite_id"
+BRANCH_TAG = "mlflow.source.git.branch"
+
+
+class BaselineError(RuntimeError):
+    """The baseline could not be found or read; the message says which and why."""
+
+
+def load_baseline(ref: BaselineRef, tracking_uri: str, experiment: str) -> BaselineRun:
+    try:
+        with _mlflow_calls():
+            from mlflow import MlflowClient
+
+            client = MlflowClient(tracking_uri=tracking_uri)
+            parent = _session_run(client, ref, tracking_uri, experiment)
+            return _load(client, ref, parent)
+    except (BaselineError, MlflowReportError):
+        raise
+    except Exception as exc:  # a store that is down, a missing artifact
+        raise BaselineError(f"baseline {ref.describe()} could not be read from {safe_uri(tracking_uri)}: {_one_line(exc)}") from None
+
+
+def _session_run(client: Any, ref: BaselineRef, tracking_uri: str, experiment: str) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    where = safe_uri(tracking_uri)
+    if ref.run_id is not None:
+        try:
+            run = client.get_run(ref.run_id)
+        except MlflowException:
+            raise BaselineError(f"baseline {ref.describe()}: no such run in {where}") from None
+        tags = run.data.tags
+        if tags.get(SESSION_TAG) != "true":
+            parent = tags.get("mlflow.parentRunId")
+            hint = f" (it is a suite run; its session run is {parent})" if parent else ""
+            raise BaselineError(f"baseline {ref.describe()}: run {ref.run_id} is not a promptopt session run{hint}")
+        if run.info.status != "FINISHED":
+            raise BaselineError(f"baseline {ref.describe()}: run {ref.run_id} is {run.info.status}, not a finished session run")
+        return run
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise BaselineError(f"baseline {ref.describe()}: no experiment '{experiment}' in {where}")
+    branch = (ref.branch or "").replace("'", "\\'")
+    runs = client.search_runs(
+        [found.experiment_id],
+        filter_string=f"tags.`{SESSION_TAG}` = 'true' AND tags.`{BRANCH_TAG}` = '{branch}' AND attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not runs:
+        raise BaselineError(f"baseline {ref.describe()}: no finished session run on branch '{ref.branch}' in experiment '{experiment}' ({where})")
+    return runs[0]
+
+
+def _load(client: Any, ref: BaselineRef, parent: Any) -> BaselineRun:
+    run_id = parent.info.run_id
+    children = client.search_runs([parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'", max_results=1000)
+    suites: dict[str, BaselineSuite] = {}
+    with tempfile.TemporaryDirectory(prefix="promptopt-baseline-") as tmp:
+        for child in children:
+            tags = child.data.tags
+            name = tags.get("promptopt.suite")
+            if name is None:
+                continue  # not a suite run (e.g. a trace or something a user added)
+            # Runs logged before the suite id tag: a suite file's id is its file, a Python suite's its name.
+            suite_id = tags.get(SUITE_ID_TAG) or (tags.get("promptopt.suite_file") if child.data.params.get("suite_kind") == "file" else name)
+            local = client.download_artifacts(child.info.run_id, TABLE_FILE, str(Path(tmp) / child.info.run_id))
+            suites[suite_id] = BaselineSuite(suite_id, name, _cases(json.loads(Path(local).read_text(encoding="utf-8"))), child.info.run_id)
+    return BaselineRun(ref.describe(), run_id, suites)
+
+
+def _cases(table: dict[str, Any]) -> list[CaseOutcome]:
+    columns = table.get("columns", [])
+    cases = []
+    for values in table.get("data", []):
+        row = dict(zip(columns, values))
+        named = row.get("named_scores")
+        if isinstance(named, str):
+            named = json.loads(named or "{}")
+        status = row.get("status") or ("error" if row.get("error") else ("passed" if row.get("passed") else "failed"))
+        cases.append(CaseOutcome(str(row["case_id"]), str(row.get("name") or ""), status, row.get("output"), named or {}))
+    return cases
+
+
+def compare_with_baseline(run: Any, ref: BaselineRef, tracking_uri: str, experiment: str) -> Any:
+    """`run`'s `BaselineComparison` with the baseline `ref`; never raises: a baseline that cannot
+    be loaded gives a comparison whose `error` says why (the run's results stand as they are)."""
+    from ..baseline import BaselineComparison, compare_run
+
+    try:
+        baseline = load_baseline(ref, tracking_uri, experiment)
+    except (BaselineError, MlflowReportError) as exc:
+        return BaselineComparison.failed(ref.describe(), str(exc))
+    return compare_run(run.suite_outcomes(), baseline)
