@@ -37,6 +37,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--promptopt-no-mlflow", "promptopt_no_mlflow", "do not log the run to MLflow (ini: true/false)", is_flag=True),
     Option("--promptopt-mlflow-uri", "promptopt_mlflow_uri", "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<rootdir>/mlflow.db)", None),
     Option("--promptopt-experiment", "promptopt_experiment", "MLflow experiment name (default: the rootdir's name)", None),
+    Option("--promptopt-prompt-prefix", "promptopt_prompt_prefix", "prefix of the Prompt Registry names given to suites' own prompts, e.g. 'main.prompts.' for a Unity Catalog registry", None),
     Option("--promptopt-mlflow-traces", "promptopt_mlflow_traces", "also log every case as an MLflow trace with its assertions as feedback (ini: true/false)", is_flag=True),
     # HTML report and progress line (issue 4, items 6 and 7)
     Option("--promptopt-html", "promptopt_html", "write a self-contained HTML report to this path (needs the html extra: plotly)", None),
@@ -56,6 +57,7 @@ class MlflowSettings:
     pending_dir: Path
     local_store: bool = False
     traces: bool = False  # --promptopt-mlflow-traces: one trace per case (report/mlflow_traces.py)
+    prompt_prefix: str = ""  # --promptopt-prompt-prefix: e.g. "main.prompts." (Unity Catalog names)
 
 
 @dataclass(frozen=True)
@@ -255,5 +257,12 @@ def _mlflow_settings(config: Any, rootdir: Path, pending_dir: Path, parsed: Call
             raise ValueError("the experiment name must not be empty")
         return name
 
+    def prompt_prefix(raw: Any) -> str:
+        prefix = "" if raw is None else str(raw).strip()
+        if prefix and not re.fullmatch(r"[A-Za-z0-9_.\-]+", prefix):
+            raise ValueError(f"{raw!r} may hold only letters, digits and _ . - (e.g. main.prompts.)")
+        return prefix
+
     return MlflowSettings(uri, parsed("--promptopt-experiment", experiment), pending_dir, local_store,
-                          traces=parsed("--promptopt-mlflow-traces", _boolean))
+                          traces=parsed("--promptopt-mlflow-traces", _boolean),
+                          prompt_prefix=parsed("--promptopt-prompt-prefix", prompt_prefix))

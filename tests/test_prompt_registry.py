@@ -143,6 +143,19 @@ def test_a_suites_own_prompt_gets_a_new_version_only_when_its_text_changes(pytes
     assert latest.commit_message == "pytest-promptopt: cities.promptopt.yaml prompts[0]"
 
 
+def test_prompt_prefix_names_the_registered_prompts(pytester, run_pytest, migrated_store):  # noqa: F811
+    # A Unity Catalog registry needs `catalog.schema.` names; the prefix is how a project says so.
+    shutil.copy(migrated_store, pytester.path / "mlflow.db")
+    client = client_for(sqlite_uri(pytester.path / "mlflow.db"))
+    pytester.makefile(".promptopt.yaml", own="description: Own\nproviders: [echo]\nprompts: ['Hi {{name}}']\ntests: [{vars: {name: A}}]\n")
+    pytester.makeini("[pytest]\npromptopt_prompt_prefix = team-\n")
+    assert run_pytest("--promptopt", "own.promptopt.yaml", mlflow=True).ret == 0
+    assert [p.name for p in client.search_prompts()] == ["team-own"]
+    result = run_pytest("--promptopt", "--promptopt-prompt-prefix", "main prompts", "own.promptopt.yaml", mlflow=True)
+    assert result.ret == 4
+    result.stderr.fnmatch_lines(["*--promptopt-prompt-prefix (ini: promptopt_prompt_prefix): 'main prompts' may hold only*"])
+
+
 def test_no_mlflow_registers_nothing(pytester, run_pytest, migrated_store):  # noqa: F811
     shutil.copy(migrated_store, pytester.path / "mlflow.db")
     pytester.makefile(".promptopt.yaml", own="providers: [echo]\nprompts: ['Hi {{name}}']\ntests: [{vars: {name: A}}]\n")
@@ -162,3 +175,4 @@ def test_names_and_references():
     assert registry_name("Capital Cities!", 0, several=False) == "capital-cities"
     assert registry_name("qa/greetings v2", 1, several=True) == "qa-greetings-v2-p1"
     assert registry_name("***", 0, several=False) == "promptopt-suite"
+    assert registry_name("Capital Cities!", 0, several=False, prefix="main.prompts.") == "main.prompts.capital-cities"

@@ -163,7 +163,7 @@ def report_run(run: RunSummary, meta: SessionMeta, target: MlflowSettings, *, ar
     artifact_location = _local_artifacts(target)
     try:
         logged = log_run(run, meta, target.tracking_uri, target.experiment, artifact_location=artifact_location, artifacts=artifacts,
-                         traces=target.traces)
+                         traces=target.traces, prompt_prefix=target.prompt_prefix)
     except Exception as exc:  # any MLflow, network or database fault
         error = f"MLflow reporting failed ({safe_uri(target.tracking_uri)}): {_one_line(exc)}"
         try:
@@ -175,7 +175,7 @@ def report_run(run: RunSummary, meta: SessionMeta, target: MlflowSettings, *, ar
 
 
 def log_run(run: RunSummary, meta: SessionMeta, tracking_uri: str, experiment: str, *, artifact_location: str | None = None,
-            artifacts: Sequence[Path] = (), traces: bool = False) -> Logged:
+            artifacts: Sequence[Path] = (), traces: bool = False, prompt_prefix: str = "") -> Logged:
     """Create the parent and child runs, log everything, then check it arrived. `traces`
     (--promptopt-mlflow-traces) also writes one trace per case (mlflow_traces.py)."""
     with _mlflow_calls():
@@ -199,7 +199,8 @@ def log_run(run: RunSummary, meta: SessionMeta, tracking_uri: str, experiment: s
             if run.baseline is not None:
                 client.log_text(parent, json.dumps(redact(run.baseline.to_dict()), indent=2, default=str), BASELINE_FILE)
             for suite in run.suites:
-                children[suite.info.id] = _log_suite(client, experiment_id, parent, suite, meta, registry_problems, run.baseline)
+                children[suite.info.id] = _log_suite(client, experiment_id, parent, suite, meta, registry_problems, run.baseline,
+                                                     prompt_prefix)
             client.set_terminated(parent, "FINISHED", end_time=meta.ended_ms)
         try:
             problems = _verify(client, experiment_id, parent, run, children)
@@ -221,6 +222,7 @@ def write_pending(directory: Path, run: RunSummary, meta: SessionMeta, target: M
         "tracking_uri": safe_uri(target.tracking_uri),
         "experiment": target.experiment,
         "artifact_location": _local_artifacts(target),
+        "prompt_prefix": target.prompt_prefix,
         "error": error,
         "session": meta.to_dict(),
     }
@@ -252,7 +254,8 @@ def upload_pending(path: Path, *, tracking_uri: str | None = None, experiment: s
         created = _dt.datetime.fromisoformat(data["created"]).timestamp() * 1000 if data.get("created") else time.time() * 1000
         meta = SessionMeta(started_ms=int(created), ended_ms=int(created), exit_status=data.get("exit_status"))
     same_store = uri == saved.get("tracking_uri")
-    return log_run(run_from_report(data), meta, uri, name, artifact_location=saved.get("artifact_location") if same_store else None)
+    return log_run(run_from_report(data), meta, uri, name, artifact_location=saved.get("artifact_location") if same_store else None,
+                   prompt_prefix=saved.get("prompt_prefix") or "")
 
 
 # --------------------------------------------------------------------------- runs
@@ -298,8 +301,8 @@ def _parent_metrics(run: RunSummary) -> dict[str, float | None]:
 
 
 def _log_suite(client: Any, experiment_id: str, parent: str, suite: SuiteSummary, meta: SessionMeta, problems: list[str],
-               baseline: Any = None) -> str:
-    linked = _prompt_versions(client, suite, problems)
+               baseline: Any = None, prompt_prefix: str = "") -> str:
+    linked = _prompt_versions(client, suite, problems, prompt_prefix)
     tags = {
         "mlflow.parentRunId": parent,
         "promptopt.suite": suite.info.name,
@@ -326,14 +329,15 @@ def _log_suite(client: Any, experiment_id: str, parent: str, suite: SuiteSummary
     return child
 
 
-def registry_name(suite_name: str, index: int, several: bool) -> str:
-    """The Prompt Registry name of a suite's own prompt: the suite name as a slug (lowercase
-    letters, digits, `_ - .`), plus `-p<index>` when the suite has several prompts."""
+def registry_name(suite_name: str, index: int, several: bool, prefix: str = "") -> str:
+    """The Prompt Registry name of a suite's own prompt: `prefix` (a Unity Catalog registry needs
+    `catalog.schema.`), then the suite name as a slug (lowercase letters, digits, `_ - .`), plus
+    `-p<index>` when the suite has several prompts."""
     slug = re.sub(r"[^a-z0-9_.\-]+", "-", suite_name.lower()).strip("-.") or "promptopt-suite"
-    return f"{slug}-p{index}" if several else slug
+    return prefix + (f"{slug}-p{index}" if several else slug)
 
 
-def _prompt_versions(client: Any, suite: SuiteSummary, problems: list[str]) -> list[dict[str, str]]:
+def _prompt_versions(client: Any, suite: SuiteSummary, problems: list[str], prefix: str = "") -> list[dict[str, str]]:
     """The prompt versions a suite tested, for the child run's `mlflow.linkedPrompts` tag.
 
     Registry prompts link the version they resolved to. A suite file's own (inline or file)
@@ -359,7 +363,7 @@ def _prompt_versions(client: Any, suite: SuiteSummary, problems: list[str]) -> l
     templates = _templates(suite)
     own = {r.prompt_index or 0 for r in suite.results if r.template is not None and not r.registry_prompts}
     for index in sorted(own & set(templates)):
-        name = registry_name(suite.info.name, index, len(templates) > 1)
+        name = registry_name(suite.info.name, index, len(templates) > 1, prefix)
         try:
             link(name, _register_prompt(client, name, scrub(templates[index]), f"{suite.info.file} prompts[{index}]"))
         except Exception as exc:  # a name taken by a model, a registry that refuses: warn, log the rest
