@@ -6,7 +6,6 @@ here: without `--promptopt` the plugin only checks file names during collection.
 
 from __future__ import annotations
 
-import time
 import warnings
 from pathlib import Path
 from typing import Any, Generator
@@ -228,8 +227,6 @@ class ControllerHooks:
 
     def __init__(self, state: Any) -> None:
         self.state = state
-        self.started = time.time()
-        self.mlflow: Any = None  # the MLflow reporting outcome, for the terminal summary
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
@@ -248,34 +245,11 @@ class ControllerHooks:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if not self.state.records:
             return
-        run = self.state.summary()
-        baseline = self.state.settings.baseline
-        if baseline is not None and run.baseline is None and self.state.settings.mlflow is not None:
-            # --promptopt-baseline: compared here, shown by every reporter; it never gates (yet).
-            from .report.mlflow_baseline import compare_with_baseline
-
-            run.baseline = compare_with_baseline(run, baseline, self.state.settings.mlflow.tracking_uri, self.state.settings.mlflow.experiment)
-            if run.baseline.error:
-                warnings.warn(pytest.PytestWarning(run.baseline.error), stacklevel=1)
-        if not run.gates_passed and session.exitstatus == pytest.ExitCode.OK:
-            session.exitstatus = pytest.ExitCode.TESTS_FAILED
-        if self.state.settings.report_path is not None:
-            from .report.json_report import write_report
-
-            write_report(self.state.settings.report_path, run, exit_status=int(session.exitstatus))
-        html_path = self.state.settings.html_path
-        if html_path is not None:  # HTML report (report/html_report.py); also an MLflow artifact
-            from .report.html_report import write_html
-
-            write_html(html_path, run, exit_status=int(session.exitstatus))
-        if self.state.settings.mlflow is not None:
-            from .report.mlflow_writer import SessionMeta, report_run
-
-            meta = SessionMeta.collect(run, rootdir=self.state.settings.rootdir, pytest_args=list(session.config.invocation_params.args),
-                                       started=self.started, exit_status=int(session.exitstatus))
-            self.mlflow = report_run(run, meta, self.state.settings.mlflow, artifacts=[html_path] if html_path else [])
-            for message in self.mlflow.warnings():
-                warnings.warn(pytest.PytestWarning(message), stacklevel=1)
+        status, messages = self.state.finish(int(session.exitstatus), list(session.config.invocation_params.args))
+        if status != session.exitstatus:
+            session.exitstatus = pytest.ExitCode(status)
+        for message in messages:
+            warnings.warn(pytest.PytestWarning(message), stacklevel=1)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if not self.state.records:
@@ -296,6 +270,6 @@ class ControllerHooks:
             terminalreporter.write_line(f"JSON report: {self.state.settings.report_path}")
         if self.state.settings.html_path is not None:
             terminalreporter.write_line(f"HTML report: {self.state.settings.html_path}")
-        if self.mlflow is not None:
-            for line in self.mlflow.lines():
-                terminalreporter.write_line(line, red=self.mlflow.error is not None)
+        if self.state.mlflow is not None:
+            for line in self.state.mlflow.lines():
+                terminalreporter.write_line(line, red=self.state.mlflow.error is not None)

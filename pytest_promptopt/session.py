@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 import uuid
 from typing import Any, Callable
 
@@ -53,6 +54,8 @@ class PromptoptSession:
         self._cache: ResponseCache | None = None
         self.records: list[tuple[SuiteInfo, CaseResult]] = []
         self._summary: RunSummary | None = None
+        self.started = time.time()
+        self.mlflow: Any = None  # the MLflow reporting outcome (report/mlflow_writer.Outcome)
 
     # ------------------------------------------------------------------ execution (any process)
 
@@ -105,6 +108,39 @@ class PromptoptSession:
         data = json.loads(payload)
         self.records.append((SuiteInfo.from_dict(data["suite"]), CaseResult.from_dict(data["case"])))
         self._summary = None
+
+    def finish(self, exit_status: int, pytest_args: list[str]) -> tuple[int, list[str]]:
+        """After every case ran (on the controller): compare with a baseline, decide the gates,
+        write the JSON and HTML reports and log to MLflow. Returns the session's exit status
+        (a failing gate turns 0 into 1) and warnings to show."""
+        run = self.summary()
+        messages: list[str] = []
+        baseline, mlflow = self.settings.baseline, self.settings.mlflow
+        if baseline is not None and run.baseline is None and mlflow is not None:
+            # --promptopt-baseline: shown by every reporter; it never gates (yet).
+            from .report.mlflow_baseline import compare_with_baseline
+
+            run.baseline = compare_with_baseline(run, baseline, mlflow.tracking_uri, mlflow.experiment)
+            if run.baseline.error:
+                messages.append(run.baseline.error)
+        if not run.gates_passed and exit_status == 0:
+            exit_status = 1
+        if self.settings.report_path is not None:
+            from .report.json_report import write_report
+
+            write_report(self.settings.report_path, run, exit_status=exit_status)
+        html_path = self.settings.html_path
+        if html_path is not None:  # also logged to MLflow as an artifact
+            from .report.html_report import write_html
+
+            write_html(html_path, run, exit_status=exit_status)
+        if mlflow is not None:
+            from .report.mlflow_writer import SessionMeta, report_run
+
+            meta = SessionMeta.collect(run, rootdir=self.settings.rootdir, pytest_args=pytest_args, started=self.started, exit_status=exit_status)
+            self.mlflow = report_run(run, meta, mlflow, artifacts=[html_path] if html_path else [])
+            messages.extend(self.mlflow.warnings())
+        return exit_status, messages
 
     def summary(self) -> RunSummary:
         if self._summary is None:
