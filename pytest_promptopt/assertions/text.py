@@ -98,7 +98,11 @@ def _compile_regex(assertion: Assertion) -> re.Pattern[str]:
         raise AssertionConfigError(f"{assertion.where or 'regex'}: invalid regular expression {pattern!r}: {exc}") from None
 
 
-@register("regex", check=lambda a: None if _compile_regex(a) else None)
+def _check_regex(assertion: Assertion) -> None:
+    _compile_regex(assertion)
+
+
+@register("regex", check=_check_regex)
 def regex(output: str, assertion: Assertion, ctx: AssertionContext) -> Grade:
     compiled = _compile_regex(assertion)
     return Grade.binary(compiled.search(output) is not None, f'Expected output to match regex "{compiled.pattern}"')

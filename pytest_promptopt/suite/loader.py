@@ -85,12 +85,23 @@ def load_suite(file: Path, display: str, default_model: ModelSpec, resolve_promp
 # ----------------------------------------------------------------------------- validation
 
 
-def _validate(data: dict[str, Any], ctx: _Context) -> None:
+@functools.lru_cache(maxsize=None)
+def _validator(definition: str | None = None) -> Any:
+    """A validator for the whole suite, or for one of its `$defs` (a test read from a CSV row or
+    JSONL line): built once, since a tests file may hold thousands of rows."""
     from jsonschema import Draft202012Validator
+
+    schema = suite_schema()
+    if definition is not None:
+        schema = {k: v for k, v in schema.items() if k not in ("properties", "additionalProperties", "type")}
+        schema["$ref"] = f"#/$defs/{definition}"
+    return Draft202012Validator(schema)
+
+
+def _validate(data: dict[str, Any], ctx: _Context) -> None:
     from jsonschema.exceptions import best_match
 
-    validator = Draft202012Validator(suite_schema())
-    error = best_match(validator.iter_errors(data))
+    error = best_match(_validator().iter_errors(data))
     if error is None:
         return
     raise _schema_error(error, ctx)
@@ -401,14 +412,9 @@ def _load_structured(reference: str, path: tuple[Any, ...], ctx: _Context) -> An
 
 
 def _validate_fragment(data: Any, definition: str, path: tuple[Any, ...], ctx: _Context, origin: str = "") -> None:
-    from jsonschema import Draft202012Validator
     from jsonschema.exceptions import best_match
 
-    schema = {**suite_schema(), "$ref": f"#/$defs/{definition}"}
-    schema.pop("properties", None)
-    schema.pop("additionalProperties", None)
-    schema.pop("type", None)
-    error = best_match(Draft202012Validator(schema).iter_errors(data))
+    error = best_match(_validator(definition).iter_errors(data))
     if error is not None:
         inner = _schema_error(error, _Context(ctx.file, ctx.display, LineMap()))
         raise ctx.error(path, f"{origin + ': ' if origin else ''}{inner.path}: {inner.message}")
