@@ -40,7 +40,11 @@ def main(argv: list[str] | None = None) -> int:
             print(exc, file=sys.stderr)
             status = 1
             continue
-        print(f"{name}: ok, {len(loaded.cases)} case{'' if len(loaded.cases) == 1 else 's'}, gates: {', '.join(g.describe() for g in loaded.info.gates) or 'none'}")
+        gates = ", ".join(g.describe() for g in loaded.info.gates) or "none"
+        if loaded.dataset is not None:  # rows are read when it runs
+            print(f"{name}: ok, dataset {loaded.dataset.source.describe()}, {len(loaded.dataset.slices)} item(s), gates: {gates}")
+        else:
+            print(f"{name}: ok, {len(loaded.cases)} case{'' if len(loaded.cases) == 1 else 's'}, gates: {gates}")
     return status
 
 

@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from .models.base import Model, ModelError, Request, Response
 from .redact import without_secrets
@@ -118,6 +118,38 @@ class ResponseCache:
         response = model.generate(request)
         self.put(key, response)
         return response
+
+    def fetch_batch(self, model: Any, requests: Sequence[Request], stats: Sequence[CallStats]) -> list[Response | ModelError]:
+        """`fetch` for several requests: the misses are answered by one `model.generate_batch`.
+        A fault (or a replay miss) is returned in the place of the responses it cost."""
+        use_cache = self.mode is not CacheMode.OFF and getattr(model, "cacheable", True)
+        keys = [cache_key(model, r) if use_cache else "" for r in requests]
+        answers: list[Response | ModelError | None] = [self.get(k) if k else None for k in keys]
+        missing: list[int] = []
+        for i, answer in enumerate(answers):
+            if answer is not None:
+                stats[i].cache_hits += 1
+            elif use_cache and self.mode is CacheMode.REPLAY:
+                answers[i] = CacheMiss(
+                    f"replay mode: no recorded response for model {model.name} and this prompt "
+                    f"(key {keys[i][:12]}); record it with --promptopt-cache=readwrite"
+                )
+            else:
+                missing.append(i)
+        if missing:
+            for i in missing:
+                stats[i].calls += 1
+            try:
+                fresh = model.generate_batch([requests[i] for i in missing])
+            except ModelError as exc:
+                for i in missing:
+                    answers[i] = exc
+            else:
+                for i, response in zip(missing, fresh):
+                    answers[i] = response
+                    if keys[i]:
+                        self.put(keys[i], response)
+        return answers  # type: ignore[return-value]
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from .assertions.base import AssertionConfigError, AssertionContext, AssertionEvaluationError
 from .assertions.scoring import CaseGrade, Outcome, grade_case
@@ -18,7 +18,7 @@ from .redact import redact, scrub
 from .results import CaseResult
 from .suite.model import Case
 
-__all__ = ["execute_case", "fill_grade", "fill_response", "json_safe"]
+__all__ = ["execute_batch", "execute_case", "fill_grade", "fill_response", "json_safe", "model_error", "new_result"]
 
 
 def json_safe(value: Any) -> Any:
@@ -57,11 +57,9 @@ def fill_grade(result: CaseResult, grade: CaseGrade) -> None:
     result.named_scores = dict(grade.named_scores)
 
 
-def execute_case(case: Case, model: Model, cache: ResponseCache, nodeid: str = "", params: Mapping[str, Any] | None = None) -> CaseResult:
-    """Run `case` on `model`. Model and assertion faults become `result.error`, never exceptions."""
-    stats = CallStats()
-    started = time.perf_counter()
-    result = CaseResult(
+def new_result(case: Case, nodeid: str = "") -> CaseResult:
+    """A case's record before the model answers: what it asked, of which model."""
+    return CaseResult(
         case_id=case.case_id,
         name=case.name,
         nodeid=nodeid,
@@ -74,19 +72,59 @@ def execute_case(case: Case, model: Model, cache: ResponseCache, nodeid: str = "
         registry_prompts=[case.prompt.registry_uri] if case.prompt.registry_uri else [],
         model_params=redact(json_safe(dict(case.model.params))),
     )
+
+
+def model_error(case: Case, nodeid: str, exc: BaseException) -> CaseResult:
+    result = new_result(case, nodeid)
+    result.error = f"model error ({case.model.display}): {scrub(str(exc))}"
+    return result
+
+
+def _grade(case: Case, result: CaseResult, response: Response) -> None:
+    fill_response(result, response)
+    result.model = case.model.label or result.model  # a suite's provider label names it in reports
+    ctx = AssertionContext(vars=case.vars, prompt=case.rendered_prompt, response=response, base_dir=case.base_dir)
+    try:
+        fill_grade(result, grade_case(response.text, case.assertions, ctx, case.threshold))
+    except (AssertionEvaluationError, AssertionConfigError) as exc:
+        result.error = f"assertion error: {scrub(str(exc))}"
+
+
+def execute_case(case: Case, model: Model, cache: ResponseCache, nodeid: str = "", params: Mapping[str, Any] | None = None) -> CaseResult:
+    """Run `case` on `model`. Model and assertion faults become `result.error`, never exceptions."""
+    stats = CallStats()
+    started = time.perf_counter()
+    result = new_result(case, nodeid)
     try:
         response = cache.fetch(model, Request.from_prompt(case.rendered_prompt, params), stats)
     except ModelError as exc:
         result.error = f"model error ({case.model.display}): {scrub(str(exc))}"
     else:
-        fill_response(result, response)
-        result.model = case.model.label or result.model  # a suite's provider label names it in reports
-        ctx = AssertionContext(vars=case.vars, prompt=case.rendered_prompt, response=response, base_dir=case.base_dir)
-        try:
-            fill_grade(result, grade_case(response.text, case.assertions, ctx, case.threshold))
-        except (AssertionEvaluationError, AssertionConfigError) as exc:
-            result.error = f"assertion error: {scrub(str(exc))}"
+        _grade(case, result, response)
     result.calls = stats.calls
     result.cache_hits = stats.cache_hits
     result.duration_s = time.perf_counter() - started
     return result
+
+
+def execute_batch(cases: Sequence[tuple[Case, str]], model: Model, cache: ResponseCache) -> list[CaseResult]:
+    """Run several cases on one model that answers batches (`generate_batch`): one batched call
+    for the cache misses, then grade each case as `execute_case` does. A model fault errors the
+    cases it answered for, not the cached ones."""
+    started = time.perf_counter()
+    results = [new_result(case, nodeid) for case, nodeid in cases]
+    requests = [Request.from_prompt(case.rendered_prompt) for case, _ in cases]
+    stats = [CallStats() for _ in cases]
+    responses = cache.fetch_batch(model, requests, stats)
+    # cases of one batch share its wall time, as their latencies do (models/local.py)
+    share = (time.perf_counter() - started) / max(1, len(cases))
+    for (case, _), result, response, stat in zip(cases, results, responses, stats):
+        begun = time.perf_counter()
+        if isinstance(response, ModelError):
+            result.error = f"model error ({case.model.display}): {scrub(str(response))}"
+        else:
+            _grade(case, result, response)
+        result.calls = stat.calls
+        result.cache_hits = stat.cache_hits
+        result.duration_s = share + (time.perf_counter() - begun)
+    return results

@@ -32,6 +32,40 @@ def _case_nodeid(parent: pytest.Collector, name: str) -> Any:
     return parent_id.child(base).with_params(params.removesuffix("]"))
 
 
+_order_key = pytest.StashKey[dict[int, int]]()
+_worker_key = pytest.StashKey[Any]()
+
+
+def upcoming_items(item: pytest.Item) -> Iterator[pytest.Item]:
+    """The items this process will run after `item`, as far as it knows them, so the runner
+    can start their model calls now."""
+    items = item.session.items
+    if hasattr(item.config, "workerinput"):
+        # An xdist worker is sent its tests a chunk at a time; those it holds wait in its queue.
+        # `torun`/`nextitem_index` are xdist internals (3.x): without them, no look-ahead.
+        worker = _xdist_worker(item.config)
+        queue = getattr(worker, "torun", None)
+        if queue is None or not hasattr(queue, "lock"):
+            return iter(())
+        with queue.lock() as waiting:
+            indices = [worker.nextitem_index, *waiting]
+        return (items[i] for i in indices if type(i) is int and 0 <= i < len(items))
+    order = item.session.stash.get(_order_key, None)
+    if order is None or len(order) != len(items):
+        order = item.session.stash[_order_key] = {id(it): n for n, it in enumerate(items)}
+    index = order.get(id(item))
+    return iter(()) if index is None else (items[i] for i in range(index + 1, len(items)))
+
+
+def _xdist_worker(config: pytest.Config) -> Any:
+    worker = config.stash.get(_worker_key, None)
+    if worker is None:
+        # xdist registers its worker plugin without a name
+        found = [p for p in config.pluginmanager.get_plugins() if type(p).__name__ == "WorkerInteractor"]
+        worker = config.stash[_worker_key] = found[0] if found else False
+    return worker or None
+
+
 class CaseFailed(AssertionError):
     """The model answered and the case's assertions failed."""
 
@@ -46,7 +80,12 @@ class SuiteFile(pytest.File):
         from .suite.loader import load_suite
 
         display = self.path.relative_to(self.config.rootpath).as_posix() if self.path.is_relative_to(self.config.rootpath) else str(self.path)
-        loaded = load_suite(self.path, display, session.settings.model, session.registry.resolve)
+        loaded = load_suite(self.path, display, session.settings.model, session.registry.resolve,
+                            backend=session.settings.backend)
+        if loaded.dataset is not None:  # one item per prompt x provider, all rows (see DatasetItem)
+            for part in loaded.dataset.slices:
+                yield DatasetItem.from_parent(self, name=part.name, nodeid=_case_nodeid(self, part.name), spec=loaded.dataset, part=part)
+            return
         for case in loaded.cases:
             yield CaseItem.from_parent(self, name=case.name, nodeid=_case_nodeid(self, case.name), case=case)
 
@@ -73,7 +112,8 @@ class CaseItem(pytest.Item):
     def setup(self) -> None:
         # The model call happens in setup, so a model fault is a pytest *error*, not a failure.
         session = self.config.stash[session_key]
-        self.result = session.run_case(self.case, self.nodeid)
+        upcoming = ((item.case, item.nodeid) for item in upcoming_items(self) if isinstance(item, CaseItem))
+        self.result = session.run_case(self.case, self.nodeid, upcoming)
         self.stash[record_key] = session.encode(self.case.suite, self.result)
         if self.result.error:
             # pytest renders setup errors without repr_failure; pytrace=False shows just the text.
@@ -96,4 +136,135 @@ class CaseItem(pytest.Item):
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
         # pytest shows the domain with dots as '::', so it must not contain the file name.
+        return self.path, None, self.name
+
+
+class DatasetFailed(AssertionError):
+    """A dataset item's rows missed its gates (or, without gates, some row failed)."""
+
+
+class DatasetItem(pytest.Item):
+    """All rows of a dataset suite for one prompt x provider, as one item.
+
+    setup: read the rows in chunks, run them through the session's runner (or Spark), write each
+    result to the suite's per-case Parquet table and keep only `CaseStats`. The record sent to
+    the controller is that `DatasetPart`, never the rows. The verdict (docs/suite-format.md):
+    - no row could be scored (every row errored, the source is unreadable): an *error*;
+    - with gates: the gates on this item's rows decide; errored rows are left out of them, as
+      everywhere, and shown as a warning;
+    - without gates: every row must pass; a failed or errored row fails the item;
+    - no rows at all, without gates: skipped.
+    """
+
+    def __init__(self, *, spec: Any, part: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.spec = spec  # suite.dataset.DatasetSpec
+        self.part = part  # suite.dataset.DatasetSlice
+        self.evaluation: Any = None  # dataset.Evaluation
+        self.cases_file: Path | None = None
+
+    @property
+    def suite(self) -> Any:
+        return self.part.make_case.suite
+
+    def setup(self) -> None:
+        from . import dataset
+        from .results import DatasetPart
+
+        session = self.config.stash[session_key]
+        # The run token is the controller's (xdist workers get it), so all items of a suite in
+        # one session write their parts into one folder.
+        folder = dataset.cases_folder(session.settings.cache_path.parent, self.suite.id, session.registry_token)
+        self.cases_file = folder / f"{self.part.ident or 'all'}.parquet"
+        if session.settings.backend == "spark":
+            self.evaluation = self._on_spark(session, folder)
+        else:
+            from .suite.dataset import read_rows
+
+            with dataset.CasesWriter(self.cases_file) as writer:
+                self.evaluation = dataset.evaluate(read_rows(self.spec.source), self.part.make_case, session.runner.map, writer,
+                                                   f"{self.nodeid}::")
+        factory = self.part.make_case
+        record = DatasetPart(self.evaluation.stats, str(folder), self.spec.source.describe(), {factory.prompt_index: factory.prompt.template})
+        self.stash[record_key] = session.encode(self.suite, record)
+        stats = self.evaluation.stats
+        if self.evaluation.read_error:
+            pytest.fail(f"{self.spec.source.describe()}: reading stopped after {stats.cases} rows: {self.evaluation.read_error}\n"
+                        + self._details(), pytrace=False)
+        if stats.cases and stats.errors == stats.cases:
+            pytest.fail(f"all {stats.cases} rows errored\n" + self._details(), pytrace=False)
+
+    def _on_spark(self, session: Any, folder: Path) -> Any:
+        """The rows are read and evaluated on Spark (runners/spark.py), which writes this item's
+        part of the per-case table; its stats are then streamed back from it, a batch at a time."""
+        from . import dataset
+        from .runners import spark
+
+        settings, factory = session.settings, self.part.make_case
+        output = folder / (self.part.ident or "all")
+        try:
+            frame = spark.read_source(session.spark(), self.spec.source)
+            missing = [f"{column} (dataset.vars.{var})" for var, column in self.spec.source.renames if column not in frame.columns]
+            if missing:
+                pytest.fail(f"{self.spec.source.describe()} has no column {', '.join(missing)}; its columns: "
+                            f"{', '.join(c for c in frame.columns if not c.startswith('__promptopt'))}", pytrace=False)
+            # Models a Spark worker cannot build itself (objects, a conftest's make_model hook) travel with the job.
+            objects = dict((spec.key, model) for spec, model in session._object_models([factory.model]))
+            spark.evaluate_frame(session.spark(), frame, factory, nodeid_prefix=f"{self.nodeid}::", output_path=output,
+                                 cache_path=settings.cache_path, cache_mode=settings.cache_mode, models=objects, timeout_s=settings.timeout_s)
+        except spark.SparkBackendError as exc:  # an unreadable source, a failed job: one line, no traceback
+            pytest.fail(f"{self.spec.source.describe()}: {exc}", pytrace=False)
+        self.cases_file = output
+        evaluation = dataset.Evaluation()
+        for result in dataset.iter_results(output):
+            evaluation.add(result)
+        return evaluation
+
+    def runtest(self) -> None:
+        import warnings
+
+        from .gates import decide
+
+        stats = self.evaluation.stats
+        gates = self.suite.gates
+        if not gates:
+            if not stats.cases:
+                pytest.skip(f"{self.spec.source.describe()} has no rows")
+            if stats.failed or stats.errors:
+                raise DatasetFailed("no gates, so every row must pass")
+            return
+        verdicts = [decide(g, stats.pass_rate, stats.metric_means()) for g in gates]
+        failing = [v for v in verdicts if not v.passed]
+        if failing:
+            raise DatasetFailed(f"gate{'s' if len(failing) > 1 else ''} failed: " + "; ".join(g.reason for g in failing))
+        if stats.errors:
+            warnings.warn(pytest.PytestWarning(
+                f"{self.nodeid}: {stats.errors} of {stats.cases} rows errored (left out of the gates); see {self.cases_file}"))
+
+    def _details(self) -> str:
+        from .report.text import _clip
+
+        stats = self.evaluation.stats
+        rate = "-" if stats.pass_rate is None else f"{stats.pass_rate * 100:.1f}%"
+        lines = [f"{stats.cases} rows: {stats.passed} passed, {stats.failed} failed, {stats.errors} errors (pass rate {rate})"]
+        means = stats.metric_means()
+        if means:
+            lines.append("metrics: " + ", ".join(f"{k}={v:.3f}" for k, v in sorted(means.items())))
+        if self.evaluation.failures:
+            lines.append(f"first {len(self.evaluation.failures)} failed or errored rows:")
+            for result in self.evaluation.failures:
+                if result.error:
+                    lines.append(f"  {result.name}: ERROR {result.error}")
+                else:
+                    lines.append(f"  {result.name}: {result.reason}")
+                    lines.append("    output: " + _clip(" ".join((result.output or "").split()), 200))
+        lines.append(f"per-case results: {self.cases_file}")
+        return "\n".join(lines)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        if isinstance(excinfo.value, DatasetFailed) and self.evaluation is not None:
+            return f"{self.spec.source.describe()}: {excinfo.value}\n{self._details()}"
+        return super().repr_failure(excinfo, style)
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
         return self.path, None, self.name

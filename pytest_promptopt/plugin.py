@@ -45,11 +45,15 @@ def pytest_configure(config: pytest.Config) -> None:
         "gated suite, `gates` sets its thresholds (e.g. {'pass_rate': 0.8}), `model` overrides the model",
     )
     settings = Settings.from_config(config)
+    workerinput = getattr(config, "workerinput", {})
+    if settings.backend == "spark" and (workerinput or getattr(config.option, "numprocesses", None)):
+        raise pytest.UsageError("--promptopt-backend spark runs the cases on Spark: drop -n/--numprocesses (pytest-xdist)")
     state = PromptoptSession(
         settings,
-        is_controller=not hasattr(config, "workerinput"),
+        is_controller=not workerinput,
         make_model=lambda spec: config.hook.pytest_promptopt_make_model(spec=spec),
-        registry_token=getattr(config, "workerinput", {}).get(REGISTRY_INPUT),
+        registry_token=workerinput.get(REGISTRY_INPUT),
+        workers=int(workerinput.get("workercount", 1)),
     )
     config.stash[session_key] = state
     if state.is_controller and settings.enabled:
@@ -212,8 +216,9 @@ ERROR_ATTR = "promptopt_error"
 
 
 def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> Any:
-    # A model fault inside a Python prompt test is an error, not a failed assertion.
-    if report.when == "call" and report.failed and getattr(report, ERROR_ATTR, None):
+    # A model fault inside a Python prompt test, or a crashed xdist worker, is an error, not a
+    # failed assertion.
+    if report.failed and getattr(report, ERROR_ATTR, None):
         return "error", "E", ("ERROR", {"red": True})
     return None
 
@@ -232,6 +237,25 @@ class ControllerHooks:
     def pytest_configure_node(self, node: Any) -> None:
         # xdist: workers reuse the controller's Prompt Registry resolutions (registry.py).
         node.workerinput[REGISTRY_INPUT] = self.state.registry_token
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_handlecrashitem(self, crashitem: str, report: pytest.TestReport, sched: Any) -> None:
+        # xdist: a worker died (killed, segfault) while running `crashitem`. Its other cases
+        # already reached us; this one becomes an error record, and its report an error.
+        message = f"worker crashed while running this case ({report.longrepr}); its result is lost"
+        if self.state.add_crash_record(crashitem, message):
+            setattr(report, ERROR_ATTR, message)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> None:
+        # --promptopt-backend spark: every suite case is evaluated as one Spark job before the
+        # items run; each item then reports its precomputed result.
+        if self.state.settings.backend == "spark" and not session.config.option.collectonly:
+            from .items import CaseItem
+
+            cases = [(item.case, item.nodeid) for item in session.items if isinstance(item, CaseItem)]
+            if cases:
+                self.state.run_on_spark(cases)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         from .session import RECORD_ATTR

@@ -35,11 +35,29 @@ def without_secrets(params: Mapping[str, Any]) -> dict[str, Any]:
 
 def scrub(text: str, extra: tuple[str, ...] = ()) -> str:
     """Replace the value of every secret-looking environment variable (and `extra`) in `text`."""
-    secrets = [v for k, v in os.environ.items() if _SECRET_ENV.search(k)] + list(extra)
-    for secret in secrets:
+    for secret in (*_env_secrets(), *extra):
         if len(secret) >= 8 and secret in text:
             text = text.replace(secret, REDACTED)
     return text
+
+
+_env_cache: tuple[dict[Any, Any], list[str]] | None = None
+
+
+def _env_secrets() -> list[str]:
+    """The secret-looking environment values. Scrubbing runs on every string of every case
+    record, and scanning the environment with a regex each time was most of a Spark row's cost,
+    so the list is kept until the environment changes (compared as a whole: a key set or
+    changed at any time is seen at once)."""
+    global _env_cache
+    raw = getattr(os.environ, "_data", None)  # CPython's undecoded mapping: cheap to compare
+    cached = _env_cache
+    if raw is not None and cached is not None and cached[0] == raw:
+        return cached[1]
+    secrets = [v for k, v in os.environ.items() if _SECRET_ENV.search(k)]
+    if raw is not None:
+        _env_cache = (dict(raw), secrets)
+    return secrets
 
 
 # `key: value` in YAML or JSON text; a value opening a mapping or list is not consumed, so the

@@ -2,11 +2,14 @@
 
 A `CaseResult` is what crosses from a worker (xdist, Spark) to the controller as JSON; the
 controller groups them by suite, decides the gates and hands `RunSummary` to every reporter.
+A dataset suite sends one `DatasetPart` per item instead: the `CaseStats` of its rows and the
+path of their per-case table, so the controller never holds the rows themselves.
 """
 
 from __future__ import annotations
 
-import statistics
+import bisect
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -14,7 +17,7 @@ from .baseline import BaselineComparison, CaseOutcome, outcome_from_result
 from .gates import GateResult, decide
 from .suite.model import SuiteInfo
 
-__all__ = ["CaseResult", "RunSummary", "SuiteSummary", "summarize"]
+__all__ = ["CaseResult", "CaseStats", "DatasetPart", "RunSummary", "SuiteSummary", "summarize"]
 
 
 @dataclass
@@ -61,24 +64,75 @@ class CaseResult:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
+# Latencies are kept exactly up to this many cases (percentiles then match a sort of the
+# values); beyond, in a histogram of 1%-wide logarithmic buckets, so a 100,000-row dataset's
+# stats stay a few kilobytes and merge by adding counts.
+LATENCY_EXACT = 4096
+_BUCKET = 1.01
+_ZERO = -(10**6)  # the bucket of latencies <= 0 (the echo and fake models report 0 ms)
+
+
+def _fadd(partials: list[float], x: float) -> None:
+    """Add `x` to a Shewchuk partial-sum list (Python's msum recipe): `math.fsum(partials)` is
+    then the correctly rounded sum, as `statistics.fmean` computes it, in any merge order."""
+    i = 0
+    for y in partials:
+        if abs(x) < abs(y):
+            x, y = y, x
+        hi = x + y
+        lo = y - (hi - x)
+        if lo:
+            partials[i] = lo
+            i += 1
+        x = hi
+    partials[i:] = [x]
+
+
+def _bucket(value: float) -> int:
+    return _ZERO if value <= 0 else math.floor(math.log(value, _BUCKET))
+
+
+def _bucket_value(index: int) -> float:
+    return 0.0 if index == _ZERO else _BUCKET ** (index + 0.5)
+
+
 @dataclass
-class SuiteSummary:
-    info: SuiteInfo
-    results: list[CaseResult]
-    gates: list[GateResult]
-    models: list[str]
+class CaseStats:
+    """What a suite's aggregates need from its cases, in constant space and mergeable: counts,
+    score and named-metric sums, latencies for percentiles, calls, tokens, cost and time.
+
+    >>> stats = CaseStats.of([CaseResult("a", "a", passed=True, score=1.0), CaseResult("b", "b", score=0.0)])
+    >>> stats.pass_rate, stats.mean_score()
+    (0.5, 0.5)
+    """
+
+    passed: int = 0
+    failed: int = 0
+    errors: int = 0
+    score_sum: list[float] = field(default_factory=list)  # partials, see _fadd
+    score_count: int = 0
+    metric_sums: dict[str, list[float]] = field(default_factory=dict)
+    metric_counts: dict[str, int] = field(default_factory=dict)
+    latencies: list[float] = field(default_factory=list)  # exact, until LATENCY_EXACT values
+    latency_buckets: dict[int, int] | None = None  # bucket -> count, once there were more
+    calls: int = 0
+    cache_hits: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float | None = None  # None: no case reported a cost
+    duration_s: float = 0.0
+    models: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, results: Iterable["CaseResult"]) -> "CaseStats":
+        stats = cls()
+        for result in results:
+            stats.add(result)
+        return stats
 
     @property
-    def passed(self) -> int:
-        return sum(1 for r in self.results if r.status == "passed")
-
-    @property
-    def failed(self) -> int:
-        return sum(1 for r in self.results if r.status == "failed")
-
-    @property
-    def errors(self) -> int:
-        return sum(1 for r in self.results if r.status == "error")
+    def cases(self) -> int:
+        return self.passed + self.failed + self.errors
 
     @property
     def pass_rate(self) -> float | None:
@@ -86,40 +140,232 @@ class SuiteSummary:
         scored = self.passed + self.failed
         return self.passed / scored if scored else None
 
+    def add(self, result: "CaseResult") -> None:
+        if result.error:
+            self.errors += 1
+        else:
+            if result.passed:
+                self.passed += 1
+            else:
+                self.failed += 1
+            if result.score is not None:
+                _fadd(self.score_sum, float(result.score))
+                self.score_count += 1
+            for name, value in result.named_scores.items():
+                _fadd(self.metric_sums.setdefault(name, []), float(value))
+                self.metric_counts[name] = self.metric_counts.get(name, 0) + 1
+        if result.latency_ms is not None:
+            self._add_latency(float(result.latency_ms))
+        self.calls += result.calls
+        self.cache_hits += result.cache_hits
+        self.prompt_tokens += result.prompt_tokens or 0
+        self.completion_tokens += result.completion_tokens or 0
+        if result.cost is not None:
+            self.cost = float(result.cost) if self.cost is None else self.cost + float(result.cost)
+        self.duration_s += result.duration_s
+        if result.model and result.model not in self.models:
+            bisect.insort(self.models, result.model)
+
+    def _add_latency(self, value: float) -> None:
+        if self.latency_buckets is None:
+            self.latencies.append(value)
+            if len(self.latencies) <= LATENCY_EXACT:
+                return
+            self.latency_buckets, values, self.latencies = {}, self.latencies, []
+        else:
+            values = [value]
+        for v in values:
+            key = _bucket(v)
+            self.latency_buckets[key] = self.latency_buckets.get(key, 0) + 1
+
+    def merge(self, other: "CaseStats") -> "CaseStats":
+        """A new `CaseStats` of both sides' cases."""
+        merged = CaseStats.from_dict(self.to_dict())
+        merged.passed += other.passed
+        merged.failed += other.failed
+        merged.errors += other.errors
+        for x in other.score_sum:
+            _fadd(merged.score_sum, x)
+        merged.score_count += other.score_count
+        for name, partials in other.metric_sums.items():
+            for x in partials:
+                _fadd(merged.metric_sums.setdefault(name, []), x)
+            merged.metric_counts[name] = merged.metric_counts.get(name, 0) + other.metric_counts.get(name, 0)
+        if other.latency_buckets is None:
+            for value in other.latencies:
+                merged._add_latency(value)
+        else:
+            if merged.latency_buckets is None:
+                merged.latency_buckets, values, merged.latencies = {}, merged.latencies, []
+                for value in values:
+                    key = _bucket(value)
+                    merged.latency_buckets[key] = merged.latency_buckets.get(key, 0) + 1
+            for key, count in other.latency_buckets.items():
+                merged.latency_buckets[key] = merged.latency_buckets.get(key, 0) + count
+        merged.calls += other.calls
+        merged.cache_hits += other.cache_hits
+        merged.prompt_tokens += other.prompt_tokens
+        merged.completion_tokens += other.completion_tokens
+        if other.cost is not None:
+            merged.cost = other.cost if merged.cost is None else merged.cost + other.cost
+        merged.duration_s += other.duration_s
+        merged.models = sorted(set(merged.models) | set(other.models))
+        return merged
+
+    def mean_score(self) -> float | None:
+        return math.fsum(self.score_sum) / self.score_count if self.score_count else None
+
+    def metric_means(self) -> dict[str, float]:
+        return {name: math.fsum(self.metric_sums[name]) / count for name, count in self.metric_counts.items() if count}
+
+    def latency_percentile(self, q: float) -> float | None:
+        """The value at rank round(q * (n - 1)); from the histogram (within 1%) past LATENCY_EXACT."""
+        if self.latency_buckets is None:
+            if not self.latencies:
+                return None
+            values = sorted(self.latencies)
+            return values[min(len(values) - 1, max(0, round(q * (len(values) - 1))))]
+        total = sum(self.latency_buckets.values())
+        if not total:
+            return None
+        rank = min(total - 1, max(0, round(q * (total - 1))))
+        seen = 0
+        for key in sorted(self.latency_buckets):
+            seen += self.latency_buckets[key]
+            if seen > rank:
+                return _bucket_value(key)
+        return None  # unreachable: the ranks add up to total
+
+    def totals(self) -> dict[str, Any]:
+        return {
+            "calls": self.calls,
+            "cache_hits": self.cache_hits,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cost": self.cost,
+            "duration_s": self.duration_s,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types only (it crosses xdist): bucket keys become strings."""
+        data = asdict(self)
+        if self.latency_buckets is not None:
+            data["latency_buckets"] = {str(k): v for k, v in self.latency_buckets.items()}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "CaseStats":
+        fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        fields["score_sum"] = [float(x) for x in fields.get("score_sum", [])]
+        fields["metric_sums"] = {k: [float(x) for x in v] for k, v in (fields.get("metric_sums") or {}).items()}
+        fields["metric_counts"] = dict(fields.get("metric_counts") or {})
+        fields["latencies"] = [float(x) for x in fields.get("latencies", [])]
+        fields["models"] = list(fields.get("models") or [])
+        buckets = fields.get("latency_buckets")
+        fields["latency_buckets"] = None if buckets is None else {int(k): int(v) for k, v in buckets.items()}
+        return cls(**fields)
+
+
+@dataclass
+class DatasetPart:
+    """One dataset item's record (one prompt x provider of a dataset suite): its rows' stats and
+    where their per-case table is. A suite's parts merge into one (`SuiteSummary.dataset`)."""
+
+    stats: CaseStats
+    cases_file: str  # the suite's per-case Parquet dataset (a folder, one part per item)
+    source: str = ""  # the data path or table, as written in the suite
+    templates: dict[int, str] = field(default_factory=dict)  # prompt index -> template
+
+    # What the progress line reads from each record (report/progress.py).
+    @property
+    def calls(self) -> int:
+        return self.stats.calls
+
+    @property
+    def cache_hits(self) -> int:
+        return self.stats.cache_hits
+
+    @property
+    def error(self) -> str | None:
+        return f"{self.stats.errors} rows errored" if self.stats.errors else None
+
+    def merge(self, other: "DatasetPart") -> "DatasetPart":
+        return DatasetPart(self.stats.merge(other.stats), self.cases_file, self.source or other.source,
+                           {**other.templates, **self.templates})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stats": self.stats.to_dict(), "cases_file": self.cases_file, "source": self.source,
+                "templates": {str(k): v for k, v in self.templates.items()}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "DatasetPart":
+        return cls(CaseStats.from_dict(data["stats"]), str(data["cases_file"]), str(data.get("source") or ""),
+                   {int(k): str(v) for k, v in (data.get("templates") or {}).items()})
+
+
+@dataclass
+class SuiteSummary:
+    """A suite's cases and verdicts. Every aggregate comes from `stats`: built from `results`
+    for ordinary suites, from the merged `DatasetPart`s for a dataset suite (whose `results`
+    stay empty: its rows are in `cases_file`)."""
+
+    info: SuiteInfo
+    results: list[CaseResult]
+    gates: list[GateResult]
+    models: list[str]
+    dataset: DatasetPart | None = None
+    _stats: tuple[int, int, CaseStats] | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def stats(self) -> CaseStats:
+        key = (id(self.results), len(self.results))
+        if self._stats is None or self._stats[:2] != key:
+            stats = CaseStats.of(self.results)
+            if self.dataset is not None:
+                stats = self.dataset.stats.merge(stats) if self.results else self.dataset.stats
+            self._stats = (*key, stats)
+        return self._stats[2]
+
+    @property
+    def cases(self) -> int:
+        return self.stats.cases
+
+    @property
+    def cases_file(self) -> str | None:
+        return self.dataset.cases_file if self.dataset is not None else None
+
+    @property
+    def passed(self) -> int:
+        return self.stats.passed
+
+    @property
+    def failed(self) -> int:
+        return self.stats.failed
+
+    @property
+    def errors(self) -> int:
+        return self.stats.errors
+
+    @property
+    def pass_rate(self) -> float | None:
+        """Passed over scored cases: errors are counted apart, not as failures."""
+        return self.stats.pass_rate
+
     @property
     def gates_passed(self) -> bool:
         return all(g.passed for g in self.gates)
 
     def metric_means(self) -> dict[str, float]:
-        values: dict[str, list[float]] = {}
-        for result in self.results:
-            if result.error:
-                continue
-            for name, value in result.named_scores.items():
-                values.setdefault(name, []).append(value)
-        return {name: statistics.fmean(v) for name, v in values.items()}
+        return self.stats.metric_means()
 
     def mean_score(self) -> float | None:
-        scores = [r.score for r in self.results if r.score is not None and not r.error]
-        return statistics.fmean(scores) if scores else None
+        return self.stats.mean_score()
 
     def latency_percentile(self, q: float) -> float | None:
-        values = sorted(r.latency_ms for r in self.results if r.latency_ms is not None)
-        if not values:
-            return None
-        index = min(len(values) - 1, max(0, round(q * (len(values) - 1))))
-        return values[index]
+        return self.stats.latency_percentile(q)
 
     def totals(self) -> dict[str, Any]:
-        costs = [r.cost for r in self.results if r.cost is not None]
-        return {
-            "calls": sum(r.calls for r in self.results),
-            "cache_hits": sum(r.cache_hits for r in self.results),
-            "prompt_tokens": sum(r.prompt_tokens or 0 for r in self.results),
-            "completion_tokens": sum(r.completion_tokens or 0 for r in self.results),
-            "cost": sum(costs) if costs else None,
-            "duration_s": sum(r.duration_s for r in self.results),
-        }
+        return self.stats.totals()
 
 
 @dataclass
@@ -128,8 +374,9 @@ class RunSummary:
     baseline: BaselineComparison | None = None  # set by the controller with --promptopt-baseline
 
     def suite_outcomes(self) -> dict[str, tuple[str, list[CaseOutcome]]]:
-        """Each suite's case outcomes by suite id, the current side of `baseline.compare_run`."""
-        return {s.info.id: (s.info.name, [outcome_from_result(r) for r in s.results]) for s in self.suites}
+        """Each suite's case outcomes by suite id, the current side of `baseline.compare_run`.
+        Dataset suites are left out: their rows are in a file, not in the summary."""
+        return {s.info.id: (s.info.name, [outcome_from_result(r) for r in s.results]) for s in self.suites if s.dataset is None}
 
     @property
     def gates_passed(self) -> bool:
@@ -139,15 +386,21 @@ class RunSummary:
         return [(s, g) for s in self.suites for g in s.gates if not g.passed]
 
 
-def summarize(records: Iterable[tuple[SuiteInfo, CaseResult]]) -> RunSummary:
-    """Group case results by suite; a suite file's results in file order, Python tests by node id."""
-    grouped: dict[str, tuple[SuiteInfo, list[CaseResult]]] = {}
-    for info, result in records:
-        grouped.setdefault(info.id, (info, []))[1].append(result)
+def summarize(records: Iterable[tuple[SuiteInfo, "CaseResult | DatasetPart"]]) -> RunSummary:
+    """Group case results by suite; a suite file's results in file order, Python tests by node
+    id. A dataset suite's parts (one per prompt x provider item) merge into one."""
+    grouped: dict[str, tuple[SuiteInfo, list[CaseResult], list[DatasetPart]]] = {}
+    for info, record in records:
+        entry = grouped.setdefault(info.id, (info, [], []))
+        (entry[2] if isinstance(record, DatasetPart) else entry[1]).append(record)
     suites = []
-    for info, results in grouped.values():
+    for info, results, parts in grouped.values():
         results.sort(key=lambda r: (r.position if r.position is not None else -1, r.nodeid))
-        summary = SuiteSummary(info, results, [], sorted({r.model for r in results if r.model}))
+        dataset = None
+        for part in parts:
+            dataset = part if dataset is None else dataset.merge(part)
+        summary = SuiteSummary(info, results, [], [], dataset)
+        summary.models = list(summary.stats.models)
         summary.gates = [decide(g, summary.pass_rate, summary.metric_means()) for g in info.gates]
         suites.append(summary)
     suites.sort(key=lambda s: s.info.id)

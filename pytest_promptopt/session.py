@@ -7,18 +7,19 @@ import os
 import threading
 import time
 import uuid
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import pytest
 
 from .cache import ResponseCache
-from .execute import execute_case, json_safe
-from .models.base import Model, ModelError
+from .models.base import Model
+from .models.hosted import LiteLLMModel
 from .models.registry import ModelSpec, create_model
-from .redact import redact
 from .registry import PromptResolver, activate
 from .registry import active as resolver_active
-from .results import CaseResult, RunSummary, summarize
+from .results import CaseResult, DatasetPart, RunSummary, summarize
+from .runners.limits import RateLimiter, RetryPolicy, Throttled, limit_for
+from .runners.pool import CaseRunner
 from .settings import Settings
 from .suite.model import Case, SuiteInfo
 
@@ -36,9 +37,12 @@ class PromptoptSession:
     """
 
     def __init__(self, settings: Settings, *, is_controller: bool, make_model: Callable[[ModelSpec], Any] | None = None,
-                 registry_token: str | None = None) -> None:
+                 registry_token: str | None = None, workers: int = 1) -> None:
         self.settings = settings
         self.is_controller = is_controller
+        # xdist workers split the run's budgets (concurrency, rate limits), so W workers
+        # together never exceed what one process would be allowed.
+        self.workers = max(1, workers)
         # Prompt Registry references resolve once per session: the controller's token names the
         # file its workers share (registry.py). The registry is the tracking URI's; with MLflow
         # reporting off, $MLFLOW_TRACKING_URI, else the project's store.
@@ -51,7 +55,11 @@ class PromptoptSession:
         self._make_model = make_model
         self._models: dict[str, Model] = {}
         self._models_lock = threading.Lock()
+        self._hook_made: set[str] = set()
         self._cache: ResponseCache | None = None
+        self._runner: CaseRunner | None = None
+        self._limiters: dict[str, RateLimiter] = {}
+        self._spark: Any = None
         self.records: list[tuple[SuiteInfo, CaseResult]] = []
         self._summary: RunSummary | None = None
         self.started = time.time()
@@ -71,13 +79,48 @@ class PromptoptSession:
             model = self._models.get(spec.key)
             if model is None:
                 model = self._make_model(spec) if self._make_model else None
-                if model is None:
+                if model is not None:
+                    self._hook_made.add(spec.key)
+                else:
                     params = dict(spec.params)
                     if "/" in spec.id and "timeout" not in params:
                         params["timeout"] = self.settings.timeout_s
                     model = create_model(ModelSpec(spec.id, params, spec.label))
+                if isinstance(model, LiteLLMModel):
+                    model = self._throttled(model)
                 self._models[spec.key] = model
             return model
+
+    def _throttled(self, model: LiteLLMModel) -> Throttled:
+        """A hosted model behind its provider's rate limit (one limiter per provider per process,
+        holding this worker's share) and the retry policy."""
+        scale = self.settings.scale
+        limit = limit_for(scale.rate_limits, model.model)
+        limiter = None
+        if limit is not None:
+            limiter = self._limiters.get(limit.provider)
+            if limiter is None:
+                limiter = self._limiters[limit.provider] = RateLimiter(limit.share(self.workers))
+        retries = scale.retries if model.retries is None else model.retries
+        return Throttled(model, RetryPolicy(retries), limiter)
+
+    @property
+    def runner(self) -> CaseRunner:
+        """Maps cases to results in this process (runners/pool.py): `runner.map(pairs)`."""
+        if self._runner is None:
+            scale = self.settings.scale
+            self._runner = CaseRunner(self.model_for, lambda: self.cache,
+                                      concurrency=max(1, scale.concurrency // self.workers), batch_size=scale.batch_size)
+        return self._runner
+
+    def spark(self) -> Any:
+        """The SparkSession of `--promptopt-backend spark`, started on first use."""
+        if self._spark is None:
+            from .runners.spark import spark_session
+
+            assert self.settings.spark is not None, "the Spark backend is not selected"
+            self._spark = spark_session(self.settings.spark)
+        return self._spark
 
     def adopt_model(self, model: Model) -> ModelSpec:
         """Use a model object given directly (e.g. `@pytest.mark.promptopt(model=FakeModel(...))`)."""
@@ -86,27 +129,73 @@ class PromptoptSession:
             self._models[spec.key] = model
         return spec
 
-    def run_case(self, case: Case, nodeid: str) -> CaseResult:
-        try:
-            model = self.model_for(case.model)
-        except ModelError as exc:
-            return CaseResult(case.case_id, case.name, nodeid, error=f"model error ({case.model.display}): {exc}",
-                              prompt=case.rendered_prompt, prompt_index=case.prompt_index, test_index=case.test_index, position=case.position,
-                              model=case.model.display, template=case.prompt.template,
-                              registry_prompts=[case.prompt.registry_uri] if case.prompt.registry_uri else [],
-                              model_params=redact(json_safe(dict(case.model.params))))
-        return execute_case(case, model, self.cache, nodeid)
+    def run_case(self, case: Case, nodeid: str, upcoming: Iterable[tuple[Case, str]] = ()) -> CaseResult:
+        """`case`'s result; `upcoming` are the cases this process runs next, started ahead."""
+        return self.runner.result(case, nodeid, upcoming)
+
+    def run_on_spark(self, cases: list[tuple[Case, str]]) -> None:
+        """Evaluate `cases` as one Spark job; each item then finds its result in the runner."""
+        from .runners.spark import evaluate_cases
+
+        objects = {spec.key: model for spec, model in self._object_models(case.model for case, _ in cases)}
+        settings = self.settings
+        pairs = [(nodeid, case) for case, nodeid in cases]
+        for nodeid, result in evaluate_cases(self.spark(), pairs, cache_path=settings.cache_path, cache_mode=settings.cache_mode,
+                                             models=objects, timeout_s=settings.timeout_s):
+            self.runner.preset(nodeid, result)
+
+    def _object_models(self, specs: Iterable[ModelSpec]) -> Iterator[tuple[ModelSpec, Model]]:
+        """Models given as objects or made by a conftest's `pytest_promptopt_make_model`: Spark
+        ships them to its workers, which cannot call this process's hooks."""
+        for spec in {spec.key: spec for spec in specs}.values():
+            model = self.model_for(spec)
+            if spec.id.startswith("object:") or spec.key in self._hook_made:
+                yield spec, model
 
     # ------------------------------------------------------------------ results (controller)
 
+    def add_crash_record(self, nodeid: str, message: str) -> bool:
+        """An error record for a case whose xdist worker died while running it. False when the
+        node id is not a prompt case (an ordinary test, or a Python test of an unknown suite)."""
+        from .execute import new_result
+
+        path, _, name = nodeid.partition("::")
+        file = self.settings.rootdir / path
+        from .items import is_suite_file
+
+        if is_suite_file(file):
+            from .suite.loader import load_suite
+
+            try:
+                loaded = load_suite(file, path, self.settings.model, self.registry.resolve)
+            except Exception:  # the suite is gone or broken: its collection error says so
+                return False
+            case = next((c for c in loaded.cases if c.name == name), None)
+            if case is None:
+                return False
+            result = new_result(case, nodeid)
+            info = loaded.info
+        else:
+            info = next((i for i, r in self.records if i.kind == "python" and i.file == path), None)
+            if info is None:
+                return False
+            result = CaseResult(case_id=nodeid, name=name, nodeid=nodeid)
+        result.error = message
+        self.records.append((info, result))
+        self._summary = None
+        return True
+
     @staticmethod
-    def encode(info: SuiteInfo, result: CaseResult) -> str:
-        """A record as a JSON string: the only form that crosses xdist safely (see STYLE.md)."""
-        return json.dumps({"suite": info.to_dict(), "case": result.to_dict()}, ensure_ascii=False, default=str)
+    def encode(info: SuiteInfo, result: CaseResult | DatasetPart) -> str:
+        """A record as a JSON string: the only form that crosses xdist safely (see STYLE.md).
+        A dataset item's record is its `DatasetPart` (stats and the per-case table's path), not its rows."""
+        key = "dataset" if isinstance(result, DatasetPart) else "case"
+        return json.dumps({"suite": info.to_dict(), key: result.to_dict()}, ensure_ascii=False, default=str)
 
     def add_record(self, payload: str) -> None:
         data = json.loads(payload)
-        self.records.append((SuiteInfo.from_dict(data["suite"]), CaseResult.from_dict(data["case"])))
+        record = DatasetPart.from_dict(data["dataset"]) if "dataset" in data else CaseResult.from_dict(data["case"])
+        self.records.append((SuiteInfo.from_dict(data["suite"]), record))
         self._summary = None
 
     def finish(self, exit_status: int, pytest_args: list[str]) -> tuple[int, list[str]]:
@@ -148,6 +237,8 @@ class PromptoptSession:
         return self._summary
 
     def close(self) -> None:
+        if self._runner is not None:
+            self._runner.close()
         if self._cache is not None:
             self._cache.close()
         if self.is_controller:

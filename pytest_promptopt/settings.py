@@ -8,11 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import pytest
+
 from .baseline import BaselineRef
 from .cache import CacheMode
 from .models.registry import BUNDLED, ModelSpec, parse_model_spec
+from .runners.limits import DEFAULT_CONCURRENCY, DEFAULT_RETRIES, RateLimit, parse_rate_limits
 
-__all__ = ["OPTIONS", "MlflowSettings", "Option", "Settings"]
+__all__ = ["OPTIONS", "MlflowSettings", "Option", "Settings", "SparkSettings"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("--promptopt-progress", "promptopt_progress", "progress line every N seconds: auto (every 10 s), off, or a number of seconds; never with -q", "auto"),
     # Baselines from MLflow (issue 4, item 4; file baselines come with issue 7)
     Option("--promptopt-baseline", "promptopt_baseline", "compare with a baseline run: mlflow:<run_id> or mlflow:branch=<name> (the latest finished session run on that git branch)", None),
+    # Scale (issue 5)
+    Option("--promptopt-concurrency", "promptopt_concurrency", "hosted model calls in flight at once, shared by all xdist workers", str(DEFAULT_CONCURRENCY)),
+    Option("--promptopt-rate-limit", "promptopt_rate_limit", "requests/tokens per minute per provider, shared by all xdist workers, e.g. 'openai:rpm=500,tpm=30000; anthropic:rpm=50'", None),
+    Option("--promptopt-retries", "promptopt_retries", "retries of a hosted call on 429, 5xx, timeouts and connection errors (exponential backoff with jitter; Retry-After honoured)", str(DEFAULT_RETRIES)),
+    Option("--promptopt-batch-size", "promptopt_batch_size", "prompts the bundled model generates for in one batch", "8"),
+    Option("--promptopt-backend", "promptopt_backend", "where cases run: local (this process or its xdist workers) or spark", "local", ("local", "spark")),
+    Option("--promptopt-spark-master", "promptopt_spark_master", "Spark master URL for --promptopt-backend spark (default: local[*])", None),
+    Option("--promptopt-spark-remote", "promptopt_spark_remote", "Spark Connect URL (sc://host:port) for --promptopt-backend spark; Databricks Connect speaks it", None),
 )
 
 
@@ -61,6 +72,27 @@ class MlflowSettings:
 
 
 @dataclass(frozen=True)
+class SparkSettings:
+    """`--promptopt-backend spark`: a local session by default, a cluster master or Spark Connect."""
+
+    master: str | None = None  # e.g. "spark://host:7077"; None -> "local[*]"
+    remote: str | None = None  # "sc://host:port" (Spark Connect / Databricks Connect)
+    app_name: str = "pytest-promptopt"
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How this run spreads model calls: concurrency, rate limits, retries, batches, backend."""
+
+    concurrency: int = DEFAULT_CONCURRENCY  # for the whole run; xdist workers split it
+    rate_limits: tuple[RateLimit, ...] = ()
+    retries: int = DEFAULT_RETRIES
+    batch_size: int = 8
+    backend: str = "local"
+    spark: SparkSettings | None = None  # set when backend == "spark"
+
+
+@dataclass(frozen=True)
 class Settings:
     enabled: bool
     model: ModelSpec
@@ -73,11 +105,18 @@ class Settings:
     html_path: Path | None = None  # --promptopt-html
     progress_s: float | None = None  # seconds between progress lines; None: off
     baseline: BaselineRef | None = None  # --promptopt-baseline
+    scale: Scale = Scale()
+
+    @property
+    def backend(self) -> str:
+        return self.scale.backend
+
+    @property
+    def spark(self) -> SparkSettings | None:
+        return self.scale.spark
 
     @classmethod
     def from_config(cls, config: Any) -> "Settings":
-        import pytest
-
         rootdir = Path(str(config.rootpath))
         if not config.getoption("promptopt"):
             # Without --promptopt nothing runs, so nothing is parsed: a bad ini value must not
@@ -139,8 +178,51 @@ class Settings:
             rootdir=rootdir,
             mlflow=mlflow,
             baseline=_baseline(parsed, mlflow),
+            scale=_scale(parsed),
             **_report_settings(config, rootdir, parsed),
         )
+
+
+def _scale(parsed: Callable[[str, Callable[[Any], Any]], Any]) -> Scale:
+    def positive(raw: Any) -> int:
+        number = int(str(raw).strip())
+        if number < 1:
+            raise ValueError(f"must be a positive whole number, got {raw!r}")
+        return number
+
+    def retries(raw: Any) -> int:
+        number = int(str(raw).strip())
+        if number < 0:
+            raise ValueError(f"must be 0 or more, got {raw!r}")
+        return number
+
+    def url(scheme: str) -> Callable[[Any], str | None]:
+        def check(raw: Any) -> str | None:
+            text = "" if raw is None else str(raw).strip()
+            if not text:
+                return None
+            if scheme and not text.startswith(scheme):
+                raise ValueError(f"{raw!r} is not a Spark Connect URL; write {scheme}host:port")
+            return text
+        return check
+
+    backend = str(parsed("--promptopt-backend", lambda raw: str(raw).strip().lower()))
+    if backend not in ("local", "spark"):
+        raise pytest.UsageError(f"--promptopt-backend (ini: promptopt_backend): {backend!r} is not one of local, spark")
+    master = parsed("--promptopt-spark-master", url(""))
+    remote = parsed("--promptopt-spark-remote", url("sc://"))
+    if backend != "spark" and (master or remote):
+        raise pytest.UsageError("--promptopt-spark-master/--promptopt-spark-remote need --promptopt-backend spark")
+    if master and remote:
+        raise pytest.UsageError("give --promptopt-spark-master or --promptopt-spark-remote, not both")
+    return Scale(
+        concurrency=parsed("--promptopt-concurrency", positive),
+        rate_limits=parsed("--promptopt-rate-limit", lambda raw: parse_rate_limits("" if raw is None else str(raw))),
+        retries=parsed("--promptopt-retries", retries),
+        batch_size=parsed("--promptopt-batch-size", positive),
+        backend=backend,
+        spark=SparkSettings(master, remote) if backend == "spark" else None,
+    )
 
 
 PROGRESS_AUTO_S = 10.0

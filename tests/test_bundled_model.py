@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import load_report
+from conftest import comparable, load_report
 from pytest_promptopt import LocalModel, Request
 
 pytestmark = pytest.mark.slow_model
@@ -40,6 +40,18 @@ def test_a_suite_on_the_bundled_model_passes_and_an_unreachable_gate_fails(pytes
     result.stdout.fnmatch_lines(["*GATE FAILED*bundled smoke*pass_rate = 0.667, threshold 0.9*"])
     again = load_report(pytester.path / "r2.json")["suites"][0]
     assert sum(r["calls"] for r in again["results"]) == 0 and sum(r["cache_hits"] for r in again["results"]) == 3
+
+
+def test_the_plugin_batches_the_bundled_model_with_the_same_results(pytester, run_pytest):
+    # The runner sends the suite's three cases to the model as one batch (batch size 8); one
+    # case at a time must give the same greedy text, verdicts and scores.
+    pytester.makefile(".promptopt.yaml", qa=SUITE)
+    reports = []
+    for batch in ("1", "8"):
+        run_pytest("--promptopt", "--promptopt-cache", "off", "--promptopt-batch-size", batch, "--promptopt-report", f"b{batch}.json")
+        reports.append(load_report(pytester.path / f"b{batch}.json"))
+    assert comparable(reports[0]) == comparable(reports[1])
+    assert sum(r["calls"] for r in reports[1]["suites"][0]["results"]) == 3
 
 
 def test_batched_greedy_generation_equals_unbatched():

@@ -8,6 +8,7 @@ import time
 from typing import Any, Mapping
 
 from ..redact import scrub, without_secrets
+from ..runners.limits import RetryableModelError
 from .base import ModelError, Request, Response
 
 __all__ = ["LiteLLMModel"]
@@ -16,7 +17,8 @@ _IMPORT_LOCK = threading.Lock()
 # Parameters that change answers or where they come from; everything else litellm accepts
 # passes through too, but secrets are refused (keys come from the environment only).
 DEFAULT_TIMEOUT_S = 60.0
-DEFAULT_RETRIES = 2
+# Status codes worth another try; litellm's own hierarchy maps providers' faults onto them.
+_RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504, 529}
 
 
 def _litellm() -> Any:
@@ -31,6 +33,34 @@ def _litellm() -> Any:
         litellm.telemetry = False
         litellm.suppress_debug_info = True
         return litellm
+
+
+def _retryable(exc: BaseException) -> bool:
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int) and status in _RETRYABLE_STATUS:
+        return True
+    # Timeouts and lost connections carry no usable status
+    return type(exc).__name__ in {"Timeout", "APIConnectionError", "APITimeoutError", "ServiceUnavailableError", "InternalServerError"}
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    """Seconds from a Retry-After header (a number or an HTTP date), if the provider sent one."""
+    headers: Any = getattr(exc, "litellm_response_headers", None)
+    if not headers:
+        response = getattr(exc, "response", None)
+        headers = getattr(response, "headers", None)
+    raw = headers.get("retry-after") if headers is not None else None
+    if raw in (None, ""):
+        return None
+    try:
+        return max(0.0, float(raw))
+    except (TypeError, ValueError):
+        from email.utils import parsedate_to_datetime
+
+        try:
+            return max(0.0, parsedate_to_datetime(str(raw)).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
 
 
 class LiteLLMModel:
@@ -51,7 +81,10 @@ class LiteLLMModel:
         self.model = model
         self.name = model
         self.timeout = float(params.pop("timeout", DEFAULT_TIMEOUT_S))
-        self.retries = int(params.pop("num_retries", params.pop("retries", DEFAULT_RETRIES)))
+        # Retries happen around this adapter (runners/limits.py: backoff, Retry-After, rate
+        # limits); a provider's `num_retries` overrides --promptopt-retries for that provider.
+        retries = params.pop("num_retries", params.pop("retries", None))
+        self.retries = None if retries is None else int(retries)
         self.api_key_env = params.pop("api_key_env", None)
         self.params = params
 
@@ -74,11 +107,15 @@ class LiteLLMModel:
                 model=self.model,
                 messages=[dict(m) for m in request.messages],
                 timeout=self.timeout,
-                num_retries=self.retries,
+                num_retries=0,
+                max_retries=0,  # nor the provider SDK's own retries
                 **params,
             )
         except Exception as exc:  # litellm raises its own hierarchy per provider
-            raise ModelError(f"model {self.model}: {type(exc).__name__}: {scrub(str(exc), (key,) if key else ())}") from None
+            message = f"model {self.model}: {type(exc).__name__}: {scrub(str(exc), (key,) if key else ())}"
+            if _retryable(exc):
+                raise RetryableModelError(message, _retry_after(exc)) from None
+            raise ModelError(message) from None
         latency_ms = (time.perf_counter() - started) * 1000.0
         choice = reply.choices[0]
         text = choice.message.content or ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ class ModelSpec:
     params: Mapping[str, Any] = field(default_factory=dict)
     label: str = ""
 
-    @property
+    @functools.cached_property  # asked for every case the runner looks ahead at
     def key(self) -> str:
         """Stable identity used to share one adapter per process (params included)."""
         blob = json.dumps({"id": self.id, "params": self.params}, sort_keys=True, default=str)

@@ -41,7 +41,7 @@ def render_html(run: RunSummary, *, exit_status: int | None = None) -> str:
 
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     verdict = "all gates passed" if run.gates_passed else f"{len(run.failed_gates())} gate(s) failed"
-    cases = sum(len(s.results) for s in run.suites)
+    cases = sum(s.cases for s in run.suites)
     head = (
         f"<p class=meta>{cases} cases in {len(run.suites)} suites · "
         f"<span class='{'ok' if run.gates_passed else 'bad'}'>{escape(verdict)}</span>"
@@ -98,7 +98,7 @@ def _suites_table(suites: list[SuiteSummary]) -> str:
             "<tr class='suite'>"
             f"<td><b>{escape(s.info.name)}</b><br><span class=file>{escape(s.info.file)}</span></td>"
             f"<td>{escape(', '.join(s.models)) or '–'}</td>"
-            f"<td>{len(s.results)}</td><td>{s.passed}</td><td>{s.failed}</td><td>{s.errors}</td>"
+            f"<td>{s.cases}</td><td>{s.passed}</td><td>{s.failed}</td><td>{s.errors}</td>"
             f"<td>{_rate(s.pass_rate)}</td><td>{_num(s.mean_score(), '{:.2f}')}</td><td>{metrics}</td>"
             f"<td>{_num(s.latency_percentile(0.5), '{:.0f}')} / {_num(s.latency_percentile(0.95), '{:.0f}')}</td>"
             f"<td>{totals['calls']}</td><td>{totals['cache_hits']}</td>"
@@ -245,7 +245,18 @@ def _cases_table(suites: list[SuiteSummary]) -> str:
     )
     rows = "".join(_case_row(s, r) for s in suites for r in s.results)
     header = "".join(f"<th>{h}</th>" for h in ("suite", "case", "status", "output", "assertions (score, reason)", "error"))
-    return f"{controls}<table id=cases class=cases><thead><tr>{header}</tr></thead><tbody>{rows}</tbody></table>"
+    return f"{_dataset_files(suites)}{controls}<table id=cases class=cases><thead><tr>{header}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+def _dataset_files(suites: list[SuiteSummary]) -> str:
+    """Dataset suites' rows are not in the page (there may be 100,000): where they are instead."""
+    items = []
+    for s in suites:
+        if s.cases_file is not None:
+            path = Path(s.cases_file)
+            link = f"<a href='{escape(path.as_uri())}'>{escape(str(path))}</a>" if path.is_absolute() else f"<code>{escape(str(path))}</code>"
+            items.append(f"<li><b>{escape(s.info.name)}</b>: {s.cases} cases, not listed here; per-case table (Parquet): {link}</li>")
+    return f"<ul class=datasets>{''.join(items)}</ul>" if items else ""
 
 
 _CSS = """

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..baseline import BaselineComparison, SuiteComparison
 from ..redact import redact
-from ..results import CaseResult, RunSummary, SuiteSummary, summarize
+from ..results import CaseResult, CaseStats, DatasetPart, RunSummary, SuiteSummary, summarize
 
 REPORT_VERSION = 1
 
@@ -23,7 +23,7 @@ def suite_dict(s: SuiteSummary, baseline: BaselineComparison | None = None) -> d
         "file": s.info.file,
         "kind": s.info.kind,
         "model": ", ".join(s.models),
-        "cases": len(s.results),
+        "cases": s.cases,
         "passed": s.passed,
         "failed": s.failed,
         "errors": s.errors,
@@ -39,7 +39,11 @@ def suite_dict(s: SuiteSummary, baseline: BaselineComparison | None = None) -> d
         "cache_hits": totals["cache_hits"],
         "duration_s": totals["duration_s"],
         "results": [redact(r.to_dict()) for r in s.results],
+        "cases_file": s.cases_file,
     }
+    if s.dataset is not None:  # what `run_from_report` rebuilds a dataset suite from (no rows here)
+        data["stats"] = s.dataset.stats.to_dict()
+        data["source"] = s.dataset.source
     if baseline is not None:  # --promptopt-baseline: null when the baseline could not be loaded
         compared = baseline.suites.get(s.info.id)
         data["baseline"] = None if compared is None else redact(compared.to_dict())
@@ -87,6 +91,8 @@ def run_from_report(data: dict[str, Any]) -> RunSummary:
             kind=suite.get("kind", "file"),
         )
         records.extend((info, CaseResult.from_dict(result)) for result in suite["results"])
+        if suite.get("stats") is not None and suite.get("cases_file"):
+            records.append((info, DatasetPart(CaseStats.from_dict(suite["stats"]), suite["cases_file"], suite.get("source") or "")))
     run = summarize(records)
     if data.get("baseline"):  # the comparison travels with a pending run
         top = data["baseline"]

@@ -82,8 +82,10 @@ def _load(client: Any, ref: BaselineRef, parent: Any) -> BaselineRun:
         for child in children:
             tags = child.data.tags
             name = tags.get("promptopt.suite")
-            if name is None:
-                continue  # not a suite run (e.g. a trace or something a user added)
+            if name is None or tags.get("promptopt.dataset") == "true":
+                # not a suite run (e.g. a trace or something a user added), or a dataset
+                # suite, whose cases are a Parquet table, not compared case by case
+                continue
             # Runs logged before the suite id tag: a suite file's id is its file, a Python suite's its name.
             suite_id = tags.get(SUITE_ID_TAG) or (tags.get("promptopt.suite_file") if child.data.params.get("suite_kind") == "file" else name)
             local = client.download_artifacts(child.info.run_id, TABLE_FILE, str(Path(tmp) / child.info.run_id))

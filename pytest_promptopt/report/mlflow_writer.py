@@ -35,6 +35,8 @@ __all__ = ["Logged", "MlflowReportError", "Outcome", "SessionMeta", "log_run", "
 
 PENDING_KEY = "mlflow"  # what a pending-upload file adds to the JSON report
 TABLE_FILE = "cases.json"
+CASES_DIR = "cases"  # a dataset suite's per-case Parquet parts, in its child run
+TABLE_ROWS = 1000  # a dataset suite's rows are also logged as the `cases.json` table up to this many
 REPORT_FILE = "promptopt-report.json"
 BASELINE_FILE = "baseline_comparison.json"  # with --promptopt-baseline
 LINKED_PROMPTS_TAG = "mlflow.linkedPrompts"  # mlflow.tracing.constant.TraceTagKey.LINKED_PROMPTS
@@ -291,7 +293,7 @@ def _parent_metrics(run: RunSummary) -> dict[str, float | None]:
     failed = sum(s.failed for s in run.suites)
     return {
         "suites": len(run.suites),
-        "cases": sum(len(s.results) for s in run.suites),
+        "cases": sum(s.cases for s in run.suites),
         "passed": passed,
         "failed": failed,
         "errors": sum(s.errors for s in run.suites),
@@ -312,13 +314,19 @@ def _log_suite(client: Any, experiment_id: str, parent: str, suite: SuiteSummary
         "promptopt.gates_passed": _flag(suite.gates_passed),
         **{f"promptopt.gate.{_key(g.name)}": "passed" if g.passed else "failed" for g in suite.gates},
     }
+    if suite.cases_file is not None:  # a dataset suite: its rows are the `cases/` artifacts
+        tags["promptopt.dataset"] = "true"
+        tags["promptopt.cases_file"] = suite.cases_file
     if linked:  # MLflow's own link from a run to the prompt versions it used (the UI shows it)
         tags[LINKED_PROMPTS_TAG] = json.dumps(linked)
     child = client.create_run(experiment_id, start_time=meta.started_ms, tags=_clean_tags(tags), run_name=suite.info.name).info.run_id
     with _terminate_on_error(client, child):
         templates = _templates(suite)
         _log_batch(client, child, metrics=_suite_metrics(suite, baseline), params=_suite_params(suite, templates))
-        client.log_table(child, _case_table(suite), TABLE_FILE)
+        if suite.cases_file is None:
+            client.log_table(child, _case_table(suite.results), TABLE_FILE)
+        else:
+            _log_dataset_cases(client, child, suite, problems)
         text = meta.suite_files.get(suite.info.file)
         if text is not None:
             client.log_text(child, text, f"suite/{Path(suite.info.file).name}")
@@ -386,7 +394,7 @@ def _register_prompt(client: Any, name: str, template: str, origin: str) -> int:
 
 
 def _templates(suite: SuiteSummary) -> dict[int, str]:
-    templates: dict[int, str] = {}
+    templates: dict[int, str] = dict(suite.dataset.templates) if suite.dataset is not None else {}
     for result in suite.results:
         if result.template is not None:
             templates.setdefault(result.prompt_index or 0, result.template)
@@ -415,7 +423,7 @@ def _suite_metrics(suite: SuiteSummary, run_baseline: Any = None) -> dict[str, f
     metrics: dict[str, float | None] = {
         "pass_rate": suite.pass_rate,
         "mean_score": suite.mean_score(),
-        "cases": len(suite.results),
+        "cases": suite.cases,
         "passed": suite.passed,
         "failed": suite.failed,
         "errors": suite.errors,
@@ -436,10 +444,24 @@ def _suite_metrics(suite: SuiteSummary, run_baseline: Any = None) -> dict[str, f
     return metrics
 
 
-def _case_table(suite: SuiteSummary) -> dict[str, list[Any]]:
+def _log_dataset_cases(client: Any, run_id: str, suite: SuiteSummary, problems: list[str]) -> None:
+    """A dataset suite's per-case Parquet parts as artifacts under `cases/`, and, when it has at
+    most TABLE_ROWS rows, the `cases.json` table too (read back from the parts)."""
+    folder = Path(suite.cases_file or "")
+    if not folder.is_dir():
+        problems.append(f"suite '{suite.info.name}': its per-case table {folder} is gone; only its stats were logged")
+        return
+    client.log_artifacts(run_id, str(folder), CASES_DIR)
+    if suite.cases <= TABLE_ROWS:
+        from ..dataset import iter_results
+
+        client.log_table(run_id, _case_table(list(iter_results(folder))), TABLE_FILE)
+
+
+def _case_table(results: Sequence[Any]) -> dict[str, list[Any]]:
     """One row per case; the MLflow UI shows it (log_table). JSON columns stay strings so every
     cell is a scalar the UI can filter."""
-    rows = [redact({**r.to_dict(), "status": r.status}) for r in suite.results]
+    rows = [redact({**r.to_dict(), "status": r.status}) for r in results]
     return {
         column: [json.dumps(row.get(column), ensure_ascii=False, sort_keys=True, default=str) if column in _JSON_COLUMNS else row.get(column) for row in rows]
         for column in TABLE_COLUMNS
@@ -470,10 +492,15 @@ def _verify(client: Any, experiment_id: str, parent: str, run: RunSummary, child
     with tempfile.TemporaryDirectory(prefix="promptopt-mlflow-") as tmp:
         for suite in run.suites:
             run_id = children[suite.info.id]
+            if suite.cases_file is not None:  # a dataset suite: its Parquet parts, and a table when small
+                if Path(suite.cases_file).is_dir() and not client.list_artifacts(run_id, CASES_DIR):
+                    problems.append(f"suite '{suite.info.name}': no per-case table under '{CASES_DIR}/'")
+                if suite.cases > TABLE_ROWS or not Path(suite.cases_file).is_dir():
+                    continue
             local = client.download_artifacts(run_id, TABLE_FILE, tmp)
             rows = len(json.loads(Path(local).read_text(encoding="utf-8")).get("data", []))
-            if rows != len(suite.results):
-                problems.append(f"suite '{suite.info.name}': the case table has {rows} rows for {len(suite.results)} cases")
+            if rows != suite.cases:
+                problems.append(f"suite '{suite.info.name}': the case table has {rows} rows for {suite.cases} cases")
     return problems
 
 

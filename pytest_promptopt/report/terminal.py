@@ -19,7 +19,7 @@ def _row(s: SuiteSummary) -> list[str]:
     return [
         s.info.name,
         ",".join(s.models) or "-",
-        str(len(s.results)),
+        str(s.cases),
         str(s.passed),
         str(s.failed),
         str(s.errors),
@@ -43,6 +43,8 @@ def summary_lines(run: RunSummary) -> list[str]:
         means = s.metric_means()
         if means:
             lines.append(f"{s.info.name}: metrics " + ", ".join(f"{k}={v:.3f}" for k, v in sorted(means.items())))
+        if s.cases_file is not None:  # a dataset suite: its rows are in a file, not in the summary
+            lines.append(f"{s.info.name}: per-case results in {s.cases_file}")
     lines.extend(gate_lines(run.suites))
     return lines
 

@@ -24,6 +24,7 @@ from ..gates import parse_gates
 from ..models.registry import ModelSpec, parse_model_spec
 from ..prompt import MissingVariable, Prompt, TemplateError, render_prompt
 from .document import DocumentError, LineMap, format_path, load_yaml, read_document
+from .dataset import FORMATS, CaseFactory, DatasetRowError, DatasetSlice, DatasetSource, DatasetSpec, columns, read_rows
 from .model import Case, SuiteError, SuiteInfo
 
 __all__ = ["LoadedSuite", "load_suite", "suite_schema"]
@@ -40,6 +41,7 @@ def suite_schema() -> dict[str, Any]:
 class LoadedSuite:
     info: SuiteInfo
     cases: tuple[Case, ...]
+    dataset: DatasetSpec | None = None  # a `dataset:` suite: its rows are read when it runs, `cases` is empty
 
 
 class _Context:
@@ -56,11 +58,13 @@ class _Context:
         return SuiteError(self.display, message, format_path(path), self.lines.line(path))
 
 
-def load_suite(file: Path, display: str, default_model: ModelSpec, resolve_prompt: Callable[[str], Any] | None = None) -> LoadedSuite:
+def load_suite(file: Path, display: str, default_model: ModelSpec, resolve_prompt: Callable[[str], Any] | None = None,
+               backend: str | None = None) -> LoadedSuite:
     """Parse, validate and expand a suite file into cases. Raises `SuiteError`.
 
     `resolve_prompt` turns a `prompts:/...` reference into a `registry.Resolved` (default: the
-    running session's resolver, see `registry.resolver`)."""
+    running session's resolver, see `registry.resolver`). `backend` (`local`/`spark`) is the
+    run's: a dataset `table` needs `spark`; None (e.g. `validate`) does not check."""
     try:
         data, lines = read_document(file)
     except DocumentError as exc:
@@ -78,6 +82,11 @@ def load_suite(file: Path, display: str, default_model: ModelSpec, resolve_promp
     prompts = _prompts(data.get("prompts"), ctx)
     providers = _providers(data.get("providers", data.get("targets")), ctx) or [default_model]
     default_test = _default_test(data.get("defaultTest"), ctx)
+    if "dataset" in data:
+        if "tests" in data:
+            raise ctx.error(("dataset",), "a suite takes its cases from 'tests' or from 'dataset', not both; "
+                            "put the tests in a suite file of their own")
+        return LoadedSuite(info, (), _dataset(data["dataset"], info, prompts, providers, default_test, ctx, backend))
     cases = list(_cases(info, prompts, providers, default_test, _tests(data.get("tests"), ctx), ctx))
     return LoadedSuite(info, tuple(cases))
 
@@ -568,6 +577,110 @@ def _cases(
                         base_dir=ctx.base_dir,
                         position=sum(seen.values()) - 1,
                     )
+
+
+# ----------------------------------------------------------------------------- dataset suites
+
+
+def _dataset(raw: dict[str, Any], info: SuiteInfo, prompts: list[Prompt], providers: list[ModelSpec], default: dict[str, Any],
+             ctx: _Context, backend: str | None) -> DatasetSpec:
+    """A `dataset:` block: the source, checked against its columns and first row now (a typo
+    must not surface after an hour of model calls), and one case factory per prompt x provider.
+    `defaultTest` merges into the block as into a test."""
+    here: tuple[Any, ...] = ("dataset",)
+    if ("path" in raw) == ("table" in raw):
+        both = "path" in raw
+        raise ctx.error(here + (("table",) if both else ()), ("give 'path' or 'table', not both" if both else "needs 'path' or 'table'")
+                        + ": 'path' is a .parquet, .csv or .jsonl file (or a folder of Parquet files) relative to the suite, "
+                        "'table' a Spark table name (with --promptopt-backend spark)")
+    source = _dataset_source(raw, ctx, backend)
+    merged = _merge(default, {k: raw[k] for k in ("assert", "threshold", "options") if k in raw}, here, ctx)
+    defaults = _load_vars(merged["vars"], ("defaultTest",), ctx)
+    if merged["provider"] is not None:
+        try:
+            providers = [parse_model_spec(merged["provider"], "defaultTest.provider")]
+        except ValueError as exc:
+            raise ctx.error(("defaultTest", "provider"), str(exc).split(": ", 1)[-1]) from None
+    n_default = len(merged["assert"]) - len(raw.get("assert", []))
+    assertions = []
+    for index, entry in enumerate(merged["assert"]):
+        path = ("defaultTest", "assert", index) if index < n_default else here + ("assert", index - n_default)
+        assertions.append((_assertion(entry, format_path(path)), path))
+    slices = []
+    for prompt_index, prompt in enumerate(prompts):
+        for spec in providers:
+            # Named like a case's ident (`-p<N>`, `-<provider>`), brackets kept out of it for node ids.
+            ident = "-".join(([f"p{prompt_index}"] if len(prompts) > 1 else []) + ([spec.display] if len(providers) > 1 else []))
+            ident = ident.replace("::", ":").replace("[", "(").replace("]", ")")
+            factory = CaseFactory(info, prompt, prompt_index, spec, tuple(assertions), merged["threshold"], tuple(defaults.items()),
+                                  source.renames, ctx.base_dir, len(prompts) > 1, len(providers) > 1)
+            slices.append(DatasetSlice(f"dataset[{ident}]" if ident else "dataset", ident, factory))
+    if source.path is not None:
+        _check_dataset(source, slices, set(defaults), ctx)
+    return DatasetSpec(source, tuple(slices))
+
+
+def _dataset_source(raw: dict[str, Any], ctx: _Context, backend: str | None) -> DatasetSource:
+    renames = tuple((str(var), str(column)) for var, column in (raw.get("vars") or {}).items())
+    limit = raw.get("limit")
+    if "table" in raw:
+        if backend is not None and backend != "spark":
+            raise ctx.error(("dataset", "table"), f"a Spark table is read by the Spark backend: run with --promptopt-backend spark "
+                            f"(this run's backend is '{backend}'), or export the table to Parquet and give dataset.path")
+        return DatasetSource(raw["table"], "table", table=raw["table"], renames=renames, limit=limit)
+    written = raw["path"]
+    relative = written[len("file://"):] if written.startswith("file://") else written
+    path = Path(relative).expanduser()
+    path = path if path.is_absolute() else ctx.base_dir / path
+    if path.is_dir():
+        kind = "parquet"
+    else:
+        kind = FORMATS.get(path.suffix.lower(), "")
+        if not kind:
+            raise ctx.error(("dataset", "path"), f"{written}: unsupported file type {path.suffix or '(none)'!r}; use .parquet, .csv or "
+                            ".jsonl, or a folder of Parquet files")
+        if not path.is_file():
+            raise ctx.error(("dataset", "path"), f"data file not found: {path}")
+    return DatasetSource(written, kind, path=path, renames=renames, limit=limit)
+
+
+def _check_dataset(source: DatasetSource, slices: list[DatasetSlice], defaults: set[str], ctx: _Context) -> None:
+    """Columns named in `dataset.vars` exist; every template variable has a column or a
+    default; the first row makes a case (assertion values render, regexes compile, ...)."""
+    try:
+        found = columns(source)
+    except (DatasetRowError, OSError, UnicodeDecodeError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise ctx.error(("dataset", "path"), f"{source.written}: cannot read: {exc}") from None
+    listed = ", ".join(found[:30]) + (", ..." if len(found) > 30 else "")
+    for var, column in source.renames:
+        if column not in found:
+            hint = difflib.get_close_matches(column, found, n=1)
+            fix = f"did you mean '{hint[0]}'? " if hint else ""
+            raise ctx.error(("dataset", "vars", var), f"column {column!r} is not in {source.written}; {fix}its columns: {listed}")
+    renamed = {column for _, column in source.renames}
+    available = (set(found) - renamed) | {var for var, _ in source.renames} | defaults
+    for item in slices:
+        factory = item.make_case
+        missing = sorted(factory.prompt.variables - available)
+        if missing:
+            where = ("dataset", "vars") if source.renames else ("dataset",)
+            raise ctx.error(where, f"missing variable {missing[0]!r} (the template uses {{{{ {missing[0]} }}}}) in "
+                            f"prompts[{factory.prompt_index}] ({factory.prompt.label}); {source.written} has columns {listed}: map "
+                            f"one with dataset.vars ({missing[0]}: <column>) or set it in defaultTest.vars")
+    try:
+        first = next(read_rows(source, chunk_rows=1), None)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ctx.error(("dataset", "path"), f"{source.written}: cannot read: {exc}") from None
+    if first is None:
+        return
+    index, row = first
+    if isinstance(row, DatasetRowError):
+        raise ctx.error(("dataset", "path"), f"{source.written}: {row.message}")
+    for item in slices:
+        try:
+            item.make_case(row, index)
+        except DatasetRowError as exc:
+            raise ctx.error(exc.path or ("dataset",), f"{exc.message} (first row of {source.written})") from None
 
 
 def _vars_label(variables: Mapping[str, Any]) -> str:

@@ -1,0 +1,1 @@
+"""Runners map cases to results: in this process (threads, batches), or on Spark."""

@@ -1,0 +1,167 @@
+"""The in-process runner: pytest asks for one case at a time, the runner works ahead.
+
+When an item asks for its result, the runner also starts the cases pytest will run next (the
+"upcoming" cases the caller passes): hosted calls overlap on a thread pool of `concurrency`
+threads, cases of a batching model (the bundled SmolLM2) go to it in batches of `batch_size`,
+and anything else (fakes, echo) simply runs when asked. Results still come back one case at a
+time, in the order asked, so every case stays its own pytest item.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import islice
+from typing import Callable, Iterable, Iterator
+
+from ..cache import ResponseCache
+from ..execute import execute_batch, execute_case, model_error
+from ..models.base import Model, ModelError
+from ..models.registry import ModelSpec
+from ..results import CaseResult
+from ..suite.model import Case
+
+__all__ = ["CaseRunner"]
+
+Pair = tuple[Case, str]  # a case and its pytest node id
+
+
+class CaseRunner:
+    """Maps cases to results in this process; see the module docstring."""
+
+    def __init__(self, model_for: Callable[[ModelSpec], Model], cache: Callable[[], ResponseCache], *,
+                 concurrency: int, batch_size: int) -> None:
+        self._model_for = model_for
+        self._cache = cache
+        self.concurrency = max(1, concurrency)
+        self.batch_size = max(1, batch_size)
+        # Enough work ahead to keep every thread (or the next batch) busy while pytest reports.
+        self.window = 2 * max(self.concurrency, self.batch_size)
+        self._pending: dict[str, Future[CaseResult]] = {}
+        self._kinds: dict[str, tuple[str, Model]] = {}  # by ModelSpec.key
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._batches: ThreadPoolExecutor | None = None
+
+    # ------------------------------------------------------------------ public
+
+    def result(self, case: Case, nodeid: str, upcoming: Iterable[Pair] = ()) -> CaseResult:
+        """`case`'s result; starts `upcoming` cases (those pytest runs next) in the background."""
+        with self._lock:
+            future = self._pending.pop(nodeid, None)
+        if future is None:
+            future = self._start([(case, nodeid)], upcoming, required=nodeid).get(nodeid)
+        else:
+            self._start([], upcoming)
+        if future is None:  # runs inline: nothing to gain from starting it elsewhere
+            return self._run_one(case, nodeid)
+        return future.result()
+
+    def map(self, pairs: Iterable[Pair]) -> Iterator[CaseResult]:
+        """Results of `pairs`, in order, reading the input lazily (`window` cases ahead)."""
+        source = iter(pairs)
+        ahead: deque[Pair] = deque(islice(source, self.window))
+        while ahead:
+            case, nodeid = ahead.popleft()
+            ahead.extend(islice(source, self.window - len(ahead)))
+            yield self.result(case, nodeid, list(ahead))
+
+    def preset(self, nodeid: str, result: CaseResult) -> None:
+        """A result computed elsewhere (the Spark backend): `result(nodeid)` returns it."""
+        future: Future[CaseResult] = Future()
+        future.set_result(result)
+        with self._lock:
+            self._pending[nodeid] = future
+
+    def close(self) -> None:
+        for executor in (self._pool, self._batches):
+            if executor is not None:
+                executor.shutdown(wait=True, cancel_futures=True)
+        self._pool = self._batches = None
+
+    # ------------------------------------------------------------------ scheduling
+
+    def _run_one(self, case: Case, nodeid: str) -> CaseResult:
+        try:
+            model = self._model_for(case.model)
+        except ModelError as exc:
+            return model_error(case, nodeid, exc)
+        return execute_case(case, model, self._cache(), nodeid)
+
+    def _kind(self, case: Case) -> tuple[str, Model | None]:
+        known = self._kinds.get(case.model.key)
+        if known is not None:
+            return known
+        try:
+            model = self._model_for(case.model)
+        except ModelError:
+            return "inline", None  # the error is reported when the case is asked for
+        if self.batch_size > 1 and callable(getattr(model, "generate_batch", None)):
+            kind = "batch"
+        elif getattr(model, "concurrent", False):
+            kind = "pool"
+        else:
+            kind = "inline"
+        self._kinds[case.model.key] = (kind, model)
+        return kind, model
+
+    def _start(self, first: list[Pair], upcoming: Iterable[Pair], required: str | None = None) -> dict[str, Future[CaseResult]]:
+        """Start `first` and as many `upcoming` cases as the window allows; returns new futures."""
+        with self._lock:
+            room = self.window - len(self._pending)
+            chosen = list(first)
+            seen = {nodeid for _, nodeid in chosen}
+            exhausted = True
+            for case, nodeid in upcoming:
+                if len(chosen) >= max(room, len(first)):
+                    exhausted = False
+                    break
+                if nodeid in self._pending or nodeid in seen:
+                    continue
+                seen.add(nodeid)
+                chosen.append((case, nodeid))
+            started: dict[str, Future[CaseResult]] = {}
+            batches: dict[int, tuple[Model, list[Pair]]] = {}
+            for case, nodeid in chosen:
+                kind, model = self._kind(case)
+                if kind == "pool":
+                    started[nodeid] = self._executor("pool").submit(execute_case, case, model, self._cache(), nodeid)
+                elif kind == "batch":
+                    batches.setdefault(id(model), (model, []))[1].append((case, nodeid))  # type: ignore[arg-type]
+            for model, pairs in batches.values():
+                for chunk_start in range(0, len(pairs), self.batch_size):
+                    chunk = pairs[chunk_start:chunk_start + self.batch_size]
+                    # A short last chunk waits for more cases, unless it is needed now or
+                    # nothing more is coming.
+                    if len(chunk) < self.batch_size and not exhausted and all(n != required for _, n in chunk):
+                        break
+                    started.update(self._submit_batch(model, chunk))
+            self._pending.update({n: f for n, f in started.items() if n != required})
+            return started
+
+    def _submit_batch(self, model: Model, chunk: list[Pair]) -> dict[str, Future[CaseResult]]:
+        futures: dict[str, Future[CaseResult]] = {nodeid: Future() for _, nodeid in chunk}
+
+        def run() -> None:
+            try:
+                results = execute_batch(chunk, model, self._cache())
+            except BaseException as exc:  # surfaces in the item that waits for it
+                for future in futures.values():
+                    future.set_exception(exc)
+                return
+            for result, (_, nodeid) in zip(results, chunk):
+                futures[nodeid].set_result(result)
+
+        # One batch at a time: a batch already uses every core.
+        self._executor("batch").submit(run)
+        return futures
+
+    def _executor(self, kind: str) -> ThreadPoolExecutor:
+        if kind == "pool":
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="promptopt-call")
+            return self._pool
+        if self._batches is None:
+            self._batches = ThreadPoolExecutor(1, thread_name_prefix="promptopt-batch")
+        return self._batches
