@@ -135,14 +135,26 @@ class PromptoptSession:
 
     def run_on_spark(self, cases: list[tuple[Case, str]]) -> None:
         """Evaluate `cases` as one Spark job; each item then finds its result in the runner."""
-        from .runners.spark import evaluate_cases
+        from .execute import new_result
+        from .runners.spark import SparkBackendError, evaluate_cases
 
         objects = {spec.key: model for spec, model in self._object_models(case.model for case, _ in cases)}
         settings = self.settings
         pairs = [(nodeid, case) for case, nodeid in cases]
-        for nodeid, result in evaluate_cases(self.spark(), pairs, cache_path=settings.cache_path, cache_mode=settings.cache_mode,
-                                             models=objects, timeout_s=settings.timeout_s):
-            self.runner.preset(nodeid, result)
+        done: set[str] = set()
+        try:
+            for nodeid, result in evaluate_cases(self.spark(), pairs, cache_path=settings.cache_path, cache_mode=settings.cache_mode,
+                                                 models=objects, timeout_s=settings.timeout_s):
+                self.runner.preset(nodeid, result)
+                done.add(nodeid)
+        except SparkBackendError as exc:
+            # Spark unreachable or the job failed: like a model fault, every case without a
+            # result is an error (reported per item), never a crash of the pytest session.
+            for case, nodeid in cases:
+                if nodeid not in done:
+                    result = new_result(case, nodeid)
+                    result.error = f"Spark backend: {exc}"
+                    self.runner.preset(nodeid, result)
 
     def _object_models(self, specs: Iterable[ModelSpec]) -> Iterator[tuple[ModelSpec, Model]]:
         """Models given as objects or made by a conftest's `pytest_promptopt_make_model`: Spark

@@ -501,6 +501,24 @@ def test_public_names() -> None:
 
 # ----------------------------------------------------------------------------- through pytest
 
+def clean_spark_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A Connect session in this process (the `spark` fixture) leaves pyspark's mode variable set;
+    # the pytest subprocesses must start as a user's would.
+    for name in ("SPARK_CONNECT_MODE_ENABLED", "SPARK_REMOTE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@needs_java
+def test_an_unreachable_spark_makes_every_case_an_error(run_pytest: Any, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    clean_spark_env(monkeypatch)
+    pytester.makefile(".promptopt.yaml", capitals=ECHO_SUITE)
+    result = run_pytest("--promptopt", "--promptopt-backend", "spark", "--promptopt-spark-remote", f"sc://127.0.0.1:{_free_port()}")
+    result.assert_outcomes(errors=3)
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*Spark backend: cannot connect to Spark at sc://127.0.0.1:*"])
+    result.stdout.no_fnmatch_line("*INTERNALERROR*")
+
+
 PLUGIN_CHECKS = """
 def mentions_country(output, context):
     return context["vars"]["country"] in output
@@ -508,11 +526,13 @@ def mentions_country(output, context):
 
 
 @needs_java
-def test_pytest_on_spark_reports_what_the_local_run_reports(run_pytest: Any, pytester: pytest.Pytester, connect_server: str) -> None:
+def test_pytest_on_spark_reports_what_the_local_run_reports(run_pytest: Any, pytester: pytest.Pytester, connect_server: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     # The same suites through `pytest --promptopt`: in this process, on a local Spark session
     # and over Spark Connect; per-case results, gates, outcomes and exit status must agree.
     from conftest import comparable, load_report
 
+    clean_spark_env(monkeypatch)
     pytester.makefile(".promptopt.yaml", capitals=ECHO_SUITE + "gates: {pass_rate: 0.9}\n")
     pytester.makepyfile(checks=PLUGIN_CHECKS)
     pytester.makefile(".promptopt.yaml", checked="""
@@ -542,9 +562,10 @@ tests:
 
 
 @needs_java
-def test_a_warm_rerun_on_spark_makes_no_model_call(run_pytest: Any, pytester: pytest.Pytester) -> None:
+def test_a_warm_rerun_on_spark_makes_no_model_call(run_pytest: Any, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     from conftest import load_report
 
+    clean_spark_env(monkeypatch)
     # echo is never cached (it is instant); a scripted fake model is
     pytester.makefile(".promptopt.yaml", capitals=ECHO_SUITE.replace("providers: [echo]", "providers: [{id: fake, config: {default: Paris and Madrid}}]"))
     args = ("--promptopt", "--promptopt-backend", "spark", "--promptopt-spark-master", "local[2]")
