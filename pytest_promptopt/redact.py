@@ -42,6 +42,8 @@ def scrub(text: str, extra: tuple[str, ...] = ()) -> str:
 
 
 _env_cache: tuple[dict[Any, Any], list[str]] | None = None
+# pytest rewrites this one around every test phase; it never holds a secret
+_VOLATILE = (b"PYTEST_CURRENT_TEST", "PYTEST_CURRENT_TEST")
 
 
 def _env_secrets() -> list[str]:
@@ -50,13 +52,17 @@ def _env_secrets() -> list[str]:
     so the list is kept until the environment changes (compared as a whole: a key set or
     changed at any time is seen at once)."""
     global _env_cache
-    raw = getattr(os.environ, "_data", None)  # CPython's undecoded mapping: cheap to compare
+    # One C-level copy: runner threads scrub while pytest's main thread sets and deletes
+    # PYTEST_CURRENT_TEST, and iterating os.environ itself then raises KeyError.
+    raw = dict(getattr(os.environ, "_data", None) or os.environ.copy())
+    for name in _VOLATILE:
+        raw.pop(name, None)
     cached = _env_cache
-    if raw is not None and cached is not None and cached[0] == raw:
+    if cached is not None and cached[0] == raw:
         return cached[1]
-    secrets = [v for k, v in os.environ.items() if _SECRET_ENV.search(k)]
-    if raw is not None:
-        _env_cache = (dict(raw), secrets)
+    decode = os.fsdecode if raw and isinstance(next(iter(raw)), bytes) else str
+    secrets = [decode(v) for k, v in raw.items() if _SECRET_ENV.search(decode(k))]
+    _env_cache = (raw, secrets)
     return secrets
 
 

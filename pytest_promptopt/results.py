@@ -57,11 +57,16 @@ class CaseResult:
         return "error" if self.error else ("passed" if self.passed else "failed")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Shallow: every record is encoded once per case, and `asdict`'s deep copy was a fifth of
+        # the plugin's cost per case; readers serialise or `redact` (which copies) it.
+        return {name: getattr(self, name) for name in _CASE_FIELDS}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "CaseResult":
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+_CASE_FIELDS = tuple(CaseResult.__dataclass_fields__)
 
 
 # Latencies are kept exactly up to this many cases (percentiles then match a sort of the
