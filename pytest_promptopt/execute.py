@@ -18,7 +18,7 @@ from .redact import redact, scrub
 from .results import CaseResult
 from .suite.model import Case
 
-__all__ = ["execute_batch", "execute_case", "fill_grade", "fill_response", "json_safe", "model_error", "new_result"]
+__all__ = ["error_result", "execute_batch", "execute_case", "fill_grade", "fill_response", "json_safe", "model_error", "new_result"]
 
 
 def json_safe(value: Any) -> Any:
@@ -74,10 +74,15 @@ def new_result(case: Case, nodeid: str = "") -> CaseResult:
     )
 
 
-def model_error(case: Case, nodeid: str, exc: BaseException) -> CaseResult:
+def error_result(case: Case, nodeid: str, message: str) -> CaseResult:
+    """A case that got no answer: a model that cannot be built, a lost worker, a failed job."""
     result = new_result(case, nodeid)
-    result.error = f"model error ({case.model.display}): {scrub(str(exc))}"
+    result.error = message
     return result
+
+
+def model_error(case: Case, nodeid: str, exc: BaseException) -> CaseResult:
+    return error_result(case, nodeid, f"model error ({case.model.display}): {scrub(str(exc))}")
 
 
 def _grade(case: Case, result: CaseResult, response: Response) -> None:

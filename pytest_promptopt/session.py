@@ -135,7 +135,7 @@ class PromptoptSession:
 
     def run_on_spark(self, cases: list[tuple[Case, str]]) -> None:
         """Evaluate `cases` as one Spark job; each item then finds its result in the runner."""
-        from .execute import new_result
+        from .execute import error_result
         from .runners.spark import SparkBackendError, evaluate_cases
 
         objects = {spec.key: model for spec, model in self._object_models(case.model for case, _ in cases)}
@@ -152,9 +152,7 @@ class PromptoptSession:
             # result is an error (reported per item), never a crash of the pytest session.
             for case, nodeid in cases:
                 if nodeid not in done:
-                    result = new_result(case, nodeid)
-                    result.error = f"Spark backend: {exc}"
-                    self.runner.preset(nodeid, result)
+                    self.runner.preset(nodeid, error_result(case, nodeid, f"Spark backend: {exc}"))
 
     def _object_models(self, specs: Iterable[ModelSpec]) -> Iterator[tuple[ModelSpec, Model]]:
         """Models given as objects or made by a conftest's `pytest_promptopt_make_model`: Spark
@@ -168,13 +166,13 @@ class PromptoptSession:
 
     def add_crash_record(self, nodeid: str, message: str) -> bool:
         """An error record for a case whose xdist worker died while running it. False when the
-        node id is not a prompt case (an ordinary test, or a Python test of an unknown suite)."""
-        from .execute import new_result
+        node id is not a prompt case (an ordinary test, a dataset item, or a Python test of an
+        unknown suite)."""
+        from .execute import error_result
+        from .items import is_suite_file
 
         path, _, name = nodeid.partition("::")
         file = self.settings.rootdir / path
-        from .items import is_suite_file
-
         if is_suite_file(file):
             from .suite.loader import load_suite
 
@@ -185,14 +183,12 @@ class PromptoptSession:
             case = next((c for c in loaded.cases if c.name == name), None)
             if case is None:
                 return False
-            result = new_result(case, nodeid)
-            info = loaded.info
+            info, result = loaded.info, error_result(case, nodeid, message)
         else:
-            info = next((i for i, r in self.records if i.kind == "python" and i.file == path), None)
-            if info is None:
+            found = next((i for i, _ in self.records if i.kind == "python" and i.file == path), None)
+            if found is None:
                 return False
-            result = CaseResult(case_id=nodeid, name=name, nodeid=nodeid)
-        result.error = message
+            info, result = found, CaseResult(case_id=nodeid, name=name, nodeid=nodeid, error=message)
         self.records.append((info, result))
         self._summary = None
         return True

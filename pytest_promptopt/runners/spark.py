@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 from urllib.parse import unquote, urlparse
 
 from ..cache import CacheMode, ResponseCache
-from ..execute import execute_case, model_error, new_result
+from ..execute import error_result, execute_case, model_error
 from ..models.base import Model, ModelError
 from ..models.registry import ModelSpec, create_model
 from ..redact import REDACTED, is_secret_key, scrub
@@ -211,7 +211,7 @@ def evaluate_cases(
         try:
             blob = cloudpickle.dumps(case)
         except Exception as exc:  # an assertion holding a lock, a generator...: this case only
-            yield nodeid, _error_result(case, nodeid, f"cannot send this case to Spark: it does not pickle ({_one_line(exc)})")
+            yield nodeid, error_result(case, nodeid, f"cannot send this case to Spark: it does not pickle ({_one_line(exc)})")
             continue
         pending[nodeid] = case
         for key, value in zip(rows, (position, nodeid, case.case_id, case.name, blob)):
@@ -233,7 +233,7 @@ def evaluate_cases(
             raise
         message = f"the Spark job failed before this case's result came back: {_describe(exc)}"
         for nodeid, case in list(pending.items()):
-            yield nodeid, _error_result(case, nodeid, message)
+            yield nodeid, error_result(case, nodeid, message)
 
 
 def _stream(spark: SparkSession, results: DataFrame) -> Iterator[Any]:
@@ -513,12 +513,6 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {' '.join(scrub(str(exc)).split())[:300]}"
 
 
-def _error_result(case: Case, nodeid: str, message: str) -> CaseResult:
-    result = new_result(case, nodeid)
-    result.error = message
-    return result
-
-
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     # pyspark 4 warns that it "does not yet fully support pandas >= 3" on every Arrow call; this
@@ -643,7 +637,7 @@ def _run(case: Case, nodeid: str, config: _WorkerConfig) -> CaseResult:
     try:
         return execute_case(case, model, _worker_cache(config), nodeid)
     except Exception as exc:  # execute_case turns model and assertion faults into errors; this is anything else
-        return _error_result(case, nodeid, f"internal error on the Spark worker: {_one_line(exc)}")
+        return error_result(case, nodeid, f"internal error on the Spark worker: {_one_line(exc)}")
 
 
 class _CaseEvaluator:
