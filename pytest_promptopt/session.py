@@ -14,11 +14,11 @@ import pytest
 from .cache import ResponseCache
 from .models.base import Model
 from .models.hosted import LiteLLMModel
-from .models.registry import ModelSpec, create_model
+from .models.registry import ModelSpec, create_model, with_timeout
 from .registry import PromptResolver, activate
 from .registry import active as resolver_active
 from .results import CaseResult, DatasetPart, RunSummary, summarize
-from .runners.limits import RateLimiter, RetryPolicy, Throttled, limit_for
+from .runners.limits import RateLimiter, Throttled, limit_for, throttle
 from .runners.pool import CaseRunner
 from .settings import Settings
 from .suite.model import Case, SuiteInfo
@@ -82,10 +82,7 @@ class PromptoptSession:
                 if model is not None:
                     self._hook_made.add(spec.key)
                 else:
-                    params = dict(spec.params)
-                    if "/" in spec.id and "timeout" not in params:
-                        params["timeout"] = self.settings.timeout_s
-                    model = create_model(ModelSpec(spec.id, params, spec.label))
+                    model = create_model(with_timeout(spec, self.settings.timeout_s))
                 if isinstance(model, LiteLLMModel):
                     model = self._throttled(model)
                 self._models[spec.key] = model
@@ -101,8 +98,7 @@ class PromptoptSession:
             limiter = self._limiters.get(limit.provider)
             if limiter is None:
                 limiter = self._limiters[limit.provider] = RateLimiter(limit.share(self.workers))
-        retries = scale.retries if model.retries is None else model.retries
-        return Throttled(model, RetryPolicy(retries), limiter)
+        return throttle(model, scale.retries, limiter)
 
     @property
     def runner(self) -> CaseRunner:

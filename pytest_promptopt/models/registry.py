@@ -105,6 +105,13 @@ def _normalise_id(ident: str, where: str) -> str:
     return f"{provider}/{model}"
 
 
+def with_timeout(spec: ModelSpec, timeout_s: float) -> ModelSpec:
+    """`spec` with the run's timeout for a hosted model whose config sets none."""
+    if "/" not in spec.id or "timeout" in spec.params:
+        return spec
+    return ModelSpec(spec.id, {**spec.params, "timeout": timeout_s}, spec.label)
+
+
 def create_model(spec: ModelSpec) -> Model:
     """Build the adapter for a spec. Heavy libraries load later, on the first call."""
     params = dict(spec.params)

@@ -27,6 +27,7 @@ __all__ = [
     "RetryableModelError",
     "Throttled",
     "parse_rate_limits",
+    "throttle",
 ]
 
 DEFAULT_CONCURRENCY = 16
@@ -187,6 +188,13 @@ class RetryPolicy:
 def estimate_tokens(request: Request) -> float:
     text = sum(len(m.get("content", "")) for m in request.messages)
     return text / 4 + float(request.params.get("max_tokens") or 256)
+
+
+def throttle(model: Any, default_retries: int, limiter: RateLimiter | None = None) -> "Throttled":
+    """A hosted model behind a limiter and retries: its provider's `num_retries` if set, else
+    the run's."""
+    retries = default_retries if getattr(model, "retries", None) is None else model.retries
+    return Throttled(model, RetryPolicy(retries), limiter)
 
 
 class Throttled:

@@ -35,7 +35,7 @@ from urllib.parse import unquote, urlparse
 from ..cache import CacheMode, ResponseCache
 from ..execute import error_result, execute_case, model_error
 from ..models.base import Model, ModelError
-from ..models.registry import ModelSpec, create_model
+from ..models.registry import ModelSpec, create_model, with_timeout
 from ..redact import REDACTED, is_secret_key, scrub
 from ..results import CaseResult
 from ..suite.model import Case
@@ -598,10 +598,7 @@ def _worker_model(spec: ModelSpec, config: _WorkerConfig) -> Model:
                                  "its class must be importable there (install its module on the workers)") from None
             _models[key] = model
         return model
-    params = dict(spec.params)
-    if "/" in spec.id and "timeout" not in params:  # a hosted model, as PromptoptSession.model_for does
-        params["timeout"] = config.timeout_s
-    effective = ModelSpec(spec.id, params, spec.label)
+    effective = with_timeout(spec, config.timeout_s)
     model = _models.get(effective.key)
     if model is None:
         model = _with_retries(create_model(effective))
@@ -616,9 +613,9 @@ def _with_retries(model: Model) -> Model:
 
     if not isinstance(model, LiteLLMModel):
         return model
-    from .limits import DEFAULT_RETRIES, RetryPolicy, Throttled
+    from .limits import DEFAULT_RETRIES, throttle
 
-    return Throttled(model, RetryPolicy(DEFAULT_RETRIES if model.retries is None else model.retries))  # type: ignore[return-value]
+    return throttle(model, DEFAULT_RETRIES)  # type: ignore[return-value]
 
 
 def _worker_cache(config: _WorkerConfig) -> ResponseCache:
