@@ -142,16 +142,24 @@ def test_progress_lines_count_tests_calls_cache_hits_and_errors(pytester, run_py
     pytester.makeconftest(SLOW)
     pytester.makefile(".promptopt.yaml", qa=PROGRESS_SUITE)
     pytester.makepyfile(test_plain="def test_plain():\n    pass\n")
-    exact = "-n" not in mode  # under xdist the order of tests, hence each line's counts, varies
+    # Under xdist two workers' reports can reach the controller within one interval, so which
+    # counts get a line varies; serially every test takes longer than the interval.
+    exact = "-n" not in mode
     first = run_pytest("--promptopt", "--promptopt-progress", "0.01", *mode)
     first.assert_outcomes(passed=3, errors=1)  # Italy: the fake model does not know it
-    first.stdout.fnmatch_lines(["promptopt: 3/4 tests done, " + ("3 model calls, 0 cache hits, 1 errors" if exact else "*") + ", *s"])
+    if exact:
+        first.stdout.fnmatch_lines(["promptopt: 3/4 tests done, 3 model calls, 0 cache hits, 1 errors, *s"])
+    else:
+        first.stdout.fnmatch_lines(["promptopt: [123]/4 tests done, * model calls, * cache hits, * errors, *s"])
     progress = [line for line in first.stdout.lines if "tests done" in line]
     # Each line stands on its own; none after the last test, whose line pytest ends with [100%].
     assert all(line.startswith("promptopt: ") for line in progress) and not any("4/4" in line for line in progress)
     first.stdout.fnmatch_lines(["*[[]100%[]]"])
     again = run_pytest("--promptopt", "--promptopt-progress", "0.01", *mode)
-    again.stdout.fnmatch_lines(["promptopt: 3/4 tests done, " + ("1 model calls, 2 cache hits, 1 errors" if exact else "*") + ", *s"])
+    if exact:
+        again.stdout.fnmatch_lines(["promptopt: 3/4 tests done, 1 model calls, 2 cache hits, 1 errors, *s"])
+    else:
+        again.stdout.fnmatch_lines(["promptopt: [123]/4 tests done, *, *s"])
 
 
 def test_no_progress_line_when_quiet_off_or_a_short_run(pytester, run_pytest):
