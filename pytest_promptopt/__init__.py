@@ -50,6 +50,7 @@ _EXPORTS = {
     "latency": ".assertions.builders",
     "cost": ".assertions.builders",
     "python": ".assertions.builders",
+    "DemoRepairOptimizer": ".repair.mlflow_optimizer",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -290,6 +290,13 @@ class ControllerHooks:
             terminalreporter.section("promptopt baseline")
             for line in baseline_lines(self.state.summary().baseline):
                 terminalreporter.write_line(line, red=line.startswith(("baseline not loaded", "  newly failing")))
+        if self.state.settings.repair is not None:
+            from .report.terminal import repair_lines
+
+            logged = getattr(self.state.mlflow, "logged", None)  # MLflow ran first (sessionfinish)
+            terminalreporter.section("promptopt repair")
+            for line in repair_lines(self.state.summary().repairs, logged.registered if logged is not None else None):
+                terminalreporter.write_line(line, green=": repaired by " in line)
         if self.state.settings.report_path is not None:
             terminalreporter.write_line(f"JSON report: {self.state.settings.report_path}")
         if self.state.settings.html_path is not None:

@@ -377,6 +377,7 @@ class SuiteSummary:
 class RunSummary:
     suites: list[SuiteSummary]
     baseline: BaselineComparison | None = None  # set by the controller with --promptopt-baseline
+    repairs: list[Any] = field(default_factory=list)  # repair/result.RepairResult, with --promptopt-repair
 
     def suite_outcomes(self) -> dict[str, tuple[str, list[CaseOutcome]]]:
         """Each suite's case outcomes by suite id, the current side of `baseline.compare_run`.

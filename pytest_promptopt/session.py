@@ -218,6 +218,11 @@ class PromptoptSession:
                 messages.append(run.baseline.error)
         if not run.gates_passed and exit_status == 0:
             exit_status = 1
+        if self.settings.repair is not None and not run.repairs:
+            # --promptopt-repair: a proposal for each failing suite; the gates' verdict stands.
+            from .repair.run import repair_run
+
+            run.repairs = repair_run(self, run, self.settings.repair)
         if self.settings.report_path is not None:
             from .report.json_report import write_report
 

@@ -13,6 +13,7 @@ import pytest
 from .baseline import BaselineRef
 from .cache import CacheMode
 from .models.registry import BUNDLED, ModelSpec, parse_model_spec
+from .repair.config import DEFAULT_BUDGET, OPTIMIZERS, Given, RepairSettings
 from .runners.limits import DEFAULT_CONCURRENCY, DEFAULT_RETRIES, RateLimit, parse_rate_limits
 
 __all__ = ["OPTIONS", "MlflowSettings", "Option", "Settings", "SparkSettings"]
@@ -55,6 +56,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("--promptopt-backend", "promptopt_backend", "where cases run: local (this process or its xdist workers) or spark", "local", ("local", "spark")),
     Option("--promptopt-spark-master", "promptopt_spark_master", "Spark master URL for --promptopt-backend spark (default: local[*])", None),
     Option("--promptopt-spark-remote", "promptopt_spark_remote", "Spark Connect URL (sc://host:port) for --promptopt-backend spark; Databricks Connect speaks it", None),
+    # Repair (issue 6)
+    Option("--promptopt-repair", "", "after the run, repair with DSPy the prompts of suites whose gates failed (or those of --promptopt-repair-suite) and propose the result", is_flag=True),
+    Option("--promptopt-repair-suite", "promptopt_repair_suite", "repair these suites (ids or names, comma-separated) even when their gates pass", None),
+    Option("--promptopt-repair-optimizer", "promptopt_repair_optimizer", "auto, labeled, bootstrap, random-search (demonstrations), gepa or miprov2 (instructions; need --promptopt-repair-model)", None, OPTIMIZERS),
+    Option("--promptopt-repair-model", "promptopt_repair_model", "proposer model of the instruction optimisers (any provider, e.g. openai/gpt-4o-mini)", None),
+    Option("--promptopt-repair-budget", "promptopt_repair_budget", f"most model calls the repair of one prompt may make (default {DEFAULT_BUDGET})", None),
+    Option("--promptopt-repair-seed", "promptopt_repair_seed", "seed of the held-out split and the optimisers (default 0)", None),
+    Option("--promptopt-repair-apply", "", "write a winning proposal into the suite (its prompt file or prompts entry) instead of only beside it", is_flag=True),
 )
 
 
@@ -106,6 +115,7 @@ class Settings:
     progress_s: float | None = None  # seconds between progress lines; None: off
     baseline: BaselineRef | None = None  # --promptopt-baseline
     scale: Scale = Scale()
+    repair: RepairSettings | None = None  # --promptopt-repair
 
     @property
     def backend(self) -> str:
@@ -179,8 +189,54 @@ class Settings:
             mlflow=mlflow,
             baseline=_baseline(parsed, mlflow),
             scale=_scale(parsed),
+            repair=_repair(config, parsed),
             **_report_settings(config, rootdir, parsed),
         )
+
+
+def _repair(config: Any, parsed: Callable[[str, Callable[[Any], Any]], Any]) -> RepairSettings | None:
+    """`--promptopt-repair*`: each value remembers whether the command line gave it, since the
+    command line overrides a suite's `repair:` block and the ini file does not."""
+    if not config.getoption("promptopt_repair"):
+        return None
+    import importlib.util
+
+    if importlib.util.find_spec("dspy") is None:  # fail now, not after a long run
+        raise pytest.UsageError("--promptopt-repair needs DSPy: pip install 'pytest-promptopt[repair]'")
+
+    def given(flag: str, convert: Callable[[Any], Any]) -> Given:
+        value = parsed(flag, lambda raw: None if raw in (None, "") else convert(raw))
+        if value is None:
+            return Given()
+        return Given(value, "cli" if config.getoption(flag.lstrip("-").replace("-", "_")) is not None else "ini")
+
+    def whole(minimum: int) -> Callable[[Any], int]:
+        def check(raw: Any) -> int:
+            number = int(str(raw).strip())
+            if number < minimum:
+                raise ValueError(f"must be a whole number >= {minimum}, got {raw!r}")
+            return number
+        return check
+
+    def optimizer(raw: Any) -> str:
+        name = str(raw).strip().lower()
+        if name not in OPTIMIZERS:
+            raise ValueError(f"{raw!r} is not one of {', '.join(OPTIMIZERS)}")
+        return name
+
+    chosen = given("--promptopt-repair-optimizer", optimizer)
+    if chosen.value == "miprov2" and importlib.util.find_spec("optuna") is None:
+        raise pytest.UsageError("--promptopt-repair-optimizer miprov2 needs optuna: pip install 'pytest-promptopt[repair]'")
+    suites = parsed("--promptopt-repair-suite", lambda raw: tuple(s.strip() for s in str(raw or "").split(",") if s.strip()))
+    model = parsed("--promptopt-repair-model", lambda raw: None if raw in (None, "") else parse_model_spec(str(raw), "--promptopt-repair-model"))
+    return RepairSettings(
+        suites=suites,
+        optimizer=chosen,
+        budget=given("--promptopt-repair-budget", whole(1)),
+        seed=given("--promptopt-repair-seed", whole(0)),
+        model=model,
+        apply=bool(config.getoption("promptopt_repair_apply")),
+    )
 
 
 def _scale(parsed: Callable[[str, Callable[[Any], Any]], Any]) -> Scale:

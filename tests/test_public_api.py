@@ -14,7 +14,8 @@ def test_all_names_resolve_and_nothing_else_is_public():
     for name in pytest_promptopt.__all__:
         assert getattr(pytest_promptopt, name) is not None
     assert set(dir(pytest_promptopt)) == set(pytest_promptopt.__all__)
-    assert {"Prompt", "FakeModel", "EchoModel", "LocalModel", "LiteLLMModel", "contains", "not_", "Response"} <= set(pytest_promptopt.__all__)
+    assert {"Prompt", "FakeModel", "EchoModel", "LocalModel", "LiteLLMModel", "contains", "not_", "Response",
+            "DemoRepairOptimizer"} <= set(pytest_promptopt.__all__)
 
 
 def test_importing_the_plugin_imports_nothing_heavy():

@@ -53,6 +53,7 @@ def render_html(run: RunSummary, *, exit_status: int | None = None) -> str:
         head,
         "<h2>Suites</h2>",
         _suites_table(run.suites),
+        *(["<h2>Repairs</h2>", _repairs(run.repairs)] if run.repairs else []),
         "<h2>Plots</h2>",
         "<div class=plots>",
         *(f"<div class=plot id='plot-{key}'>{html}</div>" for key, html in _plots(run)),
@@ -111,6 +112,68 @@ def _suites_table(suites: list[SuiteSummary]) -> str:
                   "latency p50 / p95 (ms)", "calls", "cache hits", "gates")
     )
     return f"<table class=summary><thead><tr>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+# --------------------------------------------------------------------------- repairs
+
+
+def _score(score: Any) -> str:
+    return "–" if score is None else escape(score.describe())
+
+
+def _diff(diff: str) -> str:
+    """A unified diff, line by line, coloured by its first character (each line escaped)."""
+    def cls(line: str) -> str:
+        if line.startswith(("+++", "---")):
+            return "head"
+        return {"+": "add", "-": "del", "@": "hunk"}.get(line[:1], "same")
+
+    return "<pre class=diff>" + "".join(f"<span class={cls(line)}>{escape(line)}</span>\n" for line in diff.splitlines()) + "</pre>"
+
+
+def _repairs(repairs: list[Any]) -> str:
+    """--promptopt-repair: per repaired prompt the held-out (the verdict) and in-sample pass
+    rates before and after, the calls, where the proposal went, then the proposal and its diff."""
+    rows, details = [], []
+    for r in repairs:
+        data = redact(r.to_dict())  # the prompt and demos may quote case data
+        status = "ok" if r.status == "repaired" else ("bad" if r.status in ("error", "refused") else "")
+        where = ""
+        if r.file:
+            where = f"{'applied to' if r.applied else 'proposal'} <code>{escape(r.file)}</code>"
+            if r.diff_file:
+                where += f"<br>diff <code>{escape(r.diff_file)}</code>"
+        notes = [escape(data["reason"])] if data.get("reason") else []
+        if r.weak_estimate:
+            notes.append(f"held-out estimate is weak: only {len(r.heldout_cases)} case(s); read the interval")
+        rows.append(
+            "<tr class=repair>"
+            f"<td><b>{escape(r.suite_name)}</b><br><span class=file>prompt {r.prompt_index}"
+            + (f" · {escape(r.prompt_label)}" if r.prompt_label else "") + "</span></td>"
+            f"<td>{escape(r.model) or '–'}</td>"
+            f"<td><span class='{status}'><b>{escape(r.status)}</b></span></td>"
+            f"<td>{escape(r.optimizer) or '–'}</td>"
+            f"<td>{_score(r.heldout_before)} → {_score(r.heldout_after)}</td>"
+            f"<td>{_score(r.insample_before)} → {_score(r.insample_after)}</td>"
+            f"<td>{r.calls.total} (task {r.calls.task_calls}, proposer {r.calls.proposer_calls}; "
+            f"projected {r.projected.total}, budget {r.budget})</td>"
+            f"<td>{where or '–'}</td>"
+            f"<td class=reason>{'<br>'.join(notes)}</td>"
+            "</tr>"
+        )
+        if data.get("prompt") is not None:
+            title = f"{escape(r.suite_name)} prompt {r.prompt_index}" + (f" on {escape(r.model)}" if r.model else "")
+            cases = escape(", ".join(data.get("heldout_cases") or [])) or "–"
+            details.append(
+                f"<details class=repair><summary>{title}: proposed prompt and diff</summary>"
+                f"<p class=meta>held-out cases: {cases}</p>"
+                f"<h4>{'Proposed prompt' if r.repaired else 'Best prompt found (not proposed)'}</h4><pre class=prompt>{escape(data['prompt'])}</pre>"
+                + (f"<h4>Diff</h4>{_diff(data['diff'])}" if data.get("diff") else "<p class=meta>no diff: this prompt was not proposed</p>")
+                + "</details>"
+            )
+    header = "".join(f"<th>{h}</th>" for h in ("suite", "model", "status", "optimizer", "held-out before → after",
+                                               "in-sample before → after", "model calls", "proposal", "notes"))
+    return f"<table class=repairs><thead><tr>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table>" + "".join(details)
 
 
 # --------------------------------------------------------------------------- plots
@@ -270,6 +333,8 @@ pre{white-space:pre-wrap;word-break:break-word;margin:0;max-height:16em;overflow
 .status{font-weight:bold;padding:1px 6px;border-radius:3px;color:#fff}
 .status.passed{background:#2e7d32}.status.failed{background:#c62828}.status.error{background:#ef6c00}
 .plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(420px,1fr));gap:12px}
+.diff .add{color:#2e7d32}.diff .del{color:#c62828}.diff .hunk{color:#6a1b9a}.diff .head{color:#555;font-weight:bold}
+details.repair{margin:8px 0}details.repair pre{max-height:24em;background:#fafafa;padding:4px}
 .filters{margin:8px 0}.filters input{width:24em}#filter-count{color:#555;margin-left:8px}
 """
 

@@ -64,6 +64,8 @@ def report_dict(run: RunSummary, *, exit_status: int | None = None) -> dict[str,
     if run.baseline is not None:
         b = run.baseline
         data["baseline"] = {"ref": b.ref, "run_id": b.run_id, "error": b.error, "removed_suites": b.removed_suites, "gating": False}
+    # --promptopt-repair: one entry per repaired prompt (or skipped suite); [] without repair.
+    data["repairs"] = [redact(r.to_dict()) for r in run.repairs]
     return data
 
 
@@ -98,4 +100,7 @@ def run_from_report(data: dict[str, Any]) -> RunSummary:
         top = data["baseline"]
         suites = {s.get("id") or s["name"]: SuiteComparison.from_dict(s["baseline"]) for s in data.get("suites", []) if s.get("baseline")}
         run.baseline = BaselineComparison(top["ref"], top.get("run_id"), suites, list(top.get("removed_suites") or []), top.get("error"))
+    from ..repair.result import RepairResult
+
+    run.repairs = [RepairResult.from_dict(r) for r in data.get("repairs") or []]  # they travel with a pending run too
     return run

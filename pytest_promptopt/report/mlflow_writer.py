@@ -1,4 +1,4 @@
-"""MLflow reporter: one parent run per pytest session, one child run per suite.
+"""MLflow reporter: one parent run per pytest session, one child run per suite, and one per repair.
 
 Only the controller calls it, once, after every case ran and the gates were decided (under xdist
 the records have already travelled to the controller), so there is one writer per store: no
@@ -39,6 +39,9 @@ CASES_DIR = "cases"  # a dataset suite's per-case Parquet parts, in its child ru
 TABLE_ROWS = 1000  # a dataset suite's rows are also logged as the `cases.json` table up to this many
 REPORT_FILE = "promptopt-report.json"
 BASELINE_FILE = "baseline_comparison.json"  # with --promptopt-baseline
+KIND_TAG = "promptopt.kind"  # "repair" on a repair's child run (a suite's child run has none)
+CANDIDATE_ALIAS = "candidate"  # the registry alias of a repair's proposal
+PROPOSAL_TAG = "promptopt.repair"  # the version tag marking a registered proposal
 LINKED_PROMPTS_TAG = "mlflow.linkedPrompts"  # mlflow.tracing.constant.TraceTagKey.LINKED_PROMPTS
 TABLE_COLUMNS = (
     "case_id", "name", "status", "passed", "error", "score", "reason", "vars", "prompt", "output", "scores",
@@ -111,7 +114,9 @@ class SessionMeta:
 
 @dataclass
 class Logged:
-    """Where a run went: the parent run id, one child run id per suite, and any check that failed."""
+    """Where a run went: the parent run id, one child run id per suite, and any check that failed.
+    With --promptopt-repair: one child run per repair, and the Prompt Registry URI of each
+    registered proposal (both by position in `run.repairs`)."""
 
     tracking_uri: str
     experiment: str
@@ -119,6 +124,8 @@ class Logged:
     parent_run_id: str
     child_run_ids: dict[str, str]
     problems: list[str] = field(default_factory=list)
+    repair_run_ids: list[str] = field(default_factory=list)
+    registered: dict[int, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str | None:
@@ -190,6 +197,8 @@ def log_run(run: RunSummary, meta: SessionMeta, tracking_uri: str, experiment: s
             experiment_id, start_time=meta.started_ms, tags=_parent_tags(run, meta), run_name=f"pytest-{started:%Y%m%d-%H%M%S}"
         ).info.run_id
         children: dict[str, str] = {}
+        repair_children: list[str] = []
+        registered: dict[int, str] = {}  # repairs' proposals in the Prompt Registry, by position
         registry_problems: list[str] = []  # prompts that could not be registered (the run is still logged)
         with _terminate_on_error(client, parent):
             _log_batch(client, parent, metrics=_parent_metrics(run))
@@ -203,6 +212,11 @@ def log_run(run: RunSummary, meta: SessionMeta, tracking_uri: str, experiment: s
             for suite in run.suites:
                 children[suite.info.id] = _log_suite(client, experiment_id, parent, suite, meta, registry_problems, run.baseline,
                                                      prompt_prefix)
+            for index, repair in enumerate(run.repairs):  # after the suites: a proposal is the newer version
+                uri = _register_proposal(client, run, repair, registry_problems, prompt_prefix)
+                if uri is not None:
+                    registered[index] = uri
+                repair_children.append(_log_repair(client, experiment_id, parent, repair, meta, uri))
             client.set_terminated(parent, "FINISHED", end_time=meta.ended_ms)
         try:
             problems = _verify(client, experiment_id, parent, run, children)
@@ -212,7 +226,8 @@ def log_run(run: RunSummary, meta: SessionMeta, tracking_uri: str, experiment: s
             from .mlflow_traces import write_and_verify
 
             problems += write_and_verify(client, experiment_id, run, children, started_ms=meta.started_ms)
-    return Logged(safe_uri(tracking_uri), experiment, experiment_id, parent, children, registry_problems + problems)
+    return Logged(safe_uri(tracking_uri), experiment, experiment_id, parent, children, registry_problems + problems,
+                  repair_children, registered)
 
 
 def write_pending(directory: Path, run: RunSummary, meta: SessionMeta, target: MlflowSettings, *, error: str = "") -> Path:
@@ -291,7 +306,11 @@ def _parent_tags(run: RunSummary, meta: SessionMeta) -> dict[str, str]:
 def _parent_metrics(run: RunSummary) -> dict[str, float | None]:
     passed = sum(s.passed for s in run.suites)
     failed = sum(s.failed for s in run.suites)
+    repairs: dict[str, float | None] = {}
+    if run.repairs:  # --promptopt-repair
+        repairs = {"repairs": len(run.repairs), "repaired": sum(1 for r in run.repairs if r.status == "repaired")}
     return {
+        **repairs,
         "suites": len(run.suites),
         "cases": sum(s.cases for s in run.suites),
         "passed": passed,
@@ -379,8 +398,12 @@ def _prompt_versions(client: Any, suite: SuiteSummary, problems: list[str], pref
     return linked
 
 
-def _register_prompt(client: Any, name: str, template: str, origin: str) -> int:
-    """The version holding `template`: the latest one if its text is the same, else a new one."""
+def _register_prompt(client: Any, name: str, template: str, origin: str, *, proposal: bool = False) -> int:
+    """The version holding `template`: the latest one if its text is the same, else a new one.
+
+    `proposal`: a repair's proposal, tagged as one. A suite's own prompt is compared with the
+    newest version that is not a proposal, so registering a proposal does not make the next run
+    of the unchanged suite register its prompt again."""
     from mlflow.exceptions import MlflowException
 
     if client.get_prompt(name) is not None:
@@ -390,7 +413,130 @@ def _register_prompt(client: Any, name: str, template: str, origin: str) -> int:
             latest = None  # a prompt without versions
         if latest is not None and latest.template == template:
             return int(latest.version)
+        if latest is not None and not proposal and _is_proposal(latest):
+            own = _newest_own_version(client, name, int(latest.version))
+            if own is not None and own.template == template:
+                return int(own.version)
+    if proposal:
+        return int(client.register_prompt(name, template, commit_message=f"pytest-promptopt repair: {origin}",
+                                          tags={PROPOSAL_TAG: "proposal"}).version)
     return int(client.register_prompt(name, template, commit_message=f"pytest-promptopt: {origin}").version)
+
+
+def _is_proposal(version: Any) -> bool:
+    return (getattr(version, "tags", None) or {}).get(PROPOSAL_TAG) == "proposal"
+
+
+def _newest_own_version(client: Any, name: str, latest: int, look_back: int = 20) -> Any:
+    """The newest version before `latest` that is not a repair proposal (None if none is near)."""
+    from mlflow.exceptions import MlflowException
+
+    for number in range(latest - 1, max(0, latest - 1 - look_back), -1):
+        try:
+            version = client.get_prompt_version(name, number)
+        except MlflowException:
+            continue  # a deleted version
+        if version is not None and not _is_proposal(version):
+            return version
+    return None
+
+
+# --------------------------------------------------------------------------- repairs
+
+
+def _repair_registry_name(run: RunSummary, repair: Any, prefix: str) -> str:
+    """Where a proposal is registered: the registered prompt the suite referenced
+    (`prompts:/name@alias`), else the name under which the suite's own prompt is registered."""
+    from ..registry import RegistryError, parse_uri
+
+    suite = next((s for s in run.suites if s.info.id == repair.suite), None)
+    if suite is not None:
+        for result in suite.results:
+            if (result.prompt_index or 0) == repair.prompt_index and result.registry_prompts:
+                with contextlib.suppress(RegistryError):
+                    return parse_uri(result.registry_prompts[0])[0]
+    several = len(_templates(suite)) > 1 if suite is not None else repair.prompt_index > 0
+    return registry_name(repair.suite_name, repair.prompt_index, several, prefix)
+
+
+def _register_proposal(client: Any, run: RunSummary, repair: Any, problems: list[str], prefix: str) -> str | None:
+    """A winning proposal as a new version of its prompt, with the alias `candidate`; its URI.
+    A failure is a problem to warn about: the repair is still logged and its files written."""
+    if repair.status != "repaired" or repair.prompt is None:
+        return None
+    name = _repair_registry_name(run, repair, prefix)
+    origin = f"{repair.suite} prompts[{repair.prompt_index}] by {repair.optimizer}"
+    if repair.heldout_before is not None and repair.heldout_after is not None:
+        origin += f", held-out {repair.heldout_before.describe()} -> {repair.heldout_after.describe()}"
+    try:
+        version = _register_prompt(client, name, scrub(repair.prompt), origin, proposal=True)
+        client.set_prompt_alias(name, CANDIDATE_ALIAS, version)
+    except Exception as exc:  # a name taken by a model, a registry that refuses: warn, log the rest
+        problems.append(f"repair of '{repair.suite_name}' prompts[{repair.prompt_index}]: the proposal was not registered "
+                        f"as '{name}': {_one_line(exc)}")
+        return None
+    return f"prompts:/{name}/{version}"
+
+
+def _log_repair(client: Any, experiment_id: str, parent: str, repair: Any, meta: SessionMeta, registry_uri: str | None) -> str:
+    """One repair as a child run: what was repaired and how (params), the pass rates before and
+    after and the calls (metrics), the proposal, the original and the diff (artifacts)."""
+    from .terminal import repair_lines
+
+    tags = {
+        "mlflow.parentRunId": parent,
+        KIND_TAG: "repair",
+        # Not `promptopt.suite`: a baseline comparison reads the runs with that tag as suites.
+        "promptopt.repair.suite": repair.suite_name,
+        "promptopt.repair.suite_id": repair.suite,
+        "promptopt.repair.status": repair.status,
+        "mlflow.note.content": "\n".join(repair_lines([repair], {0: registry_uri} if registry_uri else None)),
+    }
+    if registry_uri is not None:
+        from ..registry import parse_uri
+
+        name, version, _ = parse_uri(registry_uri)
+        tags["promptopt.repair.registry_uri"] = registry_uri
+        tags[LINKED_PROMPTS_TAG] = json.dumps([{"name": name, "version": str(version)}])
+    if repair.file:
+        tags["promptopt.repair.file"] = repair.file
+    run_name = f"repair {repair.suite_name} prompt {repair.prompt_index}"
+    child = client.create_run(experiment_id, start_time=meta.started_ms, tags=_clean_tags(tags), run_name=run_name).info.run_id
+    with _terminate_on_error(client, child):
+        _log_batch(client, child, metrics=_repair_metrics(repair), params=_repair_params(repair))
+        data = redact(repair.to_dict())
+        client.log_text(child, json.dumps(data, indent=2, ensure_ascii=False, default=str), "repair/result.json")
+        client.log_text(child, scrub(repair.original), "repair/original.txt")
+        if repair.prompt is not None:
+            suffix = Path(repair.file).suffix if repair.file else ".txt"
+            client.log_text(child, scrub(repair.prompt), f"repair/proposal{suffix or '.txt'}")
+        if repair.diff:
+            client.log_text(child, scrub(repair.diff), "repair/proposal.diff")
+        client.set_terminated(child, "FINISHED", end_time=meta.ended_ms)
+    return child
+
+
+def _repair_params(repair: Any) -> dict[str, str]:
+    params = {
+        "suite": repair.suite_name, "suite_id": repair.suite, "prompt_index": repair.prompt_index, "model": repair.model,
+        "optimizer": repair.optimizer, "seed": repair.seed, "budget": repair.budget, "status": repair.status,
+        "reason": repair.reason, "weak_estimate": _flag(repair.weak_estimate), "applied": _flag(repair.applied),
+        "heldout_cases": len(repair.heldout_cases), "insample_cases": len(repair.insample_cases),
+    }
+    return {k: _truncate(safe_text(str(v)), _MAX_PARAM_VALUE) for k, v in params.items() if v != ""}
+
+
+def _repair_metrics(repair: Any) -> dict[str, float | None]:
+    def rate(score: Any) -> float | None:
+        return None if score is None else score.pass_rate
+
+    return {
+        "heldout_before": rate(repair.heldout_before), "heldout_after": rate(repair.heldout_after),
+        "insample_before": rate(repair.insample_before), "insample_after": rate(repair.insample_after),
+        "calls_task": repair.calls.task_calls, "calls_proposer": repair.calls.proposer_calls,
+        "calls_projected": repair.projected.total, "tokens_task": repair.calls.task_tokens,
+        "tokens_proposer": repair.calls.proposer_tokens, "cache_hits": repair.calls.cache_hits, "duration_s": repair.duration_s,
+    }
 
 
 def _templates(suite: SuiteSummary) -> dict[int, str]:
@@ -476,19 +622,24 @@ def _rendered_prompts(suite: SuiteSummary) -> str:
 
 
 def _note(run: RunSummary) -> str:
-    from .terminal import summary_lines
+    from .terminal import repair_lines, summary_lines
 
-    return "```\n" + "\n".join(summary_lines(run)) + "\n```"
+    lines = summary_lines(run) + (["", "repair:", *repair_lines(run.repairs)] if run.repairs else [])
+    return "```\n" + "\n".join(lines) + "\n```"
 
 
 def _verify(client: Any, experiment_id: str, parent: str, run: RunSummary, children: Mapping[str, str]) -> list[str]:
-    """Read back what was logged: one child run per suite, one table row per case. (The table is
-    read from its artifact: `MlflowClient.load_table` searches runs through the global tracking
-    URI in MLflow 3.17, not the client's.)"""
+    """Read back what was logged: one child run per suite and one per repair, one table row per
+    case. (The table is read from its artifact: `MlflowClient.load_table` searches runs through
+    the global tracking URI in MLflow 3.17, not the client's.)"""
     problems = []
     found = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'", max_results=1000)
-    if len(found) != len(run.suites):
-        problems.append(f"{len(found)} child runs found for {len(run.suites)} suites")
+    repairs = [r for r in found if r.data.tags.get(KIND_TAG) == "repair"]
+    suites = len(found) - len(repairs)
+    if suites != len(run.suites):
+        problems.append(f"{suites} child runs found for {len(run.suites)} suites")
+    if len(repairs) != len(run.repairs):
+        problems.append(f"{len(repairs)} repair runs found for {len(run.repairs)} repairs")
     with tempfile.TemporaryDirectory(prefix="promptopt-mlflow-") as tmp:
         for suite in run.suites:
             run_id = children[suite.info.id]

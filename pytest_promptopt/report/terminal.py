@@ -1,8 +1,8 @@
-"""The terminal summary: one table row per suite, then gate verdicts."""
+"""The terminal summary: one table row per suite, then gate verdicts; the baseline and repair sections."""
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable, Mapping, Sequence
 
 from ..baseline import BaselineComparison
 from ..results import RunSummary, SuiteSummary
@@ -95,3 +95,43 @@ def baseline_lines(comparison: BaselineComparison) -> list[str]:
             lines.append(f"      baseline: {_short(flip.baseline_output)}")
             lines.append(f"      now:      {_short(flip.output)}")
     return lines
+
+
+def repair_lines(repairs: Sequence[Any], registered: Mapping[int, str] | None = None) -> list[str]:
+    """The repair section: per repaired prompt, held-out and in-sample pass rates before -> after
+    (the held-out ones judge the proposal), the calls spent, and where the proposal is; otherwise
+    why there is none. `registered`: the Prompt Registry URI of each proposal registered in MLflow,
+    by position in `repairs`."""
+    lines = []
+    for index, r in enumerate(repairs):
+        what = f"{r.suite_name} prompt {r.prompt_index}" + (f" on {r.model}" if r.model else "")
+        if r.status != "repaired":
+            by = f" ({r.optimizer})" if r.optimizer else ""
+            lines.append(f"{what}: {r.status}{by}: {r.reason or 'no reason given'}")
+            if r.heldout_before is not None and r.heldout_after is not None:
+                lines.append(f"    held-out {r.heldout_before.describe()} -> {r.heldout_after.describe()}; {_calls(r)}")
+            continue
+        lines.append(f"{what}: repaired by {r.optimizer}: held-out {_change(r.heldout_before, r.heldout_after)}; "
+                     f"in-sample {_change(r.insample_before, r.insample_after)}; {_calls(r)}")
+        if r.file is None:
+            lines.append(f"    proposal not written: {r.reason}")
+        elif r.applied:
+            lines.append(f"    applied to {r.file}  diff: {r.diff_file}")
+        else:
+            lines.append(f"    proposal: {r.file}  diff: {r.diff_file}")
+        if r.file is not None and r.reason:  # written, but e.g. "not applied: ..."
+            lines.append(f"    {r.reason}")
+        if registered and registered.get(index):
+            lines.append(f"    registered: {registered[index]} (alias candidate)")
+        if r.weak_estimate:
+            lines.append(f"    held-out estimate is weak: only {len(r.heldout_cases)} case(s); read the interval, not the point")
+    return lines or ["nothing to repair: no suite failed its gates or matched --promptopt-repair-suite"]
+
+
+def _change(before: Any, after: Any) -> str:
+    return f"{before.describe() if before is not None else 'n/a'} -> {after.describe() if after is not None else 'n/a'}"
+
+
+def _calls(r: Any) -> str:
+    projected = r.projected.total
+    return f"{r.calls.total} model calls (projected {projected}, budget {r.budget})"

@@ -42,6 +42,7 @@ class LoadedSuite:
     info: SuiteInfo
     cases: tuple[Case, ...]
     dataset: DatasetSpec | None = None  # a `dataset:` suite: its rows are read when it runs, `cases` is empty
+    repair: Mapping[str, Any] | None = None  # the `repair:` block, checked by the schema (repair/config.py reads it)
 
 
 class _Context:
@@ -88,7 +89,7 @@ def load_suite(file: Path, display: str, default_model: ModelSpec, resolve_promp
                             "put the tests in a suite file of their own")
         return LoadedSuite(info, (), _dataset(data["dataset"], info, prompts, providers, default_test, ctx, backend))
     cases = list(_cases(info, prompts, providers, default_test, _tests(data.get("tests"), ctx), ctx))
-    return LoadedSuite(info, tuple(cases))
+    return LoadedSuite(info, tuple(cases), repair=data.get("repair"))
 
 
 # ----------------------------------------------------------------------------- validation

@@ -1,0 +1,1 @@
+"""DSPy repair of failing prompts (`--promptopt-repair`): see docs/repair.md."""

@@ -1,0 +1,109 @@
+"""Where a proposal goes on disk: a new prompt file and a unified diff beside the suite, and with
+`--promptopt-repair-apply` into the suite itself (its prompt file, or its `prompts:` entry)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+
+from ..suite.model import Case
+from .result import RepairResult
+from .template import is_chat, prompt_diff
+
+__all__ = ["proposal_path", "write_proposal"]
+
+_SUITE_SUFFIX = re.compile(r"(\.promptopt)?\.(ya?ml|json)$")
+
+
+def proposal_path(suite_file: Path, prompt_index: int, model_slug: str, chat: bool) -> Path:
+    """`<suite>.repaired[.p<N>][.<model>].(txt|json)` beside the suite file."""
+    stem = _SUITE_SUFFIX.sub("", suite_file.name)
+    parts = [stem, "repaired"]
+    if prompt_index:
+        parts.append(f"p{prompt_index}")
+    if model_slug:
+        parts.append(model_slug)
+    return suite_file.with_name(".".join(parts) + (".json" if chat else ".txt"))
+
+
+def write_proposal(result: RepairResult, case: Case, rootdir: Path, *, apply: bool = False, several_models: bool = False) -> None:
+    """Write `result.prompt` and its diff; with `apply`, make the suite use it. Sets `file`,
+    `diff_file`, `diff` and `applied` on `result`; a write that fails is the result's reason."""
+    assert result.prompt is not None
+    suite_file = rootdir / case.suite.file
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", case.model.display).strip("-") if several_models else ""
+    chat = is_chat(result.prompt)
+    target = proposal_path(suite_file, case.prompt_index, slug, chat)
+    before_name = case.prompt.source or f"{case.suite.file} prompts[{case.prompt_index}]"
+    content = result.prompt if result.prompt.endswith("\n") else result.prompt + "\n"
+    result.diff = prompt_diff(result.original, content, before_name, _relative(target, rootdir))
+    try:
+        target.write_text(content, encoding="utf-8")
+        diff_file = target.with_suffix(".diff")
+        diff_file.write_text(result.diff, encoding="utf-8")
+    except OSError as exc:
+        result.reason = f"could not write the proposal: {exc}"
+        return
+    result.file, result.diff_file = _relative(target, rootdir), _relative(diff_file, rootdir)
+    if apply:
+        _apply(result, case, suite_file, target, chat)
+
+
+def _apply(result: RepairResult, case: Case, suite_file: Path, proposal: Path, chat: bool) -> None:
+    source = case.prompt.source
+    if case.prompt.registry_uri is not None:
+        result.reason = "not applied: a registered prompt is not overwritten; its candidate version is in MLflow"
+        return
+    if source is not None and Path(source).is_file() and is_chat(result.original) == chat and Path(source).suffix in (".txt", ".json", ".md", ""):
+        # Same format: the user's prompt file gets the repaired template (git shows the change).
+        Path(source).write_text(result.prompt or "", encoding="utf-8")
+        result.applied, result.file = True, str(Path(source))
+        return
+    # An inline prompt, or a text prompt that became chat messages: the suite's entry now
+    # points at the proposal file.
+    if _point_entry_at(suite_file, case.prompt_index, f"file://{proposal.name}"):
+        result.applied = True
+    else:
+        result.reason = f"not applied: could not find prompts[{case.prompt_index}] in {suite_file.name}; edit it by hand"
+
+
+def _point_entry_at(suite_file: Path, index: int, reference: str) -> bool:
+    """Replace the `prompts` entry `index` of a YAML/JSON suite by `reference`, in place, keeping
+    every other byte (comments, order) as it was."""
+    import yaml
+
+    text = suite_file.read_text(encoding="utf-8")
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return False
+    if not isinstance(root, yaml.MappingNode):
+        return False
+    prompts = next((value for key, value in root.value if getattr(key, "value", None) == "prompts"), None)
+    if isinstance(prompts, yaml.SequenceNode):
+        if index >= len(prompts.value):
+            return False
+        node = prompts.value[index]
+    elif isinstance(prompts, yaml.ScalarNode) and index == 0:
+        node = prompts
+    else:
+        return False
+    if isinstance(node, yaml.MappingNode):  # {raw: ..., label: ...} or {id: ...}
+        node = next((v for k, v in node.value if getattr(k, "value", None) in ("raw", "id")), None)
+        if node is None:
+            return False
+    if not isinstance(node, yaml.ScalarNode):
+        return False
+    start, end = node.start_mark.index, node.end_mark.index
+    suite_file.write_text(text[:start] + '"' + reference + '"' + text[end:], encoding="utf-8")
+    return True
+
+
+def _relative(path: Path, rootdir: Path) -> str:
+    try:
+        return path.relative_to(rootdir).as_posix()
+    except ValueError:
+        return str(path)
+
+

@@ -1,0 +1,264 @@
+"""Repair after a run: which suites, which cases teach and which judge, and whether a proposal wins.
+
+For each repaired prompt (a suite's prompt on one model):
+1. its cases are split, seeded, into the optimiser's part and a held-out part;
+2. the original prompt is scored on every case through the plugin's runner (the run just cached
+   these answers, so this is nearly free);
+3. the optimiser (repair/optimizers.py) works on the optimiser's part only, through the same
+   models and cache, within the call budget;
+4. the proposal is exported as a template (repair/template.py) and scored on every case again
+   through the plugin's own renderer, model and assertions;
+5. it is proposed only when its held-out pass rate beats the original's; then it is written
+   beside the suite with a diff (repair/files.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from typing import Any, Iterable, Sequence
+
+from ..models.base import ModelError
+from ..models.registry import BUNDLED, ModelSpec
+from ..prompt import Prompt, TemplateError, render_prompt, render_template
+from ..results import CaseResult, CaseStats, RunSummary, SuiteSummary
+from ..stats import wilson
+from ..suite.model import Case
+from .config import INSTRUCTION_OPTIMIZERS, RepairConfig, RepairSettings
+from .result import Calls, RepairResult, Score
+
+__all__ = ["repair_run", "split_cases", "WEAK_HELDOUT"]
+
+WEAK_HELDOUT = 10  # fewer held-out cases than this: the before/after estimate is weak (report the interval)
+
+
+def repair_run(session: Any, run: RunSummary, settings: RepairSettings) -> list[RepairResult]:
+    """Repair every suite `settings` asks for; one result per repaired prompt (or per skipped suite)."""
+    from ..suite.loader import load_suite
+    from ..suite.model import SuiteError
+
+    results: list[RepairResult] = []
+    for suite in run.suites:
+        if not settings.wants(suite.info.id, suite.info.name, suite.gates_passed):
+            continue
+        base = RepairResult(suite=suite.info.id, suite_name=suite.info.name, status="skipped")
+        if suite.info.kind != "file":
+            results.append(dataclasses.replace(base, reason="a Python prompt test has no template file to repair; "
+                                                             "move its prompt and checks to a suite file"))
+            continue
+        if suite.dataset is not None:
+            results.append(dataclasses.replace(base, reason="dataset suites are not repaired; repair a suite of "
+                                                             "representative cases from the table"))
+            continue
+        try:
+            loaded = load_suite(session.settings.rootdir / suite.info.file, suite.info.file, session.settings.model,
+                                session.registry.resolve)
+        except SuiteError as exc:
+            results.append(dataclasses.replace(base, status="error", reason=str(exc)))
+            continue
+        config = RepairConfig.resolve(settings, loaded.repair)
+        groups: dict[tuple[int, str], list[Case]] = {}
+        for case in loaded.cases:
+            groups.setdefault((case.prompt_index, case.model.key), []).append(case)
+        several = len({key for _, key in groups}) > 1
+        for cases in groups.values():
+            results.append(repair_prompt(session, suite, cases, config, settings, several_models=several))
+    return results
+
+
+def split_cases(count: int, heldout: float, seed: int) -> tuple[list[int], list[int]]:
+    """(optimiser part, held-out part) as case positions: a seeded shuffle, at least one of each."""
+    order = list(range(count))
+    random.Random(seed).shuffle(order)
+    held = min(count - 1, max(1, round(count * heldout)))
+    return sorted(order[held:]), sorted(order[:held])
+
+
+def case_label(case: Case, config: RepairConfig) -> str | None:
+    """The answer a demonstration shows for `case`: `repair.label` rendered with its vars, else
+    the value of its `equals` assertion."""
+    if config.label is not None:
+        try:
+            return render_template(config.label, case.vars)
+        except TemplateError:
+            return None
+    for assertion in case.assertions:
+        if assertion.type == "equals" and not assertion.inverse and isinstance(assertion.value, (str, int, float)):
+            try:
+                return render_template(str(assertion.value), case.vars)
+            except TemplateError:
+                return str(assertion.value)
+    return None
+
+
+def score(results: Sequence[CaseResult]) -> Score:
+    passed = sum(1 for r in results if r.passed and not r.error)
+    interval = wilson(passed, len(results))
+    return Score(
+        pass_rate=passed / len(results) if results else None, passed=passed, cases=len(results),
+        low=interval[0] if interval else None, high=interval[1] if interval else None,
+        errors=sum(1 for r in results if r.error), metrics=CaseStats.of(results).metric_means(),
+    )
+
+
+def _evaluate(session: Any, cases: Sequence[Case], tag: str, calls: Calls) -> list[CaseResult]:
+    """Every case through the plugin's runner (batched or concurrent as in the run); its model
+    calls are charged to `calls`."""
+    results = list(session.runner.map((case, f"repair::{tag}::{i}") for i, case in enumerate(cases)))
+    for result in results:
+        calls.task_calls += result.calls
+        calls.cache_hits += result.cache_hits
+        calls.task_tokens += (result.prompt_tokens or 0) + (result.completion_tokens or 0) if result.calls else 0
+    return results
+
+
+def _with_prompt(case: Case, prompt: Prompt) -> Case:
+    return dataclasses.replace(case, prompt=prompt, rendered_prompt=render_prompt(prompt.template, case.vars))
+
+
+def _proposer(settings: RepairSettings, task: ModelSpec) -> ModelSpec:
+    return settings.model if settings.model is not None else task
+
+
+def _is_bundled(spec: ModelSpec) -> bool:
+    return spec.id == BUNDLED
+
+
+def repair_prompt(session: Any, suite: SuiteSummary, cases: Sequence[Case], config: RepairConfig,
+                  settings: RepairSettings, *, several_models: bool = False) -> RepairResult:
+    started = time.perf_counter()
+    first = cases[0]
+    result = RepairResult(suite=suite.info.id, suite_name=suite.info.name, status="no repair found", model=first.model.display,
+                          prompt_index=first.prompt_index, prompt_label=first.prompt.label, original=first.prompt.template,
+                          budget=config.budget, seed=config.seed)
+    try:
+        _repair(session, cases, config, settings, result, several_models)
+    except TemplateError as exc:
+        result.status, result.reason = "error", f"template: {exc}"
+    finally:
+        result.duration_s = time.perf_counter() - started
+    return result
+
+
+def _repair(session: Any, cases: Sequence[Case], config: RepairConfig, settings: RepairSettings, result: RepairResult,
+            several_models: bool) -> None:
+    from .program import Budget, build_lm, case_metric, feedback_metric, output_field, template_program
+    from .template import compose
+
+    first = cases[0]
+    if len(cases) < 2:
+        result.status, result.reason = "skipped", "a repair needs at least 2 cases: some to learn from, some to judge on"
+        return
+    train_at, held_at = split_cases(len(cases), config.heldout, config.seed)
+    result.heldout_cases = [cases[i].name for i in held_at]
+    result.insample_cases = [cases[i].name for i in train_at]
+    result.weak_estimate = len(held_at) < WEAK_HELDOUT
+    labels = [case_label(case, config) for case in cases]
+    proposer_spec = _proposer(settings, first.model)
+    name = _choose(config, len(train_at), sum(1 for i in train_at if labels[i] is not None), settings)
+    result.optimizer = name
+    if name in INSTRUCTION_OPTIMIZERS and _is_bundled(proposer_spec):
+        result.status = "refused"
+        result.reason = (f"{name} writes new instructions and needs a capable proposer model; the bundled 135M model would "
+                         "only add noise. Pass --promptopt-repair-model (e.g. openai/gpt-4o-mini), or use a demonstration "
+                         "optimiser: --promptopt-repair-optimizer bootstrap")
+        return
+    if name == "labeled" and not any(labels[i] is not None for i in train_at):
+        result.status = "refused"
+        result.reason = ("labeled shows the cases' answers, and no case has one: set repair.label in the suite "
+                         "(e.g. label: '{{expected}}') or give the cases an equals assertion")
+        return
+
+    spent = Calls()
+    before = _evaluate(session, cases, f"{result.suite}::{result.prompt_index}::before", spent)
+    if all(r.error for r in before):
+        result.status, result.reason = "error", f"the model answered no case: {before[0].error}"
+        result.calls = spent
+        return
+    budget = Budget(config.budget, spent)
+    # What the optimiser may spend: the budget less what scoring the proposal may cost.
+    available = config.budget - spent.total - len(cases)
+    from .optimizers import optimise, projected_calls
+
+    projected = projected_calls(name, config, len(train_at), max(0, available))
+    result.projected = Calls(task_calls=projected.task_calls + spent.task_calls + len(cases), proposer_calls=projected.proposer_calls)
+    if available <= 0 and name != "labeled":
+        result.reason = f"the budget ({config.budget} calls) is spent on scoring the original prompt; raise --promptopt-repair-budget"
+        result.calls = spent
+        return
+
+    task_model = session.model_for(first.model)
+    task_lm = build_lm(first.model.display, task_model, session.cache, budget, "task")
+    proposer_lm = None
+    if name in INSTRUCTION_OPTIMIZERS:
+        proposer_lm = build_lm(proposer_spec.display, session.model_for(proposer_spec), session.cache, budget, "proposer")
+    budget.limit = spent.total + max(0, available)  # the optimiser's share; scoring the proposal is reserved
+    variables = sorted({k for case in cases for k in case.vars})
+    program = template_program(first.prompt.template, variables, task_lm)
+    output = output_field(variables)
+    trainset = [_example(cases[i], i, variables, output, labels[i]) for i in train_at]
+    threads = 1 if hasattr(task_model, "generate_batch") else max(1, min(8, session.settings.scale.concurrency))
+    try:
+        compiled = optimise(name, program, trainset, config=config, metric=case_metric(cases, output),
+                            feedback=feedback_metric(cases, output, variables), task_lm=task_lm, proposer_lm=proposer_lm,
+                            calls=max(0, available), threads=threads)
+    except Exception as exc:  # DSPy wraps what a call raised; the budget knows whether it ran out
+        budget.limit = config.budget
+        result.calls = budget.spent
+        if budget.exhausted:
+            result.reason = (f"{name} spent the budget ({config.budget} calls) before finishing; raise "
+                             "--promptopt-repair-budget or choose a cheaper optimiser")
+        elif isinstance(exc, (ModelError, TemplateError)):
+            result.status, result.reason = "error", f"{name}: {exc}"
+        else:
+            result.status, result.reason = "error", f"{name} failed: {type(exc).__name__}: {exc}"
+        return
+    stopped = budget.exhausted  # DSPy went on without the calls it was refused; judge what it found
+    budget.limit = config.budget
+    demos = compiled.demos
+    proposal = compose(compiled.template, demos)
+    result.demos = [d.to_dict() for d in demos]
+    result.tried = [{"optimizer": name, "demos": len(demos), "instructions_changed": compiled.template != first.prompt.template}]
+    if proposal == first.prompt.template:
+        result.reason = f"{name} kept the original prompt: no demonstration or instruction scored better on the optimiser's cases"
+        result.calls = budget.spent
+        return
+    missing = sorted(Prompt(first.prompt.template).variables - Prompt(proposal).variables)
+    if missing:
+        result.reason = f"{name} proposed a prompt without the variable(s) {', '.join(missing)}; it is not proposed"
+        result.calls = budget.spent
+        return
+    repaired = Prompt(proposal, label=f"{first.prompt.label} (repaired)")
+    after = _evaluate(session, [_with_prompt(c, repaired) for c in cases], f"{result.suite}::{result.prompt_index}::after", budget.spent)
+    result.calls = budget.spent
+    result.prompt = proposal
+    result.heldout_before, result.heldout_after = score([before[i] for i in held_at]), score([after[i] for i in held_at])
+    result.insample_before, result.insample_after = score([before[i] for i in train_at]), score([after[i] for i in train_at])
+    result.tried[0]["insample_after"] = result.insample_after.pass_rate
+    if stopped:
+        result.reason = f"{name} stopped at the budget ({config.budget} calls); raise --promptopt-repair-budget for a fuller search"
+    if (result.heldout_after.pass_rate or 0) > (result.heldout_before.pass_rate or 0):
+        result.status = "repaired"
+        from .files import write_proposal
+
+        write_proposal(result, first, session.settings.rootdir, apply=settings.apply, several_models=several_models)
+    else:
+        verdict = (f"the proposal does not beat the original on the {len(held_at)} held-out case(s) "
+                   f"({result.heldout_after.describe()} vs {result.heldout_before.describe()})")
+        result.reason = f"{result.reason}; {verdict}" if result.reason else verdict
+
+
+def _choose(config: RepairConfig, train_cases: int, labelled: int, settings: RepairSettings) -> str:
+    from .optimizers import choose
+
+    return choose(config, train_cases, labelled, proposer=settings.model is not None and not _is_bundled(settings.model))
+
+
+def _example(case: Case, index: int, variables: Iterable[str], output: str, label: str | None) -> Any:
+    import dspy
+
+    data: dict[str, Any] = {k: case.vars[k] for k in variables if k in case.vars}
+    if label is not None:
+        data[output] = label
+    return dspy.Example(**data, case_index=index, case_name=case.name).with_inputs(*[k for k in variables if k in case.vars])
