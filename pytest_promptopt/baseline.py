@@ -5,8 +5,9 @@ Pure: no mlflow, no pytest. A baseline is a `BaselineRun` (its suites, each a li
 reads one from MLflow; file baselines, issue 7, will build the same objects). `compare_run`
 returns a `BaselineComparison`, plain data that round-trips through JSON (`to_dict`/`from_dict`).
 
-Nothing here decides a gate: the comparison is shown and logged. (The paired significance gate
-of issue 7 will read the same `SuiteComparison`.)
+The regression gate (`regression`) reads a `SuiteComparison`: a paired test on the cases both
+sides ran (McNemar's exact test on pass/fail flips, a paired bootstrap on each metric mean) says
+whether the drop is more than noise, and a minimum effect says whether it matters.
 
 Rules:
 - a case is matched by suite id and `case_id`, never by name or position; a case present on
@@ -22,24 +23,29 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-__all__ = ["BaselineComparison", "BaselineRef", "BaselineRun", "CaseOutcome", "FlippedCase", "MetricDelta", "SuiteComparison",
-           "compare_run", "compare_suite", "outcome_from_result"]
+__all__ = ["BaselineComparison", "BaselineRef", "BaselineRun", "CaseOutcome", "FlippedCase", "MetricDelta", "Regression",
+           "SuiteComparison", "BaselineFileError", "compare_run", "compare_suite", "outcome_from_result", "read_baseline_file",
+           "regression", "write_baseline_file"]
 
 STATUSES = ("passed", "failed", "error")
 
 
 @dataclass(frozen=True)
 class BaselineRef:
-    """Where the baseline comes from: `mlflow:<run_id>` or `mlflow:branch=<name>` (a PATH is for
-    file baselines, issue 7). Parsed from `--promptopt-baseline` by `settings.py`."""
+    """Where the baseline comes from: `mlflow:<run_id>`, `mlflow:branch=<name>`, or a baseline
+    file (`path`). Parsed from `--promptopt-baseline` by `settings.py`."""
 
-    source: str  # "mlflow"
+    source: str  # "mlflow" or "file"
     run_id: str | None = None
     branch: str | None = None
+    path: str | None = None
 
     def describe(self) -> str:
+        if self.source == "file":
+            return str(self.path)
         return f"mlflow:{self.run_id}" if self.run_id else f"mlflow:branch={self.branch}"
 
 
@@ -105,6 +111,11 @@ class SuiteComparison:
     removed: list[str]
     flipped: list[FlippedCase]  # newly failing then newly passing, with both outputs
     compared: int  # cases present on both sides
+    p_value: float | None = None  # McNemar's exact one-sided p-value of the pass/fail flips
+    metric_p_values: dict[str, float] = field(default_factory=dict)  # paired bootstrap, per metric
+    regressed: bool = False  # the regression gate's verdict
+    regression_reason: str = ""
+    in_baseline: bool = True  # False: a new suite (every case `added`)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -128,19 +139,24 @@ class BaselineComparison:
     suites: dict[str, SuiteComparison] = field(default_factory=dict)
     removed_suites: list[str] = field(default_factory=list)  # suite ids only in the baseline
     error: str | None = None
+    gating: bool = True  # False while --promptopt-update-baseline accepts the run as the new baseline
 
     def to_dict(self) -> dict[str, Any]:
         return {"ref": self.ref, "run_id": self.run_id, "error": self.error, "removed_suites": list(self.removed_suites),
-                "suites": {k: v.to_dict() for k, v in self.suites.items()}}
+                "gating": self.gating, "suites": {k: v.to_dict() for k, v in self.suites.items()}}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "BaselineComparison":
         return cls(data["ref"], data.get("run_id"), {k: SuiteComparison.from_dict(v) for k, v in (data.get("suites") or {}).items()},
-                   list(data.get("removed_suites") or []), data.get("error"))
+                   list(data.get("removed_suites") or []), data.get("error"), bool(data.get("gating", True)))
 
     @classmethod
     def failed(cls, ref: str, error: str) -> "BaselineComparison":
         return cls(ref, None, error=error)
+
+    def regressions(self) -> list[SuiteComparison]:
+        """The suites the regression gate failed."""
+        return [s for s in self.suites.values() if s.regressed]
 
 
 def outcome_from_result(result: Any) -> CaseOutcome:
@@ -169,8 +185,9 @@ def _diff(current: float | None, baseline: float | None) -> float | None:
 
 
 def compare_suite(suite_id: str, name: str, baseline: Sequence[CaseOutcome], current: Sequence[CaseOutcome], *,
-                  baseline_run_id: str | None = None) -> SuiteComparison:
-    """Compare one suite; `baseline` empty means the suite is new (every case is `added`)."""
+                  baseline_run_id: str | None = None, gate: Regression | None = None) -> SuiteComparison:
+    """Compare one suite; `baseline` empty means the suite is new (every case is `added`). With
+    `gate`, the regression gate's verdict is filled in too (`regression`)."""
     before = {c.case_id: c for c in baseline}
     now = {c.case_id: c for c in current}
     flipped_down, flipped_up = [], []
@@ -186,7 +203,7 @@ def compare_suite(suite_id: str, name: str, baseline: Sequence[CaseOutcome], cur
         metric: MetricDelta(base_means.get(metric), means.get(metric), _diff(means.get(metric), base_means.get(metric)))
         for metric in sorted(set(base_means) | set(means))
     }
-    return SuiteComparison(
+    comparison = SuiteComparison(
         suite_id=suite_id,
         name=name,
         baseline_run_id=baseline_run_id,
@@ -201,14 +218,122 @@ def compare_suite(suite_id: str, name: str, baseline: Sequence[CaseOutcome], cur
         flipped=flipped_down + flipped_up,
         compared=sum(1 for case_id in now if case_id in before),
     )
+    comparison.in_baseline = bool(baseline)
+    return comparison if gate is None else regression(comparison, baseline, current, gate)
 
 
-def compare_run(current: Mapping[str, tuple[str, Sequence[CaseOutcome]]], baseline: BaselineRun) -> BaselineComparison:
+def compare_run(current: Mapping[str, tuple[str, Sequence[CaseOutcome]]], baseline: BaselineRun,
+                gate: Regression | None = None) -> BaselineComparison:
     """`current`: suite id -> (suite name, its case outcomes). Suites only in the baseline are
-    listed in `removed_suites`."""
+    listed in `removed_suites`. With `gate`, each suite gets the regression gate's verdict."""
     suites = {}
     for suite_id, (name, cases) in current.items():
         old = baseline.suites.get(suite_id)
-        suites[suite_id] = compare_suite(suite_id, name, old.cases if old else [], cases, baseline_run_id=old.run_id if old else None)
+        suites[suite_id] = compare_suite(suite_id, name, old.cases if old else [], cases,
+                                         baseline_run_id=old.run_id if old else None, gate=gate if old else None)
     removed = sorted(suite_id for suite_id in baseline.suites if suite_id not in current)
     return BaselineComparison(baseline.ref, baseline.run_id, suites, removed)
+
+
+@dataclass(frozen=True)
+class Regression:
+    """The regression gate's settings: a drop fails the run when it is significant at `alpha`
+    and larger than `min_effect` (in pass-rate or metric-mean units)."""
+
+    alpha: float = 0.05
+    min_effect: float = 0.05
+    seed: int = 0
+
+
+def regression(suite: SuiteComparison, baseline: Sequence[CaseOutcome], current: Sequence[CaseOutcome],
+               settings: Regression = Regression()) -> SuiteComparison:
+    """Fill `p_value`, `metric_p_values`, `regressed` and `regression_reason` of `suite` from the
+    cases both sides ran, and return it.
+
+    Pass rate: McNemar's exact test on the flips (newly failing vs newly passing); the effect is
+    the paired change of the pass rate over the compared cases. Metric means: a seeded paired
+    bootstrap of each named metric over the compared cases that report it on both sides.
+    """
+    from .stats import mcnemar_exact, paired_bootstrap
+
+    before = {c.case_id: c for c in baseline}
+    pairs = [(before[c.case_id], c) for c in current if c.case_id in before]
+    failing = sum(1 for old, new in pairs if old.passed and not new.passed)
+    passing = sum(1 for old, new in pairs if not old.passed and new.passed)
+    suite.p_value = mcnemar_exact(failing, passing)
+    drop = (failing - passing) / len(pairs) if pairs else 0.0
+    reasons = []
+    if suite.p_value < settings.alpha and drop > settings.min_effect:
+        reasons.append(f"pass rate fell by {drop:.1%} on {len(pairs)} paired cases ({failing} newly failing, "
+                       f"{passing} newly passing; McNemar p = {suite.p_value:.3g} < {settings.alpha:g})")
+    metrics = sorted({m for old, new in pairs for m in old.named_scores if m in new.named_scores})
+    for metric in metrics:
+        both = [(float(old.named_scores[metric]), float(new.named_scores[metric])) for old, new in pairs
+                if old.status != "error" and new.status != "error"
+                and isinstance(old.named_scores.get(metric), (int, float)) and isinstance(new.named_scores.get(metric), (int, float))]
+        if len(both) < 2:
+            continue
+        change, _, _, p = paired_bootstrap([b for b, _ in both], [a for _, a in both], seed=settings.seed)
+        suite.metric_p_values[metric] = p
+        if p < settings.alpha and -change > settings.min_effect:
+            reasons.append(f"{metric} fell by {-change:.3f} on {len(both)} paired cases (paired bootstrap p = {p:.3g} < {settings.alpha:g})")
+    suite.regressed = bool(reasons)
+    suite.regression_reason = "; ".join(reasons)
+    return suite
+
+
+# ----------------------------------------------------------------------------- baseline files
+
+BASELINE_FILE_VERSION = 1
+
+
+def write_baseline_file(path: Path, current: Mapping[str, tuple[str, Sequence[CaseOutcome]]]) -> None:
+    """Write the run's per-case outcomes and scores as a reviewed baseline file: readable JSON,
+    suites by id and cases by their stable `case_id` (sorted, so a reordered suite diffs clean;
+    no timestamp, so an unchanged run rewrites the same bytes)."""
+    import json
+    import os
+
+    data = {
+        "version": BASELINE_FILE_VERSION,
+        "suites": {
+            suite_id: {"name": name, "cases": {
+                c.case_id: {"name": c.name, "status": c.status, "output": c.output, "scores": dict(sorted(c.named_scores.items()))}
+                for c in sorted(cases, key=lambda c: c.case_id)}}
+            for suite_id, (name, cases) in sorted(current.items())
+        },
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(temporary, path)  # atomic: a crash never leaves half a baseline
+
+
+class BaselineFileError(ValueError):
+    """A baseline file that cannot be read; the message names the file and the fix."""
+
+
+def read_baseline_file(path: Path) -> BaselineRun:
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise BaselineFileError(f"{path}: cannot read the baseline file ({exc.strerror}); write one with --promptopt-update-baseline") from None
+    except ValueError as exc:
+        raise BaselineFileError(f"{path}: not valid JSON ({exc}); rewrite it with --promptopt-update-baseline") from None
+    if not isinstance(data, dict) or data.get("version") != BASELINE_FILE_VERSION or not isinstance(data.get("suites"), dict):
+        raise BaselineFileError(f"{path}: not a pytest-promptopt baseline file (version {BASELINE_FILE_VERSION} with 'suites'); "
+                                "rewrite it with --promptopt-update-baseline")
+    suites = {}
+    for suite_id, suite in data["suites"].items():
+        try:
+            cases = [CaseOutcome(case_id, str(c.get("name", case_id)), str(c["status"]), c.get("output"), dict(c.get("scores") or {}))
+                     for case_id, c in suite["cases"].items()]
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise BaselineFileError(f"{path}: suites.{suite_id}: malformed case entry ({exc}); rewrite it with --promptopt-update-baseline") from None
+        bad = next((c for c in cases if c.status not in STATUSES), None)
+        if bad is not None:
+            raise BaselineFileError(f"{path}: suites.{suite_id}.cases.{bad.case_id}.status: {bad.status!r} is not one of {', '.join(STATUSES)}")
+        suites[suite_id] = BaselineSuite(suite_id, str(suite.get("name", suite_id)), cases)
+    return BaselineRun(str(path), None, suites)

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Mapping
 
 from .baseline import BaselineComparison, CaseOutcome, outcome_from_result
-from .gates import GateResult, decide
+from .gates import PASS_RATE, GateResult, decide
 from .suite.model import SuiteInfo
 
 __all__ = ["CaseResult", "CaseStats", "DatasetPart", "RunSummary", "SuiteSummary", "summarize"]
@@ -320,6 +320,7 @@ class SuiteSummary:
     models: list[str]
     dataset: DatasetPart | None = None
     _stats: tuple[int, int, CaseStats] | None = field(default=None, init=False, repr=False, compare=False)
+    _intervals: tuple[int, dict[str, tuple[float, float] | None]] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def stats(self) -> CaseStats:
@@ -363,6 +364,25 @@ class SuiteSummary:
     def metric_means(self) -> dict[str, float]:
         return self.stats.metric_means()
 
+    def intervals(self) -> dict[str, tuple[float, float] | None]:
+        """95% intervals: `pass_rate` (Wilson, over scored cases) and each metric mean (a seeded
+        bootstrap over the cases; none for a dataset suite, whose rows are in a file)."""
+        if self._intervals is not None and self._intervals[0] == len(self.results):
+            return self._intervals[1]
+        from .stats import mean_interval, wilson
+
+        found: dict[str, tuple[float, float] | None] = {PASS_RATE: wilson(self.passed, self.passed + self.failed)}
+        if self.dataset is None:
+            values: dict[str, list[float]] = {}
+            for result in self.results:
+                if not result.error:
+                    for name, value in result.named_scores.items():
+                        values.setdefault(name, []).append(float(value))
+            for name in self.metric_means():
+                found[name] = mean_interval(values.get(name, []))
+        self._intervals = (len(self.results), found)
+        return found
+
     def mean_score(self) -> float | None:
         return self.stats.mean_score()
 
@@ -386,13 +406,20 @@ class RunSummary:
 
     @property
     def gates_passed(self) -> bool:
-        return all(s.gates_passed for s in self.suites)
+        """Every suite's gates pass, and the regression gate found no significant drop."""
+        return all(s.gates_passed for s in self.suites) and not self.regressions()
+
+    def regressions(self) -> list[Any]:
+        """Suites whose baseline comparison the regression gate failed (`baseline.SuiteComparison`)."""
+        if self.baseline is None or not self.baseline.gating:
+            return []
+        return self.baseline.regressions()
 
     def failed_gates(self) -> list[tuple[SuiteSummary, GateResult]]:
         return [(s, g) for s in self.suites for g in s.gates if not g.passed]
 
 
-def summarize(records: Iterable[tuple[SuiteInfo, "CaseResult | DatasetPart"]]) -> RunSummary:
+def summarize(records: Iterable[tuple[SuiteInfo, "CaseResult | DatasetPart"]], gate_rule: str = "point") -> RunSummary:
     """Group case results by suite; a suite file's results in file order, Python tests by node
     id. A dataset suite's parts (one per prompt x provider item) merge into one."""
     grouped: dict[str, tuple[SuiteInfo, list[CaseResult], list[DatasetPart]]] = {}
@@ -407,7 +434,8 @@ def summarize(records: Iterable[tuple[SuiteInfo, "CaseResult | DatasetPart"]]) -
             dataset = part if dataset is None else dataset.merge(part)
         summary = SuiteSummary(info, results, [], [], dataset)
         summary.models = list(summary.stats.models)
-        summary.gates = [decide(g, summary.pass_rate, summary.metric_means()) for g in info.gates]
+        intervals = summary.intervals() if any((g.rule or gate_rule) != "point" for g in info.gates) else None
+        summary.gates = [decide(g, summary.pass_rate, summary.metric_means(), intervals, gate_rule) for g in info.gates]
         suites.append(summary)
     suites.sort(key=lambda s: s.info.id)
     return RunSummary(suites)

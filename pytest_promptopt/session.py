@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from pathlib import Path
 import time
 import uuid
 from typing import Any, Callable, Iterable, Iterator
@@ -208,14 +209,19 @@ class PromptoptSession:
         (a failing gate turns 0 into 1) and warnings to show."""
         run = self.summary()
         messages: list[str] = []
-        baseline, mlflow = self.settings.baseline, self.settings.mlflow
-        if baseline is not None and run.baseline is None and mlflow is not None:
-            # --promptopt-baseline: shown by every reporter; it never gates (yet).
-            from .report.mlflow_baseline import compare_with_baseline
-
-            run.baseline = compare_with_baseline(run, baseline, mlflow.tracking_uri, mlflow.experiment)
+        settings = self.settings
+        if settings.baseline is not None and run.baseline is None:
+            # --promptopt-baseline (or the default baseline file): shown by every reporter; the
+            # regression gate fails the run on a significant drop, unless the run replaces it.
+            run.baseline = self._compare(run)
+            run.baseline.gating = settings.update_baseline is None
             if run.baseline.error:
                 messages.append(run.baseline.error)
+        if settings.update_baseline is not None:
+            from .baseline import write_baseline_file
+
+            write_baseline_file(settings.update_baseline, run.suite_outcomes())
+            messages.append(f"baseline written: {settings.update_baseline} ({len(run.suite_outcomes())} suites); review and commit it")
         if not run.gates_passed and exit_status == 0:
             exit_status = 1
         if self.settings.repair is not None and not run.repairs:
@@ -232,6 +238,7 @@ class PromptoptSession:
             from .report.html_report import write_html
 
             write_html(html_path, run, exit_status=exit_status)
+        mlflow = settings.mlflow
         if mlflow is not None:
             from .report.mlflow_writer import SessionMeta, report_run
 
@@ -240,9 +247,27 @@ class PromptoptSession:
             messages.extend(self.mlflow.warnings())
         return exit_status, messages
 
+    def _compare(self, run: RunSummary) -> Any:
+        """The run's `BaselineComparison` with the settings' baseline; a baseline that cannot be
+        loaded gives a comparison whose `error` says why (the run's results stand as they are)."""
+        from .baseline import BaselineComparison, BaselineFileError, compare_run, read_baseline_file
+
+        ref, regression = self.settings.baseline, self.settings.regression
+        assert ref is not None
+        if ref.source == "file":
+            try:
+                return compare_run(run.suite_outcomes(), read_baseline_file(Path(str(ref.path))), regression)
+            except BaselineFileError as exc:
+                return BaselineComparison.failed(ref.describe(), str(exc))
+        mlflow = self.settings.mlflow
+        assert mlflow is not None  # settings refuse an MLflow baseline with --promptopt-no-mlflow
+        from .report.mlflow_baseline import compare_with_baseline
+
+        return compare_with_baseline(run, ref, mlflow.tracking_uri, mlflow.experiment, regression)
+
     def summary(self) -> RunSummary:
         if self._summary is None:
-            self._summary = summarize(self.records)
+            self._summary = summarize(self.records, self.settings.gate_rule)
         return self._summary
 
     def close(self) -> None:

@@ -10,13 +10,15 @@ from typing import Any, Callable
 
 import pytest
 
-from .baseline import BaselineRef
+from .baseline import BaselineRef, Regression
 from .cache import CacheMode
 from .models.registry import BUNDLED, ModelSpec, parse_model_spec
 from .repair.config import DEFAULT_BUDGET, OPTIMIZERS, Given, RepairSettings
 from .runners.limits import DEFAULT_CONCURRENCY, DEFAULT_RETRIES, RateLimit, parse_rate_limits
 
 __all__ = ["OPTIONS", "MlflowSettings", "Option", "Settings", "SparkSettings"]
+
+DEFAULT_BASELINE = ".promptopt/baseline.json"  # relative to the rootdir
 
 
 @dataclass(frozen=True)
@@ -46,8 +48,12 @@ OPTIONS: tuple[Option, ...] = (
     # HTML report and progress line (issue 4, items 6 and 7)
     Option("--promptopt-html", "promptopt_html", "write a self-contained HTML report to this path (needs the html extra: plotly)", None),
     Option("--promptopt-progress", "promptopt_progress", "progress line every N seconds: auto (every 10 s), off, or a number of seconds; never with -q", "auto"),
-    # Baselines from MLflow (issue 4, item 4; file baselines come with issue 7)
-    Option("--promptopt-baseline", "promptopt_baseline", "compare with a baseline run: mlflow:<run_id> or mlflow:branch=<name> (the latest finished session run on that git branch)", None),
+    # Baselines (MLflow: issue 4; files and the regression gate: issue 7)
+    Option("--promptopt-baseline", "promptopt_baseline", f"compare with a baseline: a baseline FILE (default {DEFAULT_BASELINE} when it exists), mlflow:<run_id> or mlflow:branch=<name> (the latest finished session run on that git branch)", None),
+    Option("--promptopt-update-baseline", "", f"write this run's per-case outcomes as the baseline file (--promptopt-baseline PATH, else {DEFAULT_BASELINE})", is_flag=True),
+    Option("--promptopt-regression-alpha", "promptopt_regression_alpha", "significance level of the regression gate (paired tests against the baseline)", "0.05"),
+    Option("--promptopt-regression-min-effect", "promptopt_regression_min_effect", "smallest drop (pass rate or metric mean, 0-1) the regression gate fails on", "0.05"),
+    Option("--promptopt-gate-rule", "promptopt_gate_rule", "rule of gates that name none: point (the estimate), strict (its 95% lower bound) or tolerant (its upper bound)", "point", ("point", "strict", "tolerant")),
     # Scale (issue 5)
     Option("--promptopt-concurrency", "promptopt_concurrency", "hosted model calls in flight at once, shared by all xdist workers", str(DEFAULT_CONCURRENCY)),
     Option("--promptopt-rate-limit", "promptopt_rate_limit", "requests/tokens per minute per provider, shared by all xdist workers, e.g. 'openai:rpm=500,tpm=30000; anthropic:rpm=50'", None),
@@ -113,7 +119,10 @@ class Settings:
     mlflow: MlflowSettings | None = None  # None: --promptopt-no-mlflow
     html_path: Path | None = None  # --promptopt-html
     progress_s: float | None = None  # seconds between progress lines; None: off
-    baseline: BaselineRef | None = None  # --promptopt-baseline
+    baseline: BaselineRef | None = None  # --promptopt-baseline (or the default baseline file when it exists)
+    update_baseline: Path | None = None  # --promptopt-update-baseline: where to write the baseline file
+    regression: Regression = Regression()
+    gate_rule: str = "point"
     scale: Scale = Scale()
     repair: RepairSettings | None = None  # --promptopt-repair
 
@@ -187,7 +196,7 @@ class Settings:
             timeout_s=timeout_s,
             rootdir=rootdir,
             mlflow=mlflow,
-            baseline=_baseline(parsed, mlflow),
+            **_baselines(config, rootdir, parsed, mlflow),
             scale=_scale(parsed),
             repair=_repair(config, parsed),
             **_report_settings(config, rootdir, parsed),
@@ -310,15 +319,16 @@ def _report_settings(config: Any, rootdir: Path, parsed: Callable[[str, Callable
     return {"html_path": parsed("--promptopt-html", html_path), "progress_s": parsed("--promptopt-progress", progress)}
 
 
-def _baseline(parsed: Callable[[str, Callable[[Any], Any]], Any], mlflow: MlflowSettings | None) -> BaselineRef | None:
-    """`mlflow:<run_id>` or `mlflow:branch=<name>`; anything else is reserved for file baselines."""
+def _baselines(config: Any, rootdir: Path, parsed: Callable[[str, Callable[[Any], Any]], Any], mlflow: MlflowSettings | None) -> dict[str, Any]:
+    """`baseline` (a file PATH, `mlflow:<run_id>` or `mlflow:branch=<name>`; else the default
+    file when it exists), `update_baseline`, `regression` and `gate_rule`."""
 
     def ref(raw: Any) -> BaselineRef | None:
         text = "" if raw is None else str(raw).strip()
         if not text:
             return None
         if not text.lower().startswith("mlflow:"):
-            raise ValueError(f"{raw!r}: file baselines (a PATH) are not available yet; use mlflow:<run_id> or mlflow:branch=<name>")
+            return BaselineRef("file", path=str(_output_path(config, "promptopt_baseline", text, rootdir)))
         rest = text[len("mlflow:"):].strip()
         if rest.lower().startswith("branch="):
             branch = rest[len("branch="):].strip()
@@ -333,7 +343,36 @@ def _baseline(parsed: Callable[[str, Callable[[Any], Any]], Any], mlflow: Mlflow
             raise ValueError("an MLflow baseline is read from the tracking store, which --promptopt-no-mlflow turns off")
         return found
 
-    return parsed("--promptopt-baseline", ref)
+    def fraction(raw: Any) -> float:
+        number = float(raw)
+        if not 0 <= number < 1:
+            raise ValueError(f"must be a number from 0 to 1 (exclusive), got {raw!r}")
+        return number
+
+    def rule(raw: Any) -> str:
+        text = str(raw).strip().lower()
+        if text not in ("point", "strict", "tolerant"):
+            raise ValueError(f"{raw!r} is not one of point, strict, tolerant")
+        return text
+
+    baseline = parsed("--promptopt-baseline", ref)
+    default = rootdir / DEFAULT_BASELINE
+    update = None
+    if config.getoption("promptopt_update_baseline"):
+        if baseline is not None and baseline.source != "file":
+            raise pytest.UsageError("--promptopt-update-baseline writes a baseline file; give it a PATH, not an MLflow run")
+        update = Path(baseline.path) if baseline is not None else default
+    if baseline is None and default.is_file():
+        baseline = BaselineRef("file", path=str(default))
+    alpha = parsed("--promptopt-regression-alpha", fraction)
+    if alpha == 0:
+        raise pytest.UsageError("--promptopt-regression-alpha (ini: promptopt_regression_alpha): must be above 0")
+    return {
+        "baseline": baseline,
+        "update_baseline": update,
+        "regression": Regression(alpha=alpha, min_effect=parsed("--promptopt-regression-min-effect", fraction)),
+        "gate_rule": parsed("--promptopt-gate-rule", rule),
+    }
 
 
 def _output_path(config: Any, dest: str, raw: Any, rootdir: Path) -> Path:

@@ -65,7 +65,6 @@ def test_new_and_removed_suites_and_a_json_round_trip():
 
 
 @pytest.mark.parametrize("value, message", [
-    ("baselines/main.json", "file baselines (a PATH) are not available yet"),
     ("mlflow:", "is neither mlflow:<run_id> nor mlflow:branch=<name>"),
     ("mlflow:branch=", "the branch name is empty"),
 ])
@@ -139,7 +138,7 @@ def test_compare_with_an_mlflow_run_by_id_and_by_branch(pytester, run_pytest, mi
     assert by_branch.ret == 1
     by_branch.stdout.fnmatch_lines([
         "*promptopt baseline*",
-        f"baseline mlflow:branch=main: session run {base.info.run_id} (compared, not gated)",
+        f"baseline mlflow:branch=main: session run {base.info.run_id} (regression gate on)",
         "flips: pass rate 75.0% -> 50.0% (-25.0 pts); said_ok 0.750 -> 0.500 (-0.250); 2 newly failing, 1 newly passing, 1 added, 1 removed",
         "  newly failing  flips :: alpha?t0? (*): passed -> failed",
         "      baseline: 'ok a'",
@@ -150,7 +149,7 @@ def test_compare_with_an_mlflow_run_by_id_and_by_branch(pytester, run_pytest, mi
         "  newly passing  flips :: gamma?t2? (*): failed -> passed",
     ])
     report = load_report(pytester.path / "report.json")  # validates against the schema
-    assert report["baseline"] == {"ref": "mlflow:branch=main", "run_id": base.info.run_id, "error": None, "removed_suites": [], "gating": False}
+    assert report["baseline"] == {"ref": "mlflow:branch=main", "run_id": base.info.run_id, "error": None, "removed_suites": [], "gating": True}
     [flips] = report["suites"]
     ids = {r["name"].split("[")[0]: r["case_id"] for r in flips["results"]}
     b = flips["baseline"]
@@ -169,7 +168,7 @@ def test_compare_with_an_mlflow_run_by_id_and_by_branch(pytester, run_pytest, mi
 
     # By run id: the same comparison (the feature run is not on main, so the branch still finds the first run).
     by_id = run_pytest("--promptopt", "--promptopt-cache", "off", "--promptopt-baseline", f"mlflow:{base.info.run_id}", "-n", "2", mlflow=True)
-    by_id.stdout.fnmatch_lines([f"baseline mlflow:{base.info.run_id}: session run {base.info.run_id} (compared, not gated)",
+    by_id.stdout.fnmatch_lines([f"baseline mlflow:{base.info.run_id}: session run {base.info.run_id} (regression gate on)",
                                 "flips: pass rate 75.0% -> 50.0% (-25.0 pts)*2 newly failing, 1 newly passing, 1 added, 1 removed"])
 
 

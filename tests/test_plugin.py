@@ -46,7 +46,8 @@ def test_gate_above_what_the_model_reaches_fails_the_run_with_value_and_threshol
     assert result.ret == 1
     result.stdout.fnmatch_lines(["*GATE FAILED*capitals*pass_rate = 0.667, threshold 0.9*"])
     gates = load_report(pytester.path / "r.json")["suites"][0]["gates"]
-    assert gates[0] == {"name": "pass_rate", "threshold": 0.9, "value": pytest.approx(2 / 3), "passed": False, "reason": gates[0]["reason"]}
+    assert gates[0] == {"name": "pass_rate", "threshold": 0.9, "value": pytest.approx(2 / 3), "passed": False, "reason": gates[0]["reason"],
+                        "rule": "point", "interval": None}  # a point gate reads no interval
     assert gates[1]["passed"] is True and gates[1]["value"] == 0.5
 
 

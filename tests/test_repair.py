@@ -18,7 +18,6 @@ from hypothesis import given, settings, strategies as st
 from pytest_promptopt.prompt import Prompt, render_prompt, render_template
 from pytest_promptopt.repair.run import split_cases
 from pytest_promptopt.repair.template import Demo, compose, escape_literal, prompt_diff
-from pytest_promptopt.stats import wilson
 
 ANTONYMS = {"hot": "cold", "big": "small", "up": "down", "happy": "sad", "fast": "slow", "light": "dark",
             "open": "closed", "rich": "poor", "early": "late", "full": "empty"}
@@ -133,7 +132,7 @@ def test_prompt_diff_is_a_unified_diff() -> None:
     assert diff.splitlines()[:2] == ["--- old.txt", "+++ new.txt"] and "-b" in diff and "+c" in diff
 
 
-# --------------------------------------------------------------------------- split and intervals
+# --------------------------------------------------------------------------- split
 
 
 @pytest.mark.parametrize("count", [2, 3, 10, 31])
@@ -143,12 +142,6 @@ def test_split_is_seeded_disjoint_and_keeps_one_case_on_each_side(count: int) ->
     assert split_cases(count, 0.4, seed=7) == (train, held)
     assert abs(len(held) - round(count * 0.4)) <= 1
     assert any(split_cases(31, 0.4, seed=s) != split_cases(31, 0.4, seed=7) for s in range(3))
-
-
-def test_wilson_interval_known_values() -> None:
-    low, high = wilson(8, 10)
-    assert (round(low, 3), round(high, 3)) == (0.49, 0.943)
-    assert wilson(0, 4)[0] == 0.0 and wilson(4, 4)[1] == 1.0 and wilson(0, 0) is None
 
 
 # --------------------------------------------------------------------------- optimiser paths

@@ -30,6 +30,7 @@ def suite_dict(s: SuiteSummary, baseline: BaselineComparison | None = None) -> d
         "pass_rate": s.pass_rate,
         "mean_score": s.mean_score(),
         "metrics": s.metric_means(),
+        "intervals": {name: None if found is None else list(found) for name, found in s.intervals().items()},
         "gates": [g.to_dict() for g in s.gates],
         "gates_passed": s.gates_passed,
         "latency_ms": {"p50": s.latency_percentile(0.5), "p95": s.latency_percentile(0.95)},
@@ -63,7 +64,7 @@ def report_dict(run: RunSummary, *, exit_status: int | None = None) -> dict[str,
     }
     if run.baseline is not None:
         b = run.baseline
-        data["baseline"] = {"ref": b.ref, "run_id": b.run_id, "error": b.error, "removed_suites": b.removed_suites, "gating": False}
+        data["baseline"] = {"ref": b.ref, "run_id": b.run_id, "error": b.error, "removed_suites": b.removed_suites, "gating": b.gating}
     # --promptopt-repair: one entry per repaired prompt (or skipped suite); [] without repair.
     data["repairs"] = [redact(r.to_dict()) for r in run.repairs]
     return data
@@ -89,7 +90,7 @@ def run_from_report(data: dict[str, Any]) -> RunSummary:
             id=suite.get("id") or suite["name"],
             name=suite["name"],
             file=suite["file"],
-            gates=tuple(Gate(g["name"], float(g["threshold"])) for g in suite.get("gates", [])),
+            gates=tuple(Gate.from_dict(g) for g in suite.get("gates", [])),
             kind=suite.get("kind", "file"),
         )
         records.extend((info, CaseResult.from_dict(result)) for result in suite["results"])

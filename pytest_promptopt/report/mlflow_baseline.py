@@ -106,7 +106,7 @@ def _cases(table: dict[str, Any]) -> list[CaseOutcome]:
     return cases
 
 
-def compare_with_baseline(run: Any, ref: BaselineRef, tracking_uri: str, experiment: str) -> Any:
+def compare_with_baseline(run: Any, ref: BaselineRef, tracking_uri: str, experiment: str, regression: Any = None) -> Any:
     """`run`'s `BaselineComparison` with the baseline `ref`; never raises: a baseline that cannot
     be loaded gives a comparison whose `error` says why (the run's results stand as they are)."""
     from ..baseline import BaselineComparison, compare_run
@@ -115,4 +115,4 @@ def compare_with_baseline(run: Any, ref: BaselineRef, tracking_uri: str, experim
         baseline = load_baseline(ref, tracking_uri, experiment)
     except (BaselineError, MlflowReportError) as exc:
         return BaselineComparison.failed(ref.describe(), str(exc))
-    return compare_run(run.suite_outcomes(), baseline)
+    return compare_run(run.suite_outcomes(), baseline, regression)

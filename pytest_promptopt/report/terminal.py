@@ -14,7 +14,8 @@ def _rate(value: float | None) -> str:
 
 def _row(s: SuiteSummary) -> list[str]:
     totals = s.totals()
-    gates = " ".join(f"{g.name}>={g.threshold:g}:{'ok' if g.passed else 'FAIL'}" for g in s.gates) or "-"
+    gates = " ".join(f"{g.name}>={g.threshold:g}{'' if g.rule == 'point' else '(' + g.rule + ')'}:{'ok' if g.passed else 'FAIL'}"
+                     for g in s.gates) or "-"
     mean = s.mean_score()
     return [
         s.info.name,
@@ -24,6 +25,7 @@ def _row(s: SuiteSummary) -> list[str]:
         str(s.failed),
         str(s.errors),
         _rate(s.pass_rate),
+        _interval(s.intervals().get("pass_rate")),
         gates,
         "-" if mean is None else f"{mean:.2f}",
         str(totals["calls"]),
@@ -32,7 +34,11 @@ def _row(s: SuiteSummary) -> list[str]:
     ]
 
 
-HEADER = ["suite", "model", "cases", "passed", "failed", "errors", "pass rate", "gates", "mean score", "calls", "cache hits", "time"]
+HEADER = ["suite", "model", "cases", "passed", "failed", "errors", "pass rate", "95% CI", "gates", "mean score", "calls", "cache hits", "time"]
+
+
+def _interval(found: tuple[float, float] | None) -> str:
+    return "-" if found is None else f"{found[0] * 100:.0f}-{found[1] * 100:.0f}%"
 
 
 def summary_lines(run: RunSummary) -> list[str]:
@@ -46,6 +52,8 @@ def summary_lines(run: RunSummary) -> list[str]:
         if s.cases_file is not None:  # a dataset suite: its rows are in a file, not in the summary
             lines.append(f"{s.info.name}: per-case results in {s.cases_file}")
     lines.extend(gate_lines(run.suites))
+    for c in run.regressions():
+        lines.append(f"GATE FAILED  {c.name} ({c.suite_id}): regression against the baseline: {c.regression_reason}")
     return lines
 
 
@@ -55,7 +63,10 @@ def gate_lines(suites: Iterable[SuiteSummary]) -> list[str]:
         for g in s.gates:
             if not g.passed:
                 detail = f"{g.value:.3f}" if g.value is not None else f"n/a ({g.reason})"
-                lines.append(f"GATE FAILED  {s.info.name} ({s.info.file}): {g.name} = {detail}, threshold {g.threshold:g}")
+                line = f"GATE FAILED  {s.info.name} ({s.info.file}): {g.name} = {detail}, threshold {g.threshold:g}"
+                if g.rule != "point" and g.value is not None:
+                    line += f" ({g.reason})"
+                lines.append(line)
     return lines
 
 
@@ -71,21 +82,30 @@ def _short(text: str | None, limit: int = 80) -> str:
 
 
 def baseline_lines(comparison: BaselineComparison) -> list[str]:
-    """The baseline section: where the baseline came from, per-suite deltas, then each case that
-    flipped with both outputs. The comparison is shown, not gated."""
+    """The baseline section: where the baseline came from, per-suite deltas and the regression
+    gate's verdict, then each case that flipped with both outputs."""
     if comparison.error:
         return [f"baseline not loaded: {comparison.error}"]
-    lines = [f"baseline {comparison.ref}: session run {comparison.run_id} (compared, not gated)"]
+    source = f"session run {comparison.run_id}" if comparison.run_id else "baseline file"
+    gating = "regression gate on" if comparison.gating else "compared, not gated: --promptopt-update-baseline replaces it"
+    lines = [f"baseline {comparison.ref}: {source} ({gating})"]
     for c in comparison.suites.values():
         metrics = "".join(
             f"; {name} {m.baseline:.3f} -> {m.current:.3f} ({m.delta:+.3f})"
             for name, m in c.metric_deltas.items() if m.delta is not None and m.baseline is not None and m.current is not None
         )
         counts = f"{len(c.newly_failing)} newly failing, {len(c.newly_passing)} newly passing, {len(c.added)} added, {len(c.removed)} removed"
-        if c.baseline_run_id is None:
+        if not c.in_baseline:
             lines.append(f"{c.name}: not in the baseline ({len(c.added)} added)")
             continue
         lines.append(f"{c.name}: pass rate {_rate(c.baseline_pass_rate)} -> {_rate(c.pass_rate)} ({_points(c.delta)}){metrics}; {counts}")
+        if c.p_value is not None:
+            verdict = f"REGRESSED: {c.regression_reason}" if c.regressed else "no significant regression"
+            lines.append(f"    {c.compared} paired cases, McNemar p = {c.p_value:.3g}: {verdict}")
+        for case_id in c.added:
+            lines.append(f"    added since the baseline: {case_id}")
+        for case_id in c.removed:
+            lines.append(f"    removed since the baseline: {case_id}")
     if comparison.removed_suites:
         lines.append("suites only in the baseline: " + ", ".join(comparison.removed_suites))
     for c in comparison.suites.values():
