@@ -18,6 +18,11 @@ call) and the time from then to the last case, and the CPU seconds the run used 
 xdist workers). A sanity run at concurrency 1 on a few cases should take about D per case, and a
 probe times litellm alone (import, then sequential calls to the instant server) for comparison.
 The servers run with TCP_NODELAY (see `Server.start`; `--nagle` runs them as the file is). Runs of one repetition are interleaved; figures are medians.
+
+Under xdist the plugin's scheduler (`pytest_promptopt/runners/scheduling.py`) keeps each worker
+fed with enough cases to work ahead. If the installed plugin does not register it yet, the
+script loads it with `-p pytest_promptopt.runners.scheduling`; `--xdist-scheduler` picks xdist's
+own load scheduler instead, for comparison (only possible while the plugin does not register it).
 """
 
 from __future__ import annotations
@@ -121,9 +126,18 @@ class Config:
     delayed: bool  # against the delayed server, else the instant one
 
 
+def scheduler_registered() -> bool:
+    """Whether the plugin module registers the look-ahead xdist scheduler itself."""
+    out = subprocess.run([PYTHON, "-c", "import pytest_promptopt.plugin as p; print(hasattr(p, 'pytest_xdist_make_scheduler'))"],
+                         capture_output=True, text=True).stdout
+    return out.strip() == "True"
+
+
 def option_available() -> bool:
-    out = subprocess.run([PYTHON, "-m", "pytest", "--help"], capture_output=True, text=True, cwd=tempfile.gettempdir()).stdout
-    return "--promptopt-concurrency" in out
+    # Read from the plugin's option table, not `pytest --help` (which one bad help string breaks).
+    code = "from pytest_promptopt.settings import OPTIONS; print(any(o.flag == '--promptopt-concurrency' for o in OPTIONS))"
+    out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, cwd=tempfile.gettempdir()).stdout
+    return out.strip() == "True"
 
 
 def write_suite(folder: Path, cases: int, url: str) -> None:
@@ -136,14 +150,14 @@ def write_suite(folder: Path, cases: int, url: str) -> None:
     (folder / "pytest.ini").write_text("[pytest]\n")
 
 
-def run_once(config: Config, url: str, timeout: float) -> Run:
+def run_once(config: Config, url: str, timeout: float, extra: list[str]) -> Run:
     with tempfile.TemporaryDirectory(prefix="promptopt-bench-concurrency-") as tmp:
         folder = Path(tmp)
         write_suite(folder, config.cases, url)
         command = [PYTHON, "-m", "pytest", "--promptopt", "--promptopt-no-mlflow", "--promptopt-cache", "off",
                    "--promptopt-concurrency", str(config.concurrency), "-q", "-p", "no:cacheprovider"]
         if config.workers > 1:
-            command += ["-n", str(config.workers)]
+            command += ["-n", str(config.workers), *extra]
         env = {k: v for k, v in os.environ.items() if k not in DROP_ENV}
         env.update(OPENAI_API_KEY="sk-bench", NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost",
                    MLFLOW_DISABLE_TELEMETRY="true", LITELLM_LOCAL_MODEL_COST_MAP="True")
@@ -209,6 +223,8 @@ def main() -> None:
     parser.add_argument("--nagle", action="store_true", help="run the fake server as the file is, with Nagle's algorithm "
                         "(adds ~40 ms to each kept-alive request)")
     parser.add_argument("--probe-calls", type=int, default=200, help="sequential calls of the litellm-alone probe (0: skip it)")
+    parser.add_argument("--xdist-scheduler", action="store_true", help="under -n, xdist's own load scheduler instead of the "
+                        "plugin's look-ahead scheduler (only while the plugin does not register it itself)")
     args = parser.parse_args()
 
     if not option_available():
@@ -216,6 +232,16 @@ def main() -> None:
         sys.exit(2)
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, load average at start "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    registered = scheduler_registered()
+    extra: list[str] = []
+    if args.xdist_scheduler:
+        if registered:
+            print("--xdist-scheduler: the plugin registers its scheduler itself; cannot compare")
+            sys.exit(2)
+        print("under -n: xdist's own load scheduler")
+    else:
+        extra = [] if registered else ["-p", "pytest_promptopt.runners.scheduling"]
+        print(f"under -n: the plugin's look-ahead scheduler{'' if registered else ' (loaded with -p pytest_promptopt.runners.scheduling)'}")
 
     configs = [Config("in-process", args.cases, args.concurrency, 1, True)]
     if args.workers > 1:
@@ -241,7 +267,7 @@ def main() -> None:
                       f"then {wall * 1000:.2f} ms per call ({cpu * 1000:.2f} ms CPU), sequential, instant server", flush=True)
             for config in configs:
                 try:
-                    run = run_once(config, delayed.url if config.delayed else instant.url, args.timeout)
+                    run = run_once(config, delayed.url if config.delayed else instant.url, args.timeout, extra)
                 except (RuntimeError, subprocess.TimeoutExpired) as exc:
                     failures.append(f"run {rep + 1} {config.label}: {exc}")
                     print(f"  run {rep + 1}/{args.repeat} {config.label:<28} FAILED: {exc}", flush=True)

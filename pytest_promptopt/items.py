@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import pytest
 
+from .models.registry import ModelSpec
 from .report.text import describe_case
 from .results import CaseResult
 from .session import PromptoptSession, record_key, session_key
@@ -34,6 +36,7 @@ def _case_nodeid(parent: pytest.Collector, name: str) -> Any:
 
 _order_key = pytest.StashKey[dict[int, int]]()
 _worker_key = pytest.StashKey[Any]()
+_warmed_key = pytest.StashKey[set[str]]()  # model spec keys whose adapters were warmed up
 
 
 def upcoming_items(item: pytest.Item) -> Iterator[pytest.Item]:
@@ -66,6 +69,23 @@ def _xdist_worker(config: pytest.Config) -> Any:
     return worker or None
 
 
+def _keeping_warning_filters(config: pytest.Config, load: Callable[[], None]) -> None:
+    """Run `load`, keeping the warning filters it installs for the rest of the run.
+
+    Libraries install process-wide filters when imported (litellm silences pydantic's notices
+    about its types), but pytest restores the filters when its warning capture around collection
+    ends, so they would be gone when the cases run. They are added to pytest's configured
+    filters, which pytest applies around every test."""
+    before = list(warnings.filters)
+    load()
+    added = [f for f in warnings.filters if f not in before]
+    for action, message, category, module, lineno in reversed(added):  # the newest filter last: it wins
+        parts = [action, message.pattern if message else "", f"{category.__module__}.{category.__qualname__}",
+                 module.pattern if module else "", str(lineno or "")]
+        if not any(":" in part for part in parts):  # pytest's filter syntax splits on ':'
+            config.addinivalue_line("filterwarnings", ":".join(parts))
+
+
 class CaseFailed(AssertionError):
     """The model answered and the case's assertions failed."""
 
@@ -83,11 +103,32 @@ class SuiteFile(pytest.File):
         loaded = load_suite(self.path, display, session.settings.model, session.registry.resolve,
                             backend=session.settings.backend)
         if loaded.dataset is not None:  # one item per prompt x provider, all rows (see DatasetItem)
+            self._warm_up(session, [part.make_case.model for part in loaded.dataset.slices])
             for part in loaded.dataset.slices:
                 yield DatasetItem.from_parent(self, name=part.name, nodeid=_case_nodeid(self, part.name), spec=loaded.dataset, part=part)
             return
+        self._warm_up(session, [case.model for case in loaded.cases])
         for case in loaded.cases:
             yield CaseItem.from_parent(self, name=case.name, nodeid=_case_nodeid(self, case.name), case=case)
+
+    def _warm_up(self, session: PromptoptSession, specs: Iterable[ModelSpec]) -> None:
+        """Build each model's adapter now and let it load what its first call needs (`warm_up()`,
+        optional: a hosted model imports litellm), so that is done during collection rather than
+        by the first case. Not for --collect-only, nor for the Spark backend (cases run on Spark)."""
+        if self.config.option.collectonly or session.settings.backend == "spark":
+            return
+        warmed = self.config.stash.setdefault(_warmed_key, set())
+        for spec in {spec.key: spec for spec in specs}.values():
+            if spec.key in warmed:
+                continue
+            warmed.add(spec.key)
+            try:
+                model = session.model_for(spec)
+            except Exception:  # reported by the cases that use it, when they run
+                continue
+            warm_up = getattr(model, "warm_up", None)
+            if callable(warm_up):
+                _keeping_warning_filters(self.config, warm_up)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException]) -> Any:  # type: ignore[override]
         if isinstance(excinfo.value, SuiteError):
@@ -108,6 +149,7 @@ class CaseItem(pytest.Item):
         super().__init__(**kwargs)
         self.case = case
         self.result: CaseResult | None = None
+        self.shrunk: Any = None  # a failing generated case's `fuzz.Shrunk`: the minimal failing input
 
     def setup(self) -> None:
         # The model call happens in setup, so a model fault is a pytest *error*, not a failure.
@@ -124,14 +166,21 @@ class CaseItem(pytest.Item):
         assert result is not None
         if result.passed:
             return
+        if self.case.fuzz is not None:  # a generated case: Hypothesis shrinks the failure (docs/fuzzing.md)
+            from .fuzz import shrink_failure
+
+            session = self.config.stash[session_key]
+            self.shrunk = shrink_failure(self.case, session.model_for, session.cache)
         gates = self.case.suite.gates
         if gates:
-            pytest.xfail(f"tolerated by gate {', '.join(g.describe() for g in gates)}: {result.reason}")
+            shrunk = f"; {self.shrunk.summary()}" if self.shrunk is not None else ""
+            pytest.xfail(f"tolerated by gate {', '.join(g.describe() for g in gates)}: {result.reason}{shrunk}")
         raise CaseFailed(result.reason)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         if isinstance(excinfo.value, CaseFailed) and self.result is not None:
-            return describe_case(self.result, self.case.rendered_prompt)
+            text = describe_case(self.result, self.case.rendered_prompt)
+            return text if self.shrunk is None else f"{text}\n{self.shrunk.describe()}"
         return super().repr_failure(excinfo, style)
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
@@ -211,7 +260,8 @@ class DatasetItem(pytest.Item):
             # Models a Spark worker cannot build itself (objects, a conftest's make_model hook) travel with the job.
             objects = dict((spec.key, model) for spec, model in session._object_models([factory.model]))
             spark.evaluate_frame(session.spark(), frame, factory, nodeid_prefix=f"{self.nodeid}::", output_path=output,
-                                 cache_path=settings.cache_path, cache_mode=settings.cache_mode, models=objects, timeout_s=settings.timeout_s)
+                                 cache_path=settings.cache_path, cache_mode=settings.cache_mode, models=objects, timeout_s=settings.timeout_s,
+                                 retries=settings.scale.retries, rate_limits=settings.scale.rate_limits)
         except spark.SparkBackendError as exc:  # an unreadable source, a failed job: one line, no traceback
             pytest.fail(f"{self.spec.source.describe()}: {exc}", pytrace=False)
         self.cases_file = output

@@ -12,6 +12,7 @@ from typing import Any, Generator
 
 import pytest
 
+from .runners.scheduling import pytest_xdist_make_scheduler  # noqa: F401  (xdist: enough cases per worker to work ahead)
 from .settings import OPTIONS, Settings
 
 PYTHON_FIXTURES = ("prompt_model", "prompt_check")

@@ -141,7 +141,8 @@ class PromptoptSession:
         done: set[str] = set()
         try:
             for nodeid, result in evaluate_cases(self.spark(), pairs, cache_path=settings.cache_path, cache_mode=settings.cache_mode,
-                                                 models=objects, timeout_s=settings.timeout_s):
+                                                 models=objects, timeout_s=settings.timeout_s,
+                                                 retries=settings.scale.retries, rate_limits=settings.scale.rate_limits):
                 self.runner.preset(nodeid, result)
                 done.add(nodeid)
         except SparkBackendError as exc:

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Generator
 
 import pytest
 
@@ -33,6 +34,31 @@ tests:
     vars: {country: Italy, capital: Milan}
     assert: [{type: contains, value: Rome, metric: mentions}]
 """
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
+    """Keep the libraries a pytester test imported in this process.
+
+    pytester removes from `sys.modules`, when a test ends, every module imported while it ran.
+    For a library that test imported first (mlflow, and with it numpy and PyYAML), the next
+    import then loads it again next to the copies other modules hold, and C extensions cannot
+    be loaded twice: numpy refuses, and PyYAML's libyaml loader, paired with a new `yaml`
+    package, fails every document with "could not determine a constructor for the tag None".
+    Whether that happens depended on which tests an xdist worker ran first. Only the modules
+    of the test's own folder (its test files and conftests) are dropped, as pytester intends.
+    """
+    pytester = getattr(item, "funcargs", {}).get("pytester")
+    if pytester is None:
+        return (yield)
+    before = dict(sys.modules)
+    try:
+        return (yield)
+    finally:
+        own = str(pytester.path)
+        for name, module in before.items():
+            if name not in sys.modules and not str(getattr(module, "__file__", None) or "").startswith(own):
+                sys.modules[name] = module
 
 
 @pytest.fixture(params=list(MODES), ids=list(MODES))

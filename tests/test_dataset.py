@@ -502,3 +502,36 @@ def test_spark_backend_gives_the_local_results(pytester, run_pytest):
         return sorted((r["case_id"], r["name"], r["nodeid"], r["status"], r["output"], r["score"]) for r in rows)
 
     assert comparable(table(a["cases_file"])) == comparable(table(b["cases_file"]))
+
+
+# ----------------------------------------------------------------------------- reading suite files
+
+
+def test_one_yaml_parse_gives_the_data_and_the_line_of_every_node(tmp_path: Path) -> None:
+    from pytest_promptopt.suite.document import DocumentError, read_document
+
+    path = tmp_path / "s.promptopt.yaml"
+    path.write_text("base: &b {x: 1}\nuse:\n  <<: *b\n  y: [a, b]\n")
+    data, lines = read_document(path)
+    assert data == {"base": {"x": 1}, "use": {"x": 1, "y": ["a", "b"]}}
+    assert (lines.line(("use", "y", 1)), lines.line(("use", "<<")), lines.line(("base", "x")), lines.line(("use", "z"))) == (4, 3, 1, 2)
+    path.write_text("a: 1\nb: [1, 2\n")
+    with pytest.raises(DocumentError) as excinfo:
+        read_document(path)
+    assert excinfo.value.line == 3 and str(excinfo.value).startswith("invalid YAML: ")
+
+
+def test_a_stale_libyaml_extension_falls_back_to_the_python_loader(tmp_path: Path, reviews: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PyYAML imported a second time in one process (pytester drops it from sys.modules after a
+    test that imported it first) keeps the first copy of its C extension, whose nodes the new
+    resolver does not know: the libyaml loader then fails every document with "could not
+    determine a constructor for the tag None". The pure-Python loader is used instead."""
+    import yaml
+
+    from pytest_promptopt.suite import document
+
+    assert document._loader() is getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    monkeypatch.setattr(yaml.nodes, "ScalarNode", type("ScalarNode", (yaml.nodes.Node,), {}))  # as in a second `yaml`
+    assert document._loader() is yaml.SafeLoader
+    spec = load(tmp_path, SUITE).dataset
+    assert spec is not None and spec.source.describe().endswith("reviews.parquet")

@@ -27,7 +27,8 @@ def test_example_suites_pass_their_gates_on_the_bundled_model(tmp_path: Path):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     report = load_report(tmp_path / "report.json")
     suites = {s["name"]: s for s in report["suites"]}
-    assert set(suites) == {"qa-facts", "topic-classification", "json-extraction", "summarization", "python-style"}
+    assert set(suites) == {"qa-facts", "topic-classification", "json-extraction", "summarization", "python-style",
+                           "fuzz-json"}
     for suite in suites.values():
         assert suite["gates"] and suite["gates_passed"], suite["name"]
         assert suite["errors"] == 0

@@ -93,6 +93,14 @@ def test_plugin_can_be_disabled(pytester, run_pytest):
     assert "--promptopt" not in run_pytest("-p", "no:promptopt", "--help").stdout.str()
 
 
+def test_help_lists_every_option(run_pytest):
+    from pytest_promptopt.settings import OPTIONS
+
+    result = run_pytest("--help")  # argparse formats each help text: a stray % would crash it
+    assert result.ret == 0
+    assert all(option.flag in result.stdout.str() for option in OPTIONS)
+
+
 def test_model_fault_is_an_error_not_a_failure(pytester, run_pytest, mode):
     pytester.makeconftest(
         """

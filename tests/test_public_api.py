@@ -7,7 +7,7 @@ import sys
 
 import pytest_promptopt
 
-HEAVY = ["torch", "transformers", "litellm", "mlflow", "dspy", "pyspark", "yaml", "jsonschema", "jinja2", "plotly"]
+HEAVY = ["torch", "transformers", "litellm", "mlflow", "dspy", "pyspark", "yaml", "jsonschema", "jinja2", "plotly", "hypothesis"]
 
 
 def test_all_names_resolve_and_nothing_else_is_public():
@@ -25,7 +25,8 @@ def test_importing_the_plugin_imports_nothing_heavy():
 
 
 def test_a_run_without_promptopt_loads_nothing_heavy(pytester):
-    pytester.makefile(".promptopt.yaml", qa="prompts: ['x']\nproviders: [smollm2]\n")
+    pytester.makefile(".promptopt.yaml", qa="prompts: ['x']\nproviders: [smollm2]\n",
+                      fuzzed="prompts: ['{{x}}']\nfuzz: {vars: {x: {type: string}}, assert: [{type: is-json}]}\n")
     pytester.makepyfile(test_a="def test_a():\n    pass\n")
     pytester.makeconftest(
         "import sys\n"
@@ -34,5 +35,5 @@ def test_a_run_without_promptopt_loads_nothing_heavy(pytester):
         "    open('loaded.txt', 'w').write(','.join(m for m in HEAVY if m in sys.modules))\n"
     )
     result = pytester.runpytest_subprocess("-p", "no:hypothesispytest")
-    result.assert_outcomes(passed=1, skipped=1)
+    result.assert_outcomes(passed=1, skipped=2)
     assert (pytester.path / "loaded.txt").read_text() == ""

@@ -11,11 +11,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import MODES, comparable, load_report
+from conftest import ECHO_SUITE, MODES, comparable, load_report
 from fake_openai import FakeOpenAI, echo_last_user_message
 
+import pytest_promptopt.plugin
 from pytest_promptopt.models.base import ModelError, Request, Response
+from pytest_promptopt.runners import scheduling
 from pytest_promptopt.runners.limits import RateLimit, RateLimiter, RetryableModelError, RetryPolicy, Throttled, parse_rate_limits
+from pytest_promptopt.runners.pool import CaseRunner
+
+# The look-ahead xdist scheduler (runners/scheduling.py) is registered by the plugin module;
+# where it does not import it yet, these tests load it as a plugin of its own.
+SCHEDULER = [] if hasattr(pytest_promptopt.plugin, "pytest_xdist_make_scheduler") else ["-p", "pytest_promptopt.runners.scheduling"]
 
 
 def hosted_suite(url: str, cases: int, extra: str = "") -> str:
@@ -294,7 +301,7 @@ gates: {{pass_rate: 1.0}}
 tests:
 {tests}
 """)
-    result = run_pytest("--promptopt", "-n", "2", "--promptopt-report", "r.json", mlflow=True)
+    result = run_pytest("--promptopt", "-n", "2", *SCHEDULER, "--promptopt-report", "r.json", mlflow=True)
     result.assert_outcomes(passed=5, errors=1)
     assert result.ret == 1
     result.stdout.fnmatch_lines(["*worker*crashed while running*boom*"])
@@ -310,3 +317,227 @@ tests:
     runs = client.search_runs([client.get_experiment_by_name(pytester.path.name).experiment_id])
     parent = next(r for r in runs if r.data.tags.get("promptopt.session") == "true")
     assert parent.data.metrics["cases"] == 6 and parent.data.metrics["errors"] == 1
+
+
+# --------------------------------------------------------------------------- xdist scheduling
+
+
+class MockConfig:
+    """What xdist's load scheduler reads of the config: the workers (`--tx`) and `--maxschedchunk`."""
+
+    def __init__(self, workers: int) -> None:
+        self.options = {"tx": [f"{workers}*popen"], "maxschedchunk": None}
+
+    def getvalue(self, name: str) -> Any:
+        return self.options[name]
+
+    getoption = getvalue
+
+
+class MockNode:
+    """What xdist's schedulers use of a worker: the tests sent to it, and shutdown."""
+
+    def __init__(self, name: str) -> None:
+        self.sent: list[int] = []
+        self.shutting_down = False
+        self.gateway = type("Gateway", (), {"id": name})()
+
+    def send_runtest_some(self, indices: list[int]) -> None:
+        self.sent.extend(indices)
+
+    def shutdown(self) -> None:
+        self.shutting_down = True
+
+
+def test_the_scheduler_keeps_a_window_of_cases_queued_on_each_worker():
+    sched = scheduling._scheduler_class()(MockConfig(2), None, concurrency=8, batch_size=1)
+    assert sched.window == 8  # each of 2 workers makes 4 calls at once, and sees 8 cases ahead
+    nodes = [MockNode("gw0"), MockNode("gw1")]
+    collection = [f"s.promptopt.yaml::case[t{i}]" for i in range(24)] + [f"test_x.py::test_{i}" for i in range(16)]
+    for node in nodes:
+        sched.add_node(node)
+    for node in nodes:
+        sched.add_node_collection(node, collection)
+    sched.schedule()
+    assert [len(sched.node2pending[n]) for n in nodes] == [8, 8]  # xdist alone sends 5 each
+
+    # a worker whose cases wait for their calls (xdist leaves it alone while it holds two) is topped up
+    node = nodes[0]
+    for _ in range(6):
+        sched.mark_test_complete(node, sched.node2pending[node][0], duration=0.5)
+    assert len(sched.node2pending[node]) == 8
+    assert len(node.sent) == 14 and node.sent == sorted(node.sent)  # in collection order
+
+    # ordinary tests next: xdist's own rule (no refill while a slow test's worker holds two)
+    while sched.pending[0] < 24:
+        sched.mark_test_complete(node, sched.node2pending[node][0], duration=0.5)
+    held = len(sched.node2pending[node])
+    sched.mark_test_complete(node, sched.node2pending[node][0], duration=0.5)
+    assert len(sched.node2pending[node]) == held - 1
+
+
+def test_the_top_up_stops_at_a_fair_share_of_what_is_left():
+    sched = scheduling._scheduler_class()(MockConfig(2), None, concurrency=16, batch_size=8)
+    nodes = [MockNode("gw0"), MockNode("gw1")]
+    for node in nodes:
+        sched.add_node(node)
+    for node in nodes:
+        sched.add_node_collection(node, [f"s.promptopt.yaml::case[t{i}]" for i in range(10)])
+    sched.schedule()
+    assert sorted(len(sched.node2pending[n]) for n in nodes) == [5, 5]  # not 10 and 0: window 16 > half of 10
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--promptopt"], "LookaheadScheduling"),
+    (["--promptopt", "--dist", "loadscope"], "LoadScopeScheduling"),
+    ([], "LoadScheduling"),
+], ids=["promptopt", "loadscope", "without-promptopt"])
+def test_the_scheduler_is_used_for_dist_load_with_promptopt_only(run_pytest, pytester, args, expected):
+    pytester.makefile(".promptopt.yaml", capitals=ECHO_SUITE)
+    result = run_pytest(*args, "-n", "2", *SCHEDULER, "-v", "-p", "no:cacheprovider")
+    result.stdout.fnmatch_lines([f"scheduling tests via {expected}"])
+    assert result.ret == (1 if args else 0)  # the echo suite's third case fails; skipped without --promptopt
+
+
+LOOKAHEAD_CONFTEST = """
+import json, os
+from pytest_promptopt.items import upcoming_items
+
+def pytest_runtest_setup(item):
+    if hasattr(item, "case"):
+        with open(os.environ["AHEAD_LOG"], "a") as log:
+            log.write(json.dumps([os.environ.get("PYTEST_XDIST_WORKER"), sum(1 for _ in upcoming_items(item))]) + "\\n")
+"""
+
+
+def test_xdist_workers_see_a_window_of_cases_ahead(run_pytest, pytester, openai_env, monkeypatch):
+    """Each worker holds its window of cases (2 x its 4 calls) while cases are left, so its calls
+    keep overlapping; xdist's own scheduler left a worker two or three cases late in a run."""
+    log = pytester.path / "ahead.log"
+    monkeypatch.setenv("AHEAD_LOG", str(log))
+    pytester.makeconftest(LOOKAHEAD_CONFTEST)
+    with FakeOpenAI(echo_last_user_message, delay_s=0.2) as server:
+        pytester.makefile(".promptopt.yaml", hosted=hosted_suite(server.base_url, 48))
+        run_pytest("--promptopt", "--promptopt-cache", "off", "--promptopt-concurrency", "8", "--promptopt-batch-size", "1",
+                   "-n", "2", *SCHEDULER, "-p", "no:cacheprovider").assert_outcomes(passed=48)
+        assert server.max_in_flight == 8
+    seen: dict[str, list[int]] = {}
+    for line in log.read_text().splitlines():
+        worker, ahead = json.loads(line)
+        seen.setdefault(worker, []).append(ahead)
+    assert len(seen) == 2 and sum(map(len, seen.values())) == 48
+    for worker, counts in seen.items():
+        # up to 7: the window less the case running. A worker starts its next case before the
+        # controller's refill for the last one arrives (one or two fewer, more on a busy
+        # machine), and the last cases of the run have no more to wait for.
+        body = sorted(counts[:-8])
+        assert body[len(body) // 2] >= 5 and body[len(body) // 4] >= 4, (worker, counts)
+
+
+# --------------------------------------------------------------------------- warm-up and per-call costs
+
+
+WARM_CONFTEST = """
+import os
+from pytest_promptopt.models.base import Response
+
+class Warm:
+    name = "warm"
+    cache_identity = {"model": "warm"}
+
+    def warm_up(self):
+        with open(os.environ["WARM_LOG"], "a") as log:
+            log.write("warm-up\\n")
+
+    def generate(self, request):
+        with open(os.environ["WARM_LOG"], "a") as log:
+            log.write("call\\n")
+        return Response(text=request.prompt)
+
+def pytest_promptopt_make_model(spec):
+    return Warm()
+"""
+
+
+def test_collection_warms_up_each_model_once(run_pytest, pytester, monkeypatch):
+    log = pytester.path / "warm.log"
+    monkeypatch.setenv("WARM_LOG", str(log))
+    pytester.makeconftest(WARM_CONFTEST)
+    pytester.makefile(".promptopt.yaml", a="providers: [echo]\nprompts: ['a {{n}}']\ntests: [{vars: {n: 1}}, {vars: {n: 2}}]\n",
+                      b="providers: [echo]\nprompts: ['b']\ntests: [{vars: {}}]\n")
+    run_pytest("--promptopt", "--promptopt-cache", "off", "-p", "no:randomly").assert_outcomes(passed=3)
+    assert log.read_text().split() == ["warm-up", "call", "call", "call"]  # one adapter for both files, warmed before any case
+    log.unlink()
+    run_pytest("--promptopt", "--collect-only")
+    assert not log.exists()  # nothing is loaded just to list the cases
+
+
+FILTERS_CONFTEST = """
+def pytest_sessionfinish(session):
+    with open("filters.txt", "w") as out:
+        out.write("\\n".join(session.config.getini("filterwarnings")))
+"""
+
+
+def test_litellm_warm_up_keeps_litellms_warning_filters_for_the_cases(run_pytest, pytester, openai_env):
+    """litellm installs warning filters when imported (pydantic's notices about its types); an
+    import during collection would lose them when pytest's warning capture around collection
+    ends, so they become pytest filters, applied around every case."""
+    pytester.makeconftest(FILTERS_CONFTEST)
+    with FakeOpenAI(echo_last_user_message) as server:
+        pytester.makefile(".promptopt.yaml", hosted=hosted_suite(server.base_url, 3))
+        result = run_pytest("--promptopt", "--promptopt-cache", "off")
+        result.assert_outcomes(passed=3)
+    result.stdout.no_fnmatch_line("*ReadOnly*")  # pydantic: "... are using the `ReadOnly` qualifier"
+    filters = (pytester.path / "filters.txt").read_text().splitlines()
+    assert "ignore:.*`ReadOnly` qualifier.*:builtins.Warning::" in filters, filters
+
+
+def test_cost_is_not_priced_twice():
+    """litellm prices each reply; when it knows no price (None), asking again costs ~1 ms of CPU."""
+    from pytest_promptopt.models.hosted import LiteLLMModel
+
+    class Reply:
+        _hidden_params = {"response_cost": None}
+
+    class Litellm:
+        @staticmethod
+        def completion_cost(completion_response: Any) -> float:
+            raise AssertionError("priced twice")
+
+    assert LiteLLMModel._cost(Litellm, Reply()) is None
+    Reply._hidden_params = {"response_cost": 0.25}
+    assert LiteLLMModel._cost(Litellm, Reply()) == 0.25
+
+
+def test_call_threads_each_have_an_event_loop_closed_with_the_runner(tmp_path):
+    """litellm reports each sync call through an async hook, with `asyncio.run` (a new event
+    loop per call) in a thread that has no loop; the runner's call threads each keep one."""
+    import asyncio
+
+    from pytest_promptopt.cache import CacheMode, ResponseCache
+    from pytest_promptopt.models.registry import ModelSpec
+    from pytest_promptopt.suite.loader import load_suite
+
+    class Concurrent:
+        name = "concurrent"
+        cache_identity = {"model": "concurrent"}
+        concurrent = True
+
+        def __init__(self) -> None:
+            self.loops: set[int] = set()
+
+        def generate(self, request: Request) -> Response:
+            self.loops.add(id(asyncio.get_event_loop()))  # raises in a thread without a loop
+            return Response(text=request.prompt)
+
+    (tmp_path / "s.promptopt.yaml").write_text(ECHO_SUITE)
+    cases = [(case, f"s::{case.name}") for case in load_suite(tmp_path / "s.promptopt.yaml", "s", ModelSpec("echo")).cases]
+    model = Concurrent()
+    cache = ResponseCache(tmp_path / "c.sqlite", CacheMode.OFF)
+    runner = CaseRunner(lambda spec: model, lambda: cache, concurrency=2, batch_size=1)
+    results = list(runner.map(cases * 4))
+    assert [r.error for r in results] == [None] * 12 and 1 <= len(model.loops) <= 2
+    loops = list(runner._loops)
+    runner.close()
+    assert loops and all(loop.is_closed() for loop in loops)

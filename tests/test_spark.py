@@ -368,6 +368,62 @@ def test_model_objects_are_shipped_without_their_rate_limiter_or_refused_per_cas
         "(TypeError: cannot pickle '_thread.lock' object)"}
 
 
+def test_workers_take_the_runs_retries_and_a_share_of_its_rate_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a Python worker builds from the job's config: a hosted model retries as often as
+    --promptopt-retries says (its provider's num_retries wins) and keeps to its task's share of
+    the provider's limit, with one limiter per provider in the worker."""
+    from pytest_promptopt.models.fakes import FakeModel
+    from pytest_promptopt.runners.limits import RateLimit, RetryPolicy, Throttled
+
+    monkeypatch.setattr(spark_runner, "_models", {})  # the worker's caches, fresh
+    monkeypatch.setattr(spark_runner, "_limiters", {})
+    shipped = Throttled(FakeModel({}, default="Paris", name="openai/shipped"), RetryPolicy(2))
+    shipped_spec = object_spec(shipped.model)
+    limits = [RateLimit("hosted_vllm", rpm=600, tpm=9000), RateLimit("*", rpm=60)]
+    config = spark_runner._worker_config(tmp_path / "c.sqlite", CacheMode.OFF, {shipped_spec.key: shipped}, 30.0,
+                                         retries=1, rate_limits=limits, tasks=3)
+    assert config.retries == 1
+    assert config.rate_limits == (RateLimit("hosted_vllm", 200, 3000), RateLimit("*", 20))
+
+    url = {"api_base": "http://127.0.0.1:9/v1"}
+    model = spark_runner._worker_model(ModelSpec("hosted_vllm/a", url), config)
+    assert isinstance(model, Throttled) and model.policy.retries == 1
+    assert model.limiter is not None and model.limiter.limit == RateLimit("hosted_vllm", 200, 3000)
+    assert spark_runner._worker_model(ModelSpec("hosted_vllm/b", url), config).limiter is model.limiter  # one budget per provider
+    own = spark_runner._worker_model(ModelSpec("openai/c", {**url, "num_retries": 3}), config)
+    assert own.policy.retries == 3 and own.limiter.limit == RateLimit("*", 20)
+    arrived = spark_runner._worker_model(shipped_spec, config)  # shipped without the driver's limiter: gets the worker's
+    assert arrived.policy.retries == 2 and arrived.limiter is own.limiter
+
+    default = spark_runner._worker_config(tmp_path / "c.sqlite", CacheMode.OFF, {}, 30.0)
+    plain = spark_runner._worker_model(ModelSpec("hosted_vllm/a", url), default)
+    assert plain.policy.retries == spark_runner.DEFAULT_RETRIES and plain.limiter is None
+
+
+@needs_java
+def test_a_hosted_model_on_spark_retries_as_often_as_the_run_says(spark: Any, tmp_path: Path) -> None:
+    """A real hosted call (litellm to a loopback OpenAI-compatible server) from the Spark workers:
+    with retries=1 each case is tried twice, then errors naming its attempts; a rate limit
+    generous enough not to wait lets every case through."""
+    from fake_openai import FakeOpenAI, echo_last_user_message
+
+    from pytest_promptopt.runners.limits import RateLimit
+
+    (tmp_path / "capitals.promptopt.yaml").write_text(ECHO_SUITE)
+    with FakeOpenAI(lambda body: (503, "overloaded")) as server:
+        # hosted_vllm needs no API key, which the Spark workers (started earlier) could not see
+        cases = suite_cases(tmp_path / "capitals.promptopt.yaml", ModelSpec("hosted_vllm/test-model", {"api_base": server.base_url}))
+        failed = dict(evaluate_cases(spark, cases, cache_path=tmp_path / "c.sqlite", cache_mode=CacheMode.OFF, retries=1))
+        assert len(server.requests) == 2 * len(cases)
+    assert {r.error is not None and "gave up after 2 attempts" in r.error for r in failed.values()} == {True}
+
+    with FakeOpenAI(echo_last_user_message) as server:
+        cases = suite_cases(tmp_path / "capitals.promptopt.yaml", ModelSpec("hosted_vllm/test-model", {"api_base": server.base_url}))
+        passed = dict(evaluate_cases(spark, cases, cache_path=tmp_path / "c.sqlite", cache_mode=CacheMode.OFF, retries=0,
+                                     rate_limits=[RateLimit("hosted_vllm", rpm=600)]))
+    assert [passed[n].output for n, _ in cases] == [f"Echo: {case.rendered_prompt}" for _, case in cases]
+
+
 # ----------------------------------------------------------------------------- dataset suites
 
 

@@ -11,9 +11,11 @@ from ..redact import scrub, without_secrets
 from ..runners.limits import RetryableModelError
 from .base import ModelError, Request, Response
 
-__all__ = ["LiteLLMModel"]
+__all__ = ["LiteLLMModel", "warm_up_litellm"]
 
 _IMPORT_LOCK = threading.Lock()
+_WARM_UP_LOCK = threading.Lock()
+_warmed = False
 # Parameters that change answers or where they come from; everything else litellm accepts
 # passes through too, but secrets are refused (keys come from the environment only).
 DEFAULT_TIMEOUT_S = 60.0
@@ -33,6 +35,43 @@ def _litellm() -> Any:
         litellm.telemetry = False
         litellm.suppress_debug_info = True
         return litellm
+
+
+# litellm's callback lists: a user's logger (MLflow autolog, Langfuse, ...) would see the warm-up call
+_CALLBACK_LISTS = ("callbacks", "input_callback", "success_callback", "failure_callback", "service_callback",
+                   "_async_input_callback", "_async_success_callback", "_async_failure_callback")
+
+
+def warm_up_litellm(model: str | None = None) -> None:
+    """Load litellm and what its first call needs, once per process.
+
+    The import takes seconds and litellm's first call loads more (its HTTP transport, the
+    modules a completion goes through). Collection calls this (`LiteLLMModel.warm_up`) when a
+    suite names a hosted model, so the first case does not wait for it: the cases then report
+    from the start of the test loop, and under xdist every worker is ready when its first cases
+    arrive. It is not done in a background thread: the import is CPU work under the GIL that
+    collection shares, so it would overlap nothing, and pytest's per-test warning capture is
+    process-wide, so the import's warnings would land on whichever test was running.
+    """
+    global _warmed
+    with _WARM_UP_LOCK:
+        if _warmed:
+            return
+        _warmed = True
+        try:
+            litellm = _litellm()
+        except ModelError:  # not installed: the first call says so
+            return
+        try:
+            import httpcore  # noqa: F401  (httpx's transport, else imported by the first request)
+        except ImportError:
+            pass
+        if model and not any(getattr(litellm, name, None) for name in _CALLBACK_LISTS):
+            # A mocked completion (no request is sent) loads most of the rest.
+            try:
+                litellm.completion(model=model, messages=[{"role": "user", "content": "warm-up"}], mock_response="ok")
+            except Exception:  # an unknown provider and the like: the real call reports it
+                pass
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -92,6 +131,10 @@ class LiteLLMModel:
     def cache_identity(self) -> Mapping[str, Any]:
         return {"model": self.model, "params": without_secrets(self.params)}
 
+    def warm_up(self) -> None:
+        """Load litellm now rather than at the first call (see `warm_up_litellm`)."""
+        warm_up_litellm(self.model)
+
     def generate(self, request: Request) -> Response:
         litellm = _litellm()
         params = {**self.params, **request.params}
@@ -132,8 +175,12 @@ class LiteLLMModel:
     @staticmethod
     def _cost(litellm: Any, reply: Any) -> float | None:
         hidden = getattr(reply, "_hidden_params", None) or {}
-        cost = hidden.get("response_cost")
-        if cost is None:
+        if "response_cost" in hidden:
+            # litellm priced the reply already (None: it knows no price for this model). Asking
+            # again repeats its search of the price map, about 1 ms of CPU per call for a model
+            # it does not know.
+            cost = hidden["response_cost"]
+        else:
             try:
                 cost = litellm.completion_cost(completion_response=reply)
             except Exception:  # unknown price: the provider does not report cost

@@ -220,6 +220,11 @@ class Throttled:
     def cacheable(self) -> bool:
         return getattr(self.model, "cacheable", True)
 
+    def warm_up(self) -> None:
+        warm_up = getattr(self.model, "warm_up", None)
+        if callable(warm_up):
+            warm_up()
+
     def generate(self, request: Request) -> Response:
         attempt = 0
         while True:

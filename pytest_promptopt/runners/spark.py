@@ -39,6 +39,7 @@ from ..models.registry import ModelSpec, create_model, with_timeout
 from ..redact import REDACTED, is_secret_key, scrub
 from ..results import CaseResult
 from ..suite.model import Case
+from .limits import DEFAULT_RETRIES, RateLimit, RateLimiter, Throttled, limit_for, throttle
 
 if TYPE_CHECKING:  # settings imports pytest; Spark workers import this module and need neither
     from pyspark.sql import DataFrame, SparkSession
@@ -189,13 +190,17 @@ def evaluate_cases(
     cache_mode: CacheMode,
     models: Mapping[str, Model] = {},
     timeout_s: float = 60.0,
+    retries: int = DEFAULT_RETRIES,
+    rate_limits: Sequence[RateLimit] = (),
     partitions: int | None = None,
 ) -> Iterator[tuple[str, CaseResult]]:
     """Evaluate `(nodeid, case)` pairs as one Spark job; yields `(nodeid, result)` as results
     stream back to the driver (in no particular order).
 
     `models` holds the model objects Spark cannot build from a spec (`object:` specs, a
-    conftest's adapters), keyed by `ModelSpec.key`; they are pickled to the workers. Every case
+    conftest's adapters), keyed by `ModelSpec.key`; they are pickled to the workers. Hosted
+    models retry `retries` times (`--promptopt-retries`) and keep to `rate_limits`, split
+    between the tasks that run at once (see `_worker_config`). Every case
     gets exactly one result: a case that cannot be pickled, and the cases a failed Spark job
     (a crashed Python worker, a lost executor) never returned, come back with `result.error`
     saying why.
@@ -218,10 +223,10 @@ def evaluate_cases(
             rows[key].append(value)
     if not pending:
         return
-    evaluator = _CaseEvaluator(_worker_config(cache_path, cache_mode, models, timeout_s))
     try:
         with _quiet():  # not around the yields: the warning filters are process-wide
-            count = _partition_count(spark, len(pending), partitions)
+            count, tasks = _partition_count(spark, len(pending), partitions, bool(rate_limits))
+            evaluator = _CaseEvaluator(_worker_config(cache_path, cache_mode, models, timeout_s, retries, rate_limits, tasks))
             frame = spark.createDataFrame(pa.table(rows)).repartition(count, "position")
             results = frame.mapInArrow(evaluator, _CASES_SCHEMA)
         for row in _stream(spark, results):
@@ -340,6 +345,8 @@ def evaluate_frame(
     cache_mode: CacheMode,
     models: Mapping[str, Model] = {},
     timeout_s: float = 60.0,
+    retries: int = DEFAULT_RETRIES,
+    rate_limits: Sequence[RateLimit] = (),
     partitions: int | None = None,
 ) -> int:
     """Evaluate every row of `frame` (its columns are a case's vars) and write the results as
@@ -365,8 +372,9 @@ def evaluate_frame(
                 indexed, total = frame, None
             else:
                 indexed, total = _index_rows(frame)
-            evaluator = _RowEvaluator(make_case, nodeid_prefix, _worker_config(cache_path, cache_mode, models, timeout_s))
-            count = _partition_count(spark, total, partitions)
+            count, tasks = _partition_count(spark, total, partitions, bool(rate_limits))
+            config = _worker_config(cache_path, cache_mode, models, timeout_s, retries, rate_limits, tasks)
+            evaluator = _RowEvaluator(make_case, nodeid_prefix, config)
             results = indexed.repartition(count, _ROW_INDEX).mapInArrow(evaluator, _case_table_schema())
             results.write.mode("overwrite").parquet(target)
             if total is None:
@@ -441,13 +449,19 @@ def _case_table_schema() -> str:
 # ----------------------------------------------------------------------------- shared helpers
 
 
-def _partition_count(spark: SparkSession, cases: int | None, partitions: int | None) -> int:
-    """`partitions`, else one per core (fewer for fewer cases), more for many cases."""
+def _partition_count(spark: SparkSession, cases: int | None, partitions: int | None, concurrent: bool = False) -> tuple[int, int]:
+    """The job's partition count (`partitions`, else one per core, fewer for fewer cases, more
+    for many cases) and, when `concurrent` is asked, how many of its tasks run at once (its
+    partitions, at most one per core); else 1."""
+    # Spark Connect has no SparkContext: asking for its parallelism runs a small job
+    parallelism = _parallelism(spark) if partitions is None or concurrent else 1
     if partitions is not None:
-        return max(1, partitions)
-    if cases is None:
-        return _parallelism(spark)
-    return max(1, min(cases, _parallelism(spark)), math.ceil(cases / CASES_PER_PARTITION))
+        count = max(1, partitions)
+    elif cases is None:
+        count = parallelism
+    else:
+        count = max(1, min(cases, parallelism), math.ceil(cases / CASES_PER_PARTITION))
+    return count, (min(count, parallelism) if concurrent else 1)
 
 
 def _parallelism(spark: SparkSession) -> int:
@@ -543,12 +557,18 @@ class _WorkerConfig:
     cache_path: str
     cache_mode: str
     timeout_s: float
+    retries: int = DEFAULT_RETRIES  # --promptopt-retries, for hosted models without their own num_retries
+    rate_limits: tuple[RateLimit, ...] = ()  # each a task's share of --promptopt-rate-limit
     # spec key -> (digest, cloudpickled model): unpickled once per worker, not once per task
     shipped: Mapping[str, tuple[str, bytes]] = field(default_factory=dict)
     refused: Mapping[str, str] = field(default_factory=dict)  # spec key -> why it could not be shipped
 
 
-def _worker_config(cache_path: Path | str, cache_mode: CacheMode, models: Mapping[str, Model], timeout_s: float) -> _WorkerConfig:
+def _worker_config(cache_path: Path | str, cache_mode: CacheMode, models: Mapping[str, Model], timeout_s: float,
+                   retries: int = DEFAULT_RETRIES, rate_limits: Sequence[RateLimit] = (), tasks: int = 1) -> _WorkerConfig:
+    """The workers' settings. A rate limit is split between the `tasks` that run at once, as
+    between xdist workers: a Python worker runs one task at a time and keeps its limiter for
+    its life, so the workers together stay within the budget."""
     from pyspark import cloudpickle
 
     shipped, refused = {}, {}
@@ -561,14 +581,13 @@ def _worker_config(cache_path: Path | str, cache_mode: CacheMode, models: Mappin
             continue
         shipped[key] = (hashlib.sha256(blob).hexdigest()[:16], blob)
     path = cache_path.resolve().as_posix() if isinstance(cache_path, Path) else str(cache_path)
-    return _WorkerConfig(path, CacheMode(cache_mode).value, float(timeout_s), shipped, refused)
+    shares = tuple(limit.share(max(1, tasks)) for limit in rate_limits)
+    return _WorkerConfig(path, CacheMode(cache_mode).value, float(timeout_s), int(retries), shares, shipped, refused)
 
 
 def _shippable(model: Model) -> Model:
     """A hosted model keeps its retry policy on the workers but not this process's rate limiter
-    (a lock and this process's budget)."""
-    from .limits import Throttled
-
+    (a lock and this process's budget): each worker gives it its own (`_worker_model`)."""
     if isinstance(model, Throttled) and model.limiter is not None:
         return Throttled(model.model, model.policy)  # type: ignore[return-value]
     return model
@@ -578,6 +597,7 @@ def _shippable(model: Model) -> Model:
 # task (spark.python.worker.reuse, on by default), and a worker runs one task at a time.
 _models: dict[str, Model] = {}
 _caches: dict[tuple[str, str], ResponseCache] = {}
+_limiters: dict[RateLimit, RateLimiter] = {}  # by the worker's share of a provider's limit
 
 
 def _worker_model(spec: ModelSpec, config: _WorkerConfig) -> Model:
@@ -597,25 +617,37 @@ def _worker_model(spec: ModelSpec, config: _WorkerConfig) -> Model:
                 raise ModelError(f"the model object could not be loaded on the Spark worker ({_one_line(exc)}); "
                                  "its class must be importable there (install its module on the workers)") from None
             _models[key] = model
+        if isinstance(model, Throttled):  # a hosted adapter, shipped without its limiter
+            model.limiter = _worker_limiter(getattr(model.model, "model", model.name), config)
         return model
     effective = with_timeout(spec, config.timeout_s)
-    model = _models.get(effective.key)
+    # The retries and limits are the job's: a worker outlives jobs, which may set others.
+    key = f"{effective.key}:{config.retries}:{config.rate_limits}"
+    model = _models.get(key)
     if model is None:
-        model = _with_retries(create_model(effective))
-        _models[effective.key] = model
+        model = _throttled(create_model(effective), config)
+        _models[key] = model
     return model
 
 
-def _with_retries(model: Model) -> Model:
-    """A hosted model retries transient faults as in a pytest process. Rate limits are not
-    applied: a worker does not know its share of the provider's budget."""
+def _throttled(model: Model, config: _WorkerConfig) -> Model:
+    """A hosted model retries transient faults and keeps to its provider's rate limit, as in a
+    pytest process (`PromptoptSession.model_for`), with this worker's share of the limit."""
     from ..models.hosted import LiteLLMModel
 
     if not isinstance(model, LiteLLMModel):
         return model
-    from .limits import DEFAULT_RETRIES, throttle
+    return throttle(model, config.retries, _worker_limiter(model.model, config))  # type: ignore[return-value]
 
-    return throttle(model, DEFAULT_RETRIES)  # type: ignore[return-value]
+
+def _worker_limiter(model_id: str, config: _WorkerConfig) -> RateLimiter | None:
+    limit = limit_for(config.rate_limits, model_id)
+    if limit is None:
+        return None
+    limiter = _limiters.get(limit)
+    if limiter is None:
+        limiter = _limiters[limit] = RateLimiter(limit)
+    return limiter
 
 
 def _worker_cache(config: _WorkerConfig) -> ResponseCache:

@@ -52,25 +52,33 @@ def read_document(path: Path) -> tuple[Any, LineMap]:
         raise DocumentError(f"cannot read: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
         raise DocumentError(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    lines = LineMap()
     if path.suffix == ".json":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise DocumentError(f"invalid JSON: {exc.msg} (column {exc.colno})", exc.lineno) from None
-    else:
         try:
-            data = yaml.load(text, Loader=_loader())
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            problem = getattr(exc, "problem", None) or str(exc)
-            raise DocumentError(f"invalid YAML: {problem}", mark.line + 1 if mark else None) from None
-    lines = LineMap()
+            node = _compose(text)
+        except yaml.YAMLError:
+            node = None  # JSON that YAML cannot read (tabs): errors then carry paths without lines
+        if node is not None:
+            _walk(node, (), lines.lines)
+        return data, lines
+    # Parsed once: the node tree gives the lines, then becomes the data (what yaml.load does).
+    loader = _loader()(text)
     try:
-        node = yaml.compose(text, Loader=_loader())
-    except yaml.YAMLError:
-        node = None  # JSON that YAML cannot read (tabs): errors then carry paths without lines
-    if node is not None:
-        _walk(node, (), lines.lines)
+        node = loader.get_single_node()
+        data = None
+        if node is not None:
+            _walk(node, (), lines.lines)  # before construction, which flattens `<<` merge keys in place
+            data = loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise DocumentError(f"invalid YAML: {problem}", mark.line + 1 if mark else None) from None
+    finally:
+        loader.dispose()
     return data, lines
 
 
@@ -81,10 +89,26 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_loader())
 
 
-def _loader() -> Any:
+def _compose(text: str) -> Any:
     import yaml
 
-    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return yaml.compose(text, Loader=_loader())
+
+
+def _loader() -> Any:
+    """libyaml's loader when it can be trusted, else the pure-Python one.
+
+    PyYAML's C extension (`yaml._yaml`) cannot be imported twice in a process: if `yaml` is
+    removed from `sys.modules` and imported again (pytester does so after a test that imported
+    it first), the new `yaml` package gets the old extension, whose nodes are of the old
+    `yaml.nodes` classes. The new resolver then finds no tag for them and every document fails
+    with "could not determine a constructor for the tag None"."""
+    import yaml
+
+    c_loader = getattr(yaml, "CSafeLoader", None)
+    if c_loader is not None and getattr(yaml, "_yaml", None) is not None and yaml._yaml.ScalarNode is yaml.nodes.ScalarNode:
+        return c_loader
+    return yaml.SafeLoader
 
 
 def _walk(node: Any, path: Path_, lines: dict[Path_, int]) -> None:

@@ -7,6 +7,7 @@ against the JSON Schema shipped in `pytest_promptopt/schemas/suite.schema.json`.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import difflib
 import functools
 import glob
@@ -87,8 +88,15 @@ def load_suite(file: Path, display: str, default_model: ModelSpec, resolve_promp
         if "tests" in data:
             raise ctx.error(("dataset",), "a suite takes its cases from 'tests' or from 'dataset', not both; "
                             "put the tests in a suite file of their own")
+        if "fuzz" in data:
+            raise ctx.error(("fuzz",), "a fuzz block adds generated cases to a suite's tests, and a dataset suite has none; "
+                            "put the fuzz block in a suite file of its own")
         return LoadedSuite(info, (), _dataset(data["dataset"], info, prompts, providers, default_test, ctx, backend))
-    cases = list(_cases(info, prompts, providers, default_test, _tests(data.get("tests"), ctx), ctx))
+    # A fuzz suite without `tests` has only generated cases (not promptfoo's one case without vars).
+    tests = _tests(data.get("tests"), ctx) if "tests" in data or "fuzz" not in data else []
+    cases = list(_cases(info, prompts, providers, default_test, tests, ctx))
+    if "fuzz" in data:
+        cases.extend(_fuzz(data["fuzz"], info, prompts, providers, default_test, tests, cases, ctx))
     return LoadedSuite(info, tuple(cases), repair=data.get("repair"))
 
 
@@ -580,6 +588,112 @@ def _cases(
                     )
 
 
+# ----------------------------------------------------------------------------- fuzz blocks
+
+
+def _fuzz(raw: dict[str, Any], info: SuiteInfo, prompts: list[Prompt], providers: list[ModelSpec], default: dict[str, Any],
+          tests: list[_Test], cases: list[Case], ctx: _Context) -> list[Case]:
+    """A `fuzz:` block: `count` var sets generated with Hypothesis (`fuzz.generate`, seeded), each
+    run on every prompt x provider with the block's invariants: `defaultTest.assert` (unless
+    `options.disableDefaultAsserts`) then `fuzz.assert`. Vars come from `fuzz.vars` (a JSON Schema
+    each), the others from the tests' own vars, mixed and perturbed."""
+    here: tuple[Any, ...] = ("fuzz",)
+    try:
+        from ..fuzz import FuzzBlock, FuzzOrigin, generate
+        from ..strategies import VARIANTS, SchemaNotSupported, from_schema
+    except ImportError as exc:
+        raise ctx.error(here, f"a fuzz block needs Hypothesis: {exc}") from None
+    from hypothesis.errors import HypothesisException
+
+    schemas = {str(name): schema for name, schema in (raw.get("vars") or {}).items()}
+    for name, schema in schemas.items():
+        try:
+            from_schema(schema)
+        except SchemaNotSupported as exc:
+            raise ctx.error(here + ("vars", name) + exc.path, exc.message) from None
+    block = _block(raw, default, providers, here, ctx)
+    if not block.assertions:
+        raise ctx.error(here, "a fuzz block checks invariants on every generated case: give them in fuzz.assert "
+                        "(or defaultTest.assert), e.g. [{type: is-json}]")
+    # The vars tests set are drawn from their values (a test without one brings the default's);
+    # a var only defaultTest sets keeps its value, as do all of them in a suite without tests.
+    drawn = {str(k) for test in tests for k in _vars_mapping(test.data.get("vars"), test.path, ctx)} - set(schemas)
+    examples: list[dict[str, Any]] = []
+    for test in tests:
+        for combo in _var_combinations(_load_vars(_merge(default, test.data, test.path, ctx)["vars"], test.path, ctx)):
+            examples.append({k: v for k, v in combo.items() if k in drawn})
+    available = set(schemas) | set(block.defaults) | {name for example in examples for name in example}
+    for index, prompt in enumerate(prompts):
+        missing = sorted(prompt.variables - available)
+        if missing:
+            raise ctx.error(here + (("vars",) if schemas else ()),
+                            f"missing variable {missing[0]!r} (the template uses {{{{ {missing[0]} }}}}) in prompts[{index}] "
+                            f"({prompt.label}); give it a JSON Schema in fuzz.vars, or a value in the tests' vars or defaultTest.vars")
+    fuzz = FuzzBlock(count=raw.get("count", 10), seed=raw.get("seed", 0), variants=tuple(raw.get("variants", VARIANTS)),
+                     schemas=tuple(schemas.items()), examples=tuple(examples), shrink=raw.get("shrink", 30))
+    try:
+        generated = generate(fuzz)
+    except HypothesisException as exc:  # e.g. minLength > maxLength, a pattern no string of that length matches
+        raise ctx.error(here + (("vars",) if schemas else ()), f"cannot generate vars: {type(exc).__name__}: {exc}") from None
+    factories = list(_factories(info, prompts, block, ctx))
+    taken = {case.case_id for case in cases}
+    out: list[Case] = []
+    for index, values in enumerate(generated):
+        for slice_ident, factory in factories:
+            try:
+                case = factory(values, index)
+            except DatasetRowError as exc:
+                where = exc.path if exc.path and exc.path[0] != "dataset" else here
+                raise ctx.error(where, f"{exc.message} (generated case fuzz[{index}]: {json.dumps(values, ensure_ascii=False, default=str)[:200]})") from None
+            identity, n = case.case_id, 0
+            while identity in taken:  # a generated case identical to a test's, or to another one
+                n += 1
+                identity = f"{case.case_id}-{n}"
+            taken.add(identity)
+            name = f"fuzz[{index}-{slice_ident}]" if slice_ident else f"fuzz[{index}]"
+            out.append(dataclasses.replace(case, case_id=identity, name=name, test_index=len(tests) + index,
+                                           position=len(cases) + len(out), fuzz=FuzzOrigin(fuzz, index, factory)))
+    return out
+
+
+@dataclass
+class _Block:
+    """A `dataset:` or `fuzz:` block merged with `defaultTest` as a test is."""
+
+    merged: dict[str, Any]
+    defaults: dict[str, Any]  # defaultTest.vars, loaded
+    providers: list[ModelSpec]  # defaultTest.provider, else the suite's
+    assertions: tuple[tuple[Assertion, tuple[Any, ...]], ...]  # defaultTest.assert then the block's, with their places
+
+
+def _block(raw: Mapping[str, Any], default: dict[str, Any], providers: list[ModelSpec], here: tuple[Any, ...], ctx: _Context) -> _Block:
+    merged = _merge(default, {k: raw[k] for k in ("assert", "threshold", "options") if k in raw}, here, ctx)
+    if merged["provider"] is not None:
+        try:
+            providers = [parse_model_spec(merged["provider"], "defaultTest.provider")]
+        except ValueError as exc:
+            raise ctx.error(("defaultTest", "provider"), str(exc).split(": ", 1)[-1]) from None
+    n_default = len(merged["assert"]) - len(raw.get("assert", []))
+    assertions = []
+    for index, entry in enumerate(merged["assert"]):
+        path = ("defaultTest", "assert", index) if index < n_default else here + ("assert", index - n_default)
+        assertions.append((_assertion(entry, format_path(path)), path))
+    return _Block(merged, _load_vars(merged["vars"], ("defaultTest",), ctx), providers, tuple(assertions))
+
+
+def _factories(info: SuiteInfo, prompts: list[Prompt], block: _Block, ctx: _Context,
+               renames: tuple[tuple[str, str], ...] = ()) -> Iterator[tuple[str, CaseFactory]]:
+    """A case factory per prompt x provider of a block, with its ident: named like a case's
+    (`p<N>`, the provider), brackets kept out of it for node ids."""
+    providers = block.providers
+    for prompt_index, prompt in enumerate(prompts):
+        for spec in providers:
+            ident = "-".join(([f"p{prompt_index}"] if len(prompts) > 1 else []) + ([spec.display] if len(providers) > 1 else []))
+            ident = ident.replace("::", ":").replace("[", "(").replace("]", ")")
+            yield ident, CaseFactory(info, prompt, prompt_index, spec, block.assertions, block.merged["threshold"],
+                                     tuple(block.defaults.items()), renames, ctx.base_dir, len(prompts) > 1, len(providers) > 1)
+
+
 # ----------------------------------------------------------------------------- dataset suites
 
 
@@ -595,29 +709,11 @@ def _dataset(raw: dict[str, Any], info: SuiteInfo, prompts: list[Prompt], provid
                         + ": 'path' is a .parquet, .csv or .jsonl file (or a folder of Parquet files) relative to the suite, "
                         "'table' a Spark table name (with --promptopt-backend spark)")
     source = _dataset_source(raw, ctx, backend)
-    merged = _merge(default, {k: raw[k] for k in ("assert", "threshold", "options") if k in raw}, here, ctx)
-    defaults = _load_vars(merged["vars"], ("defaultTest",), ctx)
-    if merged["provider"] is not None:
-        try:
-            providers = [parse_model_spec(merged["provider"], "defaultTest.provider")]
-        except ValueError as exc:
-            raise ctx.error(("defaultTest", "provider"), str(exc).split(": ", 1)[-1]) from None
-    n_default = len(merged["assert"]) - len(raw.get("assert", []))
-    assertions = []
-    for index, entry in enumerate(merged["assert"]):
-        path = ("defaultTest", "assert", index) if index < n_default else here + ("assert", index - n_default)
-        assertions.append((_assertion(entry, format_path(path)), path))
-    slices = []
-    for prompt_index, prompt in enumerate(prompts):
-        for spec in providers:
-            # Named like a case's ident (`-p<N>`, `-<provider>`), brackets kept out of it for node ids.
-            ident = "-".join(([f"p{prompt_index}"] if len(prompts) > 1 else []) + ([spec.display] if len(providers) > 1 else []))
-            ident = ident.replace("::", ":").replace("[", "(").replace("]", ")")
-            factory = CaseFactory(info, prompt, prompt_index, spec, tuple(assertions), merged["threshold"], tuple(defaults.items()),
-                                  source.renames, ctx.base_dir, len(prompts) > 1, len(providers) > 1)
-            slices.append(DatasetSlice(f"dataset[{ident}]" if ident else "dataset", ident, factory))
+    block = _block(raw, default, providers, here, ctx)
+    slices = [DatasetSlice(f"dataset[{ident}]" if ident else "dataset", ident, factory)
+              for ident, factory in _factories(info, prompts, block, ctx, source.renames)]
     if source.path is not None:
-        _check_dataset(source, slices, set(defaults), ctx)
+        _check_dataset(source, slices, set(block.defaults), ctx)
     return DatasetSpec(source, tuple(slices))
 
 

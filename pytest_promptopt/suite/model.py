@@ -66,3 +66,4 @@ class Case:
     description: str = ""
     base_dir: Path = field(default_factory=Path.cwd)
     position: int = 0  # order of the case in its suite (collection order)
+    fuzz: Any = None  # a generated case's `fuzz.FuzzOrigin` (its block, index and case factory); None for the others

@@ -1,0 +1,100 @@
+"""xdist scheduling that lets each worker work ahead on prompt cases.
+
+A worker starts the model calls of the cases it already holds (runners/pool.py), so it needs a
+look-ahead window of them: twice its share of `--promptopt-concurrency`, or of the batch size.
+xdist's `--dist load` (`xdist/scheduler/load.py`) does not keep that many queued: it refills a
+worker only when its queue falls below a quarter of its share of what is left, and not at all
+while the worker still holds two tests and its last one took 0.1 s or more, which is every case
+that waited for its call. Late in a run a worker then holds two or three cases and makes two or
+three calls at a time, whatever the concurrency.
+
+`LookaheadScheduling` is xdist's load scheduler plus one rule: while cases are left, a worker's
+queue is topped up to that window whenever the next item to hand out is a prompt case, capped at
+its fair share of what is left so the end of the run stays balanced. Ordinary tests, the other
+`--dist` modes and runs without `--promptopt` keep xdist's own scheduling. A crashed worker is
+handled by xdist as before: its queued cases go back to the others.
+
+The hook is registered by importing `pytest_xdist_make_scheduler` into the plugin module, or
+by loading this module as a plugin (`-p pytest_promptopt.runners.scheduling`). Importing it is
+cheap: xdist's scheduler is imported only when xdist asks for one.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+__all__ = ["is_case_nodeid", "pytest_xdist_make_scheduler", "worker_window"]
+
+
+def worker_window(concurrency: int, batch_size: int, workers: int) -> int:
+    """The look-ahead window of one of `workers` xdist workers: each takes 1/W of the concurrency
+    (at least one call), as `PromptoptSession.runner` does."""
+    from .pool import lookahead_window
+
+    return lookahead_window(max(1, concurrency // max(1, workers)), batch_size)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`LookaheadScheduling` for `--dist load` (xdist's default) with --promptopt; otherwise
+    None, and xdist picks its own scheduler."""
+    from ..session import session_key
+
+    session = config.stash.get(session_key, None)
+    if session is None or not session.settings.enabled or session.settings.backend == "spark":
+        return None
+    if config.getvalue("dist") != "load":
+        return None
+    scale = session.settings.scale
+    return _scheduler_class()(config, log, concurrency=scale.concurrency, batch_size=scale.batch_size)
+
+
+def is_case_nodeid(nodeid: str) -> bool:
+    """Whether a node id is a suite file's item (`path/file.promptopt.yaml::name`)."""
+    from ..items import is_suite_file
+
+    path, sep, _ = nodeid.partition("::")
+    return bool(sep) and is_suite_file(Path(path))
+
+
+@functools.cache
+def _scheduler_class() -> type:
+    # Built on first use: xdist (and execnet behind it) is imported only under xdist.
+    from xdist.scheduler import LoadScheduling
+
+    class LookaheadScheduling(LoadScheduling):  # type: ignore[misc, valid-type]
+        def __init__(self, config: pytest.Config, log: Any = None, *, concurrency: int, batch_size: int) -> None:
+            super().__init__(config, log)
+            # Each worker's window; the workers compute their share from the same worker count.
+            self.window = worker_window(concurrency, batch_size, self.numnodes)
+            self._cases: set[int] = set()  # collection indexes of prompt cases
+
+        def schedule(self) -> None:
+            first = self.collection is None
+            super().schedule()
+            if first and self.collection:
+                self._cases = {i for i, nodeid in enumerate(self.collection) if is_case_nodeid(nodeid)}
+                for node in self.nodes:
+                    self._top_up(node)
+
+        def check_schedule(self, node: Any, duration: float = 0) -> None:
+            self._top_up(node)
+            super().check_schedule(node, duration)
+
+        def _top_up(self, node: Any) -> None:
+            """Fill `node`'s queue to the window while the next item to hand out is a case."""
+            if node.shutting_down or not self.pending or self.pending[0] not in self._cases:
+                return
+            held = self.node2pending[node]
+            left = len(self.pending) + sum(len(queue) for queue in self.node2pending.values())
+            target = min(self.window, math.ceil(left / max(1, len(self.node2pending))))
+            wanted = min(target - len(held), self.maxschedchunk or len(self.pending))
+            if wanted > 0:
+                self._send_tests(node, wanted)
+
+    return LookaheadScheduling
