@@ -15,7 +15,10 @@ Rules:
 - `newly_failing`: passed in the baseline, now failed or errored; `newly_passing`: failed or
   errored in the baseline, passes now. Both list case ids, `flipped` gives both outputs;
 - pass rates are passed / (passed + failed), errors excluded, as in the rest of the plugin;
-  `delta` is current minus baseline (None when either side has no scored case);
+  with repeats, passed samples over samples; `delta` is current minus baseline (None when either
+  side has no scored case);
+- with repeats, a case counts as passed when every repeat passed (its `status`): McNemar's test
+  needs one pass/fail per case, and that is the case's pytest verdict;
 - `metric_deltas` compare each named metric's mean over non-error cases.
 """
 
@@ -55,11 +58,17 @@ class CaseOutcome:
     name: str
     status: str  # passed | failed | error
     output: str | None = None
-    named_scores: Mapping[str, float] = field(default_factory=dict)
+    named_scores: Mapping[str, float] = field(default_factory=dict)  # with repeats, means over them
+    repeats: int = 1
+    repeat_passed: int | None = None  # with repeats: how many passed (the status says whether all did)
 
     @property
     def passed(self) -> bool:
         return self.status == "passed"
+
+    @property
+    def samples_passed(self) -> int:
+        return self.repeat_passed if self.repeat_passed is not None else int(self.passed)
 
 
 @dataclass
@@ -161,12 +170,16 @@ class BaselineComparison:
 
 def outcome_from_result(result: Any) -> CaseOutcome:
     """A `results.CaseResult` (or anything with the same attributes) as a `CaseOutcome`."""
-    return CaseOutcome(result.case_id, result.name, result.status, result.output, dict(result.named_scores or {}))
+    repeats = int(getattr(result, "repeats", 1) or 1)
+    return CaseOutcome(result.case_id, result.name, result.status, result.output, dict(result.named_scores or {}),
+                       repeats, getattr(result, "samples_passed", None) if repeats > 1 else None)
 
 
 def _pass_rate(cases: Iterable[CaseOutcome]) -> float | None:
+    """Passed samples over the scored cases' samples (one per case without repeats)."""
     scored = [c for c in cases if c.status != "error"]
-    return sum(c.passed for c in scored) / len(scored) if scored else None
+    samples = sum(max(1, c.repeats) for c in scored)
+    return sum(c.samples_passed for c in scored) / samples if samples else None
 
 
 def _metric_means(cases: Iterable[CaseOutcome]) -> dict[str, float]:
@@ -264,7 +277,9 @@ def regression(suite: SuiteComparison, baseline: Sequence[CaseOutcome], current:
     drop = (failing - passing) / len(pairs) if pairs else 0.0
     reasons = []
     if suite.p_value < settings.alpha and drop > settings.min_effect:
-        reasons.append(f"pass rate fell by {drop:.1%} on {len(pairs)} paired cases ({failing} newly failing, "
+        # With repeats the flips are of "every repeat passed", so the drop is one of pass^k.
+        what = "pass^k" if any(c.repeats > 1 for pair in pairs for c in pair) else "pass rate"
+        reasons.append(f"{what} fell by {drop:.1%} on {len(pairs)} paired cases ({failing} newly failing, "
                        f"{passing} newly passing; McNemar p = {suite.p_value:.3g} < {settings.alpha:g})")
     metrics = sorted({m for old, new in pairs for m in old.named_scores if m in new.named_scores})
     for metric in metrics:
@@ -297,9 +312,7 @@ def write_baseline_file(path: Path, current: Mapping[str, tuple[str, Sequence[Ca
     data = {
         "version": BASELINE_FILE_VERSION,
         "suites": {
-            suite_id: {"name": name, "cases": {
-                c.case_id: {"name": c.name, "status": c.status, "output": c.output, "scores": dict(sorted(c.named_scores.items()))}
-                for c in sorted(cases, key=lambda c: c.case_id)}}
+            suite_id: {"name": name, "cases": {c.case_id: _case_entry(c) for c in sorted(cases, key=lambda c: c.case_id)}}
             for suite_id, (name, cases) in sorted(current.items())
         },
     }
@@ -307,6 +320,13 @@ def write_baseline_file(path: Path, current: Mapping[str, tuple[str, Sequence[Ca
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n", encoding="utf-8")
     os.replace(temporary, path)  # atomic: a crash never leaves half a baseline
+
+
+def _case_entry(case: CaseOutcome) -> dict[str, Any]:
+    entry: dict[str, Any] = {"name": case.name, "status": case.status, "output": case.output, "scores": dict(sorted(case.named_scores.items()))}
+    if case.repeats > 1:  # only then: a file without repeats keeps its bytes
+        entry.update(repeats=case.repeats, repeat_passed=case.samples_passed)
+    return entry
 
 
 class BaselineFileError(ValueError):
@@ -328,9 +348,10 @@ def read_baseline_file(path: Path) -> BaselineRun:
     suites = {}
     for suite_id, suite in data["suites"].items():
         try:
-            cases = [CaseOutcome(case_id, str(c.get("name", case_id)), str(c["status"]), c.get("output"), dict(c.get("scores") or {}))
+            cases = [CaseOutcome(case_id, str(c.get("name", case_id)), str(c["status"]), c.get("output"), dict(c.get("scores") or {}),
+                                 int(c.get("repeats", 1)), None if c.get("repeat_passed") is None else int(c["repeat_passed"]))
                      for case_id, c in suite["cases"].items()]
-        except (KeyError, TypeError, AttributeError) as exc:
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise BaselineFileError(f"{path}: suites.{suite_id}: malformed case entry ({exc}); rewrite it with --promptopt-update-baseline") from None
         bad = next((c for c in cases if c.status not in STATUSES), None)
         if bad is not None:

@@ -48,8 +48,23 @@ CREATE TABLE IF NOT EXISTS responses (
 )
 """
 
+# Sentence embeddings (`similar`), keyed by the embedding model's identity and the text: the
+# same texts recur across cases and runs (a reference answer, a rerun of the suite).
+_VECTORS = """
+CREATE TABLE IF NOT EXISTS embeddings (
+    key TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    vector BLOB NOT NULL,
+    created REAL NOT NULL
+)
+"""
 
-def cache_key(model: Model, request: Request, repeat: int = 0) -> str:
+
+def cache_key(model: Model, request: Request, repeat: int | None = None) -> str:
+    """The key of one sample of `request`: `repeat` (default: `request.repeat`) tells repeated
+    samples apart, so a warm rerun replays the same N samples."""
+    if repeat is None:
+        repeat = request.repeat
     blob = json.dumps(
         {
             "model": without_secrets(dict(model.cache_identity)),
@@ -82,6 +97,7 @@ class ResponseCache:
             _wal(conn)
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute(_SCHEMA)
+            conn.execute(_VECTORS)
             self._local.conn = conn
         return conn
 
@@ -99,8 +115,20 @@ class ResponseCache:
             (key, response.model, json.dumps(data, ensure_ascii=False), time.time()),
         )
 
-    def fetch(self, model: Model, request: Request, stats: CallStats, repeat: int = 0) -> Response:
-        """The model's response to `request`, from the cache when the mode allows."""
+    def get_vector(self, key: str) -> bytes | None:
+        """A stored embedding (float32 bytes), or None."""
+        row = self._connection().execute("SELECT vector FROM embeddings WHERE key = ?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def put_vector(self, key: str, model: str, vector: bytes) -> None:
+        self._connection().execute(
+            "INSERT OR REPLACE INTO embeddings (key, model, vector, created) VALUES (?, ?, ?, ?)",
+            (key, model, vector, time.time()),
+        )
+
+    def fetch(self, model: Model, request: Request, stats: CallStats, repeat: int | None = None) -> Response:
+        """The model's response to `request` (its sample `repeat`, default `request.repeat`), from
+        the cache when the mode allows."""
         if self.mode is CacheMode.OFF or not getattr(model, "cacheable", True):
             stats.calls += 1
             return model.generate(request)

@@ -6,6 +6,7 @@ module), so it reaches the same summary, gates and reports as a suite-file case.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -112,9 +113,15 @@ class ModelClient:
     def model(self) -> Model:
         return self.session.model_for(self.spec)
 
-    def __call__(self, prompt: str | Sequence[Message], **params: Any) -> Response:
+    def __call__(self, prompt: str | Sequence[Message], *, repeat: int = 0, **params: Any) -> Response:
+        """`repeat` picks which independent sample to take (its own cache entry): a test
+        parametrized over `range(N)` passes its index, so N items are N samples, not one replayed."""
         __tracebackhide__ = True
+        if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 0:
+            raise TypeError(f"prompt_model(..., repeat=...): a sample index 0, 1, ..., got {repeat!r}")
         request = Request.from_prompt(prompt, params)
+        if repeat:
+            request = dataclasses.replace(request, repeat=repeat)
         self._recorder.last_prompt = request.prompt
         self._recorder.model_spec = self.spec
         try:
@@ -144,9 +151,13 @@ class PromptCheck:
         response = output if isinstance(output, Response) else self._recorder.last_response
         text = str(output)
         variables = {**self._recorder.vars, **(vars or {})}
+        from .judging import active as active_judges
+
+        judges = active_judges()  # model-graded assertions: judge calls count as this test's calls
+        judge = judges.bind(self._recorder.stats) if judges is not None else None
         try:
-            rendered = [render_assertion(a, variables) for a in assertions]
-            grade = grade_case(text, rendered, AssertionContext(variables, self._recorder.last_prompt, response, self._recorder.base_dir), threshold)
+            rendered = [render_assertion(_as_assertion(a), variables) for a in assertions]
+            grade = grade_case(text, rendered, AssertionContext(variables, self._recorder.last_prompt, response, self._recorder.base_dir, judge), threshold)
         except AssertionConfigError as exc:
             # A malformed check is the test's fault, not the output's: an error, not a failure.
             self._recorder.error = f"assertion error: {exc}"
@@ -164,6 +175,23 @@ class PromptCheck:
                 pytest.xfail(f"tolerated by gate {self._gates_text}: {grade.reason}")
             raise CheckFailed(message)
         return grade
+
+
+def _as_assertion(value: Any) -> Assertion:
+    """An assertion, an MLflow scorer given as itself (`prompt_check(answer, Guidelines(...))`), or a
+    check function (`prompt_check(answer, my_metric)`, as `python(my_metric)`)."""
+    if isinstance(value, Assertion):
+        return value
+    from .assertions.mlflow_scorers import is_scorer, mlflow_scorer
+
+    if is_scorer(value):
+        return mlflow_scorer(value)
+    if callable(value):
+        # a check function, e.g. a DSPy metric `(example, prediction, trace=None)`: the `python` assertion
+        from .assertions.builders import python
+
+        return python(value)
+    raise AssertionConfigError(f"prompt_check takes assertions (contains('x'), llm_rubric('...'), ...), MLflow scorers or check functions, not {type(value).__name__}")
 
 
 def python_suite(item: pytest.Item, marker: pytest.Mark | None) -> SuiteInfo:

@@ -6,16 +6,19 @@ runner changes, the case does not.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from .assertions.base import AssertionConfigError, AssertionContext, AssertionEvaluationError
 from .assertions.scoring import CaseGrade, Outcome, grade_case
 from .cache import CallStats, ResponseCache
+from .judging import Judge, Judges
+from .judging import active as active_judges
 from .models.base import Model, ModelError, Request, Response
 from .redact import redact, scrub
-from .results import CaseResult
+from .results import CaseResult, merge_samples
 from .suite.model import Case
 
 __all__ = ["error_result", "execute_batch", "execute_case", "fill_grade", "fill_response", "json_safe", "model_error", "new_result"]
@@ -68,6 +71,7 @@ def new_result(case: Case, nodeid: str = "") -> CaseResult:
         prompt_index=case.prompt_index,
         test_index=case.test_index, position=case.position,
         model=case.model.display,
+        repeats=case.repeats,
         template=case.prompt.template,
         registry_prompts=[case.prompt.registry_uri] if case.prompt.registry_uri else [],
         model_params=redact(json_safe(dict(case.model.params))),
@@ -85,50 +89,89 @@ def model_error(case: Case, nodeid: str, exc: BaseException) -> CaseResult:
     return error_result(case, nodeid, f"model error ({case.model.display}): {scrub(str(exc))}")
 
 
-def _grade(case: Case, result: CaseResult, response: Response) -> None:
+def _judge(judges: Judges | None, cache: ResponseCache, stats: CallStats) -> Judge | None:
+    """The judge of a case's model-graded assertions (judging.py): its calls go through `cache`
+    and count into the case's `stats`. `judges` defaults to the session's."""
+    judges = judges if judges is not None else active_judges()
+    return judges.bind(stats, cache) if judges is not None else None
+
+
+def _grade(case: Case, result: CaseResult, response: Response, judge: Judge | None = None) -> None:
     fill_response(result, response)
     result.model = case.model.label or result.model  # a suite's provider label names it in reports
-    ctx = AssertionContext(vars=case.vars, prompt=case.rendered_prompt, response=response, base_dir=case.base_dir)
+    ctx = AssertionContext(vars=case.vars, prompt=case.rendered_prompt, response=response, base_dir=case.base_dir, judge=judge)
     try:
         fill_grade(result, grade_case(response.text, case.assertions, ctx, case.threshold))
     except (AssertionEvaluationError, AssertionConfigError) as exc:
         result.error = f"assertion error: {scrub(str(exc))}"
 
 
-def execute_case(case: Case, model: Model, cache: ResponseCache, nodeid: str = "", params: Mapping[str, Any] | None = None) -> CaseResult:
-    """Run `case` on `model`. Model and assertion faults become `result.error`, never exceptions."""
+def _grade_samples(case: Case, result: CaseResult, answers: Iterable[Response | ModelError], judge: Judge | None = None) -> None:
+    """Grade the case's answers, one per repeat (`case.repeats`), into `result`. Without repeats
+    the record is its one sample, as it always was; with them each sample is graded apart and
+    `merge_samples` folds them in. The first model or assertion fault ends the case (an error
+    whatever the other samples would say), and a lazy `answers` asks for no more."""
+    samples: list[CaseResult] = []
+    for answer in answers:
+        sample = result if case.repeats == 1 else dataclasses.replace(result)
+        if isinstance(answer, ModelError):
+            sample.error = f"model error ({case.model.display}): {scrub(str(answer))}"
+        else:
+            _grade(case, sample, answer, judge)
+        samples.append(sample)
+        if sample.error:
+            break
+    if case.repeats > 1:
+        merge_samples(result, samples, case.repeats)
+
+
+def execute_case(case: Case, model: Model, cache: ResponseCache, nodeid: str = "", params: Mapping[str, Any] | None = None,
+                 judges: Judges | None = None) -> CaseResult:
+    """Run `case` on `model`, `case.repeats` times (repeat i is its own cache entry; repeat 0's
+    key is that of a run without repeats). Model and assertion faults become `result.error`,
+    never exceptions."""
     stats = CallStats()
     started = time.perf_counter()
     result = new_result(case, nodeid)
-    try:
-        response = cache.fetch(model, Request.from_prompt(case.rendered_prompt, params), stats)
-    except ModelError as exc:
-        result.error = f"model error ({case.model.display}): {scrub(str(exc))}"
-    else:
-        _grade(case, result, response)
+    request = Request.from_prompt(case.rendered_prompt, params)
+
+    def answers() -> Iterator[Response | ModelError]:
+        for repeat in range(case.repeats):
+            try:
+                yield cache.fetch(model, dataclasses.replace(request, repeat=repeat), stats)
+            except ModelError as exc:
+                yield exc
+
+    _grade_samples(case, result, answers(), _judge(judges, cache, stats))
     result.calls = stats.calls
     result.cache_hits = stats.cache_hits
     result.duration_s = time.perf_counter() - started
     return result
 
 
-def execute_batch(cases: Sequence[tuple[Case, str]], model: Model, cache: ResponseCache) -> list[CaseResult]:
+def execute_batch(cases: Sequence[tuple[Case, str]], model: Model, cache: ResponseCache, judges: Judges | None = None) -> list[CaseResult]:
     """Run several cases on one model that answers batches (`generate_batch`): one batched call
-    for the cache misses, then grade each case as `execute_case` does. A model fault errors the
-    cases it answered for, not the cached ones."""
+    for the cache misses (every repeat of every case), then grade each case as `execute_case`
+    does. A model fault errors the cases it answered for, not the cached ones."""
     started = time.perf_counter()
     results = [new_result(case, nodeid) for case, nodeid in cases]
-    requests = [Request.from_prompt(case.rendered_prompt) for case, _ in cases]
     stats = [CallStats() for _ in cases]
-    responses = cache.fetch_batch(model, requests, stats)
+    owners: list[int] = []  # the case of each request
+    requests: list[Request] = []
+    for index, (case, _) in enumerate(cases):
+        request = Request.from_prompt(case.rendered_prompt)
+        for repeat in range(case.repeats):
+            owners.append(index)
+            requests.append(dataclasses.replace(request, repeat=repeat))
+    responses = cache.fetch_batch(model, requests, [stats[i] for i in owners])
+    answers: list[list[Response | ModelError]] = [[] for _ in cases]
+    for owner, response in zip(owners, responses):
+        answers[owner].append(response)
     # cases of one batch share its wall time, as their latencies do (models/local.py)
     share = (time.perf_counter() - started) / max(1, len(cases))
-    for (case, _), result, response, stat in zip(cases, results, responses, stats):
+    for (case, _), result, answered, stat in zip(cases, results, answers, stats):
         begun = time.perf_counter()
-        if isinstance(response, ModelError):
-            result.error = f"model error ({case.model.display}): {scrub(str(response))}"
-        else:
-            _grade(case, result, response)
+        _grade_samples(case, result, answered, _judge(judges, cache, stat))
         result.calls = stat.calls
         result.cache_hits = stat.cache_hits
         result.duration_s = share + (time.perf_counter() - begun)

@@ -15,6 +15,7 @@ Knows nothing about pytest: `items.CaseItem` asks for the shrunk input when a fu
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -227,7 +228,11 @@ def shrink_failure(case: "Case", model_for: Callable[["ModelSpec"], "Model"], ca
         return None
     memo_key = (id(origin.block), case.prompt_index, case.model.key)
     if memo_key not in _SHRUNK:
-        _SHRUNK[memo_key] = (origin.block, shrink(origin, lambda c: execute_case(c, model_for(c.model), cache)))
+        # Each input takes the case's repeats, so "fails" means what it meant for the case.
+        def evaluate(c: "Case") -> "CaseResult":
+            return execute_case(dataclasses.replace(c, repeats=case.repeats), model_for(c.model), cache)
+
+        _SHRUNK[memo_key] = (origin.block, shrink(origin, evaluate))
     return _SHRUNK[memo_key][1]
 
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-__all__ = ["GATE_RULES", "Gate", "GateResult", "PASS_RATE", "decide", "parse_gates"]
+__all__ = ["GATE_RULES", "Gate", "GateResult", "PASS_K", "PASS_RATE", "decide", "parse_gates"]
 
-PASS_RATE = "pass_rate"
+PASS_RATE = "pass_rate"  # with repeats, over every sample of every case
+PASS_K = "pass^k"  # the share of cases whose every repeat (all k of them) passed; pass_rate without repeats
 GATE_RULES = ("point", "strict", "tolerant")
 
 Interval = tuple[float, float]
@@ -23,7 +24,7 @@ Interval = tuple[float, float]
 
 @dataclass(frozen=True)
 class Gate:
-    """`metric >= threshold`, where metric is `pass_rate` or a named metric's mean over cases."""
+    """`metric >= threshold`, where metric is `pass_rate`, `pass^k` or a named metric's mean over cases."""
 
     name: str
     threshold: float
@@ -84,14 +85,16 @@ def parse_gates(raw: Any, where: str = "gates") -> tuple[Gate, ...]:
 
 
 def decide(gate: Gate, pass_rate: float | None, metric_means: Mapping[str, float],
-           intervals: Mapping[str, Interval | None] | None = None, default_rule: str = "point") -> GateResult:
-    """The gate's verdict. `intervals` holds the 95% interval of `pass_rate` and of each metric
-    mean (by name); a strict or tolerant gate without one falls back to the point estimate.
+           intervals: Mapping[str, Interval | None] | None = None, default_rule: str = "point", *,
+           pass_k: float | None = None) -> GateResult:
+    """The gate's verdict. `intervals` holds the 95% interval of `pass_rate`, `pass^k` and of each
+    metric mean (by name); a strict or tolerant gate without one falls back to the point estimate.
     `default_rule` is the rule of a gate that names none (the run's --promptopt-gate-rule)."""
     rule = gate.rule or default_rule
-    value = pass_rate if gate.name == PASS_RATE else metric_means.get(gate.name)
+    counts = gate.name in (PASS_RATE, PASS_K)
+    value = pass_rate if gate.name == PASS_RATE else pass_k if gate.name == PASS_K else metric_means.get(gate.name)
     if value is None:
-        what = "no case was scored" if gate.name == PASS_RATE else f"no assertion reported metric '{gate.name}'"
+        what = "no case was scored" if counts else f"no assertion reported metric '{gate.name}'"
         return GateResult(gate.name, gate.threshold, None, False, f"{what}: the gate cannot pass", rule)
     interval = (intervals or {}).get(gate.name)
     low, high = interval if interval is not None else (None, None)

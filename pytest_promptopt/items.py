@@ -101,7 +101,7 @@ class SuiteFile(pytest.File):
 
         display = self.path.relative_to(self.config.rootpath).as_posix() if self.path.is_relative_to(self.config.rootpath) else str(self.path)
         loaded = load_suite(self.path, display, session.settings.model, session.registry.resolve,
-                            backend=session.settings.backend)
+                            backend=session.settings.backend, repeats=session.settings.repeats)
         if loaded.dataset is not None:  # one item per prompt x provider, all rows (see DatasetItem)
             self._warm_up(session, [part.make_case.model for part in loaded.dataset.slices])
             for part in loaded.dataset.slices:
@@ -261,7 +261,7 @@ class DatasetItem(pytest.Item):
             objects = dict((spec.key, model) for spec, model in session._object_models([factory.model]))
             spark.evaluate_frame(session.spark(), frame, factory, nodeid_prefix=f"{self.nodeid}::", output_path=output,
                                  cache_path=settings.cache_path, cache_mode=settings.cache_mode, models=objects, timeout_s=settings.timeout_s,
-                                 retries=settings.scale.retries, rate_limits=settings.scale.rate_limits)
+                                 retries=settings.scale.retries, rate_limits=settings.scale.rate_limits, judge=settings.judge)
         except spark.SparkBackendError as exc:  # an unreadable source, a failed job: one line, no traceback
             pytest.fail(f"{self.spec.source.describe()}: {exc}", pytrace=False)
         self.cases_file = output
@@ -283,7 +283,7 @@ class DatasetItem(pytest.Item):
             if stats.failed or stats.errors:
                 raise DatasetFailed("no gates, so every row must pass")
             return
-        verdicts = [decide(g, stats.pass_rate, stats.metric_means()) for g in gates]
+        verdicts = [decide(g, stats.pass_rate, stats.metric_means(), pass_k=stats.pass_k) for g in gates]
         failing = [v for v in verdicts if not v.passed]
         if failing:
             raise DatasetFailed(f"gate{'s' if len(failing) > 1 else ''} failed: " + "; ".join(g.reason for g in failing))

@@ -11,13 +11,13 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from .baseline import BaselineComparison, CaseOutcome, outcome_from_result
-from .gates import PASS_RATE, GateResult, decide
+from .gates import PASS_K, PASS_RATE, GateResult, decide
 from .suite.model import SuiteInfo
 
-__all__ = ["CaseResult", "CaseStats", "DatasetPart", "RunSummary", "SuiteSummary", "summarize"]
+__all__ = ["CaseResult", "CaseStats", "DatasetPart", "RunSummary", "SuiteSummary", "merge_samples", "summarize"]
 
 
 @dataclass
@@ -51,15 +51,46 @@ class CaseResult:
     calls: int = 0
     cache_hits: int = 0
     duration_s: float = 0.0
+    # Repeats (--promptopt-repeat N): `passed` means every repeat passed, and the fields above
+    # describe the case over its samples (`merge_samples`); `samples` holds each one compactly.
+    repeats: int = 1
+    repeat_passed: int | None = None  # None: one sample, read `passed`
+    samples: list[dict[str, Any]] = field(default_factory=list)  # only with repeats > 1
 
     @property
     def status(self) -> str:
         return "error" if self.error else ("passed" if self.passed else "failed")
 
+    @property
+    def samples_passed(self) -> int:
+        """How many of the case's samples passed (0 or 1 without repeats)."""
+        if self.repeat_passed is not None:
+            return self.repeat_passed
+        return int(self.passed and not self.error)
+
+    @property
+    def pass_rate(self) -> float | None:
+        """The case's pass rate over its repeats; None for an error."""
+        return None if self.error else self.samples_passed / max(1, self.repeats)
+
+    @property
+    def flaky(self) -> bool:
+        """Some repeats passed and some failed: the case neither always passes nor always fails."""
+        return not self.error and 0 < self.samples_passed < self.repeats
+
+    def sample_values(self) -> list[dict[str, Any]]:
+        """The case's samples as `samples` holds them; a case without repeats is its own one sample."""
+        if self.samples:
+            return self.samples
+        return [{"passed": self.passed, "score": self.score, "named_scores": self.named_scores, "latency_ms": self.latency_ms}]
+
     def to_dict(self) -> dict[str, Any]:
         # Shallow: every record is encoded once per case, and `asdict`'s deep copy was a fifth of
-        # the plugin's cost per case; readers serialise or `redact` (which copies) it.
-        return {name: getattr(self, name) for name in _CASE_FIELDS}
+        # the plugin's cost per case; readers serialise or `redact` (which copies) it. The derived
+        # values are written for readers of the report; `from_dict` recomputes them.
+        data = {name: getattr(self, name) for name in _CASE_FIELDS}
+        data.update(repeat_passed=self.samples_passed, pass_rate=self.pass_rate, flaky=self.flaky)
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "CaseResult":
@@ -67,6 +98,59 @@ class CaseResult:
 
 
 _CASE_FIELDS = tuple(CaseResult.__dataclass_fields__)
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return math.fsum(values) / len(values) if values else None
+
+
+def merge_samples(result: CaseResult, samples: Sequence[CaseResult], repeats: int) -> None:
+    """Fold a case's graded samples (repeat 0, 1, ...; the run stops at the first that errored)
+    into its record `result`.
+
+    The case passes when every one of its `repeats` passed. Its output, reason and assertions are
+    those of the first failing sample (what a reviewer must see), else of the first; its score,
+    per-assertion scores and named metrics are means over the samples, latency the mean, tokens
+    and cost the sums. An errored sample makes the case an error, as one model fault does.
+    """
+    result.repeats = repeats
+    done = [s for s in samples if not s.error]
+    errored = next((n for n, s in enumerate(samples) if s.error), None)
+    result.samples = [{"passed": s.passed, "score": s.score, "reason": s.reason, "output": s.output,
+                       "named_scores": dict(s.named_scores), "latency_ms": s.latency_ms} for s in done]
+    passing = sum(1 for s in done if s.passed)
+    result.repeat_passed = passing
+    shown = next((s for s in done if not s.passed), done[0] if done else None)
+    if shown is not None:
+        result.output, result.assertions, result.model = shown.output, shown.assertions, shown.model or result.model
+        result.score = _mean([float(s.score) for s in done if s.score is not None])
+        labels: dict[str, list[float]] = {}
+        metrics: dict[str, list[float]] = {}
+        for s in done:
+            for label, value in s.scores.items():
+                labels.setdefault(label, []).append(float(value))
+            for name, value in s.named_scores.items():
+                metrics.setdefault(name, []).append(float(value))
+        result.scores = {label: math.fsum(v) / len(v) for label, v in labels.items()}
+        result.named_scores = {name: math.fsum(v) / len(v) for name, v in metrics.items()}
+        result.latency_ms = _mean([float(s.latency_ms) for s in done if s.latency_ms is not None])
+        for name in ("prompt_tokens", "completion_tokens", "cost"):
+            values = [getattr(s, name) for s in done if getattr(s, name) is not None]
+            setattr(result, name, sum(values) if values else None)
+    if errored is not None:
+        result.error = f"repeat {errored + 1} of {repeats}: {samples[errored].error}"
+        result.passed = False
+        result.reason = result.error
+        return
+    result.passed = passing == repeats
+    if shown is None:
+        return
+    if result.passed:
+        result.reason = f"all {repeats} repeats passed"
+    else:
+        which = next(n for n, s in enumerate(done) if not s.passed)
+        kind = "flaky: " if passing else ""
+        result.reason = f"{kind}{passing} of {repeats} repeats passed; repeat {which + 1}: {shown.reason}"
 
 
 # Latencies are kept exactly up to this many cases (percentiles then match a sort of the
@@ -127,6 +211,12 @@ class CaseStats:
     cost: float | None = None  # None: no case reported a cost
     duration_s: float = 0.0
     models: list[str] = field(default_factory=list)
+    # Samples of the scored cases (a case without repeats is one sample); 0 in stats written
+    # before repeats existed, whose pass rate is then over cases, as it was.
+    samples: int = 0
+    samples_passed: int = 0
+    flaky: int = 0
+    max_repeats: int = 1
 
     @classmethod
     def of(cls, results: Iterable["CaseResult"]) -> "CaseStats":
@@ -141,7 +231,16 @@ class CaseStats:
 
     @property
     def pass_rate(self) -> float | None:
-        """Passed over scored cases: errors are counted apart, not as failures."""
+        """Passed over scored samples (with repeats, every sample of every case counts; without,
+        that is passed over scored cases): errors are counted apart, not as failures."""
+        if self.samples:
+            return self.samples_passed / self.samples
+        scored = self.passed + self.failed
+        return self.passed / scored if scored else None
+
+    @property
+    def pass_k(self) -> float | None:
+        """`pass^k`: the share of scored cases whose every repeat passed (the pass rate without repeats)."""
         scored = self.passed + self.failed
         return self.passed / scored if scored else None
 
@@ -153,13 +252,23 @@ class CaseStats:
                 self.passed += 1
             else:
                 self.failed += 1
-            if result.score is not None:
-                _fadd(self.score_sum, float(result.score))
-                self.score_count += 1
-            for name, value in result.named_scores.items():
-                _fadd(self.metric_sums.setdefault(name, []), float(value))
-                self.metric_counts[name] = self.metric_counts.get(name, 0) + 1
-        if result.latency_ms is not None:
+            self.samples += max(1, result.repeats)
+            self.samples_passed += result.samples_passed
+            self.flaky += result.flaky
+            self.max_repeats = max(self.max_repeats, result.repeats)
+            # Means are over samples, so every repeat weighs as much as a case without repeats.
+            for sample in result.sample_values():
+                if sample.get("score") is not None:
+                    _fadd(self.score_sum, float(sample["score"]))
+                    self.score_count += 1
+                for name, value in (sample.get("named_scores") or {}).items():
+                    _fadd(self.metric_sums.setdefault(name, []), float(value))
+                    self.metric_counts[name] = self.metric_counts.get(name, 0) + 1
+        if result.samples:
+            for sample in result.samples:
+                if sample.get("latency_ms") is not None:
+                    self._add_latency(float(sample["latency_ms"]))
+        elif result.latency_ms is not None:
             self._add_latency(float(result.latency_ms))
         self.calls += result.calls
         self.cache_hits += result.cache_hits
@@ -215,7 +324,15 @@ class CaseStats:
             merged.cost = other.cost if merged.cost is None else merged.cost + other.cost
         merged.duration_s += other.duration_s
         merged.models = sorted(set(merged.models) | set(other.models))
+        (mine, mine_passed), (theirs, theirs_passed) = self._sample_counts(), other._sample_counts()
+        merged.samples, merged.samples_passed = mine + theirs, mine_passed + theirs_passed
+        merged.flaky += other.flaky
+        merged.max_repeats = max(merged.max_repeats, other.max_repeats)
         return merged
+
+    def _sample_counts(self) -> tuple[int, int]:
+        """(samples, passed samples); stats written before repeats existed count their cases."""
+        return (self.samples, self.samples_passed) if self.samples else (self.passed + self.failed, self.passed)
 
     def mean_score(self) -> float | None:
         return math.fsum(self.score_sum) / self.score_count if self.score_count else None
@@ -358,6 +475,21 @@ class SuiteSummary:
         return self.stats.pass_rate
 
     @property
+    def pass_k(self) -> float | None:
+        """`pass^k`: the share of scored cases whose every repeat passed."""
+        return self.stats.pass_k
+
+    @property
+    def repeats(self) -> int:
+        """Samples per case (the most any case took; 1 without repeats)."""
+        return self.stats.max_repeats
+
+    @property
+    def flaky(self) -> list[CaseResult]:
+        """The cases whose repeats neither all passed nor all failed."""
+        return [r for r in self.results if r.flaky]
+
+    @property
     def gates_passed(self) -> bool:
         return all(g.passed for g in self.gates)
 
@@ -365,21 +497,39 @@ class SuiteSummary:
         return self.stats.metric_means()
 
     def intervals(self) -> dict[str, tuple[float, float] | None]:
-        """95% intervals: `pass_rate` (Wilson, over scored cases) and each metric mean (a seeded
-        bootstrap over the cases; none for a dataset suite, whose rows are in a file)."""
+        """95% intervals: `pass_rate` and each metric mean, and `pass^k` with repeats or a gate on it.
+
+        Without repeats the pass rate's is Wilson's over the scored cases and a metric mean's a
+        seeded bootstrap over the cases. With repeats a case's samples are not independent cases
+        (a flaky case is flaky every run), so both are a seeded cluster bootstrap over cases, each
+        case's samples resampled together; `pass^k` is one pass/fail per case, so Wilson's over
+        cases. None for fewer than two cases (nothing says how much cases differ). A dataset
+        suite (rows in a file) gets the pass rate's and no metric intervals."""
         if self._intervals is not None and self._intervals[0] == len(self.results):
             return self._intervals[1]
-        from .stats import mean_interval, wilson
+        from .stats import cluster_bootstrap, mean_interval, wilson
 
-        found: dict[str, tuple[float, float] | None] = {PASS_RATE: wilson(self.passed, self.passed + self.failed)}
+        pass_k = wilson(self.passed, self.passed + self.failed)
+        found: dict[str, tuple[float, float] | None] = {PASS_RATE: pass_k}
+        if self.repeats > 1 or any(g.name == PASS_K for g in self.info.gates):
+            found[PASS_K] = pass_k
         if self.dataset is None:
-            values: dict[str, list[float]] = {}
-            for result in self.results:
-                if not result.error:
+            scored = [r for r in self.results if not r.error]
+            if self.repeats > 1:
+                clusters = [[float(bool(s["passed"])) for s in r.sample_values()] for r in scored]
+                found[PASS_RATE] = cluster_bootstrap(clusters) if len(clusters) > 1 else None
+                for name in self.metric_means():
+                    clusters = [[float(s["named_scores"][name]) for s in r.sample_values() if name in (s.get("named_scores") or {})]
+                                for r in scored]
+                    clusters = [c for c in clusters if c]
+                    found[name] = cluster_bootstrap(clusters) if len(clusters) > 1 else None
+            else:
+                values: dict[str, list[float]] = {}
+                for result in scored:
                     for name, value in result.named_scores.items():
                         values.setdefault(name, []).append(float(value))
-            for name in self.metric_means():
-                found[name] = mean_interval(values.get(name, []))
+                for name in self.metric_means():
+                    found[name] = mean_interval(values.get(name, []))
         self._intervals = (len(self.results), found)
         return found
 
@@ -435,7 +585,8 @@ def summarize(records: Iterable[tuple[SuiteInfo, "CaseResult | DatasetPart"]], g
         summary = SuiteSummary(info, results, [], [], dataset)
         summary.models = list(summary.stats.models)
         intervals = summary.intervals() if any((g.rule or gate_rule) != "point" for g in info.gates) else None
-        summary.gates = [decide(g, summary.pass_rate, summary.metric_means(), intervals, gate_rule) for g in info.gates]
+        summary.gates = [decide(g, summary.pass_rate, summary.metric_means(), intervals, gate_rule, pass_k=summary.pass_k)
+                         for g in info.gates]
         suites.append(summary)
     suites.sort(key=lambda s: s.info.id)
     return RunSummary(suites)

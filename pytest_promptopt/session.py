@@ -13,7 +13,10 @@ from typing import Any, Callable, Iterable, Iterator
 import pytest
 
 from .cache import ResponseCache
-from .models.base import Model
+from .judging import Judges, judge_specs
+from .judging import activate as activate_judges
+from .judging import active as active_judges
+from .models.base import Model, ModelError
 from .models.hosted import LiteLLMModel
 from .models.registry import ModelSpec, create_model, with_timeout
 from .registry import PromptResolver, activate
@@ -54,6 +57,14 @@ class PromptoptSession:
         if settings.enabled:
             activate(self.registry)  # for Prompt.from_registry in Python tests
         self._make_model = make_model
+        # Judge models of model-graded assertions: the same adapters and cache (judging.py).
+        self.judges = Judges(self.model_for, lambda: self.cache, settings.judge)
+        if settings.enabled:
+            activate_judges(self.judges)  # for prompt_check in Python tests
+        if settings.enabled:
+            from .models.embeddings import use_cache
+
+            use_cache(lambda: self.cache)  # `similar` keeps its sentence embeddings beside the responses
         self._models: dict[str, Model] = {}
         self._models_lock = threading.Lock()
         self._hook_made: set[str] = set()
@@ -136,13 +147,19 @@ class PromptoptSession:
         from .runners.spark import SparkBackendError, evaluate_cases
 
         objects = {spec.key: model for spec, model in self._object_models(case.model for case, _ in cases)}
+        for spec in judge_specs((a for case, _ in cases for a in case.assertions), self.settings.judge):
+            try:  # judges made by a conftest hook travel as objects too
+                objects.update((s.key, m) for s, m in self._object_models([spec]))
+            except ModelError:
+                pass  # the assertion reports it on the worker
         settings = self.settings
         pairs = [(nodeid, case) for case, nodeid in cases]
         done: set[str] = set()
         try:
             for nodeid, result in evaluate_cases(self.spark(), pairs, cache_path=settings.cache_path, cache_mode=settings.cache_mode,
                                                  models=objects, timeout_s=settings.timeout_s,
-                                                 retries=settings.scale.retries, rate_limits=settings.scale.rate_limits):
+                                                 retries=settings.scale.retries, rate_limits=settings.scale.rate_limits,
+                                                 judge=settings.judge):
                 self.runner.preset(nodeid, result)
                 done.add(nodeid)
         except SparkBackendError as exc:
@@ -175,7 +192,7 @@ class PromptoptSession:
             from .suite.loader import load_suite
 
             try:
-                loaded = load_suite(file, path, self.settings.model, self.registry.resolve)
+                loaded = load_suite(file, path, self.settings.model, self.registry.resolve, repeats=self.settings.repeats)
             except Exception:  # the suite is gone or broken: its collection error says so
                 return False
             case = next((c for c in loaded.cases if c.name == name), None)
@@ -278,5 +295,7 @@ class PromptoptSession:
             self._cache.close()
         if self.is_controller:
             self.registry.discard()
+        if active_judges() is self.judges:
+            activate_judges(None)
         if resolver_active() is self.registry:
             activate(None)

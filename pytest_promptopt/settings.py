@@ -15,6 +15,7 @@ from .cache import CacheMode
 from .models.registry import BUNDLED, ModelSpec, parse_model_spec
 from .repair.config import DEFAULT_BUDGET, OPTIMIZERS, Given, RepairSettings
 from .runners.limits import DEFAULT_CONCURRENCY, DEFAULT_RETRIES, RateLimit, parse_rate_limits
+from .suite.model import Repeats
 
 __all__ = ["OPTIONS", "MlflowSettings", "Option", "Settings", "SparkSettings"]
 
@@ -36,6 +37,7 @@ class Option:
 OPTIONS: tuple[Option, ...] = (
     Option("--promptopt", "", "run prompt tests (suite files and tests marked promptopt); without it they are skipped", is_flag=True),
     Option("--promptopt-model", "promptopt_model", f"default model for suites without providers (default: {BUNDLED}, the bundled offline model)", BUNDLED),
+    Option("--promptopt-judge-model", "promptopt_judge_model", "judge model of model-graded assertions (llm-rubric, g-eval, factuality, ...) without a provider, e.g. openai/gpt-4o-mini (default: --promptopt-model; the bundled model is a weak judge)", None),
     Option("--promptopt-cache", "promptopt_cache", "response cache: off, readwrite, or replay (a miss is an error)", "readwrite", ("off", "readwrite", "replay")),
     Option("--promptopt-cache-dir", "promptopt_cache_dir", "folder of the response cache (relative to rootdir)", ".promptopt"),
     Option("--promptopt-report", "promptopt_report", "write the JSON report to this path", None),
@@ -54,6 +56,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--promptopt-regression-alpha", "promptopt_regression_alpha", "significance level of the regression gate (paired tests against the baseline)", "0.05"),
     Option("--promptopt-regression-min-effect", "promptopt_regression_min_effect", "smallest drop (pass rate or metric mean, 0-1) the regression gate fails on", "0.05"),
     Option("--promptopt-gate-rule", "promptopt_gate_rule", "rule of gates that name none: point (the estimate), strict (its 95%% lower bound) or tolerant (its upper bound)", "point", ("point", "strict", "tolerant")),
+    Option("--promptopt-repeat", "promptopt_repeat", "independent samples of each suite case, each its own cache entry (a suite's repeat: overrides the ini value; this option overrides both)", "1"),
     # Scale (issue 5)
     Option("--promptopt-concurrency", "promptopt_concurrency", "hosted model calls in flight at once, shared by all xdist workers", str(DEFAULT_CONCURRENCY)),
     Option("--promptopt-rate-limit", "promptopt_rate_limit", "requests/tokens per minute per provider, shared by all xdist workers, e.g. 'openai:rpm=500,tpm=30000; anthropic:rpm=50'", None),
@@ -125,10 +128,17 @@ class Settings:
     gate_rule: str = "point"
     scale: Scale = Scale()
     repair: RepairSettings | None = None  # --promptopt-repair
+    judge_model: ModelSpec | None = None  # --promptopt-judge-model; None: the run's default model
+    repeats: Repeats = Repeats()  # --promptopt-repeat
 
     @property
     def backend(self) -> str:
         return self.scale.backend
+
+    @property
+    def judge(self) -> ModelSpec:
+        """The judge model of model-graded assertions that name none."""
+        return self.judge_model or self.model
 
     @property
     def spark(self) -> SparkSettings | None:
@@ -198,9 +208,16 @@ class Settings:
             mlflow=mlflow,
             **_baselines(config, rootdir, parsed, mlflow),
             scale=_scale(parsed),
+            repeats=Repeats(parsed("--promptopt-repeat", _positive), config.getoption("promptopt_repeat") is not None),
             repair=_repair(config, parsed),
+            judge_model=parsed("--promptopt-judge-model", _judge_model),
             **_report_settings(config, rootdir, parsed),
         )
+
+
+def _judge_model(raw: Any) -> ModelSpec | None:
+    text = "" if raw is None else str(raw).strip()
+    return parse_model_spec(text, "--promptopt-judge-model") if text else None
 
 
 def _repair(config: Any, parsed: Callable[[str, Callable[[Any], Any]], Any]) -> RepairSettings | None:
@@ -386,6 +403,13 @@ def _output_path(config: Any, dest: str, raw: Any, rootdir: Path) -> Path:
     else:
         base = rootdir
     return base / p
+
+
+def _positive(raw: Any) -> int:
+    number = int(str(raw).strip())
+    if number < 1:
+        raise ValueError(f"must be a positive whole number, got {raw!r}")
+    return number
 
 
 def _boolean(raw: Any) -> bool:

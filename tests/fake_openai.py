@@ -1,14 +1,17 @@
-"""A tiny OpenAI-compatible chat server on loopback, for testing hosted models offline.
+"""A tiny OpenAI-compatible chat and embeddings server on loopback, for testing hosted models offline.
 
 In a test: `with FakeOpenAI(answer) as server: ... server.base_url`. As a process (benchmarks,
 subprocess pytest runs): `python tests/fake_openai.py --delay 0.2` prints its base URL and serves
-`Echo: <last user message>` after the delay, until killed.
+`Echo: <last user message>` after the delay, until killed. `/v1/embeddings` answers with
+`letter_counts` vectors (how often each of a-z occurs), so similarities are known in advance.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
+import struct
 import sys
 import threading
 import time
@@ -24,12 +27,20 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 256  # a benchmark opens many connections at once
 
 
-class FakeOpenAI:
-    """Answers `/v1/chat/completions` with `answer(body)`, after `delay_s`; records requests and
-    the largest number of requests it had in flight at once (`max_in_flight`)."""
+def letter_counts(text: str) -> list[float]:
+    """The fake embedding of `text`: counts of the letters a-z, case ignored."""
+    lower = text.lower()
+    return [float(lower.count(chr(c))) for c in range(ord("a"), ord("z") + 1)]
 
-    def __init__(self, answer: Answer, delay_s: float = 0.0) -> None:
+
+class FakeOpenAI:
+    """Answers `/v1/chat/completions` with `answer(body)` and `/v1/embeddings` with `embed(text)`
+    for each input, after `delay_s`; records requests and the largest number of requests it had
+    in flight at once (`max_in_flight`)."""
+
+    def __init__(self, answer: Answer, delay_s: float = 0.0, embed: Callable[[str], list[float]] = letter_counts) -> None:
         self.answer = answer
+        self.embed = embed
         self.delay_s = delay_s
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
@@ -55,13 +66,18 @@ class FakeOpenAI:
                 try:
                     if outer.delay_s:
                         time.sleep(outer.delay_s)
-                    answered = outer.answer(body)
+                    if self.path.rstrip("/").endswith("/embeddings"):
+                        answered: Any = (200, "", {})
+                    else:
+                        answered = outer.answer(body)
                 finally:
                     with outer._lock:
                         outer.in_flight -= 1
                 status, text = answered[0], answered[1]
                 extra = answered[2] if len(answered) > 2 else {}  # type: ignore[misc]
-                if status != 200:
+                if self.path.rstrip("/").endswith("/embeddings"):
+                    payload = outer._embeddings(body)
+                elif status != 200:
                     payload: dict[str, Any] = {"error": {"message": text, "type": "server_error"}}
                 else:
                     payload = {
@@ -80,6 +96,19 @@ class FakeOpenAI:
 
         self.server = _Server(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def _embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
+        texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        data = []
+        for index, text in enumerate(texts):
+            vector = self.embed(text)
+            if body.get("encoding_format") == "base64":  # the OpenAI SDK asks for packed float32
+                encoded: Any = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+            else:
+                encoded = vector
+            data.append({"object": "embedding", "index": index, "embedding": encoded})
+        tokens = sum(len(t.split()) for t in texts)
+        return {"object": "list", "data": data, "model": body["model"], "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
     @property
     def base_url(self) -> str:

@@ -277,7 +277,9 @@ def test_a_pending_run_keeps_its_repairs_and_upload_registers_the_candidate(proj
     assert sent.returncode == 0, sent.stderr
     client, parent, children = run_tree(sqlite_uri(store), "later")
     child = children["repair antonyms prompt 0"]
-    assert child.data.metrics["heldout_after"] == 1.0 and child.data.tags["promptopt.repair.registry_uri"] == "prompts:/antonyms/2"
+    assert child.data.metrics["heldout_after"] == 1.0
+    # a registration problem is only a warning on stderr: show it when the tag is missing (seen once under load)
+    assert child.data.tags.get("promptopt.repair.registry_uri") == "prompts:/antonyms/2", sent.stderr
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert client.get_prompt_version_by_alias("antonyms", "candidate").template == repair["prompt"]

@@ -283,6 +283,23 @@ def test_a_warm_rerun_makes_no_model_calls(spark: Any, tmp_path: Path) -> None:
 
 
 @needs_java
+def test_repeated_cases_take_their_samples_on_spark_as_in_process(spark: Any, tmp_path: Path) -> None:
+    (tmp_path / "capitals.promptopt.yaml").write_text(ECHO_SUITE + "repeat: 3\n")
+    spec = ModelSpec("fake", {"responses": {"The capital of Italy is Milan.": ["Rome", "Milan"]}, "default": "Paris and Madrid"})
+    cases = suite_cases(tmp_path / "capitals.promptopt.yaml", spec)
+    cache = tmp_path / "cache.sqlite"
+
+    cold = dict(evaluate_cases(spark, cases, cache_path=cache, cache_mode=CacheMode.READWRITE))
+    warm = dict(evaluate_cases(spark, cases, cache_path=cache, cache_mode=CacheMode.REPLAY))
+
+    assert [(r.repeats, r.calls, r.cache_hits) for r in cold.values()] == [(3, 3, 0)] * len(cases)
+    assert [(r.calls, r.cache_hits) for r in warm.values()] == [(0, 3)] * len(cases)
+    assert {n: without_timings(r) for n, r in cold.items()} == in_process(cases, tmp_path / "local.sqlite")
+    [italy] = [r for r in cold.values() if r.vars["country"] == "Italy"]
+    assert italy.flaky and [s["output"] for s in italy.samples] == ["Rome", "Milan", "Rome"]
+
+
+@needs_java
 def test_the_model_is_created_once_per_python_worker(spark: Any, tmp_path: Path, by_value: None) -> None:
     """24 cases in 6 partitions on 2 cores, twice: each Python worker loads the model object
     once and answers all its cases with that one instance."""

@@ -273,9 +273,9 @@ def test_vars_from_a_file_in_a_test_and_in_default_test(tmp_path):
 def test_csv_edge_cases(tmp_path):
     (tmp_path / "a.csv").write_text("q,__expected,__threshold\nx,contains: x,\n")
     assert load(tmp_path, "prompts: ['{{q}}']\ntests: file://a.csv\n").cases[0].threshold is None  # empty cell: none
-    (tmp_path / "b.csv").write_text("q,__expected\nx,llm-rubric: is polite\n")
+    (tmp_path / "b.csv").write_text("q,__expected\nx,classifier: is polite\n")
     err = error(tmp_path, "prompts: ['{{q}}']\ntests: file://b.csv\n")
-    assert "b.csv row 2, column __expected: assertion type 'llm-rubric'" in err.message and "not supported" in err.message
+    assert "b.csv row 2, column __expected: assertion type 'classifier'" in err.message and "not supported" in err.message
 
 
 def test_unsafe_template_points_at_the_prompt(tmp_path):

@@ -50,6 +50,9 @@ class Assertion:
     inverse: bool = False
     config: Mapping[str, Any] | None = None
     where: str = ""
+    # The judge of a model-graded assertion: a provider id or `{id, config}` (a `ModelSpec` or a
+    # model object in Python); None: the run's judge model (judging.py).
+    provider: Any = None
 
     @property
     def label(self) -> str:
@@ -64,7 +67,20 @@ class Assertion:
                 data[key] = getattr(self, key)
         if self.weight != 1.0:
             data["weight"] = self.weight
+        if self.provider is not None:
+            data["provider"] = _provider_dict(self.provider)
         return data
+
+
+def _provider_dict(provider: Any) -> Any:
+    """An assertion's judge as plain data, secrets masked (for case ids and reports)."""
+    from ..redact import redact
+
+    if isinstance(provider, (str, Mapping)):
+        return redact(provider)
+    if hasattr(provider, "to_dict"):
+        return provider.to_dict()
+    return {"object": str(getattr(provider, "name", "") or type(provider).__name__)}
 
 
 @dataclass(frozen=True)
@@ -89,6 +105,9 @@ class AssertionContext:
     prompt: str = ""
     response: Response | None = None
     base_dir: Path = field(default_factory=Path.cwd)
+    # Calls judge models for model-graded assertions, counted for this case (a `judging.Judge`);
+    # None: the session's judges, uncounted.
+    judge: Any = None
 
 
 # A grader sees the output, the assertion (with `value` already rendered with the case vars) and
@@ -132,6 +151,8 @@ def _load_builtins() -> None:
     global _builtins_loaded
     if not _builtins_loaded:
         from . import measures, python_ref, structured, text  # noqa: F401
+        from . import reference, similarity  # noqa: F401
+        from . import mlflow_scorers, model_graded  # noqa: F401
 
         _builtins_loaded = True
 
@@ -154,6 +175,10 @@ def entry_for(name: str) -> _Entry:
     try:
         return _REGISTRY[name]
     except KeyError:
+        # A prefixed family such as `mlflow:<Scorer>` is registered under its prefix (`mlflow:`).
+        prefix = name.split(":", 1)[0] + ":"
+        if ":" in name and name.split(":", 1)[1] and prefix in _REGISTRY:
+            return _REGISTRY[prefix]
         hint = suggest_type(name)
         did_you_mean = f"; did you mean '{hint}'?" if hint else ""
         raise AssertionConfigError(

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .base import Assertion, AssertionConfigError, AssertionContext, AssertionEvaluationError, Grade, register
+from .dspy_metrics import call_metric, is_dspy_metric
 
 DEFAULT_FUNCTION = "get_assert"  # promptfoo's name when a file:// reference names no function
 
@@ -85,7 +86,8 @@ def grade_from_result(result: Any, threshold: float | None, origin: str) -> Grad
     if isinstance(result, Mapping):
         data = dict(result)
     elif hasattr(result, "score") or hasattr(result, "passed") or hasattr(result, "pass_"):
-        data = {k: getattr(result, k) for k in ("pass_", "passed", "score", "reason") if hasattr(result, k)}
+        # a dspy.Prediction(score=..., feedback=...) from a GEPA-style metric reads the same way
+        data = {k: getattr(result, k) for k in ("pass_", "passed", "score", "reason", "feedback") if hasattr(result, k)}
     else:
         raise AssertionEvaluationError(
             f"{origin} returned {type(result).__name__}; return a bool, a number in [0, 1], "
@@ -101,10 +103,13 @@ def grade_from_result(result: Any, threshold: float | None, origin: str) -> Grad
         passed = float(score) >= threshold if threshold is not None else float(score) > 0
     elif threshold is not None and float(score) < threshold:
         passed = False  # promptfoo: a threshold on the assertion overrides the returned pass
-    return Grade(bool(passed), float(score), str(data.get("reason") or ("Assertion passed" if passed else f"{origin} failed")))
+    reason = data.get("reason") or data.get("feedback")
+    return Grade(bool(passed), float(score), str(reason or ("Assertion passed" if passed else f"{origin} failed")))
 
 
 def _call(fn: Callable[..., Any], output: str, context: dict[str, Any]) -> Any:
+    if is_dspy_metric(fn):
+        return call_metric(fn, output, context["vars"])
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):

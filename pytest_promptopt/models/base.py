@@ -32,6 +32,10 @@ class Request:
     prompt: str
     messages: tuple[Mapping[str, str], ...]
     params: Mapping[str, Any] = field(default_factory=dict)
+    # Which independent sample of this request (0 .. N-1 with --promptopt-repeat N): the cache
+    # keeps each apart, and a sampling adapter may use it (the bundled model adds it to its seed).
+    # Not a generation parameter, so repeat 0 has the cache key of a run without repeats.
+    repeat: int = 0
 
     @classmethod
     def from_prompt(cls, prompt: str | Sequence[Message], params: Mapping[str, Any] | None = None) -> "Request":

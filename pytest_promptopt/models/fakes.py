@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from .base import ModelError, Request, Response
 
@@ -24,7 +24,7 @@ class EchoModel:
         return Response(text=request.prompt, latency_ms=0.0, prompt_tokens=0, completion_tokens=0, cost=0.0, model=self.name)
 
 
-Script = Mapping[str, str] | Callable[[Request], "str | Response"]
+Script = Mapping[str, "str | Sequence[str]"] | Callable[[Request], "str | Response"]
 
 
 class FakeModel:
@@ -39,9 +39,20 @@ class FakeModel:
     A mapping is looked up by the whole rendered prompt, then by the last user message. A prompt
     the script does not know raises `ModelError` (reported as an error) unless `default` is set.
     A function may raise `ModelError` itself to simulate an outage.
+
+    A list of answers answers repeated samples in turn (`request.repeat`, see --promptopt-repeat),
+    so a flaky model is scripted without giving up the cache:
+
+    >>> flaky = FakeModel({"Capital of Italy?": ["Rome", "Milan"]})
+    >>> [flaky.generate(Request("Capital of Italy?", (), repeat=r)).text for r in range(3)]
+    ['Rome', 'Milan', 'Rome']
     """
 
     def __init__(self, script: Script, *, default: str | None = None, name: str = "fake", latency_ms: float = 0.0) -> None:
+        if not callable(script):
+            empty = [key for key, answer in script.items() if not isinstance(answer, str) and not answer]
+            if empty:
+                raise ModelError(f"{name}: the list of answers for prompt {empty[0][:200]!r} is empty")
         self.script = script
         self.default = default
         self.name = name
@@ -78,11 +89,14 @@ class FakeModel:
 
     def _lookup(self, request: Request) -> str:
         assert not callable(self.script)
-        if request.prompt in self.script:
-            return self.script[request.prompt]
         users = [m["content"] for m in request.messages if m.get("role") == "user"]
-        if users and users[-1] in self.script:
-            return self.script[users[-1]]
+        for key in (request.prompt, users[-1] if users else None):
+            if key is not None and key in self.script:
+                answer = self.script[key]
+                if isinstance(answer, str):
+                    return answer
+                # By the sample's index, not by call count: the same answer in any process or order.
+                return str(answer[request.repeat % len(answer)])
         if self.default is not None:
             return self.default
         raise ModelError(f"{self.name}: no scripted answer for prompt {request.prompt[:200]!r}")

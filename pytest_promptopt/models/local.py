@@ -10,7 +10,8 @@ transformers (~20 s) and saves a float32 safetensors copy (~520 MB) under `$PROM
 every later process loads that copy (~2-3 s, mostly importing transformers' model code).
 
 Parameters (constructor defaults, overridden per request): `max_tokens` (128), `temperature`
-(0 = greedy), `seed` (0; only used when sampling), `top_p` (1.0), `stop` (list of strings).
+(0 = greedy), `seed` (0; only used when sampling; repeat i of a case samples with seed + i), `top_p`
+(1.0), `stop` (list of strings).
 Environment: `PROMPTOPT_TORCH_THREADS` (torch threads; under pytest-xdist the cores are split
 between workers by default), `PROMPTOPT_LOCAL_DTYPE` (float32 default, float16, bfloat16).
 """
@@ -451,6 +452,9 @@ class LocalModel:
         if not requests:
             return []
         params = [_normalise_params(dict(r.params), self._defaults) for r in requests]
+        for p, r in zip(params, requests):
+            if r.repeat and p["temperature"] > 0 and p["seed"] is not None:
+                p["seed"] += r.repeat  # each repeated sample is its own reproducible draw
         loaded = self._loaded()
         prompts = [self._render(loaded, r) for r in requests]
 

@@ -24,7 +24,7 @@ from ..models.registry import BUNDLED, ModelSpec
 from ..prompt import Prompt, TemplateError, render_prompt, render_template
 from ..results import CaseResult, CaseStats, RunSummary, SuiteSummary
 from ..stats import wilson
-from ..suite.model import Case
+from ..suite.model import Case, Repeats
 from .config import INSTRUCTION_OPTIMIZERS, RepairConfig, RepairSettings
 from .result import Calls, RepairResult, Score
 
@@ -52,8 +52,10 @@ def repair_run(session: Any, run: RunSummary, settings: RepairSettings) -> list[
                                                              "representative cases from the table"))
             continue
         try:
+            # One sample per case (repeat 0, the run's own cached first sample): the optimiser's
+            # metric and the held-out verdict read one answer per case.
             loaded = load_suite(session.settings.rootdir / suite.info.file, suite.info.file, session.settings.model,
-                                session.registry.resolve)
+                                session.registry.resolve, repeats=Repeats(1, from_cli=True))
         except SuiteError as exc:
             results.append(dataclasses.replace(base, status="error", reason=str(exc)))
             continue

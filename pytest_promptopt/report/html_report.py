@@ -282,6 +282,8 @@ def _case_row(suite: SuiteSummary, result: CaseResult) -> str:
     status = result.status
     assertions = "".join(_assertion(a) for a in data.get("assertions") or [])
     score = "" if result.score is None else f"<div class=score>score {result.score:.2f}</div>"
+    if result.repeats > 1:  # the filter box finds "flaky"
+        score += f"<div class=score>{result.samples_passed}/{result.repeats} repeats passed{' · flaky' if result.flaky else ''}</div>"
     return (
         f"<tr class='case' data-status='{status}'>"
         f"<td>{escape(suite.info.name)}</td>"

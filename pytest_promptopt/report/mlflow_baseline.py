@@ -102,7 +102,9 @@ def _cases(table: dict[str, Any]) -> list[CaseOutcome]:
         if isinstance(named, str):
             named = json.loads(named or "{}")
         status = row.get("status") or ("error" if row.get("error") else ("passed" if row.get("passed") else "failed"))
-        cases.append(CaseOutcome(str(row["case_id"]), str(row.get("name") or ""), status, row.get("output"), named or {}))
+        repeats = int(row.get("repeats") or 1)  # tables logged before repeats have no such column
+        cases.append(CaseOutcome(str(row["case_id"]), str(row.get("name") or ""), status, row.get("output"), named or {},
+                                 repeats, int(row.get("repeat_passed") or 0) if repeats > 1 else None))
     return cases
 
 

@@ -46,7 +46,7 @@ LINKED_PROMPTS_TAG = "mlflow.linkedPrompts"  # mlflow.tracing.constant.TraceTagK
 TABLE_COLUMNS = (
     "case_id", "name", "status", "passed", "error", "score", "reason", "vars", "prompt", "output", "scores",
     "named_scores", "model", "latency_ms", "prompt_tokens", "completion_tokens", "cost", "calls", "cache_hits",
-    "prompt_index", "test_index", "nodeid",
+    "prompt_index", "test_index", "nodeid", "repeats", "repeat_passed", "flaky",
 )
 _JSON_COLUMNS = {"vars", "scores", "named_scores"}
 # MLflow's limits (mlflow/utils/validation.py): values, and entities per log_batch call.
@@ -582,6 +582,8 @@ def _suite_metrics(suite: SuiteSummary, run_baseline: Any = None) -> dict[str, f
         "cache_hits": totals["cache_hits"],
         "duration_s": totals["duration_s"],
     }
+    if suite.repeats > 1:
+        metrics.update({"repeats": suite.repeats, "pass_k": suite.pass_k, "flaky": len(suite.flaky)})
     metrics.update({f"metric.{_key(name)}": value for name, value in suite.metric_means().items()})
     metrics.update({f"gate.{_key(g.name)}": g.value for g in suite.gates})
     compared = run_baseline.suites.get(suite.info.id) if run_baseline is not None else None

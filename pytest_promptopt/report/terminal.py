@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..baseline import BaselineComparison
+from ..gates import PASS_K
 from ..results import RunSummary, SuiteSummary
 
 
@@ -49,12 +50,23 @@ def summary_lines(run: RunSummary) -> list[str]:
         means = s.metric_means()
         if means:
             lines.append(f"{s.info.name}: metrics " + ", ".join(f"{k}={v:.3f}" for k, v in sorted(means.items())))
+        if s.repeats > 1:
+            lines.append(repeat_line(s))
         if s.cases_file is not None:  # a dataset suite: its rows are in a file, not in the summary
             lines.append(f"{s.info.name}: per-case results in {s.cases_file}")
     lines.extend(gate_lines(run.suites))
     for c in run.regressions():
         lines.append(f"GATE FAILED  {c.name} ({c.suite_id}): regression against the baseline: {c.regression_reason}")
     return lines
+
+
+def repeat_line(s: SuiteSummary, shown: int = 5) -> str:
+    """A repeated suite: samples per case, pass^k with its interval, and the flaky cases (the
+    table's pass rate and CI are then over every sample)."""
+    flaky = s.flaky
+    names = ", ".join(r.name for r in flaky[:shown]) + (f", ... ({len(flaky) - shown} more)" if len(flaky) > shown else "")
+    return (f"{s.info.name}: {s.repeats} repeats per case, pass^k {_rate(s.pass_k)} (95% CI {_interval(s.intervals().get(PASS_K))}), "
+            f"{len(flaky)} flaky" + (f": {names}" if flaky else ""))
 
 
 def gate_lines(suites: Iterable[SuiteSummary]) -> list[str]:

@@ -40,6 +40,19 @@ def assertion_lines(outcomes: Iterable[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def repeat_lines(result: CaseResult) -> list[str]:
+    """A repeated case's samples, one line each; the output and assertions shown below them are
+    the first failing sample's."""
+    flaky = " (flaky)" if result.flaky else ""
+    lines = [f"repeats: {result.samples_passed} of {result.repeats} passed{flaky}"]
+    for n, sample in enumerate(result.samples, 1):
+        output = " ".join(str(sample.get("output") or "").split())
+        lines.append(f"  repeat {n}: {'PASS' if sample.get('passed') else 'FAIL'}  {_clip(output, 80)!r}")
+    if result.error and len(result.samples) < result.repeats:
+        lines.append(f"  repeat {len(result.samples) + 1}: ERROR (the repeats after it did not run)")
+    return lines
+
+
 def describe_case(result: CaseResult, prompt: str = "") -> str:
     """What a reviewer needs to see: verdict, prompt, output, each assertion's score and reason."""
     if result.error:
@@ -47,6 +60,8 @@ def describe_case(result: CaseResult, prompt: str = "") -> str:
     else:
         head = f"FAILED {result.name}: {result.reason}"
     lines = [head]
+    if result.repeats > 1:
+        lines.extend(repeat_lines(result))
     if prompt or result.prompt:
         lines.append("prompt:\n  " + _clip(prompt or result.prompt).replace("\n", "\n  "))
     if result.output is not None:

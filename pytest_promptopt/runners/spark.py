@@ -34,6 +34,7 @@ from urllib.parse import unquote, urlparse
 
 from ..cache import CacheMode, ResponseCache
 from ..execute import error_result, execute_case, model_error
+from ..judging import Judges
 from ..models.base import Model, ModelError
 from ..models.registry import ModelSpec, create_model, with_timeout
 from ..redact import REDACTED, is_secret_key, scrub
@@ -193,6 +194,7 @@ def evaluate_cases(
     retries: int = DEFAULT_RETRIES,
     rate_limits: Sequence[RateLimit] = (),
     partitions: int | None = None,
+    judge: ModelSpec | None = None,
 ) -> Iterator[tuple[str, CaseResult]]:
     """Evaluate `(nodeid, case)` pairs as one Spark job; yields `(nodeid, result)` as results
     stream back to the driver (in no particular order).
@@ -226,7 +228,7 @@ def evaluate_cases(
     try:
         with _quiet():  # not around the yields: the warning filters are process-wide
             count, tasks = _partition_count(spark, len(pending), partitions, bool(rate_limits))
-            evaluator = _CaseEvaluator(_worker_config(cache_path, cache_mode, models, timeout_s, retries, rate_limits, tasks))
+            evaluator = _CaseEvaluator(_worker_config(cache_path, cache_mode, models, timeout_s, retries, rate_limits, tasks, judge))
             frame = spark.createDataFrame(pa.table(rows)).repartition(count, "position")
             results = frame.mapInArrow(evaluator, _CASES_SCHEMA)
         for row in _stream(spark, results):
@@ -348,6 +350,7 @@ def evaluate_frame(
     retries: int = DEFAULT_RETRIES,
     rate_limits: Sequence[RateLimit] = (),
     partitions: int | None = None,
+    judge: ModelSpec | None = None,
 ) -> int:
     """Evaluate every row of `frame` (its columns are a case's vars) and write the results as
     Parquet to the folder `output_path` (replaced), one row per case with the columns of
@@ -373,7 +376,7 @@ def evaluate_frame(
             else:
                 indexed, total = _index_rows(frame)
             count, tasks = _partition_count(spark, total, partitions, bool(rate_limits))
-            config = _worker_config(cache_path, cache_mode, models, timeout_s, retries, rate_limits, tasks)
+            config = _worker_config(cache_path, cache_mode, models, timeout_s, retries, rate_limits, tasks, judge)
             evaluator = _RowEvaluator(make_case, nodeid_prefix, config)
             results = indexed.repartition(count, _ROW_INDEX).mapInArrow(evaluator, _case_table_schema())
             results.write.mode("overwrite").parquet(target)
@@ -562,10 +565,12 @@ class _WorkerConfig:
     # spec key -> (digest, cloudpickled model): unpickled once per worker, not once per task
     shipped: Mapping[str, tuple[str, bytes]] = field(default_factory=dict)
     refused: Mapping[str, str] = field(default_factory=dict)  # spec key -> why it could not be shipped
+    judge: ModelSpec | None = None  # the run's judge model (model-graded assertions without a provider)
 
 
 def _worker_config(cache_path: Path | str, cache_mode: CacheMode, models: Mapping[str, Model], timeout_s: float,
-                   retries: int = DEFAULT_RETRIES, rate_limits: Sequence[RateLimit] = (), tasks: int = 1) -> _WorkerConfig:
+                   retries: int = DEFAULT_RETRIES, rate_limits: Sequence[RateLimit] = (), tasks: int = 1,
+                   judge: ModelSpec | None = None) -> _WorkerConfig:
     """The workers' settings. A rate limit is split between the `tasks` that run at once, as
     between xdist workers: a Python worker runs one task at a time and keeps its limiter for
     its life, so the workers together stay within the budget."""
@@ -582,7 +587,7 @@ def _worker_config(cache_path: Path | str, cache_mode: CacheMode, models: Mappin
         shipped[key] = (hashlib.sha256(blob).hexdigest()[:16], blob)
     path = cache_path.resolve().as_posix() if isinstance(cache_path, Path) else str(cache_path)
     shares = tuple(limit.share(max(1, tasks)) for limit in rate_limits)
-    return _WorkerConfig(path, CacheMode(cache_mode).value, float(timeout_s), int(retries), shares, shipped, refused)
+    return _WorkerConfig(path, CacheMode(cache_mode).value, float(timeout_s), int(retries), shares, shipped, refused, judge)
 
 
 def _shippable(model: Model) -> Model:
@@ -655,6 +660,9 @@ def _worker_cache(config: _WorkerConfig) -> ResponseCache:
     cache = _caches.get(key)
     if cache is None:
         cache = _caches[key] = ResponseCache(Path(config.cache_path), CacheMode(config.cache_mode))
+        from ..models.embeddings import use_cache
+
+        use_cache(cache)  # `similar` graded on this executor keeps its embeddings there too
     return cache
 
 
@@ -664,9 +672,17 @@ def _run(case: Case, nodeid: str, config: _WorkerConfig) -> CaseResult:
     except ModelError as exc:
         return model_error(case, nodeid, exc)
     try:
-        return execute_case(case, model, _worker_cache(config), nodeid)
+        return execute_case(case, model, _worker_cache(config), nodeid, judges=_worker_judges(config))
     except Exception as exc:  # execute_case turns model and assertion faults into errors; this is anything else
         return error_result(case, nodeid, f"internal error on the Spark worker: {_one_line(exc)}")
+
+
+def _worker_judges(config: _WorkerConfig) -> Judges:
+    """Judge models on a worker: built from their specs as the cases' models are (a conftest's
+    hook-made judges arrive shipped), through the worker's cache."""
+    from ..models.registry import BUNDLED
+
+    return Judges(lambda spec: _worker_model(spec, config), lambda: _worker_cache(config), config.judge or ModelSpec(BUNDLED))
 
 
 class _CaseEvaluator:

@@ -26,7 +26,7 @@ from ..models.registry import ModelSpec, parse_model_spec
 from ..prompt import MissingVariable, Prompt, TemplateError, render_prompt
 from .document import DocumentError, LineMap, format_path, load_yaml, read_document
 from .dataset import FORMATS, CaseFactory, DatasetRowError, DatasetSlice, DatasetSource, DatasetSpec, columns, read_rows
-from .model import Case, SuiteError, SuiteInfo
+from .model import Case, Repeats, SuiteError, SuiteInfo
 
 __all__ = ["LoadedSuite", "load_suite", "suite_schema"]
 
@@ -61,12 +61,13 @@ class _Context:
 
 
 def load_suite(file: Path, display: str, default_model: ModelSpec, resolve_prompt: Callable[[str], Any] | None = None,
-               backend: str | None = None) -> LoadedSuite:
+               backend: str | None = None, repeats: Repeats = Repeats()) -> LoadedSuite:
     """Parse, validate and expand a suite file into cases. Raises `SuiteError`.
 
     `resolve_prompt` turns a `prompts:/...` reference into a `registry.Resolved` (default: the
     running session's resolver, see `registry.resolver`). `backend` (`local`/`spark`) is the
-    run's: a dataset `table` needs `spark`; None (e.g. `validate`) does not check."""
+    run's: a dataset `table` needs `spark`; None (e.g. `validate`) does not check. `repeats` is
+    the run's samples per case, which the suite's `repeat:` may override (`Repeats.for_suite`)."""
     try:
         data, lines = read_document(file)
     except DocumentError as exc:
@@ -91,12 +92,19 @@ def load_suite(file: Path, display: str, default_model: ModelSpec, resolve_promp
         if "fuzz" in data:
             raise ctx.error(("fuzz",), "a fuzz block adds generated cases to a suite's tests, and a dataset suite has none; "
                             "put the fuzz block in a suite file of its own")
+        if data.get("repeat", 1) != 1:
+            # Its rows keep only counts, and an interval over repeated samples needs each case's samples.
+            raise ctx.error(("repeat",), "a dataset suite samples each row once; repeat cases in a suite with tests, "
+                            "or add the rows again to the table")
         return LoadedSuite(info, (), _dataset(data["dataset"], info, prompts, providers, default_test, ctx, backend))
     # A fuzz suite without `tests` has only generated cases (not promptfoo's one case without vars).
     tests = _tests(data.get("tests"), ctx) if "tests" in data or "fuzz" not in data else []
     cases = list(_cases(info, prompts, providers, default_test, tests, ctx))
     if "fuzz" in data:
         cases.extend(_fuzz(data["fuzz"], info, prompts, providers, default_test, tests, cases, ctx))
+    repeat = repeats.for_suite(data.get("repeat"))
+    if repeat != 1:
+        cases = [dataclasses.replace(case, repeats=repeat) for case in cases]
     return LoadedSuite(info, tuple(cases), repair=data.get("repair"))
 
 
@@ -332,14 +340,13 @@ def _tests_from_file(reference: str, path: tuple[Any, ...], ctx: _Context) -> li
 
 
 # promptfoo's assertionFromString: `type: value`, `not-type(threshold): value`, else equals.
-_EXPECTED = re.compile(r"^(not-)?([a-z][a-z-]*)(?:\((\d+(?:\.\d+)?)\))?(?::([\s\S]*))?$")
+_EXPECTED = re.compile(r"^(not-)?([a-z][a-z0-9-]*)(?:\((\d+(?:\.\d+)?)\))?(?::([\s\S]*))?$")
 
 
 # promptfoo types this plugin does not run (yet): a CSV cell naming one must not silently become `equals`.
 _PROMPTFOO_ONLY = {
-    "javascript", "fn", "eval", "grade", "llm-rubric", "model-graded-closedqa", "model-graded-factuality", "factuality",
-    "answer-relevance", "context-faithfulness", "context-recall", "context-relevance", "similar", "classifier",
-    "moderation", "perplexity", "perplexity-score", "rouge-n", "bleu", "gleu", "meteor", "g-eval", "webhook",
+    "javascript", "fn", "eval", "grade", "context-faithfulness", "context-recall", "context-relevance", "classifier",
+    "moderation", "perplexity", "perplexity-score", "meteor", "webhook",
     "is-sql", "contains-sql", "is-xml", "contains-xml", "is-html", "contains-html", "is-refusal", "select-best",
     "is-valid-openai-tools-call", "is-valid-openai-function-call", "guardrails", "finish-reason",
 }
@@ -365,8 +372,10 @@ def assertion_from_string(text: str) -> dict[str, Any]:
             result["value"] = value.strip()
         if threshold is not None:
             result["threshold"] = float(threshold)
-        elif kind in {"latency", "cost", "levenshtein"}:
+        elif kind in {"latency", "cost", "levenshtein", "rouge-n"}:
             result["threshold"] = 0.75  # promptfoo's CSV default for thresholded types
+        elif kind == "similar":
+            result["threshold"] = 0.8  # promptfoo's CSV default for similar (0.75 elsewhere)
         return result
     if match and match.group(2) in _PROMPTFOO_ONLY:
         raise ValueError(f"assertion type '{match.group(2)}' in {text[:60]!r} is not supported here")
@@ -499,10 +508,18 @@ def _var_combinations(variables: dict[str, Any]) -> list[dict[str, Any]]:
     return [{**variables, **dict(zip(keys, combo))} for combo in itertools.product(*(listed[k] for k in keys))]
 
 
-def _assertion(raw: Mapping[str, Any], where: str) -> Assertion:
+def _assertion(raw: Mapping[str, Any], where: str, grader: Any = None) -> Assertion:
+    """`grader`: the test's `options.provider` (promptfoo), the judge of its model-graded
+    assertions that name no `provider` of their own."""
     kind = str(raw["type"])
     inverse = kind.startswith("not-")
     base = kind[4:] if inverse else kind
+    provider = raw.get("provider")
+    if provider is None and grader is not None:
+        from ..assertions.model_graded import JUDGED_TYPES
+
+        if base in JUDGED_TYPES:
+            provider = grader
     return Assertion(
         type=base,
         value=raw.get("value"),
@@ -512,6 +529,7 @@ def _assertion(raw: Mapping[str, Any], where: str) -> Assertion:
         inverse=inverse,
         config=raw.get("config"),
         where=where,
+        provider=provider,
     )
 
 
@@ -555,7 +573,7 @@ def _cases(
                 for a_index, raw in enumerate(raw_asserts):
                     a_path = ("defaultTest", "assert", a_index) if a_index < n_default else path + ("assert", a_index - n_default)
                     try:
-                        assertions.append(render_assertion(_assertion(raw, format_path(a_path)), variables))
+                        assertions.append(render_assertion(_assertion(raw, format_path(a_path), merged["options"].get("provider")), variables))
                     except AssertionConfigError as exc:
                         message, prefix = str(exc), format_path(a_path)
                         if message.startswith(prefix + ": "):
@@ -677,7 +695,7 @@ def _block(raw: Mapping[str, Any], default: dict[str, Any], providers: list[Mode
     assertions = []
     for index, entry in enumerate(merged["assert"]):
         path = ("defaultTest", "assert", index) if index < n_default else here + ("assert", index - n_default)
-        assertions.append((_assertion(entry, format_path(path)), path))
+        assertions.append((_assertion(entry, format_path(path), merged["options"].get("provider")), path))
     return _Block(merged, _load_vars(merged["vars"], ("defaultTest",), ctx), providers, tuple(assertions))
 
 

