@@ -256,6 +256,31 @@ def test_embeddings_are_cached_by_model_and_text(monkeypatch: pytest.MonkeyPatch
     assert sorted(rows) == [("openai/text-embedding-3-small", 26 * 4)] * 4  # float32 letter counts
 
 
+class LetterEmbedder:
+    """An embedder object given as `provider=` in Python, offline, counting what it embeds."""
+
+    name = "letters"
+    hosted = False
+    cache_identity = {"embedder": "letters"}
+
+    def __init__(self) -> None:
+        self.embedded: list[str] = []
+
+    def embed(self, texts):
+        self.embedded.extend(texts)
+        return [letter_counts(t) for t in texts]
+
+
+def test_an_offline_embedder_object_computes_in_replay_mode(embedding_cache: ResponseCache):
+    letters = LetterEmbedder()
+    assert grade(similar("abb", provider=letters), "ab").score == pytest.approx(cosine_of_letters("ab", "abb"), abs=1e-6)
+    embedding_cache.mode = CacheMode.REPLAY
+    grade(similar("abb", provider=letters), "a text it has not seen")  # no call is at stake: computed
+    assert letters.embedded == ["ab", "abb", "a text it has not seen"]
+    count = sqlite3.connect(embedding_cache.path).execute("SELECT count(*) FROM embeddings").fetchone()[0]
+    assert count == 2  # replay records nothing
+
+
 # ----------------------------------------------------------------------------- suite files
 
 METRICS_SUITE = """

@@ -148,7 +148,8 @@ def similar(value: str | Sequence[str], threshold: float = 0.75, *, provider: An
     """Cosine similarity of sentence embeddings to `value` (or to any of a list) at least `threshold`.
 
     `provider`: the embedding model (default: the offline all-MiniLM-L6-v2), e.g.
-    `"openai/text-embedding-3-small"` or `{"id": ..., "config": {...}}`."""
+    `"openai/text-embedding-3-small"`, `{"id": ..., "config": {...}}`, or an object with
+    `embed(texts) -> vectors`, `cache_identity` (and `hosted = False` if it makes no calls)."""
     value = value if isinstance(value, str) else list(value)
     return replace(assertion("similar", value, threshold=threshold, weight=weight, metric=metric), provider=provider)
 

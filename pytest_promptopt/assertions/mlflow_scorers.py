@@ -272,14 +272,14 @@ def _identity(scorer: Any) -> dict[str, Any] | None:
     """What changes an LLM judge's verdicts: its class and configuration (no headers, no secrets)."""
     try:
         # MLflow's Scorer.model_dump is its serialised form (class, version, fields)
-        # (sets, such as required_columns, sorted: their order changes from process to process)
-        dumped = json.loads(json.dumps(scorer.model_dump(), default=lambda v: sorted(v, key=str) if isinstance(v, (set, frozenset)) else str(v)))
+        dumped = json.loads(json.dumps(scorer.model_dump(), default=str))
     except Exception:
         return None
 
     def clean(value: Any) -> Any:
         if isinstance(value, Mapping):
-            return {k: clean(v) for k, v in value.items() if not is_secret_key(str(k)) and k != "extra_headers"}
+            # required_columns: a set dumped as a list, in an order that changes from process to process
+            return {k: clean(v) for k, v in value.items() if not is_secret_key(str(k)) and k not in ("extra_headers", "required_columns")}
         if isinstance(value, list):
             return [clean(v) for v in value]
         return value

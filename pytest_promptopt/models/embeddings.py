@@ -38,6 +38,7 @@ __all__ = [
     "cosine",
     "embed",
     "embedder_for",
+    "is_embedder",
     "use_cache",
 ]
 
@@ -236,9 +237,15 @@ def _parse(provider: Any, where: str) -> tuple[str, dict[str, Any]]:
     return spec.id, dict(spec.params)
 
 
+def is_embedder(value: Any) -> bool:
+    """An embedder object (what `provider=` may be in a Python test): `embed(texts)` and `cache_identity`."""
+    return callable(getattr(value, "embed", None)) and hasattr(value, "cache_identity")
+
+
 def check_provider(provider: Any, where: str = "provider") -> None:
     """Raise `ValueError` if `provider` cannot name an embedding model (checked when a suite loads)."""
-    _parse(provider, where)
+    if not is_embedder(provider):
+        _parse(provider, where)
 
 
 _EMBEDDERS: dict[str, Embedder] = {}
@@ -246,7 +253,10 @@ _EMBEDDERS_LOCK = threading.Lock()
 
 
 def embedder_for(provider: Any = None) -> Embedder:
-    """The process's embedder for `provider` (None: the offline MiniLM), built once."""
+    """The process's embedder for `provider` (None: the offline MiniLM; an embedder object is
+    itself), built once."""
+    if is_embedder(provider):
+        return provider
     try:
         model, params = _parse(provider, "provider")
     except ValueError as exc:
@@ -301,15 +311,17 @@ def embed(embedder: Embedder, texts: Sequence[str]) -> list[list[float]]:
                 found[text] = array.array("f", blob).tolist()
     missing = [text for text in unique if text not in found]
     if missing:
-        if mode is CacheMode.REPLAY and embedder.hosted:
-            raise EmbeddingError(f"replay mode: no recorded embedding from {embedder.name} for {missing[0][:60]!r}; "
+        name = str(getattr(embedder, "name", "") or type(embedder).__name__)
+        # an embedder object that does not say it is offline is treated as a hosted one
+        if mode is CacheMode.REPLAY and getattr(embedder, "hosted", True):
+            raise EmbeddingError(f"replay mode: no recorded embedding from {name} for {missing[0][:60]!r}; "
                                  "record it with --promptopt-cache=readwrite")
         for text, vector in zip(missing, embedder.embed(missing)):
             # Stored as float32; rounded so here too, a rerun from the cache scores the same.
             packed = array.array("f", vector)
             found[text] = packed.tolist()
             if cache is not None and mode is CacheMode.READWRITE:
-                cache.put_vector(keys[text], embedder.name, packed.tobytes())
+                cache.put_vector(keys[text], name, packed.tobytes())
     return [found[text] for text in texts]
 
 
