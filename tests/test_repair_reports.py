@@ -272,6 +272,9 @@ def test_a_pending_run_keeps_its_repairs_and_upload_registers_the_candidate(proj
     store = project.path / "live.db"
     shutil.copy(migrated_store, store)
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    # an experiment id left in this worker's environment by an earlier MLflow test would make the
+    # registry look for that experiment in the new store
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
     sent = subprocess.run([sys.executable, "-m", "pytest_promptopt", "upload", str(pending), "--tracking-uri", sqlite_uri(store)],
                           capture_output=True, text=True, timeout=120, cwd=project.path)
     assert sent.returncode == 0, sent.stderr
