@@ -105,9 +105,8 @@ def _rouge(output: str, assertion: Assertion, ctx: AssertionContext) -> Grade:
     scorer = _rouge_scorer(kind, stemmer)
     # rouge-score takes (target, prediction); with several references the best one counts.
     score = max(getattr(scorer.score(reference, output)[kind], measure) for reference in references(assertion))
-    label = f"{assertion.type.upper()} {'F-measure' if measure == 'fmeasure' else measure}"
-    if assertion.type == "rouge-n":
-        label = f"ROUGE-{kind[5:]} {'F-measure' if measure == 'fmeasure' else measure}"
+    # `kind` is rouge-score's name (rouge2, rougeL, rougeLsum): ROUGE-2, ROUGE-L, ROUGE-LSUM
+    label = f"ROUGE-{kind[5:].upper()} {'F-measure' if measure == 'fmeasure' else measure}"
     return _graded(label, float(score), _threshold(assertion, ROUGE_DEFAULT_THRESHOLD))
 
 

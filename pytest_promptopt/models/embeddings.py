@@ -113,9 +113,6 @@ class MiniLMEmbedder:
             if not pooling.get("pooling_mode_mean_tokens"):
                 raise EmbeddingError(f"{folder}: expected mean pooling, found {pooling}")
             max_length = int(json.loads((folder / "sentence_bert_config.json").read_text()).get("max_seq_length", 256))
-            # Nothing may reach the Hub: the files are all local.
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
             try:
                 import torch
                 from transformers import AutoModel, AutoTokenizer
@@ -127,6 +124,7 @@ class MiniLMEmbedder:
             if threads is not None:
                 torch.set_num_threads(threads)
             with _quiet_transformers():
+                # local_files_only: nothing reaches the Hub (without changing the process's HF_* variables)
                 tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
                 model = AutoModel.from_pretrained(str(folder), local_files_only=True)
             model.eval()
