@@ -35,3 +35,7 @@ def test_example_suites_pass_their_gates_on_the_bundled_model(tmp_path: Path):
         assert all(r["output"] for r in suite["results"])
         assert suite["model"] == "smollm2-135m-instruct"
     assert sum(s["cases"] for s in suites.values()) >= 30
+    # the meaning-aware metrics ran on every summary (the offline embeddings and ROUGE)
+    summaries = suites["summarization"]["results"]
+    assert all({"faithfulness", "grounded"} <= set(r["named_scores"]) for r in summaries)
+    assert len({round(r["named_scores"]["faithfulness"], 3) for r in summaries}) > 1
