@@ -54,8 +54,11 @@ def proposer(request):
         return json.dumps({f: NEW for f in outputs})
     return "\\n\\n".join("[[ ## %%s ## ]]\\n%%s" %% (f, NEW) for f in outputs) + "\\n\\n[[ ## completed ## ]]"
 
+def judge(request):  # an llm-rubric judge that passes everything
+    return '{"reason": "it is a word", "pass": true, "score": 1.0}'
+
 MODELS = {"acme/task": FakeModel(task, name="acme/task"), "acme/stubborn": FakeModel(stubborn, name="acme/stubborn"),
-          "acme/proposer": FakeModel(proposer, name="acme/proposer")}
+          "acme/proposer": FakeModel(proposer, name="acme/proposer"), "acme/judge": FakeModel(judge, name="acme/judge")}
 
 def pytest_promptopt_make_model(spec):
     return MODELS.get(spec.id)
@@ -71,8 +74,9 @@ def pytest_unconfigure(config):
 ''' % (ANTONYMS,)
 
 
-def suite(provider: str = "acme/task", repair: str = "", prompt: str = "'Opposite of \"{{word}}\"?'", cases: int = 10) -> str:
-    tests = "\n".join(f"  - description: {w}\n    vars: {{word: {w}}}\n    assert: [{{type: equals, value: {a}}}]"
+def suite(provider: str = "acme/task", repair: str = "", prompt: str = "'Opposite of \"{{word}}\"?'", cases: int = 10,
+          also: str = "") -> str:
+    tests = "\n".join(f"  - description: {w}\n    vars: {{word: {w}}}\n    assert: [{{type: equals, value: {a}}}{also}]"
                       for w, a in list(ANTONYMS.items())[:cases])
     block = f"repair:\n{repair}\n" if repair else ""
     return f"providers: [{provider}]\nprompts: [{prompt}]\n{block}tests:\n{tests}\ngates:\n  pass_rate: 0.8\n"
@@ -251,6 +255,28 @@ def test_budget_caps_model_calls_and_reports_projected_and_actual(project, run_p
     run_repair(run_pytest, "--promptopt-repair-optimizer", "bootstrap", "--promptopt-repair-budget", "21")
     [found] = repairs(project)
     assert found["calls"]["total"] <= 21 and "budget" in found["reason"]
+
+
+JUDGED = ", {type: llm-rubric, value: a single word}"
+
+
+def test_the_budget_counts_the_judge_calls_of_model_graded_assertions(project, run_pytest) -> None:
+    project.makefile(".promptopt.yaml", antonyms=suite(also=JUDGED))
+    run_repair(run_pytest, "--promptopt-repair-optimizer", "random-search", "--promptopt-judge-model", "acme/judge")
+    [found] = repairs(project)
+    assert found["status"] == "repaired", found["reason"]
+    calls, projected = found["calls"], found["projected_calls"]
+    # The optimiser graded its candidates' answers with the rubric: each answer it had not seen
+    # cost a judge call; scoring the original and the proposal (20 answers) are task-side calls.
+    assert calls["judge_calls"] > 0 and projected["judge_calls"] >= calls["judge_calls"]
+    assert calls["total"] == calls["task_calls"] + calls["proposer_calls"] + calls["judge_calls"] <= 300
+    assert calls["task_calls"] >= 20 + 20  # the original's and the proposal's answers, and their verdicts
+    # A budget that covers scoring the original and the proposal, their verdicts, and a few
+    # calls more: the judge's calls exhaust it too, and the run still reports what was found.
+    run_repair(run_pytest, "--promptopt-repair-optimizer", "bootstrap", "--promptopt-judge-model", "acme/judge",
+               "--promptopt-repair-budget", "43", "--promptopt-cache", "off")
+    [found] = repairs(project)
+    assert found["calls"]["total"] <= 43 and "budget" in found["reason"], found
 
 
 def test_seeded_repair_is_reproducible(project, run_pytest) -> None:

@@ -94,7 +94,7 @@ def test_json_terminal_and_html_show_the_repair(project, run_pytest, mode) -> No
     assert not set(repair["heldout_cases"]) & set(repair["insample_cases"]) and repair["weak_estimate"] is True
     # The run's 10 answers are not cached (a scripted FakeModel), so: 10 before, 10 after, none to learn.
     assert repair["calls"] == {"task_calls": 20, "proposer_calls": 0, "task_tokens": repair["calls"]["task_tokens"],
-                               "proposer_tokens": 0, "cache_hits": 0, "total": 20}
+                               "proposer_tokens": 0, "cache_hits": 0, "judge_calls": 0, "judge_tokens": 0, "total": 20}
     assert (repair["budget"], repair["seed"], repair["applied"]) == (300, 0, False)
     assert (repair["file"], repair["diff_file"]) == ("antonyms.repaired.json", "antonyms.repaired.diff")
     assert json.loads((project.path / repair["file"]).read_text()) == json.loads(repair["prompt"])
@@ -198,8 +198,9 @@ def test_mlflow_child_run_and_candidate_prompt_version(project, run_pytest, migr
                                  "optimizer": "labeled", "seed": "0", "budget": "300", "status": "repaired", "weak_estimate": "true",
                                  "applied": "false", "heldout_cases": "4", "insample_cases": "6"}
     metrics = child.data.metrics
-    assert {k: metrics[k] for k in ("heldout_before", "heldout_after", "insample_before", "insample_after", "calls_task", "calls_proposer")} == {
-        "heldout_before": 0.0, "heldout_after": 1.0, "insample_before": 0.0, "insample_after": 1.0, "calls_task": 20, "calls_proposer": 0}
+    assert {k: metrics[k] for k in ("heldout_before", "heldout_after", "insample_before", "insample_after", "calls_task", "calls_proposer", "calls_judge")} == {
+        "heldout_before": 0.0, "heldout_after": 1.0, "insample_before": 0.0, "insample_after": 1.0, "calls_task": 20, "calls_proposer": 0,
+        "calls_judge": 0}
     folder = project.path / "downloaded"
     proposal = Path(client.download_artifacts(child.info.run_id, "repair/proposal.json", str(folder))).read_text()
     assert proposal == (project.path / "antonyms.repaired.json").read_text().rstrip("\n")

@@ -16,18 +16,19 @@ import functools
 import json
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 from ..assertions.base import AssertionConfigError, AssertionContext, AssertionEvaluationError
 from ..assertions.scoring import CaseGrade, grade_case
 from ..cache import CallStats, ResponseCache
+from ..judging import Judge
 from ..models.base import Model, ModelError, Request, Response
 from ..suite.model import Case
 from .result import Calls
 from .template import Demo, render_composed
 
-__all__ = ["Budget", "BudgetExhausted", "ModelEngine", "build_lm", "case_metric", "feedback_metric", "grade_output", "output_field",
-           "template_program"]
+__all__ = ["Budget", "BudgetExhausted", "ModelEngine", "budgeted_judge", "build_lm", "case_metric", "feedback_metric", "grade_output",
+           "output_field", "template_program"]
 
 
 class BudgetExhausted(ModelError):
@@ -48,18 +49,12 @@ class Budget:
             if self.spent.total >= self.limit:
                 self.exhausted = True
                 raise BudgetExhausted(f"repair budget of {self.limit} model calls spent (--promptopt-repair-budget)")
-            if role == "task":
-                self.spent.task_calls += 1
-            else:
-                self.spent.proposer_calls += 1
+            setattr(self.spent, f"{role}_calls", getattr(self.spent, f"{role}_calls") + 1)
 
     def tokens(self, role: str, response: Response) -> None:
         used = (response.prompt_tokens or 0) + (response.completion_tokens or 0)
         with self._lock:
-            if role == "task":
-                self.spent.task_tokens += used
-            else:
-                self.spent.proposer_tokens += used
+            setattr(self.spent, f"{role}_tokens", getattr(self.spent, f"{role}_tokens") + used)
 
     def hit(self) -> None:
         with self._lock:
@@ -69,7 +64,7 @@ class Budget:
 class _Budgeted:
     """A model that asks the budget before each real call (the cache calls it only on a miss)."""
 
-    def __init__(self, model: Model, budget: Budget, role: str) -> None:
+    def __init__(self, model: Model, budget: Budget, role: Literal["task", "proposer", "judge"]) -> None:
         self.model, self.budget, self.role = model, budget, role
         self.name = model.name
 
@@ -86,6 +81,29 @@ class _Budgeted:
         response = self.model.generate(request)
         self.budget.tokens(self.role, response)
         return response
+
+
+class _BudgetedJudge(Judge):
+    """The session's judges, with each real call (a cache miss) asked of the repair's budget."""
+
+    def __init__(self, judge: Judge, budget: Budget) -> None:
+        super().__init__(judge.judges, CallStats())
+        self.budget = budget
+
+    def fetch(self, model: Any, request: Request) -> Response:
+        stats = CallStats()
+        response = self.judges.cache().fetch(_Budgeted(model, self.budget, "judge"), request, stats)
+        if stats.cache_hits:
+            self.budget.hit()
+        return response
+
+
+def budgeted_judge(budget: Budget) -> Judge | None:
+    """The judge of the optimiser's metric: the session's (None outside a run), on the budget."""
+    from ..judging import active
+
+    judges = active()
+    return _BudgetedJudge(judges.bind(), budget) if judges is not None else None
 
 
 class ModelEngine:
@@ -214,28 +232,30 @@ def template_program(template: str, variables: Sequence[str], lm: Any) -> Any:
     return _module_class()(template, variables, _Runtime(lm, _adapter_class()(variables, output)))
 
 
-def grade_output(case: Case, text: str) -> CaseGrade | None:
-    """`text` graded by the case's own assertions; None when an assertion cannot be evaluated."""
-    ctx = AssertionContext(vars=case.vars, prompt=case.rendered_prompt, response=Response(text=text), base_dir=case.base_dir)
+def grade_output(case: Case, text: str, judge: Judge | None = None) -> CaseGrade | None:
+    """`text` graded by the case's own assertions (model-graded ones ask `judge`); None when an
+    assertion cannot be evaluated."""
+    ctx = AssertionContext(vars=case.vars, prompt=case.rendered_prompt, response=Response(text=text), base_dir=case.base_dir,
+                           judge=judge)
     try:
         return grade_case(text, case.assertions, ctx, case.threshold)
     except (AssertionEvaluationError, AssertionConfigError):
         return None
 
 
-def case_metric(cases: Sequence[Case], output: str) -> Callable[..., Any]:
+def case_metric(cases: Sequence[Case], output: str, judge: Judge | None = None) -> Callable[..., Any]:
     """The suite's assertions as a DSPy metric: 1.0 when the case passes, else 0.0 (a bool while
     bootstrapping, as DSPy expects)."""
 
     def metric(example: Any, prediction: Any, trace: Any = None) -> Any:
-        grade = grade_output(cases[example.case_index], str(getattr(prediction, output, "") or ""))
+        grade = grade_output(cases[example.case_index], str(getattr(prediction, output, "") or ""), judge)
         passed = bool(grade is not None and grade.passed)
         return passed if trace is not None else float(passed)
 
     return metric
 
 
-def feedback_metric(cases: Sequence[Case], output: str, variables: Sequence[str]) -> Callable[..., Any]:
+def feedback_metric(cases: Sequence[Case], output: str, variables: Sequence[str], judge: Judge | None = None) -> Callable[..., Any]:
     """GEPA's metric: the score plus textual feedback (each failed assertion's reason)."""
     import dspy
 
@@ -243,7 +263,7 @@ def feedback_metric(cases: Sequence[Case], output: str, variables: Sequence[str]
 
     def metric(gold: Any, pred: Any, trace: Any = None, pred_name: Any = None, pred_trace: Any = None) -> Any:
         text = str(getattr(pred, output, "") or "")
-        grade = grade_output(cases[gold.case_index], text)
+        grade = grade_output(cases[gold.case_index], text, judge)
         if grade is None:
             return dspy.Prediction(score=0.0, feedback="an assertion could not be evaluated on this output")
         failed = [o.reason for o in grade.outcomes if not o.passed and o.reason]

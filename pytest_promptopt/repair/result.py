@@ -10,17 +10,22 @@ __all__ = ["Calls", "RepairResult", "Score"]
 
 @dataclass
 class Calls:
-    """Model calls (cache misses) and tokens of one repair, by role."""
+    """Model calls (cache misses) and tokens of one repair, by role. `judge_calls` are the calls
+    of the suite's model-graded assertions while the optimiser scores candidates (when the
+    original and the proposal are scored, their judges' calls count in `task_calls`, as the
+    cases' calls do in a run)."""
 
     task_calls: int = 0
     proposer_calls: int = 0
     task_tokens: int = 0
     proposer_tokens: int = 0
     cache_hits: int = 0
+    judge_calls: int = 0
+    judge_tokens: int = 0
 
     @property
     def total(self) -> int:
-        return self.task_calls + self.proposer_calls
+        return self.task_calls + self.proposer_calls + self.judge_calls
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "total": self.total}

@@ -115,6 +115,23 @@ def _evaluate(session: Any, cases: Sequence[Case], tag: str, calls: Calls) -> li
     return results
 
 
+def judge_calls_per_case(cases: Sequence[Case]) -> int:
+    """The most judge calls grading one answer of `cases` may make (worst case: cache misses):
+    one per model-graded assertion, two for `g-eval` (its steps, then the score), and one per
+    MLflow scorer (an LLM judge; a code scorer makes none, but which is which is known only
+    once it is resolved)."""
+    from ..assertions.mlflow_scorers import PREFIX
+    from ..assertions.model_graded import JUDGED_TYPES
+
+    def calls(assertion: Any) -> int:
+        kind = getattr(assertion, "type", "")
+        if kind == "g-eval":
+            return 2
+        return 1 if kind in JUDGED_TYPES or kind.startswith(PREFIX) else 0
+
+    return max((sum(calls(a) for a in case.assertions) for case in cases), default=0)
+
+
 def _with_prompt(case: Case, prompt: Prompt) -> Case:
     return dataclasses.replace(case, prompt=prompt, rendered_prompt=render_prompt(prompt.template, case.vars))
 
@@ -145,7 +162,7 @@ def repair_prompt(session: Any, suite: SuiteSummary, cases: Sequence[Case], conf
 
 def _repair(session: Any, cases: Sequence[Case], config: RepairConfig, settings: RepairSettings, result: RepairResult,
             several_models: bool) -> None:
-    from .program import Budget, build_lm, case_metric, feedback_metric, output_field, template_program
+    from .program import Budget, budgeted_judge, build_lm, case_metric, feedback_metric, output_field, template_program
     from .template import compose
 
     first = cases[0]
@@ -179,12 +196,16 @@ def _repair(session: Any, cases: Sequence[Case], config: RepairConfig, settings:
         result.calls = spent
         return
     budget = Budget(config.budget, spent)
+    # Each answer the optimiser scores may cost `judged` judge calls on top of its own.
+    judged = judge_calls_per_case(cases)
     # What the optimiser may spend: the budget less what scoring the proposal may cost.
-    available = config.budget - spent.total - len(cases)
+    available = config.budget - spent.total - len(cases) * (1 + judged)
     from .optimizers import optimise, projected_calls
 
-    projected = projected_calls(name, config, len(train_at), max(0, available))
-    result.projected = Calls(task_calls=projected.task_calls + spent.task_calls + len(cases), proposer_calls=projected.proposer_calls)
+    # Sized in answers: the optimiser's own calls, each with its judge calls.
+    projected = projected_calls(name, config, len(train_at), max(0, available) // (1 + judged))
+    result.projected = Calls(task_calls=projected.task_calls + spent.task_calls + len(cases) * (1 + judged),
+                             proposer_calls=projected.proposer_calls, judge_calls=projected.task_calls * judged)
     if available <= 0 and name != "labeled":
         result.reason = f"the budget ({config.budget} calls) is spent on scoring the original prompt; raise --promptopt-repair-budget"
         result.calls = spent
@@ -202,9 +223,10 @@ def _repair(session: Any, cases: Sequence[Case], config: RepairConfig, settings:
     trainset = [_example(cases[i], i, variables, output, labels[i]) for i in train_at]
     threads = 1 if hasattr(task_model, "generate_batch") else max(1, min(8, session.settings.scale.concurrency))
     try:
-        compiled = optimise(name, program, trainset, config=config, metric=case_metric(cases, output),
-                            feedback=feedback_metric(cases, output, variables), task_lm=task_lm, proposer_lm=proposer_lm,
-                            calls=max(0, available), threads=threads)
+        judge = budgeted_judge(budget)  # model-graded assertions spend the budget too
+        compiled = optimise(name, program, trainset, config=config, metric=case_metric(cases, output, judge),
+                            feedback=feedback_metric(cases, output, variables, judge), task_lm=task_lm, proposer_lm=proposer_lm,
+                            calls=max(0, available) // (1 + judged), threads=threads)
     except Exception as exc:  # DSPy wraps what a call raised; the budget knows whether it ran out
         budget.limit = config.budget
         result.calls = budget.spent

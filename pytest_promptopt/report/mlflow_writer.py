@@ -533,9 +533,9 @@ def _repair_metrics(repair: Any) -> dict[str, float | None]:
     return {
         "heldout_before": rate(repair.heldout_before), "heldout_after": rate(repair.heldout_after),
         "insample_before": rate(repair.insample_before), "insample_after": rate(repair.insample_after),
-        "calls_task": repair.calls.task_calls, "calls_proposer": repair.calls.proposer_calls,
+        "calls_task": repair.calls.task_calls, "calls_proposer": repair.calls.proposer_calls, "calls_judge": repair.calls.judge_calls,
         "calls_projected": repair.projected.total, "tokens_task": repair.calls.task_tokens,
-        "tokens_proposer": repair.calls.proposer_tokens, "cache_hits": repair.calls.cache_hits, "duration_s": repair.duration_s,
+        "tokens_proposer": repair.calls.proposer_tokens, "tokens_judge": repair.calls.judge_tokens, "cache_hits": repair.calls.cache_hits, "duration_s": repair.duration_s,
     }
 
 
