@@ -21,7 +21,7 @@ from .redact import redact, scrub
 from .results import CaseResult, merge_samples
 from .suite.model import Case
 
-__all__ = ["error_result", "execute_batch", "execute_case", "fill_grade", "fill_response", "json_safe", "model_error", "new_result"]
+__all__ = ["AnsweredCase", "answer_batch", "error_result", "execute_batch", "execute_case", "grade_answered", "fill_grade", "fill_response", "json_safe", "model_error", "new_result"]
 
 
 def json_safe(value: Any) -> Any:
@@ -149,10 +149,21 @@ def execute_case(case: Case, model: Model, cache: ResponseCache, nodeid: str = "
     return result
 
 
-def execute_batch(cases: Sequence[tuple[Case, str]], model: Model, cache: ResponseCache, judges: Judges | None = None) -> list[CaseResult]:
-    """Run several cases on one model that answers batches (`generate_batch`): one batched call
-    for the cache misses (every repeat of every case), then grade each case as `execute_case`
-    does. A model fault errors the cases it answered for, not the cached ones."""
+@dataclasses.dataclass
+class AnsweredCase:
+    """A case of a batch with its answers (one per repeat), not yet graded."""
+
+    case: Case
+    result: CaseResult
+    answers: list[Response | ModelError]
+    stats: CallStats
+    share_s: float  # its share of the batch's wall time
+
+
+def answer_batch(cases: Sequence[tuple[Case, str]], model: Model, cache: ResponseCache) -> list[AnsweredCase]:
+    """Answer several cases on one model that answers batches (`generate_batch`): one batched
+    call for the cache misses (every repeat of every case). A model fault errors the cases it
+    answered for, not the cached ones."""
     started = time.perf_counter()
     results = [new_result(case, nodeid) for case, nodeid in cases]
     stats = [CallStats() for _ in cases]
@@ -169,10 +180,21 @@ def execute_batch(cases: Sequence[tuple[Case, str]], model: Model, cache: Respon
         answers[owner].append(response)
     # cases of one batch share its wall time, as their latencies do (models/local.py)
     share = (time.perf_counter() - started) / max(1, len(cases))
-    for (case, _), result, answered, stat in zip(cases, results, answers, stats):
-        begun = time.perf_counter()
-        _grade_samples(case, result, answered, _judge(judges, cache, stat))
-        result.calls = stat.calls
-        result.cache_hits = stat.cache_hits
-        result.duration_s = share + (time.perf_counter() - begun)
-    return results
+    return [AnsweredCase(case, result, answered, stat, share)
+            for (case, _), result, answered, stat in zip(cases, results, answers, stats)]
+
+
+def grade_answered(answered: AnsweredCase, cache: ResponseCache, judges: Judges | None = None) -> CaseResult:
+    """Grade a batch's case as `execute_case` does; its judges' calls count in its calls."""
+    begun = time.perf_counter()
+    result, stats = answered.result, answered.stats
+    _grade_samples(answered.case, result, answered.answers, _judge(judges, cache, stats))
+    result.calls = stats.calls
+    result.cache_hits = stats.cache_hits
+    result.duration_s = answered.share_s + (time.perf_counter() - begun)
+    return result
+
+
+def execute_batch(cases: Sequence[tuple[Case, str]], model: Model, cache: ResponseCache, judges: Judges | None = None) -> list[CaseResult]:
+    """Run several cases on a batching model: `answer_batch`, then grade each case in turn."""
+    return [grade_answered(answered, cache, judges) for answered in answer_batch(cases, model, cache)]

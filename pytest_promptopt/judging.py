@@ -24,7 +24,7 @@ from .cache import CallStats, ResponseCache
 from .models.base import Model, ModelError, Request, Response
 from .models.registry import ModelSpec, parse_model_spec
 
-__all__ = ["Judge", "Judges", "activate", "active", "is_model", "judge_specs", "provider_spec"]
+__all__ = ["Judge", "Judges", "activate", "active", "is_model", "judge_calls", "judge_specs", "provider_spec"]
 
 
 def is_model(value: Any) -> bool:
@@ -94,6 +94,22 @@ class Judge:
     def __call__(self, provider: Any, request: Request) -> Response:
         """The judge's answer (`provider` as in `model`). Faults raise `ModelError`."""
         return self.fetch(self.model(provider), request)
+
+
+def judge_calls(assertions: Iterable[Any]) -> int:
+    """The most judge calls grading one answer against `assertions` may make (every one a cache
+    miss): one per model-graded assertion, two for `g-eval` (its steps, then the score), one per
+    MLflow scorer (an LLM judge; a code scorer makes none, but which is which is known only once
+    it is resolved)."""
+    from .assertions.mlflow_scorers import PREFIX
+    from .assertions.model_graded import JUDGED_TYPES
+
+    def calls(kind: str) -> int:
+        if kind == "g-eval":
+            return 2
+        return 1 if kind in JUDGED_TYPES or kind.startswith(PREFIX) else 0
+
+    return sum(calls(str(getattr(a, "type", ""))) for a in assertions)
 
 
 def judge_specs(assertions: Iterable[Any], default: ModelSpec | None = None) -> list[ModelSpec]:

@@ -492,3 +492,50 @@ def test_judges_on_spark_workers(tmp_path):
     assert cold_results[1].reason == "It names Lyon, not Paris."
     assert [(r.calls, r.cache_hits) for r in cold_results] == [(2, 0)] * 2  # echo and the judge
     assert [(r.calls, r.cache_hits) for r in warm_results] == [(1, 1)] * 2
+
+
+BATCHED_JUDGE_CONFTEST = '''
+import threading
+from pytest_promptopt import ModelError, Response
+
+class Batcher:  # a batching model, as the bundled one is
+    name = "acme/batch"
+    cache_identity = {"model": "acme/batch"}
+
+    def generate(self, request):
+        return self.generate_batch([request])[0]
+
+    def generate_batch(self, requests):
+        return [Response(text=r.prompt, model=self.name) for r in requests]
+
+# The judge answers only when two of its calls are in flight together: a batch whose cases
+# were graded one after another would break the barrier.
+MEETING = threading.Barrier(2, timeout=15)
+
+class MeetingJudge:
+    name = "judge/meeting"
+    cache_identity = {"model": "judge/meeting"}
+
+    def generate(self, request):
+        try:
+            MEETING.wait()
+        except threading.BrokenBarrierError:
+            raise ModelError("the judge was called for one case at a time") from None
+        return Response(text='{"reason": "fine", "pass": true, "score": 1.0}', model=self.name)
+
+def pytest_promptopt_make_model(spec):
+    return {"acme/batch": Batcher(), "judge/meeting": MeetingJudge()}.get(spec.id)
+'''
+
+
+@pytest.mark.parametrize("mode", [[], ["-p", "no:xdist"]], ids=["plain", "no-xdist"])
+def test_the_cases_of_a_batch_are_judged_concurrently(pytester, run_pytest, mode):
+    # (Under -n 2 each worker's batches hold the cases the scheduler sent it, which may be one.)
+    pytester.makeconftest(BATCHED_JUDGE_CONFTEST)
+    tests = "\n".join(f"  - vars: {{n: '{i}'}}\n    assert: [{{type: llm-rubric, value: a number}}]" for i in range(4))
+    pytester.makefile(".promptopt.yaml", batched=f"providers: [acme/batch]\nprompts: ['case {{{{n}}}}']\ntests:\n{tests}\n")
+    result = run_pytest("--promptopt", "--promptopt-cache", "off", "--promptopt-batch-size", "4",
+                        "--promptopt-judge-model", "judge/meeting", "--promptopt-report", "r.json", *mode)
+    result.assert_outcomes(passed=4)
+    results = load_report(pytester.path / "r.json")["suites"][0]["results"]
+    assert [(r["output"], r["calls"]) for r in results] == [(f"case {i}", 2) for i in range(4)]  # the answer and the verdict

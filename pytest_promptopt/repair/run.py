@@ -19,6 +19,7 @@ import random
 import time
 from typing import Any, Iterable, Sequence
 
+from ..judging import judge_calls
 from ..models.base import ModelError
 from ..models.registry import BUNDLED, ModelSpec
 from ..prompt import Prompt, TemplateError, render_prompt, render_template
@@ -115,23 +116,6 @@ def _evaluate(session: Any, cases: Sequence[Case], tag: str, calls: Calls) -> li
     return results
 
 
-def judge_calls_per_case(cases: Sequence[Case]) -> int:
-    """The most judge calls grading one answer of `cases` may make (worst case: cache misses):
-    one per model-graded assertion, two for `g-eval` (its steps, then the score), and one per
-    MLflow scorer (an LLM judge; a code scorer makes none, but which is which is known only
-    once it is resolved)."""
-    from ..assertions.mlflow_scorers import PREFIX
-    from ..assertions.model_graded import JUDGED_TYPES
-
-    def calls(assertion: Any) -> int:
-        kind = getattr(assertion, "type", "")
-        if kind == "g-eval":
-            return 2
-        return 1 if kind in JUDGED_TYPES or kind.startswith(PREFIX) else 0
-
-    return max((sum(calls(a) for a in case.assertions) for case in cases), default=0)
-
-
 def _with_prompt(case: Case, prompt: Prompt) -> Case:
     return dataclasses.replace(case, prompt=prompt, rendered_prompt=render_prompt(prompt.template, case.vars))
 
@@ -197,7 +181,7 @@ def _repair(session: Any, cases: Sequence[Case], config: RepairConfig, settings:
         return
     budget = Budget(config.budget, spent)
     # Each answer the optimiser scores may cost `judged` judge calls on top of its own.
-    judged = judge_calls_per_case(cases)
+    judged = max((judge_calls(case.assertions) for case in cases), default=0)
     # What the optimiser may spend: the budget less what scoring the proposal may cost.
     available = config.budget - spent.total - len(cases) * (1 + judged)
     from .optimizers import optimise, projected_calls

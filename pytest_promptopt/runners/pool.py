@@ -16,7 +16,8 @@ from itertools import islice
 from typing import Any, Callable, Iterable, Iterator
 
 from ..cache import ResponseCache
-from ..execute import execute_batch, execute_case, model_error
+from ..execute import AnsweredCase, answer_batch, execute_case, grade_answered, model_error
+from ..judging import judge_calls
 from ..models.base import Model, ModelError
 from ..models.registry import ModelSpec
 from ..results import CaseResult
@@ -88,7 +89,7 @@ class CaseRunner:
             self._pending[nodeid] = future
 
     def close(self) -> None:
-        for executor in (self._pool, self._batches):
+        for executor in (self._batches, self._pool):  # a running batch may still hand grading to the pool
             if executor is not None:
                 executor.shutdown(wait=True, cancel_futures=True)
         self._pool = self._batches = None
@@ -159,15 +160,30 @@ class CaseRunner:
     def _submit_batch(self, model: Model, chunk: list[Pair]) -> dict[str, Future[CaseResult]]:
         futures: dict[str, Future[CaseResult]] = {nodeid: Future() for _, nodeid in chunk}
 
+        def grade(answered: AnsweredCase, future: Future[CaseResult]) -> None:
+            try:
+                future.set_result(grade_answered(answered, self._cache()))
+            except BaseException as exc:  # surfaces in the item that waits for it
+                future.set_exception(exc)
+
         def run() -> None:
             try:
-                results = execute_batch(chunk, model, self._cache())
-            except BaseException as exc:  # surfaces in the item that waits for it
+                answered = answer_batch(chunk, model, self._cache())
+            except BaseException as exc:
                 for future in futures.values():
                     future.set_exception(exc)
                 return
-            for result, (_, nodeid) in zip(results, chunk):
-                futures[nodeid].set_result(result)
+            for item, (_, nodeid) in zip(answered, chunk):
+                if calls is not None and judge_calls(item.case.assertions):
+                    calls.submit(grade, item, futures[nodeid])
+                else:
+                    grade(item, futures[nodeid])
+
+        # A case with judges waits on them, not on the cores: it is graded on the call threads,
+        # beside the others of its batch, while the next batch generates. (The pool is made
+        # here, under the runner's lock, not in the batch thread.)
+        judged = self.concurrency > 1 and any(judge_calls(case.assertions) for case, _ in chunk)
+        calls = self._executor("pool") if judged else None
 
         # One batch at a time: a batch already uses every core.
         self._executor("batch").submit(run)
