@@ -257,8 +257,8 @@ class DatasetItem(pytest.Item):
             if missing:
                 pytest.fail(f"{self.spec.source.describe()} has no column {', '.join(missing)}; its columns: "
                             f"{', '.join(c for c in frame.columns if not c.startswith('__promptopt'))}", pytrace=False)
-            # Models a Spark worker cannot build itself (objects, a conftest's make_model hook) travel with the job.
-            objects = dict((spec.key, model) for spec, model in session._object_models([factory.model]))
+            # Models and judges a Spark worker cannot build itself (objects, a conftest's make_model hook) travel with the job.
+            objects = session.shipped_models([factory.model], (assertion for assertion, _ in factory.assertions))
             spark.evaluate_frame(session.spark(), frame, factory, nodeid_prefix=f"{self.nodeid}::", output_path=output,
                                  cache_path=settings.cache_path, cache_mode=settings.cache_mode, models=objects, timeout_s=settings.timeout_s,
                                  retries=settings.scale.retries, rate_limits=settings.scale.rate_limits, judge=settings.judge)

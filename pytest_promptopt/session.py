@@ -146,12 +146,7 @@ class PromptoptSession:
         from .execute import error_result
         from .runners.spark import SparkBackendError, evaluate_cases
 
-        objects = {spec.key: model for spec, model in self._object_models(case.model for case, _ in cases)}
-        for spec in judge_specs((a for case, _ in cases for a in case.assertions), self.settings.judge):
-            try:  # judges made by a conftest hook travel as objects too
-                objects.update((s.key, m) for s, m in self._object_models([spec]))
-            except ModelError:
-                pass  # the assertion reports it on the worker
+        objects = self.shipped_models([case.model for case, _ in cases], (a for case, _ in cases for a in case.assertions))
         settings = self.settings
         pairs = [(nodeid, case) for case, nodeid in cases]
         done: set[str] = set()
@@ -168,6 +163,18 @@ class PromptoptSession:
             for case, nodeid in cases:
                 if nodeid not in done:
                     self.runner.preset(nodeid, error_result(case, nodeid, f"Spark backend: {exc}"))
+
+    def shipped_models(self, models: Iterable[ModelSpec], assertions: Iterable[Any]) -> dict[str, Model]:
+        """What a Spark job takes along, by spec key: the models (`models`, and the judges of
+        `assertions`) given as objects or made by a conftest hook, which workers cannot build.
+        A model that cannot be built stays behind: the case or assertion reports it on the worker."""
+        objects = {spec.key: model for spec, model in self._object_models(models)}
+        for spec in judge_specs(assertions, self.settings.judge):
+            try:
+                objects.update((s.key, m) for s, m in self._object_models([spec]))
+            except ModelError:
+                pass
+        return objects
 
     def _object_models(self, specs: Iterable[ModelSpec]) -> Iterator[tuple[ModelSpec, Model]]:
         """Models given as objects or made by a conftest's `pytest_promptopt_make_model`: Spark

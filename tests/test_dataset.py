@@ -504,6 +504,44 @@ def test_spark_backend_gives_the_local_results(pytester, run_pytest):
     assert comparable(table(a["cases_file"])) == comparable(table(b["cases_file"]))
 
 
+HOOK_JUDGE = """
+import json
+from pytest_promptopt import Response
+
+class Judge:  # made by this conftest's hook: a Spark worker cannot make it, it is shipped
+    name = "judge/hook"
+    cache_identity = {"model": "judge/hook"}
+
+    def generate(self, request):
+        output = request.messages[-1]["content"].split("<Output>")[1].split("</Output>")[0]
+        good = "great" in output
+        return Response(text=json.dumps({"reason": "it says great" if good else "it does not say great",
+                                         "pass": good, "score": float(good)}), model=self.name)
+
+def pytest_promptopt_make_model(spec):
+    if spec.id == "judge/hook":
+        return Judge()
+"""
+
+
+@pytest.mark.timeout(900)
+def test_a_dataset_suite_on_spark_takes_a_hook_made_judge_along(pytester, run_pytest):
+    pytest.importorskip("pyspark")
+    pytester.makeconftest(HOOK_JUDGE)
+    project(pytester, SUITE.replace('assert: [{type: icontains, value: "{{label}}", metric: right}]',
+                                    'assert: [{type: llm-rubric, value: "Says it is great", metric: great}]') + "  limit: 10\n")
+    options = ("--promptopt", "--promptopt-judge-model", "judge/hook", "--promptopt-cache", "off")
+    local = run_pytest(*options, "--promptopt-report", "local.json")
+    on_spark = run_pytest(*options, "--promptopt-backend", "spark", "--promptopt-report", "spark.json")
+    local.assert_outcomes(failed=1)  # no gate: a failed row fails the item
+    on_spark.assert_outcomes(failed=1)
+    [a] = load_report(pytester.path / "local.json")["suites"]
+    [b] = load_report(pytester.path / "spark.json")["suites"]
+    # rows 1, 3, 5, 7 say great, and 4 (whose review names the other label): judged, not errored
+    assert (b["cases"], b["passed"], b["failed"], b["errors"]) == (a["cases"], a["passed"], a["failed"], a["errors"]) == (10, 5, 5, 0)
+    assert b["metrics"] == a["metrics"] == {"great": 0.5} and b["calls"] == 20  # echo's answers and the verdicts
+
+
 # ----------------------------------------------------------------------------- reading suite files
 
 
