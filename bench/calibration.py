@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pytest_promptopt.baseline import CaseOutcome, Regression, compare_suite, regression  # noqa: E402
 from pytest_promptopt.gates import GATE_RULES, PASS_RATE, Gate, decide  # noqa: E402
-from pytest_promptopt.stats import wilson  # noqa: E402
+from pytest_promptopt.stats import cluster_bootstrap, wilson  # noqa: E402
 
 THRESHOLD = 0.8  # the pass-rate gate's threshold, and the baseline's pass rate
 KAPPA = 2.0  # Beta concentration of the `mixed` suites: small means cases that nearly always pass or fail
@@ -45,7 +45,8 @@ DROPS = (0.0, 0.05, 0.1, 0.2)  # true drops for the regression gate
 METRIC_MEAN = 0.7  # baseline mean of the graded metric
 METRIC_NOISE = 8.0  # a graded score is Beta(mu * s, (1 - mu) * s) around its case's mean mu: sd ~0.15
 KINDS = ("same", "mixed")
-SECTIONS = ("threshold", "regression", "baseline", "metric")
+SECTIONS = ("threshold", "regression", "baseline", "metric", "repeats")
+REPEAT_RATES = (0.7, 0.75, 0.8)  # true pass rates (over samples) for the repeats section
 
 
 def _expit(x: np.ndarray) -> np.ndarray:
@@ -230,6 +231,48 @@ def metric_gate(runs: int, sizes: list[int], seed: int, scores: tuple[str, ...] 
     print(_table(header, rows) + "\n")
 
 
+def _shift_population(logits: np.ndarray, mean: float) -> np.ndarray:
+    """Per-case chances `expit(logits + c)` with one c for every row, so the mean over all rows is
+    `mean` while each row's (a suite's) mean varies around it."""
+    flat = logits.reshape(1, -1)
+    return _shift(flat, mean).reshape(logits.shape)
+
+
+def repeats_gate(runs: int, sizes: list[int], seed: int, repeats: tuple[int, ...] = (3, 5)) -> None:
+    print(f"## Threshold gate `pass_rate >= {THRESHOLD:g}` with repeats: the cluster bootstrap against a naive interval\n")
+    print(f"`mixed` cases, each sampled k times; the pass rate is over the N x k samples, and the gate's rule is "
+          f"`tolerant`. `cluster` is the plugin's interval (results.py: `stats.cluster_bootstrap` over cases, "
+          f"seeded); `naive` is a Wilson interval that takes the N x k samples as independent. Two designs: in "
+          f"`fixed`, every suite's own mean is exactly the rate (the suite is the whole task: only the model's "
+          f"sampling varies); in `sampled`, the suite's cases are a fresh draw from a pool whose mean is the rate "
+          f"(the suite is a sample of the task). {runs} runs per cell; the {THRESHOLD:g} column is the false-alarm "
+          "rate (a tolerant gate should stay at or below 2.5%), the others the detection rate.\n")
+    gate = Gate(PASS_RATE, THRESHOLD, "tolerant")
+    rows = []
+    for design, shift in (("fixed", _shift), ("sampled", _shift_population)):
+        for n in sizes:
+            for k in repeats:
+                rng = np.random.default_rng([seed, 5, n, k])
+                logits, draws = _base_logits(rng, "mixed", runs, n, THRESHOLD), rng.random((runs, n, k))
+                failed = {name: [] for name in ("cluster", "naive")}
+                for rate in REPEAT_RATES:
+                    passes = draws < shift(logits, rate)[:, :, None]  # runs x cases x repeats
+                    hits = dict.fromkeys(failed, 0)
+                    for run in passes:
+                        clusters = [[float(x) for x in case] for case in run.tolist()]
+                        total = int(run.sum())
+                        value = total / (n * k)
+                        hits["cluster"] += not decide(gate, value, {}, {PASS_RATE: cluster_bootstrap(clusters)}).passed
+                        hits["naive"] += not decide(gate, value, {}, {PASS_RATE: wilson(total, n * k)}).passed
+                    for name in failed:
+                        failed[name].append(hits[name])
+                for name in failed:
+                    cells = [_with_bound(h, runs) if r == THRESHOLD else _pct(h / runs) for h, r in zip(failed[name], REPEAT_RATES)]
+                    rows.append([design, f"{n}", f"{k}", name] + cells)
+    header = ["design", "N", "k", "interval"] + [f"**{r:g}** (threshold)" if r == THRESHOLD else f"{r:g}" for r in REPEAT_RATES]
+    print(_table(header, rows) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=2000, help="simulated CI runs per cell (default 2000)")
@@ -252,6 +295,8 @@ def main() -> None:
         per_baseline(baselines, max(runs // 40, 20), args.sizes, args.seed)
     if "metric" in args.only:
         metric_gate(runs // 2, args.metric_sizes, args.seed, tuple(args.metric_scores))
+    if "repeats" in args.only:
+        repeats_gate(max(runs // 5, 20), args.metric_sizes, args.seed)
     print(f"_{runs} runs per cell, seed {args.seed}: {time.perf_counter() - started:.0f} s wall, "
           f"{time.process_time() - cpu:.0f} s CPU._")
 
