@@ -21,7 +21,8 @@ from .redact import redact, scrub
 from .results import CaseResult, merge_samples
 from .suite.model import Case
 
-__all__ = ["AnsweredCase", "answer_batch", "error_result", "execute_batch", "execute_case", "grade_answered", "fill_grade", "fill_response", "json_safe", "model_error", "new_result"]
+__all__ = ["AnsweredCase", "answer_batch", "error_result", "execute_batch", "execute_case", "fill_grade", "fill_response", "grade_answered",
+           "json_safe", "model_error", "new_result"]
 
 
 def json_safe(value: Any) -> Any:

@@ -21,7 +21,7 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 from ..assertions.base import AssertionConfigError, AssertionContext, AssertionEvaluationError
 from ..assertions.scoring import CaseGrade, grade_case
 from ..cache import CallStats, ResponseCache
-from ..judging import Judge
+from ..judging import Judge, Judges
 from ..models.base import Model, ModelError, Request, Response
 from ..suite.model import Case
 from .result import Calls
@@ -86,8 +86,8 @@ class _Budgeted:
 class _BudgetedJudge(Judge):
     """The session's judges, with each real call (a cache miss) asked of the repair's budget."""
 
-    def __init__(self, judge: Judge, budget: Budget) -> None:
-        super().__init__(judge.judges, CallStats())
+    def __init__(self, judges: Judges, budget: Budget) -> None:
+        super().__init__(judges, CallStats())
         self.budget = budget
 
     def fetch(self, model: Any, request: Request) -> Response:
@@ -103,7 +103,7 @@ def budgeted_judge(budget: Budget) -> Judge | None:
     from ..judging import active
 
     judges = active()
-    return _BudgetedJudge(judges.bind(), budget) if judges is not None else None
+    return _BudgetedJudge(judges, budget) if judges is not None else None
 
 
 class ModelEngine:

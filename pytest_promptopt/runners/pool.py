@@ -159,6 +159,11 @@ class CaseRunner:
 
     def _submit_batch(self, model: Model, chunk: list[Pair]) -> dict[str, Future[CaseResult]]:
         futures: dict[str, Future[CaseResult]] = {nodeid: Future() for _, nodeid in chunk}
+        # A case with judges waits on them, not on the cores: it is graded on the call threads,
+        # beside the others of its batch, while the next batch generates. (The pool is made
+        # here, under the runner's lock, not in the batch thread.)
+        judged = self.concurrency > 1 and any(judge_calls(case.assertions) for case, _ in chunk)
+        calls = self._executor("pool") if judged else None
 
         def grade(answered: AnsweredCase, future: Future[CaseResult]) -> None:
             try:
@@ -178,12 +183,6 @@ class CaseRunner:
                     calls.submit(grade, item, futures[nodeid])
                 else:
                     grade(item, futures[nodeid])
-
-        # A case with judges waits on them, not on the cores: it is graded on the call threads,
-        # beside the others of its batch, while the next batch generates. (The pool is made
-        # here, under the runner's lock, not in the batch thread.)
-        judged = self.concurrency > 1 and any(judge_calls(case.assertions) for case, _ in chunk)
-        calls = self._executor("pool") if judged else None
 
         # One batch at a time: a batch already uses every core.
         self._executor("batch").submit(run)
