@@ -3,6 +3,7 @@ chrF, GLEU), and DSPy-style metric functions as `python` checks, each with known
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import sqlite3
 import sys
@@ -207,7 +208,7 @@ def test_embedding_providers_are_checked_when_a_suite_loads():
 
 
 def test_a_missing_model_package_is_an_assertion_error(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(embeddings.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     monkeypatch.setattr(embeddings, "_EMBEDDERS", {})
     with pytest.raises(AssertionEvaluationError, match=r"not installed: pip install 'pytest-promptopt\[metrics\]'"):
         grade(similar("x"), "y")

