@@ -18,7 +18,6 @@ import array
 import hashlib
 import json
 import math
-import os
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
@@ -170,18 +169,18 @@ class LiteLLMEmbedder:
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         from .base import ModelError
-        from .hosted import _litellm
+        from .hosted import _litellm, env_api_key
 
         try:
             litellm = _litellm()
         except ModelError:
             raise EmbeddingError(f"hosted embedding models need litellm: {INSTALL_HINT.replace('metrics', 'litellm')}") from None
         params = dict(self.params)
-        key = None
-        if self.api_key_env:
-            key = os.environ.get(str(self.api_key_env))
-            if not key:
-                raise EmbeddingError(f"embedding model {self.model}: environment variable {self.api_key_env} is not set")
+        try:
+            key = env_api_key(self.api_key_env, f"embedding model {self.model}")
+        except ModelError as exc:
+            raise EmbeddingError(str(exc)) from None
+        if key:
             params["api_key"] = key
         try:
             reply = litellm.embedding(model=self.model, input=list(texts), timeout=self.timeout, **params)

@@ -11,7 +11,7 @@ from ..redact import scrub, without_secrets
 from ..runners.limits import RetryableModelError
 from .base import ModelError, Request, Response
 
-__all__ = ["LiteLLMModel", "warm_up_litellm"]
+__all__ = ["LiteLLMModel", "env_api_key", "warm_up_litellm"]
 
 _IMPORT_LOCK = threading.Lock()
 _WARM_UP_LOCK = threading.Lock()
@@ -21,6 +21,17 @@ _warmed = False
 DEFAULT_TIMEOUT_S = 60.0
 # Status codes worth another try; litellm's own hierarchy maps providers' faults onto them.
 _RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504, 529}
+
+
+def env_api_key(env: str | None, what: str) -> str | None:
+    """The key in the environment variable named `env` (an `api_key_env` / `apiKeyEnvar`); None
+    when no variable is named. `ModelError` when it is named but not set."""
+    if not env:
+        return None
+    key = os.environ.get(str(env))
+    if not key:
+        raise ModelError(f"{what}: environment variable {env} is not set")
+    return key
 
 
 def _litellm() -> Any:
@@ -138,11 +149,8 @@ class LiteLLMModel:
     def generate(self, request: Request) -> Response:
         litellm = _litellm()
         params = {**self.params, **request.params}
-        key = None
-        if self.api_key_env:
-            key = os.environ.get(str(self.api_key_env))
-            if not key:
-                raise ModelError(f"model {self.model}: environment variable {self.api_key_env} is not set")
+        key = env_api_key(self.api_key_env, f"model {self.model}")
+        if key:
             params["api_key"] = key
         started = time.perf_counter()
         try:
