@@ -387,6 +387,32 @@ def test_the_top_up_stops_at_a_fair_share_of_what_is_left():
     assert sorted(len(sched.node2pending[n]) for n in nodes) == [5, 5]  # not 10 and 0: window 16 > half of 10
 
 
+class DeadNode(MockNode):
+    """A worker that took its first chunk and crashed on it: execnet's send then raises."""
+
+    def send_runtest_some(self, indices: list[int]) -> None:
+        if self.sent:
+            raise OSError("cannot send (already closed?)")
+        super().send_runtest_some(indices)
+
+
+def test_a_top_up_for_a_worker_that_already_crashed_goes_back_to_the_others():
+    sched = scheduling._scheduler_class()(MockConfig(2), None, concurrency=8, batch_size=1)
+    dead, alive = DeadNode("gw0"), MockNode("gw1")
+    collection = [f"s.promptopt.yaml::case[t{i}]" for i in range(24)]
+    for node in (dead, alive):
+        sched.add_node(node)
+    for node in (dead, alive):
+        sched.add_node_collection(node, collection)
+    sched.schedule()  # raised OSError from inside xdist's worker_collectionfinish before
+    assert len(dead.sent) == 3 and len(sched.node2pending[dead]) == 8  # booked, not delivered
+
+    crashed = sched.remove_node(dead)  # what xdist does when it reads the worker's crash
+    assert crashed == collection[dead.sent[0]]
+    every = set(alive.sent) | set(sched.pending) | {dead.sent[0]}
+    assert every == set(range(24))  # nothing lost: the undelivered top-up is the others' to run
+
+
 @pytest.mark.parametrize("args, expected", [
     (["--promptopt"], "LookaheadScheduling"),
     (["--promptopt", "--dist", "loadscope"], "LoadScopeScheduling"),

@@ -12,7 +12,8 @@ three calls at a time, whatever the concurrency.
 queue is topped up to that window whenever the next item to hand out is a prompt case, capped at
 its fair share of what is left so the end of the run stays balanced. Ordinary tests, the other
 `--dist` modes and runs without `--promptopt` keep xdist's own scheduling. A crashed worker is
-handled by xdist as before: its queued cases go back to the others.
+handled by xdist as before: its queued cases go back to the others, including a top-up
+that could not be sent because the worker had already died.
 
 The hook is registered by importing `pytest_xdist_make_scheduler` into the plugin module, or
 by loading this module as a plugin (`-p pytest_promptopt.runners.scheduling`). Importing it is
@@ -95,6 +96,12 @@ def _scheduler_class() -> type:
             target = min(self.window, math.ceil(left / max(1, len(self.node2pending))))
             wanted = min(target - len(held), self.maxschedchunk or len(self.pending))
             if wanted > 0:
-                self._send_tests(node, wanted)
+                try:
+                    self._send_tests(node, wanted)
+                except OSError:
+                    # The worker died since xdist last heard from it (a case crashed it right
+                    # after the first chunk). The cases are already booked to it, so xdist's
+                    # `remove_node` hands them back to the others when it reads the crash.
+                    pass
 
     return LookaheadScheduling
