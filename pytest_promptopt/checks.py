@@ -1,13 +1,17 @@
 """Python-test API: the `prompt_model` and `prompt_check` fixtures' objects.
 
 A Python test is one case of a suite (named by `@pytest.mark.promptopt(suite=...)`, else its
-module), so it reaches the same summary, gates and reports as a suite-file case.
+module), so it reaches the same summary, gates and reports as a suite-file case. A repeated test
+(`promptopt(repeat=N)` or `--promptopt-repeat N`) is N items, one per sample, because each sample
+needs fresh function fixtures; the controller folds their records back into one case with N
+repeats (`fold_repeated_test`), so the statistics read them as a suite-file case's repeats.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +29,14 @@ from .redact import redact
 from .report.text import describe_case
 from .results import CaseResult
 from .session import PromptoptSession
-from .suite.model import SuiteInfo
+from .results import merge_samples
+from .suite.model import Repeats, SuiteInfo
 
-__all__ = ["CheckFailed", "ModelClient", "PromptCheck", "PythonCaseRecorder"]
+__all__ = ["REPEAT_FIXTURE", "CheckFailed", "ModelClient", "PromptCheck", "PythonCaseRecorder", "fold_repeated_test", "python_case_id",
+           "python_repeats", "repeat_id", "split_repeat"]
+
+# The indirect parameter that makes a repeated test's items; also a fixture a test may request.
+REPEAT_FIXTURE = "promptopt_repeat"
 
 
 class CheckFailed(AssertionError):
@@ -43,6 +52,7 @@ class PythonCaseRecorder:
     name: str
     vars: Mapping[str, Any]
     base_dir: Path
+    repeat: int = 0  # which sample of a repeated test this item is; `prompt_model`'s default
     stats: CallStats = field(default_factory=CallStats)
     last_prompt: str = ""
     last_response: Response | None = None
@@ -61,7 +71,7 @@ class PythonCaseRecorder:
         from .registry import take_rendered
 
         result = CaseResult(
-            case_id=hashlib.sha1(self.nodeid.encode()).hexdigest()[:12],
+            case_id=python_case_id(self.nodeid),
             name=self.name,
             nodeid=self.nodeid,
             vars=json_safe(dict(self.vars)),
@@ -113,10 +123,13 @@ class ModelClient:
     def model(self) -> Model:
         return self.session.model_for(self.spec)
 
-    def __call__(self, prompt: str | Sequence[Message], *, repeat: int = 0, **params: Any) -> Response:
-        """`repeat` picks which independent sample to take (its own cache entry): a test
-        parametrized over `range(N)` passes its index, so N items are N samples, not one replayed."""
+    def __call__(self, prompt: str | Sequence[Message], *, repeat: int | None = None, **params: Any) -> Response:
+        """`repeat` picks which independent sample to take (its own cache entry). By default it
+        is the item's sample of a repeated test (0 otherwise), so N items are N samples, not one
+        replayed."""
         __tracebackhide__ = True
+        if repeat is None:
+            repeat = self._recorder.repeat
         if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 0:
             raise TypeError(f"prompt_model(..., repeat=...): a sample index 0, 1, ..., got {repeat!r}")
         request = Request.from_prompt(prompt, params)
@@ -206,6 +219,58 @@ def python_suite(item: pytest.Item, marker: pytest.Mark | None) -> SuiteInfo:
     except ValueError as exc:
         raise pytest.UsageError(str(exc)) from None
     return SuiteInfo(id=name, name=name, file=module, gates=gates, kind="python")
+
+
+def python_repeats(marker: pytest.Mark | None, repeats: Repeats, nodeid: str) -> int:
+    """A Python prompt test's samples: the marker's `repeat=` plays a suite's `repeat:`
+    (--promptopt-repeat on the command line beats it, it beats the ini value)."""
+    value = marker.kwargs.get("repeat") if marker else None
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise pytest.UsageError(f"@pytest.mark.promptopt(repeat=...) on {nodeid}: give a whole number of samples, 1 or more, got {value!r}")
+    return repeats.for_suite(value)
+
+
+def repeat_id(index: int, repeats: int) -> str:
+    """The id a repeated test's sample `index` (0-based) adds to the item's name: `repeat2of5`."""
+    return f"repeat{index + 1}of{repeats}"
+
+
+_REPEAT_ID = re.compile(r"repeat(\d+)of(\d+)")
+
+
+def split_repeat(nodeid: str) -> tuple[str, int, int] | None:
+    """(the test's node id without its sample's id, the sample's index, the samples) for an item
+    of a repeated test; None for any other node id. Works on item names too."""
+    head, sep, name = nodeid.rpartition("::")
+    base, bracket, params = name.partition("[")
+    if not bracket or not params.endswith("]"):
+        return None
+    ids = params[:-1].split("-")
+    for n, part in enumerate(ids):
+        found = _REPEAT_ID.fullmatch(part)
+        if found and 1 <= int(found[1]) <= int(found[2]):
+            rest = "-".join(ids[:n] + ids[n + 1:])
+            return f"{head}{sep}{base}" + (f"[{rest}]" if rest else ""), int(found[1]) - 1, int(found[2])
+    return None
+
+
+def python_case_id(nodeid: str) -> str:
+    return hashlib.sha1(nodeid.encode()).hexdigest()[:12]
+
+
+def fold_repeated_test(samples: Mapping[int, CaseResult], nodeid: str) -> CaseResult:
+    """One record for the items of a repeated test that reached the controller (`samples` by
+    index): the case of node id `nodeid`, its repeats folded as a suite-file case's are
+    (`merge_samples`). Calls, cache hits and time add up over the items."""
+    ordered = [samples[index] for index in sorted(samples)]
+    _, _, name = nodeid.rpartition("::")
+    result = dataclasses.replace(ordered[0], case_id=python_case_id(nodeid), name=name, nodeid=nodeid)
+    result.calls = sum(s.calls for s in ordered)
+    result.cache_hits = sum(s.cache_hits for s in ordered)
+    result.duration_s = sum(s.duration_s for s in ordered)
+    if len(ordered) > 1:  # one selected sample (-k, --lf) is a plain record
+        merge_samples(result, ordered, len(ordered))
+    return result
 
 
 def python_model_spec(marker: pytest.Mark | None, default: ModelSpec, nodeid: str, session: PromptoptSession) -> ModelSpec:

@@ -42,8 +42,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
     config.addinivalue_line(
         "markers",
-        "promptopt(suite=None, gates=None, model=None): a Python prompt test; `suite` groups tests into one "
-        "gated suite, `gates` sets its thresholds (e.g. {'pass_rate': 0.8}), `model` overrides the model",
+        "promptopt(suite=None, gates=None, model=None, repeat=None): a Python prompt test; `suite` groups tests "
+        "into one gated suite, `gates` sets its thresholds (e.g. {'pass_rate': 0.8}), `model` overrides the model, "
+        "`repeat` takes N independent samples (one item each, one case in the statistics)",
     )
     settings = Settings.from_config(config)
     workerinput = getattr(config, "workerinput", {})
@@ -99,6 +100,23 @@ def _is_python_prompt_test(item: pytest.Item) -> bool:
     )
 
 
+@pytest.hookimpl(trylast=True)  # after @parametrize: the sample's id comes last (`test_x[a-repeat2of3]`)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    from .session import session_key
+
+    settings = metafunc.config.stash[session_key].settings
+    marker = metafunc.definition.get_closest_marker("promptopt")
+    if not settings.enabled or (marker is None and not any(name in metafunc.fixturenames for name in PYTHON_FIXTURES)):
+        return
+    from .checks import REPEAT_FIXTURE, python_repeats, repeat_id
+
+    repeats = python_repeats(marker, settings.repeats, metafunc.definition.nodeid)
+    if repeats > 1:
+        if REPEAT_FIXTURE not in metafunc.fixturenames:
+            metafunc.fixturenames.append(REPEAT_FIXTURE)
+        metafunc.parametrize(REPEAT_FIXTURE, range(repeats), indirect=True, ids=[repeat_id(i, repeats) for i in range(repeats)])
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     from .items import SKIP_REASON
     from .session import session_key
@@ -142,6 +160,8 @@ _recorder_key = pytest.StashKey[Any]()
 def _recorder(request: pytest.FixtureRequest) -> Any:
     from .checks import PythonCaseRecorder, python_suite
 
+    from .checks import REPEAT_FIXTURE
+
     item = request.node
     recorder = item.stash.get(_recorder_key, None)
     if recorder is None:
@@ -153,6 +173,7 @@ def _recorder(request: pytest.FixtureRequest) -> Any:
             name=item.name,
             vars=params,
             base_dir=item.path.parent,
+            repeat=params.pop(REPEAT_FIXTURE, 0),  # a sample, not a template var
         )
         item.stash[_recorder_key] = recorder
     return recorder
@@ -172,6 +193,14 @@ def prompt_model(request: pytest.FixtureRequest) -> Any:
     marker = request.node.get_closest_marker("promptopt")
     spec = python_model_spec(marker, session.settings.model, request.node.nodeid, session)
     return ModelClient(session, spec, _recorder(request))
+
+
+@pytest.fixture
+def promptopt_repeat(request: pytest.FixtureRequest) -> int:
+    """Which sample of a repeated prompt test this item is: 0, 1, ..., N-1 for
+    `@pytest.mark.promptopt(repeat=N)` or `--promptopt-repeat N`; 0 for a test that is not
+    repeated. `prompt_model` takes this sample unless given `repeat=`."""
+    return int(getattr(request, "param", 0))
 
 
 @pytest.fixture

@@ -56,7 +56,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--promptopt-regression-alpha", "promptopt_regression_alpha", "significance level of the regression gate (paired tests against the baseline)", "0.05"),
     Option("--promptopt-regression-min-effect", "promptopt_regression_min_effect", "smallest drop (pass rate or metric mean, 0-1) the regression gate fails on", "0.05"),
     Option("--promptopt-gate-rule", "promptopt_gate_rule", "rule of gates that name none: point (the estimate), strict (its 95%% lower bound) or tolerant (its upper bound)", "point", ("point", "strict", "tolerant")),
-    Option("--promptopt-repeat", "promptopt_repeat", "independent samples of each suite case, each its own cache entry (a suite's repeat: overrides the ini value; this option overrides both)", "1"),
+    Option("--promptopt-repeat", "promptopt_repeat", "independent samples of each prompt case (suite-file cases and Python prompt tests), each its own cache entry (a suite's repeat: or a test's promptopt(repeat=) overrides the ini value; this option overrides both)", "1"),
     # Scale (issue 5)
     Option("--promptopt-concurrency", "promptopt_concurrency", "hosted model calls in flight at once, shared by all xdist workers", str(DEFAULT_CONCURRENCY)),
     Option("--promptopt-rate-limit", "promptopt_rate_limit", "requests/tokens per minute per provider, shared by all xdist workers, e.g. 'openai:rpm=500,tpm=30000; anthropic:rpm=50'", None),

@@ -15,6 +15,7 @@ import pytest
 
 from conftest import load_report
 from pytest_promptopt.baseline import CaseOutcome, Regression, compare_suite, outcome_from_result, read_baseline_file, write_baseline_file
+from pytest_promptopt.checks import python_case_id, repeat_id, split_repeat
 from pytest_promptopt.cache import CacheMode, ResponseCache, cache_key
 from pytest_promptopt.execute import execute_batch, execute_case
 from pytest_promptopt.gates import PASS_K, Gate, decide
@@ -440,3 +441,133 @@ def test_a_python_test_parametrized_over_repeat_takes_independent_samples(pytest
     run_pytest("--promptopt", "--promptopt-cache", "replay", "--promptopt-report", "r.json", *mode)
     warm = load_report(pytester.path / "r.json")["suites"][0]["results"]
     assert sorted((r["output"], r["calls"], r["cache_hits"]) for r in warm) == [("Milan", 0, 1)] * 2 + [("Rome", 0, 1)] * 2
+
+
+REPEATED_TEST = """
+import pytest
+from pytest_promptopt import FakeModel, icontains
+
+MODEL = FakeModel({"Capital of Italy?": ["Rome", "Milan"], "Capital of France?": "Paris"}, name="flaky")
+
+@pytest.mark.promptopt(suite="py", model=MODEL, gates={"pass_rate": 0.5}, repeat=4)
+@pytest.mark.parametrize("country, capital", [("Italy", "Rome"), ("France", "Paris")])
+def test_capital(prompt_model, prompt_check, country, capital):
+    prompt_check(prompt_model(f"Capital of {country}?"), icontains(capital))
+"""
+
+
+def test_a_repeated_python_test_is_one_case_of_n_samples(pytester, run_pytest, mode) -> None:
+    pytester.makepyfile(test_py=REPEATED_TEST)
+    result = run_pytest("--promptopt", "-rx", "--promptopt-report", "r.json", *mode)
+    result.assert_outcomes(passed=6, xfailed=2)  # an item per sample, each with fresh fixtures
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["py: 4 repeats per case, pass^k 50.0% *, 1 flaky: test_capital[[]Italy-Rome[]]",
+                                 "XFAIL test_py.py::test_capital[[]Italy-Rome-repeat2of4[]] - tolerated by gate*"])
+    [suite] = load_report(pytester.path / "r.json")["suites"]
+    assert (suite["cases"], suite["repeats"], suite["flaky"], suite["pass_rate"], suite["pass_k"]) == (2, 4, 1, 0.75, 0.5)
+    # the interval resamples whole cases, as for a suite file's repeats
+    assert suite["intervals"]["pass_rate"] == pytest.approx(list(cluster_bootstrap([[1.0, 0.0] * 2, [1.0] * 4])))
+    cases = {r["name"]: r for r in suite["results"]}
+    italy, france = cases["test_capital[Italy-Rome]"], cases["test_capital[France-Paris]"]
+    assert italy["nodeid"] == "test_py.py::test_capital[Italy-Rome]" and italy["vars"] == {"country": "Italy", "capital": "Rome"}
+    assert (italy["repeats"], italy["repeat_passed"], italy["flaky"], italy["passed"], italy["calls"]) == (4, 2, True, False, 4)
+    assert [s["output"] for s in italy["samples"]] == ["Rome", "Milan", "Rome", "Milan"]  # in repeat order, from any worker
+    assert italy["reason"].startswith("flaky: 2 of 4 repeats passed; repeat 2: ")
+    assert (france["repeats"], france["repeat_passed"], france["passed"]) == (4, 4, True)
+    # a case's id is that of the test without repeats, so baselines match across the change
+    assert italy["case_id"] == python_case_id("test_py.py::test_capital[Italy-Rome]")
+
+    run_pytest("--promptopt", "--promptopt-cache", "replay", "--promptopt-report", "warm.json", *mode).assert_outcomes(passed=6, xfailed=2)
+    warm = {r["name"]: r for r in load_report(pytester.path / "warm.json")["suites"][0]["results"]}
+    assert {n: (r["calls"], r["cache_hits"], r["samples"]) for n, r in warm.items()} == {
+        n: (0, 4, r["samples"]) for n, r in cases.items()}
+
+
+OPTION_TEST = """
+import pytest
+from pytest_promptopt import FakeModel, icontains
+
+MODEL = FakeModel({"Capital of Italy?": ["Rome", "Milan", "Rome"]}, name="flaky")
+
+@pytest.mark.promptopt(model=MODEL, repeat=2)
+def test_marked(prompt_model, prompt_check, promptopt_repeat):
+    answer = prompt_model("Capital of Italy?")
+    assert answer.text == ["Rome", "Milan", "Rome"][promptopt_repeat]
+
+@pytest.mark.promptopt(model=MODEL)
+def test_unmarked(prompt_model, promptopt_repeat):
+    assert prompt_model("Capital of Italy?").text == ["Rome", "Milan", "Rome"][promptopt_repeat]
+    assert prompt_model("Capital of Italy?", repeat=0).text == "Rome"  # an explicit sample wins
+
+def test_ordinary():
+    pass
+"""
+
+
+@pytest.mark.parametrize(("args", "ini", "expected"), [
+    ([], "", {"test_marked": 2, "test_unmarked": 1}),
+    ([], "[pytest]\npromptopt_repeat = 3\n", {"test_marked": 2, "test_unmarked": 3}),  # the marker beats the ini value
+    (["--promptopt-repeat", "3"], "", {"test_marked": 3, "test_unmarked": 3}),  # the command line beats both
+], ids=["marker", "ini", "command-line"])
+def test_the_marker_repeat_follows_the_order_of_a_suites_repeat(pytester, run_pytest, args, ini, expected) -> None:
+    pytester.makepyfile(test_py=OPTION_TEST)
+    if ini:
+        pytester.makeini(ini)
+    result = run_pytest("--promptopt", "--promptopt-report", "r.json", "-v", *args)
+    result.assert_outcomes(passed=sum(expected.values()) + 1)  # an ordinary test is never repeated
+    for name, n in expected.items():
+        if n > 1:
+            result.stdout.fnmatch_lines([f"*::{name}[[]repeat{i + 1}of{n}[]] PASSED*" for i in range(n)], consecutive=False)
+    results = {r["name"]: r for r in load_report(pytester.path / "r.json")["suites"][0]["results"]}
+    assert {name: r["repeats"] for name, r in results.items()} == expected
+
+
+@pytest.mark.parametrize("value", ["0", "'3'", "True"])
+def test_a_bad_marker_repeat_names_the_test(pytester, run_pytest, value) -> None:
+    pytester.makepyfile(test_py=f"""
+import pytest
+
+@pytest.mark.promptopt(repeat={value})
+def test_x(prompt_model):
+    pass
+""")
+    result = run_pytest("--promptopt")
+    assert result.ret != 0
+    result.stdout.fnmatch_lines([f"*@pytest.mark.promptopt(repeat=...) on test_py.py::test_x: give a whole number of samples, 1 or more, got {value}*"])
+
+
+CRASHING_SAMPLE = """
+import os, signal
+import pytest
+from pytest_promptopt import FakeModel, icontains
+
+@pytest.mark.promptopt(suite="py", model=FakeModel({"Capital of Italy?": "Rome"}), repeat=3)
+def test_capital(prompt_model, prompt_check, promptopt_repeat):
+    if promptopt_repeat == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    prompt_check(prompt_model("Capital of Italy?"), icontains("Rome"))
+"""
+
+
+def test_a_sample_lost_with_its_worker_makes_the_repeated_case_an_error(pytester, run_pytest) -> None:
+    pytester.makepyfile(test_py=CRASHING_SAMPLE)
+    result = run_pytest("--promptopt", "-n", "2", "--promptopt-report", "r.json")
+    result.assert_outcomes(passed=2, errors=1)
+    [case] = load_report(pytester.path / "r.json")["suites"][0]["results"]
+    assert (case["name"], case["repeats"], case["repeat_passed"]) == ("test_capital", 3, 2)
+    assert case["error"].startswith("repeat 2 of 3: worker crashed while running this case")
+
+
+@pytest.mark.parametrize(("nodeid", "expected"), [
+    ("t.py::test_x[repeat2of5]", ("t.py::test_x", 1, 5)),
+    ("t.py::C::test_x[a-b-repeat1of2]", ("t.py::C::test_x[a-b]", 0, 2)),
+    ("t.py::test_x[repeat3of3-a]", ("t.py::test_x[a]", 2, 3)),  # a later @parametrize, if any, comes after it
+    ("test_x[a-repeat1of2]", ("test_x[a]", 0, 2)),  # an item's name
+    ("t.py::test_x[a]", None),
+    ("t.py::test_x[repeat3of2]", None),
+    ("t.py::test_x", None),
+])
+def test_a_samples_node_id_names_its_test(nodeid: str, expected: tuple[str, int, int] | None) -> None:
+    assert split_repeat(nodeid) == expected
+    if expected is not None:
+        assert repeat_id(expected[1], expected[2]) in nodeid
