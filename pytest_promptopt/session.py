@@ -73,6 +73,7 @@ class PromptoptSession:
         self._limiters: dict[str, RateLimiter] = {}
         self._spark: Any = None
         self.records: list[tuple[SuiteInfo, CaseResult]] = []
+        self.received: list[CaseResult | DatasetPart] = []  # every record as it came, a repeated test's samples apart
         # (suite id, node id) of a repeated Python test: its record's place, its samples so far
         self._repeated: dict[tuple[str, str], tuple[int, dict[int, CaseResult]]] = {}
         # Crash records of samples whose case has no record yet (its suite is learnt from one).
@@ -248,6 +249,7 @@ class PromptoptSession:
         folded again as each of its samples arrives (from any worker, in any order)."""
         from .checks import fold_repeated_test, split_repeat
 
+        self.received.append(record)
         split = split_repeat(record.nodeid) if info.kind == "python" and isinstance(record, CaseResult) else None
         if split is None:
             self.records.append((info, record))

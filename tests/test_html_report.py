@@ -162,6 +162,21 @@ def test_progress_lines_count_tests_calls_cache_hits_and_errors(pytester, run_py
         again.stdout.fnmatch_lines(["promptopt: [123]/4 tests done, *, *s"])
 
 
+def test_progress_counts_the_calls_of_every_sample_of_a_repeated_test(pytester, run_pytest):
+    pytester.makeconftest(SLOW)
+    pytester.makepyfile(test_py="""
+import pytest
+
+@pytest.mark.promptopt(model="acme/fake", repeat=3)
+def test_capital(prompt_model):
+    assert prompt_model("The capital of France is Paris.", max_tokens=8).text == "Paris"
+""")
+    result = run_pytest("--promptopt", "--promptopt-progress", "0.01", "-p", "no:xdist")
+    result.assert_outcomes(passed=3)
+    # the three samples are one case, whose record is folded again as each arrives
+    result.stdout.fnmatch_lines(["promptopt: 1/3 tests done, 1 model calls, *", "promptopt: 2/3 tests done, 2 model calls, 0 cache hits, 0 errors, *s"])
+
+
 def test_no_progress_line_when_quiet_off_or_a_short_run(pytester, run_pytest):
     pytester.makeconftest(SLOW)
     pytester.makefile(".promptopt.yaml", qa=PROGRESS_SUITE)
