@@ -27,9 +27,8 @@ from .models.base import Message, Model, ModelError, Request, Response
 from .models.registry import ModelSpec, parse_model_spec
 from .redact import redact
 from .report.text import describe_case
-from .results import CaseResult
+from .results import CaseResult, merge_samples
 from .session import PromptoptSession
-from .results import merge_samples
 from .suite.model import Repeats, SuiteInfo
 
 __all__ = ["REPEAT_FIXTURE", "CheckFailed", "ModelClient", "PromptCheck", "PythonCaseRecorder", "fold_repeated_test", "python_case_id",

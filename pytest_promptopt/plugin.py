@@ -105,8 +105,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     from .session import session_key
 
     settings = metafunc.config.stash[session_key].settings
+    if not settings.enabled:
+        return
     marker = metafunc.definition.get_closest_marker("promptopt")
-    if not settings.enabled or (marker is None and not any(name in metafunc.fixturenames for name in PYTHON_FIXTURES)):
+    if marker is None and not any(name in metafunc.fixturenames for name in PYTHON_FIXTURES):
         return
     from .checks import REPEAT_FIXTURE, python_repeats, repeat_id
 
@@ -158,9 +160,7 @@ _recorder_key = pytest.StashKey[Any]()
 
 
 def _recorder(request: pytest.FixtureRequest) -> Any:
-    from .checks import PythonCaseRecorder, python_suite
-
-    from .checks import REPEAT_FIXTURE
+    from .checks import REPEAT_FIXTURE, PythonCaseRecorder, python_suite
 
     item = request.node
     recorder = item.stash.get(_recorder_key, None)
