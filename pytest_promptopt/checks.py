@@ -4,7 +4,7 @@ A Python test is one case of a suite (named by `@pytest.mark.promptopt(suite=...
 module), so it reaches the same summary, gates and reports as a suite-file case. A repeated test
 (`promptopt(repeat=N)` or `--promptopt-repeat N`) is N items, one per sample, because each sample
 needs fresh function fixtures; the controller folds their records back into one case with N
-repeats (`fold_repeated_test`), so the statistics read them as a suite-file case's repeats.
+repeats (`fold_repeated_tests`), so the statistics read them as a suite-file case's repeats.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from .results import CaseResult, merge_samples
 from .session import PromptoptSession
 from .suite.model import Repeats, SuiteInfo
 
-__all__ = ["REPEAT_FIXTURE", "CheckFailed", "ModelClient", "PromptCheck", "PythonCaseRecorder", "fold_repeated_test", "python_case_id",
+__all__ = ["REPEAT_FIXTURE", "CheckFailed", "ModelClient", "PromptCheck", "PythonCaseRecorder", "fold_repeated_tests", "python_case_id",
            "python_repeats", "repeat_id", "split_repeat"]
 
 # The indirect parameter that makes a repeated test's items; also a fixture a test may request.
@@ -257,10 +257,36 @@ def python_case_id(nodeid: str) -> str:
     return hashlib.sha1(nodeid.encode()).hexdigest()[:12]
 
 
-def fold_repeated_test(samples: Mapping[int, CaseResult], nodeid: str) -> CaseResult:
-    """One record for the items of a repeated test that reached the controller (`samples` by
-    index): the case of node id `nodeid`, its repeats folded as a suite-file case's are
-    (`merge_samples`). Calls, cache hits and time add up over the items."""
+def fold_repeated_tests(records: Sequence[tuple[SuiteInfo, Any]], crashed: Sequence[CaseResult] = ()) -> list[tuple[SuiteInfo, Any]]:
+    """`records` (as the controller received them, from any worker in any order) with the
+    samples of each repeated test folded into one record, where its first sample was. `crashed`
+    are error records of samples whose worker died: each joins its case's other samples (one
+    with no other sample that arrived has no known suite, and is left out)."""
+    folded: list[tuple[SuiteInfo, Any]] = []
+    cases: dict[str, tuple[int, dict[int, CaseResult]]] = {}  # node id without the repeat: place, samples
+    for info, record in records:
+        split = split_repeat(record.nodeid) if info.kind == "python" and isinstance(record, CaseResult) else None
+        if split is None:
+            folded.append((info, record))
+            continue
+        nodeid, index, _ = split
+        if nodeid not in cases:
+            cases[nodeid] = (len(folded), {})
+            folded.append((info, record))
+        cases[nodeid][1][index] = record
+    for record in crashed:
+        nodeid, index, _ = split_repeat(record.nodeid) or ("", 0, 0)
+        if nodeid in cases:
+            cases[nodeid][1].setdefault(index, record)
+    for nodeid, (place, samples) in cases.items():
+        folded[place] = (folded[place][0], _fold_case(samples, nodeid))
+    return folded
+
+
+def _fold_case(samples: Mapping[int, CaseResult], nodeid: str) -> CaseResult:
+    """One record for the items of a repeated test (`samples` by index): the case of node id
+    `nodeid`, its repeats folded as a suite-file case's are (`merge_samples`). Calls, cache hits
+    and time add up over the items."""
     ordered = [samples[index] for index in sorted(samples)]
     _, _, name = nodeid.rpartition("::")
     result = dataclasses.replace(ordered[0], case_id=python_case_id(nodeid), name=name, nodeid=nodeid)

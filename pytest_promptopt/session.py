@@ -72,13 +72,9 @@ class PromptoptSession:
         self._runner: CaseRunner | None = None
         self._limiters: dict[str, RateLimiter] = {}
         self._spark: Any = None
+        # Every record as it came; a repeated Python test's samples are one each (`summary` folds them).
         self.records: list[tuple[SuiteInfo, CaseResult]] = []
-        self.received: list[CaseResult | DatasetPart] = []  # every record as it came, a repeated test's samples apart
-        # (suite id, node id) of a repeated Python test: its record's place, its samples so far
-        self._repeated: dict[tuple[str, str], tuple[int, dict[int, CaseResult]]] = {}
-        # Crash records of samples whose case has no record yet (its suite is learnt from one).
-        # Every sample of a case lost with its worker leaves nothing to learn it from.
-        self._lost_samples: dict[str, dict[int, CaseResult]] = {}
+        self._crashed_samples: list[CaseResult] = []  # they join their case in `summary`, which knows its suite
         self._summary: RunSummary | None = None
         self.started = time.time()
         self.mlflow: Any = None  # the MLflow reporting outcome (report/mlflow_writer.Outcome)
@@ -195,8 +191,8 @@ class PromptoptSession:
     def add_crash_record(self, nodeid: str, message: str) -> bool:
         """An error record for a case whose xdist worker died while running it. False when the
         node id is not a prompt case (an ordinary test, a dataset item, or a Python test of an
-        unknown suite). A repeated test's sample is one whatever arrived so far: its record waits
-        for the first of its case's samples."""
+        unknown suite). A repeated test's sample always is: its record joins the case's other
+        samples, whichever reach the controller, when the summary folds them."""
         from .execute import error_result
         from .items import is_suite_file
 
@@ -217,19 +213,16 @@ class PromptoptSession:
             from .checks import split_repeat
 
             result = CaseResult(case_id=nodeid, name=name, nodeid=nodeid, error=message)
-            split = split_repeat(nodeid)
-            if split is not None:
-                # A sample of a repeated test: it joins its case, which may not have reached us yet.
-                found = next((self.records[p][0] for (_, test), (p, _) in self._repeated.items() if test == split[0]), None)
-                if found is None:
-                    self._lost_samples.setdefault(split[0], {})[split[1]] = result
-                    return True
-            else:
-                found = next((i for i, _ in self.records if i.kind == "python" and i.file == path), None)
-                if found is None:
-                    return False
+            if split_repeat(nodeid) is not None:
+                self._crashed_samples.append(result)
+                self._summary = None
+                return True
+            found = next((i for i, _ in self.records if i.kind == "python" and i.file == path), None)
+            if found is None:
+                return False
             info = found
-        self._add(info, result)
+        self.records.append((info, result))
+        self._summary = None
         return True
 
     @staticmethod
@@ -242,27 +235,7 @@ class PromptoptSession:
     def add_record(self, payload: str) -> None:
         data = json.loads(payload)
         record = DatasetPart.from_dict(data["dataset"]) if "dataset" in data else CaseResult.from_dict(data["case"])
-        self._add(SuiteInfo.from_dict(data["suite"]), record)
-
-    def _add(self, info: SuiteInfo, record: CaseResult | DatasetPart) -> None:
-        """Keep a record; the items of a repeated Python test become one case, whose record is
-        folded again as each of its samples arrives (from any worker, in any order)."""
-        from .checks import fold_repeated_test, split_repeat
-
-        self.received.append(record)
-        split = split_repeat(record.nodeid) if info.kind == "python" and isinstance(record, CaseResult) else None
-        if split is None:
-            self.records.append((info, record))
-        else:
-            nodeid, index, _ = split
-            position, samples = self._repeated.setdefault((info.id, nodeid), (len(self.records), {}))
-            samples[index] = record
-            samples.update(self._lost_samples.pop(nodeid, {}))
-            folded = (info, fold_repeated_test(samples, nodeid))
-            if position == len(self.records):
-                self.records.append(folded)
-            else:
-                self.records[position] = folded
+        self.records.append((SuiteInfo.from_dict(data["suite"]), record))
         self._summary = None
 
     def finish(self, exit_status: int, pytest_args: list[str]) -> tuple[int, list[str]]:
@@ -329,7 +302,9 @@ class PromptoptSession:
 
     def summary(self) -> RunSummary:
         if self._summary is None:
-            self._summary = summarize(self.records, self.settings.gate_rule)
+            from .checks import fold_repeated_tests
+
+            self._summary = summarize(fold_repeated_tests(self.records, self._crashed_samples), self.settings.gate_rule)
         return self._summary
 
     def close(self) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import load_report
 from pytest_promptopt.baseline import CaseOutcome, Regression, compare_suite, outcome_from_result, read_baseline_file, write_baseline_file
-from pytest_promptopt.checks import python_case_id, repeat_id, split_repeat
+from pytest_promptopt.checks import fold_repeated_tests, python_case_id, repeat_id, split_repeat
 from pytest_promptopt.cache import CacheMode, ResponseCache, cache_key
 from pytest_promptopt.execute import execute_batch, execute_case
 from pytest_promptopt.gates import PASS_K, Gate, decide
@@ -571,3 +571,24 @@ def test_a_samples_node_id_names_its_test(nodeid: str, expected: tuple[str, int,
     assert split_repeat(nodeid) == expected
     if expected is not None:
         assert repeat_id(expected[1], expected[2]) in nodeid
+
+
+def test_the_samples_of_a_repeated_test_fold_into_one_case_where_the_first_arrived() -> None:
+    py = SuiteInfo(id="py", name="py", file="t.py", kind="python")
+
+    def item(n: int, passed: bool, output: str) -> CaseResult:
+        return CaseResult(case_id="x", name=f"test_x[a-repeat{n}of3]", nodeid=f"t.py::test_x[a-repeat{n}of3]", passed=passed,
+                          output=output, score=float(passed), calls=1)
+
+    other = CaseResult(case_id="o", name="test_o", nodeid="t.py::test_o", passed=True)
+    crashed = CaseResult(case_id="t.py::test_x[a-repeat2of3]", name="test_x[a-repeat2of3]", nodeid="t.py::test_x[a-repeat2of3]",
+                         error="worker crashed while running this case")
+    records = [(py, item(3, False, "Milan")), (py, other), (py, item(1, True, "Rome"))]  # from two workers, out of order
+    [(_, case), (_, rest)] = fold_repeated_tests(records, [crashed])
+    assert rest is other
+    assert (case.name, case.nodeid, case.case_id) == ("test_x[a]", "t.py::test_x[a]", python_case_id("t.py::test_x[a]"))
+    assert (case.repeats, case.repeat_passed, case.calls) == (3, 1, 2)
+    assert [s["output"] for s in case.samples] == ["Rome", "Milan"]  # repeat order; the crashed one has no answer
+    assert case.error == "repeat 2 of 3: worker crashed while running this case"
+    # a crashed sample whose case sent nothing has no known suite: it is left out, not misfiled
+    assert fold_repeated_tests([(py, other)], [crashed]) == [(py, other)]

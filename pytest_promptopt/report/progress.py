@@ -25,7 +25,7 @@ class ProgressLine:
         self.total: int | None = None
         self.done = 0
         self.calls = self.cache_hits = self.errors = 0
-        self._seen = 0  # received records already counted
+        self._seen = 0  # records already counted
         self.started = self._last = clock()
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
@@ -44,12 +44,11 @@ class ProgressLine:
         if report.when != "teardown":
             return
         self.done += 1
-        # `received`, not `records`: a repeated test's record is folded again in place per sample.
-        for result in self.state.received[self._seen:]:
+        for _, result in self.state.records[self._seen:]:
             self.calls += result.calls
             self.cache_hits += result.cache_hits
             self.errors += 1 if result.error else 0
-        self._seen = len(self.state.received)
+        self._seen = len(self.state.records)
         if self.total is not None and self.done >= self.total:
             return  # the last test: pytest ends its line ([100%]) and the promptopt summary follows
         now = self.clock()
