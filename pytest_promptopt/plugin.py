@@ -107,11 +107,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     settings = metafunc.config.stash[session_key].settings
     if not settings.enabled:
         return
-    marker = metafunc.definition.get_closest_marker("promptopt")
-    if marker is None and not any(name in metafunc.fixturenames for name in PYTHON_FIXTURES):
+    if not _is_python_prompt_test(metafunc.definition):
         return
     from .checks import REPEAT_FIXTURE, python_repeats, repeat_id
 
+    marker = metafunc.definition.get_closest_marker("promptopt")
     repeats = python_repeats(marker, settings.repeats, metafunc.definition.nodeid)
     if repeats > 1:
         if REPEAT_FIXTURE not in metafunc.fixturenames:
