@@ -65,7 +65,9 @@ def _shift(logits: np.ndarray, mean: float) -> np.ndarray:
     return _expit(logits + (low + high) / 2)
 
 
-def _base_logits(rng: np.random.Generator, kind: str, runs: int, n: int, mean: float, kappa: float = KAPPA) -> np.ndarray:
+def _base_logits(
+    rng: np.random.Generator, kind: str, runs: int, n: int, mean: float, kappa: float = KAPPA
+) -> np.ndarray:
     if kind == "same":
         return np.zeros((runs, n))
     chances = np.clip(rng.beta(mean * kappa, (1 - mean) * kappa, size=(runs, n)), 1e-9, 1 - 1e-9)
@@ -90,13 +92,17 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 def _cases(passed: np.ndarray, scores: np.ndarray | None = None) -> list[CaseOutcome]:
     if scores is None:
         return [CaseOutcome(f"c{i}", f"case {i}", "passed" if p else "failed") for i, p in enumerate(passed.tolist())]
-    return [CaseOutcome(f"c{i}", f"case {i}", "passed" if p else "failed", None, {"quality": s})
-            for i, (p, s) in enumerate(zip(passed.tolist(), scores.tolist()))]
+    return [
+        CaseOutcome(f"c{i}", f"case {i}", "passed" if p else "failed", None, {"quality": s})
+        for i, (p, s) in enumerate(zip(passed.tolist(), scores.tolist()))
+    ]
 
 
 def threshold_gates(runs: int, sizes: list[int], seed: int) -> None:
     print(f"## Threshold gate `pass_rate >= {THRESHOLD:g}`: share of runs each rule fails\n")
-    print(f"{runs} runs per cell; the {THRESHOLD:g} column is the false-alarm rate, the columns left of it the detection rate.\n")
+    print(
+        f"{runs} runs per cell; the {THRESHOLD:g} column is the false-alarm rate, the columns left of it the detection rate.\n"
+    )
     gates = {rule: Gate(PASS_RATE, THRESHOLD, rule) for rule in GATE_RULES}
     for kind_index, kind in enumerate(KINDS):
         rows = []
@@ -121,14 +127,19 @@ def threshold_gates(runs: int, sizes: list[int], seed: int) -> None:
     for n in sizes:
         for rule, gate in gates.items():
             failing = [k for k in range(n + 1) if not decide(gate, k / n, {}, {PASS_RATE: wilson(k, n)}).passed]
-            rows.append([f"{n}", rule] + [_pct(sum(math.comb(n, k) * r ** k * (1 - r) ** (n - k) for k in failing)) for r in RATES])
+            rows.append(
+                [f"{n}", rule]
+                + [_pct(sum(math.comb(n, k) * r**k * (1 - r) ** (n - k) for k in failing)) for r in RATES]
+            )
     print(f"### `same` suites, exact (binomial sums over the same decisions)\n\n{_table(header, rows)}\n")
 
 
 def regression_gate(runs: int, sizes: list[int], seed: int) -> None:
     print("## Regression gate on the pass rate (McNemar): share of runs flagged `regressed`\n")
-    print(f"Baseline and current run over the same cases, baseline pass rate {THRESHOLD:g}; {runs} runs per cell. "
-          "Drop 0 is the false-alarm rate, the others the detection rate.\n")
+    print(
+        f"Baseline and current run over the same cases, baseline pass rate {THRESHOLD:g}; {runs} runs per cell. "
+        "Drop 0 is the false-alarm rate, the others the detection rate.\n"
+    )
     settings = {0.05: Regression(alpha=0.05, min_effect=0.05), 0.0: Regression(alpha=0.05, min_effect=0.0)}
     for kind_index, kind in enumerate(KINDS):
         rows = []
@@ -149,17 +160,21 @@ def regression_gate(runs: int, sizes: list[int], seed: int) -> None:
                 for min_effect in settings:
                     flagged[min_effect].append(hits[min_effect])
             for min_effect, counts in flagged.items():
-                rows.append([f"{n}", f"{min_effect:g}", _with_bound(counts[0], runs)] + [_pct(c / runs) for c in counts[1:]])
+                rows.append(
+                    [f"{n}", f"{min_effect:g}", _with_bound(counts[0], runs)] + [_pct(c / runs) for c in counts[1:]]
+                )
         header = ["N", "min_effect", "no change (false alarm)"] + [f"drop {d:g}" for d in DROPS[1:]]
         print(f"### `{kind}` suites\n\n{_table(header, rows)}\n")
 
 
 def per_baseline(baselines: int, runs: int, sizes: list[int], seed: int) -> None:
     print("## Regression gate against one fixed baseline, no true change\n")
-    print(f"A baseline file is written once and every later CI run is compared with it. {baselines} baselines, each "
-          f"compared with {runs} fresh runs of the same model (min_effect 0.05): the false-alarm rate per baseline. "
-          "The last column averages the tenth of the baselines whose pass rate came out furthest above their "
-          "suite's true rate.\n")
+    print(
+        f"A baseline file is written once and every later CI run is compared with it. {baselines} baselines, each "
+        f"compared with {runs} fresh runs of the same model (min_effect 0.05): the false-alarm rate per baseline. "
+        "The last column averages the tenth of the baselines whose pass rate came out furthest above their "
+        "suite's true rate.\n"
+    )
     gate = Regression(alpha=0.05, min_effect=0.05)
     rows = []
     for kind_index, kind in enumerate(KINDS):
@@ -177,20 +192,43 @@ def per_baseline(baselines: int, runs: int, sizes: list[int], seed: int) -> None
                 rates.append(hits / runs)
                 lucky.append(b.mean() - p.mean())
             rates_, lucky_ = np.array(rates), np.array(lucky)
-            luckiest = rates_[lucky_ >= np.quantile(lucky_, 0.9)]  # baselines that came out furthest above their true rate
+            luckiest = rates_[
+                lucky_ >= np.quantile(lucky_, 0.9)
+            ]  # baselines that came out furthest above their true rate
             spread = 1.96 * rates_.std(ddof=1) / math.sqrt(len(rates_))  # of the mean over baselines
-            rows.append([kind, f"{n}", f"{_pct(rates_.mean())} ± {100 * spread:.1f}", _pct(np.median(rates_)), _pct(np.quantile(rates_, 0.9)),
-                         _pct(rates_.max()), _pct((rates_ > 0.10).mean()), _pct(luckiest.mean())])
-    header = ["suite", "N", "mean (95% interval)", "median", "90th percentile", "worst", "baselines above 10%", "luckiest 10% of baselines"]
+            rows.append(
+                [
+                    kind,
+                    f"{n}",
+                    f"{_pct(rates_.mean())} ± {100 * spread:.1f}",
+                    _pct(np.median(rates_)),
+                    _pct(np.quantile(rates_, 0.9)),
+                    _pct(rates_.max()),
+                    _pct((rates_ > 0.10).mean()),
+                    _pct(luckiest.mean()),
+                ]
+            )
+    header = [
+        "suite",
+        "N",
+        "mean (95% interval)",
+        "median",
+        "90th percentile",
+        "worst",
+        "baselines above 10%",
+        "luckiest 10% of baselines",
+    ]
     print(_table(header, rows) + "\n")
 
 
 def metric_gate(runs: int, sizes: list[int], seed: int, scores: tuple[str, ...] = ("graded", "0/1")) -> None:
     print("## Regression gate on a named metric's mean (paired bootstrap): share of runs flagged\n")
-    print(f"`graded`: each case has a true mean score (`mixed` around {METRIC_MEAN:g}) and a run draws its score "
-          f"around it (sd about 0.15). `0/1`: the score is the case's pass/fail in a `mixed` suite at {THRESHOLD:g}, "
-          "and the last column is McNemar on the same outcomes. Every case's status is `passed`, so only the metric "
-          f"can regress. {runs} runs for no change, {runs // 2} for each drop; min_effect 0.05 unless stated.\n")
+    print(
+        f"`graded`: each case has a true mean score (`mixed` around {METRIC_MEAN:g}) and a run draws its score "
+        f"around it (sd about 0.15). `0/1`: the score is the case's pass/fail in a `mixed` suite at {THRESHOLD:g}, "
+        "and the last column is McNemar on the same outcomes. Every case's status is `passed`, so only the metric "
+        f"can regress. {runs} runs for no change, {runs // 2} for each drop; min_effect 0.05 unless stated.\n"
+    )
     settings = {0.05: Regression(alpha=0.05, min_effect=0.05), 0.0: Regression(alpha=0.05, min_effect=0.0)}
     rows = []
     for kind_index, kind in enumerate(("graded", "0/1")):
@@ -219,8 +257,12 @@ def metric_gate(runs: int, sizes: list[int], seed: int, scores: tuple[str, ...] 
                         hits[min_effect] += regression(comparison, base, current, gate).regressed
                     if kind == "0/1" and drop == 0:
                         flips_before, flips_after = _cases(bs > 0.5), _cases(as_ > 0.5)
-                        mcnemar += regression(compare_suite("s", "suite", flips_before, flips_after), flips_before,
-                                              flips_after, settings[0.05]).regressed
+                        mcnemar += regression(
+                            compare_suite("s", "suite", flips_before, flips_after),
+                            flips_before,
+                            flips_after,
+                            settings[0.05],
+                        ).regressed
                 if drop == 0:
                     row += [_with_bound(hits[0.05], count), _with_bound(hits[0.0], count)]
                     tail = _with_bound(mcnemar, count) if kind == "0/1" else "-"
@@ -239,14 +281,18 @@ def _shift_population(logits: np.ndarray, mean: float) -> np.ndarray:
 
 
 def repeats_gate(runs: int, sizes: list[int], seed: int, repeats: tuple[int, ...] = (3, 5)) -> None:
-    print(f"## Threshold gate `pass_rate >= {THRESHOLD:g}` with repeats: the cluster bootstrap against a naive interval\n")
-    print(f"`mixed` cases, each sampled k times; the pass rate is over the N x k samples, and the gate's rule is "
-          f"`tolerant`. `cluster` is the plugin's interval (results.py: `stats.cluster_bootstrap` over cases, "
-          f"seeded); `naive` is a Wilson interval that takes the N x k samples as independent. Two designs: in "
-          f"`fixed`, every suite's own mean is exactly the rate (the suite is the whole task: only the model's "
-          f"sampling varies); in `sampled`, the suite's cases are a fresh draw from a pool whose mean is the rate "
-          f"(the suite is a sample of the task). {runs} runs per cell; the {THRESHOLD:g} column is the false-alarm "
-          "rate (a tolerant gate should stay at or below 2.5%), the others the detection rate.\n")
+    print(
+        f"## Threshold gate `pass_rate >= {THRESHOLD:g}` with repeats: the cluster bootstrap against a naive interval\n"
+    )
+    print(
+        f"`mixed` cases, each sampled k times; the pass rate is over the N x k samples, and the gate's rule is "
+        f"`tolerant`. `cluster` is the plugin's interval (results.py: `stats.cluster_bootstrap` over cases, "
+        f"seeded); `naive` is a Wilson interval that takes the N x k samples as independent. Two designs: in "
+        f"`fixed`, every suite's own mean is exactly the rate (the suite is the whole task: only the model's "
+        f"sampling varies); in `sampled`, the suite's cases are a fresh draw from a pool whose mean is the rate "
+        f"(the suite is a sample of the task). {runs} runs per cell; the {THRESHOLD:g} column is the false-alarm "
+        "rate (a tolerant gate should stay at or below 2.5%), the others the detection rate.\n"
+    )
     gate = Gate(PASS_RATE, THRESHOLD, "tolerant")
     rows = []
     for design, shift in (("fixed", _shift), ("sampled", _shift_population)):
@@ -267,9 +313,14 @@ def repeats_gate(runs: int, sizes: list[int], seed: int, repeats: tuple[int, ...
                     for name in failed:
                         failed[name].append(hits[name])
                 for name in failed:
-                    cells = [_with_bound(h, runs) if r == THRESHOLD else _pct(h / runs) for h, r in zip(failed[name], REPEAT_RATES)]
+                    cells = [
+                        _with_bound(h, runs) if r == THRESHOLD else _pct(h / runs)
+                        for h, r in zip(failed[name], REPEAT_RATES)
+                    ]
                     rows.append([design, f"{n}", f"{k}", name] + cells)
-    header = ["design", "N", "k", "interval"] + [f"**{r:g}** (threshold)" if r == THRESHOLD else f"{r:g}" for r in REPEAT_RATES]
+    header = ["design", "N", "k", "interval"] + [
+        f"**{r:g}** (threshold)" if r == THRESHOLD else f"{r:g}" for r in REPEAT_RATES
+    ]
     print(_table(header, rows) + "\n")
 
 
@@ -277,15 +328,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=2000, help="simulated CI runs per cell (default 2000)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[20, 50, 200], help="cases per suite")
-    parser.add_argument("--metric-sizes", type=int, nargs="+", default=[20, 50],
-                        help="cases per suite for the paired bootstrap (about 4 ms a run at 20 cases, 26 ms at 200)")
+    parser.add_argument(
+        "--metric-sizes",
+        type=int,
+        nargs="+",
+        default=[20, 50],
+        help="cases per suite for the paired bootstrap (about 4 ms a run at 20 cases, 26 ms at 200)",
+    )
     parser.add_argument("--metric-scores", nargs="+", choices=["graded", "0/1"], default=["graded", "0/1"])
     parser.add_argument("--baselines", type=int, default=400, help="fixed baselines in the per-baseline section")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="run only these sections")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="a tenth of the runs, for a smoke test")
     args = parser.parse_args()
-    runs, baselines = (max(args.runs // 10, 50), max(args.baselines // 4, 20)) if args.quick else (args.runs, args.baselines)
+    runs, baselines = (
+        (max(args.runs // 10, 50), max(args.baselines // 4, 20)) if args.quick else (args.runs, args.baselines)
+    )
     started, cpu = time.perf_counter(), time.process_time()
     if "threshold" in args.only:
         threshold_gates(runs, args.sizes, args.seed)
@@ -297,8 +355,10 @@ def main() -> None:
         metric_gate(runs // 2, args.metric_sizes, args.seed, tuple(args.metric_scores))
     if "repeats" in args.only:
         repeats_gate(max(runs // 5, 20), args.metric_sizes, args.seed)
-    print(f"_{runs} runs per cell, seed {args.seed}: {time.perf_counter() - started:.0f} s wall, "
-          f"{time.process_time() - cpu:.0f} s CPU._")
+    print(
+        f"_{runs} runs per cell, seed {args.seed}: {time.perf_counter() - started:.0f} s wall, "
+        f"{time.process_time() - cpu:.0f} s CPU._"
+    )
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ PYTHON = sys.executable
 DROP_ENV = ("MLFLOW_TRACKING_URI", "PYTEST_ADDOPTS", "PYTEST_PLUGINS", "OPENAI_BASE_URL", "OPENAI_API_BASE")
 
 # Timestamps taken inside the run, on the controller only (xdist workers load it too).
-CONFTEST = '''
+CONFTEST = """
 import json, time
 import pytest
 
@@ -75,7 +75,7 @@ def pytest_runtest_logreport(report):
             _seen["first_done"] = report.stop
         if _seen["last_done"] is None or report.stop > _seen["last_done"]:
             _seen["last_done"] = report.stop
-'''
+"""
 
 
 @dataclass
@@ -84,14 +84,19 @@ class Server:
     url: str
 
     @classmethod
-    def start(cls, delay: float, nodelay: bool = True) -> "Server":
+    def start(cls, delay: float, nodelay: bool = True) -> Server:
         command = [PYTHON, str(FAKE_SERVER), "--delay", str(delay)]
         if nodelay:
             # http.server answers in two writes (headers, then body) with Nagle's algorithm on, so on
             # a kept-alive connection the body waits for the client's delayed ACK: ~40 ms a request
             # on Linux. The server file itself runs unchanged; only TCP_NODELAY is switched on first.
-            command = [PYTHON, "-c", "import runpy, socketserver, sys; socketserver.StreamRequestHandler.disable_nagle_algorithm = True; "
-                       "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')", *command[1:]]
+            command = [
+                PYTHON,
+                "-c",
+                "import runpy, socketserver, sys; socketserver.StreamRequestHandler.disable_nagle_algorithm = True; "
+                "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')",
+                *command[1:],
+            ]
         process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
         assert process.stdout is not None
         url = process.stdout.readline().strip()
@@ -128,8 +133,11 @@ class Config:
 
 def scheduler_registered() -> bool:
     """Whether the plugin module registers the look-ahead xdist scheduler itself."""
-    out = subprocess.run([PYTHON, "-c", "import pytest_promptopt.plugin as p; print(hasattr(p, 'pytest_xdist_make_scheduler'))"],
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [PYTHON, "-c", "import pytest_promptopt.plugin as p; print(hasattr(p, 'pytest_xdist_make_scheduler'))"],
+        capture_output=True,
+        text=True,
+    ).stdout
     return out.strip() == "True"
 
 
@@ -141,10 +149,16 @@ def option_available() -> bool:
 
 
 def write_suite(folder: Path, cases: int, url: str) -> None:
-    lines = ["description: concurrency", 'prompts: ["Echo: {{text}}"]',
-             f"providers:\n  - id: openai/bench-model\n    config: {{api_base: {json.dumps(url)}}}", "tests:"]
+    lines = [
+        "description: concurrency",
+        'prompts: ["Echo: {{text}}"]',
+        f"providers:\n  - id: openai/bench-model\n    config: {{api_base: {json.dumps(url)}}}",
+        "tests:",
+    ]
     for i in range(cases):
-        lines.append(f'  - vars: {{text: "item-{i} says hello"}}\n    assert: [{{type: contains, value: "item-{i} says"}}]')
+        lines.append(
+            f'  - vars: {{text: "item-{i} says hello"}}\n    assert: [{{type: contains, value: "item-{i} says"}}]'
+        )
     (folder / "bench.promptopt.yaml").write_text("\n".join(lines) + "\n")
     (folder / "conftest.py").write_text(CONFTEST)
     (folder / "pytest.ini").write_text("[pytest]\n")
@@ -154,13 +168,30 @@ def run_once(config: Config, url: str, timeout: float, extra: list[str]) -> Run:
     with tempfile.TemporaryDirectory(prefix="promptopt-bench-concurrency-") as tmp:
         folder = Path(tmp)
         write_suite(folder, config.cases, url)
-        command = [PYTHON, "-m", "pytest", "--promptopt", "--promptopt-no-mlflow", "--promptopt-cache", "off",
-                   "--promptopt-concurrency", str(config.concurrency), "-q", "-p", "no:cacheprovider"]
+        command = [
+            PYTHON,
+            "-m",
+            "pytest",
+            "--promptopt",
+            "--promptopt-no-mlflow",
+            "--promptopt-cache",
+            "off",
+            "--promptopt-concurrency",
+            str(config.concurrency),
+            "-q",
+            "-p",
+            "no:cacheprovider",
+        ]
         if config.workers > 1:
             command += ["-n", str(config.workers), *extra]
         env = {k: v for k, v in os.environ.items() if k not in DROP_ENV}
-        env.update(OPENAI_API_KEY="sk-bench", NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost",
-                   MLFLOW_DISABLE_TELEMETRY="true", LITELLM_LOCAL_MODEL_COST_MAP="True")
+        env.update(
+            OPENAI_API_KEY="sk-bench",
+            NO_PROXY="127.0.0.1,localhost",
+            no_proxy="127.0.0.1,localhost",
+            MLFLOW_DISABLE_TELEMETRY="true",
+            LITELLM_LOCAL_MODEL_COST_MAP="True",
+        )
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         proc = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=timeout)
@@ -171,13 +202,17 @@ def run_once(config: Config, url: str, timeout: float, extra: list[str]) -> Run:
         if proc.returncode != 0 or not re.fullmatch(rf"=*\s*{config.cases} passed in [\d.]+s.*", last):
             log = Path(tempfile.gettempdir()) / f"promptopt-bench-concurrency-failed-{time.strftime('%H%M%S')}.log"
             log.write_text(proc.stdout + proc.stderr)
-            raise RuntimeError(f"{config.label}: exit {proc.returncode}, expected {config.cases} passed, got {last!r}; "
-                               f"whole output in {log}")
+            raise RuntimeError(
+                f"{config.label}: exit {proc.returncode}, expected {config.cases} passed, got {last!r}; "
+                f"whole output in {log}"
+            )
         t = json.loads((folder / "bench-timing.json").read_text())
     if t["done"] != config.cases:
         raise RuntimeError(f"{config.label}: the timing conftest saw {t['done']} cases, not {config.cases}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return Run(wall, t["loop_end"] - t["loop_start"], t["first_done"] - t["loop_start"], t["last_done"] - t["first_done"], cpu)
+    return Run(
+        wall, t["loop_end"] - t["loop_start"], t["first_done"] - t["loop_start"], t["last_done"] - t["first_done"], cpu
+    )
 
 
 # litellm alone, sequentially, against the instant server: its own cost per call.
@@ -206,7 +241,9 @@ def litellm_probe(url: str, calls: int) -> tuple[float, float, float, float]:
     """(import s, first call s, CPU s per call, wall s per call) of litellm alone in a fresh process."""
     env = {k: v for k, v in os.environ.items() if k not in DROP_ENV}
     env.update(OPENAI_API_KEY="sk-bench", NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
-    out = subprocess.run([PYTHON, "-c", LITELLM_PROBE, url, str(calls)], capture_output=True, text=True, env=env, check=True)
+    out = subprocess.run(
+        [PYTHON, "-c", LITELLM_PROBE, url, str(calls)], capture_output=True, text=True, env=env, check=True
+    )
     imported, first, cpu, wall = (float(x) for x in out.stdout.split()[-4:])
     return imported, first, cpu, wall
 
@@ -220,18 +257,29 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--sanity-cases", type=int, default=50, help="cases of the concurrency-1 run (0: skip it)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds allowed for one run")
-    parser.add_argument("--nagle", action="store_true", help="run the fake server as the file is, with Nagle's algorithm "
-                        "(adds ~40 ms to each kept-alive request)")
-    parser.add_argument("--probe-calls", type=int, default=200, help="sequential calls of the litellm-alone probe (0: skip it)")
-    parser.add_argument("--xdist-scheduler", action="store_true", help="under -n, xdist's own load scheduler instead of the "
-                        "plugin's look-ahead scheduler (only while the plugin does not register it itself)")
+    parser.add_argument(
+        "--nagle",
+        action="store_true",
+        help="run the fake server as the file is, with Nagle's algorithm (adds ~40 ms to each kept-alive request)",
+    )
+    parser.add_argument(
+        "--probe-calls", type=int, default=200, help="sequential calls of the litellm-alone probe (0: skip it)"
+    )
+    parser.add_argument(
+        "--xdist-scheduler",
+        action="store_true",
+        help="under -n, xdist's own load scheduler instead of the "
+        "plugin's look-ahead scheduler (only while the plugin does not register it itself)",
+    )
     args = parser.parse_args()
 
     if not option_available():
         print("--promptopt-concurrency is not an option of this pytest-promptopt yet; nothing measured")
         sys.exit(2)
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, load average at start "
-          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(
+        f"python {sys.version.split()[0]}, {os.cpu_count()} cores, load average at start "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
     registered = scheduler_registered()
     extra: list[str] = []
     if args.xdist_scheduler:
@@ -241,7 +289,9 @@ def main() -> None:
         print("under -n: xdist's own load scheduler")
     else:
         extra = [] if registered else ["-p", "pytest_promptopt.runners.scheduling"]
-        print(f"under -n: the plugin's look-ahead scheduler{'' if registered else ' (loaded with -p pytest_promptopt.runners.scheduling)'}")
+        print(
+            f"under -n: the plugin's look-ahead scheduler{'' if registered else ' (loaded with -p pytest_promptopt.runners.scheduling)'}"
+        )
 
     configs = [Config("in-process", args.cases, args.concurrency, 1, True)]
     if args.workers > 1:
@@ -253,8 +303,10 @@ def main() -> None:
         configs.append(Config("sanity", args.sanity_cases, 1, 1, True))
 
     delayed, instant = Server.start(args.delay, not args.nagle), Server.start(0.0, not args.nagle)
-    print(f"fake OpenAI servers: {delayed.url} (delay {args.delay} s), {instant.url} (no delay); "
-          f"TCP_NODELAY {'off (as the file is)' if args.nagle else 'on'}")
+    print(
+        f"fake OpenAI servers: {delayed.url} (delay {args.delay} s), {instant.url} (no delay); "
+        f"TCP_NODELAY {'off (as the file is)' if args.nagle else 'on'}"
+    )
     runs: dict[Config, list[Run]] = {}
     probes: list[tuple[float, float, float, float]] = []
     failures: list[str] = []
@@ -263,8 +315,11 @@ def main() -> None:
             if args.probe_calls:
                 probes.append(litellm_probe(instant.url, args.probe_calls))
                 imported, first, cpu, wall = probes[-1]
-                print(f"  run {rep + 1}/{args.repeat} litellm alone: import {imported:.2f} s, first call {first:.2f} s, "
-                      f"then {wall * 1000:.2f} ms per call ({cpu * 1000:.2f} ms CPU), sequential, instant server", flush=True)
+                print(
+                    f"  run {rep + 1}/{args.repeat} litellm alone: import {imported:.2f} s, first call {first:.2f} s, "
+                    f"then {wall * 1000:.2f} ms per call ({cpu * 1000:.2f} ms CPU), sequential, instant server",
+                    flush=True,
+                )
             for config in configs:
                 try:
                     run = run_once(config, delayed.url if config.delayed else instant.url, args.timeout, extra)
@@ -273,46 +328,68 @@ def main() -> None:
                     print(f"  run {rep + 1}/{args.repeat} {config.label:<28} FAILED: {exc}", flush=True)
                     continue
                 runs.setdefault(config, []).append(run)
-                print(f"  run {rep + 1}/{args.repeat} {config.label:<28} wall {run.wall_s:6.2f} s, test loop {run.loop_s:6.2f} s "
-                      f"(first case done {run.first_s:5.2f} s, then {run.steady_s:6.2f} s), cpu {run.cpu_s:6.2f} s", flush=True)
+                print(
+                    f"  run {rep + 1}/{args.repeat} {config.label:<28} wall {run.wall_s:6.2f} s, test loop {run.loop_s:6.2f} s "
+                    f"(first case done {run.first_s:5.2f} s, then {run.steady_s:6.2f} s), cpu {run.cpu_s:6.2f} s",
+                    flush=True,
+                )
     finally:
         delayed.stop()
         instant.stop()
 
     print(f"\nload average at end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"\nmedians of the runs that passed ({args.repeat} tried each). ideal = cases x {args.delay} s / concurrency; steady ideal = (cases - 1) x {args.delay} s "
-          "/ concurrency, against the time from the first case done to the last; efficiency = ideal / time")
-    print("| run | cases | concurrency | wall (s) | test loop (s) | to first case (s) | first to last case (s) | CPU (s) | ideal (s) "
-          "| efficiency, test loop | efficiency, after the first case | efficiency, wall |")
+    print(
+        f"\nmedians of the runs that passed ({args.repeat} tried each). ideal = cases x {args.delay} s / concurrency; steady ideal = (cases - 1) x {args.delay} s "
+        "/ concurrency, against the time from the first case done to the last; efficiency = ideal / time"
+    )
+    print(
+        "| run | cases | concurrency | wall (s) | test loop (s) | to first case (s) | first to last case (s) | CPU (s) | ideal (s) "
+        "| efficiency, test loop | efficiency, after the first case | efficiency, wall |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    med = {c: Run(*(statistics.median(getattr(r, f) for r in rs) for f in ("wall_s", "loop_s", "first_s", "steady_s", "cpu_s")))
-           for c, rs in runs.items()}
+    med = {
+        c: Run(
+            *(
+                statistics.median(getattr(r, f) for r in rs)
+                for f in ("wall_s", "loop_s", "first_s", "steady_s", "cpu_s")
+            )
+        )
+        for c, rs in runs.items()
+    }
     for config, m in med.items():
         ideal = config.cases * args.delay / config.concurrency if config.delayed else 0.0
         steady = (config.cases - 1) * args.delay / config.concurrency if config.delayed else 0.0
         pct = (lambda x, y: f"{x / y:.0%}") if config.delayed else (lambda x, y: "-")
-        print(f"| {config.label} | {config.cases} | {config.concurrency} | {m.wall_s:.2f} | {m.loop_s:.2f} | {m.first_s:.2f} | "
-              f"{m.steady_s:.2f} | {m.cpu_s:.2f} | {ideal:.2f} | {pct(ideal, m.loop_s)} | {pct(steady, m.steady_s)} | {pct(ideal, m.wall_s)} |")
+        print(
+            f"| {config.label} | {config.cases} | {config.concurrency} | {m.wall_s:.2f} | {m.loop_s:.2f} | {m.first_s:.2f} | "
+            f"{m.steady_s:.2f} | {m.cpu_s:.2f} | {ideal:.2f} | {pct(ideal, m.loop_s)} | {pct(steady, m.steady_s)} | {pct(ideal, m.wall_s)} |"
+        )
     for label in ("in-process", f"-n {args.workers}"):
         waiting = next((m for c, m in med.items() if c.label == label), None)
         free = next((m for c, m in med.items() if c.label == f"{label}, instant server"), None)
         if waiting and free:
-            print(f"{label}: after the first case, {waiting.steady_s / (args.cases - 1) * 1000:.2f} ms per case with the delay, "
-                  f"{free.steady_s / (args.cases - 1) * 1000:.2f} ms without (ideal with the delay {args.delay / args.concurrency * 1000:.2f} ms); "
-                  f"CPU {free.cpu_s / args.cases * 1000:.1f} ms per case without the delay, start-up included")
+            print(
+                f"{label}: after the first case, {waiting.steady_s / (args.cases - 1) * 1000:.2f} ms per case with the delay, "
+                f"{free.steady_s / (args.cases - 1) * 1000:.2f} ms without (ideal with the delay {args.delay / args.concurrency * 1000:.2f} ms); "
+                f"CPU {free.cpu_s / args.cases * 1000:.1f} ms per case without the delay, start-up included"
+            )
     if probes:
         imported, first, cpu, wall = (statistics.median(p[i] for p in probes) for i in range(4))
-        print(f"litellm alone (fresh process, sequential calls to the instant server): import {imported:.2f} s, first call "
-              f"{first:.2f} s, then {wall * 1000:.2f} ms per call, {cpu * 1000:.2f} ms of it CPU; one process can therefore "
-              f"issue at most ~{1 / cpu:.0f} calls/s, against the {args.concurrency / args.delay:.0f} calls/s the ideal needs")
+        print(
+            f"litellm alone (fresh process, sequential calls to the instant server): import {imported:.2f} s, first call "
+            f"{first:.2f} s, then {wall * 1000:.2f} ms per call, {cpu * 1000:.2f} ms of it CPU; one process can therefore "
+            f"issue at most ~{1 / cpu:.0f} calls/s, against the {args.concurrency / args.delay:.0f} calls/s the ideal needs"
+        )
     if failures:
         print(f"{len(failures)} failed run(s), left out of the medians:")
         for failure in failures:
             print(f"  {failure}")
     sanity = next((m for c, m in med.items() if c.label == "sanity"), None)
     if sanity:
-        print(f"sanity: concurrency 1, {args.sanity_cases} cases: {sanity.steady_s / (args.sanity_cases - 1):.3f} s per case after the first "
-              f"(delay {args.delay} s); the first took {sanity.first_s:.2f} s")
+        print(
+            f"sanity: concurrency 1, {args.sanity_cases} cases: {sanity.steady_s / (args.sanity_cases - 1):.3f} s per case after the first "
+            f"(delay {args.delay} s); the first took {sanity.first_s:.2f} s"
+        )
 
 
 if __name__ == "__main__":

@@ -43,8 +43,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 BENCH = Path(__file__).resolve().parent
 PEERS = BENCH / ".peers"
@@ -56,12 +56,22 @@ PROMPTOPT_FLAGS = ["--promptopt", "--promptopt-cache", "off"]
 
 # Keep every tool offline and quiet; nothing here should reach the network.
 OFFLINE_ENV = {
-    "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",
-    "DEEPEVAL_TELEMETRY_OPT_OUT": "YES", "DEEPEVAL_UPDATE_WARNING_OPT_IN": "NO", "DEEPEVAL_GRPC_LOGGING": "NO",
-    "DEEPEVAL_DISABLE_DOTENV": "1", "CONFIDENT_TRACE_FLUSH": "NO", "ERROR_REPORTING": "NO",
-    "PROMPTFOO_DISABLE_TELEMETRY": "1", "PROMPTFOO_DISABLE_UPDATE": "1", "PROMPTFOO_DISABLE_SHARING": "1",
-    "PROMPTFOO_DISABLE_REMOTE_GENERATION": "1", "PROMPTFOO_DISABLE_ERROR_REPORTING": "1", "NO_COLOR": "1",
-    "MLFLOW_GENAI_EVAL_MAX_WORKERS": "4", "MLFLOW_GENAI_EVAL_PREDICT_RATE_LIMIT": "0",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "1",
+    "DEEPEVAL_TELEMETRY_OPT_OUT": "YES",
+    "DEEPEVAL_UPDATE_WARNING_OPT_IN": "NO",
+    "DEEPEVAL_GRPC_LOGGING": "NO",
+    "DEEPEVAL_DISABLE_DOTENV": "1",
+    "CONFIDENT_TRACE_FLUSH": "NO",
+    "ERROR_REPORTING": "NO",
+    "PROMPTFOO_DISABLE_TELEMETRY": "1",
+    "PROMPTFOO_DISABLE_UPDATE": "1",
+    "PROMPTFOO_DISABLE_SHARING": "1",
+    "PROMPTFOO_DISABLE_REMOTE_GENERATION": "1",
+    "PROMPTFOO_DISABLE_ERROR_REPORTING": "1",
+    "NO_COLOR": "1",
+    "MLFLOW_GENAI_EVAL_MAX_WORKERS": "4",
+    "MLFLOW_GENAI_EVAL_PREDICT_RATE_LIMIT": "0",
 }
 DROP_ENV = ("MLFLOW_TRACKING_URI", "PYTEST_ADDOPTS", "PYTEST_PLUGINS", "OPENAI_API_KEY", "CONFIDENT_API_KEY")
 
@@ -79,15 +89,20 @@ Workload = tuple[list[str], Callable[[str, Path], str | None]]
 def pytest_counts(n: int) -> Callable[[str, Path], str | None]:
     def check(out: str, folder: Path) -> str | None:
         last = out.strip().splitlines()[-1] if out.strip() else ""
-        return None if re.fullmatch(rf"=*\s*{n} passed in [\d.]+s.*", last) else f"expected only {n} passed, got {last!r}"
+        return (
+            None if re.fullmatch(rf"=*\s*{n} passed in [\d.]+s.*", last) else f"expected only {n} passed, got {last!r}"
+        )
+
     return check
 
 
 def promptopt(folder: Path, n: int, mlflow: bool) -> Workload:
-    lines = ['description: bench', 'prompts: ["Echo: {{text}}"]', "providers: [echo]", "tests:"]
+    lines = ["description: bench", 'prompts: ["Echo: {{text}}"]', "providers: [echo]", "tests:"]
     for i in range(n):
         text, want = case_text(i)
-        lines.append(f"  - vars: {{text: {json.dumps(text)}}}\n    assert: [{{type: contains, value: {json.dumps(want)}}}]")
+        lines.append(
+            f"  - vars: {{text: {json.dumps(text)}}}\n    assert: [{{type: contains, value: {json.dumps(want)}}}]"
+        )
     (folder / "bench.promptopt.yaml").write_text("\n".join(lines) + "\n")
     (folder / "pytest.ini").write_text("[pytest]\n")
     flags = PROMPTOPT_FLAGS + ([] if mlflow else ["--promptopt-no-mlflow"])
@@ -99,7 +114,8 @@ def plain_pytest(folder: Path, n: int) -> Workload:
         "import pytest\n\n\n"
         f"@pytest.mark.parametrize('i', range({n}))\n"
         "def test_echo(i):\n"
-        "    assert f'item-{i} says' in f'Echo: item-{i} says hello'\n")
+        "    assert f'item-{i} says' in f'Echo: item-{i} says hello'\n"
+    )
     (folder / "pytest.ini").write_text("[pytest]\n")
     return [PYTHON, "-m", "pytest", *PYTEST_FLAGS], pytest_counts(n)
 
@@ -134,6 +150,7 @@ def mlflow_genai(folder: Path, n: int) -> Workload:
     def check(out: str, folder: Path) -> str | None:
         found = re.search(r"^RESULT (\d+) (\S+)$", out, re.M)
         return None if found and found.groups() == (str(n), "1.0") else f"expected {n} traces with contains/mean 1.0"
+
     return [PYTHON, "bench_mlflow.py", str(n)], check
 
 
@@ -188,30 +205,42 @@ def deepeval(folder: Path, n: int) -> Workload:
     def check(out: str, folder: Path) -> str | None:
         found = re.search(r"^RESULT (\d+) (\d+)$", out, re.M)
         return None if found and found.groups() == (str(n), str(n)) else f"expected {n} passing test results"
+
     return [str(DEEPEVAL_PYTHON), "bench_deepeval.py", str(n)], check
 
 
 def deepeval_pytest(folder: Path, n: int) -> Workload:
-    metric = DEEPEVAL_SCRIPT[:DEEPEVAL_SCRIPT.index("n = int(")]
+    metric = DEEPEVAL_SCRIPT[: DEEPEVAL_SCRIPT.index("n = int(")]
     (folder / "test_bench.py").write_text(
         metric + "\n\nimport pytest\nfrom deepeval import assert_test\n\n\n"
         f"@pytest.mark.parametrize('i', range({n}))\n"
         "def test_echo(i):\n"
         "    text = f'item-{i} says hello'\n"
         "    case = LLMTestCase(input=text, actual_output='Echo: ' + text, expected_output=f'item-{i} says')\n"
-        "    assert_test(case, [Contains()], run_async=False)\n")
+        "    assert_test(case, [Contains()], run_async=False)\n"
+    )
 
     def check(out: str, folder: Path) -> str | None:
         ok = re.search(rf"\b{n} passed\b", out) and re.search(rf"Passed: {n} \| Failed: 0", out)
         return None if ok else f"expected {n} passed"
-    return [str(PEERS / "deepeval" / "bin" / "deepeval"), "test", "run", "test_bench.py", "-p", "no:cacheprovider"], check
+
+    return [
+        str(PEERS / "deepeval" / "bin" / "deepeval"),
+        "test",
+        "run",
+        "test_bench.py",
+        "-p",
+        "no:cacheprovider",
+    ], check
 
 
 def promptfoo(folder: Path, n: int) -> Workload:
     lines = ["description: bench", 'prompts: ["Echo: {{text}}"]', "providers: [echo]", "tests:"]
     for i in range(n):
         text, want = case_text(i)
-        lines.append(f"  - vars: {{text: {json.dumps(text)}}}\n    assert: [{{type: contains, value: {json.dumps(want)}}}]")
+        lines.append(
+            f"  - vars: {{text: {json.dumps(text)}}}\n    assert: [{{type: contains, value: {json.dumps(want)}}}]"
+        )
     (folder / "promptfooconfig.yaml").write_text("\n".join(lines) + "\n")
     (folder / "home").mkdir()
 
@@ -221,8 +250,20 @@ def promptfoo(folder: Path, n: int) -> Workload:
         except (OSError, ValueError, KeyError) as exc:
             return f"no results in out.json ({exc})"
         return None if (stats["successes"], stats["failures"]) == (n, 0) else f"expected {n} successes, got {stats}"
-    return [str(PROMPTFOO), "eval", "-c", "promptfooconfig.yaml", "-o", "out.json", "--no-cache",
-            "--no-progress-bar", "--no-write", "--no-share", "--no-table"], check
+
+    return [
+        str(PROMPTFOO),
+        "eval",
+        "-c",
+        "promptfooconfig.yaml",
+        "-o",
+        "out.json",
+        "--no-cache",
+        "--no-progress-bar",
+        "--no-write",
+        "--no-share",
+        "--no-table",
+    ], check
 
 
 TOOLS: dict[str, Callable[[Path, int], Workload]] = {
@@ -274,15 +315,18 @@ def run_once(tool: str, n: int, timeout: float) -> tuple[float, float]:
         command, check = TOOLS[tool](folder, n)
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
-        proc = subprocess.run(command, cwd=folder, env=environment(folder), capture_output=True,
-                              text=True, timeout=timeout)
+        proc = subprocess.run(
+            command, cwd=folder, env=environment(folder), capture_output=True, text=True, timeout=timeout
+        )
         elapsed = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         out = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + proc.stderr)  # deepeval forces colour
         problem = check(out, folder)
         if proc.returncode != 0 or problem:
             tail = "\n    ".join(out.strip().splitlines()[-15:])
-            raise RuntimeError(f"{tool} N={n}: exit {proc.returncode}, {problem or 'unexpected exit status'}\n    {tail}")
+            raise RuntimeError(
+                f"{tool} N={n}: exit {proc.returncode}, {problem or 'unexpected exit status'}\n    {tail}"
+            )
     return elapsed, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
@@ -316,20 +360,27 @@ def pytest_runtestloop(session):
 def phases(n: int, repeat: int) -> None:
     """Median collection and test-loop time per case of the plugin and of plain pytest at N cases."""
     print(f"\nphases at N={n}, medians of {repeat} runs (per case, measured inside pytest by a conftest.py):")
-    for tool, build in (("promptopt", lambda f: promptopt(f, n, mlflow=False)), ("pytest", lambda f: plain_pytest(f, n))):
+    for tool, build in (
+        ("promptopt", lambda f: promptopt(f, n, mlflow=False)),
+        ("pytest", lambda f: plain_pytest(f, n)),
+    ):
         collect, loop = [], []
         for _ in range(repeat):
             with tempfile.TemporaryDirectory(prefix="promptopt-bench-phases-") as tmp:
                 folder = Path(tmp)
                 command, check = build(folder)
                 (folder / "conftest.py").write_text(PHASES_CONFTEST)
-                proc = subprocess.run(command, cwd=folder, env=environment(folder), capture_output=True, text=True, timeout=600)
+                proc = subprocess.run(
+                    command, cwd=folder, env=environment(folder), capture_output=True, text=True, timeout=600
+                )
                 if proc.returncode != 0 or check(proc.stdout, folder):
                     raise RuntimeError(f"phases run of {tool} failed: {proc.stdout[-2000:]}")
                 data = json.loads((folder / "bench-phases.json").read_text())
             collect.append(data["collect_s"])
             loop.append(data["loop_s"])
-        print(f"  {tool:<10} collection {statistics.median(collect) / n * 1000:.3f} ms, test loop {statistics.median(loop) / n * 1000:.3f} ms")
+        print(
+            f"  {tool:<10} collection {statistics.median(collect) / n * 1000:.3f} ms, test loop {statistics.median(loop) / n * 1000:.3f} ms"
+        )
 
 
 def profile_plugin(n: int, out: Path, top: int) -> None:
@@ -354,10 +405,16 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--tools", default=",".join(TOOLS), help=f"comma-separated, from {', '.join(TOOLS)}")
     parser.add_argument("--timeout", type=float, default=900, help="seconds allowed for one run")
-    parser.add_argument("--profile", type=Path, default=None, help="also cProfile the plugin at the large N into this file")
+    parser.add_argument(
+        "--profile", type=Path, default=None, help="also cProfile the plugin at the large N into this file"
+    )
     parser.add_argument("--top", type=int, default=25, help="functions shown per profile ordering")
-    parser.add_argument("--phases", action="store_true", help="also time collection and the test loop inside pytest, "
-                        "per case, for the plugin and plain pytest at the large N")
+    parser.add_argument(
+        "--phases",
+        action="store_true",
+        help="also time collection and the test loop inside pytest, "
+        "per case, for the plugin and plain pytest at the large N",
+    )
     args = parser.parse_args()
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     unknown = [t for t in tools if t not in TOOLS]
@@ -365,8 +422,10 @@ def main() -> None:
         parser.error(f"unknown tools {unknown}; choose from {list(TOOLS)}")
     small, large = args.sizes
 
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, load average at start "
-          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(
+        f"python {sys.version.split()[0]}, {os.cpu_count()} cores, load average at start "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
     skipped: dict[str, str] = {}
     for tool in tools:
         reason = unavailable(tool)
@@ -392,12 +451,16 @@ def main() -> None:
                     break
                 times.setdefault((tool, n), []).append(elapsed)
                 cpus.setdefault((tool, n), []).append(cpu)
-                print(f"  run {rep + 1}/{args.repeat} {tool:<17} N={n:<5} {elapsed:7.2f} s, CPU {cpu:7.2f} s", flush=True)
+                print(
+                    f"  run {rep + 1}/{args.repeat} {tool:<17} N={n:<5} {elapsed:7.2f} s, CPU {cpu:7.2f} s", flush=True
+                )
 
     print(f"\nload average at end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"\nmedians of {args.repeat} runs; per case = median over repetitions of (t(N={large}) - t(N={small})) / {large - small}, "
-          f"the two sizes run back to back; start-up = median t(N={small}) - {small} x per case; CPU = user + system "
-          "time of the tool's processes, which other jobs on the machine disturb less than wall time")
+    print(
+        f"\nmedians of {args.repeat} runs; per case = median over repetitions of (t(N={large}) - t(N={small})) / {large - small}, "
+        f"the two sizes run back to back; start-up = median t(N={small}) - {small} x per case; CPU = user + system "
+        "time of the tool's processes, which other jobs on the machine disturb less than wall time"
+    )
     slopes: dict[str, float] = {}
     cpu_slopes: dict[str, float] = {}
     rows = []
@@ -413,14 +476,18 @@ def main() -> None:
         spread = f"{min(wall) * 1000:.2f} to {max(wall) * 1000:.2f}"
         rows.append((tool, t_small, t_large, spread, slope * 1000, cpu_slopes[tool] * 1000, t_small - small * slope))
     base, cpu_base = slopes.get("pytest"), cpu_slopes.get("pytest")
-    header = (f"| tool | N={small} (s) | N={large} (s) | per case (ms) | per case, range (ms) | CPU per case (ms) | start-up (s) "
-              "| per case / pytest | CPU per case / pytest |")
+    header = (
+        f"| tool | N={small} (s) | N={large} (s) | per case (ms) | per case, range (ms) | CPU per case (ms) | start-up (s) "
+        "| per case / pytest | CPU per case / pytest |"
+    )
     print(header)
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for tool, t_small, t_large, spread, per_case_ms, cpu_ms, startup in rows:
         ratio = f"{per_case_ms / 1000 / base:.1f}x" if base and base > 0 else "n/a"
         cpu_ratio = f"{cpu_ms / 1000 / cpu_base:.1f}x" if cpu_base and cpu_base > 0 else "n/a"
-        print(f"| {tool} | {t_small:.2f} | {t_large:.2f} | {per_case_ms:.2f} | {spread} | {cpu_ms:.2f} | {startup:.2f} | {ratio} | {cpu_ratio} |")
+        print(
+            f"| {tool} | {t_small:.2f} | {t_large:.2f} | {per_case_ms:.2f} | {spread} | {cpu_ms:.2f} | {startup:.2f} | {ratio} | {cpu_ratio} |"
+        )
     for tool, reason in skipped.items():
         print(f"| {tool} | skipped: {reason.splitlines()[0]} | | | | | | | |")
     if "promptopt" in slopes and min(slopes.values()) <= 0:
@@ -428,12 +495,16 @@ def main() -> None:
     elif "promptopt" in slopes:
         plugin, plugin_cpu = slopes["promptopt"], cpu_slopes["promptopt"]
         if base and cpu_base:
-            print(f"\ntarget per case <= 2x plain pytest: wall {plugin / base:.2f}x, CPU {plugin_cpu / cpu_base:.2f}x -> "
-                  f"{'met' if plugin_cpu <= 2 * cpu_base else 'MISSED'} (judged on CPU)")
+            print(
+                f"\ntarget per case <= 2x plain pytest: wall {plugin / base:.2f}x, CPU {plugin_cpu / cpu_base:.2f}x -> "
+                f"{'met' if plugin_cpu <= 2 * cpu_base else 'MISSED'} (judged on CPU)"
+            )
         if "mlflow.genai" in slopes:
             genai = slopes["mlflow.genai"]
-            print(f"target >= 10x lower than mlflow.genai.evaluate: {genai / plugin:.1f}x lower (wall) -> "
-                  f"{'met' if genai >= 10 * plugin else 'MISSED'}")
+            print(
+                f"target >= 10x lower than mlflow.genai.evaluate: {genai / plugin:.1f}x lower (wall) -> "
+                f"{'met' if genai >= 10 * plugin else 'MISSED'}"
+            )
     print("\ncommands (each in a fresh temporary folder holding only the generated files):")
     for tool in tools:
         print(f"  {tool:<17} {COMMANDS[tool]}")

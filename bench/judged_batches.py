@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-CONFTEST = '''
+CONFTEST = """
 import time
 from pytest_promptopt import Response
 
@@ -44,16 +44,33 @@ class SlowJudge:
 
 def pytest_promptopt_make_model(spec):
     return {"bench/batch": Batcher(), "bench/judge": SlowJudge()}.get(spec.id)
-'''
+"""
 
 
 def run(folder: Path, concurrency: int, batch: int) -> float:
     started = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "--promptopt", "--promptopt-no-mlflow", "--promptopt-cache", "off", "-q",
-         "-p", "no:cacheprovider", "--promptopt-judge-model", "bench/judge", "--promptopt-batch-size", str(batch),
-         "--promptopt-concurrency", str(concurrency)],
-        cwd=folder, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--promptopt",
+            "--promptopt-no-mlflow",
+            "--promptopt-cache",
+            "off",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--promptopt-judge-model",
+            "bench/judge",
+            "--promptopt-batch-size",
+            str(batch),
+            "--promptopt-concurrency",
+            str(concurrency),
+        ],
+        cwd=folder,
+        capture_output=True,
+        text=True,
     )
     elapsed = time.perf_counter() - started
     if proc.returncode != 0:
@@ -71,16 +88,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         (folder / "conftest.py").write_text(CONFTEST % (args.judge_ms / 1000))
-        tests = "\n".join(f"  - vars: {{n: '{i}'}}\n    assert: [{{type: llm-rubric, value: a number}}]" for i in range(args.cases))
-        (folder / "judged.promptopt.yaml").write_text(f"providers: [bench/batch]\nprompts: ['case {{{{n}}}}']\ntests:\n{tests}\n")
+        tests = "\n".join(
+            f"  - vars: {{n: '{i}'}}\n    assert: [{{type: llm-rubric, value: a number}}]" for i in range(args.cases)
+        )
+        (folder / "judged.promptopt.yaml").write_text(
+            f"providers: [bench/batch]\nprompts: ['case {{{{n}}}}']\ntests:\n{tests}\n"
+        )
         times: dict[int, list[float]] = {1: [], 8: []}
         for _ in range(args.repeat):  # interleaved, so a load change hits both
             for concurrency in times:
                 times[concurrency].append(run(folder, concurrency, args.batch))
     serial, together = statistics.median(times[1]), statistics.median(times[8])
     judging = args.cases * args.judge_ms / 1000
-    print(f"{args.cases} cases, batch {args.batch}, judge {args.judge_ms:.0f} ms a call ({judging:.1f} s of judging in all); "
-          f"median of {args.repeat} pytest runs")
+    print(
+        f"{args.cases} cases, batch {args.batch}, judge {args.judge_ms:.0f} ms a call ({judging:.1f} s of judging in all); "
+        f"median of {args.repeat} pytest runs"
+    )
     print(f"one at a time (--promptopt-concurrency 1): {serial:6.2f} s  {[round(t, 2) for t in times[1]]}")
     print(f"together      (--promptopt-concurrency 8): {together:6.2f} s  {[round(t, 2) for t in times[8]]}")
     print(f"speed-up: {serial / together:.1f}x")

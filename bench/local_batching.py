@@ -41,10 +41,27 @@ def run(folder: Path, batch: int, tag: str) -> tuple[float, list[tuple[str, str,
     report = folder / f"{tag}.json"
     started = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-m", "pytest", "--promptopt", "--promptopt-no-mlflow", "--promptopt-cache", "off", "-q",
-         "-p", "no:cacheprovider", "--promptopt-progress", "off", "--promptopt-batch-size", str(batch),
-         "--promptopt-report", str(report)],
-        cwd=folder, check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--promptopt",
+            "--promptopt-no-mlflow",
+            "--promptopt-cache",
+            "off",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--promptopt-progress",
+            "off",
+            "--promptopt-batch-size",
+            str(batch),
+            "--promptopt-report",
+            str(report),
+        ],
+        cwd=folder,
+        check=True,
+        capture_output=True,
     )
     elapsed = time.perf_counter() - started
     results = json.loads(report.read_text())["suites"][0]["results"]
@@ -69,7 +86,9 @@ def main() -> None:
     print(f"{args.cases} cases, max_tokens {args.max_tokens}, {args.repeat} runs each (wall time incl. model load)")
     for batch, values in times.items():
         median = statistics.median(values)
-        print(f"batch size {batch}: median {median:.1f} s ({args.cases / median:.2f} cases/s); runs {[round(v, 1) for v in values]}")
+        print(
+            f"batch size {batch}: median {median:.1f} s ({args.cases / median:.2f} cases/s); runs {[round(v, 1) for v in values]}"
+        )
     ratio = statistics.median(times[1]) / statistics.median(times[8])
     print(f"batched / unbatched cases per second: {ratio:.2f}x")
     print(f"same outputs and verdicts: {outputs[1] == outputs[8]}")

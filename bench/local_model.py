@@ -25,9 +25,30 @@ from pytest_promptopt.models.base import Request  # noqa: E402
 from pytest_promptopt.models.local import LocalModel  # noqa: E402
 
 COUNTRIES = [
-    "France", "Germany", "Italy", "Spain", "Japan", "Canada", "Egypt", "Brazil",
-    "Kenya", "Norway", "Peru", "India", "Australia", "Mexico", "Greece", "Poland",
-    "Portugal", "Sweden", "Chile", "Turkey", "Ireland", "Vietnam", "Argentina", "Finland",
+    "France",
+    "Germany",
+    "Italy",
+    "Spain",
+    "Japan",
+    "Canada",
+    "Egypt",
+    "Brazil",
+    "Kenya",
+    "Norway",
+    "Peru",
+    "India",
+    "Australia",
+    "Mexico",
+    "Greece",
+    "Poland",
+    "Portugal",
+    "Sweden",
+    "Chile",
+    "Turkey",
+    "Ireland",
+    "Vietnam",
+    "Argentina",
+    "Finland",
 ]
 
 
@@ -57,13 +78,16 @@ def main() -> None:
     args = parser.parse_args()
 
     tmp = tempfile.TemporaryDirectory(prefix="promptopt-bench-") if args.cold else None
-    model = LocalModel({"max_tokens": args.max_tokens}, cache_dir=tmp.name if tmp else None, batch_size=args.batch,
-                       dtype=args.dtype)
+    model = LocalModel(
+        {"max_tokens": args.max_tokens}, cache_dir=tmp.name if tmp else None, batch_size=args.batch, dtype=args.dtype
+    )
     existed = model.model_cache_dir.is_dir()
     model.load()
     info = model.load_info or {}
-    print(f"load: {info.get('load_seconds', float('nan')):.2f}s from {info.get('source')} "
-          f"(cache dir existed before: {existed}; {info.get('cache_dir')}); torch threads {info.get('torch_threads')}, dtype {info.get('dtype')}")
+    print(
+        f"load: {info.get('load_seconds', float('nan')):.2f}s from {info.get('source')} "
+        f"(cache dir existed before: {existed}; {info.get('cache_dir')}); torch threads {info.get('torch_threads')}, dtype {info.get('dtype')}"
+    )
     if tmp is not None:
         print(f"cached load (new process): {time_cached_load_in_subprocess(tmp.name):.2f}s")
 

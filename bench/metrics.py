@@ -19,8 +19,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -30,13 +31,42 @@ from pytest_promptopt.assertions.scoring import grade_case  # noqa: E402
 from pytest_promptopt.cache import CacheMode, ResponseCache  # noqa: E402
 from pytest_promptopt.models import embeddings  # noqa: E402
 
-SUBJECTS = ["The city council", "A local bakery", "The football club", "Scientists", "The high school", "Police",
-            "A small company", "The museum", "Farmers", "The hospital"]
-ACTIONS = ["approved a new library", "won a national prize", "signed a young goalkeeper", "found a rare frog",
-           "moved classes an hour later", "closed the main road", "hired fifty workers", "opened a new wing",
-           "expect a record harvest", "bought two new scanners"]
-TAILS = ["after a long debate.", "on Monday.", "for a record fee.", "in the rainforest.", "next year.",
-         "because of heavy snow.", "this spring.", "for its dinosaur bones.", "despite the dry summer.", "last week."]
+SUBJECTS = [
+    "The city council",
+    "A local bakery",
+    "The football club",
+    "Scientists",
+    "The high school",
+    "Police",
+    "A small company",
+    "The museum",
+    "Farmers",
+    "The hospital",
+]
+ACTIONS = [
+    "approved a new library",
+    "won a national prize",
+    "signed a young goalkeeper",
+    "found a rare frog",
+    "moved classes an hour later",
+    "closed the main road",
+    "hired fifty workers",
+    "opened a new wing",
+    "expect a record harvest",
+    "bought two new scanners",
+]
+TAILS = [
+    "after a long debate.",
+    "on Monday.",
+    "for a record fee.",
+    "in the rainforest.",
+    "next year.",
+    "because of heavy snow.",
+    "this spring.",
+    "for its dinosaur bones.",
+    "despite the dry summer.",
+    "last week.",
+]
 
 
 def pairs(count: int) -> list[tuple[str, str]]:

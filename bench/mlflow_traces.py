@@ -35,7 +35,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         db = args.store or Path(tmp) / "mlflow.db"
         client = MlflowClient(f"sqlite:///{db}")
-        experiment = client.create_experiment(f"bench-{time.time():.0f}", artifact_location=(Path(tmp) / "mlruns").as_uri())
+        experiment = client.create_experiment(
+            f"bench-{time.time():.0f}", artifact_location=(Path(tmp) / "mlruns").as_uri()
+        )
         run_id = client.create_run(experiment).info.run_id
         info = SuiteInfo("bench", "bench", "bench.promptopt.yaml")
         checks = [
@@ -43,11 +45,30 @@ def main() -> None:
             {"type": "icontains", "value": "y", "passed": False, "score": 0.0, "reason": "no y", "metric": "mentions"},
         ]
         records = [
-            (info, CaseResult(case_id=f"t{i}", name=f"case{i}[t{i}]", nodeid=f"bench.promptopt.yaml::case{i}[t{i}]",
-                              vars={"i": i}, prompt=f"prompt {i}", output=None if i % 10 == 0 else f"output {i}",
-                              error="model error (echo): boom" if i % 10 == 0 else None, passed=i % 3 == 0, score=0.5,
-                              reason="1 of 2 assertions passed", assertions=checks, position=i, model="echo", latency_ms=12.0,
-                              prompt_tokens=3, completion_tokens=4, cost=0.001, calls=1, cache_hits=1))
+            (
+                info,
+                CaseResult(
+                    case_id=f"t{i}",
+                    name=f"case{i}[t{i}]",
+                    nodeid=f"bench.promptopt.yaml::case{i}[t{i}]",
+                    vars={"i": i},
+                    prompt=f"prompt {i}",
+                    output=None if i % 10 == 0 else f"output {i}",
+                    error="model error (echo): boom" if i % 10 == 0 else None,
+                    passed=i % 3 == 0,
+                    score=0.5,
+                    reason="1 of 2 assertions passed",
+                    assertions=checks,
+                    position=i,
+                    model="echo",
+                    latency_ms=12.0,
+                    prompt_tokens=3,
+                    completion_tokens=4,
+                    cost=0.001,
+                    calls=1,
+                    cache_hits=1,
+                ),
+            )
             for i in range(args.cases)
         ]
         run = summarize(records)
@@ -56,7 +77,9 @@ def main() -> None:
         written = time.perf_counter()
         count = count_run_traces(client, experiment, run_id)
         counted = time.perf_counter()
-    print(f"{args.cases} cases: write {written - started:.2f} s, count {counted - written:.2f} s, {count} traces, problems: {problems or 'none'}")
+    print(
+        f"{args.cases} cases: write {written - started:.2f} s, count {counted - written:.2f} s, {count} traces, problems: {problems or 'none'}"
+    )
 
 
 if __name__ == "__main__":

@@ -51,9 +51,27 @@ def run_repair(suite: Path, optimizer: str, seed: int, budget: int | None) -> di
         (folder / "repair").mkdir()
         shutil.copy(suite, folder / "repair" / suite.name)
         report = folder / "report.json"
-        command = [sys.executable, "-m", "pytest", "--promptopt", "--promptopt-no-mlflow", "-q", "-p", "no:cacheprovider",
-                   "--promptopt-progress", "off", "--rootdir", str(folder), "--promptopt-report", str(report),
-                   "--promptopt-repair", "--promptopt-repair-optimizer", optimizer, "--promptopt-repair-seed", str(seed)]
+        command = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--promptopt",
+            "--promptopt-no-mlflow",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--promptopt-progress",
+            "off",
+            "--rootdir",
+            str(folder),
+            "--promptopt-report",
+            str(report),
+            "--promptopt-repair",
+            "--promptopt-repair-optimizer",
+            optimizer,
+            "--promptopt-repair-seed",
+            str(seed),
+        ]
         if budget is not None:
             command += ["--promptopt-repair-budget", str(budget)]
         load_before = os.getloadavg()[0]
@@ -61,16 +79,24 @@ def run_repair(suite: Path, optimizer: str, seed: int, budget: int | None) -> di
         proc = subprocess.run(command + [f"repair/{suite.name}"], cwd=folder, capture_output=True, text=True)
         elapsed = time.perf_counter() - started
         if not report.exists():
-            raise SystemExit(f"{optimizer} seed {seed}: no report (exit {proc.returncode})\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+            raise SystemExit(
+                f"{optimizer} seed {seed}: no report (exit {proc.returncode})\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+            )
         data = json.loads(report.read_text())
         if not data.get("repairs"):
-            raise SystemExit(f"{optimizer} seed {seed}: the report has no repairs entry (exit {proc.returncode})\n{proc.stdout[-3000:]}")
+            raise SystemExit(
+                f"{optimizer} seed {seed}: the report has no repairs entry (exit {proc.returncode})\n{proc.stdout[-3000:]}"
+            )
         suite_summary = data["suites"][0]
         repair = data["repairs"][0]
         return {
-            "optimizer": optimizer, "seed": seed, "exit": proc.returncode, "process_s": elapsed,
+            "optimizer": optimizer,
+            "seed": seed,
+            "exit": proc.returncode,
+            "process_s": elapsed,
             "load": (load_before, os.getloadavg()[0]),
-            "run_calls": suite_summary.get("calls"), "run_pass_rate": suite_summary.get("pass_rate"),
+            "run_calls": suite_summary.get("calls"),
+            "run_pass_rate": suite_summary.get("pass_rate"),
             "repair": repair,
             "proposal": (folder / repair["file"]).read_text() if repair.get("file") else None,
         }
@@ -109,20 +135,39 @@ def row(result: dict[str, Any]) -> list[str]:
     calls, projected = repair["calls"], repair["projected_calls"]
     held = _points(repair, "heldout")
     return [
-        result["optimizer"], str(result["seed"]), repair["status"],
+        result["optimizer"],
+        str(result["seed"]),
+        repair["status"],
         f"{_rate(scores.get('heldout_before'))} -> {_rate(scores.get('heldout_after'))}",
         "n/a" if held is None else f"{held:+.0f}",
         _metrics(scores.get("heldout_after")),
         f"{_rate(scores.get('insample_before'))} -> {_rate(scores.get('insample_after'))}",
         _overall(scores.get("heldout_after"), scores.get("insample_after")),
-        f"{calls['task_calls']} ({calls['cache_hits']})", str(projected["total"]), str(len(repair.get("demos") or [])),
-        f"{repair['duration_s']:.0f} s", f"{result['process_s']:.0f} s", f"{result['load'][0]:.1f}/{result['load'][1]:.1f}",
+        f"{calls['task_calls']} ({calls['cache_hits']})",
+        str(projected["total"]),
+        str(len(repair.get("demos") or [])),
+        f"{repair['duration_s']:.0f} s",
+        f"{result['process_s']:.0f} s",
+        f"{result['load'][0]:.1f}/{result['load'][1]:.1f}",
     ]
 
 
-HEADER = ["optimizer", "seed", "status", "held-out before -> after", "points", "held-out metrics after",
-          "in-sample before -> after", "all cases after", "task calls (hits)", "projected", "demos", "repair time",
-          "process", "load avg"]
+HEADER = [
+    "optimizer",
+    "seed",
+    "status",
+    "held-out before -> after",
+    "points",
+    "held-out metrics after",
+    "in-sample before -> after",
+    "all cases after",
+    "task calls (hits)",
+    "projected",
+    "demos",
+    "repair time",
+    "process",
+    "load avg",
+]
 
 
 def table(rows: list[list[str]]) -> str:
@@ -148,7 +193,8 @@ def verdict(results: list[dict[str, Any]]) -> list[str]:
             f"{optimizer}: held-out {statistics.median(points):+.0f} points (median of {len(points)}; min {min(points):+.0f}), "
             f"{statistics.median(calls):.0f} calls (max {max(calls)}), repair {statistics.median(seconds):.0f} s "
             f"(max {max(seconds):.0f} s), process {statistics.median(process):.0f} s: target +{TARGET_POINTS:.0f} points / <= {TARGET_CALLS} calls / "
-            f"< {TARGET_SECONDS / 60:.0f} min {'met' if met else 'NOT met'}")
+            f"< {TARGET_SECONDS / 60:.0f} min {'met' if met else 'NOT met'}"
+        )
     return lines
 
 
@@ -156,9 +202,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", type=Path, default=SUITE)
     parser.add_argument("--optimizers", default=",".join(OPTIMIZERS))
-    parser.add_argument("--seeds", default="0", help="comma-separated --promptopt-repair-seed values: each picks another held-out split "
-                        "(the demonstration optimisers themselves are deterministic)")
-    parser.add_argument("--budget", type=int, default=None, help="--promptopt-repair-budget (default: the plugin's, 300)")
+    parser.add_argument(
+        "--seeds",
+        default="0",
+        help="comma-separated --promptopt-repair-seed values: each picks another held-out split "
+        "(the demonstration optimisers themselves are deterministic)",
+    )
+    parser.add_argument(
+        "--budget", type=int, default=None, help="--promptopt-repair-budget (default: the plugin's, 300)"
+    )
     parser.add_argument("--show-proposals", action="store_true", help="print each proposed template")
     args = parser.parse_args()
     optimizers = [o.strip() for o in args.optimizers.split(",") if o.strip()]
@@ -170,22 +222,28 @@ def main() -> None:
             result = run_repair(args.suite.resolve(), optimizer, seed, args.budget)
             results.append(result)
             repair = result["repair"]
-            print(f"[{optimizer} seed {seed}] {repair['status']} in {repair['duration_s']:.0f} s "
-                  f"(process {result['process_s']:.0f} s, exit {result['exit']}){': ' + repair['reason'] if repair['reason'] else ''}",
-                  flush=True)
+            print(
+                f"[{optimizer} seed {seed}] {repair['status']} in {repair['duration_s']:.0f} s "
+                f"(process {result['process_s']:.0f} s, exit {result['exit']}){': ' + repair['reason'] if repair['reason'] else ''}",
+                flush=True,
+            )
             if args.show_proposals and result["proposal"]:
                 print(result["proposal"])
 
     first = results[0]
     print()
     suite = args.suite.resolve()
-    print(f"suite {suite.relative_to(ROOT) if suite.is_relative_to(ROOT) else suite}: "
-          f"zero-shot pass rate {first['run_pass_rate']:.0%}, {first['run_calls']} calls in the run itself (cold cache); "
-          f"{len(first['repair']['heldout_cases'])} held-out / {len(first['repair']['insample_cases'])} optimiser cases; "
-          f"budget {first['repair']['budget']}; {os.cpu_count()} CPUs")
+    print(
+        f"suite {suite.relative_to(ROOT) if suite.is_relative_to(ROOT) else suite}: "
+        f"zero-shot pass rate {first['run_pass_rate']:.0%}, {first['run_calls']} calls in the run itself (cold cache); "
+        f"{len(first['repair']['heldout_cases'])} held-out / {len(first['repair']['insample_cases'])} optimiser cases; "
+        f"budget {first['repair']['budget']}; {os.cpu_count()} CPUs"
+    )
     print(table([row(r) for r in results]))
     print()
-    print("points: held-out pass rate after minus before, in percentage points; metrics: the suite's named metrics' means")
+    print(
+        "points: held-out pass rate after minus before, in percentage points; metrics: the suite's named metrics' means"
+    )
     print("calls: the repair's model calls (cache misses, charged to the budget), with its cache hits in brackets;")
     print("repair time: the repair alone; process: the whole pytest process (model load and zero-shot run included);")
     print("load avg: 1-minute load average before/after the run (the machine is shared)")

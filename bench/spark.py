@@ -52,7 +52,7 @@ class PeakMemory:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         if self._psutil is not None:
             self._thread.start()
         return self
@@ -91,8 +91,15 @@ def run(spark: object, folder: Path, rows: int) -> float:
     assert loaded.dataset is not None
     started = time.perf_counter()
     frame = read_source(spark, loaded.dataset.source)
-    written = evaluate_frame(spark, frame, loaded.dataset.slices[0].make_case, nodeid_prefix=f"{suite.name}::dataset::",
-                             output_path=folder / f"out-{rows}", cache_path=folder / "cache.sqlite", cache_mode=CacheMode.READWRITE)
+    written = evaluate_frame(
+        spark,
+        frame,
+        loaded.dataset.slices[0].make_case,
+        nodeid_prefix=f"{suite.name}::dataset::",
+        output_path=folder / f"out-{rows}",
+        cache_path=folder / "cache.sqlite",
+        cache_mode=CacheMode.READWRITE,
+    )
     elapsed = time.perf_counter() - started
     assert written == rows, (written, rows)
     return elapsed
@@ -125,7 +132,9 @@ def main() -> None:
     if peak._psutil is None:
         print("driver JVM and Python worker peaks: not measured (pip install psutil)")
     else:
-        print(f"driver JVM peak RSS: {peak.jvm / 2**20:.0f} MiB; Spark Python workers peak RSS (all): {peak.workers / 2**20:.0f} MiB")
+        print(
+            f"driver JVM peak RSS: {peak.jvm / 2**20:.0f} MiB; Spark Python workers peak RSS (all): {peak.workers / 2**20:.0f} MiB"
+        )
 
 
 if __name__ == "__main__":

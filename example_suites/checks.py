@@ -42,7 +42,9 @@ def person_fields_match(output: str, context: dict[str, Any]) -> dict[str, Any]:
     data = _first_json_object(output)
     if data is None:
         return {"pass": False, "score": 0.0, "reason": "no JSON object in the output"}
-    wrong = [f"{f}: expected {expected[f]!r}, got {data.get(f)!r}" for f in fields if not _same(expected[f], data.get(f))]
+    wrong = [
+        f"{f}: expected {expected[f]!r}, got {data.get(f)!r}" for f in fields if not _same(expected[f], data.get(f))
+    ]
     score = 1 - len(wrong) / len(fields)
     if wrong:
         return {"pass": False, "score": score, "reason": "; ".join(wrong)}

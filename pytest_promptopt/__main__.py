@@ -42,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         gates = ", ".join(g.describe() for g in loaded.info.gates) or "none"
         if loaded.dataset is not None:  # rows are read when it runs
-            print(f"{name}: ok, dataset {loaded.dataset.source.describe()}, {len(loaded.dataset.slices)} item(s), gates: {gates}")
+            print(
+                f"{name}: ok, dataset {loaded.dataset.source.describe()}, {len(loaded.dataset.slices)} item(s), gates: {gates}"
+            )
         else:
             print(f"{name}: ok, {len(loaded.cases)} case{'' if len(loaded.cases) == 1 else 's'}, gates: {gates}")
     return status

@@ -25,13 +25,28 @@ Rules:
 from __future__ import annotations
 
 import statistics
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
-__all__ = ["BaselineComparison", "BaselineRef", "BaselineRun", "CaseOutcome", "FlippedCase", "MetricDelta", "Regression",
-           "SuiteComparison", "BaselineFileError", "compare_run", "compare_suite", "outcome_from_result", "read_baseline_file",
-           "regression", "write_baseline_file"]
+__all__ = [
+    "BaselineComparison",
+    "BaselineRef",
+    "BaselineRun",
+    "CaseOutcome",
+    "FlippedCase",
+    "MetricDelta",
+    "Regression",
+    "SuiteComparison",
+    "BaselineFileError",
+    "compare_run",
+    "compare_suite",
+    "outcome_from_result",
+    "read_baseline_file",
+    "regression",
+    "write_baseline_file",
+]
 
 STATUSES = ("passed", "failed", "error")
 
@@ -132,7 +147,7 @@ class SuiteComparison:
         return data
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "SuiteComparison":
+    def from_dict(cls, data: Mapping[str, Any]) -> SuiteComparison:
         fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         fields["metric_deltas"] = {k: MetricDelta(**v) for k, v in (data.get("metric_deltas") or {}).items()}
         fields["flipped"] = [FlippedCase(**f) for f in data.get("flipped") or []]
@@ -151,16 +166,28 @@ class BaselineComparison:
     gating: bool = True  # False while --promptopt-update-baseline accepts the run as the new baseline
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ref": self.ref, "run_id": self.run_id, "error": self.error, "removed_suites": list(self.removed_suites),
-                "gating": self.gating, "suites": {k: v.to_dict() for k, v in self.suites.items()}}
+        return {
+            "ref": self.ref,
+            "run_id": self.run_id,
+            "error": self.error,
+            "removed_suites": list(self.removed_suites),
+            "gating": self.gating,
+            "suites": {k: v.to_dict() for k, v in self.suites.items()},
+        }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "BaselineComparison":
-        return cls(data["ref"], data.get("run_id"), {k: SuiteComparison.from_dict(v) for k, v in (data.get("suites") or {}).items()},
-                   list(data.get("removed_suites") or []), data.get("error"), bool(data.get("gating", True)))
+    def from_dict(cls, data: Mapping[str, Any]) -> BaselineComparison:
+        return cls(
+            data["ref"],
+            data.get("run_id"),
+            {k: SuiteComparison.from_dict(v) for k, v in (data.get("suites") or {}).items()},
+            list(data.get("removed_suites") or []),
+            data.get("error"),
+            bool(data.get("gating", True)),
+        )
 
     @classmethod
-    def failed(cls, ref: str, error: str) -> "BaselineComparison":
+    def failed(cls, ref: str, error: str) -> BaselineComparison:
         return cls(ref, None, error=error)
 
     def regressions(self) -> list[SuiteComparison]:
@@ -171,8 +198,15 @@ class BaselineComparison:
 def outcome_from_result(result: Any) -> CaseOutcome:
     """A `results.CaseResult` (or anything with the same attributes) as a `CaseOutcome`."""
     repeats = int(getattr(result, "repeats", 1) or 1)
-    return CaseOutcome(result.case_id, result.name, result.status, result.output, dict(result.named_scores or {}),
-                       repeats, getattr(result, "samples_passed", None) if repeats > 1 else None)
+    return CaseOutcome(
+        result.case_id,
+        result.name,
+        result.status,
+        result.output,
+        dict(result.named_scores or {}),
+        repeats,
+        getattr(result, "samples_passed", None) if repeats > 1 else None,
+    )
 
 
 def _pass_rate(cases: Iterable[CaseOutcome]) -> float | None:
@@ -197,8 +231,15 @@ def _diff(current: float | None, baseline: float | None) -> float | None:
     return None if current is None or baseline is None else current - baseline
 
 
-def compare_suite(suite_id: str, name: str, baseline: Sequence[CaseOutcome], current: Sequence[CaseOutcome], *,
-                  baseline_run_id: str | None = None, gate: Regression | None = None) -> SuiteComparison:
+def compare_suite(
+    suite_id: str,
+    name: str,
+    baseline: Sequence[CaseOutcome],
+    current: Sequence[CaseOutcome],
+    *,
+    baseline_run_id: str | None = None,
+    gate: Regression | None = None,
+) -> SuiteComparison:
     """Compare one suite; `baseline` empty means the suite is new (every case is `added`). With
     `gate`, the regression gate's verdict is filled in too (`regression`)."""
     before = {c.case_id: c for c in baseline}
@@ -235,15 +276,22 @@ def compare_suite(suite_id: str, name: str, baseline: Sequence[CaseOutcome], cur
     return comparison if gate is None else regression(comparison, baseline, current, gate)
 
 
-def compare_run(current: Mapping[str, tuple[str, Sequence[CaseOutcome]]], baseline: BaselineRun,
-                gate: Regression | None = None) -> BaselineComparison:
+def compare_run(
+    current: Mapping[str, tuple[str, Sequence[CaseOutcome]]], baseline: BaselineRun, gate: Regression | None = None
+) -> BaselineComparison:
     """`current`: suite id -> (suite name, its case outcomes). Suites only in the baseline are
     listed in `removed_suites`. With `gate`, each suite gets the regression gate's verdict."""
     suites = {}
     for suite_id, (name, cases) in current.items():
         old = baseline.suites.get(suite_id)
-        suites[suite_id] = compare_suite(suite_id, name, old.cases if old else [], cases,
-                                         baseline_run_id=old.run_id if old else None, gate=gate if old else None)
+        suites[suite_id] = compare_suite(
+            suite_id,
+            name,
+            old.cases if old else [],
+            cases,
+            baseline_run_id=old.run_id if old else None,
+            gate=gate if old else None,
+        )
     removed = sorted(suite_id for suite_id in baseline.suites if suite_id not in current)
     return BaselineComparison(baseline.ref, baseline.run_id, suites, removed)
 
@@ -258,8 +306,12 @@ class Regression:
     seed: int = 0
 
 
-def regression(suite: SuiteComparison, baseline: Sequence[CaseOutcome], current: Sequence[CaseOutcome],
-               settings: Regression = Regression()) -> SuiteComparison:
+def regression(
+    suite: SuiteComparison,
+    baseline: Sequence[CaseOutcome],
+    current: Sequence[CaseOutcome],
+    settings: Regression = Regression(),
+) -> SuiteComparison:
     """Fill `p_value`, `metric_p_values`, `regressed` and `regression_reason` of `suite` from the
     cases both sides ran, and return it.
 
@@ -279,19 +331,28 @@ def regression(suite: SuiteComparison, baseline: Sequence[CaseOutcome], current:
     if suite.p_value < settings.alpha and drop > settings.min_effect:
         # With repeats the flips are of "every repeat passed", so the drop is one of pass^k.
         what = "pass^k" if any(c.repeats > 1 for pair in pairs for c in pair) else "pass rate"
-        reasons.append(f"{what} fell by {drop:.1%} on {len(pairs)} paired cases ({failing} newly failing, "
-                       f"{passing} newly passing; McNemar p = {suite.p_value:.3g} < {settings.alpha:g})")
+        reasons.append(
+            f"{what} fell by {drop:.1%} on {len(pairs)} paired cases ({failing} newly failing, "
+            f"{passing} newly passing; McNemar p = {suite.p_value:.3g} < {settings.alpha:g})"
+        )
     metrics = sorted({m for old, new in pairs for m in old.named_scores if m in new.named_scores})
     for metric in metrics:
-        both = [(float(old.named_scores[metric]), float(new.named_scores[metric])) for old, new in pairs
-                if old.status != "error" and new.status != "error"
-                and isinstance(old.named_scores.get(metric), (int, float)) and isinstance(new.named_scores.get(metric), (int, float))]
+        both = [
+            (float(old.named_scores[metric]), float(new.named_scores[metric]))
+            for old, new in pairs
+            if old.status != "error"
+            and new.status != "error"
+            and isinstance(old.named_scores.get(metric), (int, float))
+            and isinstance(new.named_scores.get(metric), (int, float))
+        ]
         if len(both) < 2:
             continue
         change, _, _, p = paired_bootstrap([b for b, _ in both], [a for _, a in both], seed=settings.seed)
         suite.metric_p_values[metric] = p
         if p < settings.alpha and -change > settings.min_effect:
-            reasons.append(f"{metric} fell by {-change:.3f} on {len(both)} paired cases (paired bootstrap p = {p:.3g} < {settings.alpha:g})")
+            reasons.append(
+                f"{metric} fell by {-change:.3f} on {len(both)} paired cases (paired bootstrap p = {p:.3g} < {settings.alpha:g})"
+            )
     suite.regressed = bool(reasons)
     suite.regression_reason = "; ".join(reasons)
     return suite
@@ -312,7 +373,10 @@ def write_baseline_file(path: Path, current: Mapping[str, tuple[str, Sequence[Ca
     data = {
         "version": BASELINE_FILE_VERSION,
         "suites": {
-            suite_id: {"name": name, "cases": {c.case_id: _case_entry(c) for c in sorted(cases, key=lambda c: c.case_id)}}
+            suite_id: {
+                "name": name,
+                "cases": {c.case_id: _case_entry(c) for c in sorted(cases, key=lambda c: c.case_id)},
+            }
             for suite_id, (name, cases) in sorted(current.items())
         },
     }
@@ -323,7 +387,12 @@ def write_baseline_file(path: Path, current: Mapping[str, tuple[str, Sequence[Ca
 
 
 def _case_entry(case: CaseOutcome) -> dict[str, Any]:
-    entry: dict[str, Any] = {"name": case.name, "status": case.status, "output": case.output, "scores": dict(sorted(case.named_scores.items()))}
+    entry: dict[str, Any] = {
+        "name": case.name,
+        "status": case.status,
+        "output": case.output,
+        "scores": dict(sorted(case.named_scores.items())),
+    }
     if case.repeats > 1:  # only then: a file without repeats keeps its bytes
         entry.update(repeats=case.repeats, repeat_passed=case.samples_passed)
     return entry
@@ -339,22 +408,45 @@ def read_baseline_file(path: Path) -> BaselineRun:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise BaselineFileError(f"{path}: cannot read the baseline file ({exc.strerror}); write one with --promptopt-update-baseline") from None
+        raise BaselineFileError(
+            f"{path}: cannot read the baseline file ({exc.strerror}); write one with --promptopt-update-baseline"
+        ) from None
     except ValueError as exc:
-        raise BaselineFileError(f"{path}: not valid JSON ({exc}); rewrite it with --promptopt-update-baseline") from None
-    if not isinstance(data, dict) or data.get("version") != BASELINE_FILE_VERSION or not isinstance(data.get("suites"), dict):
-        raise BaselineFileError(f"{path}: not a pytest-promptopt baseline file (version {BASELINE_FILE_VERSION} with 'suites'); "
-                                "rewrite it with --promptopt-update-baseline")
+        raise BaselineFileError(
+            f"{path}: not valid JSON ({exc}); rewrite it with --promptopt-update-baseline"
+        ) from None
+    if (
+        not isinstance(data, dict)
+        or data.get("version") != BASELINE_FILE_VERSION
+        or not isinstance(data.get("suites"), dict)
+    ):
+        raise BaselineFileError(
+            f"{path}: not a pytest-promptopt baseline file (version {BASELINE_FILE_VERSION} with 'suites'); "
+            "rewrite it with --promptopt-update-baseline"
+        )
     suites = {}
     for suite_id, suite in data["suites"].items():
         try:
-            cases = [CaseOutcome(case_id, str(c.get("name", case_id)), str(c["status"]), c.get("output"), dict(c.get("scores") or {}),
-                                 int(c.get("repeats", 1)), None if c.get("repeat_passed") is None else int(c["repeat_passed"]))
-                     for case_id, c in suite["cases"].items()]
+            cases = [
+                CaseOutcome(
+                    case_id,
+                    str(c.get("name", case_id)),
+                    str(c["status"]),
+                    c.get("output"),
+                    dict(c.get("scores") or {}),
+                    int(c.get("repeats", 1)),
+                    None if c.get("repeat_passed") is None else int(c["repeat_passed"]),
+                )
+                for case_id, c in suite["cases"].items()
+            ]
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
-            raise BaselineFileError(f"{path}: suites.{suite_id}: malformed case entry ({exc}); rewrite it with --promptopt-update-baseline") from None
+            raise BaselineFileError(
+                f"{path}: suites.{suite_id}: malformed case entry ({exc}); rewrite it with --promptopt-update-baseline"
+            ) from None
         bad = next((c for c in cases if c.status not in STATUSES), None)
         if bad is not None:
-            raise BaselineFileError(f"{path}: suites.{suite_id}.cases.{bad.case_id}.status: {bad.status!r} is not one of {', '.join(STATUSES)}")
+            raise BaselineFileError(
+                f"{path}: suites.{suite_id}.cases.{bad.case_id}.status: {bad.status!r} is not one of {', '.join(STATUSES)}"
+            )
         suites[suite_id] = BaselineSuite(suite_id, str(suite.get("name", suite_id)), cases)
     return BaselineRun(str(path), None, suites)

@@ -13,9 +13,10 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .models.base import Model, ModelError, Request, Response
 from .redact import without_secrets
@@ -147,7 +148,9 @@ class ResponseCache:
         self.put(key, response)
         return response
 
-    def fetch_batch(self, model: Any, requests: Sequence[Request], stats: Sequence[CallStats]) -> list[Response | ModelError]:
+    def fetch_batch(
+        self, model: Any, requests: Sequence[Request], stats: Sequence[CallStats]
+    ) -> list[Response | ModelError]:
         """`fetch` for several requests: the misses are answered by one `model.generate_batch`.
         A fault (or a replay miss) is returned in the place of the responses it cost."""
         use_cache = self.mode is not CacheMode.OFF and getattr(model, "cacheable", True)

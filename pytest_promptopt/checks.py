@@ -13,9 +13,10 @@ import dataclasses
 import hashlib
 import re
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import pytest
 
@@ -31,8 +32,18 @@ from .results import CaseResult, merge_samples
 from .session import PromptoptSession
 from .suite.model import Repeats, SuiteInfo
 
-__all__ = ["REPEAT_FIXTURE", "CheckFailed", "ModelClient", "PromptCheck", "PythonCaseRecorder", "fold_repeated_tests", "python_case_id",
-           "python_repeats", "repeat_id", "split_repeat"]
+__all__ = [
+    "REPEAT_FIXTURE",
+    "CheckFailed",
+    "ModelClient",
+    "PromptCheck",
+    "PythonCaseRecorder",
+    "fold_repeated_tests",
+    "python_case_id",
+    "python_repeats",
+    "repeat_id",
+    "split_repeat",
+]
 
 # The indirect parameter that makes a repeated test's items; also a fixture a test may request.
 REPEAT_FIXTURE = "promptopt_repeat"
@@ -156,7 +167,13 @@ class PromptCheck:
         self._recorder = recorder
         self._gates_text = gates_text
 
-    def __call__(self, output: Response | str, *assertions: Assertion, threshold: float | None = None, vars: Mapping[str, Any] | None = None) -> CaseGrade:
+    def __call__(
+        self,
+        output: Response | str,
+        *assertions: Assertion,
+        threshold: float | None = None,
+        vars: Mapping[str, Any] | None = None,
+    ) -> CaseGrade:
         __tracebackhide__ = True
         if not assertions:
             raise TypeError("prompt_check(output, *assertions): give at least one assertion, e.g. contains('Paris')")
@@ -169,7 +186,12 @@ class PromptCheck:
         judge = judges.bind(self._recorder.stats) if judges is not None else None
         try:
             rendered = [render_assertion(_as_assertion(a), variables) for a in assertions]
-            grade = grade_case(text, rendered, AssertionContext(variables, self._recorder.last_prompt, response, self._recorder.base_dir, judge), threshold)
+            grade = grade_case(
+                text,
+                rendered,
+                AssertionContext(variables, self._recorder.last_prompt, response, self._recorder.base_dir, judge),
+                threshold,
+            )
         except AssertionConfigError as exc:
             # A malformed check is the test's fault, not the output's: an error, not a failure.
             self._recorder.error = f"assertion error: {exc}"
@@ -180,8 +202,14 @@ class PromptCheck:
         self._recorder.grades.append(grade)
         self._recorder.outputs.append(text)
         if not grade.passed:
-            probe = CaseResult("", self._recorder.name, output=text, reason=grade.reason, score=grade.score,
-                               assertions=[o.to_dict() for o in grade.outcomes])
+            probe = CaseResult(
+                "",
+                self._recorder.name,
+                output=text,
+                reason=grade.reason,
+                score=grade.score,
+                assertions=[o.to_dict() for o in grade.outcomes],
+            )
             message = describe_case(probe, self._recorder.last_prompt)
             if self._gates_text:
                 pytest.xfail(f"tolerated by gate {self._gates_text}: {grade.reason}")
@@ -203,7 +231,9 @@ def _as_assertion(value: Any) -> Assertion:
         from .assertions.builders import python
 
         return python(value)
-    raise AssertionConfigError(f"prompt_check takes assertions (contains('x'), llm_rubric('...'), ...), MLflow scorers or check functions, not {type(value).__name__}")
+    raise AssertionConfigError(
+        f"prompt_check takes assertions (contains('x'), llm_rubric('...'), ...), MLflow scorers or check functions, not {type(value).__name__}"
+    )
 
 
 def python_suite(item: pytest.Item, marker: pytest.Mark | None) -> SuiteInfo:
@@ -225,7 +255,9 @@ def python_repeats(marker: pytest.Mark | None, repeats: Repeats, nodeid: str) ->
     (--promptopt-repeat on the command line beats it, it beats the ini value)."""
     value = marker.kwargs.get("repeat") if marker else None
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise pytest.UsageError(f"@pytest.mark.promptopt(repeat=...) on {nodeid}: give a whole number of samples, 1 or more, got {value!r}")
+        raise pytest.UsageError(
+            f"@pytest.mark.promptopt(repeat=...) on {nodeid}: give a whole number of samples, 1 or more, got {value!r}"
+        )
     return repeats.for_suite(value)
 
 
@@ -248,7 +280,7 @@ def split_repeat(nodeid: str) -> tuple[str, int, int] | None:
     for n, part in enumerate(ids):
         found = _REPEAT_ID.fullmatch(part)
         if found and 1 <= int(found[1]) <= int(found[2]):
-            rest = "-".join(ids[:n] + ids[n + 1:])
+            rest = "-".join(ids[:n] + ids[n + 1 :])
             return f"{head}{sep}{base}" + (f"[{rest}]" if rest else ""), int(found[1]) - 1, int(found[2])
     return None
 
@@ -257,7 +289,9 @@ def python_case_id(nodeid: str) -> str:
     return hashlib.sha1(nodeid.encode()).hexdigest()[:12]
 
 
-def fold_repeated_tests(records: Sequence[tuple[SuiteInfo, Any]], crashed: Sequence[CaseResult] = ()) -> list[tuple[SuiteInfo, Any]]:
+def fold_repeated_tests(
+    records: Sequence[tuple[SuiteInfo, Any]], crashed: Sequence[CaseResult] = ()
+) -> list[tuple[SuiteInfo, Any]]:
     """`records` (as the controller received them, from any worker in any order) with the
     samples of each repeated test folded into one record, where its first sample was. `crashed`
     are error records of samples whose worker died: each joins its case's other samples (one
@@ -298,9 +332,11 @@ def _fold_case(samples: Mapping[int, CaseResult], nodeid: str) -> CaseResult:
     return result
 
 
-def python_model_spec(marker: pytest.Mark | None, default: ModelSpec, nodeid: str, session: PromptoptSession) -> ModelSpec:
+def python_model_spec(
+    marker: pytest.Mark | None, default: ModelSpec, nodeid: str, session: PromptoptSession
+) -> ModelSpec:
     """The marker's `model=` (an id string, provider mapping or a model object), else the default."""
-    model = (marker.kwargs.get("model") if marker else None)
+    model = marker.kwargs.get("model") if marker else None
     if model is None:
         return default
     if hasattr(model, "generate") and hasattr(model, "cache_identity"):

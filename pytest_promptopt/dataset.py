@@ -17,9 +17,10 @@ import json
 import os
 import re
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from .execute import json_safe
 from .redact import redact
@@ -30,10 +31,22 @@ __all__ = ["CASE_COLUMNS", "CasesWriter", "Evaluation", "cases_folder", "evaluat
 
 # (name, pyarrow type): the Spark backend's output columns (runners/spark.py), in its order.
 CASE_COLUMNS = (
-    ("case_id", "string"), ("name", "string"), ("nodeid", "string"), ("status", "string"), ("passed", "bool_"),
-    ("error", "string"), ("score", "float64"), ("output", "string"), ("latency_ms", "float64"),
-    ("prompt_tokens", "int64"), ("completion_tokens", "int64"), ("cost", "float64"), ("calls", "int64"),
-    ("cache_hits", "int64"), ("duration_s", "float64"), ("record", "string"),
+    ("case_id", "string"),
+    ("name", "string"),
+    ("nodeid", "string"),
+    ("status", "string"),
+    ("passed", "bool_"),
+    ("error", "string"),
+    ("score", "float64"),
+    ("output", "string"),
+    ("latency_ms", "float64"),
+    ("prompt_tokens", "int64"),
+    ("completion_tokens", "int64"),
+    ("cost", "float64"),
+    ("calls", "int64"),
+    ("cache_hits", "int64"),
+    ("duration_s", "float64"),
+    ("record", "string"),
 )
 ROW_GROUP = 1000  # rows buffered before a Parquet row group is written
 KEEP_FAILURES = 5  # failed or errored rows kept for the item's failure message
@@ -51,7 +64,9 @@ def _arrow_schema() -> Any:
     try:
         import pyarrow as pa
     except ImportError:
-        raise RuntimeError("a dataset suite writes its per-case table as Parquet, which needs pyarrow: pip install pyarrow") from None
+        raise RuntimeError(
+            "a dataset suite writes its per-case table as Parquet, which needs pyarrow: pip install pyarrow"
+        ) from None
     return pa.schema([(name, getattr(pa, kind)()) for name, kind in CASE_COLUMNS])
 
 
@@ -98,7 +113,7 @@ class CasesWriter:
         self._writer.close()
         os.replace(self._tmp, self.path)
 
-    def __enter__(self) -> "CasesWriter":
+    def __enter__(self) -> CasesWriter:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -109,8 +124,9 @@ def iter_results(path: str | Path, batch_rows: int = ROW_GROUP) -> Iterator[Case
     """The results in a per-case table (a file, or a folder of parts), a batch at a time."""
     import pyarrow.dataset as ds
 
-    for batch in ds.dataset(str(path), format="parquet").to_batches(columns=["record"], batch_size=batch_rows,
-                                                                     batch_readahead=1, fragment_readahead=1):
+    for batch in ds.dataset(str(path), format="parquet").to_batches(
+        columns=["record"], batch_size=batch_rows, batch_readahead=1, fragment_readahead=1
+    ):
         for record in batch.column(0).to_pylist():
             yield CaseResult.from_dict(json.loads(record))
 
@@ -143,13 +159,27 @@ def row_error(make_case: Any, row: Any, index: int, nodeid: str, message: str) -
 
     values = json_safe(row) if isinstance(row, dict) else {}
     model, prompt = getattr(make_case, "model", None), getattr(make_case, "prompt", None)
-    return CaseResult(case_id(values, index), f"row {index}", nodeid, vars=values, error=f"row {index}: {message}",
-                      prompt_index=getattr(make_case, "prompt_index", None), test_index=index, position=index,
-                      model=model.display if model is not None else "", template=prompt.template if prompt is not None else None)
+    return CaseResult(
+        case_id(values, index),
+        f"row {index}",
+        nodeid,
+        vars=values,
+        error=f"row {index}: {message}",
+        prompt_index=getattr(make_case, "prompt_index", None),
+        test_index=index,
+        position=index,
+        model=model.display if model is not None else "",
+        template=prompt.template if prompt is not None else None,
+    )
 
 
-def evaluate(rows: Iterable[tuple[int, Any]], make_case: Callable[[dict[str, Any], int], Any],
-             results_of: Callable[[Iterable[Pair]], Iterator[CaseResult]], writer: CasesWriter, nodeid_prefix: str) -> Evaluation:
+def evaluate(
+    rows: Iterable[tuple[int, Any]],
+    make_case: Callable[[dict[str, Any], int], Any],
+    results_of: Callable[[Iterable[Pair]], Iterator[CaseResult]],
+    writer: CasesWriter,
+    nodeid_prefix: str,
+) -> Evaluation:
     """Turn `rows` into cases, run them through `results_of` (the runner's ordered, lazy `map`)
     and write each result as it comes. A row that cannot become a case is written as an error
     result; a source that breaks off ends the run with `read_error` set."""

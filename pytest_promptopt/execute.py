@@ -9,7 +9,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from .assertions.base import AssertionConfigError, AssertionContext, AssertionEvaluationError
 from .assertions.scoring import CaseGrade, Outcome, grade_case
@@ -21,8 +22,19 @@ from .redact import redact, scrub
 from .results import CaseResult, merge_samples
 from .suite.model import Case
 
-__all__ = ["AnsweredCase", "answer_batch", "error_result", "execute_batch", "execute_case", "fill_grade", "fill_response", "grade_answered",
-           "json_safe", "model_error", "new_result"]
+__all__ = [
+    "AnsweredCase",
+    "answer_batch",
+    "error_result",
+    "execute_batch",
+    "execute_case",
+    "fill_grade",
+    "fill_response",
+    "grade_answered",
+    "json_safe",
+    "model_error",
+    "new_result",
+]
 
 
 def json_safe(value: Any) -> Any:
@@ -70,7 +82,8 @@ def new_result(case: Case, nodeid: str = "") -> CaseResult:
         vars=json_safe(dict(case.vars)),
         prompt=case.rendered_prompt,
         prompt_index=case.prompt_index,
-        test_index=case.test_index, position=case.position,
+        test_index=case.test_index,
+        position=case.position,
         model=case.model.display,
         repeats=case.repeats,
         template=case.prompt.template,
@@ -100,14 +113,18 @@ def _judge(judges: Judges | None, cache: ResponseCache, stats: CallStats) -> Jud
 def _grade(case: Case, result: CaseResult, response: Response, judge: Judge | None = None) -> None:
     fill_response(result, response)
     result.model = case.model.label or result.model  # a suite's provider label names it in reports
-    ctx = AssertionContext(vars=case.vars, prompt=case.rendered_prompt, response=response, base_dir=case.base_dir, judge=judge)
+    ctx = AssertionContext(
+        vars=case.vars, prompt=case.rendered_prompt, response=response, base_dir=case.base_dir, judge=judge
+    )
     try:
         fill_grade(result, grade_case(response.text, case.assertions, ctx, case.threshold))
     except (AssertionEvaluationError, AssertionConfigError) as exc:
         result.error = f"assertion error: {scrub(str(exc))}"
 
 
-def _grade_samples(case: Case, result: CaseResult, answers: Iterable[Response | ModelError], judge: Judge | None = None) -> None:
+def _grade_samples(
+    case: Case, result: CaseResult, answers: Iterable[Response | ModelError], judge: Judge | None = None
+) -> None:
     """Grade the case's answers, one per repeat (`case.repeats`), into `result`. Without repeats
     the record is its one sample, as it always was; with them each sample is graded apart and
     `merge_samples` folds them in. The first model or assertion fault ends the case (an error
@@ -126,8 +143,14 @@ def _grade_samples(case: Case, result: CaseResult, answers: Iterable[Response | 
         merge_samples(result, samples, case.repeats)
 
 
-def execute_case(case: Case, model: Model, cache: ResponseCache, nodeid: str = "", params: Mapping[str, Any] | None = None,
-                 judges: Judges | None = None) -> CaseResult:
+def execute_case(
+    case: Case,
+    model: Model,
+    cache: ResponseCache,
+    nodeid: str = "",
+    params: Mapping[str, Any] | None = None,
+    judges: Judges | None = None,
+) -> CaseResult:
     """Run `case` on `model`, `case.repeats` times (repeat i is its own cache entry; repeat 0's
     key is that of a run without repeats). Model and assertion faults become `result.error`,
     never exceptions."""
@@ -181,8 +204,10 @@ def answer_batch(cases: Sequence[tuple[Case, str]], model: Model, cache: Respons
         answers[owner].append(response)
     # cases of one batch share its wall time, as their latencies do (models/local.py)
     share = (time.perf_counter() - started) / max(1, len(cases))
-    return [AnsweredCase(case, result, answered, stat, share)
-            for (case, _), result, answered, stat in zip(cases, results, answers, stats)]
+    return [
+        AnsweredCase(case, result, answered, stat, share)
+        for (case, _), result, answered, stat in zip(cases, results, answers, stats)
+    ]
 
 
 def grade_answered(answered: AnsweredCase, cache: ResponseCache, judges: Judges | None = None) -> CaseResult:
@@ -196,6 +221,8 @@ def grade_answered(answered: AnsweredCase, cache: ResponseCache, judges: Judges 
     return result
 
 
-def execute_batch(cases: Sequence[tuple[Case, str]], model: Model, cache: ResponseCache, judges: Judges | None = None) -> list[CaseResult]:
+def execute_batch(
+    cases: Sequence[tuple[Case, str]], model: Model, cache: ResponseCache, judges: Judges | None = None
+) -> list[CaseResult]:
     """Run several cases on a batching model: `answer_batch`, then grade each case in turn."""
     return [grade_answered(answered, cache, judges) for answered in answer_batch(cases, model, cache)]

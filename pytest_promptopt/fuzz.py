@@ -18,8 +18,9 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -49,7 +50,9 @@ class FuzzBlock:
 
     @property
     def key(self) -> str:
-        blob = json.dumps([self.count, self.seed, self.variants, self.schemas, self.examples], sort_keys=True, default=str)
+        blob = json.dumps(
+            [self.count, self.seed, self.variants, self.schemas, self.examples], sort_keys=True, default=str
+        )
         return hashlib.sha1(blob.encode("utf-8")).hexdigest()[:16]
 
     @property
@@ -58,7 +61,7 @@ class FuzzBlock:
         # generation stops as soon as it has `count`. The replay that shrinks must use the same value.
         return 2 * self.count + 20
 
-    def strategy(self) -> "SearchStrategy[dict[str, Any]]":
+    def strategy(self) -> SearchStrategy[dict[str, Any]]:
         strategy = _STRATEGIES.get(self.key)
         if strategy is None:
             strategy = _STRATEGIES[self.key] = _block_strategy(self)
@@ -68,7 +71,7 @@ class FuzzBlock:
 _STRATEGIES: dict[str, Any] = {}
 
 
-def _block_strategy(block: FuzzBlock) -> "SearchStrategy[dict[str, Any]]":
+def _block_strategy(block: FuzzBlock) -> SearchStrategy[dict[str, Any]]:
     from hypothesis import strategies as st
 
     from .strategies import adversarial, vars_from_examples, vars_from_schema
@@ -88,7 +91,7 @@ class FuzzOrigin:
 
     block: FuzzBlock
     index: int
-    factory: "CaseFactory" = field(repr=False)
+    factory: CaseFactory = field(repr=False)
 
 
 def _key(values: Any) -> str:
@@ -181,8 +184,8 @@ class Shrunk:
 
     first: int  # index of the first failing generated case, where shrinking started
     vars: dict[str, Any]
-    case: "Case"
-    result: "CaseResult"
+    case: Case
+    result: CaseResult
     tried: int  # new inputs run while shrinking
     budget: int  # fuzz.shrink
     seed: int
@@ -196,11 +199,15 @@ class Shrunk:
         """The lines added to a failing fuzz case's message."""
         from .report.text import _clip, assertion_lines
 
-        stopped = f"; stopped at fuzz.shrink = {self.budget}, a smaller input may exist" if self.tried >= self.budget else ""
-        lines = [f"minimal failing input: Hypothesis shrank fuzz[{self.first}], the first failing generated case "
-                 f"(seed {self.seed}), trying {self.tried} inputs{stopped}:",
-                 "  vars: " + _clip(_key(self.vars), 300),
-                 "  prompt:\n    " + _clip(self.case.rendered_prompt, 300).replace("\n", "\n    ")]
+        stopped = (
+            f"; stopped at fuzz.shrink = {self.budget}, a smaller input may exist" if self.tried >= self.budget else ""
+        )
+        lines = [
+            f"minimal failing input: Hypothesis shrank fuzz[{self.first}], the first failing generated case "
+            f"(seed {self.seed}), trying {self.tried} inputs{stopped}:",
+            "  vars: " + _clip(_key(self.vars), 300),
+            "  prompt:\n    " + _clip(self.case.rendered_prompt, 300).replace("\n", "\n    "),
+        ]
         if self.result.output is not None:
             lines.append("  output:\n    " + _clip(self.result.output, 300).replace("\n", "\n    "))
         lines.append("  assertions:")
@@ -216,7 +223,7 @@ class _Fails(Exception):
 _SHRUNK: dict[tuple[int, int, str], tuple[FuzzBlock, Shrunk | None]] = {}
 
 
-def shrink_failure(case: "Case", model_for: Callable[["ModelSpec"], "Model"], cache: "ResponseCache") -> Shrunk | None:
+def shrink_failure(case: Case, model_for: Callable[[ModelSpec], Model], cache: ResponseCache) -> Shrunk | None:
     """For a failing generated case: the minimal failing input of its block on its prompt x
     provider, run through `model_for(case.model)` and `cache`. None when the case is not
     generated, `fuzz.shrink` is 0, or the replay met no failure. Computed once per block, prompt
@@ -229,14 +236,14 @@ def shrink_failure(case: "Case", model_for: Callable[["ModelSpec"], "Model"], ca
     memo_key = (id(origin.block), case.prompt_index, case.model.key)
     if memo_key not in _SHRUNK:
         # Each input takes the case's repeats, so "fails" means what it meant for the case.
-        def evaluate(c: "Case") -> "CaseResult":
+        def evaluate(c: Case) -> CaseResult:
             return execute_case(dataclasses.replace(c, repeats=case.repeats), model_for(c.model), cache)
 
         _SHRUNK[memo_key] = (origin.block, shrink(origin, evaluate))
     return _SHRUNK[memo_key][1]
 
 
-def shrink(origin: FuzzOrigin, evaluate: Callable[["Case"], "CaseResult"]) -> Shrunk | None:
+def shrink(origin: FuzzOrigin, evaluate: Callable[[Case], CaseResult]) -> Shrunk | None:
     """Replay the block's seeded search with `evaluate` deciding pass/fail, and shrink the first
     failure. Inputs are evaluated once each (Hypothesis needs the same verdict every time it asks);
     after the first failure, at most `block.shrink` new inputs are evaluated, and any input past

@@ -10,8 +10,9 @@ The result says which rule decided, with the interval it read.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = ["GATE_RULES", "Gate", "GateResult", "PASS_K", "PASS_RATE", "decide", "parse_gates"]
 
@@ -38,7 +39,7 @@ class Gate:
         return {"name": self.name, "threshold": self.threshold, "rule": self.rule}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Gate":
+    def from_dict(cls, data: Mapping[str, Any]) -> Gate:
         return cls(str(data["name"]), float(data["threshold"]), data.get("rule"))
 
 
@@ -54,8 +55,15 @@ class GateResult:
     high: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "threshold": self.threshold, "value": self.value, "passed": self.passed, "reason": self.reason,
-                "rule": self.rule, "interval": None if self.low is None or self.high is None else [self.low, self.high]}
+        return {
+            "name": self.name,
+            "threshold": self.threshold,
+            "value": self.value,
+            "passed": self.passed,
+            "reason": self.reason,
+            "rule": self.rule,
+            "interval": None if self.low is None or self.high is None else [self.low, self.high],
+        }
 
 
 def parse_gates(raw: Any, where: str = "gates") -> tuple[Gate, ...]:
@@ -71,7 +79,9 @@ def parse_gates(raw: Any, where: str = "gates") -> tuple[Gate, ...]:
         if isinstance(spec, Mapping):
             unknown = set(spec) - {"min", "rule"}
             if unknown or "min" not in spec:
-                raise ValueError(f"{path}: write a number or {{min: <number>, rule: point|strict|tolerant}} (unknown keys: {sorted(unknown)})")
+                raise ValueError(
+                    f"{path}: write a number or {{min: <number>, rule: point|strict|tolerant}} (unknown keys: {sorted(unknown)})"
+                )
             rule = spec.get("rule")
             if rule is not None and rule not in GATE_RULES:
                 raise ValueError(f"{path}.rule: {rule!r} is not one of {', '.join(GATE_RULES)}")
@@ -84,9 +94,15 @@ def parse_gates(raw: Any, where: str = "gates") -> tuple[Gate, ...]:
     return tuple(gates)
 
 
-def decide(gate: Gate, pass_rate: float | None, metric_means: Mapping[str, float],
-           intervals: Mapping[str, Interval | None] | None = None, default_rule: str = "point", *,
-           pass_k: float | None = None) -> GateResult:
+def decide(
+    gate: Gate,
+    pass_rate: float | None,
+    metric_means: Mapping[str, float],
+    intervals: Mapping[str, Interval | None] | None = None,
+    default_rule: str = "point",
+    *,
+    pass_k: float | None = None,
+) -> GateResult:
     """The gate's verdict. `intervals` holds the 95% interval of `pass_rate`, `pass^k` and of each
     metric mean (by name); a strict or tolerant gate without one falls back to the point estimate.
     `default_rule` is the rule of a gate that names none (the run's --promptopt-gate-rule)."""

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import pytest
 
@@ -80,8 +81,13 @@ def _keeping_warning_filters(config: pytest.Config, load: Callable[[], None]) ->
     load()
     added = [f for f in warnings.filters if f not in before]
     for action, message, category, module, lineno in reversed(added):  # the newest filter last: it wins
-        parts = [action, message.pattern if message else "", f"{category.__module__}.{category.__qualname__}",
-                 module.pattern if module else "", str(lineno or "")]
+        parts = [
+            action,
+            message.pattern if message else "",
+            f"{category.__module__}.{category.__qualname__}",
+            module.pattern if module else "",
+            str(lineno or ""),
+        ]
         if not any(":" in part for part in parts):  # pytest's filter syntax splits on ':'
             config.addinivalue_line("filterwarnings", ":".join(parts))
 
@@ -99,13 +105,25 @@ class SuiteFile(pytest.File):
             return
         from .suite.loader import load_suite
 
-        display = self.path.relative_to(self.config.rootpath).as_posix() if self.path.is_relative_to(self.config.rootpath) else str(self.path)
-        loaded = load_suite(self.path, display, session.settings.model, session.registry.resolve,
-                            backend=session.settings.backend, repeats=session.settings.repeats)
+        display = (
+            self.path.relative_to(self.config.rootpath).as_posix()
+            if self.path.is_relative_to(self.config.rootpath)
+            else str(self.path)
+        )
+        loaded = load_suite(
+            self.path,
+            display,
+            session.settings.model,
+            session.registry.resolve,
+            backend=session.settings.backend,
+            repeats=session.settings.repeats,
+        )
         if loaded.dataset is not None:  # one item per prompt x provider, all rows (see DatasetItem)
             self._warm_up(session, [part.make_case.model for part in loaded.dataset.slices])
             for part in loaded.dataset.slices:
-                yield DatasetItem.from_parent(self, name=part.name, nodeid=_case_nodeid(self, part.name), spec=loaded.dataset, part=part)
+                yield DatasetItem.from_parent(
+                    self, name=part.name, nodeid=_case_nodeid(self, part.name), spec=loaded.dataset, part=part
+                )
             return
         self._warm_up(session, [case.model for case in loaded.cases])
         for case in loaded.cases:
@@ -231,15 +249,24 @@ class DatasetItem(pytest.Item):
             from .suite.dataset import read_rows
 
             with dataset.CasesWriter(self.cases_file) as writer:
-                self.evaluation = dataset.evaluate(read_rows(self.spec.source), self.part.make_case, session.runner.map, writer,
-                                                   f"{self.nodeid}::")
+                self.evaluation = dataset.evaluate(
+                    read_rows(self.spec.source), self.part.make_case, session.runner.map, writer, f"{self.nodeid}::"
+                )
         factory = self.part.make_case
-        record = DatasetPart(self.evaluation.stats, str(folder), self.spec.source.describe(), {factory.prompt_index: factory.prompt.template})
+        record = DatasetPart(
+            self.evaluation.stats,
+            str(folder),
+            self.spec.source.describe(),
+            {factory.prompt_index: factory.prompt.template},
+        )
         self.stash[record_key] = session.encode(self.suite, record)
         stats = self.evaluation.stats
         if self.evaluation.read_error:
-            pytest.fail(f"{self.spec.source.describe()}: reading stopped after {stats.cases} rows: {self.evaluation.read_error}\n"
-                        + self._details(), pytrace=False)
+            pytest.fail(
+                f"{self.spec.source.describe()}: reading stopped after {stats.cases} rows: {self.evaluation.read_error}\n"
+                + self._details(),
+                pytrace=False,
+            )
         if stats.cases and stats.errors == stats.cases:
             pytest.fail(f"all {stats.cases} rows errored\n" + self._details(), pytrace=False)
 
@@ -253,15 +280,33 @@ class DatasetItem(pytest.Item):
         output = folder / (self.part.ident or "all")
         try:
             frame = spark.read_source(session.spark(), self.spec.source)
-            missing = [f"{column} (dataset.vars.{var})" for var, column in self.spec.source.renames if column not in frame.columns]
+            missing = [
+                f"{column} (dataset.vars.{var})"
+                for var, column in self.spec.source.renames
+                if column not in frame.columns
+            ]
             if missing:
-                pytest.fail(f"{self.spec.source.describe()} has no column {', '.join(missing)}; its columns: "
-                            f"{', '.join(c for c in frame.columns if not c.startswith('__promptopt'))}", pytrace=False)
+                pytest.fail(
+                    f"{self.spec.source.describe()} has no column {', '.join(missing)}; its columns: "
+                    f"{', '.join(c for c in frame.columns if not c.startswith('__promptopt'))}",
+                    pytrace=False,
+                )
             # Models and judges a Spark worker cannot build itself (objects, a conftest's make_model hook) travel with the job.
             objects = session.shipped_models([factory.model], (assertion for assertion, _ in factory.assertions))
-            spark.evaluate_frame(session.spark(), frame, factory, nodeid_prefix=f"{self.nodeid}::", output_path=output,
-                                 cache_path=settings.cache_path, cache_mode=settings.cache_mode, models=objects, timeout_s=settings.timeout_s,
-                                 retries=settings.scale.retries, rate_limits=settings.scale.rate_limits, judge=settings.judge)
+            spark.evaluate_frame(
+                session.spark(),
+                frame,
+                factory,
+                nodeid_prefix=f"{self.nodeid}::",
+                output_path=output,
+                cache_path=settings.cache_path,
+                cache_mode=settings.cache_mode,
+                models=objects,
+                timeout_s=settings.timeout_s,
+                retries=settings.scale.retries,
+                rate_limits=settings.scale.rate_limits,
+                judge=settings.judge,
+            )
         except spark.SparkBackendError as exc:  # an unreadable source, a failed job: one line, no traceback
             pytest.fail(f"{self.spec.source.describe()}: {exc}", pytrace=False)
         self.cases_file = output
@@ -286,17 +331,25 @@ class DatasetItem(pytest.Item):
         verdicts = [decide(g, stats.pass_rate, stats.metric_means(), pass_k=stats.pass_k) for g in gates]
         failing = [v for v in verdicts if not v.passed]
         if failing:
-            raise DatasetFailed(f"gate{'s' if len(failing) > 1 else ''} failed: " + "; ".join(g.reason for g in failing))
+            raise DatasetFailed(
+                f"gate{'s' if len(failing) > 1 else ''} failed: " + "; ".join(g.reason for g in failing)
+            )
         if stats.errors:
-            warnings.warn(pytest.PytestWarning(
-                f"{self.nodeid}: {stats.errors} of {stats.cases} rows errored (left out of the gates); see {self.cases_file}"))
+            warnings.warn(
+                pytest.PytestWarning(
+                    f"{self.nodeid}: {stats.errors} of {stats.cases} rows errored (left out of the gates); see {self.cases_file}"
+                ),
+                stacklevel=1,
+            )
 
     def _details(self) -> str:
         from .report.text import _clip
 
         stats = self.evaluation.stats
         rate = "-" if stats.pass_rate is None else f"{stats.pass_rate * 100:.1f}%"
-        lines = [f"{stats.cases} rows: {stats.passed} passed, {stats.failed} failed, {stats.errors} errors (pass rate {rate})"]
+        lines = [
+            f"{stats.cases} rows: {stats.passed} passed, {stats.failed} failed, {stats.errors} errors (pass rate {rate})"
+        ]
         means = stats.metric_means()
         if means:
             lines.append("metrics: " + ", ".join(f"{k}={v:.3f}" for k, v in sorted(means.items())))

@@ -17,8 +17,9 @@ handed one (a Python test's `prompt_check`, the repair metric).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from .cache import CallStats, ResponseCache
 from .models.base import Model, ModelError, Request, Response
@@ -51,7 +52,7 @@ class Judges:
     cache: Callable[[], ResponseCache]
     default: ModelSpec
 
-    def bind(self, stats: CallStats | None = None, cache: ResponseCache | None = None) -> "Judge":
+    def bind(self, stats: CallStats | None = None, cache: ResponseCache | None = None) -> Judge:
         """The judge of one case: its calls count into `stats` (the case's)."""
         return Judge(self, stats if stats is not None else CallStats(), cache)
 

@@ -7,8 +7,9 @@ here: without `--promptopt` the plugin only checks file names during collection.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Generator
 from pathlib import Path
-from typing import Any, Generator
+from typing import Any
 
 import pytest
 
@@ -49,7 +50,9 @@ def pytest_configure(config: pytest.Config) -> None:
     settings = Settings.from_config(config)
     workerinput = getattr(config, "workerinput", {})
     if settings.backend == "spark" and (workerinput or getattr(config.option, "numprocesses", None)):
-        raise pytest.UsageError("--promptopt-backend spark runs the cases on Spark: drop -n/--numprocesses (pytest-xdist)")
+        raise pytest.UsageError(
+            "--promptopt-backend spark runs the cases on Spark: drop -n/--numprocesses (pytest-xdist)"
+        )
     state = PromptoptSession(
         settings,
         is_controller=not workerinput,
@@ -116,7 +119,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if repeats > 1:
         if REPEAT_FIXTURE not in metafunc.fixturenames:
             metafunc.fixturenames.append(REPEAT_FIXTURE)
-        metafunc.parametrize(REPEAT_FIXTURE, range(repeats), indirect=True, ids=[repeat_id(i, repeats) for i in range(repeats)])
+        metafunc.parametrize(
+            REPEAT_FIXTURE, range(repeats), indirect=True, ids=[repeat_id(i, repeats) for i in range(repeats)]
+        )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -144,6 +149,7 @@ def _check_python_suites(items: list[pytest.Item]) -> None:
         suite = python_suite(item, marker)
         seen = first.setdefault(suite.id, (item.nodeid, suite.gates))
         if seen[1] != suite.gates:
+
             def shown(gates: Any) -> str:
                 return ", ".join(g.describe() for g in gates) or "no gates"
 

@@ -11,9 +11,10 @@ import functools
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = ["MissingVariable", "Prompt", "TemplateError", "render_prompt", "render_template", "template_variables"]
 
@@ -31,9 +32,7 @@ def _environment() -> Any:
     from jinja2 import StrictUndefined
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    env = ImmutableSandboxedEnvironment(
-        undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True
-    )
+    env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
     # Nunjucks filters promptfoo users write that Jinja2 lacks or names differently.
     env.filters["dump"] = lambda value, indent=None: json.dumps(value, indent=indent, ensure_ascii=False)
     return env
@@ -130,7 +129,7 @@ class Prompt:
     registry_uri: str | None = None  # `prompts:/name/<version>` when the template came from the MLflow Prompt Registry
 
     @classmethod
-    def from_registry(cls, uri: str, label: str | None = None) -> "Prompt":
+    def from_registry(cls, uri: str, label: str | None = None) -> Prompt:
         """A registered prompt: `prompts:/name/3` or `prompts:/name@alias` (MLflow Prompt Registry).
 
         Resolved once per pytest session, to a fixed version (an alias becomes its version
@@ -146,7 +145,7 @@ class Prompt:
         return cls(found.template, label=label or uri, source=uri, registry_uri=found.uri)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str], label: str | None = None) -> "Prompt":
+    def from_file(cls, path: str | os.PathLike[str], label: str | None = None) -> Prompt:
         """Load a template from a text file (its label defaults to the file name)."""
         file = Path(path)
         try:

@@ -18,9 +18,10 @@ import json
 import os
 import re
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 __all__ = ["PromptResolver", "RegistryError", "Resolved", "is_registry_uri", "parse_uri", "resolver"]
 
@@ -57,7 +58,9 @@ def parse_uri(uri: str) -> tuple[str, int | None, str | None]:
     """`prompts:/name/3` -> (name, 3, None); `prompts:/name@alias` -> (name, None, alias)."""
     match = _URI.match(uri.strip())
     if match is None:
-        raise RegistryError(f"{uri!r} is not a prompt reference; use prompts:/<name>/<version> or prompts:/<name>@<alias>")
+        raise RegistryError(
+            f"{uri!r} is not a prompt reference; use prompts:/<name>/<version> or prompts:/<name>@<alias>"
+        )
     name, version, alias = match.groups()
     return name, (int(version) if version else None), alias
 
@@ -75,7 +78,11 @@ def fetch(uri: str, tracking_uri: str | None) -> Resolved:
 
             client = MlflowClient(tracking_uri=tracking_uri)
             try:
-                found = client.get_prompt_version(name, version) if version is not None else client.get_prompt_version_by_alias(name, alias)
+                found = (
+                    client.get_prompt_version(name, version)
+                    if version is not None
+                    else client.get_prompt_version_by_alias(name, alias)
+                )
             except MlflowException as exc:
                 if exc.error_code not in _NOT_FOUND:
                     raise  # a server that is down or refuses: "cannot read" below

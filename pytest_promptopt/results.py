@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from .baseline import BaselineComparison, CaseOutcome, outcome_from_result
 from .gates import PASS_K, PASS_RATE, GateResult, decide
@@ -82,7 +83,14 @@ class CaseResult:
         """The case's samples as `samples` holds them; a case without repeats is its own one sample."""
         if self.samples:
             return self.samples
-        return [{"passed": self.passed, "score": self.score, "named_scores": self.named_scores, "latency_ms": self.latency_ms}]
+        return [
+            {
+                "passed": self.passed,
+                "score": self.score,
+                "named_scores": self.named_scores,
+                "latency_ms": self.latency_ms,
+            }
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         # Shallow: every record is encoded once per case, and `asdict`'s deep copy was a fifth of
@@ -93,7 +101,7 @@ class CaseResult:
         return data
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "CaseResult":
+    def from_dict(cls, data: Mapping[str, Any]) -> CaseResult:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
@@ -116,8 +124,17 @@ def merge_samples(result: CaseResult, samples: Sequence[CaseResult], repeats: in
     result.repeats = repeats
     done = [s for s in samples if not s.error]
     errored = next((n for n, s in enumerate(samples) if s.error), None)
-    result.samples = [{"passed": s.passed, "score": s.score, "reason": s.reason, "output": s.output,
-                       "named_scores": dict(s.named_scores), "latency_ms": s.latency_ms} for s in done]
+    result.samples = [
+        {
+            "passed": s.passed,
+            "score": s.score,
+            "reason": s.reason,
+            "output": s.output,
+            "named_scores": dict(s.named_scores),
+            "latency_ms": s.latency_ms,
+        }
+        for s in done
+    ]
     passing = sum(1 for s in done if s.passed)
     result.repeat_passed = passing
     shown = next((s for s in done if not s.passed), done[0] if done else None)
@@ -219,7 +236,7 @@ class CaseStats:
     max_repeats: int = 1
 
     @classmethod
-    def of(cls, results: Iterable["CaseResult"]) -> "CaseStats":
+    def of(cls, results: Iterable[CaseResult]) -> CaseStats:
         stats = cls()
         for result in results:
             stats.add(result)
@@ -244,7 +261,7 @@ class CaseStats:
         scored = self.passed + self.failed
         return self.passed / scored if scored else None
 
-    def add(self, result: "CaseResult") -> None:
+    def add(self, result: CaseResult) -> None:
         if result.error:
             self.errors += 1
         else:
@@ -292,7 +309,7 @@ class CaseStats:
             key = _bucket(v)
             self.latency_buckets[key] = self.latency_buckets.get(key, 0) + 1
 
-    def merge(self, other: "CaseStats") -> "CaseStats":
+    def merge(self, other: CaseStats) -> CaseStats:
         """A new `CaseStats` of both sides' cases."""
         merged = CaseStats.from_dict(self.to_dict())
         merged.passed += other.passed
@@ -376,7 +393,7 @@ class CaseStats:
         return data
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "CaseStats":
+    def from_dict(cls, data: Mapping[str, Any]) -> CaseStats:
         fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         fields["score_sum"] = [float(x) for x in fields.get("score_sum", [])]
         fields["metric_sums"] = {k: [float(x) for x in v] for k, v in (fields.get("metric_sums") or {}).items()}
@@ -411,18 +428,30 @@ class DatasetPart:
     def error(self) -> str | None:
         return f"{self.stats.errors} rows errored" if self.stats.errors else None
 
-    def merge(self, other: "DatasetPart") -> "DatasetPart":
-        return DatasetPart(self.stats.merge(other.stats), self.cases_file, self.source or other.source,
-                           {**other.templates, **self.templates})
+    def merge(self, other: DatasetPart) -> DatasetPart:
+        return DatasetPart(
+            self.stats.merge(other.stats),
+            self.cases_file,
+            self.source or other.source,
+            {**other.templates, **self.templates},
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"stats": self.stats.to_dict(), "cases_file": self.cases_file, "source": self.source,
-                "templates": {str(k): v for k, v in self.templates.items()}}
+        return {
+            "stats": self.stats.to_dict(),
+            "cases_file": self.cases_file,
+            "source": self.source,
+            "templates": {str(k): v for k, v in self.templates.items()},
+        }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "DatasetPart":
-        return cls(CaseStats.from_dict(data["stats"]), str(data["cases_file"]), str(data.get("source") or ""),
-                   {int(k): str(v) for k, v in (data.get("templates") or {}).items()})
+    def from_dict(cls, data: Mapping[str, Any]) -> DatasetPart:
+        return cls(
+            CaseStats.from_dict(data["stats"]),
+            str(data["cases_file"]),
+            str(data.get("source") or ""),
+            {int(k): str(v) for k, v in (data.get("templates") or {}).items()},
+        )
 
 
 @dataclass
@@ -437,7 +466,9 @@ class SuiteSummary:
     models: list[str]
     dataset: DatasetPart | None = None
     _stats: tuple[int, int, CaseStats] | None = field(default=None, init=False, repr=False, compare=False)
-    _intervals: tuple[int, dict[str, tuple[float, float] | None]] | None = field(default=None, init=False, repr=False, compare=False)
+    _intervals: tuple[int, dict[str, tuple[float, float] | None]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     @property
     def stats(self) -> CaseStats:
@@ -519,8 +550,14 @@ class SuiteSummary:
                 clusters = [[float(bool(s["passed"])) for s in r.sample_values()] for r in scored]
                 found[PASS_RATE] = cluster_bootstrap(clusters) if len(clusters) > 1 else None
                 for name in self.metric_means():
-                    clusters = [[float(s["named_scores"][name]) for s in r.sample_values() if name in (s.get("named_scores") or {})]
-                                for r in scored]
+                    clusters = [
+                        [
+                            float(s["named_scores"][name])
+                            for s in r.sample_values()
+                            if name in (s.get("named_scores") or {})
+                        ]
+                        for r in scored
+                    ]
                     clusters = [c for c in clusters if c]
                     found[name] = cluster_bootstrap(clusters) if len(clusters) > 1 else None
             else:
@@ -552,7 +589,11 @@ class RunSummary:
     def suite_outcomes(self) -> dict[str, tuple[str, list[CaseOutcome]]]:
         """Each suite's case outcomes by suite id, the current side of `baseline.compare_run`.
         Dataset suites are left out: their rows are in a file, not in the summary."""
-        return {s.info.id: (s.info.name, [outcome_from_result(r) for r in s.results]) for s in self.suites if s.dataset is None}
+        return {
+            s.info.id: (s.info.name, [outcome_from_result(r) for r in s.results])
+            for s in self.suites
+            if s.dataset is None
+        }
 
     @property
     def gates_passed(self) -> bool:
@@ -569,7 +610,7 @@ class RunSummary:
         return [(s, g) for s in self.suites for g in s.gates if not g.passed]
 
 
-def summarize(records: Iterable[tuple[SuiteInfo, "CaseResult | DatasetPart"]], gate_rule: str = "point") -> RunSummary:
+def summarize(records: Iterable[tuple[SuiteInfo, CaseResult | DatasetPart]], gate_rule: str = "point") -> RunSummary:
     """Group case results by suite; a suite file's results in file order, Python tests by node
     id. A dataset suite's parts (one per prompt x provider item) merge into one."""
     grouped: dict[str, tuple[SuiteInfo, list[CaseResult], list[DatasetPart]]] = {}
@@ -585,8 +626,10 @@ def summarize(records: Iterable[tuple[SuiteInfo, "CaseResult | DatasetPart"]], g
         summary = SuiteSummary(info, results, [], [], dataset)
         summary.models = list(summary.stats.models)
         intervals = summary.intervals() if any((g.rule or gate_rule) != "point" for g in info.gates) else None
-        summary.gates = [decide(g, summary.pass_rate, summary.metric_means(), intervals, gate_rule, pass_k=summary.pass_k)
-                         for g in info.gates]
+        summary.gates = [
+            decide(g, summary.pass_rate, summary.metric_means(), intervals, gate_rule, pass_k=summary.pass_k)
+            for g in info.gates
+        ]
         suites.append(summary)
     suites.sort(key=lambda s: s.info.id)
     return RunSummary(suites)

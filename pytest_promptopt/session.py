@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import os
 import threading
-from pathlib import Path
 import time
 import uuid
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,8 +41,15 @@ class PromptoptSession:
     `make_model` is the `pytest_promptopt_make_model` hook (a conftest may supply adapters).
     """
 
-    def __init__(self, settings: Settings, *, is_controller: bool, make_model: Callable[[ModelSpec], Any] | None = None,
-                 registry_token: str | None = None, workers: int = 1) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        is_controller: bool,
+        make_model: Callable[[ModelSpec], Any] | None = None,
+        registry_token: str | None = None,
+        workers: int = 1,
+    ) -> None:
         self.settings = settings
         self.is_controller = is_controller
         # xdist workers split the run's budgets (concurrency, rate limits), so W workers
@@ -51,8 +59,11 @@ class PromptoptSession:
         # file its workers share (registry.py). The registry is the tracking URI's; with MLflow
         # reporting off, $MLFLOW_TRACKING_URI, else the project's store.
         self.registry_token = registry_token or uuid.uuid4().hex
-        uri = settings.mlflow.tracking_uri if settings.mlflow else (
-            os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(settings.rootdir / 'mlflow.db').as_posix()}")
+        uri = (
+            settings.mlflow.tracking_uri
+            if settings.mlflow
+            else (os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(settings.rootdir / 'mlflow.db').as_posix()}")
+        )
         self.registry = PromptResolver(uri, settings.cache_path.parent / "registry" / f"{self.registry_token}.json")
         if settings.enabled:
             activate(self.registry)  # for Prompt.from_registry in Python tests
@@ -119,8 +130,12 @@ class PromptoptSession:
         """Maps cases to results in this process (runners/pool.py): `runner.map(pairs)`."""
         if self._runner is None:
             scale = self.settings.scale
-            self._runner = CaseRunner(self.model_for, lambda: self.cache,
-                                      concurrency=max(1, scale.concurrency // self.workers), batch_size=scale.batch_size)
+            self._runner = CaseRunner(
+                self.model_for,
+                lambda: self.cache,
+                concurrency=max(1, scale.concurrency // self.workers),
+                batch_size=scale.batch_size,
+            )
         return self._runner
 
     def spark(self) -> Any:
@@ -134,7 +149,11 @@ class PromptoptSession:
 
     def adopt_model(self, model: Model) -> ModelSpec:
         """Use a model object given directly (e.g. `@pytest.mark.promptopt(model=FakeModel(...))`)."""
-        spec = ModelSpec(f"object:{getattr(model, 'name', type(model).__name__)}", {"instance": id(model)}, getattr(model, "name", ""))
+        spec = ModelSpec(
+            f"object:{getattr(model, 'name', type(model).__name__)}",
+            {"instance": id(model)},
+            getattr(model, "name", ""),
+        )
         with self._models_lock:
             self._models[spec.key] = model
         return spec
@@ -148,15 +167,24 @@ class PromptoptSession:
         from .execute import error_result
         from .runners.spark import SparkBackendError, evaluate_cases
 
-        objects = self.shipped_models([case.model for case, _ in cases], (a for case, _ in cases for a in case.assertions))
+        objects = self.shipped_models(
+            [case.model for case, _ in cases], (a for case, _ in cases for a in case.assertions)
+        )
         settings = self.settings
         pairs = [(nodeid, case) for case, nodeid in cases]
         done: set[str] = set()
         try:
-            for nodeid, result in evaluate_cases(self.spark(), pairs, cache_path=settings.cache_path, cache_mode=settings.cache_mode,
-                                                 models=objects, timeout_s=settings.timeout_s,
-                                                 retries=settings.scale.retries, rate_limits=settings.scale.rate_limits,
-                                                 judge=settings.judge):
+            for nodeid, result in evaluate_cases(
+                self.spark(),
+                pairs,
+                cache_path=settings.cache_path,
+                cache_mode=settings.cache_mode,
+                models=objects,
+                timeout_s=settings.timeout_s,
+                retries=settings.scale.retries,
+                rate_limits=settings.scale.rate_limits,
+                judge=settings.judge,
+            ):
                 self.runner.preset(nodeid, result)
                 done.add(nodeid)
         except SparkBackendError as exc:
@@ -202,7 +230,9 @@ class PromptoptSession:
             from .suite.loader import load_suite
 
             try:
-                loaded = load_suite(file, path, self.settings.model, self.registry.resolve, repeats=self.settings.repeats)
+                loaded = load_suite(
+                    file, path, self.settings.model, self.registry.resolve, repeats=self.settings.repeats
+                )
             except Exception:  # the suite is gone or broken: its collection error says so
                 return False
             case = next((c for c in loaded.cases if c.name == name), None)
@@ -256,7 +286,9 @@ class PromptoptSession:
             from .baseline import write_baseline_file
 
             write_baseline_file(settings.update_baseline, run.suite_outcomes())
-            messages.append(f"baseline written: {settings.update_baseline} ({len(run.suite_outcomes())} suites); review and commit it")
+            messages.append(
+                f"baseline written: {settings.update_baseline} ({len(run.suite_outcomes())} suites); review and commit it"
+            )
         if not run.gates_passed and exit_status == 0:
             exit_status = 1
         if self.settings.repair is not None and not run.repairs:
@@ -277,7 +309,13 @@ class PromptoptSession:
         if mlflow is not None:
             from .report.mlflow_writer import SessionMeta, report_run
 
-            meta = SessionMeta.collect(run, rootdir=self.settings.rootdir, pytest_args=pytest_args, started=self.started, exit_status=exit_status)
+            meta = SessionMeta.collect(
+                run,
+                rootdir=self.settings.rootdir,
+                pytest_args=pytest_args,
+                started=self.started,
+                exit_status=exit_status,
+            )
             self.mlflow = report_run(run, meta, mlflow, artifacts=[html_path] if html_path else [])
             messages.extend(self.mlflow.warnings())
         return exit_status, messages

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -35,44 +36,199 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("--promptopt", "", "run prompt tests (suite files and tests marked promptopt); without it they are skipped", is_flag=True),
-    Option("--promptopt-model", "promptopt_model", f"default model for suites without providers (default: {BUNDLED}, the bundled offline model)", BUNDLED),
-    Option("--promptopt-judge-model", "promptopt_judge_model", "judge model of model-graded assertions (llm-rubric, g-eval, factuality, ...) without a provider, e.g. openai/gpt-4o-mini (default: --promptopt-model; the bundled model is a weak judge)", None),
-    Option("--promptopt-cache", "promptopt_cache", "response cache: off, readwrite, or replay (a miss is an error)", "readwrite", ("off", "readwrite", "replay")),
-    Option("--promptopt-cache-dir", "promptopt_cache_dir", "folder of the response cache (relative to rootdir)", ".promptopt"),
+    Option(
+        "--promptopt",
+        "",
+        "run prompt tests (suite files and tests marked promptopt); without it they are skipped",
+        is_flag=True,
+    ),
+    Option(
+        "--promptopt-model",
+        "promptopt_model",
+        f"default model for suites without providers (default: {BUNDLED}, the bundled offline model)",
+        BUNDLED,
+    ),
+    Option(
+        "--promptopt-judge-model",
+        "promptopt_judge_model",
+        "judge model of model-graded assertions (llm-rubric, g-eval, factuality, ...) without a provider, e.g. openai/gpt-4o-mini (default: --promptopt-model; the bundled model is a weak judge)",
+        None,
+    ),
+    Option(
+        "--promptopt-cache",
+        "promptopt_cache",
+        "response cache: off, readwrite, or replay (a miss is an error)",
+        "readwrite",
+        ("off", "readwrite", "replay"),
+    ),
+    Option(
+        "--promptopt-cache-dir",
+        "promptopt_cache_dir",
+        "folder of the response cache (relative to rootdir)",
+        ".promptopt",
+    ),
     Option("--promptopt-report", "promptopt_report", "write the JSON report to this path", None),
     Option("--promptopt-timeout", "promptopt_timeout", "timeout in seconds for one hosted model call", "60"),
-    Option("--promptopt-no-mlflow", "promptopt_no_mlflow", "do not log the run to MLflow (ini: true/false)", is_flag=True),
-    Option("--promptopt-mlflow-uri", "promptopt_mlflow_uri", "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<rootdir>/mlflow.db)", None),
-    Option("--promptopt-experiment", "promptopt_experiment", "MLflow experiment name (default: the rootdir's name)", None),
-    Option("--promptopt-prompt-prefix", "promptopt_prompt_prefix", "prefix of the Prompt Registry names given to suites' own prompts, e.g. 'main.prompts.' for a Unity Catalog registry", None),
-    Option("--promptopt-mlflow-traces", "promptopt_mlflow_traces", "also log every case as an MLflow trace with its assertions as feedback (ini: true/false)", is_flag=True),
+    Option(
+        "--promptopt-no-mlflow", "promptopt_no_mlflow", "do not log the run to MLflow (ini: true/false)", is_flag=True
+    ),
+    Option(
+        "--promptopt-mlflow-uri",
+        "promptopt_mlflow_uri",
+        "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<rootdir>/mlflow.db)",
+        None,
+    ),
+    Option(
+        "--promptopt-experiment", "promptopt_experiment", "MLflow experiment name (default: the rootdir's name)", None
+    ),
+    Option(
+        "--promptopt-prompt-prefix",
+        "promptopt_prompt_prefix",
+        "prefix of the Prompt Registry names given to suites' own prompts, e.g. 'main.prompts.' for a Unity Catalog registry",
+        None,
+    ),
+    Option(
+        "--promptopt-mlflow-traces",
+        "promptopt_mlflow_traces",
+        "also log every case as an MLflow trace with its assertions as feedback (ini: true/false)",
+        is_flag=True,
+    ),
     # HTML report and progress line (issue 4, items 6 and 7)
-    Option("--promptopt-html", "promptopt_html", "write a self-contained HTML report to this path (needs the html extra: plotly)", None),
-    Option("--promptopt-progress", "promptopt_progress", "progress line every N seconds: auto (every 10 s), off, or a number of seconds; never with -q", "auto"),
+    Option(
+        "--promptopt-html",
+        "promptopt_html",
+        "write a self-contained HTML report to this path (needs the html extra: plotly)",
+        None,
+    ),
+    Option(
+        "--promptopt-progress",
+        "promptopt_progress",
+        "progress line every N seconds: auto (every 10 s), off, or a number of seconds; never with -q",
+        "auto",
+    ),
     # Baselines (MLflow: issue 4; files and the regression gate: issue 7)
-    Option("--promptopt-baseline", "promptopt_baseline", f"compare with a baseline: a baseline FILE (default {DEFAULT_BASELINE} when it exists), mlflow:<run_id> or mlflow:branch=<name> (the latest finished session run on that git branch)", None),
-    Option("--promptopt-update-baseline", "", f"write this run's per-case outcomes as the baseline file (--promptopt-baseline PATH, else {DEFAULT_BASELINE})", is_flag=True),
-    Option("--promptopt-regression-alpha", "promptopt_regression_alpha", "significance level of the regression gate (paired tests against the baseline)", "0.05"),
-    Option("--promptopt-regression-min-effect", "promptopt_regression_min_effect", "smallest drop (pass rate or metric mean, 0-1) the regression gate fails on", "0.05"),
-    Option("--promptopt-gate-rule", "promptopt_gate_rule", "rule of gates that name none: point (the estimate), strict (its 95%% lower bound) or tolerant (its upper bound)", "point", ("point", "strict", "tolerant")),
-    Option("--promptopt-repeat", "promptopt_repeat", "independent samples of each prompt case (suite-file cases and Python prompt tests), each its own cache entry (a suite's repeat: or a test's promptopt(repeat=) overrides the ini value; this option overrides both)", "1"),
+    Option(
+        "--promptopt-baseline",
+        "promptopt_baseline",
+        f"compare with a baseline: a baseline FILE (default {DEFAULT_BASELINE} when it exists), mlflow:<run_id> or mlflow:branch=<name> (the latest finished session run on that git branch)",
+        None,
+    ),
+    Option(
+        "--promptopt-update-baseline",
+        "",
+        f"write this run's per-case outcomes as the baseline file (--promptopt-baseline PATH, else {DEFAULT_BASELINE})",
+        is_flag=True,
+    ),
+    Option(
+        "--promptopt-regression-alpha",
+        "promptopt_regression_alpha",
+        "significance level of the regression gate (paired tests against the baseline)",
+        "0.05",
+    ),
+    Option(
+        "--promptopt-regression-min-effect",
+        "promptopt_regression_min_effect",
+        "smallest drop (pass rate or metric mean, 0-1) the regression gate fails on",
+        "0.05",
+    ),
+    Option(
+        "--promptopt-gate-rule",
+        "promptopt_gate_rule",
+        "rule of gates that name none: point (the estimate), strict (its 95%% lower bound) or tolerant (its upper bound)",
+        "point",
+        ("point", "strict", "tolerant"),
+    ),
+    Option(
+        "--promptopt-repeat",
+        "promptopt_repeat",
+        "independent samples of each prompt case (suite-file cases and Python prompt tests), each its own cache entry (a suite's repeat: or a test's promptopt(repeat=) overrides the ini value; this option overrides both)",
+        "1",
+    ),
     # Scale (issue 5)
-    Option("--promptopt-concurrency", "promptopt_concurrency", "hosted model calls in flight at once, shared by all xdist workers", str(DEFAULT_CONCURRENCY)),
-    Option("--promptopt-rate-limit", "promptopt_rate_limit", "requests/tokens per minute per provider, shared by all xdist workers, e.g. 'openai:rpm=500,tpm=30000; anthropic:rpm=50'", None),
-    Option("--promptopt-retries", "promptopt_retries", "retries of a hosted call on 429, 5xx, timeouts and connection errors (exponential backoff with jitter; Retry-After honoured)", str(DEFAULT_RETRIES)),
-    Option("--promptopt-batch-size", "promptopt_batch_size", "prompts the bundled model generates for in one batch", "8"),
-    Option("--promptopt-backend", "promptopt_backend", "where cases run: local (this process or its xdist workers) or spark", "local", ("local", "spark")),
-    Option("--promptopt-spark-master", "promptopt_spark_master", "Spark master URL for --promptopt-backend spark (default: local[*])", None),
-    Option("--promptopt-spark-remote", "promptopt_spark_remote", "Spark Connect URL (sc://host:port) for --promptopt-backend spark; Databricks Connect speaks it", None),
+    Option(
+        "--promptopt-concurrency",
+        "promptopt_concurrency",
+        "hosted model calls in flight at once, shared by all xdist workers",
+        str(DEFAULT_CONCURRENCY),
+    ),
+    Option(
+        "--promptopt-rate-limit",
+        "promptopt_rate_limit",
+        "requests/tokens per minute per provider, shared by all xdist workers, e.g. 'openai:rpm=500,tpm=30000; anthropic:rpm=50'",
+        None,
+    ),
+    Option(
+        "--promptopt-retries",
+        "promptopt_retries",
+        "retries of a hosted call on 429, 5xx, timeouts and connection errors (exponential backoff with jitter; Retry-After honoured)",
+        str(DEFAULT_RETRIES),
+    ),
+    Option(
+        "--promptopt-batch-size", "promptopt_batch_size", "prompts the bundled model generates for in one batch", "8"
+    ),
+    Option(
+        "--promptopt-backend",
+        "promptopt_backend",
+        "where cases run: local (this process or its xdist workers) or spark",
+        "local",
+        ("local", "spark"),
+    ),
+    Option(
+        "--promptopt-spark-master",
+        "promptopt_spark_master",
+        "Spark master URL for --promptopt-backend spark (default: local[*])",
+        None,
+    ),
+    Option(
+        "--promptopt-spark-remote",
+        "promptopt_spark_remote",
+        "Spark Connect URL (sc://host:port) for --promptopt-backend spark; Databricks Connect speaks it",
+        None,
+    ),
     # Repair (issue 6)
-    Option("--promptopt-repair", "", "after the run, repair with DSPy the prompts of suites whose gates failed (or those of --promptopt-repair-suite) and propose the result", is_flag=True),
-    Option("--promptopt-repair-suite", "promptopt_repair_suite", "repair these suites (ids or names, comma-separated) even when their gates pass", None),
-    Option("--promptopt-repair-optimizer", "promptopt_repair_optimizer", "auto, labeled, bootstrap, random-search (demonstrations), gepa or miprov2 (instructions; need --promptopt-repair-model)", None, OPTIMIZERS),
-    Option("--promptopt-repair-model", "promptopt_repair_model", "proposer model of the instruction optimisers (any provider, e.g. openai/gpt-4o-mini)", None),
-    Option("--promptopt-repair-budget", "promptopt_repair_budget", f"most model calls the repair of one prompt may make (default {DEFAULT_BUDGET})", None),
-    Option("--promptopt-repair-seed", "promptopt_repair_seed", "seed of the held-out split and the optimisers (default 0)", None),
-    Option("--promptopt-repair-apply", "", "write a winning proposal into the suite (its prompt file or prompts entry) instead of only beside it", is_flag=True),
+    Option(
+        "--promptopt-repair",
+        "",
+        "after the run, repair with DSPy the prompts of suites whose gates failed (or those of --promptopt-repair-suite) and propose the result",
+        is_flag=True,
+    ),
+    Option(
+        "--promptopt-repair-suite",
+        "promptopt_repair_suite",
+        "repair these suites (ids or names, comma-separated) even when their gates pass",
+        None,
+    ),
+    Option(
+        "--promptopt-repair-optimizer",
+        "promptopt_repair_optimizer",
+        "auto, labeled, bootstrap, random-search (demonstrations), gepa or miprov2 (instructions; need --promptopt-repair-model)",
+        None,
+        OPTIMIZERS,
+    ),
+    Option(
+        "--promptopt-repair-model",
+        "promptopt_repair_model",
+        "proposer model of the instruction optimisers (any provider, e.g. openai/gpt-4o-mini)",
+        None,
+    ),
+    Option(
+        "--promptopt-repair-budget",
+        "promptopt_repair_budget",
+        f"most model calls the repair of one prompt may make (default {DEFAULT_BUDGET})",
+        None,
+    ),
+    Option(
+        "--promptopt-repair-seed",
+        "promptopt_repair_seed",
+        "seed of the held-out split and the optimisers (default 0)",
+        None,
+    ),
+    Option(
+        "--promptopt-repair-apply",
+        "",
+        "write a winning proposal into the suite (its prompt file or prompts entry) instead of only beside it",
+        is_flag=True,
+    ),
 )
 
 
@@ -145,12 +301,20 @@ class Settings:
         return self.scale.spark
 
     @classmethod
-    def from_config(cls, config: Any) -> "Settings":
+    def from_config(cls, config: Any) -> Settings:
         rootdir = Path(str(config.rootpath))
         if not config.getoption("promptopt"):
             # Without --promptopt nothing runs, so nothing is parsed: a bad ini value must not
             # break an ordinary pytest run.
-            return cls(False, ModelSpec(BUNDLED), CacheMode.READWRITE, rootdir / ".promptopt" / "cache.sqlite", None, 60.0, rootdir)
+            return cls(
+                False,
+                ModelSpec(BUNDLED),
+                CacheMode.READWRITE,
+                rootdir / ".promptopt" / "cache.sqlite",
+                None,
+                60.0,
+                rootdir,
+            )
 
         def value(option: Option) -> Any:
             dest = option.flag.lstrip("-").replace("-", "_")
@@ -242,6 +406,7 @@ def _repair(config: Any, parsed: Callable[[str, Callable[[Any], Any]], Any]) -> 
             if number < minimum:
                 raise ValueError(f"must be a whole number >= {minimum}, got {raw!r}")
             return number
+
         return check
 
     def optimizer(raw: Any) -> str:
@@ -252,9 +417,16 @@ def _repair(config: Any, parsed: Callable[[str, Callable[[Any], Any]], Any]) -> 
 
     chosen = given("--promptopt-repair-optimizer", optimizer)
     if chosen.value == "miprov2" and importlib.util.find_spec("optuna") is None:
-        raise pytest.UsageError("--promptopt-repair-optimizer miprov2 needs optuna: pip install 'pytest-promptopt[repair]'")
-    suites = parsed("--promptopt-repair-suite", lambda raw: tuple(s.strip() for s in str(raw or "").split(",") if s.strip()))
-    model = parsed("--promptopt-repair-model", lambda raw: None if raw in (None, "") else parse_model_spec(str(raw), "--promptopt-repair-model"))
+        raise pytest.UsageError(
+            "--promptopt-repair-optimizer miprov2 needs optuna: pip install 'pytest-promptopt[repair]'"
+        )
+    suites = parsed(
+        "--promptopt-repair-suite", lambda raw: tuple(s.strip() for s in str(raw or "").split(",") if s.strip())
+    )
+    model = parsed(
+        "--promptopt-repair-model",
+        lambda raw: None if raw in (None, "") else parse_model_spec(str(raw), "--promptopt-repair-model"),
+    )
     return RepairSettings(
         suites=suites,
         optimizer=chosen,
@@ -286,6 +458,7 @@ def _scale(parsed: Callable[[str, Callable[[Any], Any]], Any]) -> Scale:
             if scheme and not text.startswith(scheme):
                 raise ValueError(f"{raw!r} is not a Spark Connect URL; write {scheme}host:port")
             return text
+
         return check
 
     backend = str(parsed("--promptopt-backend", lambda raw: str(raw).strip().lower()))
@@ -336,7 +509,9 @@ def _report_settings(config: Any, rootdir: Path, parsed: Callable[[str, Callable
     return {"html_path": parsed("--promptopt-html", html_path), "progress_s": parsed("--promptopt-progress", progress)}
 
 
-def _baselines(config: Any, rootdir: Path, parsed: Callable[[str, Callable[[Any], Any]], Any], mlflow: MlflowSettings | None) -> dict[str, Any]:
+def _baselines(
+    config: Any, rootdir: Path, parsed: Callable[[str, Callable[[Any], Any]], Any], mlflow: MlflowSettings | None
+) -> dict[str, Any]:
     """`baseline` (a file PATH, `mlflow:<run_id>` or `mlflow:branch=<name>`; else the default
     file when it exists), `update_baseline`, `regression` and `gate_rule`."""
 
@@ -346,9 +521,9 @@ def _baselines(config: Any, rootdir: Path, parsed: Callable[[str, Callable[[Any]
             return None
         if not text.lower().startswith("mlflow:"):
             return BaselineRef("file", path=str(_output_path(config, "promptopt_baseline", text, rootdir)))
-        rest = text[len("mlflow:"):].strip()
+        rest = text[len("mlflow:") :].strip()
         if rest.lower().startswith("branch="):
-            branch = rest[len("branch="):].strip()
+            branch = rest[len("branch=") :].strip()
             if not branch:
                 raise ValueError(f"{raw!r}: the branch name is empty")
             found = BaselineRef("mlflow", branch=branch)
@@ -357,7 +532,9 @@ def _baselines(config: Any, rootdir: Path, parsed: Callable[[str, Callable[[Any]
         else:
             raise ValueError(f"{raw!r} is neither mlflow:<run_id> nor mlflow:branch=<name>")
         if mlflow is None:
-            raise ValueError("an MLflow baseline is read from the tracking store, which --promptopt-no-mlflow turns off")
+            raise ValueError(
+                "an MLflow baseline is read from the tracking store, which --promptopt-no-mlflow turns off"
+            )
         return found
 
     def fraction(raw: Any) -> float:
@@ -377,7 +554,9 @@ def _baselines(config: Any, rootdir: Path, parsed: Callable[[str, Callable[[Any]
     update = None
     if config.getoption("promptopt_update_baseline"):
         if baseline is not None and baseline.source != "file":
-            raise pytest.UsageError("--promptopt-update-baseline writes a baseline file; give it a PATH, not an MLflow run")
+            raise pytest.UsageError(
+                "--promptopt-update-baseline writes a baseline file; give it a PATH, not an MLflow run"
+            )
         update = Path(baseline.path) if baseline is not None else default
     if baseline is None and default.is_file():
         baseline = BaselineRef("file", path=str(default))
@@ -436,7 +615,9 @@ def _tracking_uri(raw: str) -> str:
     return uri
 
 
-def _mlflow_settings(config: Any, rootdir: Path, pending_dir: Path, parsed: Callable[[str, Callable[[Any], Any]], Any]) -> MlflowSettings:
+def _mlflow_settings(
+    config: Any, rootdir: Path, pending_dir: Path, parsed: Callable[[str, Callable[[Any], Any]], Any]
+) -> MlflowSettings:
     """Tracking URI: --promptopt-mlflow-uri, else $MLFLOW_TRACKING_URI, else the ini key, else the
     project's own SQLite store (MLflow 3's default; its file store refuses to run).
 
@@ -464,6 +645,11 @@ def _mlflow_settings(config: Any, rootdir: Path, pending_dir: Path, parsed: Call
             raise ValueError(f"{raw!r} may hold only letters, digits and _ . - (e.g. main.prompts.)")
         return prefix
 
-    return MlflowSettings(uri, parsed("--promptopt-experiment", experiment), pending_dir, local_store,
-                          traces=parsed("--promptopt-mlflow-traces", _boolean),
-                          prompt_prefix=parsed("--promptopt-prompt-prefix", prompt_prefix))
+    return MlflowSettings(
+        uri,
+        parsed("--promptopt-experiment", experiment),
+        pending_dir,
+        local_store,
+        traces=parsed("--promptopt-mlflow-traces", _boolean),
+        prompt_prefix=parsed("--promptopt-prompt-prefix", prompt_prefix),
+    )

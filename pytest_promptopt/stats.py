@@ -36,10 +36,12 @@ def mcnemar_exact(newly_failing: int, newly_passing: int) -> float:
     if n == 0:
         return 1.0
     tail = sum(math.comb(n, k) for k in range(newly_failing, n + 1))
-    return min(1.0, tail / 2 ** n)
+    return min(1.0, tail / 2**n)
 
 
-def paired_bootstrap(before: "list[float]", after: "list[float]", *, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float, float]:
+def paired_bootstrap(
+    before: list[float], after: list[float], *, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float, float, float]:
     """Paired bootstrap of the mean change `after - before` over the same cases.
 
     Returns (mean change, 2.5th and 97.5th percentile of the resampled means, one-sided p-value
@@ -60,7 +62,9 @@ def paired_bootstrap(before: "list[float]", after: "list[float]", *, resamples: 
     return sum(diffs) / n, _percentile(means, 0.025), _percentile(means, 0.975), (at_or_above + 1) / (resamples + 1)
 
 
-def cluster_bootstrap(clusters: "list[list[float]]", *, resamples: int = 2000, seed: int = 0) -> tuple[float, float] | None:
+def cluster_bootstrap(
+    clusters: list[list[float]], *, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float] | None:
     """95% interval of an overall mean when the values come in clusters (a case's repeats):
     whole clusters are resampled, so repeats of one case are never taken as independent cases."""
     import random
@@ -77,7 +81,7 @@ def cluster_bootstrap(clusters: "list[list[float]]", *, resamples: int = 2000, s
     return _percentile(means, 0.025), _percentile(means, 0.975)
 
 
-def _percentile(ordered: "list[float]", q: float) -> float:
+def _percentile(ordered: list[float], q: float) -> float:
     """Linear-interpolated percentile of an already sorted list."""
     position = q * (len(ordered) - 1)
     low = int(math.floor(position))
@@ -88,7 +92,7 @@ def _percentile(ordered: "list[float]", q: float) -> float:
 BOOTSTRAP_MAX = 500  # beyond this many values the normal interval is as good and far cheaper
 
 
-def mean_interval(values: "list[float]", *, seed: int = 0) -> tuple[float, float] | None:
+def mean_interval(values: list[float], *, seed: int = 0) -> tuple[float, float] | None:
     """95% interval of the mean of `values` (scores in [0, 1]): a seeded percentile bootstrap for
     up to `BOOTSTRAP_MAX` values, where scores are often lumpy (0 or 1), else the normal interval."""
     n = len(values)

@@ -28,16 +28,18 @@ import json
 import math
 import re
 import unicodedata
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 try:
     from hypothesis import HealthCheck, Phase, settings
     from hypothesis import strategies as st
     from hypothesis.strategies import SearchStrategy
 except ImportError as exc:  # pragma: no cover - hypothesis is in the `fuzz` and `test` extras
-    raise ImportError("pytest_promptopt.strategies needs Hypothesis: pip install 'pytest-promptopt[fuzz]' "
-                      "(or pip install hypothesis)") from exc
+    raise ImportError(
+        "pytest_promptopt.strategies needs Hypothesis: pip install 'pytest-promptopt[fuzz]' (or pip install hypothesis)"
+    ) from exc
 
 __all__ = [
     "INJECTIONS",
@@ -84,8 +86,26 @@ _TRICKY = (
     "ß",
     "İ",
 )
-_HOMOGLYPHS = {"a": "а", "c": "с", "e": "е", "i": "і", "o": "о", "p": "р", "x": "х", "y": "у", "A": "А", "B": "В",
-               "C": "С", "E": "Е", "H": "Н", "M": "М", "O": "О", "P": "Р", "T": "Т", "X": "Х"}
+_HOMOGLYPHS = {
+    "a": "а",
+    "c": "с",
+    "e": "е",
+    "i": "і",
+    "o": "о",
+    "p": "р",
+    "x": "х",
+    "y": "у",
+    "A": "А",
+    "B": "В",
+    "C": "С",
+    "E": "Е",
+    "H": "Н",
+    "M": "М",
+    "O": "О",
+    "P": "Р",
+    "T": "Т",
+    "X": "Х",
+}
 _SPACES = (" ", "  ", "\t", "\n", "\r\n", "\n\n\n", "\u00a0", "\u3000", "\u2028")
 _LONG = (1_000, 3_000)  # characters of a `long` variant (shrinks towards the lower bound)
 
@@ -93,7 +113,18 @@ _LONG = (1_000, 3_000)  # characters of a `long` variant (shrinks towards the lo
 # variant adds tabs and newlines on purpose).
 _CHARACTERS = st.characters(codec="utf-8", exclude_categories=("Cs", "Cc"))
 
-_ANNOTATIONS = {"title", "description", "default", "examples", "$comment", "$schema", "$id", "deprecated", "readOnly", "writeOnly"}
+_ANNOTATIONS = {
+    "title",
+    "description",
+    "default",
+    "examples",
+    "$comment",
+    "$schema",
+    "$id",
+    "deprecated",
+    "readOnly",
+    "writeOnly",
+}
 _KEYWORDS = {
     "string": {"minLength", "maxLength", "pattern"},
     "integer": {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"},
@@ -162,8 +193,10 @@ def _from_schema(schema: Any, path: tuple[str | int, ...]) -> SearchStrategy[Any
         return st.sampled_from(allowed)
     for key in ("anyOf", "oneOf"):
         if key in schema:
-            options = [_from_schema({**{k: v for k, v in schema.items() if k != key}, **option}, path + (key, n))
-                       for n, option in enumerate(schema[key])]
+            options = [
+                _from_schema({**{k: v for k, v in schema.items() if k != key}, **option}, path + (key, n))
+                for n, option in enumerate(schema[key])
+            ]
             strategy = st.one_of(options)
             return strategy.filter(_one_of_validator(schema)) if key == "oneOf" else strategy
     kind = schema.get("type", "string")
@@ -177,8 +210,10 @@ def _from_schema(schema: Any, path: tuple[str | int, ...]) -> SearchStrategy[Any
     unknown = sorted(set(schema) - _ANNOTATIONS - known - {"type"})
     if unknown:
         allowed = ", ".join(sorted(known | {"type", "enum", "const", "anyOf", "oneOf"}))
-        raise SchemaNotSupported(f"'{unknown[0]}' is not generated for type {' or '.join(kinds)}; the keywords generated are: {allowed}",
-                                 path + (unknown[0],))
+        raise SchemaNotSupported(
+            f"'{unknown[0]}' is not generated for type {' or '.join(kinds)}; the keywords generated are: {allowed}",
+            path + (unknown[0],),
+        )
     if len(kinds) == 1:
         return _TYPES[kind if isinstance(kind, str) else kind[0]](schema, path)
     # Each type's own keywords apply to values of that type only.
@@ -219,7 +254,9 @@ def _integer(schema: Mapping[str, Any], path: tuple[str | int, ...]) -> SearchSt
     last = None if high is None else high // step
     if first is not None and last is not None and first > last:
         raise SchemaNotSupported("no integer satisfies these bounds", path)
-    return st.integers(min_value=first, max_value=last).map(lambda n: n * step) if step != 1 else st.integers(first, last)
+    return (
+        st.integers(min_value=first, max_value=last).map(lambda n: n * step) if step != 1 else st.integers(first, last)
+    )
 
 
 def _number(schema: Mapping[str, Any], path: tuple[str | int, ...]) -> SearchStrategy[float]:
@@ -230,15 +267,25 @@ def _number(schema: Mapping[str, Any], path: tuple[str | int, ...]) -> SearchStr
     high, exclude_high = schema.get("maximum"), False
     if "exclusiveMaximum" in schema and (high is None or schema["exclusiveMaximum"] <= high):
         high, exclude_high = schema["exclusiveMaximum"], True
-    return st.floats(min_value=low, max_value=high, allow_nan=False, allow_infinity=False,
-                     exclude_min=exclude_low and low is not None, exclude_max=exclude_high and high is not None)
+    return st.floats(
+        min_value=low,
+        max_value=high,
+        allow_nan=False,
+        allow_infinity=False,
+        exclude_min=exclude_low and low is not None,
+        exclude_max=exclude_high and high is not None,
+    )
 
 
 def _array(schema: Mapping[str, Any], path: tuple[str | int, ...]) -> SearchStrategy[list[Any]]:
     items = _from_schema(schema.get("items", {"type": "string"}), path + ("items",))
     unique = schema.get("uniqueItems", False)
-    return st.lists(items, min_size=schema.get("minItems", 0), max_size=schema.get("maxItems"),
-                    unique_by=(lambda v: _json_key(v)) if unique else None)
+    return st.lists(
+        items,
+        min_size=schema.get("minItems", 0),
+        max_size=schema.get("maxItems"),
+        unique_by=(lambda v: _json_key(v)) if unique else None,
+    )
 
 
 def _object(schema: Mapping[str, Any], path: tuple[str | int, ...]) -> SearchStrategy[dict[str, Any]]:
@@ -246,9 +293,13 @@ def _object(schema: Mapping[str, Any], path: tuple[str | int, ...]) -> SearchStr
     required = list(schema.get("required", []))
     missing = [name for name in required if name not in properties]
     if missing:
-        raise SchemaNotSupported(f"required property {missing[0]!r} has no schema in 'properties'", path + ("required",))
+        raise SchemaNotSupported(
+            f"required property {missing[0]!r} has no schema in 'properties'", path + ("required",)
+        )
     fields = {name: _from_schema(properties[name], path + ("properties", name)) for name in required}
-    optional = {name: _from_schema(sub, path + ("properties", name)) for name, sub in properties.items() if name not in fields}
+    optional = {
+        name: _from_schema(sub, path + ("properties", name)) for name, sub in properties.items() if name not in fields
+    }
     return st.fixed_dictionaries(fields, optional=optional)
 
 
@@ -261,8 +312,13 @@ def _boolean(schema: Mapping[str, Any], path: tuple[str | int, ...]) -> SearchSt
 
 
 _TYPES: dict[str, Callable[[Mapping[str, Any], tuple[str | int, ...]], SearchStrategy[Any]]] = {
-    "string": _string, "integer": _integer, "number": _number, "boolean": _boolean, "null": _null,
-    "array": _array, "object": _object,
+    "string": _string,
+    "integer": _integer,
+    "number": _number,
+    "boolean": _boolean,
+    "null": _null,
+    "array": _array,
+    "object": _object,
 }
 
 
@@ -273,7 +329,9 @@ def _json_key(value: Any) -> str:
 # ----------------------------------------------------------------------------- examples
 
 
-def vars_from_examples(examples: Sequence[Mapping[str, Any]], *, perturb: bool = True) -> SearchStrategy[dict[str, Any]]:
+def vars_from_examples(
+    examples: Sequence[Mapping[str, Any]], *, perturb: bool = True
+) -> SearchStrategy[dict[str, Any]]:
     """Template variables built from example vars (a suite's tests): each variable takes one of
     the values it has in some example, chosen per variable, so values of different examples mix.
     With `perturb` (the default), a string value is sometimes edited: a word dropped, repeated or
@@ -310,9 +368,9 @@ def _perturb(draw: Callable[..., Any], text: str, others: Sequence[str]) -> str:
     words = text.split(" ")
     at = draw(st.integers(0, max(0, len(words) - 1)))
     if kind == "drop" and len(words) > 1:
-        return " ".join(words[:at] + words[at + 1:])
+        return " ".join(words[:at] + words[at + 1 :])
     if kind == "repeat":
-        return " ".join(words[:at + 1] + words[at:])
+        return " ".join(words[: at + 1] + words[at:])
     if kind == "swap" and len(words) > 1:
         at = min(at, len(words) - 2)
         words[at], words[at + 1] = words[at + 1], words[at]
@@ -321,7 +379,7 @@ def _perturb(draw: Callable[..., Any], text: str, others: Sequence[str]) -> str:
         return " ".join(words[:at])
     if kind == "splice":
         other = draw(st.sampled_from(list(others)))
-        return text[:draw(st.integers(0, len(text)))] + other[draw(st.integers(0, len(other))):]
+        return text[: draw(st.integers(0, len(text)))] + other[draw(st.integers(0, len(other))) :]
     return text
 
 
@@ -346,8 +404,9 @@ def suite_examples(path: str | Path) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------- adversarial variants
 
 
-def adversarial(base: SearchStrategy[Any] | None = None, variants: Iterable[str] = VARIANTS, *,
-                long: tuple[int, int] = _LONG) -> SearchStrategy[Any]:
+def adversarial(
+    base: SearchStrategy[Any] | None = None, variants: Iterable[str] = VARIANTS, *, long: tuple[int, int] = _LONG
+) -> SearchStrategy[Any]:
     """`base`'s values with adversarial variants applied to their strings.
 
     `base` generates strings, or dicts of template variables (then each string value is varied
@@ -417,9 +476,19 @@ def _unicode(draw: Callable[..., Any], text: str, long: tuple[int, int]) -> str:
     if kind == "decomposed":
         decomposed = unicodedata.normalize("NFD", text)
         return decomposed if decomposed != text else text + "e\u0301"
-    inserts = draw(st.lists(st.sampled_from(_TRICKY) if kind == "insert" else
-                            st.text(st.characters(min_codepoint=0x80, codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=1, max_size=12),
-                            min_size=1, max_size=3))
+    inserts = draw(
+        st.lists(
+            st.sampled_from(_TRICKY)
+            if kind == "insert"
+            else st.text(
+                st.characters(min_codepoint=0x80, codec="utf-8", exclude_categories=("Cs", "Cc")),
+                min_size=1,
+                max_size=12,
+            ),
+            min_size=1,
+            max_size=3,
+        )
+    )
     for piece in inserts:
         at = draw(st.integers(0, len(text)))
         text = text[:at] + piece + text[at:]
@@ -454,7 +523,11 @@ def _case(draw: Callable[..., Any], text: str, long: tuple[int, int]) -> str:
 
 
 _APPLY: dict[str, Callable[[Callable[..., Any], str, tuple[int, int]], str]] = {
-    "injection": _injection, "unicode": _unicode, "whitespace": _whitespace, "long": _long, "case": _case,
+    "injection": _injection,
+    "unicode": _unicode,
+    "whitespace": _whitespace,
+    "long": _long,
+    "case": _case,
 }
 
 
@@ -482,7 +555,11 @@ def prompt_settings(**overrides: Any) -> settings:
         "deadline": None,
         "max_examples": 10,
         "phases": [Phase.explicit, Phase.generate, Phase.target, Phase.shrink],
-        "suppress_health_check": [HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.large_base_example],
+        "suppress_health_check": [
+            HealthCheck.function_scoped_fixture,
+            HealthCheck.too_slow,
+            HealthCheck.large_base_example,
+        ],
     }
     values.update(overrides)
     return settings(**values)

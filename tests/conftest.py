@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Generator
 from pathlib import Path
-from typing import Any, Generator
+from typing import Any
 
 import pytest
 
@@ -84,7 +85,9 @@ def run_pytest(pytester: pytest.Pytester) -> Any:
 
 def load_report(path: Path) -> dict[str, Any]:
     data = json.loads(path.read_text())
-    schema = json.loads((Path(__file__).parent.parent / "pytest_promptopt" / "schemas" / "report.schema.json").read_text())
+    schema = json.loads(
+        (Path(__file__).parent.parent / "pytest_promptopt" / "schemas" / "report.schema.json").read_text()
+    )
     import jsonschema
 
     jsonschema.validate(data, schema)
@@ -107,5 +110,6 @@ def comparable(report: dict[str, Any]) -> list[Any]:
             }
         )
     return suites
+
 
 collect_ignore = ["data"]  # fixtures for tests (a promptfooconfig.yaml), not tests themselves

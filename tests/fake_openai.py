@@ -15,8 +15,9 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Union
+from typing import Any, Union
 
 # `answer(body)` returns (status, text) or (status, text, extra response headers).
 Answer = Callable[[dict[str, Any]], Union[tuple[int, str], tuple[int, str, dict[str, str]]]]
@@ -38,7 +39,9 @@ class FakeOpenAI:
     for each input, after `delay_s`; records requests and the largest number of requests it had
     in flight at once (`max_in_flight`)."""
 
-    def __init__(self, answer: Answer, delay_s: float = 0.0, embed: Callable[[str], list[float]] = letter_counts) -> None:
+    def __init__(
+        self, answer: Answer, delay_s: float = 0.0, embed: Callable[[str], list[float]] = letter_counts
+    ) -> None:
         self.answer = answer
         self.embed = embed
         self.delay_s = delay_s
@@ -81,9 +84,18 @@ class FakeOpenAI:
                     payload: dict[str, Any] = {"error": {"message": text, "type": "server_error"}}
                 else:
                     payload = {
-                        "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": body["model"],
-                        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                        "usage": {"prompt_tokens": 7, "completion_tokens": len(text.split()), "total_tokens": 7 + len(text.split())},
+                        "id": "chatcmpl-1",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": body["model"],
+                        "choices": [
+                            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                        ],
+                        "usage": {
+                            "prompt_tokens": 7,
+                            "completion_tokens": len(text.split()),
+                            "total_tokens": 7 + len(text.split()),
+                        },
                     }
                 data = json.dumps(payload).encode()
                 self.send_response(status)
@@ -108,13 +120,18 @@ class FakeOpenAI:
                 encoded = vector
             data.append({"object": "embedding", "index": index, "embedding": encoded})
         tokens = sum(len(t.split()) for t in texts)
-        return {"object": "list", "data": data, "model": body["model"], "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        return {
+            "object": "list",
+            "data": data,
+            "model": body["model"],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
 
-    def __enter__(self) -> "FakeOpenAI":
+    def __enter__(self) -> FakeOpenAI:
         self.thread.start()
         return self
 

@@ -6,13 +6,37 @@ import json
 from pathlib import Path
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pytest_promptopt import (
-    Response, assertion, contains, contains_all, contains_any, contains_json, cost, equals, icontains,
-    icontains_all, icontains_any, is_json, latency, length, levenshtein, not_, python, regex, starts_with, word_count,
+    Response,
+    assertion,
+    contains,
+    contains_all,
+    contains_any,
+    contains_json,
+    cost,
+    equals,
+    icontains,
+    icontains_all,
+    icontains_any,
+    is_json,
+    latency,
+    length,
+    levenshtein,
+    not_,
+    python,
+    regex,
+    starts_with,
+    word_count,
 )
-from pytest_promptopt.assertions.base import AssertionConfigError, AssertionContext, AssertionEvaluationError, assertion_types
+from pytest_promptopt.assertions.base import (
+    AssertionConfigError,
+    AssertionContext,
+    AssertionEvaluationError,
+    assertion_types,
+)
 from pytest_promptopt.assertions.measures import levenshtein_distance
 from pytest_promptopt.assertions.scoring import grade_assertion, grade_case, render_assertion
 from pytest_promptopt.assertions.structured import extract_json_values
@@ -39,12 +63,12 @@ def grade(output, a, **ctx):
         (contains_all(["P", "z"]), "Paris", False),
         (icontains_any(["PARIS"]), "paris", True),
         (icontains_all(["pa", "IS"]), "Paris", True),
-        (assertion("contains-any", "red, \"a, b\", blue"), "a, b", True),  # promptfoo's quoted CSV values
+        (assertion("contains-any", 'red, "a, b", blue'), "a, b", True),  # promptfoo's quoted CSV values
         (starts_with("Pa"), "Paris", True),
         (starts_with("aris"), "Paris", False),
         (regex(r"^\d{3}$"), "123", True),
         (regex(r"^\d{3}$"), "1234", False),
-        (is_json(), '[1, 2]', True),  # any JSON value
+        (is_json(), "[1, 2]", True),  # any JSON value
         (is_json(), '```json\n{"a": 1}\n```', False),  # fences are not stripped, as promptfoo
         (contains_json(), 'Sure! {"a": {"b": [1, "}"]}} done', True),
         (contains_json(), "[1, 2]", False),  # objects only
@@ -166,19 +190,25 @@ def test_case_combines_weights_threshold_and_metrics_like_promptfoo():
     g = grade_case(out, [contains("alpha"), contains("gamma", weight=0)], ctx())
     assert g.passed and g.score == 1.0 and g.outcomes[1].passed  # weight 0 reports, decides nothing
     assert grade_case(out, [contains("gamma", weight=0)], ctx()).score == 0.0  # total weight 0
-    assert grade_case(out, [], ctx()) .reason == "No assertions"
-    g = grade_case(out, [contains("alpha", metric="acc", weight=2), contains("zeta", metric="acc"), regex("a", metric="fmt")], ctx())
+    assert grade_case(out, [], ctx()).reason == "No assertions"
+    g = grade_case(
+        out,
+        [contains("alpha", metric="acc", weight=2), contains("zeta", metric="acc"), regex("a", metric="fmt")],
+        ctx(),
+    )
     assert g.named_scores == {"acc": pytest.approx(2 / 3), "fmt": 1.0}  # weighted mean per metric
     g = grade_case(out, [contains("x"), contains("y")], ctx())
     assert g.reason == 'Expected output to contain "y"'  # the last failure, as promptfoo
 
 
 def test_every_registered_type_is_in_the_suite_schema():
-    schema = json.loads((Path(__file__).parent.parent / "pytest_promptopt" / "schemas" / "suite.schema.json").read_text())
+    schema = json.loads(
+        (Path(__file__).parent.parent / "pytest_promptopt" / "schemas" / "suite.schema.json").read_text()
+    )
     pattern = schema["$defs"]["assertion"]["properties"]["type"]["pattern"]
     assert pattern.startswith("^(not-)?(") and pattern.endswith(")$")
     # the `mlflow:` family is registered under its prefix and written `mlflow:<scorer>`
-    listed = [name.replace("mlflow:.+", "mlflow:") for name in pattern[len("^(not-)?("):-2].split("|")]
+    listed = [name.replace("mlflow:.+", "mlflow:") for name in pattern[len("^(not-)?(") : -2].split("|")]
     assert sorted(listed) == assertion_types()
     import re
 

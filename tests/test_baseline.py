@@ -10,10 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import load_report
-from pytest_promptopt.baseline import BaselineComparison, BaselineRun, BaselineSuite, CaseOutcome, compare_run, compare_suite
 from test_mlflow import git_commit, migrated_store, offline_mlflow, sqlite_uri  # noqa: F401  (fixtures)
+
+from pytest_promptopt.baseline import (
+    BaselineComparison,
+    BaselineRun,
+    BaselineSuite,
+    CaseOutcome,
+    compare_run,
+    compare_suite,
+)
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -26,9 +33,20 @@ def case(case_id: str, status: str, output: str = "", **scores: float) -> CaseOu
 
 
 def test_flips_added_removed_and_deltas_on_constructed_data():
-    before = [case("a", "passed", m=1.0), case("b", "passed", m=1.0), case("c", "failed", m=0.0), case("d", "passed", m=1.0),
-              case("x", "error")]
-    now = [case("c", "passed", m=1.0), case("a", "failed", m=0.0), case("b", "error"), case("e", "passed", m=0.5), case("x", "error")]
+    before = [
+        case("a", "passed", m=1.0),
+        case("b", "passed", m=1.0),
+        case("c", "failed", m=0.0),
+        case("d", "passed", m=1.0),
+        case("x", "error"),
+    ]
+    now = [
+        case("c", "passed", m=1.0),
+        case("a", "failed", m=0.0),
+        case("b", "error"),
+        case("e", "passed", m=0.5),
+        case("x", "error"),
+    ]
     c = compare_suite("s.yaml", "s", before, now, baseline_run_id="child")
     assert c.newly_failing == ["a", "b"] and c.newly_passing == ["c"]  # an error counts as not passing
     assert c.added == ["e"] and c.removed == ["d"] and c.compared == 4
@@ -36,7 +54,12 @@ def test_flips_added_removed_and_deltas_on_constructed_data():
     assert c.delta == pytest.approx(2 / 3 - 3 / 4)
     assert c.metric_deltas["m"].baseline == pytest.approx(0.75) and c.metric_deltas["m"].current == pytest.approx(0.5)
     flips = {f.case_id: f for f in c.flipped}
-    assert (flips["b"].baseline_status, flips["b"].status, flips["b"].baseline_output, flips["b"].output) == ("passed", "error", "out-b-passed", "out-b-error")
+    assert (flips["b"].baseline_status, flips["b"].status, flips["b"].baseline_output, flips["b"].output) == (
+        "passed",
+        "error",
+        "out-b-passed",
+        "out-b-error",
+    )
 
 
 def test_order_does_not_matter_and_nothing_is_guessed():
@@ -49,10 +72,14 @@ def test_order_does_not_matter_and_nothing_is_guessed():
 
 
 def test_new_and_removed_suites_and_a_json_round_trip():
-    baseline = BaselineRun("mlflow:branch=main", "parent", {
-        "kept": BaselineSuite("kept", "kept", [case("a", "passed")], "child-1"),
-        "gone": BaselineSuite("gone", "gone", [case("z", "passed")], "child-2"),
-    })
+    baseline = BaselineRun(
+        "mlflow:branch=main",
+        "parent",
+        {
+            "kept": BaselineSuite("kept", "kept", [case("a", "passed")], "child-1"),
+            "gone": BaselineSuite("gone", "gone", [case("z", "passed")], "child-2"),
+        },
+    )
     comparison = compare_run({"kept": ("kept", [case("a", "failed")]), "new": ("new", [case("n", "passed")])}, baseline)
     assert comparison.removed_suites == ["gone"]
     new = comparison.suites["new"]
@@ -64,12 +91,18 @@ def test_new_and_removed_suites_and_a_json_round_trip():
     assert BaselineComparison.failed("mlflow:abc", "no such run").to_dict()["error"] == "no such run"
 
 
-@pytest.mark.parametrize("value, message", [
-    ("mlflow:", "is neither mlflow:<run_id> nor mlflow:branch=<name>"),
-    ("mlflow:branch=", "the branch name is empty"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("mlflow:", "is neither mlflow:<run_id> nor mlflow:branch=<name>"),
+        ("mlflow:branch=", "the branch name is empty"),
+    ],
+)
 def test_bad_values_are_usage_errors(pytester, value, message):
-    with pytest.raises(pytest.UsageError, match=r"--promptopt-baseline \(ini: promptopt_baseline\): .*" + message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(
+        pytest.UsageError,
+        match=r"--promptopt-baseline \(ini: promptopt_baseline\): .*" + message.replace("(", r"\(").replace(")", r"\)"),
+    ):
         pytester.parseconfigure("--promptopt", "--promptopt-baseline", value)
 
 
@@ -101,7 +134,10 @@ def pytest_promptopt_make_model(spec):
 
 
 def suite(names: list[str]) -> str:
-    tests = "".join(f"  - description: {n}\n    vars: {{q: {n}}}\n    assert: [{{type: contains, value: ok, metric: said_ok}}]\n" for n in names)
+    tests = "".join(
+        f"  - description: {n}\n    vars: {{q: {n}}}\n    assert: [{{type: contains, value: ok, metric: said_ok}}]\n"
+        for n in names
+    )
     return f"description: flips\nproviders: [acme/scripted]\nprompts: ['Q {{{{q}}}}']\ntests:\n{tests}"
 
 
@@ -110,7 +146,9 @@ def answers(pytester: pytest.Pytester, **answer: str) -> None:
 
 
 def git(path: Path, *args: str) -> None:
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args], cwd=path, check=True, capture_output=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args], cwd=path, check=True, capture_output=True
+    )
 
 
 def test_compare_with_an_mlflow_run_by_id_and_by_branch(pytester, run_pytest, migrated_store):  # noqa: F811
@@ -133,43 +171,88 @@ def test_compare_with_an_mlflow_run_by_id_and_by_branch(pytester, run_pytest, mi
     git(pytester.path, "checkout", "-q", "-b", "feature")
     pytester.makefile(".promptopt.yaml", flips=suite(["alpha", "beta", "gamma", "epsilon"]))
     answers(pytester, alpha="bad a", beta="bad b", gamma="ok c", epsilon="ok e")
-    by_branch = run_pytest("--promptopt", "--promptopt-cache", "off", "--promptopt-baseline", "mlflow:branch=main",
-                           "--promptopt-report", "report.json", mlflow=True)
+    by_branch = run_pytest(
+        "--promptopt",
+        "--promptopt-cache",
+        "off",
+        "--promptopt-baseline",
+        "mlflow:branch=main",
+        "--promptopt-report",
+        "report.json",
+        mlflow=True,
+    )
     assert by_branch.ret == 1
-    by_branch.stdout.fnmatch_lines([
-        "*promptopt baseline*",
-        f"baseline mlflow:branch=main: session run {base.info.run_id} (regression gate on)",
-        "flips: pass rate 75.0% -> 50.0% (-25.0 pts); said_ok 0.750 -> 0.500 (-0.250); 2 newly failing, 1 newly passing, 1 added, 1 removed",
-        "  newly failing  flips :: alpha?t0? (*): passed -> failed",
-        "      baseline: 'ok a'",
-        "      now:      'bad a'",
-        "  newly failing  flips :: beta?t1? (*): passed -> failed",
-        "*",
-        "*",
-        "  newly passing  flips :: gamma?t2? (*): failed -> passed",
-    ])
+    by_branch.stdout.fnmatch_lines(
+        [
+            "*promptopt baseline*",
+            f"baseline mlflow:branch=main: session run {base.info.run_id} (regression gate on)",
+            "flips: pass rate 75.0% -> 50.0% (-25.0 pts); said_ok 0.750 -> 0.500 (-0.250); 2 newly failing, 1 newly passing, 1 added, 1 removed",
+            "  newly failing  flips :: alpha?t0? (*): passed -> failed",
+            "      baseline: 'ok a'",
+            "      now:      'bad a'",
+            "  newly failing  flips :: beta?t1? (*): passed -> failed",
+            "*",
+            "*",
+            "  newly passing  flips :: gamma?t2? (*): failed -> passed",
+        ]
+    )
     report = load_report(pytester.path / "report.json")  # validates against the schema
-    assert report["baseline"] == {"ref": "mlflow:branch=main", "run_id": base.info.run_id, "error": None, "removed_suites": [], "gating": True}
+    assert report["baseline"] == {
+        "ref": "mlflow:branch=main",
+        "run_id": base.info.run_id,
+        "error": None,
+        "removed_suites": [],
+        "gating": True,
+    }
     [flips] = report["suites"]
     ids = {r["name"].split("[")[0]: r["case_id"] for r in flips["results"]}
     b = flips["baseline"]
     assert b["newly_failing"] == [ids["alpha"], ids["beta"]] and b["newly_passing"] == [ids["gamma"]]
     assert b["added"] == [ids["epsilon"]] and len(b["removed"]) == 1 and b["removed"][0] not in ids.values()
     assert (b["baseline_pass_rate"], b["pass_rate"], b["delta"]) == (0.75, 0.5, -0.25)
-    assert [(f["baseline_output"], f["output"]) for f in b["flipped"]] == [("ok a", "bad a"), ("ok b", "bad b"), ("bad c", "ok c")]
+    assert [(f["baseline_output"], f["output"]) for f in b["flipped"]] == [
+        ("ok a", "bad a"),
+        ("ok b", "bad b"),
+        ("bad c", "ok c"),
+    ]
 
     # The comparison is logged to the new session run.
-    [second] = [r for r in client.search_runs([experiment], filter_string="tags.`promptopt.session` = 'true'") if r.info.run_id != base.info.run_id]
-    assert second.data.tags["promptopt.baseline_run_id"] == base.info.run_id and second.data.tags["mlflow.source.git.branch"] == "feature"
+    [second] = [
+        r
+        for r in client.search_runs([experiment], filter_string="tags.`promptopt.session` = 'true'")
+        if r.info.run_id != base.info.run_id
+    ]
+    assert (
+        second.data.tags["promptopt.baseline_run_id"] == base.info.run_id
+        and second.data.tags["mlflow.source.git.branch"] == "feature"
+    )
     [child] = client.search_runs([experiment], filter_string=f"tags.`mlflow.parentRunId` = '{second.info.run_id}'")
     assert child.data.metrics["baseline_pass_rate"] == 0.75 and child.data.metrics["pass_rate_delta"] == -0.25
-    logged = json.loads(Path(client.download_artifacts(second.info.run_id, "baseline_comparison.json", str(pytester.path))).read_text())
-    assert logged["run_id"] == base.info.run_id and logged["suites"]["flips.promptopt.yaml"]["newly_failing"] == b["newly_failing"]
+    logged = json.loads(
+        Path(client.download_artifacts(second.info.run_id, "baseline_comparison.json", str(pytester.path))).read_text()
+    )
+    assert (
+        logged["run_id"] == base.info.run_id
+        and logged["suites"]["flips.promptopt.yaml"]["newly_failing"] == b["newly_failing"]
+    )
 
     # By run id: the same comparison (the feature run is not on main, so the branch still finds the first run).
-    by_id = run_pytest("--promptopt", "--promptopt-cache", "off", "--promptopt-baseline", f"mlflow:{base.info.run_id}", "-n", "2", mlflow=True)
-    by_id.stdout.fnmatch_lines([f"baseline mlflow:{base.info.run_id}: session run {base.info.run_id} (regression gate on)",
-                                "flips: pass rate 75.0% -> 50.0% (-25.0 pts)*2 newly failing, 1 newly passing, 1 added, 1 removed"])
+    by_id = run_pytest(
+        "--promptopt",
+        "--promptopt-cache",
+        "off",
+        "--promptopt-baseline",
+        f"mlflow:{base.info.run_id}",
+        "-n",
+        "2",
+        mlflow=True,
+    )
+    by_id.stdout.fnmatch_lines(
+        [
+            f"baseline mlflow:{base.info.run_id}: session run {base.info.run_id} (regression gate on)",
+            "flips: pass rate 75.0% -> 50.0% (-25.0 pts)*2 newly failing, 1 newly passing, 1 added, 1 removed",
+        ]
+    )
 
 
 def test_an_unknown_baseline_is_a_warning_and_a_null_baseline(pytester, run_pytest, migrated_store):  # noqa: F811
@@ -178,9 +261,13 @@ def test_an_unknown_baseline_is_a_warning_and_a_null_baseline(pytester, run_pyte
     pytester.makefile(".promptopt.yaml", flips=suite(["alpha"]))
     answers(pytester, alpha="ok")
     result = run_pytest("--promptopt", "--promptopt-baseline", "mlflow:0123456789abcdef", mlflow=True)
-    result.stdout.fnmatch_lines(["baseline not loaded: baseline mlflow:0123456789abcdef: no such run in sqlite:///*"])  # this run creates the experiment
+    result.stdout.fnmatch_lines(
+        ["baseline not loaded: baseline mlflow:0123456789abcdef: no such run in sqlite:///*"]
+    )  # this run creates the experiment
 
-    result = run_pytest("--promptopt", "--promptopt-baseline", "mlflow:branch=nowhere", "--promptopt-report", "report.json", mlflow=True)
+    result = run_pytest(
+        "--promptopt", "--promptopt-baseline", "mlflow:branch=nowhere", "--promptopt-report", "report.json", mlflow=True
+    )
     assert result.ret == 0  # the comparison never gates
     message = f"baseline mlflow:branch=nowhere: no finished session run on branch 'nowhere' in experiment '{pytester.path.name}'"
     result.stdout.fnmatch_lines([f"*PytestWarning: {message}*", f"baseline not loaded: {message}*"])
@@ -196,8 +283,17 @@ def test_the_report_html_plot_and_a_pending_round_trip_carry_the_comparison():
     from pytest_promptopt.suite.model import SuiteInfo
 
     info = SuiteInfo(id="s.yaml", name="s", file="s.yaml")
-    run = summarize([(info, CaseResult("a", "a[t0]", output="bad", passed=False)), (info, CaseResult("b", "b[t1]", output="ok", passed=True))])
-    baseline = BaselineRun("mlflow:abc", "abc", {"s.yaml": BaselineSuite("s.yaml", "s", [case("a", "passed", "ok"), case("b", "passed", "ok")], "child")})
+    run = summarize(
+        [
+            (info, CaseResult("a", "a[t0]", output="bad", passed=False)),
+            (info, CaseResult("b", "b[t1]", output="ok", passed=True)),
+        ]
+    )
+    baseline = BaselineRun(
+        "mlflow:abc",
+        "abc",
+        {"s.yaml": BaselineSuite("s.yaml", "s", [case("a", "passed", "ok"), case("b", "passed", "ok")], "child")},
+    )
     run.baseline = compare_run(run.suite_outcomes(), baseline)
     data = json.loads(json.dumps(report_dict(run)))
     assert data["suites"][0]["baseline"]["newly_failing"] == ["a"] and data["suites"][0]["baseline"]["delta"] == -0.5

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import comparable, load_report
+
 from pytest_promptopt import LocalModel, Request
 
 pytestmark = pytest.mark.slow_model
@@ -48,7 +48,15 @@ def test_the_plugin_batches_the_bundled_model_with_the_same_results(pytester, ru
     pytester.makefile(".promptopt.yaml", qa=SUITE)
     reports = []
     for batch in ("1", "8"):
-        run_pytest("--promptopt", "--promptopt-cache", "off", "--promptopt-batch-size", batch, "--promptopt-report", f"b{batch}.json")
+        run_pytest(
+            "--promptopt",
+            "--promptopt-cache",
+            "off",
+            "--promptopt-batch-size",
+            batch,
+            "--promptopt-report",
+            f"b{batch}.json",
+        )
         reports.append(load_report(pytester.path / f"b{batch}.json"))
     assert comparable(reports[0]) == comparable(reports[1])
     assert sum(r["calls"] for r in reports[1]["suites"][0]["results"]) == 3
@@ -56,7 +64,10 @@ def test_the_plugin_batches_the_bundled_model_with_the_same_results(pytester, ru
 
 def test_batched_greedy_generation_equals_unbatched():
     model = LocalModel({"max_tokens": 16})
-    requests = [Request.from_prompt(f"Name one fact about {topic}.") for topic in ("the sun", "Paris", "water", "cats", "the number seven")]
+    requests = [
+        Request.from_prompt(f"Name one fact about {topic}.")
+        for topic in ("the sun", "Paris", "water", "cats", "the number seven")
+    ]
     single = [model.generate(r).text for r in requests]
     batched = model.generate_batch(requests)
     assert [r.text for r in batched] == single

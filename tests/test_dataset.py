@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import load_report
 from test_mlflow import migrated_store  # noqa: F401  (a fixture: the migrated MLflow store template)
-from pytest_promptopt.dataset import CASE_COLUMNS, CasesWriter, evaluate, iter_results, stats_from_cases
+
+from pytest_promptopt.dataset import CASE_COLUMNS, CasesWriter, evaluate, stats_from_cases
 from pytest_promptopt.execute import execute_case
 from pytest_promptopt.models.fakes import EchoModel
 from pytest_promptopt.models.registry import ModelSpec
@@ -69,17 +69,24 @@ def table(path: str | Path) -> list[dict[str, Any]]:
 
 def test_one_item_per_dataset_suite_prompt_and_provider(pytester, run_pytest):
     project(pytester)
-    project(pytester, SUITE.replace('prompts: ["Classify: {{text}}"]', 'prompts: ["Classify: {{text}}", "Label: {{text}}"]')
-            .replace("providers: [echo]", "providers: [echo, {id: echo, label: again}]"), name="wide")
+    project(
+        pytester,
+        SUITE.replace('prompts: ["Classify: {{text}}"]', 'prompts: ["Classify: {{text}}", "Label: {{text}}"]').replace(
+            "providers: [echo]", "providers: [echo, {id: echo, label: again}]"
+        ),
+        name="wide",
+    )
     result = run_pytest("--promptopt", "--collect-only", "-q")
-    result.stdout.fnmatch_lines([
-        "reviews.promptopt.yaml::dataset",
-        "wide.promptopt.yaml::dataset[[]p0-echo[]]",
-        "wide.promptopt.yaml::dataset[[]p0-again[]]",
-        "wide.promptopt.yaml::dataset[[]p1-echo[]]",
-        "wide.promptopt.yaml::dataset[[]p1-again[]]",
-        "5 tests collected*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "reviews.promptopt.yaml::dataset",
+            "wide.promptopt.yaml::dataset[[]p0-echo[]]",
+            "wide.promptopt.yaml::dataset[[]p0-again[]]",
+            "wide.promptopt.yaml::dataset[[]p1-echo[]]",
+            "wide.promptopt.yaml::dataset[[]p1-again[]]",
+            "5 tests collected*",
+        ]
+    )
     # -k selects a dataset item like any other.
     selected = run_pytest("--promptopt", "-k", "wide and p1", "--promptopt-report", "r.json")
     selected.assert_outcomes(failed=2)  # no gates: the 6 rows that miss their label fail each item
@@ -92,10 +99,20 @@ def test_gates_decide_and_only_stats_reach_the_report(pytester, run_pytest, mode
     result = run_pytest("--promptopt", "-rA", "--promptopt-report", "r.json", *mode)
     result.assert_outcomes(passed=1)
     assert result.ret == 0
-    result.stdout.fnmatch_lines(["*reviews*echo*30*24*6*0*80.0%*pass_rate>=0.75:ok right>=0.7:ok*",
-                                 "reviews: per-case results in */.promptopt/datasets/reviews.promptopt.yaml-*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*reviews*echo*30*24*6*0*80.0%*pass_rate>=0.75:ok right>=0.7:ok*",
+            "reviews: per-case results in */.promptopt/datasets/reviews.promptopt.yaml-*",
+        ]
+    )
     [suite] = load_report(pytester.path / "r.json")["suites"]  # validates against the schema
-    assert (suite["cases"], suite["passed"], suite["failed"], suite["errors"], suite["pass_rate"]) == (30, 24, 6, 0, 0.8)
+    assert (suite["cases"], suite["passed"], suite["failed"], suite["errors"], suite["pass_rate"]) == (
+        30,
+        24,
+        6,
+        0,
+        0.8,
+    )
     assert suite["metrics"] == {"right": pytest.approx(0.8)} and suite["gates_passed"] is True
     assert suite["results"] == [] and suite["source"] == "data/reviews.parquet"
     assert suite["calls"] == 30 and suite["latency_ms"] == {"p50": 0.0, "p95": 0.0}
@@ -105,23 +122,27 @@ def test_gates_decide_and_only_stats_reach_the_report(pytester, run_pytest, mode
     failing = run_pytest("--promptopt", "--promptopt-report", "r.json", *mode)
     failing.assert_outcomes(failed=1)
     assert failing.ret == 1
-    failing.stdout.fnmatch_lines([
-        "*data/reviews.parquet: gate failed: pass_rate = 0.800 < 0.9",
-        "30 rows: 24 passed, 6 failed, 0 errors (pass rate 80.0%)",
-        "metrics: right=0.800",
-        "first 5 failed or errored rows:",
-        "  row 4: Expected output to contain \"awful\"*",
-        "    output: Classify: review 4: great stuff",
-        "*per-case results: */.promptopt/datasets/reviews.promptopt.yaml-*/all.parquet",
-        "*GATE FAILED  reviews (reviews.promptopt.yaml): pass_rate = 0.800, threshold 0.9",
-    ])
+    failing.stdout.fnmatch_lines(
+        [
+            "*data/reviews.parquet: gate failed: pass_rate = 0.800 < 0.9",
+            "30 rows: 24 passed, 6 failed, 0 errors (pass rate 80.0%)",
+            "metrics: right=0.800",
+            "first 5 failed or errored rows:",
+            '  row 4: Expected output to contain "awful"*',
+            "    output: Classify: review 4: great stuff",
+            "*per-case results: */.promptopt/datasets/reviews.promptopt.yaml-*/all.parquet",
+            "*GATE FAILED  reviews (reviews.promptopt.yaml): pass_rate = 0.800, threshold 0.9",
+        ]
+    )
 
 
 def test_without_gates_every_row_must_pass(pytester, run_pytest):
     project(pytester)
     result = run_pytest("--promptopt")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*data/reviews.parquet: no gates, so every row must pass", "30 rows: 24 passed, 6 failed*"])
+    result.stdout.fnmatch_lines(
+        ["*data/reviews.parquet: no gates, so every row must pass", "30 rows: 24 passed, 6 failed*"]
+    )
     # Every row passes: the item passes.
     pytester.makefile(".promptopt.yaml", reviews=textwrap.dedent(SUITE).replace('value: "{{label}}"', "value: review"))
     run_pytest("--promptopt").assert_outcomes(passed=1)
@@ -129,15 +150,23 @@ def test_without_gates_every_row_must_pass(pytester, run_pytest):
 
 def test_identical_results_in_every_mode(pytester, run_pytest):
     # Two prompts: two items, which -n 2 runs on two workers; the controller merges their parts.
-    project(pytester, SUITE.replace('prompts: ["Classify: {{text}}"]', 'prompts: ["Classify: {{text}}", "Say {{text}}"]')
-            + "gates: {pass_rate: 0.5}\n")
+    project(
+        pytester,
+        SUITE.replace('prompts: ["Classify: {{text}}"]', 'prompts: ["Classify: {{text}}", "Say {{text}}"]')
+        + "gates: {pass_rate: 0.5}\n",
+    )
     seen = {}
     for name, args in {"plain": [], "xdist": ["-n", "2"], "no-xdist": ["-p", "no:xdist"]}.items():
         result = run_pytest("--promptopt", "--promptopt-report", f"{name}.json", *args)
         result.assert_outcomes(passed=2)
         [suite] = load_report(pytester.path / f"{name}.json")["suites"]
-        rows = [{k: v for k, v in row.items() if k not in ("duration_s", "record")} for row in table(suite["cases_file"])]
-        counts = {k: suite[k] for k in ("cases", "passed", "failed", "errors", "pass_rate", "metrics", "gates", "calls", "cache_hits")}
+        rows = [
+            {k: v for k, v in row.items() if k not in ("duration_s", "record")} for row in table(suite["cases_file"])
+        ]
+        counts = {
+            k: suite[k]
+            for k in ("cases", "passed", "failed", "errors", "pass_rate", "metrics", "gates", "calls", "cache_hits")
+        }
         seen[name] = (counts, rows)
     assert seen["plain"] == seen["xdist"] == seen["no-xdist"]
     counts, rows = seen["plain"]
@@ -160,7 +189,9 @@ dataset:
 def questions(pytester: pytest.Pytester) -> None:
     # "four" has no scripted answer in FAKE_SUITE: a model error, so that row is an error, not a failure.
     (pytester.path / "data").mkdir()
-    (pytester.path / "data" / "q.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in ["one", "two", "three", "four"]))
+    (pytester.path / "data" / "q.jsonl").write_text(
+        "".join(json.dumps({"text": t}) + "\n" for t in ["one", "two", "three", "four"])
+    )
 
 
 def test_errored_rows_are_left_out_of_gates_with_a_warning(pytester, run_pytest, mode):
@@ -168,12 +199,19 @@ def test_errored_rows_are_left_out_of_gates_with_a_warning(pytester, run_pytest,
     pytester.makefile(".promptopt.yaml", partly=FAKE_SUITE + "gates: {pass_rate: 0.6}\n")
     result = run_pytest("--promptopt", "--promptopt-report", "r.json", *mode)
     result.assert_outcomes(passed=1, warnings=1)
-    result.stdout.fnmatch_lines(["*partly.promptopt.yaml::dataset: 1 of 4 rows errored (left out of the gates); see *all.parquet*"])
+    result.stdout.fnmatch_lines(
+        ["*partly.promptopt.yaml::dataset: 1 of 4 rows errored (left out of the gates); see *all.parquet*"]
+    )
     [suite] = load_report(pytester.path / "r.json")["suites"]
-    assert (suite["cases"], suite["passed"], suite["failed"], suite["errors"], suite["pass_rate"]) == (4, 2, 1, 1, pytest.approx(2 / 3))
+    assert (suite["cases"], suite["passed"], suite["failed"], suite["errors"], suite["pass_rate"]) == (
+        4,
+        2,
+        1,
+        1,
+        pytest.approx(2 / 3),
+    )
     [errored] = [r for r in table(suite["cases_file"]) if r["status"] == "error"]
     assert errored["name"] == "row 3" and "model error" in errored["error"]
-
 
 
 def test_an_errored_row_fails_an_ungated_item_and_all_errored_is_an_error(pytester, run_pytest):
@@ -184,7 +222,9 @@ def test_an_errored_row_fails_an_ungated_item_and_all_errored_is_an_error(pytest
     failing.stdout.fnmatch_lines(["*4 rows: 3 passed, 0 failed, 1 errors*", "  row 3: ERROR model error (fake)*"])
 
     # No row could be scored: the dataset did not run, which is an error, not a failure.
-    pytester.makefile(".promptopt.yaml", partly=FAKE_SUITE.replace("Q: {{text}}", "Unknown: {{text}}") + "gates: {pass_rate: 0.6}\n")
+    pytester.makefile(
+        ".promptopt.yaml", partly=FAKE_SUITE.replace("Q: {{text}}", "Unknown: {{text}}") + "gates: {pass_rate: 0.6}\n"
+    )
     broken = run_pytest("--promptopt", "-n", "2")
     broken.assert_outcomes(errors=1)
     broken.stdout.fnmatch_lines(["*all 4 rows errored", "4 rows: 0 passed, 0 failed, 4 errors*"])
@@ -212,9 +252,11 @@ def pytest_sessionfinish(session):
 
 def test_twenty_thousand_rows_run_as_one_item_and_only_stats_reach_the_controller(pytester, run_pytest):
     n = 20_000
-    write_parquet(pytester.path / "data" / "reviews.parquet",
-                  {"review": [f"review {i} is " + ("great" if i % 10 else "awful") for i in range(n)], "label": ["great"] * n},
-                  row_group_size=4096)
+    write_parquet(
+        pytester.path / "data" / "reviews.parquet",
+        {"review": [f"review {i} is " + ("great" if i % 10 else "awful") for i in range(n)], "label": ["great"] * n},
+        row_group_size=4096,
+    )
     pytester.makefile(".promptopt.yaml", reviews=textwrap.dedent(SUITE) + "gates: {pass_rate: 0.85}\n")
     pytester.makeconftest(STATS_PROBE)
     result = run_pytest("--promptopt", "-n", "2", "--promptopt-report", "r.json")
@@ -255,11 +297,18 @@ def test_per_case_table_html_and_json_report(pytester, run_pytest):
     assert folder.parent == pytester.path / ".promptopt" / "datasets"
     assert pq.read_schema(folder / "all.parquet").names == [name for name, _ in CASE_COLUMNS]
     rows = table(folder)
-    assert [r["nodeid"] for r in rows[:2]] == ["reviews.promptopt.yaml::dataset::row 0", "reviews.promptopt.yaml::dataset::row 1"]
+    assert [r["nodeid"] for r in rows[:2]] == [
+        "reviews.promptopt.yaml::dataset::row 0",
+        "reviews.promptopt.yaml::dataset::row 1",
+    ]
     by_name = {r["name"]: r for r in rows}
     assert by_name["row 4"]["status"] == "failed" and by_name["row 4"]["output"] == "Classify: review 4: great stuff"
     record = CaseResult.from_dict(json.loads(by_name["row 3"]["record"]))
-    assert record.vars == {"text": REVIEWS["review"][3], "label": "great"} and record.passed and record.scores == {"right": 1.0}
+    assert (
+        record.vars == {"text": REVIEWS["review"][3], "label": "great"}
+        and record.passed
+        and record.scores == {"right": 1.0}
+    )
     assert record.test_index == 3 and record.model == "echo"
     page = (pytester.path / "r.html").read_text()
     assert f"href='{folder.as_uri()}'" in page and "30 cases, not listed here" in page
@@ -296,7 +345,6 @@ def mlflow_ready(migrated_store: Path) -> Any:
     import mlflow.store.artifact.mlflow_artifacts_repo  # noqa: F401
     import mlflow.store.tracking.rest_store  # noqa: F401
     from mlflow import MlflowClient
-
     from test_mlflow import sqlite_uri
 
     with warnings.catch_warnings():
@@ -334,27 +382,35 @@ def reviews(tmp_path: Path) -> Path:
 
 def test_loader_errors_name_the_line_and_the_fix(tmp_path, reviews):
     assert error(tmp_path, SUITE.replace("data/reviews.parquet", "data/missing.parquet")) == (
-        f"s.promptopt.yaml:5: dataset.path: data file not found: {tmp_path / 'data' / 'missing.parquet'}")
+        f"s.promptopt.yaml:5: dataset.path: data file not found: {tmp_path / 'data' / 'missing.parquet'}"
+    )
     assert error(tmp_path, SUITE.replace("{text: review}", "{text: reviw}")) == (
         "s.promptopt.yaml:6: dataset.vars.text: column 'reviw' is not in data/reviews.parquet; did you mean 'review'? "
-        "its columns: review, label")
+        "its columns: review, label"
+    )
     assert error(tmp_path, SUITE + "tests: [{vars: {text: x}}]\n") == (
         "s.promptopt.yaml:4: dataset: a suite takes its cases from 'tests' or from 'dataset', not both; "
-        "put the tests in a suite file of their own")
+        "put the tests in a suite file of their own"
+    )
     table_suite = SUITE.replace("path: data/reviews.parquet", "table: main.default.reviews")
     assert error(tmp_path, table_suite, backend="local") == (
         "s.promptopt.yaml:5: dataset.table: a Spark table is read by the Spark backend: run with --promptopt-backend spark "
-        "(this run's backend is 'local'), or export the table to Parquet and give dataset.path")
+        "(this run's backend is 'local'), or export the table to Parquet and give dataset.path"
+    )
     assert load(tmp_path, table_suite, backend="spark").dataset.source.table == "main.default.reviews"
     assert "give 'path' or 'table', not both" in error(tmp_path, SUITE.replace("  vars:", "  table: t\n  vars:"))
     assert "dataset: needs 'path' or 'table'" in error(tmp_path, SUITE.replace("  path: data/reviews.parquet\n", ""))
     assert error(tmp_path, SUITE.replace("{text: review}", "{body: review}")) == (
         "s.promptopt.yaml:6: dataset.vars: missing variable 'text' (the template uses {{ text }}) in prompts[0] "
         "(Classify: {{text}}); data/reviews.parquet has columns review, label: map one with dataset.vars (text: <column>) "
-        "or set it in defaultTest.vars")
-    assert "dataset.path: data/x.xlsx: unsupported file type '.xlsx'" in error(tmp_path, SUITE.replace("reviews.parquet", "x.xlsx"))
-    assert error(tmp_path, SUITE.replace("{type: icontains", "{type: regex, value: '([a-z'}, {type: icontains")).startswith(
-        "s.promptopt.yaml:7: dataset.assert[0]: invalid regular expression '([a-z'")
+        "or set it in defaultTest.vars"
+    )
+    assert "dataset.path: data/x.xlsx: unsupported file type '.xlsx'" in error(
+        tmp_path, SUITE.replace("reviews.parquet", "x.xlsx")
+    )
+    assert error(
+        tmp_path, SUITE.replace("{type: icontains", "{type: regex, value: '([a-z'}, {type: icontains")
+    ).startswith("s.promptopt.yaml:7: dataset.assert[0]: invalid regular expression '([a-z'")
     assert "dataset.limit: 0 is less than the minimum of 1" in error(tmp_path, SUITE + "  limit: 0\n")
     assert "dataset.rows: unknown key 'rows'" in error(tmp_path, SUITE + "  rows: 3\n")
 
@@ -363,7 +419,9 @@ def test_table_without_spark_is_a_collection_error(pytester, run_pytest):
     pytester.makefile(".promptopt.yaml", t=SUITE.replace("path: data/reviews.parquet", "table: main.default.reviews"))
     result = run_pytest("--promptopt")
     assert result.ret == 2
-    result.stdout.fnmatch_lines(["*invalid prompt suite: t.promptopt.yaml:5: dataset.table: a Spark table is read by the Spark backend*"])
+    result.stdout.fnmatch_lines(
+        ["*invalid prompt suite: t.promptopt.yaml:5: dataset.table: a Spark table is read by the Spark backend*"]
+    )
 
 
 def evaluate_all(loaded: Any, tmp_path: Path) -> tuple[Any, list[dict[str, Any]]]:
@@ -373,15 +431,22 @@ def evaluate_all(loaded: Any, tmp_path: Path) -> tuple[Any, list[dict[str, Any]]
     cache = ResponseCache(tmp_path / "cache.sqlite", CacheMode.OFF)
     part = loaded.dataset.slices[0]
     with CasesWriter(tmp_path / "out" / "all.parquet", row_group=2) as writer:
-        evaluation = evaluate(read_rows(loaded.dataset.source), part.make_case,
-                              lambda pairs: (execute_case(c, model, cache, n) for c, n in pairs), writer, "s::")
+        evaluation = evaluate(
+            read_rows(loaded.dataset.source),
+            part.make_case,
+            lambda pairs: (execute_case(c, model, cache, n) for c, n in pairs),
+            writer,
+            "s::",
+        )
     return evaluation, table(tmp_path / "out")
 
 
 def test_csv_and_jsonl_with_default_test_limit_and_bad_rows(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "r.csv").write_text("review,label\nnice one,nice\nmeh,good\nso good,good\nextra,x\n")
-    loaded = load(tmp_path, """
+    loaded = load(
+        tmp_path,
+        """
         prompts: ["{{greeting}}: {{text}}"]
         providers: [echo]
         defaultTest:
@@ -392,26 +457,42 @@ def test_csv_and_jsonl_with_default_test_limit_and_bad_rows(tmp_path):
           vars: {text: review}
           assert: [{type: icontains, value: "{{label}}"}]
           limit: 3
-        """)
+        """,
+    )
     evaluation, rows = evaluate_all(loaded, tmp_path)
-    assert [r["output"] for r in rows] == ["Hello: nice one", "Hello: meh", "Hello: so good"]  # limit 3; row vars beat defaults
+    assert [r["output"] for r in rows] == [
+        "Hello: nice one",
+        "Hello: meh",
+        "Hello: so good",
+    ]  # limit 3; row vars beat defaults
     assert [r["status"] for r in rows] == ["passed", "failed", "passed"]
     assert evaluation.stats.metric_means() == {"polite": 1.0} and evaluation.stats.cases == 3
     assert stats_from_cases(tmp_path / "out") == evaluation.stats
 
     # A JSONL line that is not an object, or lacks a mapped column, is that row's error.
-    (tmp_path / "data" / "r.jsonl").write_text('{"review": "a", "label": "a"}\n[1, 2]\n\n{"label": "b"}\n{"review": "c", "label": "c"}\n')
-    loaded = load(tmp_path, """
+    (tmp_path / "data" / "r.jsonl").write_text(
+        '{"review": "a", "label": "a"}\n[1, 2]\n\n{"label": "b"}\n{"review": "c", "label": "c"}\n'
+    )
+    loaded = load(
+        tmp_path,
+        """
         prompts: ["{{text}}"]
         providers: [echo]
         dataset: {path: data/r.jsonl, vars: {text: review}, assert: [{type: contains, value: "{{label}}"}]}
-        """)
+        """,
+    )
     evaluation, rows = evaluate_all(loaded, tmp_path)
     assert [(r["name"], r["status"]) for r in sorted(rows, key=lambda r: r["name"])] == [
-        ("row 0", "passed"), ("row 1", "error"), ("row 2", "error"), ("row 3", "passed")]
+        ("row 0", "passed"),
+        ("row 1", "error"),
+        ("row 2", "error"),
+        ("row 3", "passed"),
+    ]
     errors = {r["name"]: r["error"] for r in rows if r["error"]}
-    assert errors == {"row 1": "row 1: line 2: each line must be a JSON object",
-                      "row 2": "row 2: the row has no column 'review' (dataset.vars.text)"}
+    assert errors == {
+        "row 1": "row 1: line 2: each line must be a JSON object",
+        "row 2": "row 2: the row has no column 'review' (dataset.vars.text)",
+    }
     assert (evaluation.stats.passed, evaluation.stats.errors) == (2, 2) and evaluation.read_error is None
 
 
@@ -420,10 +501,16 @@ def test_parquet_folder_source_and_cases_are_picklable(tmp_path):
 
     write_parquet(tmp_path / "data" / "parts" / "part-0.parquet", {"text": ["a", "b"]})
     write_parquet(tmp_path / "data" / "parts" / "part-1.parquet", {"text": ["c"]})
-    loaded = load(tmp_path, 'prompts: ["{{text}}"]\nproviders: [echo]\ndataset: {path: data/parts, assert: [{type: is-json}]}\n')
+    loaded = load(
+        tmp_path, 'prompts: ["{{text}}"]\nproviders: [echo]\ndataset: {path: data/parts, assert: [{type: is-json}]}\n'
+    )
     make_case = pickle.loads(pickle.dumps(loaded.dataset.slices[0].make_case))
     cases = [make_case(row, i) for i, row in read_rows(loaded.dataset.source)]
-    assert [c.rendered_prompt for c in cases] == ["a", "b", "c"] and [c.name for c in cases] == ["row 0", "row 1", "row 2"]
+    assert [c.rendered_prompt for c in cases] == ["a", "b", "c"] and [c.name for c in cases] == [
+        "row 0",
+        "row 1",
+        "row 2",
+    ]
     assert len({c.case_id for c in cases}) == 3 and cases[0].suite.id == "s.promptopt.yaml"
 
 
@@ -432,9 +519,22 @@ def test_parquet_folder_source_and_cases_are_picklable(tmp_path):
 
 def results(n: int, offset: int = 0) -> list[CaseResult]:
     return [
-        CaseResult(f"c{i}", f"c{i}", passed=i % 3 != 0, error="boom" if i % 7 == 0 else None, score=(i % 10) / 10,
-                   named_scores={"m": (i % 4) / 4}, latency_ms=float(i % 997), calls=1, cache_hits=i % 2, prompt_tokens=2,
-                   completion_tokens=3, cost=0.001, duration_s=0.5, model=f"model-{i % 2}")
+        CaseResult(
+            f"c{i}",
+            f"c{i}",
+            passed=i % 3 != 0,
+            error="boom" if i % 7 == 0 else None,
+            score=(i % 10) / 10,
+            named_scores={"m": (i % 4) / 4},
+            latency_ms=float(i % 997),
+            calls=1,
+            cache_hits=i % 2,
+            prompt_tokens=2,
+            completion_tokens=3,
+            cost=0.001,
+            duration_s=0.5,
+            model=f"model-{i % 2}",
+        )
         for i in range(offset, offset + n)
     ]
 
@@ -444,7 +544,13 @@ def test_case_stats_merge_like_one_pass_and_cross_json():
     parts = [CaseStats.of(whole[:1000]), CaseStats.of(whole[1000:5000]), CaseStats.of(whole[5000:])]
     merged = CaseStats.from_dict(json.loads(json.dumps(parts[0].to_dict()))).merge(parts[1]).merge(parts[2])
     one = CaseStats.of(whole)
-    assert (merged.passed, merged.failed, merged.errors, merged.calls, merged.cache_hits) == (one.passed, one.failed, one.errors, 6000, 3000)
+    assert (merged.passed, merged.failed, merged.errors, merged.calls, merged.cache_hits) == (
+        one.passed,
+        one.failed,
+        one.errors,
+        6000,
+        3000,
+    )
     assert merged.mean_score() == one.mean_score() and merged.metric_means() == one.metric_means()
     assert merged.models == ["model-0", "model-1"] and merged.prompt_tokens == 12000
     assert merged.cost == pytest.approx(6.0) and merged.duration_s == pytest.approx(3000.0)
@@ -465,20 +571,31 @@ def test_suite_summary_aggregates_are_unchanged_for_ordinary_suites():
     assert suite.cases == 50 and suite.passed == sum(r.passed for r in scored) and suite.errors == 8
     assert suite.mean_score() == statistics.fmean(r.score for r in scored)
     assert suite.metric_means() == {"m": statistics.fmean(r.named_scores["m"] for r in scored)}
-    assert suite.latency_percentile(0.5) == sorted(r.latency_ms for r in rows)[round(0.5 * 49)] and len(rows) < LATENCY_EXACT
+    assert (
+        suite.latency_percentile(0.5) == sorted(r.latency_ms for r in rows)[round(0.5 * 49)]
+        and len(rows) < LATENCY_EXACT
+    )
     assert suite.totals()["cost"] == sum(r.cost for r in rows) and suite.models == ["model-0", "model-1"]
     assert suite.cases_file is None and suite.dataset is None
 
 
 def test_dataset_parts_of_a_suite_merge_into_one_summary():
     info = SuiteInfo("d", "d", "d.yaml")
-    a, b = DatasetPart(CaseStats.of(results(10)), "/x/d", "data.parquet", {0: "A"}), DatasetPart(CaseStats.of(results(5, 10)), "/x/d", "data.parquet", {1: "B"})
+    a, b = (
+        DatasetPart(CaseStats.of(results(10)), "/x/d", "data.parquet", {0: "A"}),
+        DatasetPart(CaseStats.of(results(5, 10)), "/x/d", "data.parquet", {1: "B"}),
+    )
     [suite] = summarize([(info, a), (info, DatasetPart.from_dict(json.loads(json.dumps(b.to_dict()))))]).suites
     assert isinstance(suite, SuiteSummary) and suite.results == [] and suite.cases == 15 and suite.cases_file == "/x/d"
     one = CaseStats.of(results(15))
     assert suite.dataset.templates == {0: "A", 1: "B"} and suite.stats.latencies == one.latencies
     assert (suite.passed, suite.failed, suite.errors, suite.mean_score(), suite.metric_means()) == (
-        one.passed, one.failed, one.errors, one.mean_score(), one.metric_means())
+        one.passed,
+        one.failed,
+        one.errors,
+        one.mean_score(),
+        one.metric_means(),
+    )
 
 
 # --------------------------------------------------------------------------- the Spark backend
@@ -528,8 +645,14 @@ def pytest_promptopt_make_model(spec):
 def test_a_dataset_suite_on_spark_takes_a_hook_made_judge_along(pytester, run_pytest):
     pytest.importorskip("pyspark")
     pytester.makeconftest(HOOK_JUDGE)
-    project(pytester, SUITE.replace('assert: [{type: icontains, value: "{{label}}", metric: right}]',
-                                    'assert: [{type: llm-rubric, value: "Says it is great", metric: great}]') + "  limit: 10\n")
+    project(
+        pytester,
+        SUITE.replace(
+            'assert: [{type: icontains, value: "{{label}}", metric: right}]',
+            'assert: [{type: llm-rubric, value: "Says it is great", metric: great}]',
+        )
+        + "  limit: 10\n",
+    )
     options = ("--promptopt", "--promptopt-judge-model", "judge/hook", "--promptopt-cache", "off")
     local = run_pytest(*options, "--promptopt-report", "local.json")
     on_spark = run_pytest(*options, "--promptopt-backend", "spark", "--promptopt-report", "spark.json")
@@ -538,7 +661,11 @@ def test_a_dataset_suite_on_spark_takes_a_hook_made_judge_along(pytester, run_py
     [a] = load_report(pytester.path / "local.json")["suites"]
     [b] = load_report(pytester.path / "spark.json")["suites"]
     # rows 1, 3, 5, 7 say great, and 4 (whose review names the other label): judged, not errored
-    assert (b["cases"], b["passed"], b["failed"], b["errors"]) == (a["cases"], a["passed"], a["failed"], a["errors"]) == (10, 5, 5, 0)
+    assert (
+        (b["cases"], b["passed"], b["failed"], b["errors"])
+        == (a["cases"], a["passed"], a["failed"], a["errors"])
+        == (10, 5, 5, 0)
+    )
     assert b["metrics"] == a["metrics"] == {"great": 0.5} and b["calls"] == 20  # echo's answers and the verdicts
 
 
@@ -552,14 +679,21 @@ def test_one_yaml_parse_gives_the_data_and_the_line_of_every_node(tmp_path: Path
     path.write_text("base: &b {x: 1}\nuse:\n  <<: *b\n  y: [a, b]\n")
     data, lines = read_document(path)
     assert data == {"base": {"x": 1}, "use": {"x": 1, "y": ["a", "b"]}}
-    assert (lines.line(("use", "y", 1)), lines.line(("use", "<<")), lines.line(("base", "x")), lines.line(("use", "z"))) == (4, 3, 1, 2)
+    assert (
+        lines.line(("use", "y", 1)),
+        lines.line(("use", "<<")),
+        lines.line(("base", "x")),
+        lines.line(("use", "z")),
+    ) == (4, 3, 1, 2)
     path.write_text("a: 1\nb: [1, 2\n")
     with pytest.raises(DocumentError) as excinfo:
         read_document(path)
     assert excinfo.value.line == 3 and str(excinfo.value).startswith("invalid YAML: ")
 
 
-def test_a_stale_libyaml_extension_falls_back_to_the_python_loader(tmp_path: Path, reviews: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_stale_libyaml_extension_falls_back_to_the_python_loader(
+    tmp_path: Path, reviews: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """PyYAML imported a second time in one process (pytester drops it from sys.modules after a
     test that imported it first) keeps the first copy of its C extension, whose nodes the new
     resolver does not know: the libyaml loader then fails every document with "could not

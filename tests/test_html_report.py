@@ -42,18 +42,68 @@ gates:
 
 
 def sample_run():
-    info = SuiteInfo(id="qa", name="capitals <i>", file="qa.promptopt.yaml", gates=(Gate("pass_rate", 0.9), Gate("mentions", 0.4)))
+    info = SuiteInfo(
+        id="qa", name="capitals <i>", file="qa.promptopt.yaml", gates=(Gate("pass_rate", 0.9), Gate("mentions", 0.4))
+    )
     other = SuiteInfo(id="py", name="py-suite", file="test_py.py", gates=(), kind="python")
-    ok = {"type": "contains", "value": "Paris", "passed": True, "score": 1.0, "reason": "Assertion passed", "metric": "mentions"}
-    bad = {"type": "contains", "value": "Rome", "passed": False, "score": 0.0, "reason": 'Expected output to contain "Rome"', "metric": None}
-    return summarize([
-        (info, CaseResult("t0", "france[t0]", output=f"Paris {XSS}", passed=True, score=1.0, named_scores={"mentions": 1.0},
-                          assertions=[ok], latency_ms=120.0, calls=1, position=0)),
-        (info, CaseResult("t1", "italy[t1]", output="Milan", passed=False, score=0.0, reason=bad["reason"],
-                          named_scores={"mentions": 0.0}, assertions=[bad], latency_ms=80.0, cache_hits=1, position=1)),
-        (info, CaseResult("t2", "spain[t2]", error="model error (acme): <b>timed out</b>", position=2)),
-        (other, CaseResult("p0", "test_x", nodeid="test_py.py::test_x", output="ok", passed=True, score=1.0, latency_ms=5.0)),
-    ])
+    ok = {
+        "type": "contains",
+        "value": "Paris",
+        "passed": True,
+        "score": 1.0,
+        "reason": "Assertion passed",
+        "metric": "mentions",
+    }
+    bad = {
+        "type": "contains",
+        "value": "Rome",
+        "passed": False,
+        "score": 0.0,
+        "reason": 'Expected output to contain "Rome"',
+        "metric": None,
+    }
+    return summarize(
+        [
+            (
+                info,
+                CaseResult(
+                    "t0",
+                    "france[t0]",
+                    output=f"Paris {XSS}",
+                    passed=True,
+                    score=1.0,
+                    named_scores={"mentions": 1.0},
+                    assertions=[ok],
+                    latency_ms=120.0,
+                    calls=1,
+                    position=0,
+                ),
+            ),
+            (
+                info,
+                CaseResult(
+                    "t1",
+                    "italy[t1]",
+                    output="Milan",
+                    passed=False,
+                    score=0.0,
+                    reason=bad["reason"],
+                    named_scores={"mentions": 0.0},
+                    assertions=[bad],
+                    latency_ms=80.0,
+                    cache_hits=1,
+                    position=1,
+                ),
+            ),
+            (info, CaseResult("t2", "spain[t2]", error="model error (acme): <b>timed out</b>", position=2)),
+            (
+                other,
+                CaseResult(
+                    "p0", "test_x", nodeid="test_py.py::test_x", output="ok", passed=True, score=1.0, latency_ms=5.0
+                ),
+            ),
+        ]
+    )
 
 
 def test_the_page_escapes_user_content_shows_gates_and_needs_no_network():
@@ -68,7 +118,10 @@ def test_the_page_escapes_user_content_shows_gates_and_needs_no_network():
     assert "pass_rate: 0.500 (threshold 0.9) <b>FAIL</b>" in page
     assert "mentions: 0.500 (threshold 0.4) <b>pass</b>" in page and "1 gate(s) failed" in page
     # Assertions with score and reason; one row per case, with its status for the filter.
-    assert "<b>FAIL</b> contains <code>Rome</code> score 0.00" in page and "Expected output to contain &quot;Rome&quot;" in page
+    assert (
+        "<b>FAIL</b> contains <code>Rome</code> score 0.00" in page
+        and "Expected output to contain &quot;Rome&quot;" in page
+    )
     assert re.findall(r"data-status='(\w+)'", page) == ["passed", "passed", "failed", "error"]  # suites by id: py, qa
     # Self-contained: plotly.js inline once, three figures, nothing loaded from elsewhere.
     assert page.count("<script") == 1 + 3 + 1  # plotly.js, one per figure, the filter
@@ -93,11 +146,15 @@ def test_ini_path_is_relative_to_the_ini_file_and_nothing_without_promptopt(pyte
     pytester.makefile(".promptopt.yaml", qa=SUITE)
     pytester.makeini("[pytest]\npromptopt_html = build/r.html\n")
     sub = pytester.mkdir("sub")
-    assert run_pytest("--rootdir", str(pytester.path), "-c", str(pytester.path / "tox.ini")).ret == 0  # skipped: no report
+    assert (
+        run_pytest("--rootdir", str(pytester.path), "-c", str(pytester.path / "tox.ini")).ret == 0
+    )  # skipped: no report
     assert not (pytester.path / "build").exists()
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(sub)
-        result = pytester.runpytest_subprocess("--promptopt", "--promptopt-no-mlflow", "-c", str(pytester.path / "tox.ini"), str(pytester.path))
+        result = pytester.runpytest_subprocess(
+            "--promptopt", "--promptopt-no-mlflow", "-c", str(pytester.path / "tox.ini"), str(pytester.path)
+        )
     assert result.ret == 1
     assert (pytester.path / "build" / "r.html").is_file()
 
@@ -164,17 +221,24 @@ def test_progress_lines_count_tests_calls_cache_hits_and_errors(pytester, run_py
 
 def test_progress_counts_the_calls_of_every_sample_of_a_repeated_test(pytester, run_pytest):
     pytester.makeconftest(SLOW)
-    pytester.makepyfile(test_py="""
+    pytester.makepyfile(
+        test_py="""
 import pytest
 
 @pytest.mark.promptopt(model="acme/fake", repeat=3)
 def test_capital(prompt_model):
     assert prompt_model("The capital of France is Paris.", max_tokens=8).text == "Paris"
-""")
+"""
+    )
     result = run_pytest("--promptopt", "--promptopt-progress", "0.01", "-p", "no:xdist")
     result.assert_outcomes(passed=3)
     # the three samples are one case, whose record is folded again as each arrives
-    result.stdout.fnmatch_lines(["promptopt: 1/3 tests done, 1 model calls, *", "promptopt: 2/3 tests done, 2 model calls, 0 cache hits, 0 errors, *s"])
+    result.stdout.fnmatch_lines(
+        [
+            "promptopt: 1/3 tests done, 1 model calls, *",
+            "promptopt: 2/3 tests done, 2 model calls, 0 cache hits, 0 errors, *s",
+        ]
+    )
 
 
 def test_no_progress_line_when_quiet_off_or_a_short_run(pytester, run_pytest):
@@ -194,16 +258,28 @@ CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 @pytest.fixture
 def browser(tmp_path: Path):
     if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        pytest.skip(f"chromium is not installed ({CHROMIUM}, {CHROMEDRIVER}): apt-get install -y chromium chromium-driver")
+        pytest.skip(
+            f"chromium is not installed ({CHROMIUM}, {CHROMEDRIVER}): apt-get install -y chromium chromium-driver"
+        )
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-                # Offline: any request that leaves the file would fail and log a console error.
-                "--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=<-loopback>"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        # Offline: any request that leaves the file would fail and log a console error.
+        "--proxy-server=http://127.0.0.1:9",
+        "--proxy-bypass-list=<-loopback>",
+    ):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
@@ -227,20 +303,25 @@ def test_the_report_in_headless_chromium(pytester, run_pytest, browser):
     browser.get((pytester.path / "report.html").as_uri())
 
     # The plots render: plotly.js ran and drew an SVG in each figure.
-    WebDriverWait(browser, 30).until(lambda d: d.execute_script("return document.querySelectorAll('.js-plotly-plot .main-svg').length") >= 3)
+    WebDriverWait(browser, 30).until(
+        lambda d: d.execute_script("return document.querySelectorAll('.js-plotly-plot .main-svg').length") >= 3
+    )
     assert browser.execute_script("return typeof Plotly") == "object"
     assert browser.find_elements(By.CSS_SELECTOR, "#fig-pass-rate .bars path")  # at least one bar was drawn
 
     # The script-bearing output is text: no alert, no handler ran, the payload reads as written.
     with pytest.raises(NoAlertPresentException):
-        browser.switch_to.alert.text
+        _ = browser.switch_to.alert.text
     assert browser.title == "promptopt report"
     outputs = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#cases pre.output")]
     assert all(XSS in text for text in outputs) and len(outputs) == 3
 
     def shown() -> list[str]:
-        return [row.find_element(By.CSS_SELECTOR, "td:nth-child(2) b").text
-                for row in browser.find_elements(By.CSS_SELECTOR, "#cases tbody tr") if row.is_displayed()]
+        return [
+            row.find_element(By.CSS_SELECTOR, "td:nth-child(2) b").text
+            for row in browser.find_elements(By.CSS_SELECTOR, "#cases tbody tr")
+            if row.is_displayed()
+        ]
 
     assert shown() == ["france[t0]", "spain[t1]", "wrong[t2]"]
     text = browser.find_element(By.ID, "filter-text")

@@ -6,12 +6,13 @@ the bundled SmolLM2 as the judge."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import pytest
-
 from conftest import load_report
+
 from pytest_promptopt import (
     FakeModel,
     ModelError,
@@ -62,13 +63,28 @@ FAIL = '{"reason": "It names Lyon, not Paris.", "pass": false, "score": 0.1}'
 GARBAGE = "I think this is a lovely answer, well done!"
 
 
-def run(output: str, *assertions: Any, judge: Any, cache: ResponseCache, vars: Mapping[str, Any] | None = None,
-        prompt: str = "What is the capital of France?") -> Any:
+def run(
+    output: str,
+    *assertions: Any,
+    judge: Any,
+    cache: ResponseCache,
+    vars: Mapping[str, Any] | None = None,
+    prompt: str = "What is the capital of France?",
+) -> Any:
     """A case whose model answers `output`, graded with `judge` as the run's judge."""
     variables = dict(vars or {})
-    case = Case(suite=SuiteInfo(id="s", name="s", file="s.yaml"), case_id="c", name="c", prompt=Prompt(prompt),
-                rendered_prompt=prompt, prompt_index=0, test_index=0, vars=variables,
-                assertions=tuple(render_assertion(a, variables) for a in assertions), model=ModelSpec("fake"))
+    case = Case(
+        suite=SuiteInfo(id="s", name="s", file="s.yaml"),
+        case_id="c",
+        name="c",
+        prompt=Prompt(prompt),
+        rendered_prompt=prompt,
+        prompt_index=0,
+        test_index=0,
+        vars=variables,
+        assertions=tuple(render_assertion(a, variables) for a in assertions),
+        model=ModelSpec("fake"),
+    )
     judges = Judges(lambda spec: judge, lambda: cache, ModelSpec("judge/default"))
     return execute_case(case, FakeModel({prompt: output}, name="answers"), cache, judges=judges)
 
@@ -82,13 +98,19 @@ def cache(tmp_path: Path) -> ResponseCache:
 
 
 def test_the_first_json_object_is_found_in_prose_fences_and_python_dicts():
-    assert first_json_object('Sure!\n```json\n{"pass": true, "score": 0.8}\n```\n{"pass": false}') == {"pass": True, "score": 0.8}
+    assert first_json_object('Sure!\n```json\n{"pass": true, "score": 0.8}\n```\n{"pass": false}') == {
+        "pass": True,
+        "score": 0.8,
+    }
     assert first_json_object("{'pass': False, 'reason': 'no'}") == {"pass": False, "reason": "no"}
-    assert first_json_object("[1, 2] then {not json} then {\"a\": {\"b\": 1}}") == {"a": {"b": 1}}
+    assert first_json_object('[1, 2] then {not json} then {"a": {"b": 1}}') == {"a": {"b": 1}}
     assert first_json_object(GARBAGE) is None and first_json_object("{broken") is None
     # a small model's broken JSON (an unescaped quote) still gives its fields
     assert verdict_fields('{"reason": "it\'s Paris\' capital\', "pass": true, "score": 0.9}') == {
-        "pass": True, "score": 0.9, "reason": "it's Paris' capital"}
+        "pass": True,
+        "score": 0.9,
+        "reason": "it's Paris' capital",
+    }
     assert verdict_fields("pass: true, no braces at all") is None
 
 
@@ -107,7 +129,9 @@ def test_llm_rubric_pass_fail_and_garbage(cache):
 
     garbage = run("Nice.", rubric, judge=ScriptedJudge({"Nice.": GARBAGE}), cache=cache)
     assert garbage.passed is False and garbage.assertions == []  # an error: no verdict, counted apart
-    assert garbage.error.startswith("assertion error: llm-rubric: could not read a verdict from judge scripted-judge's answer")
+    assert garbage.error.startswith(
+        "assertion error: llm-rubric: could not read a verdict from judge scripted-judge's answer"
+    )
     # under not-, an unreadable verdict is still an error: nothing was learnt about the output
     inverted = run("Nice.", not_(rubric), judge=ScriptedJudge({"Nice.": GARBAGE}), cache=cache)
     assert inverted.error is not None and inverted.assertions == []
@@ -116,9 +140,17 @@ def test_llm_rubric_pass_fail_and_garbage(cache):
 
 
 def test_llm_rubric_threshold_and_partial_verdicts(cache):
-    judge = ScriptedJudge({"A.": '{"pass": true, "score": 0.6, "reason": "so so"}', "B.": '{"score": 0.4}', "C.": '{"pass": "yes"}',
-                           "D.": '{"reason": "no verdict"}'})
-    assert run("A.", llm_rubric("r", threshold=0.7), judge=judge, cache=cache).passed is False  # pass, but score < threshold
+    judge = ScriptedJudge(
+        {
+            "A.": '{"pass": true, "score": 0.6, "reason": "so so"}',
+            "B.": '{"score": 0.4}',
+            "C.": '{"pass": "yes"}',
+            "D.": '{"reason": "no verdict"}',
+        }
+    )
+    assert (
+        run("A.", llm_rubric("r", threshold=0.7), judge=judge, cache=cache).passed is False
+    )  # pass, but score < threshold
     assert run("A.", llm_rubric("r", threshold=0.5), judge=judge, cache=cache).passed is True
     only_score = run("B.", llm_rubric("r"), judge=judge, cache=cache)  # no pass: score >= 0.5
     assert only_score.passed is False and only_score.assertions[0]["score"] == 0.4
@@ -141,15 +173,23 @@ def test_the_judge_prompt_holds_rubric_output_and_rendered_vars(cache):
     run("Paris.", llm_rubric("Names {{city}} as the capital"), judge=judge, cache=cache, vars={"city": "Paris"})
     messages = judge.calls[0].messages
     assert messages[0]["role"] == "system" and "JSON" in messages[0]["content"]
-    assert messages[-1] == {"role": "user", "content": "<Output>\nParis.\n</Output>\n<Rubric>\nNames Paris as the capital\n</Rubric>"}
+    assert messages[-1] == {
+        "role": "user",
+        "content": "<Output>\nParis.\n</Output>\n<Rubric>\nNames Paris as the capital\n</Rubric>",
+    }
     assert [m["role"] for m in messages[1:-1]] == ["user", "assistant", "user", "assistant"]  # worked examples
 
 
 def test_a_custom_rubric_prompt(cache):
     judge = ScriptedJudge({"GRADE": PASS})
     template = '[{"role": "user", "content": "GRADE {{ output }} by {{ rubric }} for {{ country }}"}]'
-    result = run("Paris.", llm_rubric("Is right", config={"rubric_prompt": template}), judge=judge, cache=cache,
-                 vars={"country": "France"})
+    result = run(
+        "Paris.",
+        llm_rubric("Is right", config={"rubric_prompt": template}),
+        judge=judge,
+        cache=cache,
+        vars={"country": "France"},
+    )
     assert result.passed is True
     assert judge.calls[0].messages == ({"role": "user", "content": "GRADE Paris. by Is right for France"},)
 
@@ -165,15 +205,20 @@ def test_judge_calls_are_cached_keyed_by_judge_model_and_rubric(cache):
     assert (warm.calls, warm.cache_hits) == (0, 2) and warm.passed is True and len(judge.calls) == 1
     other_rubric = run("Paris.", llm_rubric("Names the capital"), judge=judge, cache=cache)
     assert (other_rubric.calls, other_rubric.cache_hits) == (1, 1)  # the model's answer is a hit, the judge's a miss
-    other_judge = run("Paris.", llm_rubric("Names Paris"), judge=ScriptedJudge({"Paris.": PASS}, name="other-judge"), cache=cache)
+    other_judge = run(
+        "Paris.", llm_rubric("Names Paris"), judge=ScriptedJudge({"Paris.": PASS}, name="other-judge"), cache=cache
+    )
     assert (other_judge.calls, other_judge.cache_hits) == (1, 1)
 
 
 def test_replay_mode_without_a_recorded_verdict_is_an_error(tmp_path):
     replay = ResponseCache(tmp_path / "cache.sqlite", CacheMode.REPLAY)
     writer = ResponseCache(tmp_path / "cache.sqlite", CacheMode.READWRITE)
-    writer.fetch(FakeModel({"What is the capital of France?": "Paris."}, name="answers"),
-                 Request.from_prompt("What is the capital of France?"), CallStats())
+    writer.fetch(
+        FakeModel({"What is the capital of France?": "Paris."}, name="answers"),
+        Request.from_prompt("What is the capital of France?"),
+        CallStats(),
+    )
     result = run("Paris.", llm_rubric("Names Paris"), judge=ScriptedJudge({"Paris.": PASS}), cache=replay)
     assert result.error is not None and "replay mode: no recorded response for model scripted-judge" in result.error
 
@@ -182,12 +227,14 @@ def test_replay_mode_without_a_recorded_verdict_is_an_error(tmp_path):
 
 
 def test_factuality_categories_scores_and_legacy_answers(cache):
-    judge = ScriptedJudge({
-        "[Submission]: Sacramento.": '{"category": "C", "reason": "same facts"}',
-        "[Submission]: Los Angeles.": '{"category": "D", "reason": "names another city"}',
-        "[Submission]: Sacramento, since 1854.": "(B) The submission adds a date.",
-        "[Submission]: Hmm.": '{"category": "F"}',
-    })
+    judge = ScriptedJudge(
+        {
+            "[Submission]: Sacramento.": '{"category": "C", "reason": "same facts"}',
+            "[Submission]: Los Angeles.": '{"category": "D", "reason": "names another city"}',
+            "[Submission]: Sacramento, since 1854.": "(B) The submission adds a date.",
+            "[Submission]: Hmm.": '{"category": "F"}',
+        }
+    )
     reference = factuality("Sacramento is the capital of California")
     same = run("Sacramento.", reference, judge=judge, cache=cache)
     assert same.passed is True and same.score == 1.0 and same.assertions[0]["reason"] == "same facts"
@@ -195,7 +242,9 @@ def test_factuality_categories_scores_and_legacy_answers(cache):
     assert wrong.passed is False and wrong.reason == "names another city"
     legacy = run("Sacramento, since 1854.", reference, judge=judge, cache=cache)
     assert legacy.passed is True and legacy.assertions[0]["reason"] == "The submission adds a date."
-    scored = run("Sacramento, since 1854.", factuality("Sacramento", scores={"superset": 0.0}), judge=judge, cache=cache)
+    scored = run(
+        "Sacramento, since 1854.", factuality("Sacramento", scores={"superset": 0.0}), judge=judge, cache=cache
+    )
     assert scored.passed is False and scored.score == 0.0
     assert "could not read a category (A-E)" in run("Hmm.", reference, judge=judge, cache=cache).error
     prompt = judge.calls[0].messages[-1]["content"]
@@ -204,9 +253,13 @@ def test_factuality_categories_scores_and_legacy_answers(cache):
 
 
 def test_closed_qa_reads_the_final_letter(cache):
-    judge = ScriptedJudge({"[Submission]: Paris.": "The submission names Paris.\nY\nY",
-                           "[Submission]: Lyon.": "Lyon is not the capital.\nN\nN",
-                           "[Submission]: Eh.": "I cannot decide."})
+    judge = ScriptedJudge(
+        {
+            "[Submission]: Paris.": "The submission names Paris.\nY\nY",
+            "[Submission]: Lyon.": "Lyon is not the capital.\nN\nN",
+            "[Submission]: Eh.": "I cannot decide.",
+        }
+    )
     assert run("Paris.", closed_qa("names the capital"), judge=judge, cache=cache).passed is True
     failed = run("Lyon.", closed_qa("names the capital"), judge=judge, cache=cache)
     assert failed.passed is False and "Lyon is not the capital." in failed.reason
@@ -214,15 +267,19 @@ def test_closed_qa_reads_the_final_letter(cache):
     # promptfoo's name for it
     from pytest_promptopt import assertion
 
-    assert run("Paris.", assertion("model-graded-closedqa", "names the capital"), judge=judge, cache=cache).passed is True
+    assert (
+        run("Paris.", assertion("model-graded-closedqa", "names the capital"), judge=judge, cache=cache).passed is True
+    )
 
 
 def test_g_eval_writes_steps_then_scores_each_criterion(cache):
-    judge = ScriptedJudge({
-        "write 3 to 4 short evaluation steps": '{"steps": ["Read it", "Check the tone"]}',
-        "Evaluation criteria:\nIs polite": '{"score": 9, "reason": "polite"}',
-        "Evaluation criteria:\nIs short": '{"score": 4, "reason": "too long"}',
-    })
+    judge = ScriptedJudge(
+        {
+            "write 3 to 4 short evaluation steps": '{"steps": ["Read it", "Check the tone"]}',
+            "Evaluation criteria:\nIs polite": '{"score": 9, "reason": "polite"}',
+            "Evaluation criteria:\nIs short": '{"score": 4, "reason": "too long"}',
+        }
+    )
     polite = run("Thank you kindly.", g_eval("Is polite"), judge=judge, cache=cache)
     assert polite.passed is True and polite.score == pytest.approx(0.9) and polite.assertions[0]["reason"] == "polite"
     assert polite.calls == 3  # model, steps, evaluation
@@ -230,16 +287,24 @@ def test_g_eval_writes_steps_then_scores_each_criterion(cache):
     both = run("Thank you kindly.", g_eval(["Is polite", "Is short"]), judge=judge, cache=cache)
     assert both.passed is False and both.score == pytest.approx(0.65)  # (0.9 + 0.4) / 2 < 0.7
     assert both.reason == "Score 0.65 below threshold 0.7: polite | too long"
-    given = run("Thank you kindly!", g_eval("Is polite", steps=["Look for thanks"], threshold=0.95), judge=judge, cache=cache)
+    given = run(
+        "Thank you kindly!", g_eval("Is polite", steps=["Look for thanks"], threshold=0.95), judge=judge, cache=cache
+    )
     assert given.calls == 2 and given.passed is False  # no steps call; 0.9 < 0.95
     garbage = run("Eh.", g_eval("Is polite", steps=["x"]), judge=ScriptedJudge({"Reply:": GARBAGE}), cache=cache)
     assert "g-eval: could not read a score" in garbage.error
 
 
 def test_answer_relevance_judges_the_query(cache):
-    judge = ScriptedJudge({"<Question>\nWhere is Paris?": '{"reason": "on topic", "pass": true, "score": 0.9}',
-                           "<Question>\nWhat is the capital of France?": '{"reason": "off topic", "pass": false, "score": 0.1}'})
-    by_query = run("In France.", answer_relevance(threshold=0.8), judge=judge, cache=cache, vars={"query": "Where is Paris?"})
+    judge = ScriptedJudge(
+        {
+            "<Question>\nWhere is Paris?": '{"reason": "on topic", "pass": true, "score": 0.9}',
+            "<Question>\nWhat is the capital of France?": '{"reason": "off topic", "pass": false, "score": 0.1}',
+        }
+    )
+    by_query = run(
+        "In France.", answer_relevance(threshold=0.8), judge=judge, cache=cache, vars={"query": "Where is Paris?"}
+    )
     assert by_query.passed is True
     by_prompt = run("Bananas are yellow.", answer_relevance(), judge=judge, cache=cache)
     assert by_prompt.passed is False and by_prompt.reason == "off topic"
@@ -247,14 +312,28 @@ def test_answer_relevance_judges_the_query(cache):
 
 def test_a_hosted_judge_through_litellm_on_a_loopback_server(cache, monkeypatch):
     from fake_openai import FakeOpenAI
+
     from pytest_promptopt.models.registry import create_model
 
     monkeypatch.setenv("JUDGE_KEY", "sk-judge-0123456789")
     with FakeOpenAI(lambda body: (200, FAIL)) as server:
-        provider = {"id": "openai/judge-mini", "config": {"api_base": server.base_url, "api_key_env": "JUDGE_KEY", "temperature": 0}}
+        provider = {
+            "id": "openai/judge-mini",
+            "config": {"api_base": server.base_url, "api_key_env": "JUDGE_KEY", "temperature": 0},
+        }
         rubric = render_assertion(llm_rubric("Names Paris", provider=provider), {})
-        case = Case(suite=SuiteInfo(id="s", name="s", file="s.yaml"), case_id="c", name="c", prompt=Prompt("q"), rendered_prompt="q",
-                    prompt_index=0, test_index=0, vars={}, assertions=(rubric,), model=ModelSpec("fake"))
+        case = Case(
+            suite=SuiteInfo(id="s", name="s", file="s.yaml"),
+            case_id="c",
+            name="c",
+            prompt=Prompt("q"),
+            rendered_prompt="q",
+            prompt_index=0,
+            test_index=0,
+            vars={},
+            assertions=(rubric,),
+            model=ModelSpec("fake"),
+        )
         judges = Judges(lambda spec: create_model(spec), lambda: cache, ModelSpec("smollm2"))
         result = execute_case(case, FakeModel({"q": "Lyon."}), cache, judges=judges)
         again = execute_case(case, FakeModel({"q": "Lyon."}), cache, judges=judges)
@@ -279,7 +358,7 @@ def test_a_model_object_as_provider_and_a_bad_provider():
 
 # ----------------------------------------------------------------------------- suite files
 
-JUDGE_CONFTEST = '''
+JUDGE_CONFTEST = """
 from pytest_promptopt import ModelError, Response
 
 VERDICTS = {
@@ -304,7 +383,7 @@ class ScriptedJudge:
 def pytest_promptopt_make_model(spec):
     if spec.id == "judge/scripted":
         return ScriptedJudge()
-'''
+"""
 
 JUDGED_SUITE = """
 description: judged
@@ -326,11 +405,15 @@ tests:
 def test_a_suite_judged_by_the_judge_model_option(pytester, run_pytest, mode):
     pytester.makeconftest(JUDGE_CONFTEST)
     pytester.makefile(".promptopt.yaml", qa=JUDGED_SUITE)
-    result = run_pytest("--promptopt", "--promptopt-judge-model", "judge/scripted", "--promptopt-report", "r.json", *mode)
+    result = run_pytest(
+        "--promptopt", "--promptopt-judge-model", "judge/scripted", "--promptopt-report", "r.json", *mode
+    )
     result.assert_outcomes(passed=1, failed=1, errors=1)
-    result.stdout.fnmatch_lines([
-        "*FAILED wrong*The judge says Lyon is not the capital of France.*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*FAILED wrong*The judge says Lyon is not the capital of France.*",
+        ]
+    )
     out = result.stdout.str()
     assert "could not read a verdict from judge judge/scripted's answer: 'lovely, just lovely'" in out
     suite = load_report(pytester.path / "r.json")["suites"][0]
@@ -340,7 +423,9 @@ def test_a_suite_judged_by_the_judge_model_option(pytester, run_pytest, mode):
     assert by_name["garbage"]["error"].startswith("assertion error: llm-rubric: could not read a verdict")
     assert (by_name["right"]["calls"], by_name["right"]["cache_hits"]) == (2, 0)  # echo (never cached) and the judge
     # a warm rerun: every verdict comes from the cache (the garbage one too: it was an answer)
-    result = run_pytest("--promptopt", "--promptopt-judge-model", "judge/scripted", "--promptopt-report", "r2.json", *mode)
+    result = run_pytest(
+        "--promptopt", "--promptopt-judge-model", "judge/scripted", "--promptopt-report", "r2.json", *mode
+    )
     result.assert_outcomes(passed=1, failed=1, errors=1)
     warm = load_report(pytester.path / "r2.json")["suites"][0]["results"]
     assert [(r["calls"], r["cache_hits"]) for r in warm] == [(1, 1)] * 3
@@ -349,7 +434,9 @@ def test_a_suite_judged_by_the_judge_model_option(pytester, run_pytest, mode):
 def test_the_judge_from_the_ini_file_options_provider_and_the_assertion(pytester, run_pytest):
     pytester.makeconftest(JUDGE_CONFTEST)
     pytester.makeini("[pytest]\npromptopt_judge_model = judge/scripted\n")
-    pytester.makefile(".promptopt.yaml", qa="""
+    pytester.makefile(
+        ".promptopt.yaml",
+        qa="""
 providers: [echo]
 prompts: ["{{city}}"]
 tests:
@@ -361,19 +448,24 @@ tests:
   - vars: {city: Lyon}
     options: {provider: nobody/else}
     assert: [{type: llm-rubric, value: "Names the capital", provider: judge/scripted}, {type: contains, value: Lyon}]
-""")
+""",
+    )
     result = run_pytest("--promptopt")
     result.assert_outcomes(passed=2, failed=1)
     loaded = load_suite(pytester.path / "qa.promptopt.yaml", "qa.promptopt.yaml", ModelSpec("echo"))
     ini_judged, options_judged, own = loaded.cases
     assert ini_judged.assertions[0].provider is None  # the run's judge: promptopt_judge_model
     assert options_judged.assertions[0].provider == "judge/scripted"
-    assert own.assertions[0].provider == "judge/scripted" and own.assertions[1].provider is None  # contains has no judge
+    assert (
+        own.assertions[0].provider == "judge/scripted" and own.assertions[1].provider is None
+    )  # contains has no judge
 
 
 def test_suite_problems_with_judges_are_load_errors(tmp_path):
     suite = tmp_path / "bad.promptopt.yaml"
-    suite.write_text("prompts: ['x']\ntests:\n  - assert: [{type: llm-rubric, value: ok, provider: 'python:judge.py'}]\n")
+    suite.write_text(
+        "prompts: ['x']\ntests:\n  - assert: [{type: llm-rubric, value: ok, provider: 'python:judge.py'}]\n"
+    )
     with pytest.raises(SuiteError, match=r"tests\[0\]\.assert\[0\].*provider 'python:judge.py' is not supported"):
         load_suite(suite, "bad.promptopt.yaml", ModelSpec("echo"))
     suite.write_text("prompts: ['x']\ntests:\n  - assert: [{type: g-eval}]\n")
@@ -388,18 +480,24 @@ def test_suite_problems_with_judges_are_load_errors(tmp_path):
 
 def test_default_test_options_provider_judges_every_model_graded_assertion(tmp_path):
     suite = tmp_path / "s.promptopt.yaml"
-    suite.write_text("prompts: ['x']\ndefaultTest:\n  options: {provider: 'openai:gpt-4o-mini'}\n"
-                     "  assert: [{type: factuality, value: Paris}]\n"
-                     "tests:\n  - assert: [{type: g-eval, value: polite, provider: {id: anthropic/claude-x, config: {temperature: 0}}},"
-                     " {type: contains, value: x}]\n")
+    suite.write_text(
+        "prompts: ['x']\ndefaultTest:\n  options: {provider: 'openai:gpt-4o-mini'}\n"
+        "  assert: [{type: factuality, value: Paris}]\n"
+        "tests:\n  - assert: [{type: g-eval, value: polite, provider: {id: anthropic/claude-x, config: {temperature: 0}}},"
+        " {type: contains, value: x}]\n"
+    )
     [case] = load_suite(suite, "s.promptopt.yaml", ModelSpec("echo")).cases
     assert [a.provider for a in case.assertions] == [
-        "openai:gpt-4o-mini", {"id": "anthropic/claude-x", "config": {"temperature": 0}}, None]
+        "openai:gpt-4o-mini",
+        {"id": "anthropic/claude-x", "config": {"temperature": 0}},
+        None,
+    ]
 
 
 def test_python_tests_with_judges(pytester, run_pytest):
     pytester.makeconftest(JUDGE_CONFTEST)
-    pytester.makepyfile(test_judged="""
+    pytester.makepyfile(
+        test_judged="""
         import pytest
         from pytest_promptopt import FakeModel, llm_rubric, not_
 
@@ -419,7 +517,8 @@ def test_python_tests_with_judges(pytester, run_pytest):
         @pytest.mark.promptopt(model=FakeModel({"Capital of France?": "Paris"}))
         def test_run_judge(prompt_model, prompt_check):
             prompt_check(prompt_model("Capital of France?"), llm_rubric("Names the capital"))
-    """)
+    """
+    )
     result = run_pytest("--promptopt", "--promptopt-judge-model", "judge/scripted", "--promptopt-report", "r.json")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*test_object_judge*", "*Expected output not to satisfy llm-rubric*"])
@@ -435,7 +534,9 @@ def test_python_tests_with_judges(pytester, run_pytest):
 def test_the_bundled_model_as_judge_end_to_end(pytester, run_pytest):
     """SmolLM2-135M judging two answers: the plumbing works (a JSON verdict read, the judge call
     counted, a warm rerun from the cache); its verdicts themselves are not to be trusted."""
-    pytester.makefile(".promptopt.yaml", qa="""
+    pytester.makefile(
+        ".promptopt.yaml",
+        qa="""
 providers: [echo]
 prompts: ["{{answer}}"]
 defaultTest:
@@ -446,17 +547,22 @@ defaultTest:
 tests:
   - vars: {answer: "The capital of France is Paris."}
   - vars: {answer: "I like turtles."}
-""")
+""",
+    )
     result = run_pytest("--promptopt", "--promptopt-report", "r.json")
     suite = load_report(pytester.path / "r.json")["suites"][0]
     first = suite["results"][0]
     assert first["error"] is None and first["passed"] is True, first  # read from its few-shot JSON verdict
     assert first["assertions"][0]["reason"]
     for record in suite["results"]:  # echo and the judge
-        assert (record["calls"], record["cache_hits"]) == (2, 0) and (record["error"] is None or "llm-rubric" in record["error"])
+        assert (record["calls"], record["cache_hits"]) == (2, 0) and (
+            record["error"] is None or "llm-rubric" in record["error"]
+        )
     rerun = run_pytest("--promptopt", "--promptopt-report", "r2.json")
     warm = load_report(pytester.path / "r2.json")["suites"][0]["results"]
-    assert [r["cache_hits"] for r in warm] == [1, 1] and [r["passed"] for r in warm] == [r["passed"] for r in suite["results"]]
+    assert [r["cache_hits"] for r in warm] == [1, 1] and [r["passed"] for r in warm] == [
+        r["passed"] for r in suite["results"]
+    ]
     assert result.ret == rerun.ret
 
 
@@ -477,14 +583,20 @@ def test_judges_on_spark_workers(tmp_path):
     turn = "<Output>\n{}\n</Output>\n<Rubric>\n" + rubric + "\n</Rubric>"
     judge = ModelSpec("fake", {"responses": {turn.format("Paris"): PASS, turn.format("Lyon"): FAIL}}, "spark-judge")
     suite = tmp_path / "judged.promptopt.yaml"
-    suite.write_text('providers: [echo]\nprompts: ["{{city}}"]\ntests:\n'
-                     f'  - vars: {{city: Paris}}\n    assert: [{{type: llm-rubric, value: "{rubric}"}}]\n'
-                     f'  - vars: {{city: Lyon}}\n    assert: [{{type: llm-rubric, value: "{rubric}"}}]\n')
+    suite.write_text(
+        'providers: [echo]\nprompts: ["{{city}}"]\ntests:\n'
+        f'  - vars: {{city: Paris}}\n    assert: [{{type: llm-rubric, value: "{rubric}"}}]\n'
+        f'  - vars: {{city: Lyon}}\n    assert: [{{type: llm-rubric, value: "{rubric}"}}]\n'
+    )
     cases = [(f"judged::{c.name}", c) for c in load_suite(suite, "judged.promptopt.yaml", ModelSpec("echo")).cases]
     spark = spark_session(SparkSettings(master="local[1]"))
     try:
-        cold = dict(evaluate_cases(spark, cases, cache_path=tmp_path / "c.sqlite", cache_mode=CacheMode.READWRITE, judge=judge))
-        warm = dict(evaluate_cases(spark, cases, cache_path=tmp_path / "c.sqlite", cache_mode=CacheMode.READWRITE, judge=judge))
+        cold = dict(
+            evaluate_cases(spark, cases, cache_path=tmp_path / "c.sqlite", cache_mode=CacheMode.READWRITE, judge=judge)
+        )
+        warm = dict(
+            evaluate_cases(spark, cases, cache_path=tmp_path / "c.sqlite", cache_mode=CacheMode.READWRITE, judge=judge)
+        )
     finally:
         spark.stop()
     cold_results, warm_results = [cold[n] for n, _ in cases], [warm[n] for n, _ in cases]  # results come in any order
@@ -494,7 +606,7 @@ def test_judges_on_spark_workers(tmp_path):
     assert [(r.calls, r.cache_hits) for r in warm_results] == [(1, 1)] * 2
 
 
-BATCHED_JUDGE_CONFTEST = '''
+BATCHED_JUDGE_CONFTEST = """
 import threading
 from pytest_promptopt import ModelError, Response
 
@@ -525,7 +637,7 @@ class MeetingJudge:
 
 def pytest_promptopt_make_model(spec):
     return {"acme/batch": Batcher(), "judge/meeting": MeetingJudge()}.get(spec.id)
-'''
+"""
 
 
 @pytest.mark.parametrize("mode", [[], ["-p", "no:xdist"]], ids=["plain", "no-xdist"])
@@ -533,9 +645,23 @@ def test_the_cases_of_a_batch_are_judged_concurrently(pytester, run_pytest, mode
     # (Under -n 2 each worker's batches hold the cases the scheduler sent it, which may be one.)
     pytester.makeconftest(BATCHED_JUDGE_CONFTEST)
     tests = "\n".join(f"  - vars: {{n: '{i}'}}\n    assert: [{{type: llm-rubric, value: a number}}]" for i in range(4))
-    pytester.makefile(".promptopt.yaml", batched=f"providers: [acme/batch]\nprompts: ['case {{{{n}}}}']\ntests:\n{tests}\n")
-    result = run_pytest("--promptopt", "--promptopt-cache", "off", "--promptopt-batch-size", "4",
-                        "--promptopt-judge-model", "judge/meeting", "--promptopt-report", "r.json", *mode)
+    pytester.makefile(
+        ".promptopt.yaml", batched=f"providers: [acme/batch]\nprompts: ['case {{{{n}}}}']\ntests:\n{tests}\n"
+    )
+    result = run_pytest(
+        "--promptopt",
+        "--promptopt-cache",
+        "off",
+        "--promptopt-batch-size",
+        "4",
+        "--promptopt-judge-model",
+        "judge/meeting",
+        "--promptopt-report",
+        "r.json",
+        *mode,
+    )
     result.assert_outcomes(passed=4)
     results = load_report(pytester.path / "r.json")["suites"][0]["results"]
-    assert [(r["output"], r["calls"]) for r in results] == [(f"case {i}", 2) for i in range(4)]  # the answer and the verdict
+    assert [(r["output"], r["calls"]) for r in results] == [
+        (f"case {i}", 2) for i in range(4)
+    ]  # the answer and the verdict

@@ -8,16 +8,23 @@ import math
 import sqlite3
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-
 from conftest import load_report
 from fake_openai import FakeOpenAI, echo_last_user_message, letter_counts
+
 from pytest_promptopt import assertion, bleu, chrf, gleu, not_, python, rouge_1, rouge_2, rouge_l, rouge_n, similar
 from pytest_promptopt.assertions import reference
-from pytest_promptopt.assertions.base import Assertion, AssertionConfigError, AssertionContext, AssertionEvaluationError, Grade
+from pytest_promptopt.assertions.base import (
+    Assertion,
+    AssertionConfigError,
+    AssertionContext,
+    AssertionEvaluationError,
+    Grade,
+)
 from pytest_promptopt.assertions.dspy_metrics import is_dspy_metric
 from pytest_promptopt.assertions.scoring import grade_assertion, render_assertion
 from pytest_promptopt.cache import CacheMode, ResponseCache
@@ -152,7 +159,11 @@ def test_csv_shorthand_for_the_metrics():
     assert assertion_from_string("similar: a cat") == {"type": "similar", "value": "a cat", "threshold": 0.8}
     assert assertion_from_string("similar(0.6): a cat") == {"type": "similar", "value": "a cat", "threshold": 0.6}
     assert assertion_from_string("rouge-n: a cat") == {"type": "rouge-n", "value": "a cat", "threshold": 0.75}
-    assert assertion_from_string("not-rouge-1(0.5): a cat") == {"type": "not-rouge-1", "value": "a cat", "threshold": 0.5}
+    assert assertion_from_string("not-rouge-1(0.5): a cat") == {
+        "type": "not-rouge-1",
+        "value": "a cat",
+        "threshold": 0.5,
+    }
     assert assertion_from_string("bleu: a cat") == {"type": "bleu", "value": "a cat"}
 
 
@@ -179,10 +190,14 @@ def test_paraphrases_are_more_similar_than_unrelated_sentences(embedding_cache: 
     assert min(g.score for g in paraphrases) > max(g.score for g in unrelated) + 0.3
     assert max(g.score for g in unrelated) < 0.3
     # Any of a list passes; not-similar needs the output far from every value.
-    listed = grade(similar(["Stock markets fell sharply today.", "A cat was sitting on the mat."]), "The cat sat on the mat.")
+    listed = grade(
+        similar(["Stock markets fell sharply today.", "A cat was sitting on the mat."]), "The cat sat on the mat."
+    )
     assert listed.passed and listed.score == paraphrases[0].score and "closest of 2 values" in listed.reason
     assert grade(assertion("not-similar", ["Stock markets fell.", "Bread is baked."]), "The cat sat on the mat.").passed
-    assert not grade(assertion("not-similar", ["Stock markets fell.", "A cat was sitting on the mat."]), "The cat sat on the mat.").passed
+    assert not grade(
+        assertion("not-similar", ["Stock markets fell.", "A cat was sitting on the mat."]), "The cat sat on the mat."
+    ).passed
 
 
 def test_offline_vectors_match_sentence_transformers(embedding_cache: ResponseCache):
@@ -198,12 +213,20 @@ def test_offline_vectors_match_sentence_transformers(embedding_cache: ResponseCa
 
 
 def test_embedding_providers_are_checked_when_a_suite_loads():
-    for provider, message in [("smollm2", "not an embedding model"), ({"id": "openai:embedding:x", "config": {"apiKey": "k"}}, "must not"),
-                              ("minilm-typo", "unknown model"), (42, "id string")]:
+    for provider, message in [
+        ("smollm2", "not an embedding model"),
+        ({"id": "openai:embedding:x", "config": {"apiKey": "k"}}, "must not"),
+        ("minilm-typo", "unknown model"),
+        (42, "id string"),
+    ]:
         with pytest.raises(AssertionConfigError, match=message):
             render_assertion(similar("x", provider=provider), {})
-    for provider in ["minilm", "huggingface:sentence-similarity:sentence-transformers/all-MiniLM-L6-v2",
-                     "openai:embedding:text-embedding-3-small", {"embedding": {"id": "azureopenai:embedding:ada"}}]:
+    for provider in [
+        "minilm",
+        "huggingface:sentence-similarity:sentence-transformers/all-MiniLM-L6-v2",
+        "openai:embedding:text-embedding-3-small",
+        {"embedding": {"id": "azureopenai:embedding:ada"}},
+    ]:
         render_assertion(similar("x", provider=provider), {})
 
 
@@ -223,7 +246,10 @@ def cosine_of_letters(a: str, b: str) -> float:
 
 
 def hosted(server: FakeOpenAI) -> dict[str, Any]:
-    return {"id": "openai:embedding:text-embedding-3-small", "config": {"apiBaseUrl": server.base_url, "apiKeyEnvar": "FAKE_EMBED_KEY"}}
+    return {
+        "id": "openai:embedding:text-embedding-3-small",
+        "config": {"apiBaseUrl": server.base_url, "apiKeyEnvar": "FAKE_EMBED_KEY"},
+    }
 
 
 def test_hosted_embeddings_through_litellm(monkeypatch: pytest.MonkeyPatch, embedding_cache: ResponseCache):
@@ -274,7 +300,9 @@ class LetterEmbedder:
 
 def test_an_offline_embedder_object_computes_in_replay_mode(embedding_cache: ResponseCache):
     letters = LetterEmbedder()
-    assert grade(similar("abb", provider=letters), "ab").score == pytest.approx(cosine_of_letters("ab", "abb"), abs=1e-6)
+    assert grade(similar("abb", provider=letters), "ab").score == pytest.approx(
+        cosine_of_letters("ab", "abb"), abs=1e-6
+    )
     embedding_cache.mode = CacheMode.REPLAY
     grade(similar("abb", provider=letters), "a text it has not seen")  # no call is at stake: computed
     assert letters.embedded == ["ab", "abb", "a text it has not seen"]
@@ -314,10 +342,14 @@ def test_suite_file_with_similar_and_rouge(run_pytest: Any, pytester: pytest.Pyt
     assert pytester.path.joinpath(".promptopt", "cache.sqlite").is_file()
 
 
-def test_a_rerun_takes_hosted_embeddings_from_the_cache(run_pytest: Any, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):
+def test_a_rerun_takes_hosted_embeddings_from_the_cache(
+    run_pytest: Any, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+):
     monkeypatch.setenv("FAKE_EMBED_KEY", "sk-fake")
     with FakeOpenAI(echo_last_user_message) as server:
-        pytester.makefile(".promptopt.yaml", letters=f"""
+        pytester.makefile(
+            ".promptopt.yaml",
+            letters=f"""
             providers: [echo]
             prompts: ["{{{{word}}}}"]
             defaultTest:
@@ -329,7 +361,8 @@ def test_a_rerun_takes_hosted_embeddings_from_the_cache(run_pytest: Any, pyteste
             tests:
               - vars: {{word: cat}}
               - vars: {{word: dog}}
-        """)
+        """,
+        )
         run_pytest("--promptopt").assert_outcomes(passed=2)
         asked = len(server.requests)
         assert sorted(t for r in server.requests for t in r["input"]) == ["cat", "cats", "dog", "dogs"]
@@ -362,8 +395,10 @@ def test_a_dspy_metric_as_a_python_assertion():
     failed = grade(python(exact_answer), "Lyon", vars=variables)
     assert not failed.passed and failed.score == 0.0
     # a float is a score; `threshold` decides
-    overlap = python(lambda example, prediction: len(set(prediction.output.split()) & set(example["answer"].split())) / 2,
-                     threshold=0.5)
+    overlap = python(
+        lambda example, prediction: len(set(prediction.output.split()) & set(example["answer"].split())) / 2,
+        threshold=0.5,
+    )
     assert grade(overlap, "Paris", vars={"answer": "Paris France"}).passed
     assert not grade(overlap, "Lyon", vars={"answer": "Paris France"}).passed
     # a misspelt field is an assertion error naming the fields there are
@@ -382,17 +417,21 @@ def test_a_gepa_style_metric_result_reads_its_feedback():
 
 
 def test_one_metric_serves_suite_tests_and_repair(tmp_path: Path):
-    (tmp_path / "metrics.py").write_text(textwrap.dedent("""
+    (tmp_path / "metrics.py").write_text(
+        textwrap.dedent("""
         def exact_answer(example, pred, trace=None):
             return example.answer.lower() == pred.answer.strip().lower()
-    """))
+    """)
+    )
     suite_file = tmp_path / "s.promptopt.yaml"
-    suite_file.write_text(textwrap.dedent("""
+    suite_file.write_text(
+        textwrap.dedent("""
         prompts: ["Capital of {{country}}?"]
         tests:
           - vars: {country: France, answer: Paris}
             assert: [{type: python, value: "file://metrics.py:exact_answer"}]
-    """))
+    """)
+    )
     case = load_suite(suite_file, "s.promptopt.yaml", ModelSpec("echo")).cases[0]
     ctx = AssertionContext(vars=case.vars, base_dir=case.base_dir)
     assert grade_assertion("Paris", case.assertions[0], ctx).passed
@@ -410,7 +449,8 @@ def test_one_metric_serves_suite_tests_and_repair(tmp_path: Path):
 
 
 def test_prompt_check_takes_a_metric_function(run_pytest: Any, pytester: pytest.Pytester):
-    pytester.makepyfile(test_capitals="""
+    pytester.makepyfile(
+        test_capitals="""
         import pytest
 
         def exact_answer(example, pred, trace=None):
@@ -420,7 +460,8 @@ def test_prompt_check_takes_a_metric_function(run_pytest: Any, pytester: pytest.
         def test_capital(prompt_model, prompt_check, country, answer):
             reply = prompt_model(f"The capital of {country} is Lima or Paris.")
             prompt_check(reply, exact_answer, vars={"answer": answer})
-    """)
+    """
+    )
     result = run_pytest("--promptopt", "--promptopt-model", "echo", "--promptopt-report", "r.json")
     result.assert_outcomes(passed=1, failed=1)
     results = {r["name"].split("[")[-1]: r for r in load_report(pytester.path / "r.json")["suites"][0]["results"]}

@@ -20,11 +20,11 @@ import tempfile
 import time
 import urllib.request
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-
 from conftest import ECHO_SUITE, load_report
 
 pytestmark = pytest.mark.timeout(240)
@@ -129,7 +129,9 @@ def case_table(client: Any, run_id: str) -> dict[str, dict[str, Any]]:
     runs through the global tracking URI there, not the client's.)"""
     with tempfile.TemporaryDirectory() as tmp:
         table = json.loads(Path(client.download_artifacts(run_id, "cases.json", tmp)).read_text())
-    assert {"case_id", "name", "vars", "prompt", "output", "passed", "error", "score", "scores", "latency_ms"} <= set(table["columns"])
+    assert {"case_id", "name", "vars", "prompt", "output", "passed", "error", "score", "scores", "latency_ms"} <= set(
+        table["columns"]
+    )
     rows = [dict(zip(table["columns"], row)) for row in table["data"]]
     return {row["name"]: row for row in rows}
 
@@ -151,7 +153,9 @@ def git_commit(path: Path) -> str | None:
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "init.defaultBranch=main"]
     subprocess.run([*git, "init", "-q"], cwd=path, check=True)
     subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "init"], cwd=path, check=True)
-    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, check=True, capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=path, check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 # --------------------------------------------------------------------------- a SQLite store
@@ -165,7 +169,9 @@ def test_run_tree_metrics_params_tags_and_tables_in_the_project_store(pytester, 
     result = run_pytest("--promptopt", *mode, mlflow=True)
     assert result.ret == 1  # the capitals gate (pass_rate 0.9) fails; reporting does not change that
     client, parent, children = run_tree(sqlite_uri(pytester.path / "mlflow.db"), pytester.path.name)
-    result.stdout.fnmatch_lines([f"MLflow: sqlite:///*mlflow.db, experiment '{pytester.path.name}', run {parent.info.run_id}"])
+    result.stdout.fnmatch_lines(
+        [f"MLflow: sqlite:///*mlflow.db, experiment '{pytester.path.name}', run {parent.info.run_id}"]
+    )
     assert "warning" not in result.stdout.str().lower()
 
     tags = parent.data.tags
@@ -174,29 +180,62 @@ def test_run_tree_metrics_params_tags_and_tables_in_the_project_store(pytester, 
     assert tags["promptopt.models"] == "echo, scripted" and tags["promptopt.ci"] in ("true", "false")
     if commit:
         assert tags["mlflow.source.git.commit"] == commit and tags["mlflow.source.git.branch"] == "main"
-    assert parent.data.metrics == {"suites": 3, "cases": 7, "passed": 5, "failed": 2, "errors": 0, "pass_rate": 5 / 7, "gates_failed": 1}
+    assert parent.data.metrics == {
+        "suites": 3,
+        "cases": 7,
+        "passed": 5,
+        "failed": 2,
+        "errors": 0,
+        "pass_rate": 5 / 7,
+        "gates_failed": 1,
+    }
     assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["promptopt-report.json"]
 
     qa = children["capitals"]
-    assert qa.data.metrics == pytest.approx({
-        "pass_rate": 2 / 3, "mean_score": qa.data.metrics["mean_score"], "cases": 3, "passed": 2, "failed": 1, "errors": 0,
-        "metric.mentions": 0.5, "gate.pass_rate": 2 / 3, "calls": 3, "cache_hits": 0, "latency_p50_ms": 0, "latency_p95_ms": 0,
-        "prompt_tokens": 0, "completion_tokens": 0, "cost": 0, "duration_s": qa.data.metrics["duration_s"],
-    })
+    assert qa.data.metrics == pytest.approx(
+        {
+            "pass_rate": 2 / 3,
+            "mean_score": qa.data.metrics["mean_score"],
+            "cases": 3,
+            "passed": 2,
+            "failed": 1,
+            "errors": 0,
+            "metric.mentions": 0.5,
+            "gate.pass_rate": 2 / 3,
+            "calls": 3,
+            "cache_hits": 0,
+            "latency_p50_ms": 0,
+            "latency_p95_ms": 0,
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "cost": 0,
+            "duration_s": qa.data.metrics["duration_s"],
+        }
+    )
     template = "The capital of {{country}} is {{capital}}."
     assert qa.data.params == {
-        "suite_name": "capitals", "suite_file": "qa.promptopt.yaml", "suite_kind": "file", "model": "echo",
-        "prompt.0.template": template, "prompt.0.sha256": hashlib.sha256(template.encode()).hexdigest(),
-        "model_params.echo": "{}", "gate.pass_rate.threshold": "0.9",
+        "suite_name": "capitals",
+        "suite_file": "qa.promptopt.yaml",
+        "suite_kind": "file",
+        "model": "echo",
+        "prompt.0.template": template,
+        "prompt.0.sha256": hashlib.sha256(template.encode()).hexdigest(),
+        "model_params.echo": "{}",
+        "gate.pass_rate.threshold": "0.9",
     }
     assert qa.data.tags["promptopt.gate.pass_rate"] == "failed" and qa.data.tags["promptopt.gates_passed"] == "false"
-    artifacts = {a.path for a in client.list_artifacts(qa.info.run_id)} | {a.path for a in client.list_artifacts(qa.info.run_id, "prompts")}
+    artifacts = {a.path for a in client.list_artifacts(qa.info.run_id)} | {
+        a.path for a in client.list_artifacts(qa.info.run_id, "prompts")
+    }
     assert {"cases.json", "suite", "prompts/template-0.txt", "prompts/rendered.md"} <= artifacts
     rendered = Path(client.download_artifacts(qa.info.run_id, "prompts/rendered.md", str(pytester.path))).read_text()
     assert "The capital of Italy is Milan." in rendered
     assert children["greetings"].data.params["prompt.1.template"] == "Goodbye {{name}}"
     assert children["greetings"].data.tags["promptopt.gate.pass_rate"] == "passed"
-    assert children["py-capitals"].data.metrics["pass_rate"] == 0.5 and children["py-capitals"].data.params["suite_kind"] == "python"
+    assert (
+        children["py-capitals"].data.metrics["pass_rate"] == 0.5
+        and children["py-capitals"].data.params["suite_kind"] == "python"
+    )
     assert_tables(client, children, CASES)
     table = case_table(client, qa.info.run_id)
     assert table["wrong[t2]"]["output"] == "The capital of Italy is Milan." and table["wrong[t2]"]["passed"] is False
@@ -214,9 +253,26 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory, migrated_store: Path
     port = free_port()
     log = (root / "server.log").open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", sqlite_uri(root / "server.db"),
-         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=root,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            sqlite_uri(root / "server.db"),
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=root,
         # Without this the server also starts a job runner and about eight huey consumers.
         env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )
@@ -252,7 +308,11 @@ def test_a_remote_tracking_server_from_the_environment_under_xdist(pytester, run
     result = run_pytest("--promptopt", "-n", "2", "--promptopt-experiment", "ci-server", mlflow=True)
     assert result.ret == 1
     client, parent, children = run_tree(mlflow_server, "ci-server")
-    result.stdout.fnmatch_lines([f"MLflow: {mlflow_server}, experiment 'ci-server', run {parent.info.run_id} ({mlflow_server}/#/experiments/*/runs/{parent.info.run_id})"])
+    result.stdout.fnmatch_lines(
+        [
+            f"MLflow: {mlflow_server}, experiment 'ci-server', run {parent.info.run_id} ({mlflow_server}/#/experiments/*/runs/{parent.info.run_id})"
+        ]
+    )
     assert children["capitals"].data.metrics["pass_rate"] == pytest.approx(2 / 3)
     assert children["capitals"].data.params["suite_file"] == "qa.promptopt.yaml"
     assert_tables(client, children, CASES)
@@ -271,8 +331,13 @@ def test_server_down_keeps_the_run_and_upload_sends_it_later(pytester, run_pytes
     assert time.monotonic() - started < 60  # short HTTP timeouts, no two-minute retry loop
     assert result.ret == baseline.ret == 1
     assert result.parseoutcomes() == baseline.parseoutcomes() | {"warnings": 1}
-    result.stdout.fnmatch_lines(["*PytestWarning: MLflow reporting failed (http://***@127.0.0.1:*)*results kept in*",
-                                 "MLflow reporting failed (http://***@127.0.0.1:*", "results kept in *.json; send them later with: python -m pytest_promptopt upload *"])
+    result.stdout.fnmatch_lines(
+        [
+            "*PytestWarning: MLflow reporting failed (http://***@127.0.0.1:*)*results kept in*",
+            "MLflow reporting failed (http://***@127.0.0.1:*",
+            "results kept in *.json; send them later with: python -m pytest_promptopt upload *",
+        ]
+    )
     assert "pw-xxxx" not in result.stdout.str()
     pending = list((pytester.path / ".promptopt" / "pending").glob("*.json"))
     assert len(pending) == 1
@@ -283,13 +348,21 @@ def test_server_down_keeps_the_run_and_upload_sends_it_later(pytester, run_pytes
     store = pytester.path / "live.db"
     shutil.copy(migrated_store, store)
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
-    sent = subprocess.run([sys.executable, "-m", "pytest_promptopt", "upload", str(pending[0]), "--tracking-uri", sqlite_uri(store)],
-                          capture_output=True, text=True, timeout=120, cwd=pytester.path)
+    sent = subprocess.run(
+        [sys.executable, "-m", "pytest_promptopt", "upload", str(pending[0]), "--tracking-uri", sqlite_uri(store)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=pytester.path,
+    )
     assert sent.returncode == 0, sent.stderr
     assert "sent; MLflow: sqlite:///" in sent.stdout and not pending[0].exists()
     client, parent, children = run_tree(sqlite_uri(store), "later")
     assert parent.data.tags["promptopt.gates_passed"] == "false" and parent.data.tags["promptopt.exit_status"] == "1"
-    assert children["capitals"].data.params["prompt.0.sha256"] == hashlib.sha256(b"The capital of {{country}} is {{capital}}.").hexdigest()
+    assert (
+        children["capitals"].data.params["prompt.0.sha256"]
+        == hashlib.sha256(b"The capital of {{country}} is {{capital}}.").hexdigest()
+    )
     assert_tables(client, children, CASES)
 
 
@@ -368,9 +441,18 @@ def test_settings_precedence_and_bad_values_name_the_option(pytester, monkeypatc
     assert mlflow_settings("-o", "promptopt_no_mlflow=true") is None
 
     for args, message in [
-        (["--promptopt-mlflow-uri", "just/a/path"], "--promptopt-mlflow-uri (ini: promptopt_mlflow_uri): 'just/a/path' is not a tracking URI"),
-        (["--promptopt-experiment", " "], "--promptopt-experiment (ini: promptopt_experiment): the experiment name must not be empty"),
-        (["-o", "promptopt_no_mlflow=maybe"], "--promptopt-no-mlflow (ini: promptopt_no_mlflow): expected true or false"),
+        (
+            ["--promptopt-mlflow-uri", "just/a/path"],
+            "--promptopt-mlflow-uri (ini: promptopt_mlflow_uri): 'just/a/path' is not a tracking URI",
+        ),
+        (
+            ["--promptopt-experiment", " "],
+            "--promptopt-experiment (ini: promptopt_experiment): the experiment name must not be empty",
+        ),
+        (
+            ["-o", "promptopt_no_mlflow=maybe"],
+            "--promptopt-no-mlflow (ini: promptopt_no_mlflow): expected true or false",
+        ),
     ]:
         with pytest.raises(pytest.UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
             mlflow_settings(*args)
@@ -380,7 +462,10 @@ def test_redact_text_masks_secret_keys_in_yaml_and_json():
     from pytest_promptopt.redact import redact_text
 
     text = 'config: {client_secret: abc, max_tokens: 5}\npassword: "p w" # note\n"auth_token": "x1"\nvalue: Paris\n'
-    assert redact_text(text) == 'config: {client_secret: ***, max_tokens: 5}\npassword: *** # note\n"auth_token": ***\nvalue: Paris\n'
+    assert (
+        redact_text(text)
+        == 'config: {client_secret: ***, max_tokens: 5}\npassword: *** # note\n"auth_token": ***\nvalue: Paris\n'
+    )
 
 
 def test_the_html_report_is_an_artifact_of_the_session_run(pytester, run_pytest, migrated_store):
@@ -390,7 +475,10 @@ def test_the_html_report_is_an_artifact_of_the_session_run(pytester, run_pytest,
     result = run_pytest("--promptopt", "--promptopt-html", "out/promptopt.html", mlflow=True)
     assert result.ret == 1
     client, parent, _ = run_tree(sqlite_uri(pytester.path / "mlflow.db"), pytester.path.name)
-    assert sorted(a.path for a in client.list_artifacts(parent.info.run_id)) == ["promptopt-report.json", "promptopt.html"]
+    assert sorted(a.path for a in client.list_artifacts(parent.info.run_id)) == [
+        "promptopt-report.json",
+        "promptopt.html",
+    ]
     logged = Path(client.download_artifacts(parent.info.run_id, "promptopt.html", str(pytester.path / "downloaded")))
     assert logged.read_bytes() == (pytester.path / "out" / "promptopt.html").read_bytes()
 

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import load_report
 from fake_openai import FakeOpenAI
+
 from pytest_promptopt import FakeModel, mlflow_scorer
-from pytest_promptopt.assertions.base import AssertionConfigError, AssertionEvaluationError, Assertion
+from pytest_promptopt.assertions.base import Assertion, AssertionConfigError, AssertionEvaluationError
 from pytest_promptopt.assertions.mlflow_scorers import grade_feedback, is_scorer
 from pytest_promptopt.assertions.scoring import render_assertion
 from pytest_promptopt.cache import CacheMode, ResponseCache
@@ -47,12 +47,27 @@ def openai_server(monkeypatch: pytest.MonkeyPatch) -> Any:
         yield server
 
 
-def run(output: str, *assertions: Assertion, cache: ResponseCache, prompt: str = "What is the capital of France?",
-        vars: dict[str, Any] | None = None, judge: ModelSpec = ModelSpec("smollm2")) -> Any:
+def run(
+    output: str,
+    *assertions: Assertion,
+    cache: ResponseCache,
+    prompt: str = "What is the capital of France?",
+    vars: dict[str, Any] | None = None,
+    judge: ModelSpec = ModelSpec("smollm2"),
+) -> Any:
     variables = dict(vars or {})
-    case = Case(suite=SuiteInfo(id="s", name="s", file="s.yaml"), case_id="c", name="c", prompt=Prompt(prompt),
-                rendered_prompt=prompt, prompt_index=0, test_index=0, vars=variables,
-                assertions=tuple(render_assertion(a, variables) for a in assertions), model=ModelSpec("fake"))
+    case = Case(
+        suite=SuiteInfo(id="s", name="s", file="s.yaml"),
+        case_id="c",
+        name="c",
+        prompt=Prompt(prompt),
+        rendered_prompt=prompt,
+        prompt_index=0,
+        test_index=0,
+        vars=variables,
+        assertions=tuple(render_assertion(a, variables) for a in assertions),
+        model=ModelSpec("fake"),
+    )
     model = FakeModel({prompt: output}, name="answers")
     judges = Judges(lambda spec: pytest.fail(f"no plugin judge model expected, got {spec}"), lambda: cache, judge)
     return execute_case(case, model, cache, judges=judges)
@@ -101,7 +116,10 @@ def test_a_builtin_guidelines_judge_on_a_loopback_server(openai_server, cache):
     assert failed.passed is False and failed.reason == "The response does not name Paris."
     # MLflow's judge saw the rendered prompt as the request, and the output as the response
     sent = openai_server.requests[0]["messages"][-1]["content"]
-    assert "<request>What is the capital of France?</request>" in sent and "<response>The capital is Paris.</response>" in sent
+    assert (
+        "<request>What is the capital of France?</request>" in sent
+        and "<response>The capital is Paris.</response>" in sent
+    )
     assert openai_server.requests[0]["model"] == "gpt-4o-mini"
     # The judge's verdict is cached like a model answer: a rerun asks the server nothing.
     asked = len(openai_server.requests)
@@ -137,7 +155,10 @@ def test_scorer_problems_are_errors(cache, tmp_path):
         return Feedback(error=ValueError("judge unreachable"))
 
     assert "raised RuntimeError: cannot score" in run("x", mlflow_scorer(broken), cache=cache).error
-    assert run("x", mlflow_scorer(failing_feedback), cache=cache).error == "assertion error: MLflow scorer failing_feedback: judge unreachable"
+    assert (
+        run("x", mlflow_scorer(failing_feedback), cache=cache).error
+        == "assertion error: MLflow scorer failing_feedback: judge unreachable"
+    )
     with pytest.raises(AssertionConfigError, match="takes an mlflow.genai Scorer"):
         mlflow_scorer(lambda outputs: True)
 
@@ -153,17 +174,24 @@ def test_a_custom_scorer_sees_vars_messages_outputs_and_expectations(cache):
     @scorer
     def concise(inputs, outputs, expectations):
         seen.update(inputs=inputs, outputs=outputs, expectations=expectations)
-        return Feedback(value=len(outputs.split()) <= expectations["max_words"], rationale=f"{len(outputs.split())} words")
+        return Feedback(
+            value=len(outputs.split()) <= expectations["max_words"], rationale=f"{len(outputs.split())} words"
+        )
 
-    result = run("Paris it is.", mlflow_scorer(concise, {"max_words": 5}), cache=cache, vars={"country": "France"},
-                 prompt="Capital of {{country}}?".replace("{{country}}", "France"))
+    result = run(
+        "Paris it is.",
+        mlflow_scorer(concise, {"max_words": 5}),
+        cache=cache,
+        vars={"country": "France"},
+        prompt="Capital of {{country}}?".replace("{{country}}", "France"),
+    )
     assert result.passed is True and result.assertions[0]["reason"] == "3 words"
     assert seen["inputs"] == {"messages": [{"role": "user", "content": "Capital of France?"}], "country": "France"}
     assert seen["outputs"] == "Paris it is." and seen["expectations"] == {"max_words": 5}
     assert (result.calls, result.cache_hits) == (1, 0)  # a @scorer function runs every time, uncounted
 
 
-SCORERS_PY = '''
+SCORERS_PY = """
 from mlflow.entities import Feedback
 from mlflow.genai.scorers import scorer
 
@@ -176,7 +204,7 @@ def is_short(outputs):
 
 def mentions(outputs, expectations):  # a plain function: wrapped with @scorer
     return expectations["expected_response"] in outputs
-'''
+"""
 
 SUITE = """
 description: mlflow scorers
@@ -213,7 +241,11 @@ def test_builtin_and_custom_scorers_in_a_suite_file(pytester, run_pytest, openai
     result.stdout.fnmatch_lines(["*FAILED wrong*The response does not name Paris.*"])
     results = {r["name"].split("[")[0]: r for r in load_report(pytester.path / "r.json")["suites"][0]["results"]}
     right = results["right"]["assertions"]
-    assert [a["type"] for a in right] == ["mlflow:Guidelines", "mlflow:file://scorers.py:is_short", "mlflow:scorers:mentions"]
+    assert [a["type"] for a in right] == [
+        "mlflow:Guidelines",
+        "mlflow:file://scorers.py:is_short",
+        "mlflow:scorers:mentions",
+    ]
     assert right[0]["reason"] == "The response names Paris." and right[1]["reason"] == "6 words"
     assert results["right"]["named_scores"] == {"guidelines": 1.0}
     wrong = results["wrong"]["assertions"]
@@ -228,7 +260,8 @@ def test_builtin_and_custom_scorers_in_a_suite_file(pytester, run_pytest, openai
 
 
 def test_scorer_objects_in_a_python_test(pytester, run_pytest, openai_server):
-    pytester.makepyfile(test_scored="""
+    pytester.makepyfile(
+        test_scored="""
         import pytest
         from mlflow.entities import Feedback
         from mlflow.genai.scorers import Guidelines, scorer
@@ -245,7 +278,8 @@ def test_scorer_objects_in_a_python_test(pytester, run_pytest, openai_server):
         def test_capital(prompt_model, prompt_check, country):
             answer = prompt_model(f"Capital of {country}?")
             prompt_check(answer, NAMES_PARIS, mlflow_scorer(is_short, metric="short"))
-    """)
+    """
+    )
     result = run_pytest("--promptopt", "--promptopt-report", "r.json")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*FAIL  mlflow:names_paris*", "*The response does not name Paris.*"])

@@ -9,7 +9,6 @@ import json
 import shutil
 
 import pytest
-
 from conftest import ECHO_SUITE, load_report
 from test_mlflow import migrated_store, offline_mlflow, run_tree, sqlite_uri  # noqa: F401  (fixtures)
 
@@ -49,7 +48,9 @@ def traces_by_run(client, experiment_id: str, run_id: str) -> list:
 
 
 @pytest.mark.parametrize("mode", ["plain", "xdist-ini"])
-def test_every_case_is_a_trace_of_its_suite_run_with_feedback_and_tags(pytester, run_pytest, migrated_store, monkeypatch, mode):
+def test_every_case_is_a_trace_of_its_suite_run_with_feedback_and_tags(
+    pytester, run_pytest, migrated_store, monkeypatch, mode
+):
     monkeypatch.setenv("PROMPTOPT_TEST_TOKEN", SECRET)
     if mode == "plain":
         write_project(pytester, migrated_store)
@@ -63,7 +64,9 @@ def test_every_case_is_a_trace_of_its_suite_run_with_feedback_and_tags(pytester,
     client, parent, children = run_tree(sqlite_uri(pytester.path / "mlflow.db"), pytester.path.name)
     assert sorted(children) == sorted(CASES)
     experiment_id = parent.info.experiment_id
-    report = {s["name"]: {r["nodeid"]: r for r in s["results"]} for s in load_report(pytester.path / "r.json")["suites"]}
+    report = {
+        s["name"]: {r["nodeid"]: r for r in s["results"]} for s in load_report(pytester.path / "r.json")["suites"]
+    }
 
     every = []
     for name, child in children.items():
@@ -74,30 +77,45 @@ def test_every_case_is_a_trace_of_its_suite_run_with_feedback_and_tags(pytester,
         for trace in traces:
             case = report[name][trace.info.tags["mlflow.test.name"]]
             assert trace.info.trace_metadata["mlflow.sourceRun"] == child.info.run_id
-            assert trace.info.tags["promptopt.suite"] == name and trace.info.tags["promptopt.case_id"] == case["case_id"]
+            assert (
+                trace.info.tags["promptopt.suite"] == name and trace.info.tags["promptopt.case_id"] == case["case_id"]
+            )
             assert trace.info.tags["mlflow.traceName"] == case["name"]
             span = trace.data.spans[0]
             assert span.inputs == {"prompt": case["prompt"], "vars": case["vars"]}
             assert span.attributes["promptopt.model"] == case["model"]
             assert span.attributes["promptopt.latency_ms"] == case["latency_ms"]
-            assert span.attributes["promptopt.cache_hit"] is False and span.attributes["promptopt.calls"] == case["calls"]
+            assert (
+                span.attributes["promptopt.cache_hit"] is False and span.attributes["promptopt.calls"] == case["calls"]
+            )
             feedback = {a.name: a for a in trace.info.assessments}
             if case["error"]:
                 assert trace.info.state.value == "ERROR" and span.status.status_code.value == "ERROR"
                 assert span.outputs == {"error": case["error"]} and "connection refused" in case["error"]
-                assert feedback["passed"].value is None and "connection refused" in feedback["passed"].error.error_message
+                assert (
+                    feedback["passed"].value is None and "connection refused" in feedback["passed"].error.error_message
+                )
                 continue
             assert trace.info.state.value == "OK" and span.outputs == {"output": case["output"]}
-            assert feedback["passed"].value is case["passed"] and feedback["passed"].rationale == (case["reason"] or None)
+            assert feedback["passed"].value is case["passed"] and feedback["passed"].rationale == (
+                case["reason"] or None
+            )
             assert len(feedback) == 1 + len(case["assertions"])
             for check in case["assertions"]:
                 got = feedback[check["metric"] or check["type"]]
                 assert got.value == check["score"] and got.rationale == check["reason"]
-                assert got.source.source_id == "pytest-promptopt" and got.metadata["mlflow.assessment.sourceRunId"] == child.info.run_id
+                assert (
+                    got.source.source_id == "pytest-promptopt"
+                    and got.metadata["mlflow.assessment.sourceRunId"] == child.info.run_id
+                )
                 assert got.metadata["promptopt.passed"] == str(check["passed"]).lower()
 
     assert len(every) == sum(CASES.values())
-    wrong = next(t for t in every if t.info.tags["promptopt.case_id"].startswith("wrong") or t.info.tags["mlflow.traceName"].startswith("wrong"))
+    wrong = next(
+        t
+        for t in every
+        if t.info.tags["promptopt.case_id"].startswith("wrong") or t.info.tags["mlflow.traceName"].startswith("wrong")
+    )
     assert {a.name: a.value for a in wrong.info.assessments} == {"passed": False, "mentions": 0.0}
     py = {t.info.tags["mlflow.test.case_id"]: t for t in every if t.info.tags["promptopt.suite"] == "py-capitals"}
     assert sorted(py) == ["down", "up"] and py["down"].info.state.value == "ERROR"
@@ -130,7 +148,9 @@ def test_a_trace_that_cannot_be_written_is_a_warning_and_the_count_check_sees_it
     experiment_id = client.create_experiment("traces", artifact_location=(tmp_path / "mlruns").as_uri())
     run_id = client.create_run(experiment_id).info.run_id
     info = SuiteInfo("qa", "qa", "qa.promptopt.yaml")
-    run = summarize([(info, CaseResult(case_id=f"t{i}", name=f"c{i}", position=i, output="x", passed=True)) for i in range(3)])
+    run = summarize(
+        [(info, CaseResult(case_id=f"t{i}", name=f"c{i}", position=i, output="x", passed=True)) for i in range(3)]
+    )
     start_trace = client._tracing_client.start_trace
     calls = []
 

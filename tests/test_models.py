@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from fake_openai import FakeOpenAI
+
 from pytest_promptopt import EchoModel, FakeModel, LiteLLMModel, ModelError, Request, Response
 from pytest_promptopt.models.registry import BUNDLED, ModelSpec, create_model, parse_model_spec
 
@@ -53,14 +53,26 @@ def test_bad_model_ids(entry):
 def test_litellm_against_an_openai_compatible_server(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("ACME_KEY", "sk-test-0123456789")
     with FakeOpenAI(lambda body: (200, "Paris")) as server:
-        model = create_model(ModelSpec("openai/acme-chat", {"api_base": server.base_url, "api_key_env": "ACME_KEY", "temperature": 0, "max_tokens": 8}))
+        model = create_model(
+            ModelSpec(
+                "openai/acme-chat",
+                {"api_base": server.base_url, "api_key_env": "ACME_KEY", "temperature": 0, "max_tokens": 8},
+            )
+        )
         assert isinstance(model, LiteLLMModel)
-        response = model.generate(Request.from_prompt('[{"role": "system", "content": "Terse."}, {"role": "user", "content": "Capital of France?"}]'))
+        response = model.generate(
+            Request.from_prompt(
+                '[{"role": "system", "content": "Terse."}, {"role": "user", "content": "Capital of France?"}]'
+            )
+        )
     assert response.text == "Paris"
     assert (response.prompt_tokens, response.completion_tokens) == (7, 1)
     assert response.latency_ms > 0
     sent = server.requests[0]
-    assert sent["messages"] == [{"role": "system", "content": "Terse."}, {"role": "user", "content": "Capital of France?"}]
+    assert sent["messages"] == [
+        {"role": "system", "content": "Terse."},
+        {"role": "user", "content": "Capital of France?"},
+    ]
     assert sent["temperature"] == 0 and sent["max_tokens"] == 8
     headers = {k.lower(): v for k, v in server.headers[0].items()}
     assert headers["authorization"] == "Bearer sk-test-0123456789"  # key from the environment
@@ -70,7 +82,9 @@ def test_litellm_against_an_openai_compatible_server(monkeypatch: pytest.MonkeyP
 def test_litellm_failure_is_a_model_error_without_the_key(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("ACME_KEY", "sk-test-0123456789")
     with FakeOpenAI(lambda body: (401, "bad key sk-test-0123456789")) as server:
-        model = LiteLLMModel("openai/acme-chat", {"api_base": server.base_url, "api_key_env": "ACME_KEY", "num_retries": 0})
+        model = LiteLLMModel(
+            "openai/acme-chat", {"api_base": server.base_url, "api_key_env": "ACME_KEY", "num_retries": 0}
+        )
         with pytest.raises(ModelError) as info:
             model.generate(Request.from_prompt("hi"))
     assert "openai/acme-chat" in str(info.value) and "sk-test-0123456789" not in str(info.value)

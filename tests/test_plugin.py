@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import textwrap
 
 import pytest
-
 from conftest import ECHO_SUITE, comparable, load_report
-
 
 
 def test_suite_cases_are_items_and_failing_case_fails_without_gates(pytester, run_pytest, mode):
@@ -18,7 +15,14 @@ def test_suite_cases_are_items_and_failing_case_fails_without_gates(pytester, ru
     assert result.ret == 1
     result.stdout.fnmatch_lines(["*promptopt summary*", "*capitals*echo*3*2*1*0*66.7%*"])
     # The failure shows the output, each assertion, its score and why.
-    result.stdout.fnmatch_lines(["*output:*", "*The capital of Italy is Milan.*", "*FAIL  contains Rome  score 0.00*", '*Expected output to contain "Rome"*'])
+    result.stdout.fnmatch_lines(
+        [
+            "*output:*",
+            "*The capital of Italy is Milan.*",
+            "*FAIL  contains Rome  score 0.00*",
+            '*Expected output to contain "Rome"*',
+        ]
+    )
     result.stdout.fnmatch_lines(["FAILED qa.promptopt.yaml::wrong[[]t2[]]*"])
     report = load_report(pytester.path / "report.json")
     suite = report["suites"][0]
@@ -46,8 +50,15 @@ def test_gate_above_what_the_model_reaches_fails_the_run_with_value_and_threshol
     assert result.ret == 1
     result.stdout.fnmatch_lines(["*GATE FAILED*capitals*pass_rate = 0.667, threshold 0.9*"])
     gates = load_report(pytester.path / "r.json")["suites"][0]["gates"]
-    assert gates[0] == {"name": "pass_rate", "threshold": 0.9, "value": pytest.approx(2 / 3), "passed": False, "reason": gates[0]["reason"],
-                        "rule": "point", "interval": None}  # a point gate reads no interval
+    assert gates[0] == {
+        "name": "pass_rate",
+        "threshold": 0.9,
+        "value": pytest.approx(2 / 3),
+        "passed": False,
+        "reason": gates[0]["reason"],
+        "rule": "point",
+        "interval": None,
+    }  # a point gate reads no interval
     assert gates[1]["passed"] is True and gates[1]["value"] == 0.5
 
 
@@ -227,7 +238,9 @@ def test_cache_warm_rerun_makes_no_calls_and_replay_miss_is_an_error(pytester, r
     assert len((pytester.path / "calls.log").read_text().splitlines()) == 3  # zero new model calls
     suite = load_report(pytester.path / "second.json")["suites"][0]
     assert sum(r["calls"] for r in suite["results"]) == 0 and sum(r["cache_hits"] for r in suite["results"]) == 3
-    assert comparable(load_report(pytester.path / "first.json")) == comparable(load_report(pytester.path / "second.json"))
+    assert comparable(load_report(pytester.path / "first.json")) == comparable(
+        load_report(pytester.path / "second.json")
+    )
     # A new case in replay mode has no recording: an error, never a silent pass.
     pytester.makefile(".promptopt.yaml", qa=ECHO_SUITE.replace("[echo]", "[acme/recorded]").replace("Milan", "Naples"))
     third = run_pytest("--promptopt", "--promptopt-cache", "replay", *mode)
@@ -242,12 +255,17 @@ def test_bad_option_values_are_usage_errors(pytester, run_pytest):
     pytester.makeini("[pytest]\npromptopt_cache = sometimes\n")
     result = run_pytest("--promptopt")
     assert result.ret == 4
-    result.stderr.fnmatch_lines(["*--promptopt-cache (ini: promptopt_cache)*'sometimes' is not one of off, readwrite, replay*"])
+    result.stderr.fnmatch_lines(
+        ["*--promptopt-cache (ini: promptopt_cache)*'sometimes' is not one of off, readwrite, replay*"]
+    )
 
 
 def test_ini_sets_the_model_and_command_line_wins(pytester, run_pytest):
     pytester.makeini("[pytest]\npromptopt_model = echo\n")
-    pytester.makefile(".promptopt.yaml", qa="prompts: ['hi {{x}}']\ntests: [{vars: {x: there}, assert: [{type: equals, value: hi there}]}]\n")
+    pytester.makefile(
+        ".promptopt.yaml",
+        qa="prompts: ['hi {{x}}']\ntests: [{vars: {x: there}, assert: [{type: equals, value: hi there}]}]\n",
+    )
     run_pytest("--promptopt").assert_outcomes(passed=1)
     pytester.makeconftest(
         """
@@ -279,13 +297,18 @@ def test_collection_error_for_bad_suite_names_file_line_and_path(pytester, run_p
     result = run_pytest("--promptopt", *mode)
     assert result.ret == (1 if "-n" in mode else 2)  # xdist reports collection errors as errors
     out = result.stdout.str()
-    assert "qa.promptopt.yaml:6: tests[0].assert[0].type: unknown assertion type 'contans'; did you mean 'contains'?" in out
+    assert (
+        "qa.promptopt.yaml:6: tests[0].assert[0].type: unknown assertion type 'contans'; did you mean 'contains'?"
+        in out
+    )
     assert "Traceback" not in out
 
 
 def test_junit_xml_does_not_carry_case_records(pytester, run_pytest, mode):
     pytester.makefile(".promptopt.yaml", qa=ECHO_SUITE)
-    run_pytest("--promptopt", "--junitxml", "junit.xml", "--promptopt-report", "r.json", *mode).assert_outcomes(passed=2, failed=1)
+    run_pytest("--promptopt", "--junitxml", "junit.xml", "--promptopt-report", "r.json", *mode).assert_outcomes(
+        passed=2, failed=1
+    )
     assert "promptopt" not in (pytester.path / "junit.xml").read_text().replace("qa.promptopt.yaml", "")
     assert len(load_report(pytester.path / "r.json")["suites"][0]["results"]) == 3
 
@@ -301,7 +324,15 @@ def test_ini_report_path_is_relative_to_the_ini_file(pytester, monkeypatch):
     pytester.makefile(".promptopt.yaml", qa="prompts: ['hi']\n")
     sub = pytester.mkdir("sub")
     monkeypatch.chdir(sub)
-    result = pytester.runpytest_subprocess("--promptopt", "--promptopt-no-mlflow", "--rootdir", str(pytester.path), str(pytester.path), "-p", "no:cacheprovider")
+    result = pytester.runpytest_subprocess(
+        "--promptopt",
+        "--promptopt-no-mlflow",
+        "--rootdir",
+        str(pytester.path),
+        str(pytester.path),
+        "-p",
+        "no:cacheprovider",
+    )
     result.assert_outcomes(passed=1)
     assert (pytester.path / "build" / "report.json").is_file() and not (sub / "build").exists()
 
@@ -334,7 +365,11 @@ def test_python_tests_of_one_suite_must_agree_on_gates(pytester, run_pytest):
     )
     result = run_pytest("--promptopt")
     assert result.ret == 4
-    result.stderr.fnmatch_lines(["*suite 's': test_gates.py::test_a declares pass_rate >= 0.5 but test_gates.py::test_b declares pass_rate >= 0.9*"])
+    result.stderr.fnmatch_lines(
+        [
+            "*suite 's': test_gates.py::test_a declares pass_rate >= 0.5 but test_gates.py::test_b declares pass_rate >= 0.9*"
+        ]
+    )
 
 
 def test_malformed_python_check_is_an_error(pytester, run_pytest):
@@ -354,12 +389,20 @@ def test_malformed_python_check_is_an_error(pytester, run_pytest):
 
 
 def test_validate_command(pytester):
-    pytester.makefile(".promptopt.yaml", good="prompts: ['{{q}}']\ntests: [{vars: {q: a}}]\n", bad="prompts: ['{{q}}']\ntests: [{vars: {}}]\n")
+    pytester.makefile(
+        ".promptopt.yaml",
+        good="prompts: ['{{q}}']\ntests: [{vars: {q: a}}]\n",
+        bad="prompts: ['{{q}}']\ntests: [{vars: {}}]\n",
+    )
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "pytest_promptopt", "validate", "good.promptopt.yaml", "bad.promptopt.yaml"],
-                          capture_output=True, text=True, cwd=pytester.path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest_promptopt", "validate", "good.promptopt.yaml", "bad.promptopt.yaml"],
+        capture_output=True,
+        text=True,
+        cwd=pytester.path,
+    )
     assert proc.returncode == 1
     assert "good.promptopt.yaml: ok, 1 case, gates: none" in proc.stdout
     assert "bad.promptopt.yaml:2: tests[0].vars: missing variable 'q'" in proc.stderr

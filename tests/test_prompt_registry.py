@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import load_report
 from test_mlflow import free_port, migrated_store, offline_mlflow, run_tree, sqlite_uri  # noqa: F401  (fixtures)
 
@@ -91,28 +90,39 @@ def test_alias_and_version_resolve_once_and_child_runs_link_them(pytester, run_p
     assert not list((pytester.path / ".promptopt" / "registry").glob("*.json"))  # the session's file is gone
 
 
-def test_unknown_references_and_an_unreachable_registry_are_collection_errors(pytester, run_pytest, migrated_store, monkeypatch):  # noqa: F811
+def test_unknown_references_and_an_unreachable_registry_are_collection_errors(
+    pytester, run_pytest, migrated_store, monkeypatch
+):  # noqa: F811
     registered_store(pytester, migrated_store)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_uri(pytester.path / "mlflow.db"))  # MLflow reporting is off here
-    pytester.makefile(".promptopt.yaml", alias="providers: [echo]\nprompts: ['prompts:/greet@nope']\n",
-                      version="providers: [echo]\nprompts: ['Hi {{name}}', 'prompts:/greet/7']\ntests: [{vars: {name: A}}]\n",
-                      name="providers: [echo]\nprompts: {id: 'prompts:/missing/1', label: m}\n",
-                      malformed="providers: [echo]\nprompts: ['prompts:/greet']\n")
+    pytester.makefile(
+        ".promptopt.yaml",
+        alias="providers: [echo]\nprompts: ['prompts:/greet@nope']\n",
+        version="providers: [echo]\nprompts: ['Hi {{name}}', 'prompts:/greet/7']\ntests: [{vars: {name: A}}]\n",
+        name="providers: [echo]\nprompts: {id: 'prompts:/missing/1', label: m}\n",
+        malformed="providers: [echo]\nprompts: ['prompts:/greet']\n",
+    )
     result = run_pytest("--promptopt", "-n", "2")
     result.assert_outcomes(errors=4)  # collection errors, reported by the workers
-    result.stdout.fnmatch_lines_random([
-        "*alias.promptopt.yaml:2: prompts[[]0[]]: registered prompt prompts:/greet@nope: not found in the registry at sqlite:///*mlflow.db: Prompt alias nope not found.",
-        "*version.promptopt.yaml:2: prompts[[]1[]]: registered prompt prompts:/greet/7: not found in the registry at *: Prompt (name=greet, version=7) not found",
-        "*name.promptopt.yaml:2: prompts: registered prompt prompts:/missing/1: not found in the registry at *missing*",
-        "*malformed.promptopt.yaml:2: prompts[[]0[]]: registered prompt prompts:/greet: *is not a prompt reference; use prompts:/<name>/<version> or prompts:/<name>@<alias>",
-    ])
+    result.stdout.fnmatch_lines_random(
+        [
+            "*alias.promptopt.yaml:2: prompts[[]0[]]: registered prompt prompts:/greet@nope: not found in the registry at sqlite:///*mlflow.db: Prompt alias nope not found.",
+            "*version.promptopt.yaml:2: prompts[[]1[]]: registered prompt prompts:/greet/7: not found in the registry at *: Prompt (name=greet, version=7) not found",
+            "*name.promptopt.yaml:2: prompts: registered prompt prompts:/missing/1: not found in the registry at *missing*",
+            "*malformed.promptopt.yaml:2: prompts[[]0[]]: registered prompt prompts:/greet: *is not a prompt reference; use prompts:/<name>/<version> or prompts:/<name>@<alias>",
+        ]
+    )
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")  # nothing listens
     for name in ("version", "name", "malformed"):
         (pytester.path / f"{name}.promptopt.yaml").unlink()
     result = run_pytest("--promptopt")
     assert result.ret == pytest.ExitCode.INTERRUPTED  # collection errors
-    result.stdout.fnmatch_lines(["*alias.promptopt.yaml:2: prompts[[]0[]]: registered prompt prompts:/greet@nope: cannot read the registry at http://127.0.0.1:*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*alias.promptopt.yaml:2: prompts[[]0[]]: registered prompt prompts:/greet@nope: cannot read the registry at http://127.0.0.1:*"
+        ]
+    )
 
 
 def test_a_suites_own_prompt_gets_a_new_version_only_when_its_text_changes(pytester, run_pytest, migrated_store):  # noqa: F811
@@ -130,14 +140,25 @@ def test_a_suites_own_prompt_gets_a_new_version_only_when_its_text_changes(pytes
         # (The suite by name: <rootdir>/mlruns holds copies of it, logged as artifacts.)
         result = run_pytest("--promptopt", "cities.promptopt.yaml", mlflow=True)
         assert result.ret == 0, result.stdout.str()
-        runs = client.search_runs([client.get_experiment_by_name(pytester.path.name).experiment_id], order_by=["attributes.start_time DESC"])
+        runs = client.search_runs(
+            [client.get_experiment_by_name(pytester.path.name).experiment_id], order_by=["attributes.start_time DESC"]
+        )
         return linked(next(r for r in runs if r.info.run_name == "Capital Cities!"))
 
     # The name is the suite name as a slug, plus -p<index> when a suite has several prompts.
-    assert run_and_link("Capital of {{name}}?") == [{"name": "greet", "version": "1"}, {"name": "capital-cities-p0", "version": "1"}]
-    assert run_and_link("Capital of {{name}}?") == [{"name": "greet", "version": "1"}, {"name": "capital-cities-p0", "version": "1"}]
+    assert run_and_link("Capital of {{name}}?") == [
+        {"name": "greet", "version": "1"},
+        {"name": "capital-cities-p0", "version": "1"},
+    ]
+    assert run_and_link("Capital of {{name}}?") == [
+        {"name": "greet", "version": "1"},
+        {"name": "capital-cities-p0", "version": "1"},
+    ]
     assert client.get_prompt_version_by_alias("capital-cities-p0", "latest").version == 1  # unchanged: no new version
-    assert run_and_link("The capital of {{name}}?") == [{"name": "greet", "version": "1"}, {"name": "capital-cities-p0", "version": "2"}]
+    assert run_and_link("The capital of {{name}}?") == [
+        {"name": "greet", "version": "1"},
+        {"name": "capital-cities-p0", "version": "2"},
+    ]
     latest = client.get_prompt_version_by_alias("capital-cities-p0", "latest")
     assert (latest.version, latest.template) == (2, "The capital of {{name}}?")
     assert latest.commit_message == "pytest-promptopt: cities.promptopt.yaml prompts[0]"
@@ -147,18 +168,25 @@ def test_prompt_prefix_names_the_registered_prompts(pytester, run_pytest, migrat
     # A Unity Catalog registry needs `catalog.schema.` names; the prefix is how a project says so.
     shutil.copy(migrated_store, pytester.path / "mlflow.db")
     client = client_for(sqlite_uri(pytester.path / "mlflow.db"))
-    pytester.makefile(".promptopt.yaml", own="description: Own\nproviders: [echo]\nprompts: ['Hi {{name}}']\ntests: [{vars: {name: A}}]\n")
+    pytester.makefile(
+        ".promptopt.yaml",
+        own="description: Own\nproviders: [echo]\nprompts: ['Hi {{name}}']\ntests: [{vars: {name: A}}]\n",
+    )
     pytester.makeini("[pytest]\npromptopt_prompt_prefix = team-\n")
     assert run_pytest("--promptopt", "own.promptopt.yaml", mlflow=True).ret == 0
     assert [p.name for p in client.search_prompts()] == ["team-own"]
     result = run_pytest("--promptopt", "--promptopt-prompt-prefix", "main prompts", "own.promptopt.yaml", mlflow=True)
     assert result.ret == 4
-    result.stderr.fnmatch_lines(["*--promptopt-prompt-prefix (ini: promptopt_prompt_prefix): 'main prompts' may hold only*"])
+    result.stderr.fnmatch_lines(
+        ["*--promptopt-prompt-prefix (ini: promptopt_prompt_prefix): 'main prompts' may hold only*"]
+    )
 
 
 def test_no_mlflow_registers_nothing(pytester, run_pytest, migrated_store):  # noqa: F811
     shutil.copy(migrated_store, pytester.path / "mlflow.db")
-    pytester.makefile(".promptopt.yaml", own="providers: [echo]\nprompts: ['Hi {{name}}']\ntests: [{vars: {name: A}}]\n")
+    pytester.makefile(
+        ".promptopt.yaml", own="providers: [echo]\nprompts: ['Hi {{name}}']\ntests: [{vars: {name: A}}]\n"
+    )
     assert run_pytest("--promptopt").ret == 0  # conftest adds --promptopt-no-mlflow
     assert list(client_for(sqlite_uri(pytester.path / "mlflow.db")).search_prompts()) == []
 

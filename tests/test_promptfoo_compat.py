@@ -11,7 +11,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import load_report
 
 DATA = Path(__file__).parent / "data" / "promptfoo"
@@ -40,8 +39,21 @@ def our_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
         if item.is_file():
             shutil.copy(item, work / item.name)
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "--promptopt", "-p", "no:cacheprovider", "--promptopt-report", "report.json", "-q", "promptfooconfig.yaml"],
-        cwd=work, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--promptopt",
+            "-p",
+            "no:cacheprovider",
+            "--promptopt-report",
+            "report.json",
+            "-q",
+            "promptfooconfig.yaml",
+        ],
+        cwd=work,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 1, proc.stdout[-3000:]  # the config has failing tests and no gates
     report = load_report(work / "report.json")
@@ -53,7 +65,8 @@ def our_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
 @pytest.mark.parametrize("expected", EXPECTED["results"], ids=lambda e: f"t{e['testIdx']}-p{e['promptIdx']}")
 def test_same_verdict_score_and_components_as_promptfoo(our_results, expected):
     candidates = [
-        r for r in our_results
+        r
+        for r in our_results
         if r["prompt_index"] == expected["promptIdx"] and r["test_index"] == position_in_tests(expected["testIdx"])
     ]
     if len(candidates) > 1:  # the list-var expansions: one per value

@@ -7,15 +7,36 @@ import sys
 
 import pytest_promptopt
 
-HEAVY = ["torch", "transformers", "litellm", "mlflow", "dspy", "pyspark", "yaml", "jsonschema", "jinja2", "plotly", "hypothesis"]
+HEAVY = [
+    "torch",
+    "transformers",
+    "litellm",
+    "mlflow",
+    "dspy",
+    "pyspark",
+    "yaml",
+    "jsonschema",
+    "jinja2",
+    "plotly",
+    "hypothesis",
+]
 
 
 def test_all_names_resolve_and_nothing_else_is_public():
     for name in pytest_promptopt.__all__:
         assert getattr(pytest_promptopt, name) is not None
     assert set(dir(pytest_promptopt)) == set(pytest_promptopt.__all__)
-    assert {"Prompt", "FakeModel", "EchoModel", "LocalModel", "LiteLLMModel", "contains", "not_", "Response",
-            "DemoRepairOptimizer"} <= set(pytest_promptopt.__all__)
+    assert {
+        "Prompt",
+        "FakeModel",
+        "EchoModel",
+        "LocalModel",
+        "LiteLLMModel",
+        "contains",
+        "not_",
+        "Response",
+        "DemoRepairOptimizer",
+    } <= set(pytest_promptopt.__all__)
 
 
 def test_importing_the_plugin_imports_nothing_heavy():
@@ -25,8 +46,11 @@ def test_importing_the_plugin_imports_nothing_heavy():
 
 
 def test_a_run_without_promptopt_loads_nothing_heavy(pytester):
-    pytester.makefile(".promptopt.yaml", qa="prompts: ['x']\nproviders: [smollm2]\n",
-                      fuzzed="prompts: ['{{x}}']\nfuzz: {vars: {x: {type: string}}, assert: [{type: is-json}]}\n")
+    pytester.makefile(
+        ".promptopt.yaml",
+        qa="prompts: ['x']\nproviders: [smollm2]\n",
+        fuzzed="prompts: ['{{x}}']\nfuzz: {vars: {x: {type: string}}, assert: [{type: is-json}]}\n",
+    )
     pytester.makepyfile(test_a="def test_a():\n    pass\n")
     pytester.makeconftest(
         "import sys\n"

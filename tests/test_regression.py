@@ -6,20 +6,31 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import load_report
-from pytest_promptopt.baseline import BaselineRun, BaselineSuite, CaseOutcome, Regression, compare_run, read_baseline_file, write_baseline_file
+
+from pytest_promptopt.baseline import (
+    BaselineRun,
+    BaselineSuite,
+    CaseOutcome,
+    Regression,
+    compare_run,
+    read_baseline_file,
+    write_baseline_file,
+)
 from pytest_promptopt.gates import Gate, decide, parse_gates
 
 # --------------------------------------------------------------------------- gate rules
 
 
-@pytest.mark.parametrize(("rule", "interval", "passed"), [
-    ("point", (0.6, 0.95), True),       # 0.82 >= 0.8
-    ("strict", (0.6, 0.95), False),     # lower bound 0.6 < 0.8
-    ("strict", (0.81, 0.9), True),
-    ("tolerant", (0.6, 0.95), True),    # upper bound 0.95 >= 0.8
-])
+@pytest.mark.parametrize(
+    ("rule", "interval", "passed"),
+    [
+        ("point", (0.6, 0.95), True),  # 0.82 >= 0.8
+        ("strict", (0.6, 0.95), False),  # lower bound 0.6 < 0.8
+        ("strict", (0.81, 0.9), True),
+        ("tolerant", (0.6, 0.95), True),  # upper bound 0.95 >= 0.8
+    ],
+)
 def test_each_rule_reads_its_side_of_the_interval(rule: str, interval: tuple[float, float], passed: bool) -> None:
     result = decide(Gate("pass_rate", 0.8, rule), 0.82, {}, {"pass_rate": interval})
     assert result.passed is passed and result.rule == rule and (result.low, result.high) == interval
@@ -35,7 +46,10 @@ def test_tolerant_fails_only_when_surely_too_low_and_the_run_default_applies() -
 
 
 def test_gate_rules_parse_from_a_suite_and_bad_rules_name_the_path() -> None:
-    assert parse_gates({"pass_rate": {"min": 0.9, "rule": "strict"}, "acc": 0.5}) == (Gate("pass_rate", 0.9, "strict"), Gate("acc", 0.5))
+    assert parse_gates({"pass_rate": {"min": 0.9, "rule": "strict"}, "acc": 0.5}) == (
+        Gate("pass_rate", 0.9, "strict"),
+        Gate("acc", 0.5),
+    )
     with pytest.raises(ValueError, match=r"gates.pass_rate.rule: 'lenient'"):
         parse_gates({"pass_rate": {"min": 0.9, "rule": "lenient"}})
 
@@ -61,7 +75,9 @@ def broken_for(*countries: str) -> str:
 
 
 def suite(rows: list[tuple[str, str]], gate: str = "0.5", prompt: str = PROMPT) -> str:
-    tests = "\n".join(f"  - vars: {{country: {c}, capital: {cap}}}\n    assert: [{{type: contains, value: {cap}}}]" for c, cap in rows)
+    tests = "\n".join(
+        f"  - vars: {{country: {c}, capital: {cap}}}\n    assert: [{{type: contains, value: {cap}}}]" for c, cap in rows
+    )
     return SUITE % (prompt, tests, gate)
 
 
@@ -69,7 +85,9 @@ def test_a_strict_gate_fails_a_small_perfect_suite_and_the_report_shows_interval
     pytester.makefile(".promptopt.yaml", capitals=suite(CAPITALS[:3], "{min: 0.5, rule: strict}"))
     result = run_pytest("--promptopt", "--promptopt-report", "r.json")
     assert result.ret == 1  # 3/3 passed, but the Wilson lower bound is 0.44
-    result.stdout.fnmatch_lines(["*100.0%*44-100%*pass_rate>=0.5(strict):FAIL*", "GATE FAILED*95% lower bound 0.439 < 0.5 (strict)*"])
+    result.stdout.fnmatch_lines(
+        ["*100.0%*44-100%*pass_rate>=0.5(strict):FAIL*", "GATE FAILED*95% lower bound 0.439 < 0.5 (strict)*"]
+    )
     report = load_report(pytester.path / "r.json")
     [s] = report["suites"]
     assert s["intervals"]["pass_rate"] == pytest.approx([0.4385, 1.0], abs=1e-3)
@@ -81,7 +99,12 @@ def test_a_strict_gate_fails_a_small_perfect_suite_and_the_report_shows_interval
 
 
 def test_baseline_file_round_trip_is_sorted_and_stable(tmp_path) -> None:
-    outcomes = {"s": ("suite s", [CaseOutcome("b", "B", "failed", "x", {"m": 0.0}), CaseOutcome("a", "A", "passed", "y", {"m": 1.0})])}
+    outcomes = {
+        "s": (
+            "suite s",
+            [CaseOutcome("b", "B", "failed", "x", {"m": 0.0}), CaseOutcome("a", "A", "passed", "y", {"m": 1.0})],
+        )
+    }
     path = tmp_path / "baseline.json"
     write_baseline_file(path, outcomes)
     first = path.read_text()
@@ -89,7 +112,10 @@ def test_baseline_file_round_trip_is_sorted_and_stable(tmp_path) -> None:
     write_baseline_file(path, {"s": ("suite s", list(reversed(outcomes["s"][1])))})
     assert path.read_text() == first  # reordering the cases rewrites the same bytes
     loaded = read_baseline_file(path)
-    assert [(c.case_id, c.status, c.named_scores) for c in loaded.suites["s"].cases] == [("a", "passed", {"m": 1.0}), ("b", "failed", {"m": 0.0})]
+    assert [(c.case_id, c.status, c.named_scores) for c in loaded.suites["s"].cases] == [
+        ("a", "passed", {"m": 1.0}),
+        ("b", "failed", {"m": 0.0}),
+    ]
 
 
 def test_a_bad_baseline_file_is_a_warning_that_names_it(pytester, run_pytest) -> None:
@@ -97,7 +123,9 @@ def test_a_bad_baseline_file_is_a_warning_that_names_it(pytester, run_pytest) ->
     (pytester.path / "bad.json").write_text('{"version": 1, "suites": {"x": {"cases": {"c1": {"status": "maybe"}}}}}')
     result = run_pytest("--promptopt", "--promptopt-baseline", "bad.json")
     assert result.ret == 0
-    result.stdout.fnmatch_lines(["*baseline not loaded: *bad.json: suites.x.cases.c1.status: 'maybe' is not one of passed, failed, error*"])
+    result.stdout.fnmatch_lines(
+        ["*baseline not loaded: *bad.json: suites.x.cases.c1.status: 'maybe' is not one of passed, failed, error*"]
+    )
 
 
 def test_update_then_compare_with_reordered_added_and_removed_cases(pytester, run_pytest) -> None:
@@ -115,25 +143,42 @@ def test_update_then_compare_with_reordered_added_and_removed_cases(pytester, ru
     assert b["newly_failing"] == [ids["country=Italy"]] and b["newly_passing"] == []
     assert b["added"] == [ids["country=Chile"]] and len(b["removed"]) == 1 and b["compared"] == 4
     assert b["p_value"] == pytest.approx(0.5) and b["regressed"] is False
-    result.stdout.fnmatch_lines(["baseline *baseline.json: baseline file (regression gate on)",
-                                 "*4 paired cases, McNemar p = 0.5: no significant regression",
-                                 f"*added since the baseline: {ids['country=Chile']}",
-                                 "*newly failing*country=Italy*", "*baseline: 'The capital of Italy is Rome.'", "*now: *'I do not know.'"])
+    result.stdout.fnmatch_lines(
+        [
+            "baseline *baseline.json: baseline file (regression gate on)",
+            "*4 paired cases, McNemar p = 0.5: no significant regression",
+            f"*added since the baseline: {ids['country=Chile']}",
+            "*newly failing*country=Italy*",
+            "*baseline: 'The capital of Italy is Rome.'",
+            "*now: *'I do not know.'",
+        ]
+    )
 
 
 def test_the_regression_gate_fails_a_significant_drop_and_passes_noise(pytester, run_pytest) -> None:
     many = [(f"Country{i}", f"City{i}") for i in range(20)]
     pytester.makefile(".promptopt.yaml", capitals=suite(many, "0.0"))
     assert run_pytest("--promptopt", "--promptopt-update-baseline", "--promptopt-baseline", "base.json").ret == 0
-    pytester.makefile(".promptopt.yaml", capitals=suite(many, "0.0", prompt=broken_for(*[f"Country{i}" for i in range(8)])))
+    pytester.makefile(
+        ".promptopt.yaml", capitals=suite(many, "0.0", prompt=broken_for(*[f"Country{i}" for i in range(8)]))
+    )
     result = run_pytest("--promptopt", "--promptopt-baseline", "base.json", "--promptopt-report", "r.json")
     assert result.ret == 1  # the threshold gate passes (0.0); the regression gate does not (8 of 20 flipped)
-    result.stdout.fnmatch_lines(["GATE FAILED  capitals.promptopt.yaml*regression against the baseline: pass rate fell by 40.0%*McNemar p = 0.0039*"])
+    result.stdout.fnmatch_lines(
+        [
+            "GATE FAILED  capitals.promptopt.yaml*regression against the baseline: pass rate fell by 40.0%*McNemar p = 0.0039*"
+        ]
+    )
     report = load_report(pytester.path / "r.json")
     assert report["gates_passed"] is False and report["suites"][0]["baseline"]["regressed"] is True
     # A smaller alpha than the evidence, or a larger minimum effect, lets it through.
-    assert run_pytest("--promptopt", "--promptopt-baseline", "base.json", "--promptopt-regression-alpha", "0.001").ret == 0
-    assert run_pytest("--promptopt", "--promptopt-baseline", "base.json", "--promptopt-regression-min-effect", "0.5").ret == 0
+    assert (
+        run_pytest("--promptopt", "--promptopt-baseline", "base.json", "--promptopt-regression-alpha", "0.001").ret == 0
+    )
+    assert (
+        run_pytest("--promptopt", "--promptopt-baseline", "base.json", "--promptopt-regression-min-effect", "0.5").ret
+        == 0
+    )
     # Updating the baseline accepts the run: compared and shown, not gated.
     updated = run_pytest("--promptopt", "--promptopt-baseline", "base.json", "--promptopt-update-baseline")
     assert updated.ret == 0
@@ -145,16 +190,30 @@ def test_regression_on_constructed_metric_scores() -> None:
     after = [CaseOutcome(f"c{i}", "", "passed", None, {"quality": 0.6}) for i in range(30)]
     baseline = BaselineRun("b", None, {"s": BaselineSuite("s", "s", before)})
     [c] = compare_run({"s": ("s", after)}, baseline, Regression()).suites.values()
-    assert c.p_value == 1.0 and c.metric_p_values["quality"] < 0.01 and c.regressed and "quality fell by 0.300" in c.regression_reason
+    assert (
+        c.p_value == 1.0
+        and c.metric_p_values["quality"] < 0.01
+        and c.regressed
+        and "quality fell by 0.300" in c.regression_reason
+    )
     [same] = compare_run({"s": ("s", before)}, baseline, Regression()).suites.values()
     assert not same.regressed
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--promptopt-update-baseline", "--promptopt-baseline", "mlflow:abc"], "*--promptopt-update-baseline writes a baseline file*"),
-    (["--promptopt-regression-alpha", "2"], "*--promptopt-regression-alpha (ini: promptopt_regression_alpha): must be a number from 0 to 1*"),
-    (["--promptopt-gate-rule", "lenient"], "*invalid choice: 'lenient'*"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--promptopt-update-baseline", "--promptopt-baseline", "mlflow:abc"],
+            "*--promptopt-update-baseline writes a baseline file*",
+        ),
+        (
+            ["--promptopt-regression-alpha", "2"],
+            "*--promptopt-regression-alpha (ini: promptopt_regression_alpha): must be a number from 0 to 1*",
+        ),
+        (["--promptopt-gate-rule", "lenient"], "*invalid choice: 'lenient'*"),
+    ],
+)
 def test_bad_regression_options_are_usage_errors(pytester, run_pytest, args, message) -> None:
     pytester.makefile(".promptopt.yaml", capitals=suite(CAPITALS))
     result = pytester.runpytest_subprocess("--promptopt", *args)

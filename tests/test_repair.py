@@ -13,18 +13,29 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pytest_promptopt.prompt import Prompt, render_prompt, render_template
 from pytest_promptopt.repair.run import split_cases
 from pytest_promptopt.repair.template import Demo, compose, escape_literal, prompt_diff
 
-ANTONYMS = {"hot": "cold", "big": "small", "up": "down", "happy": "sad", "fast": "slow", "light": "dark",
-            "open": "closed", "rich": "poor", "early": "late", "full": "empty"}
+ANTONYMS = {
+    "hot": "cold",
+    "big": "small",
+    "up": "down",
+    "happy": "sad",
+    "fast": "slow",
+    "light": "dark",
+    "open": "closed",
+    "rich": "poor",
+    "early": "late",
+    "full": "empty",
+}
 
 # The scripted models, and a hook that writes the session's repairs where the test reads them
 # (the controller's, after every report: pytest_unconfigure runs conftest hooks before the plugin's).
-CONFTEST = '''
+CONFTEST = """
 import json
 from pytest_promptopt import FakeModel
 
@@ -71,13 +82,20 @@ def pytest_unconfigure(config):
     if state is not None and state.settings.enabled:
         with open("repairs.json", "w") as f:
             json.dump([r.to_dict() for r in state.summary().repairs], f)
-''' % (ANTONYMS,)
+""" % (ANTONYMS,)
 
 
-def suite(provider: str = "acme/task", repair: str = "", prompt: str = "'Opposite of \"{{word}}\"?'", cases: int = 10,
-          also: str = "") -> str:
-    tests = "\n".join(f"  - description: {w}\n    vars: {{word: {w}}}\n    assert: [{{type: equals, value: {a}}}{also}]"
-                      for w, a in list(ANTONYMS.items())[:cases])
+def suite(
+    provider: str = "acme/task",
+    repair: str = "",
+    prompt: str = "'Opposite of \"{{word}}\"?'",
+    cases: int = 10,
+    also: str = "",
+) -> str:
+    tests = "\n".join(
+        f"  - description: {w}\n    vars: {{word: {w}}}\n    assert: [{{type: equals, value: {a}}}{also}]"
+        for w, a in list(ANTONYMS.items())[:cases]
+    )
     block = f"repair:\n{repair}\n" if repair else ""
     return f"providers: [{provider}]\nprompts: [{prompt}]\n{block}tests:\n{tests}\ngates:\n  pass_rate: 0.8\n"
 
@@ -108,7 +126,9 @@ def test_escaped_text_renders_to_itself(text: str) -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.tuples(st.text(NO_CR, min_size=1), st.text(NO_CR)), min_size=1, max_size=3), st.text(NO_CR, min_size=1))
+@given(
+    st.lists(st.tuples(st.text(NO_CR, min_size=1), st.text(NO_CR)), min_size=1, max_size=3), st.text(NO_CR, min_size=1)
+)
 def test_composed_template_keeps_its_vars_and_shows_demos_literally(demos: list[tuple[str, str]], word: str) -> None:
     template = 'Opposite of "{{ word }}"?'
     composed = compose(template, [Demo({"word": w}, answer) for w, answer in demos])
@@ -121,13 +141,20 @@ def test_composed_template_keeps_its_vars_and_shows_demos_literally(demos: list[
 
 
 def test_compose_keeps_a_chat_prompt_and_puts_demos_before_its_last_user_message() -> None:
-    template = json.dumps([{"role": "system", "content": "You name opposites of {{ lang }} words."},
-                           {"role": "user", "content": "{{ word }}"}])
+    template = json.dumps(
+        [
+            {"role": "system", "content": "You name opposites of {{ lang }} words."},
+            {"role": "user", "content": "{{ word }}"},
+        ]
+    )
     composed = compose(template, [Demo({"word": "hot", "lang": "English"}, "cold {{not a var}}")])
     messages = json.loads(render_prompt(composed, {"word": "up", "lang": "English"}))
-    assert messages == [{"role": "system", "content": "You name opposites of English words."},
-                        {"role": "user", "content": "hot"}, {"role": "assistant", "content": "cold {{not a var}}"},
-                        {"role": "user", "content": "up"}]
+    assert messages == [
+        {"role": "system", "content": "You name opposites of English words."},
+        {"role": "user", "content": "hot"},
+        {"role": "assistant", "content": "cold {{not a var}}"},
+        {"role": "user", "content": "up"},
+    ]
     assert compose(template, []) == template  # no demos: the template as the user wrote it
 
 
@@ -168,7 +195,9 @@ def test_demonstration_optimisers_repair_the_suite_on_held_out_cases(project, ru
     proposal = project.path / found["file"]
     assert proposal.name == "antonyms.repaired.json" and json.loads(proposal.read_text()) == json.loads(found["prompt"])
     assert Prompt(found["prompt"]).variables == {"word"}
-    assert (project.path / found["diff_file"]).read_text() == found["diff"] and '+    "content": "Opposite of \\"{{word}}\\"?"' in found["diff"]
+    assert (project.path / found["diff_file"]).read_text() == found[
+        "diff"
+    ] and '+    "content": "Opposite of \\"{{word}}\\"?"' in found["diff"]
     assert "Opposite of" in (project.path / "antonyms.promptopt.yaml").read_text()  # the user's suite is untouched
 
 
@@ -195,7 +224,9 @@ def test_instruction_optimisers_refuse_the_bundled_model_as_proposer(project, ru
     project.makefile(".promptopt.yaml", antonyms=suite())
     result = run_repair(run_pytest, "--promptopt-repair-optimizer", "gepa", "--promptopt-repair-model", "smollm2")
     [found] = repairs(project)
-    assert found["status"] == "refused" and "--promptopt-repair-model" in found["reason"] and found["calls"]["total"] == 0
+    assert (
+        found["status"] == "refused" and "--promptopt-repair-model" in found["reason"] and found["calls"]["total"] == 0
+    )
     assert result.ret == 1 and not list(project.path.glob("*.repaired.*"))
 
 
@@ -222,8 +253,10 @@ def test_suite_repair_block_and_label_template(project, run_pytest) -> None:
     # vars carry the answer; the block picks the optimiser and the label; icontains has no answer of its own
     text = suite(repair="  optimizer: labeled\n  label: '{{answer}}'\n  max_demos: 2\n  heldout: 0.5\n  seed: 3")
     for word, answer in ANTONYMS.items():
-        text = text.replace(f"vars: {{word: {word}}}\n    assert: [{{type: equals, value: {answer}}}]",
-                            f"vars: {{word: {word}, answer: {answer}}}\n    assert: [{{type: equals, value: '{{{{answer}}}}'}}]")
+        text = text.replace(
+            f"vars: {{word: {word}}}\n    assert: [{{type: equals, value: {answer}}}]",
+            f"vars: {{word: {word}, answer: {answer}}}\n    assert: [{{type: equals, value: '{{{{answer}}}}'}}]",
+        )
     project.makefile(".promptopt.yaml", antonyms=text)
     run_repair(run_pytest)
     [found] = repairs(project)
@@ -273,8 +306,17 @@ def test_the_budget_counts_the_judge_calls_of_model_graded_assertions(project, r
     assert calls["task_calls"] >= 20 + 20  # the original's and the proposal's answers, and their verdicts
     # A budget that covers scoring the original and the proposal, their verdicts, and a few
     # calls more: the judge's calls exhaust it too, and the run still reports what was found.
-    run_repair(run_pytest, "--promptopt-repair-optimizer", "bootstrap", "--promptopt-judge-model", "acme/judge",
-               "--promptopt-repair-budget", "43", "--promptopt-cache", "off")
+    run_repair(
+        run_pytest,
+        "--promptopt-repair-optimizer",
+        "bootstrap",
+        "--promptopt-judge-model",
+        "acme/judge",
+        "--promptopt-repair-budget",
+        "43",
+        "--promptopt-cache",
+        "off",
+    )
     [found] = repairs(project)
     assert found["calls"]["total"] <= 43 and "budget" in found["reason"], found
 
@@ -285,7 +327,11 @@ def test_seeded_repair_is_reproducible(project, run_pytest) -> None:
     first = repairs(project)[0]
     run_repair(run_pytest, "--promptopt-repair-optimizer", "random-search", "--promptopt-repair-seed", "4")
     second = repairs(project)[0]
-    assert (first["prompt"], first["heldout_cases"], first["demos"]) == (second["prompt"], second["heldout_cases"], second["demos"])
+    assert (first["prompt"], first["heldout_cases"], first["demos"]) == (
+        second["prompt"],
+        second["heldout_cases"],
+        second["demos"],
+    )
 
 
 # --------------------------------------------------------------------------- modes and apply
@@ -312,7 +358,9 @@ def test_apply_points_an_inline_prompt_at_the_proposal_and_the_suite_then_passes
 
 
 def test_apply_rewrites_a_chat_prompt_file_in_place(project, run_pytest) -> None:
-    chat = json.dumps([{"role": "system", "content": "Antonyms."}, {"role": "user", "content": 'Opposite of "{{word}}"?'}])
+    chat = json.dumps(
+        [{"role": "system", "content": "Antonyms."}, {"role": "user", "content": 'Opposite of "{{word}}"?'}]
+    )
     (project.path / "prompts").mkdir()
     (project.path / "prompts" / "antonym.json").write_text(chat)
     project.makefile(".promptopt.yaml", antonyms=suite(prompt="file://prompts/antonym.json"))
@@ -329,11 +377,17 @@ def test_apply_rewrites_a_chat_prompt_file_in_place(project, run_pytest) -> None
 def test_demonstration_repair_on_the_bundled_model(pytester, run_pytest) -> None:
     """SmolLM2 answers 'The opposite of "hot" is "cold".' zero-shot; shown demonstrations as chat
     turns, it answers with the word. Labeled repair must lift the held-out pass rate."""
-    tests = "\n".join(f"  - vars: {{word: {w}}}\n    assert: [{{type: equals, value: {a}}}]" for w, a in ANTONYMS.items())
-    pytester.makefile(".promptopt.yaml", antonyms=(
-        "providers: [{id: smollm2, config: {max_tokens: 8}}]\n"
-        "prompts: ['What is the opposite of the word \"{{word}}\"? Answer with one word.']\n"
-        f"repair: {{optimizer: labeled, max_demos: 3}}\ntests:\n{tests}\ngates: {{pass_rate: 0.8}}\n"))
+    tests = "\n".join(
+        f"  - vars: {{word: {w}}}\n    assert: [{{type: equals, value: {a}}}]" for w, a in ANTONYMS.items()
+    )
+    pytester.makefile(
+        ".promptopt.yaml",
+        antonyms=(
+            "providers: [{id: smollm2, config: {max_tokens: 8}}]\n"
+            "prompts: ['What is the opposite of the word \"{{word}}\"? Answer with one word.']\n"
+            f"repair: {{optimizer: labeled, max_demos: 3}}\ntests:\n{tests}\ngates: {{pass_rate: 0.8}}\n"
+        ),
+    )
     pytester.makeconftest(CONFTEST)
     result = run_repair(run_pytest)
     assert result.ret == 1
@@ -348,19 +402,23 @@ def test_only_failing_suites_are_repaired_unless_named(project, run_pytest) -> N
     project.makefile(".promptopt.yaml", antonyms=suite().replace("pass_rate: 0.8", "pass_rate: 0.0"))
     assert run_repair(run_pytest).ret == 0
     assert repairs(project) == []  # the gate passed: nothing to repair
-    result = run_repair(run_pytest, "--promptopt-repair-suite", "antonyms.promptopt.yaml", "--promptopt-repair-optimizer", "labeled")
+    result = run_repair(
+        run_pytest, "--promptopt-repair-suite", "antonyms.promptopt.yaml", "--promptopt-repair-optimizer", "labeled"
+    )
     assert result.ret == 0 and repairs(project)[0]["status"] == "repaired"
 
 
 def test_python_prompt_tests_are_listed_as_skipped(project, run_pytest) -> None:
-    project.makepyfile(test_py='''
+    project.makepyfile(
+        test_py="""
 import pytest
 
 @pytest.mark.promptopt(suite="py", gates={"pass_rate": 1.0}, model="acme/stubborn")
 def test_one(prompt_model, prompt_check):
     from pytest_promptopt import equals
     prompt_check(prompt_model('Opposite of "hot"?').text, equals("cold"))
-''')
+"""
+    )
     run_repair(run_pytest)
     [found] = repairs(project)
     assert found["suite"] == "py" and found["status"] == "skipped" and "suite file" in found["reason"]

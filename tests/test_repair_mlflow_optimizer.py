@@ -18,11 +18,11 @@ import json
 import re
 import shutil
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
-
 from test_mlflow import migrated_store, sqlite_uri  # noqa: F401  (fixture)
 
 mlflow = pytest.importorskip("mlflow")
@@ -36,12 +36,22 @@ from pytest_promptopt.repair.mlflow_optimizer import ANSWER_LABEL  # noqa: E402
 
 pytestmark = pytest.mark.timeout(240)
 
-ANTONYMS = {"hot": "cold", "big": "small", "up": "down", "happy": "sad", "fast": "slow", "light": "dark",
-            "open": "closed", "rich": "poor"}
+ANTONYMS = {
+    "hot": "cold",
+    "big": "small",
+    "up": "down",
+    "happy": "sad",
+    "fast": "slow",
+    "light": "dark",
+    "open": "closed",
+    "rich": "poor",
+}
 RECORDS = [{"inputs": {"word": w}, "outputs": a} for w, a in ANTONYMS.items()]
 ASKED = re.compile(r'Antonym of "(\w+)"')
-CHAT = [{"role": "system", "content": "You answer antonym questions."},
-        {"role": "user", "content": 'Antonym of "{{word}}"?'}]
+CHAT = [
+    {"role": "system", "content": "You answer antonym questions."},
+    {"role": "user", "content": 'Antonym of "{{word}}"?'},
+]
 TEXT = 'Antonym of "{{ word }}"? Reply briefly.'
 
 
@@ -96,8 +106,9 @@ def optimise(name: str, template: Any, model: Callable[..., str], optimizer: Dem
     def exact(outputs: str, expectations: dict[str, Any]) -> float:
         return float(outputs == expectations["expected_response"])
 
-    return mlflow.genai.optimize_prompts(predict_fn=predict_fn, train_data=RECORDS, prompt_uris=[prompt.uri],
-                                         optimizer=optimizer, scorers=[exact])
+    return mlflow.genai.optimize_prompts(
+        predict_fn=predict_fn, train_data=RECORDS, prompt_uris=[prompt.uri], optimizer=optimizer, scorers=[exact]
+    )
 
 
 def test_a_chat_prompt_gets_demonstration_turns_that_beat_the_original(store):
@@ -173,8 +184,17 @@ def fake_eval_fn(model: Callable[..., str], chat: bool) -> Callable[..., list[Ev
         for record in dataset:
             outputs = model(version.format(**record["inputs"]))
             score = float(outputs == record["outputs"])
-            out.append(EvaluationResultRecord(inputs=record["inputs"], outputs=outputs, expectations=record["outputs"],
-                                              score=score, trace=None, rationales={}, individual_scores={"exact": score}))
+            out.append(
+                EvaluationResultRecord(
+                    inputs=record["inputs"],
+                    outputs=outputs,
+                    expectations=record["outputs"],
+                    score=score,
+                    trace=None,
+                    rationales={},
+                    individual_scores={"exact": score},
+                )
+            )
         return out
 
     return eval_fn

@@ -19,17 +19,26 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import load_report
 from test_mlflow import free_port, migrated_store, offline_mlflow, run_tree, sqlite_uri  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.timeout(240)
 
-ANTONYMS = {"hot": "cold", "big": "small", "up": "down", "happy": "sad", "fast": "slow", "light": "dark",
-            "open": "closed", "rich": "poor", "early": "late", "full": "empty"}
+ANTONYMS = {
+    "hot": "cold",
+    "big": "small",
+    "up": "down",
+    "happy": "sad",
+    "fast": "slow",
+    "light": "dark",
+    "open": "closed",
+    "rich": "poor",
+    "early": "late",
+    "full": "empty",
+}
 XSS = "<script>alert(1)</script>"
 
-CONFTEST = '''
+CONFTEST = """
 from pytest_promptopt import FakeModel
 
 ANTONYMS = %r
@@ -48,14 +57,18 @@ MODELS = {"acme/task": FakeModel(task, name="acme/task"), "acme/stubborn": FakeM
 
 def pytest_promptopt_make_model(spec):
     return MODELS.get(spec.id)
-''' % (ANTONYMS,)
+""" % (ANTONYMS,)
 
 
 def suite(provider: str = "acme/task") -> str:
-    tests = "\n".join(f"  - description: {w}\n    vars: {{word: {w}}}\n    assert: [{{type: equals, value: {a}}}]"
-                      for w, a in ANTONYMS.items())
-    return (f"description: antonyms\nproviders: [{provider}]\nprompts: ['Opposite of \"{{{{word}}}}\"? {XSS}']\n"
-            f"repair:\n  optimizer: labeled\ntests:\n{tests}\ngates:\n  pass_rate: 0.8\n")
+    tests = "\n".join(
+        f"  - description: {w}\n    vars: {{word: {w}}}\n    assert: [{{type: equals, value: {a}}}]"
+        for w, a in ANTONYMS.items()
+    )
+    return (
+        f"description: antonyms\nproviders: [{provider}]\nprompts: ['Opposite of \"{{{{word}}}}\"? {XSS}']\n"
+        f"repair:\n  optimizer: labeled\ntests:\n{tests}\ngates:\n  pass_rate: 0.8\n"
+    )
 
 
 @pytest.fixture
@@ -85,37 +98,61 @@ def test_json_terminal_and_html_show_the_repair(project, run_pytest, mode) -> No
 
     [repair] = load_report(project.path / "report.json")["repairs"]  # validated against the schema
     assert (repair["suite"], repair["suite_name"], repair["status"], repair["optimizer"]) == (
-        "antonyms.promptopt.yaml", "antonyms", "repaired", "labeled")
+        "antonyms.promptopt.yaml",
+        "antonyms",
+        "repaired",
+        "labeled",
+    )
     assert (repair["model"], repair["prompt_index"], repair["reason"]) == ("acme/task", 0, "")
-    assert (repair["heldout_before"], repair["heldout_after"], repair["insample_before"], repair["insample_after"]) == (0.0, 1.0, 0.0, 1.0)
+    assert (repair["heldout_before"], repair["heldout_after"], repair["insample_before"], repair["insample_after"]) == (
+        0.0,
+        1.0,
+        0.0,
+        1.0,
+    )
     held = repair["scores"]["heldout_after"]
     assert (held["passed"], held["cases"], held["interval"][1]) == (4, 4, 1.0) and 0.5 < held["interval"][0] < 0.52
     assert len(repair["heldout_cases"]) == 4 and len(repair["insample_cases"]) == 6
     assert not set(repair["heldout_cases"]) & set(repair["insample_cases"]) and repair["weak_estimate"] is True
     # The run's 10 answers are not cached (a scripted FakeModel), so: 10 before, 10 after, none to learn.
-    assert repair["calls"] == {"task_calls": 20, "proposer_calls": 0, "task_tokens": repair["calls"]["task_tokens"],
-                               "proposer_tokens": 0, "cache_hits": 0, "judge_calls": 0, "judge_tokens": 0, "total": 20}
+    assert repair["calls"] == {
+        "task_calls": 20,
+        "proposer_calls": 0,
+        "task_tokens": repair["calls"]["task_tokens"],
+        "proposer_tokens": 0,
+        "cache_hits": 0,
+        "judge_calls": 0,
+        "judge_tokens": 0,
+        "total": 20,
+    }
     assert (repair["budget"], repair["seed"], repair["applied"]) == (300, 0, False)
     assert (repair["file"], repair["diff_file"]) == ("antonyms.repaired.json", "antonyms.repaired.diff")
     assert json.loads((project.path / repair["file"]).read_text()) == json.loads(repair["prompt"])
     assert (project.path / repair["diff_file"]).read_text() == repair["diff"]
 
-    result.stdout.fnmatch_lines([
-        "*= promptopt summary =*",
-        "GATE FAILED  antonyms*",
-        "*= promptopt repair =*",
-        "antonyms prompt 0 on acme/task: repaired by labeled: held-out 0% (0/4) [[]95% CI 0%-49%[]] -> 100% (4/4) [[]95% CI 51%-100%[]]; "
-        "in-sample 0% (0/6) [[]95% CI 0%-39%[]] -> 100% (6/6) [[]95% CI 61%-100%[]]; 20 model calls (projected 20, budget 300)",
-        "    proposal: antonyms.repaired.json  diff: antonyms.repaired.diff",
-        "    held-out estimate is weak: only 4 case(s); read the interval, not the point",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*= promptopt summary =*",
+            "GATE FAILED  antonyms*",
+            "*= promptopt repair =*",
+            "antonyms prompt 0 on acme/task: repaired by labeled: held-out 0% (0/4) [[]95% CI 0%-49%[]] -> 100% (4/4) [[]95% CI 51%-100%[]]; "
+            "in-sample 0% (0/6) [[]95% CI 0%-39%[]] -> 100% (6/6) [[]95% CI 61%-100%[]]; 20 model calls (projected 20, budget 300)",
+            "    proposal: antonyms.repaired.json  diff: antonyms.repaired.diff",
+            "    held-out estimate is weak: only 4 case(s); read the interval, not the point",
+        ]
+    )
 
     page = (project.path / "report.html").read_text()
-    section = page[page.index("<h2>Repairs</h2>"):page.index("<h2>Plots</h2>")]
+    section = page[page.index("<h2>Repairs</h2>") : page.index("<h2>Plots</h2>")]
     assert "<b>repaired</b>" in section and "labeled" in section and "acme/task" in section
     assert "0% (0/4) [95% CI 0%-49%] → 100% (4/4) [95% CI 51%-100%]" in section
-    assert "20 (task 20, proposer 0; projected 20, budget 300)" in section and "<code>antonyms.repaired.json</code>" in section
-    assert "<span class=del>-Opposite of &quot;{{word}}&quot;? &lt;script&gt;alert(1)&lt;/script&gt;</span>" in section  # the diff
+    assert (
+        "20 (task 20, proposer 0; projected 20, budget 300)" in section
+        and "<code>antonyms.repaired.json</code>" in section
+    )
+    assert (
+        "<span class=del>-Opposite of &quot;{{word}}&quot;? &lt;script&gt;alert(1)&lt;/script&gt;</span>" in section
+    )  # the diff
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in section.split("<h4>Proposed prompt</h4>")[1]
     assert XSS not in page  # escaped everywhere: a prompt is shown as text
 
@@ -125,13 +162,19 @@ def test_no_repair_found_is_reported_without_files(project, run_pytest) -> None:
     result = run_pytest(*repair_args("--promptopt-report", "report.json"))
     [repair] = load_report(project.path / "report.json")["repairs"]
     assert repair["status"] == "no repair found" and "does not beat the original" in repair["reason"]
-    assert repair["heldout_before"] == repair["heldout_after"] == 0.0 and repair["file"] is None and repair["diff_file"] is None
+    assert (
+        repair["heldout_before"] == repair["heldout_after"] == 0.0
+        and repair["file"] is None
+        and repair["diff_file"] is None
+    )
     assert not list(project.path.glob("*.repaired.*"))
-    result.stdout.fnmatch_lines([
-        "*= promptopt repair =*",
-        "antonyms prompt 0 on acme/stubborn: no repair found (labeled): the proposal does not beat the original on the 4 held-out case(s)*",
-        "    held-out 0% (0/4) [[]95% CI 0%-49%[]] -> 0% (0/4) [[]95% CI 0%-49%[]]; 20 model calls (projected 20, budget 300)",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*= promptopt repair =*",
+            "antonyms prompt 0 on acme/stubborn: no repair found (labeled): the proposal does not beat the original on the 4 held-out case(s)*",
+            "    held-out 0% (0/4) [[]95% CI 0%-49%[]] -> 0% (0/4) [[]95% CI 0%-49%[]]; 20 model calls (projected 20, budget 300)",
+        ]
+    )
     assert "proposal:" not in result.stdout.str()
 
 
@@ -148,9 +191,28 @@ def test_terminal_lines_for_every_status() -> None:
 
     refused = RepairResult("a.yaml", "a", "refused", optimizer="gepa", model="m", reason="needs a proposer")
     skipped = RepairResult("py", "py", "skipped", reason="a Python prompt test has no template file to repair")
-    unwritten = RepairResult("b.yaml", "b", "repaired", optimizer="labeled", model="m", prompt="x", reason="could not write the proposal: denied",
-                             heldout_before=Score(0.0, 0, 10), heldout_after=Score(0.5, 5, 10), budget=300)
-    applied = RepairResult("c.yaml", "c", "repaired", optimizer="labeled", prompt="x", file="c.txt", diff_file="c.repaired.diff", applied=True)
+    unwritten = RepairResult(
+        "b.yaml",
+        "b",
+        "repaired",
+        optimizer="labeled",
+        model="m",
+        prompt="x",
+        reason="could not write the proposal: denied",
+        heldout_before=Score(0.0, 0, 10),
+        heldout_after=Score(0.5, 5, 10),
+        budget=300,
+    )
+    applied = RepairResult(
+        "c.yaml",
+        "c",
+        "repaired",
+        optimizer="labeled",
+        prompt="x",
+        file="c.txt",
+        diff_file="c.repaired.diff",
+        applied=True,
+    )
     assert repair_lines([refused, skipped, unwritten, applied], {3: "prompts:/c/4"}) == [
         "a prompt 0 on m: refused (gepa): needs a proposer",
         "py prompt 0: skipped: a Python prompt test has no template file to repair",
@@ -166,11 +228,30 @@ def test_terminal_lines_for_every_status() -> None:
 def test_a_report_entry_rebuilds_the_same_repair() -> None:
     from pytest_promptopt.repair.result import Calls, RepairResult, Score
 
-    repair = RepairResult("a.yaml", "a", "repaired", optimizer="labeled", model="m", prompt_index=1, heldout_before=Score(0.0, 0, 4, 0.0, 0.49),
-                          heldout_after=Score(1.0, 4, 4, 0.51, 1.0, metrics={"m": 1.0}), heldout_cases=["x"], insample_cases=["y"],
-                          calls=Calls(task_calls=3, proposer_calls=2, task_tokens=9), projected=Calls(task_calls=5), budget=50, seed=2,
-                          original="o", prompt="p", demos=[{"vars": {"w": 1}}], file="f", diff_file="d", diff="-o\n+p", weak_estimate=True,
-                          tried=[{"optimizer": "labeled"}])
+    repair = RepairResult(
+        "a.yaml",
+        "a",
+        "repaired",
+        optimizer="labeled",
+        model="m",
+        prompt_index=1,
+        heldout_before=Score(0.0, 0, 4, 0.0, 0.49),
+        heldout_after=Score(1.0, 4, 4, 0.51, 1.0, metrics={"m": 1.0}),
+        heldout_cases=["x"],
+        insample_cases=["y"],
+        calls=Calls(task_calls=3, proposer_calls=2, task_tokens=9),
+        projected=Calls(task_calls=5),
+        budget=50,
+        seed=2,
+        original="o",
+        prompt="p",
+        demos=[{"vars": {"w": 1}}],
+        file="f",
+        diff_file="d",
+        diff="-o\n+p",
+        weak_estimate=True,
+        tried=[{"optimizer": "labeled"}],
+    )
     assert RepairResult.from_dict(json.loads(json.dumps(repair.to_dict()))).to_dict() == repair.to_dict()
 
 
@@ -183,7 +264,12 @@ def test_mlflow_child_run_and_candidate_prompt_version(project, run_pytest, migr
     uri = sqlite_uri(project.path / "mlflow.db")
     result = run_pytest(*repair_args(), mlflow=True)
     assert result.ret == 1 and "warning" not in result.stdout.str().lower()
-    result.stdout.fnmatch_lines(["antonyms prompt 0 on acme/task: repaired by labeled: *", "    registered: prompts:/antonyms/2 (alias candidate)"])
+    result.stdout.fnmatch_lines(
+        [
+            "antonyms prompt 0 on acme/task: repaired by labeled: *",
+            "    registered: prompts:/antonyms/2 (alias candidate)",
+        ]
+    )
 
     client, parent, children = run_tree(uri, project.path.name)
     assert parent.data.metrics["repairs"] == 1 and parent.data.metrics["repaired"] == 1
@@ -191,16 +277,46 @@ def test_mlflow_child_run_and_candidate_prompt_version(project, run_pytest, migr
     child = children["repair antonyms prompt 0"]
     tags = child.data.tags
     assert tags["promptopt.kind"] == "repair" and tags["mlflow.parentRunId"] == parent.info.run_id
-    assert tags["promptopt.repair.registry_uri"] == "prompts:/antonyms/2" and tags["promptopt.repair.status"] == "repaired"
+    assert (
+        tags["promptopt.repair.registry_uri"] == "prompts:/antonyms/2" and tags["promptopt.repair.status"] == "repaired"
+    )
     assert json.loads(tags["mlflow.linkedPrompts"]) == [{"name": "antonyms", "version": "2"}]
     assert "promptopt.suite" not in tags  # a baseline comparison reads the runs with that tag as suites
-    assert child.data.params == {"suite": "antonyms", "suite_id": "antonyms.promptopt.yaml", "prompt_index": "0", "model": "acme/task",
-                                 "optimizer": "labeled", "seed": "0", "budget": "300", "status": "repaired", "weak_estimate": "true",
-                                 "applied": "false", "heldout_cases": "4", "insample_cases": "6"}
+    assert child.data.params == {
+        "suite": "antonyms",
+        "suite_id": "antonyms.promptopt.yaml",
+        "prompt_index": "0",
+        "model": "acme/task",
+        "optimizer": "labeled",
+        "seed": "0",
+        "budget": "300",
+        "status": "repaired",
+        "weak_estimate": "true",
+        "applied": "false",
+        "heldout_cases": "4",
+        "insample_cases": "6",
+    }
     metrics = child.data.metrics
-    assert {k: metrics[k] for k in ("heldout_before", "heldout_after", "insample_before", "insample_after", "calls_task", "calls_proposer", "calls_judge")} == {
-        "heldout_before": 0.0, "heldout_after": 1.0, "insample_before": 0.0, "insample_after": 1.0, "calls_task": 20, "calls_proposer": 0,
-        "calls_judge": 0}
+    assert {
+        k: metrics[k]
+        for k in (
+            "heldout_before",
+            "heldout_after",
+            "insample_before",
+            "insample_after",
+            "calls_task",
+            "calls_proposer",
+            "calls_judge",
+        )
+    } == {
+        "heldout_before": 0.0,
+        "heldout_after": 1.0,
+        "insample_before": 0.0,
+        "insample_after": 1.0,
+        "calls_task": 20,
+        "calls_proposer": 0,
+        "calls_judge": 0,
+    }
     folder = project.path / "downloaded"
     proposal = Path(client.download_artifacts(child.info.run_id, "repair/proposal.json", str(folder))).read_text()
     assert proposal == (project.path / "antonyms.repaired.json").read_text().rstrip("\n")
@@ -212,7 +328,9 @@ def test_mlflow_child_run_and_candidate_prompt_version(project, run_pytest, migr
         candidate = client.get_prompt_version_by_alias("antonyms", "candidate")
         assert (candidate.version, candidate.template) == (2, proposal)
         assert candidate.tags.get("promptopt.repair") == "proposal" and "labeled" in candidate.commit_message
-        assert client.get_prompt_version("antonyms", 1).template == f'Opposite of "{{{{word}}}}"? {XSS}'  # the suite's own prompt
+        assert (
+            client.get_prompt_version("antonyms", 1).template == f'Opposite of "{{{{word}}}}"? {XSS}'
+        )  # the suite's own prompt
 
     # Again: the unchanged suite keeps version 1 (a proposal in between does not count as a
     # change), and the same proposal is the same version 2.
@@ -221,8 +339,10 @@ def test_mlflow_child_run_and_candidate_prompt_version(project, run_pytest, migr
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert [v.version for v in client.search_prompt_versions("antonyms")] == [2, 1]
-    latest = max(client.search_runs([parent.info.experiment_id], filter_string="tags.`promptopt.suite` = 'antonyms'"),
-                 key=lambda r: r.info.start_time)
+    latest = max(
+        client.search_runs([parent.info.experiment_id], filter_string="tags.`promptopt.suite` = 'antonyms'"),
+        key=lambda r: r.info.start_time,
+    )
     assert json.loads(latest.data.tags["mlflow.linkedPrompts"]) == [{"name": "antonyms", "version": "1"}]
 
 
@@ -234,7 +354,10 @@ def test_no_repair_found_logs_a_child_run_and_registers_nothing(project, run_pyt
     assert "registered:" not in result.stdout.str() and "warning" not in result.stdout.str().lower()
     client, parent, children = run_tree(uri, project.path.name)
     child = children["repair antonyms prompt 0"]
-    assert child.data.tags["promptopt.repair.status"] == "no repair found" and "promptopt.repair.registry_uri" not in child.data.tags
+    assert (
+        child.data.tags["promptopt.repair.status"] == "no repair found"
+        and "promptopt.repair.registry_uri" not in child.data.tags
+    )
     assert "does not beat the original" in child.data.params["reason"] and child.data.metrics["heldout_after"] == 0.0
     assert parent.data.metrics["repairs"] == 1 and parent.data.metrics["repaired"] == 0
     with warnings.catch_warnings():
@@ -253,15 +376,24 @@ def test_a_registry_failure_is_a_warning_and_the_repair_is_still_logged(project,
         client_for(uri).create_registered_model("antonyms")  # the name is taken by a model, not a prompt
     result = run_pytest(*repair_args(), mlflow=True)
     assert result.ret == 1
-    result.stdout.fnmatch_lines(["*PytestWarning: MLflow: *repair of 'antonyms' prompts[[]0[]]: the proposal was not registered as 'antonyms': *"])
+    result.stdout.fnmatch_lines(
+        [
+            "*PytestWarning: MLflow: *repair of 'antonyms' prompts[[]0[]]: the proposal was not registered as 'antonyms': *"
+        ]
+    )
     assert "registered: prompts:/" not in result.stdout.str()
     _, _, children = run_tree(uri, project.path.name)
     child = children["repair antonyms prompt 0"]
-    assert child.data.tags["promptopt.repair.status"] == "repaired" and "promptopt.repair.registry_uri" not in child.data.tags
+    assert (
+        child.data.tags["promptopt.repair.status"] == "repaired"
+        and "promptopt.repair.registry_uri" not in child.data.tags
+    )
     assert (project.path / "antonyms.repaired.json").exists()
 
 
-def test_a_pending_run_keeps_its_repairs_and_upload_registers_the_candidate(project, run_pytest, migrated_store, monkeypatch) -> None:  # noqa: F811
+def test_a_pending_run_keeps_its_repairs_and_upload_registers_the_candidate(
+    project, run_pytest, migrated_store, monkeypatch
+) -> None:  # noqa: F811
     project.makefile(".promptopt.yaml", antonyms=suite())
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")  # nothing listens
     result = run_pytest(*repair_args("--promptopt-experiment", "later"), mlflow=True)
@@ -276,8 +408,13 @@ def test_a_pending_run_keeps_its_repairs_and_upload_registers_the_candidate(proj
     # an experiment id left in this worker's environment by an earlier MLflow test would make the
     # registry look for that experiment in the new store
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-    sent = subprocess.run([sys.executable, "-m", "pytest_promptopt", "upload", str(pending), "--tracking-uri", sqlite_uri(store)],
-                          capture_output=True, text=True, timeout=120, cwd=project.path)
+    sent = subprocess.run(
+        [sys.executable, "-m", "pytest_promptopt", "upload", str(pending), "--tracking-uri", sqlite_uri(store)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=project.path,
+    )
     assert sent.returncode == 0, sent.stderr
     client, parent, children = run_tree(sqlite_uri(store), "later")
     child = children["repair antonyms prompt 0"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,16 +16,29 @@ from fake_openai import FakeOpenAI, echo_last_user_message
 import pytest_promptopt.plugin
 from pytest_promptopt.models.base import ModelError, Request, Response
 from pytest_promptopt.runners import scheduling
-from pytest_promptopt.runners.limits import RateLimit, RateLimiter, RetryableModelError, RetryPolicy, Throttled, parse_rate_limits
+from pytest_promptopt.runners.limits import (
+    RateLimit,
+    RateLimiter,
+    RetryableModelError,
+    RetryPolicy,
+    Throttled,
+    parse_rate_limits,
+)
 from pytest_promptopt.runners.pool import CaseRunner
 
 # The look-ahead xdist scheduler (runners/scheduling.py) is registered by the plugin module;
 # where it does not import it yet, these tests load it as a plugin of its own.
-SCHEDULER = [] if hasattr(pytest_promptopt.plugin, "pytest_xdist_make_scheduler") else ["-p", "pytest_promptopt.runners.scheduling"]
+SCHEDULER = (
+    []
+    if hasattr(pytest_promptopt.plugin, "pytest_xdist_make_scheduler")
+    else ["-p", "pytest_promptopt.runners.scheduling"]
+)
 
 
 def hosted_suite(url: str, cases: int, extra: str = "") -> str:
-    tests = "\n".join(f"  - vars: {{n: '{i}'}}\n    assert: [{{type: contains, value: 'Echo: case {i}'}}]" for i in range(cases))
+    tests = "\n".join(
+        f"  - vars: {{n: '{i}'}}\n    assert: [{{type: contains, value: 'Echo: case {i}'}}]" for i in range(cases)
+    )
     return f"""
 description: hosted
 providers: [{{id: openai/test-model, config: {{api_base: "{url}"{extra}}}}}]
@@ -51,8 +63,18 @@ def test_hosted_calls_overlap_up_to_the_concurrency_and_results_match_every_mode
         for name, args in MODES.items():
             server.max_in_flight = 0
             before = len(server.requests)
-            result = run_pytest("--promptopt", "--promptopt-cache", "off", "--promptopt-concurrency", "6", "-p", "no:cacheprovider",
-                                "--promptopt-report", f"{name}.json", *args)
+            result = run_pytest(
+                "--promptopt",
+                "--promptopt-cache",
+                "off",
+                "--promptopt-concurrency",
+                "6",
+                "-p",
+                "no:cacheprovider",
+                "--promptopt-report",
+                f"{name}.json",
+                *args,
+            )
             result.assert_outcomes(passed=24)
             assert len(server.requests) - before == 24  # one call per case, none repeated
             # calls overlapped, and never beyond the budget: under -n 2 each worker takes 3 of 6
@@ -73,7 +95,10 @@ def test_a_warm_rerun_makes_no_call_under_xdist(run_pytest, pytester, openai_env
         pytester.makefile(".promptopt.yaml", hosted=hosted_suite(server.base_url, 10))
         first = run_pytest("--promptopt", "-n", "2")
         first.assert_outcomes(passed=10)
-        assert len(server.requests) == 10, (sorted(r["messages"][0]["content"] for r in server.requests), first.stdout.str())
+        assert len(server.requests) == 10, (
+            sorted(r["messages"][0]["content"] for r in server.requests),
+            first.stdout.str(),
+        )
         run_pytest("--promptopt", "-n", "2", "--promptopt-report", "warm.json").assert_outcomes(passed=10)
         assert len(server.requests) == 10
     results = load_report(pytester.path / "warm.json")["suites"][0]["results"]
@@ -112,13 +137,17 @@ def test_429_with_retry_after_costs_no_case(run_pytest, pytester, openai_env):
 def test_a_provider_that_keeps_failing_gives_errors_and_the_run_ends(run_pytest, pytester, openai_env, args):
     with FakeOpenAI(lambda body: (503, "overloaded")) as server:
         pytester.makefile(".promptopt.yaml", hosted=hosted_suite(server.base_url, 3))
-        result = run_pytest("--promptopt", "--promptopt-cache", "off", "--promptopt-retries", "2", "--promptopt-report", "r.json", *args)
+        result = run_pytest(
+            "--promptopt", "--promptopt-cache", "off", "--promptopt-retries", "2", "--promptopt-report", "r.json", *args
+        )
         result.assert_outcomes(errors=3)
         assert result.ret == 1
         assert len(server.requests) == 9  # each case: the call and two retries
     report = load_report(pytester.path / "r.json")["suites"][0]
     assert (report["errors"], report["failed"]) == (3, 0)
-    assert all("gave up after 3 attempts" in r["error"] and "ServiceUnavailable" in r["error"] for r in report["results"])
+    assert all(
+        "gave up after 3 attempts" in r["error"] and "ServiceUnavailable" in r["error"] for r in report["results"]
+    )
 
 
 def test_a_client_error_is_not_retried(run_pytest, pytester, openai_env):
@@ -158,7 +187,9 @@ def test_retry_delays_back_off_exponentially_and_honour_retry_after():
     with pytest.raises(ModelError, match="gave up after 3 attempts"):
         Throttled(Flaky(10), RetryPolicy(retries=2), sleep=slept.append).generate(Request.from_prompt("x"))
     with pytest.raises(ModelError, match="gave up after 1 attempt"):  # a quota, not a hiccup
-        Throttled(Flaky(1, retry_after=3600), RetryPolicy(retries=5), sleep=slept.append).generate(Request.from_prompt("x"))
+        Throttled(Flaky(1, retry_after=3600), RetryPolicy(retries=5), sleep=slept.append).generate(
+            Request.from_prompt("x")
+        )
 
 
 # --------------------------------------------------------------------------- rate limits
@@ -199,19 +230,32 @@ def test_tokens_per_minute_use_the_providers_counts():
 
 def test_rate_limits_parse_and_split_between_workers():
     limits = parse_rate_limits("openai:rpm=500,tpm=30000; anthropic:rpm=50\n*:rpm=10")
-    assert [l.describe() for l in limits] == ["openai:rpm=500,tpm=30000", "anthropic:rpm=50", "*:rpm=10"]
+    assert [limit.describe() for limit in limits] == ["openai:rpm=500,tpm=30000", "anthropic:rpm=50", "*:rpm=10"]
     assert limits[0].share(2) == RateLimit("openai", 250, 15000)
-    for bad, message in [("openai", "provider:rpm=N"), ("openai:rps=3", "unknown limit"), ("openai:rpm=x", "must be a number"),
-                         ("openai:rpm=0", "positive"), ("a:rpm=1;a:rpm=2", "given twice")]:
+    for bad, message in [
+        ("openai", "provider:rpm=N"),
+        ("openai:rps=3", "unknown limit"),
+        ("openai:rpm=x", "must be a number"),
+        ("openai:rpm=0", "positive"),
+        ("a:rpm=1;a:rpm=2", "given twice"),
+    ]:
         with pytest.raises(ValueError, match=message):
             parse_rate_limits(bad)
 
 
 def test_bad_scale_options_are_usage_errors(run_pytest, pytester):
-    pytester.makefile(".promptopt.yaml", s="providers: [echo]\nprompts: ['x']\ntests: [{assert: [{type: contains, value: x}]}]\n")
+    pytester.makefile(
+        ".promptopt.yaml", s="providers: [echo]\nprompts: ['x']\ntests: [{assert: [{type: contains, value: x}]}]\n"
+    )
     for args, message in [
-        (["--promptopt-concurrency", "0"], "--promptopt-concurrency (ini: promptopt_concurrency): must be a positive whole number"),
-        (["--promptopt-rate-limit", "openai:rps=3"], "--promptopt-rate-limit (ini: promptopt_rate_limit): 'openai:rps=3': unknown limit"),
+        (
+            ["--promptopt-concurrency", "0"],
+            "--promptopt-concurrency (ini: promptopt_concurrency): must be a positive whole number",
+        ),
+        (
+            ["--promptopt-rate-limit", "openai:rps=3"],
+            "--promptopt-rate-limit (ini: promptopt_rate_limit): 'openai:rps=3': unknown limit",
+        ),
         (["--promptopt-retries", "-1"], "must be 0 or more"),
         (["--promptopt-spark-remote", "sc://h:1"], "need --promptopt-backend spark"),
         (["--promptopt-backend", "spark", "--promptopt-spark-remote", "http://h:1"], "is not a Spark Connect URL"),
@@ -228,7 +272,9 @@ def test_the_rate_limit_holds_across_threads_of_a_run(run_pytest, pytester, open
     # check the limiter let every call through without errors.
     with FakeOpenAI(echo_last_user_message) as server:
         pytester.makefile(".promptopt.yaml", hosted=hosted_suite(server.base_url, 12))
-        run_pytest("--promptopt", "--promptopt-cache", "off", "--promptopt-rate-limit", "openai:rpm=600,tpm=100000", "-n", "2").assert_outcomes(passed=12)
+        run_pytest(
+            "--promptopt", "--promptopt-cache", "off", "--promptopt-rate-limit", "openai:rpm=600,tpm=100000", "-n", "2"
+        ).assert_outcomes(passed=12)
         assert len(server.requests) == 12
 
 
@@ -265,8 +311,16 @@ def test_batching_models_get_batches_with_the_same_results(run_pytest, pytester,
     for batch in ("1", "8"):
         log = pytester.path / f"batches-{batch}.log"
         monkeypatch.setenv("BATCH_LOG", str(log))
-        run_pytest("--promptopt", "--promptopt-cache", "off", "--promptopt-batch-size", batch,
-                   "--promptopt-report", f"b{batch}.json", *MODES[mode_name]).assert_outcomes(passed=20)
+        run_pytest(
+            "--promptopt",
+            "--promptopt-cache",
+            "off",
+            "--promptopt-batch-size",
+            batch,
+            "--promptopt-report",
+            f"b{batch}.json",
+            *MODES[mode_name],
+        ).assert_outcomes(passed=20)
         sizes[batch] = [json.loads(line) for line in log.read_text().split()]
     assert sizes["1"] == [1] * 20
     assert sum(sizes["8"]) == 20
@@ -292,7 +346,9 @@ def crash_on_boom(output, context):
 def test_a_crashed_worker_loses_only_its_case(run_pytest, pytester):
     pytester.makepyfile(checks=CRASH_CHECKS)
     tests = "\n".join(f"  - vars: {{word: {w}}}\n    description: {w}" for w in ["a", "b", "boom", "c", "d", "e"])
-    pytester.makefile(".promptopt.yaml", crashy=f"""
+    pytester.makefile(
+        ".promptopt.yaml",
+        crashy=f"""
 providers: [echo]
 prompts: ["say {{{{word}}}}"]
 defaultTest:
@@ -300,7 +356,8 @@ defaultTest:
 gates: {{pass_rate: 1.0}}
 tests:
 {tests}
-""")
+""",
+    )
     result = run_pytest("--promptopt", "-n", "2", *SCHEDULER, "--promptopt-report", "r.json", mlflow=True)
     result.assert_outcomes(passed=5, errors=1)
     assert result.ret == 1
@@ -413,11 +470,15 @@ def test_a_top_up_for_a_worker_that_already_crashed_goes_back_to_the_others():
     assert every == set(range(24))  # nothing lost: the undelivered top-up is the others' to run
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["--promptopt"], "LookaheadScheduling"),
-    (["--promptopt", "--dist", "loadscope"], "LoadScopeScheduling"),
-    ([], "LoadScheduling"),
-], ids=["promptopt", "loadscope", "without-promptopt"])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--promptopt"], "LookaheadScheduling"),
+        (["--promptopt", "--dist", "loadscope"], "LoadScopeScheduling"),
+        ([], "LoadScheduling"),
+    ],
+    ids=["promptopt", "loadscope", "without-promptopt"],
+)
 def test_the_scheduler_is_used_for_dist_load_with_promptopt_only(run_pytest, pytester, args, expected):
     pytester.makefile(".promptopt.yaml", capitals=ECHO_SUITE)
     result = run_pytest(*args, "-n", "2", *SCHEDULER, "-v", "-p", "no:cacheprovider")
@@ -444,8 +505,20 @@ def test_xdist_workers_see_a_window_of_cases_ahead(run_pytest, pytester, openai_
     pytester.makeconftest(LOOKAHEAD_CONFTEST)
     with FakeOpenAI(echo_last_user_message, delay_s=0.2) as server:
         pytester.makefile(".promptopt.yaml", hosted=hosted_suite(server.base_url, 48))
-        run_pytest("--promptopt", "--promptopt-cache", "off", "--promptopt-concurrency", "8", "--promptopt-batch-size", "1",
-                   "-n", "2", *SCHEDULER, "-p", "no:cacheprovider").assert_outcomes(passed=48)
+        run_pytest(
+            "--promptopt",
+            "--promptopt-cache",
+            "off",
+            "--promptopt-concurrency",
+            "8",
+            "--promptopt-batch-size",
+            "1",
+            "-n",
+            "2",
+            *SCHEDULER,
+            "-p",
+            "no:cacheprovider",
+        ).assert_outcomes(passed=48)
         assert server.max_in_flight == 8
     seen: dict[str, list[int]] = {}
     for line in log.read_text().splitlines():
@@ -489,10 +562,18 @@ def test_collection_warms_up_each_model_once(run_pytest, pytester, monkeypatch):
     log = pytester.path / "warm.log"
     monkeypatch.setenv("WARM_LOG", str(log))
     pytester.makeconftest(WARM_CONFTEST)
-    pytester.makefile(".promptopt.yaml", a="providers: [echo]\nprompts: ['a {{n}}']\ntests: [{vars: {n: 1}}, {vars: {n: 2}}]\n",
-                      b="providers: [echo]\nprompts: ['b']\ntests: [{vars: {}}]\n")
+    pytester.makefile(
+        ".promptopt.yaml",
+        a="providers: [echo]\nprompts: ['a {{n}}']\ntests: [{vars: {n: 1}}, {vars: {n: 2}}]\n",
+        b="providers: [echo]\nprompts: ['b']\ntests: [{vars: {}}]\n",
+    )
     run_pytest("--promptopt", "--promptopt-cache", "off", "-p", "no:randomly").assert_outcomes(passed=3)
-    assert log.read_text().split() == ["warm-up", "call", "call", "call"]  # one adapter for both files, warmed before any case
+    assert log.read_text().split() == [
+        "warm-up",
+        "call",
+        "call",
+        "call",
+    ]  # one adapter for both files, warmed before any case
     log.unlink()
     run_pytest("--promptopt", "--collect-only")
     assert not log.exists()  # nothing is loaded just to list the cases
@@ -558,7 +639,9 @@ def test_call_threads_each_have_an_event_loop_closed_with_the_runner(tmp_path):
             return Response(text=request.prompt)
 
     (tmp_path / "s.promptopt.yaml").write_text(ECHO_SUITE)
-    cases = [(case, f"s::{case.name}") for case in load_suite(tmp_path / "s.promptopt.yaml", "s", ModelSpec("echo")).cases]
+    cases = [
+        (case, f"s::{case.name}") for case in load_suite(tmp_path / "s.promptopt.yaml", "s", ModelSpec("echo")).cases
+    ]
     model = Concurrent()
     cache = ResponseCache(tmp_path / "c.sqlite", CacheMode.OFF)
     runner = CaseRunner(lambda spec: model, lambda: cache, concurrency=2, batch_size=1)

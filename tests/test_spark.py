@@ -20,10 +20,12 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
+from conftest import ECHO_SUITE
 
 from pytest_promptopt import dataset
 from pytest_promptopt.cache import CacheMode, ResponseCache
@@ -46,10 +48,10 @@ from pytest_promptopt.suite.dataset import read_rows
 from pytest_promptopt.suite.loader import load_suite
 from pytest_promptopt.suite.model import Case
 
-from conftest import ECHO_SUITE
-
 EXAMPLES = Path(__file__).resolve().parent.parent / "example_suites"
-JAVA = shutil.which("java") or (os.environ.get("JAVA_HOME") and shutil.which("java", path=os.path.join(os.environ["JAVA_HOME"], "bin")))
+JAVA = shutil.which("java") or (
+    os.environ.get("JAVA_HOME") and shutil.which("java", path=os.path.join(os.environ["JAVA_HOME"], "bin"))
+)
 needs_java = pytest.mark.skipif(not JAVA, reason="Spark needs a Java runtime: no `java` on PATH or in $JAVA_HOME/bin")
 SERVER_START_LIMIT_S = 180  # a guard against a hung server start, not an assertion on speed
 TIMINGS = ("duration_s",)  # the only field that differs between two runs of one case
@@ -74,7 +76,9 @@ def _wait_for_port(proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
             return
         except OSError:
             time.sleep(0.25)
-    pytest.fail(f"the Spark Connect server did not listen on {port} within {SERVER_START_LIMIT_S} s:\n{log.read_text()[-3000:]}")
+    pytest.fail(
+        f"the Spark Connect server did not listen on {port} within {SERVER_START_LIMIT_S} s:\n{log.read_text()[-3000:]}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -91,13 +95,31 @@ def connect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("spark-connect")
     log = folder / "server.log"
     env = {k: v for k, v in os.environ.items() if k not in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED")}
-    env.update(SPARK_HOME=str(home), SPARK_LOG_DIR=str(folder), SPARK_PID_DIR=str(folder), SPARK_IDENT_STRING=f"promptopt-{port}",
-               PYSPARK_PYTHON=sys.executable, SPARK_LOCAL_IP="127.0.0.1")
-    command = ["bash", str(home / "sbin" / "start-connect-server.sh"), "--wait", "--master", "local[2]",
-               "--conf", f"spark.connect.grpc.binding.port={port}", "--conf", "spark.connect.grpc.binding.address=127.0.0.1",
-               "--conf", "spark.ui.enabled=false"]
+    env.update(
+        SPARK_HOME=str(home),
+        SPARK_LOG_DIR=str(folder),
+        SPARK_PID_DIR=str(folder),
+        SPARK_IDENT_STRING=f"promptopt-{port}",
+        PYSPARK_PYTHON=sys.executable,
+        SPARK_LOCAL_IP="127.0.0.1",
+    )
+    command = [
+        "bash",
+        str(home / "sbin" / "start-connect-server.sh"),
+        "--wait",
+        "--master",
+        "local[2]",
+        "--conf",
+        f"spark.connect.grpc.binding.port={port}",
+        "--conf",
+        "spark.connect.grpc.binding.address=127.0.0.1",
+        "--conf",
+        "spark.ui.enabled=false",
+    ]
     with log.open("wb") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=folder, start_new_session=True)
+        proc = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=folder, start_new_session=True
+        )
     try:
         _wait_for_port(proc, port, log)
         yield f"sc://127.0.0.1:{port}"
@@ -158,7 +180,9 @@ def without_timings(result: Any) -> dict[str, Any]:
     return data
 
 
-def in_process(cases: list[tuple[str, Case]], cache_path: Path, models: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+def in_process(
+    cases: list[tuple[str, Case]], cache_path: Path, models: dict[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
     """What the pytest process computes for `cases`: execute_case, one adapter per spec."""
     cache = ResponseCache(cache_path, CacheMode.READWRITE)
     adapters: dict[str, Any] = dict(models or {})
@@ -285,7 +309,9 @@ def test_a_warm_rerun_makes_no_model_calls(spark: Any, tmp_path: Path) -> None:
 @needs_java
 def test_repeated_cases_take_their_samples_on_spark_as_in_process(spark: Any, tmp_path: Path) -> None:
     (tmp_path / "capitals.promptopt.yaml").write_text(ECHO_SUITE + "repeat: 3\n")
-    spec = ModelSpec("fake", {"responses": {"The capital of Italy is Milan.": ["Rome", "Milan"]}, "default": "Paris and Madrid"})
+    spec = ModelSpec(
+        "fake", {"responses": {"The capital of Italy is Milan.": ["Rome", "Milan"]}, "default": "Paris and Madrid"}
+    )
     cases = suite_cases(tmp_path / "capitals.promptopt.yaml", spec)
     cache = tmp_path / "cache.sqlite"
 
@@ -311,8 +337,16 @@ def test_the_model_is_created_once_per_python_worker(spark: Any, tmp_path: Path,
     cases = [(f"{nodeid}-{i}", case) for i in range(8) for nodeid, case in base]
 
     for _ in range(2):
-        results = dict(evaluate_cases(spark, cases, cache_path=tmp_path / "cache.sqlite", cache_mode=CacheMode.OFF,
-                                      models={spec.key: model}, partitions=6))
+        results = dict(
+            evaluate_cases(
+                spark,
+                cases,
+                cache_path=tmp_path / "cache.sqlite",
+                cache_mode=CacheMode.OFF,
+                models={spec.key: model},
+                partitions=6,
+            )
+        )
         assert len(results) == len(cases) and not any(r.error for r in results.values())
 
     events = [line.split() for line in log.read_text().splitlines()]
@@ -335,8 +369,16 @@ def test_a_crashed_python_worker_errors_the_cases_it_lost(spark: Any, tmp_path: 
     doomed = cases[5][0]
     cases[5] = (doomed, dataclasses.replace(cases[5][1], rendered_prompt="CRASH"))
 
-    results = list(evaluate_cases(spark, cases, cache_path=tmp_path / "cache.sqlite", cache_mode=CacheMode.OFF,
-                                  models={spec.key: model}, partitions=4))
+    results = list(
+        evaluate_cases(
+            spark,
+            cases,
+            cache_path=tmp_path / "cache.sqlite",
+            cache_mode=CacheMode.OFF,
+            models={spec.key: model},
+            partitions=4,
+        )
+    )
 
     got = dict(results)
     assert len(results) == len(got) == len(cases)  # every case once: none lost, none twice
@@ -357,7 +399,9 @@ def test_a_case_that_does_not_pickle_is_an_error_not_a_failed_job(spark: Any, tm
 
     got = dict(evaluate_cases(spark, cases, cache_path=tmp_path / "cache.sqlite", cache_mode=CacheMode.READWRITE))
 
-    assert got[nodeid].error is not None and got[nodeid].error.startswith("cannot send this case to Spark: it does not pickle (TypeError")
+    assert got[nodeid].error is not None and got[nodeid].error.startswith(
+        "cannot send this case to Spark: it does not pickle (TypeError"
+    )
     assert [got[n].error for n, _ in cases[1:]] == [None, None]
 
 
@@ -369,23 +413,35 @@ def test_model_objects_are_shipped_without_their_rate_limiter_or_refused_per_cas
     from pytest_promptopt.models.fakes import FakeModel
     from pytest_promptopt.runners.limits import RateLimit, RateLimiter, RetryPolicy, Throttled
 
-    throttled = Throttled(FakeModel({}, default="Paris", name="hosted"), RetryPolicy(2), RateLimiter(RateLimit("openai", rpm=60)))
+    throttled = Throttled(
+        FakeModel({}, default="Paris", name="hosted"), RetryPolicy(2), RateLimiter(RateLimit("openai", rpm=60))
+    )
     stuck = FakeModel({}, default="Madrid", name="stuck")
     stuck.lock = threading.Lock()  # type: ignore[attr-defined]
     (tmp_path / "capitals.promptopt.yaml").write_text(ECHO_SUITE)
     fine = suite_cases(tmp_path / "capitals.promptopt.yaml", object_spec(throttled))
     refused = suite_cases(tmp_path / "capitals.promptopt.yaml", object_spec(stuck), "again.promptopt.yaml")
 
-    got = dict(evaluate_cases(spark, fine + refused, cache_path=tmp_path / "cache.sqlite", cache_mode=CacheMode.READWRITE,
-                              models={object_spec(throttled).key: throttled, object_spec(stuck).key: stuck}))
+    got = dict(
+        evaluate_cases(
+            spark,
+            fine + refused,
+            cache_path=tmp_path / "cache.sqlite",
+            cache_mode=CacheMode.READWRITE,
+            models={object_spec(throttled).key: throttled, object_spec(stuck).key: stuck},
+        )
+    )
 
     assert [(got[n].output, got[n].error) for n, _ in fine] == [("Paris", None)] * 3
     assert {got[n].error for n, _ in refused} == {
         "model error (stuck): model 'stuck' cannot be sent to Spark workers: it does not pickle "
-        "(TypeError: cannot pickle '_thread.lock' object)"}
+        "(TypeError: cannot pickle '_thread.lock' object)"
+    }
 
 
-def test_workers_take_the_runs_retries_and_a_share_of_its_rate_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_workers_take_the_runs_retries_and_a_share_of_its_rate_limits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """What a Python worker builds from the job's config: a hosted model retries as often as
     --promptopt-retries says (its provider's num_retries wins) and keeps to its task's share of
     the provider's limit, with one limiter per provider in the worker."""
@@ -397,8 +453,9 @@ def test_workers_take_the_runs_retries_and_a_share_of_its_rate_limits(tmp_path: 
     shipped = Throttled(FakeModel({}, default="Paris", name="openai/shipped"), RetryPolicy(2))
     shipped_spec = object_spec(shipped.model)
     limits = [RateLimit("hosted_vllm", rpm=600, tpm=9000), RateLimit("*", rpm=60)]
-    config = spark_runner._worker_config(tmp_path / "c.sqlite", CacheMode.OFF, {shipped_spec.key: shipped}, 30.0,
-                                         retries=1, rate_limits=limits, tasks=3)
+    config = spark_runner._worker_config(
+        tmp_path / "c.sqlite", CacheMode.OFF, {shipped_spec.key: shipped}, 30.0, retries=1, rate_limits=limits, tasks=3
+    )
     assert config.retries == 1
     assert config.rate_limits == (RateLimit("hosted_vllm", 200, 3000), RateLimit("*", 20))
 
@@ -406,10 +463,14 @@ def test_workers_take_the_runs_retries_and_a_share_of_its_rate_limits(tmp_path: 
     model = spark_runner._worker_model(ModelSpec("hosted_vllm/a", url), config)
     assert isinstance(model, Throttled) and model.policy.retries == 1
     assert model.limiter is not None and model.limiter.limit == RateLimit("hosted_vllm", 200, 3000)
-    assert spark_runner._worker_model(ModelSpec("hosted_vllm/b", url), config).limiter is model.limiter  # one budget per provider
+    assert (
+        spark_runner._worker_model(ModelSpec("hosted_vllm/b", url), config).limiter is model.limiter
+    )  # one budget per provider
     own = spark_runner._worker_model(ModelSpec("openai/c", {**url, "num_retries": 3}), config)
     assert own.policy.retries == 3 and own.limiter.limit == RateLimit("*", 20)
-    arrived = spark_runner._worker_model(shipped_spec, config)  # shipped without the driver's limiter: gets the worker's
+    arrived = spark_runner._worker_model(
+        shipped_spec, config
+    )  # shipped without the driver's limiter: gets the worker's
     assert arrived.policy.retries == 2 and arrived.limiter is own.limiter
 
     default = spark_runner._worker_config(tmp_path / "c.sqlite", CacheMode.OFF, {}, 30.0)
@@ -429,15 +490,29 @@ def test_a_hosted_model_on_spark_retries_as_often_as_the_run_says(spark: Any, tm
     (tmp_path / "capitals.promptopt.yaml").write_text(ECHO_SUITE)
     with FakeOpenAI(lambda body: (503, "overloaded")) as server:
         # hosted_vllm needs no API key, which the Spark workers (started earlier) could not see
-        cases = suite_cases(tmp_path / "capitals.promptopt.yaml", ModelSpec("hosted_vllm/test-model", {"api_base": server.base_url}))
-        failed = dict(evaluate_cases(spark, cases, cache_path=tmp_path / "c.sqlite", cache_mode=CacheMode.OFF, retries=1))
+        cases = suite_cases(
+            tmp_path / "capitals.promptopt.yaml", ModelSpec("hosted_vllm/test-model", {"api_base": server.base_url})
+        )
+        failed = dict(
+            evaluate_cases(spark, cases, cache_path=tmp_path / "c.sqlite", cache_mode=CacheMode.OFF, retries=1)
+        )
         assert len(server.requests) == 2 * len(cases)
     assert {r.error is not None and "gave up after 2 attempts" in r.error for r in failed.values()} == {True}
 
     with FakeOpenAI(echo_last_user_message) as server:
-        cases = suite_cases(tmp_path / "capitals.promptopt.yaml", ModelSpec("hosted_vllm/test-model", {"api_base": server.base_url}))
-        passed = dict(evaluate_cases(spark, cases, cache_path=tmp_path / "c.sqlite", cache_mode=CacheMode.OFF, retries=0,
-                                     rate_limits=[RateLimit("hosted_vllm", rpm=600)]))
+        cases = suite_cases(
+            tmp_path / "capitals.promptopt.yaml", ModelSpec("hosted_vllm/test-model", {"api_base": server.base_url})
+        )
+        passed = dict(
+            evaluate_cases(
+                spark,
+                cases,
+                cache_path=tmp_path / "c.sqlite",
+                cache_mode=CacheMode.OFF,
+                retries=0,
+                rate_limits=[RateLimit("hosted_vllm", rpm=600)],
+            )
+        )
     assert [passed[n].output for n, _ in cases] == [f"Echo: {case.rendered_prompt}" for _, case in cases]
 
 
@@ -460,12 +535,21 @@ def write_sources(folder: Path) -> None:
     # three files whose sizes are not in path order: Spark reads the largest first
     (folder / "parts").mkdir()
     for name, lo, hi in (("b.parquet", 0, 5), ("a.parquet", 5, 8), ("c d.parquet", 8, 30)):
-        pq.write_table(pa.table({"text": [f"t{i}" for i in range(lo, hi)], "n": list(range(lo, hi))}), folder / "parts" / name)
+        pq.write_table(
+            pa.table({"text": [f"t{i}" for i in range(lo, hi)], "n": list(range(lo, hi))}), folder / "parts" / name
+        )
     (folder / "rows.csv").write_text('text, other\n"multi\nline",1\n"",\nt1 plain,"q""uote"\n', encoding="utf-8-sig")
-    (folder / "rows.jsonl").write_text('{"text": "t1", "n": 1}\nnot json\n\n{"text": "b", "n": 2.5, "nested": {"k": [1, 2]}}\n[1]\n')
+    (folder / "rows.jsonl").write_text(
+        '{"text": "t1", "n": 1}\nnot json\n\n{"text": "b", "n": 2.5, "nested": {"k": [1, 2]}}\n[1]\n'
+    )
 
 
-SOURCES = {"parquet folder": ("parts", None), "parquet folder, limit 7": ("parts", 7), "csv": ("rows.csv", None), "jsonl": ("rows.jsonl", None)}
+SOURCES = {
+    "parquet folder": ("parts", None),
+    "parquet folder, limit 7": ("parts", 7),
+    "csv": ("rows.csv", None),
+    "jsonl": ("rows.jsonl", None),
+}
 
 
 @needs_java
@@ -480,8 +564,15 @@ def test_evaluate_frame_writes_the_rows_the_in_process_runner_writes(spark: Any,
     make_case = spec.slices[0].make_case
     prefix = "rows.promptopt.yaml::dataset::"
 
-    written = evaluate_frame(spark, read_source(spark, spec.source), make_case, nodeid_prefix=prefix, output_path=tmp_path / "out",
-                             cache_path=tmp_path / "cache.sqlite", cache_mode=CacheMode.READWRITE)
+    written = evaluate_frame(
+        spark,
+        read_source(spark, spec.source),
+        make_case,
+        nodeid_prefix=prefix,
+        output_path=tmp_path / "out",
+        cache_path=tmp_path / "cache.sqlite",
+        cache_mode=CacheMode.READWRITE,
+    )
 
     import pyarrow.dataset as ds
 
@@ -494,14 +585,21 @@ def test_evaluate_frame_writes_the_rows_the_in_process_runner_writes(spark: Any,
     for row in rows:  # the flat columns are the record's
         record = json.loads(row["record"])
         assert row["status"] == ("error" if record["error"] else "passed" if record["passed"] else "failed")
-        assert {k: row[k] for k in ("case_id", "name", "error", "output", "calls")} == {k: record[k] for k in ("case_id", "name", "error", "output", "calls")}
+        assert {k: row[k] for k in ("case_id", "name", "error", "output", "calls")} == {
+            k: record[k] for k in ("case_id", "name", "error", "output", "calls")
+        }
 
     # the in-process dataset runner on the same source: same rows, same indexes, same results
     local_cache = ResponseCache(tmp_path / "local.sqlite")
     echo = create_model(ModelSpec("echo"))
     with dataset.CasesWriter(tmp_path / "local.parquet") as writer:
-        dataset.evaluate(read_rows(spec.source), make_case, lambda pairs: (execute_case(c, echo, local_cache, n) for c, n in pairs),
-                         writer, prefix)
+        dataset.evaluate(
+            read_rows(spec.source),
+            make_case,
+            lambda pairs: (execute_case(c, echo, local_cache, n) for c, n in pairs),
+            writer,
+            prefix,
+        )
     expected = {r.nodeid: without_timings(r) for r in dataset.iter_results(tmp_path / "local.parquet")}
     got = {r.nodeid: without_timings(r) for r in dataset.iter_results(tmp_path / "out")}
     if source == "jsonl":  # the in-process reader also names the file's line, which Spark does not know
@@ -517,15 +615,26 @@ def test_evaluate_frame_writes_the_rows_the_in_process_runner_writes(spark: Any,
 def test_read_source_takes_a_path_string_and_evaluate_frame_a_plain_frame(spark: Any, tmp_path: Path) -> None:
     """A frame not read from files (no `_metadata`) is indexed by Spark partition."""
     write_sources(tmp_path)
-    assert sorted(r["text"] for r in read_source(spark, str(tmp_path / "rows.csv")).collect()) == ["", "multi\nline", "t1 plain"]
+    assert sorted(r["text"] for r in read_source(spark, str(tmp_path / "rows.csv")).collect()) == [
+        "",
+        "multi\nline",
+        "t1 plain",
+    ]
     frame = spark.createDataFrame([(f"t{i}",) for i in range(10)], "text string").repartition(3)
     frame = frame.localCheckpoint()  # what docs/spark.md advises for a frame out of a shuffle
     (tmp_path / "rows.promptopt.yaml").write_text(DATASET_SUITE % "parts")
     spec = load_suite(tmp_path / "rows.promptopt.yaml", "rows", ModelSpec("echo")).dataset
     assert spec is not None
 
-    written = evaluate_frame(spark, frame, spec.slices[0].make_case, nodeid_prefix="p::", output_path=str(tmp_path / "out"),
-                             cache_path=str(tmp_path / "cache.sqlite"), cache_mode=CacheMode.READWRITE)
+    written = evaluate_frame(
+        spark,
+        frame,
+        spec.slices[0].make_case,
+        nodeid_prefix="p::",
+        output_path=str(tmp_path / "out"),
+        cache_path=str(tmp_path / "cache.sqlite"),
+        cache_mode=CacheMode.READWRITE,
+    )
 
     results = list(dataset.iter_results(tmp_path / "out"))
     assert written == 10
@@ -543,13 +652,17 @@ def test_an_unreachable_connect_server_is_named_and_its_token_masked() -> None:
     with pytest.raises(SparkBackendError) as excinfo:
         spark_session(SparkSettings(remote=f"sc://127.0.0.1:{port}/;token={secret};x-databricks-cluster-id=0123-abc"))
     message = str(excinfo.value)
-    assert message.startswith(f"cannot connect to Spark at sc://127.0.0.1:{port}/;token=***;x-databricks-cluster-id=0123-abc: ")
+    assert message.startswith(
+        f"cannot connect to Spark at sc://127.0.0.1:{port}/;token=***;x-databricks-cluster-id=0123-abc: "
+    )
     assert secret not in message
 
 
 def test_an_unreachable_master_is_named() -> None:
     port = _free_port()
-    with pytest.raises(SparkBackendError, match=rf"^cannot connect to Spark at spark://127\.0\.0\.1:{port}: 127\.0\.0\.1:{port}: "):
+    with pytest.raises(
+        SparkBackendError, match=rf"^cannot connect to Spark at spark://127\.0\.0\.1:{port}: 127\.0\.0\.1:{port}: "
+    ):
         spark_session(SparkSettings(master=f"spark://127.0.0.1:{port}"))
 
 
@@ -560,19 +673,31 @@ def test_without_pyspark_one_line_says_how_to_install_it(monkeypatch: pytest.Mon
     monkeypatch.setitem(sys.modules, "pyspark.sql", None)
     with pytest.raises(MissingPySpark) as excinfo:
         spark_session(SparkSettings())
-    assert str(excinfo.value) == INSTALL_HINT == "the Spark backend needs pyspark: pip install 'pytest-promptopt[spark]'"
+    assert (
+        str(excinfo.value) == INSTALL_HINT == "the Spark backend needs pyspark: pip install 'pytest-promptopt[spark]'"
+    )
     with pytest.raises(MissingPySpark):
         list(evaluate_cases(object(), [("n", object())], cache_path=tmp_path / "c", cache_mode=CacheMode.OFF))  # type: ignore[list-item]
 
 
 def test_public_names() -> None:
-    assert sorted(spark_runner.__all__) == sorted([
-        "CASES_PER_PARTITION", "INSTALL_HINT", "MissingPySpark", "SparkBackendError", "evaluate_cases", "evaluate_frame", "read_source",
-        "row_nodeid", "spark_session",
-    ])
+    assert sorted(spark_runner.__all__) == sorted(
+        [
+            "CASES_PER_PARTITION",
+            "INSTALL_HINT",
+            "MissingPySpark",
+            "SparkBackendError",
+            "evaluate_cases",
+            "evaluate_frame",
+            "read_source",
+            "row_nodeid",
+            "spark_session",
+        ]
+    )
 
 
 # ----------------------------------------------------------------------------- through pytest
+
 
 def clean_spark_env(monkeypatch: pytest.MonkeyPatch) -> None:
     # A Connect session in this process (the `spark` fixture) leaves pyspark's mode variable set;
@@ -582,10 +707,14 @@ def clean_spark_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @needs_java
-def test_an_unreachable_spark_makes_every_case_an_error(run_pytest: Any, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_unreachable_spark_makes_every_case_an_error(
+    run_pytest: Any, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     clean_spark_env(monkeypatch)
     pytester.makefile(".promptopt.yaml", capitals=ECHO_SUITE)
-    result = run_pytest("--promptopt", "--promptopt-backend", "spark", "--promptopt-spark-remote", f"sc://127.0.0.1:{_free_port()}")
+    result = run_pytest(
+        "--promptopt", "--promptopt-backend", "spark", "--promptopt-spark-remote", f"sc://127.0.0.1:{_free_port()}"
+    )
     result.assert_outcomes(errors=3)
     assert result.ret == 1
     result.stdout.fnmatch_lines(["*Spark backend: cannot connect to Spark at sc://127.0.0.1:*"])
@@ -599,8 +728,9 @@ def mentions_country(output, context):
 
 
 @needs_java
-def test_pytest_on_spark_reports_what_the_local_run_reports(run_pytest: Any, pytester: pytest.Pytester, connect_server: str,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pytest_on_spark_reports_what_the_local_run_reports(
+    run_pytest: Any, pytester: pytest.Pytester, connect_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The same suites through `pytest --promptopt`: in this process, on a local Spark session
     # and over Spark Connect; per-case results, gates, outcomes and exit status must agree.
     from conftest import comparable, load_report
@@ -608,7 +738,9 @@ def test_pytest_on_spark_reports_what_the_local_run_reports(run_pytest: Any, pyt
     clean_spark_env(monkeypatch)
     pytester.makefile(".promptopt.yaml", capitals=ECHO_SUITE + "gates: {pass_rate: 0.9}\n")
     pytester.makepyfile(checks=PLUGIN_CHECKS)
-    pytester.makefile(".promptopt.yaml", checked="""
+    pytester.makefile(
+        ".promptopt.yaml",
+        checked="""
 providers: [echo]
 prompts: ["{{country}} is a country."]
 defaultTest:
@@ -616,7 +748,8 @@ defaultTest:
 tests:
   - vars: {country: Peru}
   - vars: {country: Chile}
-""")
+""",
+    )
     runs = {
         "local": [],
         "spark": ["--promptopt-backend", "spark", "--promptopt-spark-master", "local[2]"],
@@ -635,12 +768,19 @@ tests:
 
 
 @needs_java
-def test_a_warm_rerun_on_spark_makes_no_model_call(run_pytest: Any, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_warm_rerun_on_spark_makes_no_model_call(
+    run_pytest: Any, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from conftest import load_report
 
     clean_spark_env(monkeypatch)
     # echo is never cached (it is instant); a scripted fake model is
-    pytester.makefile(".promptopt.yaml", capitals=ECHO_SUITE.replace("providers: [echo]", "providers: [{id: fake, config: {default: Paris and Madrid}}]"))
+    pytester.makefile(
+        ".promptopt.yaml",
+        capitals=ECHO_SUITE.replace(
+            "providers: [echo]", "providers: [{id: fake, config: {default: Paris and Madrid}}]"
+        ),
+    )
     args = ("--promptopt", "--promptopt-backend", "spark", "--promptopt-spark-master", "local[2]")
     run_pytest(*args, "--promptopt-report", "cold.json").assert_outcomes(passed=1, failed=2)
     run_pytest(*args, "--promptopt-report", "warm.json").assert_outcomes(passed=1, failed=2)

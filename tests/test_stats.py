@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pytest_promptopt.stats import cluster_bootstrap, mcnemar_exact, paired_bootstrap, wilson
 
@@ -23,14 +24,19 @@ def test_wilson_interval_contains_the_estimate_and_stays_in_bounds(case: tuple[i
     assert 0.0 <= low <= passed / n <= high <= 1.0
 
 
-@pytest.mark.parametrize(("failing", "passing", "expected"), [
-    (5, 0, 1 / 32),             # all five flips are to fail: 0.5^5
-    (3, 3, 42 / 64),            # P(X >= 3), X ~ Bin(6, 1/2)
-    (0, 4, 1.0),
-    (0, 0, 1.0),                # nothing changed: no evidence
-    (10, 2, 79 / 4096),         # P(X >= 10), X ~ Bin(12, 1/2) = (66 + 12 + 1) / 4096
-])
-def test_mcnemar_exact_is_the_binomial_tail_of_the_discordant_pairs(failing: int, passing: int, expected: float) -> None:
+@pytest.mark.parametrize(
+    ("failing", "passing", "expected"),
+    [
+        (5, 0, 1 / 32),  # all five flips are to fail: 0.5^5
+        (3, 3, 42 / 64),  # P(X >= 3), X ~ Bin(6, 1/2)
+        (0, 4, 1.0),
+        (0, 0, 1.0),  # nothing changed: no evidence
+        (10, 2, 79 / 4096),  # P(X >= 10), X ~ Bin(12, 1/2) = (66 + 12 + 1) / 4096
+    ],
+)
+def test_mcnemar_exact_is_the_binomial_tail_of_the_discordant_pairs(
+    failing: int, passing: int, expected: float
+) -> None:
     assert math.isclose(mcnemar_exact(failing, passing), expected)
 
 

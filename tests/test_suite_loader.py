@@ -94,14 +94,21 @@ def test_tests_from_csv_with_expected_columns(tmp_path):
     suite = load(tmp_path, "prompts: ['{{question}}']\ntests: file://cases.csv\n")
     france, math = suite.cases
     assert france.vars == {"question": "Capital of France?"} and france.description == "france"
-    assert [(a.label, a.value, a.metric) for a in france.assertions] == [("contains", "Paris", "acc"), ("not-icontains", "sorry", "acc")]
+    assert [(a.label, a.value, a.metric) for a in france.assertions] == [
+        ("contains", "Paris", "acc"),
+        ("not-icontains", "sorry", "acc"),
+    ]
     assert [(a.label, a.value) for a in math.assertions] == [("equals", "4")]
 
 
 def test_tests_from_jsonl_and_var_files(tmp_path):
-    (tmp_path / "cases.jsonl").write_text('{"vars": {"q": "a"}, "assert": [{"type": "equals", "value": "a"}]}\n{"q": "b"}\n')
+    (tmp_path / "cases.jsonl").write_text(
+        '{"vars": {"q": "a"}, "assert": [{"type": "equals", "value": "a"}]}\n{"q": "b"}\n'
+    )
     (tmp_path / "long.txt").write_text("a long document\n")
-    suite = load(tmp_path, "prompts: ['{{q}}|{{doc}}']\ndefaultTest: {vars: {doc: file://long.txt}}\ntests: file://cases.jsonl\n")
+    suite = load(
+        tmp_path, "prompts: ['{{q}}|{{doc}}']\ndefaultTest: {vars: {doc: file://long.txt}}\ntests: file://cases.jsonl\n"
+    )
     assert [c.rendered_prompt for c in suite.cases] == ["a|a long document", "b|a long document"]
 
 
@@ -123,18 +130,26 @@ def test_csv_expected_strings(text, expected):
 
 
 def test_var_values_are_data_never_templates(tmp_path):
-    suite = load(tmp_path, """
+    suite = load(
+        tmp_path,
+        """
         prompts: ["Summarise: {{ text }}"]
         tests: [{vars: {text: "{{ 7*7 }} {% for x in range(3) %}x{% endfor %} {{ ''.__class__ }}"}}]
-        """)
-    assert suite.cases[0].rendered_prompt == "Summarise: {{ 7*7 }} {% for x in range(3) %}x{% endfor %} {{ ''.__class__ }}"
+        """,
+    )
+    assert (
+        suite.cases[0].rendered_prompt == "Summarise: {{ 7*7 }} {% for x in range(3) %}x{% endfor %} {{ ''.__class__ }}"
+    )
 
 
 def test_templates_are_sandboxed(tmp_path):
-    err = error(tmp_path, """
+    err = error(
+        tmp_path,
+        """
         prompts: ["{{ ''.__class__.__mro__[1].__subclasses__() }}"]
         tests: [{vars: {}}]
-        """)
+        """,
+    )
     assert "unsafe" in err.message or "__class__" in err.message
 
 
@@ -152,24 +167,30 @@ def test_invalid_json_names_the_line(tmp_path):
 
 
 def test_wrong_type_names_the_path_and_line(tmp_path):
-    err = error(tmp_path, """
+    err = error(
+        tmp_path,
+        """
         prompts: ["{{q}}"]
         tests:
           - vars: {q: a}
           - vars: {q: b}
             threshold: high
-        """)
+        """,
+    )
     assert (err.path, err.line) == ("tests[1].threshold", 5)
     assert "expected number" in err.message
 
 
 def test_unknown_key_suggests_the_nearest(tmp_path):
-    err = error(tmp_path, """
+    err = error(
+        tmp_path,
+        """
         prompts: ["{{q}}"]
         tests:
           - vars: {q: a}
             asert: [{type: equals, value: a}]
-        """)
+        """,
+    )
     assert err.path == "tests[0].asert" and err.line == 4
     assert "unknown key 'asert'; did you mean 'assert'?" in err.message
 
@@ -180,24 +201,30 @@ def test_unsupported_promptfoo_feature_is_an_error_not_silence(tmp_path):
 
 
 def test_unknown_assertion_type_suggests_the_nearest(tmp_path):
-    err = error(tmp_path, """
+    err = error(
+        tmp_path,
+        """
         prompts: ["{{q}}"]
         tests:
           - vars: {q: a}
             assert:
               - type: not-icontain
                 value: x
-        """)
+        """,
+    )
     assert err.path == "tests[0].assert[0].type" and err.line == 5
     assert "did you mean 'not-icontains'?" in err.message
 
 
 def test_missing_var_is_named(tmp_path):
-    err = error(tmp_path, """
+    err = error(
+        tmp_path,
+        """
         prompts: ["What is the capital of {{ country }}?"]
         tests:
           - vars: {contry: France}
-        """)
+        """,
+    )
     assert err.path == "tests[0].vars" and err.line == 3
     assert "missing variable 'country'" in err.message and "prompts[0]" in err.message
 
@@ -208,7 +235,9 @@ def test_missing_prompt_file_and_tests_file(tmp_path):
 
 
 def test_bad_assertion_value_names_the_assertion(tmp_path):
-    err = error(tmp_path, """
+    err = error(
+        tmp_path,
+        """
         prompts: ["{{q}}"]
         tests:
           - vars: {q: a}
@@ -217,23 +246,30 @@ def test_bad_assertion_value_names_the_assertion(tmp_path):
                 value: a
               - type: regex
                 value: "([a-z]"
-        """)
+        """,
+    )
     assert err.path == "tests[0].assert[1]" and err.line == 7 and "invalid regular expression" in err.message
 
 
 def test_bad_python_reference_is_found_before_running(tmp_path):
-    err = error(tmp_path, """
+    err = error(
+        tmp_path,
+        """
         prompts: ["{{q}}"]
         tests: [{vars: {q: a}, assert: [{type: python, value: "not a reference"}]}]
-        """)
+        """,
+    )
     assert "module:function" in err.message
 
 
 def test_keys_in_a_suite_are_refused(tmp_path):
-    err = error(tmp_path, """
+    err = error(
+        tmp_path,
+        """
         prompts: ["x"]
         providers: [{id: openai:gpt-4o-mini, config: {apiKey: sk-123}}]
-        """)
+        """,
+    )
     assert err.path == "providers[0]" and "environment variable" in err.message
 
 
@@ -248,7 +284,9 @@ def test_gate_out_of_range(tmp_path):
 
 
 def test_providers_map_promptfoo_ids_to_litellm(tmp_path):
-    suite = load(tmp_path, """
+    suite = load(
+        tmp_path,
+        """
         prompts: ["x"]
         providers:
           - openai:gpt-4o-mini
@@ -256,9 +294,15 @@ def test_providers_map_promptfoo_ids_to_litellm(tmp_path):
           - anthropic:messages:claude-3-5-haiku-latest
           - ollama:chat:llama3
           - {id: databricks/my-endpoint, label: dbx, config: {apiBaseUrl: "http://x", temperature: 0}}
-        """)
+        """,
+    )
     assert [c.model.id for c in suite.cases] == [
-        "openai/gpt-4o-mini", "openai/gpt-4o", "anthropic/claude-3-5-haiku-latest", "ollama_chat/llama3", "databricks/my-endpoint"]
+        "openai/gpt-4o-mini",
+        "openai/gpt-4o",
+        "anthropic/claude-3-5-haiku-latest",
+        "ollama_chat/llama3",
+        "databricks/my-endpoint",
+    ]
     assert suite.cases[-1].model.params == {"api_base": "http://x", "temperature": 0}
     assert len({c.case_id for c in suite.cases}) == 5
 
@@ -266,7 +310,10 @@ def test_providers_map_promptfoo_ids_to_litellm(tmp_path):
 def test_vars_from_a_file_in_a_test_and_in_default_test(tmp_path):
     (tmp_path / "defaults.yaml").write_text("lang: French\nq: default\n")
     (tmp_path / "case.json").write_text('{"q": "hello"}')
-    suite = load(tmp_path, "prompts: ['{{q}} in {{lang}}']\ndefaultTest: {vars: file://defaults.yaml}\ntests: [{vars: file://case.json}, {vars: {}}]\n")
+    suite = load(
+        tmp_path,
+        "prompts: ['{{q}} in {{lang}}']\ndefaultTest: {vars: file://defaults.yaml}\ntests: [{vars: file://case.json}, {vars: {}}]\n",
+    )
     assert [c.rendered_prompt for c in suite.cases] == ["hello in French", "default in French"]
 
 
@@ -275,12 +322,17 @@ def test_csv_edge_cases(tmp_path):
     assert load(tmp_path, "prompts: ['{{q}}']\ntests: file://a.csv\n").cases[0].threshold is None  # empty cell: none
     (tmp_path / "b.csv").write_text("q,__expected\nx,classifier: is polite\n")
     err = error(tmp_path, "prompts: ['{{q}}']\ntests: file://b.csv\n")
-    assert "b.csv row 2, column __expected: assertion type 'classifier'" in err.message and "not supported" in err.message
+    assert (
+        "b.csv row 2, column __expected: assertion type 'classifier'" in err.message and "not supported" in err.message
+    )
 
 
 def test_unsafe_template_points_at_the_prompt(tmp_path):
-    err = error(tmp_path, """
+    err = error(
+        tmp_path,
+        """
         prompts: ["ok", "{{ ''.__class__.__mro__ }}"]
         tests: [{vars: {}}]
-        """)
+        """,
+    )
     assert err.path == "prompts[1]" and "add it to this test's vars" not in err.message

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from ..models.base import Response
 
@@ -92,7 +93,7 @@ class Grade:
     reason: str = ""
 
     @classmethod
-    def binary(cls, passed: bool, failure: str) -> "Grade":
+    def binary(cls, passed: bool, failure: str) -> Grade:
         """A pass/fail check: score 1 or 0, promptfoo's "Assertion passed" reason on success."""
         return cls(passed, 1.0 if passed else 0.0, "Assertion passed" if passed else failure)
 
@@ -150,9 +151,7 @@ def _load_builtins() -> None:
     # Imported for their @register side effects; kept out of module import time.
     global _builtins_loaded
     if not _builtins_loaded:
-        from . import measures, python_ref, structured, text  # noqa: F401
-        from . import reference, similarity  # noqa: F401
-        from . import mlflow_scorers, model_graded  # noqa: F401
+        from . import measures, mlflow_scorers, model_graded, python_ref, reference, similarity, structured, text  # noqa: F401  # noqa: F401  # noqa: F401
 
         _builtins_loaded = True
 

@@ -7,8 +7,9 @@ Assertion(type='contains', value='Paris', ...)
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from .base import Assertion
 
@@ -99,12 +100,16 @@ icontains_any = _listed("icontains-any")
 icontains_all = _listed("icontains-all")
 
 
-def is_json(schema: Mapping[str, Any] | str | None = None, *, weight: float = 1.0, metric: str | None = None) -> Assertion:
+def is_json(
+    schema: Mapping[str, Any] | str | None = None, *, weight: float = 1.0, metric: str | None = None
+) -> Assertion:
     """Output is JSON (optionally valid against a JSON Schema: a dict or `file://schema.json`)."""
     return assertion("is-json", schema, weight=weight, metric=metric)
 
 
-def contains_json(schema: Mapping[str, Any] | str | None = None, *, weight: float = 1.0, metric: str | None = None) -> Assertion:
+def contains_json(
+    schema: Mapping[str, Any] | str | None = None, *, weight: float = 1.0, metric: str | None = None
+) -> Assertion:
     """Output contains a JSON object (optionally valid against a JSON Schema)."""
     return assertion("contains-json", schema, weight=weight, metric=metric)
 
@@ -115,8 +120,17 @@ def levenshtein(value: str, threshold: float = 5, *, weight: float = 1.0, metric
 
 
 def _bounds(name: str) -> Callable[..., Assertion]:
-    def build(exactly: int | None = None, *, min: int | None = None, max: int | None = None, weight: float = 1.0, metric: str | None = None) -> Assertion:
-        value: Any = exactly if exactly is not None else {k: v for k, v in (("min", min), ("max", max)) if v is not None}
+    def build(
+        exactly: int | None = None,
+        *,
+        min: int | None = None,
+        max: int | None = None,
+        weight: float = 1.0,
+        metric: str | None = None,
+    ) -> Assertion:
+        value: Any = (
+            exactly if exactly is not None else {k: v for k, v in (("min", min), ("max", max)) if v is not None}
+        )
         return assertion(name, value, weight=weight, metric=metric)
 
     build.__name__ = name.replace("-", "_")
@@ -138,13 +152,26 @@ def cost(max_cost: float, *, weight: float = 1.0, metric: str | None = None) -> 
     return assertion("cost", threshold=max_cost, weight=weight, metric=metric)
 
 
-def python(reference: str | Callable[..., Any], *, threshold: float | None = None, weight: float = 1.0, metric: str | None = None, config: Mapping[str, Any] | None = None) -> Assertion:
+def python(
+    reference: str | Callable[..., Any],
+    *,
+    threshold: float | None = None,
+    weight: float = 1.0,
+    metric: str | None = None,
+    config: Mapping[str, Any] | None = None,
+) -> Assertion:
     """A user check: `"module:function"`, `"file://checks.py:function"`, or the function itself."""
     return assertion("python", reference, threshold=threshold, weight=weight, metric=metric, config=config)
 
 
-def similar(value: str | Sequence[str], threshold: float = 0.75, *, provider: Any = None, weight: float = 1.0,
-            metric: str | None = None) -> Assertion:
+def similar(
+    value: str | Sequence[str],
+    threshold: float = 0.75,
+    *,
+    provider: Any = None,
+    weight: float = 1.0,
+    metric: str | None = None,
+) -> Assertion:
     """Cosine similarity of sentence embeddings to `value` (or to any of a list) at least `threshold`.
 
     `provider`: the embedding model (default: the offline all-MiniLM-L6-v2), e.g.
@@ -155,13 +182,21 @@ def similar(value: str | Sequence[str], threshold: float = 0.75, *, provider: An
 
 
 def _reference(name: str, default_threshold: float, doc: str) -> Callable[..., Assertion]:
-    def build(reference: str | Sequence[str], threshold: float = default_threshold, *, weight: float = 1.0,
-              metric: str | None = None, config: Mapping[str, Any] | None = None) -> Assertion:
+    def build(
+        reference: str | Sequence[str],
+        threshold: float = default_threshold,
+        *,
+        weight: float = 1.0,
+        metric: str | None = None,
+        config: Mapping[str, Any] | None = None,
+    ) -> Assertion:
         value = reference if isinstance(reference, str) else list(reference)
         return assertion(name, value, threshold=threshold, weight=weight, metric=metric, config=config)
 
     build.__name__ = name.replace("-", "_")
-    build.__doc__ = f"The `{name}` assertion: {doc} of the output against `reference` (or the best of a list) at least `threshold`."
+    build.__doc__ = (
+        f"The `{name}` assertion: {doc} of the output against `reference` (or the best of a list) at least `threshold`."
+    )
     return build
 
 
@@ -179,20 +214,43 @@ gleu = _reference("gleu", 0.5, "sentence GLEU (NLTK)")
 # or a model object); None: the run's judge model (--promptopt-judge-model).
 
 
-def _judged(name: str, value: Any, provider: Any, threshold: float | None, weight: float, metric: str | None,
-            config: Mapping[str, Any] | None) -> Assertion:
-    return replace(assertion(name, value, threshold=threshold, weight=weight, metric=metric, config=config), provider=provider)
+def _judged(
+    name: str,
+    value: Any,
+    provider: Any,
+    threshold: float | None,
+    weight: float,
+    metric: str | None,
+    config: Mapping[str, Any] | None,
+) -> Assertion:
+    return replace(
+        assertion(name, value, threshold=threshold, weight=weight, metric=metric, config=config), provider=provider
+    )
 
 
-def llm_rubric(rubric: str, *, provider: Any = None, threshold: float | None = None, weight: float = 1.0,
-               metric: str | None = None, config: Mapping[str, Any] | None = None) -> Assertion:
+def llm_rubric(
+    rubric: str,
+    *,
+    provider: Any = None,
+    threshold: float | None = None,
+    weight: float = 1.0,
+    metric: str | None = None,
+    config: Mapping[str, Any] | None = None,
+) -> Assertion:
     """A judge decides whether the output satisfies `rubric` (its `pass`; with `threshold`, also
     its score must reach it)."""
     return _judged("llm-rubric", rubric, provider, threshold, weight, metric, config)
 
 
-def g_eval(criteria: str | Sequence[str], *, steps: Sequence[str] | None = None, provider: Any = None,
-           threshold: float | None = None, weight: float = 1.0, metric: str | None = None) -> Assertion:
+def g_eval(
+    criteria: str | Sequence[str],
+    *,
+    steps: Sequence[str] | None = None,
+    provider: Any = None,
+    threshold: float | None = None,
+    weight: float = 1.0,
+    metric: str | None = None,
+) -> Assertion:
     """G-Eval: the judge scores the output 0-10 on each criterion, by evaluation `steps` (written
     by the judge when not given); passes when the mean score / 10 reaches `threshold` (0.7)."""
     value = criteria if isinstance(criteria, str) else list(criteria)
@@ -200,15 +258,25 @@ def g_eval(criteria: str | Sequence[str], *, steps: Sequence[str] | None = None,
     return _judged("g-eval", value, provider, threshold, weight, metric, config)
 
 
-def factuality(reference: str, *, provider: Any = None, threshold: float | None = None, weight: float = 1.0,
-               metric: str | None = None, scores: Mapping[str, float] | None = None) -> Assertion:
+def factuality(
+    reference: str,
+    *,
+    provider: Any = None,
+    threshold: float | None = None,
+    weight: float = 1.0,
+    metric: str | None = None,
+    scores: Mapping[str, float] | None = None,
+) -> Assertion:
     """The judge compares the output's facts with `reference` (categories A-E as promptfoo);
     `scores` overrides the category scores (`subset`, `superset`, `agree`, `disagree`, `differButFactual`)."""
-    return _judged("factuality", reference, provider, threshold, weight, metric, {"factuality": dict(scores)} if scores else None)
+    return _judged(
+        "factuality", reference, provider, threshold, weight, metric, {"factuality": dict(scores)} if scores else None
+    )
 
 
-def answer_relevance(*, provider: Any = None, threshold: float | None = None, weight: float = 1.0,
-                     metric: str | None = None) -> Assertion:
+def answer_relevance(
+    *, provider: Any = None, threshold: float | None = None, weight: float = 1.0, metric: str | None = None
+) -> Assertion:
     """The judge scores how directly the output answers the question (`vars.query`, else the prompt)."""
     return _judged("answer-relevance", None, provider, threshold, weight, metric, None)
 
@@ -218,8 +286,14 @@ def closed_qa(criterion: str, *, provider: Any = None, weight: float = 1.0, metr
     return _judged("closed-qa", criterion, provider, None, weight, metric, None)
 
 
-def mlflow_scorer(scorer: Any, expectations: Any = None, *, threshold: float | None = None, weight: float = 1.0,
-                  metric: str | None = None) -> Assertion:
+def mlflow_scorer(
+    scorer: Any,
+    expectations: Any = None,
+    *,
+    threshold: float | None = None,
+    weight: float = 1.0,
+    metric: str | None = None,
+) -> Assertion:
     """An MLflow GenAI scorer as an assertion: a built-in judge (`Guidelines(guidelines=...)`,
     `Correctness()`, ...) or a `@scorer` function. `expectations`: a mapping, a string
     (`expected_response`) or a list of strings (`expected_facts`)."""

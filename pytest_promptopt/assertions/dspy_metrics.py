@@ -10,7 +10,8 @@ not imported. `trace` is None, DSPy's value when a metric evaluates rather than 
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 __all__ = ["MetricExample", "MetricPrediction", "call_metric", "is_dspy_metric"]
 
@@ -52,7 +53,9 @@ class _Record(Mapping[str, Any]):
         try:
             return self._data[name]
         except KeyError:
-            raise AttributeError(f"the {self._kind} has no field {name!r}; its fields: {', '.join(self._data) or 'none'}") from None
+            raise AttributeError(
+                f"the {self._kind} has no field {name!r}; its fields: {', '.join(self._data) or 'none'}"
+            ) from None
 
     def __getitem__(self, key: str) -> Any:
         return self._data[key]

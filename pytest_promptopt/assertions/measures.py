@@ -25,7 +25,9 @@ def levenshtein_distance(a: str, b: str) -> int:
 def levenshtein(output: str, assertion: Assertion, ctx: AssertionContext) -> Grade:
     threshold = assertion.threshold if assertion.threshold is not None else LEVENSHTEIN_DEFAULT_THRESHOLD
     distance = levenshtein_distance(output, str(assertion.value))
-    return Grade.binary(distance <= threshold, f"Levenshtein distance {distance} is greater than threshold {threshold:g}")
+    return Grade.binary(
+        distance <= threshold, f"Levenshtein distance {distance} is greater than threshold {threshold:g}"
+    )
 
 
 def _bounds(assertion: Assertion, what: str) -> tuple[float | None, float | None]:

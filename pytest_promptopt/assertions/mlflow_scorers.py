@@ -26,7 +26,8 @@ import json
 import math
 import os
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..models.base import ModelError, Request, Response
 from ..redact import is_secret_key, scrub
@@ -43,28 +44,49 @@ _NO = {"no", "n", "false", "fail", "failed"}
 def is_scorer(value: Any) -> bool:
     """An MLflow `Scorer` instance (checked without importing mlflow)."""
     return not isinstance(value, type) and any(
-        c.__name__ == "Scorer" and c.__module__.startswith("mlflow.genai") for c in type(value).__mro__)
+        c.__name__ == "Scorer" and c.__module__.startswith("mlflow.genai") for c in type(value).__mro__
+    )
 
 
-def mlflow_scorer(scorer: Any, expectations: Any = None, *, threshold: float | None = None, weight: float = 1.0,
-                  metric: str | None = None, provider: Any = None) -> Assertion:
+def mlflow_scorer(
+    scorer: Any,
+    expectations: Any = None,
+    *,
+    threshold: float | None = None,
+    weight: float = 1.0,
+    metric: str | None = None,
+    provider: Any = None,
+) -> Assertion:
     """An MLflow scorer object as an assertion: `mlflow_scorer(Guidelines(guidelines="..."))`.
     `expectations` as in YAML's `value`."""
     if not is_scorer(scorer):
-        raise AssertionConfigError(f"mlflow_scorer() takes an mlflow.genai Scorer (a built-in judge or a @scorer function), "
-                                   f"not {type(scorer).__name__}")
+        raise AssertionConfigError(
+            f"mlflow_scorer() takes an mlflow.genai Scorer (a built-in judge or a @scorer function), "
+            f"not {type(scorer).__name__}"
+        )
     name = str(getattr(scorer, "name", "") or type(scorer).__name__)
-    return Assertion(PREFIX + name, expectations, threshold, weight, metric, False, {"scorer": scorer}, where=PREFIX + name,
-                     provider=provider)
+    return Assertion(
+        PREFIX + name,
+        expectations,
+        threshold,
+        weight,
+        metric,
+        False,
+        {"scorer": scorer},
+        where=PREFIX + name,
+        provider=provider,
+    )
 
 
 def _check(assertion: Assertion) -> None:
     from ..judging import provider_spec
 
     where = assertion.where or assertion.type
-    reference = assertion.type[len(PREFIX):].strip()
+    reference = assertion.type[len(PREFIX) :].strip()
     if not reference:
-        raise AssertionConfigError(f"{where}: name the scorer, e.g. mlflow:Guidelines or mlflow:file://scorers.py:my_scorer")
+        raise AssertionConfigError(
+            f"{where}: name the scorer, e.g. mlflow:Guidelines or mlflow:file://scorers.py:my_scorer"
+        )
     if assertion.config is not None and not isinstance(assertion.config, Mapping):
         raise AssertionConfigError(f"{where}: config must be a mapping (the scorer's arguments)")
     if not _BUILTIN.match(reference) and "scorer" not in (assertion.config or {}):
@@ -77,8 +99,10 @@ def _check(assertion: Assertion) -> None:
         raise AssertionConfigError(str(exc)) from None
     value = assertion.value
     if value is not None and not isinstance(value, (str, list, Mapping)):
-        raise AssertionConfigError(f"{where}: value (the expectations) must be a mapping, a string (expected_response) "
-                                   "or a list of strings (expected_facts)")
+        raise AssertionConfigError(
+            f"{where}: value (the expectations) must be a mapping, a string (expected_response) "
+            "or a list of strings (expected_facts)"
+        )
 
 
 def _mlflow() -> Any:
@@ -87,7 +111,9 @@ def _mlflow() -> Any:
     try:
         import mlflow.genai.scorers as scorers
     except ImportError:
-        raise AssertionEvaluationError("mlflow: assertions need mlflow: pip install 'pytest-promptopt[mlflow]'") from None
+        raise AssertionEvaluationError(
+            "mlflow: assertions need mlflow: pip install 'pytest-promptopt[mlflow]'"
+        ) from None
     return scorers
 
 
@@ -103,15 +129,17 @@ def _resolve(assertion: Assertion, ctx: AssertionContext) -> Any:
         return given
     scorers = _mlflow()
     where = assertion.where or assertion.type
-    reference = assertion.type[len(PREFIX):].strip()
+    reference = assertion.type[len(PREFIX) :].strip()
     if _BUILTIN.match(reference):
         found = getattr(scorers, reference, None) if reference in _builtin_names(scorers) else None
         if found is None:
             names = _builtin_names(scorers)
             hint = difflib.get_close_matches(reference, names, n=1)
             fix = f"did you mean 'mlflow:{hint[0]}'? " if hint else ""
-            raise AssertionConfigError(f"{where}: mlflow.genai.scorers has no scorer {reference!r}; {fix}built-in scorers: "
-                                       f"{', '.join(names)}; a custom one is mlflow:file://scorers.py:function")
+            raise AssertionConfigError(
+                f"{where}: mlflow.genai.scorers has no scorer {reference!r}; {fix}built-in scorers: "
+                f"{', '.join(names)}; a custom one is mlflow:file://scorers.py:function"
+            )
     else:
         from .python_ref import resolve_function
 
@@ -279,7 +307,11 @@ def _identity(scorer: Any) -> dict[str, Any] | None:
     def clean(value: Any) -> Any:
         if isinstance(value, Mapping):
             # required_columns: a set dumped as a list, in an order that changes from process to process
-            return {k: clean(v) for k, v in value.items() if not is_secret_key(str(k)) and k not in ("extra_headers", "required_columns")}
+            return {
+                k: clean(v)
+                for k, v in value.items()
+                if not is_secret_key(str(k)) and k not in ("extra_headers", "required_columns")
+            }
         if isinstance(value, list):
             return [clean(v) for v in value]
         return value

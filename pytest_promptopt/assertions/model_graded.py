@@ -13,7 +13,8 @@ import ast
 import json
 import math
 import re
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ..models.base import ModelError, Request
 from ..redact import scrub
@@ -22,9 +23,17 @@ from .base import Assertion, AssertionConfigError, AssertionContext, AssertionEv
 __all__ = ["JUDGED_TYPES", "first_json_object", "json_verdict", "verdict_fields"]
 
 # Types that call a judge model (a test's `options.provider` applies to them).
-JUDGED_TYPES = frozenset({
-    "llm-rubric", "g-eval", "factuality", "model-graded-factuality", "answer-relevance", "closed-qa", "model-graded-closedqa",
-})
+JUDGED_TYPES = frozenset(
+    {
+        "llm-rubric",
+        "g-eval",
+        "factuality",
+        "model-graded-factuality",
+        "answer-relevance",
+        "closed-qa",
+        "model-graded-closedqa",
+    }
+)
 
 G_EVAL_MAX_SCORE = 10
 G_EVAL_THRESHOLD = 0.7  # promptfoo's default
@@ -53,7 +62,10 @@ def _rubric_turn(output: str, rubric: str) -> dict[str, str]:
 # model then answers with a bare JSON verdict.
 _RUBRIC_EXAMPLES = [
     _rubric_turn("Good morning! How can I help you today?", "Greets the user"),
-    {"role": "assistant", "content": '{"reason": "the output opens with \'Good morning\'", "pass": true, "score": 1.0}'},
+    {
+        "role": "assistant",
+        "content": '{"reason": "the output opens with \'Good morning\'", "pass": true, "score": 1.0}',
+    },
     _rubric_turn("Arr matey, hoist the sails!", "Does not speak like a pirate"),
     {"role": "assistant", "content": '{"reason": "\'Arr matey\' is pirate speech", "pass": false, "score": 0.0}'},
 ]
@@ -69,7 +81,10 @@ _RELEVANCE_EXAMPLES = [
     _relevance_turn("How many legs does a spider have?", "Spiders have eight legs."),
     {"role": "assistant", "content": '{"reason": "it gives the number of legs asked for", "pass": true, "score": 1.0}'},
     _relevance_turn("How many legs does a spider have?", "Spiders are often found in gardens."),
-    {"role": "assistant", "content": '{"reason": "it talks about spiders but not their legs", "pass": false, "score": 0.1}'},
+    {
+        "role": "assistant",
+        "content": '{"reason": "it talks about spiders but not their legs", "pass": false, "score": 0.1}',
+    },
 ]
 
 _FACTUALITY = """You compare a submitted answer with an expert answer to a question. Here is the data:
@@ -149,7 +164,7 @@ def first_json_object(text: str) -> dict[str, Any] | None:
         if end is None:
             continue
         try:
-            value = ast.literal_eval(text[start:end + 1])
+            value = ast.literal_eval(text[start : end + 1])
         except (ValueError, SyntaxError, MemoryError, RecursionError):
             continue
         if isinstance(value, dict):
@@ -173,7 +188,9 @@ def verdict_fields(text: str) -> dict[str, Any] | None:
         found["score"] = float(match.group(1))
     if not found:
         return None
-    match = re.search(r"[\"']?\breason[\"']?\s*:\s*[\"'](.*?)[\"']?\s*,\s*[\"']?(?:pass|passed|score)\b", text, re.I | re.S)
+    match = re.search(
+        r"[\"']?\breason[\"']?\s*:\s*[\"'](.*?)[\"']?\s*,\s*[\"']?(?:pass|passed|score)\b", text, re.I | re.S
+    )
     if match:
         found["reason"] = match.group(1).strip()
     return found
@@ -243,15 +260,24 @@ def json_verdict(data: Mapping[str, Any], threshold: float | None, kind: str, ju
         passed = passed and score >= threshold
     reason = str(data.get("reason") or "").strip()
     if not reason:
-        reason = "Grading passed" if passed else (
-            f"Score {score:g} below threshold {threshold:g}" if threshold is not None else f"{kind}: judge {judge} failed the output")
+        reason = (
+            "Grading passed"
+            if passed
+            else (
+                f"Score {score:g} below threshold {threshold:g}"
+                if threshold is not None
+                else f"{kind}: judge {judge} failed the output"
+            )
+        )
     return Grade(passed, score, reason)
 
 
 # ----------------------------------------------------------------------------- calling the judge
 
 
-def ask_judge(ctx: AssertionContext, assertion: Assertion, prompt: str | Sequence[Mapping[str, str]], kind: str) -> tuple[str, str]:
+def ask_judge(
+    ctx: AssertionContext, assertion: Assertion, prompt: str | Sequence[Mapping[str, str]], kind: str
+) -> tuple[str, str]:
     """The judge's answer text and name. A judge fault or an empty answer is an error."""
     from ..judging import active, describe, is_model
 
@@ -271,7 +297,8 @@ def ask_judge(ctx: AssertionContext, assertion: Assertion, prompt: str | Sequenc
         else:
             raise AssertionEvaluationError(
                 f"{kind} needs a judge model: run it under `pytest --promptopt` (the judge is --promptopt-judge-model), "
-                "or give the assertion a model object as provider=")
+                "or give the assertion a model object as provider="
+            )
     except ModelError as exc:
         raise AssertionEvaluationError(f"{kind}: the judge failed: {scrub(str(exc))}") from None
     text = response.text or ""
@@ -337,7 +364,9 @@ def _check(assertion: Assertion) -> None:
         raise AssertionConfigError(f"{where}: config must be a mapping")
     prompt = (assertion.config or {}).get("rubric_prompt", (assertion.config or {}).get("rubricPrompt"))
     if prompt is not None and not isinstance(prompt, (str, list, Mapping)):
-        raise AssertionConfigError(f"{where}: config.rubric_prompt must be a template string or a list of chat messages")
+        raise AssertionConfigError(
+            f"{where}: config.rubric_prompt must be a template string or a list of chat messages"
+        )
 
 
 def _check_text(assertion: Assertion) -> None:
@@ -356,7 +385,9 @@ def _check_g_eval(assertion: Assertion) -> None:
     if not isinstance(value, (str, list)):
         raise AssertionConfigError(f"{where}: g-eval criteria must be a string or a list of strings")
     steps = (assertion.config or {}).get("steps")
-    if steps is not None and (not isinstance(steps, list) or not steps or not all(isinstance(s, str) and s.strip() for s in steps)):
+    if steps is not None and (
+        not isinstance(steps, list) or not steps or not all(isinstance(s, str) and s.strip() for s in steps)
+    ):
         raise AssertionConfigError(f"{where}: config.steps must be a non-empty list of strings")
 
 
@@ -380,7 +411,9 @@ def _check_factuality(assertion: Assertion) -> None:
 def llm_rubric(output: str, assertion: Assertion, ctx: AssertionContext) -> Grade:
     rubric = _text(assertion.value)
     default = [{"role": "system", "content": _RUBRIC_SYSTEM}, *_RUBRIC_EXAMPLES, _rubric_turn(output, rubric)]
-    prompt = _render(_custom_prompt(assertion), _variables(output, ctx, rubric=rubric), default, assertion.where or "llm-rubric")
+    prompt = _render(
+        _custom_prompt(assertion), _variables(output, ctx, rubric=rubric), default, assertion.where or "llm-rubric"
+    )
     text, judge = ask_judge(ctx, assertion, prompt, "llm-rubric")
     data = verdict_fields(text)
     if data is None:
@@ -394,7 +427,9 @@ def answer_relevance(output: str, assertion: Assertion, ctx: AssertionContext) -
     # answer's relevance to the question directly (no embedding model needed).
     query = _question(ctx)
     default = [{"role": "system", "content": _RELEVANCE_SYSTEM}, *_RELEVANCE_EXAMPLES, _relevance_turn(query, output)]
-    prompt = _render(_custom_prompt(assertion), _variables(output, ctx, query=query), default, assertion.where or "answer-relevance")
+    prompt = _render(
+        _custom_prompt(assertion), _variables(output, ctx, query=query), default, assertion.where or "answer-relevance"
+    )
     text, judge = ask_judge(ctx, assertion, prompt, "answer-relevance")
     data = verdict_fields(text)
     if data is None:
@@ -406,14 +441,22 @@ def _factuality(output: str, assertion: Assertion, ctx: AssertionContext) -> Gra
     kind = assertion.type
     reference = _text(assertion.value)
     options = "\n".join(f"({letter}) {text}" for letter, text in FACTUALITY_CATEGORIES.items())
-    default = [{"role": "user", "content": _FACTUALITY.format(input=_question(ctx), ideal=reference, completion=output, options=options)}]
+    default = [
+        {
+            "role": "user",
+            "content": _FACTUALITY.format(input=_question(ctx), ideal=reference, completion=output, options=options),
+        }
+    ]
     variables = _variables(output, ctx, ideal=reference, reference=reference, completion=output)
     prompt = _render(_custom_prompt(assertion), variables, default, assertion.where or kind)
     text, judge = ask_judge(ctx, assertion, prompt, kind)
     category, reason = _factuality_answer(text)
     if category is None:
         raise _unreadable(kind, judge, text, "a category (A-E)")
-    scores = {**FACTUALITY_SCORES, **{k: float(v) for k, v in ((assertion.config or {}).get("factuality") or {}).items()}}
+    scores = {
+        **FACTUALITY_SCORES,
+        **{k: float(v) for k, v in ((assertion.config or {}).get("factuality") or {}).items()},
+    }
     score = scores[FACTUALITY_KEYS[category]]
     passed = score > 0 if assertion.threshold is None else score >= assertion.threshold
     reason = reason or f"Category {category}: {FACTUALITY_CATEGORIES[category]}"
@@ -431,7 +474,7 @@ def _factuality_answer(text: str) -> tuple[str | None, str]:
     match = re.search(r"\(\s*([A-Ea-e])\s*\)", text)
     if match is None:
         return None, ""
-    return match.group(1).upper(), text[match.end():].strip() or text.strip()
+    return match.group(1).upper(), text[match.end() :].strip() or text.strip()
 
 
 register("factuality", check=_check_factuality)(_factuality)
@@ -441,7 +484,9 @@ register("model-graded-factuality", check=_check_factuality)(_factuality)
 def _closed_qa(output: str, assertion: Assertion, ctx: AssertionContext) -> Grade:
     kind = assertion.type
     criterion = _text(assertion.value)
-    default = [{"role": "user", "content": _CLOSED_QA.format(input=_question(ctx), completion=output, criteria=criterion)}]
+    default = [
+        {"role": "user", "content": _CLOSED_QA.format(input=_question(ctx), completion=output, criteria=criterion)}
+    ]
     variables = _variables(output, ctx, criteria=criterion, rubric=criterion, completion=output)
     prompt = _render(_custom_prompt(assertion), variables, default, assertion.where or kind)
     text, judge = ask_judge(ctx, assertion, prompt, kind)
@@ -469,10 +514,26 @@ def g_eval(output: str, assertion: Assertion, ctx: AssertionContext) -> Grade:
     scores, reasons = [], []
     for criterion in criteria:
         steps = list(given_steps) if given_steps else _g_eval_steps(criterion, output, assertion, ctx)
-        variables = _variables(output, ctx, criteria=criterion, steps="\n- ".join(steps), max_score=G_EVAL_MAX_SCORE,
-                               maxScore=G_EVAL_MAX_SCORE)
-        default = [{"role": "user", "content": _G_EVAL.format(criteria=criterion, steps=variables["steps"], max_score=G_EVAL_MAX_SCORE,
-                                                              input=_question(ctx), output=output)}]
+        variables = _variables(
+            output,
+            ctx,
+            criteria=criterion,
+            steps="\n- ".join(steps),
+            max_score=G_EVAL_MAX_SCORE,
+            maxScore=G_EVAL_MAX_SCORE,
+        )
+        default = [
+            {
+                "role": "user",
+                "content": _G_EVAL.format(
+                    criteria=criterion,
+                    steps=variables["steps"],
+                    max_score=G_EVAL_MAX_SCORE,
+                    input=_question(ctx),
+                    output=output,
+                ),
+            }
+        ]
         prompt = _render(_custom_prompt(assertion, "evaluate"), variables, default, assertion.where or "g-eval")
         text, judge = ask_judge(ctx, assertion, prompt, "g-eval")
         data = verdict_fields(text)
@@ -491,7 +552,12 @@ def g_eval(output: str, assertion: Assertion, ctx: AssertionContext) -> Grade:
 
 def _g_eval_steps(criterion: str, output: str, assertion: Assertion, ctx: AssertionContext) -> list[str]:
     default = [{"role": "user", "content": _G_EVAL_STEPS.format(criteria=criterion)}]
-    prompt = _render(_custom_prompt(assertion, "steps"), _variables(output, ctx, criteria=criterion), default, assertion.where or "g-eval")
+    prompt = _render(
+        _custom_prompt(assertion, "steps"),
+        _variables(output, ctx, criteria=criterion),
+        default,
+        assertion.where or "g-eval",
+    )
     text, judge = ask_judge(ctx, assertion, prompt, "g-eval")
     data = first_json_object(text)
     steps = data.get("steps") if data is not None else None

@@ -9,8 +9,9 @@ import importlib.util
 import inspect
 import math
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from .base import Assertion, AssertionConfigError, AssertionContext, AssertionEvaluationError, Grade, register
 from .dspy_metrics import call_metric, is_dspy_metric
@@ -19,7 +20,7 @@ DEFAULT_FUNCTION = "get_assert"  # promptfoo's name when a file:// reference nam
 
 
 def _split_reference(reference: str, where: str) -> tuple[str, str]:
-    body = reference[len("file://"):] if reference.startswith("file://") else reference
+    body = reference[len("file://") :] if reference.startswith("file://") else reference
     target, sep, function = body.rpartition(":")
     if not sep or not target:
         if reference.startswith("file://"):
@@ -79,8 +80,11 @@ def grade_from_result(result: Any, threshold: float | None, origin: str) -> Grad
         if math.isnan(score):
             raise AssertionEvaluationError(f"{origin} returned NaN")
         passed = score >= threshold if threshold is not None else score > 0
-        reason = "Assertion passed" if passed else f"{origin} returned score {score:g}" + (
-            f" below threshold {threshold:g}" if threshold is not None else ""
+        reason = (
+            "Assertion passed"
+            if passed
+            else f"{origin} returned score {score:g}"
+            + (f" below threshold {threshold:g}" if threshold is not None else "")
         )
         return Grade(passed, score, reason)
     if isinstance(result, Mapping):

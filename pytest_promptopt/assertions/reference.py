@@ -9,7 +9,8 @@ GLEU). `value` is the reference, or a list of references. The libraries load on 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from .base import Assertion, AssertionConfigError, AssertionContext, AssertionEvaluationError, Grade, register
 
@@ -26,8 +27,10 @@ def references(assertion: Assertion) -> list[str]:
     value = assertion.value
     items = value if isinstance(value, list) else [value]
     if not items or not all(isinstance(item, str) for item in items):
-        raise AssertionConfigError(f"{assertion.where or assertion.type}: '{assertion.type}' needs a reference string "
-                                   "or a non-empty list of them as its 'value'")
+        raise AssertionConfigError(
+            f"{assertion.where or assertion.type}: '{assertion.type}' needs a reference string "
+            "or a non-empty list of them as its 'value'"
+        )
     return items
 
 
@@ -82,7 +85,9 @@ def _rouge_settings(assertion: Assertion) -> tuple[str, str, bool]:
         default_measure = "f"
     measure = str(config.get("measure", default_measure)).lower()
     if measure not in _MEASURES:
-        raise AssertionConfigError(f"{where}: config 'measure' must be recall, precision or f, got {config['measure']!r}")
+        raise AssertionConfigError(
+            f"{where}: config 'measure' must be recall, precision or f, got {config['measure']!r}"
+        )
     return kind, _MEASURES[measure], bool(config.get("stemmer", False))
 
 

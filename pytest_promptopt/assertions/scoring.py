@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from ..prompt import TemplateError, render_template
 from .base import Assertion, AssertionConfigError, AssertionContext, Grade, entry_for
@@ -83,7 +84,9 @@ def grade_assertion(output: str, assertion: Assertion, ctx: AssertionContext) ->
     if not assertion.inverse:
         return grade
     passed = not grade.passed
-    reason = "Assertion passed" if passed else f"Expected output not to satisfy {assertion.type}{_shown(assertion.value)}"
+    reason = (
+        "Assertion passed" if passed else f"Expected output not to satisfy {assertion.type}{_shown(assertion.value)}"
+    )
     # promptfoo keeps a python check's own score under `not-` and flips only the verdict.
     score = grade.score if assertion.type == "python" else 1.0 - grade.score
     return Grade(passed, score, reason)
@@ -111,7 +114,16 @@ def grade_case(
         # promptfoo forces a weight-0 assertion to pass: it is reported and decides nothing.
         passed = grade.passed or assertion.weight == 0
         outcomes.append(
-            Outcome(assertion.label, assertion.value, passed, score, grade.reason, assertion.weight, assertion.threshold, assertion.metric)
+            Outcome(
+                assertion.label,
+                assertion.value,
+                passed,
+                score,
+                grade.reason,
+                assertion.weight,
+                assertion.threshold,
+                assertion.metric,
+            )
         )
         total += score * assertion.weight
         weight_sum += assertion.weight

@@ -44,4 +44,8 @@ def similar(output: str, assertion: Assertion, ctx: AssertionContext) -> Grade:
     relation = "is greater than or equal to" if passed else "is less than"
     closest = f" (closest of {len(values)} values: {values[best][:60]!r})" if len(values) > 1 else ""
     # Cosine similarity may be negative; the score is clipped to [0, 1], the reason keeps it.
-    return Grade(passed, min(1.0, max(0.0, similarity)), f"Similarity {similarity:.2f} {relation} threshold {threshold:g}{closest}")
+    return Grade(
+        passed,
+        min(1.0, max(0.0, similarity)),
+        f"Similarity {similarity:.2f} {relation} threshold {threshold:g}{closest}",
+    )

@@ -24,7 +24,7 @@ def load_schema(value: Any, base_dir: Path, where: str = "") -> dict[str, Any] |
     elif isinstance(value, str):
         text = value
         if value.startswith("file://"):
-            path = (base_dir / value[len("file://"):]).resolve()
+            path = (base_dir / value[len("file://") :]).resolve()
             try:
                 text = _schema_file(str(path))
             except OSError as exc:

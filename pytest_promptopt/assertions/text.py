@@ -5,14 +5,17 @@ from __future__ import annotations
 import csv
 import json
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .base import Assertion, AssertionConfigError, AssertionContext, Grade, register
 
 
 def _scalar(assertion: Assertion) -> str:
     if isinstance(assertion.value, (dict, list)) or assertion.value is None:
-        raise AssertionConfigError(f"{assertion.where or assertion.type}: '{assertion.type}' needs a string or number value")
+        raise AssertionConfigError(
+            f"{assertion.where or assertion.type}: '{assertion.type}' needs a string or number value"
+        )
     return str(assertion.value)
 
 
@@ -72,7 +75,9 @@ def _several(name: str, fold: bool, need_all: bool) -> Callable[[str, Assertion,
         found = [v for v in values if (v.lower() if fold else v) in haystack]
         if need_all:
             missing = [v for v in values if v not in found]
-            return Grade.binary(not missing, f"Expected output to contain all of [{', '.join(values)}]; missing: [{', '.join(missing)}]")
+            return Grade.binary(
+                not missing, f"Expected output to contain all of [{', '.join(values)}]; missing: [{', '.join(missing)}]"
+            )
         return Grade.binary(bool(found), f"Expected output to contain one of [{', '.join(values)}]")
 
     return grade
@@ -95,7 +100,9 @@ def _compile_regex(assertion: Assertion) -> re.Pattern[str]:
     try:
         return re.compile(pattern)
     except re.error as exc:
-        raise AssertionConfigError(f"{assertion.where or 'regex'}: invalid regular expression {pattern!r}: {exc}") from None
+        raise AssertionConfigError(
+            f"{assertion.where or 'regex'}: invalid regular expression {pattern!r}: {exc}"
+        ) from None
 
 
 def _check_regex(assertion: Assertion) -> None:

@@ -8,8 +8,9 @@ compared in tests.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 Message = Mapping[str, str]  # {"role": "user" | "system" | "assistant", "content": "..."}
 
@@ -38,7 +39,7 @@ class Request:
     repeat: int = 0
 
     @classmethod
-    def from_prompt(cls, prompt: str | Sequence[Message], params: Mapping[str, Any] | None = None) -> "Request":
+    def from_prompt(cls, prompt: str | Sequence[Message], params: Mapping[str, Any] | None = None) -> Request:
         """Build a request from a prompt string or a list of chat messages.
 
         A string that is a JSON list of `{"role", "content"}` objects is read as chat messages,
@@ -89,7 +90,7 @@ class Response:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Response":
+    def from_dict(cls, data: Mapping[str, Any]) -> Response:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 

@@ -19,8 +19,9 @@ import hashlib
 import json
 import math
 import threading
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..redact import scrub, without_secrets
 
@@ -79,7 +80,9 @@ def minilm_dir() -> Path:
         folder = root / "model"
         if (folder / "model.safetensors").is_file():
             return folder
-    raise EmbeddingError(f"model.safetensors not found in the installed {MINILM_PACKAGE} package; reinstall it: {INSTALL_HINT}")
+    raise EmbeddingError(
+        f"model.safetensors not found in the installed {MINILM_PACKAGE} package; reinstall it: {INSTALL_HINT}"
+    )
 
 
 class MiniLMEmbedder:
@@ -113,7 +116,9 @@ class MiniLMEmbedder:
                 import torch
                 from transformers import AutoModel, AutoTokenizer
             except ImportError as exc:
-                raise EmbeddingError(f"the offline embedding model needs torch and transformers ({exc}): {INSTALL_HINT}") from None
+                raise EmbeddingError(
+                    f"the offline embedding model needs torch and transformers ({exc}): {INSTALL_HINT}"
+                ) from None
             from .local import _quiet_transformers, _torch_threads
 
             threads = _torch_threads()  # the bundled model's rule: xdist workers split the cores
@@ -134,8 +139,13 @@ class MiniLMEmbedder:
 
             vectors: list[list[float]] = []
             for start in range(0, len(texts), _BATCH):
-                batch = tokenizer(list(texts[start:start + _BATCH]), padding=True, truncation=True,
-                                  max_length=max_length, return_tensors="pt")
+                batch = tokenizer(
+                    list(texts[start : start + _BATCH]),
+                    padding=True,
+                    truncation=True,
+                    max_length=max_length,
+                    return_tensors="pt",
+                )
                 with torch.inference_mode():
                     tokens = model(**batch).last_hidden_state
                 mask = batch["attention_mask"].unsqueeze(-1).to(tokens.dtype)
@@ -174,7 +184,9 @@ class LiteLLMEmbedder:
         try:
             litellm = _litellm()
         except ModelError:
-            raise EmbeddingError(f"hosted embedding models need litellm: {INSTALL_HINT.replace('metrics', 'litellm')}") from None
+            raise EmbeddingError(
+                f"hosted embedding models need litellm: {INSTALL_HINT.replace('metrics', 'litellm')}"
+            ) from None
         params = dict(self.params)
         try:
             key = env_api_key(self.api_key_env, f"embedding model {self.model}")
@@ -185,7 +197,9 @@ class LiteLLMEmbedder:
         try:
             reply = litellm.embedding(model=self.model, input=list(texts), timeout=self.timeout, **params)
         except Exception as exc:  # litellm raises its own hierarchy per provider
-            raise EmbeddingError(f"embedding model {self.model}: {type(exc).__name__}: {scrub(str(exc), (key,) if key else ())}") from None
+            raise EmbeddingError(
+                f"embedding model {self.model}: {type(exc).__name__}: {scrub(str(exc), (key,) if key else ())}"
+            ) from None
         items = [item if isinstance(item, Mapping) else vars(item) for item in reply.data]
         items.sort(key=lambda item: int(item.get("index", 0)))
         if len(items) != len(texts):
@@ -210,24 +224,28 @@ def _parse(provider: Any, where: str) -> tuple[str, dict[str, Any]]:
         raise ValueError(f"{where}: an embedding provider is an id string or {{id, config}}")
     ident = ident.strip()
     for prefix in ("huggingface:", "hf:"):
-        if ident.lower().startswith(prefix) and ident[len(prefix):].lower().startswith(_TASKS):
-            ident = ident[len(prefix):].split(":", 1)[1]
+        if ident.lower().startswith(prefix) and ident[len(prefix) :].lower().startswith(_TASKS):
+            ident = ident[len(prefix) :].split(":", 1)[1]
     if ident.lower() in _LOCAL_NAMES:
         if config:
             raise ValueError(f"{where}: the offline embedding model takes no config")
         return "local", {}
     secret = [k for k in config if k in {"api_key", "apiKey", "key", "token", "authorization"} or "secret" in k.lower()]
     if secret:
-        raise ValueError(f"{where}: '{secret[0]}' must not be written in a suite; set the provider's environment "
-                         "variable (e.g. OPENAI_API_KEY) or name one with 'apiKeyEnvar'")
+        raise ValueError(
+            f"{where}: '{secret[0]}' must not be written in a suite; set the provider's environment "
+            "variable (e.g. OPENAI_API_KEY) or name one with 'apiKeyEnvar'"
+        )
     for task in _TASKS:  # `openai:embedding:text-embedding-3-small` -> `openai:text-embedding-3-small`
         ident = ident.replace(":" + task, ":", 1)
     from .registry import BUNDLED, parse_model_spec
 
     spec = parse_model_spec({"id": ident, "config": config}, where)
     if spec.id in {BUNDLED, "echo", "fake"}:
-        raise ValueError(f"{where}: '{spec.id}' is not an embedding model; use the offline default "
-                         "(no provider) or a litellm embedding model such as 'openai/text-embedding-3-small'")
+        raise ValueError(
+            f"{where}: '{spec.id}' is not an embedding model; use the offline default "
+            "(no provider) or a litellm embedding model such as 'openai/text-embedding-3-small'"
+        )
     return spec.id, dict(spec.params)
 
 
@@ -265,23 +283,27 @@ def embedder_for(provider: Any = None) -> Embedder:
 
 # ----------------------------------------------------------------------------- the cache
 
-_cache: "ResponseCache | Callable[[], ResponseCache] | None" = None
+_cache: ResponseCache | Callable[[], ResponseCache] | None = None
 
 
-def use_cache(cache: "ResponseCache | Callable[[], ResponseCache] | None") -> None:
+def use_cache(cache: ResponseCache | Callable[[], ResponseCache] | None) -> None:
     """Keep this process's embeddings in `cache`: the session's response cache, or a function
     returning it (the session opens its cache on first use); None: do not keep them."""
     global _cache
     _cache = cache
 
 
-def _active_cache() -> "ResponseCache | None":
+def _active_cache() -> ResponseCache | None:
     return _cache() if callable(_cache) else _cache
 
 
 def vector_key(embedder: Embedder, text: str) -> str:
-    blob = json.dumps({"embedder": without_secrets(dict(embedder.cache_identity)), "text": text},
-                      sort_keys=True, ensure_ascii=False, default=str)
+    blob = json.dumps(
+        {"embedder": without_secrets(dict(embedder.cache_identity)), "text": text},
+        sort_keys=True,
+        ensure_ascii=False,
+        default=str,
+    )
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
@@ -308,8 +330,10 @@ def embed(embedder: Embedder, texts: Sequence[str]) -> list[list[float]]:
         name = str(getattr(embedder, "name", "") or type(embedder).__name__)
         # an embedder object that does not say it is offline is treated as a hosted one
         if mode is CacheMode.REPLAY and getattr(embedder, "hosted", True):
-            raise EmbeddingError(f"replay mode: no recorded embedding from {name} for {missing[0][:60]!r}; "
-                                 "record it with --promptopt-cache=readwrite")
+            raise EmbeddingError(
+                f"replay mode: no recorded embedding from {name} for {missing[0][:60]!r}; "
+                "record it with --promptopt-cache=readwrite"
+            )
         for text, vector in zip(missing, embedder.embed(missing)):
             # Stored as float32; rounded so here too, a rerun from the cache scores the same.
             packed = array.array("f", vector)

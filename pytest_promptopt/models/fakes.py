@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from .base import ModelError, Request, Response
 
@@ -21,7 +22,9 @@ class EchoModel:
     cacheable = False  # echoing is instant and exact: a cache would only add I/O
 
     def generate(self, request: Request) -> Response:
-        return Response(text=request.prompt, latency_ms=0.0, prompt_tokens=0, completion_tokens=0, cost=0.0, model=self.name)
+        return Response(
+            text=request.prompt, latency_ms=0.0, prompt_tokens=0, completion_tokens=0, cost=0.0, model=self.name
+        )
 
 
 Script = Mapping[str, "str | Sequence[str]"] | Callable[[Request], "str | Response"]
@@ -48,7 +51,9 @@ class FakeModel:
     ['Rome', 'Milan', 'Rome']
     """
 
-    def __init__(self, script: Script, *, default: str | None = None, name: str = "fake", latency_ms: float = 0.0) -> None:
+    def __init__(
+        self, script: Script, *, default: str | None = None, name: str = "fake", latency_ms: float = 0.0
+    ) -> None:
         if not callable(script):
             empty = [key for key, answer in script.items() if not isinstance(answer, str) and not answer]
             if empty:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..redact import scrub, without_secrets
 from ..runners.limits import RetryableModelError
@@ -49,8 +50,16 @@ def _litellm() -> Any:
 
 
 # litellm's callback lists: a user's logger (MLflow autolog, Langfuse, ...) would see the warm-up call
-_CALLBACK_LISTS = ("callbacks", "input_callback", "success_callback", "failure_callback", "service_callback",
-                   "_async_input_callback", "_async_success_callback", "_async_failure_callback")
+_CALLBACK_LISTS = (
+    "callbacks",
+    "input_callback",
+    "success_callback",
+    "failure_callback",
+    "service_callback",
+    "_async_input_callback",
+    "_async_success_callback",
+    "_async_failure_callback",
+)
 
 
 def warm_up_litellm(model: str | None = None) -> None:
@@ -90,7 +99,13 @@ def _retryable(exc: BaseException) -> bool:
     if isinstance(status, int) and status in _RETRYABLE_STATUS:
         return True
     # Timeouts and lost connections carry no usable status
-    return type(exc).__name__ in {"Timeout", "APIConnectionError", "APITimeoutError", "ServiceUnavailableError", "InternalServerError"}
+    return type(exc).__name__ in {
+        "Timeout",
+        "APIConnectionError",
+        "APITimeoutError",
+        "ServiceUnavailableError",
+        "InternalServerError",
+    }
 
 
 def _retry_after(exc: BaseException) -> float | None:

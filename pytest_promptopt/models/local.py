@@ -26,9 +26,10 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .base import ModelError, Request, Response
 
@@ -79,8 +80,7 @@ def _normalise_params(params: Mapping[str, Any], base: Mapping[str, Any]) -> dic
     unknown = sorted(set(params) - set(DEFAULT_PARAMS))
     if unknown:
         raise ModelError(
-            f"{MODEL_NAME}: unknown parameter(s) {', '.join(map(repr, unknown))}; "
-            f"allowed: {', '.join(DEFAULT_PARAMS)}"
+            f"{MODEL_NAME}: unknown parameter(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(DEFAULT_PARAMS)}"
         )
     merged = dict(base)
     for key, value in params.items():
@@ -195,8 +195,8 @@ def _quiet_transformers() -> Iterator[None]:
 
 @dataclass
 class _Loaded:
-    model: "PreTrainedModel"
-    tokenizer: "PreTrainedTokenizerBase"
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
     end_ids: tuple[int, ...]
     pad_id: int
     info: dict[str, Any]
@@ -236,7 +236,9 @@ def _load_uncached(gguf: Path, cache_root: Path, dtype: str) -> _Loaded:
             try:
                 model, tokenizer = _load_saved(cache_dir)
             except Exception as error:  # a damaged cache must not stop the run: rebuild it
-                log.warning("cached %s in %s is unreadable (%s); rebuilding it from the GGUF", MODEL_NAME, cache_dir, error)
+                log.warning(
+                    "cached %s in %s is unreadable (%s); rebuilding it from the GGUF", MODEL_NAME, cache_dir, error
+                )
                 _discard(cache_dir)
         if model is None or tokenizer is None:
             source = "gguf"
@@ -246,7 +248,8 @@ def _load_uncached(gguf: Path, cache_root: Path, dtype: str) -> _Loaded:
 
     _ensure_chat_template(tokenizer)
     end_ids = tuple(
-        i for i in (tokenizer.convert_tokens_to_ids(t) for t in _END_TOKENS)
+        i
+        for i in (tokenizer.convert_tokens_to_ids(t) for t in _END_TOKENS)
         if isinstance(i, int) and i != tokenizer.unk_token_id
     )
     if not end_ids:
@@ -269,7 +272,7 @@ def _load_uncached(gguf: Path, cache_root: Path, dtype: str) -> _Loaded:
     return _Loaded(model, tokenizer, end_ids, pad_id, info, threading.Lock())
 
 
-def _load_gguf(gguf: Path) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
+def _load_gguf(gguf: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -296,7 +299,7 @@ def _load_gguf(gguf: Path) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"
     return model, tokenizer
 
 
-def _load_saved(cache_dir: Path) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
+def _load_saved(cache_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -305,7 +308,7 @@ def _load_saved(cache_dir: Path) -> tuple["PreTrainedModel", "PreTrainedTokenize
     return model, tokenizer
 
 
-def _save_atomically(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", cache_dir: Path) -> None:
+def _save_atomically(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cache_dir: Path) -> None:
     """Save into a temp dir next to `cache_dir`, then rename it into place.
 
     Several xdist workers may convert at once on a fresh machine; the first rename wins and the
@@ -343,7 +346,7 @@ def _discard(cache_dir: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
-def _ensure_chat_template(tokenizer: "PreTrainedTokenizerBase") -> None:
+def _ensure_chat_template(tokenizer: PreTrainedTokenizerBase) -> None:
     if not getattr(tokenizer, "chat_template", None):
         tokenizer.chat_template = CHATML_TEMPLATE
 
@@ -477,7 +480,7 @@ class LocalModel:
         except Exception as error:
             raise ModelError(f"{MODEL_NAME}: could not apply the chat template: {error}") from error
 
-    def _generation_config(self, loaded: _Loaded, p: Mapping[str, Any]) -> "GenerationConfig":
+    def _generation_config(self, loaded: _Loaded, p: Mapping[str, Any]) -> GenerationConfig:
         from transformers import GenerationConfig
 
         # A complete config of our own, so the model's stored defaults can't add flags that

@@ -5,8 +5,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from .base import Model, ModelError
 
@@ -26,10 +27,26 @@ _PROVIDER_RENAMES = {
     "azure:chat": "azure",
     "azureopenai": "azure",
 }
-_UNSUPPORTED_PREFIXES = ("python:", "exec:", "file://", "http:", "https:", "webhook:", "browser:", "golang:", "sequence:")
+_UNSUPPORTED_PREFIXES = (
+    "python:",
+    "exec:",
+    "file://",
+    "http:",
+    "https:",
+    "webhook:",
+    "browser:",
+    "golang:",
+    "sequence:",
+)
 
 # promptfoo's camelCase provider config keys and their litellm names.
-_CONFIG_RENAMES = {"apiBaseUrl": "api_base", "apiHost": "api_base", "maxTokens": "max_tokens", "apiKeyEnvar": "api_key_env", "topP": "top_p"}
+_CONFIG_RENAMES = {
+    "apiBaseUrl": "api_base",
+    "apiHost": "api_base",
+    "maxTokens": "max_tokens",
+    "apiKeyEnvar": "api_key_env",
+    "topP": "top_p",
+}
 
 
 @dataclass(frozen=True)
@@ -85,7 +102,7 @@ def _normalise_id(ident: str, where: str) -> str:
     if ident in {"echo", "fake"}:
         return ident
     if ident.startswith("litellm:"):
-        return ident[len("litellm:"):]
+        return ident[len("litellm:") :]
     if ident.startswith(_UNSUPPORTED_PREFIXES):
         raise ValueError(
             f"{where}: provider '{ident}' is not supported; use '{BUNDLED}', 'echo', 'fake', or a litellm "
@@ -100,7 +117,7 @@ def _normalise_id(ident: str, where: str) -> str:
         return ident
     for prefix in sorted(_PROVIDER_RENAMES, key=len, reverse=True):
         if ident.startswith(prefix + ":"):
-            return f"{_PROVIDER_RENAMES[prefix]}/{ident[len(prefix) + 1:]}"
+            return f"{_PROVIDER_RENAMES[prefix]}/{ident[len(prefix) + 1 :]}"
     provider, _, model = ident.partition(":")
     return f"{provider}/{model}"
 

@@ -7,8 +7,9 @@ the terminal can still override it for one run.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = ["DEMO_OPTIMIZERS", "INSTRUCTION_OPTIMIZERS", "OPTIMIZERS", "RepairConfig", "RepairSettings"]
 
@@ -61,7 +62,7 @@ class RepairConfig:
     sources: Mapping[str, str] = field(default_factory=dict)  # key -> cli / suite / ini / default
 
     @classmethod
-    def resolve(cls, run: RepairSettings, block: Mapping[str, Any] | None) -> "RepairConfig":
+    def resolve(cls, run: RepairSettings, block: Mapping[str, Any] | None) -> RepairConfig:
         block = dict(block or {})
         values: dict[str, Any] = {}
         sources: dict[str, str] = {}
@@ -78,5 +79,11 @@ class RepairConfig:
         return cls(**values, sources=sources)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer, "budget": self.budget, "seed": self.seed, "heldout": self.heldout,
-                "max_demos": self.max_demos, "label": self.label}
+        return {
+            "optimizer": self.optimizer,
+            "budget": self.budget,
+            "seed": self.seed,
+            "heldout": self.heldout,
+            "max_demos": self.max_demos,
+            "label": self.label,
+        }

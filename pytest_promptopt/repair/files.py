@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-
 from ..suite.model import Case
 from .result import RepairResult
 from .template import is_chat, prompt_diff
@@ -27,7 +26,9 @@ def proposal_path(suite_file: Path, prompt_index: int, model_slug: str, chat: bo
     return suite_file.with_name(".".join(parts) + (".json" if chat else ".txt"))
 
 
-def write_proposal(result: RepairResult, case: Case, rootdir: Path, *, apply: bool = False, several_models: bool = False) -> None:
+def write_proposal(
+    result: RepairResult, case: Case, rootdir: Path, *, apply: bool = False, several_models: bool = False
+) -> None:
     """Write `result.prompt` and its diff; with `apply`, make the suite use it. Sets `file`,
     `diff_file`, `diff` and `applied` on `result`; a write that fails is the result's reason."""
     assert result.prompt is not None
@@ -55,7 +56,12 @@ def _apply(result: RepairResult, case: Case, suite_file: Path, proposal: Path, c
     if case.prompt.registry_uri is not None:
         result.reason = "not applied: a registered prompt is not overwritten; its candidate version is in MLflow"
         return
-    if source is not None and Path(source).is_file() and is_chat(result.original) == chat and Path(source).suffix in (".txt", ".json", ".md", ""):
+    if (
+        source is not None
+        and Path(source).is_file()
+        and is_chat(result.original) == chat
+        and Path(source).suffix in (".txt", ".json", ".md", "")
+    ):
         # Same format: the user's prompt file gets the repaired template (git shows the change).
         Path(source).write_text(result.prompt or "", encoding="utf-8")
         result.applied, result.file = True, str(Path(source))
@@ -65,7 +71,9 @@ def _apply(result: RepairResult, case: Case, suite_file: Path, proposal: Path, c
     if _point_entry_at(suite_file, case.prompt_index, f"file://{proposal.name}"):
         result.applied = True
     else:
-        result.reason = f"not applied: could not find prompts[{case.prompt_index}] in {suite_file.name}; edit it by hand"
+        result.reason = (
+            f"not applied: could not find prompts[{case.prompt_index}] in {suite_file.name}; edit it by hand"
+        )
 
 
 def _point_entry_at(suite_file: Path, index: int, reference: str) -> bool:
@@ -105,5 +113,3 @@ def _relative(path: Path, rootdir: Path) -> str:
         return path.relative_to(rootdir).as_posix()
     except ValueError:
         return str(path)
-
-

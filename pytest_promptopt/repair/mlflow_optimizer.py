@@ -24,8 +24,9 @@ import json
 import logging
 import math
 import random
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 try:
     from mlflow.entities.model_registry import PromptVersion
@@ -101,8 +102,9 @@ class DemoRepairOptimizer(BasePromptOptimizer):
         print(result.optimized_prompts[0].template)
     """
 
-    def __init__(self, max_demos: int = 4, candidates: int = 6, heldout: float = 0.4, seed: int = 0,
-                 budget: int = 300) -> None:
+    def __init__(
+        self, max_demos: int = 4, candidates: int = 6, heldout: float = 0.4, seed: int = 0, budget: int = 300
+    ) -> None:
         if max_demos < 1:
             raise ValueError(f"max_demos must be at least 1, got {max_demos}")
         if candidates < 1:
@@ -111,15 +113,27 @@ class DemoRepairOptimizer(BasePromptOptimizer):
             raise ValueError(f"heldout must be between 0 and 1 (a share of the records), got {heldout}")
         if budget < 1:
             raise ValueError(f"budget must be at least 1 record, got {budget}")
-        self.max_demos, self.candidates, self.heldout, self.seed, self.budget = max_demos, candidates, heldout, seed, budget
+        self.max_demos, self.candidates, self.heldout, self.seed, self.budget = (
+            max_demos,
+            candidates,
+            heldout,
+            seed,
+            budget,
+        )
         self.last_report: DemoRepairReport | None = None
 
-    def optimize(self, eval_fn: _EvalFn | None, train_data: list[dict[str, Any]], target_prompts: dict[str, str],
-                 enable_tracking: bool = True) -> PromptOptimizerOutput:
+    def optimize(
+        self,
+        eval_fn: _EvalFn | None,
+        train_data: list[dict[str, Any]],
+        target_prompts: dict[str, str],
+        enable_tracking: bool = True,
+    ) -> PromptOptimizerOutput:
         if len(target_prompts) != 1:
             raise MlflowException.invalid_parameter_value(
                 f"DemoRepairOptimizer repairs one prompt at a time, got {len(target_prompts)}: a record's output is "
-                "the answer of the prompt whose demonstration it becomes. Pass a single prompt URI.")
+                "the answer of the prompt whose demonstration it becomes. Pass a single prompt URI."
+            )
         name, template = next(iter(target_prompts.items()))
         report = DemoRepairReport(prompt=name)
         self.last_report = report
@@ -129,8 +143,9 @@ class DemoRepairOptimizer(BasePromptOptimizer):
             _log(report)
         return output
 
-    def _optimize(self, eval_fn: _EvalFn | None, records: list[dict[str, Any]], name: str, template: str,
-                  report: DemoRepairReport) -> PromptOptimizerOutput:
+    def _optimize(
+        self, eval_fn: _EvalFn | None, records: list[dict[str, Any]], name: str, template: str, report: DemoRepairReport
+    ) -> PromptOptimizerOutput:
         original = PromptOptimizerOutput(optimized_prompts={name: template})
         if eval_fn is None or len(records) < 2:
             report.reason = "a repair needs at least 2 training records: some to learn from, some to judge on"
@@ -138,8 +153,10 @@ class DemoRepairOptimizer(BasePromptOptimizer):
         train_at, held_at = split_cases(len(records), self.heldout, self.seed)
         report.optimizer_records, report.heldout_records = train_at, held_at
         if len(records) + len(train_at) + len(held_at) > self.budget:
-            report.reason = (f"the budget ({self.budget} records) does not cover scoring the original and one demo "
-                             f"set ({2 * len(records)} records); raise budget")
+            report.reason = (
+                f"the budget ({self.budget} records) does not cover scoring the original and one demo "
+                f"set ({2 * len(records)} records); raise budget"
+            )
             return original
 
         def evaluate(candidate: str, positions: Sequence[int]) -> list[EvaluationResultRecord]:
@@ -168,7 +185,8 @@ class DemoRepairOptimizer(BasePromptOptimizer):
                 demos[i] = demo
         if not pool:
             report.reason = "no optimiser record can be shown as a demonstration: " + (
-                "; ".join(f"record {i}: {why}" for i, why in report.skipped.items()) or "none has an answer")
+                "; ".join(f"record {i}: {why}" for i, why in report.skipped.items()) or "none has an answer"
+            )
             return original
 
         best: tuple[float, tuple[int, ...], str, list[EvaluationResultRecord]] | None = None
@@ -190,18 +208,24 @@ class DemoRepairOptimizer(BasePromptOptimizer):
         report.insample_after = score
         report.demos = [demos[i].to_dict() for i in chosen]
         if score <= report.insample_before:
-            report.reason = (f"no demo set beat the original on the {len(train_at)} optimiser record(s) "
-                             f"({score:.3f} vs {report.insample_before:.3f})")
+            report.reason = (
+                f"no demo set beat the original on the {len(train_at)} optimiser record(s) "
+                f"({score:.3f} vs {report.insample_before:.3f})"
+            )
             return original
         held = evaluate(candidate, held_at)
         report.heldout_after = _mean(held)
         if report.heldout_after is None or report.heldout_after <= report.heldout_before:
-            report.reason = (f"the best demo set does not beat the original on the {len(held_at)} held-out record(s) "
-                             f"({_describe(report.heldout_after)} vs {report.heldout_before:.3f})")
+            report.reason = (
+                f"the best demo set does not beat the original on the {len(held_at)} held-out record(s) "
+                f"({_describe(report.heldout_after)} vs {report.heldout_before:.3f})"
+            )
             return original
         report.status = "repaired"
-        report.reason = (f"{len(chosen)} demonstration(s): held-out score {report.heldout_after:.3f} vs "
-                         f"{report.heldout_before:.3f} over {len(held_at)} record(s)")
+        report.reason = (
+            f"{len(chosen)} demonstration(s): held-out score {report.heldout_after:.3f} vs "
+            f"{report.heldout_before:.3f} over {len(held_at)} record(s)"
+        )
         after: list[Any] = [None] * len(records)
         for i, result in zip(train_at, insample):
             after[i] = result
@@ -275,14 +299,17 @@ def _candidate(template: str, demos: Sequence[Demo], chat: bool) -> str | None:
         # A text prompt is one user message; its demonstrations are written out before it.
         messages = json.loads(compose(json.dumps([{"role": "user", "content": template}]), demos))
         *turns, task = messages
-        examples = [f"{user['content']}\n{ANSWER_LABEL}{answer['content']}" for user, answer in zip(turns[::2], turns[1::2])]
+        examples = [
+            f"{user['content']}\n{ANSWER_LABEL}{answer['content']}" for user, answer in zip(turns[::2], turns[1::2])
+        ]
         candidate = f"{EXAMPLES_HEADER}\n\n" + "\n\n".join(examples) + f"\n\n{TASK_HEADER}\n\n{task['content']}"
     original: str | list[dict[str, Any]] = json.loads(template) if chat else template
     proposed: str | list[dict[str, Any]] = json.loads(candidate) if chat else candidate
     if _jinja(original) != _jinja(proposed):
         return None
     if not _jinja(original) and set(PROMPT_TEMPLATE_VARIABLE_PATTERN.findall(candidate)) != set(
-            PROMPT_TEMPLATE_VARIABLE_PATTERN.findall(template)):
+        PROMPT_TEMPLATE_VARIABLE_PATTERN.findall(template)
+    ):
         return None
     return candidate
 
@@ -321,12 +348,17 @@ def _per_scorer(results: Sequence[EvaluationResultRecord]) -> dict[str, float]:
     return means
 
 
-def _output(name: str, template: str, before: Sequence[EvaluationResultRecord],
-            after: Sequence[EvaluationResultRecord]) -> PromptOptimizerOutput:
+def _output(
+    name: str, template: str, before: Sequence[EvaluationResultRecord], after: Sequence[EvaluationResultRecord]
+) -> PromptOptimizerOutput:
     """Initial and final scores over every training record (the final one: the returned prompt's)."""
-    return PromptOptimizerOutput(optimized_prompts={name: template}, initial_eval_score=_mean(before),
-                                 final_eval_score=_mean(after), initial_eval_score_per_scorer=_per_scorer(before),
-                                 final_eval_score_per_scorer=_per_scorer(after))
+    return PromptOptimizerOutput(
+        optimized_prompts={name: template},
+        initial_eval_score=_mean(before),
+        final_eval_score=_mean(after),
+        initial_eval_score_per_scorer=_per_scorer(before),
+        final_eval_score_per_scorer=_per_scorer(after),
+    )
 
 
 def _describe(score: float | None) -> str:
@@ -339,8 +371,10 @@ def _log(report: DemoRepairReport) -> None:
 
     if mlflow.active_run() is None:
         return
-    metrics = {"promptopt.heldout_initial_score": report.heldout_before,
-               "promptopt.heldout_final_score": report.heldout_after if report.status == "repaired" else report.heldout_before,
-               "promptopt.eval_records": float(report.eval_records)}
+    metrics = {
+        "promptopt.heldout_initial_score": report.heldout_before,
+        "promptopt.heldout_final_score": report.heldout_after if report.status == "repaired" else report.heldout_before,
+        "promptopt.eval_records": float(report.eval_records),
+    }
     mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None})
     mlflow.log_dict(report.to_dict(), "promptopt_demo_repair.json")

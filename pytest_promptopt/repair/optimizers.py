@@ -14,7 +14,8 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from .config import DEMO_OPTIMIZERS, INSTRUCTION_OPTIMIZERS, RANDOM_SEARCH_MIN_CASES, RepairConfig
 from .result import Calls
@@ -56,7 +57,10 @@ def projected_calls(name: str, config: RepairConfig, train_cases: int, calls: in
         return Calls(task_calls=metric_calls, proposer_calls=calls - metric_calls)
     if name == "miprov2":
         trials = _mipro_trials(config, train_cases, calls)
-        return Calls(task_calls=_mipro_candidates(config) * train_cases + trials * train_cases, proposer_calls=_mipro_candidates(config) + 2)
+        return Calls(
+            task_calls=_mipro_candidates(config) * train_cases + trials * train_cases,
+            proposer_calls=_mipro_candidates(config) + 2,
+        )
     raise ValueError(f"unknown optimiser {name!r}")
 
 
@@ -84,8 +88,19 @@ def _quiet() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def optimise(name: str, program: Any, trainset: Sequence[Any], *, config: RepairConfig, metric: Callable[..., Any],
-             feedback: Callable[..., Any], task_lm: Any, proposer_lm: Any, calls: int, threads: int) -> Any:
+def optimise(
+    name: str,
+    program: Any,
+    trainset: Sequence[Any],
+    *,
+    config: RepairConfig,
+    metric: Callable[..., Any],
+    feedback: Callable[..., Any],
+    task_lm: Any,
+    proposer_lm: Any,
+    calls: int,
+    threads: int,
+) -> Any:
     """Run optimiser `name` on `program` with the optimiser's part of the cases; the compiled program."""
     import dspy
 
@@ -96,23 +111,55 @@ def optimise(name: str, program: Any, trainset: Sequence[Any], *, config: Repair
             labelled = [e for e in trainset if e.get(program.output) is not None]
             return dspy.LabeledFewShot(k=k).compile(program, trainset=labelled)
         if name == "bootstrap":
-            return dspy.BootstrapFewShot(metric=metric, max_bootstrapped_demos=k, max_labeled_demos=k, max_rounds=1).compile(
-                program, trainset=trainset)
+            return dspy.BootstrapFewShot(
+                metric=metric, max_bootstrapped_demos=k, max_labeled_demos=k, max_rounds=1
+            ).compile(program, trainset=trainset)
         if name == "random-search":
             search = dspy.BootstrapFewShotWithRandomSearch(
-                metric=metric, max_bootstrapped_demos=k, max_labeled_demos=k, max_rounds=1,
-                num_candidate_programs=random_search_candidates(config, len(trainset), calls), num_threads=threads)
+                metric=metric,
+                max_bootstrapped_demos=k,
+                max_labeled_demos=k,
+                max_rounds=1,
+                num_candidate_programs=random_search_candidates(config, len(trainset), calls),
+                num_threads=threads,
+            )
             return search.compile(program, trainset=trainset)
         if name == "gepa":
             metric_calls = projected_calls("gepa", config, len(trainset), calls).task_calls
-            gepa = dspy.GEPA(metric=feedback, reflection_lm=proposer_lm, max_metric_calls=metric_calls, seed=config.seed,
-                             num_threads=threads, track_stats=False, use_merge=False, reflection_minibatch_size=min(3, len(trainset)))
+            gepa = dspy.GEPA(
+                metric=feedback,
+                reflection_lm=proposer_lm,
+                max_metric_calls=metric_calls,
+                seed=config.seed,
+                num_threads=threads,
+                track_stats=False,
+                use_merge=False,
+                reflection_minibatch_size=min(3, len(trainset)),
+            )
             return gepa.compile(program, trainset=trainset, valset=trainset)
         if name == "miprov2":
-            mipro = dspy.MIPROv2(metric=metric, prompt_model=proposer_lm, task_model=task_lm, auto=None,
-                                 num_candidates=_mipro_candidates(config), max_bootstrapped_demos=k, max_labeled_demos=k,
-                                 seed=config.seed, num_threads=threads, verbose=False, track_stats=False)
-            return mipro.compile(program, trainset=trainset, valset=trainset, num_trials=_mipro_trials(config, len(trainset), calls),
-                                 minibatch=False, program_aware_proposer=False, data_aware_proposer=False,
-                                 tip_aware_proposer=False, fewshot_aware_proposer=False)
+            mipro = dspy.MIPROv2(
+                metric=metric,
+                prompt_model=proposer_lm,
+                task_model=task_lm,
+                auto=None,
+                num_candidates=_mipro_candidates(config),
+                max_bootstrapped_demos=k,
+                max_labeled_demos=k,
+                seed=config.seed,
+                num_threads=threads,
+                verbose=False,
+                track_stats=False,
+            )
+            return mipro.compile(
+                program,
+                trainset=trainset,
+                valset=trainset,
+                num_trials=_mipro_trials(config, len(trainset), calls),
+                minibatch=False,
+                program_aware_proposer=False,
+                data_aware_proposer=False,
+                tip_aware_proposer=False,
+                fewshot_aware_proposer=False,
+            )
     raise ValueError(f"unknown optimiser {name!r}; use one of {', '.join(DEMO_OPTIMIZERS + INSTRUCTION_OPTIMIZERS)}")

@@ -15,8 +15,9 @@ from __future__ import annotations
 import functools
 import json
 import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 from ..assertions.base import AssertionConfigError, AssertionContext, AssertionEvaluationError
 from ..assertions.scoring import CaseGrade, grade_case
@@ -27,8 +28,18 @@ from ..suite.model import Case
 from .result import Calls
 from .template import Demo, render_composed
 
-__all__ = ["Budget", "BudgetExhausted", "ModelEngine", "budgeted_judge", "build_lm", "case_metric", "feedback_metric", "grade_output",
-           "output_field", "template_program"]
+__all__ = [
+    "Budget",
+    "BudgetExhausted",
+    "ModelEngine",
+    "budgeted_judge",
+    "build_lm",
+    "case_metric",
+    "feedback_metric",
+    "grade_output",
+    "output_field",
+    "template_program",
+]
 
 
 class BudgetExhausted(ModelError):
@@ -114,27 +125,39 @@ class ModelEngine:
         self.cache = cache
         self.budget = budget
 
-    def __deepcopy__(self, memo: dict[int, Any]) -> "ModelEngine":
+    def __deepcopy__(self, memo: dict[int, Any]) -> ModelEngine:
         return self  # optimisers deep-copy programs; a model (and its weights) is shared, never copied
 
     def complete(self, request: Any) -> Any:
-        from dspy.lm15 import Message, Response as DspyResponse, TextPart, Usage
+        from dspy.lm15 import Message, TextPart, Usage
+        from dspy.lm15 import Response as DspyResponse
 
         messages: list[dict[str, str]] = []
         if request.system is not None:
             system = request.system if isinstance(request.system, str) else "".join(p.text for p in request.system)
             messages.append({"role": "system", "content": system})
         messages.extend({"role": m.role, "content": m.text or ""} for m in request.messages)
-        prompt = messages[0]["content"] if len(messages) == 1 and messages[0]["role"] == "user" else json.dumps(
-            messages, indent=2, ensure_ascii=False)
+        prompt = (
+            messages[0]["content"]
+            if len(messages) == 1 and messages[0]["role"] == "user"
+            else json.dumps(messages, indent=2, ensure_ascii=False)
+        )
         stats = CallStats()
         response = self.cache.fetch(self.model, Request(prompt=prompt, messages=tuple(messages)), stats)
         if stats.cache_hits:
             self.budget.hit()
-        usage = Usage(input_tokens=response.prompt_tokens or 0, output_tokens=response.completion_tokens or 0,
-                      total_tokens=(response.prompt_tokens or 0) + (response.completion_tokens or 0))
-        return DspyResponse(id=None, model=response.model or self.model.name, message=Message.assistant([TextPart(response.text)]),
-                            finish_reason="stop", usage=usage)
+        usage = Usage(
+            input_tokens=response.prompt_tokens or 0,
+            output_tokens=response.completion_tokens or 0,
+            total_tokens=(response.prompt_tokens or 0) + (response.completion_tokens or 0),
+        )
+        return DspyResponse(
+            id=None,
+            model=response.model or self.model.name,
+            message=Message.assistant([TextPart(response.text)]),
+            finish_reason="stop",
+            usage=usage,
+        )
 
     def stream(self, request: Any) -> Any:
         from dspy.lm15 import response_to_events
@@ -159,7 +182,7 @@ class _Runtime:
     lm: Any
     adapter: Any
 
-    def __deepcopy__(self, memo: dict[int, Any]) -> "_Runtime":
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Runtime:
         return self
 
 
@@ -176,9 +199,14 @@ def _adapter_class() -> type:
             self.output = output
 
         def format(self, signature: Any, demos: list[dict[str, Any]], inputs: dict[str, Any]) -> list[dict[str, Any]]:
-            shown = [Demo({k: demo[k] for k in self.variables if k in demo}, str(demo[self.output]))
-                     for demo in demos if demo.get(self.output) is not None]
-            rendered = render_composed(signature.instructions, shown, {k: inputs[k] for k in self.variables if k in inputs})
+            shown = [
+                Demo({k: demo[k] for k in self.variables if k in demo}, str(demo[self.output]))
+                for demo in demos
+                if demo.get(self.output) is not None
+            ]
+            rendered = render_composed(
+                signature.instructions, shown, {k: inputs[k] for k in self.variables if k in inputs}
+            )
             return [dict(m) for m in Request.from_prompt(rendered).messages]
 
         def parse(self, signature: Any, completion: str) -> dict[str, Any]:
@@ -220,8 +248,11 @@ def _module_class() -> type:
 
         @property
         def demos(self) -> list[Demo]:
-            return [Demo({k: d[k] for k in self.variables if k in d}, str(d[self.output]), str(d.get("case_name", "")))
-                    for d in self.predict.demos if d.get(self.output) is not None]
+            return [
+                Demo({k: d[k] for k in self.variables if k in d}, str(d[self.output]), str(d.get("case_name", "")))
+                for d in self.predict.demos
+                if d.get(self.output) is not None
+            ]
 
     return TemplateProgram
 
@@ -235,8 +266,9 @@ def template_program(template: str, variables: Sequence[str], lm: Any) -> Any:
 def grade_output(case: Case, text: str, judge: Judge | None = None) -> CaseGrade | None:
     """`text` graded by the case's own assertions (model-graded ones ask `judge`); None when an
     assertion cannot be evaluated."""
-    ctx = AssertionContext(vars=case.vars, prompt=case.rendered_prompt, response=Response(text=text), base_dir=case.base_dir,
-                           judge=judge)
+    ctx = AssertionContext(
+        vars=case.vars, prompt=case.rendered_prompt, response=Response(text=text), base_dir=case.base_dir, judge=judge
+    )
     try:
         return grade_case(text, case.assertions, ctx, case.threshold)
     except (AssertionEvaluationError, AssertionConfigError):
@@ -255,7 +287,9 @@ def case_metric(cases: Sequence[Case], output: str, judge: Judge | None = None) 
     return metric
 
 
-def feedback_metric(cases: Sequence[Case], output: str, variables: Sequence[str], judge: Judge | None = None) -> Callable[..., Any]:
+def feedback_metric(
+    cases: Sequence[Case], output: str, variables: Sequence[str], judge: Judge | None = None
+) -> Callable[..., Any]:
     """GEPA's metric: the score plus textual feedback (each failed assertion's reason)."""
     import dspy
 
@@ -268,8 +302,10 @@ def feedback_metric(cases: Sequence[Case], output: str, variables: Sequence[str]
             return dspy.Prediction(score=0.0, feedback="an assertion could not be evaluated on this output")
         failed = [o.reason for o in grade.outcomes if not o.passed and o.reason]
         feedback = "All checks passed." if grade.passed else "Failed checks: " + "; ".join(failed)
-        feedback += (f" (The instruction is a Jinja template: keep its placeholders {placeholders} exactly, "
-                     "they are filled with each input.)")
+        feedback += (
+            f" (The instruction is a Jinja template: keep its placeholders {placeholders} exactly, "
+            "they are filled with each input.)"
+        )
         return dspy.Prediction(score=float(grade.passed), feedback=feedback)
 
     return metric

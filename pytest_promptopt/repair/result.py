@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = ["Calls", "RepairResult", "Score"]
 
@@ -31,7 +32,7 @@ class Calls:
         return {**asdict(self), "total": self.total}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> "Calls":
+    def from_dict(cls, data: Mapping[str, Any] | None) -> Calls:
         return cls(**{k: int(v) for k, v in (data or {}).items() if k in cls.__dataclass_fields__})
 
 
@@ -48,16 +49,29 @@ class Score:
     metrics: Mapping[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"pass_rate": self.pass_rate, "passed": self.passed, "cases": self.cases, "interval": [self.low, self.high],
-                "errors": self.errors, "metrics": dict(self.metrics)}
+        return {
+            "pass_rate": self.pass_rate,
+            "passed": self.passed,
+            "cases": self.cases,
+            "interval": [self.low, self.high],
+            "errors": self.errors,
+            "metrics": dict(self.metrics),
+        }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> "Score | None":
+    def from_dict(cls, data: Mapping[str, Any] | None) -> Score | None:
         if data is None:
             return None
         low, high = (list(data.get("interval") or []) + [None, None])[:2]
-        return cls(data.get("pass_rate"), int(data.get("passed", 0)), int(data.get("cases", 0)), low, high,
-                   int(data.get("errors", 0)), dict(data.get("metrics") or {}))
+        return cls(
+            data.get("pass_rate"),
+            int(data.get("passed", 0)),
+            int(data.get("cases", 0)),
+            low,
+            high,
+            int(data.get("errors", 0)),
+            dict(data.get("metrics") or {}),
+        )
 
     def describe(self) -> str:
         if self.pass_rate is None:
@@ -98,7 +112,9 @@ class RepairResult:
     original: str = ""  # the template before
     prompt: str | None = None  # the proposed template (None when nothing was proposed)
     demos: list[dict[str, Any]] = field(default_factory=list)
-    file: str | None = None  # the proposal written beside the suite (or the user's prompt, with --promptopt-repair-apply)
+    file: str | None = (
+        None  # the proposal written beside the suite (or the user's prompt, with --promptopt-repair-apply)
+    )
     diff_file: str | None = None
     diff: str = ""
     applied: bool = False
@@ -114,28 +130,64 @@ class RepairResult:
             return None if score is None else score.pass_rate
 
         return {
-            "suite": self.suite, "suite_name": self.suite_name, "status": self.status, "reason": self.reason,
-            "optimizer": self.optimizer, "model": self.model, "prompt_index": self.prompt_index, "prompt_label": self.prompt_label,
-            "heldout_before": rate(self.heldout_before), "heldout_after": rate(self.heldout_after),
-            "insample_before": rate(self.insample_before), "insample_after": rate(self.insample_after),
-            "scores": {k: None if v is None else v.to_dict() for k, v in (
-                ("heldout_before", self.heldout_before), ("heldout_after", self.heldout_after),
-                ("insample_before", self.insample_before), ("insample_after", self.insample_after))},
-            "heldout_cases": list(self.heldout_cases), "insample_cases": list(self.insample_cases),
+            "suite": self.suite,
+            "suite_name": self.suite_name,
+            "status": self.status,
+            "reason": self.reason,
+            "optimizer": self.optimizer,
+            "model": self.model,
+            "prompt_index": self.prompt_index,
+            "prompt_label": self.prompt_label,
+            "heldout_before": rate(self.heldout_before),
+            "heldout_after": rate(self.heldout_after),
+            "insample_before": rate(self.insample_before),
+            "insample_after": rate(self.insample_after),
+            "scores": {
+                k: None if v is None else v.to_dict()
+                for k, v in (
+                    ("heldout_before", self.heldout_before),
+                    ("heldout_after", self.heldout_after),
+                    ("insample_before", self.insample_before),
+                    ("insample_after", self.insample_after),
+                )
+            },
+            "heldout_cases": list(self.heldout_cases),
+            "insample_cases": list(self.insample_cases),
             "weak_estimate": self.weak_estimate,
-            "calls": self.calls.to_dict(), "projected_calls": self.projected.to_dict(), "budget": self.budget, "seed": self.seed,
-            "original": self.original, "prompt": self.prompt, "demos": list(self.demos),
-            "file": self.file, "diff_file": self.diff_file, "diff": self.diff, "applied": self.applied,
-            "duration_s": round(self.duration_s, 3), "tried": list(self.tried),
+            "calls": self.calls.to_dict(),
+            "projected_calls": self.projected.to_dict(),
+            "budget": self.budget,
+            "seed": self.seed,
+            "original": self.original,
+            "prompt": self.prompt,
+            "demos": list(self.demos),
+            "file": self.file,
+            "diff_file": self.diff_file,
+            "diff": self.diff,
+            "applied": self.applied,
+            "duration_s": round(self.duration_s, 3),
+            "tried": list(self.tried),
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "RepairResult":
+    def from_dict(cls, data: Mapping[str, Any]) -> RepairResult:
         """The result a report's `repairs` entry was written from (`to_dict`), e.g. for a pending upload."""
         scores = data.get("scores") or {}
-        plain = {k: v for k, v in data.items()
-                 if k in cls.__dataclass_fields__ and k not in ("calls", "projected") and not k.startswith(("heldout_", "insample_"))}
-        return cls(**plain, calls=Calls.from_dict(data.get("calls")), projected=Calls.from_dict(data.get("projected_calls")),
-                   heldout_before=Score.from_dict(scores.get("heldout_before")), heldout_after=Score.from_dict(scores.get("heldout_after")),
-                   insample_before=Score.from_dict(scores.get("insample_before")), insample_after=Score.from_dict(scores.get("insample_after")),
-                   heldout_cases=list(data.get("heldout_cases") or []), insample_cases=list(data.get("insample_cases") or []))
+        plain = {
+            k: v
+            for k, v in data.items()
+            if k in cls.__dataclass_fields__
+            and k not in ("calls", "projected")
+            and not k.startswith(("heldout_", "insample_"))
+        }
+        return cls(
+            **plain,
+            calls=Calls.from_dict(data.get("calls")),
+            projected=Calls.from_dict(data.get("projected_calls")),
+            heldout_before=Score.from_dict(scores.get("heldout_before")),
+            heldout_after=Score.from_dict(scores.get("heldout_after")),
+            insample_before=Score.from_dict(scores.get("insample_before")),
+            insample_after=Score.from_dict(scores.get("insample_after")),
+            heldout_cases=list(data.get("heldout_cases") or []),
+            insample_cases=list(data.get("insample_cases") or []),
+        )

@@ -17,7 +17,8 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from ..judging import judge_calls
 from ..models.base import ModelError
@@ -45,18 +46,32 @@ def repair_run(session: Any, run: RunSummary, settings: RepairSettings) -> list[
             continue
         base = RepairResult(suite=suite.info.id, suite_name=suite.info.name, status="skipped")
         if suite.info.kind != "file":
-            results.append(dataclasses.replace(base, reason="a Python prompt test has no template file to repair; "
-                                                             "move its prompt and checks to a suite file"))
+            results.append(
+                dataclasses.replace(
+                    base,
+                    reason="a Python prompt test has no template file to repair; "
+                    "move its prompt and checks to a suite file",
+                )
+            )
             continue
         if suite.dataset is not None:
-            results.append(dataclasses.replace(base, reason="dataset suites are not repaired; repair a suite of "
-                                                             "representative cases from the table"))
+            results.append(
+                dataclasses.replace(
+                    base,
+                    reason="dataset suites are not repaired; repair a suite of representative cases from the table",
+                )
+            )
             continue
         try:
             # One sample per case (repeat 0, the run's own cached first sample): the optimiser's
             # metric and the held-out verdict read one answer per case.
-            loaded = load_suite(session.settings.rootdir / suite.info.file, suite.info.file, session.settings.model,
-                                session.registry.resolve, repeats=Repeats(1, from_cli=True))
+            loaded = load_suite(
+                session.settings.rootdir / suite.info.file,
+                suite.info.file,
+                session.settings.model,
+                session.registry.resolve,
+                repeats=Repeats(1, from_cli=True),
+            )
         except SuiteError as exc:
             results.append(dataclasses.replace(base, status="error", reason=str(exc)))
             continue
@@ -99,9 +114,13 @@ def score(results: Sequence[CaseResult]) -> Score:
     passed = sum(1 for r in results if r.passed and not r.error)
     interval = wilson(passed, len(results))
     return Score(
-        pass_rate=passed / len(results) if results else None, passed=passed, cases=len(results),
-        low=interval[0] if interval else None, high=interval[1] if interval else None,
-        errors=sum(1 for r in results if r.error), metrics=CaseStats.of(results).metric_means(),
+        pass_rate=passed / len(results) if results else None,
+        passed=passed,
+        cases=len(results),
+        low=interval[0] if interval else None,
+        high=interval[1] if interval else None,
+        errors=sum(1 for r in results if r.error),
+        metrics=CaseStats.of(results).metric_means(),
     )
 
 
@@ -128,13 +147,28 @@ def _is_bundled(spec: ModelSpec) -> bool:
     return spec.id == BUNDLED
 
 
-def repair_prompt(session: Any, suite: SuiteSummary, cases: Sequence[Case], config: RepairConfig,
-                  settings: RepairSettings, *, several_models: bool = False) -> RepairResult:
+def repair_prompt(
+    session: Any,
+    suite: SuiteSummary,
+    cases: Sequence[Case],
+    config: RepairConfig,
+    settings: RepairSettings,
+    *,
+    several_models: bool = False,
+) -> RepairResult:
     started = time.perf_counter()
     first = cases[0]
-    result = RepairResult(suite=suite.info.id, suite_name=suite.info.name, status="no repair found", model=first.model.display,
-                          prompt_index=first.prompt_index, prompt_label=first.prompt.label, original=first.prompt.template,
-                          budget=config.budget, seed=config.seed)
+    result = RepairResult(
+        suite=suite.info.id,
+        suite_name=suite.info.name,
+        status="no repair found",
+        model=first.model.display,
+        prompt_index=first.prompt_index,
+        prompt_label=first.prompt.label,
+        original=first.prompt.template,
+        budget=config.budget,
+        seed=config.seed,
+    )
     try:
         _repair(session, cases, config, settings, result, several_models)
     except TemplateError as exc:
@@ -144,14 +178,23 @@ def repair_prompt(session: Any, suite: SuiteSummary, cases: Sequence[Case], conf
     return result
 
 
-def _repair(session: Any, cases: Sequence[Case], config: RepairConfig, settings: RepairSettings, result: RepairResult,
-            several_models: bool) -> None:
+def _repair(
+    session: Any,
+    cases: Sequence[Case],
+    config: RepairConfig,
+    settings: RepairSettings,
+    result: RepairResult,
+    several_models: bool,
+) -> None:
     from .program import Budget, budgeted_judge, build_lm, case_metric, feedback_metric, output_field, template_program
     from .template import compose
 
     first = cases[0]
     if len(cases) < 2:
-        result.status, result.reason = "skipped", "a repair needs at least 2 cases: some to learn from, some to judge on"
+        result.status, result.reason = (
+            "skipped",
+            "a repair needs at least 2 cases: some to learn from, some to judge on",
+        )
         return
     train_at, held_at = split_cases(len(cases), config.heldout, config.seed)
     result.heldout_cases = [cases[i].name for i in held_at]
@@ -163,14 +206,18 @@ def _repair(session: Any, cases: Sequence[Case], config: RepairConfig, settings:
     result.optimizer = name
     if name in INSTRUCTION_OPTIMIZERS and _is_bundled(proposer_spec):
         result.status = "refused"
-        result.reason = (f"{name} writes new instructions and needs a capable proposer model; the bundled 135M model would "
-                         "only add noise. Pass --promptopt-repair-model (e.g. openai/gpt-4o-mini), or use a demonstration "
-                         "optimiser: --promptopt-repair-optimizer bootstrap")
+        result.reason = (
+            f"{name} writes new instructions and needs a capable proposer model; the bundled 135M model would "
+            "only add noise. Pass --promptopt-repair-model (e.g. openai/gpt-4o-mini), or use a demonstration "
+            "optimiser: --promptopt-repair-optimizer bootstrap"
+        )
         return
     if name == "labeled" and not any(labels[i] is not None for i in train_at):
         result.status = "refused"
-        result.reason = ("labeled shows the cases' answers, and no case has one: set repair.label in the suite "
-                         "(e.g. label: '{{expected}}') or give the cases an equals assertion")
+        result.reason = (
+            "labeled shows the cases' answers, and no case has one: set repair.label in the suite "
+            "(e.g. label: '{{expected}}') or give the cases an equals assertion"
+        )
         return
 
     spent = Calls()
@@ -188,8 +235,11 @@ def _repair(session: Any, cases: Sequence[Case], config: RepairConfig, settings:
 
     # Sized in answers: the optimiser's own calls, each with its judge calls.
     projected = projected_calls(name, config, len(train_at), max(0, available) // (1 + judged))
-    result.projected = Calls(task_calls=projected.task_calls + spent.task_calls + len(cases) * (1 + judged),
-                             proposer_calls=projected.proposer_calls, judge_calls=projected.task_calls * judged)
+    result.projected = Calls(
+        task_calls=projected.task_calls + spent.task_calls + len(cases) * (1 + judged),
+        proposer_calls=projected.proposer_calls,
+        judge_calls=projected.task_calls * judged,
+    )
     if available <= 0 and name != "labeled":
         result.reason = f"the budget ({config.budget} calls) is spent on scoring the original prompt; raise --promptopt-repair-budget"
         result.calls = spent
@@ -199,7 +249,9 @@ def _repair(session: Any, cases: Sequence[Case], config: RepairConfig, settings:
     task_lm = build_lm(first.model.display, task_model, session.cache, budget, "task")
     proposer_lm = None
     if name in INSTRUCTION_OPTIMIZERS:
-        proposer_lm = build_lm(proposer_spec.display, session.model_for(proposer_spec), session.cache, budget, "proposer")
+        proposer_lm = build_lm(
+            proposer_spec.display, session.model_for(proposer_spec), session.cache, budget, "proposer"
+        )
     budget.limit = spent.total + max(0, available)  # the optimiser's share; scoring the proposal is reserved
     variables = sorted({k for case in cases for k in case.vars})
     program = template_program(first.prompt.template, variables, task_lm)
@@ -208,15 +260,26 @@ def _repair(session: Any, cases: Sequence[Case], config: RepairConfig, settings:
     threads = 1 if hasattr(task_model, "generate_batch") else max(1, min(8, session.settings.scale.concurrency))
     try:
         judge = budgeted_judge(budget)  # model-graded assertions spend the budget too
-        compiled = optimise(name, program, trainset, config=config, metric=case_metric(cases, output, judge),
-                            feedback=feedback_metric(cases, output, variables, judge), task_lm=task_lm, proposer_lm=proposer_lm,
-                            calls=max(0, available) // (1 + judged), threads=threads)
+        compiled = optimise(
+            name,
+            program,
+            trainset,
+            config=config,
+            metric=case_metric(cases, output, judge),
+            feedback=feedback_metric(cases, output, variables, judge),
+            task_lm=task_lm,
+            proposer_lm=proposer_lm,
+            calls=max(0, available) // (1 + judged),
+            threads=threads,
+        )
     except Exception as exc:  # DSPy wraps what a call raised; the budget knows whether it ran out
         budget.limit = config.budget
         result.calls = budget.spent
         if budget.exhausted:
-            result.reason = (f"{name} spent the budget ({config.budget} calls) before finishing; raise "
-                             "--promptopt-repair-budget or choose a cheaper optimiser")
+            result.reason = (
+                f"{name} spent the budget ({config.budget} calls) before finishing; raise "
+                "--promptopt-repair-budget or choose a cheaper optimiser"
+            )
         elif isinstance(exc, (ModelError, TemplateError)):
             result.status, result.reason = "error", f"{name}: {exc}"
         else:
@@ -227,9 +290,13 @@ def _repair(session: Any, cases: Sequence[Case], config: RepairConfig, settings:
     demos = compiled.demos
     proposal = compose(compiled.template, demos)
     result.demos = [d.to_dict() for d in demos]
-    result.tried = [{"optimizer": name, "demos": len(demos), "instructions_changed": compiled.template != first.prompt.template}]
+    result.tried = [
+        {"optimizer": name, "demos": len(demos), "instructions_changed": compiled.template != first.prompt.template}
+    ]
     if proposal == first.prompt.template:
-        result.reason = f"{name} kept the original prompt: no demonstration or instruction scored better on the optimiser's cases"
+        result.reason = (
+            f"{name} kept the original prompt: no demonstration or instruction scored better on the optimiser's cases"
+        )
         result.calls = budget.spent
         return
     missing = sorted(Prompt(first.prompt.template).variables - Prompt(proposal).variables)
@@ -238,29 +305,46 @@ def _repair(session: Any, cases: Sequence[Case], config: RepairConfig, settings:
         result.calls = budget.spent
         return
     repaired = Prompt(proposal, label=f"{first.prompt.label} (repaired)")
-    after = _evaluate(session, [_with_prompt(c, repaired) for c in cases], f"{result.suite}::{result.prompt_index}::after", budget.spent)
+    after = _evaluate(
+        session,
+        [_with_prompt(c, repaired) for c in cases],
+        f"{result.suite}::{result.prompt_index}::after",
+        budget.spent,
+    )
     result.calls = budget.spent
     result.prompt = proposal
-    result.heldout_before, result.heldout_after = score([before[i] for i in held_at]), score([after[i] for i in held_at])
-    result.insample_before, result.insample_after = score([before[i] for i in train_at]), score([after[i] for i in train_at])
+    result.heldout_before, result.heldout_after = (
+        score([before[i] for i in held_at]),
+        score([after[i] for i in held_at]),
+    )
+    result.insample_before, result.insample_after = (
+        score([before[i] for i in train_at]),
+        score([after[i] for i in train_at]),
+    )
     result.tried[0]["insample_after"] = result.insample_after.pass_rate
     if stopped:
-        result.reason = f"{name} stopped at the budget ({config.budget} calls); raise --promptopt-repair-budget for a fuller search"
+        result.reason = (
+            f"{name} stopped at the budget ({config.budget} calls); raise --promptopt-repair-budget for a fuller search"
+        )
     if (result.heldout_after.pass_rate or 0) > (result.heldout_before.pass_rate or 0):
         result.status = "repaired"
         from .files import write_proposal
 
         write_proposal(result, first, session.settings.rootdir, apply=settings.apply, several_models=several_models)
     else:
-        verdict = (f"the proposal does not beat the original on the {len(held_at)} held-out case(s) "
-                   f"({result.heldout_after.describe()} vs {result.heldout_before.describe()})")
+        verdict = (
+            f"the proposal does not beat the original on the {len(held_at)} held-out case(s) "
+            f"({result.heldout_after.describe()} vs {result.heldout_before.describe()})"
+        )
         result.reason = f"{result.reason}; {verdict}" if result.reason else verdict
 
 
 def _choose(config: RepairConfig, train_cases: int, labelled: int, settings: RepairSettings) -> str:
     from .optimizers import choose
 
-    return choose(config, train_cases, labelled, proposer=settings.model is not None and not _is_bundled(settings.model))
+    return choose(
+        config, train_cases, labelled, proposer=settings.model is not None and not _is_bundled(settings.model)
+    )
 
 
 def _example(case: Case, index: int, variables: Iterable[str], output: str, label: str | None) -> Any:
@@ -269,4 +353,6 @@ def _example(case: Case, index: int, variables: Iterable[str], output: str, labe
     data: dict[str, Any] = {k: case.vars[k] for k in variables if k in case.vars}
     if label is not None:
         data[output] = label
-    return dspy.Example(**data, case_index=index, case_name=case.name).with_inputs(*[k for k in variables if k in case.vars])
+    return dspy.Example(**data, case_index=index, case_name=case.name).with_inputs(
+        *[k for k in variables if k in case.vars]
+    )

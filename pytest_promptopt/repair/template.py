@@ -16,12 +16,22 @@ from __future__ import annotations
 import difflib
 import json
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ..prompt import render_prompt, render_template
 
-__all__ = ["Demo", "asked_index", "compose", "escape_literal", "has_template_code", "is_chat", "prompt_diff", "render_composed"]
+__all__ = [
+    "Demo",
+    "asked_index",
+    "compose",
+    "escape_literal",
+    "has_template_code",
+    "is_chat",
+    "prompt_diff",
+    "render_composed",
+]
 
 _OPENERS = re.compile(r"\{[{%#]")
 
@@ -98,6 +108,8 @@ def render_composed(template: str, demos: Sequence[Demo], variables: Mapping[str
 
 def prompt_diff(before: str, after: str, before_name: str, after_name: str) -> str:
     """A unified diff of two templates, for review."""
-    lines = difflib.unified_diff(before.splitlines(keepends=True), after.splitlines(keepends=True), before_name, after_name)
+    lines = difflib.unified_diff(
+        before.splitlines(keepends=True), after.splitlines(keepends=True), before_name, after_name
+    )
     text = "".join(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines)
     return text

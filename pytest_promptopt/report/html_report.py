@@ -14,9 +14,10 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+from collections.abc import Iterable
 from html import escape
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from ..redact import redact
 from ..results import CaseResult, RunSummary, SuiteSummary
@@ -108,8 +109,21 @@ def _suites_table(suites: list[SuiteSummary]) -> str:
         )
     header = "".join(
         f"<th>{h}</th>"
-        for h in ("suite", "model", "cases", "passed", "failed", "errors", "pass rate", "mean score", "metric means",
-                  "latency p50 / p95 (ms)", "calls", "cache hits", "gates")
+        for h in (
+            "suite",
+            "model",
+            "cases",
+            "passed",
+            "failed",
+            "errors",
+            "pass rate",
+            "mean score",
+            "metric means",
+            "latency p50 / p95 (ms)",
+            "calls",
+            "cache hits",
+            "gates",
+        )
     )
     return f"<table class=summary><thead><tr>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
@@ -123,12 +137,17 @@ def _score(score: Any) -> str:
 
 def _diff(diff: str) -> str:
     """A unified diff, line by line, coloured by its first character (each line escaped)."""
+
     def cls(line: str) -> str:
         if line.startswith(("+++", "---")):
             return "head"
         return {"+": "add", "-": "del", "@": "hunk"}.get(line[:1], "same")
 
-    return "<pre class=diff>" + "".join(f"<span class={cls(line)}>{escape(line)}</span>\n" for line in diff.splitlines()) + "</pre>"
+    return (
+        "<pre class=diff>"
+        + "".join(f"<span class={cls(line)}>{escape(line)}</span>\n" for line in diff.splitlines())
+        + "</pre>"
+    )
 
 
 def _repairs(repairs: list[Any]) -> str:
@@ -149,14 +168,16 @@ def _repairs(repairs: list[Any]) -> str:
         rows.append(
             "<tr class=repair>"
             f"<td><b>{escape(r.suite_name)}</b><br><span class=file>prompt {r.prompt_index}"
-            + (f" · {escape(r.prompt_label)}" if r.prompt_label else "") + "</span></td>"
+            + (f" · {escape(r.prompt_label)}" if r.prompt_label else "")
+            + "</span></td>"
             f"<td>{escape(r.model) or '–'}</td>"
             f"<td><span class='{status}'><b>{escape(r.status)}</b></span></td>"
             f"<td>{escape(r.optimizer) or '–'}</td>"
             f"<td>{_score(r.heldout_before)} → {_score(r.heldout_after)}</td>"
             f"<td>{_score(r.insample_before)} → {_score(r.insample_after)}</td>"
             f"<td>{r.calls.total} (task {r.calls.task_calls}, proposer {r.calls.proposer_calls}"
-            + (f", judge {r.calls.judge_calls}" if r.calls.judge_calls else "") + "; "
+            + (f", judge {r.calls.judge_calls}" if r.calls.judge_calls else "")
+            + "; "
             f"projected {r.projected.total}, budget {r.budget})</td>"
             f"<td>{where or '–'}</td>"
             f"<td class=reason>{'<br>'.join(notes)}</td>"
@@ -169,12 +190,30 @@ def _repairs(repairs: list[Any]) -> str:
                 f"<details class=repair><summary>{title}: proposed prompt and diff</summary>"
                 f"<p class=meta>held-out cases: {cases}</p>"
                 f"<h4>{'Proposed prompt' if r.repaired else 'Best prompt found (not proposed)'}</h4><pre class=prompt>{escape(data['prompt'])}</pre>"
-                + (f"<h4>Diff</h4>{_diff(data['diff'])}" if data.get("diff") else "<p class=meta>no diff: this prompt was not proposed</p>")
+                + (
+                    f"<h4>Diff</h4>{_diff(data['diff'])}"
+                    if data.get("diff")
+                    else "<p class=meta>no diff: this prompt was not proposed</p>"
+                )
                 + "</details>"
             )
-    header = "".join(f"<th>{h}</th>" for h in ("suite", "model", "status", "optimizer", "held-out before → after",
-                                               "in-sample before → after", "model calls", "proposal", "notes"))
-    return f"<table class=repairs><thead><tr>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table>" + "".join(details)
+    header = "".join(
+        f"<th>{h}</th>"
+        for h in (
+            "suite",
+            "model",
+            "status",
+            "optimizer",
+            "held-out before → after",
+            "in-sample before → after",
+            "model calls",
+            "proposal",
+            "notes",
+        )
+    )
+    return f"<table class=repairs><thead><tr>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table>" + "".join(
+        details
+    )
 
 
 # --------------------------------------------------------------------------- plots
@@ -191,13 +230,26 @@ def _plots(run: RunSummary) -> Iterable[tuple[str, str]]:
 
     def html(fig: Any, key: str) -> tuple[str, str]:
         fig.update_layout(template="plotly_white", margin={"l": 50, "r": 20, "t": 50, "b": 50}, height=360)
-        return key, pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id=f"fig-{key}",
-                                config={"displaylogo": False, "responsive": True})
+        return key, pio.to_html(
+            fig,
+            full_html=False,
+            include_plotlyjs=False,
+            div_id=f"fig-{key}",
+            config={"displaylogo": False, "responsive": True},
+        )
 
     names = [_label(s.info.name) for s in run.suites]
     rates = [None if s.pass_rate is None else s.pass_rate * 100 for s in run.suites]
-    fig = go.Figure(go.Bar(x=names, y=rates, name="pass rate", marker_color=["#2e7d32" if s.gates_passed else "#c62828" for s in run.suites],
-                           text=[_rate(s.pass_rate) for s in run.suites], textposition="auto"))
+    fig = go.Figure(
+        go.Bar(
+            x=names,
+            y=rates,
+            name="pass rate",
+            marker_color=["#2e7d32" if s.gates_passed else "#c62828" for s in run.suites],
+            text=[_rate(s.pass_rate) for s in run.suites],
+            textposition="auto",
+        )
+    )
     gate_x, gate_y = [], []
     for name, s in zip(names, run.suites):
         for g in s.gates:
@@ -205,25 +257,50 @@ def _plots(run: RunSummary) -> Iterable[tuple[str, str]]:
                 gate_x.append(name)
                 gate_y.append(g.threshold * 100)
     if gate_x:
-        fig.add_trace(go.Scatter(x=gate_x, y=gate_y, mode="markers", name="pass_rate gate",
-                                 marker={"symbol": "line-ew-open", "size": 40, "line": {"width": 3}, "color": "#111"}))
-    fig.update_layout(title="Pass rate per suite (bars; green: gates passed)", yaxis={"title": "pass rate (%)", "range": [0, 105]})
+        fig.add_trace(
+            go.Scatter(
+                x=gate_x,
+                y=gate_y,
+                mode="markers",
+                name="pass_rate gate",
+                marker={"symbol": "line-ew-open", "size": 40, "line": {"width": 3}, "color": "#111"},
+            )
+        )
+    fig.update_layout(
+        title="Pass rate per suite (bars; green: gates passed)", yaxis={"title": "pass rate (%)", "range": [0, 105]}
+    )
     yield html(fig, "pass-rate")
 
     compared = run.baseline.suites if run.baseline is not None else {}
     if compared:  # --promptopt-baseline: the baseline's pass rate next to this run's
+
         def pct(value: float | None) -> float | None:
             return None if value is None else value * 100
 
         pairs = [(name, compared.get(s.info.id)) for name, s in zip(names, run.suites)]
-        fig = go.Figure([
-            go.Bar(x=names, y=[pct(c.baseline_pass_rate) if c else None for _, c in pairs], name=f"baseline ({_label(run.baseline.ref)})",
-                   marker_color="#9e9e9e"),
-            go.Bar(x=names, y=rates, name="this run", marker_color="#1565c0",
-                   text=[f"{c.delta * 100:+.1f} pts" if c and c.delta is not None else "" for _, c in pairs], textposition="auto"),
-        ])
-        fig.update_layout(title="Pass rate against the baseline (not a gate)", barmode="group",
-                          yaxis={"title": "pass rate (%)", "range": [0, 105]})
+        fig = go.Figure(
+            [
+                go.Bar(
+                    x=names,
+                    y=[pct(c.baseline_pass_rate) if c else None for _, c in pairs],
+                    name=f"baseline ({_label(run.baseline.ref)})",
+                    marker_color="#9e9e9e",
+                ),
+                go.Bar(
+                    x=names,
+                    y=rates,
+                    name="this run",
+                    marker_color="#1565c0",
+                    text=[f"{c.delta * 100:+.1f} pts" if c and c.delta is not None else "" for _, c in pairs],
+                    textposition="auto",
+                ),
+            ]
+        )
+        fig.update_layout(
+            title="Pass rate against the baseline (not a gate)",
+            barmode="group",
+            yaxis={"title": "pass rate (%)", "range": [0, 105]},
+        )
         yield html(fig, "baseline")
 
     fig = go.Figure()
@@ -240,7 +317,9 @@ def _plots(run: RunSummary) -> Iterable[tuple[str, str]]:
                 ys.append(value)
         if ys:
             fig.add_trace(go.Box(x=xs, y=ys, name=name, boxpoints="all", jitter=0.4, pointpos=0))
-    fig.update_layout(title="Score distribution per metric (case score and named metrics)", boxmode="group", yaxis={"title": "score"})
+    fig.update_layout(
+        title="Score distribution per metric (case score and named metrics)", boxmode="group", yaxis={"title": "score"}
+    )
     yield html(fig, "scores")
 
     fig = go.Figure()
@@ -248,8 +327,12 @@ def _plots(run: RunSummary) -> Iterable[tuple[str, str]]:
         values = [r.latency_ms for r in s.results if r.latency_ms is not None]
         if values:
             fig.add_trace(go.Histogram(x=values, name=name, opacity=0.7))
-    fig.update_layout(title="Latency distribution (model call, ms; a cache hit keeps the original latency)", barmode="overlay",
-                      xaxis={"title": "latency (ms)"}, yaxis={"title": "cases"})
+    fig.update_layout(
+        title="Latency distribution (model call, ms; a cache hit keeps the original latency)",
+        barmode="overlay",
+        xaxis={"title": "latency (ms)"},
+        yaxis={"title": "cases"},
+    )
     yield html(fig, "latency")
 
 
@@ -310,7 +393,9 @@ def _cases_table(suites: list[SuiteSummary]) -> str:
         "</div>"
     )
     rows = "".join(_case_row(s, r) for s in suites for r in s.results)
-    header = "".join(f"<th>{h}</th>" for h in ("suite", "case", "status", "output", "assertions (score, reason)", "error"))
+    header = "".join(
+        f"<th>{h}</th>" for h in ("suite", "case", "status", "output", "assertions (score, reason)", "error")
+    )
     return f"{_dataset_files(suites)}{controls}<table id=cases class=cases><thead><tr>{header}</tr></thead><tbody>{rows}</tbody></table>"
 
 
@@ -320,8 +405,14 @@ def _dataset_files(suites: list[SuiteSummary]) -> str:
     for s in suites:
         if s.cases_file is not None:
             path = Path(s.cases_file)
-            link = f"<a href='{escape(path.as_uri())}'>{escape(str(path))}</a>" if path.is_absolute() else f"<code>{escape(str(path))}</code>"
-            items.append(f"<li><b>{escape(s.info.name)}</b>: {s.cases} cases, not listed here; per-case table (Parquet): {link}</li>")
+            link = (
+                f"<a href='{escape(path.as_uri())}'>{escape(str(path))}</a>"
+                if path.is_absolute()
+                else f"<code>{escape(str(path))}</code>"
+            )
+            items.append(
+                f"<li><b>{escape(s.info.name)}</b>: {s.cases} cases, not listed here; per-case table (Parquet): {link}</li>"
+            )
     return f"<ul class=datasets>{''.join(items)}</ul>" if items else ""
 
 

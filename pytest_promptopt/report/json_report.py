@@ -67,7 +67,13 @@ def report_dict(run: RunSummary, *, exit_status: int | None = None) -> dict[str,
     }
     if run.baseline is not None:
         b = run.baseline
-        data["baseline"] = {"ref": b.ref, "run_id": b.run_id, "error": b.error, "removed_suites": b.removed_suites, "gating": b.gating}
+        data["baseline"] = {
+            "ref": b.ref,
+            "run_id": b.run_id,
+            "error": b.error,
+            "removed_suites": b.removed_suites,
+            "gating": b.gating,
+        }
     # --promptopt-repair: one entry per repaired prompt (or skipped suite); [] without repair.
     data["repairs"] = [redact(r.to_dict()) for r in run.repairs]
     return data
@@ -77,7 +83,10 @@ def write_report(path: Path, run: RunSummary, *, exit_status: int | None = None)
     """Write atomically, so a reader never sees half a report."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(report_dict(run, exit_status=exit_status), indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+    tmp.write_text(
+        json.dumps(report_dict(run, exit_status=exit_status), indent=2, ensure_ascii=False, default=str),
+        encoding="utf-8",
+    )
     os.replace(tmp, path)
 
 
@@ -98,12 +107,20 @@ def run_from_report(data: dict[str, Any]) -> RunSummary:
         )
         records.extend((info, CaseResult.from_dict(result)) for result in suite["results"])
         if suite.get("stats") is not None and suite.get("cases_file"):
-            records.append((info, DatasetPart(CaseStats.from_dict(suite["stats"]), suite["cases_file"], suite.get("source") or "")))
+            records.append(
+                (info, DatasetPart(CaseStats.from_dict(suite["stats"]), suite["cases_file"], suite.get("source") or ""))
+            )
     run = summarize(records)
     if data.get("baseline"):  # the comparison travels with a pending run
         top = data["baseline"]
-        suites = {s.get("id") or s["name"]: SuiteComparison.from_dict(s["baseline"]) for s in data.get("suites", []) if s.get("baseline")}
-        run.baseline = BaselineComparison(top["ref"], top.get("run_id"), suites, list(top.get("removed_suites") or []), top.get("error"))
+        suites = {
+            s.get("id") or s["name"]: SuiteComparison.from_dict(s["baseline"])
+            for s in data.get("suites", [])
+            if s.get("baseline")
+        }
+        run.baseline = BaselineComparison(
+            top["ref"], top.get("run_id"), suites, list(top.get("removed_suites") or []), top.get("error")
+        )
     from ..repair.result import RepairResult
 
     run.repairs = [RepairResult.from_dict(r) for r in data.get("repairs") or []]  # they travel with a pending run too

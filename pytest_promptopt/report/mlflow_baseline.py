@@ -39,7 +39,9 @@ def load_baseline(ref: BaselineRef, tracking_uri: str, experiment: str) -> Basel
     except (BaselineError, MlflowReportError):
         raise
     except Exception as exc:  # a store that is down, a missing artifact
-        raise BaselineError(f"baseline {ref.describe()} could not be read from {safe_uri(tracking_uri)}: {_one_line(exc)}") from None
+        raise BaselineError(
+            f"baseline {ref.describe()} could not be read from {safe_uri(tracking_uri)}: {_one_line(exc)}"
+        ) from None
 
 
 def _session_run(client: Any, ref: BaselineRef, tracking_uri: str, experiment: str) -> Any:
@@ -57,7 +59,9 @@ def _session_run(client: Any, ref: BaselineRef, tracking_uri: str, experiment: s
             hint = f" (it is a suite run; its session run is {parent})" if parent else ""
             raise BaselineError(f"baseline {ref.describe()}: run {ref.run_id} is not a promptopt session run{hint}")
         if run.info.status != "FINISHED":
-            raise BaselineError(f"baseline {ref.describe()}: run {ref.run_id} is {run.info.status}, not a finished session run")
+            raise BaselineError(
+                f"baseline {ref.describe()}: run {ref.run_id} is {run.info.status}, not a finished session run"
+            )
         return run
     found = client.get_experiment_by_name(experiment)
     if found is None:
@@ -70,13 +74,17 @@ def _session_run(client: Any, ref: BaselineRef, tracking_uri: str, experiment: s
         max_results=1,
     )
     if not runs:
-        raise BaselineError(f"baseline {ref.describe()}: no finished session run on branch '{ref.branch}' in experiment '{experiment}' ({where})")
+        raise BaselineError(
+            f"baseline {ref.describe()}: no finished session run on branch '{ref.branch}' in experiment '{experiment}' ({where})"
+        )
     return runs[0]
 
 
 def _load(client: Any, ref: BaselineRef, parent: Any) -> BaselineRun:
     run_id = parent.info.run_id
-    children = client.search_runs([parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'", max_results=1000)
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'", max_results=1000
+    )
     suites: dict[str, BaselineSuite] = {}
     with tempfile.TemporaryDirectory(prefix="promptopt-baseline-") as tmp:
         for child in children:
@@ -87,9 +95,13 @@ def _load(client: Any, ref: BaselineRef, parent: Any) -> BaselineRun:
                 # suite, whose cases are a Parquet table, not compared case by case
                 continue
             # Runs logged before the suite id tag: a suite file's id is its file, a Python suite's its name.
-            suite_id = tags.get(SUITE_ID_TAG) or (tags.get("promptopt.suite_file") if child.data.params.get("suite_kind") == "file" else name)
+            suite_id = tags.get(SUITE_ID_TAG) or (
+                tags.get("promptopt.suite_file") if child.data.params.get("suite_kind") == "file" else name
+            )
             local = client.download_artifacts(child.info.run_id, TABLE_FILE, str(Path(tmp) / child.info.run_id))
-            suites[suite_id] = BaselineSuite(suite_id, name, _cases(json.loads(Path(local).read_text(encoding="utf-8"))), child.info.run_id)
+            suites[suite_id] = BaselineSuite(
+                suite_id, name, _cases(json.loads(Path(local).read_text(encoding="utf-8"))), child.info.run_id
+            )
     return BaselineRun(ref.describe(), run_id, suites)
 
 
@@ -103,12 +115,23 @@ def _cases(table: dict[str, Any]) -> list[CaseOutcome]:
             named = json.loads(named or "{}")
         status = row.get("status") or ("error" if row.get("error") else ("passed" if row.get("passed") else "failed"))
         repeats = int(row.get("repeats") or 1)  # tables logged before repeats have no such column
-        cases.append(CaseOutcome(str(row["case_id"]), str(row.get("name") or ""), status, row.get("output"), named or {},
-                                 repeats, int(row.get("repeat_passed") or 0) if repeats > 1 else None))
+        cases.append(
+            CaseOutcome(
+                str(row["case_id"]),
+                str(row.get("name") or ""),
+                status,
+                row.get("output"),
+                named or {},
+                repeats,
+                int(row.get("repeat_passed") or 0) if repeats > 1 else None,
+            )
+        )
     return cases
 
 
-def compare_with_baseline(run: Any, ref: BaselineRef, tracking_uri: str, experiment: str, regression: Any = None) -> Any:
+def compare_with_baseline(
+    run: Any, ref: BaselineRef, tracking_uri: str, experiment: str, regression: Any = None
+) -> Any:
     """`run`'s `BaselineComparison` with the baseline `ref`; never raises: a baseline that cannot
     be loaded gives a comparison whose `error` says why (the run's results stand as they are)."""
     from ..baseline import BaselineComparison, compare_run

@@ -18,7 +18,8 @@ from __future__ import annotations
 import json
 import random
 import re
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ..redact import redact, scrub
 from ..results import CaseResult, RunSummary, SuiteSummary
@@ -36,7 +37,9 @@ _PREVIEW = 1000
 _MAX_TAG = 8000
 
 
-def log_case_traces(client: Any, experiment_id: str, run: RunSummary, children: Mapping[str, str], *, started_ms: int) -> list[str]:
+def log_case_traces(
+    client: Any, experiment_id: str, run: RunSummary, children: Mapping[str, str], *, started_ms: int
+) -> list[str]:
     """Write one trace per case of every suite; return problems (never raises for one case)."""
     problems: list[str] = []
     for suite in run.suites:
@@ -46,9 +49,11 @@ def log_case_traces(client: Any, experiment_id: str, run: RunSummary, children: 
         built = [_build(result, suite, run_id, experiment_id, started_ms) for result in suite.results]
         errors: list[str] = []
         for start in range(0, len(built), CHUNK):
-            errors += _write(client, experiment_id, built[start:start + CHUNK])
+            errors += _write(client, experiment_id, built[start : start + CHUNK])
         if errors:
-            problems.append(f"suite '{suite.info.name}': {len(errors)} of {len(built)} case traces could not be written: {errors[0]}")
+            problems.append(
+                f"suite '{suite.info.name}': {len(errors)} of {len(built)} case traces could not be written: {errors[0]}"
+            )
     return problems
 
 
@@ -56,7 +61,9 @@ def count_run_traces(client: Any, experiment_id: str, run_id: str) -> int:
     """How many traces the store links to `run_id` (metadata `mlflow.sourceRun` or a run link)."""
     count, token = 0, None
     while True:
-        page = client.search_traces(locations=[experiment_id], run_id=run_id, include_spans=False, max_results=500, page_token=token)
+        page = client.search_traces(
+            locations=[experiment_id], run_id=run_id, include_spans=False, max_results=500, page_token=token
+        )
         count += len(page)
         token = page.token
         if not token:
@@ -66,7 +73,9 @@ def count_run_traces(client: Any, experiment_id: str, run_id: str) -> int:
 # --------------------------------------------------------------------------- building
 
 
-def _build(result: CaseResult, suite: SuiteSummary, run_id: str, experiment_id: str, started_ms: int) -> tuple[Any, Any]:
+def _build(
+    result: CaseResult, suite: SuiteSummary, run_id: str, experiment_id: str, started_ms: int
+) -> tuple[Any, Any]:
     """A finished root span and the TraceInfo (with assessments) of one case."""
     from mlflow.entities import Feedback, Span, TraceInfo, TraceLocation, TraceState
     from mlflow.entities.assessment_source import AssessmentSource, AssessmentSourceType
@@ -104,18 +113,43 @@ def _build(result: CaseResult, suite: SuiteSummary, run_id: str, experiment_id: 
     events = []
     if result.error:
         status = Status(StatusCode.ERROR, scrub(result.error)[:_PREVIEW])
-        events.append(Event("exception", {"exception.type": "ModelError", "exception.message": scrub(result.error)}, timestamp=end_ns))
+        events.append(
+            Event(
+                "exception",
+                {"exception.type": "ModelError", "exception.message": scrub(result.error)},
+                timestamp=end_ns,
+            )
+        )
     else:
         status = Status(StatusCode.OK)
-    context = SpanContext(otel_trace_id, random.getrandbits(64) or 1, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
-    span = Span(ReadableSpan(name=_span_name(result), context=context, parent=None, attributes=attributes, events=events,
-                             start_time=start_ns, end_time=end_ns, status=status))
+    context = SpanContext(
+        otel_trace_id, random.getrandbits(64) or 1, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED)
+    )
+    span = Span(
+        ReadableSpan(
+            name=_span_name(result),
+            context=context,
+            parent=None,
+            attributes=attributes,
+            events=events,
+            start_time=start_ns,
+            end_time=end_ns,
+            status=status,
+        )
+    )
 
     source = AssessmentSource(source_type=AssessmentSourceType.CODE, source_id=SOURCE_ID)
     feedback_meta = {ASSESSMENT_SOURCE_RUN: run_id}
     assessments = [
-        Feedback(name="passed", value=result.passed if not result.error else None, error=scrub(result.error) if result.error else None,
-                 rationale=scrub(result.reason or ""), source=source, trace_id=trace_id, metadata=feedback_meta)
+        Feedback(
+            name="passed",
+            value=result.passed if not result.error else None,
+            error=scrub(result.error) if result.error else None,
+            rationale=scrub(result.reason or ""),
+            source=source,
+            trace_id=trace_id,
+            metadata=feedback_meta,
+        )
     ]
     seen: dict[str, int] = {}
     for check in result.assertions:
@@ -124,12 +158,28 @@ def _build(result: CaseResult, suite: SuiteSummary, run_id: str, experiment_id: 
         if seen[name] > 1:
             name = f"{name} #{seen[name]}"
         score = check.get("score")
-        value = float(score) if isinstance(score, (int, float)) and not isinstance(score, bool) else bool(check.get("passed"))
-        meta = {**feedback_meta, "promptopt.passed": str(bool(check.get("passed"))).lower(), "promptopt.type": str(check.get("type"))}
+        value = (
+            float(score)
+            if isinstance(score, (int, float)) and not isinstance(score, bool)
+            else bool(check.get("passed"))
+        )
+        meta = {
+            **feedback_meta,
+            "promptopt.passed": str(bool(check.get("passed"))).lower(),
+            "promptopt.type": str(check.get("type")),
+        }
         if check.get("value") is not None:
             meta["promptopt.value"] = _dumps(redact(check.get("value")))[:_PREVIEW]
-        assessments.append(Feedback(name=name, value=value, rationale=scrub(str(check.get("reason") or "")) or None,
-                                    source=source, trace_id=trace_id, metadata=meta))
+        assessments.append(
+            Feedback(
+                name=name,
+                value=value,
+                rationale=scrub(str(check.get("reason") or "")) or None,
+                source=source,
+                trace_id=trace_id,
+                metadata=meta,
+            )
+        )
 
     tags = {
         TraceTagKey.TRACE_NAME: _span_name(result),
@@ -230,7 +280,9 @@ def _message(exc: BaseException) -> str:
     return scrub(f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
 
 
-def write_and_verify(client: Any, experiment_id: str, run: RunSummary, children: Mapping[str, str], *, started_ms: int) -> list[str]:
+def write_and_verify(
+    client: Any, experiment_id: str, run: RunSummary, children: Mapping[str, str], *, started_ms: int
+) -> list[str]:
     """`log_case_traces`, then read back: each suite run must link one trace per case. Problems
     are returned as warnings; the runs are logged whatever happens here."""
     try:

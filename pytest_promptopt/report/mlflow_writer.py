@@ -23,15 +23,26 @@ import subprocess
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 from ..redact import redact, redact_text, scrub
 from ..results import RunSummary, SuiteSummary
 from ..settings import MlflowSettings
 
-__all__ = ["Logged", "MlflowReportError", "Outcome", "SessionMeta", "log_run", "report_run", "safe_text", "upload_pending", "write_pending"]
+__all__ = [
+    "Logged",
+    "MlflowReportError",
+    "Outcome",
+    "SessionMeta",
+    "log_run",
+    "report_run",
+    "safe_text",
+    "upload_pending",
+    "write_pending",
+]
 
 PENDING_KEY = "mlflow"  # what a pending-upload file adds to the JSON report
 TABLE_FILE = "cases.json"
@@ -44,9 +55,31 @@ CANDIDATE_ALIAS = "candidate"  # the registry alias of a repair's proposal
 PROPOSAL_TAG = "promptopt.repair"  # the version tag marking a registered proposal
 LINKED_PROMPTS_TAG = "mlflow.linkedPrompts"  # mlflow.tracing.constant.TraceTagKey.LINKED_PROMPTS
 TABLE_COLUMNS = (
-    "case_id", "name", "status", "passed", "error", "score", "reason", "vars", "prompt", "output", "scores",
-    "named_scores", "model", "latency_ms", "prompt_tokens", "completion_tokens", "cost", "calls", "cache_hits",
-    "prompt_index", "test_index", "nodeid", "repeats", "repeat_passed", "flaky",
+    "case_id",
+    "name",
+    "status",
+    "passed",
+    "error",
+    "score",
+    "reason",
+    "vars",
+    "prompt",
+    "output",
+    "scores",
+    "named_scores",
+    "model",
+    "latency_ms",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost",
+    "calls",
+    "cache_hits",
+    "prompt_index",
+    "test_index",
+    "nodeid",
+    "repeats",
+    "repeat_passed",
+    "flaky",
 )
 _JSON_COLUMNS = {"vars", "scores", "named_scores"}
 # MLflow's limits (mlflow/utils/validation.py): values, and entities per log_batch call.
@@ -81,11 +114,20 @@ class SessionMeta:
     suite_files: dict[str, str] = field(default_factory=dict)  # suite file (as reported) -> its text
 
     @classmethod
-    def collect(cls, run: RunSummary, *, rootdir: Path, pytest_args: list[str], started: float, exit_status: int | None) -> "SessionMeta":
+    def collect(
+        cls, run: RunSummary, *, rootdir: Path, pytest_args: list[str], started: float, exit_status: int | None
+    ) -> SessionMeta:
         commit = _git(rootdir, "rev-parse", "HEAD")
         branch = _git(rootdir, "rev-parse", "--abbrev-ref", "HEAD")
         if branch in (None, "HEAD"):  # detached, as in most CI checkouts
-            branch = next((os.environ[k] for k in ("GITHUB_HEAD_REF", "GITHUB_REF_NAME", "CI_COMMIT_REF_NAME") if os.environ.get(k)), None)
+            branch = next(
+                (
+                    os.environ[k]
+                    for k in ("GITHUB_HEAD_REF", "GITHUB_REF_NAME", "CI_COMMIT_REF_NAME")
+                    if os.environ.get(k)
+                ),
+                None,
+            )
         files: dict[str, str] = {}
         for suite in run.suites:
             path = rootdir / suite.info.file
@@ -108,7 +150,7 @@ class SessionMeta:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "SessionMeta":
+    def from_dict(cls, data: Mapping[str, Any]) -> SessionMeta:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
@@ -149,7 +191,11 @@ class Outcome:
     def warnings(self) -> list[str]:
         found = [f"{self.logged.describe()}: {p}" for p in self.logged.problems] if self.logged else []
         if self.error:
-            kept = f"; results kept in {self.pending}, send them later with `python -m pytest_promptopt upload {self.pending}`" if self.pending else ""
+            kept = (
+                f"; results kept in {self.pending}, send them later with `python -m pytest_promptopt upload {self.pending}`"
+                if self.pending
+                else ""
+            )
             found.append(self.error + kept)
         return found
 
@@ -158,21 +204,33 @@ class Outcome:
             return [self.logged.describe()]
         lines = [self.error or "MLflow reporting failed"]
         if self.pending is not None:
-            lines.append(f"results kept in {self.pending}; send them later with: python -m pytest_promptopt upload {self.pending}")
+            lines.append(
+                f"results kept in {self.pending}; send them later with: python -m pytest_promptopt upload {self.pending}"
+            )
         return lines
 
 
 # --------------------------------------------------------------------------- entry points
 
 
-def report_run(run: RunSummary, meta: SessionMeta, target: MlflowSettings, *, artifacts: Sequence[Path] = ()) -> Outcome:
+def report_run(
+    run: RunSummary, meta: SessionMeta, target: MlflowSettings, *, artifacts: Sequence[Path] = ()
+) -> Outcome:
     """Log `run`; on any failure keep it in a pending-upload file instead. Never raises: the
     tests already ran and gated, and reporting must not change that. `artifacts` (the HTML
     report) are logged to the parent run under their file names."""
     artifact_location = _local_artifacts(target)
     try:
-        logged = log_run(run, meta, target.tracking_uri, target.experiment, artifact_location=artifact_location, artifacts=artifacts,
-                         traces=target.traces, prompt_prefix=target.prompt_prefix)
+        logged = log_run(
+            run,
+            meta,
+            target.tracking_uri,
+            target.experiment,
+            artifact_location=artifact_location,
+            artifacts=artifacts,
+            traces=target.traces,
+            prompt_prefix=target.prompt_prefix,
+        )
     except Exception as exc:  # any MLflow, network or database fault
         error = f"MLflow reporting failed ({safe_uri(target.tracking_uri)}): {_one_line(exc)}"
         try:
@@ -183,8 +241,17 @@ def report_run(run: RunSummary, meta: SessionMeta, target: MlflowSettings, *, ar
     return Outcome(logged=logged)
 
 
-def log_run(run: RunSummary, meta: SessionMeta, tracking_uri: str, experiment: str, *, artifact_location: str | None = None,
-            artifacts: Sequence[Path] = (), traces: bool = False, prompt_prefix: str = "") -> Logged:
+def log_run(
+    run: RunSummary,
+    meta: SessionMeta,
+    tracking_uri: str,
+    experiment: str,
+    *,
+    artifact_location: str | None = None,
+    artifacts: Sequence[Path] = (),
+    traces: bool = False,
+    prompt_prefix: str = "",
+) -> Logged:
     """Create the parent and child runs, log everything, then check it arrived. `traces`
     (--promptopt-mlflow-traces) also writes one trace per case (mlflow_traces.py)."""
     with _mlflow_calls():
@@ -194,7 +261,10 @@ def log_run(run: RunSummary, meta: SessionMeta, tracking_uri: str, experiment: s
         experiment_id = _experiment_id(client, experiment, artifact_location)
         started = _dt.datetime.fromtimestamp(meta.started_ms / 1000, _dt.timezone.utc)
         parent = client.create_run(
-            experiment_id, start_time=meta.started_ms, tags=_parent_tags(run, meta), run_name=f"pytest-{started:%Y%m%d-%H%M%S}"
+            experiment_id,
+            start_time=meta.started_ms,
+            tags=_parent_tags(run, meta),
+            run_name=f"pytest-{started:%Y%m%d-%H%M%S}",
         ).info.run_id
         children: dict[str, str] = {}
         repair_children: list[str] = []
@@ -204,14 +274,19 @@ def log_run(run: RunSummary, meta: SessionMeta, tracking_uri: str, experiment: s
             _log_batch(client, parent, metrics=_parent_metrics(run))
             from .json_report import report_dict
 
-            client.log_text(parent, json.dumps(report_dict(run, exit_status=meta.exit_status), indent=2, default=str), REPORT_FILE)
+            client.log_text(
+                parent, json.dumps(report_dict(run, exit_status=meta.exit_status), indent=2, default=str), REPORT_FILE
+            )
             for path in artifacts:
                 client.log_artifact(parent, str(path))
             if run.baseline is not None:
-                client.log_text(parent, json.dumps(redact(run.baseline.to_dict()), indent=2, default=str), BASELINE_FILE)
+                client.log_text(
+                    parent, json.dumps(redact(run.baseline.to_dict()), indent=2, default=str), BASELINE_FILE
+                )
             for suite in run.suites:
-                children[suite.info.id] = _log_suite(client, experiment_id, parent, suite, meta, registry_problems, run.baseline,
-                                                     prompt_prefix)
+                children[suite.info.id] = _log_suite(
+                    client, experiment_id, parent, suite, meta, registry_problems, run.baseline, prompt_prefix
+                )
             for index, repair in enumerate(run.repairs):  # after the suites: a proposal is the newer version
                 uri = _register_proposal(client, run, repair, registry_problems, prompt_prefix)
                 if uri is not None:
@@ -226,11 +301,21 @@ def log_run(run: RunSummary, meta: SessionMeta, tracking_uri: str, experiment: s
             from .mlflow_traces import write_and_verify
 
             problems += write_and_verify(client, experiment_id, run, children, started_ms=meta.started_ms)
-    return Logged(safe_uri(tracking_uri), experiment, experiment_id, parent, children, registry_problems + problems,
-                  repair_children, registered)
+    return Logged(
+        safe_uri(tracking_uri),
+        experiment,
+        experiment_id,
+        parent,
+        children,
+        registry_problems + problems,
+        repair_children,
+        registered,
+    )
 
 
-def write_pending(directory: Path, run: RunSummary, meta: SessionMeta, target: MlflowSettings, *, error: str = "") -> Path:
+def write_pending(
+    directory: Path, run: RunSummary, meta: SessionMeta, target: MlflowSettings, *, error: str = ""
+) -> Path:
     """The JSON report plus what `upload` needs (target, session metadata), written atomically."""
     from .json_report import report_dict
 
@@ -268,11 +353,21 @@ def upload_pending(path: Path, *, tracking_uri: str | None = None, experiment: s
     if "session" in saved:
         meta = SessionMeta.from_dict(saved["session"])
     else:  # a plain JSON report: only its creation time is known
-        created = _dt.datetime.fromisoformat(data["created"]).timestamp() * 1000 if data.get("created") else time.time() * 1000
+        created = (
+            _dt.datetime.fromisoformat(data["created"]).timestamp() * 1000
+            if data.get("created")
+            else time.time() * 1000
+        )
         meta = SessionMeta(started_ms=int(created), ended_ms=int(created), exit_status=data.get("exit_status"))
     same_store = uri == saved.get("tracking_uri")
-    return log_run(run_from_report(data), meta, uri, name, artifact_location=saved.get("artifact_location") if same_store else None,
-                   prompt_prefix=saved.get("prompt_prefix") or "")
+    return log_run(
+        run_from_report(data),
+        meta,
+        uri,
+        name,
+        artifact_location=saved.get("artifact_location") if same_store else None,
+        prompt_prefix=saved.get("prompt_prefix") or "",
+    )
 
 
 # --------------------------------------------------------------------------- runs
@@ -321,8 +416,16 @@ def _parent_metrics(run: RunSummary) -> dict[str, float | None]:
     }
 
 
-def _log_suite(client: Any, experiment_id: str, parent: str, suite: SuiteSummary, meta: SessionMeta, problems: list[str],
-               baseline: Any = None, prompt_prefix: str = "") -> str:
+def _log_suite(
+    client: Any,
+    experiment_id: str,
+    parent: str,
+    suite: SuiteSummary,
+    meta: SessionMeta,
+    problems: list[str],
+    baseline: Any = None,
+    prompt_prefix: str = "",
+) -> str:
     linked = _prompt_versions(client, suite, problems, prompt_prefix)
     tags = {
         "mlflow.parentRunId": parent,
@@ -338,7 +441,9 @@ def _log_suite(client: Any, experiment_id: str, parent: str, suite: SuiteSummary
         tags["promptopt.cases_file"] = suite.cases_file
     if linked:  # MLflow's own link from a run to the prompt versions it used (the UI shows it)
         tags[LINKED_PROMPTS_TAG] = json.dumps(linked)
-    child = client.create_run(experiment_id, start_time=meta.started_ms, tags=_clean_tags(tags), run_name=suite.info.name).info.run_id
+    child = client.create_run(
+        experiment_id, start_time=meta.started_ms, tags=_clean_tags(tags), run_name=suite.info.name
+    ).info.run_id
     with _terminate_on_error(client, child):
         templates = _templates(suite)
         _log_batch(client, child, metrics=_suite_metrics(suite, baseline), params=_suite_params(suite, templates))
@@ -394,7 +499,9 @@ def _prompt_versions(client: Any, suite: SuiteSummary, problems: list[str], pref
         try:
             link(name, _register_prompt(client, name, scrub(templates[index]), f"{suite.info.file} prompts[{index}]"))
         except Exception as exc:  # a name taken by a model, a registry that refuses: warn, log the rest
-            problems.append(f"suite '{suite.info.name}': prompts[{index}] was not registered as '{name}': {_one_line(exc)}")
+            problems.append(
+                f"suite '{suite.info.name}': prompts[{index}] was not registered as '{name}': {_one_line(exc)}"
+            )
     return linked
 
 
@@ -418,8 +525,11 @@ def _register_prompt(client: Any, name: str, template: str, origin: str, *, prop
             if own is not None and own.template == template:
                 return int(own.version)
     if proposal:
-        return int(client.register_prompt(name, template, commit_message=f"pytest-promptopt repair: {origin}",
-                                          tags={PROPOSAL_TAG: "proposal"}).version)
+        return int(
+            client.register_prompt(
+                name, template, commit_message=f"pytest-promptopt repair: {origin}", tags={PROPOSAL_TAG: "proposal"}
+            ).version
+        )
     return int(client.register_prompt(name, template, commit_message=f"pytest-promptopt: {origin}").version)
 
 
@@ -472,13 +582,17 @@ def _register_proposal(client: Any, run: RunSummary, repair: Any, problems: list
         version = _register_prompt(client, name, scrub(repair.prompt), origin, proposal=True)
         client.set_prompt_alias(name, CANDIDATE_ALIAS, version)
     except Exception as exc:  # a name taken by a model, a registry that refuses: warn, log the rest
-        problems.append(f"repair of '{repair.suite_name}' prompts[{repair.prompt_index}]: the proposal was not registered "
-                        f"as '{name}': {_one_line(exc)}")
+        problems.append(
+            f"repair of '{repair.suite_name}' prompts[{repair.prompt_index}]: the proposal was not registered "
+            f"as '{name}': {_one_line(exc)}"
+        )
         return None
     return f"prompts:/{name}/{version}"
 
 
-def _log_repair(client: Any, experiment_id: str, parent: str, repair: Any, meta: SessionMeta, registry_uri: str | None) -> str:
+def _log_repair(
+    client: Any, experiment_id: str, parent: str, repair: Any, meta: SessionMeta, registry_uri: str | None
+) -> str:
     """One repair as a child run: what was repaired and how (params), the pass rates before and
     after and the calls (metrics), the proposal, the original and the diff (artifacts)."""
     from .terminal import repair_lines
@@ -501,7 +615,9 @@ def _log_repair(client: Any, experiment_id: str, parent: str, repair: Any, meta:
     if repair.file:
         tags["promptopt.repair.file"] = repair.file
     run_name = f"repair {repair.suite_name} prompt {repair.prompt_index}"
-    child = client.create_run(experiment_id, start_time=meta.started_ms, tags=_clean_tags(tags), run_name=run_name).info.run_id
+    child = client.create_run(
+        experiment_id, start_time=meta.started_ms, tags=_clean_tags(tags), run_name=run_name
+    ).info.run_id
     with _terminate_on_error(client, child):
         _log_batch(client, child, metrics=_repair_metrics(repair), params=_repair_params(repair))
         data = redact(repair.to_dict())
@@ -518,10 +634,19 @@ def _log_repair(client: Any, experiment_id: str, parent: str, repair: Any, meta:
 
 def _repair_params(repair: Any) -> dict[str, str]:
     params = {
-        "suite": repair.suite_name, "suite_id": repair.suite, "prompt_index": repair.prompt_index, "model": repair.model,
-        "optimizer": repair.optimizer, "seed": repair.seed, "budget": repair.budget, "status": repair.status,
-        "reason": repair.reason, "weak_estimate": _flag(repair.weak_estimate), "applied": _flag(repair.applied),
-        "heldout_cases": len(repair.heldout_cases), "insample_cases": len(repair.insample_cases),
+        "suite": repair.suite_name,
+        "suite_id": repair.suite,
+        "prompt_index": repair.prompt_index,
+        "model": repair.model,
+        "optimizer": repair.optimizer,
+        "seed": repair.seed,
+        "budget": repair.budget,
+        "status": repair.status,
+        "reason": repair.reason,
+        "weak_estimate": _flag(repair.weak_estimate),
+        "applied": _flag(repair.applied),
+        "heldout_cases": len(repair.heldout_cases),
+        "insample_cases": len(repair.insample_cases),
     }
     return {k: _truncate(safe_text(str(v)), _MAX_PARAM_VALUE) for k, v in params.items() if v != ""}
 
@@ -531,11 +656,19 @@ def _repair_metrics(repair: Any) -> dict[str, float | None]:
         return None if score is None else score.pass_rate
 
     return {
-        "heldout_before": rate(repair.heldout_before), "heldout_after": rate(repair.heldout_after),
-        "insample_before": rate(repair.insample_before), "insample_after": rate(repair.insample_after),
-        "calls_task": repair.calls.task_calls, "calls_proposer": repair.calls.proposer_calls, "calls_judge": repair.calls.judge_calls,
-        "calls_projected": repair.projected.total, "tokens_task": repair.calls.task_tokens,
-        "tokens_proposer": repair.calls.proposer_tokens, "tokens_judge": repair.calls.judge_tokens, "cache_hits": repair.calls.cache_hits, "duration_s": repair.duration_s,
+        "heldout_before": rate(repair.heldout_before),
+        "heldout_after": rate(repair.heldout_after),
+        "insample_before": rate(repair.insample_before),
+        "insample_after": rate(repair.insample_after),
+        "calls_task": repair.calls.task_calls,
+        "calls_proposer": repair.calls.proposer_calls,
+        "calls_judge": repair.calls.judge_calls,
+        "calls_projected": repair.projected.total,
+        "tokens_task": repair.calls.task_tokens,
+        "tokens_proposer": repair.calls.proposer_tokens,
+        "tokens_judge": repair.calls.judge_tokens,
+        "cache_hits": repair.calls.cache_hits,
+        "duration_s": repair.duration_s,
     }
 
 
@@ -550,7 +683,12 @@ def _templates(suite: SuiteSummary) -> dict[int, str]:
 def _suite_params(suite: SuiteSummary, templates: Mapping[int, str]) -> dict[str, str]:
     import hashlib
 
-    params = {"suite_name": suite.info.name, "suite_file": suite.info.file, "suite_kind": suite.info.kind, "model": ", ".join(suite.models)}
+    params = {
+        "suite_name": suite.info.name,
+        "suite_file": suite.info.file,
+        "suite_kind": suite.info.kind,
+        "model": ", ".join(suite.models),
+    }
     for index, template in templates.items():
         params[f"prompt.{index}.template"] = template
         params[f"prompt.{index}.sha256"] = hashlib.sha256(template.encode("utf-8")).hexdigest()
@@ -611,7 +749,12 @@ def _case_table(results: Sequence[Any]) -> dict[str, list[Any]]:
     cell is a scalar the UI can filter."""
     rows = [redact({**r.to_dict(), "status": r.status}) for r in results]
     return {
-        column: [json.dumps(row.get(column), ensure_ascii=False, sort_keys=True, default=str) if column in _JSON_COLUMNS else row.get(column) for row in rows]
+        column: [
+            json.dumps(row.get(column), ensure_ascii=False, sort_keys=True, default=str)
+            if column in _JSON_COLUMNS
+            else row.get(column)
+            for row in rows
+        ]
         for column in TABLE_COLUMNS
     }
 
@@ -635,7 +778,9 @@ def _verify(client: Any, experiment_id: str, parent: str, run: RunSummary, child
     case. (The table is read from its artifact: `MlflowClient.load_table` searches runs through
     the global tracking URI in MLflow 3.17, not the client's.)"""
     problems = []
-    found = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'", max_results=1000)
+    found = client.search_runs(
+        [experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'", max_results=1000
+    )
     repairs = [r for r in found if r.data.tags.get(KIND_TAG) == "repair"]
     suites = len(found) - len(repairs)
     if suites != len(run.suites):
@@ -672,11 +817,15 @@ def _experiment_id(client: Any, name: str, artifact_location: str | None) -> str
             if experiment is None:
                 raise
     if experiment.lifecycle_stage == "deleted":
-        raise MlflowReportError(f"experiment '{name}' is deleted; restore it or choose another with --promptopt-experiment")
+        raise MlflowReportError(
+            f"experiment '{name}' is deleted; restore it or choose another with --promptopt-experiment"
+        )
     return experiment.experiment_id
 
 
-def _log_batch(client: Any, run_id: str, *, metrics: Mapping[str, float | None], params: Mapping[str, str] | None = None) -> None:
+def _log_batch(
+    client: Any, run_id: str, *, metrics: Mapping[str, float | None], params: Mapping[str, str] | None = None
+) -> None:
     from mlflow.entities import Metric, Param
 
     stamp = int(time.time() * 1000)
@@ -733,7 +882,7 @@ def _local_artifacts(target: MlflowSettings) -> str | None:
     """Artifacts of the project's own store live next to it (MLflow would use ./mlruns of the cwd)."""
     if not target.local_store:
         return None
-    db = Path(target.tracking_uri[len("sqlite:///"):])
+    db = Path(target.tracking_uri[len("sqlite:///") :])
     return (db.parent / "mlruns").as_uri()
 
 

@@ -9,7 +9,8 @@ pytest starts a fresh line (with the file name) for the next result.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -17,7 +18,9 @@ __all__ = ["ProgressLine"]
 
 
 class ProgressLine:
-    def __init__(self, state: Any, config: pytest.Config, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, state: Any, config: pytest.Config, interval_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.state = state
         self.config = config
         self.interval_s = interval_s
@@ -44,7 +47,7 @@ class ProgressLine:
         if report.when != "teardown":
             return
         self.done += 1
-        for _, result in self.state.records[self._seen:]:
+        for _, result in self.state.records[self._seen :]:
             self.calls += result.calls
             self.cache_hits += result.cache_hits
             self.errors += 1 if result.error else 0
@@ -60,8 +63,10 @@ class ProgressLine:
         total = "?" if self.total is None else str(self.total)
         minutes, seconds = divmod(int(elapsed_s), 60)
         took = f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
-        return (f"promptopt: {self.done}/{total} tests done, {self.calls} model calls, {self.cache_hits} cache hits, "
-                f"{self.errors} errors, {took}")
+        return (
+            f"promptopt: {self.done}/{total} tests done, {self.calls} model calls, {self.cache_hits} cache hits, "
+            f"{self.errors} errors, {took}"
+        )
 
     def write(self, line: str) -> None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from ..baseline import BaselineComparison
 from ..gates import PASS_K
@@ -15,8 +16,13 @@ def _rate(value: float | None) -> str:
 
 def _row(s: SuiteSummary) -> list[str]:
     totals = s.totals()
-    gates = " ".join(f"{g.name}>={g.threshold:g}{'' if g.rule == 'point' else '(' + g.rule + ')'}:{'ok' if g.passed else 'FAIL'}"
-                     for g in s.gates) or "-"
+    gates = (
+        " ".join(
+            f"{g.name}>={g.threshold:g}{'' if g.rule == 'point' else '(' + g.rule + ')'}:{'ok' if g.passed else 'FAIL'}"
+            for g in s.gates
+        )
+        or "-"
+    )
     mean = s.mean_score()
     return [
         s.info.name,
@@ -35,7 +41,21 @@ def _row(s: SuiteSummary) -> list[str]:
     ]
 
 
-HEADER = ["suite", "model", "cases", "passed", "failed", "errors", "pass rate", "95% CI", "gates", "mean score", "calls", "cache hits", "time"]
+HEADER = [
+    "suite",
+    "model",
+    "cases",
+    "passed",
+    "failed",
+    "errors",
+    "pass rate",
+    "95% CI",
+    "gates",
+    "mean score",
+    "calls",
+    "cache hits",
+    "time",
+]
 
 
 def _interval(found: tuple[float, float] | None) -> str:
@@ -64,9 +84,13 @@ def repeat_line(s: SuiteSummary, shown: int = 5) -> str:
     """A repeated suite: samples per case, pass^k with its interval, and the flaky cases (the
     table's pass rate and CI are then over every sample)."""
     flaky = s.flaky
-    names = ", ".join(r.name for r in flaky[:shown]) + (f", ... ({len(flaky) - shown} more)" if len(flaky) > shown else "")
-    return (f"{s.info.name}: {s.repeats} repeats per case, pass^k {_rate(s.pass_k)} (95% CI {_interval(s.intervals().get(PASS_K))}), "
-            f"{len(flaky)} flaky" + (f": {names}" if flaky else ""))
+    names = ", ".join(r.name for r in flaky[:shown]) + (
+        f", ... ({len(flaky) - shown} more)" if len(flaky) > shown else ""
+    )
+    return (
+        f"{s.info.name}: {s.repeats} repeats per case, pass^k {_rate(s.pass_k)} (95% CI {_interval(s.intervals().get(PASS_K))}), "
+        f"{len(flaky)} flaky" + (f": {names}" if flaky else "")
+    )
 
 
 def gate_lines(suites: Iterable[SuiteSummary]) -> list[str]:
@@ -99,18 +123,23 @@ def baseline_lines(comparison: BaselineComparison) -> list[str]:
     if comparison.error:
         return [f"baseline not loaded: {comparison.error}"]
     source = f"session run {comparison.run_id}" if comparison.run_id else "baseline file"
-    gating = "regression gate on" if comparison.gating else "compared, not gated: --promptopt-update-baseline replaces it"
+    gating = (
+        "regression gate on" if comparison.gating else "compared, not gated: --promptopt-update-baseline replaces it"
+    )
     lines = [f"baseline {comparison.ref}: {source} ({gating})"]
     for c in comparison.suites.values():
         metrics = "".join(
             f"; {name} {m.baseline:.3f} -> {m.current:.3f} ({m.delta:+.3f})"
-            for name, m in c.metric_deltas.items() if m.delta is not None and m.baseline is not None and m.current is not None
+            for name, m in c.metric_deltas.items()
+            if m.delta is not None and m.baseline is not None and m.current is not None
         )
         counts = f"{len(c.newly_failing)} newly failing, {len(c.newly_passing)} newly passing, {len(c.added)} added, {len(c.removed)} removed"
         if not c.in_baseline:
             lines.append(f"{c.name}: not in the baseline ({len(c.added)} added)")
             continue
-        lines.append(f"{c.name}: pass rate {_rate(c.baseline_pass_rate)} -> {_rate(c.pass_rate)} ({_points(c.delta)}){metrics}; {counts}")
+        lines.append(
+            f"{c.name}: pass rate {_rate(c.baseline_pass_rate)} -> {_rate(c.pass_rate)} ({_points(c.delta)}){metrics}; {counts}"
+        )
         if c.p_value is not None:
             verdict = f"REGRESSED: {c.regression_reason}" if c.regressed else "no significant regression"
             lines.append(f"    {c.compared} paired cases, McNemar p = {c.p_value:.3g}: {verdict}")
@@ -143,8 +172,10 @@ def repair_lines(repairs: Sequence[Any], registered: Mapping[int, str] | None = 
             if r.heldout_before is not None and r.heldout_after is not None:
                 lines.append(f"    held-out {r.heldout_before.describe()} -> {r.heldout_after.describe()}; {_calls(r)}")
             continue
-        lines.append(f"{what}: repaired by {r.optimizer}: held-out {_change(r.heldout_before, r.heldout_after)}; "
-                     f"in-sample {_change(r.insample_before, r.insample_after)}; {_calls(r)}")
+        lines.append(
+            f"{what}: repaired by {r.optimizer}: held-out {_change(r.heldout_before, r.heldout_after)}; "
+            f"in-sample {_change(r.insample_before, r.insample_after)}; {_calls(r)}"
+        )
         if r.file is None:
             lines.append(f"    proposal not written: {r.reason}")
         elif r.applied:
@@ -156,7 +187,9 @@ def repair_lines(repairs: Sequence[Any], registered: Mapping[int, str] | None = 
         if registered and registered.get(index):
             lines.append(f"    registered: {registered[index]} (alias candidate)")
         if r.weak_estimate:
-            lines.append(f"    held-out estimate is weak: only {len(r.heldout_cases)} case(s); read the interval, not the point")
+            lines.append(
+                f"    held-out estimate is weak: only {len(r.heldout_cases)} case(s); read the interval, not the point"
+            )
     return lines or ["nothing to repair: no suite failed its gates or matched --promptopt-repair-suite"]
 
 

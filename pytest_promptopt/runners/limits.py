@@ -13,8 +13,9 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from ..models.base import ModelError, Request, Response
 
@@ -52,7 +53,7 @@ class RateLimit:
     rpm: float | None = None
     tpm: float | None = None
 
-    def share(self, parts: int) -> "RateLimit":
+    def share(self, parts: int) -> RateLimit:
         """One of `parts` equal shares (an xdist worker's)."""
         if parts <= 1:
             return self
@@ -113,7 +114,9 @@ class RateLimiter:
 
     WINDOW_S = 60.0
 
-    def __init__(self, limit: RateLimit, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self, limit: RateLimit, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep
+    ) -> None:
         self.limit = limit
         self._clock = clock
         self._sleep = sleep
@@ -179,7 +182,7 @@ class RetryPolicy:
     max_retry_after_s: float = 120.0  # a longer Retry-After is a quota, not a hiccup: give up
 
     def delay(self, attempt: int, retry_after: float | None, rand: Callable[[], float] = random.random) -> float:
-        backoff = min(self.cap_s, self.base_s * (2 ** attempt)) * rand()
+        backoff = min(self.cap_s, self.base_s * (2**attempt)) * rand()
         if retry_after is not None and retry_after > 0:
             return max(backoff, retry_after)
         return backoff
@@ -190,7 +193,7 @@ def estimate_tokens(request: Request) -> float:
     return text / 4 + float(request.params.get("max_tokens") or 256)
 
 
-def throttle(model: Any, default_retries: int, limiter: RateLimiter | None = None) -> "Throttled":
+def throttle(model: Any, default_retries: int, limiter: RateLimiter | None = None) -> Throttled:
     """A hosted model behind a limiter and retries: its provider's `num_retries` if set, else
     the run's."""
     retries = default_retries if getattr(model, "retries", None) is None else model.retries
@@ -203,8 +206,13 @@ class Throttled:
 
     concurrent = True  # calls wait on the network: the runner may overlap them
 
-    def __init__(self, model: Any, policy: RetryPolicy, limiter: RateLimiter | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        model: Any,
+        policy: RetryPolicy,
+        limiter: RateLimiter | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.model = model
         self.name = model.name
         self.policy = policy

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import islice
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from ..cache import ResponseCache
 from ..execute import AnsweredCase, answer_batch, execute_case, grade_answered, model_error
@@ -38,8 +39,14 @@ def lookahead_window(concurrency: int, batch_size: int) -> int:
 class CaseRunner:
     """Maps cases to results in this process; see the module docstring."""
 
-    def __init__(self, model_for: Callable[[ModelSpec], Model], cache: Callable[[], ResponseCache], *,
-                 concurrency: int, batch_size: int) -> None:
+    def __init__(
+        self,
+        model_for: Callable[[ModelSpec], Model],
+        cache: Callable[[], ResponseCache],
+        *,
+        concurrency: int,
+        batch_size: int,
+    ) -> None:
         self._model_for = model_for
         self._cache = cache
         self.concurrency = max(1, concurrency)
@@ -123,7 +130,9 @@ class CaseRunner:
         self._kinds[case.model.key] = (kind, model)
         return kind, model
 
-    def _start(self, first: list[Pair], upcoming: Iterable[Pair], required: str | None = None) -> dict[str, Future[CaseResult]]:
+    def _start(
+        self, first: list[Pair], upcoming: Iterable[Pair], required: str | None = None
+    ) -> dict[str, Future[CaseResult]]:
         """Start `first` and as many `upcoming` cases as the window allows; returns new futures."""
         with self._lock:
             room = self.window - len(self._pending)
@@ -148,7 +157,7 @@ class CaseRunner:
                     batches.setdefault(id(model), (model, []))[1].append((case, nodeid))  # type: ignore[arg-type]
             for model, pairs in batches.values():
                 for chunk_start in range(0, len(pairs), self.batch_size):
-                    chunk = pairs[chunk_start:chunk_start + self.batch_size]
+                    chunk = pairs[chunk_start : chunk_start + self.batch_size]
                     # A short last chunk waits for more cases, unless it is needed now or
                     # nothing more is coming.
                     if len(chunk) < self.batch_size and not exhausted and all(n != required for _, n in chunk):
@@ -191,7 +200,9 @@ class CaseRunner:
     def _executor(self, kind: str) -> ThreadPoolExecutor:
         if kind == "pool":
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="promptopt-call", initializer=self._give_loop)
+                self._pool = ThreadPoolExecutor(
+                    self.concurrency, thread_name_prefix="promptopt-call", initializer=self._give_loop
+                )
             return self._pool
         if self._batches is None:
             self._batches = ThreadPoolExecutor(1, thread_name_prefix="promptopt-batch")

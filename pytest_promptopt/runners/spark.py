@@ -27,9 +27,10 @@ import pickle
 import socket
 import sys
 import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 from ..cache import CacheMode, ResponseCache
@@ -109,7 +110,7 @@ def spark_session(settings: SparkSettings) -> SparkSession:
         created = not _active_session()
         try:
             spark = builder.getOrCreate()
-            spark.version  # Spark Connect connects lazily: talk to the server now
+            _ = spark.version  # Spark Connect connects lazily: talk to the server now
         except Exception as exc:
             raise SparkBackendError(f"cannot connect to Spark at {_safe_url(url)}: {_describe(exc)}") from None
     if created and url.startswith("local"):
@@ -165,7 +166,7 @@ def _connect_address(url: str) -> tuple[str, int]:
 
 def _master_addresses(url: str) -> list[tuple[str, int]]:
     addresses = []
-    for hostport in url[len("spark://"):].split(","):
+    for hostport in url[len("spark://") :].split(","):
         host, _, port = hostport.rstrip("/").rpartition(":")
         addresses.append((host or hostport, int(port) if port.isdigit() else 7077))
     return addresses
@@ -177,7 +178,9 @@ def _check_reachable(url: str, address: tuple[str, int]) -> None:
     try:
         socket.create_connection(address, timeout=CONNECT_TIMEOUT_S).close()
     except OSError as exc:
-        raise SparkBackendError(f"cannot connect to Spark at {_safe_url(url)}: {address[0]}:{address[1]}: {exc.strerror or exc}") from None
+        raise SparkBackendError(
+            f"cannot connect to Spark at {_safe_url(url)}: {address[0]}:{address[1]}: {exc.strerror or exc}"
+        ) from None
 
 
 # ----------------------------------------------------------------------------- suite cases
@@ -218,7 +221,10 @@ def evaluate_cases(
         try:
             blob = cloudpickle.dumps(case)
         except Exception as exc:  # an assertion holding a lock, a generator...: this case only
-            yield nodeid, error_result(case, nodeid, f"cannot send this case to Spark: it does not pickle ({_one_line(exc)})")
+            yield (
+                nodeid,
+                error_result(case, nodeid, f"cannot send this case to Spark: it does not pickle ({_one_line(exc)})"),
+            )
             continue
         pending[nodeid] = case
         for key, value in zip(rows, (position, nodeid, case.case_id, case.name, blob)):
@@ -228,7 +234,9 @@ def evaluate_cases(
     try:
         with _quiet():  # not around the yields: the warning filters are process-wide
             count, tasks = _partition_count(spark, len(pending), partitions, bool(rate_limits))
-            evaluator = _CaseEvaluator(_worker_config(cache_path, cache_mode, models, timeout_s, retries, rate_limits, tasks, judge))
+            evaluator = _CaseEvaluator(
+                _worker_config(cache_path, cache_mode, models, timeout_s, retries, rate_limits, tasks, judge)
+            )
             frame = spark.createDataFrame(pa.table(rows)).repartition(count, "position")
             results = frame.mapInArrow(evaluator, _CASES_SCHEMA)
         for row in _stream(spark, results):
@@ -300,7 +308,14 @@ def read_source(spark: SparkSession, source: Any) -> DataFrame:
 
 def _format_of(text: str) -> str:
     suffix = os.path.splitext(text.rstrip("/"))[1].lower()
-    formats = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+    formats = {
+        ".parquet": "parquet",
+        ".pq": "parquet",
+        ".csv": "csv",
+        ".jsonl": "jsonl",
+        ".ndjson": "jsonl",
+        ".json": "jsonl",
+    }
     if suffix in formats:
         return formats[suffix]
     if "/" in text or os.sep in text or Path(text).exists():
@@ -423,9 +438,12 @@ def _with_segments(frame: DataFrame) -> DataFrame:
 
     try:
         with _silenced("DataFrameQueryContextLogger"):  # pyspark logs every analysis error it raises
-            segmented = frame.select("*", F.col("_metadata.file_path").alias(_SEGMENT_FILE),
-                                     F.col("_metadata.file_block_start").alias(_SEGMENT_START))
-            segmented.schema  # Spark Connect analyses lazily
+            segmented = frame.select(
+                "*",
+                F.col("_metadata.file_path").alias(_SEGMENT_FILE),
+                F.col("_metadata.file_block_start").alias(_SEGMENT_START),
+            )
+            _ = segmented.schema  # Spark Connect analyses lazily
         return segmented
     except Exception as exc:
         if not _is_analysis_error(exc):
@@ -452,7 +470,9 @@ def _case_table_schema() -> str:
 # ----------------------------------------------------------------------------- shared helpers
 
 
-def _partition_count(spark: SparkSession, cases: int | None, partitions: int | None, concurrent: bool = False) -> tuple[int, int]:
+def _partition_count(
+    spark: SparkSession, cases: int | None, partitions: int | None, concurrent: bool = False
+) -> tuple[int, int]:
     """The job's partition count (`partitions`, else one per core, fewer for fewer cases, more
     for many cases) and, when `concurrent` is asked, how many of its tasks run at once (its
     partitions, at most one per core); else 1."""
@@ -568,9 +588,16 @@ class _WorkerConfig:
     judge: ModelSpec | None = None  # the run's judge model (model-graded assertions without a provider)
 
 
-def _worker_config(cache_path: Path | str, cache_mode: CacheMode, models: Mapping[str, Model], timeout_s: float,
-                   retries: int = DEFAULT_RETRIES, rate_limits: Sequence[RateLimit] = (), tasks: int = 1,
-                   judge: ModelSpec | None = None) -> _WorkerConfig:
+def _worker_config(
+    cache_path: Path | str,
+    cache_mode: CacheMode,
+    models: Mapping[str, Model],
+    timeout_s: float,
+    retries: int = DEFAULT_RETRIES,
+    rate_limits: Sequence[RateLimit] = (),
+    tasks: int = 1,
+    judge: ModelSpec | None = None,
+) -> _WorkerConfig:
     """The workers' settings. A rate limit is split between the `tasks` that run at once, as
     between xdist workers: a Python worker runs one task at a time and keeps its limiter for
     its life, so the workers together stay within the budget."""
@@ -587,7 +614,9 @@ def _worker_config(cache_path: Path | str, cache_mode: CacheMode, models: Mappin
         shipped[key] = (hashlib.sha256(blob).hexdigest()[:16], blob)
     path = cache_path.resolve().as_posix() if isinstance(cache_path, Path) else str(cache_path)
     shares = tuple(limit.share(max(1, tasks)) for limit in rate_limits)
-    return _WorkerConfig(path, CacheMode(cache_mode).value, float(timeout_s), int(retries), shares, shipped, refused, judge)
+    return _WorkerConfig(
+        path, CacheMode(cache_mode).value, float(timeout_s), int(retries), shares, shipped, refused, judge
+    )
 
 
 def _shippable(model: Model) -> Model:
@@ -619,8 +648,10 @@ def _worker_model(spec: ModelSpec, config: _WorkerConfig) -> Model:
             try:
                 model = pickle.loads(blob)
             except Exception as exc:
-                raise ModelError(f"the model object could not be loaded on the Spark worker ({_one_line(exc)}); "
-                                 "its class must be importable there (install its module on the workers)") from None
+                raise ModelError(
+                    f"the model object could not be loaded on the Spark worker ({_one_line(exc)}); "
+                    "its class must be importable there (install its module on the workers)"
+                ) from None
             _models[key] = model
         if isinstance(model, Throttled):  # a hosted adapter, shipped without its limiter
             model.limiter = _worker_limiter(getattr(model.model, "model", model.name), config)
@@ -682,7 +713,9 @@ def _worker_judges(config: _WorkerConfig) -> Judges:
     hook-made judges arrive shipped), through the worker's cache."""
     from ..models.registry import BUNDLED
 
-    return Judges(lambda spec: _worker_model(spec, config), lambda: _worker_cache(config), config.judge or ModelSpec(BUNDLED))
+    return Judges(
+        lambda spec: _worker_model(spec, config), lambda: _worker_cache(config), config.judge or ModelSpec(BUNDLED)
+    )
 
 
 class _CaseEvaluator:
@@ -697,16 +730,25 @@ class _CaseEvaluator:
         for batch in batches:
             nodeids, records = [], []
             columns = batch.to_pydict()
-            for nodeid, case_id, name, blob in zip(columns["nodeid"], columns["case_id"], columns["name"], columns["case"]):
+            for nodeid, case_id, name, blob in zip(
+                columns["nodeid"], columns["case_id"], columns["name"], columns["case"]
+            ):
                 try:
                     case = pickle.loads(blob)
                 except Exception as exc:
-                    result = CaseResult(case_id, name, nodeid, error=f"the case could not be loaded on the Spark worker ({_one_line(exc)})")
+                    result = CaseResult(
+                        case_id,
+                        name,
+                        nodeid,
+                        error=f"the case could not be loaded on the Spark worker ({_one_line(exc)})",
+                    )
                 else:
                     result = _run(case, nodeid, self.config)
                 nodeids.append(nodeid)
                 records.append(json.dumps(result.to_dict(), ensure_ascii=False, default=str))
-            yield pa.RecordBatch.from_pydict({"nodeid": pa.array(nodeids, pa.string()), "record": pa.array(records, pa.string())})
+            yield pa.RecordBatch.from_pydict(
+                {"nodeid": pa.array(nodeids, pa.string()), "record": pa.array(records, pa.string())}
+            )
 
 
 class _Indexer:
@@ -730,21 +772,26 @@ class _Indexer:
                     raise SparkBackendError(self._unstable())
                 indexes.append(self.offsets[segment] + position)
             names = [n for n in batch.schema.names if n not in (_SEGMENT_FILE, _SEGMENT_START)]
-            yield pa.RecordBatch.from_arrays([*(batch.column(n) for n in names), pa.array(indexes, pa.int64())],
-                                             names=[*names, _ROW_INDEX])
+            yield pa.RecordBatch.from_arrays(
+                [*(batch.column(n) for n in names), pa.array(indexes, pa.int64())], names=[*names, _ROW_INDEX]
+            )
         if any(self.counts[segment] != n for segment, n in seen.items()):
             raise SparkBackendError(self._unstable())
 
     @staticmethod
     def _unstable() -> str:
-        return ("the frame's rows changed between the counting pass and the evaluation (a frame out of a "
-                "shuffle or a non-deterministic source); persist or checkpoint it before evaluate_frame")
+        return (
+            "the frame's rows changed between the counting pass and the evaluation (a frame out of a "
+            "shuffle or a non-deterministic source); persist or checkpoint it before evaluate_frame"
+        )
 
 
 class _RowEvaluator:
     """mapInArrow function: indexed rows -> rows of the per-case table (dataset.CASE_COLUMNS)."""
 
-    def __init__(self, make_case: Callable[[dict[str, Any], int], Case], nodeid_prefix: str, config: _WorkerConfig) -> None:
+    def __init__(
+        self, make_case: Callable[[dict[str, Any], int], Case], nodeid_prefix: str, config: _WorkerConfig
+    ) -> None:
         self.make_case = make_case
         self.nodeid_prefix = nodeid_prefix
         self.config = config

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from ..assertions.base import Assertion, AssertionConfigError
 from ..assertions.scoring import render_assertion
@@ -23,7 +24,16 @@ from ..prompt import MissingVariable, Prompt, TemplateError, render_prompt
 from .document import format_path
 from .model import Case, SuiteInfo
 
-__all__ = ["CHUNK_ROWS", "CaseFactory", "DatasetRowError", "DatasetSlice", "DatasetSource", "DatasetSpec", "columns", "read_rows"]
+__all__ = [
+    "CHUNK_ROWS",
+    "CaseFactory",
+    "DatasetRowError",
+    "DatasetSlice",
+    "DatasetSource",
+    "DatasetSpec",
+    "columns",
+    "read_rows",
+]
 
 # File suffix -> format. A folder is read as a Parquet dataset (its part files, as Spark writes them).
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
@@ -83,7 +93,9 @@ class CaseFactory:
         values.update((str(k), v) for k, v in row.items() if k not in renamed)
         for var, column in self.renames:
             if column not in row:
-                raise DatasetRowError(f"the row has no column {column!r} (dataset.vars.{var})", ("dataset", "vars", var))
+                raise DatasetRowError(
+                    f"the row has no column {column!r} (dataset.vars.{var})", ("dataset", "vars", var)
+                )
             values[var] = row[column]
         return values
 
@@ -94,19 +106,31 @@ class CaseFactory:
         try:
             rendered = render_prompt(self.prompt.template, values)
         except MissingVariable as exc:
-            raise DatasetRowError(f"{exc} in prompts[{self.prompt_index}] ({self.prompt.label}); map a column to it with "
-                                  "dataset.vars or set it in defaultTest.vars", ("dataset",)) from None
+            raise DatasetRowError(
+                f"{exc} in prompts[{self.prompt_index}] ({self.prompt.label}); map a column to it with "
+                "dataset.vars or set it in defaultTest.vars",
+                ("dataset",),
+            ) from None
         except TemplateError as exc:
-            raise DatasetRowError(f"{exc} in prompts[{self.prompt_index}] ({self.prompt.label})", ("prompts", self.prompt_index)) from None
+            raise DatasetRowError(
+                f"{exc} in prompts[{self.prompt_index}] ({self.prompt.label})", ("prompts", self.prompt_index)
+            ) from None
         assertions = []
         for assertion, path in self.assertions:
             try:
                 assertions.append(render_assertion(assertion, values))
             except AssertionConfigError as exc:
                 message, prefix = str(exc), format_path(path)
-                raise DatasetRowError(message[len(prefix) + 2:] if message.startswith(prefix + ": ") else message, path) from None
-        identity = case_id(values, [a.to_dict() for a in assertions], self.threshold,
-                           self.prompt_index if self.several_prompts else None, self.model.display if self.several_providers else None)
+                raise DatasetRowError(
+                    message[len(prefix) + 2 :] if message.startswith(prefix + ": ") else message, path
+                ) from None
+        identity = case_id(
+            values,
+            [a.to_dict() for a in assertions],
+            self.threshold,
+            self.prompt_index if self.several_prompts else None,
+            self.model.display if self.several_providers else None,
+        )
         return Case(
             suite=self.suite,
             case_id=identity,
@@ -158,7 +182,11 @@ def columns(source: DatasetSource) -> list[str]:
     assert source.path is not None
     if source.format == "parquet":
         pa = _pyarrow()
-        schema = pa.dataset.dataset(str(source.path), format="parquet").schema if source.path.is_dir() else pa.parquet.read_schema(source.path)
+        schema = (
+            pa.dataset.dataset(str(source.path), format="parquet").schema
+            if source.path.is_dir()
+            else pa.parquet.read_schema(source.path)
+        )
         return list(schema.names)
     with source.path.open(encoding="utf-8-sig", newline="") as handle:
         if source.format == "csv":
@@ -172,7 +200,9 @@ def columns(source: DatasetSource) -> list[str]:
     return []
 
 
-def read_rows(source: DatasetSource, chunk_rows: int = CHUNK_ROWS) -> Iterator[tuple[int, dict[str, Any] | DatasetRowError]]:
+def read_rows(
+    source: DatasetSource, chunk_rows: int = CHUNK_ROWS
+) -> Iterator[tuple[int, dict[str, Any] | DatasetRowError]]:
     """`(row_index, row)` for each row, up to `limit`; a row that cannot be read (a JSONL line
     that is not an object) comes as a `DatasetRowError` in its place. Holds one chunk at a time."""
     if source.path is None:
@@ -190,7 +220,9 @@ def _rows(source: DatasetSource, chunk_rows: int) -> Iterator[dict[str, Any] | D
     if source.format == "parquet":
         pa = _pyarrow()
         if source.path.is_dir():
-            batches = pa.dataset.dataset(str(source.path), format="parquet").to_batches(batch_size=chunk_rows, batch_readahead=1, fragment_readahead=1)
+            batches = pa.dataset.dataset(str(source.path), format="parquet").to_batches(
+                batch_size=chunk_rows, batch_readahead=1, fragment_readahead=1
+            )
         else:
             batches = pa.parquet.ParquetFile(source.path).iter_batches(batch_size=chunk_rows)
         for batch in batches:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 Path_ = tuple[str | int, ...]
 
@@ -106,7 +107,11 @@ def _loader() -> Any:
     import yaml
 
     c_loader = getattr(yaml, "CSafeLoader", None)
-    if c_loader is not None and getattr(yaml, "_yaml", None) is not None and yaml._yaml.ScalarNode is yaml.nodes.ScalarNode:
+    if (
+        c_loader is not None
+        and getattr(yaml, "_yaml", None) is not None
+        and yaml._yaml.ScalarNode is yaml.nodes.ScalarNode
+    ):
         return c_loader
     return yaml.SafeLoader
 

@@ -15,17 +15,18 @@ import hashlib
 import itertools
 import json
 import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 from ..assertions.base import Assertion, AssertionConfigError, assertion_types
 from ..assertions.scoring import render_assertion
 from ..gates import parse_gates
 from ..models.registry import ModelSpec, parse_model_spec
 from ..prompt import MissingVariable, Prompt, TemplateError, render_prompt
-from .document import DocumentError, LineMap, format_path, load_yaml, read_document
 from .dataset import FORMATS, CaseFactory, DatasetRowError, DatasetSlice, DatasetSource, DatasetSpec, columns, read_rows
+from .document import DocumentError, LineMap, format_path, load_yaml, read_document
 from .model import Case, Repeats, SuiteError, SuiteInfo
 
 __all__ = ["LoadedSuite", "load_suite", "suite_schema"]
@@ -49,7 +50,9 @@ class LoadedSuite:
 class _Context:
     """Where we are in the document, to turn any problem into a `SuiteError`."""
 
-    def __init__(self, file: Path, display: str, lines: LineMap, resolve_prompt: Callable[[str], Any] | None = None) -> None:
+    def __init__(
+        self, file: Path, display: str, lines: LineMap, resolve_prompt: Callable[[str], Any] | None = None
+    ) -> None:
         self.file = file
         self.display = display
         self.lines = lines
@@ -60,8 +63,14 @@ class _Context:
         return SuiteError(self.display, message, format_path(path), self.lines.line(path))
 
 
-def load_suite(file: Path, display: str, default_model: ModelSpec, resolve_prompt: Callable[[str], Any] | None = None,
-               backend: str | None = None, repeats: Repeats = Repeats()) -> LoadedSuite:
+def load_suite(
+    file: Path,
+    display: str,
+    default_model: ModelSpec,
+    resolve_prompt: Callable[[str], Any] | None = None,
+    backend: str | None = None,
+    repeats: Repeats = Repeats(),
+) -> LoadedSuite:
     """Parse, validate and expand a suite file into cases. Raises `SuiteError`.
 
     `resolve_prompt` turns a `prompts:/...` reference into a `registry.Resolved` (default: the
@@ -87,15 +96,24 @@ def load_suite(file: Path, display: str, default_model: ModelSpec, resolve_promp
     default_test = _default_test(data.get("defaultTest"), ctx)
     if "dataset" in data:
         if "tests" in data:
-            raise ctx.error(("dataset",), "a suite takes its cases from 'tests' or from 'dataset', not both; "
-                            "put the tests in a suite file of their own")
+            raise ctx.error(
+                ("dataset",),
+                "a suite takes its cases from 'tests' or from 'dataset', not both; "
+                "put the tests in a suite file of their own",
+            )
         if "fuzz" in data:
-            raise ctx.error(("fuzz",), "a fuzz block adds generated cases to a suite's tests, and a dataset suite has none; "
-                            "put the fuzz block in a suite file of its own")
+            raise ctx.error(
+                ("fuzz",),
+                "a fuzz block adds generated cases to a suite's tests, and a dataset suite has none; "
+                "put the fuzz block in a suite file of its own",
+            )
         if data.get("repeat", 1) != 1:
             # Its rows keep only counts, and an interval over repeated samples needs each case's samples.
-            raise ctx.error(("repeat",), "a dataset suite samples each row once; repeat cases in a suite with tests, "
-                            "or add the rows again to the table")
+            raise ctx.error(
+                ("repeat",),
+                "a dataset suite samples each row once; repeat cases in a suite with tests, "
+                "or add the rows again to the table",
+            )
         return LoadedSuite(info, (), _dataset(data["dataset"], info, prompts, providers, default_test, ctx, backend))
     # A fuzz suite without `tests` has only generated cases (not promptfoo's one case without vars).
     tests = _tests(data.get("tests"), ctx) if "tests" in data or "fuzz" not in data else []
@@ -111,7 +129,7 @@ def load_suite(file: Path, display: str, default_model: ModelSpec, resolve_promp
 # ----------------------------------------------------------------------------- validation
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _validator(definition: str | None = None) -> Any:
     """A validator for the whole suite, or for one of its `$defs` (a test read from a CSV row or
     JSONL line): built once, since a tests file may hold thousands of rows."""
@@ -166,7 +184,9 @@ def _describe(error: Any) -> str:
     if error.validator == "type":
         expected = error.validator_value
         expected = " or ".join(expected) if isinstance(expected, list) else expected
-        return f"expected {expected}, got {type(error.instance).__name__} {json.dumps(error.instance, default=str)[:80]}"
+        return (
+            f"expected {expected}, got {type(error.instance).__name__} {json.dumps(error.instance, default=str)[:80]}"
+        )
     if error.validator == "required":
         return error.message.replace("is a required property", "is required here")
     if error.validator == "oneOf":
@@ -210,7 +230,7 @@ def _prompts(raw: Any, ctx: _Context) -> list[Prompt]:
             prompts.append(Prompt(text, label=label or text[:60]))
     for index, prompt in enumerate(prompts):
         try:
-            prompt.variables
+            _ = prompt.variables  # parses the template: a syntax error is reported here
         except TemplateError as exc:
             raise ctx.error(("prompts", index) if isinstance(raw, list) else ("prompts",), f"prompt {exc}") from None
     return prompts
@@ -228,8 +248,12 @@ def _registry_prompt(uri: str, label: str | None, path: tuple[Any, ...], ctx: _C
 
 
 def _prompt_files(reference: str, label: str | None, path: tuple[Any, ...], ctx: _Context) -> list[Prompt]:
-    pattern = reference[len("file://"):] if reference.startswith("file://") else reference
-    matches = sorted(glob.glob(str(ctx.base_dir / pattern))) if any(c in pattern for c in "*?[") else [str(ctx.base_dir / pattern)]
+    pattern = reference[len("file://") :] if reference.startswith("file://") else reference
+    matches = (
+        sorted(glob.glob(str(ctx.base_dir / pattern)))
+        if any(c in pattern for c in "*?[")
+        else [str(ctx.base_dir / pattern)]
+    )
     if not matches or not Path(matches[0]).is_file():
         raise ctx.error(path, f"prompt file not found: {ctx.base_dir / pattern}")
     prompts: list[Prompt] = []
@@ -245,7 +269,9 @@ def _prompt_files(reference: str, label: str | None, path: tuple[Any, ...], ctx:
         # promptfoo splits text prompt files on lines holding only '---'.
         parts = [p.strip() for p in re.split(r"^---$", text, flags=re.M)]
         for n, part in enumerate(p for p in parts if p):
-            prompts.append(Prompt(part, label=label or (file.name if len(parts) == 1 else f"{file.name}#{n}"), source=str(file)))
+            prompts.append(
+                Prompt(part, label=label or (file.name if len(parts) == 1 else f"{file.name}#{n}"), source=str(file))
+            )
     return prompts
 
 
@@ -306,8 +332,12 @@ def _tests(raw: Any, ctx: _Context) -> list[_Test]:
 
 
 def _tests_from_file(reference: str, path: tuple[Any, ...], ctx: _Context) -> list[dict[str, Any]]:
-    pattern = reference[len("file://"):]
-    files = sorted(glob.glob(str(ctx.base_dir / pattern))) if any(c in pattern for c in "*?[") else [str(ctx.base_dir / pattern)]
+    pattern = reference[len("file://") :]
+    files = (
+        sorted(glob.glob(str(ctx.base_dir / pattern)))
+        if any(c in pattern for c in "*?[")
+        else [str(ctx.base_dir / pattern)]
+    )
     if not files or not Path(files[0]).is_file():
         raise ctx.error(path, f"tests file not found: {ctx.base_dir / pattern}")
     tests: list[dict[str, Any]] = []
@@ -345,10 +375,31 @@ _EXPECTED = re.compile(r"^(not-)?([a-z][a-z0-9-]*)(?:\((\d+(?:\.\d+)?)\))?(?::([
 
 # promptfoo types this plugin does not run (yet): a CSV cell naming one must not silently become `equals`.
 _PROMPTFOO_ONLY = {
-    "javascript", "fn", "eval", "grade", "context-faithfulness", "context-recall", "context-relevance", "classifier",
-    "moderation", "perplexity", "perplexity-score", "meteor", "webhook",
-    "is-sql", "contains-sql", "is-xml", "contains-xml", "is-html", "contains-html", "is-refusal", "select-best",
-    "is-valid-openai-tools-call", "is-valid-openai-function-call", "guardrails", "finish-reason",
+    "javascript",
+    "fn",
+    "eval",
+    "grade",
+    "context-faithfulness",
+    "context-recall",
+    "context-relevance",
+    "classifier",
+    "moderation",
+    "perplexity",
+    "perplexity-score",
+    "meteor",
+    "webhook",
+    "is-sql",
+    "contains-sql",
+    "is-xml",
+    "contains-xml",
+    "is-html",
+    "contains-html",
+    "is-refusal",
+    "select-best",
+    "is-valid-openai-tools-call",
+    "is-valid-openai-function-call",
+    "guardrails",
+    "finish-reason",
 }
 
 
@@ -356,7 +407,7 @@ def assertion_from_string(text: str) -> dict[str, Any]:
     """promptfoo's CSV shorthand: `type: value`, `not-type(threshold): value`, else `equals`."""
     text = text.strip()
     if text.startswith("python:"):
-        return {"type": "python", "value": text[len("python:"):].strip()}
+        return {"type": "python", "value": text[len("python:") :].strip()}
     if text.startswith("file://") and ".py" in text:
         return {"type": "python", "value": text}
     match = _EXPECTED.match(text)
@@ -409,9 +460,14 @@ def _tests_from_csv(file: Path, path: tuple[Any, ...], ctx: _Context) -> list[di
                         if float(cell):
                             test["threshold"] = float(cell)
                     except ValueError:
-                        raise ctx.error(path, f"{file.name} row {number}: __threshold {cell!r} is not a number") from None
+                        raise ctx.error(
+                            path, f"{file.name} row {number}: __threshold {cell!r} is not a number"
+                        ) from None
                 elif column.startswith("__"):
-                    raise ctx.error(path, f"{file.name}: column {column!r} is not supported (use __expected, __description, __metric, __threshold)")
+                    raise ctx.error(
+                        path,
+                        f"{file.name}: column {column!r} is not supported (use __expected, __description, __metric, __threshold)",
+                    )
                 else:
                     test["vars"][column] = cell
             if metric:
@@ -426,7 +482,7 @@ def _tests_from_csv(file: Path, path: tuple[Any, ...], ctx: _Context) -> list[di
 def _load_structured(reference: str, path: tuple[Any, ...], ctx: _Context) -> Any:
     import yaml
 
-    file = Path(reference[len("file://"):])
+    file = Path(reference[len("file://") :])
     file = file if file.is_absolute() else ctx.base_dir / file
     try:
         text = file.read_text(encoding="utf-8")
@@ -457,7 +513,10 @@ def _merge(default: Mapping[str, Any], test: Mapping[str, Any], path: tuple[Any,
     asserts = [] if options.get("disableDefaultAsserts") else list(default.get("assert", []))
     return {
         "description": test.get("description", ""),
-        "vars": {**_vars_mapping(default.get("vars"), ("defaultTest",), ctx), **_vars_mapping(test.get("vars"), path, ctx)},
+        "vars": {
+            **_vars_mapping(default.get("vars"), ("defaultTest",), ctx),
+            **_vars_mapping(test.get("vars"), path, ctx),
+        },
         "assert": asserts + list(test.get("assert", [])),
         "threshold": test.get("threshold", default.get("threshold")),
         "provider": test.get("provider", default.get("provider")),
@@ -489,7 +548,7 @@ def _load_vars(raw: Mapping[str, Any], path: tuple[Any, ...], ctx: _Context) -> 
 
 
 def _var_from_file(reference: str, path: tuple[Any, ...], ctx: _Context) -> str:
-    file = ctx.base_dir / reference[len("file://"):]
+    file = ctx.base_dir / reference[len("file://") :]
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
@@ -567,22 +626,35 @@ def _cases(
                 except TemplateError as exc:
                     where = f"prompts[{prompt_index}] ({prompt.label})"
                     if isinstance(exc, MissingVariable):
-                        raise ctx.error(path + ("vars",), f"{exc} in {where}; add it to this test's vars or to defaultTest.vars") from None
+                        raise ctx.error(
+                            path + ("vars",), f"{exc} in {where}; add it to this test's vars or to defaultTest.vars"
+                        ) from None
                     raise ctx.error(("prompts", prompt_index), f"{exc} in {where}") from None
                 assertions = []
                 for a_index, raw in enumerate(raw_asserts):
-                    a_path = ("defaultTest", "assert", a_index) if a_index < n_default else path + ("assert", a_index - n_default)
+                    a_path = (
+                        ("defaultTest", "assert", a_index)
+                        if a_index < n_default
+                        else path + ("assert", a_index - n_default)
+                    )
                     try:
-                        assertions.append(render_assertion(_assertion(raw, format_path(a_path), merged["options"].get("provider")), variables))
+                        assertions.append(
+                            render_assertion(
+                                _assertion(raw, format_path(a_path), merged["options"].get("provider")), variables
+                            )
+                        )
                     except AssertionConfigError as exc:
                         message, prefix = str(exc), format_path(a_path)
                         if message.startswith(prefix + ": "):
-                            message = message[len(prefix) + 2:]
+                            message = message[len(prefix) + 2 :]
                         raise ctx.error(a_path, message) from None
                 for spec in test_providers:
                     identity = case_id(
-                        variables, [a.to_dict() for a in assertions], merged["threshold"],
-                        prompt_index if len(prompts) > 1 else None, spec.display if len(test_providers) > 1 else None,
+                        variables,
+                        [a.to_dict() for a in assertions],
+                        merged["threshold"],
+                        prompt_index if len(prompts) > 1 else None,
+                        spec.display if len(test_providers) > 1 else None,
                     )
                     occurrence = seen.get(identity, 0)
                     seen[identity] = occurrence + 1
@@ -591,7 +663,16 @@ def _cases(
                     yield Case(
                         suite=info,
                         case_id=identity,
-                        name=_name(merged["description"] or _vars_label(variables), test.index, combo_index, len(combos), prompt_index, len(prompts), spec, len(test_providers)),
+                        name=_name(
+                            merged["description"] or _vars_label(variables),
+                            test.index,
+                            combo_index,
+                            len(combos),
+                            prompt_index,
+                            len(prompts),
+                            spec,
+                            len(test_providers),
+                        ),
                         prompt=prompt,
                         rendered_prompt=rendered,
                         prompt_index=prompt_index,
@@ -609,8 +690,16 @@ def _cases(
 # ----------------------------------------------------------------------------- fuzz blocks
 
 
-def _fuzz(raw: dict[str, Any], info: SuiteInfo, prompts: list[Prompt], providers: list[ModelSpec], default: dict[str, Any],
-          tests: list[_Test], cases: list[Case], ctx: _Context) -> list[Case]:
+def _fuzz(
+    raw: dict[str, Any],
+    info: SuiteInfo,
+    prompts: list[Prompt],
+    providers: list[ModelSpec],
+    default: dict[str, Any],
+    tests: list[_Test],
+    cases: list[Case],
+    ctx: _Context,
+) -> list[Case]:
     """A `fuzz:` block: `count` var sets generated with Hypothesis (`fuzz.generate`, seeded), each
     run on every prompt x provider with the block's invariants: `defaultTest.assert` (unless
     `options.disableDefaultAsserts`) then `fuzz.assert`. Vars come from `fuzz.vars` (a JSON Schema
@@ -631,8 +720,11 @@ def _fuzz(raw: dict[str, Any], info: SuiteInfo, prompts: list[Prompt], providers
             raise ctx.error(here + ("vars", name) + exc.path, exc.message) from None
     block = _block(raw, default, providers, here, ctx)
     if not block.assertions:
-        raise ctx.error(here, "a fuzz block checks invariants on every generated case: give them in fuzz.assert "
-                        "(or defaultTest.assert), e.g. [{type: is-json}]")
+        raise ctx.error(
+            here,
+            "a fuzz block checks invariants on every generated case: give them in fuzz.assert "
+            "(or defaultTest.assert), e.g. [{type: is-json}]",
+        )
     # The vars tests set are drawn from their values (a test without one brings the default's);
     # a var only defaultTest sets keeps its value, as do all of them in a suite without tests.
     drawn = {str(k) for test in tests for k in _vars_mapping(test.data.get("vars"), test.path, ctx)} - set(schemas)
@@ -644,15 +736,25 @@ def _fuzz(raw: dict[str, Any], info: SuiteInfo, prompts: list[Prompt], providers
     for index, prompt in enumerate(prompts):
         missing = sorted(prompt.variables - available)
         if missing:
-            raise ctx.error(here + (("vars",) if schemas else ()),
-                            f"missing variable {missing[0]!r} (the template uses {{{{ {missing[0]} }}}}) in prompts[{index}] "
-                            f"({prompt.label}); give it a JSON Schema in fuzz.vars, or a value in the tests' vars or defaultTest.vars")
-    fuzz = FuzzBlock(count=raw.get("count", 10), seed=raw.get("seed", 0), variants=tuple(raw.get("variants", VARIANTS)),
-                     schemas=tuple(schemas.items()), examples=tuple(examples), shrink=raw.get("shrink", 30))
+            raise ctx.error(
+                here + (("vars",) if schemas else ()),
+                f"missing variable {missing[0]!r} (the template uses {{{{ {missing[0]} }}}}) in prompts[{index}] "
+                f"({prompt.label}); give it a JSON Schema in fuzz.vars, or a value in the tests' vars or defaultTest.vars",
+            )
+    fuzz = FuzzBlock(
+        count=raw.get("count", 10),
+        seed=raw.get("seed", 0),
+        variants=tuple(raw.get("variants", VARIANTS)),
+        schemas=tuple(schemas.items()),
+        examples=tuple(examples),
+        shrink=raw.get("shrink", 30),
+    )
     try:
         generated = generate(fuzz)
     except HypothesisException as exc:  # e.g. minLength > maxLength, a pattern no string of that length matches
-        raise ctx.error(here + (("vars",) if schemas else ()), f"cannot generate vars: {type(exc).__name__}: {exc}") from None
+        raise ctx.error(
+            here + (("vars",) if schemas else ()), f"cannot generate vars: {type(exc).__name__}: {exc}"
+        ) from None
     factories = list(_factories(info, prompts, block, ctx))
     taken = {case.case_id for case in cases}
     out: list[Case] = []
@@ -662,15 +764,26 @@ def _fuzz(raw: dict[str, Any], info: SuiteInfo, prompts: list[Prompt], providers
                 case = factory(values, index)
             except DatasetRowError as exc:
                 where = exc.path if exc.path and exc.path[0] != "dataset" else here
-                raise ctx.error(where, f"{exc.message} (generated case fuzz[{index}]: {json.dumps(values, ensure_ascii=False, default=str)[:200]})") from None
+                raise ctx.error(
+                    where,
+                    f"{exc.message} (generated case fuzz[{index}]: {json.dumps(values, ensure_ascii=False, default=str)[:200]})",
+                ) from None
             identity, n = case.case_id, 0
             while identity in taken:  # a generated case identical to a test's, or to another one
                 n += 1
                 identity = f"{case.case_id}-{n}"
             taken.add(identity)
             name = f"fuzz[{index}-{slice_ident}]" if slice_ident else f"fuzz[{index}]"
-            out.append(dataclasses.replace(case, case_id=identity, name=name, test_index=len(tests) + index,
-                                           position=len(cases) + len(out), fuzz=FuzzOrigin(fuzz, index, factory)))
+            out.append(
+                dataclasses.replace(
+                    case,
+                    case_id=identity,
+                    name=name,
+                    test_index=len(tests) + index,
+                    position=len(cases) + len(out),
+                    fuzz=FuzzOrigin(fuzz, index, factory),
+                )
+            )
     return out
 
 
@@ -684,7 +797,9 @@ class _Block:
     assertions: tuple[tuple[Assertion, tuple[Any, ...]], ...]  # defaultTest.assert then the block's, with their places
 
 
-def _block(raw: Mapping[str, Any], default: dict[str, Any], providers: list[ModelSpec], here: tuple[Any, ...], ctx: _Context) -> _Block:
+def _block(
+    raw: Mapping[str, Any], default: dict[str, Any], providers: list[ModelSpec], here: tuple[Any, ...], ctx: _Context
+) -> _Block:
     merged = _merge(default, {k: raw[k] for k in ("assert", "threshold", "options") if k in raw}, here, ctx)
     if merged["provider"] is not None:
         try:
@@ -699,37 +814,66 @@ def _block(raw: Mapping[str, Any], default: dict[str, Any], providers: list[Mode
     return _Block(merged, _load_vars(merged["vars"], ("defaultTest",), ctx), providers, tuple(assertions))
 
 
-def _factories(info: SuiteInfo, prompts: list[Prompt], block: _Block, ctx: _Context,
-               renames: tuple[tuple[str, str], ...] = ()) -> Iterator[tuple[str, CaseFactory]]:
+def _factories(
+    info: SuiteInfo, prompts: list[Prompt], block: _Block, ctx: _Context, renames: tuple[tuple[str, str], ...] = ()
+) -> Iterator[tuple[str, CaseFactory]]:
     """A case factory per prompt x provider of a block, with its ident: named like a case's
     (`p<N>`, the provider), brackets kept out of it for node ids."""
     providers = block.providers
     for prompt_index, prompt in enumerate(prompts):
         for spec in providers:
-            ident = "-".join(([f"p{prompt_index}"] if len(prompts) > 1 else []) + ([spec.display] if len(providers) > 1 else []))
+            ident = "-".join(
+                ([f"p{prompt_index}"] if len(prompts) > 1 else []) + ([spec.display] if len(providers) > 1 else [])
+            )
             ident = ident.replace("::", ":").replace("[", "(").replace("]", ")")
-            yield ident, CaseFactory(info, prompt, prompt_index, spec, block.assertions, block.merged["threshold"],
-                                     tuple(block.defaults.items()), renames, ctx.base_dir, len(prompts) > 1, len(providers) > 1)
+            yield (
+                ident,
+                CaseFactory(
+                    info,
+                    prompt,
+                    prompt_index,
+                    spec,
+                    block.assertions,
+                    block.merged["threshold"],
+                    tuple(block.defaults.items()),
+                    renames,
+                    ctx.base_dir,
+                    len(prompts) > 1,
+                    len(providers) > 1,
+                ),
+            )
 
 
 # ----------------------------------------------------------------------------- dataset suites
 
 
-def _dataset(raw: dict[str, Any], info: SuiteInfo, prompts: list[Prompt], providers: list[ModelSpec], default: dict[str, Any],
-             ctx: _Context, backend: str | None) -> DatasetSpec:
+def _dataset(
+    raw: dict[str, Any],
+    info: SuiteInfo,
+    prompts: list[Prompt],
+    providers: list[ModelSpec],
+    default: dict[str, Any],
+    ctx: _Context,
+    backend: str | None,
+) -> DatasetSpec:
     """A `dataset:` block: the source, checked against its columns and first row now (a typo
     must not surface after an hour of model calls), and one case factory per prompt x provider.
     `defaultTest` merges into the block as into a test."""
     here: tuple[Any, ...] = ("dataset",)
     if ("path" in raw) == ("table" in raw):
         both = "path" in raw
-        raise ctx.error(here + (("table",) if both else ()), ("give 'path' or 'table', not both" if both else "needs 'path' or 'table'")
-                        + ": 'path' is a .parquet, .csv or .jsonl file (or a folder of Parquet files) relative to the suite, "
-                        "'table' a Spark table name (with --promptopt-backend spark)")
+        raise ctx.error(
+            here + (("table",) if both else ()),
+            ("give 'path' or 'table', not both" if both else "needs 'path' or 'table'")
+            + ": 'path' is a .parquet, .csv or .jsonl file (or a folder of Parquet files) relative to the suite, "
+            "'table' a Spark table name (with --promptopt-backend spark)",
+        )
     source = _dataset_source(raw, ctx, backend)
     block = _block(raw, default, providers, here, ctx)
-    slices = [DatasetSlice(f"dataset[{ident}]" if ident else "dataset", ident, factory)
-              for ident, factory in _factories(info, prompts, block, ctx, source.renames)]
+    slices = [
+        DatasetSlice(f"dataset[{ident}]" if ident else "dataset", ident, factory)
+        for ident, factory in _factories(info, prompts, block, ctx, source.renames)
+    ]
     if source.path is not None:
         _check_dataset(source, slices, set(block.defaults), ctx)
     return DatasetSpec(source, tuple(slices))
@@ -740,11 +884,14 @@ def _dataset_source(raw: dict[str, Any], ctx: _Context, backend: str | None) -> 
     limit = raw.get("limit")
     if "table" in raw:
         if backend is not None and backend != "spark":
-            raise ctx.error(("dataset", "table"), f"a Spark table is read by the Spark backend: run with --promptopt-backend spark "
-                            f"(this run's backend is '{backend}'), or export the table to Parquet and give dataset.path")
+            raise ctx.error(
+                ("dataset", "table"),
+                f"a Spark table is read by the Spark backend: run with --promptopt-backend spark "
+                f"(this run's backend is '{backend}'), or export the table to Parquet and give dataset.path",
+            )
         return DatasetSource(raw["table"], "table", table=raw["table"], renames=renames, limit=limit)
     written = raw["path"]
-    relative = written[len("file://"):] if written.startswith("file://") else written
+    relative = written[len("file://") :] if written.startswith("file://") else written
     path = Path(relative).expanduser()
     path = path if path.is_absolute() else ctx.base_dir / path
     if path.is_dir():
@@ -752,8 +899,11 @@ def _dataset_source(raw: dict[str, Any], ctx: _Context, backend: str | None) -> 
     else:
         kind = FORMATS.get(path.suffix.lower(), "")
         if not kind:
-            raise ctx.error(("dataset", "path"), f"{written}: unsupported file type {path.suffix or '(none)'!r}; use .parquet, .csv or "
-                            ".jsonl, or a folder of Parquet files")
+            raise ctx.error(
+                ("dataset", "path"),
+                f"{written}: unsupported file type {path.suffix or '(none)'!r}; use .parquet, .csv or "
+                ".jsonl, or a folder of Parquet files",
+            )
         if not path.is_file():
             raise ctx.error(("dataset", "path"), f"data file not found: {path}")
     return DatasetSource(written, kind, path=path, renames=renames, limit=limit)
@@ -771,7 +921,9 @@ def _check_dataset(source: DatasetSource, slices: list[DatasetSlice], defaults: 
         if column not in found:
             hint = difflib.get_close_matches(column, found, n=1)
             fix = f"did you mean '{hint[0]}'? " if hint else ""
-            raise ctx.error(("dataset", "vars", var), f"column {column!r} is not in {source.written}; {fix}its columns: {listed}")
+            raise ctx.error(
+                ("dataset", "vars", var), f"column {column!r} is not in {source.written}; {fix}its columns: {listed}"
+            )
     renamed = {column for _, column in source.renames}
     available = (set(found) - renamed) | {var for var, _ in source.renames} | defaults
     for item in slices:
@@ -779,9 +931,12 @@ def _check_dataset(source: DatasetSource, slices: list[DatasetSlice], defaults: 
         missing = sorted(factory.prompt.variables - available)
         if missing:
             where = ("dataset", "vars") if source.renames else ("dataset",)
-            raise ctx.error(where, f"missing variable {missing[0]!r} (the template uses {{{{ {missing[0]} }}}}) in "
-                            f"prompts[{factory.prompt_index}] ({factory.prompt.label}); {source.written} has columns {listed}: map "
-                            f"one with dataset.vars ({missing[0]}: <column>) or set it in defaultTest.vars")
+            raise ctx.error(
+                where,
+                f"missing variable {missing[0]!r} (the template uses {{{{ {missing[0]} }}}}) in "
+                f"prompts[{factory.prompt_index}] ({factory.prompt.label}); {source.written} has columns {listed}: map "
+                f"one with dataset.vars ({missing[0]}: <column>) or set it in defaultTest.vars",
+            )
     try:
         first = next(read_rows(source, chunk_rows=1), None)
     except (OSError, UnicodeDecodeError, ValueError) as exc:
@@ -804,9 +959,13 @@ def _vars_label(variables: Mapping[str, Any]) -> str:
     return ", ".join(parts)[:60]
 
 
-def _name(description: str, test: int, combo: int, combos: int, prompt: int, prompts: int, spec: ModelSpec, providers: int) -> str:
+def _name(
+    description: str, test: int, combo: int, combos: int, prompt: int, prompts: int, spec: ModelSpec, providers: int
+) -> str:
     # Brackets and '::' would confuse node ids: `name[params]` is how pytest reads them back.
-    label = re.sub(r"\s+", " ", description).strip()[:80].replace("::", ":").replace("[", "(").replace("]", ")") or "test"
+    label = (
+        re.sub(r"\s+", " ", description).strip()[:80].replace("::", ":").replace("[", "(").replace("]", ")") or "test"
+    )
     ident = f"t{test}" + (f".{combo}" if combos > 1 else "") + (f"-p{prompt}" if prompts > 1 else "")
     if providers > 1:
         ident += f"-{spec.display}"

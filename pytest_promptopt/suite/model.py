@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..assertions.base import Assertion
 from ..gates import Gate
@@ -35,10 +36,16 @@ class SuiteInfo:
     kind: str = "file"  # "file" for suite files, "python" for Python tests
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "file": self.file, "kind": self.kind, "gates": [g.to_dict() for g in self.gates]}
+        return {
+            "id": self.id,
+            "name": self.name,
+            "file": self.file,
+            "kind": self.kind,
+            "gates": [g.to_dict() for g in self.gates],
+        }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "SuiteInfo":
+    def from_dict(cls, data: Mapping[str, Any]) -> SuiteInfo:
         return cls(
             id=data["id"],
             name=data["name"],

@@ -2,6 +2,7 @@
 
 Usage: python3 extract_expected.py /tmp/pf/out.json expected.json PROMPTFOO_VERSION
 """
+
 import json
 import sys
 
