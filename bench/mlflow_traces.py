@@ -28,9 +28,10 @@ def main() -> None:
     warnings.simplefilter("ignore")
     from mlflow import MlflowClient
 
-    from pytest_promptopt.report.mlflow_traces import count_run_traces, log_case_traces
-    from pytest_promptopt.results import CaseResult, summarize
+    from pytest_promptopt.mlflow.traces import count_run_traces, log_case_traces
+    from pytest_promptopt.records import CaseResult
     from pytest_promptopt.suite.model import SuiteInfo
+    from pytest_promptopt.summary import summarize
 
     with tempfile.TemporaryDirectory() as tmp:
         db = args.store or Path(tmp) / "mlflow.db"

@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pytest_promptopt.cache import CacheMode  # noqa: E402
-from pytest_promptopt.models.registry import ModelSpec  # noqa: E402
+from pytest_promptopt.models.specs import ModelSpec  # noqa: E402
 from pytest_promptopt.runners.spark import evaluate_frame, read_source, spark_session  # noqa: E402
 from pytest_promptopt.settings import SparkSettings  # noqa: E402
 from pytest_promptopt.suite.loader import load_suite  # noqa: E402

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from pathlib import Path
 
-    from .models.registry import BUNDLED, ModelSpec
+    from .models.specs import BUNDLED, ModelSpec
     from .suite.loader import load_suite
     from .suite.model import SuiteError
 
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 def _upload(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .report.mlflow_writer import upload_pending
+    from .mlflow.runs import upload_pending
 
     status = 0
     for name in args.files:

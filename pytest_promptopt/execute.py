@@ -18,8 +18,9 @@ from .cache import CallStats, ResponseCache
 from .judging import Judge, Judges
 from .judging import active as active_judges
 from .models.base import Model, ModelError, Request, Response
+from .records import CaseResult
 from .redact import redact, scrub
-from .results import CaseResult, merge_samples
+from .repeats import merge_samples
 from .suite.model import Case
 
 __all__ = [

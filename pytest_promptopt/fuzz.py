@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 
     from .cache import ResponseCache
     from .models.base import Model
-    from .models.registry import ModelSpec
-    from .results import CaseResult
+    from .models.specs import ModelSpec
+    from .records import CaseResult
     from .suite.dataset import CaseFactory
     from .suite.model import Case
 
@@ -197,7 +197,7 @@ class Shrunk:
 
     def describe(self) -> str:
         """The lines added to a failing fuzz case's message."""
-        from .report.text import _clip, assertion_lines
+        from .report.failure import _clip, assertion_lines
 
         stopped = (
             f"; stopped at fuzz.shrink = {self.budget}, a smaller input may exist" if self.tried >= self.budget else ""
@@ -250,7 +250,7 @@ def shrink(origin: FuzzOrigin, evaluate: Callable[[Case], CaseResult]) -> Shrunk
     that budget counts as passing, so the result depends on the budget, never on time or cache."""
     from hypothesis import given, seed
 
-    from .suite.dataset import DatasetRowError
+    from .suite.cases import CaseError
 
     block, factory = origin.block, origin.factory
     order: dict[str, int] = {}  # generated var sets, in generation order, until the first failure
@@ -271,7 +271,7 @@ def shrink(origin: FuzzOrigin, evaluate: Callable[[Case], CaseResult]) -> Shrunk
                 return
             try:
                 built = factory(json.loads(key), origin.index)
-            except DatasetRowError:
+            except CaseError:
                 memo[key] = (None, None)
             else:
                 memo[key] = (built, evaluate(built))

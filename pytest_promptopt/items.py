@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from .models.registry import ModelSpec
-from .report.text import describe_case
-from .results import CaseResult
+from .models.specs import ModelSpec
+from .records import CaseResult
+from .report.failure import describe_case
 from .session import PromptoptSession, record_key, session_key
 from .suite.model import Case, SuiteError
 
@@ -235,8 +235,8 @@ class DatasetItem(pytest.Item):
         return self.part.make_case.suite
 
     def setup(self) -> None:
-        from . import dataset
-        from .results import DatasetPart
+        from .case_stats import DatasetPart
+        from .runners import dataset
 
         session = self.config.stash[session_key]
         # The run token is the controller's (xdist workers get it), so all items of a suite in
@@ -273,8 +273,7 @@ class DatasetItem(pytest.Item):
     def _on_spark(self, session: Any, folder: Path) -> Any:
         """The rows are read and evaluated on Spark (runners/spark.py), which writes this item's
         part of the per-case table; its stats are then streamed back from it, a batch at a time."""
-        from . import dataset
-        from .runners import spark
+        from .runners import dataset, spark
 
         settings, factory = session.settings, self.part.make_case
         output = folder / (self.part.ident or "all")
@@ -343,7 +342,7 @@ class DatasetItem(pytest.Item):
             )
 
     def _details(self) -> str:
-        from .report.text import _clip
+        from .report.failure import _clip
 
         stats = self.evaluation.stats
         rate = "-" if stats.pass_rate is None else f"{stats.pass_rate * 100:.1f}%"

@@ -23,7 +23,7 @@ from typing import Any
 
 from .cache import CallStats, ResponseCache
 from .models.base import Model, ModelError, Request, Response
-from .models.registry import ModelSpec, parse_model_spec
+from .models.specs import ModelSpec, parse_model_spec
 
 __all__ = ["Judge", "Judges", "activate", "active", "is_model", "judge_calls", "judge_specs", "provider_spec"]
 

@@ -112,7 +112,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     if not _is_python_prompt_test(metafunc.definition):
         return
-    from .checks import REPEAT_FIXTURE, python_repeats, repeat_id
+    from .python_tests import REPEAT_FIXTURE, python_repeats
+    from .repeats import repeat_id
 
     marker = metafunc.definition.get_closest_marker("promptopt")
     repeats = python_repeats(marker, settings.repeats, metafunc.definition.nodeid)
@@ -139,7 +140,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def _check_python_suites(items: list[pytest.Item]) -> None:
     """Python tests that share a `suite=` must agree on its gates: one suite, one verdict."""
-    from .checks import python_suite
+    from .python_tests import python_suite
 
     first: dict[str, tuple[str, Any]] = {}
     for item in items:
@@ -166,7 +167,7 @@ _recorder_key = pytest.StashKey[Any]()
 
 
 def _recorder(request: pytest.FixtureRequest) -> Any:
-    from .checks import REPEAT_FIXTURE, PythonCaseRecorder, python_suite
+    from .python_tests import REPEAT_FIXTURE, PythonCaseRecorder, python_suite
 
     item = request.node
     recorder = item.stash.get(_recorder_key, None)
@@ -192,7 +193,7 @@ def prompt_model(request: pytest.FixtureRequest) -> Any:
     Returns a `Response` (`.text`, `.latency_ms`, `.prompt_tokens`, `.completion_tokens`, `.cost`),
     through the response cache. `@pytest.mark.promptopt(model="openai/gpt-4o-mini")` overrides it.
     """
-    from .checks import ModelClient, python_model_spec
+    from .python_tests import ModelClient, python_model_spec
     from .session import session_key
 
     session = request.config.stash[session_key]
@@ -216,7 +217,7 @@ def prompt_check(request: pytest.FixtureRequest) -> Any:
     Fails the test with the output and each assertion's score; in a suite with gates, a failing
     check is reported as an expected failure ("tolerated by gate ...") and the gates decide.
     """
-    from .checks import PromptCheck
+    from .python_tests import PromptCheck
 
     recorder = _recorder(request)
     gates = ", ".join(g.describe() for g in recorder.suite.gates) or None

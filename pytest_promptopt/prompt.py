@@ -136,7 +136,7 @@ class Prompt:
         number), through the session's tracking URI; outside pytest through $MLFLOW_TRACKING_URI.
         Raises `TemplateError` when the prompt, version or alias is unknown or MLflow is unreachable.
         """
-        from .registry import RegistryError, resolver
+        from .mlflow.prompts import RegistryError, resolver
 
         try:
             found = resolver().resolve(uri)
@@ -169,7 +169,7 @@ class Prompt:
 
     def render(self, variables: Mapping[str, Any] | None = None, /, **kwargs: Any) -> str:
         if self.registry_uri is not None:  # a Python prompt test's child run links this version
-            from .registry import note_rendered
+            from .mlflow.prompts import note_rendered
 
             note_rendered(self.registry_uri)
         return render_prompt(self.template, {**(variables or {}), **kwargs})

@@ -14,19 +14,21 @@ from typing import Any
 import pytest
 
 from .cache import ResponseCache
+from .case_stats import DatasetPart
 from .judging import Judges, judge_specs
 from .judging import activate as activate_judges
 from .judging import active as active_judges
+from .mlflow.prompts import PromptResolver, activate
+from .mlflow.prompts import active as resolver_active
 from .models.base import Model, ModelError
 from .models.hosted import LiteLLMModel
-from .models.registry import ModelSpec, create_model, with_timeout
-from .registry import PromptResolver, activate
-from .registry import active as resolver_active
-from .results import CaseResult, DatasetPart, RunSummary, summarize
+from .models.specs import ModelSpec, create_model, with_timeout
+from .records import CaseResult
 from .runners.limits import RateLimiter, Throttled, limit_for, throttle
 from .runners.pool import CaseRunner
 from .settings import Settings
 from .suite.model import Case, SuiteInfo
+from .summary import RunSummary, summarize
 
 __all__ = ["RECORD_ATTR", "PromptoptSession", "record_key", "session_key"]
 
@@ -240,7 +242,7 @@ class PromptoptSession:
                 return False
             info, result = loaded.info, error_result(case, nodeid, message)
         else:
-            from .checks import split_repeat
+            from .repeats import split_repeat
 
             result = CaseResult(case_id=nodeid, name=name, nodeid=nodeid, error=message)
             if split_repeat(nodeid) is not None:
@@ -307,7 +309,7 @@ class PromptoptSession:
             write_html(html_path, run, exit_status=exit_status)
         mlflow = settings.mlflow
         if mlflow is not None:
-            from .report.mlflow_writer import SessionMeta, report_run
+            from .mlflow.runs import SessionMeta, report_run
 
             meta = SessionMeta.collect(
                 run,
@@ -334,13 +336,13 @@ class PromptoptSession:
                 return BaselineComparison.failed(ref.describe(), str(exc))
         mlflow = self.settings.mlflow
         assert mlflow is not None  # settings refuse an MLflow baseline with --promptopt-no-mlflow
-        from .report.mlflow_baseline import compare_with_baseline
+        from .mlflow.baseline import compare_with_baseline
 
         return compare_with_baseline(run, ref, mlflow.tracking_uri, mlflow.experiment, regression)
 
     def summary(self) -> RunSummary:
         if self._summary is None:
-            from .checks import fold_repeated_tests
+            from .repeats import fold_repeated_tests
 
             self._summary = summarize(fold_repeated_tests(self.records, self._crashed_samples), self.settings.gate_rule)
         return self._summary

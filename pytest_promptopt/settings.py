@@ -13,7 +13,7 @@ import pytest
 
 from .baseline import BaselineRef, Regression
 from .cache import CacheMode
-from .models.registry import BUNDLED, ModelSpec, parse_model_spec
+from .models.specs import BUNDLED, ModelSpec, parse_model_spec
 from .repair.config import DEFAULT_BUDGET, OPTIMIZERS, Given, RepairSettings
 from .runners.limits import DEFAULT_CONCURRENCY, DEFAULT_RETRIES, RateLimit, parse_rate_limits
 from .suite.model import Repeats

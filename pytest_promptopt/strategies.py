@@ -389,7 +389,7 @@ def suite_examples(path: str | Path) -> list[dict[str, Any]]:
 
     >>> vars_from_examples(suite_examples("example_suites/qa.promptopt.yaml"))
     """
-    from .models.registry import ModelSpec
+    from .models.specs import ModelSpec
     from .suite.loader import load_suite
 
     file = Path(path)

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from pytest_promptopt.gates import Gate
-from pytest_promptopt.results import CaseResult, summarize
+from pytest_promptopt.records import CaseResult
 from pytest_promptopt.suite.model import SuiteInfo
+from pytest_promptopt.summary import summarize
 
 pytest.importorskip("plotly", reason="the html extra (plotly) is not installed")
 

@@ -31,7 +31,7 @@ from pytest_promptopt.assertions.scoring import render_assertion
 from pytest_promptopt.cache import CacheMode, CallStats, ResponseCache
 from pytest_promptopt.execute import execute_case
 from pytest_promptopt.judging import Judges
-from pytest_promptopt.models.registry import ModelSpec
+from pytest_promptopt.models.specs import ModelSpec
 from pytest_promptopt.prompt import Prompt
 from pytest_promptopt.suite.loader import load_suite
 from pytest_promptopt.suite.model import Case, SuiteError, SuiteInfo
@@ -313,7 +313,7 @@ def test_answer_relevance_judges_the_query(cache):
 def test_a_hosted_judge_through_litellm_on_a_loopback_server(cache, monkeypatch):
     from fake_openai import FakeOpenAI
 
-    from pytest_promptopt.models.registry import create_model
+    from pytest_promptopt.models.specs import create_model
 
     monkeypatch.setenv("JUDGE_KEY", "sk-judge-0123456789")
     with FakeOpenAI(lambda body: (200, FAIL)) as server:

@@ -29,7 +29,7 @@ from pytest_promptopt.assertions.dspy_metrics import is_dspy_metric
 from pytest_promptopt.assertions.scoring import grade_assertion, render_assertion
 from pytest_promptopt.cache import CacheMode, ResponseCache
 from pytest_promptopt.models import embeddings
-from pytest_promptopt.models.registry import ModelSpec
+from pytest_promptopt.models.specs import ModelSpec
 from pytest_promptopt.suite.loader import assertion_from_string, load_suite
 
 

@@ -19,7 +19,7 @@ from pytest_promptopt.assertions.scoring import render_assertion
 from pytest_promptopt.cache import CacheMode, ResponseCache
 from pytest_promptopt.execute import execute_case
 from pytest_promptopt.judging import Judges
-from pytest_promptopt.models.registry import ModelSpec
+from pytest_promptopt.models.specs import ModelSpec
 from pytest_promptopt.prompt import Prompt
 from pytest_promptopt.suite.model import Case, SuiteInfo
 

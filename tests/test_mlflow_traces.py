@@ -139,9 +139,10 @@ def test_no_traces_without_the_option(pytester, run_pytest, migrated_store, monk
 def test_a_trace_that_cannot_be_written_is_a_warning_and_the_count_check_sees_it(tmp_path, migrated_store, monkeypatch):
     from mlflow import MlflowClient
 
-    from pytest_promptopt.report.mlflow_traces import write_and_verify
-    from pytest_promptopt.results import CaseResult, summarize
+    from pytest_promptopt.mlflow.traces import write_and_verify
+    from pytest_promptopt.records import CaseResult
     from pytest_promptopt.suite.model import SuiteInfo
+    from pytest_promptopt.summary import summarize
 
     shutil.copy(migrated_store, tmp_path / "mlflow.db")
     client = MlflowClient(tracking_uri=sqlite_uri(tmp_path / "mlflow.db"))

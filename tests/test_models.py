@@ -6,7 +6,7 @@ import pytest
 from fake_openai import FakeOpenAI
 
 from pytest_promptopt import EchoModel, FakeModel, LiteLLMModel, ModelError, Request, Response
-from pytest_promptopt.models.registry import BUNDLED, ModelSpec, create_model, parse_model_spec
+from pytest_promptopt.models.specs import BUNDLED, ModelSpec, create_model, parse_model_spec
 
 
 def test_request_reads_chat_json_prompts_as_messages():

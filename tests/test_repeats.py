@@ -23,16 +23,19 @@ from pytest_promptopt.baseline import (
     write_baseline_file,
 )
 from pytest_promptopt.cache import CacheMode, ResponseCache, cache_key
-from pytest_promptopt.checks import fold_repeated_tests, python_case_id, repeat_id, split_repeat
+from pytest_promptopt.case_stats import CaseStats
 from pytest_promptopt.execute import execute_batch, execute_case
 from pytest_promptopt.gates import PASS_K, Gate, decide
 from pytest_promptopt.models.base import ModelError, Request, Response
 from pytest_promptopt.models.fakes import FakeModel
-from pytest_promptopt.models.registry import ModelSpec
-from pytest_promptopt.results import CaseResult, CaseStats, merge_samples, summarize
+from pytest_promptopt.models.specs import ModelSpec
+from pytest_promptopt.records import CaseResult
+from pytest_promptopt.repeats import fold_repeated_tests, merge_samples, repeat_id, split_repeat
 from pytest_promptopt.stats import cluster_bootstrap, mean_interval, wilson
+from pytest_promptopt.suite.cases import python_case_id
 from pytest_promptopt.suite.loader import load_suite
 from pytest_promptopt.suite.model import Repeats, SuiteError, SuiteInfo
+from pytest_promptopt.summary import summarize
 
 # --------------------------------------------------------------------------- one case's repeats
 
@@ -436,8 +439,8 @@ def test_a_baseline_compares_sample_pass_rates_and_mcnemar_reads_all_repeats_pas
 
 
 def test_an_mlflow_baseline_reads_the_repeats_of_its_case_table() -> None:
-    from pytest_promptopt.report.mlflow_baseline import _cases
-    from pytest_promptopt.report.mlflow_writer import _case_table
+    from pytest_promptopt.mlflow.baseline import _cases
+    from pytest_promptopt.mlflow.runs import _case_table
 
     results = [repeated("a", [True, False, True]), sample(True, "Rome", 1.0)]
     table = _case_table(results)

@@ -623,7 +623,7 @@ def test_call_threads_each_have_an_event_loop_closed_with_the_runner(tmp_path):
     import asyncio
 
     from pytest_promptopt.cache import CacheMode, ResponseCache
-    from pytest_promptopt.models.registry import ModelSpec
+    from pytest_promptopt.models.specs import ModelSpec
     from pytest_promptopt.suite.loader import load_suite
 
     class Concurrent:

@@ -31,7 +31,7 @@ from pytest_promptopt import dataset
 from pytest_promptopt.cache import CacheMode, ResponseCache
 from pytest_promptopt.execute import execute_case
 from pytest_promptopt.models.base import Request, Response
-from pytest_promptopt.models.registry import ModelSpec, create_model
+from pytest_promptopt.models.specs import ModelSpec, create_model
 from pytest_promptopt.runners import spark as spark_runner
 from pytest_promptopt.runners.spark import (
     INSTALL_HINT,

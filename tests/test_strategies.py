@@ -18,7 +18,7 @@ from pytest_promptopt.cache import ResponseCache
 from pytest_promptopt.execute import execute_case
 from pytest_promptopt.fuzz import shrink_failure
 from pytest_promptopt.models.fakes import EchoModel
-from pytest_promptopt.models.registry import ModelSpec
+from pytest_promptopt.models.specs import ModelSpec
 from pytest_promptopt.strategies import (
     INJECTIONS,
     SchemaNotSupported,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_promptopt.models.registry import ModelSpec
+from pytest_promptopt.models.specs import ModelSpec
 from pytest_promptopt.suite.loader import assertion_from_string, load_suite
 from pytest_promptopt.suite.model import SuiteError
 

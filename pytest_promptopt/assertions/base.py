@@ -151,7 +151,7 @@ def _load_builtins() -> None:
     # Imported for their @register side effects; kept out of module import time.
     global _builtins_loaded
     if not _builtins_loaded:
-        from . import measures, mlflow_scorers, model_graded, python_ref, reference, similarity, structured, text  # noqa: F401  # noqa: F401  # noqa: F401
+        from . import measures, mlflow_scorers, model_graded, python_ref, reference, similarity, structured, text  # noqa: F401
 
         _builtins_loaded = True
 

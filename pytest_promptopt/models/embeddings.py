@@ -238,7 +238,7 @@ def _parse(provider: Any, where: str) -> tuple[str, dict[str, Any]]:
         )
     for task in _TASKS:  # `openai:embedding:text-embedding-3-small` -> `openai:text-embedding-3-small`
         ident = ident.replace(":" + task, ":", 1)
-    from .registry import BUNDLED, parse_model_spec
+    from .specs import BUNDLED, parse_model_spec
 
     spec = parse_model_spec({"id": ident, "config": config}, where)
     if spec.id in {BUNDLED, "echo", "fake"}:

@@ -20,13 +20,15 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from ..case_stats import CaseStats
 from ..judging import judge_calls
 from ..models.base import ModelError
-from ..models.registry import BUNDLED, ModelSpec
+from ..models.specs import BUNDLED, ModelSpec
 from ..prompt import Prompt, TemplateError, render_prompt, render_template
-from ..results import CaseResult, CaseStats, RunSummary, SuiteSummary
+from ..records import CaseResult
 from ..stats import wilson
 from ..suite.model import Case, Repeats
+from ..summary import RunSummary, SuiteSummary
 from .config import INSTRUCTION_OPTIMIZERS, RepairConfig, RepairSettings
 from .result import Calls, RepairResult, Score
 

@@ -19,8 +19,9 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from ..records import CaseResult
 from ..redact import redact
-from ..results import CaseResult, RunSummary, SuiteSummary
+from ..summary import RunSummary, SuiteSummary
 
 __all__ = ["render_html", "write_html"]
 

@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from ..baseline import BaselineComparison, SuiteComparison
+from ..case_stats import CaseStats, DatasetPart
+from ..records import CaseResult
 from ..redact import redact
-from ..results import CaseResult, CaseStats, DatasetPart, RunSummary, SuiteSummary, summarize
+from ..summary import RunSummary, SuiteSummary, summarize
 
 REPORT_VERSION = 1
 

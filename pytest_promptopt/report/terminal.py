@@ -7,7 +7,7 @@ from typing import Any
 
 from ..baseline import BaselineComparison
 from ..gates import PASS_K
-from ..results import RunSummary, SuiteSummary
+from ..summary import RunSummary, SuiteSummary
 
 
 def _rate(value: float | None) -> str:

@@ -20,8 +20,8 @@ from ..cache import ResponseCache
 from ..execute import AnsweredCase, answer_batch, execute_case, grade_answered, model_error
 from ..judging import judge_calls
 from ..models.base import Model, ModelError
-from ..models.registry import ModelSpec
-from ..results import CaseResult
+from ..models.specs import ModelSpec
+from ..records import CaseResult
 from ..suite.model import Case
 
 __all__ = ["CaseRunner", "lookahead_window"]

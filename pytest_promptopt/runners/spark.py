@@ -37,9 +37,9 @@ from ..cache import CacheMode, ResponseCache
 from ..execute import error_result, execute_case, model_error
 from ..judging import Judges
 from ..models.base import Model, ModelError
-from ..models.registry import ModelSpec, create_model, with_timeout
+from ..models.specs import ModelSpec, create_model, with_timeout
+from ..records import CaseResult
 from ..redact import REDACTED, is_secret_key, scrub
-from ..results import CaseResult
 from ..suite.model import Case
 from .limits import DEFAULT_RETRIES, RateLimit, RateLimiter, Throttled, limit_for, throttle
 
@@ -371,7 +371,7 @@ def evaluate_frame(
     Parquet to the folder `output_path` (replaced), one row per case with the columns of
     `dataset.CASE_COLUMNS` (`record` is the full `CaseResult` as JSON). Returns the row count.
 
-    `make_case(vars, row_index)` must pickle; a row it refuses (`DatasetRowError`) is written as
+    `make_case(vars, row_index)` must pickle; a row it refuses (`CaseError`) is written as
     that row's error; a row's node id is `row_nodeid(nodeid_prefix, row_index)`. Nothing but a
     few numbers per input file comes back to the driver.
 
@@ -462,7 +462,7 @@ def _offsets(counts: Mapping[tuple[str, int], int]) -> dict[tuple[str, int], int
 
 
 def _case_table_schema() -> str:
-    from ..dataset import CASE_COLUMNS
+    from .dataset import CASE_COLUMNS
 
     return ", ".join(f"{name} {_SPARK_TYPES[kind]}" for name, kind in CASE_COLUMNS)
 
@@ -711,7 +711,7 @@ def _run(case: Case, nodeid: str, config: _WorkerConfig) -> CaseResult:
 def _worker_judges(config: _WorkerConfig) -> Judges:
     """Judge models on a worker: built from their specs as the cases' models are (a conftest's
     hook-made judges arrive shipped), through the worker's cache."""
-    from ..models.registry import BUNDLED
+    from ..models.specs import BUNDLED
 
     return Judges(
         lambda spec: _worker_model(spec, config), lambda: _worker_cache(config), config.judge or ModelSpec(BUNDLED)
@@ -799,7 +799,7 @@ class _RowEvaluator:
     def __call__(self, batches: Iterator[Any]) -> Iterator[Any]:
         import pyarrow as pa
 
-        from ..dataset import CASE_COLUMNS, case_row
+        from .dataset import CASE_COLUMNS, case_row
 
         schema = pa.schema([(name, getattr(pa, kind)()) for name, kind in CASE_COLUMNS])
         for batch in batches:
@@ -807,19 +807,19 @@ class _RowEvaluator:
             yield pa.RecordBatch.from_pylist(rows, schema=schema)
 
     def _result(self, row: dict[str, Any]) -> CaseResult:
-        from ..dataset import row_error
-        from ..suite.dataset import DatasetRowError
+        from ..suite.cases import CaseError
+        from .dataset import row_error
 
         index = row.pop(_ROW_INDEX)
         nodeid = row_nodeid(self.nodeid_prefix, index)
         if _JSON_LINE in row:
             try:
                 row = _json_object(row[_JSON_LINE])
-            except DatasetRowError as exc:
+            except CaseError as exc:
                 return row_error(self.make_case, {}, index, nodeid, exc.message)
         try:
             case = self.make_case(row, index)
-        except DatasetRowError as exc:
+        except CaseError as exc:
             return row_error(self.make_case, row, index, nodeid, exc.message)
         except Exception as exc:
             return row_error(self.make_case, row, index, nodeid, _one_line(exc))
@@ -828,12 +828,12 @@ class _RowEvaluator:
 
 def _json_object(line: str) -> dict[str, Any]:
     """A JSON Lines row, as the in-process reader reads it (less the line number it names)."""
-    from ..suite.dataset import DatasetRowError
+    from ..suite.cases import CaseError
 
     try:
         row = json.loads(line.lstrip("\ufeff"))
     except ValueError as exc:
-        raise DatasetRowError(f"invalid JSON: {exc}") from None
+        raise CaseError(f"invalid JSON: {exc}") from None
     if not isinstance(row, dict):
-        raise DatasetRowError("each line must be a JSON object")
+        raise CaseError("each line must be a JSON object")
     return row

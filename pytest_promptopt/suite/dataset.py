@@ -17,17 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..assertions.base import Assertion, AssertionConfigError
-from ..assertions.scoring import render_assertion
-from ..models.registry import ModelSpec
-from ..prompt import MissingVariable, Prompt, TemplateError, render_prompt
-from .document import format_path
+from ..models.specs import ModelSpec
+from ..prompt import Prompt
+from .cases import CaseError, Missing, Placed, build_case
 from .model import Case, SuiteInfo
 
 __all__ = [
     "CHUNK_ROWS",
     "CaseFactory",
-    "DatasetRowError",
     "DatasetSlice",
     "DatasetSource",
     "DatasetSpec",
@@ -38,17 +35,6 @@ __all__ = [
 # File suffix -> format. A folder is read as a Parquet dataset (its part files, as Spark writes them).
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 CHUNK_ROWS = 1024  # rows per read: a Parquet batch, and the unit of memory a reader holds
-
-
-class DatasetRowError(ValueError):
-    """A row cannot become a case (a column missing from a JSONL line, a value a template
-    rejects). At run time it is that row's error; on the first row, at load, a suite error.
-    `path` is where in the suite the fix goes (e.g. `("dataset", "assert", 0)`)."""
-
-    def __init__(self, message: str, path: tuple[str | int, ...] = ()) -> None:
-        super().__init__(message)
-        self.message = message
-        self.path = path
 
 
 @dataclass(frozen=True)
@@ -71,7 +57,7 @@ class CaseFactory:
     """`make_case(vars, row_index) -> Case` for one prompt x provider of a dataset suite.
 
     `vars` are the row's columns; `dataset.vars` renames apply, then `defaultTest.vars` fill in
-    what the row lacks. Raises `DatasetRowError` for a row that cannot become a case. Plain
+    what the row lacks. Raises `CaseError` for a row that cannot become a case. Plain
     frozen data, so it pickles (the Spark backend ships it to executors).
     """
 
@@ -79,7 +65,7 @@ class CaseFactory:
     prompt: Prompt
     prompt_index: int
     model: ModelSpec
-    assertions: tuple[tuple[Assertion, tuple[str | int, ...]], ...]  # unrendered, with their place in the suite
+    assertions: tuple[Placed, ...]  # unrendered, with their place in the suite
     threshold: float | None = None
     defaults: tuple[tuple[str, Any], ...] = ()  # defaultTest.vars
     renames: tuple[tuple[str, str], ...] = ()
@@ -93,59 +79,30 @@ class CaseFactory:
         values.update((str(k), v) for k, v in row.items() if k not in renamed)
         for var, column in self.renames:
             if column not in row:
-                raise DatasetRowError(
-                    f"the row has no column {column!r} (dataset.vars.{var})", ("dataset", "vars", var)
-                )
+                raise CaseError(f"the row has no column {column!r} (dataset.vars.{var})", ("dataset", "vars", var))
             values[var] = row[column]
         return values
 
     def __call__(self, row: Mapping[str, Any], row_index: int) -> Case:
-        from .loader import case_id
-
-        values = self.variables(row)
-        try:
-            rendered = render_prompt(self.prompt.template, values)
-        except MissingVariable as exc:
-            raise DatasetRowError(
-                f"{exc} in prompts[{self.prompt_index}] ({self.prompt.label}); map a column to it with "
-                "dataset.vars or set it in defaultTest.vars",
-                ("dataset",),
-            ) from None
-        except TemplateError as exc:
-            raise DatasetRowError(
-                f"{exc} in prompts[{self.prompt_index}] ({self.prompt.label})", ("prompts", self.prompt_index)
-            ) from None
-        assertions = []
-        for assertion, path in self.assertions:
-            try:
-                assertions.append(render_assertion(assertion, values))
-            except AssertionConfigError as exc:
-                message, prefix = str(exc), format_path(path)
-                raise DatasetRowError(
-                    message[len(prefix) + 2 :] if message.startswith(prefix + ": ") else message, path
-                ) from None
-        identity = case_id(
-            values,
-            [a.to_dict() for a in assertions],
-            self.threshold,
-            self.prompt_index if self.several_prompts else None,
-            self.model.display if self.several_providers else None,
-        )
-        return Case(
-            suite=self.suite,
-            case_id=identity,
+        return build_case(
+            self.suite,
+            self.prompt,
+            self.prompt_index,
+            self.variables(row),
+            self.assertions,
+            self.model,
             name=f"row {row_index}",
-            prompt=self.prompt,
-            rendered_prompt=rendered,
-            prompt_index=self.prompt_index,
             test_index=row_index,
-            vars=values,
-            assertions=tuple(assertions),
-            model=self.model,
+            position=row_index,
+            missing=_MISSING,
             threshold=self.threshold,
             base_dir=self.base_dir,
-            position=row_index,
+            several_prompts=self.several_prompts,
+            several_providers=self.several_providers,
         )
+
+
+_MISSING = Missing(("dataset",), "map a column to it with dataset.vars or set it in defaultTest.vars")
 
 
 @dataclass(frozen=True)
@@ -170,7 +127,7 @@ def _pyarrow() -> Any:
     try:
         import pyarrow  # noqa: F401
     except ImportError:
-        raise DatasetRowError("Parquet needs pyarrow: pip install pyarrow (or 'pytest-promptopt[spark]')") from None
+        raise CaseError("Parquet needs pyarrow: pip install pyarrow (or 'pytest-promptopt[spark]')") from None
     import pyarrow.dataset
     import pyarrow.parquet
 
@@ -200,13 +157,11 @@ def columns(source: DatasetSource) -> list[str]:
     return []
 
 
-def read_rows(
-    source: DatasetSource, chunk_rows: int = CHUNK_ROWS
-) -> Iterator[tuple[int, dict[str, Any] | DatasetRowError]]:
+def read_rows(source: DatasetSource, chunk_rows: int = CHUNK_ROWS) -> Iterator[tuple[int, dict[str, Any] | CaseError]]:
     """`(row_index, row)` for each row, up to `limit`; a row that cannot be read (a JSONL line
-    that is not an object) comes as a `DatasetRowError` in its place. Holds one chunk at a time."""
+    that is not an object) comes as a `CaseError` in its place. Holds one chunk at a time."""
     if source.path is None:
-        raise DatasetRowError(f"{source.describe()} is read by the Spark backend only (--promptopt-backend spark)")
+        raise CaseError(f"{source.describe()} is read by the Spark backend only (--promptopt-backend spark)")
     index = 0
     for row in _rows(source, chunk_rows):
         if source.limit is not None and index >= source.limit:
@@ -215,7 +170,7 @@ def read_rows(
         index += 1
 
 
-def _rows(source: DatasetSource, chunk_rows: int) -> Iterator[dict[str, Any] | DatasetRowError]:
+def _rows(source: DatasetSource, chunk_rows: int) -> Iterator[dict[str, Any] | CaseError]:
     assert source.path is not None
     if source.format == "parquet":
         pa = _pyarrow()
@@ -240,11 +195,11 @@ def _rows(source: DatasetSource, chunk_rows: int) -> Iterator[dict[str, Any] | D
                 yield _json_row(line, number)
 
 
-def _json_row(line: str, number: int) -> dict[str, Any] | DatasetRowError:
+def _json_row(line: str, number: int) -> dict[str, Any] | CaseError:
     try:
         row = json.loads(line)
     except ValueError as exc:
-        return DatasetRowError(f"line {number}: invalid JSON: {exc}")
+        return CaseError(f"line {number}: invalid JSON: {exc}")
     if not isinstance(row, dict):
-        return DatasetRowError(f"line {number}: each line must be a JSON object")
+        return CaseError(f"line {number}: each line must be a JSON object")
     return row

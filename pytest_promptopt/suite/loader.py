@@ -11,7 +11,6 @@ import dataclasses
 import difflib
 import functools
 import glob
-import hashlib
 import itertools
 import json
 import re
@@ -20,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..assertions.base import Assertion, AssertionConfigError, assertion_types
-from ..assertions.scoring import render_assertion
+from ..assertions.base import Assertion, assertion_types
 from ..gates import parse_gates
-from ..models.registry import ModelSpec, parse_model_spec
-from ..prompt import MissingVariable, Prompt, TemplateError, render_prompt
-from .dataset import FORMATS, CaseFactory, DatasetRowError, DatasetSlice, DatasetSource, DatasetSpec, columns, read_rows
+from ..models.specs import ModelSpec, parse_model_spec
+from ..prompt import Prompt, TemplateError
+from .cases import CaseError, Missing, build_case
+from .dataset import FORMATS, CaseFactory, DatasetSlice, DatasetSource, DatasetSpec, columns, read_rows
 from .document import DocumentError, LineMap, format_path, load_yaml, read_document
 from .model import Case, Repeats, SuiteError, SuiteInfo
 
@@ -238,7 +237,7 @@ def _prompts(raw: Any, ctx: _Context) -> list[Prompt]:
 
 def _registry_prompt(uri: str, label: str | None, path: tuple[Any, ...], ctx: _Context) -> Prompt:
     """A prompt from the MLflow Prompt Registry, resolved once per session to a fixed version."""
-    from ..registry import RegistryError, resolver
+    from ..mlflow.prompts import RegistryError, resolver
 
     try:
         found = (ctx.resolve_prompt or resolver().resolve)(uri)
@@ -592,11 +591,6 @@ def _assertion(raw: Mapping[str, Any], where: str, grader: Any = None) -> Assert
     )
 
 
-def case_id(*parts: Any) -> str:
-    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha1(blob.encode("utf-8")).hexdigest()[:12]
-
-
 def _cases(
     info: SuiteInfo,
     prompts: list[Prompt],
@@ -606,6 +600,7 @@ def _cases(
     ctx: _Context,
 ) -> Iterator[Case]:
     seen: dict[str, int] = {}
+    position = 0
     for test in tests:
         merged = _merge(default, test.data, test.path, ctx)
         path = test.path
@@ -618,73 +613,53 @@ def _cases(
                 raise ctx.error(path + ("provider",), str(exc).split(": ", 1)[-1]) from None
         raw_asserts = merged["assert"]
         n_default = len(raw_asserts) - len(test.data.get("assert", []))
+        placed = []
+        for a_index, raw in enumerate(raw_asserts):
+            a_path = (
+                ("defaultTest", "assert", a_index) if a_index < n_default else path + ("assert", a_index - n_default)
+            )
+            placed.append((_assertion(raw, format_path(a_path), merged["options"].get("provider")), a_path))
+        missing = Missing(path + ("vars",), "add it to this test's vars or to defaultTest.vars")
         combos = _var_combinations(base_vars)
         for combo_index, variables in enumerate(combos):
             for prompt_index, prompt in enumerate(prompts):
-                try:
-                    rendered = render_prompt(prompt.template, variables)
-                except TemplateError as exc:
-                    where = f"prompts[{prompt_index}] ({prompt.label})"
-                    if isinstance(exc, MissingVariable):
-                        raise ctx.error(
-                            path + ("vars",), f"{exc} in {where}; add it to this test's vars or to defaultTest.vars"
-                        ) from None
-                    raise ctx.error(("prompts", prompt_index), f"{exc} in {where}") from None
-                assertions = []
-                for a_index, raw in enumerate(raw_asserts):
-                    a_path = (
-                        ("defaultTest", "assert", a_index)
-                        if a_index < n_default
-                        else path + ("assert", a_index - n_default)
-                    )
-                    try:
-                        assertions.append(
-                            render_assertion(
-                                _assertion(raw, format_path(a_path), merged["options"].get("provider")), variables
-                            )
-                        )
-                    except AssertionConfigError as exc:
-                        message, prefix = str(exc), format_path(a_path)
-                        if message.startswith(prefix + ": "):
-                            message = message[len(prefix) + 2 :]
-                        raise ctx.error(a_path, message) from None
                 for spec in test_providers:
-                    identity = case_id(
-                        variables,
-                        [a.to_dict() for a in assertions],
-                        merged["threshold"],
-                        prompt_index if len(prompts) > 1 else None,
-                        spec.display if len(test_providers) > 1 else None,
-                    )
-                    occurrence = seen.get(identity, 0)
-                    seen[identity] = occurrence + 1
-                    if occurrence:
-                        identity = f"{identity}-{occurrence}"
-                    yield Case(
-                        suite=info,
-                        case_id=identity,
-                        name=_name(
-                            merged["description"] or _vars_label(variables),
-                            test.index,
-                            combo_index,
-                            len(combos),
+                    label = merged["description"] or _vars_label(variables)
+                    try:
+                        case = build_case(
+                            info,
+                            prompt,
                             prompt_index,
-                            len(prompts),
+                            variables,
+                            placed,
                             spec,
-                            len(test_providers),
-                        ),
-                        prompt=prompt,
-                        rendered_prompt=rendered,
-                        prompt_index=prompt_index,
-                        test_index=test.index,
-                        vars=variables,
-                        assertions=tuple(assertions),
-                        model=spec,
-                        threshold=merged["threshold"],
-                        description=merged["description"],
-                        base_dir=ctx.base_dir,
-                        position=sum(seen.values()) - 1,
-                    )
+                            name=_name(
+                                label,
+                                test.index,
+                                combo_index,
+                                len(combos),
+                                prompt_index,
+                                len(prompts),
+                                spec,
+                                len(test_providers),
+                            ),
+                            test_index=test.index,
+                            position=position,
+                            missing=missing,
+                            threshold=merged["threshold"],
+                            description=merged["description"],
+                            base_dir=ctx.base_dir,
+                            several_prompts=len(prompts) > 1,
+                            several_providers=len(test_providers) > 1,
+                        )
+                    except CaseError as exc:
+                        raise ctx.error(exc.path, exc.message) from None
+                    occurrence = seen.get(case.case_id, 0)
+                    seen[case.case_id] = occurrence + 1
+                    if occurrence:  # the same test written twice: each is its own case
+                        case = dataclasses.replace(case, case_id=f"{case.case_id}-{occurrence}")
+                    position += 1
+                    yield case
 
 
 # ----------------------------------------------------------------------------- fuzz blocks
@@ -762,7 +737,7 @@ def _fuzz(
         for slice_ident, factory in factories:
             try:
                 case = factory(values, index)
-            except DatasetRowError as exc:
+            except CaseError as exc:
                 where = exc.path if exc.path and exc.path[0] != "dataset" else here
                 raise ctx.error(
                     where,
@@ -914,7 +889,7 @@ def _check_dataset(source: DatasetSource, slices: list[DatasetSlice], defaults: 
     default; the first row makes a case (assertion values render, regexes compile, ...)."""
     try:
         found = columns(source)
-    except (DatasetRowError, OSError, UnicodeDecodeError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+    except (CaseError, OSError, UnicodeDecodeError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
         raise ctx.error(("dataset", "path"), f"{source.written}: cannot read: {exc}") from None
     listed = ", ".join(found[:30]) + (", ..." if len(found) > 30 else "")
     for var, column in source.renames:
@@ -944,12 +919,12 @@ def _check_dataset(source: DatasetSource, slices: list[DatasetSlice], defaults: 
     if first is None:
         return
     index, row = first
-    if isinstance(row, DatasetRowError):
+    if isinstance(row, CaseError):
         raise ctx.error(("dataset", "path"), f"{source.written}: {row.message}")
     for item in slices:
         try:
             item.make_case(row, index)
-        except DatasetRowError as exc:
+        except CaseError as exc:
             raise ctx.error(exc.path or ("dataset",), f"{exc.message} (first row of {source.written})") from None
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..assertions.base import Assertion
 from ..gates import Gate
-from ..models.registry import ModelSpec
+from ..models.specs import ModelSpec
 from ..prompt import Prompt
 
 

@@ -10,8 +10,6 @@ repeats (`fold_repeated_tests`), so the statistics read them as a suite-file cas
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,11 +23,12 @@ from .assertions.scoring import CaseGrade, grade_case, render_assertion
 from .cache import CallStats
 from .execute import fill_grade, fill_response, json_safe
 from .models.base import Message, Model, ModelError, Request, Response
-from .models.registry import ModelSpec, parse_model_spec
+from .models.specs import ModelSpec, parse_model_spec
+from .records import CaseResult
 from .redact import redact
-from .report.text import describe_case
-from .results import CaseResult, merge_samples
+from .report.failure import describe_case
 from .session import PromptoptSession
+from .suite.cases import python_case_id
 from .suite.model import Repeats, SuiteInfo
 
 __all__ = [
@@ -38,11 +37,7 @@ __all__ = [
     "ModelClient",
     "PromptCheck",
     "PythonCaseRecorder",
-    "fold_repeated_tests",
-    "python_case_id",
     "python_repeats",
-    "repeat_id",
-    "split_repeat",
 ]
 
 # The indirect parameter that makes a repeated test's items; also a fixture a test may request.
@@ -73,12 +68,12 @@ class PythonCaseRecorder:
     started: float = field(default_factory=time.perf_counter)
 
     def __post_init__(self) -> None:
-        from .registry import take_rendered
+        from .mlflow.prompts import take_rendered
 
         take_rendered()  # registry prompts rendered from now on belong to this test
 
     def result(self, call_passed: bool) -> CaseResult:
-        from .registry import take_rendered
+        from .mlflow.prompts import take_rendered
 
         result = CaseResult(
             case_id=python_case_id(self.nodeid),
@@ -259,77 +254,6 @@ def python_repeats(marker: pytest.Mark | None, repeats: Repeats, nodeid: str) ->
             f"@pytest.mark.promptopt(repeat=...) on {nodeid}: give a whole number of samples, 1 or more, got {value!r}"
         )
     return repeats.for_suite(value)
-
-
-def repeat_id(index: int, repeats: int) -> str:
-    """The id a repeated test's sample `index` (0-based) adds to the item's name: `repeat2of5`."""
-    return f"repeat{index + 1}of{repeats}"
-
-
-_REPEAT_ID = re.compile(r"repeat(\d+)of(\d+)")
-
-
-def split_repeat(nodeid: str) -> tuple[str, int, int] | None:
-    """(the test's node id without its sample's id, the sample's index, the samples) for an item
-    of a repeated test; None for any other node id. Works on item names too."""
-    head, sep, name = nodeid.rpartition("::")
-    base, bracket, params = name.partition("[")
-    if not bracket or not params.endswith("]"):
-        return None
-    ids = params[:-1].split("-")
-    for n, part in enumerate(ids):
-        found = _REPEAT_ID.fullmatch(part)
-        if found and 1 <= int(found[1]) <= int(found[2]):
-            rest = "-".join(ids[:n] + ids[n + 1 :])
-            return f"{head}{sep}{base}" + (f"[{rest}]" if rest else ""), int(found[1]) - 1, int(found[2])
-    return None
-
-
-def python_case_id(nodeid: str) -> str:
-    return hashlib.sha1(nodeid.encode()).hexdigest()[:12]
-
-
-def fold_repeated_tests(
-    records: Sequence[tuple[SuiteInfo, Any]], crashed: Sequence[CaseResult] = ()
-) -> list[tuple[SuiteInfo, Any]]:
-    """`records` (as the controller received them, from any worker in any order) with the
-    samples of each repeated test folded into one record, where its first sample was. `crashed`
-    are error records of samples whose worker died: each joins its case's other samples (one
-    with no other sample that arrived has no known suite, and is left out)."""
-    folded: list[tuple[SuiteInfo, Any]] = []
-    cases: dict[str, tuple[int, dict[int, CaseResult]]] = {}  # node id without the repeat: place, samples
-    for info, record in records:
-        split = split_repeat(record.nodeid) if info.kind == "python" and isinstance(record, CaseResult) else None
-        if split is None:
-            folded.append((info, record))
-            continue
-        nodeid, index, _ = split
-        if nodeid not in cases:
-            cases[nodeid] = (len(folded), {})
-            folded.append((info, record))
-        cases[nodeid][1][index] = record
-    for record in crashed:
-        nodeid, index, _ = split_repeat(record.nodeid) or ("", 0, 0)
-        if nodeid in cases:
-            cases[nodeid][1].setdefault(index, record)
-    for nodeid, (place, samples) in cases.items():
-        folded[place] = (folded[place][0], _fold_case(samples, nodeid))
-    return folded
-
-
-def _fold_case(samples: Mapping[int, CaseResult], nodeid: str) -> CaseResult:
-    """One record for the items of a repeated test (`samples` by index): the case of node id
-    `nodeid`, its repeats folded as a suite-file case's are (`merge_samples`). Calls, cache hits
-    and time add up over the items."""
-    ordered = [samples[index] for index in sorted(samples)]
-    _, _, name = nodeid.rpartition("::")
-    result = dataclasses.replace(ordered[0], case_id=python_case_id(nodeid), name=name, nodeid=nodeid)
-    result.calls = sum(s.calls for s in ordered)
-    result.cache_hits = sum(s.cache_hits for s in ordered)
-    result.duration_s = sum(s.duration_s for s in ordered)
-    if len(ordered) > 1:  # one selected sample (-k, --lf) is a plain record
-        merge_samples(result, ordered, len(ordered))
-    return result
 
 
 def python_model_spec(

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from ..redact import redact, redact_text, scrub
-from ..results import RunSummary, SuiteSummary
 from ..settings import MlflowSettings
+from ..summary import RunSummary, SuiteSummary
 
 __all__ = [
     "Logged",
@@ -272,7 +272,7 @@ def log_run(
         registry_problems: list[str] = []  # prompts that could not be registered (the run is still logged)
         with _terminate_on_error(client, parent):
             _log_batch(client, parent, metrics=_parent_metrics(run))
-            from .json_report import report_dict
+            from ..report.json_report import report_dict
 
             client.log_text(
                 parent, json.dumps(report_dict(run, exit_status=meta.exit_status), indent=2, default=str), REPORT_FILE
@@ -298,7 +298,7 @@ def log_run(
         except Exception as exc:  # the run is logged; a failed read-back must not make it pending
             problems = [f"could not read the logged runs back: {_one_line(exc)}"]
         if traces:  # a trace that could not be written is a warning: the runs are logged
-            from .mlflow_traces import write_and_verify
+            from .traces import write_and_verify
 
             problems += write_and_verify(client, experiment_id, run, children, started_ms=meta.started_ms)
     return Logged(
@@ -317,7 +317,7 @@ def write_pending(
     directory: Path, run: RunSummary, meta: SessionMeta, target: MlflowSettings, *, error: str = ""
 ) -> Path:
     """The JSON report plus what `upload` needs (target, session metadata), written atomically."""
-    from .json_report import report_dict
+    from ..report.json_report import report_dict
 
     data = report_dict(run, exit_status=meta.exit_status)
     data[PENDING_KEY] = {
@@ -342,7 +342,7 @@ def upload_pending(path: Path, *, tracking_uri: str | None = None, experiment: s
 
     The tracking URI is `tracking_uri`, else $MLFLOW_TRACKING_URI, else the one the file records.
     """
-    from .json_report import run_from_report
+    from ..report.json_report import run_from_report
 
     data = json.loads(path.read_text(encoding="utf-8"))
     saved = data.get(PENDING_KEY) or {}
@@ -477,7 +477,7 @@ def _prompt_versions(client: Any, suite: SuiteSummary, problems: list[str], pref
     from the latest one. A failure is a problem to warn about, never a failed run. (The tag is
     written at run creation in MLflow's format: `MlflowClient.link_prompt_version_to_run` writes
     through the global tracking URI in MLflow 3.17, not the client's.)"""
-    from ..registry import RegistryError, parse_uri
+    from .prompts import RegistryError, parse_uri
 
     linked: list[dict[str, str]] = []
 
@@ -557,7 +557,7 @@ def _newest_own_version(client: Any, name: str, latest: int, look_back: int = 20
 def _repair_registry_name(run: RunSummary, repair: Any, prefix: str) -> str:
     """Where a proposal is registered: the registered prompt the suite referenced
     (`prompts:/name@alias`), else the name under which the suite's own prompt is registered."""
-    from ..registry import RegistryError, parse_uri
+    from .prompts import RegistryError, parse_uri
 
     suite = next((s for s in run.suites if s.info.id == repair.suite), None)
     if suite is not None:
@@ -595,7 +595,7 @@ def _log_repair(
 ) -> str:
     """One repair as a child run: what was repaired and how (params), the pass rates before and
     after and the calls (metrics), the proposal, the original and the diff (artifacts)."""
-    from .terminal import repair_lines
+    from ..report.terminal import repair_lines
 
     tags = {
         "mlflow.parentRunId": parent,
@@ -607,7 +607,7 @@ def _log_repair(
         "mlflow.note.content": "\n".join(repair_lines([repair], {0: registry_uri} if registry_uri else None)),
     }
     if registry_uri is not None:
-        from ..registry import parse_uri
+        from .prompts import parse_uri
 
         name, version, _ = parse_uri(registry_uri)
         tags["promptopt.repair.registry_uri"] = registry_uri
@@ -739,7 +739,7 @@ def _log_dataset_cases(client: Any, run_id: str, suite: SuiteSummary, problems: 
         return
     client.log_artifacts(run_id, str(folder), CASES_DIR)
     if suite.cases <= TABLE_ROWS:
-        from ..dataset import iter_results
+        from ..runners.dataset import iter_results
 
         client.log_table(run_id, _case_table(list(iter_results(folder))), TABLE_FILE)
 
@@ -767,7 +767,7 @@ def _rendered_prompts(suite: SuiteSummary) -> str:
 
 
 def _note(run: RunSummary) -> str:
-    from .terminal import repair_lines, summary_lines
+    from ..report.terminal import repair_lines, summary_lines
 
     lines = summary_lines(run) + (["", "repair:", *repair_lines(run.repairs)] if run.repairs else [])
     return "```\n" + "\n".join(lines) + "\n```"

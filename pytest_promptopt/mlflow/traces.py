@@ -21,8 +21,9 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..records import CaseResult
 from ..redact import redact, scrub
-from ..results import CaseResult, RunSummary, SuiteSummary
+from ..summary import RunSummary, SuiteSummary
 
 __all__ = ["CHUNK", "TEST_CASE_ID", "TEST_NAME", "count_run_traces", "log_case_traces", "write_and_verify"]
 

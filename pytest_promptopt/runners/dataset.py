@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .execute import json_safe
-from .redact import redact
-from .results import CaseResult, CaseStats
-from .suite.dataset import DatasetRowError
+from ..case_stats import CaseStats
+from ..execute import json_safe
+from ..records import CaseResult
+from ..redact import redact
+from ..suite.cases import CaseError
 
 __all__ = ["CASE_COLUMNS", "CasesWriter", "Evaluation", "cases_folder", "evaluate", "iter_results", "stats_from_cases"]
 
@@ -155,7 +156,7 @@ class Evaluation:
 
 def row_error(make_case: Any, row: Any, index: int, nodeid: str, message: str) -> CaseResult:
     """The result of a row that could not become a case: an error, never a model call."""
-    from .suite.loader import case_id
+    from ..suite.cases import case_id
 
     values = json_safe(row) if isinstance(row, dict) else {}
     model, prompt = getattr(make_case, "model", None), getattr(make_case, "prompt", None)
@@ -191,10 +192,10 @@ def evaluate(
             for index, row in rows:
                 nodeid = f"{nodeid_prefix}row {index}"
                 try:
-                    if isinstance(row, DatasetRowError):
+                    if isinstance(row, CaseError):
                         raise row
                     case = make_case(row, index)
-                except DatasetRowError as exc:
+                except CaseError as exc:
                     refused.append(row_error(make_case, row, index, nodeid, exc.message))
                     continue
                 yield case, nodeid

@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..results import CaseResult
+from ..records import CaseResult
 
 _MAX = 600
 

@@ -68,7 +68,7 @@ def parse_uri(uri: str) -> tuple[str, int | None, str | None]:
 def fetch(uri: str, tracking_uri: str | None) -> Resolved:
     """One look-up in the registry of `tracking_uri` (None: MLflow's own default)."""
     name, version, alias = parse_uri(uri)
-    from .report.mlflow_writer import _mlflow_calls, _one_line, safe_uri
+    from .runs import _mlflow_calls, _one_line, safe_uri
 
     where = safe_uri(tracking_uri) if tracking_uri else "MLflow's default tracking URI"
     try:

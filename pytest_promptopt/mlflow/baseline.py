@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..baseline import BaselineRef, BaselineRun, BaselineSuite, CaseOutcome
-from .mlflow_writer import TABLE_FILE, MlflowReportError, _mlflow_calls, _one_line, safe_uri
+from .runs import TABLE_FILE, MlflowReportError, _mlflow_calls, _one_line, safe_uri
 
 __all__ = ["BaselineError", "load_baseline"]
 

@@ -1,0 +1,120 @@
+"""The one way a case is built: from a prompt, vars, assertions and a model, wherever they came from.
+
+Suite-file tests (`loader.py`), dataset rows and fuzz blocks (`CaseFactory` in `dataset.py`) all
+call `build_case`, so a case renders, checks its assertions and gets its id the same way, and a
+problem is a `CaseError` naming where in the suite the fix goes. Python prompt tests are cases
+too, identified by their node id (`python_case_id`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..assertions.base import Assertion, AssertionConfigError
+from ..assertions.scoring import render_assertion
+from ..models.specs import ModelSpec
+from ..prompt import MissingVariable, Prompt, TemplateError, render_prompt
+from .document import format_path
+from .model import Case, SuiteInfo
+
+__all__ = ["CaseError", "Missing", "Place", "Placed", "build_case", "case_id", "python_case_id"]
+
+Place = tuple[str | int, ...]  # a place in the suite document, e.g. ("tests", 2, "assert", 0)
+Placed = tuple[Assertion, Place]  # an assertion, unrendered, with its place in the suite
+
+
+class CaseError(ValueError):
+    """A case cannot be built (a template needs a var the case lacks, an assertion value does
+    not render, a dataset row lacks a column). `path` is where in the suite the fix goes. A
+    suite-file test's error is a `SuiteError` at load; a dataset row's is that row's error."""
+
+    def __init__(self, message: str, path: Place = ()) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = path
+
+
+def case_id(*parts: Any) -> str:
+    """A stable id from what makes a case itself (vars, assertions, threshold, and which prompt
+    and provider when a suite has several), so baselines match a case across runs."""
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha1(blob.encode("utf-8")).hexdigest()[:12]
+
+
+def python_case_id(nodeid: str) -> str:
+    """A Python prompt test's case id: its node id (without a repeat's sample id) is what it is."""
+    return hashlib.sha1(nodeid.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Missing:
+    """Where a missing template variable is fixed, and how (it differs for a test and a row)."""
+
+    path: Place
+    hint: str
+
+
+def build_case(
+    suite: SuiteInfo,
+    prompt: Prompt,
+    prompt_index: int,
+    variables: Mapping[str, Any],
+    assertions: Sequence[Placed],
+    model: ModelSpec,
+    *,
+    name: str,
+    test_index: int,
+    position: int,
+    missing: Missing,
+    threshold: float | None = None,
+    description: str = "",
+    base_dir: Path = Path("."),
+    several_prompts: bool = False,
+    several_providers: bool = False,
+) -> Case:
+    """Render `prompt` and `assertions` with `variables` into a `Case`. Raises `CaseError`."""
+    where = f"prompts[{prompt_index}] ({prompt.label})"
+    try:
+        rendered = render_prompt(prompt.template, variables)
+    except MissingVariable as exc:
+        raise CaseError(f"{exc} in {where}; {missing.hint}", missing.path) from None
+    except TemplateError as exc:
+        raise CaseError(f"{exc} in {where}", ("prompts", prompt_index)) from None
+    checks = []
+    for assertion, path in assertions:
+        try:
+            checks.append(render_assertion(assertion, variables))
+        except AssertionConfigError as exc:
+            # The assertion names its place (`where`) in its message; the error carries it as a path.
+            message, prefix = str(exc), format_path(path)
+            raise CaseError(
+                message[len(prefix) + 2 :] if message.startswith(prefix + ": ") else message, path
+            ) from None
+    identity = case_id(
+        variables,
+        [a.to_dict() for a in checks],
+        threshold,
+        prompt_index if several_prompts else None,
+        model.display if several_providers else None,
+    )
+    return Case(
+        suite=suite,
+        case_id=identity,
+        name=name,
+        prompt=prompt,
+        rendered_prompt=rendered,
+        prompt_index=prompt_index,
+        test_index=test_index,
+        vars=variables,
+        assertions=tuple(checks),
+        model=model,
+        threshold=threshold,
+        description=description,
+        base_dir=base_dir,
+        position=position,
+    )
