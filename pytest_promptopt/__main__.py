@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "upload":
         return _upload(args)
     if args.command == "schema":
-        from .suite.loader import suite_schema
+        from .suite.schema import suite_schema
 
         print(json.dumps(suite_schema(), indent=2))
         return 0

@@ -185,10 +185,10 @@ class CaseItem(pytest.Item):
         if result.passed:
             return
         if self.case.fuzz is not None:  # a generated case: Hypothesis shrinks the failure (docs/fuzzing.md)
-            from .fuzz import shrink_failure
+            from .shrinking import shrink_failure
 
             session = self.config.stash[session_key]
-            self.shrunk = shrink_failure(self.case, session.model_for, session.cache)
+            self.shrunk = shrink_failure(self.case, session.model_for, session.cache, session.shrunk)
         gates = self.case.suite.gates
         if gates:
             shrunk = f"; {self.shrunk.summary()}" if self.shrunk is not None else ""

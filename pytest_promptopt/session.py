@@ -27,6 +27,7 @@ from .records import CaseResult
 from .runners.limits import RateLimiter, Throttled, limit_for, throttle
 from .runners.pool import CaseRunner
 from .settings import Settings
+from .shrinking import ShrinkMemo
 from .suite.model import Case, SuiteInfo
 from .summary import RunSummary, summarize
 
@@ -89,6 +90,7 @@ class PromptoptSession:
         self.records: list[tuple[SuiteInfo, CaseResult]] = []
         self._crashed_samples: list[CaseResult] = []  # they join their case in `summary`, which knows its suite
         self._summary: RunSummary | None = None
+        self.shrunk: ShrinkMemo = {}  # failing fuzz blocks' minimal inputs, shrunk once per process
         self.started = time.time()
         self.mlflow: Any = None  # the MLflow reporting outcome (report/mlflow_writer.Outcome)
 

@@ -472,7 +472,7 @@ def test_suite_problems_with_judges_are_load_errors(tmp_path):
     with pytest.raises(SuiteError, match="'g-eval' needs a 'value'"):
         load_suite(suite, "bad.promptopt.yaml", ModelSpec("echo"))
     # promptfoo's CSV shorthand names model-graded types too
-    from pytest_promptopt.suite.loader import assertion_from_string
+    from pytest_promptopt.suite.sources import assertion_from_string
 
     assert assertion_from_string("llm-rubric: is polite") == {"type": "llm-rubric", "value": "is polite"}
     assert assertion_from_string("not-factuality: Paris")["type"] == "not-factuality"

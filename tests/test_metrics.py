@@ -30,7 +30,8 @@ from pytest_promptopt.assertions.scoring import grade_assertion, render_assertio
 from pytest_promptopt.cache import CacheMode, ResponseCache
 from pytest_promptopt.models import embeddings
 from pytest_promptopt.models.specs import ModelSpec
-from pytest_promptopt.suite.loader import assertion_from_string, load_suite
+from pytest_promptopt.suite.loader import load_suite
+from pytest_promptopt.suite.sources import assertion_from_string
 
 
 def grade(a: Assertion, output: str, **ctx: Any) -> Grade:

@@ -16,14 +16,12 @@ from hypothesis import strategies as st
 
 from pytest_promptopt.cache import ResponseCache
 from pytest_promptopt.execute import execute_case
-from pytest_promptopt.fuzz import shrink_failure
 from pytest_promptopt.models.fakes import EchoModel
 from pytest_promptopt.models.specs import ModelSpec
+from pytest_promptopt.shrinking import shrink_failure
 from pytest_promptopt.strategies import (
     INJECTIONS,
-    SchemaNotSupported,
     adversarial,
-    from_schema,
     prompt_settings,
     suite_examples,
     vars_from_examples,
@@ -31,6 +29,7 @@ from pytest_promptopt.strategies import (
 )
 from pytest_promptopt.suite.loader import load_suite
 from pytest_promptopt.suite.model import SuiteError
+from pytest_promptopt.var_strategies import SchemaNotSupported, from_schema
 
 SCHEMAS = [
     {"type": "string", "maxLength": 12},
@@ -379,7 +378,8 @@ def test_a_failing_generated_case_shrinks_to_a_minimal_input(tmp_path):
     failing = [(c, r) for c, r in results if r.passed is False]
     assert failing and all(c.fuzz is not None for c, _ in failing)
     case, result = failing[-1]
-    shrunk = shrink_failure(case, lambda spec: model, cache)
+    memo: dict = {}
+    shrunk = shrink_failure(case, lambda spec: model, cache, memo)
     first = failing[0][0]
     assert shrunk is not None and shrunk.first == first.fuzz.index
     # `long` variants are 1000 to 3000 characters: the smallest failing one is 1000, of the first example's text
@@ -389,12 +389,9 @@ def test_a_failing_generated_case_shrinks_to_a_minimal_input(tmp_path):
     text = shrunk.describe()
     assert f"Hypothesis shrank fuzz[{shrunk.first}]" in text and "FAIL  length" in text
     assert shrunk.summary().startswith('minimal failing input {"text": "Maria Lopez')
-    # Once per block x prompt x provider in a process; the same again in a fresh one.
-    assert shrink_failure(failing[0][0], lambda spec: model, cache) is shrunk
-    from pytest_promptopt import fuzz
-
-    fuzz._SHRUNK.clear()
-    assert shrink_failure(case, lambda spec: model, cache).vars == shrunk.vars
+    # Once per block x prompt x provider for a memo (the session's); the same again with a fresh one.
+    assert shrink_failure(failing[0][0], lambda spec: model, cache, memo) is shrunk
+    assert shrink_failure(case, lambda spec: model, cache, {}).vars == shrunk.vars
 
 
 def test_shrinking_stops_at_its_budget_and_can_be_off(tmp_path):
@@ -403,7 +400,7 @@ def test_shrinking_stops_at_its_budget_and_can_be_off(tmp_path):
         cache = ResponseCache(tmp_path / f"c{budget}.sqlite")
         model, results = run_cases(suite, cache)
         case = next(c for c, r in results if r.passed is False)
-        shrunk = shrink_failure(case, lambda spec, model=model: model, cache)
+        shrunk = shrink_failure(case, lambda spec, model=model: model, cache, {})
         if expect is None:
             assert shrunk is None
         else:

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from pytest_promptopt.models.specs import ModelSpec
-from pytest_promptopt.suite.loader import assertion_from_string, load_suite
+from pytest_promptopt.suite.loader import load_suite
 from pytest_promptopt.suite.model import SuiteError
+from pytest_promptopt.suite.sources import assertion_from_string
 
 DEFAULT = ModelSpec("echo")
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .model import SuiteError
 
 Path_ = tuple[str | int, ...]
 
@@ -128,3 +130,19 @@ def _walk(node: Any, path: Path_, lines: dict[Path_, int]) -> None:
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             _walk(item, path + (index,), lines)
+
+
+class Context:
+    """Where we are in the document, to turn any problem into a `SuiteError`."""
+
+    def __init__(
+        self, file: Path, display: str, lines: LineMap, resolve_prompt: Callable[[str], Any] | None = None
+    ) -> None:
+        self.file = file
+        self.display = display
+        self.lines = lines
+        self.base_dir = file.parent
+        self.resolve_prompt = resolve_prompt
+
+    def error(self, path: Sequence[str | int], message: str) -> SuiteError:
+        return SuiteError(self.display, message, format_path(path), self.lines.line(path))
