@@ -15,13 +15,7 @@ from .report.failure import describe_case
 from .session import PromptoptSession, record_key, session_key
 from .suite.model import Case, SuiteError
 
-SUITE_SUFFIXES = (".promptopt.yaml", ".promptopt.yml", ".promptopt.json")
-PROMPTFOO_NAMES = ("promptfooconfig.yaml", "promptfooconfig.yml", "promptfooconfig.json")
 SKIP_REASON = "prompt test: run it with `pytest --promptopt`"
-
-
-def is_suite_file(path: Path) -> bool:
-    return path.name.endswith(SUITE_SUFFIXES) or path.name in PROMPTFOO_NAMES
 
 
 def _case_nodeid(parent: pytest.Collector, name: str) -> Any:

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from .runners.scheduling import pytest_xdist_make_scheduler  # noqa: F401  (xdist: enough cases per worker to work ahead)
 from .settings import OPTIONS, Settings
 
 PYTHON_FIXTURES = ("prompt_model", "prompt_check")
@@ -87,6 +86,20 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
     if collection_path.name in _OWN_FOLDERS and collection_path.parent == config.rootpath:
         return True
     return None
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """xdist: a scheduler that keeps each worker's look-ahead window of prompt cases full
+    (runners/scheduling.py); None (xdist's own) without --promptopt or on Spark."""
+    from .runners.scheduling import make_scheduler
+    from .session import session_key
+
+    session = config.stash.get(session_key, None)
+    if session is None or not session.settings.enabled or session.settings.backend == "spark":
+        return None
+    scale = session.settings.scale
+    return make_scheduler(config, log, concurrency=scale.concurrency, batch_size=scale.batch_size)
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:

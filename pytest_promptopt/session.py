@@ -28,6 +28,7 @@ from .runners.limits import RateLimiter, Throttled, limit_for, throttle
 from .runners.pool import CaseRunner
 from .settings import Settings
 from .shrinking import ShrinkMemo
+from .suite.document import is_suite_file
 from .suite.model import Case, SuiteInfo
 from .summary import RunSummary, summarize
 
@@ -226,7 +227,6 @@ class PromptoptSession:
         unknown suite). A repeated test's sample always is: its record joins the case's other
         samples, whichever reach the controller, when the summary folds them."""
         from .execute import error_result
-        from .items import is_suite_file
 
         path, _, name = nodeid.partition("::")
         file = self.settings.rootdir / path

@@ -13,7 +13,6 @@ import pytest
 from conftest import ECHO_SUITE, MODES, comparable, load_report
 from fake_openai import FakeOpenAI, echo_last_user_message
 
-import pytest_promptopt.plugin
 from pytest_promptopt.models.base import ModelError, Request, Response
 from pytest_promptopt.runners import scheduling
 from pytest_promptopt.runners.limits import (
@@ -26,13 +25,8 @@ from pytest_promptopt.runners.limits import (
 )
 from pytest_promptopt.runners.pool import CaseRunner
 
-# The look-ahead xdist scheduler (runners/scheduling.py) is registered by the plugin module;
-# where it does not import it yet, these tests load it as a plugin of its own.
-SCHEDULER = (
-    []
-    if hasattr(pytest_promptopt.plugin, "pytest_xdist_make_scheduler")
-    else ["-p", "pytest_promptopt.runners.scheduling"]
-)
+# The look-ahead xdist scheduler (runners/scheduling.py) is the plugin's own hook: nothing to load.
+SCHEDULER: list[str] = []
 
 
 def hosted_suite(url: str, cases: int, extra: str = "") -> str:

@@ -15,9 +15,8 @@ its fair share of what is left so the end of the run stays balanced. Ordinary te
 handled by xdist as before: its queued cases go back to the others, including a top-up
 that could not be sent because the worker had already died.
 
-The hook is registered by importing `pytest_xdist_make_scheduler` into the plugin module, or
-by loading this module as a plugin (`-p pytest_promptopt.runners.scheduling`). Importing it is
-cheap: xdist's scheduler is imported only when xdist asks for one.
+The plugin's `pytest_xdist_make_scheduler` hook asks `make_scheduler` for one. Importing this
+module is cheap: xdist's scheduler is imported only when xdist asks for one.
 """
 
 from __future__ import annotations
@@ -29,36 +28,28 @@ from typing import Any
 
 import pytest
 
-__all__ = ["is_case_nodeid", "pytest_xdist_make_scheduler", "worker_window"]
+from ..suite.document import is_suite_file
+from .pool import lookahead_window
+
+__all__ = ["is_case_nodeid", "make_scheduler", "worker_window"]
 
 
 def worker_window(concurrency: int, batch_size: int, workers: int) -> int:
     """The look-ahead window of one of `workers` xdist workers: each takes 1/W of the concurrency
     (at least one call), as `PromptoptSession.runner` does."""
-    from .pool import lookahead_window
-
     return lookahead_window(max(1, concurrency // max(1, workers)), batch_size)
 
 
-@pytest.hookimpl(optionalhook=True)
-def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """`LookaheadScheduling` for `--dist load` (xdist's default) with --promptopt; otherwise
-    None, and xdist picks its own scheduler."""
-    from ..session import session_key
-
-    session = config.stash.get(session_key, None)
-    if session is None or not session.settings.enabled or session.settings.backend == "spark":
-        return None
+def make_scheduler(config: pytest.Config, log: Any, *, concurrency: int, batch_size: int) -> Any:
+    """`LookaheadScheduling` for xdist's `--dist load` (its default); None for the other modes,
+    and xdist picks its own scheduler."""
     if config.getvalue("dist") != "load":
         return None
-    scale = session.settings.scale
-    return _scheduler_class()(config, log, concurrency=scale.concurrency, batch_size=scale.batch_size)
+    return _scheduler_class()(config, log, concurrency=concurrency, batch_size=batch_size)
 
 
 def is_case_nodeid(nodeid: str) -> bool:
     """Whether a node id is a suite file's item (`path/file.promptopt.yaml::name`)."""
-    from ..items import is_suite_file
-
     path, sep, _ = nodeid.partition("::")
     return bool(sep) and is_suite_file(Path(path))
 

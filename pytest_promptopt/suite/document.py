@@ -12,6 +12,14 @@ from .model import SuiteError
 
 Path_ = tuple[str | int, ...]
 
+SUITE_SUFFIXES = (".promptopt.yaml", ".promptopt.yml", ".promptopt.json")
+PROMPTFOO_NAMES = ("promptfooconfig.yaml", "promptfooconfig.yml", "promptfooconfig.json")
+
+
+def is_suite_file(path: Path) -> bool:
+    """Whether pytest collects `path` as a suite file (by its name only: nothing is read)."""
+    return path.name.endswith(SUITE_SUFFIXES) or path.name in PROMPTFOO_NAMES
+
 
 class DocumentError(ValueError):
     def __init__(self, message: str, line: int | None = None) -> None:
