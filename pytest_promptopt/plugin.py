@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from .settings import OPTIONS, Settings
+from .options import OPTIONS
+from .settings import Settings
 
 PYTHON_FIXTURES = ("prompt_model", "prompt_check")
 REGISTRY_INPUT = "promptopt_registry"  # workerinput key: the session token of registry resolutions

@@ -105,7 +105,7 @@ def test_plugin_can_be_disabled(pytester, run_pytest):
 
 
 def test_help_lists_every_option(run_pytest):
-    from pytest_promptopt.settings import OPTIONS
+    from pytest_promptopt.options import OPTIONS
 
     result = run_pytest("--help")  # argparse formats each help text: a stray % would crash it
     assert result.ret == 0
