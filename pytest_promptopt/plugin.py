@@ -104,9 +104,11 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
-    from .items import SuiteFile, is_suite_file
+    from .suite.document import is_suite_file
 
     if is_suite_file(file_path):
+        from .items import SuiteFile
+
         return SuiteFile.from_parent(parent, path=file_path)
     return None
 

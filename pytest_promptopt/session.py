@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +25,13 @@ from .models.base import Model, ModelError
 from .models.hosted import LiteLLMModel
 from .models.specs import ModelSpec, create_model, with_timeout
 from .records import CaseResult
+from .repeats import fold_repeated_tests, split_repeat
 from .runners.limits import RateLimiter, Throttled, limit_for, throttle
 from .runners.pool import CaseRunner
 from .settings import Settings
-from .shrinking import ShrinkMemo
 from .suite.document import is_suite_file
 from .suite.model import Case, SuiteInfo
-from .summary import RunSummary, summarize
+from .summary import RunSummary, SuiteSummary, suite_outcomes, summarize, summarize_suites
 
 __all__ = ["RECORD_ATTR", "PromptoptSession", "record_key", "session_key"]
 
@@ -91,7 +92,8 @@ class PromptoptSession:
         self.records: list[tuple[SuiteInfo, CaseResult]] = []
         self._crashed_samples: list[CaseResult] = []  # they join their case in `summary`, which knows its suite
         self._summary: RunSummary | None = None
-        self.shrunk: ShrinkMemo = {}  # failing fuzz blocks' minimal inputs, shrunk once per process
+        # Failing fuzz blocks' minimal inputs (shrinking.shrink_failure's memo), shrunk once per process.
+        self.shrunk: dict[tuple[int, int, str], Any] = {}
         self.started = time.time()
         self.mlflow: Any = None  # the MLflow reporting outcome (report/mlflow_writer.Outcome)
 
@@ -244,8 +246,6 @@ class PromptoptSession:
                 return False
             info, result = loaded.info, error_result(case, nodeid, message)
         else:
-            from .repeats import split_repeat
-
             result = CaseResult(case_id=nodeid, name=name, nodeid=nodeid, error=message)
             if split_repeat(nodeid) is not None:
                 self._crashed_samples.append(result)
@@ -273,38 +273,43 @@ class PromptoptSession:
         self._summary = None
 
     def finish(self, exit_status: int, pytest_args: list[str]) -> tuple[int, list[str]]:
-        """After every case ran (on the controller): compare with a baseline, decide the gates,
-        write the JSON and HTML reports and log to MLflow. Returns the session's exit status
-        (a failing gate turns 0 into 1) and warnings to show."""
-        run = self.summary()
+        """After every case ran (on the controller): aggregate, compare with a baseline, decide the
+        gates, repair, and build the run's `RunSummary` once; then write the JSON and HTML reports
+        and log to MLflow, which only read it. Returns the session's exit status (a failing gate
+        turns 0 into 1) and warnings to show."""
         messages: list[str] = []
         settings = self.settings
-        if settings.baseline is not None and run.baseline is None:
+        suites = summarize_suites(fold_repeated_tests(self.records, self._crashed_samples), settings.gate_rule)
+        baseline = None
+        if settings.baseline is not None:
             # --promptopt-baseline (or the default baseline file): shown by every reporter; the
             # regression gate fails the run on a significant drop, unless the run replaces it.
-            run.baseline = self._compare(run)
-            run.baseline.gating = settings.update_baseline is None
-            if run.baseline.error:
-                messages.append(run.baseline.error)
+            baseline = dataclasses.replace(self._compare(suites), gating=settings.update_baseline is None)
+            if baseline.error:
+                messages.append(baseline.error)
         if settings.update_baseline is not None:
             from .baseline import write_baseline_file
 
-            write_baseline_file(settings.update_baseline, run.suite_outcomes())
+            outcomes = suite_outcomes(suites)
+            write_baseline_file(settings.update_baseline, outcomes)
             messages.append(
-                f"baseline written: {settings.update_baseline} ({len(run.suite_outcomes())} suites); review and commit it"
+                f"baseline written: {settings.update_baseline} ({len(outcomes)} suites); review and commit it"
             )
-        if not run.gates_passed and exit_status == 0:
+        gated = RunSummary(suites, baseline)
+        if not gated.gates_passed and exit_status == 0:
             exit_status = 1
-        if self.settings.repair is not None and not run.repairs:
+        repairs: tuple[Any, ...] = ()
+        if settings.repair is not None:
             # --promptopt-repair: a proposal for each failing suite; the gates' verdict stands.
             from .repair.run import repair_run
 
-            run.repairs = repair_run(self, run, self.settings.repair)
-        if self.settings.report_path is not None:
+            repairs = tuple(repair_run(self, gated, settings.repair))
+        run = self._summary = RunSummary(suites, baseline, repairs, exit_status)
+        if settings.report_path is not None:
             from .report.json_report import write_report
 
-            write_report(self.settings.report_path, run, exit_status=exit_status)
-        html_path = self.settings.html_path
+            write_report(settings.report_path, run, exit_status=exit_status)
+        html_path = settings.html_path
         if html_path is not None:  # also logged to MLflow as an artifact
             from .report.html_report import write_html
 
@@ -315,7 +320,7 @@ class PromptoptSession:
 
             meta = SessionMeta.collect(
                 run,
-                rootdir=self.settings.rootdir,
+                rootdir=settings.rootdir,
                 pytest_args=pytest_args,
                 started=self.started,
                 exit_status=exit_status,
@@ -324,7 +329,7 @@ class PromptoptSession:
             messages.extend(self.mlflow.warnings())
         return exit_status, messages
 
-    def _compare(self, run: RunSummary) -> Any:
+    def _compare(self, suites: Sequence[SuiteSummary]) -> Any:
         """The run's `BaselineComparison` with the settings' baseline; a baseline that cannot be
         loaded gives a comparison whose `error` says why (the run's results stand as they are)."""
         from .baseline import BaselineComparison, BaselineFileError, compare_run, read_baseline_file
@@ -333,19 +338,19 @@ class PromptoptSession:
         assert ref is not None
         if ref.source == "file":
             try:
-                return compare_run(run.suite_outcomes(), read_baseline_file(Path(str(ref.path))), regression)
+                return compare_run(suite_outcomes(suites), read_baseline_file(Path(str(ref.path))), regression)
             except BaselineFileError as exc:
                 return BaselineComparison.failed(ref.describe(), str(exc))
         mlflow = self.settings.mlflow
         assert mlflow is not None  # settings refuse an MLflow baseline with --promptopt-no-mlflow
         from .mlflow.baseline import compare_with_baseline
 
-        return compare_with_baseline(run, ref, mlflow.tracking_uri, mlflow.experiment, regression)
+        return compare_with_baseline(RunSummary(tuple(suites)), ref, mlflow.tracking_uri, mlflow.experiment, regression)
 
     def summary(self) -> RunSummary:
+        """The run as reported: after `finish`, the one `RunSummary` every reporter read; before
+        (a progress line, a crash record), the records so far."""
         if self._summary is None:
-            from .repeats import fold_repeated_tests
-
             self._summary = summarize(fold_repeated_tests(self.records, self._crashed_samples), self.settings.gate_rule)
         return self._summary
 

@@ -14,7 +14,7 @@ from .gates import PASS_K, PASS_RATE, GateResult, decide
 from .records import CaseResult
 from .suite.model import SuiteInfo
 
-__all__ = ["RunSummary", "SuiteSummary", "summarize"]
+__all__ = ["RunSummary", "SuiteSummary", "suite_outcomes", "summarize", "summarize_suites"]
 
 
 @dataclass
@@ -143,20 +143,19 @@ class SuiteSummary:
         return self.stats.totals()
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunSummary:
-    suites: list[SuiteSummary]
-    baseline: BaselineComparison | None = None  # set by the controller with --promptopt-baseline
-    repairs: list[Any] = field(default_factory=list)  # repair/result.RepairResult, with --promptopt-repair
+    """A whole run, as every reporter reads it: built once by the controller after the gates, the
+    baseline comparison and the repairs, and never changed afterwards."""
+
+    suites: tuple[SuiteSummary, ...]
+    baseline: BaselineComparison | None = None  # --promptopt-baseline (or the default baseline file)
+    repairs: tuple[Any, ...] = ()  # repair/result.RepairResult, with --promptopt-repair
+    exit_status: int | None = None  # the session's, after the gates (None when not known, e.g. a rebuilt report)
 
     def suite_outcomes(self) -> dict[str, tuple[str, list[CaseOutcome]]]:
-        """Each suite's case outcomes by suite id, the current side of `baseline.compare_run`.
-        Dataset suites are left out: their rows are in a file, not in the summary."""
-        return {
-            s.info.id: (s.info.name, [outcome_from_result(r) for r in s.results])
-            for s in self.suites
-            if s.dataset is None
-        }
+        """Each suite's case outcomes by suite id, the current side of `baseline.compare_run`."""
+        return suite_outcomes(self.suites)
 
     @property
     def gates_passed(self) -> bool:
@@ -173,7 +172,15 @@ class RunSummary:
         return [(s, g) for s in self.suites for g in s.gates if not g.passed]
 
 
-def summarize(records: Iterable[tuple[SuiteInfo, CaseResult | DatasetPart]], gate_rule: str = "point") -> RunSummary:
+def suite_outcomes(suites: Iterable[SuiteSummary]) -> dict[str, tuple[str, list[CaseOutcome]]]:
+    """Each suite's case outcomes by suite id. Dataset suites are left out: their rows are in a
+    file, not in the summary."""
+    return {s.info.id: (s.info.name, [outcome_from_result(r) for r in s.results]) for s in suites if s.dataset is None}
+
+
+def summarize_suites(
+    records: Iterable[tuple[SuiteInfo, CaseResult | DatasetPart]], gate_rule: str = "point"
+) -> tuple[SuiteSummary, ...]:
     """Group case results by suite; a suite file's results in file order, Python tests by node
     id. A dataset suite's parts (one per prompt x provider item) merge into one."""
     grouped: dict[str, tuple[SuiteInfo, list[CaseResult], list[DatasetPart]]] = {}
@@ -195,4 +202,9 @@ def summarize(records: Iterable[tuple[SuiteInfo, CaseResult | DatasetPart]], gat
         ]
         suites.append(summary)
     suites.sort(key=lambda s: s.info.id)
-    return RunSummary(suites)
+    return tuple(suites)
+
+
+def summarize(records: Iterable[tuple[SuiteInfo, CaseResult | DatasetPart]], gate_rule: str = "point") -> RunSummary:
+    """A `RunSummary` of `records` alone (no baseline, no repairs)."""
+    return RunSummary(summarize_suites(records, gate_rule))

@@ -3,6 +3,7 @@ data, and `--promptopt-baseline mlflow:...` end to end against a real SQLite MLf
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -295,7 +296,7 @@ def test_the_report_html_plot_and_a_pending_round_trip_carry_the_comparison():
         "abc",
         {"s.yaml": BaselineSuite("s.yaml", "s", [case("a", "passed", "ok"), case("b", "passed", "ok")], "child")},
     )
-    run.baseline = compare_run(run.suite_outcomes(), baseline)
+    run = dataclasses.replace(run, baseline=compare_run(run.suite_outcomes(), baseline))
     data = json.loads(json.dumps(report_dict(run)))
     assert data["suites"][0]["baseline"]["newly_failing"] == ["a"] and data["suites"][0]["baseline"]["delta"] == -0.5
     assert run_from_report(data).baseline == run.baseline  # a pending run keeps its comparison

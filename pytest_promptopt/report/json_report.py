@@ -12,7 +12,7 @@ from ..baseline import BaselineComparison, SuiteComparison
 from ..case_stats import CaseStats, DatasetPart
 from ..records import CaseResult
 from ..redact import redact
-from ..summary import RunSummary, SuiteSummary, summarize
+from ..summary import RunSummary, SuiteSummary, summarize_suites
 
 REPORT_VERSION = 1
 
@@ -112,7 +112,7 @@ def run_from_report(data: dict[str, Any]) -> RunSummary:
             records.append(
                 (info, DatasetPart(CaseStats.from_dict(suite["stats"]), suite["cases_file"], suite.get("source") or ""))
             )
-    run = summarize(records)
+    baseline = None
     if data.get("baseline"):  # the comparison travels with a pending run
         top = data["baseline"]
         suites = {
@@ -120,10 +120,10 @@ def run_from_report(data: dict[str, Any]) -> RunSummary:
             for s in data.get("suites", [])
             if s.get("baseline")
         }
-        run.baseline = BaselineComparison(
+        baseline = BaselineComparison(
             top["ref"], top.get("run_id"), suites, list(top.get("removed_suites") or []), top.get("error")
         )
     from ..repair.result import RepairResult
 
-    run.repairs = [RepairResult.from_dict(r) for r in data.get("repairs") or []]  # they travel with a pending run too
-    return run
+    repairs = tuple(RepairResult.from_dict(r) for r in data.get("repairs") or [])  # they travel with a pending run too
+    return RunSummary(summarize_suites(records), baseline, repairs, data.get("exit_status"))
