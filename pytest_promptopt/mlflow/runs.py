@@ -272,7 +272,7 @@ def log_run(
         registry_problems: list[str] = []  # prompts that could not be registered (the run is still logged)
         with _terminate_on_error(client, parent):
             _log_batch(client, parent, metrics=_parent_metrics(run))
-            from ..report.json_report import report_dict
+            from ..run_json import report_dict
 
             client.log_text(
                 parent, json.dumps(report_dict(run, exit_status=meta.exit_status), indent=2, default=str), REPORT_FILE
@@ -317,7 +317,7 @@ def write_pending(
     directory: Path, run: RunSummary, meta: SessionMeta, target: MlflowSettings, *, error: str = ""
 ) -> Path:
     """The JSON report plus what `upload` needs (target, session metadata), written atomically."""
-    from ..report.json_report import report_dict
+    from ..run_json import report_dict
 
     data = report_dict(run, exit_status=meta.exit_status)
     data[PENDING_KEY] = {
@@ -342,7 +342,7 @@ def upload_pending(path: Path, *, tracking_uri: str | None = None, experiment: s
 
     The tracking URI is `tracking_uri`, else $MLFLOW_TRACKING_URI, else the one the file records.
     """
-    from ..report.json_report import run_from_report
+    from ..run_json import run_from_report
 
     data = json.loads(path.read_text(encoding="utf-8"))
     saved = data.get(PENDING_KEY) or {}
