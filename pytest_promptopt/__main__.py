@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 def _upload(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .mlflow.runs import upload_pending
+    from .mlflow.upload import upload_pending
 
     status = 0
     for name in args.files:

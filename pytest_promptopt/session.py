@@ -90,7 +90,7 @@ class PromptoptSession:
         self._crashed_samples: list[CaseResult] = []  # they join their case in `summary`, which knows its suite
         self._summary: RunSummary | None = None
         self.started = time.time()
-        self.mlflow: Any = None  # the MLflow reporting outcome (report/mlflow_writer.Outcome)
+        self.mlflow: Any = None  # the MLflow reporting outcome (mlflow/upload.Outcome)
 
     # ------------------------------------------------------------------ execution (any process)
 
@@ -309,7 +309,8 @@ class PromptoptSession:
             write_html(html_path, run, exit_status=exit_status)
         mlflow = settings.mlflow
         if mlflow is not None:
-            from .mlflow.runs import SessionMeta, report_run
+            from .mlflow.layout import SessionMeta
+            from .mlflow.upload import report_run
 
             meta = SessionMeta.collect(
                 run,

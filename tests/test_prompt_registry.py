@@ -193,7 +193,7 @@ def test_no_mlflow_registers_nothing(pytester, run_pytest, migrated_store):  # n
 
 def test_names_and_references():
     from pytest_promptopt.mlflow.prompts import RegistryError, parse_uri
-    from pytest_promptopt.mlflow.runs import registry_name
+    from pytest_promptopt.mlflow.registry import registry_name
 
     assert parse_uri("prompts:/qa.v2/3") == ("qa.v2", 3, None)
     assert parse_uri("prompts:/qa@champion") == ("qa", None, "champion")

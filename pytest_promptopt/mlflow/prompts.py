@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .client import mlflow_calls, one_line, safe_uri
+
 __all__ = ["PromptResolver", "RegistryError", "Resolved", "is_registry_uri", "parse_uri", "resolver"]
 
 SCHEME = "prompts:/"
@@ -68,11 +70,9 @@ def parse_uri(uri: str) -> tuple[str, int | None, str | None]:
 def fetch(uri: str, tracking_uri: str | None) -> Resolved:
     """One look-up in the registry of `tracking_uri` (None: MLflow's own default)."""
     name, version, alias = parse_uri(uri)
-    from .runs import _mlflow_calls, _one_line, safe_uri
-
     where = safe_uri(tracking_uri) if tracking_uri else "MLflow's default tracking URI"
     try:
-        with _mlflow_calls():
+        with mlflow_calls():
             from mlflow import MlflowClient
             from mlflow.exceptions import MlflowException
 
@@ -90,7 +90,7 @@ def fetch(uri: str, tracking_uri: str | None) -> Resolved:
     except RegistryError:
         raise
     except Exception as exc:  # network, database, or mlflow missing
-        raise RegistryError(f"cannot read the registry at {where}: {_one_line(exc)}") from None
+        raise RegistryError(f"cannot read the registry at {where}: {one_line(exc)}") from None
     if found is None:
         raise RegistryError(f"not found in the registry at {where}")
     template = found.template
