@@ -72,8 +72,8 @@ def load_suite(
 ) -> LoadedSuite:
     """Parse, validate and expand a suite file into cases. Raises `SuiteError`.
 
-    `resolve_prompt` turns a `prompts:/...` reference into a `registry.Resolved` (default: the
-    running session's resolver, see `registry.resolver`). `backend` (`local`/`spark`) is the
+    `resolve_prompt` turns a `prompts:/...` reference into a `mlflow.prompts.Resolved` (default:
+    the running session's, `PromptResolver.from_environment`). `backend` (`local`/`spark`) is the
     run's: a dataset `table` needs `spark`; None (e.g. `validate`) does not check. `repeats` is
     the run's samples per case, which the suite's `repeat:` may override (`Repeats.for_suite`)."""
     try:
@@ -237,10 +237,10 @@ def _prompts(raw: Any, ctx: _Context) -> list[Prompt]:
 
 def _registry_prompt(uri: str, label: str | None, path: tuple[Any, ...], ctx: _Context) -> Prompt:
     """A prompt from the MLflow Prompt Registry, resolved once per session to a fixed version."""
-    from ..mlflow.prompts import RegistryError, resolver
+    from ..mlflow.prompts import PromptResolver, RegistryError
 
     try:
-        found = (ctx.resolve_prompt or resolver().resolve)(uri)
+        found = (ctx.resolve_prompt or PromptResolver.from_environment().resolve)(uri)
     except RegistryError as exc:
         raise ctx.error(path, f"registered prompt {uri}: {exc}") from None
     return Prompt(found.template, label=label or uri, source=uri, registry_uri=found.uri)
