@@ -28,14 +28,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from pathlib import Path
 
+    from .mlflow.prompts import PromptResolver
     from .models.specs import BUNDLED, ModelSpec
     from .suite.loader import load_suite
     from .suite.model import SuiteError
 
     status = 0
+    # Registry references resolve as a session's would: its pinning file when
+    # $PYTEST_PROMPTOPT_REGISTRY names one, else $MLFLOW_TRACKING_URI's registry.
+    resolver = PromptResolver.from_environment()
     for name in args.files:
         try:
-            loaded = load_suite(Path(name), name, ModelSpec(BUNDLED))
+            loaded = load_suite(Path(name), name, ModelSpec(BUNDLED), resolver.resolve)
         except SuiteError as exc:
             print(exc, file=sys.stderr)
             status = 1
@@ -53,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 def _upload(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .mlflow.runs import upload_pending
+    from .mlflow.upload import upload_pending
 
     status = 0
     for name in args.files:

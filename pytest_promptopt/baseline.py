@@ -1,7 +1,7 @@
 """Comparing a run with a baseline run, case by case (issue 4: baselines from MLflow).
 
 Pure: no mlflow, no pytest. A baseline is a `BaselineRun` (its suites, each a list of
-`CaseOutcome`s keyed by the stable `case_id`), however it was loaded (`report/mlflow_baseline.py`
+`CaseOutcome`s keyed by the stable `case_id`), however it was loaded (`mlflow/baseline.py`
 reads one from MLflow; file baselines, issue 7, will build the same objects). `compare_run`
 returns a `BaselineComparison`, plain data that round-trips through JSON (`to_dict`/`from_dict`).
 

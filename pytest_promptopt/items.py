@@ -235,7 +235,7 @@ class DatasetItem(pytest.Item):
         session = self.config.stash[session_key]
         # The run token is the controller's (xdist workers get it), so all items of a suite in
         # one session write their parts into one folder.
-        folder = dataset.cases_folder(session.settings.cache_path.parent, self.suite.id, session.registry_token)
+        folder = dataset.cases_folder(session.settings.cache_path.parent, self.suite.id, session.run_token)
         self.cases_file = folder / f"{self.part.ident or 'all'}.parquet"
         if session.settings.backend == "spark":
             self.evaluation = self._on_spark(session, folder)

@@ -17,7 +17,7 @@ from .options import OPTIONS
 from .settings import Settings
 
 PYTHON_FIXTURES = ("prompt_model", "prompt_check")
-REGISTRY_INPUT = "promptopt_registry"  # workerinput key: the session token of registry resolutions
+RUN_TOKEN_INPUT = "promptopt_run_token"  # workerinput key: the controller's session token
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -57,7 +57,7 @@ def pytest_configure(config: pytest.Config) -> None:
         settings,
         is_controller=not workerinput,
         make_model=lambda spec: config.hook.pytest_promptopt_make_model(spec=spec),
-        registry_token=workerinput.get(REGISTRY_INPUT),
+        run_token=workerinput.get(RUN_TOKEN_INPUT),
         workers=int(workerinput.get("workercount", 1)),
     )
     config.stash[session_key] = state
@@ -288,8 +288,8 @@ class ControllerHooks:
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
-        # xdist: workers reuse the controller's Prompt Registry resolutions (registry.py).
-        node.workerinput[REGISTRY_INPUT] = self.state.registry_token
+        # xdist: workers name their session files as the controller does (PromptoptSession.run_token).
+        node.workerinput[RUN_TOKEN_INPUT] = self.state.run_token
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_handlecrashitem(self, crashitem: str, report: pytest.TestReport, sched: Any) -> None:

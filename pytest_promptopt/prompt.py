@@ -16,7 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MissingVariable", "Prompt", "TemplateError", "render_prompt", "render_template", "template_variables"]
+__all__ = [
+    "MissingVariable",
+    "Prompt",
+    "RenderedPrompt",
+    "TemplateError",
+    "render_prompt",
+    "render_template",
+    "template_variables",
+]
 
 
 class TemplateError(ValueError):
@@ -115,6 +123,20 @@ def _render_strings(value: Any, variables: Mapping[str, Any]) -> Any:
     return value
 
 
+class RenderedPrompt(str):
+    """A rendered prompt: a plain `str`, plus the MLflow Prompt Registry version it came from
+    (`registry_uri`, None for an ordinary prompt), so `prompt_model` can link the version to the
+    test's suite run. Anything made from it (`+`, `.strip()`, ...) is a plain `str` again.
+    """
+
+    registry_uri: str | None
+
+    def __new__(cls, text: str, registry_uri: str | None = None) -> RenderedPrompt:
+        rendered = super().__new__(cls, text)
+        rendered.registry_uri = registry_uri
+        return rendered
+
+
 @dataclass(frozen=True)
 class Prompt:
     """A prompt template with `{{var}}` placeholders.
@@ -133,13 +155,14 @@ class Prompt:
         """A registered prompt: `prompts:/name/3` or `prompts:/name@alias` (MLflow Prompt Registry).
 
         Resolved once per pytest session, to a fixed version (an alias becomes its version
-        number), through the session's tracking URI; outside pytest through $MLFLOW_TRACKING_URI.
+        number), through the session's tracking URI (the session publishes its resolutions in
+        $PYTEST_PROMPTOPT_REGISTRY); outside pytest through $MLFLOW_TRACKING_URI.
         Raises `TemplateError` when the prompt, version or alias is unknown or MLflow is unreachable.
         """
-        from .mlflow.prompts import RegistryError, resolver
+        from .mlflow.prompts import PromptResolver, RegistryError
 
         try:
-            found = resolver().resolve(uri)
+            found = PromptResolver.from_environment().resolve(uri)
         except RegistryError as exc:
             raise TemplateError(f"registered prompt {uri}: {exc}") from None
         return cls(found.template, label=label or uri, source=uri, registry_uri=found.uri)
@@ -167,12 +190,9 @@ class Prompt:
     def sha256(self) -> str:
         return hashlib.sha256(self.template.encode("utf-8")).hexdigest()
 
-    def render(self, variables: Mapping[str, Any] | None = None, /, **kwargs: Any) -> str:
-        if self.registry_uri is not None:  # a Python prompt test's child run links this version
-            from .mlflow.prompts import note_rendered
-
-            note_rendered(self.registry_uri)
-        return render_prompt(self.template, {**(variables or {}), **kwargs})
+    def render(self, variables: Mapping[str, Any] | None = None, /, **kwargs: Any) -> RenderedPrompt:
+        """The prompt for these variables (a chat prompt: its JSON message list, as a string)."""
+        return RenderedPrompt(render_prompt(self.template, {**(variables or {}), **kwargs}), self.registry_uri)
 
     def __str__(self) -> str:
         return self.template

@@ -65,16 +65,19 @@ class PythonCaseRecorder:
     outputs: list[str] = field(default_factory=list)
     error: str | None = None
     model_spec: ModelSpec | None = None
+    registry_prompts: list[str] = field(default_factory=list)  # registry versions the model was given
     started: float = field(default_factory=time.perf_counter)
 
-    def __post_init__(self) -> None:
-        from .mlflow.prompts import take_rendered
-
-        take_rendered()  # registry prompts rendered from now on belong to this test
+    def note_prompt(self, prompt: str | Sequence[Message]) -> None:
+        """Remember the Prompt Registry version of a prompt given to the model (a `RenderedPrompt`
+        of `Prompt.from_registry(...)`, as the prompt or a chat message's content)."""
+        parts = [prompt] if isinstance(prompt, str) else [m.get("content") for m in prompt if isinstance(m, Mapping)]
+        for part in parts:
+            uri = getattr(part, "registry_uri", None)
+            if uri is not None and uri not in self.registry_prompts:
+                self.registry_prompts.append(uri)
 
     def result(self, call_passed: bool) -> CaseResult:
-        from .mlflow.prompts import take_rendered
-
         result = CaseResult(
             case_id=python_case_id(self.nodeid),
             name=self.name,
@@ -104,7 +107,7 @@ class PythonCaseRecorder:
         result.calls = self.stats.calls
         result.cache_hits = self.stats.cache_hits
         result.duration_s = time.perf_counter() - self.started
-        result.registry_prompts = take_rendered()  # Prompt.from_registry(...).render() in this test
+        result.registry_prompts = list(self.registry_prompts)  # its suite run links these versions
         return result
 
 
@@ -137,6 +140,11 @@ class ModelClient:
             repeat = self._recorder.repeat
         if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 0:
             raise TypeError(f"prompt_model(..., repeat=...): a sample index 0, 1, ..., got {repeat!r}")
+        if not isinstance(prompt, str):
+            prompt = list(prompt)  # messages are read twice below
+        self._recorder.note_prompt(prompt)  # a RenderedPrompt links its registry version to this test
+        if isinstance(prompt, str):
+            prompt = str(prompt)  # the request holds plain text
         request = Request.from_prompt(prompt, params)
         if repeat:
             request = dataclasses.replace(request, repeat=repeat)

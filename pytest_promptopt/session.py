@@ -19,8 +19,7 @@ from .case_stats import DatasetPart
 from .judging import Judges, judge_specs
 from .judging import activate as activate_judges
 from .judging import active as active_judges
-from .mlflow.prompts import PromptResolver, activate
-from .mlflow.prompts import active as resolver_active
+from .mlflow.prompts import PromptResolver
 from .models.base import Model, ModelError
 from .models.hosted import LiteLLMModel
 from .models.specs import ModelSpec, create_model, with_timeout
@@ -52,7 +51,7 @@ class PromptoptSession:
         *,
         is_controller: bool,
         make_model: Callable[[ModelSpec], Any] | None = None,
-        registry_token: str | None = None,
+        run_token: str | None = None,
         workers: int = 1,
     ) -> None:
         self.settings = settings
@@ -60,18 +59,20 @@ class PromptoptSession:
         # xdist workers split the run's budgets (concurrency, rate limits), so W workers
         # together never exceed what one process would be allowed.
         self.workers = max(1, workers)
-        # Prompt Registry references resolve once per session: the controller's token names the
-        # file its workers share (registry.py). The registry is the tracking URI's; with MLflow
-        # reporting off, $MLFLOW_TRACKING_URI, else the project's store.
-        self.registry_token = registry_token or uuid.uuid4().hex
+        # The controller's token (xdist workers get it) names the session's files: its Prompt
+        # Registry resolutions and its dataset suites' per-case folders.
+        self.run_token = run_token or uuid.uuid4().hex
+        # Prompt Registry references resolve once per session, through one resolutions file
+        # (mlflow/prompts.py). The registry is the tracking URI's; with MLflow reporting off,
+        # $MLFLOW_TRACKING_URI, else the project's store.
         uri = (
             settings.mlflow.tracking_uri
             if settings.mlflow
             else (os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(settings.rootdir / 'mlflow.db').as_posix()}")
         )
-        self.registry = PromptResolver(uri, settings.cache_path.parent / "registry" / f"{self.registry_token}.json")
-        if settings.enabled:
-            activate(self.registry)  # for Prompt.from_registry in Python tests
+        self.registry = PromptResolver(uri, settings.cache_path.parent / "registry" / f"{self.run_token}.json")
+        if settings.enabled and is_controller:
+            self.registry.publish()  # for Prompt.from_registry in test modules, here and in xdist workers
         self._make_model = make_model
         # Judge models of model-graded assertions: the same adapters and cache (judging.py).
         self.judges = Judges(self.model_for, lambda: self.cache, settings.judge)
@@ -95,7 +96,7 @@ class PromptoptSession:
         # Failing fuzz blocks' minimal inputs (shrinking.shrink_failure's memo), shrunk once per process.
         self.shrunk: dict[tuple[int, int, str], Any] = {}
         self.started = time.time()
-        self.mlflow: Any = None  # the MLflow reporting outcome (report/mlflow_writer.Outcome)
+        self.mlflow: Any = None  # the MLflow reporting outcome (mlflow/upload.Outcome)
 
     # ------------------------------------------------------------------ execution (any process)
 
@@ -316,7 +317,8 @@ class PromptoptSession:
             write_html(html_path, run, exit_status=exit_status)
         mlflow = settings.mlflow
         if mlflow is not None:
-            from .mlflow.runs import SessionMeta, report_run
+            from .mlflow.layout import SessionMeta
+            from .mlflow.upload import report_run
 
             meta = SessionMeta.collect(
                 run,
@@ -363,5 +365,3 @@ class PromptoptSession:
             self.registry.discard()
         if active_judges() is self.judges:
             activate_judges(None)
-        if resolver_active() is self.registry:
-            activate(None)

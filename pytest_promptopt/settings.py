@@ -31,7 +31,7 @@ class MlflowSettings:
     experiment: str
     pending_dir: Path
     local_store: bool = False
-    traces: bool = False  # --promptopt-mlflow-traces: one trace per case (report/mlflow_traces.py)
+    traces: bool = False  # --promptopt-mlflow-traces: one trace per case (mlflow/traces.py)
     prompt_prefix: str = ""  # --promptopt-prompt-prefix: e.g. "main.prompts." (Unity Catalog names)
 
 

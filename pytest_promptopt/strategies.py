@@ -27,6 +27,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .mlflow.prompts import PromptResolver
 from .models.specs import ModelSpec
 from .suite.loader import load_suite
 from .var_strategies import (
@@ -61,7 +62,7 @@ def suite_examples(path: str | Path) -> list[dict[str, Any]]:
     >>> vars_from_examples(suite_examples("example_suites/qa.promptopt.yaml"))
     """
     file = Path(path)
-    loaded = load_suite(file, str(file), ModelSpec("echo"))
+    loaded = load_suite(file, str(file), ModelSpec("echo"), PromptResolver.from_environment().resolve)
     found: dict[str, dict[str, Any]] = {}
     for case in loaded.cases:
         if case.fuzz is None:

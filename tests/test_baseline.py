@@ -279,8 +279,8 @@ def test_an_unknown_baseline_is_a_warning_and_a_null_baseline(pytester, run_pyte
 
 def test_the_report_html_plot_and_a_pending_round_trip_carry_the_comparison():
     from pytest_promptopt.records import CaseResult
-    from pytest_promptopt.report.json_report import report_dict, run_from_report
     from pytest_promptopt.report.terminal import baseline_lines
+    from pytest_promptopt.run_json import report_dict, run_from_report
     from pytest_promptopt.suite.model import SuiteInfo
     from pytest_promptopt.summary import summarize
 

@@ -468,6 +468,37 @@ def test_redact_text_masks_secret_keys_in_yaml_and_json():
     )
 
 
+def test_the_session_runs_note_gives_each_suites_pass_rate_and_gate_verdict():
+    from pytest_promptopt.gates import Gate
+    from pytest_promptopt.mlflow.layout import NOTE_SUITES, REPORT_FILE, parent_note
+    from pytest_promptopt.records import CaseResult
+    from pytest_promptopt.suite.model import SuiteInfo
+    from pytest_promptopt.summary import summarize
+
+    gated = SuiteInfo(id="qa.yaml", name="qa", file="qa.yaml", gates=(Gate("pass_rate", 0.9),))
+    plain = SuiteInfo(id="py", name="py-suite", file="test_py.py", kind="python")
+    run = summarize(
+        [
+            (gated, CaseResult("a", "a", passed=True)),
+            (gated, CaseResult("b", "b", passed=False)),
+            (gated, CaseResult("c", "c", error="model error")),
+            (plain, CaseResult("d", "d", passed=True)),
+        ]
+    )
+    lines = parent_note(run).splitlines()
+    assert lines[:2] == ["```", "GATES FAILED"] and lines[-1] == "```" and len(lines) == 5
+    assert sorted(lines[2:4]) == [
+        "py-suite: pass rate 100.0% (1 passed, 0 failed, 0 errors)",
+        "qa: pass rate 50.0% (1 passed, 1 failed, 1 errors); pass_rate 0.500 >= 0.9: FAILED",
+    ]
+    many = summarize(
+        [(SuiteInfo(id=f"s{i}", name=f"s{i}", file="f"), CaseResult("a", "a", passed=True)) for i in range(25)]
+    )
+    lines = parent_note(many).splitlines()
+    assert lines[1] == "gates passed" and len(lines) == NOTE_SUITES + 4
+    assert lines[-2] == f"... {25 - NOTE_SUITES} more suites: see {REPORT_FILE}"
+
+
 def test_the_html_report_is_an_artifact_of_the_session_run(pytester, run_pytest, migrated_store):
     pytest.importorskip("plotly", reason="the html extra (plotly) is not installed")
     write_project(pytester)

@@ -193,7 +193,7 @@ def test_no_mlflow_registers_nothing(pytester, run_pytest, migrated_store):  # n
 
 def test_names_and_references():
     from pytest_promptopt.mlflow.prompts import RegistryError, parse_uri
-    from pytest_promptopt.mlflow.runs import registry_name
+    from pytest_promptopt.mlflow.registry import registry_name
 
     assert parse_uri("prompts:/qa.v2/3") == ("qa.v2", 3, None)
     assert parse_uri("prompts:/qa@champion") == ("qa", None, "champion")
@@ -204,3 +204,40 @@ def test_names_and_references():
     assert registry_name("qa/greetings v2", 1, several=True) == "qa-greetings-v2-p1"
     assert registry_name("***", 0, several=False) == "promptopt-suite"
     assert registry_name("Capital Cities!", 0, several=False, prefix="main.prompts.") == "main.prompts.capital-cities"
+
+
+def test_the_session_names_its_resolutions_file_in_the_environment_while_configured(pytester, monkeypatch):
+    import os
+
+    from pytest_promptopt.mlflow.prompts import REGISTRY_ENV, PromptResolver
+    from pytest_promptopt.session import session_key
+
+    monkeypatch.setenv(REGISTRY_ENV, str(pytester.path / "outer.json"))  # e.g. a session around this one
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")
+    config = pytester.parseconfigure("--promptopt", "--promptopt-mlflow-uri", "sqlite:///pinned.db")
+    path = Path(os.environ[REGISTRY_ENV])
+    assert path == config.stash[session_key].registry.shared and path.is_file()
+    found = PromptResolver.from_environment()  # what Prompt.from_registry uses in a test module
+    assert (found.tracking_uri, found.shared) == ("sqlite:///pinned.db", path)
+
+    config._ensure_unconfigure()
+    assert os.environ[REGISTRY_ENV] == str(pytester.path / "outer.json") and not path.exists()
+    assert not (pytester.path / ".promptopt").exists()  # the folders made for the file are gone too
+    found = PromptResolver.from_environment()  # the outer file does not exist: this process only
+    assert (found.tracking_uri, found.shared) == ("sqlite:///elsewhere.db", None)
+    monkeypatch.delenv(REGISTRY_ENV)
+    assert PromptResolver.from_environment().tracking_uri == "sqlite:///elsewhere.db"
+
+
+def test_a_rendered_registry_prompt_is_a_str_that_names_its_version():
+    from pytest_promptopt import Prompt
+    from pytest_promptopt.prompt import RenderedPrompt
+
+    rendered = Prompt("Hi {{name}}!", registry_uri="prompts:/greet/2").render(name="Eve")
+    assert (
+        isinstance(rendered, RenderedPrompt) and rendered == "Hi Eve!" and rendered.registry_uri == "prompts:/greet/2"
+    )
+    assert Prompt("Hi {{name}}!").render(name="Eve").registry_uri is None
+    chat = Prompt('[{"role": "user", "content": "Hi {{name}}"}]', registry_uri="prompts:/chat/1").render(name="Eve")
+    assert json.loads(chat) == [{"role": "user", "content": "Hi Eve"}] and chat.registry_uri == "prompts:/chat/1"
+    assert type(rendered + "?") is str and type(str(rendered)) is str

@@ -440,10 +440,10 @@ def test_a_baseline_compares_sample_pass_rates_and_mcnemar_reads_all_repeats_pas
 
 def test_an_mlflow_baseline_reads_the_repeats_of_its_case_table() -> None:
     from pytest_promptopt.mlflow.baseline import _cases
-    from pytest_promptopt.mlflow.runs import _case_table
+    from pytest_promptopt.mlflow.layout import case_table
 
     results = [repeated("a", [True, False, True]), sample(True, "Rome", 1.0)]
-    table = _case_table(results)
+    table = case_table(results)
     columns = list(table)
     outcomes = _cases({"columns": columns, "data": [list(row) for row in zip(*table.values())]})
     assert [(o.status, o.repeats, o.samples_passed) for o in outcomes] == [("failed", 3, 2), ("passed", 1, 1)]

@@ -1,5 +1,5 @@
 """Loading a baseline from MLflow: a session (parent) run, its per-suite child runs and their
-per-case tables (`cases.json`, as `mlflow_writer` logs them), as a `baseline.BaselineRun`.
+per-case tables (`cases.json`, as runs.py logs them), as a `baseline.BaselineRun`.
 
 `mlflow:<run_id>` names the session run; `mlflow:branch=<name>` is the latest FINISHED session
 run of the experiment whose `mlflow.source.git.branch` tag is that branch. The table is
@@ -14,10 +14,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..baseline import BaselineRef, BaselineRun, BaselineSuite, CaseOutcome
-from .runs import TABLE_FILE, MlflowReportError, _mlflow_calls, _one_line, safe_uri
+from ..baseline import BaselineComparison, BaselineRef, BaselineRun, BaselineSuite, CaseOutcome, compare_run
+from .client import MlflowReportError, mlflow_calls, one_line, safe_uri
+from .layout import TABLE_FILE
 
-__all__ = ["BaselineError", "load_baseline"]
+__all__ = ["BaselineError", "compare_with_baseline", "load_baseline"]
 
 SESSION_TAG = "promptopt.session"
 SUITE_ID_TAG = "promptopt.suite_id"
@@ -30,7 +31,7 @@ class BaselineError(RuntimeError):
 
 def load_baseline(ref: BaselineRef, tracking_uri: str, experiment: str) -> BaselineRun:
     try:
-        with _mlflow_calls():
+        with mlflow_calls():
             from mlflow import MlflowClient
 
             client = MlflowClient(tracking_uri=tracking_uri)
@@ -40,7 +41,7 @@ def load_baseline(ref: BaselineRef, tracking_uri: str, experiment: str) -> Basel
         raise
     except Exception as exc:  # a store that is down, a missing artifact
         raise BaselineError(
-            f"baseline {ref.describe()} could not be read from {safe_uri(tracking_uri)}: {_one_line(exc)}"
+            f"baseline {ref.describe()} could not be read from {safe_uri(tracking_uri)}: {one_line(exc)}"
         ) from None
 
 
@@ -134,8 +135,6 @@ def compare_with_baseline(
 ) -> Any:
     """`run`'s `BaselineComparison` with the baseline `ref`; never raises: a baseline that cannot
     be loaded gives a comparison whose `error` says why (the run's results stand as they are)."""
-    from ..baseline import BaselineComparison, compare_run
-
     try:
         baseline = load_baseline(ref, tracking_uri, experiment)
     except (BaselineError, MlflowReportError) as exc:

@@ -1,12 +1,15 @@
 """MLflow Prompt Registry references: `prompts:/name/3` and `prompts:/name@alias`.
 
 A reference is resolved once per pytest session, to a fixed version (an alias becomes the version
-number it pointed to), and every case of the session uses that version's template. The first
-process that needs a reference looks it up and writes the answer (or the error) to a small JSON
-file shared by the session (`<cache dir>/registry/<session token>.json`, under a file lock); the
-controller hands its token to xdist workers, so workers reuse the controller's or each other's
-answer and an alias moved in the middle of a run changes nothing. The controller deletes the file
-when the session ends.
+number it pointed to), and every case of the session uses that version's template. The session
+owns a `PromptResolver` whose answers (or errors) live in a small JSON file, the session's
+resolutions file (`<cache dir>/registry/<session token>.json`, under a file lock), which also
+records the registry's tracking URI. The controller publishes its path in the environment
+(`PYTEST_PROMPTOPT_REGISTRY`, see `publish`) while the session is configured: xdist workers,
+spawned afterwards, inherit it, and so does `Prompt.from_registry` in a test module, which has
+no session to ask (`from_environment`). So every process of a session reuses the first answer,
+and an alias moved in the middle of a run changes nothing. The controller deletes the file when
+the session ends.
 
 mlflow is imported only when a reference is resolved (DEVELOPERS.md: lazy heavy imports).
 """
@@ -23,9 +26,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PromptResolver", "RegistryError", "Resolved", "is_registry_uri", "parse_uri", "resolver"]
+from .client import mlflow_calls, one_line, safe_uri
+
+__all__ = [
+    "REGISTRY_ENV",
+    "SCHEME",
+    "PromptResolver",
+    "RegistryError",
+    "Resolved",
+    "fetch",
+    "is_registry_uri",
+    "parse_uri",
+]
 
 SCHEME = "prompts:/"
+REGISTRY_ENV = "PYTEST_PROMPTOPT_REGISTRY"  # the path of the running session's resolutions file
 # MLflow's prompt names: alphanumerics, `-`, `_`, `.`; a version number or an alias after it.
 _URI = re.compile(r"^prompts:/([A-Za-z0-9_.\-]+)(?:/(\d+)|@([A-Za-z0-9_.\-]+))$")
 
@@ -68,11 +83,9 @@ def parse_uri(uri: str) -> tuple[str, int | None, str | None]:
 def fetch(uri: str, tracking_uri: str | None) -> Resolved:
     """One look-up in the registry of `tracking_uri` (None: MLflow's own default)."""
     name, version, alias = parse_uri(uri)
-    from .runs import _mlflow_calls, _one_line, safe_uri
-
     where = safe_uri(tracking_uri) if tracking_uri else "MLflow's default tracking URI"
     try:
-        with _mlflow_calls():
+        with mlflow_calls():
             from mlflow import MlflowClient
             from mlflow.exceptions import MlflowException
 
@@ -90,7 +103,7 @@ def fetch(uri: str, tracking_uri: str | None) -> Resolved:
     except RegistryError:
         raise
     except Exception as exc:  # network, database, or mlflow missing
-        raise RegistryError(f"cannot read the registry at {where}: {_one_line(exc)}") from None
+        raise RegistryError(f"cannot read the registry at {where}: {one_line(exc)}") from None
     if found is None:
         raise RegistryError(f"not found in the registry at {where}")
     template = found.template
@@ -100,14 +113,31 @@ def fetch(uri: str, tracking_uri: str | None) -> Resolved:
 
 
 class PromptResolver:
-    """Resolves references for one session; `shared` is the session's JSON file (None: this
-    process only)."""
+    """Resolves references for one session; `shared` is the session's resolutions file (None:
+    this process only).
+
+    The file holds `{"tracking_uri": ..., "prompts": {reference: answer}}`."""
 
     def __init__(self, tracking_uri: str | None, shared: Path | None = None) -> None:
         self.tracking_uri = tracking_uri
         self.shared = shared
         self._known: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
+        self._published: tuple[str | None, list[Path]] | None = None  # see `publish`
+
+    @classmethod
+    def from_environment(cls) -> PromptResolver:
+        """The running session's resolver, for code that has no session to ask
+        (`Prompt.from_registry` in a test module, `load_suite` given no resolver): the file named
+        by $PYTEST_PROMPTOPT_REGISTRY, with the tracking URI it records. Outside a session (or if
+        that file is gone), this process only, on $MLFLOW_TRACKING_URI or MLflow's default."""
+        path = os.environ.get(REGISTRY_ENV)
+        if path:
+            with contextlib.suppress(OSError, ValueError):
+                data = json.loads(Path(path).read_text(encoding="utf-8"))
+                if isinstance(data, dict):
+                    return cls(data.get("tracking_uri"), Path(path))
+        return cls(os.environ.get("MLFLOW_TRACKING_URI") or None)
 
     def resolve(self, uri: str) -> Resolved:
         uri = uri.strip()
@@ -126,13 +156,24 @@ class PromptResolver:
             return self._lookup(uri)
         self.shared.parent.mkdir(parents=True, exist_ok=True)
         with _file_lock(self.shared.with_suffix(".lock")):
-            known = json.loads(self.shared.read_text(encoding="utf-8")) if self.shared.exists() else {}
+            data = self._read_shared()
+            known = data.setdefault("prompts", {})
             if uri not in known:
                 known[uri] = self._lookup(uri)
-                tmp = self.shared.with_name(f".{self.shared.name}.{os.getpid()}.tmp")
-                tmp.write_text(json.dumps(known, ensure_ascii=False), encoding="utf-8")
-                os.replace(tmp, self.shared)
+                self._write_shared(data)
             return known[uri]
+
+    def _read_shared(self) -> dict[str, Any]:
+        assert self.shared is not None
+        if self.shared.exists():
+            return json.loads(self.shared.read_text(encoding="utf-8"))
+        return {"tracking_uri": self.tracking_uri, "prompts": {}}
+
+    def _write_shared(self, data: dict[str, Any]) -> None:
+        assert self.shared is not None
+        tmp = self.shared.with_name(f".{self.shared.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+        os.replace(tmp, self.shared)
 
     def _lookup(self, uri: str) -> dict[str, Any]:
         try:
@@ -141,12 +182,43 @@ class PromptResolver:
             return {"error": str(exc)}
         return {"name": found.name, "version": found.version, "template": found.template}
 
+    def publish(self) -> None:
+        """Make this the resolver of every process of the session (the controller, at configure):
+        write the resolutions file with the tracking URI, and name it in $PYTEST_PROMPTOPT_REGISTRY,
+        which xdist workers inherit. `discard` puts the previous value back."""
+        if self.shared is None or self._published is not None:
+            return
+        created = [d for d in (self.shared.parent, self.shared.parent.parent) if not d.exists()]
+        try:
+            self.shared.parent.mkdir(parents=True, exist_ok=True)
+            with _file_lock(self.shared.with_suffix(".lock")):
+                data = self._read_shared()
+                data["tracking_uri"] = self.tracking_uri
+                self._write_shared(data)
+        except OSError:  # an unwritable cache directory: resolving says so when a reference needs it
+            return
+        self._published = (os.environ.get(REGISTRY_ENV), created)
+        os.environ[REGISTRY_ENV] = str(self.shared)
+
     def discard(self) -> None:
-        """Delete the session's shared file (the controller, at the end of the session)."""
+        """Delete the session's resolutions file (the controller, at the end of the session), and
+        withdraw what `publish` did: the variable's previous value, the folders it created."""
         if self.shared is not None:
             for path in (self.shared, self.shared.with_suffix(".lock")):
                 with contextlib.suppress(OSError):
                     path.unlink()
+        if self._published is None:
+            return
+        previous, created = self._published
+        self._published = None
+        if os.environ.get(REGISTRY_ENV) == str(self.shared):
+            if previous is None:
+                os.environ.pop(REGISTRY_ENV, None)
+            else:
+                os.environ[REGISTRY_ENV] = previous
+        for folder in created:  # innermost first; only if nothing else was written there
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 @contextlib.contextmanager
@@ -170,36 +242,3 @@ def _file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-# The resolver of the running pytest session (set by the plugin), used by `Prompt.from_registry`
-# and by `load_suite` when no resolver is given. Outside pytest: $MLFLOW_TRACKING_URI or MLflow's default.
-_active: PromptResolver | None = None
-_rendered: list[str] = []  # registry prompts rendered by the running Python test (see checks.py)
-
-
-def resolver() -> PromptResolver:
-    global _active
-    if _active is None:
-        _active = PromptResolver(os.environ.get("MLFLOW_TRACKING_URI") or None)
-    return _active
-
-
-def active() -> PromptResolver | None:
-    return _active
-
-
-def activate(active: PromptResolver | None) -> None:
-    global _active
-    _active = active
-
-
-def note_rendered(uri: str) -> None:
-    if uri not in _rendered:
-        _rendered.append(uri)
-
-
-def take_rendered() -> list[str]:
-    taken = list(_rendered)
-    _rendered.clear()
-    return taken

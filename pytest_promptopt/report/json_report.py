@@ -1,84 +1,15 @@
-"""The JSON report (`--promptopt-report PATH`); its schema is `schemas/report.schema.json`."""
+"""The JSON report (`--promptopt-report PATH`): the document of run_json.py, written to a file."""
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
 from pathlib import Path
-from typing import Any
 
-from ..baseline import BaselineComparison, SuiteComparison
-from ..case_stats import CaseStats, DatasetPart
-from ..records import CaseResult
-from ..redact import redact
-from ..summary import RunSummary, SuiteSummary, summarize_suites
+from ..run_json import report_dict
+from ..summary import RunSummary
 
-REPORT_VERSION = 1
-
-
-def suite_dict(s: SuiteSummary, baseline: BaselineComparison | None = None) -> dict[str, Any]:
-    totals = s.totals()
-    data = {
-        "name": s.info.name,
-        "id": s.info.id,
-        "file": s.info.file,
-        "kind": s.info.kind,
-        "model": ", ".join(s.models),
-        "cases": s.cases,
-        "passed": s.passed,
-        "failed": s.failed,
-        "errors": s.errors,
-        "pass_rate": s.pass_rate,
-        "repeats": s.repeats,
-        "pass_k": s.pass_k,
-        "flaky": len(s.flaky),
-        "mean_score": s.mean_score(),
-        "metrics": s.metric_means(),
-        "intervals": {name: None if found is None else list(found) for name, found in s.intervals().items()},
-        "gates": [g.to_dict() for g in s.gates],
-        "gates_passed": s.gates_passed,
-        "latency_ms": {"p50": s.latency_percentile(0.5), "p95": s.latency_percentile(0.95)},
-        "tokens": {"prompt": totals["prompt_tokens"], "completion": totals["completion_tokens"]},
-        "cost": totals["cost"],
-        "calls": totals["calls"],
-        "cache_hits": totals["cache_hits"],
-        "duration_s": totals["duration_s"],
-        "results": [redact(r.to_dict()) for r in s.results],
-        "cases_file": s.cases_file,
-    }
-    if s.dataset is not None:  # what `run_from_report` rebuilds a dataset suite from (no rows here)
-        data["stats"] = s.dataset.stats.to_dict()
-        data["source"] = s.dataset.source
-    if baseline is not None:  # --promptopt-baseline: null when the baseline could not be loaded
-        compared = baseline.suites.get(s.info.id)
-        data["baseline"] = None if compared is None else redact(compared.to_dict())
-    return data
-
-
-def report_dict(run: RunSummary, *, exit_status: int | None = None) -> dict[str, Any]:
-    from .. import __version__
-
-    data = {
-        "version": REPORT_VERSION,
-        "plugin_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "gates_passed": run.gates_passed,
-        "exit_status": exit_status,
-        "suites": [suite_dict(s, run.baseline) for s in run.suites],
-    }
-    if run.baseline is not None:
-        b = run.baseline
-        data["baseline"] = {
-            "ref": b.ref,
-            "run_id": b.run_id,
-            "error": b.error,
-            "removed_suites": b.removed_suites,
-            "gating": b.gating,
-        }
-    # --promptopt-repair: one entry per repaired prompt (or skipped suite); [] without repair.
-    data["repairs"] = [redact(r.to_dict()) for r in run.repairs]
-    return data
+__all__ = ["write_report"]
 
 
 def write_report(path: Path, run: RunSummary, *, exit_status: int | None = None) -> None:
@@ -90,40 +21,3 @@ def write_report(path: Path, run: RunSummary, *, exit_status: int | None = None)
         encoding="utf-8",
     )
     os.replace(tmp, path)
-
-
-def run_from_report(data: dict[str, Any]) -> RunSummary:
-    """The `RunSummary` a report was written from (gates re-decided from the same results), so a
-    saved report can be sent to MLflow later by the same code that sends a live run."""
-    from ..gates import Gate
-    from ..suite.model import SuiteInfo
-
-    records = []
-    for suite in data.get("suites", []):
-        info = SuiteInfo(
-            id=suite.get("id") or suite["name"],
-            name=suite["name"],
-            file=suite["file"],
-            gates=tuple(Gate.from_dict(g) for g in suite.get("gates", [])),
-            kind=suite.get("kind", "file"),
-        )
-        records.extend((info, CaseResult.from_dict(result)) for result in suite["results"])
-        if suite.get("stats") is not None and suite.get("cases_file"):
-            records.append(
-                (info, DatasetPart(CaseStats.from_dict(suite["stats"]), suite["cases_file"], suite.get("source") or ""))
-            )
-    baseline = None
-    if data.get("baseline"):  # the comparison travels with a pending run
-        top = data["baseline"]
-        suites = {
-            s.get("id") or s["name"]: SuiteComparison.from_dict(s["baseline"])
-            for s in data.get("suites", [])
-            if s.get("baseline")
-        }
-        baseline = BaselineComparison(
-            top["ref"], top.get("run_id"), suites, list(top.get("removed_suites") or []), top.get("error")
-        )
-    from ..repair.result import RepairResult
-
-    repairs = tuple(RepairResult.from_dict(r) for r in data.get("repairs") or [])  # they travel with a pending run too
-    return RunSummary(summarize_suites(records), baseline, repairs, data.get("exit_status"))

@@ -47,8 +47,8 @@ def load_suite(
 ) -> LoadedSuite:
     """Parse, validate and expand a suite file into cases. Raises `SuiteError`.
 
-    `resolve_prompt` turns a `prompts:/...` reference into a `registry.Resolved` (default: the
-    running session's resolver, see `registry.resolver`). `backend` (`local`/`spark`) is the
+    `resolve_prompt` turns a `prompts:/...` reference into a `mlflow.prompts.Resolved` (the
+    session's resolver; without one, a registry reference is a `SuiteError`). `backend` (`local`/`spark`) is the
     run's: a dataset `table` needs `spark`; None (e.g. `validate`) does not check. `repeats` is
     the run's samples per case, which the suite's `repeat:` may override (`Repeats.for_suite`)."""
     try:

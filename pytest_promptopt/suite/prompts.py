@@ -44,12 +44,13 @@ def load_prompts(raw: Any, ctx: Context) -> list[Prompt]:
 
 
 def _registry_prompt(uri: str, label: str | None, path: tuple[Any, ...], ctx: Context) -> Prompt:
-    """A prompt from the MLflow Prompt Registry, resolved once per session to a fixed version."""
-    from ..mlflow.prompts import RegistryError, resolver
-
+    """A prompt from the MLflow Prompt Registry, resolved once per session to a fixed version by
+    the resolver the loader was given (the session's; `validate` builds one from the environment)."""
+    if ctx.resolve_prompt is None:
+        raise ctx.error(path, f"registered prompt {uri}: no Prompt Registry to resolve it from here")
     try:
-        found = (ctx.resolve_prompt or resolver().resolve)(uri)
-    except RegistryError as exc:
+        found = ctx.resolve_prompt(uri)
+    except ValueError as exc:  # mlflow.prompts.RegistryError: unknown, malformed, or unreachable
         raise ctx.error(path, f"registered prompt {uri}: {exc}") from None
     return Prompt(found.template, label=label or uri, source=uri, registry_uri=found.uri)
 
