@@ -1,4 +1,5 @@
-"""`python -m pytest_promptopt`: small command-line helpers around the plugin."""
+"""`python -m pytest_promptopt`: small command-line helpers around the plugin (validate, schema, upload,
+serve, gateway register)."""
 
 from __future__ import annotations
 
@@ -18,9 +19,18 @@ def main(argv: list[str] | None = None) -> int:
     upload.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else the URI the file records")
     upload.add_argument("--experiment", help="default: the experiment the file records")
     upload.add_argument("--keep", action="store_true", help="keep each file after it was sent (default: delete it)")
+    _add_serve(sub)
     args = parser.parse_args(argv)
     if args.command == "upload":
         return _upload(args)
+    if args.command == "serve":
+        from .serving import serve_command
+
+        return serve_command(args)
+    if args.command == "gateway":
+        from .serving import gateway_command
+
+        return gateway_command(args)
     if args.command == "schema":
         from .suite.schema import suite_schema
 
@@ -52,6 +62,56 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"{name}: ok, {len(loaded.cases)} case{'' if len(loaded.cases) == 1 else 's'}, gates: {gates}")
     return status
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    def model_options(parser: argparse.ArgumentParser, required: bool) -> None:
+        parser.add_argument(
+            "--model",
+            required=required,
+            metavar="SPEC",
+            help="a model the plugin knows: smollm2 (the bundled model), echo, fake, or a litellm id such as "
+            "openai/gpt-4o-mini",
+        )
+        parser.add_argument("--config", metavar="JSON", help="the model's provider config, e.g. '{\"max_tokens\": 64}'")
+        parser.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (this machine only)")
+        parser.add_argument("--port", type=int, default=8000, help="default: 8000; 0 picks a free port")
+        parser.add_argument("--name", help="the model id the API serves (default: the model spec)")
+        parser.add_argument(
+            "--api-key-env", metavar="VAR", help="require the key in this environment variable from clients"
+        )
+        parser.add_argument("--quiet", action="store_true", help="no request log on stderr")
+
+    serve = sub.add_parser(
+        "serve",
+        help="serve a model as an OpenAI-compatible API (/v1/models, /v1/chat/completions, /v1/completions)",
+        description="Serve a model as an OpenAI-compatible API. The first line on stdout is the base URL "
+        "(e.g. http://127.0.0.1:8000/v1). Ctrl-C or SIGTERM stops it.",
+    )
+    model_options(serve, required=True)
+    gateway = sub.add_parser("gateway", help="MLflow AI Gateway endpoints (the Playground's models)")
+    actions = gateway.add_subparsers(dest="action", required=True)
+    register = actions.add_parser(
+        "register",
+        help="register an OpenAI-compatible server (or one --serve starts) as a gateway endpoint; "
+        "running it again updates the endpoint",
+        description="Register an OpenAI-compatible server as an endpoint of MLflow's AI Gateway. The `mlflow "
+        "server` process needs MLFLOW_GATEWAY_API_BASE_ALLOWED_SCHEMES=http,https and "
+        "MLFLOW_GATEWAY_API_BASE_ALLOW_PRIVATE_IPS=true for a loopback upstream (see docs/mlflow.md).",
+    )
+    register.add_argument(
+        "--tracking-uri", help="the MLflow server, e.g. http://127.0.0.1:5000 (default: $MLFLOW_TRACKING_URI)"
+    )
+    register.add_argument("--endpoint", required=True, help="the endpoint's name in the gateway and the Playground")
+    register.add_argument("--api-base", help="the upstream's OpenAI base URL, e.g. http://127.0.0.1:8000/v1")
+    register.add_argument("--serve", action="store_true", help="also serve --model here and register that server")
+    register.add_argument(
+        "--usage-tracking",
+        action="store_true",
+        help="let the gateway log a trace per call (in experiment gateway/<endpoint>)",
+    )
+    register.add_argument("--check", action="store_true", help="send one chat message through the endpoint afterwards")
+    model_options(register, required=False)
 
 
 def _upload(args: argparse.Namespace) -> int:
