@@ -22,7 +22,7 @@ from .judging import active as active_judges
 from .mlflow.prompts import PromptResolver
 from .models.base import Model, ModelError
 from .models.hosted import LiteLLMModel
-from .models.specs import ModelSpec, create_model, with_timeout
+from .models.specs import ModelSpec, create_model, with_timeout, with_tracking_server
 from .records import CaseResult
 from .repeats import fold_repeated_tests, split_repeat
 from .runners.limits import RateLimiter, Throttled, limit_for, throttle
@@ -115,7 +115,8 @@ class PromptoptSession:
                 if model is not None:
                     self._hook_made.add(spec.key)
                 else:
-                    model = create_model(with_timeout(spec, self.settings.timeout_s))
+                    effective = with_tracking_server(spec, self.registry.tracking_uri)
+                    model = create_model(with_timeout(effective, self.settings.timeout_s))
                 if isinstance(model, LiteLLMModel):
                     model = self._throttled(model)
                 self._models[spec.key] = model

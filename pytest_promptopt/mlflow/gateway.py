@@ -107,9 +107,13 @@ def playground_url(tracking_uri: str, experiment_id: str = "0") -> str:
 
 def _server_root(tracking_uri: str) -> str:
     uri = (tracking_uri or "").strip().rstrip("/")
+    if not uri:
+        raise GatewayError(
+            "no tracking server named", "pass --tracking-uri http://host:port or set MLFLOW_TRACKING_URI"
+        )
     if not uri.startswith(("http://", "https://")):
         raise GatewayError(
-            f"{safe_uri(uri) or 'no tracking URI'} is not a tracking server",
+            f"{safe_uri(uri)} is not a tracking server",
             "the AI Gateway lives in `mlflow server`; pass its http(s) URL (--tracking-uri or $MLFLOW_TRACKING_URI), "
             "e.g. http://127.0.0.1:5000 after `mlflow server --backend-store-uri sqlite:///mlflow.db --port 5000`",
         )

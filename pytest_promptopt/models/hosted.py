@@ -145,6 +145,7 @@ class LiteLLMModel:
                 )
         self.model = model
         self.name = model
+        self.route = model  # litellm's model string; a provider of ours may route through another (providers.py)
         self.timeout = float(params.pop("timeout", DEFAULT_TIMEOUT_S))
         # Retries happen around this adapter (runners/limits.py: backoff, Retry-After, rate
         # limits); a provider's `num_retries` overrides --promptopt-retries for that provider.
@@ -159,18 +160,22 @@ class LiteLLMModel:
 
     def warm_up(self) -> None:
         """Load litellm now rather than at the first call (see `warm_up_litellm`)."""
-        warm_up_litellm(self.model)
+        warm_up_litellm(self.route)
+
+    def _api_key(self) -> str | None:
+        """The key to send, or None to let litellm read the provider's usual variable."""
+        return env_api_key(self.api_key_env, f"model {self.model}")
 
     def generate(self, request: Request) -> Response:
         litellm = _litellm()
         params = {**self.params, **request.params}
-        key = env_api_key(self.api_key_env, f"model {self.model}")
+        key = self._api_key()
         if key:
             params["api_key"] = key
         started = time.perf_counter()
         try:
             reply = litellm.completion(
-                model=self.model,
+                model=self.route,
                 messages=[dict(m) for m in request.messages],
                 timeout=self.timeout,
                 num_retries=0,

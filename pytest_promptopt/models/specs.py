@@ -129,6 +129,16 @@ def with_timeout(spec: ModelSpec, timeout_s: float) -> ModelSpec:
     return ModelSpec(spec.id, {**spec.params, "timeout": timeout_s}, spec.label)
 
 
+def with_tracking_server(spec: ModelSpec, tracking_uri: str | None) -> ModelSpec:
+    """`spec` with the session's tracking server as its AI Gateway, for an `mlflow-gateway:`
+    provider whose config names no server (models/providers.py)."""
+    if not spec.id.startswith("mlflow-gateway/"):
+        return spec
+    from .providers import with_gateway
+
+    return ModelSpec(spec.id, with_gateway(spec.id, spec.params, tracking_uri), spec.label)
+
+
 def create_model(spec: ModelSpec) -> Model:
     """Build the adapter for a spec. Heavy libraries load later, on the first call."""
     params = dict(spec.params)
@@ -147,6 +157,14 @@ def create_model(spec: ModelSpec) -> Model:
         if not isinstance(responses, Mapping) and "default" not in params:
             raise ModelError("the 'fake' provider needs config.responses (prompt -> answer) or config.default")
         return FakeModel(dict(responses or {}), default=params.get("default"), name=spec.label or "fake")
+    if spec.id.startswith("mlflow-gateway/"):
+        from .providers import MlflowGatewayModel
+
+        return MlflowGatewayModel(spec.id[len("mlflow-gateway/") :], params)
     from .hosted import LiteLLMModel
 
+    if spec.id.startswith("databricks/"):
+        from .providers import databricks_params
+
+        params = databricks_params(params)
     return LiteLLMModel(spec.id, params)
