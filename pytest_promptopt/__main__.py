@@ -65,12 +65,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
-    def model_options(parser: argparse.ArgumentParser, required: bool) -> None:
+    def model_options(parser: argparse.ArgumentParser, required: bool, model_help: str = "") -> None:
         parser.add_argument(
             "--model",
             required=required,
             metavar="SPEC",
-            help="a model the plugin knows: smollm2 (the bundled model), echo, fake, or a litellm id such as "
+            help=model_help
+            or "a model the plugin knows: smollm2 (the bundled model), echo, fake, or a litellm id such as "
             "openai/gpt-4o-mini",
         )
         parser.add_argument("--config", metavar="JSON", help="the model's provider config, e.g. '{\"max_tokens\": 64}'")
@@ -78,7 +79,10 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         parser.add_argument("--port", type=int, default=8000, help="default: 8000; 0 picks a free port")
         parser.add_argument("--name", help="the model id the API serves (default: the model spec)")
         parser.add_argument(
-            "--api-key-env", metavar="VAR", help="require the key in this environment variable from clients"
+            "--api-key-env",
+            metavar="VAR",
+            help="an API key, read from this environment variable: the served model requires it from clients, "
+            "and the gateway endpoint sends it upstream",
         )
         parser.add_argument("--quiet", action="store_true", help="no request log on stderr")
 
@@ -111,7 +115,12 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         help="let the gateway log a trace per call (in experiment gateway/<endpoint>)",
     )
     register.add_argument("--check", action="store_true", help="send one chat message through the endpoint afterwards")
-    model_options(register, required=False)
+    model_options(
+        register,
+        required=False,
+        model_help="with --serve: the model to serve (as for `serve`); with --api-base: the model id the upstream "
+        "serves (default: the one its /models lists)",
+    )
 
 
 def _upload(args: argparse.Namespace) -> int:

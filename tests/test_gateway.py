@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import threading
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -124,9 +125,12 @@ def test_register_creates_then_updates_one_endpoint_that_answers_through_the_gat
     assert not [e for e in experiments if e["name"] == "gateway/echo-1"]
 
 
-def test_register_serve_starts_the_model_registers_it_and_serves_until_stopped(gateway, tmp_path):
+def test_register_serve_starts_the_model_registers_it_and_serves_until_stopped(gateway, tmp_path, monkeypatch):
+    key = "sk-upstream-0123456789abcdef"  # the served model requires it; the gateway's secret holds it
+    monkeypatch.setenv("PROMPTOPT_UPSTREAM_KEY", key)
     args = ["gateway", "register", "--tracking-uri", gateway, "--endpoint", "antonyms-served", "--serve"]
     args += ["--model", "fake", "--config", json.dumps(ANTONYMS), "--name", "antonyms", "--port", "0", "--check"]
+    args += ["--api-key-env", "PROMPTOPT_UPSTREAM_KEY"]
     with served(args, tmp_path / "register.log") as up:
         assert up.base_url.startswith("http://127.0.0.1:") and up.base_url.endswith("/v1")
         lines = [up.stdout.get(timeout=60) for _ in range(4)]
@@ -134,7 +138,11 @@ def test_register_serve_starts_the_model_registers_it_and_serves_until_stopped(g
         assert lines[3] == 'check: the endpoint answered "I only know antonyms."'
         ask = [{"role": "user", "content": "Antonym of up?"}]
         assert answer(chat(gateway, "antonyms-served", ask)) == "down"
+        request = urllib.request.Request(f"{up.base_url}/models")
+        with pytest.raises(urllib.error.HTTPError, match="401"):
+            urllib.request.urlopen(request, timeout=10)  # without the key the upstream refuses
         assert stop(up.process) == 0 and "stopped" in up.stderr()
+        assert key not in "\n".join(lines) + up.stderr()
 
 
 def test_a_refused_loopback_upstream_gets_the_server_environment_hint(monkeypatch, tmp_path):
