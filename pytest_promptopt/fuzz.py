@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
 
     from .cache import ResponseCache
+    from .judging import Judges
     from .models.base import Model
     from .models.specs import ModelSpec
     from .records import CaseResult
@@ -223,11 +224,13 @@ class _Fails(Exception):
 _SHRUNK: dict[tuple[int, int, str], tuple[FuzzBlock, Shrunk | None]] = {}
 
 
-def shrink_failure(case: Case, model_for: Callable[[ModelSpec], Model], cache: ResponseCache) -> Shrunk | None:
+def shrink_failure(
+    case: Case, model_for: Callable[[ModelSpec], Model], cache: ResponseCache, judges: Judges | None = None
+) -> Shrunk | None:
     """For a failing generated case: the minimal failing input of its block on its prompt x
-    provider, run through `model_for(case.model)` and `cache`. None when the case is not
-    generated, `fuzz.shrink` is 0, or the replay met no failure. Computed once per block, prompt
-    and provider in a process."""
+    provider, run through `model_for(case.model)` and `cache` (model-graded assertions ask
+    `judges`). None when the case is not generated, `fuzz.shrink` is 0, or the replay met no
+    failure. Computed once per block, prompt and provider in a process."""
     from .execute import execute_case
 
     origin = case.fuzz
@@ -237,7 +240,7 @@ def shrink_failure(case: Case, model_for: Callable[[ModelSpec], Model], cache: R
     if memo_key not in _SHRUNK:
         # Each input takes the case's repeats, so "fails" means what it meant for the case.
         def evaluate(c: Case) -> CaseResult:
-            return execute_case(dataclasses.replace(c, repeats=case.repeats), model_for(c.model), cache)
+            return execute_case(dataclasses.replace(c, repeats=case.repeats), model_for(c.model), cache, judges=judges)
 
         _SHRUNK[memo_key] = (origin.block, shrink(origin, evaluate))
     return _SHRUNK[memo_key][1]

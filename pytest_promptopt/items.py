@@ -188,7 +188,7 @@ class CaseItem(pytest.Item):
             from .fuzz import shrink_failure
 
             session = self.config.stash[session_key]
-            self.shrunk = shrink_failure(self.case, session.model_for, session.cache)
+            self.shrunk = shrink_failure(self.case, session.model_for, session.cache, session.judges)
         gates = self.case.suite.gates
         if gates:
             shrunk = f"; {self.shrunk.summary()}" if self.shrunk is not None else ""

@@ -16,8 +16,6 @@ import pytest
 from .cache import ResponseCache
 from .case_stats import DatasetPart
 from .judging import Judges, judge_specs
-from .judging import activate as activate_judges
-from .judging import active as active_judges
 from .mlflow.prompts import PromptResolver, activate
 from .mlflow.prompts import active as resolver_active
 from .models.base import Model, ModelError
@@ -70,14 +68,9 @@ class PromptoptSession:
         if settings.enabled:
             activate(self.registry)  # for Prompt.from_registry in Python tests
         self._make_model = make_model
-        # Judge models of model-graded assertions: the same adapters and cache (judging.py).
+        # Judge models of model-graded assertions: the same adapters and cache (judging.py),
+        # handed to the runner, `prompt_check` and the repair.
         self.judges = Judges(self.model_for, lambda: self.cache, settings.judge)
-        if settings.enabled:
-            activate_judges(self.judges)  # for prompt_check in Python tests
-        if settings.enabled:
-            from .models.embeddings import use_cache
-
-            use_cache(lambda: self.cache)  # `similar` keeps its sentence embeddings beside the responses
         self._models: dict[str, Model] = {}
         self._models_lock = threading.Lock()
         self._hook_made: set[str] = set()
@@ -137,6 +130,7 @@ class PromptoptSession:
                 lambda: self.cache,
                 concurrency=max(1, scale.concurrency // self.workers),
                 batch_size=scale.batch_size,
+                judges=self.judges,
             )
         return self._runner
 
@@ -354,7 +348,5 @@ class PromptoptSession:
             self._cache.close()
         if self.is_controller:
             self.registry.discard()
-        if active_judges() is self.judges:
-            activate_judges(None)
         if resolver_active() is self.registry:
             activate(None)

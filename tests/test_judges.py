@@ -26,7 +26,7 @@ from pytest_promptopt import (
     not_,
 )
 from pytest_promptopt.assertions.base import AssertionConfigError
-from pytest_promptopt.assertions.model_graded import first_json_object, verdict_fields
+from pytest_promptopt.assertions.judge_prompts import first_json_object, verdict_fields
 from pytest_promptopt.assertions.scoring import render_assertion
 from pytest_promptopt.cache import CacheMode, CallStats, ResponseCache
 from pytest_promptopt.execute import execute_case
@@ -342,6 +342,35 @@ def test_a_hosted_judge_through_litellm_on_a_loopback_server(cache, monkeypatch)
     assert server.requests[0]["messages"][-1]["content"].startswith("<Output>\nLyon.\n</Output>")
     assert len(server.requests) == 1 and again.cache_hits == 2  # the verdict was recorded
     assert "sk-judge" not in json.dumps(result.to_dict()) + json.dumps(rubric.to_dict())
+
+
+def test_the_registry_says_which_types_call_a_judge_and_how_often():
+    from pytest_promptopt import contains, similar
+    from pytest_promptopt.assertions.base import is_model_graded, judge_calls_for
+    from pytest_promptopt.judging import judge_calls
+
+    assert [judge_calls_for(t) for t in ("llm-rubric", "g-eval", "factuality", "mlflow:Guidelines", "contains")] == [
+        1,
+        2,
+        1,
+        1,
+        0,
+    ]
+    assert judge_calls_for("no-such-type") == 0 and not is_model_graded("no-such-type")
+    assert is_model_graded("closed-qa") and is_model_graded("model-graded-closedqa")
+    assert not is_model_graded("mlflow:Guidelines") and not is_model_graded("similar")  # they call their own models
+    assert judge_calls([llm_rubric("r"), g_eval("c"), not_(factuality("f")), similar("s"), contains("x")]) == 4
+
+
+def test_a_model_graded_assertion_without_a_judge_in_its_context_is_an_error():
+    from pytest_promptopt.assertions.base import AssertionContext, AssertionEvaluationError
+    from pytest_promptopt.assertions.scoring import grade_assertion
+
+    judge = ScriptedJudge({"Paris.": PASS}, name="object-judge")
+    for rubric in (llm_rubric("Names Paris"), llm_rubric("Names Paris", provider=judge)):
+        with pytest.raises(AssertionEvaluationError, match="llm-rubric: no judge model in this context"):
+            grade_assertion("Paris.", render_assertion(rubric, {}), AssertionContext())
+    assert judge.calls == []  # a model object as provider is not called behind the context's back
 
 
 def test_a_model_object_as_provider_and_a_bad_provider():

@@ -690,10 +690,8 @@ def _worker_cache(config: _WorkerConfig) -> ResponseCache:
     key = (config.cache_path, config.cache_mode)
     cache = _caches.get(key)
     if cache is None:
+        # also where `similar` graded on this executor keeps its embeddings (execute_case's cache)
         cache = _caches[key] = ResponseCache(Path(config.cache_path), CacheMode(config.cache_mode))
-        from ..models.embeddings import use_cache
-
-        use_cache(cache)  # `similar` graded on this executor keeps its embeddings there too
     return cache
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..assertions.base import Assertion, assertion_types
+from ..assertions.base import Assertion, assertion_types, is_model_graded
 from ..gates import parse_gates
 from ..models.specs import ModelSpec, parse_model_spec
 from ..prompt import Prompt, TemplateError
@@ -573,11 +573,8 @@ def _assertion(raw: Mapping[str, Any], where: str, grader: Any = None) -> Assert
     inverse = kind.startswith("not-")
     base = kind[4:] if inverse else kind
     provider = raw.get("provider")
-    if provider is None and grader is not None:
-        from ..assertions.model_graded import JUDGED_TYPES
-
-        if base in JUDGED_TYPES:
-            provider = grader
+    if provider is None and grader is not None and is_model_graded(base):
+        provider = grader
     return Assertion(
         type=base,
         value=raw.get("value"),
