@@ -605,6 +605,7 @@ def test_judges_on_spark_workers(tmp_path):
     pytest.importorskip("pyspark")
     if not shutil.which("java"):
         pytest.skip("Spark needs a Java runtime")
+    from pytest_promptopt.runners.execution import ExecutionSettings
     from pytest_promptopt.runners.spark import evaluate_cases, spark_session
     from pytest_promptopt.settings import SparkSettings
 
@@ -621,10 +622,10 @@ def test_judges_on_spark_workers(tmp_path):
     spark = spark_session(SparkSettings(master="local[1]"))
     try:
         cold = dict(
-            evaluate_cases(spark, cases, cache_path=tmp_path / "c.sqlite", cache_mode=CacheMode.READWRITE, judge=judge)
+            evaluate_cases(spark, cases, ExecutionSettings(tmp_path / "c.sqlite", CacheMode.READWRITE, judge=judge))
         )
         warm = dict(
-            evaluate_cases(spark, cases, cache_path=tmp_path / "c.sqlite", cache_mode=CacheMode.READWRITE, judge=judge)
+            evaluate_cases(spark, cases, ExecutionSettings(tmp_path / "c.sqlite", CacheMode.READWRITE, judge=judge))
         )
     finally:
         spark.stop()

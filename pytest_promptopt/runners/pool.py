@@ -24,6 +24,7 @@ from ..models.base import Model, ModelError
 from ..models.specs import ModelSpec
 from ..records import CaseResult
 from ..suite.model import Case
+from .execution import ExecutionSettings
 
 __all__ = ["CaseRunner", "lookahead_window"]
 
@@ -38,22 +39,21 @@ def lookahead_window(concurrency: int, batch_size: int) -> int:
 
 
 class CaseRunner:
-    """Maps cases to results in this process; see the module docstring."""
+    """Maps cases to results in this process; see the module docstring. `execution` gives the
+    concurrency and batch size (this process's share)."""
 
     def __init__(
         self,
         model_for: Callable[[ModelSpec], Model],
         cache: Callable[[], ResponseCache],
-        *,
-        concurrency: int,
-        batch_size: int,
+        execution: ExecutionSettings,
         judges: Judges | None = None,
     ) -> None:
         self._model_for = model_for
         self._cache = cache
         self._judges = judges
-        self.concurrency = max(1, concurrency)
-        self.batch_size = max(1, batch_size)
+        self.concurrency = max(1, execution.concurrency)
+        self.batch_size = max(1, execution.batch_size)
         self.window = lookahead_window(self.concurrency, self.batch_size)
         self._pending: dict[str, Future[CaseResult]] = {}
         self._kinds: dict[str, tuple[str, Model]] = {}  # by ModelSpec.key
