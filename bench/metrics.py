@@ -29,7 +29,6 @@ from pytest_promptopt import bleu, chrf, gleu, rouge_1, rouge_l, similar  # noqa
 from pytest_promptopt.assertions.base import AssertionContext  # noqa: E402
 from pytest_promptopt.assertions.scoring import grade_case  # noqa: E402
 from pytest_promptopt.cache import CacheMode, ResponseCache  # noqa: E402
-from pytest_promptopt.models import embeddings  # noqa: E402
 
 SUBJECTS = [
     "The city council",
@@ -80,10 +79,12 @@ def pairs(count: int) -> list[tuple[str, str]]:
     return out
 
 
-def per_case_ms(data: list[tuple[str, str]], make: Callable[[str], Any]) -> float:
+def per_case_ms(data: list[tuple[str, str]], make: Callable[[str], Any], cache: ResponseCache | None = None) -> float:
+    """`cache`: where `similar` keeps its vectors (None: not kept)."""
+    ctx = AssertionContext(embeddings=cache)
     started = time.perf_counter()
     for output, reference in data:
-        grade_case(output, [make(reference)], AssertionContext())
+        grade_case(output, [make(reference)], ctx)
     return (time.perf_counter() - started) * 1000 / len(data)
 
 
@@ -108,17 +109,15 @@ def main() -> None:
         "gleu": lambda ref: gleu(ref, threshold=0.3),
     }
     rows: list[tuple[str, float, list[float]]] = []
-    embeddings.use_cache(None)
     load = first_call_ms(lambda ref: similar(ref))
     with tempfile.TemporaryDirectory() as tmp:
         cold = [per_case_ms(data, lambda ref: similar(ref)) for _ in range(args.repeat)]
         rows.append(("similar (cold: no cache)", load, cold))
         cache = ResponseCache(Path(tmp) / "cache.sqlite", CacheMode.READWRITE)
-        embeddings.use_cache(cache)
-        per_case_ms(data, lambda ref: similar(ref))  # record every vector
-        warm = [per_case_ms(data, lambda ref: similar(ref)) for _ in range(args.repeat)]
+        per_case_ms(data, lambda ref: similar(ref), cache)  # record every vector
+        warm = [per_case_ms(data, lambda ref: similar(ref), cache) for _ in range(args.repeat)]
         rows.append(("similar (warm: cached vectors)", 0.0, warm))
-        embeddings.use_cache(None)
+        cache.close()
     for name, make in metrics.items():
         first = first_call_ms(make)
         rows.append((name, first, [per_case_ms(data, make) for _ in range(args.repeat)]))

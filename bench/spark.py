@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pytest_promptopt.cache import CacheMode  # noqa: E402
 from pytest_promptopt.models.specs import ModelSpec  # noqa: E402
+from pytest_promptopt.runners.execution import ExecutionSettings  # noqa: E402
 from pytest_promptopt.runners.spark import evaluate_frame, read_source, spark_session  # noqa: E402
 from pytest_promptopt.settings import SparkSettings  # noqa: E402
 from pytest_promptopt.suite.loader import load_suite  # noqa: E402
@@ -95,10 +96,9 @@ def run(spark: object, folder: Path, rows: int) -> float:
         spark,
         frame,
         loaded.dataset.slices[0].make_case,
+        ExecutionSettings(folder / "cache.sqlite", CacheMode.READWRITE),
         nodeid_prefix=f"{suite.name}::dataset::",
         output_path=folder / f"out-{rows}",
-        cache_path=folder / "cache.sqlite",
-        cache_mode=CacheMode.READWRITE,
     )
     elapsed = time.perf_counter() - started
     assert written == rows, (written, rows)

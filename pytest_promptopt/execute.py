@@ -1,7 +1,9 @@
 """Execute one case: call the model through the cache, then grade the output.
 
-The same function runs in the pytest process, an xdist worker or (later) a Spark executor: the
-runner changes, the case does not.
+The same function runs in the pytest process, an xdist worker or a Spark executor: the runner
+changes, the case does not. The runner hands in what grading needs besides the case: the judges
+of model-graded assertions (`judging.Judges`, bound here to the case) and the response cache,
+which also keeps `similar`'s embeddings.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from .assertions.base import AssertionConfigError, AssertionContext, AssertionEv
 from .assertions.scoring import CaseGrade, Outcome, grade_case
 from .cache import CallStats, ResponseCache
 from .judging import Judge, Judges
-from .judging import active as active_judges
 from .models.base import Model, ModelError, Request, Response
 from .records import CaseResult
 from .redact import redact, scrub
@@ -106,16 +107,22 @@ def model_error(case: Case, nodeid: str, exc: BaseException) -> CaseResult:
 
 def _judge(judges: Judges | None, cache: ResponseCache, stats: CallStats) -> Judge | None:
     """The judge of a case's model-graded assertions (judging.py): its calls go through `cache`
-    and count into the case's `stats`. `judges` defaults to the session's."""
-    judges = judges if judges is not None else active_judges()
+    and count into the case's `stats`. None without `judges`: such assertions are then errors."""
     return judges.bind(stats, cache) if judges is not None else None
 
 
-def _grade(case: Case, result: CaseResult, response: Response, judge: Judge | None = None) -> None:
+def _grade(
+    case: Case, result: CaseResult, response: Response, judge: Judge | None, embeddings: ResponseCache | None
+) -> None:
     fill_response(result, response)
     result.model = case.model.label or result.model  # a suite's provider label names it in reports
     ctx = AssertionContext(
-        vars=case.vars, prompt=case.rendered_prompt, response=response, base_dir=case.base_dir, judge=judge
+        vars=case.vars,
+        prompt=case.rendered_prompt,
+        response=response,
+        base_dir=case.base_dir,
+        judge=judge,
+        embeddings=embeddings,
     )
     try:
         fill_grade(result, grade_case(response.text, case.assertions, ctx, case.threshold))
@@ -124,7 +131,11 @@ def _grade(case: Case, result: CaseResult, response: Response, judge: Judge | No
 
 
 def _grade_samples(
-    case: Case, result: CaseResult, answers: Iterable[Response | ModelError], judge: Judge | None = None
+    case: Case,
+    result: CaseResult,
+    answers: Iterable[Response | ModelError],
+    judge: Judge | None,
+    embeddings: ResponseCache | None,
 ) -> None:
     """Grade the case's answers, one per repeat (`case.repeats`), into `result`. Without repeats
     the record is its one sample, as it always was; with them each sample is graded apart and
@@ -136,7 +147,7 @@ def _grade_samples(
         if isinstance(answer, ModelError):
             sample.error = f"model error ({case.model.display}): {scrub(str(answer))}"
         else:
-            _grade(case, sample, answer, judge)
+            _grade(case, sample, answer, judge, embeddings)
         samples.append(sample)
         if sample.error:
             break
@@ -153,8 +164,9 @@ def execute_case(
     judges: Judges | None = None,
 ) -> CaseResult:
     """Run `case` on `model`, `case.repeats` times (repeat i is its own cache entry; repeat 0's
-    key is that of a run without repeats). Model and assertion faults become `result.error`,
-    never exceptions."""
+    key is that of a run without repeats), graded with `judges` for its model-graded assertions
+    (through `cache`, counted in the case's calls). Model and assertion faults become
+    `result.error`, never exceptions."""
     stats = CallStats()
     started = time.perf_counter()
     result = new_result(case, nodeid)
@@ -167,7 +179,7 @@ def execute_case(
             except ModelError as exc:
                 yield exc
 
-    _grade_samples(case, result, answers(), _judge(judges, cache, stats))
+    _grade_samples(case, result, answers(), _judge(judges, cache, stats), cache)
     result.calls = stats.calls
     result.cache_hits = stats.cache_hits
     result.duration_s = time.perf_counter() - started
@@ -215,7 +227,7 @@ def grade_answered(answered: AnsweredCase, cache: ResponseCache, judges: Judges 
     """Grade a batch's case as `execute_case` does; its judges' calls count in its calls."""
     begun = time.perf_counter()
     result, stats = answered.result, answered.stats
-    _grade_samples(answered.case, result, answered.answers, _judge(judges, cache, stats))
+    _grade_samples(answered.case, result, answered.answers, _judge(judges, cache, stats), cache)
     result.calls = stats.calls
     result.cache_hits = stats.cache_hits
     result.duration_s = answered.share_s + (time.perf_counter() - begun)

@@ -182,7 +182,7 @@ class CaseItem(pytest.Item):
             from .shrinking import shrink_failure
 
             session = self.config.stash[session_key]
-            self.shrunk = shrink_failure(self.case, session.model_for, session.cache, session.shrunk)
+            self.shrunk = shrink_failure(self.case, session.model_for, session.cache, session.shrunk, session.judges)
         gates = self.case.suite.gates
         if gates:
             shrunk = f"; {self.shrunk.summary()}" if self.shrunk is not None else ""
@@ -269,7 +269,7 @@ class DatasetItem(pytest.Item):
         part of the per-case table; its stats are then streamed back from it, a batch at a time."""
         from .runners import dataset, spark
 
-        settings, factory = session.settings, self.part.make_case
+        factory = self.part.make_case
         output = folder / (self.part.ident or "all")
         try:
             frame = spark.read_source(session.spark(), self.spec.source)
@@ -284,21 +284,11 @@ class DatasetItem(pytest.Item):
                     f"{', '.join(c for c in frame.columns if not c.startswith('__promptopt'))}",
                     pytrace=False,
                 )
-            # Models and judges a Spark worker cannot build itself (objects, a conftest's make_model hook) travel with the job.
-            objects = session.shipped_models([factory.model], (assertion for assertion, _ in factory.assertions))
+            # Models and judges a Spark worker cannot build itself (objects, a conftest's
+            # make_model hook) travel with the job.
+            execution = session.spark_execution([factory.model], (assertion for assertion, _ in factory.assertions))
             spark.evaluate_frame(
-                session.spark(),
-                frame,
-                factory,
-                nodeid_prefix=f"{self.nodeid}::",
-                output_path=output,
-                cache_path=settings.cache_path,
-                cache_mode=settings.cache_mode,
-                models=objects,
-                timeout_s=settings.timeout_s,
-                retries=settings.scale.retries,
-                rate_limits=settings.scale.rate_limits,
-                judge=settings.judge,
+                session.spark(), frame, factory, execution, nodeid_prefix=f"{self.nodeid}::", output_path=output
             )
         except spark.SparkBackendError as exc:  # an unreadable source, a failed job: one line, no traceback
             pytest.fail(f"{self.spec.source.describe()}: {exc}", pytrace=False)

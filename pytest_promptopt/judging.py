@@ -10,9 +10,10 @@ response cache, so judge calls are recorded, replayed and counted in the case's 
 `cache_hits`. The cache key is the judge's identity, its parameters and the judge prompt, which
 holds the rubric and the output.
 
-`Judges` is the per-process part (models, cache, default); `Judges.bind(stats)` gives the
-`Judge` of one case. The session activates its `Judges` for code that grades without being
-handed one (a Python test's `prompt_check`, the repair metric).
+`Judges` is the per-process part (models, cache, default), owned by the session (or a Spark
+worker) and handed to the runner, `prompt_check` and the repair; `Judges.bind(stats)` gives the
+`Judge` of one case, which the runner puts in its `AssertionContext`. Which assertion types call
+a judge, and how often, the assertion registry says (`register(..., judge_calls=...)`).
 """
 
 from __future__ import annotations
@@ -21,26 +22,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from .assertions.base import is_model_graded, judge_calls_for
 from .cache import CallStats, ResponseCache
 from .models.base import Model, ModelError, Request, Response
-from .models.specs import ModelSpec, parse_model_spec
+from .models.specs import ModelSpec, is_model, provider_spec
 
-__all__ = ["Judge", "Judges", "activate", "active", "is_model", "judge_calls", "judge_specs", "provider_spec"]
-
-
-def is_model(value: Any) -> bool:
-    """A model adapter object (what `provider=` may be in a Python test)."""
-    return hasattr(value, "generate") and hasattr(value, "cache_identity")
-
-
-def provider_spec(provider: Any, where: str = "provider") -> ModelSpec | None:
-    """The `ModelSpec` an assertion's `provider` names (None for none, or for a model object).
-    Raises `ValueError` for a provider that cannot name a model."""
-    if provider is None or is_model(provider):
-        return None
-    if isinstance(provider, ModelSpec):
-        return provider
-    return parse_model_spec(provider, where)
+__all__ = ["Judge", "Judges", "judge_calls", "judge_specs"]
 
 
 @dataclass(frozen=True)
@@ -99,29 +86,18 @@ class Judge:
 
 def judge_calls(assertions: Iterable[Any]) -> int:
     """The most judge calls grading one answer against `assertions` may make (every one a cache
-    miss): one per model-graded assertion, two for `g-eval` (its steps, then the score), one per
-    MLflow scorer (an LLM judge; a code scorer makes none, but which is which is known only once
-    it is resolved)."""
-    from .assertions.mlflow_scorers import PREFIX
-    from .assertions.model_graded import JUDGED_TYPES
-
-    def calls(kind: str) -> int:
-        if kind == "g-eval":
-            return 2
-        return 1 if kind in JUDGED_TYPES or kind.startswith(PREFIX) else 0
-
-    return sum(calls(str(getattr(a, "type", ""))) for a in assertions)
+    miss), as the assertion types registered them: one per model-graded assertion, two for
+    `g-eval` (its steps, then the score), one per MLflow scorer."""
+    return sum(judge_calls_for(str(getattr(a, "type", ""))) for a in assertions)
 
 
 def judge_specs(assertions: Iterable[Any], default: ModelSpec | None = None) -> list[ModelSpec]:
     """The judge model specs `assertions` use: their providers, and `default` when one of them
     is model-graded without a provider (for shipping hook-made judges to Spark)."""
-    from .assertions.model_graded import JUDGED_TYPES
-
     specs: dict[str, ModelSpec] = {}
     for assertion in assertions:
-        kind = getattr(assertion, "type", "")
-        if kind not in JUDGED_TYPES:  # `similar`'s provider is an embedding model; MLflow judges call their own
+        # `similar`'s provider is an embedding model; MLflow judges call their own
+        if not is_model_graded(str(getattr(assertion, "type", ""))):
             continue
         provider = getattr(assertion, "provider", None)
         if provider is None and default is not None:
@@ -133,21 +109,3 @@ def judge_specs(assertions: Iterable[Any], default: ModelSpec | None = None) -> 
         if spec is not None:
             specs[spec.key] = spec
     return list(specs.values())
-
-
-_active: Judges | None = None
-
-
-def active() -> Judges | None:
-    """The session's judges in this process (None outside a `--promptopt` run)."""
-    return _active
-
-
-def activate(judges: Judges | None) -> None:
-    global _active
-    _active = judges
-
-
-def describe(model: Any) -> str:
-    """A judge's name for messages."""
-    return str(getattr(model, "name", "") or type(model).__name__)

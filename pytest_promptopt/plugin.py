@@ -234,10 +234,12 @@ def prompt_check(request: pytest.FixtureRequest) -> Any:
     check is reported as an expected failure ("tolerated by gate ...") and the gates decide.
     """
     from .python_tests import PromptCheck
+    from .session import session_key
 
+    session = request.config.stash[session_key]
     recorder = _recorder(request)
     gates = ", ".join(g.describe() for g in recorder.suite.gates) or None
-    return PromptCheck(recorder, gates)
+    return PromptCheck(recorder, gates, session.judges, session.cache)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -20,8 +20,9 @@ import pytest
 
 from .assertions.base import Assertion, AssertionConfigError, AssertionContext, AssertionEvaluationError
 from .assertions.scoring import CaseGrade, grade_case, render_assertion
-from .cache import CallStats
+from .cache import CallStats, ResponseCache
 from .execute import fill_grade, fill_response, json_safe
+from .judging import Judges
 from .models.base import Message, Model, ModelError, Request, Response
 from .models.specs import ModelSpec, parse_model_spec
 from .records import CaseResult
@@ -164,11 +165,22 @@ class PromptCheck:
 
     >>> prompt_check(answer, contains("Paris"), regex(r"^[A-Z]"))
     >>> prompt_check(answer, icontains("paris"), word_count(max=5), threshold=0.5)
+
+    Model-graded assertions ask the session's `judges`; `similar` keeps its embeddings in the
+    session's response cache (`embeddings`).
     """
 
-    def __init__(self, recorder: PythonCaseRecorder, gates_text: str | None) -> None:
+    def __init__(
+        self,
+        recorder: PythonCaseRecorder,
+        gates_text: str | None,
+        judges: Judges | None = None,
+        embeddings: ResponseCache | None = None,
+    ) -> None:
         self._recorder = recorder
         self._gates_text = gates_text
+        self._judges = judges
+        self._embeddings = embeddings
 
     def __call__(
         self,
@@ -183,18 +195,14 @@ class PromptCheck:
         response = output if isinstance(output, Response) else self._recorder.last_response
         text = str(output)
         variables = {**self._recorder.vars, **(vars or {})}
-        from .judging import active as active_judges
-
-        judges = active_judges()  # model-graded assertions: judge calls count as this test's calls
-        judge = judges.bind(self._recorder.stats) if judges is not None else None
+        # model-graded assertions: judge calls count as this test's calls
+        judge = self._judges.bind(self._recorder.stats) if self._judges is not None else None
+        ctx = AssertionContext(
+            variables, self._recorder.last_prompt, response, self._recorder.base_dir, judge, self._embeddings
+        )
         try:
             rendered = [render_assertion(_as_assertion(a), variables) for a in assertions]
-            grade = grade_case(
-                text,
-                rendered,
-                AssertionContext(variables, self._recorder.last_prompt, response, self._recorder.base_dir, judge),
-                threshold,
-            )
+            grade = grade_case(text, rendered, ctx, threshold)
         except AssertionConfigError as exc:
             # A malformed check is the test's fault, not the output's: an error, not a failure.
             self._recorder.error = f"assertion error: {exc}"

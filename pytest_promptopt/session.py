@@ -17,14 +17,13 @@ import pytest
 from .cache import ResponseCache
 from .case_stats import DatasetPart
 from .judging import Judges, judge_specs
-from .judging import activate as activate_judges
-from .judging import active as active_judges
 from .mlflow.prompts import PromptResolver
 from .models.base import Model, ModelError
 from .models.hosted import LiteLLMModel
 from .models.specs import ModelSpec, create_model, with_timeout, with_tracking_server
 from .records import CaseResult
 from .repeats import fold_repeated_tests, split_repeat
+from .runners.execution import ExecutionSettings
 from .runners.limits import RateLimiter, Throttled, limit_for, throttle
 from .runners.pool import CaseRunner
 from .settings import Settings
@@ -74,14 +73,11 @@ class PromptoptSession:
         if settings.enabled and is_controller:
             self.registry.publish()  # for Prompt.from_registry in test modules, here and in xdist workers
         self._make_model = make_model
-        # Judge models of model-graded assertions: the same adapters and cache (judging.py).
+        # How cases run, for the runner and Spark: this process's share of the run's budgets.
+        self.execution = _execution_settings(settings).share(self.workers)
+        # Judge models of model-graded assertions: the same adapters and cache (judging.py),
+        # handed to the runner, `prompt_check` and the repair.
         self.judges = Judges(self.model_for, lambda: self.cache, settings.judge)
-        if settings.enabled:
-            activate_judges(self.judges)  # for prompt_check in Python tests
-        if settings.enabled:
-            from .models.embeddings import use_cache
-
-            use_cache(lambda: self.cache)  # `similar` keeps its sentence embeddings beside the responses
         self._models: dict[str, Model] = {}
         self._models_lock = threading.Lock()
         self._hook_made: set[str] = set()
@@ -116,7 +112,7 @@ class PromptoptSession:
                     self._hook_made.add(spec.key)
                 else:
                     effective = with_tracking_server(spec, self.registry.tracking_uri)
-                    model = create_model(with_timeout(effective, self.settings.timeout_s))
+                    model = create_model(with_timeout(effective, self.execution.timeout_s))
                 if isinstance(model, LiteLLMModel):
                     model = self._throttled(model)
                 self._models[spec.key] = model
@@ -125,26 +121,19 @@ class PromptoptSession:
     def _throttled(self, model: LiteLLMModel) -> Throttled:
         """A hosted model behind its provider's rate limit (one limiter per provider per process,
         holding this worker's share) and the retry policy."""
-        scale = self.settings.scale
-        limit = limit_for(scale.rate_limits, model.model)
+        limit = limit_for(self.execution.rate_limits, model.model)  # this worker's share
         limiter = None
         if limit is not None:
             limiter = self._limiters.get(limit.provider)
             if limiter is None:
-                limiter = self._limiters[limit.provider] = RateLimiter(limit.share(self.workers))
-        return throttle(model, scale.retries, limiter)
+                limiter = self._limiters[limit.provider] = RateLimiter(limit)
+        return throttle(model, self.execution.retries, limiter)
 
     @property
     def runner(self) -> CaseRunner:
         """Maps cases to results in this process (runners/pool.py): `runner.map(pairs)`."""
         if self._runner is None:
-            scale = self.settings.scale
-            self._runner = CaseRunner(
-                self.model_for,
-                lambda: self.cache,
-                concurrency=max(1, scale.concurrency // self.workers),
-                batch_size=scale.batch_size,
-            )
+            self._runner = CaseRunner(self.model_for, lambda: self.cache, self.execution, self.judges)
         return self._runner
 
     def spark(self) -> Any:
@@ -176,24 +165,13 @@ class PromptoptSession:
         from .execute import error_result
         from .runners.spark import SparkBackendError, evaluate_cases
 
-        objects = self.shipped_models(
+        execution = self.spark_execution(
             [case.model for case, _ in cases], (a for case, _ in cases for a in case.assertions)
         )
-        settings = self.settings
         pairs = [(nodeid, case) for case, nodeid in cases]
         done: set[str] = set()
         try:
-            for nodeid, result in evaluate_cases(
-                self.spark(),
-                pairs,
-                cache_path=settings.cache_path,
-                cache_mode=settings.cache_mode,
-                models=objects,
-                timeout_s=settings.timeout_s,
-                retries=settings.scale.retries,
-                rate_limits=settings.scale.rate_limits,
-                judge=settings.judge,
-            ):
+            for nodeid, result in evaluate_cases(self.spark(), pairs, execution):
                 self.runner.preset(nodeid, result)
                 done.add(nodeid)
         except SparkBackendError as exc:
@@ -203,17 +181,18 @@ class PromptoptSession:
                 if nodeid not in done:
                     self.runner.preset(nodeid, error_result(case, nodeid, f"Spark backend: {exc}"))
 
-    def shipped_models(self, models: Iterable[ModelSpec], assertions: Iterable[Any]) -> dict[str, Model]:
-        """What a Spark job takes along, by spec key: the models (`models`, and the judges of
-        `assertions`) given as objects or made by a conftest hook, which workers cannot build.
-        A model that cannot be built stays behind: the case or assertion reports it on the worker."""
+    def spark_execution(self, models: Iterable[ModelSpec], assertions: Iterable[Any]) -> ExecutionSettings:
+        """The execution settings of a Spark job, with what it takes along, by spec key: the
+        models (`models`, and the judges of `assertions`) given as objects or made by a conftest
+        hook, which workers cannot build. A model that cannot be built stays behind: the case or
+        assertion reports it on the worker."""
         objects = {spec.key: model for spec, model in self._object_models(models)}
         for spec in judge_specs(assertions, self.settings.judge):
             try:
                 objects.update((s.key, m) for s, m in self._object_models([spec]))
             except ModelError:
                 pass
-        return objects
+        return self.execution.with_models(objects)
 
     def _object_models(self, specs: Iterable[ModelSpec]) -> Iterator[tuple[ModelSpec, Model]]:
         """Models given as objects or made by a conftest's `pytest_promptopt_make_model`: Spark
@@ -364,5 +343,18 @@ class PromptoptSession:
             self._cache.close()
         if self.is_controller:
             self.registry.discard()
-        if active_judges() is self.judges:
-            activate_judges(None)
+
+
+def _execution_settings(settings: Settings) -> ExecutionSettings:
+    """How the run's cases run (runners/execution.py), read from its settings once."""
+    scale = settings.scale
+    return ExecutionSettings(
+        cache_path=settings.cache_path,
+        cache_mode=settings.cache_mode,
+        timeout_s=settings.timeout_s,
+        retries=scale.retries,
+        rate_limits=scale.rate_limits,
+        concurrency=scale.concurrency,
+        batch_size=scale.batch_size,
+        judge=settings.judge,
+    )

@@ -19,6 +19,7 @@ from typing import Any
 
 from .cache import ResponseCache
 from .execute import execute_case
+from .judging import Judges
 from .models.base import Model
 from .models.specs import ModelSpec
 from .records import CaseResult
@@ -76,12 +77,16 @@ ShrinkMemo = MutableMapping[tuple[int, int, str], tuple[FuzzBlock, "Shrunk | Non
 
 
 def shrink_failure(
-    case: Case, model_for: Callable[[ModelSpec], Model], cache: ResponseCache, memo: ShrinkMemo
+    case: Case,
+    model_for: Callable[[ModelSpec], Model],
+    cache: ResponseCache,
+    memo: ShrinkMemo,
+    judges: Judges | None = None,
 ) -> Shrunk | None:
     """For a failing generated case: the minimal failing input of its block on its prompt x
-    provider, run through `model_for(case.model)` and `cache`. None when the case is not
-    generated, `fuzz.shrink` is 0, or the replay met no failure. Computed once per block, prompt
-    and provider for a `memo`."""
+    provider, run through `model_for(case.model)` and `cache` (model-graded assertions ask
+    `judges`). None when the case is not generated, `fuzz.shrink` is 0, or the replay met no
+    failure. Computed once per block, prompt and provider for a `memo`."""
     origin = case.fuzz
     if origin is None or origin.block.shrink <= 0:
         return None
@@ -89,7 +94,7 @@ def shrink_failure(
     if memo_key not in memo:
         # Each input takes the case's repeats, so "fails" means what it meant for the case.
         def evaluate(c: Case) -> CaseResult:
-            return execute_case(dataclasses.replace(c, repeats=case.repeats), model_for(c.model), cache)
+            return execute_case(dataclasses.replace(c, repeats=case.repeats), model_for(c.model), cache, judges=judges)
 
         memo[memo_key] = (origin.block, shrink(origin, evaluate))
     return memo[memo_key][1]

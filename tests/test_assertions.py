@@ -215,6 +215,32 @@ def test_every_registered_type_is_in_the_suite_schema():
     assert re.match(pattern, "not-mlflow:file://scorers.py:is_short") and not re.match(pattern, "mlflow:")
 
 
+def test_importing_any_assertions_module_registers_every_grader():
+    """The package's `__init__` imports the graders (they register themselves): a process that
+    imports only `assertions.base` knows every type, and `base` imports no grader module."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom pytest_promptopt.assertions.base import assertion_types\nprint(','.join(assertion_types()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out.split(",") == assertion_types()
+    assert {"contains", "llm-rubric", "g-eval", "similar", "rouge-n", "python", "mlflow:"} <= set(out.split(","))
+    base = (Path(__file__).parent.parent / "pytest_promptopt" / "assertions" / "base.py").read_text()
+    graders = (
+        "measures",
+        "mlflow_scorers",
+        "model_graded",
+        "python_ref",
+        "reference",
+        "similarity",
+        "structured",
+        "text",
+    )
+    assert not any(f"import {name}" in base or f".{name} import" in base for name in graders)
+
+
 @given(st.text(max_size=30), st.text(max_size=30))
 def test_levenshtein_is_a_metric(a, b):
     d = levenshtein_distance(a, b)

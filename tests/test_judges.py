@@ -26,7 +26,7 @@ from pytest_promptopt import (
     not_,
 )
 from pytest_promptopt.assertions.base import AssertionConfigError
-from pytest_promptopt.assertions.model_graded import first_json_object, verdict_fields
+from pytest_promptopt.assertions.judge_prompts import first_json_object, verdict_fields
 from pytest_promptopt.assertions.scoring import render_assertion
 from pytest_promptopt.cache import CacheMode, CallStats, ResponseCache
 from pytest_promptopt.execute import execute_case
@@ -344,6 +344,35 @@ def test_a_hosted_judge_through_litellm_on_a_loopback_server(cache, monkeypatch)
     assert "sk-judge" not in json.dumps(result.to_dict()) + json.dumps(rubric.to_dict())
 
 
+def test_the_registry_says_which_types_call_a_judge_and_how_often():
+    from pytest_promptopt import contains, similar
+    from pytest_promptopt.assertions.base import is_model_graded, judge_calls_for
+    from pytest_promptopt.judging import judge_calls
+
+    assert [judge_calls_for(t) for t in ("llm-rubric", "g-eval", "factuality", "mlflow:Guidelines", "contains")] == [
+        1,
+        2,
+        1,
+        1,
+        0,
+    ]
+    assert judge_calls_for("no-such-type") == 0 and not is_model_graded("no-such-type")
+    assert is_model_graded("closed-qa") and is_model_graded("model-graded-closedqa")
+    assert not is_model_graded("mlflow:Guidelines") and not is_model_graded("similar")  # they call their own models
+    assert judge_calls([llm_rubric("r"), g_eval("c"), not_(factuality("f")), similar("s"), contains("x")]) == 4
+
+
+def test_a_model_graded_assertion_without_a_judge_in_its_context_is_an_error():
+    from pytest_promptopt.assertions.base import AssertionContext, AssertionEvaluationError
+    from pytest_promptopt.assertions.scoring import grade_assertion
+
+    judge = ScriptedJudge({"Paris.": PASS}, name="object-judge")
+    for rubric in (llm_rubric("Names Paris"), llm_rubric("Names Paris", provider=judge)):
+        with pytest.raises(AssertionEvaluationError, match="llm-rubric: no judge model in this context"):
+            grade_assertion("Paris.", render_assertion(rubric, {}), AssertionContext())
+    assert judge.calls == []  # a model object as provider is not called behind the context's back
+
+
 def test_a_model_object_as_provider_and_a_bad_provider():
     judge = ScriptedJudge({"Paris.": PASS}, name="object-judge")
     rubric = render_assertion(llm_rubric("Names Paris", provider=judge), {})
@@ -576,6 +605,7 @@ def test_judges_on_spark_workers(tmp_path):
     pytest.importorskip("pyspark")
     if not shutil.which("java"):
         pytest.skip("Spark needs a Java runtime")
+    from pytest_promptopt.runners.execution import ExecutionSettings
     from pytest_promptopt.runners.spark import evaluate_cases, spark_session
     from pytest_promptopt.settings import SparkSettings
 
@@ -592,10 +622,10 @@ def test_judges_on_spark_workers(tmp_path):
     spark = spark_session(SparkSettings(master="local[1]"))
     try:
         cold = dict(
-            evaluate_cases(spark, cases, cache_path=tmp_path / "c.sqlite", cache_mode=CacheMode.READWRITE, judge=judge)
+            evaluate_cases(spark, cases, ExecutionSettings(tmp_path / "c.sqlite", CacheMode.READWRITE, judge=judge))
         )
         warm = dict(
-            evaluate_cases(spark, cases, cache_path=tmp_path / "c.sqlite", cache_mode=CacheMode.READWRITE, judge=judge)
+            evaluate_cases(spark, cases, ExecutionSettings(tmp_path / "c.sqlite", CacheMode.READWRITE, judge=judge))
         )
     finally:
         spark.stop()

@@ -40,12 +40,11 @@ def grade(a: Assertion, output: str, **ctx: Any) -> Grade:
 
 @pytest.fixture
 def embedding_cache(tmp_path: Path) -> Iterator[ResponseCache]:
+    """The response cache `similar` keeps its vectors in (`AssertionContext.embeddings`)."""
     cache = ResponseCache(tmp_path / "cache.sqlite")
-    embeddings.use_cache(cache)
     try:
         yield cache
     finally:
-        embeddings.use_cache(None)
         cache.close()
 
 
@@ -184,20 +183,28 @@ UNRELATED = [
 
 
 def test_paraphrases_are_more_similar_than_unrelated_sentences(embedding_cache: ResponseCache):
-    paraphrases = [grade(similar(b), a) for a, b in PARAPHRASES]
-    unrelated = [grade(similar(b), a) for a, b in UNRELATED]
+    paraphrases = [grade(similar(b), a, embeddings=embedding_cache) for a, b in PARAPHRASES]
+    unrelated = [grade(similar(b), a, embeddings=embedding_cache) for a, b in UNRELATED]
     assert all(g.passed for g in paraphrases), paraphrases
     assert not any(g.passed for g in unrelated), unrelated
     assert min(g.score for g in paraphrases) > max(g.score for g in unrelated) + 0.3
     assert max(g.score for g in unrelated) < 0.3
     # Any of a list passes; not-similar needs the output far from every value.
     listed = grade(
-        similar(["Stock markets fell sharply today.", "A cat was sitting on the mat."]), "The cat sat on the mat."
+        similar(["Stock markets fell sharply today.", "A cat was sitting on the mat."]),
+        "The cat sat on the mat.",
+        embeddings=embedding_cache,
     )
     assert listed.passed and listed.score == paraphrases[0].score and "closest of 2 values" in listed.reason
-    assert grade(assertion("not-similar", ["Stock markets fell.", "Bread is baked."]), "The cat sat on the mat.").passed
+    assert grade(
+        assertion("not-similar", ["Stock markets fell.", "Bread is baked."]),
+        "The cat sat on the mat.",
+        embeddings=embedding_cache,
+    ).passed
     assert not grade(
-        assertion("not-similar", ["Stock markets fell.", "A cat was sitting on the mat."]), "The cat sat on the mat."
+        assertion("not-similar", ["Stock markets fell.", "A cat was sitting on the mat."]),
+        "The cat sat on the mat.",
+        embeddings=embedding_cache,
     ).passed
 
 
@@ -206,11 +213,13 @@ def test_offline_vectors_match_sentence_transformers(embedding_cache: ResponseCa
     from sentence_transformers import SentenceTransformer
 
     texts = [PARAPHRASES[1][0], PARAPHRASES[1][1], "A much longer sentence, with punctuation; and " * 40]
-    ours = embeddings.embed(embeddings.embedder_for(None), texts)
+    ours = embeddings.embed(embeddings.embedder_for(None), texts, embedding_cache)
     theirs = SentenceTransformer(str(embeddings.minilm_dir()), device="cpu").encode(texts, normalize_embeddings=True)
     for mine, ref in zip(ours, theirs):
         assert embeddings.cosine(mine, ref.tolist()) > 0.99999
-    assert grade(similar(texts[1]), texts[0]).score == pytest.approx(float(theirs[0] @ theirs[1]), abs=1e-5)
+    assert grade(similar(texts[1]), texts[0], embeddings=embedding_cache).score == pytest.approx(
+        float(theirs[0] @ theirs[1]), abs=1e-5
+    )
 
 
 def test_embedding_providers_are_checked_when_a_suite_loads():
@@ -256,8 +265,8 @@ def hosted(server: FakeOpenAI) -> dict[str, Any]:
 def test_hosted_embeddings_through_litellm(monkeypatch: pytest.MonkeyPatch, embedding_cache: ResponseCache):
     monkeypatch.setenv("FAKE_EMBED_KEY", "sk-fake-secret-0123456789")
     with FakeOpenAI(echo_last_user_message) as server:
-        near = grade(similar("abb", provider=hosted(server)), "ab")
-        far = grade(similar(["xyz", "zzz"], provider=hosted(server)), "ab")
+        near = grade(similar("abb", provider=hosted(server)), "ab", embeddings=embedding_cache)
+        far = grade(similar(["xyz", "zzz"], provider=hosted(server)), "ab", embeddings=embedding_cache)
     assert near.score == pytest.approx(3 / math.sqrt(2 * 5), abs=1e-6) and near.passed  # (1,1)·(1,2)
     assert far.score == 0.0 and not far.passed
     assert server.requests[0] == {"model": "text-embedding-3-small", "input": ["ab", "abb"]}
@@ -269,16 +278,16 @@ def test_hosted_embeddings_through_litellm(monkeypatch: pytest.MonkeyPatch, embe
 def test_embeddings_are_cached_by_model_and_text(monkeypatch: pytest.MonkeyPatch, embedding_cache: ResponseCache):
     monkeypatch.setenv("FAKE_EMBED_KEY", "sk-fake")
     with FakeOpenAI(echo_last_user_message) as server:
-        first = grade(similar(["abc", "abd"], provider=hosted(server)), "abcd")
-        again = grade(similar(["abc", "abd"], provider=hosted(server)), "abcd")
+        first = grade(similar(["abc", "abd"], provider=hosted(server)), "abcd", embeddings=embedding_cache)
+        again = grade(similar(["abc", "abd"], provider=hosted(server)), "abcd", embeddings=embedding_cache)
         assert len(server.requests) == 1 and again == first
-        grade(similar("abc", provider=hosted(server)), "a new output")
+        grade(similar("abc", provider=hosted(server)), "a new output", embeddings=embedding_cache)
         assert server.requests[-1]["input"] == ["a new output"]  # only the text it had not seen
         embedding_cache.mode = CacheMode.REPLAY
         with pytest.raises(AssertionEvaluationError, match="replay mode: no recorded embedding"):
-            grade(similar("abc", provider=hosted(server)), "never seen")
+            grade(similar("abc", provider=hosted(server)), "never seen", embeddings=embedding_cache)
         embedding_cache.mode = CacheMode.OFF
-        grade(similar("abc", provider=hosted(server)), "abcd")
+        grade(similar("abc", provider=hosted(server)), "abcd", embeddings=embedding_cache)
         assert len(server.requests) == 3
     rows = sqlite3.connect(embedding_cache.path).execute("SELECT model, length(vector) FROM embeddings").fetchall()
     assert sorted(rows) == [("openai/text-embedding-3-small", 26 * 4)] * 4  # float32 letter counts
@@ -301,11 +310,13 @@ class LetterEmbedder:
 
 def test_an_offline_embedder_object_computes_in_replay_mode(embedding_cache: ResponseCache):
     letters = LetterEmbedder()
-    assert grade(similar("abb", provider=letters), "ab").score == pytest.approx(
+    assert grade(similar("abb", provider=letters), "ab", embeddings=embedding_cache).score == pytest.approx(
         cosine_of_letters("ab", "abb"), abs=1e-6
     )
     embedding_cache.mode = CacheMode.REPLAY
-    grade(similar("abb", provider=letters), "a text it has not seen")  # no call is at stake: computed
+    grade(
+        similar("abb", provider=letters), "a text it has not seen", embeddings=embedding_cache
+    )  # no call is at stake: computed
     assert letters.embedded == ["ab", "abb", "a text it has not seen"]
     count = sqlite3.connect(embedding_cache.path).execute("SELECT count(*) FROM embeddings").fetchone()[0]
     assert count == 2  # replay records nothing
@@ -370,6 +381,36 @@ def test_a_rerun_takes_hosted_embeddings_from_the_cache(
         run_pytest("--promptopt").assert_outcomes(passed=2)
         assert len(server.requests) == asked  # every vector came from the cache
         run_pytest("--promptopt", "--promptopt-cache", "off").assert_outcomes(passed=2)
+        assert len(server.requests) > asked
+
+
+def test_prompt_check_keeps_embeddings_in_the_runs_cache(
+    run_pytest: Any, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+):
+    """`prompt_check` grades `similar` with the session's response cache (handed to it by the
+    fixture): a rerun takes every vector from it, and `--promptopt-cache off` asks again."""
+    monkeypatch.setenv("FAKE_EMBED_KEY", "sk-fake")
+    with FakeOpenAI(echo_last_user_message) as server:
+        provider = {
+            "id": "openai:embedding:text-embedding-3-small",
+            "config": {"apiBaseUrl": server.base_url, "apiKeyEnvar": "FAKE_EMBED_KEY"},
+        }
+        pytester.makepyfile(
+            test_words=f"""
+            import pytest
+            from pytest_promptopt import similar
+
+            @pytest.mark.parametrize("word", ["cat", "dog"])
+            def test_plural(prompt_model, prompt_check, word):
+                prompt_check(prompt_model(word), similar(word + "s", threshold=0.85, provider={provider!r}))
+            """
+        )
+        run_pytest("--promptopt", "--promptopt-model", "echo").assert_outcomes(passed=2)
+        asked = len(server.requests)
+        assert sorted(t for r in server.requests for t in r["input"]) == ["cat", "cats", "dog", "dogs"]
+        run_pytest("--promptopt", "--promptopt-model", "echo").assert_outcomes(passed=2)
+        assert len(server.requests) == asked  # every vector came from the cache
+        run_pytest("--promptopt", "--promptopt-model", "echo", "--promptopt-cache", "off").assert_outcomes(passed=2)
         assert len(server.requests) > asked
 
 

@@ -15,6 +15,7 @@ from fake_openai import FakeOpenAI, echo_last_user_message
 
 from pytest_promptopt.models.base import ModelError, Request, Response
 from pytest_promptopt.runners import scheduling
+from pytest_promptopt.runners.execution import ExecutionSettings
 from pytest_promptopt.runners.limits import (
     RateLimit,
     RateLimiter,
@@ -638,7 +639,7 @@ def test_call_threads_each_have_an_event_loop_closed_with_the_runner(tmp_path):
     ]
     model = Concurrent()
     cache = ResponseCache(tmp_path / "c.sqlite", CacheMode.OFF)
-    runner = CaseRunner(lambda spec: model, lambda: cache, concurrency=2, batch_size=1)
+    runner = CaseRunner(lambda spec: model, lambda: cache, ExecutionSettings(cache.path, concurrency=2, batch_size=1))
     results = list(runner.map(cases * 4))
     assert [r.error for r in results] == [None] * 12 and 1 <= len(model.loops) <= 2
     loops = list(runner._loops)

@@ -27,12 +27,14 @@ from typing import Any
 import pytest
 from conftest import ECHO_SUITE
 
-from pytest_promptopt import dataset
 from pytest_promptopt.cache import CacheMode, ResponseCache
 from pytest_promptopt.execute import execute_case
 from pytest_promptopt.models.base import Request, Response
 from pytest_promptopt.models.specs import ModelSpec, create_model
+from pytest_promptopt.runners import dataset, spark_worker
 from pytest_promptopt.runners import spark as spark_runner
+from pytest_promptopt.runners.execution import ExecutionSettings
+from pytest_promptopt.runners.limits import DEFAULT_RETRIES
 from pytest_promptopt.runners.spark import (
     INSTALL_HINT,
     MissingPySpark,
@@ -279,7 +281,7 @@ def test_results_equal_the_in_process_path(spark: Any, tmp_path: Path) -> None:
         spec = ModelSpec("fake", {"default": PERSON}) if path.name.startswith("json_extraction") else ModelSpec("echo")
         cases += suite_cases(path, spec)
 
-    results = list(evaluate_cases(spark, cases, cache_path=tmp_path / "spark.sqlite", cache_mode=CacheMode.READWRITE))
+    results = list(evaluate_cases(spark, cases, ExecutionSettings(tmp_path / "spark.sqlite", CacheMode.READWRITE)))
 
     got = {nodeid: without_timings(result) for nodeid, result in results}
     assert len(results) == len(got) == len(cases)
@@ -297,8 +299,8 @@ def test_a_warm_rerun_makes_no_model_calls(spark: Any, tmp_path: Path) -> None:
     cases = suite_cases(tmp_path / "capitals.promptopt.yaml", ModelSpec("fake", {"default": "Paris and Madrid"}))
     cache = tmp_path / "cache.sqlite"
 
-    cold = dict(evaluate_cases(spark, cases, cache_path=cache, cache_mode=CacheMode.READWRITE))
-    warm = dict(evaluate_cases(spark, cases, cache_path=cache, cache_mode=CacheMode.REPLAY))
+    cold = dict(evaluate_cases(spark, cases, ExecutionSettings(cache, CacheMode.READWRITE)))
+    warm = dict(evaluate_cases(spark, cases, ExecutionSettings(cache, CacheMode.REPLAY)))
 
     assert [(r.calls, r.cache_hits) for r in cold.values()] == [(1, 0)] * len(cases)
     assert [(r.calls, r.cache_hits) for r in warm.values()] == [(0, 1)] * len(cases)
@@ -315,8 +317,8 @@ def test_repeated_cases_take_their_samples_on_spark_as_in_process(spark: Any, tm
     cases = suite_cases(tmp_path / "capitals.promptopt.yaml", spec)
     cache = tmp_path / "cache.sqlite"
 
-    cold = dict(evaluate_cases(spark, cases, cache_path=cache, cache_mode=CacheMode.READWRITE))
-    warm = dict(evaluate_cases(spark, cases, cache_path=cache, cache_mode=CacheMode.REPLAY))
+    cold = dict(evaluate_cases(spark, cases, ExecutionSettings(cache, CacheMode.READWRITE)))
+    warm = dict(evaluate_cases(spark, cases, ExecutionSettings(cache, CacheMode.REPLAY)))
 
     assert [(r.repeats, r.calls, r.cache_hits) for r in cold.values()] == [(3, 3, 0)] * len(cases)
     assert [(r.calls, r.cache_hits) for r in warm.values()] == [(0, 3)] * len(cases)
@@ -341,9 +343,7 @@ def test_the_model_is_created_once_per_python_worker(spark: Any, tmp_path: Path,
             evaluate_cases(
                 spark,
                 cases,
-                cache_path=tmp_path / "cache.sqlite",
-                cache_mode=CacheMode.OFF,
-                models={spec.key: model},
+                ExecutionSettings(tmp_path / "cache.sqlite", CacheMode.OFF, models={spec.key: model}),
                 partitions=6,
             )
         )
@@ -373,9 +373,7 @@ def test_a_crashed_python_worker_errors_the_cases_it_lost(spark: Any, tmp_path: 
         evaluate_cases(
             spark,
             cases,
-            cache_path=tmp_path / "cache.sqlite",
-            cache_mode=CacheMode.OFF,
-            models={spec.key: model},
+            ExecutionSettings(tmp_path / "cache.sqlite", CacheMode.OFF, models={spec.key: model}),
             partitions=4,
         )
     )
@@ -397,7 +395,7 @@ def test_a_case_that_does_not_pickle_is_an_error_not_a_failed_job(spark: Any, tm
     nodeid, case = cases[0]
     cases[0] = (nodeid, dataclasses.replace(case, vars={**case.vars, "lock": threading.Lock()}))
 
-    got = dict(evaluate_cases(spark, cases, cache_path=tmp_path / "cache.sqlite", cache_mode=CacheMode.READWRITE))
+    got = dict(evaluate_cases(spark, cases, ExecutionSettings(tmp_path / "cache.sqlite", CacheMode.READWRITE)))
 
     assert got[nodeid].error is not None and got[nodeid].error.startswith(
         "cannot send this case to Spark: it does not pickle (TypeError"
@@ -426,9 +424,11 @@ def test_model_objects_are_shipped_without_their_rate_limiter_or_refused_per_cas
         evaluate_cases(
             spark,
             fine + refused,
-            cache_path=tmp_path / "cache.sqlite",
-            cache_mode=CacheMode.READWRITE,
-            models={object_spec(throttled).key: throttled, object_spec(stuck).key: stuck},
+            ExecutionSettings(
+                tmp_path / "cache.sqlite",
+                CacheMode.READWRITE,
+                models={object_spec(throttled).key: throttled, object_spec(stuck).key: stuck},
+            ),
         )
     )
 
@@ -437,6 +437,35 @@ def test_model_objects_are_shipped_without_their_rate_limiter_or_refused_per_cas
         "model error (stuck): model 'stuck' cannot be sent to Spark workers: it does not pickle "
         "(TypeError: cannot pickle '_thread.lock' object)"
     }
+
+
+def test_execution_settings_pickle_and_split_into_shares(tmp_path: Path) -> None:
+    """The one settings object a job takes to its workers: it pickles (models included, when
+    they do), and a share splits the concurrency and every rate limit."""
+    import pickle
+
+    from pytest_promptopt.models.fakes import FakeModel
+    from pytest_promptopt.runners.limits import RateLimit
+
+    model = FakeModel({}, default="Paris", name="shipped")
+    execution = ExecutionSettings(
+        tmp_path / "c.sqlite",
+        CacheMode.REPLAY,
+        12.0,
+        retries=2,
+        rate_limits=(RateLimit("openai", rpm=600, tpm=9000),),
+        concurrency=8,
+        batch_size=4,
+        judge=ModelSpec("openai/judge", {"temperature": 0}),
+        models={"key": model},
+    )
+    again = pickle.loads(pickle.dumps(execution))
+    assert dataclasses.replace(again, models={}) == dataclasses.replace(execution, models={})
+    assert again.models["key"].name == "shipped" and again.judge.key == execution.judge.key
+    share = execution.share(3)
+    assert (share.concurrency, share.rate_limits) == (2, (RateLimit("openai", 200, 3000),))
+    assert execution.share(1) is execution and execution.share(16).concurrency == 1
+    assert dataclasses.replace(share, concurrency=8, rate_limits=execution.rate_limits) == execution
 
 
 def test_workers_take_the_runs_retries_and_a_share_of_its_rate_limits(
@@ -448,34 +477,33 @@ def test_workers_take_the_runs_retries_and_a_share_of_its_rate_limits(
     from pytest_promptopt.models.fakes import FakeModel
     from pytest_promptopt.runners.limits import RateLimit, RetryPolicy, Throttled
 
-    monkeypatch.setattr(spark_runner, "_models", {})  # the worker's caches, fresh
-    monkeypatch.setattr(spark_runner, "_limiters", {})
+    monkeypatch.setattr(spark_worker, "_models", {})  # the worker's caches, fresh
+    monkeypatch.setattr(spark_worker, "_limiters", {})
     shipped = Throttled(FakeModel({}, default="Paris", name="openai/shipped"), RetryPolicy(2))
     shipped_spec = object_spec(shipped.model)
-    limits = [RateLimit("hosted_vllm", rpm=600, tpm=9000), RateLimit("*", rpm=60)]
-    config = spark_runner._worker_config(
-        tmp_path / "c.sqlite", CacheMode.OFF, {shipped_spec.key: shipped}, 30.0, retries=1, rate_limits=limits, tasks=3
+    limits = (RateLimit("hosted_vllm", rpm=600, tpm=9000), RateLimit("*", rpm=60))
+    execution = ExecutionSettings(
+        tmp_path / "c.sqlite", CacheMode.OFF, 30.0, retries=1, rate_limits=limits, models={shipped_spec.key: shipped}
     )
-    assert config.retries == 1
-    assert config.rate_limits == (RateLimit("hosted_vllm", 200, 3000), RateLimit("*", 20))
+    config = spark_worker.worker_config(execution, tasks=3)
+    assert config.execution.retries == 1
+    assert config.execution.rate_limits == (RateLimit("hosted_vllm", 200, 3000), RateLimit("*", 20))
 
     url = {"api_base": "http://127.0.0.1:9/v1"}
-    model = spark_runner._worker_model(ModelSpec("hosted_vllm/a", url), config)
+    model = spark_worker.worker_model(ModelSpec("hosted_vllm/a", url), config)
     assert isinstance(model, Throttled) and model.policy.retries == 1
     assert model.limiter is not None and model.limiter.limit == RateLimit("hosted_vllm", 200, 3000)
     assert (
-        spark_runner._worker_model(ModelSpec("hosted_vllm/b", url), config).limiter is model.limiter
+        spark_worker.worker_model(ModelSpec("hosted_vllm/b", url), config).limiter is model.limiter
     )  # one budget per provider
-    own = spark_runner._worker_model(ModelSpec("openai/c", {**url, "num_retries": 3}), config)
+    own = spark_worker.worker_model(ModelSpec("openai/c", {**url, "num_retries": 3}), config)
     assert own.policy.retries == 3 and own.limiter.limit == RateLimit("*", 20)
-    arrived = spark_runner._worker_model(
-        shipped_spec, config
-    )  # shipped without the driver's limiter: gets the worker's
+    arrived = spark_worker.worker_model(shipped_spec, config)  # shipped without the driver's limiter: gets the worker's
     assert arrived.policy.retries == 2 and arrived.limiter is own.limiter
 
-    default = spark_runner._worker_config(tmp_path / "c.sqlite", CacheMode.OFF, {}, 30.0)
-    plain = spark_runner._worker_model(ModelSpec("hosted_vllm/a", url), default)
-    assert plain.policy.retries == spark_runner.DEFAULT_RETRIES and plain.limiter is None
+    default = spark_worker.worker_config(ExecutionSettings(tmp_path / "c.sqlite", CacheMode.OFF, 30.0))
+    plain = spark_worker.worker_model(ModelSpec("hosted_vllm/a", url), default)
+    assert plain.policy.retries == DEFAULT_RETRIES and plain.limiter is None
 
 
 @needs_java
@@ -493,9 +521,7 @@ def test_a_hosted_model_on_spark_retries_as_often_as_the_run_says(spark: Any, tm
         cases = suite_cases(
             tmp_path / "capitals.promptopt.yaml", ModelSpec("hosted_vllm/test-model", {"api_base": server.base_url})
         )
-        failed = dict(
-            evaluate_cases(spark, cases, cache_path=tmp_path / "c.sqlite", cache_mode=CacheMode.OFF, retries=1)
-        )
+        failed = dict(evaluate_cases(spark, cases, ExecutionSettings(tmp_path / "c.sqlite", CacheMode.OFF, retries=1)))
         assert len(server.requests) == 2 * len(cases)
     assert {r.error is not None and "gave up after 2 attempts" in r.error for r in failed.values()} == {True}
 
@@ -507,10 +533,9 @@ def test_a_hosted_model_on_spark_retries_as_often_as_the_run_says(spark: Any, tm
             evaluate_cases(
                 spark,
                 cases,
-                cache_path=tmp_path / "c.sqlite",
-                cache_mode=CacheMode.OFF,
-                retries=0,
-                rate_limits=[RateLimit("hosted_vllm", rpm=600)],
+                ExecutionSettings(
+                    tmp_path / "c.sqlite", CacheMode.OFF, retries=0, rate_limits=(RateLimit("hosted_vllm", rpm=600),)
+                ),
             )
         )
     assert [passed[n].output for n, _ in cases] == [f"Echo: {case.rendered_prompt}" for _, case in cases]
@@ -568,10 +593,9 @@ def test_evaluate_frame_writes_the_rows_the_in_process_runner_writes(spark: Any,
         spark,
         read_source(spark, spec.source),
         make_case,
+        ExecutionSettings(tmp_path / "cache.sqlite", CacheMode.READWRITE),
         nodeid_prefix=prefix,
         output_path=tmp_path / "out",
-        cache_path=tmp_path / "cache.sqlite",
-        cache_mode=CacheMode.READWRITE,
     )
 
     import pyarrow.dataset as ds
@@ -630,10 +654,9 @@ def test_read_source_takes_a_path_string_and_evaluate_frame_a_plain_frame(spark:
         spark,
         frame,
         spec.slices[0].make_case,
+        ExecutionSettings(str(tmp_path / "cache.sqlite"), CacheMode.READWRITE),
         nodeid_prefix="p::",
         output_path=str(tmp_path / "out"),
-        cache_path=str(tmp_path / "cache.sqlite"),
-        cache_mode=CacheMode.READWRITE,
     )
 
     results = list(dataset.iter_results(tmp_path / "out"))
@@ -677,7 +700,7 @@ def test_without_pyspark_one_line_says_how_to_install_it(monkeypatch: pytest.Mon
         str(excinfo.value) == INSTALL_HINT == "the Spark backend needs pyspark: pip install 'pytest-promptopt[spark]'"
     )
     with pytest.raises(MissingPySpark):
-        list(evaluate_cases(object(), [("n", object())], cache_path=tmp_path / "c", cache_mode=CacheMode.OFF))  # type: ignore[list-item]
+        list(evaluate_cases(object(), [("n", object())], ExecutionSettings(tmp_path / "c", CacheMode.OFF)))  # type: ignore[list-item]
 
 
 def test_public_names() -> None:

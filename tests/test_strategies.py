@@ -338,7 +338,7 @@ def test_generation_ignores_local_modules(tmp_path):
         sys.path.insert(0, {str(tmp_path)!r})
         if sys.argv[1] == "yes":
             import constants_here
-        from pytest_promptopt.fuzz import FuzzBlock, generate
+        from pytest_promptopt.suite.fuzz import FuzzBlock, generate
         block = FuzzBlock(count=100, seed=0, variants=(), schemas=(("s", {{"type": "string"}}), ("i", {{"type": "integer"}})))
         print(json.dumps(generate(block)))
     """)

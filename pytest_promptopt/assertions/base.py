@@ -1,4 +1,8 @@
-"""Assertion specs, grades and the registry that maps a type name to its grader."""
+"""Assertion specs, grades and the registry that maps a type name to its grader.
+
+The built-in graders register themselves when their modules are imported, which the package's
+`__init__` does: this module imports none of them.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +10,28 @@ import difflib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ..models.base import Response
+from ..models.base import Model, Request, Response
+from ..models.specs import ModelSpec, model_name
+from ..redact import redact
+
+if TYPE_CHECKING:
+    from ..cache import ResponseCache
 
 __all__ = [
     "Assertion",
     "AssertionConfigError",
     "AssertionContext",
     "AssertionEvaluationError",
+    "AssertionJudge",
     "Grade",
     "Grader",
     "assertion_types",
+    "entry_for",
     "grader_for",
+    "is_model_graded",
+    "judge_calls_for",
     "register",
     "suggest_type",
 ]
@@ -75,13 +88,11 @@ class Assertion:
 
 def _provider_dict(provider: Any) -> Any:
     """An assertion's judge as plain data, secrets masked (for case ids and reports)."""
-    from ..redact import redact
-
     if isinstance(provider, (str, Mapping)):
         return redact(provider)
     if hasattr(provider, "to_dict"):
         return provider.to_dict()
-    return {"object": str(getattr(provider, "name", "") or type(provider).__name__)}
+    return {"object": model_name(provider)}
 
 
 @dataclass(frozen=True)
@@ -98,17 +109,31 @@ class Grade:
         return cls(passed, 1.0 if passed else 0.0, "Assertion passed" if passed else failure)
 
 
+class AssertionJudge(Protocol):
+    """What a grader asks of the judge in its context (`judging.Judge` is one): the run's judge
+    model, the adapter a `provider` names, and its answers through the response cache."""
+
+    @property
+    def default(self) -> ModelSpec: ...
+
+    def model(self, provider: Any = None) -> Model: ...
+
+    def fetch(self, model: Any, request: Request) -> Response: ...
+
+
 @dataclass(frozen=True)
 class AssertionContext:
-    """What an assertion may look at besides the output text."""
+    """What an assertion may look at besides the output text, and the services it may use."""
 
     vars: Mapping[str, Any] = field(default_factory=dict)
     prompt: str = ""
     response: Response | None = None
     base_dir: Path = field(default_factory=Path.cwd)
-    # Calls judge models for model-graded assertions, counted for this case (a `judging.Judge`);
-    # None: the session's judges, uncounted.
-    judge: Any = None
+    # Calls judge models for model-graded assertions, counted for this case; None: no judge model
+    # here, and a model-graded assertion is an evaluation error.
+    judge: AssertionJudge | None = None
+    # Where `similar` keeps its sentence embeddings (the run's response cache); None: not kept.
+    embeddings: ResponseCache | None = None
 
 
 # A grader sees the output, the assertion (with `value` already rendered with the case vars) and
@@ -123,6 +148,11 @@ class _Entry:
     # promptfoo renders string values with the case vars for most types, not for code references.
     render_value: bool
     check: Callable[[Assertion], None] | None
+    # The most judge calls grading one answer may make (every one a cache miss).
+    judge_calls: int = 0
+    # Graded by a judge model through `ctx.judge`: its `provider` names that model, and a test's
+    # `options.provider` applies to it.
+    model_graded: bool = False
 
 
 _REGISTRY: dict[str, _Entry] = {}
@@ -134,30 +164,20 @@ def register(
     needs_value: bool = True,
     render_value: bool = True,
     check: Callable[[Assertion], None] | None = None,
+    judge_calls: int = 0,
+    model_graded: bool = False,
 ) -> Callable[[Grader], Grader]:
-    """Register a grader under an assertion type name (used by the built-in assertion modules)."""
+    """Register a grader under an assertion type name (used by the built-in assertion modules).
+    A name ending in `:` registers a family (`mlflow:` grades every `mlflow:<name>`)."""
 
     def decorate(grader: Grader) -> Grader:
-        _REGISTRY[name] = _Entry(grader, needs_value, render_value, check)
+        _REGISTRY[name] = _Entry(grader, needs_value, render_value, check, judge_calls, model_graded)
         return grader
 
     return decorate
 
 
-_builtins_loaded = False
-
-
-def _load_builtins() -> None:
-    # Imported for their @register side effects; kept out of module import time.
-    global _builtins_loaded
-    if not _builtins_loaded:
-        from . import measures, mlflow_scorers, model_graded, python_ref, reference, similarity, structured, text  # noqa: F401
-
-        _builtins_loaded = True
-
-
 def assertion_types() -> list[str]:
-    _load_builtins()
     return sorted(_REGISTRY)
 
 
@@ -169,21 +189,39 @@ def suggest_type(name: str) -> str | None:
     return ("not-" if name.startswith("not-") else "") + match[0]
 
 
-def entry_for(name: str) -> _Entry:
-    _load_builtins()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
+def _lookup(name: str) -> _Entry | None:
+    entry = _REGISTRY.get(name)
+    if entry is None:
         # A prefixed family such as `mlflow:<Scorer>` is registered under its prefix (`mlflow:`).
-        prefix = name.split(":", 1)[0] + ":"
-        if ":" in name and name.split(":", 1)[1] and prefix in _REGISTRY:
-            return _REGISTRY[prefix]
+        family, colon, rest = name.partition(":")
+        if colon and rest:
+            entry = _REGISTRY.get(family + ":")
+    return entry
+
+
+def entry_for(name: str) -> _Entry:
+    entry = _lookup(name)
+    if entry is None:
         hint = suggest_type(name)
         did_you_mean = f"; did you mean '{hint}'?" if hint else ""
         raise AssertionConfigError(
             f"unknown assertion type '{name}'{did_you_mean} (supported: {', '.join(assertion_types())}, "
             "each also with a 'not-' prefix)"
-        ) from None
+        )
+    return entry
+
+
+def judge_calls_for(kind: str) -> int:
+    """The most judge calls grading one answer against an assertion of type `kind` may make
+    (0 for an unknown type)."""
+    entry = _lookup(kind)
+    return entry.judge_calls if entry is not None else 0
+
+
+def is_model_graded(kind: str) -> bool:
+    """Whether a judge model grades assertions of type `kind` (`llm-rubric`, `g-eval`, ...)."""
+    entry = _lookup(kind)
+    return entry is not None and entry.model_graded
 
 
 def grader_for(name: str) -> Grader:

@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 from .base import Assertion
+from .mlflow_scorers import mlflow_scorer as _mlflow_scorer
 
 __all__ = [
     "assertion",
@@ -297,6 +298,4 @@ def mlflow_scorer(
     """An MLflow GenAI scorer as an assertion: a built-in judge (`Guidelines(guidelines=...)`,
     `Correctness()`, ...) or a `@scorer` function. `expectations`: a mapping, a string
     (`expected_response`) or a list of strings (`expected_facts`)."""
-    from .mlflow_scorers import mlflow_scorer as build
-
-    return build(scorer, expectations, threshold=threshold, weight=weight, metric=metric)
+    return _mlflow_scorer(scorer, expectations, threshold=threshold, weight=weight, metric=metric)

@@ -30,8 +30,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..models.base import ModelError, Request, Response
+from ..models.specs import provider_spec
 from ..redact import is_secret_key, scrub
 from .base import Assertion, AssertionConfigError, AssertionContext, AssertionEvaluationError, Grade, register
+from .python_ref import resolve_function, split_reference
 
 __all__ = ["PREFIX", "grade_feedback", "is_scorer", "mlflow_scorer"]
 
@@ -79,8 +81,6 @@ def mlflow_scorer(
 
 
 def _check(assertion: Assertion) -> None:
-    from ..judging import provider_spec
-
     where = assertion.where or assertion.type
     reference = assertion.type[len(PREFIX) :].strip()
     if not reference:
@@ -90,9 +90,7 @@ def _check(assertion: Assertion) -> None:
     if assertion.config is not None and not isinstance(assertion.config, Mapping):
         raise AssertionConfigError(f"{where}: config must be a mapping (the scorer's arguments)")
     if not _BUILTIN.match(reference) and "scorer" not in (assertion.config or {}):
-        from .python_ref import _split_reference
-
-        _split_reference(reference, where)
+        split_reference(reference, where)
     try:
         provider_spec(assertion.provider, f"{where}: provider")
     except ValueError as exc:
@@ -141,8 +139,6 @@ def _resolve(assertion: Assertion, ctx: AssertionContext) -> Any:
                 f"{', '.join(names)}; a custom one is mlflow:file://scorers.py:function"
             )
     else:
-        from .python_ref import resolve_function
-
         found = resolve_function(reference, ctx.base_dir, where)
     if isinstance(found, type):
         if not issubclass(found, scorers.Scorer):
@@ -165,12 +161,9 @@ def _default_model(cls: Any, config: dict[str, Any], assertion: Assertion, ctx: 
     Otherwise MLflow's own default applies."""
     if "model" in config or "model" not in getattr(cls, "model_fields", {}):
         return
-    from ..judging import active, provider_spec
-
     spec = provider_spec(assertion.provider)
-    if spec is None and assertion.provider is None:
-        judges = ctx.judge.judges if ctx.judge is not None else active()
-        spec = judges.default if judges is not None else None
+    if spec is None and assertion.provider is None and ctx.judge is not None:
+        spec = ctx.judge.default
     if spec is not None and "/" in spec.id and not spec.id.startswith("object:"):
         provider, _, name = spec.id.partition("/")
         config["model"] = f"{provider}:/{name}"
@@ -323,18 +316,17 @@ def _is_llm_judge(scorer: Any) -> bool:
     return any(c.__name__ == "Judge" and c.__module__.startswith("mlflow.genai.judges") for c in type(scorer).__mro__)
 
 
-@register(PREFIX, needs_value=False, check=_check)
+# One judge call: an LLM judge's (a code scorer makes none, but which is which is known only
+# once the scorer is resolved). Not model-graded: MLflow's judges call their own models.
+@register(PREFIX, needs_value=False, check=_check, judge_calls=1)
 def mlflow_assertion(output: str, assertion: Assertion, ctx: AssertionContext) -> Grade:
     scorer = _resolve(assertion, ctx)
     origin = f"MLflow scorer {getattr(scorer, 'name', None) or type(scorer).__name__}"
     arguments = {"inputs": _inputs(ctx), "outputs": output, "expectations": _expectations(assertion.value)}
     identity = _identity(scorer) if _is_llm_judge(scorer) else None
     judge = ctx.judge
-    if judge is None:
-        from ..judging import active
-
-        judges = active()
-        judge = judges.bind() if judges is not None else None
+    # An LLM judge's verdicts go through the response cache when the context has a judge;
+    # otherwise (and for code scorers) the scorer runs every time.
     if identity is not None and judge is not None:
         call = _JudgeCall(scorer, origin, identity)
         request = Request.from_prompt(json.dumps(arguments, ensure_ascii=False, sort_keys=True, default=str))

@@ -1,275 +1,52 @@
 """Model-graded assertions: a judge model reads the output (`llm-rubric`, `g-eval`,
 `factuality`, `answer-relevance`, `closed-qa`), with promptfoo's semantics.
 
-The judge is `ctx.judge` (see `judging.py`): the assertion's `provider`, else the test's
-`options.provider`, else the run's judge model, called through the response cache. A judge that
-fails, or answers with no verdict that can be read, makes the case an *error* (nothing was
-learnt about the output), never a failure, also under `not-`.
+The judge is `ctx.judge` (a `judging.Judge`, handed in by the runner): the assertion's
+`provider`, else the test's `options.provider`, else the run's judge model, called through the
+response cache. A context without a judge cannot grade these types. A judge that fails, or
+answers with no verdict that can be read, makes the case an *error* (nothing was learnt about
+the output), never a failure, also under `not-`. The judge prompts and the reading of verdicts
+are in `judge_prompts.py`.
 """
 
 from __future__ import annotations
 
-import ast
 import json
-import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..models.base import ModelError, Request
+from ..models.specs import model_name, provider_spec
+from ..prompt import TemplateError, render_prompt
 from ..redact import scrub
 from .base import Assertion, AssertionConfigError, AssertionContext, AssertionEvaluationError, Grade, register
-
-__all__ = ["JUDGED_TYPES", "first_json_object", "json_verdict", "verdict_fields"]
-
-# Types that call a judge model (a test's `options.provider` applies to them).
-JUDGED_TYPES = frozenset(
-    {
-        "llm-rubric",
-        "g-eval",
-        "factuality",
-        "model-graded-factuality",
-        "answer-relevance",
-        "closed-qa",
-        "model-graded-closedqa",
-    }
+from .judge_prompts import (
+    CLOSED_QA_PROMPT,
+    FACTUALITY_CATEGORIES,
+    FACTUALITY_KEYS,
+    FACTUALITY_PROMPT,
+    G_EVAL_MAX_SCORE,
+    G_EVAL_PROMPT,
+    G_EVAL_STEPS_PROMPT,
+    RELEVANCE_EXAMPLES,
+    RELEVANCE_SYSTEM,
+    RUBRIC_EXAMPLES,
+    RUBRIC_SYSTEM,
+    as_number,
+    factuality_answer,
+    first_json_object,
+    json_verdict,
+    relevance_turn,
+    rubric_turn,
+    unreadable,
+    verdict_fields,
 )
 
-G_EVAL_MAX_SCORE = 10
+__all__ = ["FACTUALITY_SCORES", "G_EVAL_THRESHOLD", "ask_judge"]
+
 G_EVAL_THRESHOLD = 0.7  # promptfoo's default
-FACTUALITY_KEYS = {"A": "subset", "B": "superset", "C": "agree", "D": "disagree", "E": "differButFactual"}
 FACTUALITY_SCORES = {"subset": 1.0, "superset": 1.0, "agree": 1.0, "disagree": 0.0, "differButFactual": 1.0}
-FACTUALITY_CATEGORIES = {
-    "A": "The submission is a subset of the expert answer and fully consistent with it.",
-    "B": "The submission is a superset of the expert answer and fully consistent with it.",
-    "C": "The submission contains all the same details as the expert answer.",
-    "D": "The submission and the expert answer disagree.",
-    "E": "The answers differ, but the differences do not matter for factuality.",
-}
-
-# ----------------------------------------------------------------------------- judge prompts
-# Worded after promptfoo's grading prompts (and, for factuality and closed QA, the OpenAI evals
-# prompts promptfoo uses), asking for the same answers.
-
-_RUBRIC_SYSTEM = """You grade an output against a rubric written by the user. The output passes when the statement in the rubric is true of it. Answer with one JSON object and nothing else: {"reason": "<why>", "pass": true or false, "score": <a number from 0.0 to 1.0>}."""
-
-
-def _rubric_turn(output: str, rubric: str) -> dict[str, str]:
-    return {"role": "user", "content": f"<Output>\n{output}\n</Output>\n<Rubric>\n{rubric}\n</Rubric>"}
-
-
-# Two worked examples as chat turns (promptfoo writes them into the system message): even a small
-# model then answers with a bare JSON verdict.
-_RUBRIC_EXAMPLES = [
-    _rubric_turn("Good morning! How can I help you today?", "Greets the user"),
-    {
-        "role": "assistant",
-        "content": '{"reason": "the output opens with \'Good morning\'", "pass": true, "score": 1.0}',
-    },
-    _rubric_turn("Arr matey, hoist the sails!", "Does not speak like a pirate"),
-    {"role": "assistant", "content": '{"reason": "\'Arr matey\' is pirate speech", "pass": false, "score": 0.0}'},
-]
-
-_RELEVANCE_SYSTEM = """You judge whether an answer responds to the question it was given. Do not judge whether it is correct: only whether it stays on the question and addresses what was asked. Answer with one JSON object and nothing else: {"reason": "<why>", "pass": true or false, "score": <from 0.0 (unrelated to the question) to 1.0 (answers exactly what was asked)>}."""
-
-
-def _relevance_turn(question: str, answer: str) -> dict[str, str]:
-    return {"role": "user", "content": f"<Question>\n{question}\n</Question>\n<Answer>\n{answer}\n</Answer>"}
-
-
-_RELEVANCE_EXAMPLES = [
-    _relevance_turn("How many legs does a spider have?", "Spiders have eight legs."),
-    {"role": "assistant", "content": '{"reason": "it gives the number of legs asked for", "pass": true, "score": 1.0}'},
-    _relevance_turn("How many legs does a spider have?", "Spiders are often found in gardens."),
-    {
-        "role": "assistant",
-        "content": '{"reason": "it talks about spiders but not their legs", "pass": false, "score": 0.1}',
-    },
-]
-
-_FACTUALITY = """You compare a submitted answer with an expert answer to a question. Here is the data:
-[BEGIN DATA]
-************
-[Question]: {input}
-************
-[Expert]: {ideal}
-************
-[Submission]: {completion}
-************
-[END DATA]
-
-Compare only the factual content of the submission with the expert answer, ignoring differences of style, grammar or punctuation. The submission may be a subset or a superset of the expert answer, or it may contradict it. Decide which case applies, and choose one option:
-{options}
-
-Answer with one JSON object and nothing else: {{"category": "<A, B, C, D or E>", "reason": "<why>"}}"""
-
-_CLOSED_QA = """You assess a submitted answer to a task against a criterion. Here is the data:
-[BEGIN DATA]
-***
-[Task]: {input}
-***
-[Submission]: {completion}
-***
-[Criterion]: {criteria}
-***
-[END DATA]
-Does the submission meet the criterion? First reason step by step about the criterion, so that your conclusion is sound, without stating the answer at the start. Then write only the single letter "Y" or "N" (no quotes, no punctuation) on a line of its own, and repeat that letter alone on the last line.
-
-Reasoning:"""
-
-_G_EVAL_STEPS = """From the evaluation criteria below, which say how a text should be judged, write 3 to 4 short evaluation steps for judging any text by them.
-
-Evaluation criteria:
-{criteria}
-
-Answer with minified JSON only, with a "steps" key holding a list of strings, and nothing else:
-{{"steps": ["<step>", "<step>"]}}"""
-
-_G_EVAL = """You will be given a reply to a prompt. Rate the reply on one metric. Read these instructions carefully and keep them in mind while you judge.
-
-Evaluation criteria:
-{criteria}
-
-Evaluation steps:
-- {steps}
-- From these steps, return a JSON object with two keys: "score", from 0 to {max_score} ({max_score}: the reply fully meets the evaluation criteria as the steps check them; 0: it does not), and "reason", a short reason for the score that does not quote the score and names specific things in the reply.
-
-Prompt:
-{input}
-
-Reply:
-{output}
-
-Answer with minified JSON only, with the keys "score" and "reason", and nothing else:
-{{"score": 0, "reason": "<why>"}}"""
-
-
-# ----------------------------------------------------------------------------- reading answers
-
-
-def first_json_object(text: str) -> dict[str, Any] | None:
-    """The first JSON object in `text` (code fences and surrounding prose are skipped), also
-    written as a Python dict (`{'pass': True}`, as small models do); None when there is none."""
-    decoder = json.JSONDecoder()
-    starts = [m.start() for m in re.finditer(r"\{", text)][:64]
-    for start in starts:
-        try:
-            value, _ = decoder.raw_decode(text, start)
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            return value
-    for start in starts:
-        end = _closing_brace(text, start)
-        if end is None:
-            continue
-        try:
-            value = ast.literal_eval(text[start : end + 1])
-        except (ValueError, SyntaxError, MemoryError, RecursionError):
-            continue
-        if isinstance(value, dict):
-            return value
-    return None
-
-
-def verdict_fields(text: str) -> dict[str, Any] | None:
-    """The verdict in a judge's answer: its first JSON object, else, from a brace-opened answer
-    whose JSON is broken (a small model's unescaped quote), the `pass`, `score` and `reason`
-    fields read one by one; None when there is neither."""
-    data = first_json_object(text)
-    if data is not None or "{" not in text:
-        return data
-    found: dict[str, Any] = {}
-    match = re.search(r"[\"']?\bpass(?:ed)?[\"']?\s*:\s*[\"']?(true|false|yes|no)\b", text, re.I)
-    if match:
-        found["pass"] = match.group(1).lower() in ("true", "yes")
-    match = re.search(r"[\"']?\bscore[\"']?\s*:\s*[\"']?(-?\d+(?:\.\d+)?)", text, re.I)
-    if match:
-        found["score"] = float(match.group(1))
-    if not found:
-        return None
-    match = re.search(
-        r"[\"']?\breason[\"']?\s*:\s*[\"'](.*?)[\"']?\s*,\s*[\"']?(?:pass|passed|score)\b", text, re.I | re.S
-    )
-    if match:
-        found["reason"] = match.group(1).strip()
-    return found
-
-
-def _closing_brace(text: str, start: int) -> int | None:
-    depth, quote, escaped = 0, "", False
-    for index in range(start, min(len(text), start + 20000)):
-        char = text[index]
-        if quote:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == quote:
-                quote = ""
-        elif char in "\"'":
-            quote = char
-        elif char == "{":
-            depth += 1
-        elif char == "}":
-            depth -= 1
-            if depth == 0:
-                return index
-    return None
-
-
-def _as_bool(value: Any) -> bool | None:
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)):
-        return bool(value)
-    return bool(re.fullmatch(r"\s*(true|yes|pass|passed|y)\s*", str(value), re.I))
-
-
-def _as_number(value: Any) -> float | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(number) else number
-
-
-def _unreadable(kind: str, judge: str, text: str, what: str = "a verdict") -> AssertionEvaluationError:
-    shown = text.strip().replace("\n", " ")
-    shown = shown if len(shown) <= 300 else shown[:300] + "..."
-    return AssertionEvaluationError(f"{kind}: could not read {what} from judge {judge}'s answer: {shown!r}")
-
-
-def json_verdict(data: Mapping[str, Any], threshold: float | None, kind: str, judge: str, text: str) -> Grade:
-    """promptfoo's reading of a `{"reason", "pass", "score"}` verdict: a missing score is 1/0
-    from `pass`; a missing `pass` is `score >= threshold` (0.5 without one); with a threshold,
-    the verdict also needs `score >= threshold`."""
-    passed = _as_bool(data.get("pass", data.get("passed")))
-    score = _as_number(data.get("score"))
-    if passed is None and score is None:
-        raise _unreadable(kind, judge, text)
-    if score is None:
-        score = 1.0 if passed else 0.0
-    if passed is None:
-        passed = score >= (threshold if threshold is not None else 0.5)
-    elif threshold is not None:
-        passed = passed and score >= threshold
-    reason = str(data.get("reason") or "").strip()
-    if not reason:
-        reason = (
-            "Grading passed"
-            if passed
-            else (
-                f"Score {score:g} below threshold {threshold:g}"
-                if threshold is not None
-                else f"{kind}: judge {judge} failed the output"
-            )
-        )
-    return Grade(passed, score, reason)
 
 
 # ----------------------------------------------------------------------------- calling the judge
@@ -278,27 +55,19 @@ def json_verdict(data: Mapping[str, Any], threshold: float | None, kind: str, ju
 def ask_judge(
     ctx: AssertionContext, assertion: Assertion, prompt: str | Sequence[Mapping[str, str]], kind: str
 ) -> tuple[str, str]:
-    """The judge's answer text and name. A judge fault or an empty answer is an error."""
-    from ..judging import active, describe, is_model
-
-    request = Request.from_prompt(prompt)
+    """The judge's answer text and name. No judge in `ctx`, a judge fault or an empty answer is an error."""
     judge = ctx.judge
-    if judge is None and active() is not None:
-        judge = active().bind()  # type: ignore[union-attr]
+    if judge is None:
+        raise AssertionEvaluationError(
+            f"{kind}: no judge model in this context (model-graded assertions are graded under "
+            "`pytest --promptopt`, whose judge is --promptopt-judge-model; elsewhere, give the "
+            "AssertionContext a judge)"
+        )
+    request = Request.from_prompt(prompt)
     try:
-        if judge is not None:
-            model = judge.model(assertion.provider)
-            name = describe(model)
-            response = judge.fetch(model, request)
-        elif is_model(assertion.provider):
-            model = assertion.provider
-            name = describe(model)
-            response = model.generate(request)
-        else:
-            raise AssertionEvaluationError(
-                f"{kind} needs a judge model: run it under `pytest --promptopt` (the judge is --promptopt-judge-model), "
-                "or give the assertion a model object as provider="
-            )
+        model = judge.model(assertion.provider)
+        name = model_name(model)
+        response = judge.fetch(model, request)
     except ModelError as exc:
         raise AssertionEvaluationError(f"{kind}: the judge failed: {scrub(str(exc))}") from None
     text = response.text or ""
@@ -320,8 +89,6 @@ def _render(template: Any, variables: Mapping[str, Any], default: str | list[dic
     prompt or text, as a suite's prompts), else the built-in one."""
     if template is None:
         return default
-    from ..prompt import TemplateError, render_prompt
-
     text = template if isinstance(template, str) else json.dumps(template, ensure_ascii=False)
     try:
         return render_prompt(text, variables)
@@ -352,8 +119,6 @@ def _text(value: Any) -> str:
 
 
 def _check(assertion: Assertion) -> None:
-    from ..judging import provider_spec
-
     where = assertion.where or assertion.type
     try:
         provider_spec(assertion.provider, f"{where}: provider")
@@ -400,40 +165,40 @@ def _check_factuality(assertion: Assertion) -> None:
     if not isinstance(scores, Mapping) or set(scores) - set(FACTUALITY_SCORES):
         raise AssertionConfigError(f"{where}: config.factuality maps {', '.join(FACTUALITY_SCORES)} to scores")
     for key, score in scores.items():
-        if _as_number(score) is None or not 0 <= float(score) <= 1:
+        if as_number(score) is None or not 0 <= float(score) <= 1:
             raise AssertionConfigError(f"{where}: config.factuality.{key} must be a number from 0 to 1")
 
 
 # ----------------------------------------------------------------------------- graders
 
 
-@register("llm-rubric", check=_check_text)
+@register("llm-rubric", check=_check_text, judge_calls=1, model_graded=True)
 def llm_rubric(output: str, assertion: Assertion, ctx: AssertionContext) -> Grade:
     rubric = _text(assertion.value)
-    default = [{"role": "system", "content": _RUBRIC_SYSTEM}, *_RUBRIC_EXAMPLES, _rubric_turn(output, rubric)]
+    default = [{"role": "system", "content": RUBRIC_SYSTEM}, *RUBRIC_EXAMPLES, rubric_turn(output, rubric)]
     prompt = _render(
         _custom_prompt(assertion), _variables(output, ctx, rubric=rubric), default, assertion.where or "llm-rubric"
     )
     text, judge = ask_judge(ctx, assertion, prompt, "llm-rubric")
     data = verdict_fields(text)
     if data is None:
-        raise _unreadable("llm-rubric", judge, text)
+        raise unreadable("llm-rubric", judge, text)
     return json_verdict(data, assertion.threshold, "llm-rubric", judge, text)
 
 
-@register("answer-relevance", needs_value=False, check=_check)
+@register("answer-relevance", needs_value=False, check=_check, judge_calls=1, model_graded=True)
 def answer_relevance(output: str, assertion: Assertion, ctx: AssertionContext) -> Grade:
     # promptfoo embeds questions the judge derives from the output; this judge scores the
     # answer's relevance to the question directly (no embedding model needed).
     query = _question(ctx)
-    default = [{"role": "system", "content": _RELEVANCE_SYSTEM}, *_RELEVANCE_EXAMPLES, _relevance_turn(query, output)]
+    default = [{"role": "system", "content": RELEVANCE_SYSTEM}, *RELEVANCE_EXAMPLES, relevance_turn(query, output)]
     prompt = _render(
         _custom_prompt(assertion), _variables(output, ctx, query=query), default, assertion.where or "answer-relevance"
     )
     text, judge = ask_judge(ctx, assertion, prompt, "answer-relevance")
     data = verdict_fields(text)
     if data is None:
-        raise _unreadable("answer-relevance", judge, text)
+        raise unreadable("answer-relevance", judge, text)
     return json_verdict(data, assertion.threshold, "answer-relevance", judge, text)
 
 
@@ -444,15 +209,17 @@ def _factuality(output: str, assertion: Assertion, ctx: AssertionContext) -> Gra
     default = [
         {
             "role": "user",
-            "content": _FACTUALITY.format(input=_question(ctx), ideal=reference, completion=output, options=options),
+            "content": FACTUALITY_PROMPT.format(
+                input=_question(ctx), ideal=reference, completion=output, options=options
+            ),
         }
     ]
     variables = _variables(output, ctx, ideal=reference, reference=reference, completion=output)
     prompt = _render(_custom_prompt(assertion), variables, default, assertion.where or kind)
     text, judge = ask_judge(ctx, assertion, prompt, kind)
-    category, reason = _factuality_answer(text)
+    category, reason = factuality_answer(text)
     if category is None:
-        raise _unreadable(kind, judge, text, "a category (A-E)")
+        raise unreadable(kind, judge, text, "a category (A-E)")
     scores = {
         **FACTUALITY_SCORES,
         **{k: float(v) for k, v in ((assertion.config or {}).get("factuality") or {}).items()},
@@ -463,29 +230,18 @@ def _factuality(output: str, assertion: Assertion, ctx: AssertionContext) -> Gra
     return Grade(passed, score, reason)
 
 
-def _factuality_answer(text: str) -> tuple[str | None, str]:
-    """The chosen category and the judge's reason: `{"category": "A", "reason": ...}`, else
-    promptfoo's legacy reading (the first `(A)`..`(E)` in the text)."""
-    data = first_json_object(text)
-    if data is not None and isinstance(data.get("category"), str):
-        letter = data["category"].strip().strip("()").upper()
-        if letter in FACTUALITY_CATEGORIES:
-            return letter, str(data.get("reason") or "").strip()
-    match = re.search(r"\(\s*([A-Ea-e])\s*\)", text)
-    if match is None:
-        return None, ""
-    return match.group(1).upper(), text[match.end() :].strip() or text.strip()
-
-
-register("factuality", check=_check_factuality)(_factuality)
-register("model-graded-factuality", check=_check_factuality)(_factuality)
+register("factuality", check=_check_factuality, judge_calls=1, model_graded=True)(_factuality)
+register("model-graded-factuality", check=_check_factuality, judge_calls=1, model_graded=True)(_factuality)
 
 
 def _closed_qa(output: str, assertion: Assertion, ctx: AssertionContext) -> Grade:
     kind = assertion.type
     criterion = _text(assertion.value)
     default = [
-        {"role": "user", "content": _CLOSED_QA.format(input=_question(ctx), completion=output, criteria=criterion)}
+        {
+            "role": "user",
+            "content": CLOSED_QA_PROMPT.format(input=_question(ctx), completion=output, criteria=criterion),
+        }
     ]
     variables = _variables(output, ctx, criteria=criterion, rubric=criterion, completion=output)
     prompt = _render(_custom_prompt(assertion), variables, default, assertion.where or kind)
@@ -496,14 +252,14 @@ def _closed_qa(output: str, assertion: Assertion, ctx: AssertionContext) -> Grad
         return Grade(True, 1.0, f"The submission meets the criterion:\n{text.strip()}")
     if ending.endswith("N"):
         return Grade(False, 0.0, f"The submission does not meet the criterion:\n{text.strip()}")
-    raise _unreadable(kind, judge, text, "a final Y or N")
+    raise unreadable(kind, judge, text, "a final Y or N")
 
 
-register("closed-qa", check=_check_text)(_closed_qa)
-register("model-graded-closedqa", check=_check_text)(_closed_qa)
+register("closed-qa", check=_check_text, judge_calls=1, model_graded=True)(_closed_qa)
+register("model-graded-closedqa", check=_check_text, judge_calls=1, model_graded=True)(_closed_qa)
 
 
-@register("g-eval", check=_check_g_eval)
+@register("g-eval", check=_check_g_eval, judge_calls=2, model_graded=True)  # its steps, then the score
 def g_eval(output: str, assertion: Assertion, ctx: AssertionContext) -> Grade:
     """G-Eval (promptfoo): the judge writes evaluation steps for each criterion (unless
     `config.steps` gives them), then scores the output from 0 to 10 by them; the score is the
@@ -525,7 +281,7 @@ def g_eval(output: str, assertion: Assertion, ctx: AssertionContext) -> Grade:
         default = [
             {
                 "role": "user",
-                "content": _G_EVAL.format(
+                "content": G_EVAL_PROMPT.format(
                     criteria=criterion,
                     steps=variables["steps"],
                     max_score=G_EVAL_MAX_SCORE,
@@ -537,9 +293,9 @@ def g_eval(output: str, assertion: Assertion, ctx: AssertionContext) -> Grade:
         prompt = _render(_custom_prompt(assertion, "evaluate"), variables, default, assertion.where or "g-eval")
         text, judge = ask_judge(ctx, assertion, prompt, "g-eval")
         data = verdict_fields(text)
-        score = _as_number(data.get("score")) if data is not None else None
+        score = as_number(data.get("score")) if data is not None else None
         if score is None:
-            raise _unreadable("g-eval", judge, text, "a score")
+            raise unreadable("g-eval", judge, text, "a score")
         scores.append(min(1.0, max(0.0, score / G_EVAL_MAX_SCORE)))
         reasons.append(str((data or {}).get("reason") or "").strip())
     score = sum(scores) / len(scores)
@@ -551,7 +307,7 @@ def g_eval(output: str, assertion: Assertion, ctx: AssertionContext) -> Grade:
 
 
 def _g_eval_steps(criterion: str, output: str, assertion: Assertion, ctx: AssertionContext) -> list[str]:
-    default = [{"role": "user", "content": _G_EVAL_STEPS.format(criteria=criterion)}]
+    default = [{"role": "user", "content": G_EVAL_STEPS_PROMPT.format(criteria=criterion)}]
     prompt = _render(
         _custom_prompt(assertion, "steps"),
         _variables(output, ctx, criteria=criterion),
@@ -562,5 +318,5 @@ def _g_eval_steps(criterion: str, output: str, assertion: Assertion, ctx: Assert
     data = first_json_object(text)
     steps = data.get("steps") if data is not None else None
     if not isinstance(steps, list) or not steps or not all(isinstance(s, str) and s.strip() for s in steps):
-        raise _unreadable("g-eval", judge, text, "evaluation steps")
+        raise unreadable("g-eval", judge, text, "evaluation steps")
     return [s.strip() for s in steps]

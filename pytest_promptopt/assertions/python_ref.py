@@ -19,7 +19,7 @@ from .dspy_metrics import call_metric, is_dspy_metric
 DEFAULT_FUNCTION = "get_assert"  # promptfoo's name when a file:// reference names no function
 
 
-def _split_reference(reference: str, where: str) -> tuple[str, str]:
+def split_reference(reference: str, where: str) -> tuple[str, str]:
     body = reference[len("file://") :] if reference.startswith("file://") else reference
     target, sep, function = body.rpartition(":")
     if not sep or not target:
@@ -47,7 +47,7 @@ def _module_from_file(path: str, mtime_ns: int) -> Any:
 
 def resolve_function(reference: str, base_dir: Path, where: str = "") -> Callable[..., Any]:
     """Import the function a `python` assertion names (relative files resolve from the suite's folder)."""
-    target, function = _split_reference(reference.strip(), where)
+    target, function = split_reference(reference.strip(), where)
     if reference.strip().startswith("file://") or target.endswith(".py"):
         path = (base_dir / target).resolve()
         if not path.is_file():
@@ -130,7 +130,7 @@ def _check(assertion: Assertion) -> None:
         raise AssertionConfigError(
             f"{assertion.where or 'python'}: the value must be 'module:function' or 'file://path.py:function'"
         )
-    _split_reference(assertion.value.strip(), assertion.where or "python")
+    split_reference(assertion.value.strip(), assertion.where or "python")
 
 
 @register("python", render_value=False, check=_check)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -73,8 +74,6 @@ def _render_strings(value: Any, variables: Mapping[str, Any]) -> Any:
 def _shown(value: Any) -> str:
     if value is None or callable(value):
         return ""
-    import json
-
     return " " + json.dumps(value, ensure_ascii=False)[:200]
 
 

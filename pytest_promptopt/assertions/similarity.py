@@ -4,11 +4,12 @@
 any); `threshold` defaults to promptfoo's 0.75; the score is the highest similarity. `not-similar`
 therefore passes only when the output is below the threshold for every value. The embedding
 model is the assertion's `provider:` (default: the offline all-MiniLM-L6-v2, see
-`models/embeddings.py`).
+`models/embeddings.py`); the vectors are kept in `ctx.embeddings` (the run's response cache).
 """
 
 from __future__ import annotations
 
+from ..models.embeddings import EmbeddingError, check_provider, cosine, embed, embedder_for
 from .base import Assertion, AssertionConfigError, AssertionContext, AssertionEvaluationError, Grade, register
 from .reference import references
 
@@ -18,8 +19,6 @@ SIMILAR_DEFAULT_THRESHOLD = 0.75  # promptfoo's
 
 
 def _check(assertion: Assertion) -> None:
-    from ..models.embeddings import check_provider
-
     references(assertion)
     try:
         check_provider(assertion.provider, f"{assertion.where or assertion.type}: provider")
@@ -29,12 +28,10 @@ def _check(assertion: Assertion) -> None:
 
 @register("similar", check=_check)
 def similar(output: str, assertion: Assertion, ctx: AssertionContext) -> Grade:
-    from ..models.embeddings import EmbeddingError, cosine, embed, embedder_for
-
     values = references(assertion)
     threshold = float(assertion.threshold) if assertion.threshold is not None else SIMILAR_DEFAULT_THRESHOLD
     try:
-        vectors = embed(embedder_for(assertion.provider), [output, *values])
+        vectors = embed(embedder_for(assertion.provider), [output, *values], ctx.embeddings)
     except EmbeddingError as exc:
         raise AssertionEvaluationError(f"similar: {exc}") from None
     similarities = [cosine(vectors[0], v) for v in vectors[1:]]

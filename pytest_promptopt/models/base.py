@@ -22,6 +22,15 @@ class ModelError(RuntimeError):
     """
 
 
+class RetryableModelError(ModelError):
+    """A fault worth retrying (429, 5xx, timeout, connection); `retry_after` is the provider's
+    Retry-After in seconds, when it sent one (runners/limits.py retries it)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 @dataclass(frozen=True)
 class Request:
     """What is sent to a model: chat messages plus generation parameters.

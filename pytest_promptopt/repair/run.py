@@ -261,14 +261,14 @@ def _repair(
     trainset = [_example(cases[i], i, variables, output, labels[i]) for i in train_at]
     threads = 1 if hasattr(task_model, "generate_batch") else max(1, min(8, session.settings.scale.concurrency))
     try:
-        judge = budgeted_judge(budget)  # model-graded assertions spend the budget too
+        judge = budgeted_judge(session.judges, budget)  # model-graded assertions spend the budget too
         compiled = optimise(
             name,
             program,
             trainset,
             config=config,
-            metric=case_metric(cases, output, judge),
-            feedback=feedback_metric(cases, output, variables, judge),
+            metric=case_metric(cases, output, judge, session.cache),
+            feedback=feedback_metric(cases, output, variables, judge, session.cache),
             task_lm=task_lm,
             proposer_lm=proposer_lm,
             calls=max(0, available) // (1 + judged),

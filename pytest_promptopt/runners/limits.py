@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..models.base import ModelError, Request, Response
+from ..models.base import ModelError, Request, Response, RetryableModelError
 
 __all__ = [
     "DEFAULT_CONCURRENCY",
@@ -33,15 +33,6 @@ __all__ = [
 
 DEFAULT_CONCURRENCY = 16
 DEFAULT_RETRIES = 4
-
-
-class RetryableModelError(ModelError):
-    """A fault worth retrying (429, 5xx, timeout, connection); `retry_after` is the provider's
-    Retry-After in seconds, when it sent one."""
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ When an item asks for its result, the runner also starts the cases pytest will r
 "upcoming" cases the caller passes): hosted calls overlap on a thread pool of `concurrency`
 threads, cases of a batching model (the bundled SmolLM2) go to it in batches of `batch_size`,
 and anything else (fakes, echo) simply runs when asked. Results still come back one case at a
-time, in the order asked, so every case stays its own pytest item.
+time, in the order asked, so every case stays its own pytest item. Model-graded assertions ask
+the `judges` the runner is given (the session's).
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from typing import Any
 
 from ..cache import ResponseCache
 from ..execute import AnsweredCase, answer_batch, execute_case, grade_answered, model_error
-from ..judging import judge_calls
+from ..judging import Judges, judge_calls
 from ..models.base import Model, ModelError
 from ..models.specs import ModelSpec
 from ..records import CaseResult
 from ..suite.model import Case
+from .execution import ExecutionSettings
 
 __all__ = ["CaseRunner", "lookahead_window"]
 
@@ -37,20 +39,21 @@ def lookahead_window(concurrency: int, batch_size: int) -> int:
 
 
 class CaseRunner:
-    """Maps cases to results in this process; see the module docstring."""
+    """Maps cases to results in this process; see the module docstring. `execution` gives the
+    concurrency and batch size (this process's share)."""
 
     def __init__(
         self,
         model_for: Callable[[ModelSpec], Model],
         cache: Callable[[], ResponseCache],
-        *,
-        concurrency: int,
-        batch_size: int,
+        execution: ExecutionSettings,
+        judges: Judges | None = None,
     ) -> None:
         self._model_for = model_for
         self._cache = cache
-        self.concurrency = max(1, concurrency)
-        self.batch_size = max(1, batch_size)
+        self._judges = judges
+        self.concurrency = max(1, execution.concurrency)
+        self.batch_size = max(1, execution.batch_size)
         self.window = lookahead_window(self.concurrency, self.batch_size)
         self._pending: dict[str, Future[CaseResult]] = {}
         self._kinds: dict[str, tuple[str, Model]] = {}  # by ModelSpec.key
@@ -111,7 +114,7 @@ class CaseRunner:
             model = self._model_for(case.model)
         except ModelError as exc:
             return model_error(case, nodeid, exc)
-        return execute_case(case, model, self._cache(), nodeid)
+        return execute_case(case, model, self._cache(), nodeid, judges=self._judges)
 
     def _kind(self, case: Case) -> tuple[str, Model | None]:
         known = self._kinds.get(case.model.key)
@@ -152,7 +155,9 @@ class CaseRunner:
             for case, nodeid in chosen:
                 kind, model = self._kind(case)
                 if kind == "pool":
-                    started[nodeid] = self._executor("pool").submit(execute_case, case, model, self._cache(), nodeid)
+                    started[nodeid] = self._executor("pool").submit(
+                        execute_case, case, model, self._cache(), nodeid, judges=self._judges
+                    )
                 elif kind == "batch":
                     batches.setdefault(id(model), (model, []))[1].append((case, nodeid))  # type: ignore[arg-type]
             for model, pairs in batches.values():
@@ -176,7 +181,7 @@ class CaseRunner:
 
         def grade(answered: AnsweredCase, future: Future[CaseResult]) -> None:
             try:
-                future.set_result(grade_answered(answered, self._cache()))
+                future.set_result(grade_answered(answered, self._cache(), self._judges))
             except BaseException as exc:  # surfaces in the item that waits for it
                 future.set_exception(exc)
 

@@ -9,7 +9,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from ..assertions.base import Assertion
+from ..assertions.base import Assertion, is_model_graded
 from .document import Context, load_yaml
 from .sources import load_structured
 
@@ -84,11 +84,8 @@ def build_assertion(raw: Mapping[str, Any], where: str, grader: Any = None) -> A
     inverse = kind.startswith("not-")
     base = kind[4:] if inverse else kind
     provider = raw.get("provider")
-    if provider is None and grader is not None:
-        from ..assertions.model_graded import JUDGED_TYPES
-
-        if base in JUDGED_TYPES:
-            provider = grader
+    if provider is None and grader is not None and is_model_graded(base):
+        provider = grader
     return Assertion(
         type=base,
         value=raw.get("value"),
