@@ -26,7 +26,7 @@ from pytest_promptopt.cache import CacheMode  # noqa: E402
 from pytest_promptopt.models.specs import ModelSpec  # noqa: E402
 from pytest_promptopt.runners.execution import ExecutionSettings  # noqa: E402
 from pytest_promptopt.runners.spark import evaluate_frame, read_source, spark_session  # noqa: E402
-from pytest_promptopt.settings import SparkSettings  # noqa: E402
+from pytest_promptopt.runners.spark_session import SparkSettings  # noqa: E402
 from pytest_promptopt.suite.loader import load_suite  # noqa: E402
 
 SUITE = """\

@@ -7,6 +7,7 @@ writes; each process opens its own connection.
 
 from __future__ import annotations
 
+import array
 import enum
 import hashlib
 import json
@@ -19,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from .models.base import Model, ModelError, Request, Response
+from .models.embeddings import Embedder, EmbeddingError
 from .redact import without_secrets
 
-__all__ = ["CacheMiss", "CacheMode", "CallStats", "ResponseCache"]
+__all__ = ["CacheMiss", "CacheMode", "CallStats", "ResponseCache", "embed", "vector_key"]
 
 
 class CacheMode(enum.Enum):
@@ -202,3 +204,49 @@ def _wal(conn: sqlite3.Connection) -> None:
             if "locked" not in str(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+# ----------------------------------------------------------------------------- sentence embeddings (`similar`)
+
+
+def vector_key(embedder: Embedder, text: str) -> str:
+    blob = json.dumps(
+        {"embedder": without_secrets(dict(embedder.cache_identity)), "text": text},
+        sort_keys=True,
+        ensure_ascii=False,
+        default=str,
+    )
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def embed(embedder: Embedder, texts: Sequence[str], cache: ResponseCache | None = None) -> list[list[float]]:
+    """Vectors for `texts`, from `cache` where it has them; the rest in one call to the embedder.
+
+    The cache mode is the response cache's: `off` neither reads nor writes, `replay` reads and
+    refuses to call a hosted model for a text it has no vector for (the offline model computes
+    it, as that costs nothing), `readwrite` records what it computed. Without a cache, as `off`."""
+    mode = cache.mode if cache is not None else CacheMode.OFF
+    unique = list(dict.fromkeys(texts))
+    keys = {text: vector_key(embedder, text) for text in unique} if mode is not CacheMode.OFF else {}
+    found: dict[str, list[float]] = {}
+    if cache is not None and mode is not CacheMode.OFF:
+        for text in unique:
+            blob = cache.get_vector(keys[text])
+            if blob is not None:
+                found[text] = array.array("f", blob).tolist()
+    missing = [text for text in unique if text not in found]
+    if missing:
+        name = str(getattr(embedder, "name", "") or type(embedder).__name__)
+        # an embedder object that does not say it is offline is treated as a hosted one
+        if mode is CacheMode.REPLAY and getattr(embedder, "hosted", True):
+            raise EmbeddingError(
+                f"replay mode: no recorded embedding from {name} for {missing[0][:60]!r}; "
+                "record it with --promptopt-cache=readwrite"
+            )
+        for text, vector in zip(missing, embedder.embed(missing)):
+            # Stored as float32; rounded so here too, a rerun from the cache scores the same.
+            packed = array.array("f", vector)
+            found[text] = packed.tolist()
+            if cache is not None and mode is CacheMode.READWRITE:
+                cache.put_vector(keys[text], name, packed.tobytes())
+    return [found[text] for text in texts]

@@ -229,20 +229,21 @@ class DatasetItem(pytest.Item):
         return self.part.make_case.suite
 
     def setup(self) -> None:
+        from . import case_table
         from .case_stats import DatasetPart
         from .runners import dataset
 
         session = self.config.stash[session_key]
         # The run token is the controller's (xdist workers get it), so all items of a suite in
         # one session write their parts into one folder.
-        folder = dataset.cases_folder(session.settings.cache_path.parent, self.suite.id, session.run_token)
+        folder = case_table.cases_folder(session.settings.cache_path.parent, self.suite.id, session.run_token)
         self.cases_file = folder / f"{self.part.ident or 'all'}.parquet"
         if session.settings.backend == "spark":
             self.evaluation = self._on_spark(session, folder)
         else:
             from .suite.dataset import read_rows
 
-            with dataset.CasesWriter(self.cases_file) as writer:
+            with case_table.CasesWriter(self.cases_file) as writer:
                 self.evaluation = dataset.evaluate(
                     read_rows(self.spec.source), self.part.make_case, session.runner.map, writer, f"{self.nodeid}::"
                 )
@@ -267,6 +268,7 @@ class DatasetItem(pytest.Item):
     def _on_spark(self, session: Any, folder: Path) -> Any:
         """The rows are read and evaluated on Spark (runners/spark.py), which writes this item's
         part of the per-case table; its stats are then streamed back from it, a batch at a time."""
+        from . import case_table
         from .runners import dataset, spark
 
         factory = self.part.make_case
@@ -294,7 +296,7 @@ class DatasetItem(pytest.Item):
             pytest.fail(f"{self.spec.source.describe()}: {exc}", pytrace=False)
         self.cases_file = output
         evaluation = dataset.Evaluation()
-        for result in dataset.iter_results(output):
+        for result in case_table.iter_results(output):
             evaluation.add(result)
         return evaluation
 

@@ -269,7 +269,7 @@ class PromptoptSession:
             if baseline.error:
                 messages.append(baseline.error)
         if settings.update_baseline is not None:
-            from .baseline import write_baseline_file
+            from .baseline_files import write_baseline_file
 
             outcomes = suite_outcomes(suites)
             write_baseline_file(settings.update_baseline, outcomes)
@@ -314,7 +314,8 @@ class PromptoptSession:
     def _compare(self, suites: Sequence[SuiteSummary]) -> Any:
         """The run's `BaselineComparison` with the settings' baseline; a baseline that cannot be
         loaded gives a comparison whose `error` says why (the run's results stand as they are)."""
-        from .baseline import BaselineComparison, BaselineFileError, compare_run, read_baseline_file
+        from .baseline import BaselineComparison, compare_run
+        from .baseline_files import BaselineFileError, read_baseline_file
 
         ref, regression = self.settings.baseline, self.settings.regression
         assert ref is not None

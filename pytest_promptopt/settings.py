@@ -13,35 +13,15 @@ import pytest
 
 from .baseline import BaselineRef, Regression
 from .cache import CacheMode
+from .mlflow.client import MlflowSettings
 from .models.specs import BUNDLED, ModelSpec, parse_model_spec
 from .options import DEFAULT_BASELINE, OPTIONS, Option
 from .repair.config import OPTIMIZERS, Given, RepairSettings
 from .runners.limits import DEFAULT_CONCURRENCY, DEFAULT_RETRIES, RateLimit, parse_rate_limits
+from .runners.spark_session import SparkSettings
 from .suite.model import Repeats
 
 __all__ = ["MlflowSettings", "Settings", "SparkSettings"]
-
-
-@dataclass(frozen=True)
-class MlflowSettings:
-    """Where the controller logs the run: `tracking_uri` and `experiment`; `pending_dir` keeps a
-    run that could not be sent. `local_store` is the default SQLite store in the project."""
-
-    tracking_uri: str
-    experiment: str
-    pending_dir: Path
-    local_store: bool = False
-    traces: bool = False  # --promptopt-mlflow-traces: one trace per case (mlflow/traces.py)
-    prompt_prefix: str = ""  # --promptopt-prompt-prefix: e.g. "main.prompts." (Unity Catalog names)
-
-
-@dataclass(frozen=True)
-class SparkSettings:
-    """`--promptopt-backend spark`: a local session by default, a cluster master or Spark Connect."""
-
-    master: str | None = None  # e.g. "spark://host:7077"; None -> "local[*]"
-    remote: str | None = None  # "sc://host:port" (Spark Connect / Databricks Connect)
-    app_name: str = "pytest-promptopt"
 
 
 @dataclass(frozen=True)

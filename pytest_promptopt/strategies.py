@@ -27,14 +27,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .adversarial import INJECTIONS, VARIANTS, adversarial
 from .mlflow.prompts import PromptResolver
 from .models.specs import ModelSpec
 from .suite.loader import load_suite
 from .var_strategies import (
-    INJECTIONS,
-    VARIANTS,
     SchemaNotSupported,
-    adversarial,
     from_schema,
     prompt_settings,
     vars_from_examples,

@@ -14,11 +14,12 @@ from conftest import load_report
 from test_mlflow import migrated_store  # noqa: F401  (a fixture: the migrated MLflow store template)
 
 from pytest_promptopt.case_stats import LATENCY_EXACT, CaseStats, DatasetPart
+from pytest_promptopt.case_table import CASE_COLUMNS, CasesWriter, stats_from_cases
 from pytest_promptopt.execute import execute_case
 from pytest_promptopt.models.fakes import EchoModel
 from pytest_promptopt.models.specs import ModelSpec
 from pytest_promptopt.records import CaseResult
-from pytest_promptopt.runners.dataset import CASE_COLUMNS, CasesWriter, evaluate, stats_from_cases
+from pytest_promptopt.runners.dataset import evaluate
 from pytest_promptopt.suite.dataset import read_rows
 from pytest_promptopt.suite.loader import load_suite
 from pytest_promptopt.suite.model import SuiteError, SuiteInfo

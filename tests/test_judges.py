@@ -607,7 +607,7 @@ def test_judges_on_spark_workers(tmp_path):
         pytest.skip("Spark needs a Java runtime")
     from pytest_promptopt.runners.execution import ExecutionSettings
     from pytest_promptopt.runners.spark import evaluate_cases, spark_session
-    from pytest_promptopt.settings import SparkSettings
+    from pytest_promptopt.runners.spark_session import SparkSettings
 
     rubric = "Names the capital of France"
     turn = "<Output>\n{}\n</Output>\n<Rubric>\n" + rubric + "\n</Rubric>"

@@ -28,6 +28,7 @@ from pytest_promptopt.assertions.base import (
 from pytest_promptopt.assertions.dspy_metrics import is_dspy_metric
 from pytest_promptopt.assertions.scoring import grade_assertion, render_assertion
 from pytest_promptopt.cache import CacheMode, ResponseCache
+from pytest_promptopt.cache import embed as cached_embeddings
 from pytest_promptopt.models import embeddings
 from pytest_promptopt.models.specs import ModelSpec
 from pytest_promptopt.suite.loader import load_suite
@@ -213,7 +214,7 @@ def test_offline_vectors_match_sentence_transformers(embedding_cache: ResponseCa
     from sentence_transformers import SentenceTransformer
 
     texts = [PARAPHRASES[1][0], PARAPHRASES[1][1], "A much longer sentence, with punctuation; and " * 40]
-    ours = embeddings.embed(embeddings.embedder_for(None), texts, embedding_cache)
+    ours = cached_embeddings(embeddings.embedder_for(None), texts, embedding_cache)
     theirs = SentenceTransformer(str(embeddings.minilm_dir()), device="cpu").encode(texts, normalize_embeddings=True)
     for mine, ref in zip(ours, theirs):
         assert embeddings.cosine(mine, ref.tolist()) > 0.99999

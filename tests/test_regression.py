@@ -8,15 +8,8 @@ import json
 import pytest
 from conftest import load_report
 
-from pytest_promptopt.baseline import (
-    BaselineRun,
-    BaselineSuite,
-    CaseOutcome,
-    Regression,
-    compare_run,
-    read_baseline_file,
-    write_baseline_file,
-)
+from pytest_promptopt.baseline import BaselineRun, BaselineSuite, CaseOutcome, Regression, compare_run
+from pytest_promptopt.baseline_files import read_baseline_file, write_baseline_file
 from pytest_promptopt.gates import Gate, decide, parse_gates
 
 # --------------------------------------------------------------------------- gate rules

@@ -14,14 +14,8 @@ from typing import Any
 import pytest
 from conftest import load_report
 
-from pytest_promptopt.baseline import (
-    CaseOutcome,
-    Regression,
-    compare_suite,
-    outcome_from_result,
-    read_baseline_file,
-    write_baseline_file,
-)
+from pytest_promptopt.baseline import CaseOutcome, Regression, compare_suite, outcome_from_result
+from pytest_promptopt.baseline_files import read_baseline_file, write_baseline_file
 from pytest_promptopt.cache import CacheMode, ResponseCache, cache_key
 from pytest_promptopt.case_stats import CaseStats
 from pytest_promptopt.execute import execute_batch, execute_case

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 from conftest import ECHO_SUITE
 
+from pytest_promptopt import case_table
 from pytest_promptopt.cache import CacheMode, ResponseCache
 from pytest_promptopt.execute import execute_case
 from pytest_promptopt.models.base import Request, Response
@@ -45,7 +46,7 @@ from pytest_promptopt.runners.spark import (
     row_nodeid,
     spark_session,
 )
-from pytest_promptopt.settings import SparkSettings
+from pytest_promptopt.runners.spark_session import SparkSettings
 from pytest_promptopt.suite.dataset import read_rows
 from pytest_promptopt.suite.loader import load_suite
 from pytest_promptopt.suite.model import Case
@@ -601,7 +602,7 @@ def test_evaluate_frame_writes_the_rows_the_in_process_runner_writes(spark: Any,
     import pyarrow.dataset as ds
 
     table = ds.dataset(str(tmp_path / "out"), format="parquet").to_table()
-    assert table.schema.names == [name for name, _ in dataset.CASE_COLUMNS]
+    assert table.schema.names == [name for name, _ in case_table.CASE_COLUMNS]
     rows = table.to_pylist()
     assert written == len(rows)
     by_nodeid = {row["nodeid"]: row for row in rows}
@@ -616,7 +617,7 @@ def test_evaluate_frame_writes_the_rows_the_in_process_runner_writes(spark: Any,
     # the in-process dataset runner on the same source: same rows, same indexes, same results
     local_cache = ResponseCache(tmp_path / "local.sqlite")
     echo = create_model(ModelSpec("echo"))
-    with dataset.CasesWriter(tmp_path / "local.parquet") as writer:
+    with case_table.CasesWriter(tmp_path / "local.parquet") as writer:
         dataset.evaluate(
             read_rows(spec.source),
             make_case,
@@ -624,8 +625,8 @@ def test_evaluate_frame_writes_the_rows_the_in_process_runner_writes(spark: Any,
             writer,
             prefix,
         )
-    expected = {r.nodeid: without_timings(r) for r in dataset.iter_results(tmp_path / "local.parquet")}
-    got = {r.nodeid: without_timings(r) for r in dataset.iter_results(tmp_path / "out")}
+    expected = {r.nodeid: without_timings(r) for r in case_table.iter_results(tmp_path / "local.parquet")}
+    got = {r.nodeid: without_timings(r) for r in case_table.iter_results(tmp_path / "out")}
     if source == "jsonl":  # the in-process reader also names the file's line, which Spark does not know
         assert got[row_nodeid(prefix, 1)]["error"] == "row 1: invalid JSON: Expecting value: line 1 column 1 (char 0)"
         assert got[row_nodeid(prefix, 3)]["error"] == "row 3: each line must be a JSON object"
@@ -659,7 +660,7 @@ def test_read_source_takes_a_path_string_and_evaluate_frame_a_plain_frame(spark:
         output_path=str(tmp_path / "out"),
     )
 
-    results = list(dataset.iter_results(tmp_path / "out"))
+    results = list(case_table.iter_results(tmp_path / "out"))
     assert written == 10
     assert sorted(r.nodeid for r in results) == sorted(row_nodeid("p::", i) for i in range(10))
     assert sorted(r.output for r in results) == sorted(f"Echo: t{i}" for i in range(10))

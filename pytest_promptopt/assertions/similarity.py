@@ -9,7 +9,8 @@ model is the assertion's `provider:` (default: the offline all-MiniLM-L6-v2, see
 
 from __future__ import annotations
 
-from ..models.embeddings import EmbeddingError, check_provider, cosine, embed, embedder_for
+from ..cache import embed
+from ..models.embeddings import EmbeddingError, check_provider, cosine, embedder_for
 from .base import Assertion, AssertionConfigError, AssertionContext, AssertionEvaluationError, Grade, register
 from .reference import references
 

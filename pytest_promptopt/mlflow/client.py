@@ -16,11 +16,14 @@ import re
 import time
 import warnings
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..redact import scrub
 
 __all__ = [
+    "MlflowSettings",
     "MAX_PARAM_VALUE",
     "MAX_TAG_VALUE",
     "MlflowReportError",
@@ -167,3 +170,16 @@ def truncate(text: str, limit: int) -> str:
 
 def flag(value: bool) -> str:
     return "true" if value else "false"
+
+
+@dataclass(frozen=True)
+class MlflowSettings:
+    """Where the controller logs the run: `tracking_uri` and `experiment`; `pending_dir` keeps a
+    run that could not be sent. `local_store` is the default SQLite store in the project."""
+
+    tracking_uri: str
+    experiment: str
+    pending_dir: Path
+    local_store: bool = False
+    traces: bool = False  # --promptopt-mlflow-traces: one trace per case (mlflow/traces.py)
+    prompt_prefix: str = ""  # --promptopt-prompt-prefix: e.g. "main.prompts." (Unity Catalog names)

@@ -183,7 +183,7 @@ def _log_dataset_cases(client: Any, run_id: str, suite: SuiteSummary, problems: 
         return
     client.log_artifacts(run_id, str(folder), CASES_DIR)
     if suite.cases <= TABLE_ROWS:
-        from ..runners.dataset import iter_results
+        from ..case_table import iter_results
 
         client.log_table(run_id, case_table(list(iter_results(folder))), TABLE_FILE)
 

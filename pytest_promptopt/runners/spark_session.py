@@ -14,18 +14,18 @@ import socket
 import sys
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from ..redact import REDACTED, is_secret_key, scrub
 
-if TYPE_CHECKING:  # settings imports pytest; Spark workers import this module and need neither
+if TYPE_CHECKING:
     from pyspark.sql import SparkSession
-
-    from ..settings import SparkSettings
 
 __all__ = [
     "CONNECT_TIMEOUT_S",
+    "SparkSettings",
     "INSTALL_HINT",
     "MissingPySpark",
     "SparkBackendError",
@@ -43,6 +43,15 @@ __all__ = [
 
 INSTALL_HINT = "the Spark backend needs pyspark: pip install 'pytest-promptopt[spark]'"
 CONNECT_TIMEOUT_S = 10.0  # for the TCP check of a cluster or Spark Connect address
+
+
+@dataclass(frozen=True)
+class SparkSettings:
+    """`--promptopt-backend spark`: a local session by default, a cluster master or Spark Connect."""
+
+    master: str | None = None  # e.g. "spark://host:7077"; None -> "local[*]"
+    remote: str | None = None  # "sc://host:port" (Spark Connect / Databricks Connect)
+    app_name: str = "pytest-promptopt"
 
 
 class SparkBackendError(RuntimeError):

@@ -39,7 +39,8 @@ def fuzz_cases(
     each), the others from the tests' own vars, mixed and perturbed."""
     here: tuple[Any, ...] = ("fuzz",)
     try:
-        from ..var_strategies import VARIANTS, SchemaNotSupported, from_schema
+        from ..adversarial import VARIANTS
+        from ..var_strategies import SchemaNotSupported, from_schema
         from .fuzz import FuzzBlock, FuzzOrigin, generate
     except ImportError as exc:
         raise ctx.error(here, f"a fuzz block needs Hypothesis: {exc}") from None

@@ -16,7 +16,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..var_strategies import adversarial, vars_from_examples, vars_from_schema, vars_key
+from ..adversarial import adversarial
+from ..var_strategies import vars_from_examples, vars_from_schema, vars_key
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
