@@ -1,8 +1,8 @@
-"""Comparing a run with a baseline run, case by case (issue 4: baselines from MLflow).
+"""Comparing a run with a baseline run, case by case, and the paired regression gate on the differences.
 
 Pure: no mlflow, no pytest. A baseline is a `BaselineRun` (its suites, each a list of
 `CaseOutcome`s keyed by the stable `case_id`), however it was loaded (`mlflow/baseline.py`
-reads one from MLflow; file baselines, issue 7, will build the same objects). `compare_run`
+reads one from MLflow, `baseline_files.py` one from a reviewed file). `compare_run`
 returns a `BaselineComparison`, plain data that round-trips through JSON (`to_dict`/`from_dict`).
 
 The regression gate (`regression`) reads a `SuiteComparison`: a paired test on the cases both

@@ -85,7 +85,7 @@ OPTIONS: tuple[Option, ...] = (
         "also log every case as an MLflow trace with its assertions as feedback (ini: true/false)",
         is_flag=True,
     ),
-    # HTML report and progress line (issue 4, items 6 and 7)
+    # HTML report and progress line
     Option(
         "--promptopt-html",
         "promptopt_html",
@@ -98,7 +98,7 @@ OPTIONS: tuple[Option, ...] = (
         "progress line every N seconds: auto (every 10 s), off, or a number of seconds; never with -q",
         "auto",
     ),
-    # Baselines (MLflow: issue 4; files and the regression gate: issue 7)
+    # Baselines (a file or an MLflow run) and the regression gate
     Option(
         "--promptopt-baseline",
         "promptopt_baseline",
@@ -136,7 +136,7 @@ OPTIONS: tuple[Option, ...] = (
         "independent samples of each prompt case (suite-file cases and Python prompt tests), each its own cache entry (a suite's repeat: or a test's promptopt(repeat=) overrides the ini value; this option overrides both)",
         "1",
     ),
-    # Scale (issue 5)
+    # Scale: concurrency, rate limits, retries, batches, backends
     Option(
         "--promptopt-concurrency",
         "promptopt_concurrency",
@@ -177,7 +177,7 @@ OPTIONS: tuple[Option, ...] = (
         "Spark Connect URL (sc://host:port) for --promptopt-backend spark; Databricks Connect speaks it",
         None,
     ),
-    # Repair (issue 6)
+    # Repair
     Option(
         "--promptopt-repair",
         "",

@@ -1,5 +1,5 @@
-"""Hypothesis strategies of template variables and their adversarial variants (the engine of
-`pytest_promptopt.strategies`, the public module, and of suites' `fuzz:` blocks).
+"""Hypothesis strategies of template variables: from a JSON Schema or from example vars (the engine
+of `pytest_promptopt.strategies`, the public module, and of suites' `fuzz:` blocks).
 
 This module imports Hypothesis; the plugin imports it only for suites with a `fuzz:` block.
 """

@@ -1,1 +1,1 @@
-"""Reporters: terminal, JSON (and later HTML, MLflow), all reading one `RunSummary`."""
+"""Reporters: terminal, JSON and HTML, all reading one `RunSummary` (MLflow's room is `mlflow/`)."""
