@@ -6,10 +6,11 @@ Each run goes out in a handful of calls (client.BatchedClient: create, one `log_
 what was just sent. A SQLite store is checked and, when new, created from a migrated template
 first (store.py).
 
-Only the controller logs, once, after every case ran and the gates were decided (under xdist
-the records have already travelled to the controller), so there is one writer per store: no
-SQLite write contention, no migration race on a fresh store. Nothing here knows about pytest: it
-takes a `RunSummary` and the session's `SessionMeta`; what each run holds is layout.py.
+Only the controller's writer (writer.py) logs, once, after every case ran and the gates were
+decided (under xdist the records have already travelled to the controller), so there is one
+writer per store: no SQLite write contention, no migration race on a fresh store. Nothing here
+knows about pytest: it takes a `RunSummary` and the session's `SessionMeta`; what each run holds
+is layout.py.
 
 Every call goes through an explicit `MlflowClient` and run id, so no active run leaks into user
 code (client.py).

@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -74,7 +75,7 @@ class MlflowWriter:
         package_root = str(Path(__file__).resolve().parent.parent.parent)
         code = (
             f"import sys; sys.path.insert(0, {package_root!r}); from pytest_promptopt.mlflow import writer; "
-            "del sys.path[0]; sys.exit(writer.main())"
+            "del sys.path[0]; writer.main()"
         )
         writer._stderr = tempfile.TemporaryFile()
         try:
@@ -135,12 +136,12 @@ class MlflowWriter:
         assert process is not None and process.stdout is not None
         try:
             line = process.stdout.readline()
-            process.wait()
+            process.wait()  # it ends right after its answer (os._exit)
         except KeyboardInterrupt:
             process.terminate()  # it marks the run it was writing FAILED; the pending file stays
             try:
                 process.wait(_STOP_WAIT_S)
-            except subprocess.TimeoutExpired:
+            except (subprocess.TimeoutExpired, KeyboardInterrupt):  # too slow, or a second Ctrl-C
                 process.kill()
                 process.wait()
             line = process.stdout.read().decode("utf-8", "replace").strip().rpartition("\n")[2]
@@ -231,9 +232,24 @@ def _stop_signal(signum: int, frame: Any) -> None:
     raise _Stopped()
 
 
-def main() -> int:
+def main() -> None:
     """The writer process: import mlflow, prepare the store it is told of, then log the run the
-    session sends, if any."""
+    session sends, if any. It ends with `os._exit`: once the run is logged or kept and the answer
+    is sent, nothing is left to do, and tearing down mlflow's thousands of modules (and its exit
+    handlers) would only keep the session waiting."""
+    status = 0
+    try:
+        _serve()
+    except BaseException:  # noqa: BLE001  (a bug: its traceback is what the session quotes)
+        traceback.print_exc()
+        status = 1
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        os._exit(status)
+
+
+def _serve() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _stop_signal)
     reply = os.fdopen(os.dup(1), "w", encoding="utf-8")
@@ -246,19 +262,19 @@ def main() -> int:
             pass
         target = _next(frames, arrived)
         if target is None:  # the session does not log to MLflow after all
-            return 0
+            return
         settings: MlflowSettings = pickle.loads(target)
         with contextlib.suppress(Exception):  # log_run meets (and reports) any fault again
             _prepare(settings)
         data = _next(frames, arrived)
         if data is None:  # the session ended without a run to log
-            return 0
+            return
         try:
             job = pickle.loads(data)
         except Exception:  # noqa: BLE001  (a value this process cannot rebuild: the session logs it)
             reply.write(json.dumps(Outcome(error=_FALLBACK).to_dict()) + "\n")
             reply.flush()
-            return 0
+            return
         os.environ.clear()
         os.environ.update(job["environ"])
         os.chdir(job["cwd"])
@@ -276,9 +292,8 @@ def main() -> int:
         with contextlib.suppress(OSError):  # the session may be gone: the run is logged or kept either way
             reply.write(json.dumps(outcome.to_dict()) + "\n")
             reply.flush()
-        return 0
     except _Stopped:
-        return 0
+        pass
 
 
 def _read_frames(stream: IO[bytes], frames: list[bytes | None], arrived: threading.Condition) -> None:
