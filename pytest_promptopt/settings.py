@@ -56,6 +56,7 @@ class Settings:
     repair: RepairSettings | None = None  # --promptopt-repair
     judge_model: ModelSpec | None = None  # --promptopt-judge-model; None: the run's default model
     repeats: Repeats = Repeats()  # --promptopt-repeat
+    script_timeout_s: float = 5.0  # --promptopt-script-timeout: one call of user code
 
     @property
     def backend(self) -> str:
@@ -145,6 +146,7 @@ class Settings:
             repeats=Repeats(parsed("--promptopt-repeat", _positive), config.getoption("promptopt_repeat") is not None),
             repair=_repair(config, parsed),
             judge_model=parsed("--promptopt-judge-model", _judge_model),
+            script_timeout_s=parsed("--promptopt-script-timeout", timeout),
             **_report_settings(config, rootdir, parsed),
         )
 

@@ -141,7 +141,9 @@ class Sandbox:
             try:
                 answer = context.eval(call, timeout_sec=timeout)
             except JSTimeoutException:
-                raise ScriptTimeout(f"{what} did not return within {timeout:g} s (--promptopt-script-timeout)") from None
+                raise ScriptTimeout(
+                    f"{what} did not return within {timeout:g} s (--promptopt-script-timeout)"
+                ) from None
             if not isinstance(answer, str):  # a promise of the JSON string
                 answer = _await(answer, timeout, what)
         return decode(json.loads(answer), what)
