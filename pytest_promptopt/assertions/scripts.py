@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -265,7 +266,8 @@ def _run_python(value: str, output: str, assertion: Assertion, ctx: AssertionCon
             return call_python_file(sandbox, ctx.base_dir / target, function, args, ctx.script_timeout_s, what)
         if _MODULE_REFERENCE.match(value.strip()):
             module, _, function = value.strip().rpartition(":")
-            return call_python_module(sandbox, module, function, args, ctx.script_timeout_s, what, [str(ctx.base_dir)])
+            path = [str(ctx.base_dir), *sys.path]  # resolved as an import in this process would be
+            return call_python_module(sandbox, module, function, args, ctx.script_timeout_s, what, path)
         try:
             code = render_template(value, ctx.vars) if ("{{" in value or "{%" in value) else value
         except TemplateError as exc:

@@ -77,9 +77,10 @@ def _function(request):
             _inline[code] = namespace
         return namespace[request["function"]]
     if request.get("module"):
-        for folder in request.get("path") or ():
-            if folder not in sys.path:
-                sys.path.insert(0, folder)
+        first, *rest = request.get("path") or [None]
+        if first and first not in sys.path:
+            sys.path.insert(0, first)  # the suite's folder
+        sys.path.extend(folder for folder in rest if folder not in sys.path)  # the caller's import path
         target = importlib.import_module(request["module"])
     else:
         target = _load_file(request["file"])
