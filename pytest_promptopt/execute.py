@@ -121,6 +121,7 @@ def _transformed(case: Case, response: Response, sandbox: Sandbox) -> Any:
     context = {
         "vars": json_safe(dict(case.vars)),
         "prompt": {"raw": case.prompt.template, "label": case.prompt.label, "template": case.prompt.template},
+        "metadata": {},
     }
     what = f"transform of {case.suite.file}: {case.name}"
     return run_transform(sandbox, case.transform, response.text, context, case.base_dir, case.script_timeout_s, what)

@@ -100,7 +100,7 @@ def _assertion_transform(output: str, assertion: Assertion, ctx: AssertionContex
     """promptfoo's assertion-level `transform`: what this assertion alone sees. Its context is
     `{vars, prompt: {label: <rendered prompt>}}`; a failure is an error of the case."""
     value = output if ctx.output_value is None else ctx.output_value
-    context = {"vars": dict(ctx.vars), "prompt": {"label": ctx.prompt}}
+    context = {"vars": dict(ctx.vars), "prompt": {"label": ctx.prompt}, "metadata": {}}
     what = f"transform of {assertion.located}"
     try:
         with sandbox_for(ctx.sandbox) as sandbox:

@@ -135,6 +135,7 @@ async function handle(request) {
   }
 }
 
+write(MARK + '{"ready": true}\n');
 const lines = readline.createInterface({ input: process.stdin, terminal: false });
 for await (const line of lines) {
   if (!line.trim()) continue;

@@ -191,6 +191,8 @@ def main():
     sys.stdout = sys.stderr
     sys.stdin.reconfigure(encoding="utf-8")
     _block_network()
+    proto.write('{"ready": true}\n')
+    proto.flush()
     _serve(sys.stdin, proto)
 
 

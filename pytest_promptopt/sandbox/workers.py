@@ -18,7 +18,9 @@ from typing import Any
 
 from .errors import ScriptFault, ScriptTimeout
 
-__all__ = ["Worker", "WorkerPool"]
+__all__ = ["STARTUP_TIMEOUT_S", "Worker", "WorkerPool"]
+
+STARTUP_TIMEOUT_S = 60.0  # a child's start-up, not counted in a call's time limit
 
 
 class _Stale(ScriptFault):
@@ -30,6 +32,7 @@ class Worker:
 
     def __init__(self, argv: Sequence[str], marker: str = "", cwd: str | None = None) -> None:
         self.marker = marker
+        self.argv0 = argv[0]
         self.proc = subprocess.Popen(
             list(argv),
             stdin=subprocess.PIPE,
@@ -55,6 +58,18 @@ class Worker:
     @property
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def ready(self, timeout: float, what: str) -> None:
+        """Wait for the child's first line (it is up): starting an interpreter is not the code's
+        time, and on a loaded machine it can take longer than a check's whole limit."""
+        try:
+            line = self._replies.get(timeout=timeout)
+        except queue.Empty:
+            self.kill()
+            raise ScriptFault(f"{what}: {self.argv0} did not start within {timeout:g} s") from None
+        if line is None:
+            code = self.proc.wait()
+            raise ScriptFault(f"{what}: {self.argv0} exited at start (exit status {code})")
 
     def call(self, request: dict[str, Any], timeout: float, what: str) -> dict[str, Any]:
         assert self.proc.stdin is not None
@@ -109,6 +124,7 @@ class WorkerPool:
                     worker = Worker(self.argv, self.marker)
                 except OSError as exc:
                     raise ScriptFault(f"{what}: cannot start {self.argv[0]}: {exc.strerror or exc}") from None
+                worker.ready(STARTUP_TIMEOUT_S, what)
             try:
                 reply = worker.call(request, timeout, what)
             except _Stale:
