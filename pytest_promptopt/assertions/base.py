@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..models.base import Model, Request, Response
 from ..models.specs import ModelSpec, model_name
 from ..redact import redact
+from ..sandbox import DEFAULT_SCRIPT_TIMEOUT_S, Sandbox
 
 if TYPE_CHECKING:
     from ..cache import ResponseCache
-    from ..sandbox import Sandbox
 
 __all__ = [
     "Assertion",
@@ -153,7 +153,7 @@ class AssertionContext:
     embeddings: ResponseCache | None = None
     # Runs user code (javascript/python checks, assertion transforms); None: a fresh one per call.
     sandbox: Sandbox | None = None
-    script_timeout_s: float = 5.0  # one call of user code (--promptopt-script-timeout)
+    script_timeout_s: float = DEFAULT_SCRIPT_TIMEOUT_S  # one call of user code (--promptopt-script-timeout)
     # The output after the test's transform when it is not text (an object): what code checks see;
     # the graders' `output` is then its JSON.
     output_value: Any = None

@@ -7,11 +7,14 @@ Every failure here is a `ScriptFault` with promptfoo's wording (promptfoo makes 
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import ScriptFault, ScriptRaised
+from .errors import ScriptFault, ScriptRaised, ScriptTimeout
 from .javascript import call_file, call_inline, is_javascript_file
 from .python_code import call_python_file
 from .sandbox import Sandbox
@@ -103,10 +106,7 @@ def run_prompt_function(
             result = call_python_file(sandbox, file, function, [context], timeout, what, "function")
             kind = "string" if isinstance(result, str) else ("object" if result is not None else "null")
         else:
-            raise ScriptFault(
-                f"{what}: {file.name} has no function name; write file://{path}:<function> (promptfoo's legacy mode, "
-                "which runs the whole script and reads its standard output, is not supported)"
-            )
+            return _legacy_python_prompt(file, context, timeout, what), {}
     except ScriptRaised as exc:
         raise ScriptFault(f"{what}: prompt function {reference} raised {exc}") from None
     if kind == "string":
@@ -120,9 +120,29 @@ def run_prompt_function(
     raise ScriptFault(f"{what}: Prompt function must return a string or object, got {kind}")
 
 
-def _json(value: Any) -> str:
-    import json
+def _legacy_python_prompt(file: Path, context: Mapping[str, Any], timeout: float, what: str) -> str:
+    """promptfoo's legacy Python prompt (`file://p.py` without a function): the script runs with
+    the JSON context as its first argument, and its standard output is the prompt."""
+    try:
+        done = subprocess.run(
+            [sys.executable, str(file), _json(context)],
+            capture_output=True,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        raise ScriptTimeout(f"{what} did not return within {timeout:g} s (--promptopt-script-timeout)") from None
+    except OSError as exc:
+        raise ScriptFault(f"{what}: cannot run {file}: {exc.strerror or exc}") from None
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        raise ScriptFault(f"{what}: Error running Python script {file}: {last}")
+    return "\n".join(done.stdout.splitlines())
 
+
+def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
