@@ -23,7 +23,7 @@ from ..sandbox.python_code import call_python_code, call_python_file, call_pytho
 from .base import Assertion, AssertionConfigError, AssertionContext, AssertionEvaluationError, Grade, register
 from .python_ref import call_function, grade_from_result
 
-__all__ = ["is_grading_result", "js_string", "python_result", "script_context", "snake_to_camel"]
+__all__ = ["is_grading_result", "js_string", "python_form", "python_result", "script_context", "snake_to_camel"]
 
 _MODULE_REFERENCE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")  # `package.module:function` (ours)
 
@@ -254,22 +254,34 @@ def _js_number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
-def _run_python(value: str, output: str, assertion: Assertion, ctx: AssertionContext, what: str) -> Any:
+def python_form(value: str) -> tuple[str, str, str]:
+    """What a `python` check's value names: `("file", path, function)` for `file://x.py[:fn]` or
+    `x.py[:fn]` (default `get_assert`), `("module", module, function)` for `package.module:fn`,
+    else `("inline", code, "")`."""
+    text = value.strip()
+    body = text[len("file://") :] if text.startswith("file://") else text
+    head, sep, tail = body.rpartition(":")
+    if sep and head.endswith(".py") and tail.replace(".", "_").isidentifier():
+        return "file", head, tail
+    if text.startswith("file://") or body.endswith(".py") and "\n" not in body and " " not in body:
+        return "file", body, "get_assert"
+    if _MODULE_REFERENCE.match(text):
+        module, _, function = text.rpartition(":")
+        return "module", module, function
+    return "inline", value, ""
+
+
+def _run_python(form: tuple[str, str, str], output: str, assertion: Assertion, ctx: AssertionContext, what: str) -> Any:
+    kind, target, function = form
     args = [_js_value(output, ctx), script_context(output, assertion, ctx)]
     with sandbox_for(ctx.sandbox) as sandbox:
-        if value.startswith("file://") or value.strip().split(":")[0].endswith(".py"):
-            target, _, function = (
-                value[len("file://") :].rpartition(":") if value.startswith("file://") else value.rpartition(":")
-            )
-            if not target or not function.replace(".", "_").isidentifier():
-                target, function = (value[len("file://") :] if value.startswith("file://") else value), "get_assert"
+        if kind == "file":
             return call_python_file(sandbox, ctx.base_dir / target, function, args, ctx.script_timeout_s, what)
-        if _MODULE_REFERENCE.match(value.strip()):
-            module, _, function = value.strip().rpartition(":")
+        if kind == "module":
             path = [str(ctx.base_dir), *sys.path]  # resolved as an import in this process would be
-            return call_python_module(sandbox, module, function, args, ctx.script_timeout_s, what, path)
+            return call_python_module(sandbox, target, function, args, ctx.script_timeout_s, what, path)
         try:
-            code = render_template(value, ctx.vars) if ("{{" in value or "{%" in value) else value
+            code = render_template(target, ctx.vars) if ("{{" in target or "{%" in target) else target
         except TemplateError as exc:
             raise AssertionConfigError(f"{assertion.where}: python code {exc}") from None
         return call_python_code(sandbox, code, args, ctx.script_timeout_s, what)
@@ -279,14 +291,13 @@ def _run_python(value: str, output: str, assertion: Assertion, ctx: AssertionCon
 def python(output: str, assertion: Assertion, ctx: AssertionContext) -> Grade:
     if callable(assertion.value):
         return _python_callable(output, assertion, ctx, assertion.value)
-    value = str(assertion.value)
-    inline = not (value.startswith("file://") or _MODULE_REFERENCE.match(value.strip()) or ".py:" in value)
+    form = python_form(str(assertion.value))
     what = f"python check at {assertion.located}"
     try:
-        result = _run_python(value, output, assertion, ctx, what)
+        result = _run_python(form, output, assertion, ctx, what)
     except ScriptRaised as exc:
         reason = f"Error running Python script: {exc}\nStack Trace: {exc.trace}"
-        return _failed(f"Python code execution failed: {reason}" if inline else reason)
+        return _failed(f"Python code execution failed: {reason}" if form[0] == "inline" else reason)
     except ScriptFault as exc:
         raise AssertionEvaluationError(str(exc)) from None
     try:
