@@ -187,13 +187,16 @@ def _serve(stream, proto):
 
 def main():
     proto = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    requests = os.fdopen(os.dup(0), "r", encoding="utf-8")
     os.dup2(2, 1)  # the user's prints (even from C) go to stderr, not into the protocol
     sys.stdout = sys.stderr
-    sys.stdin.reconfigure(encoding="utf-8")
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)  # and input() reads nothing instead of the next request
+    sys.stdin = open(os.devnull, encoding="utf-8")  # noqa: SIM115  (for the process's life)
     _block_network()
     proto.write('{"ready": true}\n')
     proto.flush()
-    _serve(sys.stdin, proto)
+    _serve(requests, proto)
 
 
 if __name__ == "__main__":
