@@ -192,7 +192,7 @@ def main():
     sys.stdout = sys.stderr
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)  # and input() reads nothing instead of the next request
-    sys.stdin = open(os.devnull, encoding="utf-8")  # noqa: SIM115  (for the process's life)
+    sys.stdin = open(os.devnull, encoding="utf-8")  # kept open for the process's life
     _block_network()
     proto.write('{"ready": true}\n')
     proto.flush()
