@@ -2,9 +2,9 @@
 imports mlflow and opens the store while the cases run; after the last case the session hands it
 the run and, at the end of its terminal summary, waits for the outcome.
 
-A process rather than a thread: importing mlflow (about 2 s) and opening a store are Python code
-that holds the GIL, so a thread would take that time from the test loop; a process runs it on
-another core (docs/performance.md has the measurements).
+A process rather than a thread: importing mlflow (about 1.8 s of CPU) and opening a store are
+Python code that holds the GIL, so a thread would take that time from the test loop; a process
+runs it on another core (docs/performance.md#mlflow-reporting has the figures).
 
 Nothing is lost when a process ends early:
 - the session writes the pending-upload file (upload.py) before handing the run over; the writer
