@@ -88,8 +88,9 @@ class ResponseCache:
 
     The file is a `CacheFile`: a corrupt, read-only or missing cache degrades (moved aside and
     rebuilt, read-only, off) with a notice (`notices`, passed to `report`), never an exception.
-    Every answer is scrubbed of secrets (`redact.scrub`, the reports' rule) before it is stored
-    or returned, so a recorded answer and its replay are the same text."""
+    An answer that goes into the cache is scrubbed of secrets (`redact.scrub`, the reports'
+    rule) before it is stored and returned, so a recorded answer and its replay are the same
+    text."""
 
     def __init__(
         self, path: Path, mode: CacheMode = CacheMode.READWRITE, report: Callable[[str], None] | None = None
@@ -138,7 +139,7 @@ class ResponseCache:
         the cache when the mode allows."""
         if self.mode is CacheMode.OFF or not getattr(model, "cacheable", True):
             stats.calls += 1
-            return _scrubbed(model.generate(request))
+            return model.generate(request)  # not stored: the reports redact it (a hosted model scrubs its key)
         key = cache_key(model, request, repeat)
         hit = self.get(key)
         if hit is not None:
@@ -184,9 +185,10 @@ class ResponseCache:
                     answers[i] = exc
             else:
                 for i, response in zip(missing, fresh):
-                    answers[i] = response = _scrubbed(response)
                     if keys[i]:
+                        response = _scrubbed(response)
                         self.put(keys[i], response)
+                    answers[i] = response
         return answers  # type: ignore[return-value]
 
     def close(self) -> None:

@@ -73,7 +73,6 @@ class CacheFile:
         self.report = report or _warn
         self.state = "closed"
         self.notices: list[str] = []  # every degradation, in order, for the run's output
-        self.why_off = ""  # why nothing can be read, for replay misses
         self._lock = threading.RLock()
         self._local = threading.local()
         self._generation = 0  # bumped when the file is replaced: threads reopen
@@ -90,9 +89,16 @@ class CacheFile:
         return bool(self._run(sql, args, write=True))
 
     def check(self) -> None:
-        """Open the file now (at start-up, before xdist workers exist): a corrupt file is moved
-        aside and a read-only one noticed here, once, rather than by every worker."""
-        self._connection()
+        """At start-up, before xdist workers exist: an existing file is opened now (a corrupt one
+        moved aside, a read-only one noticed here, once, rather than by every worker); a missing
+        one is not created (a run may never use the cache), but a folder it could not be created
+        in turns the cache off now, with the notice every worker would give."""
+        if self.path.exists():
+            self._connection()
+            return
+        why = _unwritable_folder(self.path)
+        if why is not None:
+            self._degrade("off", _cannot_create(self.path, why))
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -158,16 +164,17 @@ class CacheFile:
                 if (_kind(exc) == "corrupt" or self.path.is_dir()) and attempt == 0:
                     self._move_aside(exc, inode)
                     continue
-                why = _reason(exc)
-                if not os.access(self.path.parent, os.W_OK):  # says more than "unable to open database file"
-                    why = f"{why}; its folder is not writable"
+                why, folder = _reason(exc), _unwritable_folder(self.path)
                 conn = self._open_readonly() if self.path.is_file() else None
                 if conn is not None:
                     self._degrade(
                         "readonly",
-                        f"response cache {self.path} is read-only ({why}): answers are read from it, "
+                        # the folder says more than SQLite's "unable to open database file"
+                        f"response cache {self.path} is read-only ({folder or why}): answers are read from it, "
                         "new answers are not recorded",
                     )
+                elif folder is not None and not self.path.exists():
+                    self._degrade("off", _cannot_create(self.path, folder))
                 else:
                     self._degrade(
                         "off", f"response cache {self.path} cannot be opened ({why}): the run goes on without a cache"
@@ -175,11 +182,12 @@ class CacheFile:
                 return conn
             if self.state == "closed":
                 self.state = "readwrite"
-                if not (os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK)):
+                folder = _unwritable_folder(self.path)
+                if folder is not None or not os.access(self.path, os.W_OK):
                     # SQLite opened it, but a write would fail (a read-only mount): say so now
                     self._degrade(
                         "readonly",
-                        f"response cache {self.path} is read-only (its file or folder is not writable): "
+                        f"response cache {self.path} is read-only ({folder or 'the file is not writable'}): "
                         "answers are read from it, new answers are not recorded",
                     )
             return conn
@@ -260,8 +268,6 @@ class CacheFile:
             if order.index(state) <= order.index(self.state):
                 return  # already as bad or worse: said once
             self.state = state
-            if state == "off":
-                self.why_off = message
             self._notice(message)
 
     def _notice(self, message: str) -> None:
@@ -273,6 +279,25 @@ class CacheFile:
 
 
 _RO = ("mode=ro", "mode=ro&immutable=1")
+
+
+def _unwritable_folder(path: Path) -> str | None:
+    """Why no file can be made beside `path` (its folder, or the nearest folder that exists, is
+    read-only), or None. Checked without creating anything."""
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if os.access(folder, os.W_OK):
+        return None
+    try:
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # no statvfs (Windows)
+        read_only = False
+    return f"{folder} is on a read-only file system" if read_only else f"{folder} is not writable"
+
+
+def _cannot_create(path: Path, why: str) -> str:
+    return f"response cache {path} cannot be created ({why}): the run goes on without a cache"
 
 
 def _inode(path: Path) -> int | None:

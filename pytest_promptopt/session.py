@@ -117,9 +117,8 @@ class PromptoptSession:
             why = unwritable(path) if path is not None else None
             if why is not None:
                 raise pytest.UsageError(f"{flag} {path}: cannot write there ({why}); give a writable path")
-        if settings.cache_path.exists():
-            self.cache.check()
-            self.cache.close()
+        self.cache.check()
+        self.cache.close()
 
     # ------------------------------------------------------------------ execution (any process)
 

@@ -31,7 +31,7 @@ from conftest import load_report
 from fake_openai import FakeOpenAI, Reply
 
 from pytest_promptopt import FakeModel, Request
-from pytest_promptopt.cache import CacheMiss, CacheMode, CallStats, ResponseCache
+from pytest_promptopt.cache import CallStats, ResponseCache
 from pytest_promptopt.execute import execute_case
 from pytest_promptopt.models.base import Response
 from pytest_promptopt.models.specs import ModelSpec
@@ -93,106 +93,6 @@ FAKE_ANSWERS = {"Q0": "A0", "Q1": "A1"}
 def cache_rows(path: Path) -> list[str]:
     with sqlite3.connect(path) as conn:
         return [row[0] for row in conn.execute("SELECT response FROM responses")]
-
-
-class Counting(FakeModel):
-    cacheable = True
-
-
-# --------------------------------------------------------------------------- the response cache
-
-
-def corrupt(path: Path, how: str) -> bytes | None:
-    """Make the cache at `path` unusable as `how` says; returns the bytes that were there."""
-    if how == "directory":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.mkdir()
-        (path / "inside.txt").write_text("not a cache")
-        return None
-    cache = ResponseCache(path)
-    model = Counting(lambda r: "x" * 3000)  # rows over several pages
-    for i in range(40):
-        cache.fetch(model, Request.from_prompt(f"q{i}"), CallStats())
-    cache.close()
-    data = path.read_bytes()
-    if how == "not a database":  # the header overwritten
-        path.write_bytes(b"this is not sqlite" * 10 + data[180:])
-    else:  # "malformed": the header and schema are intact, every later page is garbage
-        path.write_bytes(data[:4096] + bytes(range(256)) * ((len(data) - 4096) // 256))
-    return path.read_bytes()
-
-
-@pytest.mark.parametrize("how", ["not a database", "malformed", "directory"])
-def test_a_corrupt_cache_is_moved_aside_and_rebuilt(tmp_path: Path, how: str) -> None:
-    path = tmp_path / ".promptopt" / "cache.sqlite"
-    before = corrupt(path, how)
-    notices: list[str] = []
-    cache = ResponseCache(path, CacheMode.READWRITE, notices.append)
-    model = Counting({"q": "a"})
-    stats = CallStats()
-    assert cache.fetch(model, Request.from_prompt("q"), stats).text == "a"
-    assert cache.fetch(model, Request.from_prompt("q"), stats).cached
-    assert (stats.calls, stats.cache_hits) == (1, 1)
-    [aside] = [p for p in path.parent.glob("cache.sqlite.corrupt-*") if not p.name.endswith(("-wal", "-shm"))]
-    if before is not None:
-        assert aside.read_bytes() == before  # moved, never deleted
-    else:
-        assert (aside / "inside.txt").read_text() == "not a cache"
-    [notice] = notices
-    assert str(path) in notice and "moved aside to cache.sqlite.corrupt-" in notice
-    assert ("directory" if how == "directory" else how) in notice
-    assert cache.notices == notices
-    cache.close()
-    assert len(cache_rows(path)) == 1
-
-
-def test_a_file_another_process_already_replaced_is_not_moved_again(tmp_path: Path) -> None:
-    # Two processes had the same corrupt file open; one replaces it; the other, whose connection
-    # still reads the old file, must use the new one rather than move it aside too.
-    path = tmp_path / "cache.sqlite"
-    corrupt(path, "malformed")
-    late = ResponseCache(path)
-    late.check()  # its connection opened the corrupt file (the schema page is intact)
-    first = ResponseCache(path)
-    model = Counting({"q": "a"})
-    first.fetch(model, Request.from_prompt("q"), CallStats())
-    stats = CallStats()
-    assert late.fetch(model, Request.from_prompt("q"), stats).cached  # read from the new file
-    assert (stats.calls, stats.cache_hits) == (0, 1)
-    assert len([p for p in tmp_path.iterdir() if ".corrupt-" in p.name and not p.name.endswith(("-wal", "-shm"))]) == 1
-    assert late.notices == []  # nothing for it to move or say
-
-
-def test_replay_from_a_corrupt_cache_is_an_error_naming_the_file(tmp_path: Path) -> None:
-    path = tmp_path / "cache.sqlite"
-    corrupt(path, "not a database")
-    cache = ResponseCache(path, CacheMode.REPLAY, lambda message: None)
-    with pytest.raises(CacheMiss) as raised:
-        cache.fetch(Counting({"q": "a"}), Request.from_prompt("q"), CallStats())
-    message = str(raised.value)
-    assert "replay mode: no recorded response" in message and str(path) in message
-    assert "was corrupt (file is not a database)" in message
-
-
-def test_answers_are_scrubbed_before_they_are_stored_and_replay_the_same(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("ACME_API_KEY", SECRET)
-    reflected = f"you sent Authorization: Bearer {SECRET}"
-    path = tmp_path / "cache.sqlite"
-    model = Counting({"q": reflected})
-    first = ResponseCache(path).fetch(model, Request.from_prompt("q"), CallStats())
-    replayed = ResponseCache(path, CacheMode.REPLAY).fetch(model, Request.from_prompt("q"), CallStats())
-    assert first.text == replayed.text == "you sent Authorization: Bearer ***"
-
-    class Batching(Counting):
-        def generate_batch(self, requests: list[Request]) -> list[Response]:
-            return [self.generate(r) for r in requests]
-
-    batch = ResponseCache(path).fetch_batch(Batching({"b": reflected}), [Request.from_prompt("b")], [CallStats()])
-    assert batch[0].text.endswith("Bearer ***")
-    dump = "\n".join(sqlite3.connect(path).iterdump())
-    assert SECRET not in dump and dump.count("Bearer ***") == 2
 
 
 def test_an_adapter_that_raises_anything_is_a_model_error_of_its_case(tmp_path: Path) -> None:
@@ -348,6 +248,43 @@ tests:
     result.stdout.fnmatch_lines(["*KeyboardInterrupt*"])
     [suite] = load_report(pytester.path / "r.json")["suites"]
     assert (suite["cases"], suite["passed"]) == (1, 1)  # what ran before the interrupt
+
+
+SETUP_HOOK_BREAKS = """
+def pytest_runtest_setup(item):
+    if "boom" in item.name:
+        raise RuntimeError("a conftest hook broke")
+"""
+
+
+@pytest.mark.parametrize("mode", list(MODES), ids=list(MODES))
+def test_a_case_whose_setup_fails_before_it_runs_still_gets_its_record(
+    run_pytest: Any, pytester: pytest.Pytester, mode: str
+) -> None:
+    # A conftest's setup hook raises before the case's own setup: the case never ran, and its
+    # teardown report carries an error record built then (CaseItem.lost_record).
+    pytester.makeconftest(SETUP_HOOK_BREAKS)
+    pytester.makefile(
+        ".promptopt.yaml",
+        hooked="""
+providers: [echo]
+prompts: ["say {{word}}"]
+gates: {pass_rate: 1.0}
+tests:
+  - {description: one, vars: {word: one}}
+  - {description: boom, vars: {word: boom}}
+""",
+    )
+    result = run_pytest("--promptopt", "--promptopt-report", "r.json", *MODES[mode])
+    result.assert_outcomes(passed=1, errors=1)
+    [suite] = load_report(pytester.path / "r.json")["suites"]
+    assert (suite["cases"], suite["passed"], suite["errors"]) == (2, 1, 1)
+    [broken] = [r for r in suite["results"] if r["error"]]
+    assert (broken["name"], broken["error"]) == (
+        "boom[t1]",
+        "the case did not finish: RuntimeError: a conftest hook broke",
+    )
+    assert broken["prompt"] == "say boom"  # the case's own record, not a stub
 
 
 HANG_CHECKS = """
@@ -552,7 +489,10 @@ def test_a_read_only_project_runs_with_the_cache_read_only_or_off(
     result = read_only_pytest(pytester.path, base, *MODES[mode])
     assert result.returncode == 0, result.stdout + result.stderr
     assert outcome(result) == "2 passed", result.stdout
-    assert f"response cache {cache} cannot be opened (Read-only file system" in result.stdout
+    assert (
+        f"response cache {cache} cannot be created ({pytester.path} is on a read-only file system): the run goes on without a cache"
+        in result.stdout
+    )
     assert "PermissionError" not in result.stdout and "OSError" not in result.stdout
     assert not cache.exists()
     # a cache recorded before the folder became read-only: replay reads it
@@ -564,7 +504,10 @@ def test_a_read_only_project_runs_with_the_cache_read_only_or_off(
     result = read_only_pytest(pytester.path, base, "--promptopt-cache", "replay", *MODES[mode])
     assert result.returncode == 0, result.stdout + result.stderr
     assert outcome(result) == "2 passed", result.stdout
-    assert f"response cache {cache} is read-only" in result.stdout
+    assert (
+        f"response cache {cache} is read-only ({cache.parent} is on a read-only file system): answers are read "
+        "from it, new answers are not recorded"
+    ) in result.stdout
     row = next(line for line in result.stdout.splitlines() if line.startswith("cached "))
     # cases passed failed errors ... calls cache-hits: every answer came from the read-only cache
     assert re.match(r"cached\s+fake\s+2\s+2\s+0\s+0\s.*\s0\s+2\s+\S+s$", row), row
@@ -717,5 +660,8 @@ def test_spark_executors_run_a_read_only_project_without_a_cache(
         timeout=600,
     )
     assert outcome(result) == "2 passed", result.stdout + result.stderr[-3000:]
-    assert f"response cache {cache} cannot be opened (Read-only file system" in result.stdout
+    assert (
+        f"response cache {cache} cannot be created ({pytester.path} is on a read-only file system): the run goes on without a cache"
+        in result.stdout
+    )
     assert not cache.exists()
