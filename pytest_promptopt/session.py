@@ -320,7 +320,8 @@ class PromptoptSession:
             where = self._write(
                 "baseline", settings.update_baseline, lambda p: write_baseline_file(p, outcomes), messages
             )
-            messages.append(f"baseline written: {where} ({len(outcomes)} suites); review and commit it")
+            if where is not None:
+                messages.append(f"baseline written: {where} ({len(outcomes)} suites); review and commit it")
         gated = RunSummary(suites, baseline)
         if not gated.gates_passed and exit_status == 0:
             exit_status = 1
