@@ -109,13 +109,15 @@ def raised(exc: BaseException) -> str:
 
     Anything but KeyboardInterrupt ends as the error of the case it came from: an exception an
     adapter or grader did not expect (an `IndexError` in a provider's reply), `SystemExit` from
-    user code (`sys.exit()` in a check), pytest's own outcomes raised inside (a check calling
-    `pytest.fail`, pytest-timeout's "Timeout (>Ns) from pytest-timeout"). KeyboardInterrupt (Ctrl-C,
-    or user code raising it) stops the run, as pytest does (docs/faults.md)."""
+    user code run in this process (`sys.exit()` in a Python test's check or an adapter), pytest's
+    own outcomes raised inside (a check calling `pytest.fail`, pytest-timeout's "Timeout (>Ns)
+    from pytest-timeout"). KeyboardInterrupt in this process (Ctrl-C, or in-process user code
+    raising it) stops the run, as pytest does; a suite's code checks run in the sandbox's worker
+    processes, where anything they raise is their case's error (docs/faults.md)."""
     text = scrub(str(exc))
     name = type(exc).__name__
     if isinstance(exc, SystemExit):
-        return f"SystemExit({exc.code!r}): user code called sys.exit()"
+        return f"user code called sys.exit({exc.code}) instead of returning"  # the sandbox's words
     if text and any(c.__name__ == "OutcomeException" for c in type(exc).__mro__):
         return text  # pytest.fail's own text says it all ("Timeout (>2.0s) from pytest-timeout.")
     return f"{name}: {text}" if text else name

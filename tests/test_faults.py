@@ -117,11 +117,11 @@ def test_an_adapter_that_raises_anything_is_a_model_error_of_its_case(tmp_path: 
     cache = ResponseCache(tmp_path / "c.sqlite")
     for exc, expected in [
         (IndexError("list index out of range"), "model error (echo): IndexError: list index out of range"),
-        (SystemExit(2), "model error (echo): SystemExit(2): user code called sys.exit()"),
+        (SystemExit(2), "model error (echo): user code called sys.exit(2) instead of returning"),
     ]:
         result = execute_case(case, Raising(exc), cache, "s::hi")
         assert (result.status, result.error) == ("error", expected)
-    with pytest.raises(KeyboardInterrupt):  # Ctrl-C (or user code raising it) stops the run
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C (or in-process user code raising it) stops the run
         execute_case(case, Raising(KeyboardInterrupt()), cache, "s::hi")
 
 
@@ -190,8 +190,10 @@ def test_a_check_that_exits_or_raises_base_exception_is_an_error_of_its_case(
     assert len(text.splitlines()) < 120, text  # one short message per case, no traceback pages
     result.stdout.fnmatch_lines(
         [
-            "*ERROR exit*assertion error: SystemExit(0): user code called sys.exit()*",
-            "*ERROR base*assertion error: BaseException: not an Exception*",
+            "ERROR exit[t0]: assertion error: python check at exits.promptopt.yaml:8: tests[0].assert[0] called "
+            "sys.exit(0) instead of returning",
+            "ERROR base[t1]: assertion error: python check at exits.promptopt.yaml:11: tests[1].assert[0] raised "
+            "BaseException: not an Exception",
             "exits  *echo  *3 *1 *0 *2 *100.0%*pass_rate>=1:ok*",
             "py-exits  *echo  *2 *1 *0 *1 *",
         ]
@@ -205,9 +207,13 @@ def test_a_check_that_exits_or_raises_base_exception_is_an_error_of_its_case(
     assert report["gates_passed"] is True  # errors are counted apart from the pass rate, and shown
     errors = {r["name"]: r["error"] for s in suites.values() for r in s["results"] if r["error"]}
     assert errors == {
-        "exit[t0]": "assertion error: SystemExit(0): user code called sys.exit()",
-        "base[t1]": "assertion error: BaseException: not an Exception",
-        "test_check_exits": "assertion error: SystemExit(3): user code called sys.exit()",
+        # a suite's python check runs in the sandbox's worker process (sandbox/), which names it
+        "exit[t0]": "assertion error: python check at exits.promptopt.yaml:8: tests[0].assert[0] called sys.exit(0) "
+        "instead of returning",
+        "base[t1]": "assertion error: python check at exits.promptopt.yaml:11: tests[1].assert[0] raised "
+        "BaseException: not an Exception",
+        # a Python test's check is a function of the test, called in its process (execute.raised)
+        "test_check_exits": "assertion error: user code called sys.exit(3) instead of returning",
     }
     junit = (pytester.path / "junit.xml").read_text()
     # JUnit shows a Python test's error as a failure (docs/configuration.md, JUnit XML)
@@ -227,10 +233,11 @@ def session_metrics(db: Path, experiment: str) -> dict[str, float]:
     return dict(parent.data.metrics)
 
 
-def test_keyboard_interrupt_from_a_check_stops_the_run_and_keeps_the_report(
+def test_keyboard_interrupt_from_a_suite_check_is_an_error_of_its_case(
     run_pytest: Any, pytester: pytest.Pytester
 ) -> None:
-    pytester.makepyfile(checks="def stop(output, context):\n    raise KeyboardInterrupt\n")
+    # A suite's python check runs in a sandbox worker process: its KeyboardInterrupt is not a Ctrl-C.
+    pytester.makepyfile(checks="def stop(output, context):\n    raise KeyboardInterrupt('from the check')\n")
     pytester.makefile(
         ".promptopt.yaml",
         stops="""
@@ -240,14 +247,51 @@ tests:
   - vars: {word: one}
   - vars: {word: stop}
     assert: [{type: python, value: "file://checks.py:stop"}]
-  - vars: {word: never}
+  - vars: {word: after}
 """,
     )
+    result = run_pytest("--promptopt", "--promptopt-report", "r.json")
+    result.assert_outcomes(passed=2, errors=1)
+    [suite] = load_report(pytester.path / "r.json")["suites"]
+    assert (suite["cases"], suite["passed"], suite["errors"]) == (3, 2, 1)
+    [error] = [r["error"] for r in suite["results"] if r["error"]]
+    assert error == (
+        "assertion error: python check at stops.promptopt.yaml:6: tests[1].assert[0] raised KeyboardInterrupt: "
+        "from the check"
+    )
+
+
+INTERRUPT_TESTS = """
+import pytest
+from pytest_promptopt import contains, python
+
+pytestmark = pytest.mark.promptopt(suite="py-stops", model="echo")
+
+def stop(output):
+    raise KeyboardInterrupt
+
+def test_a_one(prompt_model, prompt_check):
+    prompt_check(prompt_model("one"), contains("one"))
+
+def test_b_stop(prompt_model, prompt_check):
+    prompt_check(prompt_model("stop"), python(stop))
+
+def test_c_never(prompt_model, prompt_check):
+    prompt_check(prompt_model("never"), contains("never"))
+"""
+
+
+def test_keyboard_interrupt_from_a_python_tests_check_stops_the_run_and_keeps_the_report(
+    run_pytest: Any, pytester: pytest.Pytester
+) -> None:
+    # A Python test's check runs in pytest's process: its KeyboardInterrupt is pytest's Ctrl-C.
+    pytester.makepyfile(test_py=INTERRUPT_TESTS)
     result = run_pytest("--promptopt", "--promptopt-report", "r.json")
     assert result.ret == pytest.ExitCode.INTERRUPTED
     result.stdout.fnmatch_lines(["*KeyboardInterrupt*"])
     [suite] = load_report(pytester.path / "r.json")["suites"]
     assert (suite["cases"], suite["passed"]) == (1, 1)  # what ran before the interrupt
+    assert [r["name"] for r in suite["results"]] == ["test_a_one"]
 
 
 SETUP_HOOK_BREAKS = """
