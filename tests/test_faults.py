@@ -379,6 +379,43 @@ tests:
     assert errors == ["assertion error: Timeout (>3.0s) from pytest-timeout."] * 2
 
 
+class Interrupted(BaseException):
+    """What pytest-timeout's signal method raises in the main thread (pytest's `Failed` is one)."""
+
+
+def test_a_sandbox_call_interrupted_by_a_signal_kills_its_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    # pytest-timeout (or Ctrl-C) interrupts a call to user code that never returns: the worker
+    # still runs that code, so it is killed, not handed to the next call or left running.
+    import signal
+
+    from pytest_promptopt.sandbox import workers
+
+    started: list[workers.Worker] = []
+
+    class Recorded(workers.Worker):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            started.append(self)
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise Interrupted("Timeout (>0.5s) from pytest-timeout.")
+
+    monkeypatch.setattr(workers, "Worker", Recorded)
+    never_replies = "import sys, time\nprint('up', flush=True)\nfor line in sys.stdin:\n    time.sleep(120)\n"
+    pool = workers.WorkerPool([sys.executable, "-u", "-c", never_replies])
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        with pytest.raises(Interrupted):
+            pool.call({"fn": "hang"}, 60, "python check")
+        [worker] = started
+        assert worker.proc.poll() is not None  # killed then, not left sleeping (nor at close)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        pool.close()
+
+
 # --------------------------------------------------------------------------- provider faults
 
 
