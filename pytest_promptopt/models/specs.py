@@ -12,15 +12,18 @@ from typing import Any
 
 from ..redact import redact
 from .base import Model, ModelError
+from .local_runtimes import RUNTIMES as LOCAL_RUNTIMES  # the bundled model's runtimes (models/local.py)
 
 __all__ = [
     "BUNDLED",
+    "LOCAL_RUNTIMES",
     "ModelSpec",
     "create_model",
     "is_model",
     "model_name",
     "parse_model_spec",
     "provider_spec",
+    "with_local_runtime",
     "with_timeout",
 ]
 
@@ -156,6 +159,14 @@ def with_timeout(spec: ModelSpec, timeout_s: float) -> ModelSpec:
     if "/" not in spec.id or "timeout" in spec.params:
         return spec
     return ModelSpec(spec.id, {**spec.params, "timeout": timeout_s}, spec.label)
+
+
+def with_local_runtime(spec: ModelSpec, runtime: str | None) -> ModelSpec:
+    """`spec` with the run's runtime (--promptopt-local-runtime) for the bundled model, unless its
+    provider config names one."""
+    if spec.id != BUNDLED or not runtime or "runtime" in spec.params:
+        return spec
+    return ModelSpec(spec.id, {**spec.params, "runtime": runtime}, spec.label)
 
 
 def with_tracking_server(spec: ModelSpec, tracking_uri: str | None) -> ModelSpec:
