@@ -356,6 +356,9 @@ def test_the_bundled_model_samples_each_repeat_with_its_own_seed() -> None:
         def render(self, messages: Any) -> str:
             return "q"
 
+        def order_key(self, prompt: str) -> int:
+            return len(prompt)
+
         def run(self, prompts: list[str], p: Any) -> tuple[list[Generated], float]:
             seeds.append(p["seed"])
             return [Generated("x", 1, 1) for _ in prompts], 0.0

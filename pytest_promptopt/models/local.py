@@ -352,10 +352,11 @@ class LocalModel:
 
         results: list[Response | None] = [None] * len(requests)
         for indices in groups.values():
-            indices.sort(key=lambda i: len(prompts[i]))
+            runtime = runtimes[indices[0]]  # a group is greedy (one runtime) or one sampled request
+            indices.sort(key=lambda i: runtime.order_key(prompts[i]))
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start : start + self.batch_size]
-                rows, seconds = runtimes[chunk[0]].run([prompts[i] for i in chunk], params[chunk[0]])
+                rows, seconds = runtime.run([prompts[i] for i in chunk], params[chunk[0]])
                 # One forward pass serves the whole batch, so each response gets an equal share
                 # of the batch's wall time: the latencies of a batch add up to the time it took.
                 latency_ms = seconds * 1000.0 / len(chunk)
