@@ -19,6 +19,7 @@ from .options import DEFAULT_BASELINE, OPTIONS, Option
 from .repair.config import OPTIMIZERS, Given, RepairSettings
 from .runners.limits import DEFAULT_CONCURRENCY, DEFAULT_RETRIES, RateLimit, parse_rate_limits
 from .runners.spark_session import SparkSettings
+from .sandbox import DEFAULT_SCRIPT_TIMEOUT_S
 from .suite.model import Repeats
 
 __all__ = ["MlflowSettings", "Settings", "SparkSettings"]
@@ -57,6 +58,7 @@ class Settings:
     judge_model: ModelSpec | None = None  # --promptopt-judge-model; None: the run's default model
     repeats: Repeats = Repeats()  # --promptopt-repeat
     local_runtime: str | None = None  # --promptopt-local-runtime; None: $PROMPTOPT_LOCAL_RUNTIME, else auto
+    script_timeout_s: float = DEFAULT_SCRIPT_TIMEOUT_S  # --promptopt-script-timeout: one call of user code
 
     @property
     def backend(self) -> str:
@@ -147,6 +149,7 @@ class Settings:
             repair=_repair(config, parsed),
             judge_model=parsed("--promptopt-judge-model", _judge_model),
             local_runtime=parsed("--promptopt-local-runtime", _local_runtime),
+            script_timeout_s=parsed("--promptopt-script-timeout", timeout),
             **_report_settings(config, rootdir, parsed),
         )
 
