@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -65,6 +67,7 @@ class CTranslate2Runtime:
     name = "ctranslate2"
 
     def __init__(self, prepared: Prepared, threads: int | None) -> None:
+        _passive_openmp()
         import ctranslate2
         import tokenizers
 
@@ -97,6 +100,7 @@ class CTranslate2Runtime:
             "threads": threads,
             "load_seconds": time.perf_counter() - started,
             "ctranslate2": ctranslate2.__version__,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
         }
 
     def render(self, messages: Sequence[Mapping[str, str]]) -> str:
@@ -161,6 +165,17 @@ class CTranslate2Runtime:
             return any(s in text for s in stop)
 
         return step
+
+
+def _passive_openmp() -> None:
+    """Let CTranslate2's OpenMP threads sleep instead of spinning while they wait for each other.
+
+    Spinning threads are what OpenMP does by default; on a busy machine (other processes on the
+    same cores) two spinning threads spent 10x the CPU time and wall time of a passive pair in
+    our measurements (docs/performance.md). Read once, when CTranslate2's own OpenMP library
+    loads; a value the user set is kept."""
+    if "ctranslate2" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _shared_prefix(rows: Sequence[Sequence[str]]) -> int:

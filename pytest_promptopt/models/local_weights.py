@@ -11,8 +11,8 @@ transformers and keeps the result under `$PROMPTOPT_HOME` (default `~/.cache/pyt
             promptopt-complete                 JSON: ctranslate2 version, quantization, the GGUF's sha256
     .smollm2-135m-instruct-q4_1-<size>.lock   held while one process prepares; the others wait
 
-A copy whose marker names other weights (a GGUF with another sha256), or that an older version
-wrote, is rebuilt; a new ctranslate2 version converts into a new folder. Everything is written
+A copy whose marker names other weights (a GGUF with another sha256) is rebuilt; one an older
+version wrote (a plain-text marker) is kept and its marker upgraded; a new ctranslate2 version converts into a new folder. Everything is written
 into a temporary folder and renamed into place, so a crash or a concurrent process never leaves
 a half-written copy behind. If the cache cannot be written, the weights are prepared in a
 private temporary folder for this process only.
@@ -129,8 +129,14 @@ def _sha256(path: Path) -> str:
 
 def _read_marker(folder: Path) -> dict[str, Any] | None:
     try:
-        data = json.loads((folder / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # missing, or an older version's plain-text marker
+        text = (folder / MARKER).read_text(encoding="utf-8")
+    except OSError:
+        return None
+    if text.strip() == MODEL_ID:  # an older version's plain-text marker: its GGUF is known by size only
+        return {"model": MODEL_ID, "legacy": True}
+    try:
+        data = json.loads(text)
+    except ValueError:
         return None
     return data if isinstance(data, dict) else None
 
@@ -149,6 +155,13 @@ def _checked_sha(cache_dir: Path, gguf: Path, *, may_hash: bool) -> str | None:
     is brought up to date (`may_hash`: only while holding the lock).
     """
     marker = _read_marker(cache_dir)
+    if marker is not None and marker.get("legacy") and may_hash and cache_dir.name == cache_slug(gguf):
+        # A copy an older version made from a GGUF of this size (the folder's name): same
+        # dequantisation, so it is kept; its marker gets the GGUF's identity instead of a rebuild.
+        sha = _sha256(gguf)
+        with contextlib.suppress(OSError):
+            _write_json(cache_dir / MARKER, {"model": MODEL_ID, **_gguf_stat(gguf), "gguf_sha256": sha})
+        return sha
     if marker is None or marker.get("model") != MODEL_ID or not isinstance(marker.get("gguf_sha256"), str):
         return None
     now = _gguf_stat(gguf)
