@@ -83,7 +83,27 @@ def env(**extra: str) -> dict[str, str]:
     }
 
 
+AST_RACE = "AST constructor recursion depth mismatch"  # CPython 3.11's AST state is shared between threads
+RACES: list[float] = []
+
+
 def main_job(home: str | None, report: Path | None = None) -> float:
+    """Wall seconds of one main job; a run that ends in CPython 3.11's AST race (an INTERNALERROR
+    while reporting a failed case, see docs/performance.md) is counted and run again."""
+    for _ in range(3):
+        try:
+            return _main_job(home, report)
+        except _AstRace as race:
+            RACES.append(race.seconds)
+    raise SystemExit("main job: three runs in a row ended in the AST race")
+
+
+class _AstRace(Exception):
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+
+def _main_job(home: str | None, report: Path | None) -> float:
     with tempfile.TemporaryDirectory(prefix="promptopt-main-job-") as tmp:
         shutil.copytree(ROOT / "example_suites", Path(tmp) / "example_suites")
         args = [sys.executable, "-m", "pytest", "--promptopt", "-q", "-p", "no:cacheprovider", "example_suites"]
@@ -94,6 +114,8 @@ def main_job(home: str | None, report: Path | None = None) -> float:
             args, cwd=tmp, env=env(**({"PROMPTOPT_HOME": home} if home else {})), capture_output=True, text=True
         )
         seconds = time.perf_counter() - started
+    if proc.returncode != 0 and AST_RACE in proc.stdout + proc.stderr:
+        raise _AstRace(seconds)
     if proc.returncode != 0:
         raise SystemExit(f"main job failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}")
     return seconds
@@ -159,7 +181,7 @@ def main() -> None:
                 f"main job, first run (fresh PROMPTOPT_HOME): {' '.join(f'{s:.1f}' for s in first)} s; "
                 f"median {median(first):.1f} s"
             )
-        print(f"load average: {loadavg()}")
+        print(f"load average: {loadavg()}; runs ended by the AST race (and run again): {len(RACES)}")
     if args.skip_runtimes:
         return
     if not report.is_file():
