@@ -57,14 +57,14 @@ def requests(cases):
 out = {"load_s": load_s, "modes": {}, "texts": {}}
 for mode, cases, batch in job["modes"]:
     reqs = requests(cases)
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     if batch == 1:
         rows = [model.generate(r) for r in reqs]
     else:
         rows = model.generate_batch(reqs)
-    seconds = time.perf_counter() - t
+    seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
     tokens = sum(r.completion_tokens for r in rows)
-    out["modes"][mode] = {"seconds": seconds, "tokens": tokens, "tok_s": tokens / seconds}
+    out["modes"][mode] = {"seconds": seconds, "tokens": tokens, "tok_s": tokens / seconds, "tok_cpu_s": tokens / cpu}
     out["texts"][mode] = [r.text for r in rows]
 out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps(out))
@@ -160,6 +160,7 @@ def main() -> None:
     parser.add_argument("--report", type=Path, default=None, help="a main job's JSON report (prompts of step 2)")
     parser.add_argument("--skip-main-job", action="store_true")
     parser.add_argument("--skip-runtimes", action="store_true")
+    parser.add_argument("--modes", default="suites b8,suites single,decode b8,decode single", help="which of step 2")
     args = parser.parse_args()
     print(f"command: python bench/local_runtime.py {' '.join(sys.argv[1:])}")
     print(f"cores: {os.cpu_count()}, load average before: {loadavg()}")
@@ -194,6 +195,7 @@ def main() -> None:
         ["decode b8", long_cases, 8],
         ["decode single", long_cases[:2], 1],
     ]
+    modes = [m for m in modes if m[0] in args.modes.split(",")]
     runtimes = args.runtimes.split(",")
     results: dict[str, list[dict[str, Any]]] = {r: [] for r in runtimes}
     for round_ in range(args.repeat):
@@ -205,7 +207,7 @@ def main() -> None:
     names = [m[0] for m in modes]
     print(
         f"\nmedians of {args.repeat} rounds, threads {args.threads or 'all cores'}; "
-        f"completion tokens/s (ratio vs {reference} float32)"
+        f"completion tokens/s (ratio vs {reference} float32; tokens per CPU-second)"
     )
     header = ["runtime", "load s", "peak RSS MB", *names]
     print(" | ".join(header))
@@ -219,7 +221,8 @@ def main() -> None:
         ]
         for n in names:
             rate = median([r["modes"][n]["tok_s"] for r in rows])
-            cells.append(f"{rate:.1f} (x{rate / ref[n]:.2f})")
+            per_cpu = median([r["modes"][n]["tok_cpu_s"] for r in rows])
+            cells.append(f"{rate:.1f} (x{rate / ref[n]:.2f}; {per_cpu:.1f}/CPU-s)")
         print(" | ".join(cells))
     for runtime in runtimes:
         same = all(r["texts"] == results[reference][0]["texts"] for r in results[runtime])
