@@ -73,6 +73,7 @@ def repair_run(session: Any, run: RunSummary, settings: RepairSettings) -> list[
                 session.settings.model,
                 session.registry.resolve,
                 repeats=Repeats(1, from_cli=True),
+                limits=session.settings.suite_limits,
             )
         except SuiteError as exc:
             results.append(dataclasses.replace(base, status="error", reason=str(exc)))

@@ -18,11 +18,11 @@ from typing import Any
 from ..assertions.base import Assertion, AssertionConfigError
 from ..assertions.scoring import render_assertion
 from ..models.specs import ModelSpec
-from ..prompt import MissingVariable, Prompt, TemplateError, render_prompt
+from ..prompt import MissingVariable, Prompt, TemplateError, render_suite_prompt
 from .document import format_path
 from .model import Case, SuiteInfo
 
-__all__ = ["CaseError", "Missing", "Place", "Placed", "build_case", "case_id", "python_case_id"]
+__all__ = ["CaseError", "Missing", "Place", "Placed", "build_case", "case_id", "failed_case", "python_case_id"]
 
 Place = tuple[str | int, ...]  # a place in the suite document, e.g. ("tests", 2, "assert", 0)
 Placed = tuple[Assertion, Place]  # an assertion, unrendered, with its place in the suite
@@ -76,25 +76,33 @@ def build_case(
     base_dir: Path = Path("."),
     several_prompts: bool = False,
     several_providers: bool = False,
+    env: Mapping[str, Any] | None = None,
 ) -> Case:
-    """Render `prompt` and `assertions` with `variables` into a `Case`. Raises `CaseError`."""
-    where = f"prompts[{prompt_index}] ({prompt.label})"
+    """Render `prompt` and `assertions` with `variables` into a `Case`, as promptfoo renders
+    them (prompt.render_suite_prompt; `env` is the suite's `env:`). A prompt's `config` joins
+    the model's parameters. Raises `CaseError`."""
+    where = f"prompts[{prompt_index}] ({prompt.label[:60]})"
     try:
-        rendered = render_prompt(prompt.template, variables)
+        rendered = render_suite_prompt(prompt.template, variables, env)
     except MissingVariable as exc:
         raise CaseError(f"{exc} in {where}; {missing.hint}", missing.path) from None
     except TemplateError as exc:
         raise CaseError(f"{exc} in {where}", ("prompts", prompt_index)) from None
+    if prompt.config:
+        model = ModelSpec(model.id, {**model.params, **prompt.config}, model.label)
     checks = []
+    scope = {"env": dict(env or {}), **variables}
     for assertion, path in assertions:
         try:
-            checks.append(render_assertion(assertion, variables))
+            checks.append(render_assertion(assertion, scope, promptfoo=True))
         except AssertionConfigError as exc:
             # The assertion names its place (`where`) in its message; the error carries it as a path.
-            message, prefix = str(exc), format_path(path)
-            raise CaseError(
-                message[len(prefix) + 2 :] if message.startswith(prefix + ": ") else message, path
-            ) from None
+            message = str(exc)
+            for prefix in (assertion.where, format_path(path)):
+                if prefix and message.startswith(prefix + ": "):
+                    message = message[len(prefix) + 2 :]
+                    break
+            raise CaseError(message, path) from None
     identity = case_id(
         variables,
         [a.to_dict() for a in checks],
@@ -117,4 +125,46 @@ def build_case(
         description=description,
         base_dir=base_dir,
         position=position,
+    )
+
+
+def failed_case(
+    suite: SuiteInfo,
+    prompt: Prompt,
+    prompt_index: int,
+    variables: Mapping[str, Any],
+    model: ModelSpec,
+    message: str,
+    *,
+    name: str,
+    test_index: int,
+    position: int,
+    description: str = "",
+    base_dir: Path = Path("."),
+    several_prompts: bool = False,
+    several_providers: bool = False,
+) -> Case:
+    """A case that cannot run (`message` says why, with the file, line and field): it is
+    reported as an error, without a model call, and the suite's other cases run."""
+    identity = case_id(
+        variables,
+        {"error": message},
+        prompt_index if several_prompts else None,
+        model.display if several_providers else None,
+    )
+    return Case(
+        suite=suite,
+        case_id=identity,
+        name=name,
+        prompt=prompt,
+        rendered_prompt="",
+        prompt_index=prompt_index,
+        test_index=test_index,
+        vars=variables,
+        assertions=(),
+        model=model,
+        description=description,
+        base_dir=base_dir,
+        position=position,
+        error=message,
     )
