@@ -233,7 +233,9 @@ def test_unknown_assertion_type_errors_its_case_and_suggests_the_nearest(tmp_pat
         """,
     )
     first, second, third = suite.cases
-    assert first.error.startswith("s.promptopt.yaml:5: tests[0].assert[0]: unknown assertion type 'icontain'; did you mean 'icontains'?")
+    assert first.error.startswith(
+        "s.promptopt.yaml:5: tests[0].assert[0]: unknown assertion type 'icontain'; did you mean 'icontains'?"
+    )
     assert (second.error, second.rendered_prompt) == (None, "b")
     assert third.error == (
         "s.promptopt.yaml:9: tests[2].assert[0]: 'is-xml' checks (a promptfoo assertion type) are not run by this "
@@ -371,4 +373,6 @@ def test_unsafe_template_points_at_the_prompt(tmp_path):
         tests: [{vars: {}}]
         """,
     ).cases
-    assert ok.error is None and bad.error.startswith("s.promptopt.yaml:1: prompts[1]: template tried an unsafe operation")
+    assert ok.error is None and bad.error.startswith(
+        "s.promptopt.yaml:1: prompts[1]: template tried an unsafe operation"
+    )

@@ -39,7 +39,11 @@ class ChainRuns:
         if step is None:
             return case
         with self._lock:
-            extra: dict[str, Any] = dict(self._registers.get(step.group, {}))
+            # a stored output is a var like any other: one trailing newline dropped (promptfoo)
+            extra: dict[str, Any] = {
+                k: v[:-1] if isinstance(v, str) and v.endswith("\n") else v
+                for k, v in self._registers.get(step.group, {}).items()
+            }
             if step.conversation is not None:
                 extra["_conversation"] = list(self._turns.get(step.group, {}).get(step.conversation, []))
         return dataclasses.replace(step.build(extra), chain=step)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import yaml12
+from .. import yaml12
 from .model import SuiteError, SuiteLimits
 
 Path_ = tuple[str | int, ...]
@@ -144,7 +144,10 @@ def load_yaml(text: str, limits: SuiteLimits = SuiteLimits()) -> Any:
 def _check(root: Any, lines: LineMap, limits: SuiteLimits) -> None:
     """Walk the node graph once, without expanding aliases: record lines and dates, refuse
     duplicate keys, nesting beyond MAX_DEPTH and alias expansion beyond the limit."""
-    sizes = _expanded_sizes(root)
+    try:
+        sizes = yaml12.expanded_sizes(root)
+    except RecursionError as exc:  # a node that contains itself
+        raise DocumentError(str(exc), getattr(exc, "line", None)) from None
     seen: set[int] = set()
     added = 0  # nodes the aliases add when the document is expanded
     stack: list[tuple[Any, Path_, int]] = [(root, (), 1)]
@@ -188,37 +191,6 @@ def _check(root: Any, lines: LineMap, limits: SuiteLimits) -> None:
         else:  # sequence
             children = [(item, path + (index,)) for index, item in enumerate(node.value)]
         stack.extend((child, child_path, depth + 1) for child, child_path in reversed(children))
-
-
-def _expanded_sizes(root: Any) -> dict[int, int]:
-    """Each node's size once every alias under it is expanded (iteratively: no recursion).
-    A node that contains itself (a recursive alias) is refused."""
-    sizes: dict[int, int] = {}
-    on_path: set[int] = set()
-    stack: list[tuple[Any, bool]] = [(root, False)]
-    while stack:
-        node, done = stack.pop()
-        key = id(node)
-        if done:
-            on_path.discard(key)
-            sizes[key] = 1 + sum(sizes[id(child)] for child in _children(node))
-            continue
-        if key in sizes:
-            continue
-        if key in on_path:
-            raise DocumentError("a YAML alias refers to a node that contains it", node.start_mark.line + 1)
-        on_path.add(key)
-        stack.append((node, True))
-        stack.extend((child, False) for child in _children(node) if id(child) not in sizes)
-    return sizes
-
-
-def _children(node: Any) -> list[Any]:
-    if node.id == "mapping":
-        return [value for _, value in node.value]
-    if node.id == "sequence":
-        return list(node.value)
-    return []
 
 
 def _check_depth(data: Any) -> None:

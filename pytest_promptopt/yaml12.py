@@ -8,7 +8,8 @@ can be trusted) with the core schema's implicit types: booleans `true/True/TRUE/
 `.nan`, `<<` merge keys and timestamps.
 
 A document is composed first (a node graph with aliases shared, no expansion), checked (see
-`document.py`: duplicate keys, alias expansion, nesting depth), and only then constructed.
+`suite/document.py`: duplicate keys, alias expansion, nesting depth), and only then constructed.
+`contains-json` reads candidates in model output with the same loader (assertions/structured.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import functools
 import re
 from typing import Any
 
-__all__ = ["compose", "construct", "loader_class"]
+__all__ = ["compose", "construct", "expanded_sizes", "loader_class"]
 
 _BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
 _NULL = re.compile(r"^(?:~|null|Null|NULL|)$")
@@ -152,3 +153,42 @@ def construct(node: Any, loader: Any) -> Any:
         return loader.construct_document(node)
     finally:
         loader.dispose()
+
+
+class RecursiveAlias(RecursionError):
+    """A YAML alias refers to a node that contains it."""
+
+    def __init__(self, line: int) -> None:
+        super().__init__("a YAML alias refers to a node that contains it")
+        self.line = line
+
+
+def expanded_sizes(root: Any) -> dict[int, int]:
+    """Each node's size (by `id`) once every alias under it is expanded, computed without
+    expanding anything and without recursion. A node that contains itself raises `RecursiveAlias`."""
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            on_path.discard(key)
+            sizes[key] = 1 + sum(sizes[id(child)] for child in _children(node))
+            continue
+        if key in sizes:
+            continue
+        if key in on_path:
+            raise RecursiveAlias(node.start_mark.line + 1)
+        on_path.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in _children(node) if id(child) not in sizes)
+    return sizes
+
+
+def _children(node: Any) -> list[Any]:
+    if node.id == "mapping":
+        return [value for _, value in node.value]
+    if node.id == "sequence":
+        return list(node.value)
+    return []
