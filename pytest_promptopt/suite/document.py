@@ -160,7 +160,7 @@ def _check(root: Any, lines: LineMap, limits: SuiteLimits) -> None:
                     f"YAML aliases expand the document to more than {limits.max_alias_nodes:,} extra nodes "
                     f"(the alias here alone adds {sizes[id(node)]:,}); write the values out, or raise the limit "
                     f"with {ALIAS_OPTION}",
-                    node.start_mark.line + 1,
+                    lines.line(path),  # an alias has no line of its own: its place's
                     path,
                 )
             continue
