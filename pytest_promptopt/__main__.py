@@ -63,7 +63,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"{name}: ok, dataset {loaded.dataset.source.describe()}, {len(loaded.dataset.slices)} item(s), gates: {gates}"
             )
         else:
-            print(f"{name}: ok, {len(loaded.cases)} case{'' if len(loaded.cases) == 1 else 's'}, gates: {gates}")
+            failing = [case for case in loaded.cases if case.error]
+            for case in failing:  # a case that cannot run: the suite loads, that case will be an error
+                print(f"error: {case.name}: {case.error}", file=sys.stderr)
+            status = 1 if failing else status
+            errors = f", {len(failing)} with errors" if failing else ""
+            print(
+                f"{name}: {'ok' if not failing else 'loads'}, {len(loaded.cases)} case{'' if len(loaded.cases) == 1 else 's'}{errors}, gates: {gates}"
+            )
     return status
 
 

@@ -118,8 +118,10 @@ class SuiteFile(pytest.File):
             repeats=session.settings.repeats,
             limits=session.settings.suite_limits,
         )
-        for message in loaded.warnings:
-            self.warn(SuiteWarning(message))
+        if getattr(self.config, "workerinput", {}).get("workerid", "gw0") == "gw0":
+            # Every xdist worker loads the suite; one of them says what it found (one line each).
+            for message in loaded.warnings:
+                self.warn(SuiteWarning(message))
         if loaded.dataset is not None:  # one item per prompt x provider, all rows (see DatasetItem)
             self._warm_up(session, [part.make_case.model for part in loaded.dataset.slices])
             for part in loaded.dataset.slices:

@@ -34,7 +34,7 @@ from pytest_promptopt.judging import Judges
 from pytest_promptopt.models.specs import ModelSpec
 from pytest_promptopt.prompt import Prompt
 from pytest_promptopt.suite.loader import load_suite
-from pytest_promptopt.suite.model import Case, SuiteError, SuiteInfo
+from pytest_promptopt.suite.model import Case, SuiteInfo
 
 
 class ScriptedJudge:

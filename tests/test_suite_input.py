@@ -132,7 +132,10 @@ def test_var_products_are_capped_naming_the_field_and_the_count(tmp_path):
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("prompts: ['x']\nrepeat: 1000000000\n", "s.promptopt.yaml:2: repeat: 1000000000 is greater than the maximum of 1000"),
+        (
+            "prompts: ['x']\nrepeat: 1000000000\n",
+            "s.promptopt.yaml:2: repeat: 1000000000 is greater than the maximum of 1000",
+        ),
         (
             "prompts: ['x']\ntests: [{threshold: .nan, vars: {}}]\n",
             "s.promptopt.yaml:2: tests[0].threshold: nan is not a finite number; give a number such as 0.8",

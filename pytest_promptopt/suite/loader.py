@@ -309,11 +309,13 @@ class _CaseBuilder:
             if raw.get("rubricPrompt") is not None:
                 raw["config"] = {"rubric_prompt": raw.pop("rubricPrompt"), **(raw.get("config") or {})}
             value = raw.get("value")
-            if isinstance(value, str) and value.startswith("file://") and kind not in ("python", "javascript"):
-                try:
+            try:
+                if isinstance(value, str) and value.startswith("file://") and kind not in ("python", "javascript"):
                     raw["value"] = file_value(value, a_path, ctx)
-                except SuiteError as exc:
-                    problem = problem or str(exc)
+                elif isinstance(value, str) and value.startswith("file://"):  # code: checked, read when it runs
+                    ctx.check_inside(ctx.base_dir / re.sub(r":[A-Za-z_][\w.]*$", "", value[7:]), a_path + ("value",))
+            except SuiteError as exc:
+                problem = problem or str(exc)
             if rubric is not None and is_model_graded(kind) and not (raw.get("config") or {}).get("rubric_prompt"):
                 raw["config"] = {**(raw.get("config") or {}), "rubric_prompt": rubric}
             placed.append((build_assertion(raw, where, merged["options"].get("provider")), a_path))

@@ -44,6 +44,8 @@ IGNORED = {
     "ignored: use gates: {pass_rate: ...}",
     "envPath": "promptfoo reads envPath under commandLineOptions only; ignored here too",
     "$schema": "a JSON Schema reference for editors; ignored",
+    "nunjucksFilters": "custom filters from JavaScript files are not loaded by this version; a template that "
+    "uses one makes its cases errors",
 }
 _TEST_IGNORED = {
     "storeOutputAs": "promptfoo reads storeOutputAs under options only (options.storeOutputAs); ignored here too",
@@ -109,7 +111,7 @@ def prune_test(test: dict[str, Any], path: tuple[Any, ...], ctx: Context, origin
         test.pop(key)
         why = _TEST_IGNORED.get(str(key))
         if why is None:
-            hint = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+            hint = difflib.get_close_matches(str(key), sorted(allowed), n=1, cutoff=0.75)
             why = (f"did you mean '{hint[0]}'? " if hint else "") + (
                 f"not a key of a test (allowed: {', '.join(sorted(allowed))}); promptfoo ignores it, and so does this plugin"
             )
