@@ -117,6 +117,8 @@ class SuiteFile(pytest.File):
             backend=session.settings.backend,
             repeats=session.settings.repeats,
             limits=session.settings.suite_limits,
+            script_timeout_s=session.settings.script_timeout_s,
+            sandbox=session.sandbox,
         )
         if getattr(self.config, "workerinput", {}).get("workerid", "gw0") == "gw0":
             # Every xdist worker loads the suite; one of them says what it found (one line each).

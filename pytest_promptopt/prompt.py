@@ -64,18 +64,40 @@ def _compile(template: str, promptfoo: bool = False) -> tuple[Any, frozenset[str
     return compiled, frozenset(meta.find_undeclared_variables(ast))
 
 
-def template_variables(template: str, promptfoo: bool = False) -> frozenset[str]:
-    """The variables a template reads (free names only, not loop variables)."""
-    return _compile(template, promptfoo)[1]
+def _compile_with(template: str, filters: Mapping[str, Any]) -> tuple[Any, frozenset[str]]:
+    """`_compile` (promptfoo's manners) in an overlay of the sandboxed environment that also has
+    `filters` (a suite's `nunjucksFilters`); not memoised, since the filters belong to one suite."""
+    from jinja2 import TemplateSyntaxError, meta
+
+    env = nunjucks.environment().overlay()
+    env.filters.update(filters)
+    try:
+        ast = env.parse(template)
+        compiled = env.from_string(template)
+    except TemplateSyntaxError as exc:
+        raise TemplateError(f"template syntax error on line {exc.lineno}: {exc.message}") from None
+    return compiled, frozenset(meta.find_undeclared_variables(ast))
 
 
-def render_template(template: str, variables: Mapping[str, Any], *, promptfoo: bool = False) -> str:
+def template_variables(
+    template: str, promptfoo: bool = False, filters: Mapping[str, Any] | None = None
+) -> frozenset[str]:
+    """The variables a template reads (free names only, not loop variables); `filters` are extra
+    filters a suite's template may use (its `nunjucksFilters`)."""
+    return (_compile_with(template, filters) if filters else _compile(template, promptfoo))[1]
+
+
+def render_template(
+    template: str, variables: Mapping[str, Any], *, promptfoo: bool = False, filters: Mapping[str, Any] | None = None
+) -> str:
     """Render `template` with `variables`; a missing variable raises `TemplateError` naming it.
-    `promptfoo`: the manners of a suite file's templates (nunjucks.py), else Python's."""
+    `promptfoo`: the manners of a suite file's templates (nunjucks.py), else Python's; `filters`
+    (a suite's `nunjucksFilters`) imply them."""
     from jinja2 import TemplateError as JinjaError
     from jinja2.exceptions import SecurityError
 
-    compiled, needed = _compile(template, promptfoo)
+    promptfoo = promptfoo or bool(filters)
+    compiled, needed = _compile_with(template, filters) if filters else _compile(template, promptfoo)
     missing = sorted(needed - set(variables) - (_GLOBALS if promptfoo else set()))
     if missing:
         names = ", ".join(repr(m) for m in missing)
@@ -107,11 +129,16 @@ def render_prompt(template: str, variables: Mapping[str, Any]) -> str:
     return json.dumps(_render_strings(structure, variables), indent=2, ensure_ascii=False)
 
 
-def render_suite_prompt(template: str, variables: Mapping[str, Any], env: Mapping[str, Any] | None = None) -> str:
+def render_suite_prompt(
+    template: str,
+    variables: Mapping[str, Any],
+    env: Mapping[str, Any] | None = None,
+    filters: Mapping[str, Any] | None = None,
+) -> str:
     """Render a suite file's prompt as promptfoo's `renderPrompt` does (see nunjucks.py): var
     references resolved, a JSON prompt's strings rendered and the JSON re-indented, otherwise
     string vars rendered as templates themselves (in the same sandbox) before the prompt.
-    `env`: the suite's `env:` (the `env` global of its templates)."""
+    `env`: the suite's `env:` (the `env` global of its templates); `filters`: its `nunjucksFilters`."""
     values = nunjucks.resolve_variables(dict(variables))
     scope = {"env": dict(env or {}), **values}
     try:
@@ -120,7 +147,7 @@ def render_suite_prompt(template: str, variables: Mapping[str, Any], env: Mappin
         parsed = _NOT_JSON
     if parsed is not _NOT_JSON:
         try:
-            return nunjucks.js_json(_render_strings(parsed, scope, promptfoo=True), 2)
+            return nunjucks.js_json(_render_strings(parsed, scope, True, filters), 2)
         except TemplateError:
             pass  # promptfoo renders the text as a whole when a string of the JSON fails
     rendered = {
@@ -128,10 +155,12 @@ def render_suite_prompt(template: str, variables: Mapping[str, Any], env: Mappin
         if not isinstance(value, str)
         or not ("{{" in value or "{%" in value)
         or nunjucks.references_undefined(value, values)
-        else render_template(nunjucks.wrap_partial(value), scope, promptfoo=True)
+        else render_template(nunjucks.wrap_partial(value), scope, promptfoo=True, filters=filters)
         for key, value in values.items()
     }
-    return render_template(nunjucks.wrap_partial(template), {"env": scope["env"], **rendered}, promptfoo=True)
+    return render_template(
+        nunjucks.wrap_partial(template), {"env": scope["env"], **rendered}, promptfoo=True, filters=filters
+    )
 
 
 _NOT_JSON = object()
@@ -159,13 +188,15 @@ def _collect_variables(value: Any, names: set[str]) -> None:
             _collect_variables(item, names)
 
 
-def _render_strings(value: Any, variables: Mapping[str, Any], promptfoo: bool = False) -> Any:
+def _render_strings(
+    value: Any, variables: Mapping[str, Any], promptfoo: bool = False, filters: Mapping[str, Any] | None = None
+) -> Any:
     if isinstance(value, str):
-        return render_template(value, variables, promptfoo=promptfoo)
+        return render_template(value, variables, promptfoo=promptfoo, filters=filters)
     if isinstance(value, list):
-        return [_render_strings(v, variables, promptfoo) for v in value]
+        return [_render_strings(v, variables, promptfoo, filters) for v in value]
     if isinstance(value, dict):
-        return {k: _render_strings(v, variables, promptfoo) for k, v in value.items()}
+        return {k: _render_strings(v, variables, promptfoo, filters) for k, v in value.items()}
     return value
 
 
@@ -197,6 +228,9 @@ class Prompt:
     registry_uri: str | None = None  # `prompts:/name/<version>` when the template came from the MLflow Prompt Registry
     # promptfoo's `prompts[].config`: model parameters a suite's cases of this prompt send
     config: Mapping[str, Any] | None = field(default=None, compare=False)
+    # A prompt function (`file:///abs/prompt.py:fn`, `file:///abs/prompt.js`): called for each case
+    # with its vars, it returns the template (promptfoo's prompt functions); `template` is then the reference.
+    function: str | None = None
 
     @classmethod
     def from_registry(cls, uri: str, label: str | None = None) -> Prompt:

@@ -19,6 +19,7 @@ from .options import DEFAULT_BASELINE, OPTIONS, Option
 from .repair.config import OPTIMIZERS, Given, RepairSettings
 from .runners.limits import DEFAULT_CONCURRENCY, DEFAULT_RETRIES, RateLimit, parse_rate_limits
 from .runners.spark_session import SparkSettings
+from .sandbox import DEFAULT_SCRIPT_TIMEOUT_S
 from .suite.model import MAX_REPEAT, Repeats, SuiteLimits
 
 __all__ = ["MlflowSettings", "Settings", "SparkSettings"]
@@ -58,6 +59,7 @@ class Settings:
     repeats: Repeats = Repeats()  # --promptopt-repeat
     # --promptopt-max-cases, --promptopt-max-alias-nodes, --promptopt-allow-outside-files
     suite_limits: SuiteLimits = SuiteLimits()
+    script_timeout_s: float = DEFAULT_SCRIPT_TIMEOUT_S  # --promptopt-script-timeout: one call of user code
 
     @property
     def backend(self) -> str:
@@ -153,6 +155,7 @@ class Settings:
             ),
             repair=_repair(config, parsed),
             judge_model=parsed("--promptopt-judge-model", _judge_model),
+            script_timeout_s=parsed("--promptopt-script-timeout", timeout),
             **_report_settings(config, rootdir, parsed),
         )
 

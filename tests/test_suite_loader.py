@@ -287,15 +287,17 @@ def test_bad_regex_fails_its_check_and_a_missing_value_errors_its_case(tmp_path)
     assert no_value.error == "s.promptopt.yaml:10: tests[1].assert[0]: 'word-count' needs a 'value'"
 
 
-def test_bad_python_reference_is_found_before_running(tmp_path):
+def test_an_empty_python_check_is_found_before_running(tmp_path):
+    # Any other text is promptfoo's inline Python (an expression, or a body that returns).
     suite = load(
         tmp_path,
         """
         prompts: ["{{q}}"]
-        tests: [{vars: {q: a}, assert: [{type: python, value: "not a reference"}]}]
+        tests: [{vars: {q: a}, assert: [{type: python, value: "  "}]}]
         """,
     )
-    assert "module:function" in suite.cases[0].error
+    error = suite.cases[0].error
+    assert "tests[0].assert[0]" in error and "python code" in error
 
 
 def test_keys_in_a_suite_are_refused(tmp_path):

@@ -225,6 +225,7 @@ class Context:
         self.limits = limits
         self.warnings: list[str] = []
         self.env: dict[str, str] = {}  # the config's `env:` (promptfoo's `env` template global)
+        self.filters: dict[str, Any] = {}  # the suite's nunjucksFilters, as Jinja filters (loader.py)
 
     def error(self, path: Sequence[str | int], message: str) -> SuiteError:
         return SuiteError(self.display, message, format_path(path), self.lines.line(path))

@@ -20,6 +20,8 @@ from ..assertions.base import assertion_types, is_model_graded
 from ..gates import parse_gates
 from ..models.specs import ModelSpec, parse_model_spec
 from ..prompt import Prompt
+from ..sandbox import DEFAULT_SCRIPT_TIMEOUT_S, Sandbox, sandbox_for
+from ..sandbox.scripts import make_filter
 from .blocks import dataset_spec, fuzz_cases
 from .cases import CaseError, Missing, Placed, build_case, case_id, failed_case
 from .csv_tests import PROMPTFOO_TYPES
@@ -35,11 +37,7 @@ from .sources import TestEntry, default_test, read_tests
 __all__ = ["LoadedSuite", "load_suite"]
 
 # Options a test may set that this version does not run: its cases are errors saying so.
-_NOT_RUN = {
-    "transform": "output transforms (options.transform)",
-    "postprocess": "output transforms (options.postprocess)",
-    "transformVars": "var transforms (options.transformVars)",
-}
+_NOT_RUN = {"transformVars": "var transforms (options.transformVars)"}
 
 
 @dataclass(frozen=True)
@@ -60,6 +58,8 @@ def load_suite(
     backend: str | None = None,
     repeats: Repeats = Repeats(),
     limits: SuiteLimits = SuiteLimits(),
+    script_timeout_s: float = DEFAULT_SCRIPT_TIMEOUT_S,
+    sandbox: Sandbox | None = None,
 ) -> LoadedSuite:
     """Parse, validate and expand a suite file into cases. Raises `SuiteError`.
 
@@ -67,7 +67,34 @@ def load_suite(
     session's resolver; without one, a registry reference is a `SuiteError`). `backend` (`local`/`spark`) is the
     run's: a dataset `table` needs `spark`; None (e.g. `validate`) does not check. `repeats` is
     the run's samples per case, which the suite's `repeat:` may override (`Repeats.for_suite`).
-    `limits` bounds what the file may expand to and which files it may read."""
+    `limits` bounds what the file may expand to and which files it may read.
+    User code the cases need while they are built (var loaders, prompt functions, Nunjucks
+    filters) runs in `sandbox` (a fresh one for the load without it), each call within
+    `script_timeout_s`, which the cases keep for their transforms and checks."""
+    with sandbox_for(sandbox) as box:
+        return _load(
+            file, display, default_model, resolve_prompt, backend, repeats, limits, _Code(box, script_timeout_s)
+        )
+
+
+@dataclass(frozen=True)
+class _Code:
+    """Where the user code of a suite's cases runs while they are built, and its time limit."""
+
+    sandbox: Sandbox
+    timeout_s: float
+
+
+def _load(
+    file: Path,
+    display: str,
+    default_model: ModelSpec,
+    resolve_prompt: Callable[[str], Any] | None,
+    backend: str | None,
+    repeats: Repeats,
+    limits: SuiteLimits,
+    code: _Code,
+) -> LoadedSuite:
     try:
         data, lines = read_document(file, limits)
     except DocumentError as exc:
@@ -88,6 +115,10 @@ def load_suite(
     except ValueError as exc:
         raise ctx.error(("gates",), str(exc).split(": ", 1)[-1]) from None
     name = data.get("name") or data.get("description") or file.name
+    for filter_name, filter_path in (data.get("nunjucksFilters") or {}).items():
+        where = ctx.where(("nunjucksFilters", filter_name))
+        filter_file = ctx.resolve_file(str(filter_path), ("nunjucksFilters", filter_name), "filter file")
+        ctx.filters[str(filter_name)] = make_filter(code.sandbox, filter_file, code.timeout_s, where)
     prompts = load_prompts(data.get("prompts"), ctx)
     _check_env(prompts, ctx)
     providers = _providers(data.get("providers", data.get("targets")), ctx) or [default_model]
@@ -117,7 +148,7 @@ def load_suite(
             "storeOutputAs and _conversation make each case wait for the ones before it: run this suite "
             "with the local backend, not --promptopt-backend spark",
         )
-    builder = _CaseBuilder(info, prompts, providers, defaults, ctx, sequence)
+    builder = _CaseBuilder(info, prompts, providers, defaults, ctx, sequence, code)
     cases = list(builder.cases(tests))
     if "fuzz" in data:
         cases.extend(fuzz_cases(data["fuzz"], info, prompts, providers, defaults, tests, cases, ctx))
@@ -225,9 +256,10 @@ class _CaseBuilder:
         default: dict[str, Any],
         ctx: Context,
         sequence: bool,
+        code: _Code,
     ) -> None:
         self.info, self.prompts, self.providers, self.default, self.ctx = info, prompts, providers, default, ctx
-        self.sequence = sequence
+        self.sequence, self.code = sequence, code
         self.seen: dict[str, int] = {}
         self.position = 0
 
@@ -299,9 +331,6 @@ class _CaseBuilder:
                 ("defaultTest", "assert", a_index) if a_index < n_default else path + ("assert", a_index - n_default)
             )
             raw = dict(raw)
-            for key in ("transform", "contextTransform"):
-                if raw.get(key) is not None and problem is None:
-                    problem = f"{ctx.where(a_path + (key,))}: assertion transforms are not run by this version of pytest-promptopt"
             kind = str(raw["type"]).removeprefix("not-")
             where = self._place(test, a_path)
             if kind in PROMPTFOO_TYPES and kind not in assertion_types() and problem is None:
@@ -350,6 +379,8 @@ class _CaseBuilder:
             "base_dir": ctx.base_dir,
             "several_prompts": several[0],
             "several_providers": several[1],
+            "transform": merged["options"].get("transform") or merged["options"].get("postprocess"),
+            "script_timeout_s": self.code.timeout_s,
         }
         missing = Missing(test.path + ("vars",), "add it to this test's vars or to defaultTest.vars")
 
@@ -359,7 +390,7 @@ class _CaseBuilder:
             try:
                 return build_case(
                     self.info, prompt, prompt_index, {**variables, **extra}, placed, spec, missing=missing,
-                    threshold=merged["threshold"], env=ctx.env, **common,
+                    threshold=merged["threshold"], env=ctx.env, sandbox=self.code.sandbox, filters=ctx.filters, **common,
                 )  # fmt: skip
             except CaseError as exc:
                 message = f"{self._place(test, exc.path)}: {exc.message}" if exc.path else exc.message

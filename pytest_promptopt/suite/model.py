@@ -12,6 +12,7 @@ from ..gates import Gate
 from ..mathexpr import DerivedMetric
 from ..models.specs import ModelSpec
 from ..prompt import Prompt
+from ..sandbox import DEFAULT_SCRIPT_TIMEOUT_S
 
 
 class SuiteError(ValueError):
@@ -88,6 +89,9 @@ class Case:
     # A case of a suite with promptfoo's `storeOutputAs` or `_conversation`: rendered only when
     # it runs, after the cases before it (suite/chains.py); None for every other case.
     chain: ChainStep | None = None
+    # promptfoo's options.transform (or postprocess): code run on the answer before the assertions
+    transform: str | None = None
+    script_timeout_s: float = DEFAULT_SCRIPT_TIMEOUT_S  # one call of the case's user code (--promptopt-script-timeout)
 
 
 @dataclass(frozen=True)

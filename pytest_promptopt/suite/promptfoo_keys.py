@@ -44,8 +44,6 @@ IGNORED = {
     "ignored: use gates: {pass_rate: ...}",
     "envPath": "promptfoo reads envPath under commandLineOptions only; ignored here too",
     "$schema": "a JSON Schema reference for editors; ignored",
-    "nunjucksFilters": "custom filters from JavaScript files are not loaded by this version; a template that "
-    "uses one makes its cases errors",
 }
 _TEST_IGNORED = {
     "storeOutputAs": "promptfoo reads storeOutputAs under options only (options.storeOutputAs); ignored here too",

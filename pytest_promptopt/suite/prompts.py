@@ -129,11 +129,12 @@ def _read_prompt_file(
     suffix = file.suffix.lower()
     source = str(file)
     if suffix in CODE_SUFFIXES:
-        raise ctx.error(
-            path,
-            f"{file.name}: prompt functions (JavaScript or Python files that build the prompt) are not run by "
-            "this version; write the prompt as a template (.txt, .json, .yaml) or inline",
-        )
+        # A prompt function: called for each case with its vars, it returns the template
+        # (sandbox/scripts.py runs it); a Python file without a function: its output.
+        target = f"file://{file.resolve().as_posix()}" + (f":{function}" if function else "")
+        shown = file.relative_to(ctx.base_dir).as_posix() if file.is_relative_to(ctx.base_dir) else str(file)
+        body = shown + (f":{function}" if function else "")
+        return [Prompt(target, label=label or body, source=source, config=config, function=target)]
     if suffix in _EXEC_SUFFIXES:
         raise ctx.error(path, f"{file.name}: executable prompts are not supported; write the prompt as a template")
     text = read_text(file, ctx, path, "prompt file")
