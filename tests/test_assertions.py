@@ -70,7 +70,9 @@ def grade(output, a, **ctx):
         (regex(r"^\d{3}$"), "1234", False),
         (is_json(), "[1, 2]", True),  # any JSON value
         (is_json(), '```json\n{"a": 1}\n```', False),  # fences are not stripped, as promptfoo
-        (contains_json(), 'Sure! {"a": {"b": [1, "}"]}} done', True),
+        (contains_json(), 'Sure! {"a": {"b": [1, 2]}} done', True),
+        # promptfoo counts braces ignoring quotes: a `}` inside a string ends each candidate early
+        (contains_json(), 'Sure! {"a": {"b": [1, "}"]}} done', False),
         (contains_json(), "[1, 2]", False),  # objects only
         (levenshtein("kitten"), "sitting", True),  # distance 3 <= default 5
         (levenshtein("kitten", threshold=2), "sitting", False),
@@ -121,8 +123,13 @@ def test_json_schema_validation_inline_and_from_file(tmp_path: Path):
         grade("{}", is_json({"type": "no-such-type"}))
 
 
-def test_extract_json_values_skips_braces_in_strings_and_broken_objects():
-    assert extract_json_values('a {broken {"k": "v}"} b {"n": 1}') == [{"k": "v}"}, {"n": 1}]
+def test_extract_json_values_counts_braces_as_promptfoo_does():
+    # promptfoo's extractJsonObjects (0.121.20, notes/promptfoo-semantics.md "is-json/contains-json"):
+    # braces are counted ignoring quotes, each candidate is read as YAML, missing `}` are added.
+    assert extract_json_values('a {broken {"k": "v}"} b {"n": 1}') == [{"n": 1}]
+    assert extract_json_values("Result: {ok: yes, n: 2}") == [{"ok": "yes", "n": 2}]
+    assert extract_json_values('open {"a": {"b": 1}') == [{"a": {"b": 1}}]
+    assert extract_json_values("[1, 2] 42") == []
 
 
 def test_latency_and_cost_use_the_response():
