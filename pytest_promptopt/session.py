@@ -239,6 +239,8 @@ class PromptoptSession:
                     self.registry.resolve,
                     repeats=self.settings.repeats,
                     limits=self.settings.suite_limits,
+                    script_timeout_s=self.settings.script_timeout_s,
+                    sandbox=self.sandbox,
                 )
             except Exception:  # the suite is gone or broken: its collection error says so
                 return False

@@ -192,6 +192,29 @@ def test_files_outside_the_project_are_refused_unless_allowed(tmp_path):
     assert "is outside the project" in error(project, "prompts: [file://../secret.txt]\n")
 
 
+def test_code_files_outside_the_project_are_refused(tmp_path):
+    # Checks, transforms and var loaders are read when they run: where they are is checked at load.
+    project = tmp_path / "project"
+    project.mkdir()
+    for code in ("check.py", "check.js", "t.js", "p.py"):
+        (tmp_path / code).write_text("")
+    (tmp_path / "v.py").write_text("def get_var(var_name, prompt, other_vars):\n    return {'output': 'ran'}\n")
+    tests = {
+        "tests[0].assert[0].value": "{assert: [{type: python, value: 'file://../check.py:get_assert'}]}",
+        "tests[0].assert[0].transform": "{assert: [{type: contains, value: x, transform: 'file://../t.js'}]}",
+        "tests[0].options.transform": "{options: {transform: 'file://../t.js'}, assert: [{type: contains, value: x}]}",
+        "tests[0].vars.v": "{vars: {v: 'file://../v.py'}}",
+    }
+    for field, test in tests.items():
+        (case,) = load(project, f"prompts: ['{{{{v}}}}']\ntests: [{test}]\n").cases
+        assert case.error is not None and f"{field}: code file {project}/../" in case.error, (field, case.error)
+        assert "is outside the project" in case.error
+    assert "is outside the project" in error(project, "prompts: ['file://../p.py:make']\n")
+    text = "prompts: ['{{v}}']\ntests: [{vars: {v: 'file://../v.py'}}]\n"
+    (case,) = load(project, text, allow_outside_files=True).cases
+    assert case.error is None and case.rendered_prompt == "ran"
+
+
 # ----------------------------------------------------------------------------- through pytest
 
 

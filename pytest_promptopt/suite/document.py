@@ -9,6 +9,7 @@ place, never a hang: a key written twice in one mapping, aliases that expand bey
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -252,6 +253,13 @@ class Context:
         if not file.exists():
             raise self.error(path, f"{what} not found: {file}")
         return file
+
+    def check_code(self, reference: Any, path: Sequence[str | int], what: str = "code file") -> None:
+        """A `file://x.py[:fn]` / `file://x.js[:fn]` reference (a check, transform or var loader,
+        read when it runs) must stay inside the project; any other value is not a file."""
+        if isinstance(reference, str) and reference.startswith("file://"):
+            name = re.sub(r":[A-Za-z_$][\w.$]*$", "", reference[len("file://") :])
+            self.check_inside(self.base_dir / Path(name).expanduser(), path, what)
 
     def check_inside(self, file: Path, path: Sequence[str | int], what: str = "file") -> None:
         root = self.limits.root or self.base_dir

@@ -70,8 +70,9 @@ def load_vars(raw: Mapping[str, Any], path: tuple[Any, ...], ctx: Context) -> di
     values: dict[str, Any] = {}
     for name, value in raw.items():
         if isinstance(value, str) and value.startswith("file://") and not is_code_reference(value):
-            # file://x.py and file://x.js are var loaders, run per case and prompt (suite/cases.py)
             value = _var_from_file(value, path + ("vars", name), ctx)
+        elif is_code_reference(value):  # a var loader, run per case and prompt (suite/cases.py)
+            ctx.check_code(value, path + ("vars", name))
         if isinstance(value, str) and value.endswith("\n"):
             value = value[:-1]  # promptfoo drops one trailing newline from string vars
         values[str(name)] = value

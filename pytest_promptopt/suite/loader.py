@@ -29,7 +29,7 @@ from .dataset import DatasetSpec
 from .document import Context, DocumentError, format_path, read_document
 from .expansion import build_assertion, file_value, load_vars, merge_test, var_combinations
 from .model import MAX_REPEAT, Case, ChainStep, Repeats, SuiteError, SuiteInfo, SuiteLimits
-from .promptfoo_keys import derived_metrics, env_references, preprocess
+from .promptfoo_keys import check_env, derived_metrics, preprocess
 from .prompts import load_prompts
 from .schema import validate_suite
 from .sources import TestEntry, default_test, read_tests
@@ -120,7 +120,7 @@ def _load(
         filter_file = ctx.resolve_file(str(filter_path), ("nunjucksFilters", filter_name), "filter file")
         ctx.filters[str(filter_name)] = make_filter(code.sandbox, filter_file, code.timeout_s, where)
     prompts = load_prompts(data.get("prompts"), ctx)
-    _check_env(prompts, ctx)
+    check_env([p.template for p in prompts], ctx)
     providers = _providers(data.get("providers", data.get("targets")), ctx) or [default_model]
     defaults = default_test(data.get("defaultTest"), ctx)
     info = SuiteInfo(id=display, name=str(name), file=display, gates=gates)
@@ -185,15 +185,6 @@ def _dataset_suite(
         )
     spec = dataset_spec(data["dataset"], info, prompts, providers, defaults, ctx, backend)
     return LoadedSuite(info, (), spec, warnings=tuple(ctx.warnings))
-
-
-def _check_env(prompts: list[Prompt], ctx: Context) -> None:
-    for name in sorted(env_references([p.template for p in prompts]) - set(ctx.env)):
-        ctx.warn(
-            ("prompts",),
-            f"a prompt reads env.{name}: templates see only the suite's env: values, not the process environment "
-            f"(it would put secrets into prompts and reports); env.{name} renders empty: add it to env:",
-        )
 
 
 def _stores(default: Mapping[str, Any], test: Mapping[str, Any]) -> bool:
@@ -322,6 +313,11 @@ class _CaseBuilder:
                 problem = (
                     f"{ctx.where(path + ('options', key))}: {what} are not run by this version of pytest-promptopt"
                 )
+        for key in ("transform", "postprocess"):
+            try:
+                ctx.check_code(merged["options"].get(key), path + ("options", key))
+            except SuiteError as exc:
+                problem = problem or str(exc)
         raw_asserts = merged["assert"]
         n_default = len(raw_asserts) - len(test.data.get("assert") or [])
         rubric = merged["options"].get("rubricPrompt")
@@ -341,8 +337,9 @@ class _CaseBuilder:
             try:
                 if isinstance(value, str) and value.startswith("file://") and kind not in ("python", "javascript"):
                     raw["value"] = file_value(value, a_path, ctx)
-                elif isinstance(value, str) and value.startswith("file://"):  # code: checked, read when it runs
-                    ctx.check_inside(ctx.base_dir / re.sub(r":[A-Za-z_][\w.]*$", "", value[7:]), a_path + ("value",))
+                else:  # code (a check, its transform): checked here, read when it runs
+                    ctx.check_code(value, a_path + ("value",))
+                ctx.check_code(raw.get("transform"), a_path + ("transform",))
             except SuiteError as exc:
                 problem = problem or str(exc)
             if rubric is not None and is_model_graded(kind) and not (raw.get("config") or {}).get("rubric_prompt"):

@@ -21,7 +21,7 @@ from .files import read_env_file
 from .refs import dereference
 from .schema import suite_schema
 
-__all__ = ["derived_metrics", "preprocess"]
+__all__ = ["check_env", "derived_metrics", "env_references", "preprocess"]
 
 # Top-level keys promptfoo reads for its own app, or ignores: why each is left out here.
 IGNORED = {
@@ -162,6 +162,16 @@ def derived_metrics(raw: Any, known: set[str], ctx: Context) -> tuple[DerivedMet
         seen.add(name)
         out.append(DerivedMetric(name, entry["value"]))
     return tuple(out)
+
+
+def check_env(templates: list[str], ctx: Context) -> None:
+    """A warning for each `env.X` the templates read that the suite's `env:` does not give."""
+    for name in sorted(env_references(templates) - set(ctx.env)):
+        ctx.warn(
+            ("prompts",),
+            f"a prompt reads env.{name}: templates see only the suite's env: values, not the process environment "
+            f"(it would put secrets into prompts and reports); env.{name} renders empty: add it to env:",
+        )
 
 
 def env_references(templates: list[str]) -> set[str]:
