@@ -9,10 +9,13 @@ from typing import Any
 
 import pytest
 
+from .execute import error_result, raised
 from .models.specs import ModelSpec
 from .records import CaseResult
 from .report.failure import describe_case
+from .report.paths import usable_folder
 from .session import PromptoptSession, record_key, session_key
+from .suite.chains import SEQUENCE
 from .suite.model import Case, SuiteError
 
 SKIP_REASON = "prompt test: run it with `pytest --promptopt`"
@@ -90,6 +93,10 @@ class CaseFailed(AssertionError):
     """The model answered and the case's assertions failed."""
 
 
+class SuiteWarning(pytest.PytestWarning):
+    """A suite file loads, but a key is ignored or something runs differently from promptfoo."""
+
+
 class SuiteFile(pytest.File):
     def collect(self) -> Iterator[pytest.Item]:
         session: PromptoptSession | None = self.config.stash.get(session_key, None)
@@ -111,9 +118,14 @@ class SuiteFile(pytest.File):
             session.registry.resolve,
             backend=session.settings.backend,
             repeats=session.settings.repeats,
+            limits=session.settings.suite_limits,
             script_timeout_s=session.settings.script_timeout_s,
             sandbox=session.sandbox,
         )
+        if getattr(self.config, "workerinput", {}).get("workerid", "gw0") == "gw0":
+            # Every xdist worker loads the suite; one of them says what it found (one line each).
+            for message in loaded.warnings:
+                self.warn(SuiteWarning(message))
         if loaded.dataset is not None:  # one item per prompt x provider, all rows (see DatasetItem)
             self._warm_up(session, [part.make_case.model for part in loaded.dataset.slices])
             for part in loaded.dataset.slices:
@@ -122,6 +134,9 @@ class SuiteFile(pytest.File):
                 )
             return
         self._warm_up(session, [case.model for case in loaded.cases])
+        if loaded.sequence:  # storeOutputAs / _conversation: one node, run in order in one process
+            yield CaseSequence.from_parent(self, name=SEQUENCE, cases=loaded.cases)
+            return
         for case in loaded.cases:
             yield CaseItem.from_parent(self, name=case.name, nodeid=_case_nodeid(self, case.name), case=case)
 
@@ -150,6 +165,19 @@ class SuiteFile(pytest.File):
         return super().repr_failure(excinfo)
 
 
+class CaseSequence(pytest.Collector):
+    """The cases of a suite whose cases use the outputs of the ones before them: collected
+    under this node so that xdist's scheduler keeps them together (runners/scheduling.py)."""
+
+    def __init__(self, *, cases: tuple[Case, ...], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.cases = cases
+
+    def collect(self) -> Iterator[pytest.Item]:
+        for case in self.cases:
+            yield CaseItem.from_parent(self, name=case.name, nodeid=_case_nodeid(self, case.name), case=case)
+
+
 class DisabledSuite(pytest.Item):
     def runtest(self) -> None:
         pytest.skip(SKIP_REASON)
@@ -159,6 +187,8 @@ class DisabledSuite(pytest.Item):
 
 
 class CaseItem(pytest.Item):
+    promptopt_item = True  # its teardown report carries its record (plugin.pytest_runtest_makereport)
+
     def __init__(self, *, case: Case, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.case = case
@@ -168,28 +198,51 @@ class CaseItem(pytest.Item):
     def setup(self) -> None:
         # The model call happens in setup, so a model fault is a pytest *error*, not a failure.
         session = self.config.stash[session_key]
+        self.case = session.prepare_case(self.case)
         upcoming = ((item.case, item.nodeid) for item in upcoming_items(self) if isinstance(item, CaseItem))
-        self.result = session.run_case(self.case, self.nodeid, upcoming)
+        try:
+            self.result = session.run_case(self.case, self.nodeid, upcoming)
+        except (KeyboardInterrupt, pytest.exit.Exception):
+            raise
+        except BaseException as exc:  # the runner let it through (a timeout while waiting, ...)
+            self.result = error_result(self.case, self.nodeid, f"the case did not finish: {raised(exc)}")
         self.stash[record_key] = session.encode(self.case.suite, self.result)
         if self.result.error:
             # pytest renders setup errors without repr_failure; pytrace=False shows just the text.
             pytest.fail(describe_case(self.result, self.case.rendered_prompt), pytrace=False)
+
+    def lost_record(self, cause: str | None) -> str:
+        """The record of a case whose setup or call raised before it had one: an error, so the
+        case is counted whatever happened (plugin.pytest_runtest_makereport, at teardown)."""
+        session = self.config.stash[session_key]
+        self.result = error_result(self.case, self.nodeid, f"the case did not finish: {cause or 'no result'}")
+        return session.encode(self.case.suite, self.result)
 
     def runtest(self) -> None:
         result = self.result
         assert result is not None
         if result.passed:
             return
+        shrink_error = ""
         if self.case.fuzz is not None:  # a generated case: Hypothesis shrinks the failure (docs/fuzzing.md)
             from .shrinking import shrink_failure
 
             session = self.config.stash[session_key]
-            self.shrunk = shrink_failure(self.case, session.model_for, session.cache, session.shrunk, session.judges)
+            try:
+                self.shrunk = shrink_failure(
+                    self.case, session.model_for, session.cache, session.shrunk, session.judges
+                )
+            except (KeyboardInterrupt, pytest.exit.Exception):
+                raise
+            except BaseException as exc:  # the case failed; only its shrinking stopped
+                shrink_error = f" (shrinking stopped: {raised(exc)})"
         gates = self.case.suite.gates
         if gates:
             shrunk = f"; {self.shrunk.summary()}" if self.shrunk is not None else ""
-            pytest.xfail(f"tolerated by gate {', '.join(g.describe() for g in gates)}: {result.reason}{shrunk}")
-        raise CaseFailed(result.reason)
+            pytest.xfail(
+                f"tolerated by gate {', '.join(g.describe() for g in gates)}: {result.reason}{shrunk}{shrink_error}"
+            )
+        raise CaseFailed(result.reason + shrink_error)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         if isinstance(excinfo.value, CaseFailed) and self.result is not None:
@@ -219,6 +272,8 @@ class DatasetItem(pytest.Item):
     - no rows at all, without gates: skipped.
     """
 
+    promptopt_item = True
+
     def __init__(self, *, spec: Any, part: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.spec = spec  # suite.dataset.DatasetSpec
@@ -239,6 +294,9 @@ class DatasetItem(pytest.Item):
         # The run token is the controller's (xdist workers get it), so all items of a suite in
         # one session write their parts into one folder.
         folder = case_table.cases_folder(session.settings.cache_path.parent, self.suite.id, session.run_token)
+        folder, moved = usable_folder(folder, session.run_token)  # a read-only project: the temporary folder
+        if moved:
+            session.notice(f"per-case table of suite {self.suite.name}: {moved}")
         self.cases_file = folder / f"{self.part.ident or 'all'}.parquet"
         if session.settings.backend == "spark":
             self.evaluation = self._on_spark(session, folder)
