@@ -14,7 +14,7 @@ import pytest
 from .baseline import BaselineRef, Regression
 from .cache import CacheMode
 from .mlflow.client import MlflowSettings
-from .models.specs import BUNDLED, LOCAL_RUNTIMES, ModelSpec, parse_model_spec
+from .models.specs import BUNDLED, ModelSpec, local_runtime_choice, parse_model_spec
 from .options import DEFAULT_BASELINE, OPTIONS, Option
 from .repair.config import OPTIMIZERS, Given, RepairSettings
 from .runners.limits import DEFAULT_CONCURRENCY, DEFAULT_RETRIES, RateLimit, parse_rate_limits
@@ -156,17 +156,10 @@ class Settings:
             ),
             repair=_repair(config, parsed),
             judge_model=parsed("--promptopt-judge-model", _judge_model),
-            local_runtime=parsed("--promptopt-local-runtime", _local_runtime),
+            local_runtime=parsed("--promptopt-local-runtime", local_runtime_choice),
             script_timeout_s=parsed("--promptopt-script-timeout", timeout),
             **_report_settings(config, rootdir, parsed),
         )
-
-
-def _local_runtime(raw: Any) -> str | None:
-    text = "" if raw is None else str(raw).strip().lower()
-    if text and text not in LOCAL_RUNTIMES:
-        raise ValueError(f"{raw!r} is not one of {', '.join(LOCAL_RUNTIMES)}")
-    return text or None
 
 
 def _judge_model(raw: Any) -> ModelSpec | None:

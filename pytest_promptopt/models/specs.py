@@ -20,6 +20,7 @@ __all__ = [
     "ModelSpec",
     "create_model",
     "is_model",
+    "local_runtime_choice",
     "model_name",
     "parse_model_spec",
     "provider_spec",
@@ -159,6 +160,14 @@ def with_timeout(spec: ModelSpec, timeout_s: float) -> ModelSpec:
     if "/" not in spec.id or "timeout" in spec.params:
         return spec
     return ModelSpec(spec.id, {**spec.params, "timeout": timeout_s}, spec.label)
+
+
+def local_runtime_choice(raw: Any) -> str | None:
+    """The bundled model's runtime as --promptopt-local-runtime (or its ini twin) gives it; None if unset."""
+    text = "" if raw is None else str(raw).strip().lower()
+    if text and text not in LOCAL_RUNTIMES:
+        raise ValueError(f"{raw!r} is not one of {', '.join(LOCAL_RUNTIMES)}")
+    return text or None
 
 
 def with_local_runtime(spec: ModelSpec, runtime: str | None) -> ModelSpec:
