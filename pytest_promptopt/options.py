@@ -184,6 +184,13 @@ OPTIONS: tuple[Option, ...] = (
         "--promptopt-batch-size", "promptopt_batch_size", "prompts the bundled model generates for in one batch", "8"
     ),
     Option(
+        "--promptopt-local-runtime",
+        "promptopt_local_runtime",
+        "runtime of the bundled model: auto (CTranslate2 when installed, else transformers), ctranslate2 or transformers; same greedy answers (default: $PROMPTOPT_LOCAL_RUNTIME, else auto)",
+        None,
+        ("auto", "ctranslate2", "transformers"),
+    ),
+    Option(
         "--promptopt-backend",
         "promptopt_backend",
         "where cases run: local (this process or its xdist workers) or spark",

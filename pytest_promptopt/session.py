@@ -20,7 +20,7 @@ from .judging import Judges, judge_specs
 from .mlflow.prompts import PromptResolver
 from .models.base import Model, ModelError
 from .models.hosted import LiteLLMModel
-from .models.specs import ModelSpec, create_model, with_timeout, with_tracking_server
+from .models.specs import ModelSpec, create_model, with_local_runtime, with_timeout, with_tracking_server
 from .records import CaseResult
 from .repeats import fold_repeated_tests, split_repeat
 from .runners.execution import ExecutionSettings
@@ -162,7 +162,8 @@ class PromptoptSession:
                 if model is not None:
                     self._hook_made.add(spec.key)
                 else:
-                    effective = with_tracking_server(spec, self.registry.tracking_uri)
+                    effective = with_local_runtime(spec, self.settings.local_runtime)
+                    effective = with_tracking_server(effective, self.registry.tracking_uri)
                     model = create_model(with_timeout(effective, self.execution.timeout_s))
                 if isinstance(model, LiteLLMModel):
                     model = self._throttled(model)

@@ -14,7 +14,7 @@ import pytest
 from .baseline import BaselineRef, Regression
 from .cache import CacheMode
 from .mlflow.client import MlflowSettings
-from .models.specs import BUNDLED, ModelSpec, parse_model_spec
+from .models.specs import BUNDLED, ModelSpec, local_runtime_choice, parse_model_spec
 from .options import DEFAULT_BASELINE, OPTIONS, Option
 from .repair.config import OPTIMIZERS, Given, RepairSettings
 from .runners.limits import DEFAULT_CONCURRENCY, DEFAULT_RETRIES, RateLimit, parse_rate_limits
@@ -57,6 +57,7 @@ class Settings:
     repair: RepairSettings | None = None  # --promptopt-repair
     judge_model: ModelSpec | None = None  # --promptopt-judge-model; None: the run's default model
     repeats: Repeats = Repeats()  # --promptopt-repeat
+    local_runtime: str | None = None  # --promptopt-local-runtime; None: $PROMPTOPT_LOCAL_RUNTIME, else auto
     # --promptopt-max-cases, --promptopt-max-alias-nodes, --promptopt-allow-outside-files
     suite_limits: SuiteLimits = SuiteLimits()
     script_timeout_s: float = DEFAULT_SCRIPT_TIMEOUT_S  # --promptopt-script-timeout: one call of user code
@@ -155,6 +156,7 @@ class Settings:
             ),
             repair=_repair(config, parsed),
             judge_model=parsed("--promptopt-judge-model", _judge_model),
+            local_runtime=parsed("--promptopt-local-runtime", local_runtime_choice),
             script_timeout_s=parsed("--promptopt-script-timeout", timeout),
             **_report_settings(config, rootdir, parsed),
         )

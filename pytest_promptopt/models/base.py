@@ -8,6 +8,7 @@ compared in tests.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -117,3 +118,13 @@ class Model(Protocol):
     def cache_identity(self) -> Mapping[str, Any]: ...
 
     def generate(self, request: Request) -> Response: ...
+
+
+# What an adapter's long wait is for ("preparing the bundled model ..."): records of this logger
+# that carry `promptopt_status=True`; the progress line of a run shows them as they come.
+STATUS_LOGGER = "pytest_promptopt.status"
+
+
+def announce(message: str) -> None:
+    """Say what a long wait is for (shown live by the progress line of a run in one process)."""
+    logging.getLogger(STATUS_LOGGER).info(message, extra={"promptopt_status": True})
