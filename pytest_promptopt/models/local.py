@@ -502,9 +502,11 @@ class LocalModel:
 
     def _run(self, loaded: _Loaded, prompts: list[str], p: Mapping[str, Any]) -> list[Response]:
         import torch
+        from transformers import StoppingCriteriaList
 
         tokenizer = loaded.tokenizer
         config = self._generation_config(loaded, p)
+        steps: list[float] = []  # when each decoding step ended (every row gets a token per step)
         with loaded.lock:
             started = time.perf_counter()
             # The template already holds the special tokens; don't let the tokenizer add a BOS.
@@ -515,16 +517,14 @@ class LocalModel:
                         **inputs,
                         generation_config=config,
                         tokenizer=tokenizer if p["stop"] else None,
+                        stopping_criteria=StoppingCriteriaList([_step_clock(steps)]),
                     )
                 except Exception as error:
                     raise ModelError(f"{MODEL_NAME}: generation failed: {type(error).__name__}: {error}") from error
-            elapsed_ms = (time.perf_counter() - started) * 1000.0
+            ended = time.perf_counter()
 
         new_tokens = output[:, inputs["input_ids"].shape[1] :]
         prompt_lengths = inputs["attention_mask"].sum(dim=1).tolist()
-        # One forward pass serves the whole batch, so each response gets an equal share of the
-        # batch's wall time: the latencies of a batch add up to the time it really took.
-        latency_ms = elapsed_ms / len(prompts)
         end_ids = set(loaded.end_ids)
         responses = []
         for row, prompt_tokens in zip(new_tokens.tolist(), prompt_lengths):
@@ -532,17 +532,35 @@ class LocalModel:
             length = next((k + 1 for k, t in enumerate(row) if t in end_ids), len(row))
             text = tokenizer.decode(row[:length], skip_special_tokens=True)
             text = _cut_at_stop(text, p["stop"]).strip()
+            # A batch's rows share every forward pass, so a row's latency is the time until its
+            # last token: the prefill and the decoding steps it needed (batch_size says it shared them).
+            done = steps[length - 1] if 0 < length <= len(steps) else ended
             responses.append(
                 Response(
                     text=text,
-                    latency_ms=latency_ms,
+                    latency_ms=(done - started) * 1000.0,
                     prompt_tokens=int(prompt_tokens),
                     completion_tokens=length,
                     cost=0.0,
                     model=self.name,
+                    batch_size=len(prompts),
                 )
             )
         return responses
+
+
+def _step_clock(steps: list[float]) -> Any:
+    """A stopping criterion that never stops: it notes when each decoding step ended, so each row
+    of a batch gets the time its own answer was complete."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class StepClock(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            steps.append(time.perf_counter())
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    return StepClock()
 
 
 @contextlib.contextmanager
