@@ -183,7 +183,7 @@ def test_rationales_are_escaped_for_markdown_and_equal_vars_stay_apart(pytester,
 
 
 def test_markdown_text_escapes_what_markdown_would_read():
-    from pytest_promptopt.mlflow.trace_build import markdown_text
+    from pytest_promptopt.mlflow.trace_entities import markdown_text
 
     assert markdown_text("plain words, 3.5 and (a) - b") == "plain words, 3.5 and (a) - b"
     assert markdown_text("*a* _b_ `c` [d](e) <i> #f |g| ~h~ &amp; \\") == (

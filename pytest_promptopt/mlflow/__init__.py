@@ -9,7 +9,8 @@ pytest and imports no reporter.
 - `layout.py`: what the session's and suites' runs hold (names, tags, params, metrics, notes,
   dataset, the case table); `SessionMeta`. `repair_layout.py`: a repair's run.
 - `runs.py`: the parent run, a child run per suite and per repair, and the read-back check.
-- `trace_build.py`: a case (or a repair's case) as a trace for MLflow's evaluation views;
+- `trace_build.py`: a case (or a repair's case) as a trace for MLflow's evaluation views
+  (`trace_entities.py`: the span, TraceInfo and assessments MLflow's store takes);
   `traces.py` writes them and counts them back.
 - `upload.py`: `report_run` (log, or keep a pending-upload file) and `upload_pending`.
 - `baseline.py`: a baseline read from an earlier session run (`--promptopt-baseline mlflow:...`).
