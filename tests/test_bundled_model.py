@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from conftest import comparable, load_report
 
@@ -68,10 +70,20 @@ def test_batched_greedy_generation_equals_unbatched():
         Request.from_prompt(f"Name one fact about {topic}.")
         for topic in ("the sun", "Paris", "water", "cats", "the number seven")
     ]
-    single = [model.generate(r).text for r in requests]
+    alone = [model.generate(r) for r in requests]
+    started = time.perf_counter()
     batched = model.generate_batch(requests)
-    assert [r.text for r in batched] == single
+    wall_ms = (time.perf_counter() - started) * 1000
+    assert [r.text for r in batched] == [r.text for r in alone]
     assert all(r.text for r in batched) and all(r.completion_tokens for r in batched)
+    # Each answer's latency is its own: the time until its last token in the batch, so a shorter
+    # answer is done no later than a longer one and none exceeds the batch's wall time; each
+    # says how many requests shared the call (an answer alone: 1).
+    assert [r.batch_size for r in batched] == [5] * 5 and {r.batch_size for r in alone} == {1}
+    assert all(0 < r.latency_ms <= wall_ms for r in batched)
+    by_length = sorted(batched, key=lambda r: r.completion_tokens)
+    for shorter, longer in zip(by_length, by_length[1:]):
+        assert shorter.latency_ms <= longer.latency_ms, [(r.completion_tokens, r.latency_ms) for r in batched]
 
 
 def test_unknown_parameter_is_a_clear_model_error():
