@@ -17,7 +17,7 @@ import pytest
 from conftest import load_report
 from test_mlflow import free_port, migrated_store, offline_mlflow, run_tree, sqlite_uri  # noqa: F401  (fixtures)
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = pytest.mark.timeout(480)  # several pytest sessions per test, each logging to MLflow with traces
 
 FROM_REGISTRY = """
 description: greeter
