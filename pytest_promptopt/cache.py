@@ -1,27 +1,28 @@
 """Response cache and record/replay, in one SQLite file shared by every process of a run.
 
-Keys hash the model's identity, the parameters and the messages; never a secret. SQLite in WAL
-mode with a busy timeout lets pytest-xdist workers read and write concurrently without lost
-writes; each process opens its own connection.
+Keys hash the model's identity, the parameters and the messages; never a secret, and answers
+are scrubbed of secrets before they are stored. SQLite in WAL mode with a busy timeout lets
+pytest-xdist workers read and write concurrently without lost writes; each process opens its own
+connection. A corrupt or unwritable file degrades the cache, never the run (cache_file.py).
 """
 
 from __future__ import annotations
 
 import array
+import dataclasses
 import enum
 import hashlib
 import json
-import sqlite3
-import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .cache_file import CacheFile
 from .models.base import Model, ModelError, Request, Response
 from .models.embeddings import Embedder, EmbeddingError
-from .redact import without_secrets
+from .redact import scrub, without_secrets
 
 __all__ = ["CacheMiss", "CacheMode", "CallStats", "ResponseCache", "embed", "vector_key"]
 
@@ -83,29 +84,33 @@ def cache_key(model: Model, request: Request, repeat: int | None = None) -> str:
 
 
 class ResponseCache:
-    """Look up, call and record model responses according to the cache mode."""
+    """Look up, call and record model responses according to the cache mode.
 
-    def __init__(self, path: Path, mode: CacheMode = CacheMode.READWRITE) -> None:
+    The file is a `CacheFile`: a corrupt, read-only or missing cache degrades (moved aside and
+    rebuilt, read-only, off) with a notice (`notices`, passed to `report`), never an exception.
+    An answer that goes into the cache is scrubbed of secrets (`redact.scrub`, the reports'
+    rule) before it is stored and returned, so a recorded answer and its replay are the same
+    text."""
+
+    def __init__(
+        self, path: Path, mode: CacheMode = CacheMode.READWRITE, report: Callable[[str], None] | None = None
+    ) -> None:
         self.path = path
         self.mode = mode
-        self._local = threading.local()
-        self._lock = threading.Lock()
+        self.file = CacheFile(path, (_SCHEMA, _VECTORS), report)
 
-    def _connection(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-            conn.execute("PRAGMA busy_timeout = 60000")
-            _wal(conn)
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute(_SCHEMA)
-            conn.execute(_VECTORS)
-            self._local.conn = conn
-        return conn
+    @property
+    def notices(self) -> list[str]:
+        """What degraded (corrupt, read-only, off), in order."""
+        return self.file.notices
+
+    def check(self) -> None:
+        """Open the file now (see `CacheFile.check`); nothing to do with the cache off."""
+        if self.mode is not CacheMode.OFF:
+            self.file.check()
 
     def get(self, key: str) -> Response | None:
-        row = self._connection().execute("SELECT response FROM responses WHERE key = ?", (key,)).fetchone()
+        row = self.file.read("SELECT response FROM responses WHERE key = ?", (key,))
         if row is None:
             return None
         return Response.from_dict({**json.loads(row[0]), "cached": True})
@@ -113,18 +118,18 @@ class ResponseCache:
     def put(self, key: str, response: Response) -> None:
         data = response.to_dict()
         data.pop("cached", None)
-        self._connection().execute(
+        self.file.write(
             "INSERT OR REPLACE INTO responses (key, model, response, created) VALUES (?, ?, ?, ?)",
             (key, response.model, json.dumps(data, ensure_ascii=False), time.time()),
         )
 
     def get_vector(self, key: str) -> bytes | None:
         """A stored embedding (float32 bytes), or None."""
-        row = self._connection().execute("SELECT vector FROM embeddings WHERE key = ?", (key,)).fetchone()
+        row = self.file.read("SELECT vector FROM embeddings WHERE key = ?", (key,))
         return None if row is None else bytes(row[0])
 
     def put_vector(self, key: str, model: str, vector: bytes) -> None:
-        self._connection().execute(
+        self.file.write(
             "INSERT OR REPLACE INTO embeddings (key, model, vector, created) VALUES (?, ?, ?, ?)",
             (key, model, vector, time.time()),
         )
@@ -134,21 +139,25 @@ class ResponseCache:
         the cache when the mode allows."""
         if self.mode is CacheMode.OFF or not getattr(model, "cacheable", True):
             stats.calls += 1
-            return model.generate(request)
+            return model.generate(request)  # not stored: the reports redact it (a hosted model scrubs its key)
         key = cache_key(model, request, repeat)
         hit = self.get(key)
         if hit is not None:
             stats.cache_hits += 1
             return hit
         if self.mode is CacheMode.REPLAY:
-            raise CacheMiss(
-                f"replay mode: no recorded response for model {model.name} and this prompt "
-                f"(key {key[:12]}); record it with --promptopt-cache=readwrite"
-            )
+            raise self._miss(model, key)
         stats.calls += 1
-        response = model.generate(request)
+        response = _scrubbed(model.generate(request))
         self.put(key, response)
         return response
+
+    def _miss(self, model: Any, key: str) -> CacheMiss:
+        why = f" ({self.file.notices[-1]})" if self.file.notices else ""
+        return CacheMiss(
+            f"replay mode: no recorded response for model {model.name} and this prompt "
+            f"(key {key[:12]}) in {self.path}{why}; record it with --promptopt-cache=readwrite"
+        )
 
     def fetch_batch(
         self, model: Any, requests: Sequence[Request], stats: Sequence[CallStats]
@@ -163,10 +172,7 @@ class ResponseCache:
             if answer is not None:
                 stats[i].cache_hits += 1
             elif use_cache and self.mode is CacheMode.REPLAY:
-                answers[i] = CacheMiss(
-                    f"replay mode: no recorded response for model {model.name} and this prompt "
-                    f"(key {keys[i][:12]}); record it with --promptopt-cache=readwrite"
-                )
+                answers[i] = self._miss(model, keys[i])
             else:
                 missing.append(i)
         if missing:
@@ -179,31 +185,23 @@ class ResponseCache:
                     answers[i] = exc
             else:
                 for i, response in zip(missing, fresh):
-                    answers[i] = response
                     if keys[i]:
+                        response = _scrubbed(response)
                         self.put(keys[i], response)
+                    answers[i] = response
         return answers  # type: ignore[return-value]
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        self.file.close()
 
 
-def _wal(conn: sqlite3.Connection) -> None:
-    """Switch to WAL. The switch needs a moment of exclusive access, and SQLite reports "database
-    is locked" at once (no busy wait) while another process (an xdist worker opening the same new
-    cache) holds it, so retry for a few seconds."""
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            conn.execute("PRAGMA journal_mode = WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+def _scrubbed(response: Response) -> Response:
+    """`response` without the values of secret environment variables (a provider that reflects
+    the request's Authorization header, an answer that quotes a key): `***`, as in reports."""
+    text, model = scrub(response.text), scrub(response.model)
+    if text == response.text and model == response.model:
+        return response
+    return dataclasses.replace(response, text=text, model=model)
 
 
 # ----------------------------------------------------------------------------- sentence embeddings (`similar`)

@@ -38,6 +38,7 @@ __all__ = [
     "json_safe",
     "model_error",
     "new_result",
+    "raised",
 ]
 
 
@@ -105,6 +106,25 @@ def error_result(case: Case, nodeid: str, message: str) -> CaseResult:
     return result
 
 
+def raised(exc: BaseException) -> str:
+    """What escaped a model adapter or a check, for the case's error: its type and message.
+
+    Anything but KeyboardInterrupt ends as the error of the case it came from: an exception an
+    adapter or grader did not expect (an `IndexError` in a provider's reply), `SystemExit` from
+    user code run in this process (`sys.exit()` in a Python test's check or an adapter), pytest's
+    own outcomes raised inside (a check calling `pytest.fail`, pytest-timeout's "Timeout (>Ns)
+    from pytest-timeout"). KeyboardInterrupt in this process (Ctrl-C, or in-process user code
+    raising it) stops the run, as pytest does; a suite's code checks run in the sandbox's worker
+    processes, where anything they raise is their case's error (docs/faults.md)."""
+    text = scrub(str(exc))
+    name = type(exc).__name__
+    if isinstance(exc, SystemExit):
+        return f"user code called sys.exit({exc.code}) instead of returning"  # the sandbox's words
+    if text and any(c.__name__ == "OutcomeException" for c in type(exc).__mro__):
+        return text  # pytest.fail's own text says it all ("Timeout (>2.0s) from pytest-timeout.")
+    return f"{name}: {text}" if text else name
+
+
 def model_error(case: Case, nodeid: str, exc: BaseException) -> CaseResult:
     return error_result(case, nodeid, f"model error ({case.model.display}): {scrub(str(exc))}")
 
@@ -145,6 +165,11 @@ def _grade(
         except ScriptFault as exc:
             result.error = f"transform error: {scrub(str(exc))}"
             return
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # see `raised`
+            result.error = f"transform error: {raised(exc)}"
+            return
         text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
         result.output = text
         ctx = AssertionContext(
@@ -170,6 +195,10 @@ def _grade(
             fill_grade(result, grade_case(text, case.assertions, ctx, case.threshold))
         except (AssertionEvaluationError, AssertionConfigError) as exc:
             result.error = f"assertion error: {scrub(str(exc))}"
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # see `raised`
+            result.error = f"assertion error: {raised(exc)}"
 
 
 def _grade_samples(
@@ -219,10 +248,16 @@ def execute_case(
 
     def answers() -> Iterator[Response | ModelError]:
         for repeat in range(case.repeats):
+            answer: Response | ModelError
             try:
-                yield cache.fetch(model, dataclasses.replace(request, repeat=repeat), stats)
+                answer = cache.fetch(model, dataclasses.replace(request, repeat=repeat), stats)
             except ModelError as exc:
-                yield exc
+                answer = exc
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # see `raised`: an adapter's own fault is a model fault
+                answer = ModelError(raised(exc))
+            yield answer  # outside the `try`: closing the generator must not be caught above
 
     _grade_samples(case, result, answers(), _judge(judges, cache, stats), cache, sandbox)
     result.calls = stats.calls
@@ -256,7 +291,12 @@ def answer_batch(cases: Sequence[tuple[Case, str]], model: Model, cache: Respons
         for repeat in range(case.repeats):
             owners.append(index)
             requests.append(dataclasses.replace(request, repeat=repeat))
-    responses = cache.fetch_batch(model, requests, [stats[i] for i in owners])
+    try:
+        responses = cache.fetch_batch(model, requests, [stats[i] for i in owners])
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # see `raised`: the batch's cases get its error
+        responses = [ModelError(raised(exc))] * len(requests)
     answers: list[list[Response | ModelError]] = [[] for _ in cases]
     for owner, response in zip(owners, responses):
         answers[owner].append(response)

@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 
+from .execute import error_result, raised
 from .models.specs import ModelSpec
 from .records import CaseResult
 from .report.failure import describe_case
+from .report.paths import usable_folder
 from .session import PromptoptSession, record_key, session_key
 from .suite.model import Case, SuiteError
 
@@ -159,6 +161,8 @@ class DisabledSuite(pytest.Item):
 
 
 class CaseItem(pytest.Item):
+    promptopt_item = True  # its teardown report carries its record (plugin.pytest_runtest_makereport)
+
     def __init__(self, *, case: Case, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.case = case
@@ -169,27 +173,49 @@ class CaseItem(pytest.Item):
         # The model call happens in setup, so a model fault is a pytest *error*, not a failure.
         session = self.config.stash[session_key]
         upcoming = ((item.case, item.nodeid) for item in upcoming_items(self) if isinstance(item, CaseItem))
-        self.result = session.run_case(self.case, self.nodeid, upcoming)
+        try:
+            self.result = session.run_case(self.case, self.nodeid, upcoming)
+        except (KeyboardInterrupt, pytest.exit.Exception):
+            raise
+        except BaseException as exc:  # the runner let it through (a timeout while waiting, ...)
+            self.result = error_result(self.case, self.nodeid, f"the case did not finish: {raised(exc)}")
         self.stash[record_key] = session.encode(self.case.suite, self.result)
         if self.result.error:
             # pytest renders setup errors without repr_failure; pytrace=False shows just the text.
             pytest.fail(describe_case(self.result, self.case.rendered_prompt), pytrace=False)
+
+    def lost_record(self, cause: str | None) -> str:
+        """The record of a case whose setup or call raised before it had one: an error, so the
+        case is counted whatever happened (plugin.pytest_runtest_makereport, at teardown)."""
+        session = self.config.stash[session_key]
+        self.result = error_result(self.case, self.nodeid, f"the case did not finish: {cause or 'no result'}")
+        return session.encode(self.case.suite, self.result)
 
     def runtest(self) -> None:
         result = self.result
         assert result is not None
         if result.passed:
             return
+        shrink_error = ""
         if self.case.fuzz is not None:  # a generated case: Hypothesis shrinks the failure (docs/fuzzing.md)
             from .shrinking import shrink_failure
 
             session = self.config.stash[session_key]
-            self.shrunk = shrink_failure(self.case, session.model_for, session.cache, session.shrunk, session.judges)
+            try:
+                self.shrunk = shrink_failure(
+                    self.case, session.model_for, session.cache, session.shrunk, session.judges
+                )
+            except (KeyboardInterrupt, pytest.exit.Exception):
+                raise
+            except BaseException as exc:  # the case failed; only its shrinking stopped
+                shrink_error = f" (shrinking stopped: {raised(exc)})"
         gates = self.case.suite.gates
         if gates:
             shrunk = f"; {self.shrunk.summary()}" if self.shrunk is not None else ""
-            pytest.xfail(f"tolerated by gate {', '.join(g.describe() for g in gates)}: {result.reason}{shrunk}")
-        raise CaseFailed(result.reason)
+            pytest.xfail(
+                f"tolerated by gate {', '.join(g.describe() for g in gates)}: {result.reason}{shrunk}{shrink_error}"
+            )
+        raise CaseFailed(result.reason + shrink_error)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         if isinstance(excinfo.value, CaseFailed) and self.result is not None:
@@ -219,6 +245,8 @@ class DatasetItem(pytest.Item):
     - no rows at all, without gates: skipped.
     """
 
+    promptopt_item = True
+
     def __init__(self, *, spec: Any, part: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.spec = spec  # suite.dataset.DatasetSpec
@@ -239,6 +267,9 @@ class DatasetItem(pytest.Item):
         # The run token is the controller's (xdist workers get it), so all items of a suite in
         # one session write their parts into one folder.
         folder = case_table.cases_folder(session.settings.cache_path.parent, self.suite.id, session.run_token)
+        folder, moved = usable_folder(folder, session.run_token)  # a read-only project: the temporary folder
+        if moved:
+            session.notice(f"per-case table of suite {self.suite.name}: {moved}")
         self.cases_file = folder / f"{self.part.ident or 'all'}.parquet"
         if session.settings.backend == "spark":
             self.evaluation = self._on_spark(session, folder)

@@ -62,6 +62,7 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.stash[session_key] = state
     if state.is_controller and settings.enabled:
+        state.start()  # report paths writable, response cache usable: before any case runs
         config.pluginmanager.register(ControllerHooks(state), "promptopt-controller")
         # Progress line (report/progress.py): controller only, and never under -q.
         if settings.progress_s is not None and config.get_verbosity() >= 0:
@@ -250,25 +251,45 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
     report = yield
     recorder = item.stash.get(_recorder_key, None)
+    prompt_item = recorder is not None or getattr(item, "promptopt_item", False)  # items.CaseItem, DatasetItem
+    if prompt_item and call.excinfo is not None and call.when != "teardown" and _raised_key not in item.stash:
+        from .execute import raised
+
+        item.stash[_raised_key] = raised(call.excinfo.value)  # why a case may end without a record
     if recorder is not None and call.when == "call":
         item.stash[_call_passed_key] = report.passed
+        if report.failed and not recorder.error and _timed_out(call):
+            recorder.error = f"the test did not finish: {item.stash[_raised_key]}"
         if recorder.error and report.failed:
             setattr(report, ERROR_ATTR, recorder.error)
     if call.when == "teardown":
+        from .session import NOTICES_ATTR, session_key
+
+        session = item.config.stash[session_key]
         payload = item.stash.get(record_key, None)
         if payload is None and recorder is not None:
-            from .session import session_key
-
             result = recorder.result(item.stash.get(_call_passed_key, False))
-            payload = item.config.stash[session_key].encode(recorder.suite, result)
+            payload = session.encode(recorder.suite, result)
+        if payload is None and hasattr(item, "lost_record"):  # a suite case whose setup raised first
+            payload = item.lost_record(item.stash.get(_raised_key, None))
         if payload is not None:
             # A report attribute, not user_properties: it crosses xdist the same way (reports
             # serialise their __dict__) but stays out of JUnit XML, which would copy every output.
             setattr(report, RECORD_ATTR, payload)
+        notices = session.take_notices() if prompt_item else None
+        if notices:  # the response cache degraded in this process: the controller says so
+            setattr(report, NOTICES_ATTR, notices)
     return report
 
 
+def _timed_out(call: pytest.CallInfo[None]) -> bool:
+    """pytest-timeout ended the test (its signal method raises `Failed` with this text): an
+    error of the test, as a model's timeout is, not a failed check."""
+    return call.excinfo is not None and "from pytest-timeout" in str(call.excinfo.value)
+
+
 _call_passed_key = pytest.StashKey[bool]()
+_raised_key = pytest.StashKey[str]()
 ERROR_ATTR = "promptopt_error"
 
 
@@ -315,12 +336,15 @@ class ControllerHooks:
                 self.state.run_on_spark(cases)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        from .session import RECORD_ATTR
+        from .session import NOTICES_ATTR, RECORD_ATTR
 
         # The teardown report carries the case's record (see pytest_runtest_makereport).
         payload = getattr(report, RECORD_ATTR, None) if report.when == "teardown" else None
         if payload is not None:
             self.state.add_record(payload)
+        notices = getattr(report, NOTICES_ATTR, None) if report.when == "teardown" else None
+        if notices:
+            self.state.add_notices(notices)
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
@@ -354,10 +378,11 @@ class ControllerHooks:
             terminalreporter.section("promptopt repair")
             for line in repair_lines(self.state.summary().repairs, logged.registered if logged is not None else None):
                 terminalreporter.write_line(line, green=": repaired by " in line)
-        if self.state.settings.report_path is not None:
-            terminalreporter.write_line(f"JSON report: {self.state.settings.report_path}")
-        if self.state.settings.html_path is not None:
-            terminalreporter.write_line(f"HTML report: {self.state.settings.html_path}")
+        for notice in self.state.notices:  # the response cache degraded (corrupt, read-only)
+            terminalreporter.write_line(notice, yellow=True)
+        for kind, path in self.state.written.items():  # where each report went (a fallback, maybe)
+            if kind != "baseline":
+                terminalreporter.write_line(f"{kind}: {path}")
         if self.state.mlflow is not None:
             for line in self.state.mlflow.lines():
                 terminalreporter.write_line(line, red=self.state.mlflow.error is not None)

@@ -21,12 +21,12 @@ import pytest
 from .assertions.base import Assertion, AssertionConfigError, AssertionContext, AssertionEvaluationError
 from .assertions.scoring import CaseGrade, grade_case, render_assertion
 from .cache import CallStats, ResponseCache
-from .execute import fill_grade, fill_response, json_safe
+from .execute import fill_grade, fill_response, json_safe, raised
 from .judging import Judges
 from .models.base import Message, Model, ModelError, Request, Response
 from .models.specs import ModelSpec, parse_model_spec
 from .records import CaseResult
-from .redact import redact
+from .redact import redact, scrub
 from .report.failure import describe_case
 from .sandbox import DEFAULT_SCRIPT_TIMEOUT_S, Sandbox
 from .session import PromptoptSession
@@ -157,7 +157,12 @@ class ModelClient:
         try:
             response = self.session.cache.fetch(self.model, request, self._recorder.stats)
         except ModelError as exc:
-            self._recorder.error = f"model error ({self.spec.display}): {exc}"
+            self._recorder.error = f"model error ({self.spec.display}): {scrub(str(exc))}"
+            raise
+        except (KeyboardInterrupt, pytest.exit.Exception):
+            raise
+        except BaseException as exc:  # an adapter's own fault (or a timeout) is a model fault, an error
+            self._recorder.error = f"model error ({self.spec.display}): {raised(exc)}"
             raise
         self._recorder.last_response = response
         return response
@@ -223,6 +228,11 @@ class PromptCheck:
             raise
         except AssertionEvaluationError as exc:
             self._recorder.error = f"assertion error: {exc}"
+            raise
+        except (KeyboardInterrupt, pytest.exit.Exception):
+            raise
+        except BaseException as exc:  # a check's own fault (sys.exit, a timeout): an error, not a failure
+            self._recorder.error = f"assertion error: {raised(exc)}"
             raise
         self._recorder.grades.append(grade)
         self._recorder.outputs.append(text)

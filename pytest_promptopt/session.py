@@ -32,9 +32,10 @@ from .suite.document import is_suite_file
 from .suite.model import Case, SuiteInfo
 from .summary import RunSummary, SuiteSummary, suite_outcomes, summarize, summarize_suites
 
-__all__ = ["RECORD_ATTR", "PromptoptSession", "record_key", "session_key"]
+__all__ = ["NOTICES_ATTR", "RECORD_ATTR", "PromptoptSession", "record_key", "session_key"]
 
 RECORD_ATTR = "promptopt_record"  # the teardown report attribute that carries a case record
+NOTICES_ATTR = "promptopt_notices"  # ... and what degraded in that process meanwhile (the response cache)
 session_key = pytest.StashKey["PromptoptSession"]()
 record_key = pytest.StashKey[str]()  # an item's encoded record, until its teardown report
 
@@ -97,14 +98,57 @@ class PromptoptSession:
         self.shrunk: dict[tuple[int, int, str], Any] = {}
         self.started = time.time()
         self.mlflow: Any = None  # the MLflow reporting outcome (mlflow/upload.Outcome)
+        # What degraded (a corrupt or read-only response cache): this process's, until a teardown
+        # report carries them to the controller, which keeps the run's in `notices`.
+        self._pending_notices: list[str] = []
+        self._notices_lock = threading.Lock()
+        self.notices: list[str] = []
+        self.written: dict[str, Path] = {}  # report kind -> where it was written (a fallback, maybe)
+
+    def start(self) -> None:
+        """On the controller, before any case runs (and before xdist starts workers): every
+        report path must be writable (else one usage error naming it), and a response cache
+        that is corrupt or read-only is dealt with once, here (cache_file.py)."""
+        from .report.paths import unwritable
+
+        settings = self.settings
+        outputs = [
+            ("--promptopt-report", settings.report_path),
+            ("--promptopt-html", settings.html_path),
+            ("--promptopt-update-baseline", settings.update_baseline),
+        ]
+        for flag, path in outputs:
+            why = unwritable(path) if path is not None else None
+            if why is not None:
+                raise pytest.UsageError(f"{flag} {path}: cannot write there ({why}); give a writable path")
+        self.cache.check()
+        self.cache.close()
 
     # ------------------------------------------------------------------ execution (any process)
 
     @property
     def cache(self) -> ResponseCache:
         if self._cache is None:
-            self._cache = ResponseCache(self.settings.cache_path, self.settings.cache_mode)
+            self._cache = ResponseCache(self.settings.cache_path, self.settings.cache_mode, self.notice)
         return self._cache
+
+    def notice(self, message: str) -> None:
+        """Something degraded in this process (a corrupt or read-only cache, a report folder
+        that cannot be written): the run goes on, and its summary says so."""
+        with self._notices_lock:
+            self._pending_notices.append(message)
+
+    def take_notices(self) -> list[str]:
+        """This process's notices not yet sent to the controller (plugin: on a teardown report)."""
+        with self._notices_lock:
+            taken, self._pending_notices = self._pending_notices, []
+        return taken
+
+    def add_notices(self, notices: Iterable[str]) -> None:
+        """Notices from a teardown report (this process's or a worker's), each shown once."""
+        for notice in notices:
+            if notice not in self.notices:
+                self.notices.append(notice)
 
     def model_for(self, spec: ModelSpec) -> Model:
         """One adapter per spec per process, so the bundled model loads once per worker."""
@@ -262,6 +306,7 @@ class PromptoptSession:
         gates, repair, and build the run's `RunSummary` once; then write the JSON and HTML reports
         and log to MLflow, which only read it. Returns the session's exit status (a failing gate
         turns 0 into 1) and warnings to show."""
+        self.add_notices(self.take_notices())  # shown by the terminal summary (plugin.py)
         messages: list[str] = []
         settings = self.settings
         suites = summarize_suites(fold_repeated_tests(self.records, self._crashed_samples), settings.gate_rule)
@@ -276,10 +321,11 @@ class PromptoptSession:
             from .baseline_files import write_baseline_file
 
             outcomes = suite_outcomes(suites)
-            write_baseline_file(settings.update_baseline, outcomes)
-            messages.append(
-                f"baseline written: {settings.update_baseline} ({len(outcomes)} suites); review and commit it"
+            where = self._write(
+                "baseline", settings.update_baseline, lambda p: write_baseline_file(p, outcomes), messages
             )
+            if where is not None:
+                messages.append(f"baseline written: {where} ({len(outcomes)} suites); review and commit it")
         gated = RunSummary(suites, baseline)
         if not gated.gates_passed and exit_status == 0:
             exit_status = 1
@@ -293,12 +339,16 @@ class PromptoptSession:
         if settings.report_path is not None:
             from .report.json_report import write_report
 
-            write_report(settings.report_path, run, exit_status=exit_status)
+            self._write(
+                "JSON report", settings.report_path, lambda p: write_report(p, run, exit_status=exit_status), messages
+            )
         html_path = settings.html_path
         if html_path is not None:  # also logged to MLflow as an artifact
             from .report.html_report import write_html
 
-            write_html(html_path, run, exit_status=exit_status)
+            html_path = self._write(
+                "HTML report", html_path, lambda p: write_html(p, run, exit_status=exit_status), messages
+            )
         mlflow = settings.mlflow
         if mlflow is not None:
             from .mlflow.layout import SessionMeta
@@ -314,6 +364,22 @@ class PromptoptSession:
             self.mlflow = report_run(run, meta, mlflow, artifacts=[html_path] if html_path else [])
             messages.extend(self.mlflow.warnings())
         return exit_status, messages
+
+    def _write(self, kind: str, path: Path, write: Callable[[Path], None], messages: list[str]) -> Path | None:
+        """Write one of the run's files; when its path fails now (checked writable at start-up),
+        to a fallback named in `messages`; when that fails too, say so. Nothing here stops the
+        run's other outputs: the other reports and MLflow still go out."""
+        from .report.paths import write_with_fallback
+
+        try:
+            written, moved = write_with_fallback(path, self.run_token, write)
+        except OSError as exc:
+            messages.append(f"{kind} not written: {path} and its fallback failed ({exc})")
+            return None
+        if moved:
+            messages.append(f"{kind}: {moved}")
+        self.written[kind] = written
+        return written
 
     def _compare(self, suites: Sequence[SuiteSummary]) -> Any:
         """The run's `BaselineComparison` with the settings' baseline; a baseline that cannot be

@@ -4,6 +4,11 @@ In a test: `with FakeOpenAI(answer) as server: ... server.base_url`. As a proces
 subprocess pytest runs): `python tests/fake_openai.py --delay 0.2` prints its base URL and serves
 `Echo: <last user message>` after the delay, until killed. `/v1/embeddings` answers with
 `letter_counts` vectors (how often each of a-z occurs), so similarities are known in advance.
+
+Faults are programmed by answering with a `Reply` instead of a tuple (tests/test_faults.py): a
+reply without choices, a body that is not JSON, a connection closed without an answer, an
+answer that hangs, a 5xx, or an answer that reflects the request's headers (its
+Authorization header included) as some debugging proxies do.
 """
 
 from __future__ import annotations
@@ -16,11 +21,32 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Union
 
-# `answer(body)` returns (status, text) or (status, text, extra response headers).
-Answer = Callable[[dict[str, Any]], Union[tuple[int, str], tuple[int, str, dict[str, str]]]]
+
+@dataclass
+class Reply:
+    """A programmed answer: an ordinary completion of `text` with `status`, or a fault.
+
+    `choices`: the completion's choices as sent (`[]` for a reply without any); `body`: raw bytes
+    sent instead of JSON (malformed JSON); `drop`: the connection is closed without an answer;
+    `hang_s`: seconds to wait first (longer than the client's timeout: a hang); `reflect_headers`:
+    the request's headers are appended to `text`, as a provider that echoes the request would."""
+
+    status: int = 200
+    text: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+    choices: list[Any] | None = None
+    body: bytes | None = None
+    drop: bool = False
+    hang_s: float = 0.0
+    reflect_headers: bool = False
+
+
+# `answer(body)` returns (status, text), (status, text, extra response headers) or a `Reply`.
+Answer = Callable[[dict[str, Any]], Union[tuple[int, str], tuple[int, str, dict[str, str]], Reply]]
 
 
 class _Server(ThreadingHTTPServer):
@@ -70,44 +96,58 @@ class FakeOpenAI:
                     if outer.delay_s:
                         time.sleep(outer.delay_s)
                     if self.path.rstrip("/").endswith("/embeddings"):
-                        answered: Any = (200, "", {})
+                        answered: Any = Reply(200, "")
                     else:
                         answered = outer.answer(body)
+                    reply = answered if isinstance(answered, Reply) else Reply(*answered)
+                    if reply.hang_s:
+                        time.sleep(reply.hang_s)
                 finally:
                     with outer._lock:
                         outer.in_flight -= 1
-                status, text = answered[0], answered[1]
-                extra = answered[2] if len(answered) > 2 else {}  # type: ignore[misc]
-                if self.path.rstrip("/").endswith("/embeddings"):
-                    payload = outer._embeddings(body)
-                elif status != 200:
-                    payload: dict[str, Any] = {"error": {"message": text, "type": "server_error"}}
+                if reply.drop:
+                    self.close_connection = True
+                    self.connection.shutdown(2)  # socket.SHUT_RDWR: the client reads nothing
+                    return
+                text = reply.text
+                if reply.reflect_headers:
+                    text += " " + " ".join(f"{k}: {v}" for k, v in self.headers.items())
+                if reply.body is not None:
+                    data = reply.body
                 else:
-                    payload = {
-                        "id": "chatcmpl-1",
-                        "object": "chat.completion",
-                        "created": 0,
-                        "model": body["model"],
-                        "choices": [
-                            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-                        ],
-                        "usage": {
-                            "prompt_tokens": 7,
-                            "completion_tokens": len(text.split()),
-                            "total_tokens": 7 + len(text.split()),
-                        },
-                    }
-                data = json.dumps(payload).encode()
-                self.send_response(status)
+                    data = json.dumps(outer._payload(self.path, body, reply.status, text, reply.choices)).encode()
+                self.send_response(reply.status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
-                for name, value in extra.items():
+                for name, value in reply.headers.items():
                     self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(data)
 
         self.server = _Server(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def _payload(
+        self, path: str, body: dict[str, Any], status: int, text: str, choices: list[Any] | None
+    ) -> dict[str, Any]:
+        if path.rstrip("/").endswith("/embeddings"):
+            return self._embeddings(body)
+        if status != 200:
+            return {"error": {"message": text, "type": "server_error"}}
+        if choices is None:
+            choices = [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]
+        return {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body["model"],
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": 7,
+                "completion_tokens": len(text.split()),
+                "total_tokens": 7 + len(text.split()),
+            },
+        }
 
     def _embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
         texts = body["input"] if isinstance(body["input"], list) else [body["input"]]

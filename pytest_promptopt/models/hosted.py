@@ -187,11 +187,19 @@ class LiteLLMModel:
                 raise RetryableModelError(message, _retry_after(exc)) from None
             raise ModelError(message) from None
         latency_ms = (time.perf_counter() - started) * 1000.0
-        choice = reply.choices[0]
-        text = choice.message.content or ""
+        choices = getattr(reply, "choices", None) or []
+        if not choices:
+            # A 200 whose body holds no answer (seen from proxies and content filters): a model
+            # fault of this case, not worth a retry.
+            raise ModelError(f"model {self.model}: the provider answered without any choice (empty 'choices')")
+        message = getattr(choices[0], "message", None)
+        text = getattr(message, "content", None) or ""
+        if not isinstance(text, str):
+            raise ModelError(f"model {self.model}: the provider's answer is not text ({type(text).__name__})")
         usage = getattr(reply, "usage", None)
         return Response(
-            text=text,
+            # a provider that reflects the request puts the key it was sent into its answer
+            text=scrub(text, (key,) if key else ()),
             latency_ms=latency_ms,
             prompt_tokens=getattr(usage, "prompt_tokens", None),
             completion_tokens=getattr(usage, "completion_tokens", None),

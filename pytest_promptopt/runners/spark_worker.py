@@ -133,7 +133,9 @@ def _worker_limiter(model_id: str, config: WorkerConfig) -> RateLimiter | None:
 
 def worker_cache(config: WorkerConfig) -> ResponseCache:
     """The worker's response cache for the job's cache file and mode (also where `similar`
-    graded here keeps its embeddings)."""
+    graded here keeps its embeddings). A corrupt or read-only file degrades here as in a pytest
+    process (cache_file.py), with a `CacheWarning` in the executor's log; the driver checked the
+    file before the job (`PromptoptSession.start`), so on one machine it says so too."""
     execution = config.execution
     key = (str(execution.cache_path), execution.cache_mode.value)
     cache = _caches.get(key)
@@ -160,5 +162,8 @@ def run_case(case: Case, nodeid: str, config: WorkerConfig) -> CaseResult:
         return model_error(case, nodeid, exc)
     try:
         return execute_case(case, model, worker_cache(config), nodeid, judges=worker_judges(config))
-    except Exception as exc:  # execute_case turns model and assertion faults into errors; this is anything else
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # execute_case turns model and check faults into errors; this is anything
+        # else, SystemExit included: it would end this Python worker and fail the whole job
         return error_result(case, nodeid, f"internal error on the Spark worker: {one_line(exc)}")

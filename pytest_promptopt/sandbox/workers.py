@@ -132,7 +132,7 @@ class WorkerPool:
                 if attempt == 1:
                     continue  # an idle worker had died before this call, which it never saw
                 raise
-            except ScriptFault:
+            except BaseException:  # a fault, or pytest-timeout / Ctrl-C while the code still runs in it
                 worker.kill()
                 raise
             with self._lock:
