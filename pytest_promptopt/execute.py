@@ -239,8 +239,10 @@ def execute_case(
     """Run `case` on `model`, `case.repeats` times (repeat i is its own cache entry; repeat 0's
     key is that of a run without repeats), graded with `judges` for its model-graded assertions
     (through `cache`, counted in the case's calls). Model and assertion faults become
-    `result.error`, never exceptions. User code (transforms, code checks) runs in `sandbox` (a
-    fresh one for the case without it)."""
+    `result.error`, never exceptions. A case that cannot run (`case.error`) is that error, without a call.
+    User code (transforms, code checks) runs in `sandbox` (a fresh one for the case without it)."""
+    if case.error is not None:
+        return error_result(case, nodeid, case.error)
     stats = CallStats()
     started = time.perf_counter()
     result = new_result(case, nodeid)

@@ -149,6 +149,25 @@ OPTIONS: tuple[Option, ...] = (
         "independent samples of each prompt case (suite-file cases and Python prompt tests), each its own cache entry (a suite's repeat: or a test's promptopt(repeat=) overrides the ini value; this option overrides both)",
         "1",
     ),
+    # Bounds on what a suite file may make the plugin read or build
+    Option(
+        "--promptopt-max-cases",
+        "promptopt_max_cases",
+        "most cases one suite file may expand to (list vars multiply); a suite above it is an error naming the vars",
+        "100000",
+    ),
+    Option(
+        "--promptopt-max-alias-nodes",
+        "promptopt_max_alias_nodes",
+        "most nodes YAML aliases and $refs may add to one suite or tests file when expanded",
+        "100000",
+    ),
+    Option(
+        "--promptopt-allow-outside-files",
+        "promptopt_allow_outside_files",
+        "let suites read files (file://, tests, vars, prompts) outside the project folder (rootdir) (ini: true/false)",
+        is_flag=True,
+    ),
     # Scale: concurrency, rate limits, retries, batches, backends
     Option(
         "--promptopt-concurrency",

@@ -20,7 +20,7 @@ from .repair.config import OPTIMIZERS, Given, RepairSettings
 from .runners.limits import DEFAULT_CONCURRENCY, DEFAULT_RETRIES, RateLimit, parse_rate_limits
 from .runners.spark_session import SparkSettings
 from .sandbox import DEFAULT_SCRIPT_TIMEOUT_S
-from .suite.model import Repeats
+from .suite.model import MAX_REPEAT, Repeats, SuiteLimits
 
 __all__ = ["MlflowSettings", "Settings", "SparkSettings"]
 
@@ -57,6 +57,8 @@ class Settings:
     repair: RepairSettings | None = None  # --promptopt-repair
     judge_model: ModelSpec | None = None  # --promptopt-judge-model; None: the run's default model
     repeats: Repeats = Repeats()  # --promptopt-repeat
+    # --promptopt-max-cases, --promptopt-max-alias-nodes, --promptopt-allow-outside-files
+    suite_limits: SuiteLimits = SuiteLimits()
     script_timeout_s: float = DEFAULT_SCRIPT_TIMEOUT_S  # --promptopt-script-timeout: one call of user code
 
     @property
@@ -144,7 +146,13 @@ class Settings:
             mlflow=mlflow,
             **_baselines(config, rootdir, parsed, mlflow),
             scale=_scale(parsed),
-            repeats=Repeats(parsed("--promptopt-repeat", _positive), config.getoption("promptopt_repeat") is not None),
+            repeats=Repeats(parsed("--promptopt-repeat", _repeat), config.getoption("promptopt_repeat") is not None),
+            suite_limits=SuiteLimits(
+                max_alias_nodes=parsed("--promptopt-max-alias-nodes", _positive),
+                max_cases=parsed("--promptopt-max-cases", _positive),
+                root=rootdir,
+                allow_outside_files=parsed("--promptopt-allow-outside-files", _boolean),
+            ),
             repair=_repair(config, parsed),
             judge_model=parsed("--promptopt-judge-model", _judge_model),
             script_timeout_s=parsed("--promptopt-script-timeout", timeout),
@@ -361,6 +369,13 @@ def _positive(raw: Any) -> int:
     number = int(str(raw).strip())
     if number < 1:
         raise ValueError(f"must be a positive whole number, got {raw!r}")
+    return number
+
+
+def _repeat(raw: Any) -> int:
+    number = _positive(raw)
+    if number > MAX_REPEAT:
+        raise ValueError(f"at most {MAX_REPEAT} samples per case, got {raw!r}")
     return number
 
 

@@ -73,6 +73,9 @@ def repair_run(session: Any, run: RunSummary, settings: RepairSettings) -> list[
                 session.settings.model,
                 session.registry.resolve,
                 repeats=Repeats(1, from_cli=True),
+                limits=session.settings.suite_limits,
+                script_timeout_s=session.settings.script_timeout_s,
+                sandbox=session.sandbox,
             )
         except SuiteError as exc:
             results.append(dataclasses.replace(base, status="error", reason=str(exc)))
