@@ -67,6 +67,7 @@ def fill_response(result: CaseResult, response: Response) -> None:
     result.completion_tokens = response.completion_tokens
     result.cost = response.cost
     result.model = response.model or result.model
+    result.latency_batch = response.batch_size if response.batch_size > 1 else None
 
 
 def fill_grade(result: CaseResult, grade: CaseGrade) -> None:
@@ -94,6 +95,7 @@ def new_result(case: Case, nodeid: str = "") -> CaseResult:
         template=case.prompt.template,
         registry_prompts=[case.prompt.registry_uri] if case.prompt.registry_uri else [],
         model_params=redact(json_safe(dict(case.model.params))),
+        started_at=time.time(),
     )
 
 

@@ -88,7 +88,14 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "--promptopt-mlflow-traces",
         "promptopt_mlflow_traces",
-        "also log every case as an MLflow trace with its assertions as feedback (ini: true/false)",
+        "log every case as an MLflow trace (inputs, output, expectations, feedback) whatever the run's size; "
+        "the default, auto, does for runs of up to 500 cases (ini: auto/true/false)",
+        is_flag=True,
+    ),
+    Option(
+        "--promptopt-no-mlflow-traces",
+        "",
+        "log no MLflow traces, only the runs (ini: promptopt_mlflow_traces = false)",
         is_flag=True,
     ),
     # HTML report and progress line

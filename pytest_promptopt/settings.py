@@ -392,6 +392,25 @@ def _boolean(raw: Any) -> bool:
     raise ValueError(f"expected true or false, got {raw!r}")
 
 
+def _traces(config: Any, parsed: Callable[[str, Callable[[Any], Any]], Any]) -> bool | None:
+    """Case traces: True (--promptopt-mlflow-traces), False (--promptopt-no-mlflow-traces) or None,
+    auto (traces for runs of up to mlflow.runs.TRACES_AUTO_LIMIT cases)."""
+    if config.getoption("promptopt_no_mlflow_traces"):
+        if config.getoption("promptopt_mlflow_traces"):
+            raise pytest.UsageError("--promptopt-mlflow-traces and --promptopt-no-mlflow-traces contradict each other")
+        return False
+
+    def tri_state(raw: Any) -> bool | None:
+        if raw is None or str(raw).strip().lower() == "auto":
+            return None
+        try:
+            return _boolean(raw)
+        except ValueError:
+            raise ValueError(f"expected auto, true or false, got {raw!r}") from None
+
+    return parsed("--promptopt-mlflow-traces", tri_state)
+
+
 # A scheme (`sqlite:`, `http:`, `databricks:`...) or one of MLflow's bare names for Databricks.
 _URI = re.compile(r"^([a-z][a-z0-9+.-]*:.+|databricks|databricks-uc)$", re.I)
 
@@ -440,6 +459,6 @@ def _mlflow_settings(
         parsed("--promptopt-experiment", experiment),
         pending_dir,
         local_store,
-        traces=parsed("--promptopt-mlflow-traces", _boolean),
+        traces=_traces(config, parsed),
         prompt_prefix=parsed("--promptopt-prompt-prefix", prompt_prefix),
     )

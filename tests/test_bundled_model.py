@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -85,10 +86,20 @@ def test_batched_greedy_generation_equals_unbatched():
         Request.from_prompt(f"Name one fact about {topic}.")
         for topic in ("the sun", "Paris", "water", "cats", "the number seven")
     ]
-    single = [model.generate(r).text for r in requests]
+    alone = [model.generate(r) for r in requests]
+    started = time.perf_counter()
     batched = model.generate_batch(requests)
-    assert [r.text for r in batched] == single
+    wall_ms = (time.perf_counter() - started) * 1000
+    assert [r.text for r in batched] == [r.text for r in alone]
     assert all(r.text for r in batched) and all(r.completion_tokens for r in batched)
+    # Each answer's latency is the batch's (its answers come back together): never over the
+    # batch's wall time, a shorter answer no later than a longer one, and each says how many
+    # requests shared the call (an answer alone: 1), so reports label it batch latency.
+    assert [r.batch_size for r in batched] == [5] * 5 and {r.batch_size for r in alone} == {1}
+    assert all(0 < r.latency_ms <= wall_ms for r in batched)
+    by_length = sorted(batched, key=lambda r: r.completion_tokens)
+    for shorter, longer in zip(by_length, by_length[1:]):
+        assert shorter.latency_ms <= longer.latency_ms, [(r.completion_tokens, r.latency_ms) for r in batched]
 
 
 @pytest.mark.slow_model

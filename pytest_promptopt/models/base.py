@@ -92,6 +92,9 @@ class Response:
     cost: float | None = None
     cached: bool = False
     model: str = ""
+    # Requests answered by the same model call (1: its own call). A batch's answers share its
+    # forward passes: `latency_ms` is then the time until this answer was complete in the batch.
+    batch_size: int = 1
 
     def __str__(self) -> str:
         return self.text

@@ -357,14 +357,15 @@ class LocalModel:
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start : start + self.batch_size]
                 rows, seconds = runtime.run([prompts[i] for i in chunk], params[chunk[0]])
-                # One forward pass serves the whole batch, so each response gets an equal share
-                # of the batch's wall time: the latencies of a batch add up to the time it took.
-                latency_ms = seconds * 1000.0 / len(chunk)
+                # One generation call serves the whole batch and its answers come back together,
+                # so each answer's latency is the batch's wall time, labelled as such by
+                # batch_size (how many requests shared the call; the reports call it batch latency).
+                latency_ms = seconds * 1000.0
                 for i, row in zip(chunk, rows):
-                    results[i] = self._response(row, latency_ms)
+                    results[i] = self._response(row, latency_ms, len(chunk))
         return [r for r in results if r is not None]
 
-    def _response(self, row: Generated, latency_ms: float) -> Response:
+    def _response(self, row: Generated, latency_ms: float, batch_size: int) -> Response:
         return Response(
             text=row.text,
             latency_ms=latency_ms,
@@ -372,6 +373,7 @@ class LocalModel:
             completion_tokens=row.completion_tokens,
             cost=0.0,
             model=self.name,
+            batch_size=batch_size,
         )
 
 
