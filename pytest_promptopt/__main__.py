@@ -41,26 +41,36 @@ def main(argv: list[str] | None = None) -> int:
     from .mlflow.prompts import PromptResolver
     from .models.specs import BUNDLED, ModelSpec
     from .suite.loader import load_suite
-    from .suite.model import SuiteError
+    from .suite.model import SuiteError, SuiteLimits
 
     status = 0
+    limits = SuiteLimits(root=Path.cwd())  # files outside the folder validate runs in are refused, as in a run
     # Registry references resolve as a session's would: its pinning file when
     # $PYTEST_PROMPTOPT_REGISTRY names one, else $MLFLOW_TRACKING_URI's registry.
     resolver = PromptResolver.from_environment()
     for name in args.files:
         try:
-            loaded = load_suite(Path(name), name, ModelSpec(BUNDLED), resolver.resolve)
+            loaded = load_suite(Path(name), name, ModelSpec(BUNDLED), resolver.resolve, limits=limits)
         except SuiteError as exc:
             print(exc, file=sys.stderr)
             status = 1
             continue
+        for warning in loaded.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
         gates = ", ".join(g.describe() for g in loaded.info.gates) or "none"
         if loaded.dataset is not None:  # rows are read when it runs
             print(
                 f"{name}: ok, dataset {loaded.dataset.source.describe()}, {len(loaded.dataset.slices)} item(s), gates: {gates}"
             )
         else:
-            print(f"{name}: ok, {len(loaded.cases)} case{'' if len(loaded.cases) == 1 else 's'}, gates: {gates}")
+            failing = [case for case in loaded.cases if case.error]
+            for case in failing:  # a case that cannot run: the suite loads, that case will be an error
+                print(f"error: {case.name}: {case.error}", file=sys.stderr)
+            status = 1 if failing else status
+            errors = f", {len(failing)} with errors" if failing else ""
+            print(
+                f"{name}: {'ok' if not failing else 'loads'}, {len(loaded.cases)} case{'' if len(loaded.cases) == 1 else 's'}{errors}, gates: {gates}"
+            )
     return status
 
 

@@ -67,6 +67,7 @@ def fill_response(result: CaseResult, response: Response) -> None:
     result.completion_tokens = response.completion_tokens
     result.cost = response.cost
     result.model = response.model or result.model
+    result.latency_batch = response.batch_size if response.batch_size > 1 else None
 
 
 def fill_grade(result: CaseResult, grade: CaseGrade) -> None:
@@ -94,6 +95,7 @@ def new_result(case: Case, nodeid: str = "") -> CaseResult:
         template=case.prompt.template,
         registry_prompts=[case.prompt.registry_uri] if case.prompt.registry_uri else [],
         model_params=redact(json_safe(dict(case.model.params))),
+        started_at=time.time(),
     )
 
 
@@ -237,8 +239,10 @@ def execute_case(
     """Run `case` on `model`, `case.repeats` times (repeat i is its own cache entry; repeat 0's
     key is that of a run without repeats), graded with `judges` for its model-graded assertions
     (through `cache`, counted in the case's calls). Model and assertion faults become
-    `result.error`, never exceptions. User code (transforms, code checks) runs in `sandbox` (a
-    fresh one for the case without it)."""
+    `result.error`, never exceptions. A case that cannot run (`case.error`) is that error, without a call.
+    User code (transforms, code checks) runs in `sandbox` (a fresh one for the case without it)."""
+    if case.error is not None:
+        return error_result(case, nodeid, case.error)
     stats = CallStats()
     started = time.perf_counter()
     result = new_result(case, nodeid)

@@ -15,6 +15,7 @@ from .records import CaseResult
 from .report.failure import describe_case
 from .report.paths import usable_folder
 from .session import PromptoptSession, record_key, session_key
+from .suite.chains import SEQUENCE
 from .suite.model import Case, SuiteError
 
 SKIP_REASON = "prompt test: run it with `pytest --promptopt`"
@@ -92,6 +93,10 @@ class CaseFailed(AssertionError):
     """The model answered and the case's assertions failed."""
 
 
+class SuiteWarning(pytest.PytestWarning):
+    """A suite file loads, but a key is ignored or something runs differently from promptfoo."""
+
+
 class SuiteFile(pytest.File):
     def collect(self) -> Iterator[pytest.Item]:
         session: PromptoptSession | None = self.config.stash.get(session_key, None)
@@ -113,9 +118,14 @@ class SuiteFile(pytest.File):
             session.registry.resolve,
             backend=session.settings.backend,
             repeats=session.settings.repeats,
+            limits=session.settings.suite_limits,
             script_timeout_s=session.settings.script_timeout_s,
             sandbox=session.sandbox,
         )
+        if getattr(self.config, "workerinput", {}).get("workerid", "gw0") == "gw0":
+            # Every xdist worker loads the suite; one of them says what it found (one line each).
+            for message in loaded.warnings:
+                self.warn(SuiteWarning(message))
         if loaded.dataset is not None:  # one item per prompt x provider, all rows (see DatasetItem)
             self._warm_up(session, [part.make_case.model for part in loaded.dataset.slices])
             for part in loaded.dataset.slices:
@@ -124,6 +134,9 @@ class SuiteFile(pytest.File):
                 )
             return
         self._warm_up(session, [case.model for case in loaded.cases])
+        if loaded.sequence:  # storeOutputAs / _conversation: one node, run in order in one process
+            yield CaseSequence.from_parent(self, name=SEQUENCE, cases=loaded.cases)
+            return
         for case in loaded.cases:
             yield CaseItem.from_parent(self, name=case.name, nodeid=_case_nodeid(self, case.name), case=case)
 
@@ -152,6 +165,19 @@ class SuiteFile(pytest.File):
         return super().repr_failure(excinfo)
 
 
+class CaseSequence(pytest.Collector):
+    """The cases of a suite whose cases use the outputs of the ones before them: collected
+    under this node so that xdist's scheduler keeps them together (runners/scheduling.py)."""
+
+    def __init__(self, *, cases: tuple[Case, ...], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.cases = cases
+
+    def collect(self) -> Iterator[pytest.Item]:
+        for case in self.cases:
+            yield CaseItem.from_parent(self, name=case.name, nodeid=_case_nodeid(self, case.name), case=case)
+
+
 class DisabledSuite(pytest.Item):
     def runtest(self) -> None:
         pytest.skip(SKIP_REASON)
@@ -172,6 +198,7 @@ class CaseItem(pytest.Item):
     def setup(self) -> None:
         # The model call happens in setup, so a model fault is a pytest *error*, not a failure.
         session = self.config.stash[session_key]
+        self.case = session.prepare_case(self.case)
         upcoming = ((item.case, item.nodeid) for item in upcoming_items(self) if isinstance(item, CaseItem))
         try:
             self.result = session.run_case(self.case, self.nodeid, upcoming)

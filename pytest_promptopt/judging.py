@@ -18,7 +18,7 @@ a judge, and how often, the assertion registry says (`register(..., judge_calls=
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +61,10 @@ class Judge:
         model object."""
         if is_model(provider):
             return None
+        if isinstance(provider, Mapping) and "id" not in provider and set(provider) == {"config"}:
+            # promptfoo's `provider: {config: {...}}`: the default judge with these parameters
+            base = self.judges.default
+            return ModelSpec(base.id, {**base.params, **(provider["config"] or {})}, base.label)
         return provider_spec(provider) or self.judges.default
 
     def model(self, provider: Any = None) -> Model:

@@ -88,7 +88,14 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "--promptopt-mlflow-traces",
         "promptopt_mlflow_traces",
-        "also log every case as an MLflow trace with its assertions as feedback (ini: true/false)",
+        "log every case as an MLflow trace (inputs, output, expectations, feedback) whatever the run's size; "
+        "the default, auto, does for runs of up to 500 cases (ini: auto/true/false)",
+        is_flag=True,
+    ),
+    Option(
+        "--promptopt-no-mlflow-traces",
+        "",
+        "log no MLflow traces, only the runs (ini: promptopt_mlflow_traces = false)",
         is_flag=True,
     ),
     # HTML report and progress line
@@ -142,6 +149,25 @@ OPTIONS: tuple[Option, ...] = (
         "independent samples of each prompt case (suite-file cases and Python prompt tests), each its own cache entry (a suite's repeat: or a test's promptopt(repeat=) overrides the ini value; this option overrides both)",
         "1",
     ),
+    # Bounds on what a suite file may make the plugin read or build
+    Option(
+        "--promptopt-max-cases",
+        "promptopt_max_cases",
+        "most cases one suite file may expand to (list vars multiply); a suite above it is an error naming the vars",
+        "100000",
+    ),
+    Option(
+        "--promptopt-max-alias-nodes",
+        "promptopt_max_alias_nodes",
+        "most nodes YAML aliases and $refs may add to one suite or tests file when expanded",
+        "100000",
+    ),
+    Option(
+        "--promptopt-allow-outside-files",
+        "promptopt_allow_outside_files",
+        "let suites read files (file://, tests, vars, prompts) outside the project folder (rootdir) (ini: true/false)",
+        is_flag=True,
+    ),
     # Scale: concurrency, rate limits, retries, batches, backends
     Option(
         "--promptopt-concurrency",
@@ -163,6 +189,13 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "--promptopt-batch-size", "promptopt_batch_size", "prompts the bundled model generates for in one batch", "8"
+    ),
+    Option(
+        "--promptopt-local-runtime",
+        "promptopt_local_runtime",
+        "runtime of the bundled model: auto (CTranslate2 when installed, else transformers), ctranslate2 or transformers; same greedy answers (default: $PROMPTOPT_LOCAL_RUNTIME, else auto)",
+        None,
+        ("auto", "ctranslate2", "transformers"),
     ),
     Option(
         "--promptopt-backend",

@@ -1,8 +1,9 @@
 """Prompt templates: sandboxed Jinja2 rendering with promptfoo's `{{var}}` syntax.
 
 promptfoo renders with Nunjucks; Jinja2 reads the same `{{ }}`, filters and loops. The
-environment is sandboxed, and variables are passed as data: a var's value is never itself parsed
-as a template, so case data cannot inject template code.
+environment is sandboxed. A Python test's `Prompt.render` passes variables as data (a var's value
+is never itself parsed as a template) and prints them as Python does; a suite file's prompts are
+rendered as promptfoo renders them (`render_suite_prompt`, nunjucks.py), in the same sandbox.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from . import nunjucks
 
 __all__ = [
     "MissingVariable",
@@ -22,6 +25,7 @@ __all__ = [
     "RenderedPrompt",
     "TemplateError",
     "render_prompt",
+    "render_suite_prompt",
     "render_template",
     "template_variables",
 ]
@@ -43,14 +47,15 @@ def _environment() -> Any:
     env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
     # Nunjucks filters promptfoo users write that Jinja2 lacks or names differently.
     env.filters["dump"] = lambda value, indent=None: json.dumps(value, indent=indent, ensure_ascii=False)
+    env.globals["range"] = nunjucks.budgeted_range
     return env
 
 
 @functools.lru_cache(maxsize=4096)
-def _compile(template: str) -> tuple[Any, frozenset[str]]:
+def _compile(template: str, promptfoo: bool = False) -> tuple[Any, frozenset[str]]:
     from jinja2 import TemplateSyntaxError, meta
 
-    env = _environment()
+    env = nunjucks.environment() if promptfoo else _environment()
     try:
         ast = env.parse(template)
         compiled = env.from_string(template)
@@ -59,18 +64,12 @@ def _compile(template: str) -> tuple[Any, frozenset[str]]:
     return compiled, frozenset(meta.find_undeclared_variables(ast))
 
 
-def template_variables(template: str, filters: Mapping[str, Any] | None = None) -> frozenset[str]:
-    """The variables a template reads (free names only, not loop variables); `filters` are extra
-    filters it may use (a suite's `nunjucksFilters`)."""
-    return (_compile_with(template, filters) if filters else _compile(template))[1]
-
-
 def _compile_with(template: str, filters: Mapping[str, Any]) -> tuple[Any, frozenset[str]]:
-    """`_compile` in an overlay of the environment that also has `filters` (a suite's
-    `nunjucksFilters`); not memoised, since the filters belong to one suite."""
+    """`_compile` (promptfoo's manners) in an overlay of the sandboxed environment that also has
+    `filters` (a suite's `nunjucksFilters`); not memoised, since the filters belong to one suite."""
     from jinja2 import TemplateSyntaxError, meta
 
-    env = _environment().overlay()
+    env = nunjucks.environment().overlay()
     env.filters.update(filters)
     try:
         ast = env.parse(template)
@@ -80,32 +79,91 @@ def _compile_with(template: str, filters: Mapping[str, Any]) -> tuple[Any, froze
     return compiled, frozenset(meta.find_undeclared_variables(ast))
 
 
-def render_template(template: str, variables: Mapping[str, Any], filters: Mapping[str, Any] | None = None) -> str:
-    """Render `template` with `variables` (and extra `filters`); a missing variable raises
-    `TemplateError` naming it."""
+def template_variables(
+    template: str, promptfoo: bool = False, filters: Mapping[str, Any] | None = None
+) -> frozenset[str]:
+    """The variables a template reads (free names only, not loop variables); `filters` are extra
+    filters a suite's template may use (its `nunjucksFilters`)."""
+    return (_compile_with(template, filters) if filters else _compile(template, promptfoo))[1]
+
+
+def render_template(
+    template: str, variables: Mapping[str, Any], *, promptfoo: bool = False, filters: Mapping[str, Any] | None = None
+) -> str:
+    """Render `template` with `variables`; a missing variable raises `TemplateError` naming it.
+    `promptfoo`: the manners of a suite file's templates (nunjucks.py), else Python's; `filters`
+    (a suite's `nunjucksFilters`) imply them."""
     from jinja2 import TemplateError as JinjaError
     from jinja2.exceptions import SecurityError
 
-    compiled, needed = _compile_with(template, filters) if filters else _compile(template)
-    missing = sorted(needed - set(variables))
+    promptfoo = promptfoo or bool(filters)
+    compiled, needed = _compile_with(template, filters) if filters else _compile(template, promptfoo)
+    missing = sorted(needed - set(variables) - (_GLOBALS if promptfoo else set()))
     if missing:
         names = ", ".join(repr(m) for m in missing)
         raise MissingVariable(f"missing variable {names} (the template uses {{{{ {missing[0]} }}}})")
     try:
-        return compiled.render(**variables)
+        return nunjucks.render(compiled, variables)
     except SecurityError as exc:
         raise TemplateError(f"template tried an unsafe operation: {exc}") from None
     except JinjaError as exc:
         raise TemplateError(f"template failed to render: {exc}") from None
+    except OverflowError as exc:
+        raise TemplateError(f"template too large to render: {exc}") from None
+    except RecursionError:
+        raise TemplateError("template failed to render: it recurses too deeply") from None
+    except (TypeError, ValueError, ArithmeticError, LookupError, AttributeError) as exc:
+        raise TemplateError(f"template failed to render: {type(exc).__name__}: {exc}") from None
 
 
-def render_prompt(template: str, variables: Mapping[str, Any], filters: Mapping[str, Any] | None = None) -> str:
-    """Render a prompt as promptfoo does: a JSON prompt (chat messages) has each of its strings
-    rendered and is re-serialised with 2-space indents; any other text is rendered as a template."""
+_GLOBALS = {"env", "range", "cycler", "joiner", "namespace", "dict", "lipsum"}
+
+
+def render_prompt(template: str, variables: Mapping[str, Any]) -> str:
+    """Render a prompt for a Python test (`Prompt.render`): a JSON prompt (chat messages) has each
+    of its strings rendered and is re-serialised with 2-space indents; any other text is rendered
+    as a template. Var values are data, never templates."""
     structure = _json_structure(template)
     if structure is None:
-        return render_template(template, variables, filters)
-    return json.dumps(_render_strings(structure, variables, filters), indent=2, ensure_ascii=False)
+        return render_template(template, variables)
+    return json.dumps(_render_strings(structure, variables), indent=2, ensure_ascii=False)
+
+
+def render_suite_prompt(
+    template: str,
+    variables: Mapping[str, Any],
+    env: Mapping[str, Any] | None = None,
+    filters: Mapping[str, Any] | None = None,
+) -> str:
+    """Render a suite file's prompt as promptfoo's `renderPrompt` does (see nunjucks.py): var
+    references resolved, a JSON prompt's strings rendered and the JSON re-indented, otherwise
+    string vars rendered as templates themselves (in the same sandbox) before the prompt.
+    `env`: the suite's `env:` (the `env` global of its templates); `filters`: its `nunjucksFilters`."""
+    values = nunjucks.resolve_variables(dict(variables))
+    scope = {"env": dict(env or {}), **values}
+    try:
+        parsed = nunjucks.json_parse(template)
+    except ValueError:
+        parsed = _NOT_JSON
+    if parsed is not _NOT_JSON:
+        try:
+            return nunjucks.js_json(_render_strings(parsed, scope, True, filters), 2)
+        except TemplateError:
+            pass  # promptfoo renders the text as a whole when a string of the JSON fails
+    rendered = {
+        key: value
+        if not isinstance(value, str)
+        or not ("{{" in value or "{%" in value)
+        or nunjucks.references_undefined(value, values)
+        else render_template(nunjucks.wrap_partial(value), scope, promptfoo=True, filters=filters)
+        for key, value in values.items()
+    }
+    return render_template(
+        nunjucks.wrap_partial(template), {"env": scope["env"], **rendered}, promptfoo=True, filters=filters
+    )
+
+
+_NOT_JSON = object()
 
 
 def _json_structure(template: str) -> Any:
@@ -130,13 +188,15 @@ def _collect_variables(value: Any, names: set[str]) -> None:
             _collect_variables(item, names)
 
 
-def _render_strings(value: Any, variables: Mapping[str, Any], filters: Mapping[str, Any] | None = None) -> Any:
+def _render_strings(
+    value: Any, variables: Mapping[str, Any], promptfoo: bool = False, filters: Mapping[str, Any] | None = None
+) -> Any:
     if isinstance(value, str):
-        return render_template(value, variables, filters)
+        return render_template(value, variables, promptfoo=promptfoo, filters=filters)
     if isinstance(value, list):
-        return [_render_strings(v, variables, filters) for v in value]
+        return [_render_strings(v, variables, promptfoo, filters) for v in value]
     if isinstance(value, dict):
-        return {k: _render_strings(v, variables, filters) for k, v in value.items()}
+        return {k: _render_strings(v, variables, promptfoo, filters) for k, v in value.items()}
     return value
 
 
@@ -166,6 +226,8 @@ class Prompt:
     label: str = ""
     source: str | None = None
     registry_uri: str | None = None  # `prompts:/name/<version>` when the template came from the MLflow Prompt Registry
+    # promptfoo's `prompts[].config`: model parameters a suite's cases of this prompt send
+    config: Mapping[str, Any] | None = field(default=None, compare=False)
     # A prompt function (`file:///abs/prompt.py:fn`, `file:///abs/prompt.js`): called for each case
     # with its vars, it returns the template (promptfoo's prompt functions); `template` is then the reference.
     function: str | None = None

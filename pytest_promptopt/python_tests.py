@@ -69,6 +69,7 @@ class PythonCaseRecorder:
     model_spec: ModelSpec | None = None
     registry_prompts: list[str] = field(default_factory=list)  # registry versions the model was given
     started: float = field(default_factory=time.perf_counter)
+    started_at: float = field(default_factory=time.time)  # wall clock, for the suite run's start in MLflow
 
     def note_prompt(self, prompt: str | Sequence[Message]) -> None:
         """Remember the Prompt Registry version of a prompt given to the model (a `RenderedPrompt`
@@ -109,6 +110,7 @@ class PythonCaseRecorder:
         result.calls = self.stats.calls
         result.cache_hits = self.stats.cache_hits
         result.duration_s = time.perf_counter() - self.started
+        result.started_at = self.started_at
         result.registry_prompts = list(self.registry_prompts)  # its suite run links these versions
         return result
 

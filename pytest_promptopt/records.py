@@ -38,12 +38,16 @@ class CaseResult:
     registry_prompts: list[str] = field(default_factory=list)  # `prompts:/name/<version>` of registered prompts used
     model_params: dict[str, Any] = field(default_factory=dict)  # redacted: records travel and get logged
     latency_ms: float | None = None
+    # How many requests shared the model call `latency_ms` was measured on (a batching model such
+    # as the bundled one answers a batch at once); None: the case's call was its own.
+    latency_batch: int | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     cost: float | None = None
     calls: int = 0
     cache_hits: int = 0
     duration_s: float = 0.0
+    started_at: float | None = None  # when the case began (Unix time, seconds)
     # Repeats (--promptopt-repeat N): `passed` means every repeat passed, and the fields above
     # describe the case over its samples (`merge_samples`); `samples` holds each one compactly.
     repeats: int = 1

@@ -9,11 +9,13 @@ same code that sends a live one. Plain data in, plain data out: no reporter, no 
 from __future__ import annotations
 
 import datetime as _dt
+import math
 from typing import Any
 
 from .baseline import BaselineComparison, SuiteComparison
 from .case_stats import CaseStats, DatasetPart
 from .gates import Gate
+from .mathexpr import DerivedMetric
 from .records import CaseResult
 from .redact import redact
 from .repair.result import RepairResult
@@ -43,6 +45,11 @@ def suite_dict(s: SuiteSummary, baseline: BaselineComparison | None = None) -> d
         "flaky": len(s.flaky),
         "mean_score": s.mean_score(),
         "metrics": s.metric_means(),
+        **(
+            {"derived_metrics": [{"name": m.name, "value": m.expression} for m in s.info.derived_metrics]}
+            if s.info.derived_metrics
+            else {}
+        ),
         "intervals": {name: None if found is None else list(found) for name, found in s.intervals().items()},
         "gates": [g.to_dict() for g in s.gates],
         "gates_passed": s.gates_passed,
@@ -62,6 +69,18 @@ def suite_dict(s: SuiteSummary, baseline: BaselineComparison | None = None) -> d
         compared = baseline.suites.get(s.info.id)
         data["baseline"] = None if compared is None else redact(compared.to_dict())
     return data
+
+
+def finite_numbers(value: Any) -> Any:
+    """`value` with NaN and the infinities as null (`JSON.stringify`'s rule), so the document is
+    valid JSON: a var `.inf` or a check's NaN score must not write `Infinity` into a report."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_numbers(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_numbers(v) for v in value]
+    return value
 
 
 def report_dict(run: RunSummary, *, exit_status: int | None = None) -> dict[str, Any]:
@@ -100,6 +119,7 @@ def run_from_report(data: dict[str, Any]) -> RunSummary:
             file=suite["file"],
             gates=tuple(Gate.from_dict(g) for g in suite.get("gates", [])),
             kind=suite.get("kind", "file"),
+            derived_metrics=tuple(DerivedMetric(m["name"], m["value"]) for m in suite.get("derived_metrics", ())),
         )
         records.extend((info, CaseResult.from_dict(result)) for result in suite["results"])
         if suite.get("stats") is not None and suite.get("cases_file"):

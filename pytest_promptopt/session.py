@@ -20,7 +20,7 @@ from .judging import Judges, judge_specs
 from .mlflow.prompts import PromptResolver
 from .models.base import Model, ModelError
 from .models.hosted import LiteLLMModel
-from .models.specs import ModelSpec, create_model, with_timeout, with_tracking_server
+from .models.specs import ModelSpec, create_model, with_local_runtime, with_timeout, with_tracking_server
 from .records import CaseResult
 from .repeats import fold_repeated_tests, split_repeat
 from .runners.execution import ExecutionSettings
@@ -28,6 +28,7 @@ from .runners.limits import RateLimiter, Throttled, limit_for, throttle
 from .runners.pool import CaseRunner
 from .sandbox import Sandbox
 from .settings import Settings
+from .suite.chains import SEQUENCE, ChainRuns
 from .suite.document import is_suite_file
 from .suite.model import Case, SuiteInfo
 from .summary import RunSummary, SuiteSummary, suite_outcomes, summarize, summarize_suites
@@ -96,6 +97,8 @@ class PromptoptSession:
         self._summary: RunSummary | None = None
         # Failing fuzz blocks' minimal inputs (shrinking.shrink_failure's memo), shrunk once per process.
         self.shrunk: dict[tuple[int, int, str], Any] = {}
+        # Outputs chained cases hand on (storeOutputAs, _conversation), per suite (suite/chains.py).
+        self.chains = ChainRuns()
         self.started = time.time()
         self.mlflow: Any = None  # the MLflow reporting outcome (mlflow/upload.Outcome), once known
         self._writer: Any = None  # the MLflow writer beside the test loop (mlflow/writer.MlflowWriter)
@@ -160,7 +163,8 @@ class PromptoptSession:
                 if model is not None:
                     self._hook_made.add(spec.key)
                 else:
-                    effective = with_tracking_server(spec, self.registry.tracking_uri)
+                    effective = with_local_runtime(spec, self.settings.local_runtime)
+                    effective = with_tracking_server(effective, self.registry.tracking_uri)
                     model = create_model(with_timeout(effective, self.execution.timeout_s))
                 if isinstance(model, LiteLLMModel):
                     model = self._throttled(model)
@@ -205,9 +209,16 @@ class PromptoptSession:
             self._models[spec.key] = model
         return spec
 
+    def prepare_case(self, case: Case) -> Case:
+        """`case` ready to run: a chained case rendered with the outputs of the cases before it."""
+        return self.chains.prepare(case)
+
     def run_case(self, case: Case, nodeid: str, upcoming: Iterable[tuple[Case, str]] = ()) -> CaseResult:
-        """`case`'s result; `upcoming` are the cases this process runs next, started ahead."""
-        return self.runner.result(case, nodeid, upcoming)
+        """`case`'s result (a chained case: prepared first); `upcoming` are the cases this process
+        runs next, started ahead."""
+        result = self.runner.result(case, nodeid, upcoming)
+        self.chains.record(case, result)
+        return result
 
     def run_on_spark(self, cases: list[tuple[Case, str]]) -> None:
         """Evaluate `cases` as one Spark job; each item then finds its result in the runner."""
@@ -261,13 +272,21 @@ class PromptoptSession:
         from .execute import error_result
 
         path, _, name = nodeid.partition("::")
+        name = name.removeprefix(f"{SEQUENCE}::")  # a chained suite's cases sit in its sequence node
         file = self.settings.rootdir / path
         if is_suite_file(file):
             from .suite.loader import load_suite
 
             try:
                 loaded = load_suite(
-                    file, path, self.settings.model, self.registry.resolve, repeats=self.settings.repeats
+                    file,
+                    path,
+                    self.settings.model,
+                    self.registry.resolve,
+                    repeats=self.settings.repeats,
+                    limits=self.settings.suite_limits,
+                    script_timeout_s=self.settings.script_timeout_s,
+                    sandbox=self.sandbox,
                 )
             except Exception:  # the suite is gone or broken: its collection error says so
                 return False

@@ -14,13 +14,13 @@ import pytest
 from .baseline import BaselineRef, Regression
 from .cache import CacheMode
 from .mlflow.client import MlflowSettings
-from .models.specs import BUNDLED, ModelSpec, parse_model_spec
+from .models.specs import BUNDLED, ModelSpec, local_runtime_choice, parse_model_spec
 from .options import DEFAULT_BASELINE, OPTIONS, Option
 from .repair.config import OPTIMIZERS, Given, RepairSettings
 from .runners.limits import DEFAULT_CONCURRENCY, DEFAULT_RETRIES, RateLimit, parse_rate_limits
 from .runners.spark_session import SparkSettings
 from .sandbox import DEFAULT_SCRIPT_TIMEOUT_S
-from .suite.model import Repeats
+from .suite.model import MAX_REPEAT, Repeats, SuiteLimits
 
 __all__ = ["MlflowSettings", "Settings", "SparkSettings"]
 
@@ -57,6 +57,9 @@ class Settings:
     repair: RepairSettings | None = None  # --promptopt-repair
     judge_model: ModelSpec | None = None  # --promptopt-judge-model; None: the run's default model
     repeats: Repeats = Repeats()  # --promptopt-repeat
+    local_runtime: str | None = None  # --promptopt-local-runtime; None: $PROMPTOPT_LOCAL_RUNTIME, else auto
+    # --promptopt-max-cases, --promptopt-max-alias-nodes, --promptopt-allow-outside-files
+    suite_limits: SuiteLimits = SuiteLimits()
     script_timeout_s: float = DEFAULT_SCRIPT_TIMEOUT_S  # --promptopt-script-timeout: one call of user code
 
     @property
@@ -144,9 +147,16 @@ class Settings:
             mlflow=mlflow,
             **_baselines(config, rootdir, parsed, mlflow),
             scale=_scale(parsed),
-            repeats=Repeats(parsed("--promptopt-repeat", _positive), config.getoption("promptopt_repeat") is not None),
+            repeats=Repeats(parsed("--promptopt-repeat", _repeat), config.getoption("promptopt_repeat") is not None),
+            suite_limits=SuiteLimits(
+                max_alias_nodes=parsed("--promptopt-max-alias-nodes", _positive),
+                max_cases=parsed("--promptopt-max-cases", _positive),
+                root=rootdir,
+                allow_outside_files=parsed("--promptopt-allow-outside-files", _boolean),
+            ),
             repair=_repair(config, parsed),
             judge_model=parsed("--promptopt-judge-model", _judge_model),
+            local_runtime=parsed("--promptopt-local-runtime", local_runtime_choice),
             script_timeout_s=parsed("--promptopt-script-timeout", timeout),
             **_report_settings(config, rootdir, parsed),
         )
@@ -364,6 +374,13 @@ def _positive(raw: Any) -> int:
     return number
 
 
+def _repeat(raw: Any) -> int:
+    number = _positive(raw)
+    if number > MAX_REPEAT:
+        raise ValueError(f"at most {MAX_REPEAT} samples per case, got {raw!r}")
+    return number
+
+
 def _boolean(raw: Any) -> bool:
     if raw is None or isinstance(raw, bool):
         return bool(raw)
@@ -373,6 +390,25 @@ def _boolean(raw: Any) -> bool:
     if text in ("0", "false", "no", "off", ""):
         return False
     raise ValueError(f"expected true or false, got {raw!r}")
+
+
+def _traces(config: Any, parsed: Callable[[str, Callable[[Any], Any]], Any]) -> bool | None:
+    """Case traces: True (--promptopt-mlflow-traces), False (--promptopt-no-mlflow-traces) or None,
+    auto (traces for runs of up to mlflow.runs.TRACES_AUTO_LIMIT cases)."""
+    if config.getoption("promptopt_no_mlflow_traces"):
+        if config.getoption("promptopt_mlflow_traces"):
+            raise pytest.UsageError("--promptopt-mlflow-traces and --promptopt-no-mlflow-traces contradict each other")
+        return False
+
+    def tri_state(raw: Any) -> bool | None:
+        if raw is None or str(raw).strip().lower() == "auto":
+            return None
+        try:
+            return _boolean(raw)
+        except ValueError:
+            raise ValueError(f"expected auto, true or false, got {raw!r}") from None
+
+    return parsed("--promptopt-mlflow-traces", tri_state)
 
 
 # A scheme (`sqlite:`, `http:`, `databricks:`...) or one of MLflow's bare names for Databricks.
@@ -423,6 +459,6 @@ def _mlflow_settings(
         parsed("--promptopt-experiment", experiment),
         pending_dir,
         local_store,
-        traces=parsed("--promptopt-mlflow-traces", _boolean),
+        traces=_traces(config, parsed),
         prompt_prefix=parsed("--promptopt-prompt-prefix", prompt_prefix),
     )

@@ -4,6 +4,7 @@ verdicts) and `RunSummary`, which the controller builds once and every reporter 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 from .baseline import BaselineComparison, CaseOutcome, outcome_from_result
 from .case_stats import CaseStats, DatasetPart
 from .gates import PASS_K, PASS_RATE, GateResult, decide
+from .mathexpr import derived_values
 from .records import CaseResult
 from .suite.model import SuiteInfo
 
@@ -88,7 +90,15 @@ class SuiteSummary:
         return all(g.passed for g in self.gates)
 
     def metric_means(self) -> dict[str, float]:
-        return self.stats.metric_means()
+        """Each named metric's mean over the cases that report it, and the suite's derived
+        metrics (promptfoo's `derivedMetrics`: expressions over the metrics' sums and `__count`,
+        the cases run, errors included)."""
+        means = self.stats.metric_means()
+        if self.info.derived_metrics:
+            stats = self.stats
+            sums = {name: math.fsum(parts) for name, parts in stats.metric_sums.items()}
+            means.update(derived_values(self.info.derived_metrics, sums, stats.cases))
+        return means
 
     def intervals(self) -> dict[str, tuple[float, float] | None]:
         """95% intervals: `pass_rate` and each metric mean, and `pass^k` with repeats or a gate on it.

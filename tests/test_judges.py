@@ -34,7 +34,7 @@ from pytest_promptopt.judging import Judges
 from pytest_promptopt.models.specs import ModelSpec
 from pytest_promptopt.prompt import Prompt
 from pytest_promptopt.suite.loader import load_suite
-from pytest_promptopt.suite.model import Case, SuiteError, SuiteInfo
+from pytest_promptopt.suite.model import Case, SuiteInfo
 
 
 class ScriptedJudge:
@@ -490,20 +490,23 @@ tests:
     )  # contains has no judge
 
 
-def test_suite_problems_with_judges_are_load_errors(tmp_path):
+def test_suite_problems_with_judges_are_errors_of_their_cases_found_at_load(tmp_path):
     suite = tmp_path / "bad.promptopt.yaml"
     suite.write_text(
         "prompts: ['x']\ntests:\n  - assert: [{type: llm-rubric, value: ok, provider: 'python:judge.py'}]\n"
     )
-    with pytest.raises(SuiteError, match=r"tests\[0\]\.assert\[0\].*provider 'python:judge.py' is not supported"):
-        load_suite(suite, "bad.promptopt.yaml", ModelSpec("echo"))
+    (case,) = load_suite(suite, "bad.promptopt.yaml", ModelSpec("echo")).cases
+    assert case.error.startswith("bad.promptopt.yaml:3: tests[0].assert[0]: ") and (
+        "provider 'python:judge.py' is not supported" in case.error
+    )
     suite.write_text("prompts: ['x']\ntests:\n  - assert: [{type: g-eval}]\n")
-    with pytest.raises(SuiteError, match="'g-eval' needs a 'value'"):
-        load_suite(suite, "bad.promptopt.yaml", ModelSpec("echo"))
+    (case,) = load_suite(suite, "bad.promptopt.yaml", ModelSpec("echo")).cases
+    assert case.error == "bad.promptopt.yaml:3: tests[0].assert[0]: 'g-eval' needs a 'value'"
     # promptfoo's CSV shorthand names model-graded types too
     from pytest_promptopt.suite.sources import assertion_from_string
 
-    assert assertion_from_string("llm-rubric: is polite") == {"type": "llm-rubric", "value": "is polite"}
+    # promptfoo keeps the text after `llm-rubric:` as it is (its leading space too)
+    assert assertion_from_string("llm-rubric: is polite") == {"type": "llm-rubric", "value": " is polite"}
     assert assertion_from_string("not-factuality: Paris")["type"] == "not-factuality"
 
 

@@ -11,6 +11,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -107,8 +108,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def child_label(run: Any) -> str:
+    """A child run's suite name, or `repair <suite> prompt <i>` for a repair's run (run names
+    also carry the branch, commit and time)."""
+    tags = run.data.tags
+    if tags.get("promptopt.kind") == "repair":
+        return f"repair {tags['promptopt.repair.suite']} prompt {run.data.params['prompt_index']}"
+    return tags["promptopt.suite"]
+
+
 def run_tree(uri: str, experiment: str) -> tuple[Any, Any, dict[str, Any]]:
-    """The client, the one session (parent) run, and its child runs by suite name."""
+    """The client, the one session (parent) run, and its child runs by suite name (`child_label`)."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
@@ -118,7 +128,7 @@ def run_tree(uri: str, experiment: str) -> tuple[Any, Any, dict[str, Any]]:
     parents = [r for r in runs if r.data.tags.get("promptopt.session") == "true"]
     assert len(parents) == 1, [r.info.run_name for r in runs]
     parent = parents[0]
-    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    children = {child_label(r): r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
     assert len(children) == len(runs) - 1  # nothing but the session and its suites
     assert parent.info.status == "FINISHED" and all(c.info.status == "FINISHED" for c in children.values())
     return client, parent, children
@@ -178,30 +188,59 @@ def test_run_tree_metrics_params_tags_and_tables_in_the_project_store(pytester, 
     assert tags["promptopt.gates_passed"] == "false" and tags["promptopt.exit_status"] == "1"
     assert "--promptopt" in tags["promptopt.pytest_args"].split() and tags["promptopt.plugin_version"]
     assert tags["promptopt.models"] == "echo, scripted" and tags["promptopt.ci"] in ("true", "false")
+    # Source and Version columns: the project at its commit; run names tell sessions apart.
+    label = f"main@{commit[:7]} " if commit else ""
+    assert tags["mlflow.source.type"] == "LOCAL"
+    assert tags["mlflow.source.name"] == pytester.path.name + (f"@{commit[:7]}" if commit else "")
     if commit:
         assert tags["mlflow.source.git.commit"] == commit and tags["mlflow.source.git.branch"] == "main"
-    assert parent.data.metrics == {
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(parent.info.start_time / 1000))
+    assert parent.info.run_name == f"pytest {label}{started}"
+    assert parent.data.metrics == {  # rounded for display; the JSON report keeps 5/7
         "suites": 3,
         "cases": 7,
         "passed": 5,
         "failed": 2,
         "errors": 0,
-        "pass_rate": 5 / 7,
+        "pass_rate": 0.7143,
         "gates_failed": 1,
     }
-    assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["promptopt-report.json"]
+    # A short description; the per-suite table is an artifact.
+    note = tags["mlflow.note.content"].splitlines()
+    assert note[0] == "**GATES FAILED**: 3 suites, 7 cases, pass rate 71.4% (5 passed, 2 failed, 0 errors)"
+    assert "- capitals: pass_rate 0.667, needs 0.9" in note and max(len(line) for line in note) < 100
+    assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["promptopt-report.json", "summary.md"]
+    summary = Path(client.download_artifacts(parent.info.run_id, "summary.md", str(pytester.path / "dl"))).read_text()
+    assert "| capitals | echo | 3 | 2 | 1 | 0 | 66.7% | pass_rate 0.667 >= 0.9: **FAILED** |" in summary
+
+    # Each suite run: an evaluation run with its own start and end inside the session's, its
+    # cases as the dataset input, named after the suite, the commit and its start.
+    for name, child in children.items():
+        assert (
+            child.data.tags["mlflow.runType"] == "genai_evaluate" and child.data.tags["mlflow.source.type"] == "LOCAL"
+        )
+        assert parent.info.start_time <= child.info.start_time <= child.info.end_time <= parent.info.end_time
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(child.info.start_time / 1000))
+        assert child.info.run_name == f"{name} {label}{started}"
+        [dataset] = child.inputs.dataset_inputs
+        assert (dataset.dataset.name, json.loads(dataset.dataset.profile)) == (name, {"num_rows": CASES[name]})
+        assert [(t.key, t.value) for t in dataset.tags] == [("mlflow.data.context", "eval")]
+    assert children["capitals"].inputs.dataset_inputs[0].dataset.source == '{"uri": "qa.promptopt.yaml"}'
+    assert children["capitals"].data.tags["mlflow.note.content"] == (
+        "pass rate 66.7% (2 passed, 1 failed, 0 errors); pass_rate 0.667 >= 0.9: FAILED"
+    )
 
     qa = children["capitals"]
     assert qa.data.metrics == pytest.approx(
         {
-            "pass_rate": 2 / 3,
+            "pass_rate": 0.6667,
             "mean_score": qa.data.metrics["mean_score"],
             "cases": 3,
             "passed": 2,
             "failed": 1,
             "errors": 0,
             "metric.mentions": 0.5,
-            "gate.pass_rate": 2 / 3,
+            "gate.pass_rate": 0.6667,
             "calls": 3,
             "cache_hits": 0,
             "latency_p50_ms": 0,
@@ -313,7 +352,7 @@ def test_a_remote_tracking_server_from_the_environment_under_xdist(pytester, run
             f"MLflow: {mlflow_server}, experiment 'ci-server', run {parent.info.run_id} ({mlflow_server}/#/experiments/*/runs/{parent.info.run_id})"
         ]
     )
-    assert children["capitals"].data.metrics["pass_rate"] == pytest.approx(2 / 3)
+    assert children["capitals"].data.metrics["pass_rate"] == pytest.approx(2 / 3, abs=1e-4)
     assert children["capitals"].data.params["suite_file"] == "qa.promptopt.yaml"
     assert_tables(client, children, CASES)
     assert not (pytester.path / "mlflow.db").exists() and not (pytester.path / ".promptopt" / "pending").exists()
@@ -470,15 +509,15 @@ def test_redact_text_masks_secret_keys_in_yaml_and_json():
     )
 
 
-def test_the_session_runs_note_gives_each_suites_pass_rate_and_gate_verdict():
+def test_the_session_runs_description_is_short_and_its_table_an_artifact():
     from pytest_promptopt.gates import Gate
-    from pytest_promptopt.mlflow.layout import NOTE_SUITES, REPORT_FILE, parent_note
+    from pytest_promptopt.mlflow.layout import NOTE_LINES, parent_note, suite_summary_table
     from pytest_promptopt.records import CaseResult
     from pytest_promptopt.suite.model import SuiteInfo
     from pytest_promptopt.summary import summarize
 
     gated = SuiteInfo(id="qa.yaml", name="qa", file="qa.yaml", gates=(Gate("pass_rate", 0.9),))
-    plain = SuiteInfo(id="py", name="py-suite", file="test_py.py", kind="python")
+    plain = SuiteInfo(id="py", name="py|suite", file="test_py.py", kind="python")
     run = summarize(
         [
             (gated, CaseResult("a", "a", passed=True)),
@@ -487,18 +526,32 @@ def test_the_session_runs_note_gives_each_suites_pass_rate_and_gate_verdict():
             (plain, CaseResult("d", "d", passed=True)),
         ]
     )
-    lines = parent_note(run).splitlines()
-    assert lines[:2] == ["```", "GATES FAILED"] and lines[-1] == "```" and len(lines) == 5
-    assert sorted(lines[2:4]) == [
-        "py-suite: pass rate 100.0% (1 passed, 0 failed, 0 errors)",
-        "qa: pass rate 50.0% (1 passed, 1 failed, 1 errors); pass_rate 0.500 >= 0.9: FAILED",
+    assert parent_note(run).splitlines() == [
+        "**GATES FAILED**: 2 suites, 4 cases, pass rate 66.7% (2 passed, 1 failed, 1 errors)",
+        "",
+        "- qa: pass_rate 0.500, needs 0.9",
+        "",
+        "Per-suite table: `summary.md`; every case: `promptopt-report.json` (artifacts)",
     ]
+    assert suite_summary_table(run).splitlines()[2:] == [
+        "| suite | model | cases | passed | failed | errors | pass rate | gates |",
+        "|---|---|---|---|---|---|---|---|",
+        "| py\\|suite |  | 1 | 1 | 0 | 0 | 100.0% | none |",
+        "| qa |  | 3 | 1 | 1 | 1 | 50.0% | pass_rate 0.500 >= 0.9: **FAILED** |",
+    ]
+    # Many failed gates: the description lists a few; the table has every suite.
     many = summarize(
-        [(SuiteInfo(id=f"s{i}", name=f"s{i}", file="f"), CaseResult("a", "a", passed=True)) for i in range(25)]
+        [
+            (SuiteInfo(id=f"s{i}", name=f"s{i}", file="f", gates=(Gate("pass_rate", 1.0),)), CaseResult("a", "a"))
+            for i in range(25)
+        ]
     )
     lines = parent_note(many).splitlines()
-    assert lines[1] == "gates passed" and len(lines) == NOTE_SUITES + 4
-    assert lines[-2] == f"... {25 - NOTE_SUITES} more suites: see {REPORT_FILE}"
+    assert lines[0].startswith("**GATES FAILED**: 25 suites") and len(lines) == 4 + NOTE_LINES + 1
+    assert (
+        lines[-3] == f"- ... {25 - NOTE_LINES} more"
+        and len(re.findall(r"\n\| s\d+ \|", suite_summary_table(many))) == 25
+    )
 
 
 def test_the_html_report_is_an_artifact_of_the_session_run(pytester, run_pytest, migrated_store):
@@ -511,6 +564,7 @@ def test_the_html_report_is_an_artifact_of_the_session_run(pytester, run_pytest,
     assert sorted(a.path for a in client.list_artifacts(parent.info.run_id)) == [
         "promptopt-report.json",
         "promptopt.html",
+        "summary.md",
     ]
     logged = Path(client.download_artifacts(parent.info.run_id, "promptopt.html", str(pytester.path / "downloaded")))
     assert logged.read_bytes() == (pytester.path / "out" / "promptopt.html").read_bytes()

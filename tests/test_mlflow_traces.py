@@ -1,4 +1,7 @@
-"""`--promptopt-mlflow-traces`: every case as an MLflow trace, against a real SQLite store.
+"""Every case as an MLflow trace (on by default up to 500 cases), shaped for MLflow's evaluation
+views, against a real SQLite store: vars as inputs, the plain answer as output, the checks'
+expected values and verdicts as assessments named per suite, rationales escaped for the UI's
+Markdown, the linked prompt version, and request previews that pair a case across runs.
 
 Uses tests/test_mlflow.py's migrated store template and offline setup (its fixtures are imported).
 """
@@ -47,14 +50,24 @@ def traces_by_run(client, experiment_id: str, run_id: str) -> list:
     return list(client.search_traces(locations=[experiment_id], run_id=run_id, max_results=100))
 
 
+REGEX_SUITE = r"""
+description: light/dark
+providers: [echo]
+prompts: ["Antonym of {{word}}?", '[{"role": "system", "content": "One word."}, {"role": "user", "content": "Antonym of {{word}}?"}]']
+tests:
+  - vars: {word: dark}
+    assert: [{type: regex, value: '(?i)^\W*light\W*$'}]
+"""
+
+
 @pytest.mark.parametrize("mode", ["plain", "xdist-ini"])
-def test_every_case_is_a_trace_of_its_suite_run_with_feedback_and_tags(
+def test_every_case_is_a_trace_of_its_suite_run_shaped_for_the_evaluation_views(
     pytester, run_pytest, migrated_store, monkeypatch, mode
 ):
     monkeypatch.setenv("PROMPTOPT_TEST_TOKEN", SECRET)
-    if mode == "plain":
+    if mode == "plain":  # traces are the default (a run of up to 500 cases)
         write_project(pytester, migrated_store)
-        args = ["--promptopt-mlflow-traces"]
+        args = []
     else:  # the ini twin, under xdist: the records travel to the controller, which writes the traces
         write_project(pytester, migrated_store, ini="promptopt_mlflow_traces = true")
         args = ["-n", "2"]
@@ -67,6 +80,8 @@ def test_every_case_is_a_trace_of_its_suite_run_with_feedback_and_tags(
     report = {
         s["name"]: {r["nodeid"]: r for r in s["results"]} for s in load_report(pytester.path / "r.json")["suites"]
     }
+    capitals_prompt = {"name": "capitals", "version": "1"}  # the suite's own prompt, registered
+    assert json.loads(children["capitals"].data.tags["mlflow.linkedPrompts"]) == [capitals_prompt]
 
     every = []
     for name, child in children.items():
@@ -76,64 +91,162 @@ def test_every_case_is_a_trace_of_its_suite_run_with_feedback_and_tags(
         every += traces
         for trace in traces:
             case = report[name][trace.info.tags["mlflow.test.name"]]
-            assert trace.info.trace_metadata["mlflow.sourceRun"] == child.info.run_id
-            assert (
-                trace.info.tags["promptopt.suite"] == name and trace.info.tags["promptopt.case_id"] == case["case_id"]
-            )
-            assert trace.info.tags["mlflow.traceName"] == case["name"]
-            span = trace.data.spans[0]
-            assert span.inputs == {"prompt": case["prompt"], "vars": case["vars"]}
+            info, span = trace.info, trace.data.spans[0]
+            assert info.trace_metadata["mlflow.sourceRun"] == child.info.run_id
+            assert info.tags["promptopt.suite"] == name and info.tags["promptopt.case_id"] == case["case_id"]
+            assert info.tags["mlflow.traceName"] == case["name"]
+            # inputs: the case's vars (the pairing key of "compare to"); the prompt as an attribute
+            assert span.inputs == case["vars"] and info.request_preview == json.dumps(case["vars"])
+            assert span.attributes["promptopt.prompt"] == case["prompt"].replace(SECRET, "***")
             assert span.attributes["promptopt.model"] == case["model"]
             assert span.attributes["promptopt.latency_ms"] == case["latency_ms"]
+            assert info.request_time == int(case["started_at"] * 1000)
             assert (
                 span.attributes["promptopt.cache_hit"] is False and span.attributes["promptopt.calls"] == case["calls"]
             )
-            feedback = {a.name: a for a in trace.info.assessments}
+            feedback = {a.name: a for a in info.assessments if a.feedback is not None}
+            expected = [a for a in info.assessments if a.expectation is not None]
+            verdict = feedback[f"{name}/case/passed"]
+            assert verdict.metadata["mlflow.assessment.sourceRunId"] == child.info.run_id
+            assert verdict.span_id == span.span_id and verdict.source.source_type == "CODE"
+            if name == "capitals":
+                assert json.loads(info.tags["mlflow.linkedPrompts"]) == [capitals_prompt]
+            else:
+                assert "mlflow.linkedPrompts" not in info.tags  # a Python test without registry prompts
             if case["error"]:
-                assert trace.info.state.value == "ERROR" and span.status.status_code.value == "ERROR"
-                assert span.outputs == {"error": case["error"]} and "connection refused" in case["error"]
-                assert (
-                    feedback["passed"].value is None and "connection refused" in feedback["passed"].error.error_message
-                )
+                assert info.state.value == "ERROR" and span.status.status_code.value == "ERROR"
+                assert span.outputs is None and "connection refused" in case["error"]
+                assert verdict.value is None and "connection refused" in verdict.error.error_message
                 continue
-            assert trace.info.state.value == "OK" and span.outputs == {"output": case["output"]}
-            assert feedback["passed"].value is case["passed"] and feedback["passed"].rationale == (
-                case["reason"] or None
-            )
+            # output: the plain answer
+            assert info.state.value == "OK" and span.outputs == case["output"].replace(SECRET, "***")
+            assert info.response_preview == json.dumps(case["output"].replace(SECRET, "***"))
+            assert verdict.value is case["passed"] and verdict.rationale == (case["reason"] or None)
             assert len(feedback) == 1 + len(case["assertions"])
             for check in case["assertions"]:
-                got = feedback[check["metric"] or check["type"]]
+                got = feedback[f"{name}/check/{check['metric'] or check['type']}"]
                 assert got.value == check["score"] and got.rationale == check["reason"]
-                assert (
-                    got.source.source_id == "pytest-promptopt"
-                    and got.metadata["mlflow.assessment.sourceRunId"] == child.info.run_id
-                )
+                assert got.source.source_id == "pytest-promptopt"
                 assert got.metadata["promptopt.passed"] == str(check["passed"]).lower()
+            # the checks' expected values: one Expectation (one column in MLflow's tables)
+            [expectation] = expected
+            assert expectation.name == "expected" and expectation.source.source_type == "HUMAN"
+            assert expectation.value == {c["metric"] or c["type"]: c["value"] for c in case["assertions"]}
 
     assert len(every) == sum(CASES.values())
-    wrong = next(
-        t
-        for t in every
-        if t.info.tags["promptopt.case_id"].startswith("wrong") or t.info.tags["mlflow.traceName"].startswith("wrong")
-    )
-    assert {a.name: a.value for a in wrong.info.assessments} == {"passed": False, "mentions": 0.0}
+    # every request preview is unique in a run (a duplicate would never be paired)
+    for name in CASES:
+        previews = [t.info.request_preview for t in every if t.info.tags["promptopt.suite"] == name]
+        assert len(set(previews)) == len(previews)
+    wrong = next(t for t in every if t.info.tags["mlflow.traceName"].startswith("wrong"))
+    assert {a.name: a.value for a in wrong.info.assessments} == {
+        "capitals/case/passed": False,
+        "capitals/check/mentions": 0.0,
+        "expected": {"mentions": "Rome"},
+    }
     py = {t.info.tags["mlflow.test.case_id"]: t for t in every if t.info.tags["promptopt.suite"] == "py-capitals"}
     assert sorted(py) == ["down", "up"] and py["down"].info.state.value == "ERROR"
     assert py["up"].info.tags["mlflow.test.name"] == "test_py.py::test_capital[up]"
+    assert py["up"].data.spans[0].inputs == {"where": "up"}
     # Secrets: the token in the prompt and the output is masked in the trace, everywhere.
     stored = json.dumps([t.to_dict() for t in every], default=str)
     assert SECRET not in stored and "key ***" in stored
     assert SECRET not in (pytester.path / "mlflow.db").read_bytes().decode("latin-1")
 
 
-def test_no_traces_without_the_option(pytester, run_pytest, migrated_store, monkeypatch):
+def test_rationales_are_escaped_for_markdown_and_equal_vars_stay_apart(pytester, run_pytest, migrated_store):
+    pytester.makefile(".promptopt.yaml", regex=REGEX_SUITE)
+    shutil.copy(migrated_store, pytester.path / "mlflow.db")
+    result = run_pytest("--promptopt", "--promptopt-report", "r.json", mlflow=True)
+    assert result.ret == 1 and "warning" not in result.stdout.str().lower()
+    client, parent, children = run_tree(sqlite_uri(pytester.path / "mlflow.db"), pytester.path.name)
+    traces = traces_by_run(client, parent.info.experiment_id, children["light/dark"].info.run_id)
+    # Two prompts, the same vars: the prompt's index tells the cases apart (the same in every run).
+    assert sorted(t.info.request_preview for t in traces) == [
+        '{"_prompt": 0, "word": "dark"}',
+        '{"_prompt": 1, "word": "dark"}',
+    ]
+    by_prompt = {json.loads(t.info.request_preview)["_prompt"]: t for t in traces}
+    # The chat prompt's messages are an attribute; each trace links its own prompt's version.
+    chat = by_prompt[1].data.spans[0].attributes
+    assert chat["promptopt.messages"] == [
+        {"role": "system", "content": "One word."},
+        {"role": "user", "content": "Antonym of dark?"},
+    ]
+    assert json.loads(by_prompt[1].info.tags["mlflow.linkedPrompts"]) == [{"name": "light-dark-p1", "version": "1"}]
+    assert json.loads(by_prompt[0].info.tags["mlflow.linkedPrompts"]) == [{"name": "light-dark-p0", "version": "1"}]
+    # The UI renders rationales as Markdown: escaped, the regex shows as written; the plain text
+    # stays in the metadata. A suite name with `/` is `-` in assessment names (MLflow splits on `/`).
+    regex = next(a for a in by_prompt[0].info.assessments if a.name == "light-dark/check/regex")
+    assert regex.rationale == r'Expected output to match regex "(?i)^\\W\*light\\W\*$"'
+    assert regex.metadata["promptopt.reason"] == r'Expected output to match regex "(?i)^\W*light\W*$"'
+
+
+def test_markdown_text_escapes_what_markdown_would_read():
+    from pytest_promptopt.mlflow.trace_entities import markdown_text
+
+    assert markdown_text("plain words, 3.5 and (a) - b") == "plain words, 3.5 and (a) - b"
+    assert markdown_text("*a* _b_ `c` [d](e) <i> #f |g| ~h~ &amp; \\") == (
+        "\\*a\\* \\_b\\_ \\`c\\` \\[d\\](e) \\<i\\> \\#f \\|g\\| \\~h\\~ \\&amp; \\\\"
+    )
+    assert markdown_text("- one\n2. two\n  + three\n===") == "\\- one  \n2\\. two  \n  \\+ three  \n\\==="
+
+
+def test_case_inputs_are_the_vars_made_unique_by_prompt_model_then_case():
+    from pytest_promptopt.mlflow.trace_build import case_inputs
+    from pytest_promptopt.records import CaseResult
+
+    results = [
+        CaseResult("a", "a[0]", vars={"w": 1}, prompt_index=0, model="m1"),
+        CaseResult("b", "b[1]", vars={"w": 1}, prompt_index=1, model="m1"),
+        CaseResult("c", "c[2]", vars={"w": 2}, prompt_index=0, model="m1"),
+        CaseResult("d", "d[3]", vars={"w": 2}, prompt_index=0, model="m2"),
+        CaseResult("e", "e[4]", vars={"w": 3}, prompt_index=0, model="m1"),
+        CaseResult("f", "f[5]", vars={"w": 3}, prompt_index=0, model="m1"),
+        CaseResult("g", "g[6]", vars={"w": 4}, prompt_index=0, model="m1"),
+    ]
+    assert case_inputs(results) == [
+        {"_prompt": 0, "w": 1},
+        {"_prompt": 1, "w": 1},
+        {"_model": "m1", "w": 2},
+        {"_model": "m2", "w": 2},
+        {"_case": "e[4]", "w": 3},
+        {"_case": "f[5]", "w": 3},
+        {"w": 4},
+    ]
+
+
+def test_no_traces_when_turned_off_and_auto_skips_large_runs(
+    pytester, run_pytest, migrated_store, monkeypatch, tmp_path
+):
     monkeypatch.setenv("PROMPTOPT_TEST_TOKEN", SECRET)
     write_project(pytester, migrated_store)
-    result = run_pytest("--promptopt", mlflow=True)
+    result = run_pytest("--promptopt", "--promptopt-no-mlflow-traces", mlflow=True)
     assert result.ret == 1
     client, parent, children = run_tree(sqlite_uri(pytester.path / "mlflow.db"), pytester.path.name)
     assert len(children) == 2
     assert len(client.search_traces(locations=[parent.info.experiment_id], max_results=10)) == 0
+    both = run_pytest("--promptopt", "--promptopt-no-mlflow-traces", "--promptopt-mlflow-traces", mlflow=True)
+    assert both.ret == 4
+    both.stderr.fnmatch_lines(["*--promptopt-mlflow-traces and --promptopt-no-mlflow-traces contradict each other*"])
+
+    # auto: a run over the limit gets runs and no traces, and the line says why.
+    from pytest_promptopt.mlflow.layout import SessionMeta
+    from pytest_promptopt.mlflow.runs import TRACES_AUTO_LIMIT, log_run
+    from pytest_promptopt.records import CaseResult
+    from pytest_promptopt.suite.model import SuiteInfo
+    from pytest_promptopt.summary import summarize
+
+    shutil.copy(migrated_store, tmp_path / "big.db")
+    info = SuiteInfo("big", "big", "big.promptopt.yaml")
+    run = summarize([(info, CaseResult(f"t{i}", f"c{i}", vars={"i": i}, output="x", passed=True)) for i in range(501)])
+    uri = sqlite_uri(tmp_path / "big.db")
+    logged = log_run(run, SessionMeta(0, 1), uri, "big", artifact_location=(tmp_path / "a").as_uri(), traces=None)
+    assert TRACES_AUTO_LIMIT == 500 and logged.problems == []
+    assert logged.describe().endswith(
+        "; no case traces for 501 cases (over 500; --promptopt-mlflow-traces writes them)"
+    )
+    assert len(client.search_traces(locations=[logged.experiment_id], max_results=10)) == 0
 
 
 def test_a_trace_that_cannot_be_written_is_a_warning_and_the_count_check_sees_it(tmp_path, migrated_store, monkeypatch):

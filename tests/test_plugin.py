@@ -288,20 +288,41 @@ def test_collection_error_for_bad_suite_names_file_line_and_path(pytester, run_p
             providers: [echo]
             tests:
               - vars: {q: hi}
-                assert:
-                  - type: contans
-                    value: hi
+            providers: [echo]
             """
         ),
     )
     result = run_pytest("--promptopt", *mode)
     assert result.ret == (1 if "-n" in mode else 2)  # xdist reports collection errors as errors
     out = result.stdout.str()
-    assert (
-        "qa.promptopt.yaml:6: tests[0].assert[0].type: unknown assertion type 'contans'; did you mean 'contains'?"
-        in out
-    )
+    assert "qa.promptopt.yaml:5: providers: duplicate key 'providers' (first at line 2, again at line 5)" in out
     assert "Traceback" not in out
+
+
+def test_a_malformed_check_errors_its_case_and_the_others_run(pytester, run_pytest, mode):
+    pytester.makefile(
+        ".promptopt.yaml",
+        qa=textwrap.dedent(
+            """
+            prompts: ["{{q}}"]
+            providers: [echo]
+            tests:
+              - vars: {q: hi}
+                assert:
+                  - type: contans
+                    value: hi
+              - vars: {q: ok}
+                assert: [{type: contains, value: ok}]
+            """
+        ),
+    )
+    result = run_pytest("--promptopt", "--promptopt-report", "r.json", *mode)
+    result.assert_outcomes(passed=1, errors=1)
+    out = result.stdout.str()
+    assert "qa.promptopt.yaml:6: tests[0].assert[0]: unknown assertion type 'contans'; did you mean 'contains'?" in out
+    assert "Traceback" not in out
+    bad = next(r for r in load_report(pytester.path / "r.json")["suites"][0]["results"] if r["error"])
+    assert (bad["output"], bad["calls"]) == (None, 0)  # reported without a model call
 
 
 def test_junit_xml_does_not_carry_case_records(pytester, run_pytest, mode):
@@ -376,16 +397,16 @@ def test_malformed_python_check_is_an_error(pytester, run_pytest):
     pytester.makepyfile(
         test_bad="""
         import pytest
-        from pytest_promptopt import regex
+        from pytest_promptopt import word_count
 
         @pytest.mark.promptopt(model="echo")
         def test_it(prompt_model, prompt_check):
-            prompt_check(prompt_model("hi"), regex("(unclosed"))
+            prompt_check(prompt_model("hi"), word_count(min=5, max=2))
         """
     )
     result = run_pytest("--promptopt", "--promptopt-report", "r.json")
     result.assert_outcomes(errors=1)
-    assert "invalid regular expression" in load_report(pytester.path / "r.json")["suites"][0]["results"][0]["error"]
+    assert "is greater than max" in load_report(pytester.path / "r.json")["suites"][0]["results"][0]["error"]
 
 
 def test_validate_command(pytester):

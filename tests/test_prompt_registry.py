@@ -17,7 +17,7 @@ import pytest
 from conftest import load_report
 from test_mlflow import free_port, migrated_store, offline_mlflow, run_tree, sqlite_uri  # noqa: F401  (fixtures)
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = pytest.mark.timeout(480)  # several pytest sessions per test, each logging to MLflow with traces
 
 FROM_REGISTRY = """
 description: greeter
@@ -143,7 +143,7 @@ def test_a_suites_own_prompt_gets_a_new_version_only_when_its_text_changes(pytes
         runs = client.search_runs(
             [client.get_experiment_by_name(pytester.path.name).experiment_id], order_by=["attributes.start_time DESC"]
         )
-        return linked(next(r for r in runs if r.info.run_name == "Capital Cities!"))
+        return linked(next(r for r in runs if r.data.tags.get("promptopt.suite") == "Capital Cities!"))
 
     # The name is the suite name as a slug, plus -p<index> when a suite has several prompts.
     assert run_and_link("Capital of {{name}}?") == [
@@ -162,6 +162,52 @@ def test_a_suites_own_prompt_gets_a_new_version_only_when_its_text_changes(pytes
     latest = client.get_prompt_version_by_alias("capital-cities-p0", "latest")
     assert (latest.version, latest.template) == (2, "The capital of {{name}}?")
     assert latest.commit_message == "pytest-promptopt: cities.promptopt.yaml prompts[0]"
+
+
+CHAT_SUITE = """
+description: antonyms
+providers:
+  - id: echo
+    config: {max_tokens: 16, temperature: 0, stop: ["\\n"]}
+prompts:
+  - '[{"role": "system", "content": "Answer with one word."}, {"role": "user", "content": "Antonym of {{word}}?"}]'
+tests: [{vars: {word: hot}}]
+"""
+
+
+@pytest.mark.parametrize("mode", [[], ["-n", "2"]], ids=["plain", "xdist"])
+def test_suite_prompts_are_chat_prompts_with_their_model_config_linked_to_the_runs_experiment(
+    pytester, run_pytest, migrated_store, mode
+):  # noqa: F811
+    shutil.copy(migrated_store, pytester.path / "mlflow.db")
+    uri = sqlite_uri(pytester.path / "mlflow.db")
+    pytester.makefile(".promptopt.yaml", antonyms=CHAT_SUITE)
+    for experiment in ("first", "second"):
+        result = run_pytest("--promptopt", "--promptopt-experiment", experiment, *mode, mlflow=True)
+        assert result.ret == 0 and "warning" not in result.stdout.str().lower(), result.stdout.str()
+    client = client_for(uri)
+    first, second = (client.get_experiment_by_name(n).experiment_id for n in ("first", "second"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # Each experiment's Prompts page lists it (MLflow's own query); "Default" lists nothing.
+        for experiment_id in (first, second):
+            found = client.search_prompts(filter_string=f'experiment_id = "{experiment_id}"')
+            assert [p.name for p in found] == ["antonyms"]
+        assert list(client.search_prompts(filter_string='experiment_id = "0"')) == []
+        assert client.get_prompt("antonyms").tags == {"_mlflow_experiment_ids": f",{first},{second},"}
+        # A chat prompt: format() gives messages; the version carries the model config it ran with.
+        version = client.get_prompt_version("antonyms", 1)
+        assert version.format(word="hot") == [
+            {"role": "system", "content": "Answer with one word."},
+            {"role": "user", "content": "Antonym of hot?"},
+        ]
+        assert version.model_config == {
+            "model_name": "echo",
+            "max_tokens": 16,
+            "temperature": 0.0,
+            "stop_sequences": ["\n"],
+        }
+        assert version.tags == {} and [v.version for v in client.search_prompt_versions("antonyms")] == [1]
 
 
 def test_prompt_prefix_names_the_registered_prompts(pytester, run_pytest, migrated_store):  # noqa: F811

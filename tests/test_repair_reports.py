@@ -320,14 +320,50 @@ def test_mlflow_child_run_and_candidate_prompt_version(project, run_pytest, migr
     folder = project.path / "downloaded"
     proposal = Path(client.download_artifacts(child.info.run_id, "repair/proposal.json", str(folder))).read_text()
     assert proposal == (project.path / "antonyms.repaired.json").read_text().rstrip("\n")
-    diff = Path(client.download_artifacts(child.info.run_id, "repair/proposal.diff", str(folder))).read_text()
+    # The diff as a `.txt` artifact: MLflow's artifact view previews it (it does not know `.diff`).
+    diff = Path(client.download_artifacts(child.info.run_id, "repair/proposal.diff.txt", str(folder))).read_text()
     assert diff == (project.path / "antonyms.repaired.diff").read_text()
+    assert child.data.tags["mlflow.runType"] == "genai_evaluate"
+    assert parent.info.start_time <= child.info.start_time <= child.info.end_time <= parent.info.end_time
+
+    # The proposal scored case by case: one trace per case, under the suite's trace inputs (so
+    # "compare to" pairs it with the suite's run), the part it belongs to, both verdicts.
+    experiment = parent.info.experiment_id
+    traces = client.search_traces(locations=[experiment], run_id=child.info.run_id, max_results=50)
+    suite_traces = client.search_traces(locations=[experiment], run_id=children["antonyms"].info.run_id)
+    assert len(traces) == 10 and {t.info.request_preview for t in traces} == {
+        t.info.request_preview for t in suite_traces
+    }
+    report = json.loads(
+        Path(client.download_artifacts(parent.info.run_id, "promptopt-report.json", str(folder))).read_text()
+    )
+    [repair] = report["repairs"]
+    by_case = {c["case_id"]: c for c in repair["cases"]}
+    assert sorted(c["name"] for c in repair["cases"] if c["split"] == "held-out") == sorted(repair["heldout_cases"])
+    for trace in traces:
+        case = by_case[trace.info.tags["promptopt.case_id"]]
+        values = {a.name: a.value for a in trace.info.assessments}
+        assert values == {
+            "antonyms/repair/proposal": True,  # the scripted model answers with the bare word when shown demos
+            "antonyms/repair/original": False,
+            "split": case["split"],
+        }
+        assert (
+            trace.info.tags["promptopt.split"] == case["split"]
+            and trace.data.spans[0].outputs == ANTONYMS[case["vars"]["word"]]
+        )
+        assert json.loads(trace.info.tags["mlflow.linkedPrompts"]) == [{"name": "antonyms", "version": "2"}]
+        original = next(a for a in trace.info.assessments if a.name == "antonyms/repair/original")
+        assert original.rationale.startswith(f"original answer: The opposite of {case['vars']['word']} is")
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         candidate = client.get_prompt_version_by_alias("antonyms", "candidate")
-        assert (candidate.version, candidate.template) == (2, proposal)
+        assert (candidate.version, candidate.template) == (2, json.loads(proposal))  # a chat prompt (demos as turns)
         assert candidate.tags.get("promptopt.repair") == "proposal" and "labeled" in candidate.commit_message
+        assert candidate.model_config == {"model_name": "acme/task"}
+        # the tag is on the version it describes, not on the prompt
+        assert client.get_prompt("antonyms").tags == {"_mlflow_experiment_ids": f",{experiment},"}
         assert (
             client.get_prompt_version("antonyms", 1).template == f'Opposite of "{{{{word}}}}"? {XSS}'
         )  # the suite's own prompt
@@ -423,4 +459,4 @@ def test_a_pending_run_keeps_its_repairs_and_upload_registers_the_candidate(
     assert child.data.tags.get("promptopt.repair.registry_uri") == "prompts:/antonyms/2", sent.stderr
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert client.get_prompt_version_by_alias("antonyms", "candidate").template == repair["prompt"]
+        assert client.get_prompt_version_by_alias("antonyms", "candidate").template == json.loads(repair["prompt"])

@@ -348,17 +348,28 @@ def test_a_model_fault_in_a_repeat_stops_the_case(tmp_path: Path) -> None:
 
 def test_the_bundled_model_samples_each_repeat_with_its_own_seed() -> None:
     from pytest_promptopt.models.local import LocalModel
+    from pytest_promptopt.models.local_runtimes import Generated
+
+    seeds: list[Any] = []
+
+    class NoWeights:  # a runtime without weights: only the seeds are looked at
+        def render(self, messages: Any) -> str:
+            return "q"
+
+        def order_key(self, prompt: str) -> int:
+            return len(prompt)
+
+        def run(self, prompts: list[str], p: Any) -> tuple[list[Generated], float]:
+            seeds.append(p["seed"])
+            return [Generated("x", 1, 1) for _ in prompts], 0.0
 
     model = LocalModel({"temperature": 0.8, "seed": 7})
-    seeds: list[Any] = []
-    model._loaded = lambda: None  # type: ignore[method-assign]  # no weights: only the seeds are looked at
-    model._render = lambda loaded, request: request.prompt  # type: ignore[method-assign]
-    model._run = lambda loaded, prompts, p: seeds.append(p["seed"]) or [Response(text="x") for _ in prompts]  # type: ignore[method-assign]
+    model._loaded = lambda runtime: NoWeights()  # type: ignore[method-assign]
     model.generate_batch([Request("q", (), repeat=r) for r in range(3)])
     assert seeds == [7, 8, 9]
     seeds.clear()
     greedy = LocalModel()
-    greedy._loaded, greedy._render, greedy._run = model._loaded, model._render, model._run  # type: ignore[method-assign]
+    greedy._loaded = model._loaded  # type: ignore[method-assign]
     greedy.generate_batch([Request("q", (), repeat=r) for r in range(3)])
     assert seeds == [0]  # greedy decoding is one batch, its seed unused and unchanged
 

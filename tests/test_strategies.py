@@ -308,10 +308,10 @@ def test_default_test_asserts_are_invariants_too(tmp_path):
             "cannot generate vars",
         ),
         (
-            "fuzz:\n  assert: [{type: regex, value: '('}]\n  vars: {q: {type: string}}\n",
+            "fuzz:\n  assert: [{type: word-count}]\n  vars: {q: {type: string}}\n",
             5,
             "fuzz.assert[0]",
-            "invalid regular expression",
+            "'word-count' needs a 'value'",
         ),
     ],
 )

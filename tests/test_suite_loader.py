@@ -144,14 +144,20 @@ def test_var_values_are_data_never_templates(tmp_path):
 
 
 def test_templates_are_sandboxed(tmp_path):
-    err = error(
+    suite = load(
         tmp_path,
         """
-        prompts: ["{{ ''.__class__.__mro__[1].__subclasses__() }}"]
+        prompts: ["{{ ''.__class__.__mro__[1].__subclasses__() }}", "{{ ''.__class__ }}"]
         tests: [{vars: {}}]
         """,
     )
-    assert "unsafe" in err.message or "__class__" in err.message
+    # the prompt's cases are errors (nothing rendered, no model call); an unsafe attribute never renders empty
+    assert [c.error for c in suite.cases] == [
+        "s.promptopt.yaml:1: prompts[0]: template tried an unsafe operation: access to attribute '__class__' of "
+        "'str' object is unsafe. in prompts[0] ({{ ''.__class__.__mro__[1].__subclasses__() }})",
+        "s.promptopt.yaml:1: prompts[1]: template tried an unsafe operation: access to attribute '__class__' of "
+        "'str' object is unsafe. in prompts[1] ({{ ''.__class__ }})",
+    ]
 
 
 # ------------------------------------------------------------------------------------ errors
@@ -182,8 +188,9 @@ def test_wrong_type_names_the_path_and_line(tmp_path):
     assert "expected number" in err.message
 
 
-def test_unknown_key_suggests_the_nearest(tmp_path):
-    err = error(
+def test_unknown_key_in_a_test_is_ignored_with_a_warning_naming_the_nearest(tmp_path):
+    # promptfoo drops a key it does not know in a test without a word; here it is a warning line
+    suite = load(
         tmp_path,
         """
         prompts: ["{{q}}"]
@@ -192,17 +199,26 @@ def test_unknown_key_suggests_the_nearest(tmp_path):
             asert: [{type: equals, value: a}]
         """,
     )
-    assert err.path == "tests[0].asert" and err.line == 4
-    assert "unknown key 'asert'; did you mean 'assert'?" in err.message
+    assert suite.cases[0].assertions == ()
+    assert suite.warnings == (
+        "s.promptopt.yaml:4: tests[0].asert: did you mean 'assert'? not a key of a test (allowed: assert, description, "
+        "metadata, options, provider, threshold, vars); promptfoo ignores it, and so does this plugin",
+    )
 
 
-def test_unsupported_promptfoo_feature_is_an_error_not_silence(tmp_path):
-    err = error(tmp_path, "prompts: ['x']\nscenarios: []\n")
-    assert err.path == "scenarios" and "not run" in err.message
+def test_unknown_top_level_key_is_an_error_and_promptfoo_app_keys_are_warned(tmp_path):
+    err = error(tmp_path, "prompts: ['x']\nscenaros: []\n")
+    assert err.path == "scenaros" and "did you mean 'scenarios'?" in err.message
+    suite = load(tmp_path, "prompts: ['x']\nextensions: [file://hooks.py:beforeAll]\nsharing: false\n")
+    assert suite.warnings == (
+        "s.promptopt.yaml:3: sharing: promptfoo's web sharing; ignored",
+        "s.promptopt.yaml:2: extensions: promptfoo's extension hooks (beforeAll, afterEach, ...); they are not run here",
+    )
 
 
-def test_unknown_assertion_type_suggests_the_nearest(tmp_path):
-    err = error(
+def test_unknown_assertion_type_errors_its_case_and_suggests_the_nearest(tmp_path):
+    # promptfoo: "Unknown assertion type" makes that case an error; the other cases run
+    suite = load(
         tmp_path,
         """
         prompts: ["{{q}}"]
@@ -211,23 +227,37 @@ def test_unknown_assertion_type_suggests_the_nearest(tmp_path):
             assert:
               - type: not-icontain
                 value: x
+          - vars: {q: b}
+          - vars: {q: c}
+            assert: [{type: is-xml}]
         """,
     )
-    assert err.path == "tests[0].assert[0].type" and err.line == 5
-    assert "did you mean 'not-icontains'?" in err.message
+    first, second, third = suite.cases
+    assert first.error.startswith(
+        "s.promptopt.yaml:5: tests[0].assert[0]: unknown assertion type 'icontain'; did you mean 'icontains'?"
+    )
+    assert (second.error, second.rendered_prompt) == (None, "b")
+    assert third.error == (
+        "s.promptopt.yaml:9: tests[2].assert[0]: 'is-xml' checks (a promptfoo assertion type) are not run by this "
+        "version of pytest-promptopt"
+    )
 
 
-def test_missing_var_is_named(tmp_path):
-    err = error(
+def test_missing_var_is_named_in_the_error_of_its_case(tmp_path):
+    suite = load(
         tmp_path,
         """
         prompts: ["What is the capital of {{ country }}?"]
         tests:
           - vars: {contry: France}
+          - vars: {country: Japan}
         """,
     )
-    assert err.path == "tests[0].vars" and err.line == 3
-    assert "missing variable 'country'" in err.message and "prompts[0]" in err.message
+    assert suite.cases[0].error == (
+        "s.promptopt.yaml:3: tests[0].vars: missing variable 'country' (the template uses {{ country }}) in "
+        "prompts[0] (What is the capital of {{ country }}?); add it to this test's vars or to defaultTest.vars"
+    )
+    assert suite.cases[1].rendered_prompt == "What is the capital of Japan?"
 
 
 def test_missing_prompt_file_and_tests_file(tmp_path):
@@ -235,8 +265,8 @@ def test_missing_prompt_file_and_tests_file(tmp_path):
     assert "tests file not found" in error(tmp_path, "prompts: ['x']\ntests: file://nope.csv\n").message
 
 
-def test_bad_assertion_value_names_the_assertion(tmp_path):
-    err = error(
+def test_bad_regex_fails_its_check_and_a_missing_value_errors_its_case(tmp_path):
+    suite = load(
         tmp_path,
         """
         prompts: ["{{q}}"]
@@ -247,21 +277,27 @@ def test_bad_assertion_value_names_the_assertion(tmp_path):
                 value: a
               - type: regex
                 value: "([a-z]"
+          - vars: {q: b}
+            assert: [{type: word-count}]
         """,
     )
-    assert err.path == "tests[0].assert[1]" and err.line == 7 and "invalid regular expression" in err.message
+    regex_case, no_value = suite.cases
+    # promptfoo: an invalid regex is a failed assertion; a check without its value is an error
+    assert regex_case.error is None and regex_case.assertions[1].where == "s.promptopt.yaml:7: tests[0].assert[1]"
+    assert no_value.error == "s.promptopt.yaml:10: tests[1].assert[0]: 'word-count' needs a 'value'"
 
 
 def test_an_empty_python_check_is_found_before_running(tmp_path):
     # Any other text is promptfoo's inline Python (an expression, or a body that returns).
-    err = error(
+    suite = load(
         tmp_path,
         """
         prompts: ["{{q}}"]
         tests: [{vars: {q: a}, assert: [{type: python, value: "  "}]}]
         """,
     )
-    assert err.path == "tests[0].assert[0]" and "python code" in err.message
+    error = suite.cases[0].error
+    assert "tests[0].assert[0]" in error and "python code" in error
 
 
 def test_keys_in_a_suite_are_refused(tmp_path):
@@ -322,19 +358,23 @@ def test_vars_from_a_file_in_a_test_and_in_default_test(tmp_path):
 def test_csv_edge_cases(tmp_path):
     (tmp_path / "a.csv").write_text("q,__expected,__threshold\nx,contains: x,\n")
     assert load(tmp_path, "prompts: ['{{q}}']\ntests: file://a.csv\n").cases[0].threshold is None  # empty cell: none
-    (tmp_path / "b.csv").write_text("q,__expected\nx,classifier: is polite\n")
-    err = error(tmp_path, "prompts: ['{{q}}']\ntests: file://b.csv\n")
-    assert (
-        "b.csv row 2, column __expected: assertion type 'classifier'" in err.message and "not supported" in err.message
+    (tmp_path / "b.csv").write_text("q,__expected\nx,classifier: is polite\ny,contains: y\n")
+    first, second = load(tmp_path, "prompts: ['{{q}}']\ntests: file://b.csv\n").cases
+    assert first.error == (
+        "s.promptopt.yaml:2: tests (b.csv row 1) assert[0]: 'classifier' checks (a promptfoo assertion type) are not "
+        "run by this version of pytest-promptopt"
     )
+    assert second.error is None
 
 
 def test_unsafe_template_points_at_the_prompt(tmp_path):
-    err = error(
+    ok, bad = load(
         tmp_path,
         """
         prompts: ["ok", "{{ ''.__class__.__mro__ }}"]
         tests: [{vars: {}}]
         """,
+    ).cases
+    assert ok.error is None and bad.error.startswith(
+        "s.promptopt.yaml:1: prompts[1]: template tried an unsafe operation"
     )
-    assert err.path == "prompts[1]" and "add it to this test's vars" not in err.message

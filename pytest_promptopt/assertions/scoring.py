@@ -48,15 +48,16 @@ class CaseGrade:
     named_scores: Mapping[str, float] = field(default_factory=dict)
 
 
-def render_assertion(assertion: Assertion, variables: Mapping[str, Any]) -> Assertion:
-    """Render a string value with the case's vars (promptfoo does, except for code references)."""
+def render_assertion(assertion: Assertion, variables: Mapping[str, Any], promptfoo: bool = False) -> Assertion:
+    """Render a string value with the case's vars (promptfoo does, except for code references);
+    `promptfoo`: with a suite file's template manners (nunjucks.py)."""
     entry = entry_for(assertion.type)
     if entry.needs_value and assertion.value is None:
         raise AssertionConfigError(f"{assertion.where or assertion.type}: '{assertion.label}' needs a 'value'")
     value = assertion.value
     if entry.render_value:
         try:
-            value = _render_strings(value, variables)
+            value = _render_strings(value, variables, promptfoo)
         except TemplateError as exc:
             raise AssertionConfigError(f"{assertion.where or assertion.type}: value {exc}") from None
     rendered = replace(assertion, value=value)
@@ -65,11 +66,11 @@ def render_assertion(assertion: Assertion, variables: Mapping[str, Any]) -> Asse
     return rendered
 
 
-def _render_strings(value: Any, variables: Mapping[str, Any]) -> Any:
+def _render_strings(value: Any, variables: Mapping[str, Any], promptfoo: bool = False) -> Any:
     if isinstance(value, str):
-        return render_template(value, variables) if ("{{" in value or "{%" in value) else value
+        return render_template(value, variables, promptfoo=promptfoo) if ("{{" in value or "{%" in value) else value
     if isinstance(value, list):
-        return [_render_strings(v, variables) for v in value]
+        return [_render_strings(v, variables, promptfoo) for v in value]
     return value
 
 

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .. import yaml12
+from ..nunjucks import json_parse
 from .base import Assertion, AssertionConfigError, AssertionContext, Grade, register
 
 
@@ -65,20 +67,104 @@ def _schema_errors(data: Any, schema: dict[str, Any]) -> list[str]:
     return errors
 
 
+_MAX_CANDIDATE = 100_000  # promptfoo's maxJsonLength
+_MAX_NODES = 10_000  # a candidate whose YAML aliases expand further is not taken
+
+
 def extract_json_values(text: str) -> list[Any]:
-    """Every JSON object embedded in `text`, left to right (what promptfoo's contains-json finds)."""
-    decoder = json.JSONDecoder()
+    """Every object promptfoo's contains-json finds in `text` (`extractJsonObjects`, 0.121.20):
+    from each `{`, the text up to where the braces balance (or the end, missing `}` added) is
+    read as YAML (so `{ok: yes}`, `{'a': 1}`, `{"a": NaN}` and trailing commas count), with
+    `//` comments turned into `#`; arrays and bare scalars are never found."""
     found: list[Any] = []
-    index = text.find("{")
-    while index != -1:
-        try:
-            value, end = decoder.raw_decode(text, index)
-        except ValueError:
-            index = text.find("{", index + 1)
+    i = 0
+    while i < len(text):
+        if text[i] != "{":
+            i += 1
             continue
-        found.append(value)
-        index = text.find("{", end)
+        opened, closed, j = 1, 0, i + 1
+        limit = min(i + _MAX_CANDIDATE, len(text))
+        taken = False
+        while j < limit and opened > closed:
+            if text[j] == "{":
+                opened += 1
+            elif text[j] == "}":
+                closed += 1
+            j += 1
+            if opened == closed or j == len(text) or j == i + _MAX_CANDIDATE:
+                candidate = text[i:j] + "}" * max(0, opened - closed)
+                parsed = _yaml_object(_slash_comments_to_hash(candidate))
+                if parsed is not None:
+                    found.append(parsed)
+                    i, taken = j, True
+                    break
+                if opened == closed:
+                    break
+        if not taken:
+            i += 1
     return found
+
+
+def _yaml_object(text: str) -> Any:
+    """`text` read as YAML (the suite's core schema) if it is a mapping, else None."""
+    import yaml
+
+    try:
+        node, loader = yaml12.compose(text)
+    except (yaml.YAMLError, RecursionError):
+        return None
+    try:
+        if node is None or node.id != "mapping" or yaml12.expanded_sizes(node)[id(node)] > _MAX_NODES:
+            loader.dispose()
+            return None
+        value = yaml12.construct(node, loader)
+    except (yaml.YAMLError, RecursionError, ValueError, TypeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _slash_comments_to_hash(text: str) -> str:
+    """promptfoo's `convertSlashCommentsToHash`: `// x` outside quotes (and not in a URL) -> `# x`."""
+    lines = []
+    for line in text.split("\n"):
+        state, out, k = "normal", "", 0
+        while k < len(line):
+            char, nxt, prev = line[k], line[k + 1 : k + 2], line[k - 1 : k] if k else ""
+            if state == "normal":
+                if char == "'" and not prev.isalpha():
+                    state = "single"
+                elif char == '"':
+                    state = "double"
+                elif char == "/" and nxt == "/":
+                    start = max((m for m in range(k) if line[m].isspace()), default=-1) + 1
+                    if "://" in line[start : k + 2]:  # a URL: promptfoo keeps the line as it is from here
+                        out += char
+                        k += 1
+                        continue
+                    slashes = 2
+                    while k + slashes < len(line) and line[k + slashes] == "/":
+                        slashes += 1
+                    out = out + "#" * (slashes // 2) + line[k + slashes :]
+                    break
+                out += char
+            elif state == "single":
+                out += char
+                if char == "'" and not _escaped(line, k) and not nxt.isalpha():
+                    state = "normal"
+            else:  # double
+                out += char
+                if char == '"' and not _escaped(line, k):
+                    state = "normal"
+            k += 1
+        lines.append(out)
+    return "\n".join(lines)
+
+
+def _escaped(line: str, index: int) -> bool:
+    count, k = 0, index - 1
+    while k >= 0 and line[k] == "\\":
+        count, k = count + 1, k - 1
+    return count % 2 == 1
 
 
 def _check(assertion: Assertion) -> None:
@@ -89,8 +175,8 @@ def _check(assertion: Assertion) -> None:
 @register("is-json", needs_value=False, check=_check)
 def is_json(output: str, assertion: Assertion, ctx: AssertionContext) -> Grade:
     try:
-        data = json.loads(output)
-    except ValueError:
+        data = json_parse(output)  # JSON.parse: NaN and Infinity are not JSON
+    except (ValueError, RecursionError):
         return Grade(False, 0.0, "Expected output to be valid JSON")
     schema = load_schema(assertion.value, ctx.base_dir, assertion.where)
     if schema is not None:

@@ -95,21 +95,14 @@ def starts_with(output: str, assertion: Assertion, ctx: AssertionContext) -> Gra
     return Grade.binary(output.startswith(value), f'Expected output to start with "{value}"')
 
 
-def _compile_regex(assertion: Assertion) -> re.Pattern[str]:
+@register("regex", check=_check_scalar)
+def regex(output: str, assertion: Assertion, ctx: AssertionContext) -> Grade:
+    """A pattern that does not compile fails the check (promptfoo: "Invalid regex pattern"), with
+    the place of the assertion in its reason; the case's other checks still run."""
     pattern = _scalar(assertion)
     try:
-        return re.compile(pattern)
+        compiled = re.compile(pattern)
     except re.error as exc:
-        raise AssertionConfigError(
-            f"{assertion.where or 'regex'}: invalid regular expression {pattern!r}: {exc}"
-        ) from None
-
-
-def _check_regex(assertion: Assertion) -> None:
-    _compile_regex(assertion)
-
-
-@register("regex", check=_check_regex)
-def regex(output: str, assertion: Assertion, ctx: AssertionContext) -> Grade:
-    compiled = _compile_regex(assertion)
+        where = f"{assertion.where}: " if assertion.where else ""
+        return Grade(False, 0.0, f"Invalid regex pattern: {where}invalid regular expression {pattern!r}: {exc}")
     return Grade.binary(compiled.search(output) is not None, f'Expected output to match regex "{compiled.pattern}"')

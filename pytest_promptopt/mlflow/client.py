@@ -190,7 +190,9 @@ class MlflowSettings:
     experiment: str
     pending_dir: Path
     local_store: bool = False
-    traces: bool = False  # --promptopt-mlflow-traces: one trace per case (mlflow/traces.py)
+    # one trace per case (mlflow/traces.py): True --promptopt-mlflow-traces, False
+    # --promptopt-no-mlflow-traces, None auto (runs of up to runs.TRACES_AUTO_LIMIT cases)
+    traces: bool | None = None
     prompt_prefix: str = ""  # --promptopt-prompt-prefix: e.g. "main.prompts." (Unity Catalog names)
 
 

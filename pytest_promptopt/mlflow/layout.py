@@ -1,14 +1,22 @@
-"""What each MLflow run holds: the tags, params, metrics, notes and case table of the session's
-parent run, its suite runs and its repair runs, built from a `RunSummary` and `SessionMeta`.
+"""What each MLflow run holds: the names, tags, params, metrics, notes, dataset and case table of
+the session's parent run and its suite runs, built from a `RunSummary` and `SessionMeta` (a
+repair's run: repair_layout.py; a case's trace: trace_build.py).
 
 Plain functions from the summary to dicts and text, with no MLflow call (runs.py makes those), so
 a live session and `python -m pytest_promptopt upload` log the same layout. Every value passes
 through `redact`/`scrub` or `safe_text` first.
+
+The runs are shaped for MLflow 3's evaluation views (docs/mlflow.md): suite runs list under an
+experiment's "Evaluation runs" with their metrics, their suite as the Dataset and the git commit
+as Source and Version; run names tell sessions apart (suite, branch@commit, time); metrics are
+rounded for display (the JSON report artifact keeps full precision, and a baseline reads the case
+tables, never the metrics).
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import hashlib
 import json
 import os
@@ -23,39 +31,50 @@ from typing import Any
 from ..redact import redact, redact_text, scrub
 from ..summary import RunSummary, SuiteSummary
 from .client import MAX_PARAM_VALUE, clean_tags, flag, metric_key, safe_text, truncate
-from .prompts import parse_uri
 
 __all__ = [
     "BASELINE_FILE",
     "CASES_DIR",
+    "DISPLAY_DECIMALS",
     "KIND_TAG",
     "LINKED_PROMPTS_TAG",
     "REPORT_FILE",
+    "RUN_TYPE",
+    "SUMMARY_FILE",
     "TABLE_COLUMNS",
     "TABLE_FILE",
     "TABLE_ROWS",
     "SessionMeta",
     "case_table",
+    "display_metrics",
     "parent_metrics",
     "parent_note",
     "parent_tags",
     "rendered_prompts",
-    "repair_metrics",
-    "repair_params",
-    "repair_tags",
+    "run_name",
+    "source_tags",
+    "suite_dataset",
     "suite_metrics",
     "suite_params",
+    "suite_summary_table",
     "suite_tags",
+    "suite_times",
     "templates",
+    "version_label",
 ]
 
 TABLE_FILE = "cases.json"
 CASES_DIR = "cases"  # a dataset suite's per-case Parquet parts, in its child run
 TABLE_ROWS = 1000  # a dataset suite's rows are also logged as the `cases.json` table up to this many
 REPORT_FILE = "promptopt-report.json"
+SUMMARY_FILE = "summary.md"  # the parent run's per-suite table (Markdown: the artifact view renders it)
 BASELINE_FILE = "baseline_comparison.json"  # with --promptopt-baseline
 KIND_TAG = "promptopt.kind"  # "repair" on a repair's child run (a suite's child run has none)
 LINKED_PROMPTS_TAG = "mlflow.linkedPrompts"  # mlflow.tracing.constant.TraceTagKey.LINKED_PROMPTS
+# mlflow.utils.mlflow_tags.MLFLOW_RUN_TYPE_GENAI_EVALUATE, what `mlflow.genai.evaluate` tags its run
+# with (not "test": the Evaluation runs tab cannot compare such runs)
+RUN_TYPE = ("mlflow.runType", "genai_evaluate")
+DISPLAY_DECIMALS = 4  # metrics as MLflow shows them: 0.8654, not 0.8653846153846154
 TABLE_COLUMNS = (
     "case_id",
     "name",
@@ -85,7 +104,7 @@ TABLE_COLUMNS = (
 )
 _JSON_COLUMNS = {"vars", "scores", "named_scores"}
 _SUITE_FILE_LIMIT = 1_000_000
-NOTE_SUITES = 20  # suites listed in the parent run's note; the JSON report artifact has them all
+NOTE_LINES = 5  # failed gates (and repairs) listed in the parent run's description; summary.md has them all
 
 
 @dataclass
@@ -153,6 +172,52 @@ def _git(rootdir: Path, *args: str) -> str | None:
     return done.stdout.strip() or None
 
 
+# --------------------------------------------------------------------------- names, source, times
+
+
+def version_label(meta: SessionMeta) -> str:
+    """`main@59b0d1b`: the branch and short commit the session ran on (what git could tell)."""
+    commit = (meta.git_commit or "")[:7]
+    if meta.git_branch and commit:
+        return f"{meta.git_branch}@{commit}"
+    return meta.git_branch or commit
+
+
+def run_name(subject: str, meta: SessionMeta, at_ms: int) -> str:
+    """A run name a person can tell apart in MLflow's run lists and "compare to" menus: what it
+    is, the branch@commit and the local time it started (`capitals main@59b0d1b 2025-12-06 08:41:03`)."""
+    when = _dt.datetime.fromtimestamp(at_ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+    return " ".join(part for part in (subject, version_label(meta), when) if part)
+
+
+def source_tags(meta: SessionMeta) -> dict[str, str]:
+    """MLflow's source tags: the run lists' Source (`<project>@<commit>`) and Version (the commit)
+    columns, and the git branch."""
+    commit = (meta.git_commit or "")[:7]
+    project = Path(meta.rootdir).name if meta.rootdir else "pytest-promptopt"
+    tags = {"mlflow.source.type": "LOCAL", "mlflow.source.name": f"{project}@{commit}" if commit else project}
+    if meta.git_commit:
+        tags["mlflow.source.git.commit"] = meta.git_commit
+    if meta.git_branch:
+        tags["mlflow.source.git.branch"] = meta.git_branch
+    return tags
+
+
+def suite_times(suite: SuiteSummary, meta: SessionMeta) -> tuple[int, int]:
+    """When a suite's cases ran (ms): from the first case's start to the last one's end. Suites
+    without case times (a dataset suite, a report written before they were kept) take the session's."""
+    spans = [(r.started_at, r.started_at + r.duration_s) for r in suite.results if r.started_at]
+    if not spans:
+        return meta.started_ms, meta.ended_ms
+    start = int(min(s for s, _ in spans) * 1000)
+    return start, max(start, int(max(e for _, e in spans) * 1000))
+
+
+def display_metrics(metrics: Mapping[str, float | None]) -> dict[str, float | None]:
+    """Metrics rounded for MLflow's tables and charts (None values stay, log_batch leaves them out)."""
+    return {k: None if v is None else round(float(v), DISPLAY_DECIMALS) for k, v in metrics.items()}
+
+
 # --------------------------------------------------------------------------- the session's parent run
 
 
@@ -170,11 +235,8 @@ def parent_tags(run: RunSummary, meta: SessionMeta) -> dict[str, str]:
         "promptopt.plugin_version": __version__,
         "promptopt.rootdir": meta.rootdir,
         "mlflow.note.content": parent_note(run),
+        **source_tags(meta),
     }
-    if meta.git_commit:
-        tags["mlflow.source.git.commit"] = meta.git_commit
-    if meta.git_branch:
-        tags["mlflow.source.git.branch"] = meta.git_branch
     if run.baseline is not None:  # --promptopt-baseline (mlflow/baseline.py)
         tags["promptopt.baseline"] = run.baseline.ref
         tags["promptopt.baseline_run_id"] = run.baseline.run_id or ""
@@ -187,53 +249,97 @@ def parent_metrics(run: RunSummary) -> dict[str, float | None]:
     repairs: dict[str, float | None] = {}
     if run.repairs:  # --promptopt-repair
         repairs = {"repairs": len(run.repairs), "repaired": sum(1 for r in run.repairs if r.status == "repaired")}
-    return {
-        **repairs,
-        "suites": len(run.suites),
-        "cases": sum(s.cases for s in run.suites),
-        "passed": passed,
-        "failed": failed,
-        "errors": sum(s.errors for s in run.suites),
-        "pass_rate": passed / (passed + failed) if passed + failed else None,
-        "gates_failed": len(run.failed_gates()),
-    }
+    return display_metrics(
+        {
+            **repairs,
+            "suites": len(run.suites),
+            "cases": sum(s.cases for s in run.suites),
+            "passed": passed,
+            "failed": failed,
+            "errors": sum(s.errors for s in run.suites),
+            "pass_rate": passed / (passed + failed) if passed + failed else None,
+            "gates_failed": len(run.failed_gates()),
+        }
+    )
 
 
 def parent_note(run: RunSummary) -> str:
-    """The parent run's description in the MLflow UI: the session's verdict, then one line per
-    suite (pass rate, counts, gate verdicts), regression and repair. Everything else is in the
-    JSON report artifact and the suite runs."""
-    lines = ["gates passed" if run.gates_passed else "GATES FAILED"]
-    lines += [_suite_line(s) for s in run.suites[:NOTE_SUITES]]
-    if len(run.suites) > NOTE_SUITES:
-        lines.append(f"... {len(run.suites) - NOTE_SUITES} more suites: see {REPORT_FILE}")
-    lines += [f"{c.name}: regression against the baseline: {c.regression_reason}" for c in run.regressions()]
-    lines += [f"repair of {r.suite_name} prompt {r.prompt_index}: {r.status}" for r in run.repairs]
-    return "```\n" + "\n".join(lines) + "\n```"
+    """The parent run's description (Markdown, a few short lines, so the run's details stay on
+    screen): the verdict and counts, the failed gates, regressions and repairs. The per-suite
+    table is the `summary.md` artifact, every case the JSON report artifact."""
+    passed, failed = sum(s.passed for s in run.suites), sum(s.failed for s in run.suites)
+    errors, cases = sum(s.errors for s in run.suites), sum(s.cases for s in run.suites)
+    verdict = "**Gates passed**" if run.gates_passed else "**GATES FAILED**"
+    lines = [
+        f"{verdict}: {len(run.suites)} suites, {cases} cases, pass rate {_percent(passed, passed + failed)} "
+        f"({passed} passed, {failed} failed, {errors} errors)"
+    ]
+    notes = [f"- {s.info.name}: {g.name} {_value(g.value)}, needs {g.threshold:g}" for s, g in run.failed_gates()]
+    notes += [f"- {c.name}: regression against the baseline" for c in run.regressions()]
+    notes += [f"- repair of {r.suite_name} prompt {r.prompt_index}: {r.status}" for r in run.repairs]
+    if len(notes) > NOTE_LINES:
+        notes = [*notes[:NOTE_LINES], f"- ... {len(notes) - NOTE_LINES} more"]
+    lines += ["", *notes] if notes else []
+    lines += ["", f"Per-suite table: `{SUMMARY_FILE}`; every case: `{REPORT_FILE}` (artifacts)"]
+    return "\n".join(lines)
 
 
-def _suite_line(suite: SuiteSummary) -> str:
-    rate = "-" if suite.pass_rate is None else f"{suite.pass_rate * 100:.1f}%"
-    gates = "; ".join(
-        f"{g.name} {'n/a' if g.value is None else f'{g.value:.3f}'} >= {g.threshold:g}: {'ok' if g.passed else 'FAILED'}"
-        for g in suite.gates
-    )
-    counts = f"{suite.passed} passed, {suite.failed} failed, {suite.errors} errors"
-    return f"{suite.info.name}: pass rate {rate} ({counts})" + (f"; {gates}" if gates else "")
+def suite_summary_table(run: RunSummary) -> str:
+    """The `summary.md` artifact: one row per suite (pass rate, counts, each gate's value and verdict)."""
+    rows = [
+        "| suite | model | cases | passed | failed | errors | pass rate | gates |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in run.suites:
+        gates = "; ".join(
+            f"{g.name} {_value(g.value)} >= {g.threshold:g}: {'ok' if g.passed else '**FAILED**'}" for g in s.gates
+        )
+        rate = _rate(s.pass_rate)
+        cells = [s.info.name, ", ".join(s.models), s.cases, s.passed, s.failed, s.errors, rate, gates or "none"]
+        rows.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    rows += [f"\n{c.name}: regression against the baseline: {_cell(c.regression_reason)}" for c in run.regressions()]
+    verdict = "gates passed" if run.gates_passed else "GATES FAILED"
+    return scrub(f"# promptopt session: {verdict}\n\n" + "\n".join(rows) + "\n")
+
+
+def _percent(part: int, whole: int) -> str:
+    return f"{part / whole * 100:.1f}%" if whole else "n/a"
+
+
+def _rate(value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 100:.1f}%"
+
+
+def _value(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _cell(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
 
 
 # --------------------------------------------------------------------------- a suite's child run
 
 
-def suite_tags(suite: SuiteSummary, parent: str, linked: Sequence[Mapping[str, str]]) -> dict[str, str]:
+def suite_tags(
+    suite: SuiteSummary, parent: str, linked: Sequence[Mapping[str, str]], meta: SessionMeta
+) -> dict[str, str]:
+    rate = _rate(suite.pass_rate)
+    gates = "; ".join(
+        f"{g.name} {_value(g.value)} >= {g.threshold:g}: {'ok' if g.passed else 'FAILED'}" for g in suite.gates
+    )
     tags = {
         "mlflow.parentRunId": parent,
+        RUN_TYPE[0]: RUN_TYPE[1],
+        "mlflow.note.content": f"pass rate {rate} ({suite.passed} passed, {suite.failed} failed, "
+        f"{suite.errors} errors)" + (f"; {gates}" if gates else ""),
         "promptopt.suite": suite.info.name,
         "promptopt.suite_id": suite.info.id,  # the key a later baseline comparison matches on
         "promptopt.suite_file": suite.info.file,
         "promptopt.models": ", ".join(suite.models),
         "promptopt.gates_passed": flag(suite.gates_passed),
         **{f"promptopt.gate.{metric_key(g.name)}": "passed" if g.passed else "failed" for g in suite.gates},
+        **source_tags(meta),
     }
     if suite.cases_file is not None:  # a dataset suite: its rows are the `cases/` artifacts
         tags["promptopt.dataset"] = "true"
@@ -241,6 +347,25 @@ def suite_tags(suite: SuiteSummary, parent: str, linked: Sequence[Mapping[str, s
     if linked:  # MLflow's own link from a run to the prompt versions it used (the UI shows it)
         tags[LINKED_PROMPTS_TAG] = json.dumps(list(linked))
     return clean_tags(tags)
+
+
+def suite_dataset(suite: SuiteSummary) -> dict[str, str]:
+    """The suite's cases as an MLflow dataset input (the run lists' Dataset column): its name, a
+    digest of its cases (the same cases give the same digest), where it comes from and its size."""
+    cases = [[r.case_id, r.vars] for r in suite.results]
+    if suite.dataset is not None:
+        cases.append([suite.dataset.source, suite.cases])
+    blob = json.dumps(cases, sort_keys=True, ensure_ascii=False, default=str)
+    source = {"uri": suite.info.file}
+    if suite.dataset is not None and suite.dataset.source:
+        source["data"] = suite.dataset.source
+    return {
+        "name": suite.info.name,
+        "digest": hashlib.sha256(blob.encode("utf-8")).hexdigest()[:10],
+        "source_type": "local",
+        "source": safe_text(json.dumps(source, ensure_ascii=False)),
+        "profile": json.dumps({"num_rows": suite.cases}),
+    }
 
 
 def templates(suite: SuiteSummary) -> dict[int, str]:
@@ -297,7 +422,7 @@ def suite_metrics(suite: SuiteSummary, run_baseline: Any = None) -> dict[str, fl
     compared = run_baseline.suites.get(suite.info.id) if run_baseline is not None else None
     if compared is not None:
         metrics.update({"baseline_pass_rate": compared.baseline_pass_rate, "pass_rate_delta": compared.delta})
-    return metrics
+    return display_metrics(metrics)
 
 
 def case_table(results: Sequence[Any]) -> dict[str, list[Any]]:
@@ -320,80 +445,3 @@ def rendered_prompts(suite: SuiteSummary) -> str:
     for result in suite.results:
         parts.append(f"## {result.name} ({result.case_id})\n\n```\n{result.prompt}\n```\n")
     return scrub("\n".join(parts))
-
-
-# --------------------------------------------------------------------------- a repair's child run
-
-
-def repair_tags(repair: Any, parent: str, registry_uri: str | None) -> dict[str, str]:
-    tags = {
-        "mlflow.parentRunId": parent,
-        KIND_TAG: "repair",
-        # Not `promptopt.suite`: a baseline comparison reads the runs with that tag as suites.
-        "promptopt.repair.suite": repair.suite_name,
-        "promptopt.repair.suite_id": repair.suite,
-        "promptopt.repair.status": repair.status,
-        "mlflow.note.content": _repair_note(repair, registry_uri),
-    }
-    if registry_uri is not None:
-        name, version, _ = parse_uri(registry_uri)
-        tags["promptopt.repair.registry_uri"] = registry_uri
-        tags[LINKED_PROMPTS_TAG] = json.dumps([{"name": name, "version": str(version)}])
-    if repair.file:
-        tags["promptopt.repair.file"] = repair.file
-    return clean_tags(tags)
-
-
-def _repair_note(repair: Any, registry_uri: str | None) -> str:
-    """A repair run's description: its verdict, the held-out pass rates and where the proposal is."""
-    by = f" by {repair.optimizer}" if repair.optimizer else ""
-    lines = [f"{repair.suite_name} prompt {repair.prompt_index}: {repair.status}{by}"]
-    if repair.heldout_before is not None and repair.heldout_after is not None:
-        lines.append(f"held-out {repair.heldout_before.describe()} -> {repair.heldout_after.describe()}")
-    if repair.reason:
-        lines.append(repair.reason)
-    if repair.file:
-        lines.append(f"proposal: {repair.file}" + (" (applied)" if repair.applied else ""))
-    if registry_uri:
-        lines.append(f"registered: {registry_uri} (alias candidate)")
-    return "\n".join(lines)
-
-
-def repair_params(repair: Any) -> dict[str, str]:
-    params = {
-        "suite": repair.suite_name,
-        "suite_id": repair.suite,
-        "prompt_index": repair.prompt_index,
-        "model": repair.model,
-        "optimizer": repair.optimizer,
-        "seed": repair.seed,
-        "budget": repair.budget,
-        "status": repair.status,
-        "reason": repair.reason,
-        "weak_estimate": flag(repair.weak_estimate),
-        "applied": flag(repair.applied),
-        "heldout_cases": len(repair.heldout_cases),
-        "insample_cases": len(repair.insample_cases),
-    }
-    return {k: truncate(safe_text(str(v)), MAX_PARAM_VALUE) for k, v in params.items() if v != ""}
-
-
-def repair_metrics(repair: Any) -> dict[str, float | None]:
-    def rate(score: Any) -> float | None:
-        return None if score is None else score.pass_rate
-
-    return {
-        "heldout_before": rate(repair.heldout_before),
-        "heldout_after": rate(repair.heldout_after),
-        "insample_before": rate(repair.insample_before),
-        "insample_after": rate(repair.insample_after),
-        "calls_task": repair.calls.task_calls,
-        "calls_proposer": repair.calls.proposer_calls,
-        "calls_judge": repair.calls.judge_calls,
-        "calls_projected": repair.projected.total,
-        "tokens_task": repair.calls.task_tokens,
-        "tokens_proposer": repair.calls.proposer_tokens,
-        "tokens_judge": repair.calls.judge_tokens,
-        "cache_hits": repair.calls.cache_hits,
-        "duration_s": repair.duration_s,
-    }

@@ -10,7 +10,8 @@ Only the controller's writer (writer.py) logs, once, after every case ran and th
 decided (under xdist the records have already travelled to the controller), so there is one
 writer per store: no SQLite write contention, no migration race on a fresh store. Nothing here
 knows about pytest: it takes a `RunSummary` and the session's `SessionMeta`; what each run holds
-is layout.py.
+is layout.py (a repair's: repair_layout.py), the Prompt Registry versions registry.py, the case
+traces traces.py.
 
 Every call goes through an explicit `MlflowClient` and run id, so no active run leaks into user
 code (client.py).
@@ -18,7 +19,6 @@ code (client.py).
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +34,7 @@ from .layout import (
     CASES_DIR,
     KIND_TAG,
     REPORT_FILE,
+    SUMMARY_FILE,
     TABLE_FILE,
     TABLE_ROWS,
     SessionMeta,
@@ -41,19 +42,25 @@ from .layout import (
     parent_metrics,
     parent_tags,
     rendered_prompts,
-    repair_metrics,
-    repair_params,
-    repair_tags,
+    run_name,
+    suite_dataset,
     suite_metrics,
     suite_params,
+    suite_summary_table,
     suite_tags,
+    suite_times,
     templates,
 )
-from .registry import prompt_versions, register_proposal
+from .registry import SuitePrompts, prompt_versions, register_proposal
+from .repair_layout import DIFF_FILE, repair_metrics, repair_params, repair_tags
 from .store import check_store, create_store, default_home, sqlite_file
-from .traces import write_and_verify
+from .traces import RepairRun, write_and_verify
 
-__all__ = ["Logged", "log_run"]
+__all__ = ["TRACES_AUTO_LIMIT", "Logged", "log_run"]
+
+# Case traces by default (auto) for runs of up to this many cases: a trace costs about 13 ms on an
+# idle machine's SQLite store (docs/performance.md), so a larger run asks for them explicitly.
+TRACES_AUTO_LIMIT = 500
 
 
 @dataclass
@@ -70,6 +77,7 @@ class Logged:
     problems: list[str] = field(default_factory=list)
     repair_run_ids: list[str] = field(default_factory=list)
     registered: dict[int, str] = field(default_factory=dict)
+    traces_note: str = ""  # why the cases were not logged as traces (auto, in a large run)
 
     @property
     def url(self) -> str | None:
@@ -79,7 +87,7 @@ class Logged:
 
     def describe(self) -> str:
         where = f"MLflow: {self.tracking_uri}, experiment '{self.experiment}', run {self.parent_run_id}"
-        return where + (f" ({self.url})" if self.url else "")
+        return where + (f" ({self.url})" if self.url else "") + (f"; {self.traces_note}" if self.traces_note else "")
 
 
 def log_run(
@@ -90,32 +98,40 @@ def log_run(
     *,
     artifact_location: str | None = None,
     artifacts: Sequence[Path] = (),
-    traces: bool = False,
+    traces: bool | None = False,
     prompt_prefix: str = "",
     on_parent: Callable[[str], None] | None = None,
 ) -> Logged:
-    """Create the parent and child runs, log everything, then check it arrived. `traces`
-    (--promptopt-mlflow-traces) also writes one trace per case (traces.py). `on_parent` is
-    told the parent run's id as soon as it exists (upload.py records it in the pending file)."""
+    """Create the parent and child runs, log everything, then check it arrived. `traces` also
+    writes one trace per case (traces.py): True always, None (auto) for runs of up to
+    TRACES_AUTO_LIMIT cases. `on_parent` is told the parent run's id as soon as it exists
+    (upload.py records it in the pending file)."""
+    cases = sum(len(s.results) for s in run.suites)
+    note = ""
+    if traces is None:
+        traces = cases <= TRACES_AUTO_LIMIT
+        if not traces:
+            note = f"no case traces for {cases} cases (over {TRACES_AUTO_LIMIT}; --promptopt-mlflow-traces writes them)"
     with mlflow_calls(), BatchedClient(_client(tracking_uri)) as client:
         experiment_key = experiment_id(client, experiment, artifact_location)
-        started = _dt.datetime.fromtimestamp(meta.started_ms / 1000, _dt.timezone.utc)
         parent = client.create_run(
             experiment_key,
             start_time=meta.started_ms,
             tags=parent_tags(run, meta),
-            run_name=f"pytest-{started:%Y%m%d-%H%M%S}",
+            run_name=run_name("pytest", meta, meta.started_ms),
         ).info.run_id
         if on_parent is not None:
             on_parent(parent)
         children: dict[str, str] = {}
-        repair_children: list[str] = []
+        prompts: dict[str, SuitePrompts] = {}  # each suite's prompt versions, for its cases' traces
+        repair_runs: list[RepairRun] = []
         registered: dict[int, str] = {}  # repairs' proposals in the Prompt Registry, by position
         registry_problems: list[str] = []  # prompts that could not be registered (the run is still logged)
         with terminate_on_error(client, parent):
             log_batch(client, parent, metrics=parent_metrics(run))
             report = report_dict(run, exit_status=meta.exit_status)
             client.log_text(parent, json.dumps(report, indent=2, default=str), REPORT_FILE)
+            client.log_text(parent, suite_summary_table(run), SUMMARY_FILE)
             for path in artifacts:
                 client.log_artifact(parent, str(path))
             if run.baseline is not None:
@@ -123,21 +139,29 @@ def log_run(
                     parent, json.dumps(redact(run.baseline.to_dict()), indent=2, default=str), BASELINE_FILE
                 )
             for suite in run.suites:
-                children[suite.info.id] = _log_suite(
+                children[suite.info.id], prompts[suite.info.id] = _log_suite(
                     client, experiment_key, parent, suite, meta, registry_problems, run.baseline, prompt_prefix
                 )
             for index, repair in enumerate(run.repairs):  # after the suites: a proposal is the newer version
-                uri = register_proposal(client, run, repair, registry_problems, prompt_prefix)
+                uri = register_proposal(client, run, repair, registry_problems, prompt_prefix, experiment_key)
                 if uri is not None:
                     registered[index] = uri
-                repair_children.append(_log_repair(client, experiment_key, parent, repair, meta, uri))
+                repair_runs.append((repair, _log_repair(client, experiment_key, parent, repair, meta, uri), uri))
             client.set_terminated(parent, "FINISHED", end_time=meta.ended_ms)
         try:
             problems = _verify(client, experiment_key, parent, run, children)
         except Exception as exc:  # the run is logged; a failed read-back must not make it pending
             problems = [f"could not read the logged runs back: {one_line(exc)}"]
         if traces:  # a trace that could not be written is a warning: the runs are logged
-            problems += write_and_verify(client, experiment_key, run, children, started_ms=meta.started_ms)
+            problems += write_and_verify(
+                client,
+                experiment_key,
+                run,
+                children,
+                started_ms=meta.started_ms,
+                prompts=prompts,
+                repairs=[r for r in repair_runs if r[0].cases],
+            )
     return Logged(
         safe_uri(tracking_uri),
         experiment,
@@ -145,8 +169,9 @@ def log_run(
         parent,
         children,
         registry_problems + problems,
-        repair_children,
+        [run_id for _, run_id, _ in repair_runs],
         registered,
+        note,
     )
 
 
@@ -171,14 +196,21 @@ def _log_suite(
     problems: list[str],
     baseline: Any = None,
     prompt_prefix: str = "",
-) -> str:
-    linked = prompt_versions(client, suite, problems, prompt_prefix)
+) -> tuple[str, SuitePrompts]:
+    """A suite's run, from its first case's start to its last case's end, with its prompt
+    versions registered and linked, its cases as the run's dataset input; its id and versions."""
+    versions = prompt_versions(client, suite, problems, prompt_prefix, experiment_key)
+    start, end = suite_times(suite, meta)
     child = client.create_run(
-        experiment_key, start_time=meta.started_ms, tags=suite_tags(suite, parent, linked), run_name=suite.info.name
+        experiment_key,
+        start_time=start,
+        tags=suite_tags(suite, parent, versions.linked, meta),
+        run_name=run_name(suite.info.name, meta, start),
     ).info.run_id
     with terminate_on_error(client, child):
         found = templates(suite)
         log_batch(client, child, metrics=suite_metrics(suite, baseline), params=suite_params(suite, found))
+        _log_dataset_input(client, child, suite)
         if suite.cases_file is None:
             client.log_table(child, case_table(suite.results), TABLE_FILE)
         else:
@@ -189,8 +221,18 @@ def _log_suite(
         for index, template in found.items():
             client.log_text(child, scrub(template), f"prompts/template-{index}.txt")
         client.log_text(child, rendered_prompts(suite), "prompts/rendered.md")
-        client.set_terminated(child, "FINISHED", end_time=meta.ended_ms)
-    return child
+        client.set_terminated(child, "FINISHED", end_time=end)
+    return child, versions
+
+
+def _log_dataset_input(client: Any, run_id: str, suite: SuiteSummary) -> None:
+    """The suite's cases as the run's dataset input (context `eval`), as `mlflow.genai.evaluate`
+    logs its data: the run lists show it in their Dataset column."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    described = suite_dataset(suite)
+    dataset = Dataset(schema=None, **described)
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "eval")])])
 
 
 def _log_dataset_cases(client: Any, run_id: str, suite: SuiteSummary, problems: list[str]) -> None:
@@ -211,10 +253,14 @@ def _log_repair(
     client: Any, experiment_key: str, parent: str, repair: Any, meta: SessionMeta, registry_uri: str | None
 ) -> str:
     """One repair as a child run: what was repaired and how (params), the pass rates before and
-    after and the calls (metrics), the proposal, the original and the diff (artifacts)."""
-    run_name = f"repair {repair.suite_name} prompt {repair.prompt_index}"
+    after and the calls (metrics), the proposal, the original and the diff (artifacts). Its
+    scored cases become its traces (traces.py)."""
+    start = int(repair.started_at * 1000) if repair.started_at else meta.started_ms
     child = client.create_run(
-        experiment_key, start_time=meta.started_ms, tags=repair_tags(repair, parent, registry_uri), run_name=run_name
+        experiment_key,
+        start_time=start,
+        tags=repair_tags(repair, parent, registry_uri, meta),
+        run_name=run_name(f"repair {repair.suite_name} prompt {repair.prompt_index}", meta, start),
     ).info.run_id
     with terminate_on_error(client, child):
         log_batch(client, child, metrics=repair_metrics(repair), params=repair_params(repair))
@@ -225,8 +271,9 @@ def _log_repair(
             suffix = Path(repair.file).suffix if repair.file else ".txt"
             client.log_text(child, scrub(repair.prompt), f"repair/proposal{suffix or '.txt'}")
         if repair.diff:
-            client.log_text(child, scrub(repair.diff), "repair/proposal.diff")
-        client.set_terminated(child, "FINISHED", end_time=meta.ended_ms)
+            client.log_text(child, scrub(repair.diff), DIFF_FILE)
+        end = start + int(repair.duration_s * 1000) if repair.started_at else meta.ended_ms
+        client.set_terminated(child, "FINISHED", end_time=end)
     return child
 
 

@@ -8,6 +8,7 @@ compared in tests.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -91,6 +92,9 @@ class Response:
     cost: float | None = None
     cached: bool = False
     model: str = ""
+    # Requests answered by the same model call (1: its own call). A batch's answers share its
+    # forward passes: `latency_ms` is then the time until this answer was complete in the batch.
+    batch_size: int = 1
 
     def __str__(self) -> str:
         return self.text
@@ -117,3 +121,13 @@ class Model(Protocol):
     def cache_identity(self) -> Mapping[str, Any]: ...
 
     def generate(self, request: Request) -> Response: ...
+
+
+# What an adapter's long wait is for ("preparing the bundled model ..."): records of this logger
+# that carry `promptopt_status=True`; the progress line of a run shows them as they come.
+STATUS_LOGGER = "pytest_promptopt.status"
+
+
+def announce(message: str) -> None:
+    """Say what a long wait is for (shown live by the progress line of a run in one process)."""
+    logging.getLogger(STATUS_LOGGER).info(message, extra={"promptopt_status": True})

@@ -25,8 +25,8 @@ from typing import Any, Protocol
 
 from ..redact import scrub, without_secrets
 from .base import ModelError
+from .cpu import cpu_threads, quiet_transformers
 from .hosted import _litellm, env_api_key
-from .local import _quiet_transformers, _torch_threads
 from .packaged import package_folders
 from .specs import BUNDLED, parse_model_spec
 
@@ -117,10 +117,10 @@ class MiniLMEmbedder:
                 raise EmbeddingError(
                     f"the offline embedding model needs torch and transformers ({exc}): {INSTALL_HINT}"
                 ) from None
-            threads = _torch_threads()  # the bundled model's rule: xdist workers split the cores
+            threads = cpu_threads()  # the bundled model's rule: xdist workers split the cores
             if threads is not None:
                 torch.set_num_threads(threads)
-            with _quiet_transformers():
+            with quiet_transformers():
                 # local_files_only: nothing reaches the Hub (without changing the process's HF_* variables)
                 tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
                 model = AutoModel.from_pretrained(str(folder), local_files_only=True)

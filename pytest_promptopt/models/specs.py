@@ -12,15 +12,19 @@ from typing import Any
 
 from ..redact import redact
 from .base import Model, ModelError
+from .local_runtimes import RUNTIMES as LOCAL_RUNTIMES  # the bundled model's runtimes (models/local.py)
 
 __all__ = [
     "BUNDLED",
+    "LOCAL_RUNTIMES",
     "ModelSpec",
     "create_model",
     "is_model",
+    "local_runtime_choice",
     "model_name",
     "parse_model_spec",
     "provider_spec",
+    "with_local_runtime",
     "with_timeout",
 ]
 
@@ -156,6 +160,22 @@ def with_timeout(spec: ModelSpec, timeout_s: float) -> ModelSpec:
     if "/" not in spec.id or "timeout" in spec.params:
         return spec
     return ModelSpec(spec.id, {**spec.params, "timeout": timeout_s}, spec.label)
+
+
+def local_runtime_choice(raw: Any) -> str | None:
+    """The bundled model's runtime as --promptopt-local-runtime (or its ini twin) gives it; None if unset."""
+    text = "" if raw is None else str(raw).strip().lower()
+    if text and text not in LOCAL_RUNTIMES:
+        raise ValueError(f"{raw!r} is not one of {', '.join(LOCAL_RUNTIMES)}")
+    return text or None
+
+
+def with_local_runtime(spec: ModelSpec, runtime: str | None) -> ModelSpec:
+    """`spec` with the run's runtime (--promptopt-local-runtime) for the bundled model, unless its
+    provider config names one."""
+    if spec.id != BUNDLED or not runtime or "runtime" in spec.params:
+        return spec
+    return ModelSpec(spec.id, {**spec.params, "runtime": runtime}, spec.label)
 
 
 def with_tracking_server(spec: ModelSpec, tracking_uri: str | None) -> ModelSpec:

@@ -120,6 +120,10 @@ class RepairResult:
     applied: bool = False
     duration_s: float = 0.0
     tried: list[dict[str, Any]] = field(default_factory=list)  # every optimiser tried: name, in-sample pass rate, calls
+    started_at: float | None = None  # when the repair began (Unix time, seconds)
+    # The proposal scored case by case (when one was scored): each case's id, name, vars, part
+    # ("held-out" or "in-sample") and the original's and the proposal's answer and verdict.
+    cases: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def repaired(self) -> bool:
@@ -167,6 +171,8 @@ class RepairResult:
             "applied": self.applied,
             "duration_s": round(self.duration_s, 3),
             "tried": list(self.tried),
+            "started_at": self.started_at,
+            "cases": list(self.cases),
         }
 
     @classmethod

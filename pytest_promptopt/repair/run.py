@@ -73,6 +73,9 @@ def repair_run(session: Any, run: RunSummary, settings: RepairSettings) -> list[
                 session.settings.model,
                 session.registry.resolve,
                 repeats=Repeats(1, from_cli=True),
+                limits=session.settings.suite_limits,
+                script_timeout_s=session.settings.script_timeout_s,
+                sandbox=session.sandbox,
             )
         except SuiteError as exc:
             results.append(dataclasses.replace(base, status="error", reason=str(exc)))
@@ -137,6 +140,18 @@ def _evaluate(session: Any, cases: Sequence[Case], tag: str, calls: Calls) -> li
     return results
 
 
+def _scored(result: CaseResult) -> dict[str, Any]:
+    """A case's answer and verdict, as a repair reports it per case."""
+    return {
+        "output": result.output,
+        "passed": bool(result.passed and not result.error),
+        "error": result.error,
+        "score": result.score,
+        "reason": result.reason,
+        "latency_ms": result.latency_ms,
+    }
+
+
 def _with_prompt(case: Case, prompt: Prompt) -> Case:
     return dataclasses.replace(case, prompt=prompt, rendered_prompt=render_prompt(prompt.template, case.vars))
 
@@ -170,6 +185,7 @@ def repair_prompt(
         original=first.prompt.template,
         budget=config.budget,
         seed=config.seed,
+        started_at=time.time(),
     )
     try:
         _repair(session, cases, config, settings, result, several_models)
@@ -323,6 +339,18 @@ def _repair(
         score([before[i] for i in train_at]),
         score([after[i] for i in train_at]),
     )
+    held = set(held_at)
+    result.cases = [
+        {
+            "case_id": case.case_id,
+            "name": case.name,
+            "vars": dict(before[i].vars),
+            "split": "held-out" if i in held else "in-sample",
+            "original": _scored(before[i]),
+            "proposal": {**_scored(after[i]), "prompt": after[i].prompt},
+        }
+        for i, case in enumerate(cases)
+    ]
     result.tried[0]["insample_after"] = result.insample_after.pass_rate
     if stopped:
         result.reason = (

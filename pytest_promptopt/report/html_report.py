@@ -1,9 +1,10 @@
 """The HTML report (`--promptopt-html PATH`): one self-contained file a person can open offline.
 
-It reads only a `RunSummary`, like every reporter. The plots are plotly figures; plotly.js is
-inlined once in the page, so viewing the file needs no network. Every piece of user content
-(suite names, outputs, reasons, errors) is HTML-escaped: a model's output is shown as text,
-never interpreted. The case table is filtered by a few lines of vanilla JavaScript.
+It reads only a `RunSummary`, like every reporter. The plots are plotly figures (html_plots.py),
+drawn once the page has laid out; plotly.js is inlined once in the page, so viewing the file
+needs no network. Every piece of user content (suite names, outputs, reasons, errors) is
+HTML-escaped: a model's output is shown as text, never interpreted. The case table is filtered by
+a few lines of vanilla JavaScript.
 
 plotly is imported inside `render_html` (DEVELOPERS.md: lazy heavy imports); it comes with the
 `html` extra.
@@ -14,7 +15,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-from collections.abc import Iterable
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from typing import Any
 from ..records import CaseResult
 from ..redact import redact
 from ..summary import RunSummary, SuiteSummary
+from .html_plots import DRAW_JS, figures_json
 
 __all__ = ["render_html", "write_html"]
 
@@ -57,9 +58,7 @@ def render_html(run: RunSummary, *, exit_status: int | None = None) -> str:
         _suites_table(run.suites),
         *(["<h2>Repairs</h2>", _repairs(run.repairs)] if run.repairs else []),
         "<h2>Plots</h2>",
-        "<div class=plots>",
-        *(f"<div class=plot id='plot-{key}'>{html}</div>" for key, html in _plots(run)),
-        "</div>",
+        _plots(run),
         "<h2>Cases</h2>",
         _cases_table(run.suites),
     ]
@@ -70,7 +69,7 @@ def render_html(run: RunSummary, *, exit_status: int | None = None) -> str:
         f"<style>{_CSS}</style>\n"
         # plotly.js, once, inline: the page must work offline (no CDN).
         f"<script>{get_plotlyjs()}</script>\n"
-        "</head>\n<body>\n" + "\n".join(body) + f"\n<script>{_JS}</script>\n</body>\n</html>\n"
+        "</head>\n<body>\n" + "\n".join(body) + f"\n<script>{DRAW_JS}\n{_JS}</script>\n</body>\n</html>\n"
     )
 
 
@@ -220,121 +219,13 @@ def _repairs(repairs: list[Any]) -> str:
 # --------------------------------------------------------------------------- plots
 
 
-def _label(text: str) -> str:
-    # plotly.js reads a few HTML tags in labels; escaped, a name is shown exactly as written.
-    return escape(text)
-
-
-def _plots(run: RunSummary) -> Iterable[tuple[str, str]]:
-    import plotly.graph_objects as go
-    import plotly.io as pio
-
-    def html(fig: Any, key: str) -> tuple[str, str]:
-        fig.update_layout(template="plotly_white", margin={"l": 50, "r": 20, "t": 50, "b": 50}, height=360)
-        return key, pio.to_html(
-            fig,
-            full_html=False,
-            include_plotlyjs=False,
-            div_id=f"fig-{key}",
-            config={"displaylogo": False, "responsive": True},
-        )
-
-    names = [_label(s.info.name) for s in run.suites]
-    rates = [None if s.pass_rate is None else s.pass_rate * 100 for s in run.suites]
-    fig = go.Figure(
-        go.Bar(
-            x=names,
-            y=rates,
-            name="pass rate",
-            marker_color=["#2e7d32" if s.gates_passed else "#c62828" for s in run.suites],
-            text=[_rate(s.pass_rate) for s in run.suites],
-            textposition="auto",
-        )
+def _plots(run: RunSummary) -> str:
+    """A cell per figure, and the figures' JSON; DRAW_JS draws them after layout."""
+    keys, data = figures_json(run)
+    cells = "".join(
+        f"<div class=plot id='plot-{key}'><div class=plot-figure id='fig-{key}'></div></div>" for key in keys
     )
-    gate_x, gate_y = [], []
-    for name, s in zip(names, run.suites):
-        for g in s.gates:
-            if g.name == "pass_rate":
-                gate_x.append(name)
-                gate_y.append(g.threshold * 100)
-    if gate_x:
-        fig.add_trace(
-            go.Scatter(
-                x=gate_x,
-                y=gate_y,
-                mode="markers",
-                name="pass_rate gate",
-                marker={"symbol": "line-ew-open", "size": 40, "line": {"width": 3}, "color": "#111"},
-            )
-        )
-    fig.update_layout(
-        title="Pass rate per suite (bars; green: gates passed)", yaxis={"title": "pass rate (%)", "range": [0, 105]}
-    )
-    yield html(fig, "pass-rate")
-
-    compared = run.baseline.suites if run.baseline is not None else {}
-    if compared:  # --promptopt-baseline: the baseline's pass rate next to this run's
-
-        def pct(value: float | None) -> float | None:
-            return None if value is None else value * 100
-
-        pairs = [(name, compared.get(s.info.id)) for name, s in zip(names, run.suites)]
-        fig = go.Figure(
-            [
-                go.Bar(
-                    x=names,
-                    y=[pct(c.baseline_pass_rate) if c else None for _, c in pairs],
-                    name=f"baseline ({_label(run.baseline.ref)})",
-                    marker_color="#9e9e9e",
-                ),
-                go.Bar(
-                    x=names,
-                    y=rates,
-                    name="this run",
-                    marker_color="#1565c0",
-                    text=[f"{c.delta * 100:+.1f} pts" if c and c.delta is not None else "" for _, c in pairs],
-                    textposition="auto",
-                ),
-            ]
-        )
-        fig.update_layout(
-            title="Pass rate against the baseline (not a gate)",
-            barmode="group",
-            yaxis={"title": "pass rate (%)", "range": [0, 105]},
-        )
-        yield html(fig, "baseline")
-
-    fig = go.Figure()
-    for name, s in zip(names, run.suites):
-        xs, ys = [], []
-        for r in s.results:
-            if r.error:
-                continue
-            if r.score is not None:
-                xs.append("case score")
-                ys.append(r.score)
-            for metric, value in sorted(r.named_scores.items()):
-                xs.append(_label(metric))
-                ys.append(value)
-        if ys:
-            fig.add_trace(go.Box(x=xs, y=ys, name=name, boxpoints="all", jitter=0.4, pointpos=0))
-    fig.update_layout(
-        title="Score distribution per metric (case score and named metrics)", boxmode="group", yaxis={"title": "score"}
-    )
-    yield html(fig, "scores")
-
-    fig = go.Figure()
-    for name, s in zip(names, run.suites):
-        values = [r.latency_ms for r in s.results if r.latency_ms is not None]
-        if values:
-            fig.add_trace(go.Histogram(x=values, name=name, opacity=0.7))
-    fig.update_layout(
-        title="Latency distribution (model call, ms; a cache hit keeps the original latency)",
-        barmode="overlay",
-        xaxis={"title": "latency (ms)"},
-        yaxis={"title": "cases"},
-    )
-    yield html(fig, "latency")
+    return f"<div class=plots>{cells}</div>\n<script type='application/json' id='promptopt-figures'>{data}</script>"
 
 
 # --------------------------------------------------------------------------- cases
@@ -428,6 +319,7 @@ pre{white-space:pre-wrap;word-break:break-word;margin:0;max-height:16em;overflow
 .status{font-weight:bold;padding:1px 6px;border-radius:3px;color:#fff}
 .status.passed{background:#2e7d32}.status.failed{background:#c62828}.status.error{background:#ef6c00}
 .plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(420px,1fr));gap:12px}
+.plot{min-width:0}.plot-figure{width:100%;height:360px}
 .diff .add{color:#2e7d32}.diff .del{color:#c62828}.diff .hunk{color:#6a1b9a}.diff .head{color:#555;font-weight:bold}
 details.repair{margin:8px 0}details.repair pre{max-height:24em;background:#fafafa;padding:4px}
 .filters{margin:8px 0}.filters input{width:24em}#filter-count{color:#555;margin-left:8px}

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from ..run_json import report_dict
+from ..run_json import finite_numbers, report_dict
 from ..summary import RunSummary
 
 __all__ = ["write_report"]
@@ -17,7 +17,13 @@ def write_report(path: Path, run: RunSummary, *, exit_status: int | None = None)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(
-        json.dumps(report_dict(run, exit_status=exit_status), indent=2, ensure_ascii=False, default=str),
+        json.dumps(
+            finite_numbers(report_dict(run, exit_status=exit_status)),
+            indent=2,
+            ensure_ascii=False,
+            default=str,
+            allow_nan=False,
+        ),
         encoding="utf-8",
     )
     os.replace(tmp, path)

@@ -4,17 +4,35 @@ Registered in the controller only (never in an xdist worker), and only when the 
 is on and pytest is not quiet (`-q`, `-qq`). At most one line per interval, written after each
 test's teardown report, on a line of its own: pytest's current line of dots is ended first, and
 pytest starts a fresh line (with the file name) for the next result.
+
+A long wait in this process also gets a line when it starts, saying what it is for: the records
+of the `pytest_promptopt.status` logger (`promptopt: preparing the bundled model (first run: ...)`,
+models/base.announce). Under xdist the wait happens in a worker and shows no line.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from ..models.base import STATUS_LOGGER
+
 __all__ = ["ProgressLine"]
+
+
+class _StatusHandler(logging.Handler):
+    def __init__(self, line: ProgressLine) -> None:
+        super().__init__(logging.INFO)
+        self.line = line
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "promptopt_status", False):
+            self.line.announce(record.getMessage())
 
 
 class ProgressLine:
@@ -30,6 +48,27 @@ class ProgressLine:
         self.calls = self.cache_hits = self.errors = 0
         self._seen = 0  # records already counted
         self.started = self._last = clock()
+        self._status = _StatusHandler(self)
+        self._status_level: int | None = None
+
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        logger = logging.getLogger(STATUS_LOGGER)
+        self._status_level = logger.level
+        logger.setLevel(logging.INFO)
+        logger.addHandler(self._status)
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        logger = logging.getLogger(STATUS_LOGGER)
+        logger.removeHandler(self._status)
+        if self._status_level is not None:
+            logger.setLevel(self._status_level)
+
+    def announce(self, message: str) -> None:
+        """Write `promptopt: <message>` now, even in the middle of a test (its capture paused)."""
+        capture = self.config.pluginmanager.get_plugin("capturemanager")
+        paused = capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext()
+        with paused:
+            self.write(f"promptopt: {message}")
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.total = len(session.items)

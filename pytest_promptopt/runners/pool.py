@@ -18,7 +18,7 @@ from itertools import islice
 from typing import Any
 
 from ..cache import ResponseCache
-from ..execute import AnsweredCase, answer_batch, execute_case, grade_answered, model_error
+from ..execute import AnsweredCase, answer_batch, error_result, execute_case, grade_answered, model_error
 from ..judging import Judges, judge_calls
 from ..models.base import Model, ModelError
 from ..models.specs import ModelSpec
@@ -69,6 +69,8 @@ class CaseRunner:
 
     def result(self, case: Case, nodeid: str, upcoming: Iterable[Pair] = ()) -> CaseResult:
         """`case`'s result; starts `upcoming` cases (those pytest runs next) in the background."""
+        if case.error is not None:  # a case that cannot run (suite/cases.failed_case): no model call
+            return error_result(case, nodeid, case.error)
         with self._lock:
             future = self._pending.pop(nodeid, None)
             idle = not self._pending
@@ -149,8 +151,8 @@ class CaseRunner:
                 if len(chosen) >= max(room, len(first)):
                     exhausted = False
                     break
-                if nodeid in self._pending or nodeid in seen:
-                    continue
+                if nodeid in self._pending or nodeid in seen or case.error is not None or case.chain is not None:
+                    continue  # errors need no call; a chained case waits for the ones before it
                 seen.add(nodeid)
                 chosen.append((case, nodeid))
             started: dict[str, Future[CaseResult]] = {}

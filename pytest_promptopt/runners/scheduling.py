@@ -28,10 +28,11 @@ from typing import Any
 
 import pytest
 
+from ..suite.chains import SEQUENCE
 from ..suite.document import is_suite_file
 from .pool import lookahead_window
 
-__all__ = ["is_case_nodeid", "make_scheduler", "worker_window"]
+__all__ = ["is_case_nodeid", "make_scheduler", "sequence_of", "worker_window"]
 
 
 def worker_window(concurrency: int, batch_size: int, workers: int) -> int:
@@ -54,6 +55,14 @@ def is_case_nodeid(nodeid: str) -> bool:
     return bool(sep) and is_suite_file(Path(path))
 
 
+def sequence_of(nodeid: str) -> str | None:
+    """The `sequence` node (suite/chains.py) a suite case's node id lies in, or None."""
+    marker = f"::{SEQUENCE}::"
+    if marker not in nodeid or not is_case_nodeid(nodeid):
+        return None
+    return nodeid.split(marker, 1)[0]
+
+
 @functools.cache
 def _scheduler_class() -> type:
     # Built on first use: xdist (and execnet behind it) is imported only under xdist.
@@ -65,6 +74,7 @@ def _scheduler_class() -> type:
             # Each worker's window; the workers compute their share from the same worker count.
             self.window = worker_window(concurrency, batch_size, self.numnodes)
             self._cases: set[int] = set()  # collection indexes of prompt cases
+            self._groups: dict[int, str | None] | None = None  # collection index -> its sequence node
 
         def schedule(self) -> None:
             first = self.collection is None
@@ -73,6 +83,24 @@ def _scheduler_class() -> type:
                 self._cases = {i for i, nodeid in enumerate(self.collection) if is_case_nodeid(nodeid)}
                 for node in self.nodes:
                     self._top_up(node)
+
+        def _send_tests(self, node: Any, num: int) -> None:
+            """xdist's, except that a chained suite's cases (its `sequence` node: storeOutputAs,
+            _conversation) go to one worker together, in their order."""
+            chosen = self.pending[:num]
+            groups = {self._group(i) for i in chosen} - {None}
+            if groups:
+                chosen += [i for i in self.pending[num:] if self._group(i) in groups]
+            if chosen:
+                taken = set(chosen)
+                self.pending[:] = [i for i in self.pending if i not in taken]
+                self.node2pending[node].extend(chosen)
+                node.send_runtest_some(chosen)
+
+        def _group(self, index: int) -> str | None:
+            if self._groups is None:
+                self._groups = {i: sequence_of(nodeid) for i, nodeid in enumerate(self.collection or ())}
+            return self._groups.get(index)
 
         def check_schedule(self, node: Any, duration: float = 0) -> None:
             self._top_up(node)

@@ -17,7 +17,7 @@ from ..models.specs import ModelSpec, parse_model_spec
 from ..prompt import Prompt
 from .cases import CaseError
 from .dataset import FORMATS, CaseFactory, DatasetSlice, DatasetSource, DatasetSpec, columns, read_rows
-from .document import Context, format_path
+from .document import Context
 from .expansion import build_assertion, load_vars, merge_test, var_combinations, vars_mapping
 from .model import Case, SuiteInfo
 from .sources import TestEntry
@@ -64,10 +64,9 @@ def fuzz_cases(
     drawn = {str(k) for test in tests for k in vars_mapping(test.data.get("vars"), test.path, ctx)} - set(schemas)
     examples: list[dict[str, Any]] = []
     for test in tests:
-        for combo in var_combinations(
-            load_vars(merge_test(default, test.data, test.path, ctx)["vars"], test.path, ctx)
-        ):
-            examples.append({k: v for k, v in combo.items() if k in drawn})
+        merged_vars = merge_test(default, test.data, test.path, ctx)["vars"]
+        for combo in var_combinations(merged_vars, test.path, ctx, ctx.limits.max_cases):
+            examples.append({k: v for k, v in load_vars(combo, test.path, ctx).items() if k in drawn})
     available = set(schemas) | set(block.defaults) | {name for example in examples for name in example}
     for index, prompt in enumerate(prompts):
         missing = sorted(prompt.variables - available)
@@ -146,7 +145,7 @@ def _block(
     assertions = []
     for index, entry in enumerate(merged["assert"]):
         path = ("defaultTest", "assert", index) if index < n_default else here + ("assert", index - n_default)
-        assertions.append((build_assertion(entry, format_path(path), merged["options"].get("provider")), path))
+        assertions.append((build_assertion(entry, ctx.where(path), merged["options"].get("provider")), path))
     return _Block(merged, load_vars(merged["vars"], ("defaultTest",), ctx), providers, tuple(assertions))
 
 
@@ -227,6 +226,7 @@ def _dataset_source(raw: dict[str, Any], ctx: Context, backend: str | None) -> D
     relative = written[len("file://") :] if written.startswith("file://") else written
     path = Path(relative).expanduser()
     path = path if path.is_absolute() else ctx.base_dir / path
+    ctx.check_inside(path, ("dataset", "path"), "data file")
     if path.is_dir():
         kind = "parquet"
     else:

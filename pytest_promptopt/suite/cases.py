@@ -18,13 +18,13 @@ from typing import Any
 from ..assertions.base import Assertion, AssertionConfigError
 from ..assertions.scoring import render_assertion
 from ..models.specs import ModelSpec
-from ..prompt import MissingVariable, Prompt, TemplateError, render_prompt
+from ..prompt import MissingVariable, Prompt, TemplateError, render_suite_prompt
 from ..sandbox import DEFAULT_SCRIPT_TIMEOUT_S, Sandbox, ScriptFault, sandbox_for
 from ..sandbox.scripts import is_code_reference, load_code_var, run_prompt_function
 from .document import format_path
 from .model import Case, SuiteInfo
 
-__all__ = ["CaseError", "Missing", "Place", "Placed", "build_case", "case_id", "python_case_id"]
+__all__ = ["CaseError", "Missing", "Place", "Placed", "build_case", "case_id", "failed_case", "python_case_id"]
 
 Place = tuple[str | int, ...]  # a place in the suite document, e.g. ("tests", 2, "assert", 0)
 Placed = tuple[Assertion, Place]  # an assertion, unrendered, with its place in the suite
@@ -78,17 +78,20 @@ def build_case(
     base_dir: Path = Path("."),
     several_prompts: bool = False,
     several_providers: bool = False,
+    env: Mapping[str, Any] | None = None,
     transform: str | None = None,
     script_timeout_s: float = DEFAULT_SCRIPT_TIMEOUT_S,
     sandbox: Sandbox | None = None,
     filters: Mapping[str, Any] | None = None,
 ) -> Case:
-    """Render `prompt` and `assertions` with `variables` into a `Case`. Raises `CaseError`.
+    """Render `prompt` and `assertions` with `variables` into a `Case`, as promptfoo renders
+    them (prompt.render_suite_prompt; `env` is the suite's `env:`). A prompt's `config` joins
+    the model's parameters. Raises `CaseError`.
 
     User code runs here, as promptfoo runs it when it renders a prompt: `file://x.py|js` vars
     (loaders, in order, each seeing the vars loaded before it), then a prompt function, whose
     result is the template; `filters` are the suite's Nunjucks filters."""
-    where = f"prompts[{prompt_index}] ({prompt.label})"
+    where = f"prompts[{prompt_index}] ({prompt.label[:60]})"
     identity_vars = variables
     template = prompt.template
     if prompt.function is not None or any(is_code_reference(v) for v in variables.values()):
@@ -96,21 +99,26 @@ def build_case(
             prompt, variables, model, base_dir, script_timeout_s, sandbox, missing.path, prompt_index
         )
     try:
-        rendered = render_prompt(template, variables, filters)
+        rendered = render_suite_prompt(template, variables, env, filters)
     except MissingVariable as exc:
         raise CaseError(f"{exc} in {where}; {missing.hint}", missing.path) from None
     except TemplateError as exc:
         raise CaseError(f"{exc} in {where}", ("prompts", prompt_index)) from None
+    if prompt.config:
+        model = ModelSpec(model.id, {**model.params, **prompt.config}, model.label)
     checks = []
+    scope = {"env": dict(env or {}), **variables}
     for assertion, path in assertions:
         try:
-            checks.append(render_assertion(assertion, variables))
+            checks.append(render_assertion(assertion, scope, promptfoo=True))
         except AssertionConfigError as exc:
             # The assertion names its place (`where`) in its message; the error carries it as a path.
-            message, prefix = str(exc), format_path(path)
-            raise CaseError(
-                message[len(prefix) + 2 :] if message.startswith(prefix + ": ") else message, path
-            ) from None
+            message = str(exc)
+            for prefix in (assertion.where, format_path(path)):
+                if prefix and message.startswith(prefix + ": "):
+                    message = message[len(prefix) + 2 :]
+                    break
+            raise CaseError(message, path) from None
     identity = case_id(
         identity_vars,
         [a.to_dict() for a in checks],
@@ -135,6 +143,50 @@ def build_case(
         position=position,
         transform=transform,
         script_timeout_s=script_timeout_s,
+    )
+
+
+def failed_case(
+    suite: SuiteInfo,
+    prompt: Prompt,
+    prompt_index: int,
+    variables: Mapping[str, Any],
+    model: ModelSpec,
+    message: str,
+    *,
+    name: str,
+    test_index: int,
+    position: int,
+    description: str = "",
+    base_dir: Path = Path("."),
+    several_prompts: bool = False,
+    several_providers: bool = False,
+    transform: str | None = None,
+    script_timeout_s: float = DEFAULT_SCRIPT_TIMEOUT_S,
+) -> Case:
+    """A case that cannot run (`message` says why, with the file, line and field): it is
+    reported as an error, without a model call, and the suite's other cases run."""
+    identity = case_id(
+        variables,
+        {"error": message},
+        prompt_index if several_prompts else None,
+        model.display if several_providers else None,
+    )
+    return Case(
+        suite=suite,
+        case_id=identity,
+        name=name,
+        prompt=prompt,
+        rendered_prompt="",
+        prompt_index=prompt_index,
+        test_index=test_index,
+        vars=variables,
+        assertions=(),
+        model=model,
+        description=description,
+        base_dir=base_dir,
+        position=position,
+        error=message,
     )
 
 

@@ -1,19 +1,29 @@
-"""Read a YAML/JSON suite document, keeping the line of every node for error messages."""
+"""Read a YAML/JSON suite document, keeping the line of every node for error messages.
+
+YAML is read as promptfoo reads it (the YAML 1.2 core schema, `yaml12.py`). Before a document
+becomes data its node graph is checked, so hostile or mistaken input is an error naming the
+place, never a hang: a key written twice in one mapping, aliases that expand beyond
+`SuiteLimits.max_alias_nodes`, nesting deeper than `MAX_DEPTH`.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .model import SuiteError
+from .. import yaml12
+from .model import SuiteError, SuiteLimits
 
 Path_ = tuple[str | int, ...]
 
 SUITE_SUFFIXES = (".promptopt.yaml", ".promptopt.yml", ".promptopt.json")
 PROMPTFOO_NAMES = ("promptfooconfig.yaml", "promptfooconfig.yml", "promptfooconfig.json")
+MAX_DEPTH = 100  # mappings and lists inside each other; JSON's reader gives up near 1000
+ALIAS_OPTION = "--promptopt-max-alias-nodes (ini promptopt_max_alias_nodes)"
 
 
 def is_suite_file(path: Path) -> bool:
@@ -22,16 +32,19 @@ def is_suite_file(path: Path) -> bool:
 
 
 class DocumentError(ValueError):
-    def __init__(self, message: str, line: int | None = None) -> None:
+    def __init__(self, message: str, line: int | None = None, path: Sequence[str | int] = ()) -> None:
         super().__init__(message)
         self.line = line
+        self.path = tuple(path)
 
 
 @dataclass
 class LineMap:
-    """Line (1-based) of each node, by its path in the document; unknown paths fall back to the parent."""
+    """Line (1-based) of each node, by its path in the document; unknown paths fall back to the parent.
+    `dates`: where YAML timestamps were read (kept as their text; promptfoo makes them `{}`)."""
 
     lines: dict[Path_, int] = field(default_factory=dict)
+    dates: list[Path_] = field(default_factory=list)
 
     def line(self, path: Sequence[str | int]) -> int | None:
         path = tuple(path)
@@ -54,104 +67,207 @@ def format_path(path: Sequence[str | int]) -> str:
     return out or "(top level)"
 
 
-def read_document(path: Path) -> tuple[Any, LineMap]:
-    import yaml
-
+def read_document(path: Path, limits: SuiteLimits = SuiteLimits()) -> tuple[Any, LineMap]:
     try:
         text = path.read_text(encoding="utf-8")
+    except IsADirectoryError:
+        raise DocumentError("is a directory, not a suite file") from None
     except OSError as exc:
         raise DocumentError(f"cannot read: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
         raise DocumentError(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    lines = LineMap()
     if path.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DocumentError(f"invalid JSON: {exc.msg} (column {exc.colno})", exc.lineno) from None
-        try:
-            node = _compose(text)
-        except yaml.YAMLError:
-            node = None  # JSON that YAML cannot read (tabs): errors then carry paths without lines
-        if node is not None:
-            _walk(node, (), lines.lines)
-        return data, lines
-    # Parsed once: the node tree gives the lines, then becomes the data (what yaml.load does).
-    loader = _loader()(text)
+        return _read_json(text, limits)
+    return parse_yaml(text, limits)
+
+
+def parse_yaml(text: str, limits: SuiteLimits = SuiteLimits()) -> tuple[Any, LineMap]:
+    """YAML (or JSON) text as data and its line map, checked. Raises `DocumentError`."""
+    import yaml
+
+    lines = LineMap()
     try:
-        node = loader.get_single_node()
-        data = None
-        if node is not None:
-            _walk(node, (), lines.lines)  # before construction, which flattens `<<` merge keys in place
-            data = loader.construct_document(node)
+        node, loader = yaml12.compose(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
         raise DocumentError(f"invalid YAML: {problem}", mark.line + 1 if mark else None) from None
-    finally:
+    except RecursionError:
+        raise DocumentError(f"invalid YAML: nested more than {MAX_DEPTH} levels deep") from None
+    if node is None:
         loader.dispose()
+        return None, lines
+    try:
+        _check(node, lines, limits)  # before construction, which flattens `<<` merge keys in place
+    except DocumentError:
+        loader.dispose()
+        raise
+    try:
+        return yaml12.construct(node, loader), lines
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise DocumentError(f"invalid YAML: {problem}", mark.line + 1 if mark else None) from None
+
+
+def _read_json(text: str, limits: SuiteLimits) -> tuple[Any, LineMap]:
+    import yaml
+
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DocumentError(f"invalid JSON: {exc.msg} (column {exc.colno})", exc.lineno) from None
+    except RecursionError:
+        raise DocumentError(f"invalid JSON: nested more than {MAX_DEPTH} levels deep") from None
+    lines = LineMap()
+    try:
+        node, loader = yaml12.compose(text)
+    except (yaml.YAMLError, RecursionError):
+        node, loader = None, None  # JSON that YAML cannot read (tabs): errors then carry paths without lines
+    if node is not None:
+        try:
+            _check(node, lines, limits)  # duplicate keys and depth, with lines
+        finally:
+            loader.dispose()
+    else:
+        if loader is not None:
+            loader.dispose()
+        _check_depth(data)
     return data, lines
 
 
-def load_yaml(text: str) -> Any:
-    """Parse YAML (or JSON) text with the same loader as suite files, everywhere."""
-    import yaml
-
-    return yaml.load(text, Loader=_loader())
-
-
-def _compose(text: str) -> Any:
-    import yaml
-
-    return yaml.compose(text, Loader=_loader())
+def load_yaml(text: str, limits: SuiteLimits = SuiteLimits()) -> Any:
+    """Parse YAML (or JSON) text with the same loader and checks as suite files, everywhere.
+    Raises `DocumentError`."""
+    return parse_yaml(text, limits)[0]
 
 
-def _loader() -> Any:
-    """libyaml's loader when it can be trusted, else the pure-Python one.
+def _check(root: Any, lines: LineMap, limits: SuiteLimits) -> None:
+    """Walk the node graph once, without expanding aliases: record lines and dates, refuse
+    duplicate keys, nesting beyond MAX_DEPTH and alias expansion beyond the limit."""
+    try:
+        sizes = yaml12.expanded_sizes(root)
+    except RecursionError as exc:  # a node that contains itself
+        raise DocumentError(str(exc), getattr(exc, "line", None)) from None
+    seen: set[int] = set()
+    added = 0  # nodes the aliases add when the document is expanded
+    stack: list[tuple[Any, Path_, int]] = [(root, (), 1)]
+    while stack:
+        node, path, depth = stack.pop()
+        if id(node) in seen:  # an alias: its anchor's lines stand for it
+            added += sizes[id(node)]
+            if added > limits.max_alias_nodes:
+                raise DocumentError(
+                    f"YAML aliases expand the document to more than {limits.max_alias_nodes:,} extra nodes "
+                    f"(the alias here alone adds {sizes[id(node)]:,}); write the values out, or raise the limit "
+                    f"with {ALIAS_OPTION}",
+                    lines.line(path),  # an alias has no line of its own: its place's
+                    path,
+                )
+            continue
+        seen.add(id(node))
+        lines.lines.setdefault(path, node.start_mark.line + 1)
+        if depth > MAX_DEPTH:
+            raise DocumentError(f"nested more than {MAX_DEPTH} levels deep", node.start_mark.line + 1, path)
+        if node.id == "scalar":
+            if node.tag == "tag:yaml.org,2002:timestamp":
+                lines.dates.append(path)
+            continue
+        children: list[tuple[Any, Path_]] = []
+        if node.id == "mapping":
+            first: dict[str, int] = {}
+            for key, value in node.value:
+                name = str(key.value) if key.id == "scalar" else f"<{key.id}>"
+                line = key.start_mark.line + 1
+                if name in first and name != "<<" and key.id == "scalar":
+                    raise DocumentError(
+                        f"duplicate key '{name}' (first at line {first[name]}, again at line {line}); "
+                        "a key may appear once in a mapping: remove or rename one",
+                        line,
+                        path + (name,),
+                    )
+                first.setdefault(name, line)
+                lines.lines[path + (name,)] = line
+                children.append((value, path + (name,)))
+        else:  # sequence
+            children = [(item, path + (index,)) for index, item in enumerate(node.value)]
+        stack.extend((child, child_path, depth + 1) for child, child_path in reversed(children))
 
-    PyYAML's C extension (`yaml._yaml`) cannot be imported twice in a process: if `yaml` is
-    removed from `sys.modules` and imported again (pytester does so after a test that imported
-    it first), the new `yaml` package gets the old extension, whose nodes are of the old
-    `yaml.nodes` classes. The new resolver then finds no tag for them and every document fails
-    with "could not determine a constructor for the tag None"."""
-    import yaml
 
-    c_loader = getattr(yaml, "CSafeLoader", None)
-    if (
-        c_loader is not None
-        and getattr(yaml, "_yaml", None) is not None
-        and yaml._yaml.ScalarNode is yaml.nodes.ScalarNode
-    ):
-        return c_loader
-    return yaml.SafeLoader
-
-
-def _walk(node: Any, path: Path_, lines: dict[Path_, int]) -> None:
-    import yaml
-
-    lines[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            child = path + (str(key.value),)
-            _walk(value, child, lines)
-            lines[child] = key.start_mark.line + 1
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            _walk(item, path + (index,), lines)
+def _check_depth(data: Any) -> None:
+    stack: list[tuple[Any, Path_, int]] = [(data, (), 1)]
+    while stack:
+        value, path, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise DocumentError(f"nested more than {MAX_DEPTH} levels deep", None, path)
+        if isinstance(value, dict):
+            stack.extend((v, path + (str(k),), depth + 1) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((v, path + (i,), depth + 1) for i, v in enumerate(value))
 
 
 class Context:
-    """Where we are in the document, to turn any problem into a `SuiteError`."""
+    """Where we are in the document, to turn any problem into a `SuiteError`; what the suite may
+    read (`limits`), and the warnings collected while loading it (one line each)."""
 
     def __init__(
-        self, file: Path, display: str, lines: LineMap, resolve_prompt: Callable[[str], Any] | None = None
+        self,
+        file: Path,
+        display: str,
+        lines: LineMap,
+        resolve_prompt: Callable[[str], Any] | None = None,
+        limits: SuiteLimits = SuiteLimits(),
     ) -> None:
         self.file = file
         self.display = display
         self.lines = lines
         self.base_dir = file.parent
         self.resolve_prompt = resolve_prompt
+        self.limits = limits
+        self.warnings: list[str] = []
+        self.env: dict[str, str] = {}  # the config's `env:` (promptfoo's `env` template global)
         self.filters: dict[str, Any] = {}  # the suite's nunjucksFilters, as Jinja filters (loader.py)
 
     def error(self, path: Sequence[str | int], message: str) -> SuiteError:
         return SuiteError(self.display, message, format_path(path), self.lines.line(path))
+
+    def where(self, path: Sequence[str | int]) -> str:
+        """`file:line: path` of a place, for messages that are not a `SuiteError` (warnings, case errors)."""
+        line = self.lines.line(path)
+        return f"{self.display}:{line}: {format_path(path)}" if line else f"{self.display}: {format_path(path)}"
+
+    def warn(self, path: Sequence[str | int], message: str) -> None:
+        text = f"{self.where(path)}: {message}"
+        if text not in self.warnings:
+            self.warnings.append(text)
+
+    def resolve_file(self, reference: str, path: Sequence[str | int], what: str = "file") -> Path:
+        """The file a `file://` reference (or a bare relative path) names, from the suite's
+        folder. Refused: a path outside the project unless allowed, a folder, a missing file."""
+        name = reference[len("file://") :] if reference.startswith("file://") else reference
+        file = Path(name).expanduser()
+        file = file if file.is_absolute() else self.base_dir / file
+        self.check_inside(file, path, what)
+        if file.is_dir():
+            raise self.error(path, f"{what} {file} is a directory; name a file (or a glob such as {name}/*)")
+        if not file.exists():
+            raise self.error(path, f"{what} not found: {file}")
+        return file
+
+    def check_code(self, reference: Any, path: Sequence[str | int], what: str = "code file") -> None:
+        """A `file://x.py[:fn]` / `file://x.js[:fn]` reference (a check, transform or var loader,
+        read when it runs) must stay inside the project; any other value is not a file."""
+        if isinstance(reference, str) and reference.startswith("file://"):
+            name = re.sub(r":[A-Za-z_$][\w.$]*$", "", reference[len("file://") :])
+            self.check_inside(self.base_dir / Path(name).expanduser(), path, what)
+
+    def check_inside(self, file: Path, path: Sequence[str | int], what: str = "file") -> None:
+        root = self.limits.root or self.base_dir
+        if self.limits.allow_outside_files or file.resolve().is_relative_to(root.resolve()):
+            return
+        raise self.error(
+            path,
+            f"{what} {file} is outside the project ({root}); suites read only files inside it. "
+            "Move the file into the project, or allow it with --promptopt-allow-outside-files "
+            "(ini promptopt_allow_outside_files = true)",
+        )

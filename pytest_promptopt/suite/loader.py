@@ -1,7 +1,10 @@
 """Load a suite file into validated `Case`s, with errors that name the file, line and path.
 
-The format is a compatible subset of promptfoo's config (see docs/suite-format.md), validated
-against the JSON Schema shipped in `pytest_promptopt/schemas/suite.schema.json`.
+The format is promptfoo's config (see docs/suite-format.md for what runs, what is ignored with a
+warning and what is refused), validated against the JSON Schema shipped in
+`pytest_promptopt/schemas/suite.schema.json`. A problem of the whole file is a `SuiteError`; a
+problem of one case (a malformed check, a prompt that does not render, a missing var file) makes
+that case an error, and the others run, as in promptfoo.
 """
 
 from __future__ import annotations
@@ -13,22 +16,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..assertions.base import assertion_types, is_model_graded
 from ..gates import parse_gates
 from ..models.specs import ModelSpec, parse_model_spec
 from ..prompt import Prompt
 from ..sandbox import DEFAULT_SCRIPT_TIMEOUT_S, Sandbox, sandbox_for
 from ..sandbox.scripts import make_filter
 from .blocks import dataset_spec, fuzz_cases
-from .cases import CaseError, Missing, build_case
+from .cases import CaseError, Missing, Placed, build_case, case_id, failed_case
+from .csv_tests import PROMPTFOO_TYPES
 from .dataset import DatasetSpec
 from .document import Context, DocumentError, format_path, read_document
-from .expansion import build_assertion, load_vars, merge_test, var_combinations
-from .model import Case, Repeats, SuiteError, SuiteInfo
+from .expansion import build_assertion, file_value, load_vars, merge_test, var_combinations
+from .model import MAX_REPEAT, Case, ChainStep, Repeats, SuiteError, SuiteInfo, SuiteLimits
+from .promptfoo_keys import check_env, derived_metrics, preprocess
 from .prompts import load_prompts
 from .schema import validate_suite
 from .sources import TestEntry, default_test, read_tests
 
 __all__ = ["LoadedSuite", "load_suite"]
+
+# Options a test may set that this version does not run: its cases are errors saying so.
+_NOT_RUN = {"transformVars": "var transforms (options.transformVars)"}
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,8 @@ class LoadedSuite:
     cases: tuple[Case, ...]
     dataset: DatasetSpec | None = None  # a `dataset:` suite: its rows are read when it runs, `cases` is empty
     repair: Mapping[str, Any] | None = None  # the `repair:` block, checked by the schema (repair/config.py reads it)
+    warnings: tuple[str, ...] = ()  # one line each: keys ignored, differences from promptfoo
+    sequence: bool = False  # storeOutputAs / _conversation: the cases run in order, in one process
 
 
 def load_suite(
@@ -46,6 +57,7 @@ def load_suite(
     resolve_prompt: Callable[[str], Any] | None = None,
     backend: str | None = None,
     repeats: Repeats = Repeats(),
+    limits: SuiteLimits = SuiteLimits(),
     script_timeout_s: float = DEFAULT_SCRIPT_TIMEOUT_S,
     sandbox: Sandbox | None = None,
 ) -> LoadedSuite:
@@ -55,11 +67,22 @@ def load_suite(
     session's resolver; without one, a registry reference is a `SuiteError`). `backend` (`local`/`spark`) is the
     run's: a dataset `table` needs `spark`; None (e.g. `validate`) does not check. `repeats` is
     the run's samples per case, which the suite's `repeat:` may override (`Repeats.for_suite`).
+    `limits` bounds what the file may expand to and which files it may read.
     User code the cases need while they are built (var loaders, prompt functions, Nunjucks
     filters) runs in `sandbox` (a fresh one for the load without it), each call within
     `script_timeout_s`, which the cases keep for their transforms and checks."""
     with sandbox_for(sandbox) as box:
-        return _load(file, display, default_model, resolve_prompt, backend, repeats, script_timeout_s, box)
+        return _load(
+            file, display, default_model, resolve_prompt, backend, repeats, limits, _Code(box, script_timeout_s)
+        )
+
+
+@dataclass(frozen=True)
+class _Code:
+    """Where the user code of a suite's cases runs while they are built, and its time limit."""
+
+    sandbox: Sandbox
+    timeout_s: float
 
 
 def _load(
@@ -69,68 +92,134 @@ def _load(
     resolve_prompt: Callable[[str], Any] | None,
     backend: str | None,
     repeats: Repeats,
-    script_timeout_s: float,
-    sandbox: Sandbox,
+    limits: SuiteLimits,
+    code: _Code,
 ) -> LoadedSuite:
     try:
-        data, lines = read_document(file)
+        data, lines = read_document(file, limits)
     except DocumentError as exc:
-        raise SuiteError(display, str(exc), line=exc.line) from None
-    ctx = Context(file, display, lines, resolve_prompt)
+        raise SuiteError(display, str(exc), format_path(exc.path) if exc.path else "", line=exc.line) from None
+    ctx = Context(file, display, lines, resolve_prompt, limits)
+    for path in lines.dates:
+        ctx.warn(
+            path,
+            "a YAML date: promptfoo makes it an empty object (it renders as '[object Object]'); "
+            "it is kept as its text here: quote it to have the same value in both",
+        )
     if not isinstance(data, dict):
         raise ctx.error((), "a suite is a mapping with 'prompts' and 'tests' (see docs/suite-format.md)")
+    data = preprocess(data, ctx)
     validate_suite(data, ctx)
     try:
         gates = parse_gates(data.get("gates"))
     except ValueError as exc:
         raise ctx.error(("gates",), str(exc).split(": ", 1)[-1]) from None
     name = data.get("name") or data.get("description") or file.name
-    info = SuiteInfo(id=display, name=str(name), file=display, gates=gates)
     for filter_name, filter_path in (data.get("nunjucksFilters") or {}).items():
-        where = f"{display}:{ctx.lines.line(('nunjucksFilters', filter_name))}: nunjucksFilters.{filter_name}"
-        ctx.filters[str(filter_name)] = make_filter(sandbox, ctx.base_dir / filter_path, script_timeout_s, where)
+        where = ctx.where(("nunjucksFilters", filter_name))
+        filter_file = ctx.resolve_file(str(filter_path), ("nunjucksFilters", filter_name), "filter file")
+        ctx.filters[str(filter_name)] = make_filter(code.sandbox, filter_file, code.timeout_s, where)
     prompts = load_prompts(data.get("prompts"), ctx)
+    check_env([p.template for p in prompts], ctx)
     providers = _providers(data.get("providers", data.get("targets")), ctx) or [default_model]
     defaults = default_test(data.get("defaultTest"), ctx)
+    info = SuiteInfo(id=display, name=str(name), file=display, gates=gates)
     if "dataset" in data:
-        if "tests" in data:
-            raise ctx.error(
-                ("dataset",),
-                "a suite takes its cases from 'tests' or from 'dataset', not both; "
-                "put the tests in a suite file of their own",
-            )
-        if "fuzz" in data:
-            raise ctx.error(
-                ("fuzz",),
-                "a fuzz block adds generated cases to a suite's tests, and a dataset suite has none; "
-                "put the fuzz block in a suite file of its own",
-            )
-        if data.get("repeat", 1) != 1:
-            # Its rows keep only counts, and an interval over repeated samples needs each case's samples.
-            raise ctx.error(
-                ("repeat",),
-                "a dataset suite samples each row once; repeat cases in a suite with tests, "
-                "or add the rows again to the table",
-            )
-        return LoadedSuite(info, (), dataset_spec(data["dataset"], info, prompts, providers, defaults, ctx, backend))
-    # A fuzz suite without `tests` has only generated cases (not promptfoo's one case without vars).
-    tests = read_tests(data.get("tests"), ctx) if "tests" in data or "fuzz" not in data else []
-    cases = list(_cases(info, prompts, providers, defaults, tests, ctx, sandbox, script_timeout_s))
+        return _dataset_suite(data, info, prompts, providers, defaults, ctx, backend)
+    # A fuzz suite without `tests` has only generated cases (not promptfoo's one case without
+    # vars); a suite with scenarios and no tests has only the scenarios' (as in promptfoo).
+    plain = "tests" in data or not ({"fuzz", "scenarios"} & set(data))
+    tests = read_tests(data.get("tests"), ctx) if plain else []
+    tests += _scenario_tests(data.get("scenarios"), ctx, len(tests))
+    known = {a.get("metric") for t in [defaults, *(t.data for t in tests)] for a in t.get("assert") or []}
+    info = dataclasses.replace(
+        info, derived_metrics=derived_metrics(data.get("derivedMetrics"), {str(m) for m in known if m}, ctx)
+    )
+    if "prompts" not in data and not any(
+        "prompt" in (t.data.get("vars") or {}) for t in tests if isinstance(t.data.get("vars"), dict)
+    ):
+        ctx.warn(
+            ("prompts",), "no prompts: the prompt is {{prompt}} (as in promptfoo), so each test needs a 'prompt' var"
+        )
+    sequence = any(_stores(defaults, t.data) for t in tests) or any("_conversation" in p.template for p in prompts)
+    if sequence and backend == "spark":
+        raise ctx.error(
+            (),
+            "storeOutputAs and _conversation make each case wait for the ones before it: run this suite "
+            "with the local backend, not --promptopt-backend spark",
+        )
+    builder = _CaseBuilder(info, prompts, providers, defaults, ctx, sequence, code)
+    cases = list(builder.cases(tests))
     if "fuzz" in data:
         cases.extend(fuzz_cases(data["fuzz"], info, prompts, providers, defaults, tests, cases, ctx))
+    if not cases:
+        raise ctx.error(("tests",), "the suite has no cases: give it tests (an empty file or list runs nothing)")
     repeat = repeats.for_suite(data.get("repeat"))
     if repeat != 1:
         cases = [dataclasses.replace(case, repeats=repeat) for case in cases]
-    return LoadedSuite(info, tuple(cases), repair=data.get("repair"))
+    return LoadedSuite(info, tuple(cases), repair=data.get("repair"), warnings=tuple(ctx.warnings), sequence=sequence)
 
 
-# ----------------------------------------------------------------------------- validation
+def _dataset_suite(
+    data: dict[str, Any],
+    info: SuiteInfo,
+    prompts: list[Prompt],
+    providers: list[ModelSpec],
+    defaults: dict[str, Any],
+    ctx: Context,
+    backend: str | None,
+) -> LoadedSuite:
+    for key, problem in (
+        ("tests", "a suite takes its cases from 'tests' or from 'dataset', not both; put the tests in a suite file of their own"),
+        ("scenarios", "a suite takes its cases from 'scenarios' or from 'dataset', not both"),
+        ("fuzz", "a fuzz block adds generated cases to a suite's tests, and a dataset suite has none; put the fuzz "
+         "block in a suite file of its own"),
+    ):  # fmt: skip
+        if key in data:
+            raise ctx.error((key,) if key != "tests" else ("dataset",), problem)
+    if data.get("repeat", 1) != 1:
+        # Its rows keep only counts, and an interval over repeated samples needs each case's samples.
+        raise ctx.error(
+            ("repeat",),
+            "a dataset suite samples each row once; repeat cases in a suite with tests, or add the rows again to the table",
+        )
+    spec = dataset_spec(data["dataset"], info, prompts, providers, defaults, ctx, backend)
+    return LoadedSuite(info, (), spec, warnings=tuple(ctx.warnings))
 
 
-# ----------------------------------------------------------------------------- prompts
+def _stores(default: Mapping[str, Any], test: Mapping[str, Any]) -> bool:
+    return bool({**(default.get("options") or {}), **(test.get("options") or {})}.get("storeOutputAs"))
 
 
-# ----------------------------------------------------------------------------- providers
+def _scenario_tests(raw: Any, ctx: Context, start: int) -> list[TestEntry]:
+    """promptfoo's `scenarios`: for each scenario, each `config` entry merged with each of its
+    tests (`{...config, ...test}`, vars and options merged key by key, the config's asserts
+    first), after the plain tests; `metadata.conversationId` defaults to `__scenario_<n>__`."""
+    out: list[TestEntry] = []
+    count = 0
+    for s_index, scenario in enumerate(raw or []):
+        here: tuple[Any, ...] = ("scenarios", s_index)
+        tests = scenario.get("tests")
+        entries = read_tests(tests, ctx) if tests is not None else [TestEntry({}, here, 0)]
+        for data in scenario["config"]:
+            for entry in entries:
+                test = entry.data
+                merged = {
+                    **data,
+                    **test,
+                    "vars": {**(data.get("vars") or {}), **(test.get("vars") or {})},
+                    "options": {**(data.get("options") or {}), **(test.get("options") or {})},
+                    "assert": [*(data.get("assert") or []), *(test.get("assert") or [])],
+                    "metadata": {
+                        "conversationId": f"__scenario_{count}__",
+                        **(data.get("metadata") or {}),
+                        **(test.get("metadata") or {}),
+                    },
+                }
+                path = here + ("tests",) + entry.path[1:] if tests is not None else here
+                out.append(TestEntry(merged, path, start + len(out), entry.origin))
+            count += 1
+    return out
 
 
 def _providers(raw: Any, ctx: Context) -> list[ModelSpec]:
@@ -147,96 +236,192 @@ def _providers(raw: Any, ctx: Context) -> list[ModelSpec]:
     return specs
 
 
-# ----------------------------------------------------------------------------- tests
+class _CaseBuilder:
+    """The cases of a suite's tests, in promptfoo's order: test, var combination, provider, prompt."""
 
+    def __init__(
+        self,
+        info: SuiteInfo,
+        prompts: list[Prompt],
+        providers: list[ModelSpec],
+        default: dict[str, Any],
+        ctx: Context,
+        sequence: bool,
+        code: _Code,
+    ) -> None:
+        self.info, self.prompts, self.providers, self.default, self.ctx = info, prompts, providers, default, ctx
+        self.sequence, self.code = sequence, code
+        self.seen: dict[str, int] = {}
+        self.position = 0
 
-# ----------------------------------------------------------------------------- expansion
+    def cases(self, tests: list[TestEntry]) -> Iterator[Case]:
+        ctx = self.ctx
+        for test in tests:
+            merged = merge_test(self.default, test.data, test.path, ctx)
+            path = test.path
+            options = merged["options"]
+            test_providers = self.providers
+            if merged["provider"] is not None:
+                try:
+                    test_providers = [parse_model_spec(merged["provider"], format_path(path + ("provider",)))]
+                except ValueError as exc:
+                    raise ctx.error(path + ("provider",), str(exc).split(": ", 1)[-1]) from None
+            prompts = self._with_prefix(options, test)
+            problem, placed = self._assertions(merged, test, path)
+            left = ctx.limits.max_cases - self.position
+            combos = var_combinations(merged["vars"], path, ctx, max(0, left // max(1, len(prompts) * len(test_providers))),
+                                      not options.get("disableVarExpansion"))  # fmt: skip
+            repeats = options.get("repeat")
+            for combo_index, raw_vars in enumerate(combos):
+                variables: dict[str, Any] = {}
+                vars_problem = problem
+                try:
+                    variables = load_vars(raw_vars, path, ctx)
+                except SuiteError as exc:  # a var file missing or unreadable: this test's cases are errors
+                    variables, vars_problem = dict(raw_vars), vars_problem or str(exc)
+                for spec in test_providers:
+                    for prompt_index, prompt in enumerate(prompts):
+                        case = self._case(
+                            test, merged, prompt, prompt_index, variables, placed, spec,
+                            name=_name(merged["description"] or _vars_label(variables), test.index, combo_index,
+                                       len(combos), prompt_index, len(prompts), spec, len(test_providers)),
+                            problem=vars_problem, several=(len(prompts) > 1, len(test_providers) > 1),
+                        )  # fmt: skip
+                        if isinstance(repeats, int) and repeats > 1:
+                            case = dataclasses.replace(case, repeats=min(repeats, MAX_REPEAT))
+                        yield case
 
+    def _with_prefix(self, options: Mapping[str, Any], test: TestEntry) -> list[Prompt]:
+        """promptfoo's `options.prefix` / `options.suffix` (the test's, else defaultTest's)."""
+        own = test.data.get("options") or {}
+        default = self.default.get("options") or {}
+        prefix = own.get("prefix") or default.get("prefix") or ""
+        suffix = own.get("suffix") or default.get("suffix") or ""
+        if not prefix and not suffix:
+            return self.prompts
+        return [dataclasses.replace(p, template=f"{prefix}{p.template}{suffix}") for p in self.prompts]
 
-def _cases(
-    info: SuiteInfo,
-    prompts: list[Prompt],
-    providers: list[ModelSpec],
-    default: dict[str, Any],
-    tests: list[TestEntry],
-    ctx: Context,
-    sandbox: Sandbox | None = None,
-    script_timeout_s: float = DEFAULT_SCRIPT_TIMEOUT_S,
-) -> Iterator[Case]:
-    seen: dict[str, int] = {}
-    position = 0
-    for test in tests:
-        merged = merge_test(default, test.data, test.path, ctx)
-        path = test.path
-        base_vars = load_vars(merged["vars"], path, ctx)
-        test_providers = providers
-        if merged["provider"] is not None:
+    def _assertions(
+        self, merged: dict[str, Any], test: TestEntry, path: tuple[Any, ...]
+    ) -> tuple[str | None, list[Placed]]:
+        """The test's assertions, placed; and a problem that makes its cases errors (an option or
+        key this version does not run, a value file that cannot be read), or None."""
+        ctx = self.ctx
+        problem = None
+        for key, what in _NOT_RUN.items():
+            if merged["options"].get(key) is not None and problem is None:
+                problem = (
+                    f"{ctx.where(path + ('options', key))}: {what} are not run by this version of pytest-promptopt"
+                )
+        for key in ("transform", "postprocess"):
             try:
-                test_providers = [parse_model_spec(merged["provider"], format_path(path + ("provider",)))]
-            except ValueError as exc:
-                raise ctx.error(path + ("provider",), str(exc).split(": ", 1)[-1]) from None
+                ctx.check_code(merged["options"].get(key), path + ("options", key))
+            except SuiteError as exc:
+                problem = problem or str(exc)
         raw_asserts = merged["assert"]
-        n_default = len(raw_asserts) - len(test.data.get("assert", []))
-        placed = []
+        n_default = len(raw_asserts) - len(test.data.get("assert") or [])
+        rubric = merged["options"].get("rubricPrompt")
+        placed: list[Placed] = []
         for a_index, raw in enumerate(raw_asserts):
             a_path = (
                 ("defaultTest", "assert", a_index) if a_index < n_default else path + ("assert", a_index - n_default)
             )
-            place = f"{ctx.display}:{ctx.lines.line(a_path)}" if ctx.lines.line(a_path) else ctx.display
-            assertion = build_assertion(raw, format_path(a_path), merged["options"].get("provider"), place)
-            placed.append((assertion, a_path))
-        transform = merged["options"].get("transform") or merged["options"].get("postprocess")
-        missing = Missing(path + ("vars",), "add it to this test's vars or to defaultTest.vars")
-        combos = var_combinations(base_vars)
-        for combo_index, variables in enumerate(combos):
-            for prompt_index, prompt in enumerate(prompts):
-                for spec in test_providers:
-                    label = merged["description"] or _vars_label(variables)
-                    try:
-                        case = build_case(
-                            info,
-                            prompt,
-                            prompt_index,
-                            variables,
-                            placed,
-                            spec,
-                            name=_name(
-                                label,
-                                test.index,
-                                combo_index,
-                                len(combos),
-                                prompt_index,
-                                len(prompts),
-                                spec,
-                                len(test_providers),
-                            ),
-                            test_index=test.index,
-                            position=position,
-                            missing=missing,
-                            threshold=merged["threshold"],
-                            description=merged["description"],
-                            base_dir=ctx.base_dir,
-                            several_prompts=len(prompts) > 1,
-                            several_providers=len(test_providers) > 1,
-                            transform=transform,
-                            script_timeout_s=script_timeout_s,
-                            sandbox=sandbox,
-                            filters=ctx.filters,
-                        )
-                    except CaseError as exc:
-                        raise ctx.error(exc.path, exc.message) from None
-                    occurrence = seen.get(case.case_id, 0)
-                    seen[case.case_id] = occurrence + 1
-                    if occurrence:  # the same test written twice: each is its own case
-                        case = dataclasses.replace(case, case_id=f"{case.case_id}-{occurrence}")
-                    position += 1
-                    yield case
+            raw = dict(raw)
+            kind = str(raw["type"]).removeprefix("not-")
+            where = self._place(test, a_path)
+            if kind in PROMPTFOO_TYPES and kind not in assertion_types() and problem is None:
+                problem = f"{where}: '{kind}' checks (a promptfoo assertion type) are not run by this version of pytest-promptopt"
+            if raw.get("rubricPrompt") is not None:
+                raw["config"] = {"rubric_prompt": raw.pop("rubricPrompt"), **(raw.get("config") or {})}
+            value = raw.get("value")
+            try:
+                if isinstance(value, str) and value.startswith("file://") and kind not in ("python", "javascript"):
+                    raw["value"] = file_value(value, a_path, ctx)
+                else:  # code (a check, its transform): checked here, read when it runs
+                    ctx.check_code(value, a_path + ("value",))
+                ctx.check_code(raw.get("transform"), a_path + ("transform",))
+            except SuiteError as exc:
+                problem = problem or str(exc)
+            if rubric is not None and is_model_graded(kind) and not (raw.get("config") or {}).get("rubric_prompt"):
+                raw["config"] = {**(raw.get("config") or {}), "rubric_prompt": rubric}
+            placed.append((build_assertion(raw, where, merged["options"].get("provider")), a_path))
+        return problem, placed
+
+    def _place(self, test: TestEntry, path: tuple[Any, ...]) -> str:
+        """`file:line: path` of a place in a test; for a test read from a file, the row too."""
+        if test.origin and path[: len(test.path)] == test.path:
+            return f"{self.ctx.where(test.path)} ({test.origin}) {format_path(path[len(test.path) :])}"
+        return self.ctx.where(path)
+
+    def _case(
+        self,
+        test: TestEntry,
+        merged: dict[str, Any],
+        prompt: Prompt,
+        prompt_index: int,
+        variables: dict[str, Any],
+        placed: list[Placed],
+        spec: ModelSpec,
+        *,
+        name: str,
+        problem: str | None,
+        several: tuple[bool, bool],
+    ) -> Case:
+        ctx = self.ctx
+        common = {
+            "name": name,
+            "test_index": test.index,
+            "position": self.position,
+            "description": merged["description"],
+            "base_dir": ctx.base_dir,
+            "several_prompts": several[0],
+            "several_providers": several[1],
+            "transform": merged["options"].get("transform") or merged["options"].get("postprocess"),
+            "script_timeout_s": self.code.timeout_s,
+        }
+        missing = Missing(test.path + ("vars",), "add it to this test's vars or to defaultTest.vars")
+
+        def build(extra: Mapping[str, Any]) -> Case:
+            if problem is not None:
+                return failed_case(self.info, prompt, prompt_index, variables, spec, problem, **common)
+            try:
+                return build_case(
+                    self.info, prompt, prompt_index, {**variables, **extra}, placed, spec, missing=missing,
+                    threshold=merged["threshold"], env=ctx.env, sandbox=self.code.sandbox, filters=ctx.filters, **common,
+                )  # fmt: skip
+            except CaseError as exc:
+                message = f"{self._place(test, exc.path)}: {exc.message}" if exc.path else exc.message
+                return failed_case(self.info, prompt, prompt_index, variables, spec, message, **common)
+
+        if self.sequence:
+            identity = case_id(
+                variables, [a.to_dict() for a, _ in placed], merged["threshold"], prompt_index, spec.display
+            )
+        else:
+            case = build({})
+            identity = case.case_id
+        occurrence = self.seen.get(identity, 0)
+        self.seen[identity] = occurrence + 1
+        if occurrence:  # the same test written twice: each is its own case
+            identity = f"{identity}-{occurrence}"
+        self.position += 1
+        if not self.sequence:
+            return dataclasses.replace(case, case_id=identity) if occurrence else case
+        store_as = merged["options"].get("storeOutputAs")
+        conversation = None
+        if "_conversation" in prompt.template and not merged["options"].get("disableConversationVar"):
+            conversation = repr([spec.display, prompt_index, merged["metadata"].get("conversationId")])
+        step = ChainStep(self.info.id, store_as, conversation, lambda extra: _keep(build(extra), identity))
+        return Case(
+            suite=self.info, case_id=identity, name=name, prompt=prompt, rendered_prompt="", prompt_index=prompt_index,
+            test_index=test.index, vars=variables, assertions=(), model=spec, threshold=merged["threshold"],
+            description=merged["description"], base_dir=ctx.base_dir, position=common["position"], chain=step,
+        )  # fmt: skip
 
 
-# ----------------------------------------------------------------------------- fuzz blocks
-
-
-# ----------------------------------------------------------------------------- dataset suites
+def _keep(case: Case, identity: str) -> Case:
+    """A chained case, built when it runs, keeps the id it was collected with."""
+    return dataclasses.replace(case, case_id=identity)
 
 
 def _vars_label(variables: Mapping[str, Any]) -> str:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..assertions.base import Assertion
 from ..gates import Gate
+from ..mathexpr import DerivedMetric
 from ..models.specs import ModelSpec
 from ..prompt import Prompt
 from ..sandbox import DEFAULT_SCRIPT_TIMEOUT_S
@@ -35,15 +36,20 @@ class SuiteInfo:
     file: str
     gates: tuple[Gate, ...] = ()
     kind: str = "file"  # "file" for suite files, "python" for Python tests
+    # promptfoo's `derivedMetrics`: named metrics computed from the others' sums (mathexpr.py)
+    derived_metrics: tuple[DerivedMetric, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "id": self.id,
             "name": self.name,
             "file": self.file,
             "kind": self.kind,
             "gates": [g.to_dict() for g in self.gates],
         }
+        if self.derived_metrics:
+            data["derived_metrics"] = [{"name": m.name, "value": m.expression} for m in self.derived_metrics]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SuiteInfo:
@@ -53,6 +59,7 @@ class SuiteInfo:
             file=data["file"],
             gates=tuple(Gate.from_dict(g) for g in data.get("gates", ())),
             kind=data.get("kind", "file"),
+            derived_metrics=tuple(DerivedMetric(m["name"], m["value"]) for m in data.get("derived_metrics", ())),
         )
 
 
@@ -76,9 +83,47 @@ class Case:
     position: int = 0  # order of the case in its suite (collection order)
     fuzz: Any = None  # a generated case's `fuzz.FuzzOrigin` (its block, index and case factory); None for the others
     repeats: int = 1  # independent samples of the model's answer (--promptopt-repeat, the suite's `repeat:`)
+    # A case that cannot run, and why (`file:line: path: problem`): a malformed check, a prompt
+    # that does not render, a missing var file. It is reported as an error without a model call.
+    error: str | None = None
+    # A case of a suite with promptfoo's `storeOutputAs` or `_conversation`: rendered only when
+    # it runs, after the cases before it (suite/chains.py); None for every other case.
+    chain: ChainStep | None = None
     # promptfoo's options.transform (or postprocess): code run on the answer before the assertions
     transform: str | None = None
     script_timeout_s: float = DEFAULT_SCRIPT_TIMEOUT_S  # one call of the case's user code (--promptopt-script-timeout)
+
+
+@dataclass(frozen=True)
+class ChainStep:
+    """Where a case stands in its suite's sequence of outputs: the register it stores its output
+    in (`store_as`), the conversation it belongs to (`conversation`, when its prompt reads
+    `_conversation`), and how to build it once the outputs before it are known (`build`: the
+    case for the vars the earlier outputs add)."""
+
+    group: str
+    store_as: str | None
+    conversation: str | None
+    build: Callable[[Mapping[str, Any]], Case] = field(compare=False, repr=False)
+
+
+MAX_REPEAT = 1000  # samples per case: `repeat:` and --promptopt-repeat above it are refused
+
+
+@dataclass(frozen=True)
+class SuiteLimits:
+    """What reading a suite may cost, and which files it may read (hostile or mistaken input
+    fails with an error naming the field, never a hang or a file read silently).
+
+    `max_alias_nodes`: the nodes YAML aliases may add when expanded (an alias bomb of 20 lines
+    reaches billions); `max_cases`: cases a suite file may expand to (list vars multiply);
+    `root`: the project folder (pytest's rootdir), which `file://` paths must not leave unless
+    `allow_outside_files` (None: the suite's own folder)."""
+
+    max_alias_nodes: int = 100_000
+    max_cases: int = 100_000
+    root: Path | None = None
+    allow_outside_files: bool = False
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import difflib
 import functools
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +40,29 @@ def validate_suite(data: dict[str, Any], ctx: Context) -> None:
     from jsonschema.exceptions import best_match
 
     error = best_match(_validator().iter_errors(data))
-    if error is None:
-        return
-    raise _schema_error(error, ctx)
+    if error is not None:
+        raise _schema_error(error, ctx)
+    _refuse_non_finite(data, (), ctx)
+
+
+_FINITE_KEYS = {"threshold", "weight", "min", "max", "repeat", "count", "seed", "limit"}
+
+
+def _refuse_non_finite(data: Any, path: tuple[Any, ...], ctx: Context, origin: str = "") -> None:
+    """A threshold, weight or gate of NaN or Infinity (`.nan`, `.inf` in YAML) passes a JSON
+    Schema's `number`, but compares false with everything: refused, naming the field."""
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(data, path)]
+    while stack:
+        value, here = stack.pop()
+        if isinstance(value, dict):
+            stack.extend((v, here + (str(k),)) for k, v in value.items() if str(k) not in ("vars", "value", "config"))
+        elif isinstance(value, list):
+            stack.extend((v, here + (i,)) for i, v in enumerate(value))
+        elif isinstance(value, float) and not math.isfinite(value):
+            named = [p for p in here if isinstance(p, str)]
+            if (named and named[-1] in _FINITE_KEYS) or (named and named[0] == "gates"):
+                where = f"{origin}: " if origin else ""
+                raise ctx.error(here, f"{where}{value} is not a finite number; give a number such as 0.8")
 
 
 def _schema_error(error: Any, ctx: Context) -> SuiteError:
@@ -53,7 +74,7 @@ def _schema_error(error: Any, ctx: Context) -> SuiteError:
         hint = difflib.get_close_matches(key, allowed, n=1)
         fix = f"did you mean '{hint[0]}'? " if hint else ""
         if not path:
-            fix += "promptfoo features outside the supported subset (scenarios, redteam, extensions, ...) are not run. "
+            fix += "it is neither a promptfoo key nor one of this plugin's (see docs/suite-format.md). "
         return ctx.error(path + [key], f"unknown key '{key}'; {fix}allowed here: {', '.join(allowed)}")
     if path and path[-1] == "type" and "assert" in [p for p in path if isinstance(p, str)]:
         from ..assertions.base import suggest_type
@@ -103,3 +124,4 @@ def validate_fragment(data: Any, definition: str, path: tuple[Any, ...], ctx: Co
     if error is not None:
         inner = _schema_error(error, Context(ctx.file, ctx.display, LineMap()))
         raise ctx.error(path, f"{origin + ': ' if origin else ''}{inner.path}: {inner.message}")
+    _refuse_non_finite(data, path, ctx, origin)

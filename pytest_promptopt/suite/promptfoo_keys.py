@@ -1,0 +1,183 @@
+"""A promptfoo config's keys before validation: `$ref`s resolved, keys that only make sense inside
+promptfoo's app (sharing, output files, red teaming, ...) taken out with one warning line each,
+`commandLineOptions.envPath` files loaded, `env:` kept for templates, and `derivedMetrics` parsed.
+
+promptfoo drops keys it does not know without a word; here a key promptfoo ignores is named in a
+warning, a key this plugin does not run is a warning or an error saying so, and anything else
+unknown is an error (the schema's), so a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from typing import Any
+
+from ..mathexpr import DerivedMetric, ExpressionError, parse
+from ..nunjucks import js_string
+from .document import Context
+from .files import read_env_file
+from .refs import dereference
+from .schema import suite_schema
+
+__all__ = ["check_env", "derived_metrics", "env_references", "preprocess"]
+
+# Top-level keys promptfoo reads for its own app, or ignores: why each is left out here.
+IGNORED = {
+    "sharing": "promptfoo's web sharing; ignored",
+    "outputPath": "promptfoo's output files; ignored (write reports with --promptopt-report or --promptopt-html)",
+    "writeLatestResults": "promptfoo's results database; ignored",
+    "tracing": "promptfoo's OpenTelemetry tracing; ignored",
+    "tags": "labels for promptfoo's web viewer; ignored",
+    "metadata": "metadata for promptfoo's web viewer; ignored",
+    "evaluateOptions": "promptfoo's run options; ignored (use --promptopt-concurrency, --promptopt-repeat, ...)",
+    "extensions": "promptfoo's extension hooks (beforeAll, afterEach, ...); they are not run here",
+    "redteam": "promptfoo's red-team generation is not run here (a red-team run also renders its inject var "
+    "differently); the prompts and tests run as a plain evaluation",
+    "outputs": "not a promptfoo key (promptfoo ignores it); ignored",
+    "filters": "not a promptfoo key: promptfoo ignores it (custom filters go in nunjucksFilters), so a template "
+    "using these filters fails in promptfoo, and here",
+    "assert": "promptfoo ignores a top-level assert, and so does this plugin; put the checks under "
+    "defaultTest.assert to run them",
+    "passRateThreshold": "not a promptfoo key (promptfoo reads PROMPTFOO_PASS_RATE_THRESHOLD from the environment); "
+    "ignored: use gates: {pass_rate: ...}",
+    "envPath": "promptfoo reads envPath under commandLineOptions only; ignored here too",
+    "$schema": "a JSON Schema reference for editors; ignored",
+}
+_TEST_IGNORED = {
+    "storeOutputAs": "promptfoo reads storeOutputAs under options only (options.storeOutputAs); ignored here too",
+}
+
+
+def preprocess(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    """`data` with references resolved and promptfoo's app keys taken out (warned)."""
+    data = dereference(data, ctx.file, ctx)
+    data.pop("assertionTemplates", None)  # only a target of `$ref`s
+    for key, why in IGNORED.items():
+        if key in data:
+            data.pop(key)
+            ctx.warn((key,), why)
+    options = data.pop("commandLineOptions", None)
+    if isinstance(options, dict):
+        for key in options:
+            if key != "envPath":
+                ctx.warn(
+                    ("commandLineOptions", key), "promptfoo's command-line defaults; ignored (use pytest's options)"
+                )
+        if options.get("envPath"):
+            _load_env_files(options["envPath"], ctx)
+    env = data.pop("env", None)
+    if isinstance(env, dict):
+        ctx.env = {str(k): v for k, v in env.items()}
+        ctx.warn(
+            ("env",),
+            "the templates' `env` here; providers read the process environment, which a suite does not change "
+            "(export API keys before running pytest, or load a file with commandLineOptions.envPath)",
+        )
+    elif env is not None:
+        raise ctx.error(("env",), "env is a mapping of names to values")
+    for path, test in _tests(data):
+        prune_test(test, path, ctx)
+    return data
+
+
+def _tests(data: dict[str, Any]) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+    found: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+    if isinstance(data.get("defaultTest"), dict):
+        found.append((("defaultTest",), data["defaultTest"]))
+    tests = data.get("tests")
+    if isinstance(tests, list):
+        found += [(("tests", i), t) for i, t in enumerate(tests) if isinstance(t, dict) and "path" not in t]
+    for s_index, scenario in enumerate(data.get("scenarios") or []):
+        if not isinstance(scenario, dict):
+            continue
+        for key in ("config", "tests"):
+            entries = scenario.get(key)
+            if isinstance(entries, list):
+                here = ("scenarios", s_index, key)
+                found += [(here + (i,), t) for i, t in enumerate(entries) if isinstance(t, dict)]
+    return found
+
+
+def prune_test(test: dict[str, Any], path: tuple[Any, ...], ctx: Context, origin: str = "") -> None:
+    """Keys promptfoo does not read in a test are dropped with a warning (promptfoo drops them
+    silently): a misplaced `storeOutputAs`, a `dataset:`, a misspelt key."""
+    allowed = set(suite_schema()["$defs"]["test"]["properties"])
+    where = f" ({origin})" if origin else ""
+    for key in [k for k in test if k not in allowed]:
+        test.pop(key)
+        why = _TEST_IGNORED.get(str(key))
+        if why is None:
+            hint = difflib.get_close_matches(str(key), sorted(allowed), n=1, cutoff=0.75)
+            why = (f"did you mean '{hint[0]}'? " if hint else "") + (
+                f"not a key of a test (allowed: {', '.join(sorted(allowed))}); promptfoo ignores it, and so does this plugin"
+            )
+        ctx.warn(path + (str(key),), f"{why}{where}")
+
+
+def _load_env_files(raw: Any, ctx: Context) -> None:
+    """promptfoo's `commandLineOptions.envPath`: dotenv files loaded over the environment
+    (`override: true`), resolved from the config's folder; a missing file is an error."""
+    paths = [raw] if isinstance(raw, str) else raw
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        raise ctx.error(("commandLineOptions", "envPath"), "envPath is a path or a list of paths")
+    for index, name in enumerate(paths):
+        where = ("commandLineOptions", "envPath") + ((index,) if isinstance(raw, list) else ())
+        file = ctx.resolve_file(name, where, "env file")
+        for key, value in read_env_file(file, ctx, where).items():
+            os.environ[key] = value
+
+
+def derived_metrics(raw: Any, known: set[str], ctx: Context) -> tuple[DerivedMetric, ...]:
+    """promptfoo's `derivedMetrics: [{name, value}]`, each expression parsed now. A name it reads
+    that no assertion of the suite reports (nor an earlier derived metric) is warned about:
+    promptfoo evaluates such an expression to 0, and so does this plugin."""
+    if raw is None:
+        return ()
+    out = []
+    seen = set(known) | {"__count"}
+    for index, entry in enumerate(raw):
+        path = ("derivedMetrics", index)
+        if not isinstance(entry.get("value"), str):
+            raise ctx.error(
+                path + ("value",), "a derived metric here is a mathjs expression string (functions are not supported)"
+            )
+        try:
+            expression = parse(entry["value"])
+        except ExpressionError as exc:
+            raise ctx.error(
+                path + ("value",),
+                f"{exc}; supported: numbers, metric names, + - * / % ^, (), "
+                "abs sqrt min max round floor ceil exp log log10 pow mod mean sum",
+            ) from None
+        unknown = sorted(expression.names - seen)
+        if unknown:
+            ctx.warn(
+                path + ("value",),
+                f"{', '.join(unknown)}: no assertion of this suite reports such a metric; promptfoo then "
+                f"evaluates '{entry['name']}' to 0, and so does this plugin",
+            )
+        name = js_string(entry["name"])
+        seen.add(name)
+        out.append(DerivedMetric(name, entry["value"]))
+    return tuple(out)
+
+
+def check_env(templates: list[str], ctx: Context) -> None:
+    """A warning for each `env.X` the templates read that the suite's `env:` does not give."""
+    for name in sorted(env_references(templates) - set(ctx.env)):
+        ctx.warn(
+            ("prompts",),
+            f"a prompt reads env.{name}: templates see only the suite's env: values, not the process environment "
+            f"(it would put secrets into prompts and reports); env.{name} renders empty: add it to env:",
+        )
+
+
+def env_references(templates: list[str]) -> set[str]:
+    """The `env.X` / `env['X']` names templates read."""
+    names: set[str] = set()
+    for template in templates:
+        for match in re.finditer(r"\benv\.(\w+)|\benv\[['\"]([^'\"]+)['\"]\]", template):
+            names.add(match.group(1) or match.group(2))
+    return names

@@ -1,0 +1,127 @@
+"""promptfoo's config format as promptfoo reads it, case by case against promptfoo's own results.
+
+Each folder of `tests/data/promptfoo-format/` is a small config pinning one area (YAML scalars,
+CSV columns, prompt files, globs, `$ref` and scenarios, Nunjucks, malformed checks, JSON checks,
+storeOutputAs and `_conversation`, ignored keys); its `expected.json` is what promptfoo 0.121.20
+did with it (`regenerate.sh`). Here the plugin runs the same folder with pytest, and each case's
+verdict (pass, fail or error), rendered prompt (echo's output) and check results must be
+promptfoo's. The differences that remain are listed, with the reason, in `KNOWN`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import load_report
+
+DATA = Path(__file__).parent / "data" / "promptfoo-format"
+FOLDERS = sorted(p.name for p in DATA.iterdir() if (p / "expected.json").exists())
+# Cases whose outcome differs from promptfoo's on purpose: (folder, testIdx, promptIdx) -> why.
+KNOWN: dict[tuple[str, int, int], str] = {}
+
+
+def _verdict(row: dict) -> str:
+    if "failureReason" in row:
+        return "error" if row["failureReason"] == 2 else ("pass" if row["success"] else "fail")
+    return "error" if row["error"] else ("pass" if row["passed"] else "fail")
+
+
+def run_folder(folder: str, tmp: Path, *args: str) -> tuple[dict, subprocess.CompletedProcess]:
+    work = tmp / folder
+    shutil.copytree(DATA / folder, work)
+    (work / "expected.json").unlink()
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "--promptopt", "-p", "no:cacheprovider", "-p", "no:randomly"]
+        + ["--promptopt-no-mlflow", "--promptopt-cache", "off", "--promptopt-report", "report.json", "-q"]
+        + list(args)
+        + ["promptfooconfig.yaml"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+    )
+    assert (work / "report.json").exists(), proc.stdout[-3000:] + proc.stderr[-2000:]
+    return load_report(work / "report.json"), proc
+
+
+@pytest.fixture(scope="module")
+def plain_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[dict, subprocess.CompletedProcess]]:
+    tmp = tmp_path_factory.mktemp("format")
+    return {folder: run_folder(folder, tmp) for folder in FOLDERS}
+
+
+def pairs(report: dict, expected: dict) -> list[tuple[dict, dict]]:
+    (suite,) = report["suites"]
+    ours = sorted(suite["results"], key=lambda r: r["position"])
+    theirs = expected["results"]
+    assert len(ours) == len(theirs), [r["name"] for r in ours]
+    return list(zip(theirs, ours))
+
+
+def check_same(folder: str, report: dict) -> None:
+    expected = json.loads((DATA / folder / "expected.json").read_text())
+    for theirs, ours in pairs(report, expected):
+        key = (folder, theirs["testIdx"], theirs["promptIdx"])
+        if key in KNOWN:
+            continue
+        where = f"{folder} t{theirs['testIdx']} p{theirs['promptIdx']} ({ours['name']})"
+        assert (_verdict(ours), ours["prompt_index"]) == (_verdict(theirs), theirs["promptIdx"]), (
+            where,
+            ours["error"] or ours["reason"],
+            theirs["error"],
+        )
+        if _verdict(theirs) == "error":
+            assert ours["output"] is None, where  # no model call for a case that cannot run
+            continue
+        assert ours["output"] == theirs["output"], where
+        assert ours["score"] == pytest.approx(theirs["score"]), where
+        assert [(a["type"], a["passed"], a["score"]) for a in ours["assertions"]] == [
+            (c["type"], c["pass"], pytest.approx(c["score"])) for c in theirs["components"]
+        ], where
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_each_case_as_promptfoo_runs_it(plain_runs, folder):
+    report, _ = plain_runs[folder]
+    check_same(folder, report)
+
+
+@pytest.mark.parametrize("mode", [["-n", "2"], ["-p", "no:xdist"]], ids=["xdist", "no-xdist"])
+@pytest.mark.parametrize("folder", ["sequences", "malformed"])
+def test_sequences_and_case_errors_in_every_mode(tmp_path, folder, mode):
+    """storeOutputAs and _conversation need each case after the ones before it, in one process
+    (the xdist scheduler sends the suite's `sequence` node to one worker whole); a malformed
+    check's case is an error whichever process runs it."""
+    report, _ = run_folder(folder, tmp_path, *mode)
+    check_same(folder, report)
+    nodeids = [r["nodeid"] for r in report["suites"][0]["results"]]
+    assert all(("::sequence::" in n) == (folder == "sequences") for n in nodeids), nodeids
+
+
+def test_derived_metrics_are_computed_from_sums_as_promptfoo_does(plain_runs):
+    report, _ = plain_runs["refs_scenarios"]
+    expected = json.loads((DATA / "refs_scenarios" / "expected.json").read_text())
+    theirs = expected["promptMetrics"][0]["namedScores"]
+    (suite,) = report["suites"]
+    assert {k: suite["metrics"][k] for k in ("combo", "avg")} == pytest.approx({k: theirs[k] for k in ("combo", "avg")})
+    assert suite["derived_metrics"] == [
+        {"name": "combo", "value": "pm + ext"},
+        {"name": "avg", "value": "pm / __count"},
+    ]
+
+
+def test_keys_promptfoo_ignores_are_named_in_one_warning_line_each(plain_runs):
+    _, proc = plain_runs["ignored_keys"]
+    out = proc.stdout
+    for line in (
+        "promptfooconfig.yaml:4: sharing: promptfoo's web sharing; ignored",
+        "promptfooconfig.yaml:5: outputPath: promptfoo's output files; ignored",
+        "promptfooconfig.yaml:6: assert: promptfoo ignores a top-level assert",
+        "promptfooconfig.yaml:11: tests[0].storeOutputAs: promptfoo reads storeOutputAs under options only",
+        "promptfooconfig.yaml:13: tests[1].dataset: not a key of a test",
+    ):
+        assert out.count(line) == 1, (line, out[-3000:])
