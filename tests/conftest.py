@@ -69,16 +69,24 @@ def mode(request: pytest.FixtureRequest) -> list[str]:
 
 @pytest.fixture
 def run_pytest(pytester: pytest.Pytester) -> Any:
-    """Run pytest in a subprocess (xdist needs one), in pytester's temporary directory.
+    """Run pytest in pytester's temporary directory: in this process when that is what a user's
+    single `pytest` process does (no `-n`), in a subprocess under xdist (its workers are processes
+    anyway) or when a test asks for one (`subprocess=True`: signals, crashes, a fresh interpreter).
+
+    In-process runs share this process's imports (litellm, mlflow, the bundled model's runtime), so
+    they cost a fraction of a subprocess; the plugin keeps no module-level state a run sets
+    (docs/architecture.md), which is what makes them equivalent.
 
     MLflow logging is on by default with --promptopt; it costs seconds per run (import, a fresh
-    SQLite store), so only tests/test_mlflow.py, which passes `mlflow=True`, keeps it on.
+    SQLite store), so only tests that pass `mlflow=True` keep it on.
     """
 
-    def run(*args: str, mlflow: bool = False) -> pytest.RunResult:
+    def run(*args: str, mlflow: bool = False, subprocess: bool = False) -> pytest.RunResult:
         if "--promptopt" in args and not mlflow:
             args = (*args, "--promptopt-no-mlflow")
-        return pytester.runpytest_subprocess(*args)
+        if subprocess or "-n" in args or any(a.startswith("--numprocesses") for a in args):
+            return pytester.runpytest_subprocess(*args)
+        return pytester.runpytest_inprocess(*args)
 
     return run
 
