@@ -22,6 +22,8 @@ from .models.base import Model, ModelError, Request, Response
 from .records import CaseResult
 from .redact import redact, scrub
 from .repeats import merge_samples
+from .sandbox import Sandbox, ScriptFault, sandbox_for
+from .sandbox.scripts import run_transform
 from .suite.model import Case
 
 __all__ = [
@@ -111,23 +113,61 @@ def _judge(judges: Judges | None, cache: ResponseCache, stats: CallStats) -> Jud
     return judges.bind(stats, cache) if judges is not None else None
 
 
+def _transformed(case: Case, response: Response, sandbox: Sandbox) -> Any:
+    """The answer after the test's `options.transform` (promptfoo's transformRunEvalResponse):
+    the text, or what the transform returned (an object stays an object for code checks)."""
+    if not case.transform:
+        return response.text
+    context = {
+        "vars": json_safe(dict(case.vars)),
+        "prompt": {"raw": case.prompt.template, "label": case.prompt.label, "template": case.prompt.template},
+        "metadata": {},
+    }
+    what = f"transform of {case.suite.file}: {case.name}"
+    return run_transform(sandbox, case.transform, response.text, context, case.base_dir, case.script_timeout_s, what)
+
+
 def _grade(
-    case: Case, result: CaseResult, response: Response, judge: Judge | None, embeddings: ResponseCache | None
+    case: Case,
+    result: CaseResult,
+    response: Response,
+    judge: Judge | None,
+    embeddings: ResponseCache | None,
+    sandbox: Sandbox | None = None,
 ) -> None:
     fill_response(result, response)
     result.model = case.model.label or result.model  # a suite's provider label names it in reports
-    ctx = AssertionContext(
-        vars=case.vars,
-        prompt=case.rendered_prompt,
-        response=response,
-        base_dir=case.base_dir,
-        judge=judge,
-        embeddings=embeddings,
-    )
-    try:
-        fill_grade(result, grade_case(response.text, case.assertions, ctx, case.threshold))
-    except (AssertionEvaluationError, AssertionConfigError) as exc:
-        result.error = f"assertion error: {scrub(str(exc))}"
+    with sandbox_for(sandbox) as box:
+        try:
+            value = _transformed(case, response, box)
+        except ScriptFault as exc:
+            result.error = f"transform error: {scrub(str(exc))}"
+            return
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        result.output = text
+        ctx = AssertionContext(
+            vars=case.vars,
+            prompt=case.rendered_prompt,
+            response=response,
+            base_dir=case.base_dir,
+            judge=judge,
+            embeddings=embeddings,
+            sandbox=box,
+            script_timeout_s=case.script_timeout_s,
+            output_value=None if isinstance(value, str) else value,
+            test={
+                "description": case.description,
+                "vars": json_safe(dict(case.vars)),
+                "assert": json_safe([a.to_dict() for a in case.assertions]),
+                "threshold": case.threshold,
+                "options": {"transform": case.transform} if case.transform else {},
+            },
+            provider={"id": case.model.id, "label": case.model.label},
+        )
+        try:
+            fill_grade(result, grade_case(text, case.assertions, ctx, case.threshold))
+        except (AssertionEvaluationError, AssertionConfigError) as exc:
+            result.error = f"assertion error: {scrub(str(exc))}"
 
 
 def _grade_samples(
@@ -136,6 +176,7 @@ def _grade_samples(
     answers: Iterable[Response | ModelError],
     judge: Judge | None,
     embeddings: ResponseCache | None,
+    sandbox: Sandbox | None = None,
 ) -> None:
     """Grade the case's answers, one per repeat (`case.repeats`), into `result`. Without repeats
     the record is its one sample, as it always was; with them each sample is graded apart and
@@ -147,7 +188,7 @@ def _grade_samples(
         if isinstance(answer, ModelError):
             sample.error = f"model error ({case.model.display}): {scrub(str(answer))}"
         else:
-            _grade(case, sample, answer, judge, embeddings)
+            _grade(case, sample, answer, judge, embeddings, sandbox)
         samples.append(sample)
         if sample.error:
             break
@@ -162,11 +203,13 @@ def execute_case(
     nodeid: str = "",
     params: Mapping[str, Any] | None = None,
     judges: Judges | None = None,
+    sandbox: Sandbox | None = None,
 ) -> CaseResult:
     """Run `case` on `model`, `case.repeats` times (repeat i is its own cache entry; repeat 0's
     key is that of a run without repeats), graded with `judges` for its model-graded assertions
     (through `cache`, counted in the case's calls). Model and assertion faults become
-    `result.error`, never exceptions."""
+    `result.error`, never exceptions. User code (transforms, code checks) runs in `sandbox` (a
+    fresh one for the case without it)."""
     stats = CallStats()
     started = time.perf_counter()
     result = new_result(case, nodeid)
@@ -179,7 +222,7 @@ def execute_case(
             except ModelError as exc:
                 yield exc
 
-    _grade_samples(case, result, answers(), _judge(judges, cache, stats), cache)
+    _grade_samples(case, result, answers(), _judge(judges, cache, stats), cache, sandbox)
     result.calls = stats.calls
     result.cache_hits = stats.cache_hits
     result.duration_s = time.perf_counter() - started
@@ -223,11 +266,13 @@ def answer_batch(cases: Sequence[tuple[Case, str]], model: Model, cache: Respons
     ]
 
 
-def grade_answered(answered: AnsweredCase, cache: ResponseCache, judges: Judges | None = None) -> CaseResult:
+def grade_answered(
+    answered: AnsweredCase, cache: ResponseCache, judges: Judges | None = None, sandbox: Sandbox | None = None
+) -> CaseResult:
     """Grade a batch's case as `execute_case` does; its judges' calls count in its calls."""
     begun = time.perf_counter()
     result, stats = answered.result, answered.stats
-    _grade_samples(answered.case, result, answered.answers, _judge(judges, cache, stats), cache)
+    _grade_samples(answered.case, result, answered.answers, _judge(judges, cache, stats), cache, sandbox)
     result.calls = stats.calls
     result.cache_hits = stats.cache_hits
     result.duration_s = answered.share_s + (time.perf_counter() - begun)
@@ -235,7 +280,11 @@ def grade_answered(answered: AnsweredCase, cache: ResponseCache, judges: Judges 
 
 
 def execute_batch(
-    cases: Sequence[tuple[Case, str]], model: Model, cache: ResponseCache, judges: Judges | None = None
+    cases: Sequence[tuple[Case, str]],
+    model: Model,
+    cache: ResponseCache,
+    judges: Judges | None = None,
+    sandbox: Sandbox | None = None,
 ) -> list[CaseResult]:
     """Run several cases on a batching model: `answer_batch`, then grade each case in turn."""
-    return [grade_answered(answered, cache, judges) for answered in answer_batch(cases, model, cache)]
+    return [grade_answered(answered, cache, judges, sandbox) for answered in answer_batch(cases, model, cache)]

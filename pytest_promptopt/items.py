@@ -111,6 +111,8 @@ class SuiteFile(pytest.File):
             session.registry.resolve,
             backend=session.settings.backend,
             repeats=session.settings.repeats,
+            script_timeout_s=session.settings.script_timeout_s,
+            sandbox=session.sandbox,
         )
         if loaded.dataset is not None:  # one item per prompt x provider, all rows (see DatasetItem)
             self._warm_up(session, [part.make_case.model for part in loaded.dataset.slices])

@@ -62,6 +62,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("--promptopt-report", "promptopt_report", "write the JSON report to this path", None),
     Option("--promptopt-timeout", "promptopt_timeout", "timeout in seconds for one hosted model call", "60"),
     Option(
+        "--promptopt-script-timeout",
+        "promptopt_script_timeout",
+        "time limit in seconds for one call of user code (javascript/python checks, transforms, prompt functions, var loaders); past it the case is an error",
+        "5",
+    ),
+    Option(
         "--promptopt-no-mlflow", "promptopt_no_mlflow", "do not log the run to MLflow (ini: true/false)", is_flag=True
     ),
     Option(

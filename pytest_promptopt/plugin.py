@@ -239,7 +239,9 @@ def prompt_check(request: pytest.FixtureRequest) -> Any:
     session = request.config.stash[session_key]
     recorder = _recorder(request)
     gates = ", ".join(g.describe() for g in recorder.suite.gates) or None
-    return PromptCheck(recorder, gates, session.judges, session.cache)
+    return PromptCheck(
+        recorder, gates, session.judges, session.cache, session.sandbox, session.settings.script_timeout_s
+    )
 
 
 @pytest.hookimpl(wrapper=True)

@@ -59,17 +59,34 @@ def _compile(template: str) -> tuple[Any, frozenset[str]]:
     return compiled, frozenset(meta.find_undeclared_variables(ast))
 
 
-def template_variables(template: str) -> frozenset[str]:
-    """The variables a template reads (free names only, not loop variables)."""
-    return _compile(template)[1]
+def template_variables(template: str, filters: Mapping[str, Any] | None = None) -> frozenset[str]:
+    """The variables a template reads (free names only, not loop variables); `filters` are extra
+    filters it may use (a suite's `nunjucksFilters`)."""
+    return (_compile_with(template, filters) if filters else _compile(template))[1]
 
 
-def render_template(template: str, variables: Mapping[str, Any]) -> str:
-    """Render `template` with `variables`; a missing variable raises `TemplateError` naming it."""
+def _compile_with(template: str, filters: Mapping[str, Any]) -> tuple[Any, frozenset[str]]:
+    """`_compile` in an overlay of the environment that also has `filters` (a suite's
+    `nunjucksFilters`); not memoised, since the filters belong to one suite."""
+    from jinja2 import TemplateSyntaxError, meta
+
+    env = _environment().overlay()
+    env.filters.update(filters)
+    try:
+        ast = env.parse(template)
+        compiled = env.from_string(template)
+    except TemplateSyntaxError as exc:
+        raise TemplateError(f"template syntax error on line {exc.lineno}: {exc.message}") from None
+    return compiled, frozenset(meta.find_undeclared_variables(ast))
+
+
+def render_template(template: str, variables: Mapping[str, Any], filters: Mapping[str, Any] | None = None) -> str:
+    """Render `template` with `variables` (and extra `filters`); a missing variable raises
+    `TemplateError` naming it."""
     from jinja2 import TemplateError as JinjaError
     from jinja2.exceptions import SecurityError
 
-    compiled, needed = _compile(template)
+    compiled, needed = _compile_with(template, filters) if filters else _compile(template)
     missing = sorted(needed - set(variables))
     if missing:
         names = ", ".join(repr(m) for m in missing)
@@ -82,13 +99,13 @@ def render_template(template: str, variables: Mapping[str, Any]) -> str:
         raise TemplateError(f"template failed to render: {exc}") from None
 
 
-def render_prompt(template: str, variables: Mapping[str, Any]) -> str:
+def render_prompt(template: str, variables: Mapping[str, Any], filters: Mapping[str, Any] | None = None) -> str:
     """Render a prompt as promptfoo does: a JSON prompt (chat messages) has each of its strings
     rendered and is re-serialised with 2-space indents; any other text is rendered as a template."""
     structure = _json_structure(template)
     if structure is None:
-        return render_template(template, variables)
-    return json.dumps(_render_strings(structure, variables), indent=2, ensure_ascii=False)
+        return render_template(template, variables, filters)
+    return json.dumps(_render_strings(structure, variables, filters), indent=2, ensure_ascii=False)
 
 
 def _json_structure(template: str) -> Any:
@@ -113,13 +130,13 @@ def _collect_variables(value: Any, names: set[str]) -> None:
             _collect_variables(item, names)
 
 
-def _render_strings(value: Any, variables: Mapping[str, Any]) -> Any:
+def _render_strings(value: Any, variables: Mapping[str, Any], filters: Mapping[str, Any] | None = None) -> Any:
     if isinstance(value, str):
-        return render_template(value, variables)
+        return render_template(value, variables, filters)
     if isinstance(value, list):
-        return [_render_strings(v, variables) for v in value]
+        return [_render_strings(v, variables, filters) for v in value]
     if isinstance(value, dict):
-        return {k: _render_strings(v, variables) for k, v in value.items()}
+        return {k: _render_strings(v, variables, filters) for k, v in value.items()}
     return value
 
 
@@ -149,6 +166,9 @@ class Prompt:
     label: str = ""
     source: str | None = None
     registry_uri: str | None = None  # `prompts:/name/<version>` when the template came from the MLflow Prompt Registry
+    # A prompt function (`file:///abs/prompt.py:fn`, `file:///abs/prompt.js`): called for each case
+    # with its vars, it returns the template (promptfoo's prompt functions); `template` is then the reference.
+    function: str | None = None
 
     @classmethod
     def from_registry(cls, uri: str, label: str | None = None) -> Prompt:

@@ -28,6 +28,7 @@ from .models.specs import ModelSpec, parse_model_spec
 from .records import CaseResult
 from .redact import redact
 from .report.failure import describe_case
+from .sandbox import DEFAULT_SCRIPT_TIMEOUT_S, Sandbox
 from .session import PromptoptSession
 from .suite.cases import python_case_id
 from .suite.model import Repeats, SuiteInfo
@@ -176,11 +177,15 @@ class PromptCheck:
         gates_text: str | None,
         judges: Judges | None = None,
         embeddings: ResponseCache | None = None,
+        sandbox: Sandbox | None = None,
+        script_timeout_s: float = DEFAULT_SCRIPT_TIMEOUT_S,
     ) -> None:
         self._recorder = recorder
         self._gates_text = gates_text
         self._judges = judges
         self._embeddings = embeddings
+        self._sandbox = sandbox  # runs javascript checks and python references (the session's)
+        self._script_timeout_s = script_timeout_s
 
     def __call__(
         self,
@@ -198,7 +203,14 @@ class PromptCheck:
         # model-graded assertions: judge calls count as this test's calls
         judge = self._judges.bind(self._recorder.stats) if self._judges is not None else None
         ctx = AssertionContext(
-            variables, self._recorder.last_prompt, response, self._recorder.base_dir, judge, self._embeddings
+            variables,
+            self._recorder.last_prompt,
+            response,
+            self._recorder.base_dir,
+            judge,
+            self._embeddings,
+            sandbox=self._sandbox,
+            script_timeout_s=self._script_timeout_s,
         )
         try:
             rendered = [render_assertion(_as_assertion(a), variables) for a in assertions]

@@ -26,6 +26,7 @@ from .repeats import fold_repeated_tests, split_repeat
 from .runners.execution import ExecutionSettings
 from .runners.limits import RateLimiter, Throttled, limit_for, throttle
 from .runners.pool import CaseRunner
+from .sandbox import Sandbox
 from .settings import Settings
 from .suite.document import is_suite_file
 from .suite.model import Case, SuiteInfo
@@ -78,6 +79,9 @@ class PromptoptSession:
         # Judge models of model-graded assertions: the same adapters and cache (judging.py),
         # handed to the runner, `prompt_check` and the repair.
         self.judges = Judges(self.model_for, lambda: self.cache, settings.judge)
+        # User code (javascript/python checks, transforms, prompt functions): this process's
+        # Python and node workers and JavaScript contexts, kept for the run and closed at its end.
+        self.sandbox = Sandbox()
         self._models: dict[str, Model] = {}
         self._models_lock = threading.Lock()
         self._hook_made: set[str] = set()
@@ -133,7 +137,7 @@ class PromptoptSession:
     def runner(self) -> CaseRunner:
         """Maps cases to results in this process (runners/pool.py): `runner.map(pairs)`."""
         if self._runner is None:
-            self._runner = CaseRunner(self.model_for, lambda: self.cache, self.execution, self.judges)
+            self._runner = CaseRunner(self.model_for, lambda: self.cache, self.execution, self.judges, self.sandbox)
         return self._runner
 
     def spark(self) -> Any:
@@ -340,6 +344,7 @@ class PromptoptSession:
     def close(self) -> None:
         if self._runner is not None:
             self._runner.close()
+        self.sandbox.close()
         if self._cache is not None:
             self._cache.close()
         if self.is_controller:

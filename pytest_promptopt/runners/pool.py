@@ -23,6 +23,7 @@ from ..judging import Judges, judge_calls
 from ..models.base import Model, ModelError
 from ..models.specs import ModelSpec
 from ..records import CaseResult
+from ..sandbox import Sandbox
 from ..suite.model import Case
 from .execution import ExecutionSettings
 
@@ -48,10 +49,12 @@ class CaseRunner:
         cache: Callable[[], ResponseCache],
         execution: ExecutionSettings,
         judges: Judges | None = None,
+        sandbox: Sandbox | None = None,
     ) -> None:
         self._model_for = model_for
         self._cache = cache
         self._judges = judges
+        self._sandbox = sandbox
         self.concurrency = max(1, execution.concurrency)
         self.batch_size = max(1, execution.batch_size)
         self.window = lookahead_window(self.concurrency, self.batch_size)
@@ -114,7 +117,7 @@ class CaseRunner:
             model = self._model_for(case.model)
         except ModelError as exc:
             return model_error(case, nodeid, exc)
-        return execute_case(case, model, self._cache(), nodeid, judges=self._judges)
+        return execute_case(case, model, self._cache(), nodeid, judges=self._judges, sandbox=self._sandbox)
 
     def _kind(self, case: Case) -> tuple[str, Model | None]:
         known = self._kinds.get(case.model.key)
@@ -156,7 +159,7 @@ class CaseRunner:
                 kind, model = self._kind(case)
                 if kind == "pool":
                     started[nodeid] = self._executor("pool").submit(
-                        execute_case, case, model, self._cache(), nodeid, judges=self._judges
+                        execute_case, case, model, self._cache(), nodeid, judges=self._judges, sandbox=self._sandbox
                     )
                 elif kind == "batch":
                     batches.setdefault(id(model), (model, []))[1].append((case, nodeid))  # type: ignore[arg-type]
@@ -181,7 +184,7 @@ class CaseRunner:
 
         def grade(answered: AnsweredCase, future: Future[CaseResult]) -> None:
             try:
-                future.set_result(grade_answered(answered, self._cache(), self._judges))
+                future.set_result(grade_answered(answered, self._cache(), self._judges, self._sandbox))
             except BaseException as exc:  # surfaces in the item that waits for it
                 future.set_exception(exc)
 

@@ -19,6 +19,8 @@ from ..assertions.base import Assertion, AssertionConfigError
 from ..assertions.scoring import render_assertion
 from ..models.specs import ModelSpec
 from ..prompt import MissingVariable, Prompt, TemplateError, render_prompt
+from ..sandbox import DEFAULT_SCRIPT_TIMEOUT_S, Sandbox, ScriptFault, sandbox_for
+from ..sandbox.scripts import is_code_reference, load_code_var, run_prompt_function
 from .document import format_path
 from .model import Case, SuiteInfo
 
@@ -76,11 +78,25 @@ def build_case(
     base_dir: Path = Path("."),
     several_prompts: bool = False,
     several_providers: bool = False,
+    transform: str | None = None,
+    script_timeout_s: float = DEFAULT_SCRIPT_TIMEOUT_S,
+    sandbox: Sandbox | None = None,
+    filters: Mapping[str, Any] | None = None,
 ) -> Case:
-    """Render `prompt` and `assertions` with `variables` into a `Case`. Raises `CaseError`."""
+    """Render `prompt` and `assertions` with `variables` into a `Case`. Raises `CaseError`.
+
+    User code runs here, as promptfoo runs it when it renders a prompt: `file://x.py|js` vars
+    (loaders, in order, each seeing the vars loaded before it), then a prompt function, whose
+    result is the template; `filters` are the suite's Nunjucks filters."""
     where = f"prompts[{prompt_index}] ({prompt.label})"
+    identity_vars = variables
+    template = prompt.template
+    if prompt.function is not None or any(is_code_reference(v) for v in variables.values()):
+        variables, template = _run_code(
+            prompt, variables, model, base_dir, script_timeout_s, sandbox, missing.path, prompt_index
+        )
     try:
-        rendered = render_prompt(prompt.template, variables)
+        rendered = render_prompt(template, variables, filters)
     except MissingVariable as exc:
         raise CaseError(f"{exc} in {where}; {missing.hint}", missing.path) from None
     except TemplateError as exc:
@@ -96,7 +112,7 @@ def build_case(
                 message[len(prefix) + 2 :] if message.startswith(prefix + ": ") else message, path
             ) from None
     identity = case_id(
-        variables,
+        identity_vars,
         [a.to_dict() for a in checks],
         threshold,
         prompt_index if several_prompts else None,
@@ -117,4 +133,41 @@ def build_case(
         description=description,
         base_dir=base_dir,
         position=position,
+        transform=transform,
+        script_timeout_s=script_timeout_s,
     )
+
+
+def _run_code(
+    prompt: Prompt,
+    variables: Mapping[str, Any],
+    model: ModelSpec,
+    base_dir: Path,
+    timeout: float,
+    sandbox: Sandbox | None,
+    vars_path: Place,
+    prompt_index: int,
+) -> tuple[dict[str, Any], str]:
+    """The case's vars with their loaders run, and its template (a prompt function's result)."""
+    provider = {"id": model.id, "label": model.label}
+    loaded = dict(variables)
+    template = prompt.template
+    with sandbox_for(sandbox) as box:
+        for name, value in variables.items():
+            if not is_code_reference(value):
+                continue
+            try:
+                text = load_code_var(
+                    box, name, value, prompt.template, loaded, provider, base_dir, timeout, f"var {name} ({value})"
+                )
+            except ScriptFault as exc:
+                raise CaseError(str(exc), vars_path) from None
+            loaded[name] = text[:-1] if text.endswith("\n") else text  # promptfoo drops one trailing newline
+        if prompt.function is not None:
+            try:
+                template, _config = run_prompt_function(
+                    box, prompt.function, loaded, provider, {}, timeout, f"prompt function {prompt.label}"
+                )
+            except ScriptFault as exc:
+                raise CaseError(str(exc), ("prompts", prompt_index)) from None
+    return loaded, template

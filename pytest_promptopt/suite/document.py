@@ -151,6 +151,7 @@ class Context:
         self.lines = lines
         self.base_dir = file.parent
         self.resolve_prompt = resolve_prompt
+        self.filters: dict[str, Any] = {}  # the suite's nunjucksFilters, as Jinja filters (loader.py)
 
     def error(self, path: Sequence[str | int], message: str) -> SuiteError:
         return SuiteError(self.display, message, format_path(path), self.lines.line(path))

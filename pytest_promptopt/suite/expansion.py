@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..assertions.base import Assertion, is_model_graded
+from ..sandbox.scripts import is_code_reference
 from .document import Context, load_yaml
 from .sources import load_structured
 
@@ -49,7 +50,8 @@ def vars_mapping(raw: Any, path: tuple[Any, ...], ctx: Context) -> dict[str, Any
 def load_vars(raw: Mapping[str, Any], path: tuple[Any, ...], ctx: Context) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for name, value in raw.items():
-        if isinstance(value, str) and value.startswith("file://"):
+        if isinstance(value, str) and value.startswith("file://") and not is_code_reference(value):
+            # file://x.py and file://x.js are var loaders, run per case and prompt (suite/cases.py)
             value = _var_from_file(value, path + ("vars", name), ctx)
         if isinstance(value, str) and value.endswith("\n"):
             value = value[:-1]  # promptfoo drops one trailing newline from string vars
@@ -77,7 +79,7 @@ def var_combinations(variables: dict[str, Any]) -> list[dict[str, Any]]:
     return [{**variables, **dict(zip(keys, combo))} for combo in itertools.product(*(listed[k] for k in keys))]
 
 
-def build_assertion(raw: Mapping[str, Any], where: str, grader: Any = None) -> Assertion:
+def build_assertion(raw: Mapping[str, Any], where: str, grader: Any = None, place: str = "") -> Assertion:
     """`grader`: the test's `options.provider` (promptfoo), the judge of its model-graded
     assertions that name no `provider` of their own."""
     kind = str(raw["type"])
@@ -96,4 +98,7 @@ def build_assertion(raw: Mapping[str, Any], where: str, grader: Any = None) -> A
         config=raw.get("config"),
         where=where,
         provider=provider,
+        transform=raw.get("transform"),
+        context_transform=raw.get("contextTransform"),
+        place=place,
     )

@@ -16,6 +16,8 @@ from typing import Any
 from ..gates import parse_gates
 from ..models.specs import ModelSpec, parse_model_spec
 from ..prompt import Prompt
+from ..sandbox import DEFAULT_SCRIPT_TIMEOUT_S, Sandbox, sandbox_for
+from ..sandbox.scripts import make_filter
 from .blocks import dataset_spec, fuzz_cases
 from .cases import CaseError, Missing, build_case
 from .dataset import DatasetSpec
@@ -44,13 +46,32 @@ def load_suite(
     resolve_prompt: Callable[[str], Any] | None = None,
     backend: str | None = None,
     repeats: Repeats = Repeats(),
+    script_timeout_s: float = DEFAULT_SCRIPT_TIMEOUT_S,
+    sandbox: Sandbox | None = None,
 ) -> LoadedSuite:
     """Parse, validate and expand a suite file into cases. Raises `SuiteError`.
 
     `resolve_prompt` turns a `prompts:/...` reference into a `mlflow.prompts.Resolved` (the
     session's resolver; without one, a registry reference is a `SuiteError`). `backend` (`local`/`spark`) is the
     run's: a dataset `table` needs `spark`; None (e.g. `validate`) does not check. `repeats` is
-    the run's samples per case, which the suite's `repeat:` may override (`Repeats.for_suite`)."""
+    the run's samples per case, which the suite's `repeat:` may override (`Repeats.for_suite`).
+    User code the cases need while they are built (var loaders, prompt functions, Nunjucks
+    filters) runs in `sandbox` (a fresh one for the load without it), each call within
+    `script_timeout_s`, which the cases keep for their transforms and checks."""
+    with sandbox_for(sandbox) as box:
+        return _load(file, display, default_model, resolve_prompt, backend, repeats, script_timeout_s, box)
+
+
+def _load(
+    file: Path,
+    display: str,
+    default_model: ModelSpec,
+    resolve_prompt: Callable[[str], Any] | None,
+    backend: str | None,
+    repeats: Repeats,
+    script_timeout_s: float,
+    sandbox: Sandbox,
+) -> LoadedSuite:
     try:
         data, lines = read_document(file)
     except DocumentError as exc:
@@ -65,6 +86,9 @@ def load_suite(
         raise ctx.error(("gates",), str(exc).split(": ", 1)[-1]) from None
     name = data.get("name") or data.get("description") or file.name
     info = SuiteInfo(id=display, name=str(name), file=display, gates=gates)
+    for filter_name, filter_path in (data.get("nunjucksFilters") or {}).items():
+        where = f"{display}:{ctx.lines.line(('nunjucksFilters', filter_name))}: nunjucksFilters.{filter_name}"
+        ctx.filters[str(filter_name)] = make_filter(sandbox, ctx.base_dir / filter_path, script_timeout_s, where)
     prompts = load_prompts(data.get("prompts"), ctx)
     providers = _providers(data.get("providers", data.get("targets")), ctx) or [default_model]
     defaults = default_test(data.get("defaultTest"), ctx)
@@ -91,7 +115,7 @@ def load_suite(
         return LoadedSuite(info, (), dataset_spec(data["dataset"], info, prompts, providers, defaults, ctx, backend))
     # A fuzz suite without `tests` has only generated cases (not promptfoo's one case without vars).
     tests = read_tests(data.get("tests"), ctx) if "tests" in data or "fuzz" not in data else []
-    cases = list(_cases(info, prompts, providers, defaults, tests, ctx))
+    cases = list(_cases(info, prompts, providers, defaults, tests, ctx, sandbox, script_timeout_s))
     if "fuzz" in data:
         cases.extend(fuzz_cases(data["fuzz"], info, prompts, providers, defaults, tests, cases, ctx))
     repeat = repeats.for_suite(data.get("repeat"))
@@ -136,6 +160,8 @@ def _cases(
     default: dict[str, Any],
     tests: list[TestEntry],
     ctx: Context,
+    sandbox: Sandbox | None = None,
+    script_timeout_s: float = DEFAULT_SCRIPT_TIMEOUT_S,
 ) -> Iterator[Case]:
     seen: dict[str, int] = {}
     position = 0
@@ -156,7 +182,10 @@ def _cases(
             a_path = (
                 ("defaultTest", "assert", a_index) if a_index < n_default else path + ("assert", a_index - n_default)
             )
-            placed.append((build_assertion(raw, format_path(a_path), merged["options"].get("provider")), a_path))
+            place = f"{ctx.display}:{ctx.lines.line(a_path)}" if ctx.lines.line(a_path) else ctx.display
+            assertion = build_assertion(raw, format_path(a_path), merged["options"].get("provider"), place)
+            placed.append((assertion, a_path))
+        transform = merged["options"].get("transform") or merged["options"].get("postprocess")
         missing = Missing(path + ("vars",), "add it to this test's vars or to defaultTest.vars")
         combos = var_combinations(base_vars)
         for combo_index, variables in enumerate(combos):
@@ -189,6 +218,10 @@ def _cases(
                             base_dir=ctx.base_dir,
                             several_prompts=len(prompts) > 1,
                             several_providers=len(test_providers) > 1,
+                            transform=transform,
+                            script_timeout_s=script_timeout_s,
+                            sandbox=sandbox,
+                            filters=ctx.filters,
                         )
                     except CaseError as exc:
                         raise ctx.error(exc.path, exc.message) from None

@@ -11,6 +11,7 @@ from ..assertions.base import Assertion
 from ..gates import Gate
 from ..models.specs import ModelSpec
 from ..prompt import Prompt
+from ..sandbox import DEFAULT_SCRIPT_TIMEOUT_S
 
 
 class SuiteError(ValueError):
@@ -75,6 +76,9 @@ class Case:
     position: int = 0  # order of the case in its suite (collection order)
     fuzz: Any = None  # a generated case's `fuzz.FuzzOrigin` (its block, index and case factory); None for the others
     repeats: int = 1  # independent samples of the model's answer (--promptopt-repeat, the suite's `repeat:`)
+    # promptfoo's options.transform (or postprocess): code run on the answer before the assertions
+    transform: str | None = None
+    script_timeout_s: float = DEFAULT_SCRIPT_TIMEOUT_S  # one call of the case's user code (--promptopt-script-timeout)
 
 
 @dataclass(frozen=True)

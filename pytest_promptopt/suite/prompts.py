@@ -10,7 +10,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..prompt import Prompt, TemplateError
+from ..prompt import Prompt, TemplateError, template_variables
+from ..sandbox.scripts import is_code_reference
 from .document import Context, load_yaml
 
 _FILE_LIKE = re.compile(r"^[^\n]*\.(txt|md|j2|json|ya?ml|prompt)$")
@@ -31,16 +32,33 @@ def load_prompts(raw: Any, ctx: Context) -> list[Prompt]:
             text = entry
         if text.startswith("prompts:/"):
             prompts.append(_registry_prompt(text, label, path, ctx))
+        elif is_code_reference(text if text.startswith("file://") else "file://" + text):
+            prompts.append(_function_prompt(text, label, path, ctx))
         elif text.startswith("file://") or (_FILE_LIKE.match(text) and "{{" not in text and " " not in text):
             prompts.extend(_prompt_files(text, label, path, ctx))
         else:
             prompts.append(Prompt(text, label=label or text[:60]))
     for index, prompt in enumerate(prompts):
         try:
-            _ = prompt.variables  # parses the template: a syntax error is reported here
+            # parses the template: a syntax error is reported here
+            _ = template_variables(prompt.template, ctx.filters) if ctx.filters else prompt.variables
         except TemplateError as exc:
             raise ctx.error(("prompts", index) if isinstance(raw, list) else ("prompts",), f"prompt {exc}") from None
     return prompts
+
+
+def _function_prompt(reference: str, label: str | None, path: tuple[Any, ...], ctx: Context) -> Prompt:
+    """A prompt function (`file://prompt.js[:fn]`, `.ts`, `file://prompt.py:fn`): called for each
+    case with its vars, it returns the template (sandbox/scripts.py runs it)."""
+    body = reference[len("file://") :] if reference.startswith("file://") else reference
+    file_part, sep, function = body.rpartition(":")
+    if not sep or not file_part or not function.isidentifier():
+        file_part, function = body, ""
+    file = (ctx.base_dir / file_part).resolve()
+    if not file.is_file():
+        raise ctx.error(path, f"prompt file not found: {file}")
+    target = f"file://{file.as_posix()}" + (f":{function}" if function else "")
+    return Prompt(reference, label=label or body, source=str(file), function=target)
 
 
 def _registry_prompt(uri: str, label: str | None, path: tuple[Any, ...], ctx: Context) -> Prompt:

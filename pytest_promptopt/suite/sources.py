@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..assertions.base import assertion_types
+from ..sandbox.javascript import is_javascript_file
 from .document import Context, load_yaml
 from .schema import validate_fragment
 
@@ -97,9 +98,6 @@ _EXPECTED = re.compile(r"^(not-)?([a-z][a-z0-9-]*)(?:\((\d+(?:\.\d+)?)\))?(?::([
 
 # promptfoo types this plugin does not run (yet): a CSV cell naming one must not silently become `equals`.
 _PROMPTFOO_ONLY = {
-    "javascript",
-    "fn",
-    "eval",
     "grade",
     "context-faithfulness",
     "context-recall",
@@ -128,6 +126,12 @@ _PROMPTFOO_ONLY = {
 def assertion_from_string(text: str) -> dict[str, Any]:
     """promptfoo's CSV shorthand: `type: value`, `not-type(threshold): value`, else `equals`."""
     text = text.strip()
+    # promptfoo: `javascript:`, `fn:`, `eval:` and a JavaScript file are javascript checks
+    for prefix in ("javascript:", "fn:", "eval:"):
+        if text.startswith(prefix):
+            return {"type": "javascript", "value": text[len(prefix) :].strip()}
+    if text.startswith("file://") and is_javascript_file(text[len("file://") :]):
+        return {"type": "javascript", "value": text}
     if text.startswith("python:"):
         return {"type": "python", "value": text[len("python:") :].strip()}
     if text.startswith("file://") and ".py" in text:

@@ -1,0 +1,2 @@
+def make(context):
+    return "PYFN " + context["vars"]["name"] + " " + str(context["provider"]) + " " + str(context["config"])

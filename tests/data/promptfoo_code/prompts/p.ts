@@ -1,0 +1,3 @@
+export default function ({ vars }) {
+  return `TS ${vars.name}`;
+}

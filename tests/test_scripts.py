@@ -1,0 +1,164 @@
+"""User code that gives no answer (a loop, sys.exit(), a BaseException, a dead process) ends as an
+error of its own case, within --promptopt-script-timeout, in every run mode; the other cases run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import load_report
+
+from pytest_promptopt.sandbox import Sandbox, ScriptFault, ScriptRaised, ScriptTimeout
+from pytest_promptopt.sandbox.javascript import build_function_body, call_file, call_inline
+from pytest_promptopt.sandbox.python_code import build_python_script, call_python_code
+
+CHECKS = """
+import os
+
+
+def exits(output, context):
+    raise SystemExit(0)
+
+
+def interrupts(output, context):
+    raise KeyboardInterrupt
+
+
+def dies(output, context):
+    os._exit(3)
+"""
+
+SUITE = """
+providers: [echo]
+prompts: ["say {{word}}"]
+tests:
+  - description: fine
+    vars: {word: a}
+    assert:
+      - {type: python, value: "'a' in output"}
+      - {type: javascript, value: "output.includes('a')"}
+  - description: python loops
+    vars: {word: b}
+    assert:
+      - type: python
+        value: |
+          while True:
+              pass
+  - description: python exits
+    vars: {word: c}
+    assert: [{type: python, value: "file://checks.py:exits"}]
+  - description: python interrupts
+    vars: {word: d}
+    assert: [{type: python, value: "file://checks.py:interrupts"}]
+  - description: python dies
+    vars: {word: e}
+    assert: [{type: python, value: "file://checks.py:dies"}]
+  - description: javascript loops
+    vars: {word: f}
+    assert: [{type: javascript, value: "(() => { while (true) {} })()"}]
+  - description: transform loops
+    vars: {word: g}
+    options: {transform: "(() => { while (true) {} })()"}
+  - description: fine again
+    vars: {word: h}
+    assert: [{type: python, value: "'h' in output"}]
+"""
+
+
+def test_code_without_an_answer_errors_its_case_only(run_pytest, pytester: pytest.Pytester, mode: list[str]):
+    pytester.makepyfile(checks=CHECKS)
+    pytester.makefile(".promptopt.yaml", scripts=SUITE)
+    result = run_pytest("--promptopt", "--promptopt-script-timeout", "1", "--promptopt-report", "r.json", *mode)
+    result.assert_outcomes(passed=2, errors=6)
+    suite = load_report(pytester.path / "r.json")["suites"][0]
+    assert (suite["cases"], suite["passed"], suite["failed"], suite["errors"]) == (8, 2, 0, 6)
+    errors = {r["name"].split("[")[0]: r["error"] for r in suite["results"] if r["error"]}
+    assert (
+        "python check at scripts.promptopt.yaml:12: tests[1].assert[0] did not return within 1 s"
+        in errors["python loops"]
+    )
+    assert "called sys.exit(0) instead of returning" in errors["python exits"]
+    assert "raised KeyboardInterrupt" in errors["python interrupts"]
+    assert "ended its process (exit status 3)" in errors["python dies"]
+    assert "javascript check at scripts.promptopt.yaml:" in errors["javascript loops"]
+    assert "within 1 s" in errors["javascript loops"]
+    assert errors["transform loops"].startswith("transform error:") and "within 1 s" in errors["transform loops"]
+
+
+def test_the_time_limit_must_be_positive(run_pytest, pytester: pytest.Pytester):
+    pytester.makefile(".promptopt.yaml", s="providers: [echo]\nprompts: ['x']\n")
+    result = run_pytest("--promptopt", "--promptopt-script-timeout", "0")
+    assert result.ret == 4
+    result.stderr.fnmatch_lines(["*--promptopt-script-timeout (ini: promptopt_script_timeout): must be a positive*"])
+
+
+# --------------------------------------------------------------------------- the sandbox itself
+
+
+@pytest.fixture
+def sandbox():
+    box = Sandbox()
+    yield box
+    box.close()
+
+
+@pytest.mark.parametrize(
+    ("code", "body"),
+    [  # promptfoo 0.121.20's buildFunctionBody examples (src/assertions/javascript.ts)
+        ("output === 'test'", "return output === 'test'"),
+        ("const s = JSON.parse(output).score; s > 0.5", "const s = JSON.parse(output).score; return s > 0.5"),
+        ("const s = output; s === 'a;b'", "const s = output; return s === 'a;b'"),
+        ("output.length > 3;;", "return output.length > 3"),
+        ("let x = 1", "let x = 1"),
+    ],
+)
+def test_one_line_javascript_gets_promptfoos_return(code: str, body: str):
+    assert build_function_body(code) == body
+
+
+def test_inline_python_is_promptfoos_main():
+    assert (
+        build_python_script("'a' in output") == "import json\n\ndef main(output, context):\n    return 'a' in output\n"
+    )
+    two = build_python_script("x = 1\nreturn x")
+    assert two.endswith("def main(output, context):\n    x = 1\n    return x\n")
+    tabbed = build_python_script("if True:\n\treturn 1")
+    assert tabbed.endswith("\tif True:\n\t\treturn 1\n")  # the first indented line's indentation
+
+
+def test_python_gets_no_network_and_a_time_limit(sandbox: Sandbox):
+    with pytest.raises(ScriptRaised, match="network access is disabled"):
+        call_python_code(
+            sandbox, "import socket\nreturn socket.create_connection(('127.0.0.1', 9))", ["x", {}], 30, "net"
+        )
+    with pytest.raises(ScriptTimeout, match="did not return within 0.5 s"):
+        call_python_code(sandbox, "while True:\n    pass", ["x", {}], 0.5, "loop")
+    assert call_python_code(sandbox, "output * 2", ["ab", {}], 30, "after") == "abab"  # a fresh worker
+
+
+def test_javascript_in_node_gets_no_network(sandbox: Sandbox, tmp_path: Path):
+    if not sandbox.node_available():
+        pytest.skip("node is not on the PATH")
+    (tmp_path / "net.js").write_text(
+        "const http = require('http');\nmodule.exports = () => { http.get('http://127.0.0.1:9'); return true; };\n"
+    )
+    with pytest.raises(ScriptRaised, match="network access is disabled"):
+        call_file(sandbox, tmp_path / "net.js", None, "check", ["x", {}], 30, "net")
+
+
+def test_without_node_es_modules_run_in_mini_racer_and_require_says_what_to_install(
+    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(sandbox, "node_available", lambda: False)
+    (tmp_path / "esm.mjs").write_text("export default function (output) { return output === 'hi'; }\n")
+    assert call_file(sandbox, tmp_path / "esm.mjs", None, "check", ["hi", {}], 30, "esm")["value"] is True
+    (tmp_path / "req.js").write_text("const fs = require('fs');\nmodule.exports = () => true;\n")
+    with pytest.raises(ScriptFault, match=r"req\.js loads other modules \(require/import\), which needs node"):
+        call_file(sandbox, tmp_path / "req.js", None, "check", ["hi", {}], 30, "req")
+
+
+def test_without_any_engine_javascript_says_what_to_install(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(sandbox, "node_available", lambda: False)
+    monkeypatch.setattr(sandbox, "racer_available", lambda: False)
+    with pytest.raises(ScriptFault, match=r"pip install 'pytest-promptopt\[js\]'.*node"):
+        call_inline(sandbox, ["output", "context"], "return true", ["x", {}], "check", 30, "check at s.yaml:3")
