@@ -328,18 +328,19 @@ def test_batching_models_get_batches_with_the_same_results(run_pytest, pytester,
 
 # --------------------------------------------------------------------------- crashed workers
 
-CRASH_CHECKS = """
+# The xdist worker itself dies while running the "boom" case (a python check would die in its own
+# sandbox process, which is an ordinary error; this is the worker going away under pytest).
+CRASH_CONFTEST = """
 import os, signal
 
-def crash_on_boom(output, context):
-    if "boom" in output:
+def pytest_runtest_call(item):
+    if "boom" in item.name:
         os.kill(os.getpid(), signal.SIGKILL)
-    return True
 """
 
 
 def test_a_crashed_worker_loses_only_its_case(run_pytest, pytester):
-    pytester.makepyfile(checks=CRASH_CHECKS)
+    pytester.makeconftest(CRASH_CONFTEST)
     tests = "\n".join(f"  - vars: {{word: {w}}}\n    description: {w}" for w in ["a", "b", "boom", "c", "d", "e"])
     pytester.makefile(
         ".promptopt.yaml",
@@ -347,7 +348,7 @@ def test_a_crashed_worker_loses_only_its_case(run_pytest, pytester):
 providers: [echo]
 prompts: ["say {{{{word}}}}"]
 defaultTest:
-  assert: [{{type: python, value: "file://checks.py:crash_on_boom"}}]
+  assert: [{{type: contains, value: say}}]
 gates: {{pass_rate: 1.0}}
 tests:
 {tests}
