@@ -2,10 +2,11 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Generator
+import tempfile
 from pathlib import Path
 from typing import Any
 
+import _pytest.pytester as pytester_module
 import pytest
 
 pytest_plugins = ["pytester"]
@@ -37,29 +38,34 @@ tests:
 """
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
-    """Keep the libraries a pytester test imported in this process.
+class KeepingLibraries(pytester_module.SysModulesSnapshot):
+    """pytester's snapshot of `sys.modules`, keeping the libraries a pytester run imported.
 
-    pytester removes from `sys.modules`, when a test ends, every module imported while it ran.
-    For a library that test imported first (mlflow, and with it numpy and PyYAML), the next
-    import then loads it again next to the copies other modules hold, and C extensions cannot
-    be loaded twice: numpy refuses, and PyYAML's libyaml loader, paired with a new `yaml`
-    package, fails every document with "could not determine a constructor for the tag None".
-    Whether that happens depended on which tests an xdist worker ran first. Only the modules
-    of the test's own folder (its test files and conftests) are dropped, as pytester intends.
+    pytester removes from `sys.modules`, after each in-process run and when a test ends, every
+    module imported meanwhile. For a library imported first by such a run (mlflow, torch,
+    numpy, PyYAML), the next import then loads it again next to the copies other modules hold,
+    and C extensions cannot be loaded twice: torch fails with "bad call flags", numpy refuses,
+    and PyYAML's libyaml loader, paired with a new `yaml` package, fails every document. Only the
+    modules of the runs' own folders (test files, conftests, checks.py) are dropped, as pytester
+    intends: they live in the temporary directory, and the next test's files of the same name
+    must load afresh.
     """
-    pytester = getattr(item, "funcargs", {}).get("pytester")
-    if pytester is None:
-        return (yield)
-    before = dict(sys.modules)
-    try:
-        return (yield)
-    finally:
-        own = str(pytester.path)
-        for name, module in before.items():
-            if name not in sys.modules and not str(getattr(module, "__file__", None) or "").startswith(own):
-                sys.modules[name] = module
+
+    def __init__(self, preserve: Any = None) -> None:
+        def keep(name: str) -> bool:
+            module = sys.modules.get(name)
+            file = str(getattr(module, "__file__", None) or "")
+            return bool(preserve and preserve(name)) or not file.startswith(TEMPORARY)
+
+        super().__init__(preserve=keep)
+
+
+TEMPORARY = str(Path(tempfile.gettempdir()).resolve())
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # pytester builds its snapshots through this module-level name
+    pytester_module.SysModulesSnapshot = KeepingLibraries  # type: ignore[misc]
 
 
 @pytest.fixture(params=list(MODES), ids=list(MODES))
@@ -69,16 +75,27 @@ def mode(request: pytest.FixtureRequest) -> list[str]:
 
 @pytest.fixture
 def run_pytest(pytester: pytest.Pytester) -> Any:
-    """Run pytest in a subprocess (xdist needs one), in pytester's temporary directory.
+    """Run pytest in pytester's temporary directory: in this process when that is what a user's
+    single `pytest` process does (no `-n`), in a subprocess under xdist (its workers are processes
+    anyway) or when a test asks for one (`subprocess=True`: signals, crashes, a fresh interpreter).
+
+    In-process runs share this process's imports (litellm, mlflow, the bundled model's runtime), so
+    they cost a fraction of a subprocess; the plugin keeps no module-level state a run sets
+    (docs/architecture.md), which is what makes them equivalent.
 
     MLflow logging is on by default with --promptopt; it costs seconds per run (import, a fresh
-    SQLite store), so only tests/test_mlflow.py, which passes `mlflow=True`, keeps it on.
+    SQLite store), so only tests that pass `mlflow=True` keep it on.
     """
 
-    def run(*args: str, mlflow: bool = False) -> pytest.RunResult:
+    def run(*args: str, mlflow: bool = False, subprocess: bool = False) -> pytest.RunResult:
         if "--promptopt" in args and not mlflow:
             args = (*args, "--promptopt-no-mlflow")
-        return pytester.runpytest_subprocess(*args)
+        # Spark keeps one JVM and its Python workers per process, started with the first run's
+        # folder on their path: each Spark run gets a process of its own, as a user's would.
+        xdist = "-n" in args or any(a.startswith("--numprocesses") for a in args)
+        if subprocess or xdist or "spark" in args:
+            return pytester.runpytest_subprocess(*args)
+        return pytester.runpytest_inprocess(*args)
 
     return run
 

@@ -286,7 +286,8 @@ def test_keyboard_interrupt_from_a_python_tests_check_stops_the_run_and_keeps_th
 ) -> None:
     # A Python test's check runs in pytest's process: its KeyboardInterrupt is pytest's Ctrl-C.
     pytester.makepyfile(test_py=INTERRUPT_TESTS)
-    result = run_pytest("--promptopt", "--promptopt-report", "r.json")
+    # a subprocess: in this process pytester would raise the interrupt into the calling test
+    result = run_pytest("--promptopt", "--promptopt-report", "r.json", subprocess=True)
     assert result.ret == pytest.ExitCode.INTERRUPTED
     result.stdout.fnmatch_lines(["*KeyboardInterrupt*"])
     [suite] = load_report(pytester.path / "r.json")["suites"]

@@ -457,7 +457,7 @@ def test_no_mlflow_writes_nothing_and_imports_nothing(pytester, run_pytest):
         "def pytest_unconfigure(config):\n"
         "    open('mlflow-loaded.txt', 'w').write(str('mlflow' in sys.modules))\n"
     )
-    result = run_pytest("--promptopt", "--promptopt-no-mlflow", mlflow=True)
+    result = run_pytest("--promptopt", "--promptopt-no-mlflow", mlflow=True, subprocess=True)  # a fresh interpreter
     assert result.ret == 1 and "MLflow" not in result.stdout.str()
     assert (pytester.path / "mlflow-loaded.txt").read_text() == "False"
     assert not {"mlflow.db", "mlruns"} & {p.name for p in pytester.path.iterdir()}

@@ -589,7 +589,7 @@ def test_litellm_warm_up_keeps_litellms_warning_filters_for_the_cases(run_pytest
     pytester.makeconftest(FILTERS_CONFTEST)
     with FakeOpenAI(echo_last_user_message) as server:
         pytester.makefile(".promptopt.yaml", hosted=hosted_suite(server.base_url, 3))
-        result = run_pytest("--promptopt", "--promptopt-cache", "off")
+        result = run_pytest("--promptopt", "--promptopt-cache", "off", subprocess=True)  # litellm not yet imported
         result.assert_outcomes(passed=3)
     result.stdout.no_fnmatch_line("*ReadOnly*")  # pydantic: "... are using the `ReadOnly` qualifier"
     filters = (pytester.path / "filters.txt").read_text().splitlines()
