@@ -6,6 +6,7 @@ here: without `--promptopt` the plugin only checks file names during collection.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Generator
 from pathlib import Path
@@ -36,6 +37,34 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             group.addoption(option.flag, dest=dest, default=None, choices=option.choices, help=option.help)
         if option.ini:
             parser.addini(option.ini, help=option.help, default=None)
+
+
+_spawned_key = pytest.StashKey[Any]()  # the MLflow writer spawned before the session exists
+
+
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]) -> None:
+    # Importing mlflow takes seconds: when the command line asks for MLflow reporting, a writer
+    # process starts on it now, before the conftests load (mlflow/writer.py); the session hands
+    # it the settings when it starts.
+    if _wants_mlflow(early_config):
+        from .mlflow.writer import MlflowWriter
+
+        early_config.stash[_spawned_key] = MlflowWriter.spawn()
+
+
+def _wants_mlflow(config: pytest.Config) -> bool:
+    known = config.known_args_namespace
+    if not getattr(known, "promptopt", False) or getattr(known, "promptopt_no_mlflow", False):
+        return False
+    if any(getattr(known, name, False) for name in ("collectonly", "help", "version")):
+        return False
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # workers only execute; the controller logs
+        return False
+    try:
+        off = config.getini("promptopt_no_mlflow")
+    except ValueError:
+        return False
+    return str(off or "").strip().lower() not in ("1", "true", "yes", "on")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -77,6 +106,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     session = config.stash.get(session_key, None)
     if session is not None:
         session.close()
+    spawned = config.stash.get(_spawned_key, None)
+    if spawned is not None:  # never handed to a session (no session started): stop it
+        del config.stash[_spawned_key]
+        spawned.close()
 
 
 # What the plugin writes into a project: MLflow's local artifacts (copies of suite files among
@@ -310,6 +343,18 @@ class ControllerHooks:
 
     def __init__(self, state: Any) -> None:
         self.state = state
+        self.session: pytest.Session | None = None
+
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        # MLflow is imported and its store opened in a writer process while the cases run.
+        self.session = session
+        spawned = session.config.stash.get(_spawned_key, None)
+        if spawned is not None:
+            del session.config.stash[_spawned_key]
+        if not session.config.option.collectonly:
+            self.state.start_mlflow(spawned)
+        elif spawned is not None:
+            spawned.close()
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
@@ -356,6 +401,7 @@ class ControllerHooks:
         for message in messages:
             warnings.warn(pytest.PytestWarning(message), stacklevel=1)
 
+    @pytest.hookimpl(trylast=True)  # last: MLflow logging goes on beside the other plugins' summaries
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if not self.state.records:
             return
@@ -374,7 +420,7 @@ class ControllerHooks:
         if self.state.settings.repair is not None:
             from .report.terminal import repair_lines
 
-            logged = getattr(self.state.mlflow, "logged", None)  # MLflow ran first (sessionfinish)
+            logged = getattr(self._mlflow_outcome(), "logged", None)
             terminalreporter.section("promptopt repair")
             for line in repair_lines(self.state.summary().repairs, logged.registered if logged is not None else None):
                 terminalreporter.write_line(line, green=": repaired by " in line)
@@ -383,6 +429,20 @@ class ControllerHooks:
         for kind, path in self.state.written.items():  # where each report went (a fallback, maybe)
             if kind != "baseline":
                 terminalreporter.write_line(f"{kind}: {path}")
+        outcome = self._mlflow_outcome()
+        if outcome is not None:
+            for line in outcome.lines():
+                terminalreporter.write_line(line, red=outcome.error is not None)
+
+    def _mlflow_outcome(self) -> Any:
+        """Wait for the MLflow writer (at most once); its warnings join pytest's warnings
+        summary, and a Ctrl-C that stopped it makes the session's exit status "interrupted"."""
         if self.state.mlflow is not None:
-            for line in self.state.mlflow.lines():
-                terminalreporter.write_line(line, red=self.state.mlflow.error is not None)
+            return self.state.mlflow
+        outcome = self.state.mlflow_outcome()
+        if outcome is not None:
+            for message in outcome.warnings():
+                warnings.warn(pytest.PytestWarning(message), stacklevel=1)
+            if outcome.interrupted and self.session is not None:
+                self.session.exitstatus = pytest.ExitCode.INTERRUPTED
+        return outcome

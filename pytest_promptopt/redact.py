@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Mapping
@@ -14,18 +15,28 @@ _SECRET_KEY = re.compile(r"(api[_-]?key|secret|passw(or)?d|authorization|credent
 _SECRET_ENV = re.compile(r"(KEY$|_KEY_|TOKEN|SECRET|PASSWORD|CREDENTIAL)", re.I)
 
 
+@functools.lru_cache(maxsize=4096)  # a run's records repeat the same few keys thousands of times
 def is_secret_key(key: str) -> bool:
     return bool(_SECRET_KEY.search(key))
 
 
 def redact(value: Any) -> Any:
     """A copy of `value` with secret-looking keys masked and secret env values scrubbed from strings."""
+    return _redact(value, _env_secrets())  # the environment read once for the whole value
+
+
+def _redact(value: Any, secrets: list[str]) -> Any:
     if isinstance(value, Mapping):
-        return {k: (REDACTED if is_secret_key(str(k)) and v not in (None, "") else redact(v)) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(redact(v) for v in value) if isinstance(value, list) else tuple(redact(v) for v in value)
+        return {
+            k: (REDACTED if is_secret_key(str(k)) and v not in (None, "") else _redact(v, secrets))
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_redact(v, secrets) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_redact(v, secrets) for v in value)
     if isinstance(value, str):
-        return scrub(value)
+        return _scrub(value, secrets)
     return value
 
 
@@ -36,7 +47,11 @@ def without_secrets(params: Mapping[str, Any]) -> dict[str, Any]:
 
 def scrub(text: str, extra: tuple[str, ...] = ()) -> str:
     """Replace the value of every secret-looking environment variable (and `extra`) in `text`."""
-    for secret in (*_env_secrets(), *extra):
+    return _scrub(text, [*_env_secrets(), *extra])
+
+
+def _scrub(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
         if len(secret) >= 8 and secret in text:
             text = text.replace(secret, REDACTED)
     return text

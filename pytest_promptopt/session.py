@@ -100,7 +100,8 @@ class PromptoptSession:
         # Outputs chained cases hand on (storeOutputAs, _conversation), per suite (suite/chains.py).
         self.chains = ChainRuns()
         self.started = time.time()
-        self.mlflow: Any = None  # the MLflow reporting outcome (mlflow/upload.Outcome)
+        self.mlflow: Any = None  # the MLflow reporting outcome (mlflow/upload.Outcome), once known
+        self._writer: Any = None  # the MLflow writer beside the test loop (mlflow/writer.MlflowWriter)
         # What degraded (a corrupt or read-only response cache): this process's, until a teardown
         # report carries them to the controller, which keeps the run's in `notices`.
         self._pending_notices: list[str] = []
@@ -371,7 +372,7 @@ class PromptoptSession:
         mlflow = settings.mlflow
         if mlflow is not None:
             from .mlflow.layout import SessionMeta
-            from .mlflow.upload import report_run
+            from .mlflow.writer import MlflowWriter
 
             meta = SessionMeta.collect(
                 run,
@@ -380,9 +381,34 @@ class PromptoptSession:
                 started=self.started,
                 exit_status=exit_status,
             )
-            self.mlflow = report_run(run, meta, mlflow, artifacts=[html_path] if html_path else [])
-            messages.extend(self.mlflow.warnings())
+            # Handed to the writer started with the session (without one, logged here and now);
+            # `mlflow_outcome()` waits for it.
+            if self._writer is None:
+                self._writer = MlflowWriter(mlflow)
+            self._writer.submit(run, meta, artifacts=[html_path] if html_path else [])
         return exit_status, messages
+
+    def start_mlflow(self, spawned: Any = None) -> None:
+        """Start the MLflow writer (mlflow/writer.py) so that importing mlflow and opening the
+        store happen beside the test loop: on the controller, with MLflow reporting on. `spawned`
+        is a writer the plugin started as soon as the command line asked for MLflow."""
+        if self._writer is not None:
+            return
+        if not (self.is_controller and self.settings.enabled and self.settings.mlflow is not None):
+            if spawned is not None:
+                spawned.close()
+            return
+        from .mlflow.writer import MlflowWriter
+
+        self._writer = spawned if spawned is not None else MlflowWriter.spawn()
+        self._writer.begin(self.settings.mlflow)
+
+    def mlflow_outcome(self) -> Any:
+        """The MLflow reporting outcome (mlflow/upload.Outcome), waiting for the writer if it
+        is still logging; None when nothing was reported."""
+        if self.mlflow is None and self._writer is not None:
+            self.mlflow = self._writer.outcome()
+        return self.mlflow
 
     def _write(self, kind: str, path: Path, write: Callable[[Path], None], messages: list[str]) -> Path | None:
         """Write one of the run's files; when its path fails now (checked writable at start-up),
@@ -427,6 +453,9 @@ class PromptoptSession:
         return self._summary
 
     def close(self) -> None:
+        if self._writer is not None:  # waits for a run being logged; stops a writer that got none
+            self._writer.close()
+            self.mlflow_outcome()
         if self._runner is not None:
             self._runner.close()
         self.sandbox.close()

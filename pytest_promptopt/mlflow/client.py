@@ -1,5 +1,6 @@
-"""Calling MLflow safely: the import and its quiet, short-timeout setting, one-line errors,
-URIs and text without credentials, MLflow's value limits, batched logging, runs marked FAILED
+"""Calling MLflow safely and in few calls: the import and its quiet, short-timeout setting,
+one-line errors, URIs and text without credentials, MLflow's value limits, batched logging (a
+run's artifacts, metrics, params and tags sent together, `BatchedClient`), runs marked FAILED
 when cut short, and the experiment a session logs to.
 
 Every module of this room talks to MLflow through these helpers and an explicit `MlflowClient`
@@ -10,19 +11,24 @@ Every module of this room talks to MLflow through these helpers and an explicit 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import posixpath
 import re
+import shutil
+import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..redact import scrub
 
 __all__ = [
+    "BatchedClient",
     "MlflowSettings",
     "MAX_PARAM_VALUE",
     "MAX_TAG_VALUE",
@@ -42,6 +48,9 @@ __all__ = [
 
 # MLflow's limits (mlflow/utils/validation.py): values, and entities per log_batch call.
 MAX_PARAM_VALUE, MAX_TAG_VALUE, _MAX_PER_BATCH = 6000, 8000, 100
+_MAX_METRICS_PER_BATCH, _MAX_ENTITIES_PER_BATCH = 1000, 1000
+_MAX_BATCH_CHARS = 500_000  # well under the server's 1 MB request limit (MAX_BATCH_LOG_REQUEST_SIZE)
+LOGGED_ARTIFACTS_TAG = "mlflow.loggedArtifacts"  # MLflow's list of a run's tables (MlflowClient.log_table)
 # Short network limits while logging, so a server that is down costs seconds, not minutes
 # (MLflow's defaults retry 7 times over about two minutes), and no progress bars in pytest's
 # output. A user's own setting wins.
@@ -185,3 +194,149 @@ class MlflowSettings:
     # --promptopt-no-mlflow-traces, None auto (runs of up to runs.TRACES_AUTO_LIMIT cases)
     traces: bool | None = None
     prompt_prefix: str = ""  # --promptopt-prompt-prefix: e.g. "main.prompts." (Unity Catalog names)
+
+
+@dataclass
+class _Kept:
+    """What a `BatchedClient` holds for one run until it finishes."""
+
+    folder: Path
+    metrics: list[Any] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+    tags: dict[str, Any] = field(default_factory=dict)
+    tables: list[dict[str, str]] = field(default_factory=list)
+    rows: dict[str, int] = field(default_factory=dict)
+
+
+class BatchedClient:
+    """An `MlflowClient` that keeps the artifacts of each run it created in a local folder, and
+    their metrics, params and tags in memory, until the run is marked FINISHED, then sends them
+    together: one `log_artifacts` call and as few `log_batch` calls as MLflow's limits allow,
+    instead of a call per file and per value. A run marked anything else (FAILED) drops what was
+    kept. Every other call goes straight to the client, and so do calls for runs it did not
+    create or already terminated, and folders (`log_artifacts`), which are not copied.
+
+    `log_table` writes what `MlflowClient.log_table` writes for a dict: pandas'
+    `to_json(orient="split", index=False, date_format="iso")` and the run tag
+    `mlflow.loggedArtifacts`, which makes the UI show the file as a table
+    (tests/test_mlflow.py compares the two). Use it as a context manager: the folder is removed
+    on exit. `sent` (file sizes) and `rows` (table rows) record what each run was sent, for the
+    read-back check."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self._root = Path(tempfile.mkdtemp(prefix="promptopt-mlflow-"))
+        self._runs: dict[str, _Kept] = {}
+        self._made = 0
+        self.sent: dict[str, dict[str, int]] = {}
+        self.rows: dict[str, dict[str, int]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    def __enter__(self) -> BatchedClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        shutil.rmtree(self._root, ignore_errors=True)
+
+    def create_run(self, *args: Any, **kwargs: Any) -> Any:
+        run = self.client.create_run(*args, **kwargs)
+        self._made += 1
+        self._runs[run.info.run_id] = _Kept(self._root / f"run-{self._made}")
+        return run
+
+    def _file(self, kept: _Kept, artifact_file: str) -> Path:
+        relative = posixpath.normpath(artifact_file)
+        if relative.startswith(("/", "..")) or relative == ".":
+            raise ValueError(f"artifact path {artifact_file!r} leaves the run's artifact folder")
+        path = kept.folder / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        kept = self._runs.get(run_id)
+        if kept is None:
+            return self.client.log_text(run_id, text, artifact_file)
+        self._file(kept, artifact_file).write_text(text, encoding="utf-8")
+
+    def log_table(self, run_id: str, data: Mapping[str, Sequence[Any]], artifact_file: str) -> None:
+        kept = self._runs.get(run_id)
+        if kept is None:
+            return self.client.log_table(run_id, data, artifact_file)
+        import pandas as pd
+
+        frame = pd.DataFrame(dict(data))
+        frame.to_json(self._file(kept, artifact_file), orient="split", index=False, date_format="iso")
+        entry = {"path": artifact_file, "type": "table"}
+        if entry not in kept.tables:
+            kept.tables.append(entry)
+        kept.rows[artifact_file] = len(frame)
+
+    def log_artifact(self, run_id: str, local_path: str, artifact_path: str | None = None) -> None:
+        kept = self._runs.get(run_id)
+        if kept is None:
+            return self.client.log_artifact(run_id, local_path, artifact_path)
+        name = Path(local_path).name
+        shutil.copyfile(local_path, self._file(kept, posixpath.join(artifact_path, name) if artifact_path else name))
+
+    def log_batch(
+        self, run_id: str, metrics: Sequence[Any] = (), params: Sequence[Any] = (), tags: Sequence[Any] = ()
+    ) -> None:
+        kept = self._runs.get(run_id)
+        if kept is None:
+            return self.client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
+        kept.metrics.extend(metrics)
+        kept.params.update((p.key, p) for p in params)
+        kept.tags.update((t.key, t) for t in tags)
+
+    def set_tag(self, run_id: str, key: str, value: Any) -> None:
+        kept = self._runs.get(run_id)
+        if kept is None:
+            return self.client.set_tag(run_id, key, value)
+        from mlflow.entities import RunTag
+
+        kept.tags[key] = RunTag(key, str(value))
+
+    def set_terminated(self, run_id: str, status: str | None = None, end_time: int | None = None) -> None:
+        kept = self._runs.pop(run_id, None)
+        if kept is not None:
+            try:
+                if status in (None, "FINISHED"):
+                    self._send(run_id, kept)
+            finally:
+                shutil.rmtree(kept.folder, ignore_errors=True)
+        self.client.set_terminated(run_id, status, end_time=end_time)
+
+    def _send(self, run_id: str, kept: _Kept) -> None:
+        from mlflow.entities import RunTag
+
+        if kept.tables:
+            kept.tags[LOGGED_ARTIFACTS_TAG] = RunTag(LOGGED_ARTIFACTS_TAG, json.dumps(kept.tables))
+        for metrics, params, tags in _batches(kept.metrics, list(kept.params.values()), list(kept.tags.values())):
+            self.client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
+        if kept.folder.is_dir():
+            self.client.log_artifacts(run_id, str(kept.folder))
+            self.sent[run_id] = {
+                p.relative_to(kept.folder).as_posix(): p.stat().st_size for p in kept.folder.rglob("*") if p.is_file()
+            }
+        self.rows[run_id] = dict(kept.rows)
+
+
+def _batches(metrics: list[Any], params: list[Any], tags: list[Any]) -> Iterator[tuple[list[Any], ...]]:
+    """Metrics, params and tags in `log_batch` calls within MLflow's limits: 1000 metrics, 100
+    params, 100 tags and 1000 entities per call, and a request well under 1 MB."""
+    batch: tuple[list[Any], list[Any], list[Any]] = ([], [], [])
+    chars = 0
+    limits = (_MAX_METRICS_PER_BATCH, _MAX_PER_BATCH, _MAX_PER_BATCH)
+    for kind, items in enumerate((metrics, params, tags)):
+        for item in items:
+            size = len(item.key) + len(str(item.value)) + 64
+            full = len(batch[kind]) >= limits[kind] or sum(map(len, batch)) >= _MAX_ENTITIES_PER_BATCH
+            if full or (chars + size > _MAX_BATCH_CHARS and any(batch)):
+                yield batch
+                batch, chars = ([], [], []), 0
+            batch[kind].append(item)
+            chars += size
+    if any(batch):
+        yield batch

@@ -1,11 +1,17 @@
 """MLflow runs of a session: one parent run per pytest session, one child run per suite, and one
 per repair, then a read-back check that they arrived.
 
-Only the controller logs, once, after every case ran and the gates were decided (under xdist
-the records have already travelled to the controller), so there is one writer per store: no
-SQLite write contention, no migration race on a fresh store. Nothing here knows about pytest: it
-takes a `RunSummary` and the session's `SessionMeta`; what each run holds is layout.py (a
-repair's: repair_layout.py), the Prompt Registry versions registry.py, the case traces traces.py.
+Each run goes out in a handful of calls (client.BatchedClient: create, one `log_batch`, one
+`log_artifacts`, terminate), and the read-back compares counts and sizes rather than downloading
+what was just sent. A SQLite store is checked and, when new, created from a migrated template
+first (store.py).
+
+Only the controller's writer (writer.py) logs, once, after every case ran and the gates were
+decided (under xdist the records have already travelled to the controller), so there is one
+writer per store: no SQLite write contention, no migration race on a fresh store. Nothing here
+knows about pytest: it takes a `RunSummary` and the session's `SessionMeta`; what each run holds
+is layout.py (a repair's: repair_layout.py), the Prompt Registry versions registry.py, the case
+traces traces.py.
 
 Every call goes through an explicit `MlflowClient` and run id, so no active run leaks into user
 code (client.py).
@@ -14,8 +20,7 @@ code (client.py).
 from __future__ import annotations
 
 import json
-import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +28,7 @@ from typing import Any
 from ..redact import redact, scrub
 from ..run_json import report_dict
 from ..summary import RunSummary, SuiteSummary
-from .client import experiment_id, log_batch, mlflow_calls, one_line, safe_uri, terminate_on_error
+from .client import BatchedClient, experiment_id, log_batch, mlflow_calls, one_line, safe_uri, terminate_on_error
 from .layout import (
     BASELINE_FILE,
     CASES_DIR,
@@ -48,6 +53,7 @@ from .layout import (
 )
 from .registry import SuitePrompts, prompt_versions, register_proposal
 from .repair_layout import DIFF_FILE, repair_metrics, repair_params, repair_tags
+from .store import check_store, create_store, default_home, sqlite_file
 from .traces import RepairRun, write_and_verify
 
 __all__ = ["TRACES_AUTO_LIMIT", "Logged", "log_run"]
@@ -94,20 +100,19 @@ def log_run(
     artifacts: Sequence[Path] = (),
     traces: bool | None = False,
     prompt_prefix: str = "",
+    on_parent: Callable[[str], None] | None = None,
 ) -> Logged:
     """Create the parent and child runs, log everything, then check it arrived. `traces` also
     writes one trace per case (traces.py): True always, None (auto) for runs of up to
-    TRACES_AUTO_LIMIT cases."""
+    TRACES_AUTO_LIMIT cases. `on_parent` is told the parent run's id as soon as it exists
+    (upload.py records it in the pending file)."""
     cases = sum(len(s.results) for s in run.suites)
     note = ""
     if traces is None:
         traces = cases <= TRACES_AUTO_LIMIT
         if not traces:
             note = f"no case traces for {cases} cases (over {TRACES_AUTO_LIMIT}; --promptopt-mlflow-traces writes them)"
-    with mlflow_calls():
-        from mlflow import MlflowClient
-
-        client = MlflowClient(tracking_uri=tracking_uri)
+    with mlflow_calls(), BatchedClient(_client(tracking_uri)) as client:
         experiment_key = experiment_id(client, experiment, artifact_location)
         parent = client.create_run(
             experiment_key,
@@ -115,6 +120,8 @@ def log_run(
             tags=parent_tags(run, meta),
             run_name=run_name("pytest", meta, meta.started_ms),
         ).info.run_id
+        if on_parent is not None:
+            on_parent(parent)
         children: dict[str, str] = {}
         prompts: dict[str, SuitePrompts] = {}  # each suite's prompt versions, for its cases' traces
         repair_runs: list[RepairRun] = []
@@ -166,6 +173,18 @@ def log_run(
         registered,
         note,
     )
+
+
+def _client(tracking_uri: str) -> Any:
+    """An `MlflowClient`; a SQLite store is checked first (fails in milliseconds where MLflow
+    would retry for ~100 s) and, when missing, created from the migrated template (store.py)."""
+    from mlflow import MlflowClient
+
+    database = sqlite_file(tracking_uri)
+    if database is not None:
+        check_store(database)
+        create_store(database, default_home())
+    return MlflowClient(tracking_uri=tracking_uri)
 
 
 def _log_suite(
@@ -258,10 +277,14 @@ def _log_repair(
     return child
 
 
-def _verify(client: Any, experiment_key: str, parent: str, run: RunSummary, children: Mapping[str, str]) -> list[str]:
-    """Read back what was logged: one child run per suite and one per repair, one table row per
-    case. (The table is read from its artifact: `MlflowClient.load_table` searches runs through
-    the global tracking URI in MLflow 3.17, not the client's.)"""
+def _verify(
+    client: BatchedClient, experiment_key: str, parent: str, run: RunSummary, children: Mapping[str, str]
+) -> list[str]:
+    """Read back what was logged, by counts and sizes rather than by downloading it: one child
+    run per suite and one per repair, each case table in the store with the size it was sent
+    with, and one table row per case as written. (Reading the table back through
+    `MlflowClient.load_table` would search runs through the global tracking URI in MLflow 3.17,
+    not the client's.)"""
     problems = []
     found = client.search_runs(
         [experiment_key], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'", max_results=1000
@@ -272,16 +295,20 @@ def _verify(client: Any, experiment_key: str, parent: str, run: RunSummary, chil
         problems.append(f"{suites} child runs found for {len(run.suites)} suites")
     if len(repairs) != len(run.repairs):
         problems.append(f"{len(repairs)} repair runs found for {len(run.repairs)} repairs")
-    with tempfile.TemporaryDirectory(prefix="promptopt-mlflow-") as tmp:
-        for suite in run.suites:
-            run_id = children[suite.info.id]
-            if suite.cases_file is not None:  # a dataset suite: its Parquet parts, and a table when small
-                if Path(suite.cases_file).is_dir() and not client.list_artifacts(run_id, CASES_DIR):
-                    problems.append(f"suite '{suite.info.name}': no per-case table under '{CASES_DIR}/'")
-                if suite.cases > TABLE_ROWS or not Path(suite.cases_file).is_dir():
-                    continue
-            local = client.download_artifacts(run_id, TABLE_FILE, tmp)
-            rows = len(json.loads(Path(local).read_text(encoding="utf-8")).get("data", []))
-            if rows != suite.cases:
-                problems.append(f"suite '{suite.info.name}': the case table has {rows} rows for {suite.cases} cases")
+    for suite in run.suites:
+        run_id = children[suite.info.id]
+        if suite.cases_file is not None:  # a dataset suite: its Parquet parts, and a table when small
+            if Path(suite.cases_file).is_dir() and not client.list_artifacts(run_id, CASES_DIR):
+                problems.append(f"suite '{suite.info.name}': no per-case table under '{CASES_DIR}/'")
+            if suite.cases > TABLE_ROWS or not Path(suite.cases_file).is_dir():
+                continue
+        rows = client.rows.get(run_id, {}).get(TABLE_FILE)
+        if rows != suite.cases:
+            problems.append(f"suite '{suite.info.name}': the case table has {rows} rows for {suite.cases} cases")
+        size = {a.path: a.file_size for a in client.list_artifacts(run_id)}.get(TABLE_FILE)
+        sent = client.sent.get(run_id, {}).get(TABLE_FILE)
+        if size != sent:
+            problems.append(
+                f"suite '{suite.info.name}': the case table in the store has {size} bytes, {sent} were sent"
+            )
     return problems
