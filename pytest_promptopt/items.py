@@ -104,24 +104,13 @@ class SuiteFile(pytest.File):
             # Not parsed at all: without --promptopt the plugin costs nothing.
             yield DisabledSuite.from_parent(self, name="promptopt")
             return
-        from .suite.loader import load_suite
 
         display = (
             self.path.relative_to(self.config.rootpath).as_posix()
             if self.path.is_relative_to(self.config.rootpath)
             else str(self.path)
         )
-        loaded = load_suite(
-            self.path,
-            display,
-            session.settings.model,
-            session.registry.resolve,
-            backend=session.settings.backend,
-            repeats=session.settings.repeats,
-            limits=session.settings.suite_limits,
-            script_timeout_s=session.settings.script_timeout_s,
-            sandbox=session.sandbox,
-        )
+        loaded = session.load_suite(self.path, display, backend=session.settings.backend)
         if getattr(self.config, "workerinput", {}).get("workerid", "gw0") == "gw0":
             # Every xdist worker loads the suite; one of them says what it found (one line each).
             for message in loaded.warnings:

@@ -39,7 +39,6 @@ WEAK_HELDOUT = 10  # fewer held-out cases than this: the before/after estimate i
 
 def repair_run(session: Any, run: RunSummary, settings: RepairSettings) -> list[RepairResult]:
     """Repair every suite `settings` asks for; one result per repaired prompt (or per skipped suite)."""
-    from ..suite.loader import load_suite
     from ..suite.model import SuiteError
 
     results: list[RepairResult] = []
@@ -67,15 +66,8 @@ def repair_run(session: Any, run: RunSummary, settings: RepairSettings) -> list[
         try:
             # One sample per case (repeat 0, the run's own cached first sample): the optimiser's
             # metric and the held-out verdict read one answer per case.
-            loaded = load_suite(
-                session.settings.rootdir / suite.info.file,
-                suite.info.file,
-                session.settings.model,
-                session.registry.resolve,
-                repeats=Repeats(1, from_cli=True),
-                limits=session.settings.suite_limits,
-                script_timeout_s=session.settings.script_timeout_s,
-                sandbox=session.sandbox,
+            loaded = session.load_suite(
+                session.settings.rootdir / suite.info.file, suite.info.file, repeats=Repeats(1, from_cli=True)
             )
         except SuiteError as exc:
             results.append(dataclasses.replace(base, status="error", reason=str(exc)))
