@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from .assertions.base import Assertion
+from .assertions.similarity import warm_up_embedders
 from .execute import error_result, raised
 from .models.specs import ModelSpec
 from .records import CaseResult
@@ -122,19 +124,23 @@ class SuiteFile(pytest.File):
                     self, name=part.name, nodeid=_case_nodeid(self, part.name), spec=loaded.dataset, part=part
                 )
             return
-        self._warm_up(session, [case.model for case in loaded.cases])
+        self._warm_up(session, [case.model for case in loaded.cases], [a for c in loaded.cases for a in c.assertions])
         if loaded.sequence:  # storeOutputAs / _conversation: one node, run in order in one process
             yield CaseSequence.from_parent(self, name=SEQUENCE, cases=loaded.cases)
             return
         for case in loaded.cases:
             yield CaseItem.from_parent(self, name=case.name, nodeid=_case_nodeid(self, case.name), case=case)
 
-    def _warm_up(self, session: PromptoptSession, specs: Iterable[ModelSpec]) -> None:
+    def _warm_up(
+        self, session: PromptoptSession, specs: Iterable[ModelSpec], assertions: Iterable[Assertion] = ()
+    ) -> None:
         """Build each model's adapter now and let it load what its first call needs (`warm_up()`,
-        optional: a hosted model imports litellm), so that is done during collection rather than
-        by the first case. Not for --collect-only, nor for the Spark backend (cases run on Spark)."""
+        optional: a hosted model imports litellm), and the offline embedder of `similar` checks,
+        so that is done during collection, on the main thread, rather than by the first case on a
+        grading thread. Not for --collect-only, nor for the Spark backend (cases run on Spark)."""
         if self.config.option.collectonly or session.settings.backend == "spark":
             return
+        _keeping_warning_filters(self.config, lambda: warm_up_embedders(assertions))
         warmed = self.config.stash.setdefault(_warmed_key, set())
         for spec in {spec.key: spec for spec in specs}.values():
             if spec.key in warmed:

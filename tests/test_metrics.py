@@ -355,6 +355,25 @@ def test_suite_file_with_similar_and_rouge(run_pytest: Any, pytester: pytest.Pyt
     assert pytester.path.joinpath(".promptopt", "cache.sqlite").is_file()
 
 
+LOADED_AT_COLLECTION = """
+import sys
+
+def pytest_collection_finish(session):
+    from pytest_promptopt.models.embeddings import embedder_for
+    print("EMBEDDER LOADED AT COLLECTION", embedder_for(None)._loaded is not None, "torch" in sys.modules)
+"""
+
+
+def test_the_offline_embedder_loads_during_collection_on_the_main_thread(run_pytest: Any, pytester: pytest.Pytester):
+    # Not on a grading thread when the first `similar` check runs: the import of torch and
+    # transformers then happens beside pytest's own work (and inside the test loop's time).
+    pytester.makefile(".promptopt.yaml", meaning=METRICS_SUITE)
+    pytester.makeconftest(LOADED_AT_COLLECTION)
+    result = run_pytest("--promptopt", "-s", "-p", "no:xdist", subprocess=True)  # a fresh interpreter
+    result.stdout.fnmatch_lines(["*EMBEDDER LOADED AT COLLECTION True True*"])
+    result.assert_outcomes(passed=1, failed=1)
+
+
 def test_a_rerun_takes_hosted_embeddings_from_the_cache(
     run_pytest: Any, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ):

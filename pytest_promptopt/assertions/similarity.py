@@ -9,12 +9,14 @@ model is the assertion's `provider:` (default: the offline all-MiniLM-L6-v2, see
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from ..cache import embed
 from ..models.embeddings import EmbeddingError, check_provider, cosine, embedder_for
 from .base import Assertion, AssertionConfigError, AssertionContext, AssertionEvaluationError, Grade, register
 from .reference import references
 
-__all__ = ["SIMILAR_DEFAULT_THRESHOLD"]
+__all__ = ["SIMILAR_DEFAULT_THRESHOLD", "warm_up_embedders"]
 
 SIMILAR_DEFAULT_THRESHOLD = 0.75  # promptfoo's
 
@@ -47,3 +49,18 @@ def similar(output: str, assertion: Assertion, ctx: AssertionContext) -> Grade:
         min(1.0, max(0.0, similarity)),
         f"Similarity {similarity:.2f} {relation} threshold {threshold:g}{closest}",
     )
+
+
+def warm_up_embedders(assertions: Iterable[Assertion]) -> None:
+    """Load the embedders of these `similar` checks that load locally (`warm_up()`, the offline
+    MiniLM), once each; one that cannot load is reported by its checks when they run."""
+    for assertion in assertions:
+        if assertion.type != "similar":
+            continue
+        try:
+            embedder = embedder_for(assertion.provider)
+            warm_up = getattr(embedder, "warm_up", None)
+            if callable(warm_up):
+                warm_up()
+        except Exception:  # reported by the checks that use it, when they run
+            continue

@@ -128,6 +128,13 @@ class MiniLMEmbedder:
             self._loaded = (tokenizer, model, max_length)
         return self._loaded
 
+    def warm_up(self) -> None:
+        """Import torch and transformers and load the weights now. Collection calls this on the
+        main thread: the first `similar` check would otherwise import them on a grading thread,
+        next to pytest's own work on the main one."""
+        with self._lock:
+            self._load()
+
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         with self._lock:
             tokenizer, model, max_length = self._load()
