@@ -53,24 +53,21 @@ def _environment() -> Any:
 
 @functools.lru_cache(maxsize=4096)
 def _compile(template: str, promptfoo: bool = False) -> tuple[Any, frozenset[str]]:
-    from jinja2 import TemplateSyntaxError, meta
-
-    env = nunjucks.environment() if promptfoo else _environment()
-    try:
-        ast = env.parse(template)
-        compiled = env.from_string(template)
-    except TemplateSyntaxError as exc:
-        raise TemplateError(f"template syntax error on line {exc.lineno}: {exc.message}") from None
-    return compiled, frozenset(meta.find_undeclared_variables(ast))
+    return _compile_in(nunjucks.environment() if promptfoo else _environment(), template)
 
 
 def _compile_with(template: str, filters: Mapping[str, Any]) -> tuple[Any, frozenset[str]]:
     """`_compile` (promptfoo's manners) in an overlay of the sandboxed environment that also has
     `filters` (a suite's `nunjucksFilters`); not memoised, since the filters belong to one suite."""
-    from jinja2 import TemplateSyntaxError, meta
-
     env = nunjucks.environment().overlay()
     env.filters.update(filters)
+    return _compile_in(env, template)
+
+
+def _compile_in(env: Any, template: str) -> tuple[Any, frozenset[str]]:
+    """`template` compiled in `env`, with the variables it reads; a syntax error names its line."""
+    from jinja2 import TemplateSyntaxError, meta
+
     try:
         ast = env.parse(template)
         compiled = env.from_string(template)
