@@ -102,6 +102,40 @@ def test_batched_greedy_generation_equals_unbatched():
         assert shorter.latency_ms <= longer.latency_ms, [(r.completion_tokens, r.latency_ms) for r in batched]
 
 
+REPLICAS_SCRIPT = """
+import json, threading, time
+from pytest_promptopt import LocalModel, Request
+model = LocalModel({"max_tokens": 24})
+prompts = [[f"Name one fact about {t}." for t in ("the sun", "Paris", "water")],
+           [f"Say something about {t}." for t in ("cats", "rain", "music")]]
+alone = [[r.text for r in model.generate_batch([Request.from_prompt(p) for p in group])] for group in prompts]
+spans, together = [None, None], [None, None]
+def run(i):
+    started = time.perf_counter()
+    together[i] = [r.text for r in model.generate_batch([Request.from_prompt(p) for p in prompts[i]])]
+    spans[i] = (started, time.perf_counter())
+threads = [threading.Thread(target=run, args=(i,)) for i in (0, 1)]
+[t.start() for t in threads]; [t.join() for t in threads]
+print(json.dumps({"info": model.load_info, "parallel": model.parallel_batches, "alone": alone,
+                  "together": together, "spans": spans}))
+"""
+
+
+@pytest.mark.slow_model
+def test_ctranslate2_replicas_generate_two_batches_at_once_with_the_same_answers():
+    """One replica per core: two threads' batches generate at the same time (no lock between
+    them) and each gets the answers it gets alone."""
+    env = {**os.environ, "PROMPTOPT_LOCAL_THREADS": "2", "PROMPTOPT_LOCAL_RUNTIME": "ctranslate2"}
+    env.pop("PYTEST_XDIST_WORKER_COUNT", None)
+    done = subprocess.run([sys.executable, "-c", REPLICAS_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["info"]["runtime"] == "ctranslate2" and out["info"]["replicas"] == 2 and out["parallel"] == 2
+    assert out["together"] == out["alone"] and all(all(t for t in group) for group in out["alone"])
+    (a_start, a_end), (b_start, b_end) = out["spans"]
+    assert a_start < b_end and b_start < a_end, out["spans"]  # the two calls were in flight together
+
+
 @pytest.mark.slow_model
 def test_unknown_parameter_is_a_clear_model_error():
     with pytest.raises(ModelError, match="max_tokens"):

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 from .base import ModelError
 
-__all__ = ["cpu_threads", "quiet_transformers", "usable_cores"]
+__all__ = ["cpu_threads", "model_threads", "quiet_transformers", "usable_cores"]
 
 THREADS_VARIABLES = ("PROMPTOPT_LOCAL_THREADS", "PROMPTOPT_TORCH_THREADS")  # the second is the older name
 
@@ -40,6 +40,11 @@ def cpu_threads() -> int | None:
     if workers.isdigit() and int(workers) > 1:
         return max(1, usable_cores() // int(workers))
     return None
+
+
+def model_threads() -> int:
+    """The threads an offline model gets here: `cpu_threads()`, else every usable core."""
+    return cpu_threads() or usable_cores()
 
 
 @contextlib.contextmanager

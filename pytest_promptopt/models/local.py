@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import ModelError, Request, Response, announce
-from .cpu import cpu_threads
+from .cpu import cpu_threads, model_threads
 from .local_runtimes import RUNTIMES, CTranslate2Runtime, Generated, TransformersRuntime
 from .local_weights import (
     GGUF_FILE,
@@ -274,6 +274,13 @@ class LocalModel:
         if self._runtime is None:
             self._runtime = _resolve(self.runtime_choice, self.dtype)
         return self._runtime
+
+    @property
+    def parallel_batches(self) -> int:
+        """How many `generate_batch` calls from different threads generate at once: one per
+        CTranslate2 replica (one per core this process may use), one on transformers. Known
+        without loading the model."""
+        return model_threads() if self.runtime == "ctranslate2" else 1
 
     @property
     def gguf_path(self) -> Path:

@@ -9,7 +9,9 @@ package and renders the chat template with Jinja2 as transformers does. Sampled 
 (temperature > 0) always go to transformers, so a seed draws the same text whichever runtime
 runs the greedy ones.
 
-Each runtime serialises its generation (one batch at a time uses every thread it was given).
+CTranslate2 runs one replica of the model per core it was given (the weights are shared), each
+on one thread, so as many batches generate at once (`parallel`); transformers serialises its
+generation (one batch at a time uses every thread it was given).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import ModelError
-from .cpu import quiet_transformers, usable_cores
+from .cpu import model_threads, quiet_transformers
 from .local_weights import CHATML_TEMPLATE, MODEL_NAME, Prepared
 
 __all__ = ["RUNTIMES", "CTranslate2Runtime", "Generated", "TransformersRuntime", "cut_at_stop"]
@@ -88,16 +90,21 @@ class CTranslate2Runtime:
         if not self.end_ids:
             raise ModelError(f"{MODEL_NAME}: tokenizer has none of the end tokens {END_TOKENS}")
         self._keep = prepared.keep
-        threads = threads or usable_cores()
-        # inter_threads=1: one batch at a time, every thread on it (the lock below serialises anyway)
+        threads = threads or model_threads()
+        # One replica per core, one thread each, rather than one replica on every core: two
+        # threads of one replica wait for each other at every step, and OpenMP's waiting either
+        # spins (ruinous when other processes share the cores) or sleeps (then two threads decode
+        # slower than one). Replicas share the weights and need no synchronisation; callers in
+        # different threads get one each (docs/performance.md, "Bundled model runtimes").
+        self.parallel = threads
         self.generator = ctranslate2.Generator(
-            str(prepared.ct2_dir), device="cpu", compute_type="float32", intra_threads=threads, inter_threads=1
+            str(prepared.ct2_dir), device="cpu", compute_type="float32", intra_threads=1, inter_threads=threads
         )
-        self.lock = threading.Lock()
         self.info = {
             "runtime": self.name,
             "ct2_dir": str(prepared.ct2_dir),
             "threads": threads,
+            "replicas": threads,
             "load_seconds": time.perf_counter() - started,
             "ctranslate2": ctranslate2.__version__,
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
@@ -115,32 +122,32 @@ class CTranslate2Runtime:
         if p["temperature"] > 0:
             raise ModelError(f"{MODEL_NAME}: sampling runs on transformers")  # LocalModel routes it there
         stop = tuple(p["stop"])
-        with self.lock:
-            started = time.perf_counter()
-            # The template already holds the special tokens; the tokenizer must not add a BOS.
-            encodings = self.tokenizer.encode_batch(list(prompts), add_special_tokens=False)
-            options: dict[str, Any] = {
-                "max_length": p["max_tokens"],  # new tokens only, as include_prompt_in_result=False
-                "include_prompt_in_result": False,  # the prompt goes through the decoder at once (KV cache)
-                "end_token": list(self.end_ids),
-                "return_end_token": True,  # completion_tokens counts <|im_end|>, as on transformers
-                "beam_size": 1,
-                "sampling_topk": 1,  # greedy
-            }
-            if stop:
-                options["callback"] = self._stopper(stop)
-            tokens = [e.tokens for e in encodings]
-            shared = _shared_prefix(tokens)
-            if shared:
-                # The rows' common beginning (the system prompt, a few-shot block) goes through
-                # the decoder once for the batch instead of once per row; same answers.
-                options.update(static_prompt=tokens[0][:shared], cache_static_prompt=False)
-                tokens = [t[shared:] for t in tokens]
-            try:
-                results = self.generator.generate_batch(tokens, **options)
-            except Exception as error:
-                raise ModelError(f"{MODEL_NAME}: generation failed: {type(error).__name__}: {error}") from error
-            elapsed = time.perf_counter() - started
+        # No lock: CTranslate2 hands concurrent calls to free replicas (the Generator is thread-safe).
+        started = time.perf_counter()
+        # The template already holds the special tokens; the tokenizer must not add a BOS.
+        encodings = self.tokenizer.encode_batch(list(prompts), add_special_tokens=False)
+        options: dict[str, Any] = {
+            "max_length": p["max_tokens"],  # new tokens only, as include_prompt_in_result=False
+            "include_prompt_in_result": False,  # the prompt goes through the decoder at once (KV cache)
+            "end_token": list(self.end_ids),
+            "return_end_token": True,  # completion_tokens counts <|im_end|>, as on transformers
+            "beam_size": 1,
+            "sampling_topk": 1,  # greedy
+        }
+        if stop:
+            options["callback"] = self._stopper(stop)
+        tokens = [e.tokens for e in encodings]
+        shared = _shared_prefix(tokens)
+        if shared:
+            # The rows' common beginning (the system prompt, a few-shot block) goes through
+            # the decoder once for the batch instead of once per row; same answers.
+            options.update(static_prompt=tokens[0][:shared], cache_static_prompt=False)
+            tokens = [t[shared:] for t in tokens]
+        try:
+            results = self.generator.generate_batch(tokens, **options)
+        except Exception as error:
+            raise ModelError(f"{MODEL_NAME}: generation failed: {type(error).__name__}: {error}") from error
+        elapsed = time.perf_counter() - started
         out = []
         for encoding, result in zip(encodings, results):
             row = list(result.sequences_ids[0])
@@ -276,6 +283,7 @@ class TransformersRuntime:
         self.model, self.tokenizer = model, tokenizer
         self._keep = prepared.keep
         self.lock = threading.Lock()  # generation is serialised: the sampling seed is set on torch's global RNG
+        self.parallel = 1
         self.info = {
             "runtime": self.name,
             "torch_threads": torch.get_num_threads(),

@@ -203,11 +203,12 @@ class CaseRunner:
                 else:
                     grade(item, futures[nodeid])
 
-        # One batch at a time: a batch already uses every core.
-        self._executor("batch").submit(run)
+        # As many batches at once as the model generates at once (the bundled model: one per
+        # core it has); a batch thread also grades its answers, beside the next batch generating.
+        self._executor("batch", getattr(model, "parallel_batches", 1)).submit(run)
         return futures
 
-    def _executor(self, kind: str) -> ThreadPoolExecutor:
+    def _executor(self, kind: str, threads: int = 1) -> ThreadPoolExecutor:
         if kind == "pool":
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(
@@ -215,7 +216,7 @@ class CaseRunner:
                 )
             return self._pool
         if self._batches is None:
-            self._batches = ThreadPoolExecutor(1, thread_name_prefix="promptopt-batch")
+            self._batches = ThreadPoolExecutor(max(1, threads), thread_name_prefix="promptopt-batch")
         return self._batches
 
     def _give_loop(self) -> None:
