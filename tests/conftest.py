@@ -7,7 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import _pytest.pytester as pytester_module
+import importlib_metadata  # noqa: F401  (see below)
 import pytest
+
+# importlib_metadata (imported by litellm) installs its finder on `sys.meta_path` and disables the
+# standard library's. Imported first inside an in-process pytester run, its finder would leave
+# with pytester's restored `sys.meta_path` and the disabled one would stay disabled: no entry point
+# found, so the next run has no plugins ("unrecognized arguments: --promptopt"). Imported here,
+# its finder belongs to every snapshot.
 
 pytest_plugins = ["pytester"]
 
