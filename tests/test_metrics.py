@@ -28,7 +28,6 @@ from pytest_promptopt.assertions.base import (
 from pytest_promptopt.assertions.dspy_metrics import is_dspy_metric
 from pytest_promptopt.assertions.scoring import grade_assertion, render_assertion
 from pytest_promptopt.cache import CacheMode, ResponseCache
-from pytest_promptopt.cache import embed as cached_embeddings
 from pytest_promptopt.models import embeddings
 from pytest_promptopt.models.specs import ModelSpec
 from pytest_promptopt.suite.loader import load_suite
@@ -209,18 +208,42 @@ def test_paraphrases_are_more_similar_than_unrelated_sentences(embedding_cache: 
     ).passed
 
 
-def test_offline_vectors_match_sentence_transformers(embedding_cache: ResponseCache):
-    # The plugin runs MiniLM with transformers; sentence-transformers' own pipeline is the reference.
+@pytest.mark.parametrize("runtime", ["ctranslate2", "transformers"])
+def test_offline_vectors_match_sentence_transformers(embedding_cache: ResponseCache, runtime: str):
+    # The plugin runs MiniLM on CTranslate2 (or torch); sentence-transformers' own pipeline is the
+    # reference, on texts past the 256-token limit, empty, and outside ASCII.
     from sentence_transformers import SentenceTransformer
 
-    texts = [PARAPHRASES[1][0], PARAPHRASES[1][1], "A much longer sentence, with punctuation; and " * 40]
-    ours = cached_embeddings(embeddings.embedder_for(None), texts, embedding_cache)
+    texts = [
+        PARAPHRASES[1][0],
+        PARAPHRASES[1][1],
+        "A much longer sentence, with punctuation; and " * 40,
+        "",
+        "naïve café — 東京\u200b",
+    ]
+    ours = embeddings.MiniLMEmbedder(runtime).embed(texts)
     theirs = SentenceTransformer(str(embeddings.minilm_dir()), device="cpu").encode(texts, normalize_embeddings=True)
     for mine, ref in zip(ours, theirs):
+        assert max(abs(a - b) for a, b in zip(mine, ref.tolist())) < 1e-5
         assert embeddings.cosine(mine, ref.tolist()) > 0.99999
     assert grade(similar(texts[1]), texts[0], embeddings=embedding_cache).score == pytest.approx(
         float(theirs[0] @ theirs[1]), abs=1e-5
     )
+
+
+def test_the_ctranslate2_copy_of_the_embedder_is_converted_once_and_an_unwritable_home_still_embeds(tmp_path):
+    from pytest_promptopt.models import minilm_runtimes
+
+    folder, identity = embeddings.minilm_dir(), embeddings.MiniLMEmbedder().cache_identity
+    first = minilm_runtimes.minilm_ct2_copy(folder, identity, home=tmp_path / "home")
+    stamp = (first / "model.bin").stat().st_mtime_ns
+    again = minilm_runtimes.minilm_ct2_copy(folder, identity, home=tmp_path / "home")
+    assert again == first and (again / "model.bin").stat().st_mtime_ns == stamp  # not converted twice
+    other = minilm_runtimes.minilm_ct2_copy(folder, {**identity, "package": "0.0-other"}, home=tmp_path / "home")
+    assert other == first and (other / "model.bin").stat().st_mtime_ns != stamp  # other weights: converted afresh
+    (tmp_path / "file").write_text("not a folder")
+    private = minilm_runtimes.minilm_ct2_copy(folder, identity, home=tmp_path / "file")
+    assert (private / "model.bin").is_file() and not str(private).startswith(str(tmp_path))
 
 
 def test_embedding_providers_are_checked_when_a_suite_loads():
@@ -360,17 +383,22 @@ import sys
 
 def pytest_collection_finish(session):
     from pytest_promptopt.models.embeddings import embedder_for
-    print("EMBEDDER LOADED AT COLLECTION", embedder_for(None)._loaded is not None, "torch" in sys.modules)
+    loaded = embedder_for(None)._loaded
+    print("EMBEDDER LOADED AT COLLECTION", loaded is not None, loaded.name, "torch" in sys.modules)
 """
 
 
 def test_the_offline_embedder_loads_during_collection_on_the_main_thread(run_pytest: Any, pytester: pytest.Pytester):
-    # Not on a grading thread when the first `similar` check runs: the import of torch and
-    # transformers then happens beside pytest's own work (and inside the test loop's time).
+    # Not on a grading thread when the first `similar` check runs: loading then happens beside
+    # pytest's own work (and inside the test loop's time). On CTranslate2, torch is not imported.
+    from pytest_promptopt.models.minilm_runtimes import minilm_ct2_copy
+
+    # The copy a first run converts (that step alone needs torch) is there, as after any first run.
+    minilm_ct2_copy(embeddings.minilm_dir(), embeddings.MiniLMEmbedder().cache_identity)
     pytester.makefile(".promptopt.yaml", meaning=METRICS_SUITE)
     pytester.makeconftest(LOADED_AT_COLLECTION)
     result = run_pytest("--promptopt", "-s", "-p", "no:xdist", subprocess=True)  # a fresh interpreter
-    result.stdout.fnmatch_lines(["*EMBEDDER LOADED AT COLLECTION True True*"])
+    result.stdout.fnmatch_lines(["*EMBEDDER LOADED AT COLLECTION True ctranslate2 False*"])
     result.assert_outcomes(passed=1, failed=1)
 
 

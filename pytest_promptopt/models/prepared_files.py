@@ -1,0 +1,73 @@
+"""Files the offline models prepare once per machine under the plugin's home (converted
+weights): written whole or not at all, built by one process while the others wait.
+
+A folder is built in a temporary sibling and renamed into place; a JSON marker written last
+says it is complete; a POSIX lock beside it makes concurrent processes build it once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+__all__ = ["MARKER", "discard", "locked", "read_json_marker", "rename_into_place", "write_json"]
+
+MARKER = "promptopt-complete"
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write `data` as JSON atomically (a temporary file renamed over `path`)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    tmp.write_text(json.dumps(data, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_json_marker(folder: Path) -> dict[str, Any] | None:
+    """The folder's marker as a dict, or None if it is missing or not a JSON object."""
+    try:
+        data = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def rename_into_place(tmp: Path, target: Path) -> None:
+    """Move a finished folder into place; losing the race to a process that finished first is fine."""
+    try:
+        os.rename(tmp, target)
+    except OSError:
+        if not (target / MARKER).is_file():
+            raise  # not a lost race with a process that did not take the lock: a real failure
+
+
+def discard(folder: Path) -> None:
+    """Move a folder aside (atomic) and delete it; another process may be doing the same."""
+    aside = folder.with_name(f".{folder.name}.old-{os.getpid()}-{threading.get_ident()}")
+    try:
+        os.rename(folder, aside)
+    except OSError:
+        return
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (POSIX `flock`), so one process builds and the others
+    wait for it; where `fcntl` is missing (Windows), temp folder + rename still keep it whole."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
