@@ -8,7 +8,8 @@
    (a fresh PROMPTOPT_HOME, F runs: the GGUF is dequantised and converted again).
 2. Each runtime in its own process, R rounds, the runtimes alternating within a round (same
    prompts, same conditions): load seconds, peak RSS, completion tokens/s on
-   * `suites b8`: the main job's 52 prompts as the plugin batches them (batch 8),
+   * `suites b8`: the main job's 52 prompts as the plugin's runner batches them (batches of 8, as
+     many at once as the runtime generates at once: one per core on CTranslate2, one on transformers),
    * `suites single`: 12 of them one at a time,
    * `decode b8` / `decode single`: 8 (resp. 2) prompts that ask for long answers, max_tokens 128,
    with ratios against transformers float32, and whether every greedy text is the same.
@@ -46,6 +47,7 @@ LONG = [
 
 WORKER = r"""
 import json, resource, sys, time
+from concurrent.futures import ThreadPoolExecutor
 started = time.perf_counter()
 from pytest_promptopt import LocalModel, Request
 job = json.loads(sys.stdin.read())
@@ -60,8 +62,10 @@ for mode, cases, batch in job["modes"]:
     t, cpu = time.perf_counter(), time.process_time()
     if batch == 1:
         rows = [model.generate(r) for r in reqs]
-    else:
-        rows = model.generate_batch(reqs)
+    else:  # as the plugin's runner does: batches of 8, as many at once as the model generates at once
+        chunks = [reqs[i : i + batch] for i in range(0, len(reqs), batch)]
+        with ThreadPoolExecutor(model.parallel_batches) as pool:
+            rows = [row for answered in pool.map(model.generate_batch, chunks) for row in answered]
     seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
     tokens = sum(r.completion_tokens for r in rows)
     out["modes"][mode] = {"seconds": seconds, "tokens": tokens, "tok_s": tokens / seconds, "tok_cpu_s": tokens / cpu}
