@@ -646,3 +646,43 @@ def test_call_threads_each_have_an_event_loop_closed_with_the_runner(tmp_path):
     loops = list(runner._loops)
     runner.close()
     assert loops and all(loop.is_closed() for loop in loops)
+
+
+def test_a_model_generating_batches_in_parallel_gets_them_at_once_and_a_window_to_match(tmp_path):
+    """The bundled model on CTranslate2 generates one batch per core at once: the runner sends it
+    that many batches together (not one after the other), and keeps as many queued behind them,
+    so idle replicas answer later cases while a long test holds pytest's main thread."""
+    from pytest_promptopt.cache import CacheMode, ResponseCache
+    from pytest_promptopt.models.specs import ModelSpec
+    from pytest_promptopt.suite.loader import load_suite
+
+    class TwoAtOnce:
+        name = "two-at-once"
+        cache_identity = {"model": "two-at-once"}
+        parallel_batches = 2
+
+        def __init__(self) -> None:
+            self.together = threading.Barrier(2, timeout=30)  # breaks if the second batch never comes
+            self.sizes: list[int] = []
+
+        def generate(self, request: Request) -> Response:
+            return self.generate_batch([request])[0]
+
+        def generate_batch(self, requests: list[Request]) -> list[Response]:
+            self.sizes.append(len(requests))
+            if len(self.sizes) <= 2:
+                self.together.wait()  # the first two batches must be in flight together
+            return [Response(text=r.prompt) for r in requests]
+
+    (tmp_path / "s.promptopt.yaml").write_text(ECHO_SUITE)
+    suite = load_suite(tmp_path / "s.promptopt.yaml", "s", ModelSpec("echo")).cases
+    cases = [(suite[i % 3], f"s::{i}") for i in range(48)]
+    model = TwoAtOnce()
+    cache = ResponseCache(tmp_path / "c.sqlite", CacheMode.OFF)
+    runner = CaseRunner(lambda spec: model, lambda: cache, ExecutionSettings(cache.path, concurrency=1, batch_size=8))
+    first = runner.result(*cases[0], upcoming=cases[1:])
+    assert first.error is None and runner.window == 2 * 8 * 2
+    assert len(runner._pending) == 31  # the first case and 31 ahead: four batches of 8
+    results = [first] + [runner.result(c, n, cases[i + 1 :]) for i, (c, n) in enumerate(cases[1:], 1)]
+    runner.close()
+    assert [r.error for r in results] == [None] * 48 and model.sizes == [8] * 6

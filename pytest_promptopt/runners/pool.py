@@ -32,11 +32,12 @@ __all__ = ["CaseRunner", "lookahead_window"]
 Pair = tuple[Case, str]  # a case and its pytest node id
 
 
-def lookahead_window(concurrency: int, batch_size: int) -> int:
-    """How many cases a runner keeps started ahead: enough to keep every thread (or the next
-    batch) busy while pytest reports. The xdist scheduler (runners/scheduling.py) sends each
-    worker this many cases, so the worker can see them."""
-    return 2 * max(max(1, concurrency), max(1, batch_size))
+def lookahead_window(concurrency: int, batch_size: int, parallel_batches: int = 1) -> int:
+    """How many cases a runner keeps started ahead: enough to keep every thread (or every batch
+    a model generates at once, and the next ones) busy while pytest reports or a test holds the
+    main thread. The xdist scheduler (runners/scheduling.py) sends each worker this many cases,
+    so the worker can see them."""
+    return 2 * max(max(1, concurrency), max(1, batch_size) * max(1, parallel_batches))
 
 
 class CaseRunner:
@@ -57,7 +58,7 @@ class CaseRunner:
         self._sandbox = sandbox
         self.concurrency = max(1, execution.concurrency)
         self.batch_size = max(1, execution.batch_size)
-        self.window = lookahead_window(self.concurrency, self.batch_size)
+        self.window = lookahead_window(self.concurrency, self.batch_size)  # grows with a model's parallel batches
         self._pending: dict[str, Future[CaseResult]] = {}
         self._kinds: dict[str, tuple[str, Model]] = {}  # by ModelSpec.key
         self._lock = threading.Lock()
@@ -131,6 +132,11 @@ class CaseRunner:
             return "inline", None  # the error is reported when the case is asked for
         if self.batch_size > 1 and callable(getattr(model, "generate_batch", None)):
             kind = "batch"
+            # A model that generates several batches at once (the bundled model: one per core)
+            # keeps them all busy, with as many queued behind: while a long test holds pytest's
+            # main thread (a fuzz block shrinking), the idle replicas answer the cases after it.
+            parallel = max(1, int(getattr(model, "parallel_batches", 1)))
+            self.window = max(self.window, lookahead_window(self.concurrency, self.batch_size, parallel))
         elif getattr(model, "concurrent", False):
             kind = "pool"
         else:
@@ -143,6 +149,8 @@ class CaseRunner:
     ) -> dict[str, Future[CaseResult]]:
         """Start `first` and as many `upcoming` cases as the window allows; returns new futures."""
         with self._lock:
+            for case, _ in first:
+                self._kind(case)  # a batching model met here sets the window before it is used
             room = self.window - len(self._pending)
             chosen = list(first)
             seen = {nodeid for _, nodeid in chosen}
