@@ -289,3 +289,46 @@ def test_two_processes_preparing_the_ctranslate2_copy_at_once_build_it_once(tmp_
     shared = LocalModel({"max_tokens": 12}, runtime="ctranslate2")
     request = Request.from_prompt("What is the capital of France?")
     assert fresh.generate(request).text == shared.generate(request).text
+
+
+_DEQUANTISE = textwrap.dedent(
+    """
+    import contextlib, hashlib, json, sys
+    import gguf
+    from pytest_promptopt.models import local_weights
+    built = []
+    original = gguf.GGUFReader
+    class Counted(original):
+        def __init__(self, *args, **kwargs):
+            built.append(1)
+            super().__init__(*args, **kwargs)
+    gguf.GGUFReader = Counted
+    if sys.argv[1] == "plain":  # transformers as it comes: a reader per call
+        local_weights._one_gguf_reader = contextlib.nullcontext
+    model, tokenizer = local_weights._dequantise(local_weights.locate_gguf())
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode() + tensor.contiguous().numpy().tobytes())
+    vocab = json.dumps(sorted(tokenizer.get_vocab().items()))
+    print(json.dumps({"readers": len(built), "weights": digest.hexdigest(), "vocab": hashlib.sha256(vocab.encode()).hexdigest(),
+                      "ids": tokenizer("The capital of France is Paris.")["input_ids"]}))
+    """
+)
+
+
+@pytest.mark.slow_model
+def test_preparing_reads_the_gguf_once_and_gets_the_same_weights_and_tokenizer():
+    """transformers parses the GGUF for the config, the tokenizer and the weights; the plugin lets
+    it parse it once (about half of a first run's preparation) and gets the same float32 weights,
+    bit for bit, and the same tokenizer as transformers' own three parses."""
+    got = {}
+    for way in ("plain", "once"):
+        done = subprocess.run(
+            [sys.executable, "-c", _DEQUANTISE, way], capture_output=True, text=True, timeout=900, env=dict(os.environ)
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        got[way] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["plain"]["readers"] >= 3 and got["once"]["readers"] == 1
+    assert {k: v for k, v in got["once"].items() if k != "readers"} == {
+        k: v for k, v in got["plain"].items() if k != "readers"
+    }

@@ -29,6 +29,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -282,7 +283,7 @@ def _dequantise(gguf: Path) -> tuple[Any, Any]:
         pass
     folder, name = str(gguf.parent), gguf.name
     # The legacy GGUF converter draws its own tqdm bar on stderr, outside transformers' switch.
-    with quiet_transformers(), contextlib.redirect_stderr(io.StringIO()):
+    with quiet_transformers(), contextlib.redirect_stderr(io.StringIO()), _one_gguf_reader():
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32, **kwargs)
     # If transformers still attached a quantizer, the weights are dense anyway; drop it so the
@@ -292,6 +293,38 @@ def _dequantise(gguf: Path) -> tuple[Any, Any]:
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
     return model, tokenizer
+
+
+@contextlib.contextmanager
+def _one_gguf_reader() -> Iterator[None]:
+    """Let transformers parse the GGUF once instead of three times (config, tokenizer, weights).
+
+    transformers builds a `gguf.GGUFReader` for each (`load_gguf_checkpoint` imports the name
+    from the `gguf` module at every call), and parsing this file's metadata (a 49,152-token
+    vocabulary, in Python) takes 3-6 s each time: about half of a first run's preparation. The
+    reader only maps the file read-only, so one instance can serve the three calls; the same
+    weights and tokenizer come out (checked by tests/test_bundled_model.py). `gguf` is only
+    used here, under the preparation lock, so swapping its attribute for the duration is safe.
+    """
+    try:
+        import gguf
+    except ImportError:  # transformers reports the missing package itself
+        yield
+        return
+    original = gguf.GGUFReader
+    readers: dict[tuple[Any, ...], Any] = {}
+
+    def reader(path: Any, *args: Any, **kwargs: Any) -> Any:
+        key = (os.fspath(path), args, tuple(sorted(kwargs.items())))
+        if key not in readers:
+            readers[key] = original(path, *args, **kwargs)
+        return readers[key]
+
+    gguf.GGUFReader = reader
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original
 
 
 def _convert_ct2(source: Path, target: Path, sha: str, *, model: Any = None, tokenizer: Any = None) -> None:
