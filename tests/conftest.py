@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -8,6 +9,8 @@ from typing import Any
 
 import _pytest.pytester as pytester_module
 import pytest
+
+from pytest_promptopt.models import local_weights
 
 pytest_plugins = ["pytester"]
 
@@ -66,6 +69,20 @@ TEMPORARY = str(Path(tempfile.gettempdir()).resolve())
 def pytest_configure(config: pytest.Config) -> None:
     # pytester builds its snapshots through this module-level name
     pytester_module.SysModulesSnapshot = KeepingLibraries  # type: ignore[misc]
+    share_the_machine_cache()
+
+
+def share_the_machine_cache() -> None:
+    """Give pytester runs this machine's PROMPTOPT_HOME, as a user's runs have it.
+
+    pytester points HOME at each test's temporary folder, so without this every pytester run
+    would be a first run on a fresh machine: the bundled model's weights dequantised and
+    converted again (~40 s), MLflow's store template migrated again (~8 s). The folder is fixed
+    here, before any test changes HOME, and reaches subprocesses (pytester's, Spark's executors)
+    through the environment. Tests of that preparation give their own folder (cache_dir, home).
+    """
+    if not os.environ.get("PROMPTOPT_HOME"):
+        os.environ["PROMPTOPT_HOME"] = str(local_weights.default_home())
 
 
 @pytest.fixture(params=list(MODES), ids=list(MODES))
