@@ -155,6 +155,7 @@ LONGEST_FIRST = {
     "test_strategies.py::test_a_fuzz_suite_on_the_bundled_model_runs_twice_with_identical_results": 16,
     "test_bundled_model.py::test_ctranslate2_replicas_generate_two_batches_at_once_with_the_same_answers": 13,
     "test_repair.py::test_demonstration_repair_on_the_bundled_model": 11,
+    "test_bundled_model.py::test_preparing_reads_the_gguf_once_and_gets_the_same_weights_and_tokenizer": 50,
 }
 
 
