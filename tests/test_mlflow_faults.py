@@ -158,6 +158,19 @@ def pytest_command(path: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--promptopt", *args]
 
 
+def start_pytest(path: Path, *args: str) -> subprocess.Popen[str]:
+    """`pytest --promptopt` in `path`, in a process group of its own (a signal sent to it reaches
+    only this run), its output merged into stdout."""
+    return subprocess.Popen(
+        pytest_command(path, *args),
+        cwd=path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
 def upload(path: Path, uri: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "pytest_promptopt", "upload", str(path), "--tracking-uri", uri],
@@ -265,14 +278,7 @@ def test_a_signal_while_mlflow_logs_leaves_a_finished_run_or_a_pending_file_uplo
     store = root / "server.db"
     shutil.copy(migrated_store, store)
     with mlflow_server(root, store) as (url, _), Proxy(url) as proxy:
-        process = subprocess.Popen(
-            pytest_command(pytester.path, "--promptopt-mlflow-uri", proxy.url, "--promptopt-experiment", "sig"),
-            cwd=pytester.path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
+        process = start_pytest(pytester.path, "--promptopt-mlflow-uri", proxy.url, "--promptopt-experiment", "sig")
         try:
             assert proxy.held.wait(180), proxy.requests  # the session run exists; the writer waits
             os.kill(process.pid, sig)
@@ -317,14 +323,7 @@ def test_ctrl_c_during_the_tests_still_logs_the_cases_that_ran(pytester: pytest.
     pytester.makefile(".promptopt.yaml", qa=QA)  # collected first: its 3 cases run, then the blocking test
     pytester.makepyfile(test_block=BLOCKING_TEST)
     shutil.copy(migrated_store, pytester.path / "mlflow.db")
-    process = subprocess.Popen(
-        pytest_command(pytester.path),
-        cwd=pytester.path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    process = start_pytest(pytester.path)
     try:
         deadline = time.monotonic() + 180
         while not (pytester.path / "started").exists() and time.monotonic() < deadline:
