@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from .base import announce
 from .cpu import cpu_threads, model_threads, quiet_transformers
+from .local_runtimes import RUNTIMES  # the bundled model's choices: one variable chooses for both
 from .local_weights import ct2_folder_name, default_home
 from .prepared_files import MARKER, discard, locked, read_json_marker, rename_into_place, write_json
 
@@ -33,7 +34,6 @@ __all__ = ["EmbeddingRuntime", "load_minilm", "minilm_ct2_copy"]
 
 log = logging.getLogger("pytest_promptopt")
 
-RUNTIMES = ("auto", "ctranslate2", "transformers")
 _BATCH = 32  # texts per forward pass
 
 
