@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import json
 import logging
 import os
 import shutil
@@ -37,7 +36,7 @@ from typing import Any
 from .base import ModelError, announce
 from .cpu import quiet_transformers
 from .packaged import package_folders
-from .prepared_files import MARKER, discard, locked, rename_into_place, write_json
+from .prepared_files import MARKER, discard, locked, read_json_marker, rename_into_place, write_json
 
 __all__ = [
     "CHATML_TEMPLATE",
@@ -127,17 +126,8 @@ def _sha256(path: Path) -> str:
 
 
 def _read_marker(folder: Path) -> dict[str, Any] | None:
-    try:
-        text = (folder / MARKER).read_text(encoding="utf-8")
-    except OSError:
-        return None
-    if text.strip() == MODEL_ID:  # an older version's plain-text marker: its GGUF is known by size only
-        return {"model": MODEL_ID, "legacy": True}
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
+    # An older version's plain-text marker (the model id): its GGUF is known by size only.
+    return read_json_marker(folder, plain_text={MODEL_ID: {"model": MODEL_ID, "legacy": True}})
 
 
 def _checked_sha(cache_dir: Path, gguf: Path, *, may_hash: bool) -> str | None:

@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +28,18 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def read_json_marker(folder: Path) -> dict[str, Any] | None:
-    """The folder's marker as a dict, or None if it is missing or not a JSON object."""
+def read_json_marker(folder: Path, plain_text: Mapping[str, dict[str, Any]] | None = None) -> dict[str, Any] | None:
+    """The folder's marker as a dict, or None if it is missing or not a JSON object. A marker
+    whose whole text is a key of `plain_text` (what an older version wrote) reads as its value."""
     try:
-        data = json.loads((folder / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        text = (folder / MARKER).read_text(encoding="utf-8")
+    except OSError:
+        return None
+    if plain_text and text.strip() in plain_text:
+        return dict(plain_text[text.strip()])
+    try:
+        data = json.loads(text)
+    except ValueError:
         return None
     return data if isinstance(data, dict) else None
 
