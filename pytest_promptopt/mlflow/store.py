@@ -24,18 +24,12 @@ import sqlite3
 import tempfile
 from pathlib import Path
 
+from ..models.prepared_files import default_home  # the template lives beside the models' copies
 from .client import MlflowReportError
 
 __all__ = ["check_store", "create_store", "default_home", "sqlite_file", "template_store"]
 
 _HINT = "give a writable store (--promptopt-mlflow-uri, MLFLOW_TRACKING_URI or upload's --tracking-uri)"
-
-
-def default_home() -> Path:
-    """Where the template lives: `PROMPTOPT_HOME`, else `~/.cache/pytest-promptopt` (the folder
-    of the bundled model's converted weights, models/local.py)."""
-    home = os.environ.get("PROMPTOPT_HOME")
-    return Path(home).expanduser() if home else Path.home() / ".cache" / "pytest-promptopt"
 
 
 def sqlite_file(uri: str) -> Path | None:

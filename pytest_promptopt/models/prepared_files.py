@@ -16,9 +16,16 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MARKER", "discard", "locked", "read_json_marker", "rename_into_place", "write_json"]
+__all__ = ["MARKER", "default_home", "discard", "locked", "read_json_marker", "rename_into_place", "write_json"]
 
 MARKER = "promptopt-complete"
+
+
+def default_home() -> Path:
+    """The plugin's home for what it prepares once per machine (the offline models' converted
+    weights, MLflow's store template): `PROMPTOPT_HOME`, else `~/.cache/pytest-promptopt`."""
+    home = os.environ.get("PROMPTOPT_HOME")
+    return Path(home).expanduser() if home else Path.home() / ".cache" / "pytest-promptopt"
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
