@@ -43,7 +43,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_SERVER = ROOT / "tests" / "fake_openai.py"
 PYTHON = sys.executable
-DROP_ENV = ("MLFLOW_TRACKING_URI", "PYTEST_ADDOPTS", "PYTEST_PLUGINS", "OPENAI_BASE_URL", "OPENAI_API_BASE")
+# PYTHONDONTWRITEBYTECODE (set on the project's machines) is dropped: a user's Python keeps compiled
+# modules, and without them every worker compiled the plugin again at its start (harness_overhead.py).
+DROP_ENV = (
+    "MLFLOW_TRACKING_URI",
+    "PYTEST_ADDOPTS",
+    "PYTEST_PLUGINS",
+    "OPENAI_BASE_URL",
+    "OPENAI_API_BASE",
+    "PYTHONDONTWRITEBYTECODE",
+)
 
 # Timestamps taken inside the run, on the controller only (xdist workers load it too).
 CONFTEST = """

@@ -73,7 +73,17 @@ OFFLINE_ENV = {
     "MLFLOW_GENAI_EVAL_MAX_WORKERS": "4",
     "MLFLOW_GENAI_EVAL_PREDICT_RATE_LIMIT": "0",
 }
-DROP_ENV = ("MLFLOW_TRACKING_URI", "PYTEST_ADDOPTS", "PYTEST_PLUGINS", "OPENAI_API_KEY", "CONFIDENT_API_KEY")
+# PYTHONDONTWRITEBYTECODE (set on the project's machines) is dropped so that each tool runs as on a
+# user's machine, where Python keeps compiled modules: with it, every process compiled the
+# plugin's modules (and pytest re-rewrote every pytest plugin's asserts) at each start.
+DROP_ENV = (
+    "MLFLOW_TRACKING_URI",
+    "PYTEST_ADDOPTS",
+    "PYTEST_PLUGINS",
+    "OPENAI_API_KEY",
+    "CONFIDENT_API_KEY",
+    "PYTHONDONTWRITEBYTECODE",
+)
 
 
 def case_text(i: int) -> tuple[str, str]:

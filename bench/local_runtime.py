@@ -80,8 +80,9 @@ def loadavg() -> str:
 
 
 def env(**extra: str) -> dict[str, str]:
+    # without PYTHONDONTWRITEBYTECODE, as a user's Python runs (bench/harness_overhead.py DROP_ENV)
     return {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         **extra,
     }
