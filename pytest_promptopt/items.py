@@ -115,8 +115,11 @@ class SuiteFile(pytest.File):
         loaded = session.load_suite(self.path, display, backend=session.settings.backend)
         if getattr(self.config, "workerinput", {}).get("workerid", "gw0") == "gw0":
             # Every xdist worker loads the suite; one of them says what it found (one line each).
-            for message in loaded.warnings:
-                self.warn(SuiteWarning(message))
+            for notice in loaded.warnings:
+                # at the suite's line in pytest's warning summary (Node.warn would give line 0)
+                warnings.warn_explicit(
+                    SuiteWarning(notice.detail), category=None, filename=str(self.path), lineno=notice.line or 1
+                )
         if loaded.dataset is not None:  # one item per prompt x provider, all rows (see DatasetItem)
             self._warm_up(session, [part.make_case.model for part in loaded.dataset.slices])
             for part in loaded.dataset.slices:

@@ -115,13 +115,17 @@ def test_derived_metrics_are_computed_from_sums_as_promptfoo_does(plain_runs):
 
 
 def test_keys_promptfoo_ignores_are_named_in_one_warning_line_each(plain_runs):
+    """One warning each in pytest's summary, at the file and line of the key (not at line 0)."""
     _, proc = plain_runs["ignored_keys"]
     out = proc.stdout
     for line in (
-        "promptfooconfig.yaml:4: sharing: promptfoo's web sharing; ignored",
-        "promptfooconfig.yaml:5: outputPath: promptfoo's output files; ignored",
-        "promptfooconfig.yaml:6: assert: promptfoo ignores a top-level assert",
-        "promptfooconfig.yaml:11: tests[0].storeOutputAs: promptfoo reads storeOutputAs under options only",
-        "promptfooconfig.yaml:13: tests[1].dataset: not a key of a test",
+        "promptfooconfig.yaml:4: SuiteWarning: sharing: promptfoo's web sharing; ignored",
+        "promptfooconfig.yaml:5: SuiteWarning: outputPath: promptfoo's output files; ignored",
+        "promptfooconfig.yaml:6: SuiteWarning: assert: promptfoo ignores a top-level assert",
+        "promptfooconfig.yaml:11: SuiteWarning: tests[0].storeOutputAs: promptfoo reads storeOutputAs under options only",
+        "promptfooconfig.yaml:13: SuiteWarning: tests[1].dataset: not a key of a test",
     ):
         assert out.count(line) == 1, (line, out[-3000:])
+    assert "promptfooconfig.yaml:0" not in out
+    # the summary groups them under the lines they point at, with the line itself quoted
+    assert "\npromptfooconfig.yaml:4\n" in out and "    sharing: " in out

@@ -31,6 +31,26 @@ def is_suite_file(path: Path) -> bool:
     return path.name.endswith(SUITE_SUFFIXES) or path.name in PROMPTFOO_NAMES
 
 
+@dataclass(frozen=True)
+class SuiteNotice:
+    """A warning about a suite file (a key ignored, a difference from promptfoo): where it points
+    and what it says. As text, `file:line: place: message`; pytest's warning summary gets the
+    file and line apart, so that it points at the line (items.py)."""
+
+    display: str
+    line: int | None
+    place: str
+    message: str
+
+    @property
+    def detail(self) -> str:
+        return f"{self.place}: {self.message}"
+
+    def __str__(self) -> str:
+        where = f"{self.display}:{self.line}" if self.line else self.display
+        return f"{where}: {self.detail}"
+
+
 class DocumentError(ValueError):
     def __init__(self, message: str, line: int | None = None, path: Sequence[str | int] = ()) -> None:
         super().__init__(message)
@@ -224,7 +244,7 @@ class Context:
         self.base_dir = file.parent
         self.resolve_prompt = resolve_prompt
         self.limits = limits
-        self.warnings: list[str] = []
+        self.warnings: list[SuiteNotice] = []
         self.env: dict[str, str] = {}  # the config's `env:` (promptfoo's `env` template global)
         self.filters: dict[str, Any] = {}  # the suite's nunjucksFilters, as Jinja filters (loader.py)
 
@@ -237,9 +257,9 @@ class Context:
         return f"{self.display}:{line}: {format_path(path)}" if line else f"{self.display}: {format_path(path)}"
 
     def warn(self, path: Sequence[str | int], message: str) -> None:
-        text = f"{self.where(path)}: {message}"
-        if text not in self.warnings:
-            self.warnings.append(text)
+        notice = SuiteNotice(self.display, self.lines.line(path), format_path(path), message)
+        if notice not in self.warnings:
+            self.warnings.append(notice)
 
     def resolve_file(self, reference: str, path: Sequence[str | int], what: str = "file") -> Path:
         """The file a `file://` reference (or a bare relative path) names, from the suite's

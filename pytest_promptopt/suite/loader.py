@@ -26,7 +26,7 @@ from .blocks import dataset_spec, fuzz_cases
 from .cases import CaseError, Missing, Placed, build_case, case_id, failed_case
 from .csv_tests import PROMPTFOO_TYPES
 from .dataset import DatasetSpec
-from .document import Context, DocumentError, format_path, read_document
+from .document import Context, DocumentError, SuiteNotice, format_path, read_document
 from .expansion import build_assertion, file_value, load_vars, merge_test, var_combinations
 from .model import MAX_REPEAT, Case, ChainStep, Repeats, SuiteError, SuiteInfo, SuiteLimits
 from .promptfoo_keys import check_env, derived_metrics, preprocess
@@ -46,7 +46,7 @@ class LoadedSuite:
     cases: tuple[Case, ...]
     dataset: DatasetSpec | None = None  # a `dataset:` suite: its rows are read when it runs, `cases` is empty
     repair: Mapping[str, Any] | None = None  # the `repair:` block, checked by the schema (repair/config.py reads it)
-    warnings: tuple[str, ...] = ()  # one line each: keys ignored, differences from promptfoo
+    warnings: tuple[SuiteNotice, ...] = ()  # one each: keys ignored, differences from promptfoo
     sequence: bool = False  # storeOutputAs / _conversation: the cases run in order, in one process
 
 
