@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import MODES, load_report
+from fake_openai import FakeOpenAI, echo_last_user_message
 
 DATA = Path(__file__).parent / "data" / "promptfoo_code"
 AREAS = sorted(d.name for d in DATA.iterdir() if (d / "expected.json").is_file())
@@ -73,3 +74,27 @@ def test_errors_name_the_code_that_failed(ours: dict[str, list[dict]]) -> None:
     transforms = {r["test_index"]: r for r in ours["transforms"]}
     assert "Transform function did not return a value" in transforms[2]["error"]
     assert "Transform failed ([inline transform]: JSON.parse(output).x)" in transforms[14]["error"]
+
+
+def test_a_prompt_functions_config_reaches_the_providers_request(run_pytest, pytester, mode, monkeypatch):
+    """`{prompt, config}` from a prompt function: the config is laid over the provider's for that
+    prompt's calls (tests/test_suite_loader.py has the merge order), so the request carries it."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key-0000")
+    pytester.path.joinpath("p.js").write_text(
+        "module.exports.cfg = ({ vars }) => ({ prompt: 'Say {{word}}', config: { temperature: 0.25, max_tokens: 5 } });\n"
+    )
+    with FakeOpenAI(echo_last_user_message) as server:
+        pytester.makefile(
+            ".promptopt.yaml",
+            hosted=f"""
+prompts: [file://p.js:cfg]
+providers: [{{id: openai:chat:acme, config: {{api_base: "{server.base_url}", temperature: 0.9, max_tokens: 50}}}}]
+tests:
+  - vars: {{word: yes}}
+    assert: [{{type: contains, value: Say yes}}]
+""",
+        )
+        run_pytest("--promptopt", "--promptopt-cache", "off", *mode).assert_outcomes(passed=1)
+        (sent,) = server.requests
+    assert sent["messages"] == [{"role": "user", "content": "Say yes"}]
+    assert (sent["temperature"], sent["max_tokens"]) == (0.25, 5)

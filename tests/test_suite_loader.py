@@ -379,3 +379,30 @@ def test_unsafe_template_points_at_the_prompt(tmp_path):
     assert ok.error is None and bad.error.startswith(
         "s.promptopt.yaml:1: prompts[1]: template tried an unsafe operation"
     )
+
+
+def test_a_prompt_functions_config_joins_the_models_parameters_over_the_prompts(tmp_path):
+    # promptfoo's renderPrompt: `{prompt, config}` from a prompt function gives
+    # `prompt.config = {...prompt.config, ...result.config}`, which its providers lay over their own
+    (tmp_path / "p.js").write_text(
+        "module.exports.cfg = ({ vars }) => ({ prompt: 'Q {{q}}', config: { temperature: 0.1, seed: vars.q.length } });\n"
+        "module.exports.plain = ({ vars }) => 'P {{q}}';\n"
+    )
+    (tmp_path / "p.py").write_text("def cfg(context):\n    return {'prompt': 'Y {{q}}', 'config': {'top_p': 0.5}}\n")
+    suite = load(
+        tmp_path,
+        """
+        prompts:
+          - {id: file://p.js:cfg, config: {temperature: 0.9, max_tokens: 7}}
+          - file://p.js:plain
+          - file://p.py:cfg
+        providers: [{id: echo, config: {temperature: 0.3}}]
+        tests: [{vars: {q: abc}}]
+        """,
+    )
+    got = [(case.rendered_prompt, dict(case.model.params)) for case in suite.cases]
+    assert got == [
+        ("Q abc", {"temperature": 0.1, "max_tokens": 7, "seed": 3}),
+        ("P abc", {"temperature": 0.3}),
+        ("Y abc", {"temperature": 0.3, "top_p": 0.5}),
+    ]

@@ -85,8 +85,8 @@ def build_case(
     filters: Mapping[str, Any] | None = None,
 ) -> Case:
     """Render `prompt` and `assertions` with `variables` into a `Case`, as promptfoo renders
-    them (prompt.render_suite_prompt; `env` is the suite's `env:`). A prompt's `config` joins
-    the model's parameters. Raises `CaseError`.
+    them (prompt.render_suite_prompt; `env` is the suite's `env:`). A prompt's `config`, and
+    the config its prompt function returns, join the model's parameters. Raises `CaseError`.
 
     User code runs here, as promptfoo runs it when it renders a prompt: `file://x.py|js` vars
     (loaders, in order, each seeing the vars loaded before it), then a prompt function, whose
@@ -94,18 +94,20 @@ def build_case(
     where = f"prompts[{prompt_index}] ({prompt.label[:60]})"
     identity_vars = variables
     template = prompt.template
+    config = dict(prompt.config or {})
     if prompt.function is not None or any(is_code_reference(v) for v in variables.values()):
-        variables, template = _run_code(
+        variables, template, added = _run_code(
             prompt, variables, model, base_dir, script_timeout_s, sandbox, missing.path, prompt_index
         )
+        config.update(added)  # promptfoo: `prompt.config = {...prompt.config, ...result.config}`
     try:
         rendered = render_suite_prompt(template, variables, env, filters)
     except MissingVariable as exc:
         raise CaseError(f"{exc} in {where}; {missing.hint}", missing.path) from None
     except TemplateError as exc:
         raise CaseError(f"{exc} in {where}", ("prompts", prompt_index)) from None
-    if prompt.config:
-        model = ModelSpec(model.id, {**model.params, **prompt.config}, model.label)
+    if config:
+        model = ModelSpec(model.id, {**model.params, **config}, model.label)
     checks = []
     scope = {"env": dict(env or {}), **variables}
     for assertion, path in assertions:
@@ -199,11 +201,13 @@ def _run_code(
     sandbox: Sandbox | None,
     vars_path: Place,
     prompt_index: int,
-) -> tuple[dict[str, Any], str]:
-    """The case's vars with their loaders run, and its template (a prompt function's result)."""
+) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    """The case's vars with their loaders run, its template (a prompt function's result) and the
+    config the function returned with it (`{prompt, config}`; joins the model's parameters)."""
     provider = {"id": model.id, "label": model.label}
     loaded = dict(variables)
     template = prompt.template
+    added: dict[str, Any] = {}
     with sandbox_for(sandbox) as box:
         for name, value in variables.items():
             if not is_code_reference(value):
@@ -217,9 +221,9 @@ def _run_code(
             loaded[name] = text[:-1] if text.endswith("\n") else text  # promptfoo drops one trailing newline
         if prompt.function is not None:
             try:
-                template, _config = run_prompt_function(
+                template, added = run_prompt_function(
                     box, prompt.function, loaded, provider, {}, timeout, f"prompt function {prompt.label}"
                 )
             except ScriptFault as exc:
                 raise CaseError(str(exc), ("prompts", prompt_index)) from None
-    return loaded, template
+    return loaded, template, added
