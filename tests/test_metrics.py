@@ -231,6 +231,20 @@ def test_offline_vectors_match_sentence_transformers(embedding_cache: ResponseCa
     )
 
 
+def test_one_runtime_variable_chooses_for_the_embedder_and_the_bundled_model(monkeypatch: pytest.MonkeyPatch):
+    from pytest_promptopt.models.base import ModelError
+    from pytest_promptopt.models.local import LocalModel
+
+    monkeypatch.setenv("PROMPTOPT_LOCAL_RUNTIME", "onnx")
+    choices = "runtime must be one of auto, ctranslate2, transformers, got 'onnx'"
+    with pytest.raises(embeddings.EmbeddingError, match=f"the offline embedding model: {choices}"):
+        embeddings.MiniLMEmbedder().embed(["a"])
+    with pytest.raises(ModelError, match=choices):
+        LocalModel()
+    monkeypatch.setenv("PROMPTOPT_LOCAL_RUNTIME", " CTranslate2 ")  # as written by hand
+    assert embeddings.MiniLMEmbedder().embed(["a"])
+
+
 def test_the_ctranslate2_copy_of_the_embedder_is_converted_once_and_an_unwritable_home_still_embeds(tmp_path):
     from pytest_promptopt.models import minilm_runtimes
 

@@ -36,7 +36,7 @@ from typing import Any
 
 from .base import ModelError, Request, Response, announce
 from .cpu import cpu_threads, model_threads
-from .local_runtimes import RUNTIMES, CTranslate2Runtime, Generated, TransformersRuntime
+from .local_runtimes import RUNTIMES, CTranslate2Runtime, Generated, TransformersRuntime, chosen_runtime
 from .local_weights import (
     GGUF_FILE,
     INSTALL_HINT,
@@ -145,10 +145,10 @@ _LOADED: dict[tuple[str, str, str, str], Runtime] = {}
 def _choice(runtime: str | None, params: dict[str, Any]) -> str:
     """The runtime asked for: the argument, the `runtime` config key, PROMPTOPT_LOCAL_RUNTIME, else auto."""
     given = params.pop("runtime", None)
-    choice = runtime or given or os.environ.get("PROMPTOPT_LOCAL_RUNTIME", "").strip() or "auto"
-    if not isinstance(choice, str) or choice.strip().lower() not in RUNTIMES:
-        raise ModelError(f"{MODEL_NAME}: runtime must be one of {', '.join(RUNTIMES)}, got {choice!r}")
-    return choice.strip().lower()
+    try:
+        return chosen_runtime(runtime or given)
+    except ValueError as exc:
+        raise ModelError(f"{MODEL_NAME}: {exc}") from None
 
 
 def _resolve(choice: str, dtype: str) -> str:

@@ -31,9 +31,20 @@ from .base import ModelError
 from .cpu import model_threads, quiet_transformers
 from .local_weights import CHATML_TEMPLATE, MODEL_NAME, Prepared
 
-__all__ = ["RUNTIMES", "CTranslate2Runtime", "Generated", "TransformersRuntime", "cut_at_stop"]
+__all__ = ["RUNTIMES", "CTranslate2Runtime", "Generated", "TransformersRuntime", "chosen_runtime", "cut_at_stop"]
 
 RUNTIMES = ("auto", "ctranslate2", "transformers")  # what a user may choose; auto picks one of the others
+
+
+def chosen_runtime(given: Any = None) -> str:
+    """The runtime asked for, for the bundled model and the offline embedder alike: `given`, else
+    PROMPTOPT_LOCAL_RUNTIME, else auto. Raises ValueError naming the choices."""
+    choice = given or os.environ.get("PROMPTOPT_LOCAL_RUNTIME", "").strip() or "auto"
+    if not isinstance(choice, str) or choice.strip().lower() not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {choice!r}")
+    return choice.strip().lower()
+
+
 END_TOKENS = ("<|im_end|>", "<|endoftext|>")
 _SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -26,7 +25,7 @@ from typing import Any, Protocol
 
 from .base import announce
 from .cpu import cpu_threads, model_threads, quiet_transformers
-from .local_runtimes import RUNTIMES  # the bundled model's choices: one variable chooses for both
+from .local_runtimes import chosen_runtime  # the bundled model's choice: one variable chooses for both
 from .local_weights import ct2_folder_name, default_home
 from .prepared_files import MARKER, discard, locked, read_json_marker, rename_into_place, write_json
 
@@ -50,9 +49,7 @@ def load_minilm(
     CTranslate2 copy), on the runtime asked for (the argument, else PROMPTOPT_LOCAL_RUNTIME, else
     auto: CTranslate2 when installed). Raises ImportError when the chosen runtime's packages are
     missing, ValueError for an unknown runtime."""
-    choice = (runtime or os.environ.get("PROMPTOPT_LOCAL_RUNTIME", "").strip() or "auto").lower()
-    if choice not in RUNTIMES:
-        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {choice!r}")
+    choice = chosen_runtime(runtime)
     if choice == "ctranslate2" or (choice == "auto" and importlib.util.find_spec("ctranslate2") is not None):
         return CTranslate2Embedder(folder, max_length, identity)
     return TorchEmbedder(folder, max_length)
