@@ -332,3 +332,51 @@ def test_preparing_reads_the_gguf_once_and_gets_the_same_weights_and_tokenizer()
     assert {k: v for k, v in got["once"].items() if k != "readers"} == {
         k: v for k, v in got["plain"].items() if k != "readers"
     }
+
+
+def test_look_ahead_batches_leave_a_replica_to_the_calls_tests_wait_on():
+    """While a test is calling the model itself, look-ahead batches take at most all replicas
+    but one, so the test's next call finds one free; once no such call has come for `hold_s`,
+    they take every replica again. A test's calls never wait for a turn."""
+    import threading
+
+    from pytest_promptopt.models.replica_turns import ReplicaTurns
+
+    turns = ReplicaTurns(replicas=2, hold_s=0.3)
+    inside: list[str] = []
+    release = threading.Event()
+
+    def call(name: str, ahead: bool) -> None:
+        with turns.turn(ahead=ahead):
+            inside.append(name)
+            release.wait(30)
+
+    def started(name: str, ahead: bool) -> threading.Thread:
+        thread = threading.Thread(target=call, args=(name, ahead), daemon=True)
+        thread.start()
+        return thread
+
+    def until(condition: Any) -> None:
+        for _ in range(600):
+            if condition():
+                return
+            threading.Event().wait(0.05)
+        raise AssertionError(f"still waiting: {inside}")
+
+    threads = [started("test call", False), started("ahead 1", True)]
+    until(lambda: len(inside) == 2)
+    threads.append(started("ahead 2", True))  # a replica stays free for the test
+    threads.append(started("another test call", False))  # which never waits for a turn
+    until(lambda: "another test call" in inside)
+    assert "ahead 2" not in inside
+    release.set()  # all end; 0.3 s after the test's last call, batches may fill both replicas
+    until(lambda: "ahead 2" in inside)
+    for thread in threads:
+        thread.join(30)
+    release.clear()
+    inside.clear()
+    threads = [started("ahead 3", True), started("ahead 4", True)]
+    until(lambda: len(inside) == 2)  # no test calling: both replicas to the look-ahead
+    release.set()
+    for thread in threads:
+        thread.join(30)

@@ -686,3 +686,46 @@ def test_a_model_generating_batches_in_parallel_gets_them_at_once_and_a_window_t
     results = [first] + [runner.result(c, n, cases[i + 1 :]) for i, (c, n) in enumerate(cases[1:], 1)]
     runner.close()
     assert [r.error for r in results] == [None] * 48 and model.sizes == [8] * 6
+
+
+def test_the_look_ahead_marks_its_batches_and_a_waited_on_batch_is_not_marked(tmp_path):
+    """The runner's look-ahead batches are marked as answering ahead (a model may let calls
+    tests wait on go first: models/replica_turns.py); the batch holding the case pytest asks
+    for now is not, nor is a direct call from a test."""
+    from pytest_promptopt.cache import CacheMode, ResponseCache
+    from pytest_promptopt.models.base import is_answering_ahead
+    from pytest_promptopt.models.specs import ModelSpec
+    from pytest_promptopt.suite.loader import load_suite
+
+    class Marks:
+        name = "marks"
+        cache_identity = {"model": "marks"}
+        parallel_batches = 2
+
+        def __init__(self) -> None:
+            self.calls: list[tuple[tuple[str, ...], bool]] = []
+            self._lock = threading.Lock()
+
+        def generate(self, request: Request) -> Response:
+            return self.generate_batch([request])[0]
+
+        def generate_batch(self, requests: list[Request]) -> list[Response]:
+            with self._lock:
+                self.calls.append((tuple(r.prompt for r in requests), is_answering_ahead()))
+            return [Response(text=r.prompt) for r in requests]
+
+    (tmp_path / "s.promptopt.yaml").write_text(ECHO_SUITE)
+    suite = load_suite(tmp_path / "s.promptopt.yaml", "s", ModelSpec("echo")).cases
+    cases = [(suite[i % 3], f"s::{i}") for i in range(12)]
+    model = Marks()
+    cache = ResponseCache(tmp_path / "c.sqlite", CacheMode.OFF)
+    runner = CaseRunner(lambda spec: model, lambda: cache, ExecutionSettings(cache.path, concurrency=1, batch_size=4))
+    results = [runner.result(c, n, cases[i + 1 :]) for i, (c, n) in enumerate(cases)]
+    assert [r.error for r in results] == [None] * 12
+    model.generate(Request.from_prompt("a test's own call"))
+    runner.close()
+    marks = [ahead for _, ahead in model.calls]
+    assert len(marks) == 4  # three batches of 4, then the direct call
+    assert marks[0] is False  # holds s::0, which pytest asked for
+    assert marks[1:3] == [True, True]  # started ahead of pytest
+    assert marks[3] is False and model.calls[3][0] == ("a test's own call",)

@@ -7,9 +7,11 @@ compared in tests.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -131,3 +133,23 @@ STATUS_LOGGER = "pytest_promptopt.status"
 def announce(message: str) -> None:
     """Say what a long wait is for (shown live by the progress line of a run in one process)."""
     logging.getLogger(STATUS_LOGGER).info(message, extra={"promptopt_status": True})
+
+
+_AHEAD: contextvars.ContextVar[bool] = contextvars.ContextVar("promptopt_answering_ahead", default=False)
+
+
+@contextlib.contextmanager
+def answering_ahead() -> Iterator[None]:
+    """Mark the model calls made inside as answers for cases pytest has not reached yet (the
+    runner's look-ahead), as opposed to a call a test is waiting on now. A model with fewer
+    workers than callers may let the waited-on calls go first (models/replica_turns.py)."""
+    token = _AHEAD.set(True)
+    try:
+        yield
+    finally:
+        _AHEAD.reset(token)
+
+
+def is_answering_ahead() -> bool:
+    """Whether the current call is the look-ahead's (`answering_ahead`)."""
+    return _AHEAD.get()

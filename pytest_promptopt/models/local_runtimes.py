@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .base import ModelError
+from .base import ModelError, is_answering_ahead
 from .cpu import model_threads, quiet_transformers
 from .local_weights import CHATML_TEMPLATE, MODEL_NAME, Prepared
+from .replica_turns import ReplicaTurns
 
 __all__ = ["RUNTIMES", "CTranslate2Runtime", "Generated", "TransformersRuntime", "chosen_runtime", "cut_at_stop"]
 
@@ -108,6 +109,7 @@ class CTranslate2Runtime:
         # slower than one). Replicas share the weights and need no synchronisation; callers in
         # different threads get one each (docs/performance.md, "Bundled model runtimes").
         self.parallel = threads
+        self._turns = ReplicaTurns(threads)
         self.generator = ctranslate2.Generator(
             str(prepared.ct2_dir), device="cpu", compute_type="float32", intra_threads=1, inter_threads=threads
         )
@@ -133,8 +135,8 @@ class CTranslate2Runtime:
         if p["temperature"] > 0:
             raise ModelError(f"{MODEL_NAME}: sampling runs on transformers")  # LocalModel routes it there
         stop = tuple(p["stop"])
-        # No lock: CTranslate2 hands concurrent calls to free replicas (the Generator is thread-safe).
-        started = time.perf_counter()
+        # No lock: CTranslate2 hands concurrent calls to free replicas (the Generator is thread-safe);
+        # `_turns` only lets a call a test waits on go before the runner's look-ahead batches.
         # The template already holds the special tokens; the tokenizer must not add a BOS.
         encodings = self.tokenizer.encode_batch(list(prompts), add_special_tokens=False)
         options: dict[str, Any] = {
@@ -154,11 +156,13 @@ class CTranslate2Runtime:
             # the decoder once for the batch instead of once per row; same answers.
             options.update(static_prompt=tokens[0][:shared], cache_static_prompt=False)
             tokens = [t[shared:] for t in tokens]
-        try:
-            results = self.generator.generate_batch(tokens, **options)
-        except Exception as error:
-            raise ModelError(f"{MODEL_NAME}: generation failed: {type(error).__name__}: {error}") from error
-        elapsed = time.perf_counter() - started
+        with self._turns.turn(ahead=is_answering_ahead()):
+            started = time.perf_counter()
+            try:
+                results = self.generator.generate_batch(tokens, **options)
+            except Exception as error:
+                raise ModelError(f"{MODEL_NAME}: generation failed: {type(error).__name__}: {error}") from error
+            elapsed = time.perf_counter() - started
         out = []
         for encoding, result in zip(encodings, results):
             row = list(result.sequences_ids[0])

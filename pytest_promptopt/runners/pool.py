@@ -10,6 +10,7 @@ the `judges` the runner is given (the session's).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -20,7 +21,7 @@ from typing import Any
 from ..cache import ResponseCache
 from ..execute import AnsweredCase, answer_batch, error_result, execute_case, grade_answered, model_error
 from ..judging import Judges, judge_calls
-from ..models.base import Model, ModelError
+from ..models.base import Model, ModelError, answering_ahead
 from ..models.specs import ModelSpec
 from ..records import CaseResult
 from ..sandbox import Sandbox
@@ -180,11 +181,13 @@ class CaseRunner:
                     # nothing more is coming.
                     if len(chunk) < self.batch_size and not exhausted and all(n != required for _, n in chunk):
                         break
-                    started.update(self._submit_batch(model, chunk))
+                    started.update(self._submit_batch(model, chunk, ahead=all(n != required for _, n in chunk)))
             self._pending.update({n: f for n, f in started.items() if n != required})
             return started
 
-    def _submit_batch(self, model: Model, chunk: list[Pair]) -> dict[str, Future[CaseResult]]:
+    def _submit_batch(self, model: Model, chunk: list[Pair], ahead: bool = True) -> dict[str, Future[CaseResult]]:
+        """Answer `chunk` on a batch thread; `ahead` when no test waits on it yet (a model may let
+        the calls tests wait on go first: models/replica_turns.py)."""
         futures: dict[str, Future[CaseResult]] = {nodeid: Future() for _, nodeid in chunk}
         # A case with judges waits on them, not on the cores: it is graded on the call threads,
         # beside the others of its batch, while the next batch generates. (The pool is made
@@ -200,7 +203,8 @@ class CaseRunner:
 
         def run() -> None:
             try:
-                answered = answer_batch(chunk, model, self._cache())
+                with answering_ahead() if ahead else contextlib.nullcontext():
+                    answered = answer_batch(chunk, model, self._cache())
             except BaseException as exc:
                 for future in futures.values():
                     future.set_exception(exc)
