@@ -652,9 +652,6 @@ def test_a_model_generating_batches_in_parallel_gets_them_at_once_and_a_window_t
     """The bundled model on CTranslate2 generates one batch per core at once: the runner sends it
     that many batches together (not one after the other), and keeps as many queued behind them,
     so idle replicas answer later cases while a long test holds pytest's main thread."""
-    from pytest_promptopt.cache import CacheMode, ResponseCache
-    from pytest_promptopt.models.specs import ModelSpec
-    from pytest_promptopt.suite.loader import load_suite
 
     class TwoAtOnce:
         name = "two-at-once"
@@ -674,12 +671,8 @@ def test_a_model_generating_batches_in_parallel_gets_them_at_once_and_a_window_t
                 self.together.wait()  # the first two batches must be in flight together
             return [Response(text=r.prompt) for r in requests]
 
-    (tmp_path / "s.promptopt.yaml").write_text(ECHO_SUITE)
-    suite = load_suite(tmp_path / "s.promptopt.yaml", "s", ModelSpec("echo")).cases
-    cases = [(suite[i % 3], f"s::{i}") for i in range(48)]
     model = TwoAtOnce()
-    cache = ResponseCache(tmp_path / "c.sqlite", CacheMode.OFF)
-    runner = CaseRunner(lambda spec: model, lambda: cache, ExecutionSettings(cache.path, concurrency=1, batch_size=8))
+    cases, runner = _batching_runner(tmp_path, model, cases=48, batch_size=8)
     first = runner.result(*cases[0], upcoming=cases[1:])
     assert first.error is None and runner.window == 2 * 8 * 2
     assert len(runner._pending) == 31  # the first case and 31 ahead: four batches of 8
@@ -692,10 +685,7 @@ def test_the_look_ahead_marks_its_batches_and_a_waited_on_batch_is_not_marked(tm
     """The runner's look-ahead batches are marked as answering ahead (a model may let calls
     tests wait on go first: models/replica_turns.py); the batch holding the case pytest asks
     for now is not, nor is a direct call from a test."""
-    from pytest_promptopt.cache import CacheMode, ResponseCache
     from pytest_promptopt.models.base import is_answering_ahead
-    from pytest_promptopt.models.specs import ModelSpec
-    from pytest_promptopt.suite.loader import load_suite
 
     class Marks:
         name = "marks"
@@ -714,12 +704,8 @@ def test_the_look_ahead_marks_its_batches_and_a_waited_on_batch_is_not_marked(tm
                 self.calls.append((tuple(r.prompt for r in requests), is_answering_ahead()))
             return [Response(text=r.prompt) for r in requests]
 
-    (tmp_path / "s.promptopt.yaml").write_text(ECHO_SUITE)
-    suite = load_suite(tmp_path / "s.promptopt.yaml", "s", ModelSpec("echo")).cases
-    cases = [(suite[i % 3], f"s::{i}") for i in range(12)]
     model = Marks()
-    cache = ResponseCache(tmp_path / "c.sqlite", CacheMode.OFF)
-    runner = CaseRunner(lambda spec: model, lambda: cache, ExecutionSettings(cache.path, concurrency=1, batch_size=4))
+    cases, runner = _batching_runner(tmp_path, model, cases=12, batch_size=4)
     results = [runner.result(c, n, cases[i + 1 :]) for i, (c, n) in enumerate(cases)]
     assert [r.error for r in results] == [None] * 12
     model.generate(Request.from_prompt("a test's own call"))
@@ -729,3 +715,17 @@ def test_the_look_ahead_marks_its_batches_and_a_waited_on_batch_is_not_marked(tm
     assert marks[0] is False  # holds s::0, which pytest asked for
     assert marks[1:3] == [True, True]  # started ahead of pytest
     assert marks[3] is False and model.calls[3][0] == ("a test's own call",)
+
+
+def _batching_runner(tmp_path: Any, model: Any, cases: int, batch_size: int) -> tuple[list[Any], CaseRunner]:
+    """`cases` echo cases (the three of ECHO_SUITE over and over, each its own node id) and a
+    runner that sends them to `model` in batches, with the cache off."""
+    from pytest_promptopt.cache import CacheMode, ResponseCache
+    from pytest_promptopt.models.specs import ModelSpec
+    from pytest_promptopt.suite.loader import load_suite
+
+    (tmp_path / "s.promptopt.yaml").write_text(ECHO_SUITE)
+    suite = load_suite(tmp_path / "s.promptopt.yaml", "s", ModelSpec("echo")).cases
+    cache = ResponseCache(tmp_path / "c.sqlite", CacheMode.OFF)
+    settings = ExecutionSettings(cache.path, concurrency=1, batch_size=batch_size)
+    return [(suite[i % 3], f"s::{i}") for i in range(cases)], CaseRunner(lambda spec: model, lambda: cache, settings)
