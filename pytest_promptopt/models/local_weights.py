@@ -36,7 +36,16 @@ from typing import Any
 from .base import ModelError, announce
 from .cpu import quiet_transformers
 from .packaged import package_folders
-from .prepared_files import MARKER, default_home, discard, locked, read_json_marker, rename_into_place, write_json
+from .prepared_files import (
+    MARKER,
+    default_home,
+    discard,
+    locked,
+    read_json_marker,
+    rename_into_place,
+    replacing,
+    write_json,
+)
 
 __all__ = [
     "CHATML_TEMPLATE",
@@ -213,14 +222,8 @@ def _build(gguf: Path, cache_dir: Path, ct2_dir: Path | None) -> Prepared:
             built.append("ctranslate2")
     elif ct2_dir is not None and not _ct2_ready(ct2_dir, sha):
         announce("preparing the bundled model for CTranslate2 (converting its weights once, ~20 s)")
-        tmp = Path(tempfile.mkdtemp(prefix=f".{ct2_dir.name}.tmp-", dir=cache_dir))
-        try:
+        with replacing(ct2_dir) as tmp:  # a copy converted from other weights is replaced
             _convert_ct2(cache_dir, tmp, sha)
-            if ct2_dir.exists():
-                discard(ct2_dir)  # converted from other weights
-            rename_into_place(tmp, ct2_dir)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         built.append("ctranslate2")
     return Prepared(cache_dir, ct2_dir, tuple(built), time.perf_counter() - started if built else 0.0)
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,7 +26,7 @@ from .base import announce
 from .cpu import cpu_threads, model_threads, quiet_transformers
 from .local_runtimes import chosen_runtime  # the bundled model's choice: one variable chooses for both
 from .local_weights import ct2_folder_name, default_home
-from .prepared_files import MARKER, discard, locked, read_json_marker, rename_into_place, write_json
+from .prepared_files import MARKER, locked, read_json_marker, replacing, write_json
 
 __all__ = ["EmbeddingRuntime", "load_minilm", "minilm_ct2_copy"]
 
@@ -158,13 +157,7 @@ def _convert(folder: Path, target: Path, identity: dict[str, Any]) -> None:
     from ctranslate2.converters import TransformersConverter
 
     announce("preparing the offline embedding model (first run: converting its weights once, ~10 s)")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    with replacing(target) as tmp:  # a copy converted from other weights is replaced
         with quiet_transformers():
-            TransformersConverter(str(folder)).convert(str(tmp / "model"), quantization="float32", force=True)
-        write_json(tmp / "model" / MARKER, {"identity": identity, "ctranslate2": ctranslate2.__version__})
-        if target.exists():
-            discard(target)  # converted from other weights
-        rename_into_place(tmp / "model", target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            TransformersConverter(str(folder)).convert(str(tmp), quantization="float32", force=True)
+        write_json(tmp / MARKER, {"identity": identity, "ctranslate2": ctranslate2.__version__})

@@ -11,12 +11,22 @@ import contextlib
 import json
 import os
 import shutil
+import tempfile
 import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MARKER", "default_home", "discard", "locked", "read_json_marker", "rename_into_place", "write_json"]
+__all__ = [
+    "MARKER",
+    "default_home",
+    "discard",
+    "locked",
+    "read_json_marker",
+    "rename_into_place",
+    "replacing",
+    "write_json",
+]
 
 MARKER = "promptopt-complete"
 
@@ -58,6 +68,22 @@ def rename_into_place(tmp: Path, target: Path) -> None:
     except OSError:
         if not (target / MARKER).is_file():
             raise  # not a lost race with a process that did not take the lock: a real failure
+
+
+@contextlib.contextmanager
+def replacing(target: Path) -> Iterator[Path]:
+    """A temporary sibling folder to build `target` in: when the block ends without an error, it
+    replaces `target` (whatever was there is discarded first); it is removed in any case. Made
+    readable by all (mkdtemp makes it private; the home may be shared: CI, PROMPTOPT_HOME)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        os.chmod(tmp, 0o755)
+        yield tmp
+        if target.exists():
+            discard(target)
+        rename_into_place(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def discard(folder: Path) -> None:
