@@ -108,7 +108,6 @@ class CTranslate2Runtime:
         # spins (ruinous when other processes share the cores) or sleeps (then two threads decode
         # slower than one). Replicas share the weights and need no synchronisation; callers in
         # different threads get one each (docs/performance.md, "Bundled model runtimes").
-        self.parallel = threads
         self._turns = ReplicaTurns(threads)
         self.generator = ctranslate2.Generator(
             str(prepared.ct2_dir), device="cpu", compute_type="float32", intra_threads=1, inter_threads=threads
@@ -298,7 +297,6 @@ class TransformersRuntime:
         self.model, self.tokenizer = model, tokenizer
         self._keep = prepared.keep
         self.lock = threading.Lock()  # generation is serialised: the sampling seed is set on torch's global RNG
-        self.parallel = 1
         self.info = {
             "runtime": self.name,
             "torch_threads": torch.get_num_threads(),

@@ -177,11 +177,12 @@ class CaseRunner:
             for model, pairs in batches.values():
                 for chunk_start in range(0, len(pairs), self.batch_size):
                     chunk = pairs[chunk_start : chunk_start + self.batch_size]
+                    needed_now = any(n == required for _, n in chunk)
                     # A short last chunk waits for more cases, unless it is needed now or
                     # nothing more is coming.
-                    if len(chunk) < self.batch_size and not exhausted and all(n != required for _, n in chunk):
+                    if len(chunk) < self.batch_size and not exhausted and not needed_now:
                         break
-                    started.update(self._submit_batch(model, chunk, ahead=all(n != required for _, n in chunk)))
+                    started.update(self._submit_batch(model, chunk, ahead=not needed_now))
             self._pending.update({n: f for n, f in started.items() if n != required})
             return started
 
