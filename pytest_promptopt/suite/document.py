@@ -47,8 +47,13 @@ class SuiteNotice:
         return f"{self.place}: {self.message}"
 
     def __str__(self) -> str:
-        where = f"{self.display}:{self.line}" if self.line else self.display
-        return f"{where}: {self.detail}"
+        return f"{place_text(self.display, self.line, self.place)}: {self.message}"
+
+
+def place_text(display: str, line: int | None, place: str) -> str:
+    """`file:line: place` (`file: place` without a line), as messages that are not a
+    `SuiteError` name a place (warnings, case errors)."""
+    return f"{display}:{line}: {place}" if line else f"{display}: {place}"
 
 
 class DocumentError(ValueError):
@@ -253,8 +258,7 @@ class Context:
 
     def where(self, path: Sequence[str | int]) -> str:
         """`file:line: path` of a place, for messages that are not a `SuiteError` (warnings, case errors)."""
-        line = self.lines.line(path)
-        return f"{self.display}:{line}: {format_path(path)}" if line else f"{self.display}: {format_path(path)}"
+        return place_text(self.display, self.lines.line(path), format_path(path))
 
     def warn(self, path: Sequence[str | int], message: str) -> None:
         notice = SuiteNotice(self.display, self.lines.line(path), format_path(path), message)
