@@ -78,6 +78,7 @@ def pytest_configure(config: pytest.Config) -> None:
     pytester_module.SysModulesSnapshot = KeepingLibraries  # type: ignore[misc]
     share_the_machine_cache()
     let_children_cache_bytecode()
+    start_spark_for_short_runs()
 
 
 def share_the_machine_cache() -> None:
@@ -104,6 +105,22 @@ def let_children_cache_bytecode() -> None:
     puts them (`__pycache__`, git-ignored).
     """
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
+
+# The JIT's first tier only, one garbage collector thread: for JVMs that live seconds.
+SHORT_RUN_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+
+
+def start_spark_for_short_runs() -> None:
+    """Start the suite's Spark JVMs (local sessions, the Connect server, in this process and in
+    pytester's subprocesses) with JVM options for runs of seconds, unless SPARK_SUBMIT_OPTS is set.
+
+    Each of them runs a few dozen cases and stops: the optimising JIT compiler and the parallel
+    collector's threads cost more CPU than they save. A pytest-on-local-Spark run of three cases:
+    24.6 -> 14.5 s of CPU, 14.7 -> 11.9 s wall (docs/performance.md, "Spark"); the code the JVM
+    runs, and so every result, is the same. docs/scaling.md gives users the same option.
+    """
+    os.environ.setdefault("SPARK_SUBMIT_OPTS", SHORT_RUN_JVM)
 
 
 @pytest.fixture(params=list(MODES), ids=list(MODES))

@@ -793,8 +793,10 @@ tests:
 
 @needs_java
 def test_a_warm_rerun_on_spark_makes_no_model_call(
-    run_pytest: Any, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+    run_pytest: Any, pytester: pytest.Pytester, connect_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Over Spark Connect: the server's executors write the project's cache, then read it. (On a
+    # local session, test_faults.py's executor-cache test makes the same cold and warm runs.)
     from conftest import load_report
 
     clean_spark_env(monkeypatch)
@@ -805,7 +807,7 @@ def test_a_warm_rerun_on_spark_makes_no_model_call(
             "providers: [echo]", "providers: [{id: fake, config: {default: Paris and Madrid}}]"
         ),
     )
-    args = ("--promptopt", "--promptopt-backend", "spark", "--promptopt-spark-master", "local[2]")
+    args = ("--promptopt", "--promptopt-backend", "spark", "--promptopt-spark-remote", connect_server)
     run_pytest(*args, "--promptopt-report", "cold.json").assert_outcomes(passed=1, failed=2)
     run_pytest(*args, "--promptopt-report", "warm.json").assert_outcomes(passed=1, failed=2)
     cold = load_report(pytester.path / "cold.json")["suites"][0]["results"]
