@@ -140,19 +140,27 @@ class SuiteFile(pytest.File):
         """Build each model's adapter now and let it load what its first call needs (`warm_up()`,
         optional: a hosted model imports litellm), and the offline embedder of `similar` checks,
         so that is done during collection, on the main thread, rather than by the first case on a
-        grading thread. Not for --collect-only, nor for the Spark backend (cases run on Spark)."""
+        grading thread. Before those, a model may start slower work in a process of its own
+        (`prepare_ahead()`: the bundled model's first-run preparation), which the session stops
+        when it closes. Not for --collect-only, nor for the Spark backend (cases run on Spark)."""
         if self.config.option.collectonly or session.settings.backend == "spark":
             return
-        _keeping_warning_filters(self.config, lambda: warm_up_embedders(assertions))
         warmed = self.config.stash.setdefault(_warmed_key, set())
+        models = []
         for spec in {spec.key: spec for spec in specs}.values():
             if spec.key in warmed:
                 continue
             warmed.add(spec.key)
             try:
-                model = session.model_for(spec)
+                models.append(session.model_for(spec))
             except Exception:  # reported by the cases that use it, when they run
                 continue
+        for model in models:  # first: a first run's preparation goes on beside what follows
+            prepare_ahead = getattr(model, "prepare_ahead", None)
+            if callable(prepare_ahead):
+                session.keep_preparation(prepare_ahead())
+        _keeping_warning_filters(self.config, lambda: warm_up_embedders(assertions))
+        for model in models:
             warm_up = getattr(model, "warm_up", None)
             if callable(warm_up):
                 _keeping_warning_filters(self.config, warm_up)

@@ -25,6 +25,7 @@ from .judging import Judges, judge_specs
 from .mlflow.prompts import PromptResolver
 from .models.base import Model, ModelError
 from .models.hosted import LiteLLMModel
+from .models.preparing_ahead import PreparationAhead
 from .models.specs import ModelSpec, create_model, with_local_runtime, with_timeout, with_tracking_server
 from .records import CaseResult
 from .repeats import fold_repeated_tests, split_repeat
@@ -90,6 +91,7 @@ class PromptoptSession:
         # Python and node workers and JavaScript contexts, kept for the run and closed at its end.
         self.sandbox = Sandbox()
         self._models: dict[str, Model] = {}
+        self._preparations: list[PreparationAhead] = []
         self._models_lock = threading.Lock()
         self._hook_made: set[str] = set()
         self._cache: ResponseCache | None = None
@@ -448,7 +450,15 @@ class PromptoptSession:
             self._summary = summarize(fold_repeated_tests(self.records, self._crashed_samples), self.settings.gate_rule)
         return self._summary
 
+    def keep_preparation(self, preparation: PreparationAhead | None) -> None:
+        """A model's preparation running in a child process (`LocalModel.prepare_ahead`), to stop
+        when the session closes if it is still running."""
+        if preparation is not None:
+            self._preparations.append(preparation)
+
     def close(self) -> None:
+        for preparation in self._preparations:
+            preparation.stop()
         if self._writer is not None:  # waits for a run being logged; stops a writer that got none
             self._writer.close()
             self.mlflow_outcome()

@@ -23,6 +23,8 @@ from conftest import comparable, load_report
 
 from pytest_promptopt import LocalModel, ModelError, Request
 from pytest_promptopt.models import local, local_weights
+from pytest_promptopt.models.prepared_files import locked
+from pytest_promptopt.models.preparing_ahead import PreparationAhead
 
 SUITE = """
 description: bundled smoke
@@ -255,12 +257,8 @@ _PREPARE = textwrap.dedent(
 @pytest.mark.slow_model
 def test_two_processes_preparing_the_ctranslate2_copy_at_once_build_it_once(tmp_path):
     pytest.importorskip("ctranslate2", reason="the CTranslate2 runtime is not installed (scripts/setup.sh does)")
-    model = LocalModel()
-    gguf = model.gguf_path
-    ready = local_weights.prepare(gguf, model._cache_root, ctranslate2=False)  # the float32 copy, once a machine
     home = tmp_path / "home"
-    copy = home / ready.cache_dir.name
-    shutil.copytree(ready.cache_dir, copy, ignore=shutil.ignore_patterns("ctranslate2-*", ".*"))
+    gguf, copy = _float32_copy_without_ctranslate2(home)
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", _PREPARE, str(gguf), str(home)],
@@ -289,6 +287,70 @@ def test_two_processes_preparing_the_ctranslate2_copy_at_once_build_it_once(tmp_
     shared = LocalModel({"max_tokens": 12}, runtime="ctranslate2")
     request = Request.from_prompt("What is the capital of France?")
     assert fresh.generate(request).text == shared.generate(request).text
+
+
+def _float32_copy_without_ctranslate2(home: Path) -> tuple[Path, Path]:
+    """A PROMPTOPT_HOME holding the machine's float32 copy but not its CTranslate2 conversion
+    (a first run's cheaper half); returns the GGUF and the copy."""
+    model = LocalModel()
+    ready = local_weights.prepare(model.gguf_path, model._cache_root, ctranslate2=False)  # once a machine
+    copy = home / ready.cache_dir.name
+    shutil.copytree(ready.cache_dir, copy, ignore=shutil.ignore_patterns("ctranslate2-*", ".*"))
+    return model.gguf_path, copy
+
+
+LOAD_SOURCE_CONFTEST = """
+import json, os
+from pytest_promptopt import LocalModel
+
+def pytest_sessionfinish(session):
+    info = LocalModel(cache_dir=os.environ["PROMPTOPT_HOME"]).load_info
+    with open("load_info.json", "w") as out:
+        json.dump(info, out)
+"""
+
+
+@pytest.mark.slow_model
+def test_a_first_run_prepares_the_weights_in_a_child_while_collecting_and_the_first_case_waits_for_it(
+    pytester, run_pytest, monkeypatch
+):
+    """The child process started at collection converts the weights; the run's first case waits
+    for it on the preparation lock and loads its copy (`source: cache`, nothing built by the run)."""
+    pytest.importorskip("ctranslate2", reason="the CTranslate2 runtime is not installed (scripts/setup.sh does)")
+    home = pytester.path / "home"
+    _, copy = _float32_copy_without_ctranslate2(home)
+    monkeypatch.setenv("PROMPTOPT_HOME", str(home))
+    pytester.makeconftest(LOAD_SOURCE_CONFTEST)
+    pytester.makefile(".promptopt.yaml", bundled=SUITE)
+    result = run_pytest("--promptopt", "-p", "no:xdist", "--promptopt-report", "r.json", subprocess=True)
+    result.assert_outcomes(passed=2, failed=1)
+    info = json.loads((pytester.path / "load_info.json").read_text())
+    assert (info["runtime"], info["source"], info["built"]) == ("ctranslate2", "cache", [])
+    assert (copy / local_weights.ct2_folder_name() / local_weights.MARKER).is_file()
+    assert not [p.name for p in home.iterdir() if ".tmp-" in p.name]
+    # A second run finds everything prepared: no child at all.
+    assert PreparationAhead.start(local_weights.locate_gguf(), home, ctranslate2=True) is None
+
+
+@pytest.mark.slow_model
+def test_a_preparation_stopped_by_the_session_leaves_nothing_half_written(tmp_path):
+    """A run that ends while its child is still preparing (interrupted, or the model never needed)
+    stops it; the child removes its temporary folder and lets go of the lock."""
+    pytest.importorskip("ctranslate2", reason="the CTranslate2 runtime is not installed (scripts/setup.sh does)")
+    home = tmp_path / "home"
+    gguf, copy = _float32_copy_without_ctranslate2(home)
+    preparation = PreparationAhead.start(gguf, home, ctranslate2=True)
+    assert preparation is not None
+    ct2 = copy / local_weights.ct2_folder_name()
+    deadline = time.monotonic() + 120
+    while not [p for p in copy.iterdir() if ".tmp-" in p.name]:  # the conversion has begun
+        assert preparation.process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    preparation.stop()
+    assert preparation.process.returncode == 130  # its KeyboardInterrupt, not a kill
+    assert not ct2.exists() and not [p.name for p in copy.iterdir() if ".tmp-" in p.name]
+    with locked(home / f".{copy.name}.lock", on_wait=lambda: pytest.fail("the lock is still held")):
+        pass
 
 
 _DEQUANTISE = textwrap.dedent(

@@ -48,6 +48,7 @@ from .local_weights import (
     locate_gguf,
 )
 from .local_weights import prepare as prepare_weights
+from .preparing_ahead import PreparationAhead
 
 __all__ = [
     "DEFAULT_PARAMS",
@@ -320,6 +321,19 @@ class LocalModel:
     def load(self) -> None:
         """Load the weights now (e.g. at session start) instead of on the first generate."""
         self._loaded(self.runtime)
+
+    def prepare_ahead(self) -> PreparationAhead | None:
+        """On a machine where the weights are not prepared yet, start preparing them in a child
+        process (models/preparing_ahead.py) and return it, for the caller to stop when done;
+        None when there is nothing to prepare or the model cannot be found (the first generate
+        says why)."""
+        try:
+            key = (self.runtime, str(self.gguf_path), str(self._cache_root), self.dtype)
+        except ModelError:
+            return None
+        if key in _LOADED:
+            return None
+        return PreparationAhead.start(self.gguf_path, self._cache_root, ctranslate2=self.runtime == "ctranslate2")
 
     def _loaded(self, runtime: str) -> Runtime:
         try:

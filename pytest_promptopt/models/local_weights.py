@@ -55,10 +55,13 @@ __all__ = [
     "MODEL_NAME",
     "PACKAGE",
     "Prepared",
+    "build_holding_lock",
     "cache_slug",
     "ct2_folder_name",
     "default_home",
+    "is_prepared",
     "locate_gguf",
+    "lock_path",
     "prepare",
 ]
 
@@ -186,18 +189,38 @@ class Prepared:
     keep: Any = field(default=None, compare=False, repr=False)
 
 
+def is_prepared(gguf: Path, cache_root: Path, *, ctranslate2: bool) -> bool:
+    """Whether the cache already holds a complete copy of `gguf` (and its CTranslate2 conversion
+    when `ctranslate2`): markers and file sizes only, nothing hashed or imported."""
+    cache_dir = cache_root / cache_slug(gguf)
+    sha = _checked_sha(cache_dir, gguf, may_hash=False)
+    return sha is not None and (not ctranslate2 or _ct2_ready(cache_dir / ct2_folder_name(), sha))
+
+
+def lock_path(gguf: Path, cache_root: Path) -> Path:
+    """The lock a process holds while it prepares `gguf`'s copy in `cache_root`."""
+    return cache_root / f".{cache_slug(gguf)}.lock"
+
+
+def build_holding_lock(gguf: Path, cache_root: Path, *, ctranslate2: bool) -> Prepared:
+    """Build what is missing in `cache_root` for a caller that already holds `lock_path`'s lock
+    (the child process models/preparing_ahead.py starts with the lock taken for it)."""
+    cache_dir = cache_root / cache_slug(gguf)
+    return _build(gguf, cache_dir, cache_dir / ct2_folder_name() if ctranslate2 else None)
+
+
 def prepare(gguf: Path, cache_root: Path, *, ctranslate2: bool, rebuild: bool = False) -> Prepared:
     """Make sure the cache holds the float32 copy of `gguf` (and its CTranslate2 conversion when
-    `ctranslate2`), building what is missing; concurrent processes build it once. `rebuild`
-    discards the copy first (it could not be loaded)."""
+    `ctranslate2`), building what is missing; concurrent processes build it once (one that
+    waits says so on the progress line). `rebuild` discards the copy first (it could not be loaded)."""
     cache_dir = cache_root / cache_slug(gguf)
     ct2_dir = cache_dir / ct2_folder_name() if ctranslate2 else None
-    sha = None if rebuild else _checked_sha(cache_dir, gguf, may_hash=False)
-    if sha is not None and (ct2_dir is None or _ct2_ready(ct2_dir, sha)):
+    if not rebuild and is_prepared(gguf, cache_root, ctranslate2=ctranslate2):
         return Prepared(cache_dir, ct2_dir)
     try:
         cache_root.mkdir(parents=True, exist_ok=True)
-        with locked(cache_root / f".{cache_dir.name}.lock"):
+        waiting = f"waiting for {MODEL_NAME}'s weights, which another process is preparing (first run)"
+        with locked(lock_path(gguf, cache_root), on_wait=lambda: announce(waiting)):
             if rebuild:
                 discard(cache_dir)
             return _build(gguf, cache_dir, ct2_dir)

@@ -1,0 +1,102 @@
+"""A first run prepares the bundled model's weights in a child process while pytest collects.
+
+Preparing them (dequantising the GGUF, converting it for CTranslate2: ~30 s on 2 cores) used to
+start at the first case, after collection had converted the offline embedder of `similar` (~6 s).
+A child process does it beside collection instead: a process, not a thread, because both are CPU
+work that would share one GIL, and warnings raised in a thread would land on whichever test pytest
+is running.
+
+The child is started holding the preparation lock (`local_weights.lock_path`, the lock two runs
+preparing at once share): this process takes it, hands the open file to the child and closes its
+own copy, so no case can start a second preparation before the child is up, and the lock goes
+when the child ends, however it ends. The first case that needs the model waits on that lock,
+saying on the progress line what the wait is for, and loads the copy the child made. If the child
+fails, the wait ends and the run prepares the weights itself, so the error reaches the cases as
+before. The session stops a child still running when it closes (a run that never needed the
+model, an interrupted one): it removes its temporary folder, and the next run starts over.
+
+Run by `PreparationAhead.start` as `python -m pytest_promptopt.models.preparing_ahead GGUF
+CACHE_ROOT ctranslate2|float32`, with the lock already held.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from .local_weights import build_holding_lock, is_prepared, lock_path
+
+__all__ = ["PreparationAhead"]
+
+_STOP_WAIT_S = 30.0
+_KINDS = {True: "ctranslate2", False: "float32"}
+
+
+class PreparationAhead:
+    """The child process preparing the weights."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self.process = process
+
+    @classmethod
+    def start(cls, gguf: Path, cache_root: Path, *, ctranslate2: bool) -> PreparationAhead | None:
+        """Start preparing in a child process; None when the cache already holds the weights,
+        another process is preparing them, or the cache cannot be written (each process then
+        prepares a private copy, nothing to share)."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: the first case prepares them
+            return None
+        if is_prepared(gguf, cache_root, ctranslate2=ctranslate2):
+            return None
+        try:
+            cache_root.mkdir(parents=True, exist_ok=True)
+            handle = open(lock_path(gguf, cache_root), "a+b")
+        except OSError:
+            return None
+        with handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return None
+            command = [sys.executable, "-m", __name__, str(gguf), str(cache_root), _KINDS[ctranslate2]]
+            # One thread: it shares the cores with collection (the embedder's conversion,
+            # MLflow's writer), where OpenMP threads lose more than they gain. Its output is not
+            # shown: if it fails, the run's own preparation fails the same way, in the cases.
+            env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env=env,
+                pass_fds=(handle.fileno(),),  # the child holds the lock from here on
+            )
+        return cls(process)
+
+    def stop(self) -> None:
+        """Stop the child if it is still preparing: SIGINT lets it remove its temporary folder."""
+        if self.process.poll() is not None:
+            return
+        try:
+            self.process.send_signal(signal.SIGINT)
+            self.process.wait(_STOP_WAIT_S)
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            self.process.kill()
+            self.process.wait()
+
+
+def _main(argv: list[str]) -> int:
+    gguf, cache_root, kind = argv
+    build_holding_lock(Path(gguf), Path(cache_root), ctranslate2=kind == _KINDS[True])
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(_main(sys.argv[1:]))
+    except KeyboardInterrupt:  # stopped by the session: nothing to say
+        sys.exit(130)
