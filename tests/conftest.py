@@ -175,22 +175,22 @@ WHOLE_MODULES = {
 # Rough seconds of the longest work (measured under -n 2, see the report of issue 17): the order
 # in which xdist starts it. Everything else keeps its file order after these.
 LONGEST_FIRST = {
-    "test_spark.py": 208,
-    "test_examples.py": 144,
-    "test_bundled_model.py::test_preparing_reads_the_gguf_once_and_gets_the_same_weights_and_tokenizer": 69,
-    "test_gateway.py": 57,
-    "test_faults.py::test_spark_executors_rebuild_a_corrupt_cache_and_store_no_secret": 46,
-    "test_mlflow_ui.py": 45,
-    "test_dataset.py::test_spark_backend_gives_the_local_results": 29,
-    "test_dataset.py::test_a_dataset_suite_on_spark_takes_a_hook_made_judge_along": 24,
+    "test_spark.py": 129,
+    "test_examples.py": 100,
+    "test_gateway.py": 55,
+    "test_mlflow_ui.py": 50,
+    "test_bundled_model.py::test_preparing_reads_the_gguf_once_and_gets_the_same_weights_and_tokenizer": 49,
+    "test_faults.py::test_spark_executors_rebuild_a_corrupt_cache_and_store_no_secret": 26,
+    "test_bundled_model.py::test_a_first_run_prepares_the_weights_in_a_child_while_collecting_and_the_first_case_waits_for_it": 25,
     "test_scale.py::test_a_warm_rerun_makes_no_call_under_xdist": 22,
-    "test_bundled_model.py::test_two_processes_preparing_the_ctranslate2_copy_at_once_build_it_once": 21,
-    "test_faults.py::test_spark_executors_run_a_read_only_project_without_a_cache": 20,
-    "test_judges.py::test_judges_on_spark_workers": 19,
-    "test_mlflow_faults.py::test_a_server_killed_after_the_session_run_exists_is_marked_failed_by_upload": 19,
-    "test_strategies.py::test_a_fuzz_suite_on_the_bundled_model_runs_twice_with_identical_results": 10,
-    "test_bundled_model.py::test_ctranslate2_replicas_generate_two_batches_at_once_with_the_same_answers": 9,
-    "test_repair.py::test_demonstration_repair_on_the_bundled_model": 11,
+    "test_bundled_model.py::test_two_processes_preparing_the_ctranslate2_copy_at_once_build_it_once": 22,
+    "test_scale.py::test_hosted_calls_overlap_up_to_the_concurrency_and_results_match_every_mode": 20,
+    "test_mlflow_faults.py::test_a_server_killed_after_the_session_run_exists_is_marked_failed_by_upload": 20,
+    "test_dataset.py::test_spark_backend_gives_the_local_results": 17,
+    "test_dataset.py::test_a_dataset_suite_on_spark_takes_a_hook_made_judge_along": 17,
+    "test_faults.py::test_spark_executors_run_a_read_only_project_without_a_cache": 15,
+    "test_strategies.py::test_a_fuzz_suite_on_the_bundled_model_runs_twice_with_identical_results": 8,
+    "test_bundled_model.py::test_ctranslate2_replicas_generate_two_batches_at_once_with_the_same_answers": 7,
 }
 
 
