@@ -67,14 +67,17 @@ class PreparationAhead:
             # MLflow's writer), where OpenMP threads lose more than they gain. Its output is not
             # shown: if it fails, the run's own preparation fails the same way, in the cases.
             env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-            process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                env=env,
-                pass_fds=(handle.fileno(),),  # the child holds the lock from here on
-            )
+            try:
+                process = subprocess.Popen(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    env=env,
+                    pass_fds=(handle.fileno(),),  # the child holds the lock from here on
+                )
+            except OSError:  # no process to spare: the first case prepares them, as without this
+                return None
         return cls(process)
 
     def stop(self) -> None:
