@@ -158,7 +158,10 @@ class SuiteFile(pytest.File):
         for model in models:  # first: a first run's preparation goes on beside what follows
             prepare_ahead = getattr(model, "prepare_ahead", None)
             if callable(prepare_ahead):
-                session.keep_preparation(prepare_ahead())
+                try:
+                    session.keep_preparation(prepare_ahead())
+                except Exception:  # the first case prepares the model, and reports what fails
+                    continue
         _keeping_warning_filters(self.config, lambda: warm_up_embedders(assertions))
         for model in models:
             warm_up = getattr(model, "warm_up", None)

@@ -457,13 +457,15 @@ class PromptoptSession:
             self._preparations.append(preparation)
 
     def close(self) -> None:
-        for preparation in self._preparations:
-            preparation.stop()
         if self._writer is not None:  # waits for a run being logged; stops a writer that got none
             self._writer.close()
             self.mlflow_outcome()
         if self._runner is not None:
             self._runner.close()
+        # After the runner: a case waiting for the preparation gets the child's copy rather than
+        # building it again once the child is stopped (an interrupted first run).
+        for preparation in self._preparations:
+            preparation.stop()
         self.sandbox.close()
         if self._cache is not None:
             self._cache.close()

@@ -349,7 +349,7 @@ def test_a_preparation_stopped_by_the_session_leaves_nothing_half_written(tmp_pa
     preparation.stop()
     assert preparation.process.returncode == 130  # its KeyboardInterrupt, not a kill
     assert not ct2.exists() and not [p.name for p in copy.iterdir() if ".tmp-" in p.name]
-    with locked(home / f".{copy.name}.lock", on_wait=lambda: pytest.fail("the lock is still held")):
+    with locked(local_weights.lock_path(gguf, home), on_wait=lambda: pytest.fail("the lock is still held")):
         pass
 
 

@@ -315,8 +315,12 @@ class LocalModel:
     def load_info(self) -> Mapping[str, Any] | None:
         """How the greedy runtime was loaded in this process (runtime, source 'gguf' when this
         process prepared the weights or 'cache', seconds, threads), or None if not yet."""
-        loaded = _LOADED.get((self.runtime, str(self.gguf_path), str(self._cache_root), self.dtype))
+        loaded = _LOADED.get(self._load_key(self.runtime))
         return dict(loaded.info) if loaded is not None else None
+
+    def _load_key(self, runtime: str) -> tuple[str, str, str, str]:
+        """Where this process keeps the loaded runtime (`_load`): one per runtime, weights, folder, dtype."""
+        return (runtime, str(self.gguf_path), str(self._cache_root), self.dtype)
 
     def load(self) -> None:
         """Load the weights now (e.g. at session start) instead of on the first generate."""
@@ -328,16 +332,15 @@ class LocalModel:
         None when there is nothing to prepare or the model cannot be found (the first generate
         says why)."""
         try:
-            key = (self.runtime, str(self.gguf_path), str(self._cache_root), self.dtype)
+            if self._load_key(self.runtime) in _LOADED:
+                return None
         except ModelError:
-            return None
-        if key in _LOADED:
             return None
         return PreparationAhead.start(self.gguf_path, self._cache_root, ctranslate2=self.runtime == "ctranslate2")
 
     def _loaded(self, runtime: str) -> Runtime:
         try:
-            fresh = (runtime, str(self.gguf_path), str(self._cache_root), self.dtype) not in _LOADED
+            fresh = self._load_key(runtime) not in _LOADED
             loaded = _load(runtime, self.gguf_path, self._cache_root, self.dtype)
         except ModelError:
             raise

@@ -12,11 +12,12 @@ own copy, so no case can start a second preparation before the child is up, and 
 when the child ends, however it ends. The first case that needs the model waits on that lock,
 saying on the progress line what the wait is for, and loads the copy the child made. If the child
 fails, the wait ends and the run prepares the weights itself, so the error reaches the cases as
-before. The session stops a child still running when it closes (a run that never needed the
-model, an interrupted one): it removes its temporary folder, and the next run starts over.
+before. The session stops a child still running when it closes, after its cases are done (a run
+that never needed the model; a case that waits keeps the child's work, even in an interrupted
+run): the child removes its temporary folder, and the next run starts over.
 
-Run by `PreparationAhead.start` as `python -m pytest_promptopt.models.preparing_ahead GGUF
-CACHE_ROOT ctranslate2|float32`, with the lock already held.
+Run by `PreparationAhead.start` (`main()`, arguments GGUF, CACHE_ROOT, ctranslate2|float32), with
+the lock already held.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 
 from .local_weights import build_holding_lock, is_prepared, lock_path
 
-__all__ = ["PreparationAhead"]
+__all__ = ["PreparationAhead", "main"]
 
 _STOP_WAIT_S = 30.0
 _KINDS = {True: "ctranslate2", False: "float32"}
@@ -62,7 +63,15 @@ class PreparationAhead:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return None
-            command = [sys.executable, "-m", __name__, str(gguf), str(cache_root), _KINDS[ctranslate2]]
+            # This checkout first on the path, as MLflow's writer does: a project folder named like
+            # one of our modules, or a plugin found only through pytest's `pythonpath`, must not
+            # decide what the child runs.
+            package_root = str(Path(__file__).resolve().parent.parent.parent)
+            code = (
+                f"import sys; sys.path.insert(0, {package_root!r}); "
+                "from pytest_promptopt.models import preparing_ahead; del sys.path[0]; preparing_ahead.main()"
+            )
+            command = [sys.executable, "-c", code, str(gguf), str(cache_root), _KINDS[ctranslate2]]
             # One thread: it shares the cores with collection (the embedder's conversion,
             # MLflow's writer), where OpenMP threads lose more than they gain. Its output is not
             # shown: if it fails, the run's own preparation fails the same way, in the cases.
@@ -81,25 +90,25 @@ class PreparationAhead:
         return cls(process)
 
     def stop(self) -> None:
-        """Stop the child if it is still preparing: SIGINT lets it remove its temporary folder."""
+        """Stop the child if it is still preparing: SIGINT lets it remove its temporary folder.
+        A second Ctrl-C while waiting for it kills it, and the session goes on closing."""
         if self.process.poll() is not None:
             return
         try:
             self.process.send_signal(signal.SIGINT)
             self.process.wait(_STOP_WAIT_S)
-        except (OSError, ValueError, subprocess.TimeoutExpired):
+        except (OSError, ValueError, subprocess.TimeoutExpired, KeyboardInterrupt):
             self.process.kill()
             self.process.wait()
 
 
-def _main(argv: list[str]) -> int:
-    gguf, cache_root, kind = argv
-    build_holding_lock(Path(gguf), Path(cache_root), ctranslate2=kind == _KINDS[True])
-    return 0
-
-
-if __name__ == "__main__":
+def main() -> None:
+    """The child: `sys.argv[1:]` = GGUF, CACHE_ROOT, ctranslate2|float32; the lock is held."""
+    # pytest started in the background of a shell (`pytest ... &` in a CI script) ignores SIGINT,
+    # and a child inherits that: without Python's handler back, `stop` could not interrupt it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    gguf, cache_root, kind = sys.argv[1:]
     try:
-        sys.exit(_main(sys.argv[1:]))
-    except KeyboardInterrupt:  # stopped by the session: nothing to say
+        build_holding_lock(Path(gguf), Path(cache_root), ctranslate2=kind == _KINDS[True])
+    except KeyboardInterrupt:  # stopped by the session: its temporary folder is gone, nothing to say
         sys.exit(130)
