@@ -117,8 +117,8 @@ def start_spark_for_short_runs() -> None:
 
     Each of them runs a few dozen cases and stops: the optimising JIT compiler and the parallel
     collector's threads cost more CPU than they save. A pytest-on-local-Spark run of three cases:
-    24.6 -> 14.5 s of CPU, 14.7 -> 11.9 s wall (docs/performance.md, "Spark"); the code the JVM
-    runs, and so every result, is the same. docs/scaling.md gives users the same option.
+    24.6 -> 14.5 s of CPU, 14.7 -> 11.9 s wall (docs/performance.md, "The project's test suite");
+    the code the JVM runs, and so every result, is the same. docs/spark.md gives users the same option.
     """
     os.environ.setdefault("SPARK_SUBMIT_OPTS", SHORT_RUN_JVM)
 

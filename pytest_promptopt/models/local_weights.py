@@ -192,9 +192,7 @@ class Prepared:
 def is_prepared(gguf: Path, cache_root: Path, *, ctranslate2: bool) -> bool:
     """Whether the cache already holds a complete copy of `gguf` (and its CTranslate2 conversion
     when `ctranslate2`): markers and file sizes only, nothing hashed or imported."""
-    cache_dir = cache_root / cache_slug(gguf)
-    sha = _checked_sha(cache_dir, gguf, may_hash=False)
-    return sha is not None and (not ctranslate2 or _ct2_ready(cache_dir / ct2_folder_name(), sha))
+    return _ready(gguf, *_folders(gguf, cache_root, ctranslate2))
 
 
 def lock_path(gguf: Path, cache_root: Path) -> Path:
@@ -205,17 +203,15 @@ def lock_path(gguf: Path, cache_root: Path) -> Path:
 def build_holding_lock(gguf: Path, cache_root: Path, *, ctranslate2: bool) -> Prepared:
     """Build what is missing in `cache_root` for a caller that already holds `lock_path`'s lock
     (the child process models/preparing_ahead.py starts with the lock taken for it)."""
-    cache_dir = cache_root / cache_slug(gguf)
-    return _build(gguf, cache_dir, cache_dir / ct2_folder_name() if ctranslate2 else None)
+    return _build(gguf, *_folders(gguf, cache_root, ctranslate2))
 
 
 def prepare(gguf: Path, cache_root: Path, *, ctranslate2: bool, rebuild: bool = False) -> Prepared:
     """Make sure the cache holds the float32 copy of `gguf` (and its CTranslate2 conversion when
     `ctranslate2`), building what is missing; concurrent processes build it once (one that
     waits says so on the progress line). `rebuild` discards the copy first (it could not be loaded)."""
-    cache_dir = cache_root / cache_slug(gguf)
-    ct2_dir = cache_dir / ct2_folder_name() if ctranslate2 else None
-    if not rebuild and is_prepared(gguf, cache_root, ctranslate2=ctranslate2):
+    cache_dir, ct2_dir = _folders(gguf, cache_root, ctranslate2)
+    if not rebuild and _ready(gguf, cache_dir, ct2_dir):
         return Prepared(cache_dir, ct2_dir)
     try:
         cache_root.mkdir(parents=True, exist_ok=True)
@@ -230,6 +226,17 @@ def prepare(gguf: Path, cache_root: Path, *, ctranslate2: bool, rebuild: bool = 
         cache_dir = Path(private.name) / cache_dir.name
         prepared = _build(gguf, cache_dir, cache_dir / ct2_dir.name if ct2_dir is not None else None)
         return Prepared(prepared.cache_dir, prepared.ct2_dir, prepared.built, prepared.seconds, keep=private)
+
+
+def _folders(gguf: Path, cache_root: Path, ctranslate2: bool) -> tuple[Path, Path | None]:
+    """The copy's folder in `cache_root`, and its CTranslate2 conversion's when `ctranslate2`."""
+    cache_dir = cache_root / cache_slug(gguf)
+    return cache_dir, (cache_dir / ct2_folder_name() if ctranslate2 else None)
+
+
+def _ready(gguf: Path, cache_dir: Path, ct2_dir: Path | None) -> bool:
+    sha = _checked_sha(cache_dir, gguf, may_hash=False)
+    return sha is not None and (ct2_dir is None or _ct2_ready(ct2_dir, sha))
 
 
 def _build(gguf: Path, cache_dir: Path, ct2_dir: Path | None) -> Prepared:

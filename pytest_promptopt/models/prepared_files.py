@@ -15,13 +15,14 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 __all__ = [
     "MARKER",
     "default_home",
     "discard",
     "locked",
+    "locked_if_free",
     "read_json_marker",
     "rename_into_place",
     "replacing",
@@ -101,15 +102,12 @@ def locked(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator[No
     """Hold an exclusive lock on `path` (POSIX `flock`), so one process builds and the others
     wait for it (calling `on_wait` first, when they do have to wait); where `fcntl` is missing
     (Windows), temp folder + rename still keep it whole."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
+    fcntl = _fcntl()
+    if fcntl is None:  # pragma: no cover - not POSIX
         yield
         return
     with open(path, "a+b") as handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _lock_now(fcntl, handle):
             if on_wait is not None:
                 on_wait()
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
@@ -117,3 +115,33 @@ def locked(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator[No
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def locked_if_free(path: Path) -> Iterator[BinaryIO | None]:
+    """`path` opened with its lock taken, or None when another process holds it (or without
+    `fcntl`). The file is closed at the end of the block but not unlocked: the lock stays with
+    any process given this open file (a child started with it), and goes when the last one ends."""
+    fcntl = _fcntl()
+    if fcntl is None:  # pragma: no cover - not POSIX
+        yield None
+        return
+    with open(path, "a+b") as handle:
+        yield handle if _lock_now(fcntl, handle) else None
+
+
+def _fcntl() -> Any:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        return None
+    return fcntl
+
+
+def _lock_now(fcntl: Any, handle: BinaryIO) -> bool:
+    """Take `handle`'s lock if no other process holds it."""
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True

@@ -29,6 +29,7 @@ import sys
 from pathlib import Path
 
 from .local_weights import build_holding_lock, is_prepared, lock_path
+from .prepared_files import locked_if_free
 
 __all__ = ["PreparationAhead", "main"]
 
@@ -46,48 +47,16 @@ class PreparationAhead:
     def start(cls, gguf: Path, cache_root: Path, *, ctranslate2: bool) -> PreparationAhead | None:
         """Start preparing in a child process; None when the cache already holds the weights,
         another process is preparing them, or the cache cannot be written (each process then
-        prepares a private copy, nothing to share)."""
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX: the first case prepares them
-            return None
+        prepares a private copy, nothing to share), or no process can be started (the first
+        case prepares them, as without this)."""
         if is_prepared(gguf, cache_root, ctranslate2=ctranslate2):
             return None
         try:
             cache_root.mkdir(parents=True, exist_ok=True)
-            handle = open(lock_path(gguf, cache_root), "a+b")
+            with locked_if_free(lock_path(gguf, cache_root)) as lock:
+                return None if lock is None else cls(_spawn(gguf, cache_root, ctranslate2, lock.fileno()))
         except OSError:
             return None
-        with handle:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return None
-            # This checkout first on the path, as MLflow's writer does: a project folder named like
-            # one of our modules, or a plugin found only through pytest's `pythonpath`, must not
-            # decide what the child runs.
-            package_root = str(Path(__file__).resolve().parent.parent.parent)
-            code = (
-                f"import sys; sys.path.insert(0, {package_root!r}); "
-                "from pytest_promptopt.models import preparing_ahead; del sys.path[0]; preparing_ahead.main()"
-            )
-            command = [sys.executable, "-c", code, str(gguf), str(cache_root), _KINDS[ctranslate2]]
-            # One thread: it shares the cores with collection (the embedder's conversion,
-            # MLflow's writer), where OpenMP threads lose more than they gain. Its output is not
-            # shown: if it fails, the run's own preparation fails the same way, in the cases.
-            env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-            try:
-                process = subprocess.Popen(
-                    command,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    env=env,
-                    pass_fds=(handle.fileno(),),  # the child holds the lock from here on
-                )
-            except OSError:  # no process to spare: the first case prepares them, as without this
-                return None
-        return cls(process)
 
     def stop(self) -> None:
         """Stop the child if it is still preparing: SIGINT lets it remove its temporary folder.
@@ -100,6 +69,29 @@ class PreparationAhead:
         except (OSError, ValueError, subprocess.TimeoutExpired, KeyboardInterrupt):
             self.process.kill()
             self.process.wait()
+
+
+def _spawn(gguf: Path, cache_root: Path, ctranslate2: bool, lock_fd: int) -> subprocess.Popen[bytes]:
+    """The child, given the open lock file `lock_fd`: it holds the lock from here on."""
+    # This checkout first on the path, as MLflow's writer does: a project folder named like one
+    # of our modules, or a plugin found only through pytest's `pythonpath`, must not decide what
+    # the child runs.
+    package_root = str(Path(__file__).resolve().parent.parent.parent)
+    code = (
+        f"import sys; sys.path.insert(0, {package_root!r}); "
+        "from pytest_promptopt.models import preparing_ahead; del sys.path[0]; preparing_ahead.main()"
+    )
+    # One thread: it shares the cores with collection (the embedder's conversion, MLflow's
+    # writer), where OpenMP threads lose more than they gain. Its output is not shown: if it
+    # fails, the run's own preparation fails the same way, in the cases.
+    return subprocess.Popen(
+        [sys.executable, "-c", code, str(gguf), str(cache_root), _KINDS[ctranslate2]],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"},
+        pass_fds=(lock_fd,),
+    )
 
 
 def main() -> None:
