@@ -428,6 +428,65 @@ def test_the_session_logs_through_the_writer_and_never_imports_mlflow(
     assert not (pytester.path / ".promptopt" / "pending").exists()
 
 
+SHADOW = (  # stands for a library the writer must not import: says so, then is not there
+    "import os, sys\n"
+    "with open(os.environ['SHADOW_MARKER'], 'a') as f:\n"
+    "    f.write(__name__ + ': ' + ' '.join(sys.argv)[:200] + '\\n')\n"
+    "raise ImportError('shadowed by the test')\n"
+)
+
+
+@pytest.mark.parametrize("store", ["warm", "fresh"])
+def test_the_writer_logs_runs_traces_and_tables_without_pandas_numpy_or_pyspark(
+    pytester: pytest.Pytester, migrated_store: Path, monkeypatch: pytest.MonkeyPatch, store: str
+) -> None:
+    """Importing them was a third of the writer's start (mlflow/writer.py): the whole logging
+    path (runs, case table, prompt versions, traces) must work without them, in the session and
+    its writer process alike."""
+    shadows = pytester.mkdir("shadows")
+    for name in ("pandas", "numpy", "pyspark"):
+        (shadows / name).mkdir()
+        (shadows / name / "__init__.py").write_text(SHADOW)
+    marker = pytester.path / "imported.txt"
+    monkeypatch.setenv("PYTHONPATH", str(shadows))
+    monkeypatch.setenv("SHADOW_MARKER", str(marker))
+    pytester.makefile(".promptopt.yaml", qa=QA)
+    if store == "warm":
+        shutil.copy(migrated_store, pytester.path / "mlflow.db")
+    result = pytester.runpytest_subprocess("--promptopt")
+    assert result.ret == 1, result.stdout.str()
+    assert not marker.exists(), marker.read_text()
+    monkeypatch.delenv("PYTHONPATH")
+    from mlflow import MlflowClient
+
+    [run] = session_runs(sqlite_uri(pytester.path / "mlflow.db"), pytester.path.name).values()
+    assert run.info.status == "FINISHED" and run.data.metrics["cases"] == 3
+    client = MlflowClient(tracking_uri=sqlite_uri(pytester.path / "mlflow.db"))
+    [child] = client.search_runs(
+        [run.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{run.info.run_id}'"
+    )
+    table = json.loads(Path(client.download_artifacts(child.info.run_id, "cases.json", str(pytester.path))).read_text())
+    assert len(table["data"]) == 3 and "case_id" in table["columns"]
+    assert len(client.search_traces(locations=[run.info.experiment_id], run_id=child.info.run_id)) == 3
+    assert not (pytester.path / ".promptopt" / "pending").exists()
+
+
+def test_an_mlflow_that_cannot_be_imported_is_not_called_missing(tmp_path: Path) -> None:
+    (tmp_path / "pydantic").mkdir()  # one of mlflow's own dependencies, broken
+    (tmp_path / "pydantic" / "__init__.py").write_text(SHADOW)
+    script = (
+        "from pytest_promptopt.mlflow.client import MlflowReportError, mlflow_calls\n"
+        "try:\n"
+        "    with mlflow_calls():\n"
+        "        pass\n"
+        "except MlflowReportError as exc:\n"
+        "    print(exc)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "SHADOW_MARKER": str(tmp_path / "imported.txt")}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "mlflow cannot be imported: ImportError: shadowed by the test", done.stderr
+
+
 def test_a_session_without_prompt_tests_writes_no_store(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_plain="def test_one():\n    assert True\n")
     result = pytester.runpytest_subprocess("--promptopt")
@@ -495,6 +554,48 @@ def test_batched_table_is_what_mlflow_log_table_writes(tmp_path: Path, migrated_
     assert artifact(ours, "sub/hello.txt") == b"hello"
     tags = [client.get_run(r).data.tags[LOGGED_ARTIFACTS_TAG] for r in (ours, reference)]
     assert tags[0] == tags[1] == '[{"path": "cases.json", "type": "table"}]'
+
+
+def test_the_table_file_is_byte_for_byte_what_pandas_writes() -> None:
+    """table_file.py writes MLflow's table file without pandas; generated tables of the cell
+    kinds a case table holds (and mixes of them) must give pandas' own bytes, or None where it
+    leaves the table to pandas."""
+    import pandas as pd
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from pytest_promptopt.mlflow.table_file import split_table_json
+
+    text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
+    ints = st.one_of(st.integers(-(2**53), 2**53), st.integers(-(2**70), 2**70))
+    edges = [0.5, 1e16, 1e16 - 2, 1e-15, 0.9999999999949, 0.15, 2.5e-11, -0.0, 1e15 + 0.3, 123456789012.345678]
+    floats = st.one_of(st.floats(), st.sampled_from(edges), st.floats(-1e6, 1e6), ints)
+    kinds = {
+        "bool": st.one_of(st.none(), st.booleans()),
+        "int": st.one_of(st.none(), ints),
+        "float": st.one_of(st.none(), floats),
+        "str": st.one_of(st.none(), text),
+        "mixed": st.one_of(st.none(), st.booleans(), ints, floats, text),
+    }
+
+    def column(rows: int) -> Any:
+        return st.sampled_from(sorted(kinds)).flatmap(lambda k: st.lists(kinds[k], min_size=rows, max_size=rows))
+
+    compared = []
+
+    @settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(st.integers(0, 4).flatmap(lambda rows: st.dictionaries(text, column(rows), max_size=4)))
+    def same_bytes(table: dict[str, list[Any]]) -> None:
+        ours = split_table_json(table)
+        compared.append(ours is not None)
+        if ours is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                frame = pd.DataFrame(dict(table))
+            assert ours == frame.to_json(orient="split", index=False, date_format="iso")
+
+    same_bytes()
+    assert sum(compared) > 0.8 * len(compared)  # the comparison ran, not the fallback
 
 
 def test_a_failed_run_drops_what_was_batched(tmp_path: Path, migrated_store: Path) -> None:

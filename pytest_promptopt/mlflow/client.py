@@ -11,6 +11,7 @@ Every module of this room talks to MLflow through these helpers and an explicit 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..redact import scrub
+from .table_file import split_table_json
 
 __all__ = [
     "BatchedClient",
@@ -80,7 +82,9 @@ def mlflow_calls() -> Iterator[None]:
             warnings.simplefilter("ignore")
             try:
                 import mlflow  # noqa: F401  (it sets its logger's level on import, hence the order)
-            except ImportError:
+            except ImportError as exc:
+                if importlib.util.find_spec("mlflow") is not None:  # installed; a dependency fails
+                    raise MlflowReportError(f"mlflow cannot be imported: {one_line(exc)}") from None
                 raise MlflowReportError(
                     "mlflow is not installed; pip install 'pytest-promptopt[mlflow]' (or pass --promptopt-no-mlflow)"
                 ) from None
@@ -217,7 +221,8 @@ class BatchedClient:
     create or already terminated, and folders (`log_artifacts`), which are not copied.
 
     `log_table` writes what `MlflowClient.log_table` writes for a dict: pandas'
-    `to_json(orient="split", index=False, date_format="iso")` and the run tag
+    `to_json(orient="split", index=False, date_format="iso")` (table_file.py writes the same bytes
+    without importing pandas) and the run tag
     `mlflow.loggedArtifacts`, which makes the UI show the file as a table
     (tests/test_mlflow.py compares the two). Use it as a context manager: the folder is removed
     on exit. `sent` (file sizes) and `rows` (table rows) record what each run was sent, for the
@@ -264,14 +269,21 @@ class BatchedClient:
         kept = self._runs.get(run_id)
         if kept is None:
             return self.client.log_table(run_id, data, artifact_file)
-        import pandas as pd
+        path = self._file(kept, artifact_file)
+        text = split_table_json(data)
+        if text is None:  # a column table_file does not write as pandas does
+            import pandas as pd
 
-        frame = pd.DataFrame(dict(data))
-        frame.to_json(self._file(kept, artifact_file), orient="split", index=False, date_format="iso")
+            frame = pd.DataFrame(dict(data))
+            frame.to_json(path, orient="split", index=False, date_format="iso")
+            rows = len(frame)
+        else:
+            path.write_text(text, encoding="utf-8")
+            rows = len(next(iter(data.values()), ()))
         entry = {"path": artifact_file, "type": "table"}
         if entry not in kept.tables:
             kept.tables.append(entry)
-        kept.rows[artifact_file] = len(frame)
+        kept.rows[artifact_file] = rows
 
     def log_artifact(self, run_id: str, local_path: str, artifact_path: str | None = None) -> None:
         kept = self._runs.get(run_id)

@@ -425,10 +425,13 @@ def suite_metrics(suite: SuiteSummary, run_baseline: Any = None) -> dict[str, fl
     return display_metrics(metrics)
 
 
-def case_table(results: Sequence[Any]) -> dict[str, list[Any]]:
+def case_table(results: Sequence[Any], redacted: Sequence[Mapping[str, Any]] | None = None) -> dict[str, list[Any]]:
     """One row per case; the MLflow UI shows it (log_table). JSON columns stay strings so every
-    cell is a scalar the UI can filter."""
-    rows = [redact({**r.to_dict(), "status": r.status}) for r in results]
+    cell is a scalar the UI can filter. `redacted`: the results' `redact(r.to_dict())`, when the
+    report has them already."""
+    if redacted is None:
+        redacted = [redact(r.to_dict()) for r in results]
+    rows = [{**row, "status": r.status} for r, row in zip(results, redacted)]
     return {
         column: [
             json.dumps(row.get(column), ensure_ascii=False, sort_keys=True, default=str)

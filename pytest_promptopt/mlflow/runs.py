@@ -56,7 +56,7 @@ from .repair_layout import DIFF_FILE, repair_metrics, repair_params, repair_tags
 from .store import check_store, create_store, default_home, sqlite_file
 from .traces import RepairRun, write_and_verify
 
-__all__ = ["TRACES_AUTO_LIMIT", "Logged", "log_run"]
+__all__ = ["TRACES_AUTO_LIMIT", "Logged", "RenderedRun", "log_run", "render_run"]
 
 # Case traces by default (auto) for runs of up to this many cases: a trace costs about 13 ms on an
 # idle machine's SQLite store (docs/performance.md), so a larger run asks for them explicitly.
@@ -90,6 +90,27 @@ class Logged:
         return where + (f" ({self.url})" if self.url else "") + (f"; {self.traces_note}" if self.traces_note else "")
 
 
+@dataclass(frozen=True)
+class RenderedRun:
+    """What `log_run` writes that follows from the summary alone and costs the most to make: the
+    report file's text and the suites' case tables (by suite id; a dataset suite's table is read
+    from its Parquet parts instead). The session renders it after its last case, while its
+    writer process is still importing mlflow (writer.py); `log_run` renders it when not given."""
+
+    report_text: str
+    case_tables: dict[str, dict[str, list[Any]]]
+
+
+def render_run(run: RunSummary, report: Mapping[str, Any]) -> RenderedRun:
+    """`report` is `report_dict(run)`: its redacted results are the case tables' rows too."""
+    tables = {
+        suite.info.id: case_table(suite.results, data["results"])
+        for suite, data in zip(run.suites, report["suites"])
+        if suite.cases_file is None
+    }
+    return RenderedRun(json.dumps(report, indent=2, default=str), tables)
+
+
 def log_run(
     run: RunSummary,
     meta: SessionMeta,
@@ -101,11 +122,14 @@ def log_run(
     traces: bool | None = False,
     prompt_prefix: str = "",
     on_parent: Callable[[str], None] | None = None,
+    rendered: RenderedRun | None = None,
 ) -> Logged:
     """Create the parent and child runs, log everything, then check it arrived. `traces` also
     writes one trace per case (traces.py): True always, None (auto) for runs of up to
     TRACES_AUTO_LIMIT cases. `on_parent` is told the parent run's id as soon as it exists
-    (upload.py records it in the pending file)."""
+    (upload.py records it in the pending file). `rendered`: `render_run(run, ...)`, made ahead."""
+    if rendered is None:
+        rendered = render_run(run, report_dict(run, exit_status=meta.exit_status))
     cases = sum(len(s.results) for s in run.suites)
     note = ""
     if traces is None:
@@ -129,8 +153,7 @@ def log_run(
         registry_problems: list[str] = []  # prompts that could not be registered (the run is still logged)
         with terminate_on_error(client, parent):
             log_batch(client, parent, metrics=parent_metrics(run))
-            report = report_dict(run, exit_status=meta.exit_status)
-            client.log_text(parent, json.dumps(report, indent=2, default=str), REPORT_FILE)
+            client.log_text(parent, rendered.report_text, REPORT_FILE)
             client.log_text(parent, suite_summary_table(run), SUMMARY_FILE)
             for path in artifacts:
                 client.log_artifact(parent, str(path))
@@ -140,7 +163,15 @@ def log_run(
                 )
             for suite in run.suites:
                 children[suite.info.id], prompts[suite.info.id] = _log_suite(
-                    client, experiment_key, parent, suite, meta, registry_problems, run.baseline, prompt_prefix
+                    client,
+                    experiment_key,
+                    parent,
+                    suite,
+                    meta,
+                    registry_problems,
+                    run.baseline,
+                    prompt_prefix,
+                    rendered.case_tables.get(suite.info.id),
                 )
             for index, repair in enumerate(run.repairs):  # after the suites: a proposal is the newer version
                 uri = register_proposal(client, run, repair, registry_problems, prompt_prefix, experiment_key)
@@ -196,9 +227,11 @@ def _log_suite(
     problems: list[str],
     baseline: Any = None,
     prompt_prefix: str = "",
+    table: Mapping[str, Sequence[Any]] | None = None,
 ) -> tuple[str, SuitePrompts]:
     """A suite's run, from its first case's start to its last case's end, with its prompt
-    versions registered and linked, its cases as the run's dataset input; its id and versions."""
+    versions registered and linked, its cases as the run's dataset input (`table`: its case
+    table, rendered ahead); its id and versions."""
     versions = prompt_versions(client, suite, problems, prompt_prefix, experiment_key)
     start, end = suite_times(suite, meta)
     child = client.create_run(
@@ -212,7 +245,7 @@ def _log_suite(
         log_batch(client, child, metrics=suite_metrics(suite, baseline), params=suite_params(suite, found))
         _log_dataset_input(client, child, suite)
         if suite.cases_file is None:
-            client.log_table(child, case_table(suite.results), TABLE_FILE)
+            client.log_table(child, table if table is not None else case_table(suite.results), TABLE_FILE)
         else:
             _log_dataset_cases(client, child, suite, problems)
         text = meta.suite_files.get(suite.info.file)

@@ -14,7 +14,7 @@ import datetime as _dt
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from ..run_json import report_dict, run_from_report
 from ..summary import RunSummary
 from .client import MlflowReportError, MlflowSettings, mlflow_calls, one_line, safe_uri
 from .layout import KIND_TAG, SessionMeta
-from .runs import Logged, log_run
+from .runs import Logged, RenderedRun, log_run
 
 __all__ = ["PENDING_KEY", "Outcome", "record_run_id", "report_run", "upload_pending", "write_pending"]
 
@@ -92,6 +92,7 @@ def report_run(
     *,
     artifacts: Sequence[Path] = (),
     pending: Path | None = None,
+    rendered: RenderedRun | None = None,
 ) -> Outcome:
     """Log `run`, kept in a pending-upload file until it is logged (`pending`: already written,
     by the session). Never raises an `Exception`: the tests already ran and gated, and reporting
@@ -115,6 +116,7 @@ def report_run(
             traces=target.traces,
             prompt_prefix=target.prompt_prefix,
             on_parent=_recorder(pending),
+            rendered=rendered,
         )
     except Exception as exc:  # any MLflow, network or database fault
         error = f"MLflow reporting failed ({safe_uri(target.tracking_uri)}): {one_line(exc)}"
@@ -131,12 +133,18 @@ def report_run(
 
 
 def write_pending(
-    directory: Path, run: RunSummary, meta: SessionMeta, target: MlflowSettings, *, error: str = ""
+    directory: Path,
+    run: RunSummary,
+    meta: SessionMeta,
+    target: MlflowSettings,
+    *,
+    error: str = "",
+    report: Mapping[str, Any] | None = None,
 ) -> Path:
     """The JSON report plus what `upload` needs (target, session metadata, and the session
     run's id once MLflow created it: `record_run_id`), written atomically, on one line (the
     session writes it before handing the run over: json's C encoder takes a fifth of the time
-    of an indented dump)."""
+    of an indented dump). `report`: `report_dict(run)`, when the caller has it."""
     data = {
         PENDING_KEY: {
             RUN_ID_KEY: None,
@@ -147,7 +155,7 @@ def write_pending(
             "error": error,
             "session": meta.to_dict(),
         },
-        **report_dict(run, exit_status=meta.exit_status),
+        **(report if report is not None else report_dict(run, exit_status=meta.exit_status)),
     }
     directory.mkdir(parents=True, exist_ok=True)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")

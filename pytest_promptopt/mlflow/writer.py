@@ -1,10 +1,12 @@
 """The session's MLflow logging, beside the test loop: a writer process started with the session
-imports mlflow and opens the store while the cases run; after the last case the session hands it
-the run and, at the end of its terminal summary, waits for the outcome.
+imports mlflow and opens the store while the cases run; after the last case the session renders
+the report and case tables (runs.render_run), hands it the run and, at the end of its terminal
+summary, waits for the outcome.
 
-A process rather than a thread: importing mlflow (about 1.8 s of CPU) and opening a store are
-Python code that holds the GIL, so a thread would take that time from the test loop; a process
-runs it on another core (docs/performance.md#mlflow-reporting has the figures).
+A process rather than a thread: importing mlflow and its SQL stores (about 1.7 s of CPU, without
+the libraries held back below) and opening a store are Python code that holds the GIL, so a
+thread would take that time from the test loop; a process runs it on another core
+(docs/performance.md#mlflow-reporting has the figures).
 
 Nothing is lost when a process ends early:
 - the session writes the pending-upload file (upload.py) before handing the run over; the writer
@@ -35,13 +37,15 @@ import sys
 import tempfile
 import threading
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from ..run_json import report_dict
 from ..summary import RunSummary
 from .client import MlflowSettings, mlflow_calls, safe_uri
 from .layout import SessionMeta
+from .runs import RenderedRun, render_run
 from .store import check_store, default_home, sqlite_file, template_store
 from .upload import Outcome, report_run, write_pending
 
@@ -66,7 +70,7 @@ class MlflowWriter:
         self._stderr: IO[bytes] | None = None
         self._pending: Path | None = None
         self._submitted = False
-        self._job: tuple[RunSummary, SessionMeta, tuple[Path, ...]] | None = None
+        self._job: tuple[RunSummary, SessionMeta, tuple[Path, ...], RenderedRun] | None = None
         self._outcome: Outcome | None = None
 
     @classmethod
@@ -103,13 +107,17 @@ class MlflowWriter:
         """Keep `run` in a pending file, then hand it to the writer (or log it here without one)."""
         assert self.target is not None, "begin(target) first"
         self._submitted = True
-        self._job = (run, meta, tuple(artifacts))
+        # The report and case tables are made here, in the session, which has nothing else to
+        # do by now, while the writer may still be importing mlflow (docs/performance.md).
+        report = report_dict(run, exit_status=meta.exit_status)
+        self._job = (run, meta, tuple(artifacts), render_run(run, report))
         with contextlib.suppress(OSError):  # a read-only project: report_run says so if logging fails too
-            self._pending = write_pending(self.target.pending_dir, run, meta, self.target)
+            self._pending = write_pending(self.target.pending_dir, run, meta, self.target, report=report)
         if self._process is not None:
             job = {
                 "run": run,
                 "meta": meta,
+                "rendered": self._job[3],
                 "artifacts": [str(p) for p in artifacts],
                 "pending": str(self._pending) if self._pending else None,
                 "environ": dict(os.environ),  # what logging here would have seen (credentials set meanwhile)
@@ -124,8 +132,10 @@ class MlflowWriter:
 
     def _log_here(self) -> None:
         assert self._job is not None and self.target is not None
-        run, meta, artifacts = self._job
-        self._outcome = report_run(run, meta, self.target, artifacts=artifacts, pending=self._pending)
+        run, meta, artifacts, rendered = self._job
+        self._outcome = report_run(
+            run, meta, self.target, artifacts=artifacts, pending=self._pending, rendered=rendered
+        )
 
     def outcome(self) -> Outcome | None:
         """Wait for the submitted run's outcome (None if nothing was submitted). A Ctrl-C while
@@ -239,7 +249,8 @@ def main() -> None:
     handlers) would only keep the session waiting."""
     status = 0
     try:
-        _serve()
+        with _holding_back(_NO_SPARK_HERE):
+            _serve()
     except BaseException:  # noqa: BLE001  (a bug: its traceback is what the session quotes)
         traceback.print_exc()
         status = 1
@@ -258,8 +269,8 @@ def _serve() -> None:
     arrived = threading.Condition()
     threading.Thread(target=_read_frames, args=(sys.stdin.buffer, frames, arrived), daemon=True).start()
     try:
-        with contextlib.suppress(Exception), mlflow_calls():  # the import itself, before anything is known
-            pass
+        with contextlib.suppress(Exception), _holding_back(_OPTIONAL_AT_IMPORT), mlflow_calls():
+            pass  # the import itself, before anything is known
         target = _next(frames, arrived)
         if target is None:  # the session does not log to MLflow after all
             return
@@ -281,7 +292,12 @@ def _serve() -> None:
         pending = Path(job["pending"]) if job["pending"] else None
         try:
             outcome = report_run(
-                job["run"], job["meta"], settings, artifacts=[Path(p) for p in job["artifacts"]], pending=pending
+                job["run"],
+                job["meta"],
+                settings,
+                artifacts=[Path(p) for p in job["artifacts"]],
+                pending=pending,
+                rendered=job["rendered"],
             )
         except _Stopped:
             outcome = Outcome(
@@ -318,6 +334,34 @@ def _next(frames: list[bytes | None], arrived: threading.Condition) -> bytes | N
         return frame
 
 
+# Libraries mlflow imports for optional integrations only (pandas and numpy datasets), each
+# behind a guard for installs without them (mlflow-skinny). With pyspark (below) they are about a
+# third of importing mlflow and its SQL stores here (2.4 -> 1.7 s), on the session's critical
+# path after its last case; logging a session needs none of them (a case table is written
+# without pandas: table_file.py). Held back only while mlflow is imported: whatever asks for one
+# later still gets it, and an mlflow that needs one at import fails that import, which the
+# writer's next `mlflow_calls()` repeats without holding anything back.
+_OPTIONAL_AT_IMPORT = ("pandas", "numpy")
+# Held back for the writer's whole life: MLflow imports pyspark (0.13 s) at import and whenever a
+# client is made, to read the registry URI of this process's active Spark session, and this
+# process never has one; without pyspark MLflow concludes the same, at once.
+_NO_SPARK_HERE = ("pyspark",)
+
+
+@contextlib.contextmanager
+def _holding_back(names: Sequence[str]) -> Iterator[None]:
+    """Make `import name` fail (ImportError) for the names not imported yet, until the block ends."""
+    held = [name for name in names if name not in sys.modules]
+    for name in held:
+        sys.modules[name] = None  # type: ignore[assignment]  (the import system's "not importable")
+    try:
+        yield
+    finally:
+        for name in held:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
+
+
 def _prepare(target: MlflowSettings) -> None:
     """What logging will need, done while the cases run: the store's classes, and for a SQLite
     store a check, then opening it and finding the experiment, or, for a new one, the migrated
@@ -329,8 +373,9 @@ def _prepare(target: MlflowSettings) -> None:
         if database is None:
             MlflowClient(tracking_uri=target.tracking_uri)
             return
-        import mlflow.store.model_registry.sqlalchemy_store  # noqa: F401
-        import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+        with _holding_back(_OPTIONAL_AT_IMPORT):
+            import mlflow.store.model_registry.sqlalchemy_store  # noqa: F401
+            import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
 
         check_store(database)
         if not database.exists():
