@@ -14,7 +14,7 @@ import enum
 import hashlib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,6 +190,15 @@ class ResponseCache:
                         self.put(keys[i], response)
                     answers[i] = response
         return answers  # type: ignore[return-value]
+
+    def answers_all(self, model: Any, requests: Iterable[Request]) -> bool:
+        """Whether every request would be answered from the cache, so `model` would not be called
+        (a key lookup each, without reading the answers). False with the cache off, or empty, or a
+        model that is not cached."""
+        if self.mode is CacheMode.OFF or not getattr(model, "cacheable", True) or not self.path.is_file():
+            return False  # (a missing file is not created here: the first answer does that)
+        found = "SELECT 1 FROM responses WHERE key = ?"
+        return all(self.file.read(found, (cache_key(model, request),)) is not None for request in requests)
 
     def close(self) -> None:
         self.file.close()

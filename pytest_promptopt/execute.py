@@ -29,6 +29,7 @@ from .suite.model import Case
 __all__ = [
     "AnsweredCase",
     "answer_batch",
+    "case_requests",
     "error_result",
     "execute_batch",
     "execute_case",
@@ -227,6 +228,13 @@ def _grade_samples(
         merge_samples(result, samples, case.repeats)
 
 
+def case_requests(case: Case, params: Mapping[str, Any] | None = None) -> list[Request]:
+    """The requests `case` makes to its model: one per repeat, repeat i its own cache entry
+    (repeat 0's key is that of a run without repeats)."""
+    request = Request.from_prompt(case.rendered_prompt, params)
+    return [dataclasses.replace(request, repeat=repeat) for repeat in range(case.repeats)]
+
+
 def execute_case(
     case: Case,
     model: Model,
@@ -236,9 +244,9 @@ def execute_case(
     judges: Judges | None = None,
     sandbox: Sandbox | None = None,
 ) -> CaseResult:
-    """Run `case` on `model`, `case.repeats` times (repeat i is its own cache entry; repeat 0's
-    key is that of a run without repeats), graded with `judges` for its model-graded assertions
-    (through `cache`, counted in the case's calls). Model and assertion faults become
+    """Run `case` on `model`, `case.repeats` times (`case_requests`), graded with `judges` for
+    its model-graded assertions (through `cache`, counted in the case's calls). Model and
+    assertion faults become
     `result.error`, never exceptions. A case that cannot run (`case.error`) is that error, without a call.
     User code (transforms, code checks) runs in `sandbox` (a fresh one for the case without it)."""
     if case.error is not None:
@@ -246,13 +254,13 @@ def execute_case(
     stats = CallStats()
     started = time.perf_counter()
     result = new_result(case, nodeid)
-    request = Request.from_prompt(case.rendered_prompt, params)
+    requests = case_requests(case, params)
 
     def answers() -> Iterator[Response | ModelError]:
-        for repeat in range(case.repeats):
+        for request in requests:
             answer: Response | ModelError
             try:
-                answer = cache.fetch(model, dataclasses.replace(request, repeat=repeat), stats)
+                answer = cache.fetch(model, request, stats)
             except ModelError as exc:
                 answer = exc
             except KeyboardInterrupt:
@@ -289,10 +297,9 @@ def answer_batch(cases: Sequence[tuple[Case, str]], model: Model, cache: Respons
     owners: list[int] = []  # the case of each request
     requests: list[Request] = []
     for index, (case, _) in enumerate(cases):
-        request = Request.from_prompt(case.rendered_prompt)
-        for repeat in range(case.repeats):
+        for request in case_requests(case):
             owners.append(index)
-            requests.append(dataclasses.replace(request, repeat=repeat))
+            requests.append(request)
     try:
         responses = cache.fetch_batch(model, requests, [stats[i] for i in owners])
     except KeyboardInterrupt:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +11,7 @@ import pytest
 
 from .assertions.base import Assertion
 from .assertions.similarity import warm_up_embedders
-from .execute import error_result, raised
+from .execute import case_requests, error_result, raised
 from .models.specs import ModelSpec
 from .records import CaseResult
 from .report.failure import describe_case
@@ -127,7 +127,12 @@ class SuiteFile(pytest.File):
                     self, name=part.name, nodeid=_case_nodeid(self, part.name), spec=loaded.dataset, part=part
                 )
             return
-        self._warm_up(session, [case.model for case in loaded.cases], [a for c in loaded.cases for a in c.assertions])
+        self._warm_up(
+            session,
+            [case.model for case in loaded.cases],
+            [a for c in loaded.cases for a in c.assertions],
+            None if loaded.sequence else loaded.cases,  # a chain's prompts take earlier answers
+        )
         if loaded.sequence:  # storeOutputAs / _conversation: one node, run in order in one process
             yield CaseSequence.from_parent(self, name=SEQUENCE, cases=loaded.cases)
             return
@@ -135,14 +140,21 @@ class SuiteFile(pytest.File):
             yield CaseItem.from_parent(self, name=case.name, nodeid=_case_nodeid(self, case.name), case=case)
 
     def _warm_up(
-        self, session: PromptoptSession, specs: Iterable[ModelSpec], assertions: Iterable[Assertion] = ()
+        self,
+        session: PromptoptSession,
+        specs: Iterable[ModelSpec],
+        assertions: Iterable[Assertion] = (),
+        cases: Sequence[Case] | None = None,
     ) -> None:
         """Build each model's adapter now and let it load what its first call needs (`warm_up()`,
         optional: a hosted model imports litellm), and the offline embedder of `similar` checks,
         so that is done during collection, on the main thread, rather than by the first case on a
         grading thread. Before those, a model may start slower work in a process of its own
         (`prepare_ahead()`: the bundled model's first-run preparation), which the session stops
-        when it closes. Not for --collect-only, nor for the Spark backend (cases run on Spark)."""
+        when it closes. Not for --collect-only, nor for the Spark backend (cases run on Spark).
+        A model the response cache answers for all of `cases` (when known) is not loaded: a warm
+        rerun would load it for nothing (litellm's import alone is seconds of CPU); a later file
+        that needs it warms it then, and a case that misses after all loads it when it runs."""
         if self.config.option.collectonly or session.settings.backend == "spark":
             return
         warmed = self.config.stash.setdefault(_warmed_key, set())
@@ -150,11 +162,15 @@ class SuiteFile(pytest.File):
         for spec in {spec.key: spec for spec in specs}.values():
             if spec.key in warmed:
                 continue
-            warmed.add(spec.key)
             try:
-                models.append(session.model_for(spec))
+                model = session.model_for(spec)
             except Exception:  # reported by the cases that use it, when they run
+                warmed.add(spec.key)
                 continue
+            if cases is not None and _answered_by_cache(session, model, [c for c in cases if c.model.key == spec.key]):
+                continue
+            warmed.add(spec.key)
+            models.append(model)
         for model in models:  # first: a first run's preparation goes on beside what follows
             prepare_ahead = getattr(model, "prepare_ahead", None)
             if callable(prepare_ahead):
@@ -172,6 +188,14 @@ class SuiteFile(pytest.File):
         if isinstance(excinfo.value, SuiteError):
             return f"invalid prompt suite: {excinfo.value}"
         return super().repr_failure(excinfo)
+
+
+def _answered_by_cache(session: PromptoptSession, model: Any, cases: Sequence[Case]) -> bool:
+    try:
+        requests = [request for case in cases if case.error is None for request in case_requests(case)]
+        return session.cache.answers_all(model, requests)
+    except Exception:  # a case whose request cannot be built says so when it runs: load the model
+        return False
 
 
 class CaseSequence(pytest.Collector):

@@ -332,6 +332,39 @@ def test_a_first_run_prepares_the_weights_in_a_child_while_collecting_and_the_fi
     assert PreparationAhead.start(local_weights.locate_gguf(), home, ctranslate2=True) is None
 
 
+@pytest.mark.parametrize("interrupted", [True, False])
+def test_a_stopped_preparation_ends_130_whatever_the_interrupt_became(monkeypatch, interrupted):
+    """SIGINT during `import ctranslate2` surfaces as "ImportError: initialization failed" (seen in
+    the suite under load): the child still ends as stopped. The same error without a stop is a
+    fault, raised as it is."""
+    import signal
+
+    from pytest_promptopt.models import preparing_ahead
+
+    def build(*args: Any, **kwargs: Any) -> None:
+        try:
+            if interrupted:
+                os.kill(os.getpid(), signal.SIGINT)  # what PreparationAhead.stop sends
+                time.sleep(5)
+            raise ImportError("initialization failed")
+        except KeyboardInterrupt as exc:
+            raise ImportError("initialization failed") from exc  # as the extension's import does
+
+    monkeypatch.setattr(preparing_ahead, "build_holding_lock", build)
+    monkeypatch.setattr(sys, "argv", ["-c", "model.gguf", "home", "ctranslate2"])
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        if interrupted:
+            with pytest.raises(SystemExit) as ended:
+                preparing_ahead.main()
+            assert ended.value.code == 130
+        else:
+            with pytest.raises(ImportError):
+                preparing_ahead.main()
+    finally:
+        signal.signal(signal.SIGINT, handler)
+
+
 @pytest.mark.slow_model
 def test_a_preparation_stopped_by_the_session_leaves_nothing_half_written(tmp_path):
     """A run that ends while its child is still preparing (interrupted, or the model never needed)

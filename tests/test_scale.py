@@ -575,6 +575,26 @@ def test_collection_warms_up_each_model_once(run_pytest, pytester, monkeypatch):
     assert not log.exists()  # nothing is loaded just to list the cases
 
 
+@pytest.mark.parametrize("mode", ["plain", "xdist"])
+def test_a_model_the_cache_answers_for_every_case_is_not_loaded(run_pytest, pytester, monkeypatch, mode):
+    """A warm rerun needs no model: loading one (litellm's import, the bundled model) would be
+    seconds of CPU for nothing. One case the cache does not hold is enough to load it."""
+    log = pytester.path / "warm.log"
+    monkeypatch.setenv("WARM_LOG", str(log))
+    pytester.makeconftest(WARM_CONFTEST)
+    suite = "providers: [echo]\nprompts: ['a {{n}}']\ntests: [{vars: {n: 1}}, {vars: {n: 2}}, {vars: {n: 2}}]\n"
+    pytester.makefile(".promptopt.yaml", a=suite, b="providers: [echo]\nprompts: ['b']\ntests: [{vars: {}}]\n")
+    run_pytest("--promptopt", "--promptopt-concurrency", "1").assert_outcomes(passed=4)
+    assert log.read_text().split() == ["warm-up", "call", "call", "call"]  # a's two cases alike: one call
+    log.unlink()
+    run_pytest("--promptopt", *MODES[mode]).assert_outcomes(passed=4)
+    assert not log.exists()  # every answer from the cache: no warm-up, no call, in any worker
+    pytester.makefile(".promptopt.yaml", b="providers: [echo]\nprompts: ['b', 'c']\ntests: [{vars: {}}]\n")
+    run_pytest("--promptopt", *MODES[mode]).assert_outcomes(passed=5)
+    calls = log.read_text().split()
+    assert calls.count("call") == 1 and calls[0] == "warm-up" and calls.count("warm-up") == len(calls) - 1, calls
+
+
 FILTERS_CONFTEST = """
 def pytest_sessionfinish(session):
     with open("filters.txt", "w") as out:

@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from .local_weights import build_holding_lock, is_prepared, lock_path
 from .prepared_files import locked_if_free
@@ -98,9 +99,20 @@ def main() -> None:
     """The child: `sys.argv[1:]` = GGUF, CACHE_ROOT, ctranslate2|float32; the lock is held."""
     # pytest started in the background of a shell (`pytest ... &` in a CI script) ignores SIGINT,
     # and a child inherits that: without Python's handler back, `stop` could not interrupt it.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    stopped: list[int] = []
+
+    def stop(signum: int, frame: Any) -> None:
+        stopped.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, stop)
     gguf, cache_root, kind = sys.argv[1:]
     try:
         build_holding_lock(Path(gguf), Path(cache_root), ctranslate2=kind == _KINDS[True])
-    except KeyboardInterrupt:  # stopped by the session: its temporary folder is gone, nothing to say
-        sys.exit(130)
+    except BaseException:
+        # Stopped by the session: its temporary folder is gone, nothing to say. The interrupt may
+        # surface as another error: one during an extension's import (ctranslate2's) becomes
+        # "ImportError: initialization failed".
+        if stopped:
+            sys.exit(130)
+        raise
