@@ -173,6 +173,19 @@ def write_suite(folder: Path, cases: int, url: str) -> None:
     (folder / "pytest.ini").write_text("[pytest]\n")
 
 
+def bench_env() -> dict[str, str]:
+    """A run's environment: this one, less what would send it elsewhere, with the fake server's key."""
+    env = {k: v for k, v in os.environ.items() if k not in DROP_ENV}
+    env.update(
+        OPENAI_API_KEY="sk-bench",
+        NO_PROXY="127.0.0.1,localhost",
+        no_proxy="127.0.0.1,localhost",
+        MLFLOW_DISABLE_TELEMETRY="true",
+        LITELLM_LOCAL_MODEL_COST_MAP="True",
+    )
+    return env
+
+
 def run_once(config: Config, url: str, timeout: float, extra: list[str]) -> Run:
     with tempfile.TemporaryDirectory(prefix="promptopt-bench-concurrency-") as tmp:
         folder = Path(tmp)
@@ -193,14 +206,7 @@ def run_once(config: Config, url: str, timeout: float, extra: list[str]) -> Run:
         ]
         if config.workers > 1:
             command += ["-n", str(config.workers), *extra]
-        env = {k: v for k, v in os.environ.items() if k not in DROP_ENV}
-        env.update(
-            OPENAI_API_KEY="sk-bench",
-            NO_PROXY="127.0.0.1,localhost",
-            no_proxy="127.0.0.1,localhost",
-            MLFLOW_DISABLE_TELEMETRY="true",
-            LITELLM_LOCAL_MODEL_COST_MAP="True",
-        )
+        env = bench_env()
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         proc = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=timeout)

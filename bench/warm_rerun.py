@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from concurrency import DROP_ENV, PYTHON, Server, write_suite  # noqa: E402  (a sibling script)
+from concurrency import PYTHON, Server, bench_env, write_suite  # noqa: E402  (a sibling script)
 
 CONFTEST = """
 import os, sys
@@ -43,13 +43,7 @@ def run(folder: Path, cases: int, workers: int, source: str | None) -> tuple[flo
     command = [PYTHON, "-m", "pytest", "--promptopt", "--promptopt-no-mlflow", "-q", "-p", "no:cacheprovider"]
     if workers > 1:
         command += ["-n", str(workers)]
-    env = {k: v for k, v in os.environ.items() if k not in DROP_ENV}
-    env.update(
-        OPENAI_API_KEY="sk-bench",
-        NO_PROXY="127.0.0.1,localhost",
-        no_proxy="127.0.0.1,localhost",
-        LITELLM_LOCAL_MODEL_COST_MAP="True",
-    )
+    env = bench_env()
     if source:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [source, env.get("PYTHONPATH")]))
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
