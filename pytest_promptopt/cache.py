@@ -191,12 +191,17 @@ class ResponseCache:
                     answers[i] = response
         return answers  # type: ignore[return-value]
 
-    def answers_all(self, model: Any, requests: Iterable[Request]) -> bool:
-        """Whether every request would be answered from the cache, so `model` would not be called
-        (a key lookup each, without reading the answers). False with the cache off, or empty, or a
-        model that is not cached."""
-        if self.mode is CacheMode.OFF or not getattr(model, "cacheable", True) or not self.path.is_file():
-            return False  # (a missing file is not created here: the first answer does that)
+    def answers_all(self, model: Any, requests: Iterable[Request] | None) -> bool:
+        """Whether every request (None: requests not known) would be answered from the cache, so
+        `model` would not be called (a key lookup each, without reading the answers). False with
+        the cache off, or empty, or a model that is not cached; True in replay mode, where a miss
+        is an error, never a call."""
+        if self.mode is CacheMode.OFF or not getattr(model, "cacheable", True):
+            return False
+        if self.mode is CacheMode.REPLAY:
+            return True
+        if requests is None or not self.path.is_file():
+            return False  # (not created here: the first answer does that)
         found = "SELECT 1 FROM responses WHERE key = ?"
         return all(self.file.read(found, (cache_key(model, request),)) is not None for request in requests)
 

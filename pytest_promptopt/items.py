@@ -12,6 +12,7 @@ import pytest
 from .assertions.base import Assertion
 from .assertions.similarity import warm_up_embedders
 from .execute import case_requests, error_result, raised
+from .judging import judge_calls
 from .models.specs import ModelSpec
 from .records import CaseResult
 from .report.failure import describe_case
@@ -127,12 +128,11 @@ class SuiteFile(pytest.File):
                     self, name=part.name, nodeid=_case_nodeid(self, part.name), spec=loaded.dataset, part=part
                 )
             return
-        self._warm_up(
-            session,
-            [case.model for case in loaded.cases],
-            [a for c in loaded.cases for a in c.assertions],
-            None if loaded.sequence else loaded.cases,  # a chain's prompts take earlier answers
-        )
+        assertions = [a for c in loaded.cases for a in c.assertions]
+        # The cache decides only where it knows every request: not for a chain (its prompts take
+        # earlier answers), nor with model-graded checks (a judge would import litellm mid-test)
+        known = not loaded.sequence and judge_calls(assertions) == 0
+        self._warm_up(session, [case.model for case in loaded.cases], assertions, loaded.cases if known else None)
         if loaded.sequence:  # storeOutputAs / _conversation: one node, run in order in one process
             yield CaseSequence.from_parent(self, name=SEQUENCE, cases=loaded.cases)
             return
@@ -152,9 +152,10 @@ class SuiteFile(pytest.File):
         grading thread. Before those, a model may start slower work in a process of its own
         (`prepare_ahead()`: the bundled model's first-run preparation), which the session stops
         when it closes. Not for --collect-only, nor for the Spark backend (cases run on Spark).
-        A model the response cache answers for all of `cases` (when known) is not loaded: a warm
-        rerun would load it for nothing (litellm's import alone is seconds of CPU); a later file
-        that needs it warms it then, and a case that misses after all loads it when it runs."""
+        A model the response cache answers for all of `cases` (when known; in replay mode, always)
+        is not loaded: a warm rerun would load it for nothing (litellm's import alone is seconds of
+        CPU); a later file that needs it warms it then, and a case that misses after all loads it
+        when it runs."""
         if self.config.option.collectonly or session.settings.backend == "spark":
             return
         warmed = self.config.stash.setdefault(_warmed_key, set())
@@ -167,7 +168,9 @@ class SuiteFile(pytest.File):
             except Exception:  # reported by the cases that use it, when they run
                 warmed.add(spec.key)
                 continue
-            if cases is not None and _answered_by_cache(session, model, [c for c in cases if c.model.key == spec.key]):
+            if _answered_by_cache(
+                session, model, None if cases is None else [c for c in cases if c.model.key == spec.key]
+            ):
                 continue
             warmed.add(spec.key)
             models.append(model)
@@ -190,9 +193,12 @@ class SuiteFile(pytest.File):
         return super().repr_failure(excinfo)
 
 
-def _answered_by_cache(session: PromptoptSession, model: Any, cases: Sequence[Case]) -> bool:
+def _answered_by_cache(session: PromptoptSession, model: Any, cases: Sequence[Case] | None) -> bool:
+    """Whether the cache answers every call of `cases` to `model` (None: calls not known)."""
     try:
-        requests = [request for case in cases if case.error is None for request in case_requests(case)]
+        requests = None
+        if cases is not None:
+            requests = [request for case in cases if case.error is None for request in case_requests(case)]
         return session.cache.answers_all(model, requests)
     except Exception:  # a case whose request cannot be built says so when it runs: load the model
         return False

@@ -484,7 +484,30 @@ def test_an_mlflow_that_cannot_be_imported_is_not_called_missing(tmp_path: Path)
     )
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "SHADOW_MARKER": str(tmp_path / "imported.txt")}
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
-    assert done.stdout.strip() == "mlflow cannot be imported: ImportError: shadowed by the test", done.stderr
+    assert done.stdout.strip() == (
+        "mlflow cannot be imported: ImportError: shadowed by the test (or pass --promptopt-no-mlflow)"
+    ), done.stderr
+
+
+def test_an_import_that_fails_while_libraries_are_held_back_starts_over_after() -> None:
+    """The writer imports mlflow with pandas and numpy held back; should that import fail (an
+    mlflow that needs one of them), its half-imported modules, which decided "no numpy", must not
+    be what the writer's next import finds."""
+    script = (
+        "import sys\n"
+        "from pytest_promptopt.mlflow.writer import _holding_back\n"
+        "try:\n"
+        "    with _holding_back(('pandas', 'numpy', 'pydantic')):\n"  # pydantic: mlflow needs it
+        "        import mlflow\n"
+        "except ImportError:\n"
+        "    pass\n"
+        "left = [n for n in sys.modules if n.split('.')[0] == 'mlflow']\n"
+        "held = [n for n in ('pandas', 'numpy', 'pydantic') if n in sys.modules and sys.modules[n] is None]\n"
+        "import mlflow.types\n"
+        "print(left, held, mlflow.types._HAS_NUMPY, hasattr(mlflow.types, 'Schema'))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "[] [] True True", done.stderr
 
 
 def test_a_session_without_prompt_tests_writes_no_store(pytester: pytest.Pytester) -> None:
@@ -596,6 +619,7 @@ def test_the_table_file_is_byte_for_byte_what_pandas_writes() -> None:
 
     same_bytes()
     assert sum(compared) > 0.8 * len(compared)  # the comparison ran, not the fallback
+    assert split_table_json({"text": ["a lone \ud800 surrogate"]}) is None  # pandas raises on it: its call
 
 
 def test_a_failed_run_drops_what_was_batched(tmp_path: Path, migrated_store: Path) -> None:

@@ -595,6 +595,25 @@ def test_a_model_the_cache_answers_for_every_case_is_not_loaded(run_pytest, pyte
     assert calls.count("call") == 1 and calls[0] == "warm-up" and calls.count("warm-up") == len(calls) - 1, calls
 
 
+def test_a_file_with_model_graded_checks_still_warms_its_model(run_pytest, pytester, monkeypatch):
+    """Its judges' answers are not known at collection: a hosted judge would import litellm in the
+    middle of a test (its warning filters then end with that test). Replay mode never calls."""
+    log = pytester.path / "warm.log"
+    monkeypatch.setenv("WARM_LOG", str(log))
+    pytester.makeconftest(WARM_CONFTEST)
+    pytester.makefile(
+        ".promptopt.yaml",
+        a="providers: [echo]\nprompts: ['a']\ntests: [{vars: {}, assert: [{type: llm-rubric, value: fine}]}]\n",
+    )
+    run_pytest("--promptopt")
+    log.unlink()
+    run_pytest("--promptopt")
+    assert log.read_text().split() == ["warm-up"]  # every answer cached, the model warmed all the same
+    log.unlink()
+    run_pytest("--promptopt", "--promptopt-cache", "replay")
+    assert not log.exists()
+
+
 FILTERS_CONFTEST = """
 def pytest_sessionfinish(session):
     with open("filters.txt", "w") as out:

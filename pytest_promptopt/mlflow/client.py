@@ -84,7 +84,9 @@ def mlflow_calls() -> Iterator[None]:
                 import mlflow  # noqa: F401  (it sets its logger's level on import, hence the order)
             except ImportError as exc:
                 if importlib.util.find_spec("mlflow") is not None:  # installed; a dependency fails
-                    raise MlflowReportError(f"mlflow cannot be imported: {one_line(exc)}") from None
+                    raise MlflowReportError(
+                        f"mlflow cannot be imported: {one_line(exc)} (or pass --promptopt-no-mlflow)"
+                    ) from None
                 raise MlflowReportError(
                     "mlflow is not installed; pip install 'pytest-promptopt[mlflow]' (or pass --promptopt-no-mlflow)"
                 ) from None

@@ -53,6 +53,8 @@ def _column_encoder(values: Sequence[Any]) -> Any:
     for value in values:
         if value is None or (type(value) is float and math.isnan(value)):
             gaps = True
+        elif type(value) is str and not value.isascii() and not _encodable(value):
+            return None  # a lone surrogate: pandas fails on it, and says so
         elif type(value) in (bool, int, float, str):
             kinds.add(type(value))
         else:
@@ -65,6 +67,14 @@ def _column_encoder(values: Sequence[Any]) -> Any:
     if any(abs(v) >= _INT64 for v in ints):
         return None
     return _cell
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _int(value: int) -> str:

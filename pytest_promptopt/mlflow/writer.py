@@ -70,7 +70,7 @@ class MlflowWriter:
         self._stderr: IO[bytes] | None = None
         self._pending: Path | None = None
         self._submitted = False
-        self._job: tuple[RunSummary, SessionMeta, tuple[Path, ...], RenderedRun] | None = None
+        self._job: tuple[RunSummary, SessionMeta, tuple[Path, ...], RenderedRun | None] | None = None
         self._outcome: Outcome | None = None
 
     @classmethod
@@ -110,9 +110,12 @@ class MlflowWriter:
         # The report and case tables are made here, in the session, which has nothing else to
         # do by now, while the writer may still be importing mlflow (docs/performance.md).
         report = report_dict(run, exit_status=meta.exit_status)
-        self._job = (run, meta, tuple(artifacts), render_run(run, report))
         with contextlib.suppress(OSError):  # a read-only project: report_run says so if logging fails too
             self._pending = write_pending(self.target.pending_dir, run, meta, self.target, report=report)
+        rendered: RenderedRun | None = None
+        with contextlib.suppress(Exception):  # rendered again by log_run, under report_run's guard
+            rendered = render_run(run, report)
+        self._job = (run, meta, tuple(artifacts), rendered)
         if self._process is not None:
             job = {
                 "run": run,
@@ -350,12 +353,20 @@ _NO_SPARK_HERE = ("pyspark",)
 
 @contextlib.contextmanager
 def _holding_back(names: Sequence[str]) -> Iterator[None]:
-    """Make `import name` fail (ImportError) for the names not imported yet, until the block ends."""
+    """Make `import name` fail (ImportError) for the names not imported yet, until the block ends.
+    A module imported meanwhile keeps what it decided without them, for the process's life; if
+    the block fails, the mlflow modules it imported are dropped, so the next import starts over."""
     held = [name for name in names if name not in sys.modules]
+    before = set(sys.modules)
     for name in held:
         sys.modules[name] = None  # type: ignore[assignment]  (the import system's "not importable")
     try:
         yield
+    except BaseException:
+        for name in set(sys.modules) - before:
+            if name == "mlflow" or name.startswith("mlflow."):
+                del sys.modules[name]
+        raise
     finally:
         for name in held:
             if name in sys.modules and sys.modules[name] is None:
