@@ -100,3 +100,29 @@ def test_unreachable_server_is_a_model_error(monkeypatch: pytest.MonkeyPatch):
 def test_key_written_into_params_is_refused():
     with pytest.raises(ModelError, match="must not be written"):
         LiteLLMModel("openai/gpt-4o-mini", {"api_key": "sk-123"})
+
+
+def test_heavy_imports_pause_the_collector_and_give_it_back_as_it_was():
+    """litellm and mlflow are imported with the cyclic collector paused (gc_pause.py): it must
+    come back as it was, also after an error and inside another pause."""
+    import gc
+
+    from pytest_promptopt.gc_pause import gc_paused
+
+    assert gc.isenabled()
+    with gc_paused():
+        assert not gc.isenabled()
+        with gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the outer pause decides
+    assert gc.isenabled()
+    with pytest.raises(ImportError), gc_paused():
+        raise ImportError("no such library")
+    assert gc.isenabled()
+    gc.disable()  # a user's own choice stays
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

@@ -18,6 +18,7 @@ import os
 import posixpath
 import re
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..gc_pause import gc_paused
 from ..redact import scrub
 from .table_file import split_table_json
 
@@ -81,7 +83,8 @@ def mlflow_calls() -> Iterator[None]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                import mlflow  # noqa: F401  (it sets its logger's level on import, hence the order)
+                with gc_paused() if "mlflow" not in sys.modules else contextlib.nullcontext():
+                    import mlflow  # noqa: F401  (it sets its logger's level on import, hence the order)
             except ImportError as exc:
                 if importlib.util.find_spec("mlflow") is not None:  # installed; a dependency fails
                     raise MlflowReportError(

@@ -27,6 +27,7 @@ read only to explain a crash.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import pickle
@@ -41,6 +42,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from ..gc_pause import gc_paused
 from ..run_json import report_dict
 from ..summary import RunSummary
 from .client import MlflowSettings, mlflow_calls, safe_uri
@@ -272,14 +274,18 @@ def _serve() -> None:
     arrived = threading.Condition()
     threading.Thread(target=_read_frames, args=(sys.stdin.buffer, frames, arrived), daemon=True).start()
     try:
-        with contextlib.suppress(Exception), _holding_back(_OPTIONAL_AT_IMPORT), mlflow_calls():
-            pass  # the import itself, before anything is known
-        target = _next(frames, arrived)
-        if target is None:  # the session does not log to MLflow after all
-            return
-        settings: MlflowSettings = pickle.loads(target)
-        with contextlib.suppress(Exception):  # log_run meets (and reports) any fault again
-            _prepare(settings)
+        with gc_paused():  # importing and opening the store (see gc_pause.py), then:
+            with contextlib.suppress(Exception), _holding_back(_OPTIONAL_AT_IMPORT), mlflow_calls():
+                pass  # the import itself, before anything is known
+            target = _next(frames, arrived)
+            if target is None:  # the session does not log to MLflow after all
+                return
+            settings: MlflowSettings = pickle.loads(target)
+            with contextlib.suppress(Exception):  # log_run meets (and reports) any fault again
+                _prepare(settings)
+            # what is imported and open stays for this short process's life: the collector
+            # need not walk it again while the run is logged
+            gc.freeze()
         data = _next(frames, arrived)
         if data is None:  # the session ended without a run to log
             return
