@@ -554,10 +554,17 @@ def pytest_promptopt_make_model(spec):
 """
 
 
-def test_collection_warms_up_each_model_once(run_pytest, pytester, monkeypatch):
+@pytest.fixture
+def warm_log(pytester, monkeypatch):
+    """The log of WARM_CONFTEST's model (its warm-ups and calls), which every model spec gets."""
     log = pytester.path / "warm.log"
     monkeypatch.setenv("WARM_LOG", str(log))
     pytester.makeconftest(WARM_CONFTEST)
+    return log
+
+
+def test_collection_warms_up_each_model_once(run_pytest, pytester, warm_log):
+    log = warm_log
     pytester.makefile(
         ".promptopt.yaml",
         a="providers: [echo]\nprompts: ['a {{n}}']\ntests: [{vars: {n: 1}}, {vars: {n: 2}}]\n",
@@ -576,12 +583,10 @@ def test_collection_warms_up_each_model_once(run_pytest, pytester, monkeypatch):
 
 
 @pytest.mark.parametrize("mode", ["plain", "xdist"])
-def test_a_model_the_cache_answers_for_every_case_is_not_loaded(run_pytest, pytester, monkeypatch, mode):
+def test_a_model_the_cache_answers_for_every_case_is_not_loaded(run_pytest, pytester, warm_log, mode):
     """A warm rerun needs no model: loading one (litellm's import, the bundled model) would be
     seconds of CPU for nothing. One case the cache does not hold is enough to load it."""
-    log = pytester.path / "warm.log"
-    monkeypatch.setenv("WARM_LOG", str(log))
-    pytester.makeconftest(WARM_CONFTEST)
+    log = warm_log
     suite = "providers: [echo]\nprompts: ['a {{n}}']\ntests: [{vars: {n: 1}}, {vars: {n: 2}}, {vars: {n: 2}}]\n"
     pytester.makefile(".promptopt.yaml", a=suite, b="providers: [echo]\nprompts: ['b']\ntests: [{vars: {}}]\n")
     run_pytest("--promptopt", "--promptopt-concurrency", "1").assert_outcomes(passed=4)
@@ -595,12 +600,10 @@ def test_a_model_the_cache_answers_for_every_case_is_not_loaded(run_pytest, pyte
     assert calls.count("call") == 1 and calls[0] == "warm-up" and calls.count("warm-up") == len(calls) - 1, calls
 
 
-def test_a_file_with_model_graded_checks_still_warms_its_model(run_pytest, pytester, monkeypatch):
+def test_a_file_with_model_graded_checks_still_warms_its_model(run_pytest, pytester, warm_log):
     """Its judges' answers are not known at collection: a hosted judge would import litellm in the
     middle of a test (its warning filters then end with that test). Replay mode never calls."""
-    log = pytester.path / "warm.log"
-    monkeypatch.setenv("WARM_LOG", str(log))
-    pytester.makeconftest(WARM_CONFTEST)
+    log = warm_log
     pytester.makefile(
         ".promptopt.yaml",
         a="providers: [echo]\nprompts: ['a']\ntests: [{vars: {}, assert: [{type: llm-rubric, value: fine}]}]\n",
