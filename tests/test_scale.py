@@ -582,7 +582,7 @@ def test_collection_warms_up_each_model_once(run_pytest, pytester, warm_log):
     assert not log.exists()  # nothing is loaded just to list the cases
 
 
-@pytest.mark.parametrize("mode", ["plain", "xdist"])
+@pytest.mark.parametrize("mode", list(MODES))
 def test_a_model_the_cache_answers_for_every_case_is_not_loaded(run_pytest, pytester, warm_log, mode):
     """A warm rerun needs no model: loading one (litellm's import, the bundled model) would be
     seconds of CPU for nothing. One case the cache does not hold is enough to load it."""
