@@ -246,9 +246,9 @@ def execute_case(
 ) -> CaseResult:
     """Run `case` on `model`, `case.repeats` times (`case_requests`), graded with `judges` for
     its model-graded assertions (through `cache`, counted in the case's calls). Model and
-    assertion faults become
-    `result.error`, never exceptions. A case that cannot run (`case.error`) is that error, without a call.
-    User code (transforms, code checks) runs in `sandbox` (a fresh one for the case without it)."""
+    assertion faults become `result.error`, never exceptions. A case that cannot run
+    (`case.error`) is that error, without a call. User code (transforms, code checks) runs in
+    `sandbox` (a fresh one for the case without it)."""
     if case.error is not None:
         return error_result(case, nodeid, case.error)
     stats = CallStats()

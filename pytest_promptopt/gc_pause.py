@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import sys
 from collections.abc import Iterator
 
-__all__ = ["gc_paused"]
+__all__ = ["gc_paused", "paused_for_first_import"]
 
 
 @contextlib.contextmanager
@@ -27,3 +28,9 @@ def gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+def paused_for_first_import(module: str) -> contextlib.AbstractContextManager[None]:
+    """`gc_paused()` around the import of `module` when it is not imported yet; nothing later
+    (the import then costs a dict lookup, and the collector is left alone)."""
+    return gc_paused() if module not in sys.modules else contextlib.nullcontext()

@@ -18,7 +18,6 @@ import os
 import posixpath
 import re
 import shutil
-import sys
 import tempfile
 import time
 import warnings
@@ -27,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..gc_pause import gc_paused
+from ..gc_pause import paused_for_first_import
 from ..redact import scrub
 from .table_file import split_table_json
 
@@ -83,7 +82,7 @@ def mlflow_calls() -> Iterator[None]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                with gc_paused() if "mlflow" not in sys.modules else contextlib.nullcontext():
+                with paused_for_first_import("mlflow"):
                     import mlflow  # noqa: F401  (it sets its logger's level on import, hence the order)
             except ImportError as exc:
                 if importlib.util.find_spec("mlflow") is not None:  # installed; a dependency fails

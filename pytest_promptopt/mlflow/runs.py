@@ -230,8 +230,9 @@ def _log_suite(
     table: Mapping[str, Sequence[Any]] | None = None,
 ) -> tuple[str, SuitePrompts]:
     """A suite's run, from its first case's start to its last case's end, with its prompt
-    versions registered and linked, its cases as the run's dataset input (`table`: its case
-    table, rendered ahead); its id and versions."""
+    versions registered and linked, its cases as the run's dataset input and `table` (its case
+    table from `render_run`; None for a dataset suite, whose table is read from its parts); its
+    id and versions."""
     versions = prompt_versions(client, suite, problems, prompt_prefix, experiment_key)
     start, end = suite_times(suite, meta)
     child = client.create_run(
@@ -244,8 +245,8 @@ def _log_suite(
         found = templates(suite)
         log_batch(client, child, metrics=suite_metrics(suite, baseline), params=suite_params(suite, found))
         _log_dataset_input(client, child, suite)
-        if suite.cases_file is None:
-            client.log_table(child, table if table is not None else case_table(suite.results), TABLE_FILE)
+        if table is not None:
+            client.log_table(child, table, TABLE_FILE)
         else:
             _log_dataset_cases(client, child, suite, problems)
         text = meta.suite_files.get(suite.info.file)

@@ -122,7 +122,7 @@ class MlflowWriter:
             job = {
                 "run": run,
                 "meta": meta,
-                "rendered": self._job[3],
+                "rendered": rendered,
                 "artifacts": [str(p) for p in artifacts],
                 "pending": str(self._pending) if self._pending else None,
                 "environ": dict(os.environ),  # what logging here would have seen (credentials set meanwhile)

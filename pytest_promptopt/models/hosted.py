@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
 import threading
 import time
 from collections.abc import Mapping
 from typing import Any
 
-from ..gc_pause import gc_paused
+from ..gc_pause import paused_for_first_import
 from ..redact import scrub, without_secrets
 from .base import ModelError, Request, Response, RetryableModelError
 
@@ -43,7 +41,7 @@ def _litellm() -> Any:
         # CI machines are often offline, and the bundled map is enough for cost estimates.
         os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
         try:
-            with gc_paused() if "litellm" not in sys.modules else contextlib.nullcontext():
+            with paused_for_first_import("litellm"):
                 import litellm
         except ImportError:
             raise ModelError("hosted models need litellm: pip install 'pytest-promptopt[litellm]'") from None
