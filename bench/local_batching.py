@@ -27,26 +27,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from concurrency import CONFTEST  # noqa: E402  # stamps the test loop (bench-timing.json)
 from local_model import COUNTRIES  # noqa: E402
 
 TARGET_TOKENS_PER_S = 150.0
-
-# The test loop's start and end, stamped in the run (the controller's, with xdist).
-CONFTEST = """
-import json, time
-import pytest
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtestloop(session):
-    started = time.time()
-    try:
-        return (yield)
-    finally:
-        if not hasattr(session.config, "workerinput"):
-            with open("bench-timing.json", "w") as f:
-                json.dump({"loop": time.time() - started}, f)
-"""
 
 
 def write_suite(folder: Path, cases: int, max_tokens: int) -> None:
@@ -92,7 +76,8 @@ def run(folder: Path, batch: int, tag: str) -> tuple[float, float, int, list[tup
         capture_output=True,
     )
     wall = time.perf_counter() - started
-    loop = json.loads((folder / "bench-timing.json").read_text())["loop"]
+    timing = json.loads((folder / "bench-timing.json").read_text())
+    loop = timing["loop_end"] - timing["loop_start"]
     suite = json.loads(report.read_text())["suites"][0]
     tokens = sum(r.get("completion_tokens") or 0 for r in suite["results"])
     return wall, loop, tokens, sorted((r["case_id"], r["output"], r["passed"]) for r in suite["results"])

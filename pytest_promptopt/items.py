@@ -21,8 +21,6 @@ from .session import PromptoptSession, record_key, session_key
 from .suite.chains import SEQUENCE
 from .suite.model import Case, SuiteError
 
-SKIP_REASON = "prompt test: run it with `pytest --promptopt`"
-
 
 def _case_nodeid(parent: pytest.Collector, name: str) -> Any:
     """pytest >= 9.2 compares structured node ids: `file::name[params]` read back from the
@@ -102,12 +100,8 @@ class SuiteWarning(pytest.PytestWarning):
 
 class SuiteFile(pytest.File):
     def collect(self) -> Iterator[pytest.Item]:
-        session: PromptoptSession | None = self.config.stash.get(session_key, None)
-        if session is None or not session.settings.enabled:
-            # Not parsed at all: without --promptopt the plugin costs nothing.
-            yield DisabledSuite.from_parent(self, name="promptopt")
-            return
-
+        # Only with --promptopt: without it, plugin.py collects a skipped.SkippedSuiteFile instead.
+        session: PromptoptSession = self.config.stash[session_key]
         display = (
             self.path.relative_to(self.config.rootpath).as_posix()
             if self.path.is_relative_to(self.config.rootpath)
@@ -215,14 +209,6 @@ class CaseSequence(pytest.Collector):
     def collect(self) -> Iterator[pytest.Item]:
         for case in self.cases:
             yield CaseItem.from_parent(self, name=case.name, nodeid=_case_nodeid(self, case.name), case=case)
-
-
-class DisabledSuite(pytest.Item):
-    def runtest(self) -> None:
-        pytest.skip(SKIP_REASON)
-
-    def reportinfo(self) -> tuple[Path, int, str]:
-        return self.path, None, self.name
 
 
 class CaseItem(pytest.Item):

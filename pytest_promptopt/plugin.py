@@ -1,7 +1,9 @@
 """pytest entry point (`-p promptopt`): options, markers, hooks and fixtures; wiring only.
 
 Every hook hands off to the `PromptoptSession` kept in `config.stash`. Nothing heavy is imported
-here: without `--promptopt` the plugin only checks file names during collection.
+here, and without `--promptopt` there is no session: the plugin checks file names during
+collection and skips prompt tests, importing only `options`, `suite/names` and `skipped`, so an
+ordinary `pytest` run costs what plain pytest costs.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from typing import Any
 import pytest
 
 from .options import OPTIONS
-from .settings import Settings
 
 PYTHON_FIXTURES = ("prompt_model", "prompt_check")
 RUN_TOKEN_INPUT = "promptopt_run_token"  # workerinput key: the controller's session token
@@ -67,15 +68,23 @@ def _wants_mlflow(config: pytest.Config) -> bool:
     return str(off or "").strip().lower() not in ("1", "true", "yes", "on")
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    from .session import PromptoptSession, session_key
+def _enabled(config: pytest.Config) -> bool:
+    """--promptopt given: only then is there a session (nothing else is parsed or imported)."""
+    return bool(config.getoption("promptopt"))
 
+
+def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "promptopt(suite=None, gates=None, model=None, repeat=None): a Python prompt test; `suite` groups tests "
         "into one gated suite, `gates` sets its thresholds (e.g. {'pass_rate': 0.8}), `model` overrides the model, "
         "`repeat` takes N independent samples (one item each, one case in the statistics)",
     )
+    if not _enabled(config):
+        return  # a bad ini value must not break an ordinary pytest run: nothing is parsed
+    from .session import PromptoptSession, session_key
+    from .settings import Settings
+
     settings = Settings.from_config(config)
     workerinput = getattr(config, "workerinput", {})
     if settings.backend == "spark" and (workerinput or getattr(config.option, "numprocesses", None)):
@@ -90,7 +99,7 @@ def pytest_configure(config: pytest.Config) -> None:
         workers=int(workerinput.get("workercount", 1)),
     )
     config.stash[session_key] = state
-    if state.is_controller and settings.enabled:
+    if state.is_controller:
         state.start()  # report paths writable, response cache usable: before any case runs
         config.pluginmanager.register(ControllerHooks(state), "promptopt-controller")
         # Progress line (report/progress.py): controller only, and never under -q.
@@ -101,11 +110,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    from .session import session_key
+    if _enabled(config):
+        from .session import session_key
 
-    session = config.stash.get(session_key, None)
-    if session is not None:
-        session.close()
+        session = config.stash.get(session_key, None)
+        if session is not None:
+            session.close()
     spawned = config.stash.get(_spawned_key, None)
     if spawned is not None:  # never handed to a session (no session started): stop it
         del config.stash[_spawned_key]
@@ -127,24 +137,30 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """xdist: a scheduler that keeps each worker's look-ahead window of prompt cases full
     (runners/scheduling.py); None (xdist's own) without --promptopt or on Spark."""
+    if not _enabled(config):
+        return None
     from .runners.scheduling import make_scheduler
     from .session import session_key
 
     session = config.stash.get(session_key, None)
-    if session is None or not session.settings.enabled or session.settings.backend == "spark":
+    if session is None or session.settings.backend == "spark":
         return None
     scale = session.settings.scale
     return make_scheduler(config, log, concurrency=scale.concurrency, batch_size=scale.batch_size)
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
-    from .suite.document import is_suite_file
+    from .suite.names import is_suite_file
 
-    if is_suite_file(file_path):
-        from .items import SuiteFile
+    if not is_suite_file(file_path):
+        return None
+    if not _enabled(parent.config):
+        from .skipped import SkippedSuiteFile  # not parsed at all
 
-        return SuiteFile.from_parent(parent, path=file_path)
-    return None
+        return SkippedSuiteFile.from_parent(parent, path=file_path)
+    from .items import SuiteFile
+
+    return SuiteFile.from_parent(parent, path=file_path)
 
 
 def _is_python_prompt_test(item: pytest.Item) -> bool:
@@ -155,13 +171,11 @@ def _is_python_prompt_test(item: pytest.Item) -> bool:
 
 @pytest.hookimpl(trylast=True)  # after @parametrize: the sample's id comes last (`test_x[a-repeat2of3]`)
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if not _enabled(metafunc.config) or not _is_python_prompt_test(metafunc.definition):
+        return
     from .session import session_key
 
     settings = metafunc.config.stash[session_key].settings
-    if not settings.enabled:
-        return
-    if not _is_python_prompt_test(metafunc.definition):
-        return
     from .python_tests import REPEAT_FIXTURE, python_repeats
     from .repeats import repeat_id
 
@@ -176,15 +190,16 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    from .items import SKIP_REASON
-    from .session import session_key
-
-    if config.stash[session_key].settings.enabled:
+    if _enabled(config):
         _check_python_suites(items)
         return
-    skip = pytest.mark.skip(reason=SKIP_REASON)
+    skip = None
     for item in items:
         if isinstance(item, pytest.Function) and _is_python_prompt_test(item):
+            if skip is None:
+                from .skipped import SKIP_REASON
+
+                skip = pytest.mark.skip(reason=SKIP_REASON)
             item.add_marker(skip)
 
 
@@ -280,9 +295,11 @@ def prompt_check(request: pytest.FixtureRequest) -> Any:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    report = yield
+    if not _enabled(item.config):
+        return report  # no prompt test runs: they were skipped
     from .session import RECORD_ATTR, record_key
 
-    report = yield
     recorder = item.stash.get(_recorder_key, None)
     prompt_item = recorder is not None or getattr(item, "promptopt_item", False)  # items.CaseItem, DatasetItem
     if prompt_item and call.excinfo is not None and call.when != "teardown" and _raised_key not in item.stash:

@@ -35,8 +35,8 @@ from .runners.pool import CaseRunner
 from .sandbox import Sandbox
 from .settings import Settings
 from .suite.chains import SEQUENCE, ChainRuns
-from .suite.document import is_suite_file
 from .suite.model import Case, Repeats, SuiteInfo
+from .suite.names import is_suite_file
 from .summary import RunSummary, suite_outcomes, summarize, summarize_suites
 
 __all__ = ["NOTICES_ATTR", "RECORD_ATTR", "PromptoptSession", "record_key", "session_key"]
@@ -79,7 +79,7 @@ class PromptoptSession:
             else (os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(settings.rootdir / 'mlflow.db').as_posix()}")
         )
         self.registry = PromptResolver(uri, settings.cache_path.parent / "registry" / f"{self.run_token}.json")
-        if settings.enabled and is_controller:
+        if is_controller:
             self.registry.publish()  # for Prompt.from_registry in test modules, here and in xdist workers
         self._make_model = make_model
         # How cases run, for the runner and Spark: this process's share of the run's budgets.
@@ -411,7 +411,7 @@ class PromptoptSession:
         is a writer the plugin started as soon as the command line asked for MLflow."""
         if self._writer is not None:
             return
-        if not (self.is_controller and self.settings.enabled and self.settings.mlflow is not None):
+        if not (self.is_controller and self.settings.mlflow is not None):
             if spawned is not None:
                 spawned.close()
             return

@@ -14,7 +14,7 @@ import pytest
 from .baseline import BaselineRef, Regression
 from .cache import CacheMode
 from .mlflow.client import MlflowSettings
-from .models.specs import BUNDLED, ModelSpec, local_runtime_choice, parse_model_spec
+from .models.specs import ModelSpec, local_runtime_choice, parse_model_spec
 from .options import DEFAULT_BASELINE, OPTIONS, Option
 from .repair.config import OPTIMIZERS, Given, RepairSettings
 from .runners.limits import DEFAULT_CONCURRENCY, DEFAULT_RETRIES, RateLimit, parse_rate_limits
@@ -39,7 +39,8 @@ class Scale:
 
 @dataclass(frozen=True)
 class Settings:
-    enabled: bool
+    """A run's options, parsed once; made only when --promptopt is given (plugin.py)."""
+
     model: ModelSpec
     cache_mode: CacheMode
     cache_path: Path
@@ -78,18 +79,6 @@ class Settings:
     @classmethod
     def from_config(cls, config: Any) -> Settings:
         rootdir = Path(str(config.rootpath))
-        if not config.getoption("promptopt"):
-            # Without --promptopt nothing runs, so nothing is parsed: a bad ini value must not
-            # break an ordinary pytest run.
-            return cls(
-                False,
-                ModelSpec(BUNDLED),
-                CacheMode.READWRITE,
-                rootdir / ".promptopt" / "cache.sqlite",
-                None,
-                60.0,
-                rootdir,
-            )
 
         def value(option: Option) -> Any:
             dest = option.flag.lstrip("-").replace("-", "_")
@@ -137,7 +126,6 @@ class Settings:
         if not parsed("--promptopt-no-mlflow", _boolean):
             mlflow = _mlflow_settings(config, rootdir, cache_dir / "pending", parsed)
         return cls(
-            enabled=True,
             model=parsed("--promptopt-model", model),
             cache_mode=parsed("--promptopt-cache", cache_mode),
             cache_path=cache_dir / "cache.sqlite",

@@ -52,12 +52,29 @@ def test_a_run_without_promptopt_loads_nothing_heavy(pytester):
         fuzzed="prompts: ['{{x}}']\nfuzz: {vars: {x: {type: string}}, assert: [{type: is-json}]}\n",
     )
     pytester.makepyfile(test_a="def test_a():\n    pass\n")
+    pytester.makepyfile(
+        test_prompts="def test_p(prompt_model):\n    pass\n",  # a Python prompt test: skipped too
+    )
     pytester.makeconftest(
         "import sys\n"
         f"HEAVY = {HEAVY!r}\n"
         "def pytest_sessionfinish(session):\n"
         "    open('loaded.txt', 'w').write(','.join(m for m in HEAVY if m in sys.modules))\n"
+        "    open('own.txt', 'w').write(','.join(sorted(m for m in sys.modules if m.startswith('pytest_promptopt'))))\n"
     )
-    result = pytester.runpytest_subprocess("-p", "no:hypothesispytest")
-    result.assert_outcomes(passed=1, skipped=2)
+    result = pytester.runpytest_subprocess("-p", "no:hypothesispytest", "-rs")
+    result.assert_outcomes(passed=1, skipped=3)
+    result.stdout.fnmatch_lines(["*run it with `pytest --promptopt`*"])
     assert (pytester.path / "loaded.txt").read_text() == ""
+    # Nothing parsed, no session: only the modules that name the options, recognise suite files
+    # and skip (plus what options.py's defaults come from), not settings, session or items.
+    own = set((pytester.path / "own.txt").read_text().split(","))
+    assert not own & {
+        "pytest_promptopt.settings",
+        "pytest_promptopt.session",
+        "pytest_promptopt.items",
+        "pytest_promptopt.suite.model",
+        "pytest_promptopt.suite.document",
+        "pytest_promptopt.python_tests",
+    }, own
+    assert {"pytest_promptopt.plugin", "pytest_promptopt.skipped", "pytest_promptopt.suite.names"} <= own

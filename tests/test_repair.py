@@ -79,7 +79,7 @@ def pytest_unconfigure(config):
         return
     from pytest_promptopt.session import session_key
     state = config.stash.get(session_key, None)
-    if state is not None and state.settings.enabled:
+    if state is not None:
         with open("repairs.json", "w") as f:
             json.dump([r.to_dict() for r in state.summary().repairs], f)
 """ % (ANTONYMS,)

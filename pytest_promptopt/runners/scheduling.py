@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from ..suite.chains import SEQUENCE
-from ..suite.document import is_suite_file
+from ..suite.names import is_suite_file
 from .pool import lookahead_window
 
 __all__ = ["is_case_nodeid", "make_scheduler", "sequence_of", "worker_window"]

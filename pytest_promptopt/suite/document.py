@@ -20,15 +20,8 @@ from .model import SuiteError, SuiteLimits
 
 Path_ = tuple[str | int, ...]
 
-SUITE_SUFFIXES = (".promptopt.yaml", ".promptopt.yml", ".promptopt.json")
-PROMPTFOO_NAMES = ("promptfooconfig.yaml", "promptfooconfig.yml", "promptfooconfig.json")
 MAX_DEPTH = 100  # mappings and lists inside each other; JSON's reader gives up near 1000
 ALIAS_OPTION = "--promptopt-max-alias-nodes (ini promptopt_max_alias_nodes)"
-
-
-def is_suite_file(path: Path) -> bool:
-    """Whether pytest collects `path` as a suite file (by its name only: nothing is read)."""
-    return path.name.endswith(SUITE_SUFFIXES) or path.name in PROMPTFOO_NAMES
 
 
 @dataclass(frozen=True)
