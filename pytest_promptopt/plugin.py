@@ -1,9 +1,10 @@
 """pytest entry point (`-p promptopt`): options, markers, hooks and fixtures; wiring only.
 
-Every hook hands off to the `PromptoptSession` kept in `config.stash`. Nothing heavy is imported
-here, and without `--promptopt` there is no session: the plugin checks file names during
-collection and skips prompt tests, importing only `options`, `suite/names` and `skipped`, so an
-ordinary `pytest` run costs what plain pytest costs.
+With `--promptopt`, every hook hands off to the `PromptoptSession` kept in `config.stash`. Nothing
+heavy is imported here, and without `--promptopt` there is no session: the plugin checks file
+names during collection and skips prompt tests (`suite/names.py`, `skipped.py`), and imports
+neither the settings nor the session, so an ordinary `pytest` run costs about what plain pytest
+costs (docs/performance.md, "Without --promptopt").
 """
 
 from __future__ import annotations
@@ -68,12 +69,29 @@ def _wants_mlflow(config: pytest.Config) -> bool:
     return str(off or "").strip().lower() not in ("1", "true", "yes", "on")
 
 
+_enabled_key = pytest.StashKey[bool]()
+
+
 def _enabled(config: pytest.Config) -> bool:
-    """--promptopt given: only then is there a session (nothing else is parsed or imported)."""
-    return bool(config.getoption("promptopt"))
+    """Whether this run has a session: --promptopt as `pytest_configure` saw it (read once, so a
+    later change to `config.option` cannot leave hooks looking for a session never made)."""
+    return config.stash.get(_enabled_key, False)
+
+
+def _session(request: pytest.FixtureRequest) -> Any:
+    """The run's session, for a fixture; without --promptopt a prompt test is skipped even when
+    it reaches a fixture past the skip marker (`request.getfixturevalue`, a doctest)."""
+    if not _enabled(request.config):
+        from .skipped import SKIP_REASON
+
+        pytest.skip(SKIP_REASON)
+    from .session import session_key
+
+    return request.config.stash[session_key]
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_enabled_key] = bool(config.getoption("promptopt"))
     config.addinivalue_line(
         "markers",
         "promptopt(suite=None, gates=None, model=None, repeat=None): a Python prompt test; `suite` groups tests "
@@ -258,10 +276,9 @@ def prompt_model(request: pytest.FixtureRequest) -> Any:
     Returns a `Response` (`.text`, `.latency_ms`, `.prompt_tokens`, `.completion_tokens`, `.cost`),
     through the response cache. `@pytest.mark.promptopt(model="openai/gpt-4o-mini")` overrides it.
     """
+    session = _session(request)
     from .python_tests import ModelClient, python_model_spec
-    from .session import session_key
 
-    session = request.config.stash[session_key]
     marker = request.node.get_closest_marker("promptopt")
     spec = python_model_spec(marker, session.settings.model, request.node.nodeid, session)
     return ModelClient(session, spec, _recorder(request))
@@ -282,10 +299,9 @@ def prompt_check(request: pytest.FixtureRequest) -> Any:
     Fails the test with the output and each assertion's score; in a suite with gates, a failing
     check is reported as an expected failure ("tolerated by gate ...") and the gates decide.
     """
+    session = _session(request)
     from .python_tests import PromptCheck
-    from .session import session_key
 
-    session = request.config.stash[session_key]
     recorder = _recorder(request)
     gates = ", ".join(g.describe() for g in recorder.suite.gates) or None
     return PromptCheck(

@@ -89,10 +89,25 @@ def test_without_promptopt_prompt_tests_are_skipped_with_how_to_run(pytester, ru
         @pytest.mark.promptopt(suite="x")
         def test_marked():
             raise AssertionError("must not run")
+
+        def test_fetched(request):  # past the skip marker: the fixture skips it
+            request.getfixturevalue("prompt_model")
+            raise AssertionError("must not run")
+        """
+    )
+    # A plugin turning the option on after the session was decided: still no session, and no
+    # hook looks for one.
+    pytester.makeconftest(
+        """
+        import pytest
+
+        @pytest.hookimpl(trylast=True)
+        def pytest_configure(config):
+            config.option.promptopt = True
         """
     )
     result = run_pytest("-rs", *mode)
-    result.assert_outcomes(passed=1, skipped=3)
+    result.assert_outcomes(passed=1, skipped=4)
     result.stdout.fnmatch_lines(["*prompt test: run it with `pytest --promptopt`*"])
     assert "promptopt summary" not in result.stdout.str()
 
