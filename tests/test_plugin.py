@@ -109,6 +109,9 @@ def test_without_promptopt_prompt_tests_are_skipped_with_how_to_run(pytester, ru
     result = run_pytest("-rs", *mode)
     result.assert_outcomes(passed=1, skipped=4)
     result.stdout.fnmatch_lines(["*prompt test: run it with `pytest --promptopt`*"])
+    # The suite file is the skip's place, not the plugin's source.
+    result.stdout.fnmatch_lines(["SKIPPED [[]1[]] qa.promptopt.yaml*: prompt test: run it with `pytest --promptopt`"])
+    assert "pytest_promptopt" not in result.stdout.str()
     assert "promptopt summary" not in result.stdout.str()
 
 
