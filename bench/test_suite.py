@@ -83,7 +83,7 @@ def main() -> None:
             outcome, wall, cpu, load_before, load_after = run(ref, args.workers, args.python)
             walls[ref].append(wall)
             print(
-                f"run {n + 1} {ref}: {outcome}; wall {wall:.0f} s ({wall / 60:.0f}:{wall % 60:02.0f}); machine CPU {cpu:.0f} s "
+                f"run {n + 1} {ref}: {outcome}; wall {wall:.0f} s ({int(wall // 60)}:{int(wall % 60):02d}); machine CPU {cpu:.0f} s "
                 f"({cpu / (wall * (os.cpu_count() or 1)):.0%} of the cores); load average {load_before:.1f} -> {load_after:.1f}",
                 flush=True,
             )
