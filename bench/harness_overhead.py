@@ -310,6 +310,14 @@ def unavailable(tool: str) -> str | None:
     return None
 
 
+def first_on_pythonpath(env: dict[str, str], checkout: str | Path | None) -> dict[str, str]:
+    """`env` with `checkout` first on PYTHONPATH, so that its plugin is the one that runs (a
+    before/after comparison, `--source`); None leaves `env` as it is."""
+    if checkout:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(checkout), env.get("PYTHONPATH")]))
+    return env
+
+
 def environment(folder: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in DROP_ENV}
     env.update(OFFLINE_ENV)

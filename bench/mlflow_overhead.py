@@ -37,7 +37,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from harness_overhead import environment, promptopt  # noqa: E402
+from harness_overhead import environment, first_on_pythonpath, promptopt  # noqa: E402
 
 KINDS = ("off", "warm", "fresh", "first")
 
@@ -49,8 +49,7 @@ def run_once(kind: str, cases: int, workers: list[str], source: Path, home: Path
         folder = Path(tmp)
         command, check = promptopt(folder, cases, mlflow=kind != "off")
         command += workers
-        env = environment(folder)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source), env.get("PYTHONPATH")]))
+        env = first_on_pythonpath(environment(folder), source)
         env["PROMPTOPT_HOME"] = str(home)
         if kind == "first":
             env["PROMPTOPT_HOME"] = str(folder / "home")

@@ -29,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from concurrency import PYTHON, Server, bench_env, write_suite  # noqa: E402  (a sibling script)
+from harness_overhead import first_on_pythonpath  # noqa: E402
 
 CONFTEST = """
 import os, sys
@@ -43,9 +44,7 @@ def run(folder: Path, cases: int, workers: int, source: str | None) -> tuple[flo
     command = [PYTHON, "-m", "pytest", "--promptopt", "--promptopt-no-mlflow", "-q", "-p", "no:cacheprovider"]
     if workers > 1:
         command += ["-n", str(workers)]
-    env = bench_env()
-    if source:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [source, env.get("PYTHONPATH")]))
+    env = first_on_pythonpath(bench_env(), source)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     proc = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=600)
