@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -79,6 +80,21 @@ def pytest_configure(config: pytest.Config) -> None:
     share_the_machine_cache()
     let_children_cache_bytecode()
     start_spark_for_short_runs()
+    collect_garbage_less_often()
+
+
+def collect_garbage_less_often() -> None:
+    """Run Python's cyclic garbage collector less often in the suite's own processes.
+
+    They import mlflow, SQLAlchemy, litellm, torch and pyspark (millions of objects that live as
+    long as the process), and pytester's in-process runs parse and rewrite test files in bursts of
+    short-lived objects. With the default thresholds (700, 10, 10) those bursts set off full
+    collections that walk the whole heap: one worker of the README's test command spent 49 of its
+    172 s of CPU collecting, 19 s of it after `ast.parse` (measured with `gc.callbacks`,
+    docs/performance.md). Fewer young collections and a full one only every 100 of the middle
+    generation's keep the same garbage collected, later; the processes stay near 330 MB.
+    """
+    gc.set_threshold(10_000, 20, 100)
 
 
 def share_the_machine_cache() -> None:
@@ -121,6 +137,42 @@ def start_spark_for_short_runs() -> None:
     the code the JVM runs, and so every result, is the same. docs/spark.md gives users the same option.
     """
     os.environ.setdefault("SPARK_SUBMIT_OPTS", SHORT_RUN_JVM)
+
+
+# Third-party pytest plugins this environment has for other reasons: hypothesis' (the suite's own
+# property tests; at the terminal summary it imports all of hypothesis, ~190 ms) and anyio's (a
+# dependency of httpx; it imports trio, which selenium brings, ~90 ms). The plugin under test does
+# not meet them, yet each of the ~320 pytest processes the tests start (pytester's subprocess runs,
+# their xdist workers) paid for them: one test in a fresh pytest took 0.69 s of CPU with them and
+# 0.30 s without (docs/performance.md, "The project's test suite"). Child runs leave them out;
+# runs in this process still have both (imported here already, they cost nothing there).
+OTHER_PLUGINS_OFF = ("-p", "no:anyio", "-p", "no:hypothesispytest")
+PYTEST = (sys.executable, "-m", "pytest", *OTHER_PLUGINS_OFF)  # a test's `pytest` in a child process
+
+
+@pytest.fixture
+def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """pytester, with its subprocess runs started as `PYTEST` (above), and the configs it parses
+    (`parseconfig`, `parseconfigure`, `getitem`) unconfigured without `gc.collect()`.
+
+    pytest's unraisable-exception plugin runs `gc.collect()` twice when a config is unconfigured;
+    pytester turns that off for its in-process runs ("slows down inline pytester runs too much")
+    but not for the configs it parses. In this process, with mlflow, SQLAlchemy and litellm
+    imported, each collection walks millions of objects (~0.45 s): a test of settings that parses
+    eight configs spent 7.5 of its 14.6 s of CPU in them.
+    """
+    from _pytest.unraisableexception import gc_collect_iterations_key
+
+    parse = pytester.parseconfig
+
+    def parseconfig(*args: str | os.PathLike[str]) -> pytest.Config:
+        config = parse(*args)
+        config.stash[gc_collect_iterations_key] = 0
+        return config
+
+    monkeypatch.setattr(pytester, "parseconfig", parseconfig)
+    monkeypatch.setattr(pytester, "_getpytestargs", lambda: PYTEST)
+    return pytester
 
 
 @pytest.fixture(params=list(MODES), ids=list(MODES))

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import load_report
+from conftest import PYTEST, load_report
 from fake_openai import FakeOpenAI, Reply
 
 from pytest_promptopt import FakeModel, Request
@@ -60,7 +60,7 @@ def read_only_pytest(
 ) -> subprocess.CompletedProcess[str]:
     """`pytest --promptopt ARGS` in `project`, with `project` mounted read-only for that process only."""
     script = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && cd "$1" && shift && exec "$@"'
-    command = [sys.executable, "-m", "pytest", f"--basetemp={basetemp}", "-p", "no:cacheprovider", "--promptopt"]
+    command = [*PYTEST, f"--basetemp={basetemp}", "-p", "no:cacheprovider", "--promptopt"]
     return subprocess.run(
         ["unshare", "-m", "sh", "-c", script, "sh", str(project), *command, "--promptopt-no-mlflow", *args],
         capture_output=True,

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ECHO_SUITE, MODES
+from conftest import ECHO_SUITE, MODES, PYTEST
 from test_mlflow import free_port, migrated_store, offline_mlflow, sqlite_uri  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.timeout(300)
@@ -155,7 +155,7 @@ class _Forward(http.server.BaseHTTPRequestHandler):
 
 
 def pytest_command(path: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--promptopt", *args]
+    return [*PYTEST, "-p", "no:cacheprovider", "--promptopt", *args]
 
 
 def start_pytest(path: Path, *args: str) -> subprocess.Popen[str]:

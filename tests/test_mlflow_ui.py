@@ -19,13 +19,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import PYTEST
 from model_servers import mlflow_gateway_server
 from test_gateway import browser  # noqa: F401  (a fixture: headless Chromium, offline)
 from test_mlflow import free_port, migrated_store  # noqa: F401  (a fixture)
@@ -86,7 +86,7 @@ def logged(server: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, A
     for prompt in PROMPTS:
         (project / "capitals.promptopt.yaml").write_text(CAPITALS.format(prompt=prompt))
         done = subprocess.run(
-            [sys.executable, "-m", "pytest", "--promptopt", "-p", "no:randomly", "-p", "no:cacheprovider"]
+            [*PYTEST, "--promptopt", "-p", "no:randomly", "-p", "no:cacheprovider"]
             + ["--promptopt-mlflow-uri", server, "--promptopt-experiment", EXPERIMENT],
             cwd=project,
             capture_output=True,

@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import MODES, load_report
+from conftest import MODES, PYTEST, load_report
 from fake_openai import FakeOpenAI, echo_last_user_message
 
 DATA = Path(__file__).parent / "data" / "promptfoo_code"
@@ -29,7 +28,7 @@ def ours(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     for area in AREAS:
         shutil.copytree(DATA / area, work / area)
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "--promptopt", "--promptopt-no-mlflow", "--promptopt-cache", "off"]
+        [*PYTEST, "--promptopt", "--promptopt-no-mlflow", "--promptopt-cache", "off"]
         + ["-p", "no:cacheprovider", "--promptopt-report", "report.json", "-q", *MODES[request.param], *AREAS],
         cwd=work,
         capture_output=True,

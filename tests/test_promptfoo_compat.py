@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import load_report
+from conftest import PYTEST, load_report
 
 DATA = Path(__file__).parent / "data" / "promptfoo"
 EXPECTED = json.loads((DATA / "expected.json").read_text())
@@ -29,7 +29,6 @@ def position_in_tests(test_idx: int) -> int:
 @pytest.fixture(scope="module")
 def our_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     import subprocess
-    import sys
 
     work = tmp_path_factory.mktemp("promptfoo")
     for item in DATA.iterdir():
@@ -37,9 +36,7 @@ def our_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
             shutil.copy(item, work / item.name)
     proc = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "pytest",
+            *PYTEST,
             "--promptopt",
             "-p",
             "no:cacheprovider",

@@ -13,11 +13,10 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import load_report
+from conftest import PYTEST, load_report
 
 DATA = Path(__file__).parent / "data" / "promptfoo-format"
 FOLDERS = sorted(p.name for p in DATA.iterdir() if (p / "expected.json").exists())
@@ -36,7 +35,7 @@ def run_folder(folder: str, tmp: Path, *args: str) -> tuple[dict, subprocess.Com
     shutil.copytree(DATA / folder, work)
     (work / "expected.json").unlink()
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "--promptopt", "-p", "no:cacheprovider", "-p", "no:randomly"]
+        [*PYTEST, "--promptopt", "-p", "no:cacheprovider", "-p", "no:randomly"]
         + ["--promptopt-no-mlflow", "--promptopt-cache", "off", "--promptopt-report", "report.json", "-q"]
         + list(args)
         + ["promptfooconfig.yaml"],
