@@ -5,6 +5,7 @@ process (modules, classes, functions, pydantic models), and the collector walks 
 again while they are being made: 15-20% of the import (litellm 3.75 -> 2.98 s of CPU here, mlflow
 with its SQL stores 1.81 -> 1.54 s; docs/performance.md#heavy-imports-without-the-collector).
 Nothing an import makes is garbage worth collecting early, so the collector waits for the end.
+The bundled model's first-run preparation gets the same, and more (`existing_objects_frozen`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import gc
 import sys
 from collections.abc import Iterator
 
-__all__ = ["gc_paused", "paused_for_first_import"]
+__all__ = ["existing_objects_frozen", "gc_paused", "paused_for_first_import"]
 
 
 @contextlib.contextmanager
@@ -34,3 +35,22 @@ def paused_for_first_import(module: str) -> contextlib.AbstractContextManager[No
     """`gc_paused()` around the import of `module` when it is not imported yet; nothing later
     (the import then costs a dict lookup, and the collector is left alone)."""
     return gc_paused() if module not in sys.modules else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def existing_objects_frozen() -> Iterator[None]:
+    """In the block, collections walk only the objects made in it: for library code that calls
+    `gc.collect()` itself, again and again. CTranslate2's converters collect after each layer
+    they convert (to free a large model's memory early), and with torch, transformers and the
+    model's tokenizer loaded each of those collections walks millions of objects: 30 of them were
+    7 of the 27 s of the bundled model's first-run preparation (docs/performance.md). The objects
+    that existed before go back to the collector afterwards (`gc.unfreeze`). A process that
+    froze objects itself keeps its own choice: the block then changes nothing."""
+    if gc.get_freeze_count():  # unfreezing would hand back what the process froze for itself
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()

@@ -244,12 +244,15 @@ def test_a_copy_an_older_version_made_is_kept_and_its_marker_upgraded(tmp_path):
 
 _PREPARE = textwrap.dedent(
     """
-    import json, sys
+    import gc, json, sys
     from pathlib import Path
     from pytest_promptopt.models.local_weights import prepare
+    frozen = []  # at each full collection: how many objects it was told to skip
+    gc.callbacks.append(lambda phase, info: phase == "start" and info["generation"] == 2 and frozen.append(gc.get_freeze_count()))
     sys.stdin.readline()  # both processes start converting together
     prepared = prepare(Path(sys.argv[1]), Path(sys.argv[2]), ctranslate2=True)
-    print(json.dumps({"built": list(prepared.built), "ct2_dir": str(prepared.ct2_dir)}))
+    print(json.dumps({"built": list(prepared.built), "ct2_dir": str(prepared.ct2_dir), "frozen": frozen,
+                      "after": gc.get_freeze_count()}))
     """
 )
 
@@ -278,6 +281,12 @@ def test_two_processes_preparing_the_ctranslate2_copy_at_once_build_it_once(tmp_
     assert all(proc.returncode == 0 for proc in procs), [err[-2000:] for _, err in outputs]
     results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
     assert sorted(r["built"] for r in results) == [[], ["ctranslate2"]]  # one converted, the other waited
+    # CTranslate2's converter collects after each of the 30 layers; those collections skip the
+    # objects that existed before the conversion (torch, transformers, the model), which go back
+    # to the collector afterwards (gc_pause.existing_objects_frozen).
+    (converted,) = [r for r in results if r["built"]]
+    assert sum(skipped > 100_000 for skipped in converted["frozen"]) >= 30, converted["frozen"]
+    assert converted["after"] == 0
     ct2_dir = Path(results[0]["ct2_dir"])
     assert results[1]["ct2_dir"] == str(ct2_dir) and (ct2_dir / "model.bin").is_file()
     assert json.loads((ct2_dir / local_weights.MARKER).read_text())["quantization"] == "float32"
@@ -390,6 +399,7 @@ _DEQUANTISE = textwrap.dedent(
     """
     import contextlib, hashlib, json, sys
     import gguf
+    from pytest_promptopt.gc_pause import gc_paused
     from pytest_promptopt.models import local_weights
     built = []
     original = gguf.GGUFReader
@@ -403,7 +413,8 @@ _DEQUANTISE = textwrap.dedent(
         built.clear()
         # "plain": transformers as it comes, a reader per call
         local_weights._one_gguf_reader = contextlib.nullcontext if way == "plain" else once
-        model, tokenizer = local_weights._dequantise(local_weights.locate_gguf())
+        with gc_paused():  # as the preparation runs it (local_weights._build_copy)
+            model, tokenizer = local_weights._dequantise(local_weights.locate_gguf())
         digest = hashlib.sha256()
         for name, tensor in sorted(model.state_dict().items()):
             digest.update(name.encode() + tensor.contiguous().numpy().tobytes())

@@ -97,6 +97,46 @@ def test_unreachable_server_is_a_model_error(monkeypatch: pytest.MonkeyPatch):
         model.generate(Request.from_prompt("hi"))
 
 
+def test_collections_in_a_frozen_block_skip_the_objects_made_before_it():
+    """gc_pause.existing_objects_frozen: a cycle made before the block and dropped inside it
+    survives the block's own collections, and is collected after it; a process's own freeze is
+    left as it was."""
+    import gc
+    import weakref
+
+    from pytest_promptopt.gc_pause import existing_objects_frozen
+
+    class Node:
+        me: object = None
+
+    def cycle() -> weakref.ref[Node]:
+        node = Node()
+        node.me = node
+        return weakref.ref(node)
+
+    gc.disable()  # no automatic collection between the steps, only the test's own
+    try:
+        gc.collect()
+        made_before = cycle()
+        with existing_objects_frozen():
+            assert gc.get_freeze_count() > 0
+            made_inside = cycle()
+            gc.collect()
+            assert made_before() is not None  # skipped: it existed before the block
+            assert made_inside() is None  # collected: made in the block
+        assert gc.get_freeze_count() == 0
+        gc.collect()
+        assert made_before() is None  # back with the collector
+        gc.freeze()  # a process that froze objects itself
+        frozen = gc.get_freeze_count()
+        with existing_objects_frozen():
+            pass
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
+        gc.enable()
+
+
 def test_key_written_into_params_is_refused():
     with pytest.raises(ModelError, match="must not be written"):
         LiteLLMModel("openai/gpt-4o-mini", {"api_key": "sk-123"})

@@ -12,7 +12,7 @@ not part of the response cache's key. Sampled requests (temperature > 0) always 
 transformers, so a seed gives the same draws whichever runtime is chosen.
 
 Loading is lazy and happens once per process and runtime (a memo of loaded runtimes): the first
-`generate` prepares the weights if this machine has not yet (~40 s, once) and loads them
+`generate` prepares the weights if this machine has not yet (~25 s, once) and loads them
 (CTranslate2 ~2 s, transformers ~3-15 s).
 
 Parameters (constructor defaults, overridden per request): `max_tokens` (128), `temperature`
