@@ -127,11 +127,12 @@ def test_collections_in_a_frozen_block_skip_the_objects_made_before_it():
         assert gc.get_freeze_count() == 0
         gc.collect()
         assert made_before() is None  # back with the collector
-        gc.freeze()  # a process that froze objects itself
-        frozen = gc.get_freeze_count()
+        gc.freeze()  # a process that froze objects itself: the block freezes nothing more
+        made_after_own_freeze = cycle()
         with existing_objects_frozen():
-            pass
-        assert gc.get_freeze_count() == frozen
+            gc.collect()
+            assert made_after_own_freeze() is None
+        assert gc.get_freeze_count() > 0  # and unfreezes nothing of its own
     finally:
         gc.unfreeze()
         gc.enable()
