@@ -21,7 +21,8 @@ __all__ = ["existing_objects_frozen", "gc_paused", "paused_for_first_import"]
 @contextlib.contextmanager
 def gc_paused() -> Iterator[None]:
     """The collector off for the block, then as it was. Process-wide: other threads' garbage
-    waits too, for the seconds of an import; nested blocks leave it to the outermost."""
+    waits too, for the seconds of an import or of the bundled model's GGUF parse; nested blocks
+    leave it to the outermost."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -42,10 +43,12 @@ def existing_objects_frozen() -> Iterator[None]:
     """In the block, collections walk only the objects made in it: for library code that calls
     `gc.collect()` itself, again and again. CTranslate2's converters collect after each layer
     they convert (to free a large model's memory early), and with torch, transformers and the
-    model's tokenizer loaded each of those collections walks millions of objects: 30 of them were
-    7 of the 27 s of the bundled model's first-run preparation (docs/performance.md). The objects
-    that existed before go back to the collector afterwards (`gc.unfreeze`). A process that
-    froze objects itself keeps its own choice: the block then changes nothing."""
+    model's tokenizer loaded each of those collections walks millions of objects: with the GGUF's
+    parse, the collector took 9.0 of the 29.8 s of the bundled model's first-run preparation
+    (docs/performance.md). The objects that existed before go back to the collector afterwards
+    (`gc.unfreeze`). Process-wide: what other threads made before the block is skipped too, until
+    it ends. A process that froze objects itself keeps its own choice: the block then changes
+    nothing."""
     if gc.get_freeze_count():  # unfreezing would hand back what the process froze for itself
         yield
         return

@@ -89,8 +89,8 @@ def collect_garbage_less_often() -> None:
     They import mlflow, SQLAlchemy, litellm, torch and pyspark (millions of objects that live as
     long as the process), and pytester's in-process runs parse and rewrite test files in bursts of
     short-lived objects. With the default thresholds (700, 10, 10) those bursts set off full
-    collections that walk the whole heap: one worker of the README's test command spent 49 of its
-    172 s of CPU collecting, 19 s of it after `ast.parse` (measured with `gc.callbacks`,
+    collections that walk the whole heap: the two workers of the README's test command spent 75
+    of their 282 s of CPU collecting, 34 s of it after `ast.parse` (measured with `gc.callbacks`,
     docs/performance.md). Fewer young collections and a full one only every 100 of the middle
     generation's keep the same garbage collected, later; the processes stay near 330 MB.
     """
@@ -102,7 +102,7 @@ def share_the_machine_cache() -> None:
 
     pytester points HOME at each test's temporary folder, so without this every pytester run
     would be a first run on a fresh machine: the bundled model's weights dequantised and
-    converted again (~40 s), MLflow's store template migrated again (~8 s). The folder is fixed
+    converted again (~25 s), MLflow's store template migrated again (~8 s). The folder is fixed
     here, before any test changes HOME, and reaches subprocesses (pytester's, Spark's executors)
     through the environment. Tests of that preparation give their own folder (cache_dir, home).
     """
@@ -139,21 +139,26 @@ def start_spark_for_short_runs() -> None:
     os.environ.setdefault("SPARK_SUBMIT_OPTS", SHORT_RUN_JVM)
 
 
-# Third-party pytest plugins this environment has for other reasons: hypothesis' (the suite's own
-# property tests; at the terminal summary it imports all of hypothesis, ~190 ms) and anyio's (a
-# dependency of httpx; it imports trio, which selenium brings, ~90 ms). The plugin under test does
-# not meet them, yet each of the ~320 pytest processes the tests start (pytester's subprocess runs,
-# their xdist workers) paid for them: one test in a fresh pytest took 0.69 s of CPU with them and
-# 0.30 s without (docs/performance.md, "The project's test suite"). Child runs leave them out;
-# runs in this process still have both (imported here already, they cost nothing there).
-OTHER_PLUGINS_OFF = ("-p", "no:anyio", "-p", "no:hypothesispytest")
-PYTEST = (sys.executable, "-m", "pytest", *OTHER_PLUGINS_OFF)  # a test's `pytest` in a child process
+# Third-party pytest plugins this environment has: anyio's (a dependency of httpx; it imports
+# trio, which selenium brings, ~90 ms) and hypothesis' (at the terminal summary it imports all of
+# hypothesis, ~190 ms, and its `register_random` runs a full collection). Each of the ~320 pytest
+# processes the tests start (pytester's subprocess runs, their xdist workers) paid for them: one
+# test in a fresh pytest took 0.69 s of CPU with them, 0.30 s without (docs/performance.md,
+# "Garbage collection and unrelated plugins"). The plugin under test never meets anyio's; it
+# meets hypothesis' only in fuzz suites and `@given` prompt tests (the `fuzz` extra: its
+# health check is the plugin's to turn off), so modules marked `hypothesis_plugin` keep it.
+# Runs in this process still have both (imported here already, they cost nothing there).
+PYTEST = (sys.executable, "-m", "pytest", "-p", "no:anyio", "-p", "no:hypothesispytest")  # a child pytest
+PYTEST_WITH_HYPOTHESIS = (sys.executable, "-m", "pytest", "-p", "no:anyio")
 
 
 @pytest.fixture
-def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    """pytester, with its subprocess runs started as `PYTEST` (above), and the configs it parses
-    (`parseconfig`, `parseconfigure`, `getitem`) unconfigured without `gc.collect()`.
+def pytester(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> pytest.Pytester:
+    """pytester, with its subprocess runs started as `PYTEST` (`PYTEST_WITH_HYPOTHESIS` in tests
+    marked `hypothesis_plugin`), and the configs it parses (`parseconfigure`, `getitem`)
+    unconfigured without `gc.collect()`.
 
     pytest's unraisable-exception plugin runs `gc.collect()` twice when a config is unconfigured;
     pytester turns that off for its in-process runs ("slows down inline pytester runs too much")
@@ -171,7 +176,8 @@ def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pyte
         return config
 
     monkeypatch.setattr(pytester, "parseconfig", parseconfig)
-    monkeypatch.setattr(pytester, "_getpytestargs", lambda: PYTEST)
+    command = PYTEST_WITH_HYPOTHESIS if request.node.get_closest_marker("hypothesis_plugin") else PYTEST
+    monkeypatch.setattr(pytester, "_getpytestargs", lambda: command)
     return pytester
 
 

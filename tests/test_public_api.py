@@ -62,7 +62,7 @@ def test_a_run_without_promptopt_loads_nothing_heavy(pytester):
         "    open('loaded.txt', 'w').write(','.join(m for m in HEAVY if m in sys.modules))\n"
         "    open('own.txt', 'w').write(','.join(sorted(m for m in sys.modules if m.startswith('pytest_promptopt'))))\n"
     )
-    result = pytester.runpytest_subprocess("-p", "no:hypothesispytest", "-rs")
+    result = pytester.runpytest_subprocess("-rs")  # conftest.PYTEST: without hypothesis' plugin
     result.assert_outcomes(passed=1, skipped=3)
     result.stdout.fnmatch_lines(["*run it with `pytest --promptopt`*"])
     assert (pytester.path / "loaded.txt").read_text() == ""

@@ -31,6 +31,10 @@ from pytest_promptopt.suite.loader import load_suite
 from pytest_promptopt.suite.model import SuiteError
 from pytest_promptopt.var_strategies import SchemaNotSupported, from_schema
 
+# Fuzz suites and `@given` prompt tests are where users (the `fuzz` extra) run with hypothesis'
+# pytest plugin: child runs here keep it (tests/conftest.py).
+pytestmark = pytest.mark.hypothesis_plugin
+
 SCHEMAS = [
     {"type": "string", "maxLength": 12},
     {"type": "string", "minLength": 2, "maxLength": 5, "pattern": "^[a-z]+$"},

@@ -268,7 +268,7 @@ def _build_copy(gguf: Path, cache_dir: Path, ct2_dir: Path | None) -> str:
     tmp = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.tmp-", dir=cache_dir.parent))
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache may be shared (CI, PROMPTOPT_HOME)
-        with gc_paused():  # parsing the GGUF makes long-lived objects only (gc_pause.py)
+        with gc_paused():  # the GGUF's parse makes little cyclic garbage: the collector's walks are wasted
             model, tokenizer = _dequantise(gguf)
         if not getattr(tokenizer, "chat_template", None):
             tokenizer.chat_template = CHATML_TEMPLATE
