@@ -318,8 +318,14 @@ def first_on_pythonpath(env: dict[str, str], checkout: str | Path | None) -> dic
     return env
 
 
+def user_environment(checkout: str | Path | None = None) -> dict[str, str]:
+    """This environment less `DROP_ENV`, as a tool runs on a user's machine; with `checkout`
+    first on PYTHONPATH (`first_on_pythonpath`)."""
+    return first_on_pythonpath({k: v for k, v in os.environ.items() if k not in DROP_ENV}, checkout)
+
+
 def environment(folder: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in DROP_ENV}
+    env = user_environment()
     env.update(OFFLINE_ENV)
     env["PROMPTFOO_CONFIG_DIR"] = str(folder / "home")
     return env

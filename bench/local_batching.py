@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from concurrency import CONFTEST  # noqa: E402  # stamps the test loop (bench-timing.json)
-from harness_overhead import DROP_ENV  # noqa: E402
+from harness_overhead import user_environment  # noqa: E402
 from local_model import COUNTRIES  # noqa: E402
 
 TARGET_TOKENS_PER_S = 150.0
@@ -50,7 +50,7 @@ def write_suite(folder: Path, cases: int, max_tokens: int) -> None:
 
 def run(folder: Path, batch: int, tag: str) -> tuple[float, float, int, list[tuple[str, str, bool]]]:
     report = folder / f"{tag}.json"
-    env = {k: v for k, v in os.environ.items() if k not in DROP_ENV}  # as on a user's machine
+    env = user_environment()
     started = time.perf_counter()
     subprocess.run(
         [

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness_overhead import DROP_ENV, first_on_pythonpath  # noqa: E402
+from harness_overhead import user_environment  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,7 +53,7 @@ print(json.dumps({
 
 
 def prepare_once(checkout: Path, ctranslate2: bool) -> dict[str, float]:
-    env = first_on_pythonpath({k: v for k, v in os.environ.items() if k not in DROP_ENV}, checkout)
+    env = user_environment(checkout)
     with tempfile.TemporaryDirectory(prefix="promptopt-bench-preparation-") as home:
         done = subprocess.run(
             [sys.executable, "-c", PREPARE, home, "yes" if ctranslate2 else "no"],

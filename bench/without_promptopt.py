@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness_overhead import DROP_ENV, first_on_pythonpath  # noqa: E402
+from harness_overhead import user_environment  # noqa: E402
 
 
 def write_project(folder: Path, tests: int, suites: bool) -> None:
@@ -41,7 +41,7 @@ def write_project(folder: Path, tests: int, suites: bool) -> None:
 
 
 def run(folder: Path, disabled: bool, source: str | None) -> float:
-    env = first_on_pythonpath({k: v for k, v in os.environ.items() if k not in DROP_ENV}, source)
+    env = user_environment(source)
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
     if disabled:
         command += ["-p", "no:promptopt"]
