@@ -148,8 +148,8 @@ def start_spark_for_short_runs() -> None:
 # meets hypothesis' only in fuzz suites and `@given` prompt tests (the `fuzz` extra: its
 # health check is the plugin's to turn off), so modules marked `hypothesis_plugin` keep it.
 # Runs in this process still have both (imported here already, they cost nothing there).
-PYTEST = (sys.executable, "-m", "pytest", "-p", "no:anyio", "-p", "no:hypothesispytest")  # a child pytest
 PYTEST_WITH_HYPOTHESIS = (sys.executable, "-m", "pytest", "-p", "no:anyio")
+PYTEST = (*PYTEST_WITH_HYPOTHESIS, "-p", "no:hypothesispytest")  # a child pytest
 
 
 @pytest.fixture
