@@ -15,7 +15,9 @@ other cost); efficiency = ideal / measured. Each run reports its wall time, the 
 test loop (after start-up and collection, as a generated conftest.py measures it on the
 controller), how long the first case took to finish (litellm's import, client set-up, the first
 call) and the time from then to the last case, and the CPU seconds the run used (pytest and its
-xdist workers). A sanity run at concurrency 1 on a few cases should take about D per case, and a
+xdist workers). The CPU ceiling is the best efficiency the test loop could have on this machine's
+cores with the CPU it used from the loop's start on (that CPU spread perfectly, nothing waiting):
+where it is below a target, no scheduling reaches the target, only less CPU per case. A sanity run at concurrency 1 on a few cases should take about D per case, and a
 probe times litellm alone (import, then sequential calls to the instant server) for comparison.
 The servers run with TCP_NODELAY (see `Server.start`; `--nagle` runs them as the file is). Runs of one repetition are interleaved; figures are medians.
 
@@ -65,13 +67,14 @@ _seen = {"first_start": None, "first_done": None, "last_done": None, "done": 0}
 @pytest.hookimpl(wrapper=True)
 def pytest_runtestloop(session):
     started = time.time()
+    cpu_before = time.process_time()  # the controller's own CPU until its test loop starts
     try:
         return (yield)
     finally:
         if not hasattr(session.config, "workerinput"):
             ended = time.time()
             with open("bench-timing.json", "w") as f:
-                json.dump({"loop_start": started, "loop_end": ended, **_seen}, f)
+                json.dump({"loop_start": started, "loop_end": ended, "cpu_before_loop": cpu_before, **_seen}, f)
 
 
 def pytest_runtest_logreport(report):
@@ -129,6 +132,7 @@ class Run:
     first_s: float  # test loop start to the first case done (litellm import, client set-up, first call)
     steady_s: float  # first case done to last case done
     cpu_s: float  # user + system CPU of pytest and its xdist workers
+    loop_cpu_s: float  # cpu_s less what the controller spent before its test loop (start-up, collection)
 
 
 @dataclass(frozen=True)
@@ -226,7 +230,12 @@ def run_once(config: Config, url: str, timeout: float, extra: list[str]) -> Run:
         raise RuntimeError(f"{config.label}: the timing conftest saw {t['done']} cases, not {config.cases}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return Run(
-        wall, t["loop_end"] - t["loop_start"], t["first_done"] - t["loop_start"], t["last_done"] - t["first_done"], cpu
+        wall,
+        t["loop_end"] - t["loop_start"],
+        t["first_done"] - t["loop_start"],
+        t["last_done"] - t["first_done"],
+        cpu,
+        cpu - t["cpu_before_loop"],
     )
 
 
@@ -345,7 +354,7 @@ def main() -> None:
                 runs.setdefault(config, []).append(run)
                 print(
                     f"  run {rep + 1}/{args.repeat} {config.label:<28} wall {run.wall_s:6.2f} s, test loop {run.loop_s:6.2f} s "
-                    f"(first case done {run.first_s:5.2f} s, then {run.steady_s:6.2f} s), cpu {run.cpu_s:6.2f} s",
+                    f"(first case done {run.first_s:5.2f} s, then {run.steady_s:6.2f} s), cpu {run.cpu_s:6.2f} s ({run.loop_cpu_s:6.2f} s of it from the test loop on)",
                     flush=True,
                 )
     finally:
@@ -357,16 +366,21 @@ def main() -> None:
         f"\nmedians of the runs that passed ({args.repeat} tried each). ideal = cases x {args.delay} s / concurrency; steady ideal = (cases - 1) x {args.delay} s "
         "/ concurrency, against the time from the first case done to the last; efficiency = ideal / time"
     )
+    cores = os.cpu_count() or 1
+    print(
+        f"CPU ceiling = ideal / (CPU spent from the test loop on / {cores} cores): the efficiency the test loop could reach "
+        "if that work were spread perfectly over every core and nothing ever waited; above it only less CPU helps"
+    )
     print(
         "| run | cases | concurrency | wall (s) | test loop (s) | to first case (s) | first to last case (s) | CPU (s) | ideal (s) "
-        "| efficiency, test loop | efficiency, after the first case | efficiency, wall |"
+        "| efficiency, test loop | efficiency, after the first case | efficiency, wall | CPU ceiling, test loop |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     med = {
         c: Run(
             *(
                 statistics.median(getattr(r, f) for r in rs)
-                for f in ("wall_s", "loop_s", "first_s", "steady_s", "cpu_s")
+                for f in ("wall_s", "loop_s", "first_s", "steady_s", "cpu_s", "loop_cpu_s")
             )
         )
         for c, rs in runs.items()
@@ -377,7 +391,8 @@ def main() -> None:
         pct = (lambda x, y: f"{x / y:.0%}") if config.delayed else (lambda x, y: "-")
         print(
             f"| {config.label} | {config.cases} | {config.concurrency} | {m.wall_s:.2f} | {m.loop_s:.2f} | {m.first_s:.2f} | "
-            f"{m.steady_s:.2f} | {m.cpu_s:.2f} | {ideal:.2f} | {pct(ideal, m.loop_s)} | {pct(steady, m.steady_s)} | {pct(ideal, m.wall_s)} |"
+            f"{m.steady_s:.2f} | {m.cpu_s:.2f} | {ideal:.2f} | {pct(ideal, m.loop_s)} | {pct(steady, m.steady_s)} | {pct(ideal, m.wall_s)} "
+            f"| {pct(ideal, max(m.loop_cpu_s / cores, 1e-9))} |"
         )
     for label in ("in-process", f"-n {args.workers}"):
         waiting = next((m for c, m in med.items() if c.label == label), None)
