@@ -12,6 +12,11 @@ average; then each ref's median wall time and its ratio to the 480 s target.
 
 The suite is CPU-bound (both cores ~97% busy), so compare runs by the machine's CPU as well as by
 wall time: on a shared machine the same work can take a third longer (docs/performance.md).
+
+`--by-process` also samples /proc every 0.3 s during each run and prints where the CPU went, by
+kind of process (the suite's xdist workers, the tests' pytest runs and their workers, Spark's JVMs,
+MLflow's writers and servers, Chromium...): each process's CPU when last seen, so processes living
+less than 0.3 s are missed and the total is a little below the machine's.
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +48,80 @@ def machine_cpu_s() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
-def run(ref: str, workers: int, python: str) -> tuple[str, float, float, float, float]:
+class ProcessSampler(threading.Thread):
+    """Every process on the machine, sampled from /proc until `stop()`: its command line and its
+    CPU (user + system) when last seen, keyed by pid and start time (a pid can be reused)."""
+
+    def __init__(self, interval_s: float = 0.3) -> None:
+        super().__init__(daemon=True)
+        self.interval_s = interval_s
+        self.seen: dict[tuple[str, str], tuple[str, float]] = {}
+        self.baseline: dict[tuple[str, str], float] = {}
+        self._stop_event = threading.Event()
+        self._ticks = os.sysconf("SC_CLK_TCK")
+
+    def start(self) -> None:
+        self._scan()
+        self.baseline = {key: cpu for key, (_, cpu) in self.seen.items()}  # what ran before: only its share counts
+        super().start()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval_s):
+            self._scan()
+
+    def _scan(self) -> None:
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                self._sample(entry.name)
+
+    def _sample(self, pid: str) -> None:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            fields = stat[stat.rfind(")") + 2 :].split()  # after the command name, which may hold spaces
+            cpu = (int(fields[11]) + int(fields[12])) / self._ticks
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError, ValueError):  # it ended meanwhile
+            return
+        self.seen[(pid, fields[19])] = (command, cpu)  # the latest command line: exec (spark-class -> java) changes it
+
+    def stop(self) -> dict[str, tuple[int, float]]:
+        """Stop sampling; (processes, CPU seconds) by kind of process."""
+        self._stop_event.set()
+        self.join()
+        kinds: dict[str, tuple[int, float]] = defaultdict(lambda: (0, 0.0))
+        for key, (command, cpu) in self.seen.items():
+            cpu -= self.baseline.get(key, 0.0)
+            if cpu > 0:
+                count, total = kinds[process_kind(command)]
+                kinds[process_kind(command)] = (count + 1, total + cpu)
+        return dict(kinds)
+
+
+def process_kind(command: str) -> str:
+    if "bench/test_suite.py" in command:
+        return "this benchmark (the sampler itself)"
+    if "-u -c" in command and "python" in command.split(" ", 1)[0]:
+        return "xdist workers (the suite's two and those of the tests' -n 2 runs)"
+    if "java" in command or "spark-class" in command or "spark-submit" in command:
+        return "Spark JVMs"
+    if "pyspark.daemon" in command:
+        return "Spark's Python workers"
+    if "chrom" in command:
+        return "Chromium"
+    if "writer.main" in command:
+        return "MLflow writers"
+    if " -m pytest" in command:
+        return "pytest processes (the suite's own, the tests' runs)"
+    if "mlflow" in command and ("server" in command or "uvicorn" in command or "gunicorn" in command):
+        return "MLflow servers"
+    if "python" in command.split(" ", 1)[0]:
+        return "other Python processes (model preparations, fake servers, scripts)"
+    return "other processes"
+
+
+def run(
+    ref: str, workers: int, python: str, sampler: ProcessSampler | None = None
+) -> tuple[str, float, float, float, float]:
     folder = Path(tempfile.mkdtemp(prefix="promptopt-bench-suite-"))
     tree = folder / "tree"
     subprocess.run(
@@ -54,6 +134,8 @@ def run(ref: str, workers: int, python: str) -> tuple[str, float, float, float, 
         load = os.getloadavg()[0]
         cpu = machine_cpu_s()
         started = time.perf_counter()
+        if sampler is not None:
+            sampler.start()
         done = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - started
         cpu = machine_cpu_s() - cpu
@@ -76,6 +158,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("-n", dest="workers", type=int, default=2, help="xdist workers (the README: 2)")
     parser.add_argument("--python", default=str(ROOT / ".venv" / "bin" / "python"))
+    parser.add_argument(
+        "--by-process", action="store_true", help="sample /proc during each run and print its CPU by kind of process"
+    )
     args = parser.parse_args()
     refs = args.ref or ["HEAD"]
     print(
@@ -84,13 +169,21 @@ def main() -> None:
     walls: dict[str, list[float]] = {ref: [] for ref in refs}
     for n in range(args.repeat):
         for ref in refs:  # alternating within a repeat
-            outcome, wall, cpu, load_before, load_after = run(ref, args.workers, args.python)
+            sampler = ProcessSampler() if args.by_process else None
+            outcome, wall, cpu, load_before, load_after = run(ref, args.workers, args.python, sampler)
             walls[ref].append(wall)
             print(
                 f"run {n + 1} {ref}: {outcome}; wall {wall:.0f} s ({int(wall // 60)}:{int(wall % 60):02d}); machine CPU {cpu:.0f} s "
                 f"({cpu / (wall * (os.cpu_count() or 1)):.0%} of the cores); load average {load_before:.1f} -> {load_after:.1f}",
                 flush=True,
             )
+            if sampler is not None:
+                kinds = sampler.stop()
+                seen = sum(total for _, total in kinds.values())
+                print(f"| processes of run {n + 1} {ref} | count | CPU | share |\n| --- | ---: | ---: | ---: |")
+                for kind, (count, total) in sorted(kinds.items(), key=lambda kv: -kv[1][1]):
+                    print(f"| {kind} | {count} | {total:.0f} s | {total / seen:.0%} |")
+                print(f"| all processes seen | {sum(c for c, _ in kinds.values())} | {seen:.0f} s | |", flush=True)
     for ref, values in walls.items():
         median = statistics.median(values)
         print(f"{ref}: median {median:.0f} s, x{median / TARGET_S:.2f} the target ({TARGET_S:.0f} s)")
