@@ -82,7 +82,10 @@ class ProcessSampler(threading.Thread):
             command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except (OSError, IndexError, ValueError):  # it ended meanwhile
             return
-        self.seen[(pid, fields[19])] = (command, cpu)  # the latest command line: exec (spark-class -> java) changes it
+        key = (pid, fields[19])
+        if not command and key in self.seen:  # an ended process not yet reaped has no command line left
+            command = self.seen[key][0]
+        self.seen[key] = (command, cpu)  # the latest command line: exec (spark-class -> java) changes it
 
     def stop(self) -> dict[str, tuple[int, float]]:
         """Stop sampling; (processes, CPU seconds) by kind of process."""
