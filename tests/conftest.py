@@ -3,6 +3,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -81,6 +82,21 @@ def pytest_configure(config: pytest.Config) -> None:
     let_children_cache_bytecode()
     start_spark_for_short_runs()
     collect_garbage_less_often()
+    let_children_take_ctrl_c()
+
+
+def let_children_take_ctrl_c() -> None:
+    """Give the processes the tests start Ctrl-C as a terminal gives it, even when the suite itself
+    was started in the background of a non-interactive shell (`pytest tests -n 2 &` in a script).
+
+    Such a shell starts its background jobs with SIGINT ignored, and every process below inherits
+    that: the tests that send SIGINT to a `pytest --promptopt` run or to `serve` (a user's Ctrl-C)
+    then saw it ignored and failed. A handler of our own, unlike an ignored signal, is not
+    inherited: the processes the tests start get SIGINT's default again, and Python installs
+    its KeyboardInterrupt handler in them as it does in a terminal.
+    """
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def collect_garbage_less_often() -> None:
