@@ -39,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -377,12 +377,7 @@ def main() -> None:
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     med = {
-        c: Run(
-            *(
-                statistics.median(getattr(r, f) for r in rs)
-                for f in ("wall_s", "loop_s", "first_s", "steady_s", "cpu_s", "loop_cpu_s")
-            )
-        )
+        c: Run(*(statistics.median(getattr(r, f) for r in rs) for f in (field.name for field in fields(Run))))
         for c, rs in runs.items()
     }
     for config, m in med.items():

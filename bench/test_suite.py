@@ -1,10 +1,11 @@
 """The project's test suite as the README runs it, against issue 17's target of 8 minutes on 2 cores.
 
-    python bench/test_suite.py [--ref main] [--ref OTHER ...] [--repeat 1] [-n 2]
+    python bench/test_suite.py [--ref main] [--ref OTHER ...] [--repeat 1] [-n 2] [--by-process]
 
 Each ref is checked out into a temporary git worktree (a clean tree: no bytecode, no cache) and
 its tests run with the README's test command (`python -m pytest tests -n 2`, plus `-q -p
-no:cacheprovider`), with the worktree first on PYTHONPATH so that its own package is tested.
+no:cacheprovider`), with the worktree first on PYTHONPATH so that its own package is tested, in
+the environment the other benchmarks give their tools (`harness_overhead.user_environment`).
 Several refs alternate within each repeat, so load from other jobs hits them alike. Prints, per
 run, the outcome line, the wall time, the CPU the whole machine spent meanwhile (from /proc/stat:
 the suite's processes include servers, JVMs and browsers that no rusage counts) and the load
@@ -36,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness_overhead import first_on_pythonpath  # noqa: E402
+from harness_overhead import user_environment  # noqa: E402
 
 TARGET_S = 480.0  # issue 17: at most 8 minutes on 2 cores
 
@@ -57,6 +58,7 @@ class ProcessSampler(threading.Thread):
         self.interval_s = interval_s
         self.seen: dict[tuple[str, str], tuple[str, float]] = {}
         self.baseline: dict[tuple[str, str], float] = {}
+        self.by_kind: dict[str, tuple[int, float]] = {}  # (processes, CPU seconds), once stopped
         self._stop_event = threading.Event()
         self._ticks = os.sysconf("SC_CLK_TCK")
 
@@ -87,17 +89,18 @@ class ProcessSampler(threading.Thread):
             command = self.seen[key][0]
         self.seen[key] = (command, cpu)  # the latest command line: exec (spark-class -> java) changes it
 
-    def stop(self) -> dict[str, tuple[int, float]]:
-        """Stop sampling; (processes, CPU seconds) by kind of process."""
+    def stop(self) -> None:
+        """Stop sampling and sum what was seen by kind of process (`by_kind`)."""
         self._stop_event.set()
         self.join()
         kinds: dict[str, tuple[int, float]] = defaultdict(lambda: (0, 0.0))
         for key, (command, cpu) in self.seen.items():
             cpu -= self.baseline.get(key, 0.0)
             if cpu > 0:
-                count, total = kinds[process_kind(command)]
-                kinds[process_kind(command)] = (count + 1, total + cpu)
-        return dict(kinds)
+                kind = process_kind(command)
+                count, total = kinds[kind]
+                kinds[kind] = (count + 1, total + cpu)
+        self.by_kind = dict(kinds)
 
 
 def process_kind(command: str) -> str:
@@ -131,8 +134,7 @@ def run(
         ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), ref], check=True, capture_output=True
     )
     try:
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTEST_ADDOPTS", "PYTHONDONTWRITEBYTECODE")}
-        env = first_on_pythonpath(env, tree)
+        env = user_environment(tree)
         command = [python, "-m", "pytest", "tests", "-n", str(workers), "-q", "-p", "no:cacheprovider"]
         load = os.getloadavg()[0]
         cpu = machine_cpu_s()
@@ -141,6 +143,8 @@ def run(
             sampler.start()
         done = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - started
+        if sampler is not None:
+            sampler.stop()  # the suite's run only, not the worktree's removal
         cpu = machine_cpu_s() - cpu
         lines = done.stdout.strip().splitlines()
         outcome = lines[-1].strip("= ") if lines else f"exit {done.returncode}"
@@ -181,7 +185,7 @@ def main() -> None:
                 flush=True,
             )
             if sampler is not None:
-                kinds = sampler.stop()
+                kinds = sampler.by_kind
                 seen = sum(total for _, total in kinds.values())
                 print(f"| processes of run {n + 1} {ref} | count | CPU | share |\n| --- | ---: | ---: | ---: |")
                 for kind, (count, total) in sorted(kinds.items(), key=lambda kv: -kv[1][1]):
