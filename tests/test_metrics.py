@@ -7,6 +7,7 @@ import importlib.util
 import math
 import sqlite3
 import sys
+import tempfile
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -245,19 +246,34 @@ def test_one_runtime_variable_chooses_for_the_embedder_and_the_bundled_model(mon
     assert embeddings.MiniLMEmbedder().embed(["a"])
 
 
-def test_the_ctranslate2_copy_of_the_embedder_is_converted_once_and_an_unwritable_home_still_embeds(tmp_path):
+def test_the_ctranslate2_copy_of_the_embedder_is_converted_once_and_an_unwritable_home_still_embeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     from pytest_promptopt.models import minilm_runtimes
 
     folder, identity = embeddings.minilm_dir(), embeddings.MiniLMEmbedder().cache_identity
-    first = minilm_runtimes.minilm_ct2_copy(folder, identity, home=tmp_path / "home")
+    first, none = minilm_runtimes.minilm_ct2_copy(folder, identity, home=tmp_path / "home")
+    assert none is None  # in the home: nothing for the caller to remove
     stamp = (first / "model.bin").stat().st_mtime_ns
-    again = minilm_runtimes.minilm_ct2_copy(folder, identity, home=tmp_path / "home")
+    again, _ = minilm_runtimes.minilm_ct2_copy(folder, identity, home=tmp_path / "home")
     assert again == first and (again / "model.bin").stat().st_mtime_ns == stamp  # not converted twice
-    other = minilm_runtimes.minilm_ct2_copy(folder, {**identity, "package": "0.0-other"}, home=tmp_path / "home")
+    other, _ = minilm_runtimes.minilm_ct2_copy(folder, {**identity, "package": "0.0-other"}, home=tmp_path / "home")
     assert other == first and (other / "model.bin").stat().st_mtime_ns != stamp  # other weights: converted afresh
     (tmp_path / "file").write_text("not a folder")
-    private = minilm_runtimes.minilm_ct2_copy(folder, identity, home=tmp_path / "file")
+    private, keep = minilm_runtimes.minilm_ct2_copy(folder, identity, home=tmp_path / "file")
+    assert keep is not None and private.is_relative_to(keep.name)
     assert (private / "model.bin").is_file() and not str(private).startswith(str(tmp_path))
+    keep.cleanup()
+
+    # The embedder removes a private copy once it is loaded (a run per process left ~90 MB behind
+    # in the temporary folder each time), and embeds as from the home's copy.
+    monkeypatch.setenv("PROMPTOPT_HOME", str(tmp_path / "file"))
+    leftovers = set(Path(tempfile.gettempdir()).glob("pytest-promptopt-minilm-*"))
+    embedder = minilm_runtimes.CTranslate2Embedder(folder, 256, identity)
+    assert set(Path(tempfile.gettempdir()).glob("pytest-promptopt-minilm-*")) == leftovers
+    monkeypatch.setenv("PROMPTOPT_HOME", str(tmp_path / "home"))
+    from_home = minilm_runtimes.CTranslate2Embedder(folder, 256, identity)
+    assert embedder.embed(["a spider has eight legs"]) == from_home.embed(["a spider has eight legs"])
 
 
 def test_embedding_providers_are_checked_when_a_suite_loads():
@@ -394,6 +410,7 @@ def test_suite_file_with_similar_and_rouge(run_pytest: Any, pytester: pytest.Pyt
 
 LOADED_AT_COLLECTION = """
 import sys
+import tempfile
 
 def pytest_collection_finish(session):
     from pytest_promptopt.models.embeddings import embedder_for
@@ -408,7 +425,7 @@ def test_the_offline_embedder_loads_during_collection_on_the_main_thread(run_pyt
     from pytest_promptopt.models.minilm_runtimes import minilm_ct2_copy
 
     # The copy a first run converts (that step alone needs torch) is there, as after any first run.
-    minilm_ct2_copy(embeddings.minilm_dir(), embeddings.MiniLMEmbedder().cache_identity)
+    minilm_ct2_copy(embeddings.minilm_dir(), embeddings.MiniLMEmbedder().cache_identity)  # in the home
     pytester.makefile(".promptopt.yaml", meaning=METRICS_SUITE)
     pytester.makeconftest(LOADED_AT_COLLECTION)
     result = run_pytest("--promptopt", "-s", "-p", "no:xdist", subprocess=True)  # a fresh interpreter

@@ -61,16 +61,20 @@ class CTranslate2Embedder:
         import ctranslate2
         import tokenizers
 
-        copy = minilm_ct2_copy(folder, identity)
+        copy, private = minilm_ct2_copy(folder, identity)
         self.tokenizer = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
         # transformers' `tokenizer(texts, truncation=True, max_length=...)` without padding: the
         # file's own padding (to 128) and truncation (128) are settings, not the model's.
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length)
         threads = model_threads()
-        self.encoder = ctranslate2.Encoder(
-            str(copy), device="cpu", compute_type="float32", intra_threads=1, inter_threads=threads
-        )
+        try:
+            self.encoder = ctranslate2.Encoder(
+                str(copy), device="cpu", compute_type="float32", intra_threads=1, inter_threads=threads
+            )
+        finally:
+            if private is not None:  # the encoder holds the weights in memory: the files are not needed
+                private.cleanup()
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         import numpy as np
@@ -124,27 +128,35 @@ class TorchEmbedder:
         return vectors
 
 
-def minilm_ct2_copy(folder: Path, weights: Mapping[str, Any], home: Path | None = None) -> Path:
+def minilm_ct2_copy(
+    folder: Path, weights: Mapping[str, Any], home: Path | None = None
+) -> tuple[Path, tempfile.TemporaryDirectory[str] | None]:
     """The CTranslate2 conversion of the package's weights in `folder`, made once in the plugin's
     home (concurrent processes convert once), rebuilt when `weights` (the package's identity) or
-    the size of its weights change; in a private temporary folder if the home cannot be written."""
+    the size of its weights change. If the home cannot be written, it is converted into a private
+    temporary folder, returned second: the caller removes it (`cleanup()`) once the copy is loaded,
+    so a process per run does not leave ~90 MB behind each time."""
     size = (folder / "model.safetensors").stat().st_size
     root = (home or default_home()) / f"all-minilm-l6-v2-{size}"
     target = root / ct2_folder_name()
     identity = {**json.loads(json.dumps(dict(weights), default=str)), "safetensors_size": size}
     if _ready(target, identity):
-        return target
+        return target, None
     try:
         root.mkdir(parents=True, exist_ok=True)
         with locked(root.parent / f".{root.name}.lock"):
             if not _ready(target, identity):
                 _convert(folder, target, identity)
-        return target
+        return target, None
     except OSError as error:  # a read-only home: convert for this process only
         log.warning("could not cache the CTranslate2 copy of all-MiniLM-L6-v2 in %s: %s", root, error)
-        private = Path(tempfile.mkdtemp(prefix="pytest-promptopt-minilm-"))
-        _convert(folder, private / target.name, identity)
-        return private / target.name
+        private = tempfile.TemporaryDirectory(prefix="pytest-promptopt-minilm-")
+        try:
+            _convert(folder, Path(private.name) / target.name, identity)
+        except BaseException:
+            private.cleanup()
+            raise
+        return Path(private.name) / target.name, private
 
 
 def _ready(target: Path, identity: dict[str, Any]) -> bool:
