@@ -3,10 +3,14 @@ error of its own case, within --promptopt-script-timeout, in every run mode; the
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
-from conftest import load_report
+from conftest import PYTEST, load_report
 
 from pytest_promptopt.sandbox import Sandbox, ScriptFault, ScriptRaised, ScriptTimeout
 from pytest_promptopt.sandbox.javascript import build_function_body, call_file, call_inline
@@ -83,6 +87,101 @@ def test_code_without_an_answer_errors_its_case_only(run_pytest, pytester: pytes
     assert "javascript check at scripts.promptopt.yaml:" in errors["javascript loops"]
     assert "within 1 s" in errors["javascript loops"]
     assert errors["transform loops"].startswith("transform error:") and "within 1 s" in errors["transform loops"]
+
+
+LOOPING_PYTHON = """
+providers: [echo]
+prompts: ["say {{word}}"]
+tests:
+  - vars: {word: a}
+    assert:
+      - type: python
+        value: |
+          import os, pathlib
+          pathlib.Path("worker.pid").write_text(str(os.getpid()))
+          while True:
+              pass
+"""
+
+LOOPING_NODE = """
+providers: [echo]
+prompts: ["say {{word}}"]
+tests:
+  - vars: {word: a}
+    assert: [{type: javascript, value: "file://loops.mjs"}]
+"""
+
+LOOPING_MODULE = """
+import fs from 'node:fs';
+export default function () {
+  fs.writeFileSync('worker.pid', String(process.pid));
+  while (true) {}
+}
+"""
+
+
+def _parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+@pytest.mark.parametrize("language", ["python", "node"])
+def test_a_looping_check_ends_when_the_process_that_started_it_is_killed(
+    pytester: pytest.Pytester, mode: list[str], language: str
+) -> None:
+    """The time limit is enforced by the process that started the worker; killed (SIGKILL, or
+    SIGTERM, which pytest does not handle), it leaves the worker to end itself: within about a
+    second, instead of keeping a core busy forever (plain runs: pytest; `-n 2`: its worker)."""
+    if language == "node":
+        if not Sandbox().node_available():
+            pytest.skip("node is not on the PATH")
+        pytester.makefile(".mjs", loops=LOOPING_MODULE)
+    pytester.makefile(".promptopt.yaml", loops=LOOPING_NODE if language == "node" else LOOPING_PYTHON)
+    run = subprocess.Popen(
+        [
+            *PYTEST,
+            "-p",
+            "no:cacheprovider",
+            "--promptopt",
+            "--promptopt-no-mlflow",
+            "--promptopt-script-timeout",
+            "600",
+            *mode,
+        ],
+        cwd=pytester.path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        pid_file = pytester.path / "worker.pid"
+        deadline = time.monotonic() + 120
+        while not pid_file.exists() or not pid_file.read_text():
+            assert run.poll() is None and time.monotonic() < deadline, "the check never started"
+            time.sleep(0.1)
+        worker = int(pid_file.read_text())
+        started_by = _parent_of(worker)
+        assert started_by == run.pid or _parent_of(started_by) == run.pid  # pytest, or its xdist worker
+        time.sleep(1.5)
+        assert _running(worker)  # looping: only its parent's time limit would end it
+        os.kill(started_by, signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        while _running(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _running(worker), f"the {language} worker {worker} still runs after its parent was killed"
+    finally:
+        try:
+            os.killpg(run.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        run.wait(timeout=60)
 
 
 def test_the_time_limit_must_be_positive(run_pytest, pytester: pytest.Pytester):

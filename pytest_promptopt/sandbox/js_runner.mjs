@@ -10,6 +10,17 @@ import path from 'node:path';
 import readline from 'node:readline';
 import { pathToFileURL } from 'node:url';
 import util from 'node:util';
+import { Worker } from 'node:worker_threads';
+
+// End this process when the one that started it is gone (pytest killed: SIGKILL, or SIGTERM,
+// which pytest does not handle). stdin closes then, but a check in an endless loop never lets
+// the event loop read it, and its time limit was enforced by the process that is gone: a thread
+// of its own polls the parent. unref(): it never keeps the process alive.
+new Worker(
+  `const { workerData } = require('node:worker_threads');
+  setInterval(() => { if (process.ppid !== workerData) process.kill(process.pid, 'SIGKILL'); }, 500);`,
+  { eval: true, workerData: process.ppid },
+).unref();
 
 const MARK = '\x1ePROMPTOPT ';
 const write = process.stdout.write.bind(process.stdout);

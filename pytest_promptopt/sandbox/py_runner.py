@@ -17,6 +17,8 @@ import json
 import os
 import socket
 import sys
+import threading
+import time
 import traceback
 
 _NO_NETWORK = "network access is disabled for code run by pytest-promptopt's checks"
@@ -185,7 +187,24 @@ def _serve(stream, proto):
         proto.flush()
 
 
+def _end_with_parent(parent):
+    """End this process when the one that started it is gone. Its stdin closes then, but that is
+    read only between requests: a check in an endless loop would keep a core busy forever after
+    pytest was killed (SIGKILL, or SIGTERM, which pytest does not handle), its time limit being
+    enforced by the process that is gone. A thread polls, since a loop in Python code leaves it
+    the interpreter every few milliseconds."""
+
+    def watch():
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="promptopt-parent-watch", daemon=True).start()
+
+
 def main():
+    _end_with_parent(os.getppid())
     proto = os.fdopen(os.dup(1), "w", encoding="utf-8")
     requests = os.fdopen(os.dup(0), "r", encoding="utf-8")
     os.dup2(2, 1)  # the user's prints (even from C) go to stderr, not into the protocol
