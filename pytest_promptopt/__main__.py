@@ -13,6 +13,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("validate", help="validate suite files against the schema and print their cases")
     check.add_argument("files", nargs="+")
+    check.add_argument(
+        "--backend",
+        choices=("local", "spark"),
+        default="local",
+        help="the run's --promptopt-backend (default: local, as a run's): a Spark table dataset needs spark",
+    )
     sub.add_parser("schema", help="print the suite file JSON Schema")
     upload = sub.add_parser("upload", help="send a run kept in a pending-upload file (or a JSON report) to MLflow")
     upload.add_argument("files", nargs="+", metavar="PATH", help="e.g. .promptopt/pending/<timestamp>.json")
@@ -50,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     resolver = PromptResolver.from_environment()
     for name in args.files:
         try:
-            loaded = load_suite(Path(name), name, ModelSpec(BUNDLED), resolver.resolve, limits=limits)
+            loaded = load_suite(
+                Path(name), name, ModelSpec(BUNDLED), resolver.resolve, backend=args.backend, limits=limits
+            )
         except SuiteError as exc:
             print(exc, file=sys.stderr)
             status = 1

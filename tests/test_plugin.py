@@ -445,3 +445,15 @@ def test_validate_command(pytester):
     assert proc.returncode == 1
     assert "good.promptopt.yaml: ok, 1 case, gates: none" in proc.stdout
     assert "bad.promptopt.yaml:2: tests[0].vars: missing variable 'q'" in proc.stderr
+
+    # A dataset from a Spark table loads only for the Spark backend, in validate as in a run.
+    pytester.makefile(
+        ".promptopt.yaml", table="prompts: ['{{q}}']\ndataset: {table: main.default.t, vars: {q: question}}\n"
+    )
+    command = [sys.executable, "-m", "pytest_promptopt", "validate", "table.promptopt.yaml"]
+    local = subprocess.run(command, capture_output=True, text=True, cwd=pytester.path)
+    assert local.returncode == 1, local.stdout
+    assert "table.promptopt.yaml:2: dataset.table: a Spark table is read by the Spark backend" in local.stderr
+    spark = subprocess.run([*command, "--backend", "spark"], capture_output=True, text=True, cwd=pytester.path)
+    assert spark.returncode == 0, spark.stderr
+    assert "table.promptopt.yaml: ok, dataset table main.default.t" in spark.stdout

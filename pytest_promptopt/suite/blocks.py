@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -281,6 +282,24 @@ def _check_dataset(source: DatasetSource, slices: list[DatasetSlice], defaults: 
         raise ctx.error(("dataset", "path"), f"{source.written}: {row.message}")
     for item in slices:
         try:
-            item.make_case(row, index)
+            case = item.make_case(row, index)
         except CaseError as exc:
             raise ctx.error(exc.path or ("dataset",), f"{exc.message} (first row of {source.written})") from None
+        _check_patterns(case, item.make_case, source, ctx)
+
+
+def _check_patterns(case: Case, factory: CaseFactory, source: DatasetSource, ctx: Context) -> None:
+    """A regex that does not compile fails its check when it runs, as in promptfoo; in a dataset
+    it would fail every row, after every row's model call: it is refused here instead."""
+    if len(case.assertions) != len(factory.assertions):
+        return
+    for assertion, (_, path) in zip(case.assertions, factory.assertions):
+        if assertion.type != "regex" or not isinstance(assertion.value, (str, int, float)):
+            continue
+        try:
+            re.compile(str(assertion.value))
+        except re.error as exc:
+            raise ctx.error(
+                path,
+                f"invalid regular expression {str(assertion.value)!r}: {exc} (first row of {source.written})",
+            ) from None
