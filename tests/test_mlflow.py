@@ -276,6 +276,18 @@ def test_run_tree_metrics_params_tags_and_tables_in_the_project_store(pytester, 
         and children["py-capitals"].data.params["suite_kind"] == "python"
     )
     assert_tables(client, children, CASES)
+    # The test module's copy is text: under the project's mlruns/, a .py copy broke collection
+    # without the plugin (pytest -p no:promptopt: "import file mismatch").
+    py_run = children["py-capitals"].info.run_id
+    assert [a.path for a in client.list_artifacts(py_run, "suite")] == ["suite/test_py.py.txt"]
+    assert (
+        "def test_"
+        in Path(client.download_artifacts(py_run, "suite/test_py.py.txt", str(pytester.path / "dl"))).read_text()
+    )
+    assert any((pytester.path / "mlruns").rglob("test_py.py.txt"))
+    without = run_pytest("-p", "no:promptopt", "--collect-only", "-q")
+    assert without.ret == 0, without.stdout.str()
+    assert all(line.startswith("test_py.py::") for line in without.stdout.lines if "::" in line)
     table = case_table(client, qa.info.run_id)
     assert table["wrong[t2]"]["output"] == "The capital of Italy is Milan." and table["wrong[t2]"]["passed"] is False
     assert table["france[t0]"]["vars"] == '{"capital": "Paris", "country": "France"}'
