@@ -7,13 +7,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from .interrupts import interrupt_on_sigterm
 from .models.base import Model, ModelError
 from .models.serve import ModelServer, make_server
 from .models.specs import ModelSpec, create_model, parse_model_spec, with_timeout
@@ -81,14 +81,11 @@ def _start(args: argparse.Namespace, api_key: str | None) -> ModelServer:
 
 @contextmanager
 def _stop_on_sigterm() -> Iterator[None]:
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    restore = interrupt_on_sigterm()
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        restore()
 
 
 def _serve_until_stopped(server: ModelServer) -> None:

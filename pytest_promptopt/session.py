@@ -21,6 +21,7 @@ import pytest
 from .baseline_source import compare_with_reference
 from .cache import ResponseCache
 from .case_stats import DatasetPart
+from .interrupts import interrupt_on_sigterm
 from .judging import Judges, judge_specs
 from .mlflow.prompts import PromptResolver
 from .models.base import Model, ModelError
@@ -115,6 +116,7 @@ class PromptoptSession:
         self._notices_lock = threading.Lock()
         self.notices: list[str] = []
         self.written: dict[str, Path] = {}  # report kind -> where it was written (a fallback, maybe)
+        self._release_sigterm: Callable[[], None] = lambda: None
 
     def start(self) -> None:
         """On the controller, before any case runs (and before xdist starts workers): every
@@ -134,6 +136,9 @@ class PromptoptSession:
                 raise pytest.UsageError(f"{flag} {path}: cannot write there ({why}); give a writable path")
         self.cache.check()
         self.cache.close()
+        # SIGTERM (`timeout`, `docker stop`, a CI job cancelled) stops the run as Ctrl-C does, so
+        # the cases that finished are reported and the run cleans up (interrupts.py).
+        self._release_sigterm = interrupt_on_sigterm()
 
     # ------------------------------------------------------------------ execution (any process)
 
@@ -402,6 +407,9 @@ class PromptoptSession:
             # `mlflow_outcome()` waits for it.
             if self._writer is None:
                 self._writer = MlflowWriter(mlflow)
+            # From here SIGTERM ends this process at once again: the writer, in a session of its
+            # own, finishes the run it was handed (docs/mlflow.md, "Nothing is lost").
+            self._release_sigterm()
             self._writer.submit(run, meta, artifacts=[html_path] if html_path else [])
         return exit_status, messages
 
@@ -457,6 +465,7 @@ class PromptoptSession:
             self._preparations.append(preparation)
 
     def close(self) -> None:
+        self._release_sigterm()
         if self._writer is not None:  # waits for a run being logged; stops a writer that got none
             self._writer.close()
             self.mlflow_outcome()

@@ -747,3 +747,38 @@ def test_spark_executors_run_a_read_only_project_without_a_cache(
         in result.stdout
     )
     assert not cache.exists()
+
+
+def test_sigterm_becomes_a_keyboard_interrupt_only_where_it_had_its_default_action() -> None:
+    """A run (and `serve`) takes SIGTERM as Ctrl-C (tests/test_mlflow_faults.py sends it to a run);
+    a handler installed by someone else, or a SIGTERM the process was started ignoring, is kept."""
+    import signal
+    import threading
+
+    from pytest_promptopt.interrupts import interrupt_on_sigterm
+
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        restore = interrupt_on_sigterm()
+        with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+            os.kill(os.getpid(), signal.SIGTERM)
+            threading.Event().wait(5)  # the handler runs here, in the main thread
+        restore()
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+        def theirs(signum: int, frame: Any) -> None:
+            pass
+
+        for kept in (theirs, signal.SIG_IGN):
+            signal.signal(signal.SIGTERM, kept)
+            interrupt_on_sigterm()()
+            assert signal.getsignal(signal.SIGTERM) is kept
+        off_main: list[Any] = []
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        worker = threading.Thread(target=lambda: off_main.append(interrupt_on_sigterm()))
+        worker.start()
+        worker.join()
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # only the main thread installs
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -319,7 +319,12 @@ def test_blocks(prompt_model, prompt_check):
 """
 
 
-def test_ctrl_c_during_the_tests_still_logs_the_cases_that_ran(pytester: pytest.Pytester, migrated_store: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_during_the_tests_still_logs_the_cases_that_ran(
+    pytester: pytest.Pytester, migrated_store: Path, sig: int
+) -> None:
+    """SIGTERM (`timeout`, `docker stop`, a cancelled CI job) stops the run as Ctrl-C does: the
+    cases that finished are reported and logged (before, the process ended at once: nothing)."""
     pytester.makefile(".promptopt.yaml", qa=QA)  # collected first: its 3 cases run, then the blocking test
     pytester.makepyfile(test_block=BLOCKING_TEST)
     shutil.copy(migrated_store, pytester.path / "mlflow.db")
@@ -328,13 +333,15 @@ def test_ctrl_c_during_the_tests_still_logs_the_cases_that_ran(pytester: pytest.
         deadline = time.monotonic() + 180
         while not (pytester.path / "started").exists() and time.monotonic() < deadline:
             time.sleep(0.1)
-        os.kill(process.pid, signal.SIGINT)
+        os.kill(process.pid, sig)
         out, _ = process.communicate(timeout=120)
     finally:
         if process.poll() is None:
             process.kill()
     assert process.returncode == 2, out  # interrupted
     assert "MLflow: sqlite:///" in out, out
+    if sig == signal.SIGTERM:
+        assert "KeyboardInterrupt: SIGTERM" in out, out
     [run] = session_runs(sqlite_uri(pytester.path / "mlflow.db"), pytester.path.name).values()
     assert run.info.status == "FINISHED" and run.data.metrics["cases"] == 3
     assert not pending_files(pytester.path)
