@@ -375,9 +375,11 @@ def test_a_stopped_preparation_ends_130_whatever_the_interrupt_became(monkeypatc
 
 
 @pytest.mark.slow_model
-def test_a_preparation_stopped_by_the_session_leaves_nothing_half_written(tmp_path):
+@pytest.mark.parametrize("how", ["stop", "SIGTERM"])
+def test_a_preparation_stopped_by_the_session_leaves_nothing_half_written(tmp_path, how):
     """A run that ends while its child is still preparing (interrupted, or the model never needed)
-    stops it; the child removes its temporary folder and lets go of the lock."""
+    stops it; the child removes its temporary folder and lets go of the lock. So does SIGTERM sent
+    to the child itself (the whole run stopped: `docker stop`, a cancelled CI job)."""
     pytest.importorskip("ctranslate2", reason="the CTranslate2 runtime is not installed (scripts/setup.sh does)")
     home = tmp_path / "home"
     gguf, copy = _float32_copy_without_ctranslate2(home)
@@ -388,7 +390,11 @@ def test_a_preparation_stopped_by_the_session_leaves_nothing_half_written(tmp_pa
     while not [p for p in copy.iterdir() if ".tmp-" in p.name]:  # the conversion has begun
         assert preparation.process.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
-    preparation.stop()
+    if how == "stop":
+        preparation.stop()
+    else:
+        preparation.process.terminate()
+        preparation.process.wait(60)
     assert preparation.process.returncode == 130  # its KeyboardInterrupt, not a kill
     assert not ct2.exists() and not [p.name for p in copy.iterdir() if ".tmp-" in p.name]
     with locked(local_weights.lock_path(gguf, home), on_wait=lambda: pytest.fail("the lock is still held")):

@@ -99,6 +99,8 @@ def main() -> None:
     """The child: `sys.argv[1:]` = GGUF, CACHE_ROOT, ctranslate2|float32; the lock is held."""
     # pytest started in the background of a shell (`pytest ... &` in a CI script) ignores SIGINT,
     # and a child inherits that: without Python's handler back, `stop` could not interrupt it.
+    # SIGTERM (the whole run stopped: `docker stop`, a cancelled CI job) would end it at once,
+    # leaving a half-written copy of up to 1 GB in the home: it stops it the same way.
     stopped: list[int] = []
 
     def stop(signum: int, frame: Any) -> None:
@@ -106,6 +108,7 @@ def main() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
     gguf, cache_root, kind = sys.argv[1:]
     try:
         build_holding_lock(Path(gguf), Path(cache_root), ctranslate2=kind == _KINDS[True])
