@@ -89,6 +89,34 @@ def test_code_without_an_answer_errors_its_case_only(run_pytest, pytester: pytes
     assert errors["transform loops"].startswith("transform error:") and "within 1 s" in errors["transform loops"]
 
 
+SPAWNING = """
+providers: [echo]
+prompts: ["say {{word}}"]
+tests:
+  - vars: {word: a}
+    assert:
+      - type: python
+        value: |
+          import pathlib, subprocess
+          child = subprocess.Popen(["sleep", "300"])
+          pathlib.Path("spawned.pid").write_text(str(child.pid))
+          return True
+"""
+
+
+def test_processes_a_check_starts_end_with_the_run(run_pytest, pytester: pytest.Pytester, mode: list[str]) -> None:
+    """The sandbox's workers each lead a process group: closing them at the end of the run ends
+    what the user's code started too (a `sleep 300` outlived the run before)."""
+    pytester.makefile(".promptopt.yaml", spawning=SPAWNING)
+    result = run_pytest("--promptopt", "--promptopt-no-mlflow", *mode)
+    result.assert_outcomes(passed=1)
+    spawned = int((pytester.path / "spawned.pid").read_text())
+    deadline = time.monotonic() + 10
+    while _running(spawned) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _running(spawned)
+
+
 LOOPING_PYTHON = """
 providers: [echo]
 prompts: ["say {{word}}"]

@@ -10,7 +10,9 @@ time limit and nothing more; a worker that dies mid-call (`os._exit`, a crash) e
 from __future__ import annotations
 
 import json
+import os
 import queue
+import signal
 import subprocess
 import threading
 from collections.abc import Sequence
@@ -43,6 +45,8 @@ class Worker:
             encoding="utf-8",
             errors="replace",
             bufsize=1,
+            # A process group of its own: `kill` ends the processes the user's code started too.
+            start_new_session=True,
         )
         self._replies: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, name="promptopt-script-reader", daemon=True).start()
@@ -89,6 +93,12 @@ class Worker:
         return json.loads(line)
 
     def kill(self) -> None:
+        """End the worker and whatever the user's code started in it (its process group)."""
+        if self.proc.returncode is None and hasattr(os, "killpg"):  # not reaped: its pid is still its own
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         if self.proc.poll() is None:
             self.proc.kill()
         try:
