@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import textwrap
 import time
 from pathlib import Path
 
@@ -89,19 +90,29 @@ def test_code_without_an_answer_errors_its_case_only(run_pytest, pytester: pytes
     assert errors["transform loops"].startswith("transform error:") and "within 1 s" in errors["transform loops"]
 
 
-SPAWNING = """
+def one_python_check(body: str) -> str:
+    """A suite of one echo case whose check is the Python `body`."""
+    indented = textwrap.indent(textwrap.dedent(body).strip(), " " * 10)
+    return f"""
 providers: [echo]
-prompts: ["say {{word}}"]
+prompts: ["say {{{{word}}}}"]
 tests:
-  - vars: {word: a}
+  - vars: {{word: a}}
     assert:
       - type: python
         value: |
-          import pathlib, subprocess
-          child = subprocess.Popen(["sleep", "300"])
-          pathlib.Path("spawned.pid").write_text(str(child.pid))
-          return True
+{indented}
 """
+
+
+SPAWNING = one_python_check(
+    """
+    import pathlib, subprocess
+    child = subprocess.Popen(["sleep", "300"])
+    pathlib.Path("spawned.pid").write_text(str(child.pid))
+    return True
+    """
+)
 
 
 def test_processes_a_check_starts_end_with_the_run(run_pytest, pytester: pytest.Pytester, mode: list[str]) -> None:
@@ -111,25 +122,17 @@ def test_processes_a_check_starts_end_with_the_run(run_pytest, pytester: pytest.
     result = run_pytest("--promptopt", "--promptopt-no-mlflow", *mode)
     result.assert_outcomes(passed=1)
     spawned = int((pytester.path / "spawned.pid").read_text())
-    deadline = time.monotonic() + 10
-    while _running(spawned) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not _running(spawned)
+    assert _ends_within(spawned, 10)
 
 
-LOOPING_PYTHON = """
-providers: [echo]
-prompts: ["say {{word}}"]
-tests:
-  - vars: {word: a}
-    assert:
-      - type: python
-        value: |
-          import os, pathlib
-          pathlib.Path("worker.pid").write_text(str(os.getpid()))
-          while True:
-              pass
-"""
+LOOPING_PYTHON = one_python_check(
+    """
+    import os, pathlib
+    pathlib.Path("worker.pid").write_text(str(os.getpid()))
+    while True:
+        pass
+    """
+)
 
 LOOPING_NODE = """
 providers: [echo]
@@ -157,6 +160,13 @@ def _running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def _ends_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not _running(pid)
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
@@ -200,10 +210,7 @@ def test_a_looping_check_ends_when_the_process_that_started_it_is_killed(
         time.sleep(1.5)
         assert _running(worker)  # looping: only its parent's time limit would end it
         os.kill(started_by, signal.SIGKILL)
-        deadline = time.monotonic() + 15
-        while _running(worker) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not _running(worker), f"the {language} worker {worker} still runs after its parent was killed"
+        assert _ends_within(worker, 15), f"the {language} worker {worker} still runs after its parent was killed"
     finally:
         try:
             os.killpg(run.pid, signal.SIGKILL)
