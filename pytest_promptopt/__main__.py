@@ -15,9 +15,12 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("files", nargs="+")
     check.add_argument(
         "--backend",
+        "--promptopt-backend",
+        dest="backend",
         choices=("local", "spark"),
         default="local",
-        help="the run's --promptopt-backend (default: local, as a run's): a Spark table dataset needs spark",
+        help="load as a run with this --promptopt-backend does (default: local; validate reads no pytest ini): "
+        "a Spark table dataset needs spark",
     )
     sub.add_parser("schema", help="print the suite file JSON Schema")
     upload = sub.add_parser("upload", help="send a run kept in a pending-upload file (or a JSON report) to MLflow")

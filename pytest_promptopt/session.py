@@ -407,10 +407,10 @@ class PromptoptSession:
             # `mlflow_outcome()` waits for it.
             if self._writer is None:
                 self._writer = MlflowWriter(mlflow)
+            self._writer.submit(run, meta, artifacts=[html_path] if html_path else [])
             # From here SIGTERM ends this process at once again: the writer, in a session of its
             # own, finishes the run it was handed (docs/mlflow.md, "Nothing is lost").
             self._release_sigterm()
-            self._writer.submit(run, meta, artifacts=[html_path] if html_path else [])
         return exit_status, messages
 
     def start_mlflow(self, spawned: Any = None) -> None:
@@ -469,13 +469,15 @@ class PromptoptSession:
         if self._writer is not None:  # waits for a run being logged; stops a writer that got none
             self._writer.close()
             self.mlflow_outcome()
+        # Before the runner, which waits for its call threads: one may be waiting on a check's
+        # worker in an endless loop, which Ctrl-C does not reach (a process group of its own).
+        self.sandbox.close()
         if self._runner is not None:
             self._runner.close()
         # After the runner: a case waiting for the preparation gets the child's copy rather than
         # building it again once the child is stopped (an interrupted first run).
         for preparation in self._preparations:
             preparation.stop()
-        self.sandbox.close()
         if self._cache is not None:
             self._cache.close()
         if self.is_controller:

@@ -20,9 +20,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ from fake_openai import FakeOpenAI, Reply
 from pytest_promptopt import FakeModel, Request
 from pytest_promptopt.cache import CallStats, ResponseCache
 from pytest_promptopt.execute import execute_case
+from pytest_promptopt.interrupts import interrupt_on_sigterm
 from pytest_promptopt.models.base import Response
 from pytest_promptopt.models.specs import ModelSpec
 from pytest_promptopt.suite.loader import load_suite
@@ -749,14 +752,10 @@ def test_spark_executors_run_a_read_only_project_without_a_cache(
     assert not cache.exists()
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM ends a Windows process, handler or not")
 def test_sigterm_becomes_a_keyboard_interrupt_only_where_it_had_its_default_action() -> None:
     """A run (and `serve`) takes SIGTERM as Ctrl-C (tests/test_mlflow_faults.py sends it to a run);
     a handler installed by someone else, or a SIGTERM the process was started ignoring, is kept."""
-    import signal
-    import threading
-
-    from pytest_promptopt.interrupts import interrupt_on_sigterm
-
     previous = signal.getsignal(signal.SIGTERM)
     try:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -410,7 +410,6 @@ def test_suite_file_with_similar_and_rouge(run_pytest: Any, pytester: pytest.Pyt
 
 LOADED_AT_COLLECTION = """
 import sys
-import tempfile
 
 def pytest_collection_finish(session):
     from pytest_promptopt.models.embeddings import embedder_for

@@ -454,6 +454,8 @@ def test_validate_command(pytester):
     local = subprocess.run(command, capture_output=True, text=True, cwd=pytester.path)
     assert local.returncode == 1, local.stdout
     assert "table.promptopt.yaml:2: dataset.table: a Spark table is read by the Spark backend" in local.stderr
-    spark = subprocess.run([*command, "--backend", "spark"], capture_output=True, text=True, cwd=pytester.path)
+    spark = subprocess.run(
+        [*command, "--promptopt-backend", "spark"], capture_output=True, text=True, cwd=pytester.path
+    )
     assert spark.returncode == 0, spark.stderr
     assert "table.promptopt.yaml: ok, dataset table main.default.t" in spark.stdout

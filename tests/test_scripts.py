@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import PYTEST, load_report
+from fake_openai import FakeOpenAI, echo_last_user_message
 
 from pytest_promptopt.sandbox import Sandbox, ScriptFault, ScriptRaised, ScriptTimeout
 from pytest_promptopt.sandbox.javascript import build_function_body, call_file, call_inline
@@ -90,6 +91,9 @@ def test_code_without_an_answer_errors_its_case_only(run_pytest, pytester: pytes
     assert errors["transform loops"].startswith("transform error:") and "within 1 s" in errors["transform loops"]
 
 
+READS_PROC = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes' states from /proc")
+
+
 def one_python_check(body: str) -> str:
     """A suite of one echo case whose check is the Python `body`."""
     indented = textwrap.indent(textwrap.dedent(body).strip(), " " * 10)
@@ -105,33 +109,41 @@ tests:
 """
 
 
-SPAWNING = one_python_check(
-    """
-    import pathlib, subprocess
+def spawning(name: str, then: str) -> str:
+    """Python check code that starts `sleep 300`, writes its pid to `name`, then runs `then`."""
+    return f"""
+    import os, pathlib, subprocess
     child = subprocess.Popen(["sleep", "300"])
-    pathlib.Path("spawned.pid").write_text(str(child.pid))
-    return True
+    pathlib.Path({name!r}).write_text(str(child.pid))
+    {then}
     """
+
+
+SPAWNING = (
+    one_python_check(spawning("spawned.pid", "return True"))
+    + one_python_check(spawning("dying.pid", "os._exit(3)")).split("tests:", 1)[1]
 )
 
 
+@READS_PROC
 def test_processes_a_check_starts_end_with_the_run(run_pytest, pytester: pytest.Pytester, mode: list[str]) -> None:
     """The sandbox's workers each lead a process group: closing them at the end of the run ends
-    what the user's code started too (a `sleep 300` outlived the run before)."""
+    what the user's code started too (a `sleep 300` outlived the run before), and so does a
+    worker that dies in the middle of a call."""
     pytester.makefile(".promptopt.yaml", spawning=SPAWNING)
     result = run_pytest("--promptopt", "--promptopt-no-mlflow", *mode)
-    result.assert_outcomes(passed=1)
-    spawned = int((pytester.path / "spawned.pid").read_text())
-    assert _ends_within(spawned, 10)
+    result.assert_outcomes(passed=1, errors=1)
+    for name in ("spawned.pid", "dying.pid"):
+        assert _ends_within(int((pytester.path / name).read_text()), 10), name
 
 
 LOOPING_PYTHON = one_python_check(
-    """
-    import os, pathlib
-    pathlib.Path("worker.pid").write_text(str(os.getpid()))
+    spawning(
+        "spawned.pid",
+        """pathlib.Path("worker.pid").write_text(str(os.getpid()))
     while True:
-        pass
-    """
+        pass""",
+    )
 )
 
 LOOPING_NODE = """
@@ -144,11 +156,71 @@ tests:
 
 LOOPING_MODULE = """
 import fs from 'node:fs';
+import { spawn } from 'node:child_process';
 export default function () {
+  fs.writeFileSync('spawned.pid', String(spawn('sleep', ['300']).pid));
   fs.writeFileSync('worker.pid', String(process.pid));
   while (true) {}
 }
 """
+
+
+@READS_PROC
+def test_ctrl_c_ends_the_run_while_a_check_on_a_call_thread_loops(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hosted model's cases are graded on call threads. The workers have process groups of
+    their own, so a terminal's Ctrl-C does not reach a looping one; the run's end kills it rather
+    than wait for its time limit (120 s here: the run took that long before)."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-fake")
+    with FakeOpenAI(echo_last_user_message, delay_s=0.3) as server:
+        later = "\n".join(f"  - vars: {{word: w{i}}}" for i in range(6))
+        looping = LOOPING_PYTHON.split("tests:", 1)[1].strip("\n")
+        pytester.makefile(
+            ".promptopt.yaml",
+            hosted=f"""
+providers: [{{id: openai/test-model, config: {{api_base: "{server.base_url}"}}}}]
+prompts: ["say {{{{word}}}}"]
+tests:
+  - vars: {{word: first}}
+    assert: [{{type: python, value: "import time; time.sleep(3); return True"}}]
+{looping}
+{later}
+""",
+        )
+        run = subprocess.Popen(
+            [
+                *PYTEST,
+                "-p",
+                "no:cacheprovider",
+                "--promptopt",
+                "--promptopt-no-mlflow",
+                "--promptopt-script-timeout",
+                "120",
+            ],
+            cwd=pytester.path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            pid_file = pytester.path / "worker.pid"
+            deadline = time.monotonic() + 120
+            while not pid_file.exists() or not pid_file.read_text():
+                assert run.poll() is None and time.monotonic() < deadline, "the check never started"
+                time.sleep(0.1)
+            worker = int(pid_file.read_text())
+            os.killpg(run.pid, signal.SIGINT)  # a terminal's Ctrl-C: the foreground process group
+            out, _ = run.communicate(timeout=60)
+            assert run.returncode == 2, out  # interrupted, long before the check's time limit
+            assert _ends_within(worker, 10)
+            assert _ends_within(int((pytester.path / "spawned.pid").read_text()), 10)
+        finally:
+            if run.poll() is None:
+                os.killpg(run.pid, signal.SIGKILL)
+                run.wait(timeout=60)
+            _kill_recorded(pytester.path)
 
 
 def _parent_of(pid: int) -> int:
@@ -162,6 +234,15 @@ def _running(pid: int) -> bool:
         return False
 
 
+def _kill_recorded(folder: Path) -> None:
+    """The processes a test's checks recorded, if still running (after a failed assertion: the
+    workers are in process groups of their own, out of reach of the run's group)."""
+    for name in ("worker.pid", "spawned.pid"):
+        file = folder / name
+        if file.exists() and file.read_text() and _running(int(file.read_text())):
+            os.kill(int(file.read_text()), signal.SIGKILL)
+
+
 def _ends_within(pid: int, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while _running(pid) and time.monotonic() < deadline:
@@ -169,14 +250,14 @@ def _ends_within(pid: int, seconds: float) -> bool:
     return not _running(pid)
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+@READS_PROC
 @pytest.mark.parametrize("language", ["python", "node"])
 def test_a_looping_check_ends_when_the_process_that_started_it_is_killed(
     pytester: pytest.Pytester, mode: list[str], language: str
 ) -> None:
-    """The time limit is enforced by the process that started the worker; killed (SIGKILL, or
-    SIGTERM, which pytest does not handle), it leaves the worker to end itself: within about a
-    second, instead of keeping a core busy forever (plain runs: pytest; `-n 2`: its worker)."""
+    """The time limit is enforced by the process that started the worker; killed outright
+    (SIGKILL), it leaves the worker to end itself and what it started: within about a second,
+    instead of keeping a core busy forever (plain runs: pytest; `-n 2`: its worker)."""
     if language == "node":
         if not Sandbox().node_available():
             pytest.skip("node is not on the PATH")
@@ -211,12 +292,14 @@ def test_a_looping_check_ends_when_the_process_that_started_it_is_killed(
         assert _running(worker)  # looping: only its parent's time limit would end it
         os.kill(started_by, signal.SIGKILL)
         assert _ends_within(worker, 15), f"the {language} worker {worker} still runs after its parent was killed"
+        assert _ends_within(int((pytester.path / "spawned.pid").read_text()), 10)  # what it started, too
     finally:
         try:
             os.killpg(run.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         run.wait(timeout=60)
+        _kill_recorded(pytester.path)
 
 
 def test_the_time_limit_must_be_positive(run_pytest, pytester: pytest.Pytester):

@@ -251,7 +251,7 @@ def _log_suite(
             _log_dataset_cases(client, child, suite, problems)
         text = meta.suite_files.get(suite.info.file)
         if text is not None:
-            client.log_text(child, text, f"suite/{suite_copy_name(suite.info.file)}")
+            client.log_text(child, text, f"suite/{_suite_copy_name(suite.info.file)}")
         for index, template in found.items():
             client.log_text(child, scrub(template), f"prompts/template-{index}.txt")
         client.log_text(child, rendered_prompts(suite), "prompts/rendered.md")
@@ -348,7 +348,7 @@ def _verify(
     return problems
 
 
-def suite_copy_name(file: str) -> str:
+def _suite_copy_name(file: str) -> str:
     """The artifact name of a suite's source. A Python test module gets `.txt` added: the local
     store's artifacts are under the project (`mlruns/`), where a `test_*.py` copy would be
     collected by a pytest run without this plugin (`-p no:promptopt`), as a clashing module or

@@ -104,6 +104,10 @@ def main() -> None:
     stopped: list[int] = []
 
     def stop(signum: int, frame: Any) -> None:
+        # Once only: a group SIGTERM reaches this child and pytest, whose session then sends
+        # SIGINT too; a second KeyboardInterrupt would skip the removal of the temporary folder.
+        if stopped:
+            return
         stopped.append(signum)
         raise KeyboardInterrupt
 

@@ -12,15 +12,21 @@ import { pathToFileURL } from 'node:url';
 import util from 'node:util';
 import { Worker } from 'node:worker_threads';
 
-// End this process when the one that started it is gone (pytest killed: SIGKILL, or SIGTERM,
-// which pytest does not handle). stdin closes then, but a check in an endless loop never lets
-// the event loop read it, and its time limit was enforced by the process that is gone: a thread
-// of its own polls the parent. unref(): it never keeps the process alive.
+// End this process, and what the user's code started (its process group, which it leads when
+// the sandbox starts it), when the process that started it is gone (pytest killed outright).
+// stdin closes then, but a check in an endless loop never lets the event loop read it, and its
+// time limit was enforced by the process that is gone: a thread of its own polls the parent.
+// unref(): it never keeps the process alive; a thread that cannot start changes nothing.
 new Worker(
   `const { workerData } = require('node:worker_threads');
-  setInterval(() => { if (process.ppid !== workerData) process.kill(process.pid, 'SIGKILL'); }, 500);`,
+  setInterval(() => {
+    if (process.ppid === workerData) return;
+    try { process.kill(-process.pid, 'SIGKILL'); } catch { process.kill(process.pid, 'SIGKILL'); }
+  }, 500);`,
   { eval: true, workerData: process.ppid },
-).unref();
+)
+  .on('error', () => {})
+  .unref();
 
 const MARK = '\x1ePROMPTOPT ';
 const write = process.stdout.write.bind(process.stdout);

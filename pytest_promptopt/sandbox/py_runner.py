@@ -15,6 +15,7 @@ import importlib.util
 import inspect
 import json
 import os
+import signal
 import socket
 import sys
 import threading
@@ -188,16 +189,21 @@ def _serve(stream, proto):
 
 
 def _end_with_parent(parent):
-    """End this process when the one that started it is gone. Its stdin closes then, but that is
-    read only between requests: a check in an endless loop would keep a core busy forever after
-    pytest was killed (SIGKILL, or SIGTERM, which pytest does not handle), its time limit being
-    enforced by the process that is gone. A thread polls, since a loop in Python code leaves it
-    the interpreter every few milliseconds."""
+    """End this process, and what the user's code started (its process group, which it leads when
+    the sandbox starts it), when the process that started it is gone. Its stdin closes then, but
+    that is read only between requests: a check in an endless loop would keep a core busy forever
+    after pytest was killed outright, its time limit being enforced by the process that is gone.
+    A thread polls: a loop in Python code leaves it the interpreter every few milliseconds (a loop
+    inside one C call does not)."""
 
     def watch():
         while True:
             time.sleep(0.5)
             if os.getppid() != parent:
+                try:
+                    os.killpg(os.getpid(), signal.SIGKILL)  # no such group unless it leads one
+                except (AttributeError, OSError):
+                    pass
                 os._exit(1)
 
     threading.Thread(target=watch, name="promptopt-parent-watch", daemon=True).start()

@@ -72,6 +72,7 @@ class Worker:
             self.kill()
             raise ScriptFault(f"{what}: {self.argv0} did not start within {timeout:g} s") from None
         if line is None:
+            self._end_group()
             code = self.proc.wait()
             raise ScriptFault(f"{what}: {self.argv0} exited at start (exit status {code})")
 
@@ -88,17 +89,23 @@ class Worker:
             self.kill()
             raise ScriptTimeout(f"{what} did not return within {timeout:g} s (--promptopt-script-timeout)") from None
         if line is None:
+            self._end_group()  # what the code started goes too (`os._exit` after a Popen)
             code = self.proc.wait()
             raise ScriptFault(f"{what} ended its process (exit status {code}) without returning")
         return json.loads(line)
 
-    def kill(self) -> None:
-        """End the worker and whatever the user's code started in it (its process group)."""
-        if self.proc.returncode is None and hasattr(os, "killpg"):  # not reaped: its pid is still its own
+    def _end_group(self) -> None:
+        """Kill the worker's process group: the worker and whatever the user's code started. Only
+        before the worker is reaped (until then its pid, the group's id, cannot be reused)."""
+        if self.proc.returncode is None and hasattr(os, "killpg"):
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+
+    def kill(self) -> None:
+        """End the worker and whatever the user's code started in it (its process group)."""
+        self._end_group()
         if self.proc.poll() is None:
             self.proc.kill()
         try:
@@ -120,6 +127,10 @@ class WorkerPool:
         self.argv = list(argv)
         self.marker = marker
         self._idle: list[Worker] = []
+        # Workers answering a call: `close` kills them too. They are in process groups of their
+        # own, so Ctrl-C does not reach them; a call thread waiting on one (a check in an endless
+        # loop) would otherwise hold the run's end for the whole time limit.
+        self._busy: set[Worker] = set()
         self._lock = threading.Lock()
         self._closed = False
 
@@ -129,13 +140,22 @@ class WorkerPool:
                 if self._closed:
                     raise ScriptFault(f"{what}: the run is over")
                 worker = self._idle.pop() if self._idle else None
+            fresh = worker is None
             if worker is None:
                 try:
                     worker = Worker(self.argv, self.marker)
                 except OSError as exc:
                     raise ScriptFault(f"{what}: cannot start {self.argv[0]}: {exc.strerror or exc}") from None
-                worker.ready(STARTUP_TIMEOUT_S, what)
+            with self._lock:
+                closed = self._closed
+                if not closed:
+                    self._busy.add(worker)
+            if closed:
+                worker.kill()
+                raise ScriptFault(f"{what}: the run is over")
             try:
+                if fresh:
+                    worker.ready(STARTUP_TIMEOUT_S, what)
                 reply = worker.call(request, timeout, what)
             except _Stale:
                 worker.kill()
@@ -145,6 +165,9 @@ class WorkerPool:
             except BaseException:  # a fault, or pytest-timeout / Ctrl-C while the code still runs in it
                 worker.kill()
                 raise
+            finally:
+                with self._lock:
+                    self._busy.discard(worker)
             with self._lock:
                 if self._closed:
                     worker.kill()
@@ -154,8 +177,9 @@ class WorkerPool:
         raise AssertionError("unreachable")
 
     def close(self) -> None:
+        """Kill every worker, the idle ones and those still answering (their callers get a fault)."""
         with self._lock:
             self._closed = True
-            idle, self._idle = self._idle, []
-        for worker in idle:
+            workers, self._idle = [*self._idle, *self._busy], []
+        for worker in workers:
             worker.kill()
