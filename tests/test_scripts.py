@@ -188,29 +188,8 @@ tests:
 {later}
 """,
         )
-        run = subprocess.Popen(
-            [
-                *PYTEST,
-                "-p",
-                "no:cacheprovider",
-                "--promptopt",
-                "--promptopt-no-mlflow",
-                "--promptopt-script-timeout",
-                "120",
-            ],
-            cwd=pytester.path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
+        run, worker = start_until_looping(pytester.path, "120")
         try:
-            pid_file = pytester.path / "worker.pid"
-            deadline = time.monotonic() + 120
-            while not pid_file.exists() or not pid_file.read_text():
-                assert run.poll() is None and time.monotonic() < deadline, "the check never started"
-                time.sleep(0.1)
-            worker = int(pid_file.read_text())
             os.killpg(run.pid, signal.SIGINT)  # a terminal's Ctrl-C: the foreground process group
             out, _ = run.communicate(timeout=60)
             assert run.returncode == 2, out  # interrupted, long before the check's time limit
@@ -221,6 +200,29 @@ tests:
                 os.killpg(run.pid, signal.SIGKILL)
                 run.wait(timeout=60)
             _kill_recorded(pytester.path)
+
+
+def start_until_looping(folder: Path, script_timeout: str, *args: str) -> tuple[subprocess.Popen[str], int]:
+    """`pytest --promptopt` in `folder`, in a session of its own (a signal sent to its group reaches
+    only this run), once a check has written the pid of its worker to `worker.pid`."""
+    run = subprocess.Popen(
+        [*PYTEST, "-p", "no:cacheprovider", "--promptopt", "--promptopt-no-mlflow"]
+        + ["--promptopt-script-timeout", script_timeout, *args],
+        cwd=folder,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    pid_file = folder / "worker.pid"
+    deadline = time.monotonic() + 120
+    while not pid_file.exists() or not pid_file.read_text():
+        if run.poll() is not None or time.monotonic() > deadline:
+            run.kill()
+            out, _ = run.communicate(timeout=60)
+            pytest.fail(f"the check never started:\n{out}")
+        time.sleep(0.1)
+    return run, int(pid_file.read_text())
 
 
 def _parent_of(pid: int) -> int:
@@ -263,29 +265,8 @@ def test_a_looping_check_ends_when_the_process_that_started_it_is_killed(
             pytest.skip("node is not on the PATH")
         pytester.makefile(".mjs", loops=LOOPING_MODULE)
     pytester.makefile(".promptopt.yaml", loops=LOOPING_NODE if language == "node" else LOOPING_PYTHON)
-    run = subprocess.Popen(
-        [
-            *PYTEST,
-            "-p",
-            "no:cacheprovider",
-            "--promptopt",
-            "--promptopt-no-mlflow",
-            "--promptopt-script-timeout",
-            "600",
-            *mode,
-        ],
-        cwd=pytester.path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    run, worker = start_until_looping(pytester.path, "600", *mode)
     try:
-        pid_file = pytester.path / "worker.pid"
-        deadline = time.monotonic() + 120
-        while not pid_file.exists() or not pid_file.read_text():
-            assert run.poll() is None and time.monotonic() < deadline, "the check never started"
-            time.sleep(0.1)
-        worker = int(pid_file.read_text())
         started_by = _parent_of(worker)
         assert started_by == run.pid or _parent_of(started_by) == run.pid  # pytest, or its xdist worker
         time.sleep(1.5)
