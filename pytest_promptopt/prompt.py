@@ -53,7 +53,7 @@ def _environment() -> Any:
 
 @functools.lru_cache(maxsize=4096)
 def _compile(template: str, promptfoo: bool = False) -> tuple[Any, frozenset[str]]:
-    return _compile_in(nunjucks.environment() if promptfoo else _environment(), template)
+    return _compile_in(nunjucks.environment() if promptfoo else _environment(), template, optional_guarded=promptfoo)
 
 
 def _compile_with(template: str, filters: Mapping[str, Any]) -> tuple[Any, frozenset[str]]:
@@ -61,11 +61,13 @@ def _compile_with(template: str, filters: Mapping[str, Any]) -> tuple[Any, froze
     `filters` (a suite's `nunjucksFilters`); not memoised, since the filters belong to one suite."""
     env = nunjucks.environment().overlay()
     env.filters.update(filters)
-    return _compile_in(env, template)
+    return _compile_in(env, template, optional_guarded=True)
 
 
-def _compile_in(env: Any, template: str) -> tuple[Any, frozenset[str]]:
-    """`template` compiled in `env`, with the variables it reads; a syntax error names its line."""
+def _compile_in(env: Any, template: str, optional_guarded: bool = False) -> tuple[Any, frozenset[str]]:
+    """`template` compiled in `env`, with the variables it needs; a syntax error names its line.
+    `optional_guarded` (a suite file's manners): a variable every use of which is guarded, as
+    promptfoo users write an optional one, is not needed (`_guarded_only`)."""
     from jinja2 import TemplateSyntaxError, meta
 
     try:
@@ -73,14 +75,80 @@ def _compile_in(env: Any, template: str) -> tuple[Any, frozenset[str]]:
         compiled = env.from_string(template)
     except TemplateSyntaxError as exc:
         raise TemplateError(f"template syntax error on line {exc.lineno}: {exc.message}") from None
-    return compiled, frozenset(meta.find_undeclared_variables(ast))
+    names = frozenset(meta.find_undeclared_variables(ast))
+    return compiled, names - _guarded_only(ast, names) if optional_guarded else names
+
+
+_DEFAULT_FILTERS = frozenset({"default", "d"})
+_DEFINED_TESTS = frozenset({"defined", "undefined"})
+
+
+def _guarded_only(ast: Any, names: frozenset[str]) -> frozenset[str]:
+    """Of `names`, those used only where a missing variable renders as promptfoo renders it (an
+    undefined that is false and prints nothing): tested by `{% if x %}` / `x is defined` (also
+    inside `and`, `or`, `not`, and an inline `if`), given a `default`, or read inside the branch
+    of an `if` that tested it. A bare `{{ x }}` anywhere else keeps it needed: there promptfoo
+    would print nothing where the author expected a value, and the case is an error instead."""
+    from jinja2 import nodes
+
+    unguarded: set[str] = set()
+
+    def truthy(test: Any) -> frozenset[str]:  # names `test` being true proves defined
+        if isinstance(test, nodes.Name):
+            return frozenset({test.name})
+        if isinstance(test, nodes.Test) and test.name == "defined" and isinstance(test.node, nodes.Name):
+            return frozenset({test.node.name})
+        if isinstance(test, nodes.And):
+            return truthy(test.left) | truthy(test.right)
+        if isinstance(test, nodes.Or):
+            return truthy(test.left) & truthy(test.right)
+        return frozenset()
+
+    def condition(test: Any, known: frozenset[str]) -> None:  # a bare name there is a truth test
+        if isinstance(test, nodes.Name):
+            return
+        if isinstance(test, nodes.Not):
+            condition(test.node, known)
+        elif isinstance(test, (nodes.And, nodes.Or)):
+            condition(test.left, known)
+            condition(test.right, known)
+        else:
+            walk(test, known)
+
+    def walk(node: Any, known: frozenset[str]) -> None:
+        if isinstance(node, nodes.Name):
+            if node.ctx == "load" and node.name in names and node.name not in known:
+                unguarded.add(node.name)
+            return
+        if isinstance(node, (nodes.Filter, nodes.Test)) and isinstance(node.node, nodes.Name):
+            if node.name in (_DEFAULT_FILTERS if isinstance(node, nodes.Filter) else _DEFINED_TESTS):
+                for child in node.iter_child_nodes(exclude=("node",)):
+                    walk(child, known)
+                return
+        if isinstance(node, (nodes.If, nodes.CondExpr)):
+            condition(node.test, known)
+            proven = known | truthy(node.test)
+            branches = [node.body] if isinstance(node, nodes.If) else [[node.expr1]]
+            others = [*node.elif_, *node.else_] if isinstance(node, nodes.If) else [node.expr2]
+            for child in branches[0]:
+                walk(child, proven)
+            for child in others:
+                if child is not None:
+                    walk(child, known)
+            return
+        for child in node.iter_child_nodes():
+            walk(child, known)
+
+    walk(ast, frozenset())
+    return names - frozenset(unguarded)
 
 
 def template_variables(
     template: str, promptfoo: bool = False, filters: Mapping[str, Any] | None = None
 ) -> frozenset[str]:
-    """The variables a template reads (free names only, not loop variables); `filters` are extra
-    filters a suite's template may use (its `nunjucksFilters`)."""
+    """The variables a template needs (free names only, not loop variables; in a suite file's
+    manners, `promptfoo`, not one every use of which is guarded: `_guarded_only`); `filters`
+    are extra filters a suite's template may use (its `nunjucksFilters`)."""
     return (_compile_with(template, filters) if filters else _compile(template, promptfoo))[1]
 
 
@@ -174,15 +242,15 @@ def _json_structure(template: str) -> Any:
     return value if isinstance(value, (list, dict)) else None
 
 
-def _collect_variables(value: Any, names: set[str]) -> None:
+def _collect_variables(value: Any, names: set[str], promptfoo: bool) -> None:
     if isinstance(value, str):
-        names |= template_variables(value)
+        names |= template_variables(value, promptfoo)
     elif isinstance(value, list):
         for item in value:
-            _collect_variables(item, names)
+            _collect_variables(item, names, promptfoo)
     elif isinstance(value, dict):
         for item in value.values():
-            _collect_variables(item, names)
+            _collect_variables(item, names, promptfoo)
 
 
 def _render_strings(
@@ -258,11 +326,17 @@ class Prompt:
 
     @property
     def variables(self) -> frozenset[str]:
+        return self.needed_variables()
+
+    def needed_variables(self, promptfoo: bool = False) -> frozenset[str]:
+        """The variables a render needs: all it reads, except, in a suite file's manners
+        (`promptfoo`), one used only where a missing one is allowed (`{% if x %}`, `x is
+        defined`, `x | default(...)`)."""
         structure = _json_structure(self.template)
         if structure is None:
-            return template_variables(self.template)
+            return template_variables(self.template, promptfoo)
         names: set[str] = set()
-        _collect_variables(structure, names)
+        _collect_variables(structure, names, promptfoo)
         return frozenset(names)
 
     @property

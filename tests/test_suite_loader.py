@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from pytest_promptopt import Prompt, TemplateError
 from pytest_promptopt.models.specs import ModelSpec
 from pytest_promptopt.suite.loader import load_suite
 from pytest_promptopt.suite.model import SuiteError
@@ -259,6 +261,38 @@ def test_missing_var_is_named_in_the_error_of_its_case(tmp_path):
         "prompts[0] (What is the capital of {{ country }}?); add it to this test's vars or to defaultTest.vars"
     )
     assert suite.cases[1].rendered_prompt == "What is the capital of Japan?"
+
+
+def test_a_variable_written_as_optional_may_be_missing_as_in_promptfoo(tmp_path):
+    """Real configs write optional variables the ways promptfoo (Nunjucks) allows; promptfoo renders
+    a missing one as false / nothing, and so does a suite here. A bare `{{ x }}`, an `else`
+    branch, `not x` and `x or y` do not guard it: those cases are errors, as before."""
+    optional = [
+        ("A{% if extra %} {{ extra }}{% endif %} {{ q }}", "A hi"),
+        ("A{% if extra is defined %} {{ extra.name }}{% endif %} {{ q }}", "A hi"),
+        ("A {{ extra | default('none') }} {{ q }}", "A none hi"),
+        ("A {{ extra if extra else 'x' }} {{ q }}", "A x hi"),
+        ("A{% if extra and more %} {{ extra }}{{ more }}{% endif %} {{ q }}", "A hi"),
+    ]
+    required = [
+        "A {{ extra }} {{ q }}",
+        "A{% if q %}{% else %}{{ extra }}{% endif %}",
+        "A{% if not extra %}{{ extra }}{% endif %} {{ q }}",
+        "A{% if extra or q %}{{ extra }}{% endif %}",
+    ]
+    prompts = [template for template, _ in optional] + required
+    suite = load(tmp_path, f"prompts: {json.dumps(prompts)}\ntests: [{{vars: {{q: hi}}}}]\n")
+    for case, (_, rendered) in zip(suite.cases, optional):
+        assert (case.error, case.rendered_prompt) == (None, rendered)
+    for case in suite.cases[len(optional) :]:
+        assert "missing variable 'extra'" in (case.error or ""), case.rendered_prompt
+    given = load(tmp_path, f"prompts: {json.dumps(prompts[:1])}\ntests: [{{vars: {{q: hi, extra: X}}}}]\n")
+    assert given.cases[0].rendered_prompt == "A X hi"
+    # A fuzz block and a dataset check their prompts' variables at load the same way.
+    assert Prompt(prompts[0]).needed_variables(promptfoo=True) == {"q"}
+    assert Prompt(prompts[0]).variables == {"extra", "q"}  # a Python test's Prompt renders strictly
+    with pytest.raises(TemplateError, match="missing variable 'extra'"):
+        Prompt(prompts[0]).render(q="hi")
 
 
 def test_missing_prompt_file_and_tests_file(tmp_path):

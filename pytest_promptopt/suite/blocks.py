@@ -70,7 +70,7 @@ def fuzz_cases(
             examples.append({k: v for k, v in load_vars(combo, test.path, ctx).items() if k in drawn})
     available = set(schemas) | set(block.defaults) | {name for example in examples for name in example}
     for index, prompt in enumerate(prompts):
-        missing = sorted(prompt.variables - available)
+        missing = sorted(prompt.needed_variables(promptfoo=True) - available)
         if missing:
             raise ctx.error(
                 here + (("vars",) if schemas else ()),
@@ -262,7 +262,7 @@ def _check_dataset(source: DatasetSource, slices: list[DatasetSlice], defaults: 
     available = (set(found) - renamed) | {var for var, _ in source.renames} | defaults
     for item in slices:
         factory = item.make_case
-        missing = sorted(factory.prompt.variables - available)
+        missing = sorted(factory.prompt.needed_variables(promptfoo=True) - available)
         if missing:
             where = ("dataset", "vars") if source.renames else ("dataset",)
             raise ctx.error(
