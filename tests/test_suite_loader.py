@@ -295,6 +295,53 @@ def test_a_variable_written_as_optional_may_be_missing_as_in_promptfoo(tmp_path)
         Prompt(prompts[0]).render(q="hi")
 
 
+def test_a_providers_prompt_filter_runs_only_the_prompts_it_names(tmp_path):
+    """promptfoo's `providers[].prompts` (readProviderPromptMap, isPromptAllowed in 0.121.20): a
+    label, `group:*`, or `group` for `group:...` labels; an empty list runs none; without it, all."""
+    suite = load(
+        tmp_path,
+        """
+        prompts:
+          - {raw: "A {{q}}", label: a}
+          - {raw: "G1 {{q}}", label: "g:1"}
+          - {raw: "G2 {{q}}", label: "g:2"}
+        providers:
+          - {id: echo, label: only-a, prompts: [a]}
+          - {id: echo, label: wildcard, prompts: ["g:*"]}
+          - {id: echo, label: group, prompts: [g]}
+          - {id: echo, label: none, prompts: []}
+          - {id: echo, label: all}
+        tests:
+          - vars: {q: x}
+            provider: {id: echo, prompts: [a]}
+          - vars: {q: y}
+        """,
+    )
+    assert [(c.model.label, c.rendered_prompt) for c in suite.cases if c.name.startswith("q=y")] == [
+        ("only-a", "A y"),
+        ("wildcard", "G1 y"),
+        ("wildcard", "G2 y"),
+        ("group", "G1 y"),
+        ("group", "G2 y"),
+        ("all", "A y"),
+        ("all", "G1 y"),
+        ("all", "G2 y"),
+    ]
+    # A test's own provider runs all the prompts; its filter is named in a warning.
+    assert [c.rendered_prompt for c in suite.cases if c.name.startswith("q=x")] == ["A x", "G1 x", "G2 x"]
+    assert any("tests[0].provider.prompts" in str(w) and "a test's provider" in str(w) for w in suite.warnings)
+    fuzzed = error(
+        tmp_path,
+        """
+        prompts: ["A {{q}}"]
+        providers: [{id: echo, prompts: [x]}]
+        tests: [{vars: {q: a}}]
+        fuzz: {count: 2}
+        """,
+    )
+    assert "providers[].prompts (which prompts run on a provider) is not supported in a suite with fuzz" in str(fuzzed)
+
+
 def test_missing_prompt_file_and_tests_file(tmp_path):
     assert "prompt file not found" in error(tmp_path, "prompts: [file://nope.txt]\n").message
     assert "tests file not found" in error(tmp_path, "prompts: ['x']\ntests: file://nope.csv\n").message

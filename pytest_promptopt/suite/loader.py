@@ -121,9 +121,18 @@ def _load(
         ctx.filters[str(filter_name)] = make_filter(code.sandbox, filter_file, code.timeout_s, where)
     prompts = load_prompts(data.get("prompts"), ctx)
     check_env([p.template for p in prompts], ctx)
-    providers = _providers(data.get("providers", data.get("targets")), ctx) or [default_model]
+    raw_providers = data.get("providers", data.get("targets"))
+    providers = _providers(raw_providers, ctx) or [default_model]
+    only = _prompt_filters(raw_providers, prompts)
     defaults = default_test(data.get("defaultTest"), ctx)
     info = SuiteInfo(id=display, name=str(name), file=display, gates=gates)
+    if any(allowed is not None for allowed in only) and ({"dataset", "fuzz"} & set(data)):
+        key = "dataset" if "dataset" in data else "fuzz"
+        raise ctx.error(
+            (key,),
+            f"providers[].prompts (which prompts run on a provider) is not supported in a suite with {key}: "
+            "run every prompt on every provider there, or put the other provider in a suite of its own",
+        )
     if "dataset" in data:
         return _dataset_suite(data, info, prompts, providers, defaults, ctx, backend)
     # A fuzz suite without `tests` has only generated cases (not promptfoo's one case without
@@ -148,7 +157,7 @@ def _load(
             "storeOutputAs and _conversation make each case wait for the ones before it: run this suite "
             "with the local backend, not --promptopt-backend spark",
         )
-    builder = _CaseBuilder(info, prompts, providers, defaults, ctx, sequence, code)
+    builder = _CaseBuilder(info, prompts, providers, defaults, ctx, sequence, code, only)
     cases = list(builder.cases(tests))
     if "fuzz" in data:
         cases.extend(fuzz_cases(data["fuzz"], info, prompts, providers, defaults, tests, cases, ctx))
@@ -222,6 +231,33 @@ def _scenario_tests(raw: Any, ctx: Context, start: int) -> list[TestEntry]:
     return out
 
 
+def _prompt_filters(raw: Any, prompts: list[Prompt]) -> list[frozenset[int] | None]:
+    """For each provider, the indexes of the prompts it runs (None: all): promptfoo's
+    `providers[].prompts` (`readProviderPromptMap`, `isPromptAllowed`), matched on labels: a
+    label equal to a reference, starting with a `ref*` reference's text, or starting with `ref:`.
+    An empty list runs none."""
+    entries = raw if isinstance(raw, list) else [raw] if raw is not None else []
+    out: list[frozenset[int] | None] = []
+    for entry in entries:
+        refs = entry.get("prompts") if isinstance(entry, Mapping) else None
+        if refs is None:
+            out.append(None)
+            continue
+        out.append(
+            frozenset(
+                i
+                for i, prompt in enumerate(prompts)
+                if any(
+                    prompt.label == ref
+                    or (ref.endswith("*") and prompt.label.startswith(ref[:-1]))
+                    or prompt.label.startswith(f"{ref}:")
+                    for ref in refs
+                )
+            )
+        )
+    return out
+
+
 def _providers(raw: Any, ctx: Context) -> list[ModelSpec]:
     if raw is None:
         return []
@@ -248,9 +284,11 @@ class _CaseBuilder:
         ctx: Context,
         sequence: bool,
         code: _Code,
+        only: list[frozenset[int] | None] | None = None,
     ) -> None:
         self.info, self.prompts, self.providers, self.default, self.ctx = info, prompts, providers, default, ctx
         self.sequence, self.code = sequence, code
+        self.only = only or []  # per suite provider: the indexes of the prompts it runs (None: all)
         self.seen: dict[str, int] = {}
         self.position = 0
 
@@ -262,6 +300,12 @@ class _CaseBuilder:
             options = merged["options"]
             test_providers = self.providers
             if merged["provider"] is not None:
+                if isinstance(merged["provider"], Mapping) and "prompts" in merged["provider"]:
+                    ctx.warn(
+                        path + ("provider", "prompts"),
+                        "a prompt filter applies to the suite's providers; a test's provider runs all its prompts "
+                        "(promptfoo ignores it here too)",
+                    )
                 try:
                     test_providers = [parse_model_spec(merged["provider"], format_path(path + ("provider",)))]
                 except ValueError as exc:
@@ -279,8 +323,15 @@ class _CaseBuilder:
                     variables = load_vars(raw_vars, path, ctx)
                 except SuiteError as exc:  # a var file missing or unreadable: this test's cases are errors
                     variables, vars_problem = dict(raw_vars), vars_problem or str(exc)
-                for spec in test_providers:
+                for provider_index, spec in enumerate(test_providers):
+                    allowed = (
+                        self.only[provider_index]
+                        if test_providers is self.providers and provider_index < len(self.only)
+                        else None
+                    )
                     for prompt_index, prompt in enumerate(prompts):
+                        if allowed is not None and prompt_index not in allowed:
+                            continue  # promptfoo's providers[].prompts: not this provider's
                         case = self._case(
                             test, merged, prompt, prompt_index, variables, placed, spec,
                             name=_name(merged["description"] or _vars_label(variables), test.index, combo_index,
