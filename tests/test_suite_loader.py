@@ -342,6 +342,29 @@ def test_a_providers_prompt_filter_runs_only_the_prompts_it_names(tmp_path):
     assert "providers[].prompts (which prompts run on a provider) is not supported in a suite with fuzz" in str(fuzzed)
 
 
+def test_a_key_no_one_knows_is_ignored_with_a_warning_and_a_typo_is_an_error(tmp_path):
+    """promptfoo ignores keys it does not know (`version: 1` and `prompts[].provider` in real
+    configs); so does a suite, with a warning. A key close to a known one is a typo: an error."""
+    suite = load(
+        tmp_path,
+        """
+        version: 1
+        prompts: [{label: a, raw: "x {{q}}", provider: a}]
+        providers: [echo]
+        tests: [{vars: {q: hi}}]
+        """,
+    )
+    assert [c.rendered_prompt for c in suite.cases] == ["x hi"]
+    warned = [str(w) for w in suite.warnings]
+    assert any("s.promptopt.yaml:1: version: not a promptfoo key nor one of this plugin's" in w for w in warned), warned
+    assert any("s.promptopt.yaml:2: prompts[0].provider: not a promptfoo key" in w for w in warned), warned
+    typo = error(tmp_path, 'prompts: ["x"]\ngate: {pass_rate: 0.9}\ntests: [{vars: {}}]\n')
+    assert "gate: unknown key 'gate'; did you mean 'gates'?" in str(typo)
+    assert "prompts[0].lable: unknown key 'lable'; did you mean 'label'?" in str(
+        error(tmp_path, 'prompts: [{raw: "x", lable: a}]\ntests: [{vars: {}}]\n')
+    )
+
+
 def test_missing_prompt_file_and_tests_file(tmp_path):
     assert "prompt file not found" in error(tmp_path, "prompts: [file://nope.txt]\n").message
     assert "tests file not found" in error(tmp_path, "prompts: ['x']\ntests: file://nope.csv\n").message
