@@ -104,37 +104,60 @@ def _guarded_only(ast: Any, names: frozenset[str]) -> frozenset[str]:
             return truthy(test.left) & truthy(test.right)
         return frozenset()
 
+    def if_false(test: Any) -> frozenset[str]:  # names `test` being false proves defined
+        if isinstance(test, nodes.Not):
+            return truthy(test.node)
+        if isinstance(test, nodes.Test) and test.name == "undefined" and isinstance(test.node, nodes.Name):
+            return frozenset({test.node.name})
+        if isinstance(test, nodes.Or):
+            return if_false(test.left) | if_false(test.right)
+        return frozenset()
+
     def condition(test: Any, known: frozenset[str]) -> None:  # a bare name there is a truth test
         if isinstance(test, nodes.Name):
             return
         if isinstance(test, nodes.Not):
             condition(test.node, known)
-        elif isinstance(test, (nodes.And, nodes.Or)):
+        elif isinstance(test, nodes.And):  # the right side runs only when the left is true
             condition(test.left, known)
-            condition(test.right, known)
+            condition(test.right, known | truthy(test.left))
+        elif isinstance(test, nodes.Or):  # ... only when the left is false
+            condition(test.left, known)
+            condition(test.right, known | if_false(test.left))
         else:
             walk(test, known)
+
+    def rooted(node: Any) -> Any:  # `x`, `x.y`, `x['y']`: the name it starts from, else None
+        while isinstance(node, (nodes.Getattr, nodes.Getitem)):
+            node = node.node
+        return node if isinstance(node, nodes.Name) else None
 
     def walk(node: Any, known: frozenset[str]) -> None:
         if isinstance(node, nodes.Name):
             if node.ctx == "load" and node.name in names and node.name not in known:
                 unguarded.add(node.name)
             return
-        if isinstance(node, (nodes.Filter, nodes.Test)) and isinstance(node.node, nodes.Name):
+        if isinstance(node, (nodes.Filter, nodes.Test)) and rooted(node.node) is not None:
             if node.name in (_DEFAULT_FILTERS if isinstance(node, nodes.Filter) else _DEFINED_TESTS):
+                # An undefined's attributes are undefined (JsUndefined chains, as Nunjucks does).
+                inner = node.node
+                while isinstance(inner, nodes.Getitem):
+                    walk(inner.arg, known)
+                    inner = inner.node
                 for child in node.iter_child_nodes(exclude=("node",)):
                     walk(child, known)
                 return
         if isinstance(node, (nodes.If, nodes.CondExpr)):
             condition(node.test, known)
             proven = known | truthy(node.test)
+            refuted = known | if_false(node.test)
             branches = [node.body] if isinstance(node, nodes.If) else [[node.expr1]]
             others = [*node.elif_, *node.else_] if isinstance(node, nodes.If) else [node.expr2]
             for child in branches[0]:
                 walk(child, proven)
             for child in others:
                 if child is not None:
-                    walk(child, known)
+                    walk(child, refuted)
             return
         for child in node.iter_child_nodes():
             walk(child, known)

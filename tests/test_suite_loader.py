@@ -204,7 +204,7 @@ def test_unknown_key_in_a_test_is_ignored_with_a_warning_naming_the_nearest(tmp_
     assert suite.cases[0].assertions == ()
     assert tuple(map(str, suite.warnings)) == (
         "s.promptopt.yaml:4: tests[0].asert: did you mean 'assert'? not a key of a test (allowed: assert, description, "
-        "metadata, options, provider, threshold, vars); promptfoo ignores it, and so does this plugin",
+        "metadata, options, prompts, provider, providers, threshold, vars); promptfoo ignores it, and so does this plugin",
     )
 
 
@@ -273,6 +273,9 @@ def test_a_variable_written_as_optional_may_be_missing_as_in_promptfoo(tmp_path)
         ("A {{ extra | default('none') }} {{ q }}", "A none hi"),
         ("A {{ extra if extra else 'x' }} {{ q }}", "A x hi"),
         ("A{% if extra and more %} {{ extra }}{{ more }}{% endif %} {{ q }}", "A hi"),
+        ("A{% if extra is defined and extra.name %} {{ extra.name }}{% endif %} {{ q }}", "A hi"),
+        ("A{% if extra is not defined %} none{% else %} {{ extra }}{% endif %} {{ q }}", "A none hi"),
+        ("A {{ extra.name | default('n') }} {{ q }}", "A n hi"),
     ]
     required = [
         "A {{ extra }} {{ q }}",
@@ -327,9 +330,13 @@ def test_a_providers_prompt_filter_runs_only_the_prompts_it_names(tmp_path):
         ("all", "G1 y"),
         ("all", "G2 y"),
     ]
-    # A test's own provider runs all the prompts; its filter is named in a warning.
+    # A test's own provider runs the prompts any of the suite's providers runs (all of them here);
+    # a filter on it is named in a warning.
     assert [c.rendered_prompt for c in suite.cases if c.name.startswith("q=x")] == ["A x", "G1 x", "G2 x"]
-    assert any("tests[0].provider.prompts" in str(w) and "a test's provider" in str(w) for w in suite.warnings)
+    assert any(
+        "tests[0].provider.prompts" in str(w) and "a prompt filter on a test's provider" in str(w)
+        for w in suite.warnings
+    )
     fuzzed = error(
         tmp_path,
         """
@@ -342,9 +349,49 @@ def test_a_providers_prompt_filter_runs_only_the_prompts_it_names(tmp_path):
     assert "providers[].prompts (which prompts run on a provider) is not supported in a suite with fuzz" in str(fuzzed)
 
 
-def test_a_key_no_one_knows_is_ignored_with_a_warning_and_a_typo_is_an_error(tmp_path):
-    """promptfoo ignores keys it does not know (`version: 1` and `prompts[].provider` in real
-    configs); so does a suite, with a warning. A key close to a known one is a typo: an error."""
+def test_a_tests_prompts_and_providers_filters_run_it_where_promptfoo_does(tmp_path):
+    """promptfoo's `tests[].prompts` and `tests[].providers` (isAllowedPrompt, isProviderAllowed:
+    labels and ids, `x*`, `x` for `x:...`), also from defaultTest; a test's own provider takes
+    the places of the suite's, with the prompts they run; a reference that matches nothing runs
+    nothing and is named in a warning."""
+    suite = load(
+        tmp_path,
+        """
+        prompts:
+          - {raw: "A {{q}}", label: a}
+          - {raw: "B {{q}}", label: b}
+        providers:
+          - {id: echo, label: "one:x"}
+          - {id: echo, label: two, prompts: [b]}
+        defaultTest: {prompts: [a, b]}
+        tests:
+          - vars: {q: p}
+            prompts: [b]
+          - vars: {q: r}
+            providers: ["one"]
+          - vars: {q: s}
+            provider: echo
+            providers: [two]
+          - vars: {q: t}
+            prompts: [nope]
+        """,
+    )
+    got = [(c.name.split("[")[0], c.model.label or c.model.id, c.rendered_prompt) for c in suite.cases]
+    assert got == [
+        ("q=p", "one:x", "B p"),
+        ("q=p", "two", "B p"),
+        ("q=r", "one:x", "A r"),
+        ("q=r", "one:x", "B r"),
+        ("q=s", "echo", "B s"),
+    ]
+    warned = [str(w) for w in suite.warnings]
+    assert any("tests[3].prompts: 'nope' matches no prompt" in w for w in warned), warned
+
+
+def test_keys_promptfoo_ignores_in_real_configs_are_warnings_and_other_unknown_keys_errors(tmp_path):
+    """`version: 1` and `prompts[].provider` (real configs) are keys promptfoo ignores: warnings.
+    Any other unknown key is an error naming the nearest known one, so a misspelt key that
+    matters (`gate:`, `quality_gates:`, `model:`) never passes."""
     suite = load(
         tmp_path,
         """
@@ -356,8 +403,15 @@ def test_a_key_no_one_knows_is_ignored_with_a_warning_and_a_typo_is_an_error(tmp
     )
     assert [c.rendered_prompt for c in suite.cases] == ["x hi"]
     warned = [str(w) for w in suite.warnings]
-    assert any("s.promptopt.yaml:1: version: not a promptfoo key nor one of this plugin's" in w for w in warned), warned
-    assert any("s.promptopt.yaml:2: prompts[0].provider: not a promptfoo key" in w for w in warned), warned
+    assert "s.promptopt.yaml:1: version: not a promptfoo key (promptfoo ignores it); ignored" in warned
+    assert any(
+        w.startswith("s.promptopt.yaml:2: prompts[0].provider: not a key of a prompt in promptfoo") for w in warned
+    )
+    # Any other unknown key stays an error: it could be a plugin key misspelt (gates dropped).
+    assert "model: unknown key 'model'" in str(error(tmp_path, 'prompts: ["x"]\nmodel: echo\ntests: [{vars: {}}]\n'))
+    assert "quality_gates: unknown key" in str(
+        error(tmp_path, 'prompts: ["x"]\nquality_gates: {}\ntests: [{vars: {}}]\n')
+    )
     typo = error(tmp_path, 'prompts: ["x"]\ngate: {pass_rate: 0.9}\ntests: [{vars: {}}]\n')
     assert "gate: unknown key 'gate'; did you mean 'gates'?" in str(typo)
     assert "prompts[0].lable: unknown key 'lable'; did you mean 'label'?" in str(

@@ -41,6 +41,9 @@ def merge_test(
         "assert": asserts + list(test.get("assert") or []),
         "threshold": test.get("threshold", default.get("threshold")),
         "provider": test.get("provider", default.get("provider")),
+        # promptfoo's filters: which prompts and which of the suite's providers run this test
+        "prompts": test.get("prompts", default.get("prompts")),
+        "providers": test.get("providers", default.get("providers")),
         "options": options,
         "metadata": {**(default.get("metadata") or {}), **(test.get("metadata") or {})},
     }

@@ -123,7 +123,7 @@ def _load(
     check_env([p.template for p in prompts], ctx)
     raw_providers = data.get("providers", data.get("targets"))
     providers = _providers(raw_providers, ctx) or [default_model]
-    only = _prompt_filters(raw_providers, prompts)
+    only = _prompt_filters(raw_providers, prompts, ctx)
     defaults = default_test(data.get("defaultTest"), ctx)
     info = SuiteInfo(id=display, name=str(name), file=display, gates=gates)
     if any(allowed is not None for allowed in only) and ({"dataset", "fuzz"} & set(data)):
@@ -157,7 +157,9 @@ def _load(
             "storeOutputAs and _conversation make each case wait for the ones before it: run this suite "
             "with the local backend, not --promptopt-backend spark",
         )
-    builder = _CaseBuilder(info, prompts, providers, defaults, ctx, sequence, code, only)
+    builder = _CaseBuilder(
+        info, prompts, providers, defaults, ctx, sequence, code, only, _provider_names(raw_providers, providers)
+    )
     cases = list(builder.cases(tests))
     if "fuzz" in data:
         cases.extend(fuzz_cases(data["fuzz"], info, prompts, providers, defaults, tests, cases, ctx))
@@ -231,31 +233,56 @@ def _scenario_tests(raw: Any, ctx: Context, start: int) -> list[TestEntry]:
     return out
 
 
-def _prompt_filters(raw: Any, prompts: list[Prompt]) -> list[frozenset[int] | None]:
+def ref_matches(ref: str, *names: str) -> bool:
+    """promptfoo's `doesPromptRefMatch` / `doesProviderRefMatch` on a prompt's label or a
+    provider's id and label: equal, `ref*` as a prefix, or `ref` for `ref:...`."""
+    return any(
+        name == ref or (ref.endswith("*") and name.startswith(ref[:-1])) or name.startswith(f"{ref}:")
+        for name in names
+        if name
+    )
+
+
+def _chosen(
+    refs: Any, names: list[tuple[str, ...]], path: tuple[Any, ...], what: str, ctx: Context
+) -> frozenset[int] | None:
+    """The indexes whose names a filter's `refs` match (None: no filter; an empty list: none);
+    a reference that matches nothing is named in a warning (its cases would vanish silently)."""
+    if refs is None:
+        return None
+    chosen: set[int] = set()
+    for ref in refs:
+        found = {i for i, own in enumerate(names) if ref_matches(str(ref), *own)}
+        if not found:
+            known = ", ".join(repr(n[0]) for n in names[:10])
+            ctx.warn(path, f"{ref!r} matches no {what} (matched by label here; they are {known}), so it runs nothing")
+        chosen |= found
+    return frozenset(chosen)
+
+
+def _prompt_filters(raw: Any, prompts: list[Prompt], ctx: Context) -> list[frozenset[int] | None]:
     """For each provider, the indexes of the prompts it runs (None: all): promptfoo's
-    `providers[].prompts` (`readProviderPromptMap`, `isPromptAllowed`), matched on labels: a
-    label equal to a reference, starting with a `ref*` reference's text, or starting with `ref:`.
-    An empty list runs none."""
+    `providers[].prompts` (`readProviderPromptMap`, `isPromptAllowed`), matched on labels."""
     entries = raw if isinstance(raw, list) else [raw] if raw is not None else []
-    out: list[frozenset[int] | None] = []
-    for entry in entries:
-        refs = entry.get("prompts") if isinstance(entry, Mapping) else None
-        if refs is None:
-            out.append(None)
-            continue
-        out.append(
-            frozenset(
-                i
-                for i, prompt in enumerate(prompts)
-                if any(
-                    prompt.label == ref
-                    or (ref.endswith("*") and prompt.label.startswith(ref[:-1]))
-                    or prompt.label.startswith(f"{ref}:")
-                    for ref in refs
-                )
-            )
+    labels = [(prompt.label,) for prompt in prompts]
+    return [
+        _chosen(
+            entry.get("prompts") if isinstance(entry, Mapping) else None,
+            labels,
+            ("providers", index, "prompts") if isinstance(raw, list) else ("providers", "prompts"),
+            "prompt",
+            ctx,
         )
-    return out
+        for index, entry in enumerate(entries)
+    ]
+
+
+def _provider_names(raw: Any, providers: list[ModelSpec]) -> list[tuple[str, ...]]:
+    """Each suite provider's id as written (and as the plugin reads it) and label, for filters."""
+    entries = raw if isinstance(raw, list) else [raw] if raw is not None else []
+    written = [e if isinstance(e, str) else str(e.get("id", "")) if isinstance(e, Mapping) else "" for e in entries]
+    written += [""] * (len(providers) - len(written))
+    return [(spec.label or ident, ident, spec.id) for spec, ident in zip(providers, written)]
 
 
 def _providers(raw: Any, ctx: Context) -> list[ModelSpec]:
@@ -285,10 +312,12 @@ class _CaseBuilder:
         sequence: bool,
         code: _Code,
         only: list[frozenset[int] | None] | None = None,
+        provider_names: list[tuple[str, ...]] | None = None,
     ) -> None:
         self.info, self.prompts, self.providers, self.default, self.ctx = info, prompts, providers, default, ctx
         self.sequence, self.code = sequence, code
         self.only = only or []  # per suite provider: the indexes of the prompts it runs (None: all)
+        self.provider_names = provider_names or [(spec.display, spec.id) for spec in providers]
         self.seen: dict[str, int] = {}
         self.position = 0
 
@@ -298,18 +327,22 @@ class _CaseBuilder:
             merged = merge_test(self.default, test.data, test.path, ctx)
             path = test.path
             options = merged["options"]
-            test_providers = self.providers
+            columns = self._columns(merged, path)
+            test_providers = [self.providers[i] for i, _ in columns]
             if merged["provider"] is not None:
                 if isinstance(merged["provider"], Mapping) and "prompts" in merged["provider"]:
                     ctx.warn(
                         path + ("provider", "prompts"),
-                        "a prompt filter applies to the suite's providers; a test's provider runs all its prompts "
-                        "(promptfoo ignores it here too)",
+                        "promptfoo does not read a prompt filter on a test's provider, and neither does this "
+                        "plugin: the test runs the prompts its suite's providers run",
                     )
                 try:
                     test_providers = [parse_model_spec(merged["provider"], format_path(path + ("provider",)))]
                 except ValueError as exc:
                     raise ctx.error(path + ("provider",), str(exc).split(": ", 1)[-1]) from None
+                # It takes the suite providers' places, with the prompts any of them runs.
+                runs = [allowed for _, allowed in columns]
+                columns = [(0, None if None in runs else frozenset().union(*runs))]
             prompts = self._with_prefix(options, test)
             problem, placed = self._assertions(merged, test, path)
             left = ctx.limits.max_cases - self.position
@@ -323,15 +356,10 @@ class _CaseBuilder:
                     variables = load_vars(raw_vars, path, ctx)
                 except SuiteError as exc:  # a var file missing or unreadable: this test's cases are errors
                     variables, vars_problem = dict(raw_vars), vars_problem or str(exc)
-                for provider_index, spec in enumerate(test_providers):
-                    allowed = (
-                        self.only[provider_index]
-                        if test_providers is self.providers and provider_index < len(self.only)
-                        else None
-                    )
+                for spec, (_, allowed) in zip(test_providers, columns):
                     for prompt_index, prompt in enumerate(prompts):
                         if allowed is not None and prompt_index not in allowed:
-                            continue  # promptfoo's providers[].prompts: not this provider's
+                            continue  # promptfoo's prompt filters: not for this provider or test
                         case = self._case(
                             test, merged, prompt, prompt_index, variables, placed, spec,
                             name=_name(merged["description"] or _vars_label(variables), test.index, combo_index,
@@ -341,6 +369,22 @@ class _CaseBuilder:
                         if isinstance(repeats, int) and repeats > 1:
                             case = dataclasses.replace(case, repeats=min(repeats, MAX_REPEAT))
                         yield case
+
+    def _columns(self, merged: Mapping[str, Any], path: tuple[Any, ...]) -> list[tuple[int, frozenset[int] | None]]:
+        """The suite providers a test runs on (promptfoo's `tests[].providers`), each with the
+        prompts it runs (None: all) after `providers[].prompts` and the test's `prompts`."""
+        ctx = self.ctx
+        providers = _chosen(merged["providers"], self.provider_names, path + ("providers",), "provider", ctx)
+        labels = [(prompt.label,) for prompt in self.prompts]
+        prompts = _chosen(merged["prompts"], labels, path + ("prompts",), "prompt", ctx)
+        columns: list[tuple[int, frozenset[int] | None]] = []
+        for index in range(len(self.providers)):
+            if providers is not None and index not in providers:
+                continue
+            own = self.only[index] if index < len(self.only) else None
+            both = [s for s in (own, prompts) if s is not None]
+            columns.append((index, frozenset.intersection(*both) if both else None))
+        return columns
 
     def _with_prefix(self, options: Mapping[str, Any], test: TestEntry) -> list[Prompt]:
         """promptfoo's `options.prefix` / `options.suffix` (the test's, else defaultTest's)."""

@@ -44,6 +44,15 @@ IGNORED = {
     "ignored: use gates: {pass_rate: ...}",
     "envPath": "promptfoo reads envPath under commandLineOptions only; ignored here too",
     "$schema": "a JSON Schema reference for editors; ignored",
+    "version": "not a promptfoo key (promptfoo ignores it); ignored",
+    "apiBaseUrl": "promptfoo's sharing server; ignored",
+    "appBaseUrl": "promptfoo's sharing server; ignored",
+}
+# Keys of a prompt object promptfoo does not read (its PromptSchema drops them): why each is left out.
+_PROMPT_IGNORED = {
+    "provider": "not a key of a prompt in promptfoo (it ignores it; providers[].prompts picks prompts per "
+    "provider); ignored",
+    "display": "promptfoo's old name for label, which it no longer reads; ignored (write label)",
 }
 _TEST_IGNORED = {
     "storeOutputAs": "promptfoo reads storeOutputAs under options only (options.storeOutputAs); ignored here too",
@@ -79,6 +88,12 @@ def preprocess(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
         raise ctx.error(("env",), "env is a mapping of names to values")
     for path, test in _tests(data):
         prune_test(test, path, ctx)
+    prompts = data.get("prompts")
+    for index, prompt in enumerate(prompts if isinstance(prompts, list) else []):
+        if isinstance(prompt, dict):
+            for key in [k for k in _PROMPT_IGNORED if k in prompt]:
+                prompt.pop(key)
+                ctx.warn(("prompts", index, key), _PROMPT_IGNORED[key])
     return data
 
 

@@ -37,51 +37,12 @@ def _validator(definition: str | None = None) -> Any:
 
 
 def validate_suite(data: dict[str, Any], ctx: Context) -> None:
-    """Check `data` against the schema. A key no one knows at the top level or in a prompt object,
-    and not close to a known one, is dropped with a warning, as promptfoo drops it (`version: 1`);
-    one close to a known key (`gate:`) stays an error, so a typo never passes silently."""
     from jsonschema.exceptions import best_match
 
-    while True:
-        error = best_match(_validator().iter_errors(data))
-        if error is None:
-            break
-        foreign = _foreign_key(_innermost(error))
-        if foreign is None:
-            raise _schema_error(error, ctx)
-        holder, path, key = foreign
-        del holder[key]
-        ctx.warn(
-            [*path, key],
-            "not a promptfoo key nor one of this plugin's, nor close to one: promptfoo ignores it, and so does "
-            "this plugin",
-        )
+    error = best_match(_validator().iter_errors(data))
+    if error is not None:
+        raise _schema_error(error, ctx)
     _refuse_non_finite(data, (), ctx)
-
-
-def _innermost(error: Any) -> Any:
-    """The alternative of a oneOf/anyOf whose complaint is most specific (as `_schema_error` picks)."""
-    while error.validator in ("oneOf", "anyOf") and error.context:
-        deepest = max(error.context, key=lambda e: len(e.absolute_path))
-        if len(deepest.absolute_path) <= len(error.absolute_path):
-            break
-        error = deepest
-    return error
-
-
-def _foreign_key(error: Any) -> tuple[dict[str, Any], list[Any], str] | None:
-    """(the mapping, its path, the key) when `error` is an unknown key of the suite itself or of a
-    prompt object that resembles no allowed key; None otherwise."""
-    if error.validator != "additionalProperties" or not isinstance(error.instance, dict):
-        return None
-    path = list(error.absolute_path)
-    if not (path == [] or (path[:1] == ["prompts"] and len(path) <= 2)):
-        return None
-    allowed = sorted(error.schema.get("properties", {}))
-    for key in sorted(set(error.instance) - set(allowed)):
-        if not difflib.get_close_matches(str(key), allowed, n=1):
-            return error.instance, path, key
-    return None
 
 
 _FINITE_KEYS = {"threshold", "weight", "min", "max", "repeat", "count", "seed", "limit"}
@@ -108,9 +69,9 @@ def _schema_error(error: Any, ctx: Context) -> SuiteError:
     path = list(error.absolute_path)
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
-        unexpected = sorted(set(error.instance) - set(allowed))
-        key = unexpected[0]
-        hint = difflib.get_close_matches(key, allowed, n=1)
+        unexpected = sorted(set(error.instance) - set(allowed), key=str)
+        key = unexpected[0]  # a YAML key may be a number (`2: b`)
+        hint = difflib.get_close_matches(str(key), allowed, n=1)
         fix = f"did you mean '{hint[0]}'? " if hint else ""
         if not path:
             fix += "it is neither a promptfoo key nor one of this plugin's (see docs/suite-format.md). "
