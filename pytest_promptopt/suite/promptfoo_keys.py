@@ -52,7 +52,7 @@ IGNORED = {
 _PROMPT_IGNORED = {
     "provider": "not a key of a prompt in promptfoo (it ignores it; providers[].prompts picks prompts per "
     "provider); ignored",
-    "display": "promptfoo's old name for label, which it no longer reads; ignored (write label)",
+    "display": "promptfoo's old name for label, read only by its results database; ignored (write label)",
 }
 _TEST_IGNORED = {
     "storeOutputAs": "promptfoo reads storeOutputAs under options only (options.storeOutputAs); ignored here too",
