@@ -412,6 +412,8 @@ def test_keys_promptfoo_ignores_in_real_configs_are_warnings_and_other_unknown_k
     assert "quality_gates: unknown key" in str(
         error(tmp_path, 'prompts: ["x"]\nquality_gates: {}\ntests: [{vars: {}}]\n')
     )
+    # A number as a key (YAML allows it) is named like any other, not a crash sorting it.
+    assert "unknown key '2'" in str(error(tmp_path, 'prompts: [{raw: "x", 2: b, zzz: c}]\ntests: [{vars: {}}]\n'))
     typo = error(tmp_path, 'prompts: ["x"]\ngate: {pass_rate: 0.9}\ntests: [{vars: {}}]\n')
     assert "gate: unknown key 'gate'; did you mean 'gates'?" in str(typo)
     assert "prompts[0].lable: unknown key 'lable'; did you mean 'label'?" in str(
