@@ -123,7 +123,8 @@ def _load(
     check_env([p.template for p in prompts], ctx)
     raw_providers = data.get("providers", data.get("targets"))
     providers = _providers(raw_providers, ctx) or [default_model]
-    only = _prompt_filters(raw_providers, prompts, ctx)
+    prompt_labels = [(prompt.label,) for prompt in prompts]
+    only = _prompt_filters(raw_providers, prompt_labels, ctx)
     defaults = default_test(data.get("defaultTest"), ctx)
     info = SuiteInfo(id=display, name=str(name), file=display, gates=gates)
     if any(allowed is not None for allowed in only) and ({"dataset", "fuzz"} & set(data)):
@@ -158,7 +159,16 @@ def _load(
             "with the local backend, not --promptopt-backend spark",
         )
     builder = _CaseBuilder(
-        info, prompts, providers, defaults, ctx, sequence, code, only, _provider_names(raw_providers, providers)
+        info,
+        prompts,
+        providers,
+        defaults,
+        ctx,
+        sequence,
+        code,
+        only,
+        prompt_labels,
+        _provider_names(raw_providers, providers),
     )
     cases = list(builder.cases(tests))
     if "fuzz" in data:
@@ -233,7 +243,16 @@ def _scenario_tests(raw: Any, ctx: Context, start: int) -> list[TestEntry]:
     return out
 
 
-def ref_matches(ref: str, *names: str) -> bool:
+def _provider_entries(raw: Any) -> list[tuple[Any, tuple[Any, ...]]]:
+    """The suite's providers as written (a list, or one entry), each with its path."""
+    if raw is None:
+        return []
+    if isinstance(raw, list):
+        return [(entry, ("providers", index)) for index, entry in enumerate(raw)]
+    return [(raw, ("providers",))]
+
+
+def _ref_matches(ref: str, *names: str) -> bool:
     """promptfoo's `doesPromptRefMatch` / `doesProviderRefMatch` on a prompt's label or a
     provider's id and label: equal, `ref*` as a prefix, or `ref` for `ref:...`."""
     return any(
@@ -252,46 +271,38 @@ def _chosen(
         return None
     chosen: set[int] = set()
     for ref in refs:
-        found = {i for i, own in enumerate(names) if ref_matches(str(ref), *own)}
+        found = {i for i, own in enumerate(names) if _ref_matches(str(ref), *own)}
         if not found:
             known = ", ".join(repr(n[0]) for n in names[:10])
-            ctx.warn(path, f"{ref!r} matches no {what} (matched by label here; they are {known}), so it runs nothing")
+            ctx.warn(path, f"{ref!r} matches no {what} (they are {known}), so it runs nothing")
         chosen |= found
     return frozenset(chosen)
 
 
-def _prompt_filters(raw: Any, prompts: list[Prompt], ctx: Context) -> list[frozenset[int] | None]:
+def _prompt_filters(raw: Any, labels: list[tuple[str]], ctx: Context) -> list[frozenset[int] | None]:
     """For each provider, the indexes of the prompts it runs (None: all): promptfoo's
-    `providers[].prompts` (`readProviderPromptMap`, `isPromptAllowed`), matched on labels."""
-    entries = raw if isinstance(raw, list) else [raw] if raw is not None else []
-    labels = [(prompt.label,) for prompt in prompts]
+    `providers[].prompts` (`readProviderPromptMap`, `isPromptAllowed`), matched on `labels`."""
     return [
         _chosen(
-            entry.get("prompts") if isinstance(entry, Mapping) else None,
-            labels,
-            ("providers", index, "prompts") if isinstance(raw, list) else ("providers", "prompts"),
-            "prompt",
-            ctx,
+            entry.get("prompts") if isinstance(entry, Mapping) else None, labels, path + ("prompts",), "prompt", ctx
         )
-        for index, entry in enumerate(entries)
+        for entry, path in _provider_entries(raw)
     ]
 
 
 def _provider_names(raw: Any, providers: list[ModelSpec]) -> list[tuple[str, ...]]:
     """Each suite provider's id as written (and as the plugin reads it) and label, for filters."""
-    entries = raw if isinstance(raw, list) else [raw] if raw is not None else []
-    written = [e if isinstance(e, str) else str(e.get("id", "")) if isinstance(e, Mapping) else "" for e in entries]
+    written = [
+        e if isinstance(e, str) else str(e.get("id", "")) if isinstance(e, Mapping) else ""
+        for e, _ in _provider_entries(raw)
+    ]
     written += [""] * (len(providers) - len(written))
     return [(spec.label or ident, ident, spec.id) for spec, ident in zip(providers, written)]
 
 
 def _providers(raw: Any, ctx: Context) -> list[ModelSpec]:
-    if raw is None:
-        return []
-    entries = raw if isinstance(raw, list) else [raw]
     specs = []
-    for index, entry in enumerate(entries):
-        path = ("providers", index) if isinstance(raw, list) else ("providers",)
+    for entry, path in _provider_entries(raw):
         try:
             specs.append(parse_model_spec(entry, format_path(path)))
         except ValueError as exc:
@@ -311,13 +322,14 @@ class _CaseBuilder:
         ctx: Context,
         sequence: bool,
         code: _Code,
-        only: list[frozenset[int] | None] | None = None,
-        provider_names: list[tuple[str, ...]] | None = None,
+        only: list[frozenset[int] | None],
+        prompt_labels: list[tuple[str]],
+        provider_names: list[tuple[str, ...]],
     ) -> None:
         self.info, self.prompts, self.providers, self.default, self.ctx = info, prompts, providers, default, ctx
         self.sequence, self.code = sequence, code
-        self.only = only or []  # per suite provider: the indexes of the prompts it runs (None: all)
-        self.provider_names = provider_names or [(spec.display, spec.id) for spec in providers]
+        # What promptfoo's filters match, and per suite provider the prompts it runs (None: all).
+        self.only, self.prompt_labels, self.provider_names = only, prompt_labels, provider_names
         self.seen: dict[str, int] = {}
         self.position = 0
 
@@ -375,8 +387,7 @@ class _CaseBuilder:
         prompts it runs (None: all) after `providers[].prompts` and the test's `prompts`."""
         ctx = self.ctx
         providers = _chosen(merged["providers"], self.provider_names, path + ("providers",), "provider", ctx)
-        labels = [(prompt.label,) for prompt in self.prompts]
-        prompts = _chosen(merged["prompts"], labels, path + ("prompts",), "prompt", ctx)
+        prompts = _chosen(merged["prompts"], self.prompt_labels, path + ("prompts",), "prompt", ctx)
         columns: list[tuple[int, frozenset[int] | None]] = []
         for index in range(len(self.providers)):
             if providers is not None and index not in providers:
