@@ -23,6 +23,7 @@ __all__ = [
     "MissingVariable",
     "Prompt",
     "RenderedPrompt",
+    "Rendering",
     "TemplateError",
     "render_prompt",
     "render_suite_prompt",
@@ -252,6 +253,32 @@ def render_suite_prompt(
 
 
 _NOT_JSON = object()
+
+
+@dataclass(frozen=True, eq=False)
+class Rendering:
+    """How a prompt renders: a suite file's way, promptfoo's (`promptfoo`: `render_suite_prompt`
+    with the suite's `env:` and `nunjucksFilters`), or a Python test's (`render_prompt`: strict,
+    vars as data). Whatever renders a prompt again after its run (repair) renders it this way, so
+    a case that ran is never refused for an optional variable it lacks."""
+
+    promptfoo: bool = False
+    env: Mapping[str, Any] | None = None
+    filters: Mapping[str, Any] | None = None
+
+    def prompt(self, template: str, variables: Mapping[str, Any]) -> str:
+        """The whole prompt for `variables` (a chat prompt: its JSON message list, as a string)."""
+        if not self.promptfoo:
+            return render_prompt(template, variables)
+        return render_suite_prompt(template, variables, self.env, self.filters)
+
+    def text(self, template: str, variables: Mapping[str, Any]) -> str:
+        """One string of a prompt (a chat message's content, a label) for `variables`, as the
+        strings of a chat prompt render."""
+        if not self.promptfoo:
+            return render_template(template, variables)
+        scope = {"env": dict(self.env or {}), **nunjucks.resolve_variables(dict(variables))}
+        return render_template(template, scope, promptfoo=True, filters=self.filters)
 
 
 def _json_structure(template: str) -> Any:

@@ -268,6 +268,33 @@ def test_suite_repair_block_and_label_template(project, run_pytest) -> None:
     assert repairs(project)[0]["seed"] == 5
 
 
+@pytest.mark.parametrize("optimizer", ["labeled", "bootstrap"])
+def test_a_suite_prompt_is_repaired_as_the_suite_renders_it(project, run_pytest, optimizer) -> None:
+    # promptfoo's manners, which the run used: the suite's `env:` global, a var written as optional
+    # (`{% if topic %}`) that half the cases lack, a string var that is itself a template. A
+    # repair rendering the prompt as a Python test does (strict, no `env`) could not score it.
+    text = suite(
+        prompt="'{{ env.LEAD }}{% if topic %}On {{ topic }}: {% endif %}Opposite of \"{{word}}\"?'",
+        repair="  seed: 1",
+    ).replace("providers:", "env: {LEAD: 'Quiz. '}\nproviders:")
+    for word in list(ANTONYMS)[:10:2]:
+        text = text.replace(f"vars: {{word: {word}}}", f"vars: {{word: {word}, topic: 'words {{{{word}}}}'}}")
+    project.makefile(".promptopt.yaml", antonyms=text)
+    run_repair(run_pytest, "--promptopt-repair-optimizer", optimizer)
+    [found] = repairs(project)
+    assert found["status"] == "repaired", found["reason"]
+    assert found["heldout_before"] == 0.0 and found["heldout_after"] == 1.0
+    assert all(case["proposal"]["passed"] for case in found["cases"]), found["cases"]
+    # The demonstrations' user turns are rendered as the suite renders them: env, optional var, and
+    # a var that is a template (promptfoo renders it first).
+    turns = [m["content"] for m in json.loads(found["prompt"]) if m["role"] == "user"][:-1]
+    assert turns and all(t.startswith("Quiz. ") for t in turns)
+    shown = {d["vars"]["word"]: turn for d, turn in zip(found["demos"], turns, strict=True)}
+    for word, turn in shown.items():
+        topic = f"On words {word}: " if word in list(ANTONYMS)[:10:2] else ""
+        assert turn == f'Quiz. {topic}Opposite of "{word}"?', turn
+
+
 def test_a_bad_repair_block_names_the_field(project, run_pytest) -> None:
     project.makefile(".promptopt.yaml", antonyms=suite(repair="  optimizer: magic"))
     result = run_repair(run_pytest)
@@ -422,3 +449,14 @@ def test_one(prompt_model, prompt_check):
     run_repair(run_pytest)
     [found] = repairs(project)
     assert found["suite"] == "py" and found["status"] == "skipped" and "suite file" in found["reason"]
+
+
+def test_a_suite_whose_cases_chain_answers_is_skipped_with_the_reason(project, run_pytest) -> None:
+    # storeOutputAs: each case is built from the answers before it, so none can be scored alone.
+    text = suite().replace("vars: {word: hot}", "vars: {word: hot}\n    options: {storeOutputAs: before}")
+    project.makefile(".promptopt.yaml", antonyms=text)
+    result = run_repair(run_pytest, "--promptopt-repair-optimizer", "bootstrap")
+    assert result.ret == 1
+    [found] = repairs(project)
+    assert found["status"] == "skipped" and "storeOutputAs" in found["reason"], found
+    assert found["calls"]["total"] == 0 and not list(project.path.glob("*.repaired.*"))

@@ -24,6 +24,7 @@ from ..assertions.scoring import CaseGrade, grade_case
 from ..cache import CallStats, ResponseCache
 from ..judging import Judge, Judges
 from ..models.base import Model, ModelError, Request, Response
+from ..prompt import Rendering
 from ..sandbox import Sandbox
 from ..suite.model import Case
 from .result import Calls
@@ -191,10 +192,11 @@ def _adapter_class() -> type:
     class TemplateAdapter(dspy.Adapter):
         """Formats a call as the plugin would render the composed template; parses nothing."""
 
-        def __init__(self, variables: Sequence[str], output: str) -> None:
+        def __init__(self, variables: Sequence[str], output: str, rendering: Rendering) -> None:
             super().__init__()
             self.variables = tuple(variables)
             self.output = output
+            self.rendering = rendering
 
         def format(self, signature: Any, demos: list[dict[str, Any]], inputs: dict[str, Any]) -> list[dict[str, Any]]:
             shown = [
@@ -203,7 +205,7 @@ def _adapter_class() -> type:
                 if demo.get(self.output) is not None
             ]
             rendered = render_composed(
-                signature.instructions, shown, {k: inputs[k] for k in self.variables if k in inputs}
+                signature.instructions, shown, {k: inputs[k] for k in self.variables if k in inputs}, self.rendering
             )
             return [dict(m) for m in Request.from_prompt(rendered).messages]
 
@@ -255,10 +257,11 @@ def _module_class() -> type:
     return TemplateProgram
 
 
-def template_program(template: str, variables: Sequence[str], lm: Any) -> Any:
-    """A DSPy program for `template` whose calls go to `lm` through the template adapter."""
+def template_program(template: str, variables: Sequence[str], lm: Any, rendering: Rendering) -> Any:
+    """A DSPy program for `template` whose calls go to `lm` through the template adapter, which
+    renders as the run rendered the prompt (`rendering`)."""
     output = output_field(variables)
-    return _module_class()(template, variables, _Runtime(lm, _adapter_class()(variables, output)))
+    return _module_class()(template, variables, _Runtime(lm, _adapter_class()(variables, output, rendering)))
 
 
 def grade_output(

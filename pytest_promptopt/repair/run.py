@@ -24,7 +24,7 @@ from ..case_stats import CaseStats
 from ..judging import judge_calls
 from ..models.base import ModelError
 from ..models.specs import BUNDLED, ModelSpec
-from ..prompt import Prompt, TemplateError, render_prompt, render_template
+from ..prompt import Prompt, Rendering, TemplateError
 from ..records import CaseResult
 from ..stats import wilson
 from ..suite.model import Case, Repeats
@@ -72,13 +72,26 @@ def repair_run(session: Any, run: RunSummary, settings: RepairSettings) -> list[
         except SuiteError as exc:
             results.append(dataclasses.replace(base, status="error", reason=str(exc)))
             continue
+        if loaded.sequence:
+            # A chained case is built when it runs, from the answers before it: the optimiser
+            # could neither score a case alone nor show one as a demonstration.
+            results.append(
+                dataclasses.replace(
+                    base,
+                    reason="its cases chain answers (storeOutputAs, _conversation), and a repair scores each case "
+                    "alone; repair the prompt in a suite of independent cases",
+                )
+            )
+            continue
         config = RepairConfig.resolve(settings, loaded.repair)
         groups: dict[tuple[int, str], list[Case]] = {}
         for case in loaded.cases:
             groups.setdefault((case.prompt_index, case.model.key), []).append(case)
         several = len({key for _, key in groups}) > 1
         for cases in groups.values():
-            results.append(repair_prompt(session, suite, cases, config, settings, several_models=several))
+            results.append(
+                repair_prompt(session, suite, cases, config, settings, loaded.rendering, several_models=several)
+            )
     return results
 
 
@@ -90,18 +103,18 @@ def split_cases(count: int, heldout: float, seed: int) -> tuple[list[int], list[
     return sorted(order[held:]), sorted(order[:held])
 
 
-def case_label(case: Case, config: RepairConfig) -> str | None:
-    """The answer a demonstration shows for `case`: `repair.label` rendered with its vars, else
-    the value of its `equals` assertion."""
+def case_label(case: Case, config: RepairConfig, rendering: Rendering) -> str | None:
+    """The answer a demonstration shows for `case`: `repair.label` rendered with its vars (as
+    the suite renders), else the value of its `equals` assertion."""
     if config.label is not None:
         try:
-            return render_template(config.label, case.vars)
+            return rendering.text(config.label, case.vars)
         except TemplateError:
             return None
     for assertion in case.assertions:
         if assertion.type == "equals" and not assertion.inverse and isinstance(assertion.value, (str, int, float)):
             try:
-                return render_template(str(assertion.value), case.vars)
+                return rendering.text(str(assertion.value), case.vars)
             except TemplateError:
                 return str(assertion.value)
     return None
@@ -144,8 +157,8 @@ def _scored(result: CaseResult) -> dict[str, Any]:
     }
 
 
-def _with_prompt(case: Case, prompt: Prompt) -> Case:
-    return dataclasses.replace(case, prompt=prompt, rendered_prompt=render_prompt(prompt.template, case.vars))
+def _with_prompt(case: Case, prompt: Prompt, rendering: Rendering) -> Case:
+    return dataclasses.replace(case, prompt=prompt, rendered_prompt=rendering.prompt(prompt.template, case.vars))
 
 
 def _proposer(settings: RepairSettings, task: ModelSpec) -> ModelSpec:
@@ -162,9 +175,12 @@ def repair_prompt(
     cases: Sequence[Case],
     config: RepairConfig,
     settings: RepairSettings,
+    rendering: Rendering,
     *,
     several_models: bool = False,
 ) -> RepairResult:
+    """Repair one prompt of `suite` on one model from its `cases`; `rendering` is how the suite
+    renders its prompts (the proposal is scored rendered the same way)."""
     started = time.perf_counter()
     first = cases[0]
     result = RepairResult(
@@ -180,7 +196,7 @@ def repair_prompt(
         started_at=time.time(),
     )
     try:
-        _repair(session, cases, config, settings, result, several_models)
+        _repair(session, cases, config, settings, rendering, result, several_models)
     except TemplateError as exc:
         result.status, result.reason = "error", f"template: {exc}"
     finally:
@@ -193,6 +209,7 @@ def _repair(
     cases: Sequence[Case],
     config: RepairConfig,
     settings: RepairSettings,
+    rendering: Rendering,
     result: RepairResult,
     several_models: bool,
 ) -> None:
@@ -210,7 +227,7 @@ def _repair(
     result.heldout_cases = [cases[i].name for i in held_at]
     result.insample_cases = [cases[i].name for i in train_at]
     result.weak_estimate = len(held_at) < WEAK_HELDOUT
-    labels = [case_label(case, config) for case in cases]
+    labels = [case_label(case, config, rendering) for case in cases]
     proposer_spec = _proposer(settings, first.model)
     name = _choose(config, len(train_at), sum(1 for i in train_at if labels[i] is not None), settings)
     result.optimizer = name
@@ -264,7 +281,7 @@ def _repair(
         )
     budget.limit = spent.total + max(0, available)  # the optimiser's share; scoring the proposal is reserved
     variables = sorted({k for case in cases for k in case.vars})
-    program = template_program(first.prompt.template, variables, task_lm)
+    program = template_program(first.prompt.template, variables, task_lm, rendering)
     output = output_field(variables)
     trainset = [_example(cases[i], i, variables, output, labels[i]) for i in train_at]
     threads = 1 if hasattr(task_model, "generate_batch") else max(1, min(8, session.settings.scale.concurrency))
@@ -298,7 +315,7 @@ def _repair(
     stopped = budget.exhausted  # DSPy went on without the calls it was refused; judge what it found
     budget.limit = config.budget
     demos = compiled.demos
-    proposal = compose(compiled.template, demos)
+    proposal = compose(compiled.template, demos, rendering)
     result.demos = [d.to_dict() for d in demos]
     result.tried = [
         {"optimizer": name, "demos": len(demos), "instructions_changed": compiled.template != first.prompt.template}
@@ -317,7 +334,7 @@ def _repair(
     repaired = Prompt(proposal, label=f"{first.prompt.label} (repaired)")
     after = _evaluate(
         session,
-        [_with_prompt(c, repaired) for c in cases],
+        [_with_prompt(c, repaired, rendering) for c in cases],
         f"{result.suite}::{result.prompt_index}::after",
         budget.spent,
     )

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..prompt import render_prompt, render_template
+from ..prompt import Rendering
 
 __all__ = [
     "Demo",
@@ -82,12 +82,12 @@ def is_chat(template: str) -> bool:
     return _messages(template) is not None
 
 
-def compose(template: str, demos: Sequence[Demo]) -> str:
+def compose(template: str, demos: Sequence[Demo], rendering: Rendering = Rendering()) -> str:
     """The template with `demos` as chat turns before its last user message; unchanged without demos.
 
-    A demo's user turn is the template's (last user message's) rendering with the demo's vars;
-    both turns are escaped, so the result renders them literally and keeps the template's own
-    `{{vars}}` for the case at hand.
+    A demo's user turn is the template's (last user message's) rendering with the demo's vars, in
+    the template's manners (`rendering`: a suite's, or a Python test's); both turns are escaped,
+    so the result renders them literally and keeps the template's own `{{vars}}` for the case at hand.
     """
     if not demos:
         return template
@@ -96,14 +96,14 @@ def compose(template: str, demos: Sequence[Demo]) -> str:
     asked = str(messages[last]["content"])
     turns: list[dict[str, Any]] = []
     for demo in demos:
-        turns.append({"role": "user", "content": escape_literal(render_template(asked, demo.vars))})
+        turns.append({"role": "user", "content": escape_literal(rendering.text(asked, demo.vars))})
         turns.append({"role": "assistant", "content": escape_literal(demo.output)})
     return json.dumps(messages[:last] + turns + messages[last:], indent=2, ensure_ascii=False)
 
 
-def render_composed(template: str, demos: Sequence[Demo], variables: Mapping[str, Any]) -> str:
-    """What the task model is sent for `variables`: `compose` rendered (the plugin's renderer)."""
-    return render_prompt(compose(template, demos), variables)
+def render_composed(template: str, demos: Sequence[Demo], variables: Mapping[str, Any], rendering: Rendering) -> str:
+    """What the task model is sent for `variables`: `compose` rendered as the run renders the prompt."""
+    return rendering.prompt(compose(template, demos, rendering), variables)
 
 
 def prompt_diff(before: str, after: str, before_name: str, after_name: str) -> str:

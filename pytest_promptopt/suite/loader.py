@@ -19,7 +19,7 @@ from typing import Any
 from ..assertions.base import assertion_types, is_model_graded
 from ..gates import parse_gates
 from ..models.specs import ModelSpec, parse_model_spec
-from ..prompt import Prompt
+from ..prompt import Prompt, Rendering
 from ..sandbox import DEFAULT_SCRIPT_TIMEOUT_S, Sandbox, sandbox_for
 from ..sandbox.scripts import make_filter
 from .blocks import dataset_spec, fuzz_cases
@@ -48,6 +48,9 @@ class LoadedSuite:
     repair: Mapping[str, Any] | None = None  # the `repair:` block, checked by the schema (repair/config.py reads it)
     warnings: tuple[SuiteNotice, ...] = ()  # one each: keys ignored, differences from promptfoo
     sequence: bool = False  # storeOutputAs / _conversation: the cases run in order, in one process
+    # How its prompts render (promptfoo's manners, its `env:` and `nunjucksFilters`), for what
+    # renders them again after the run (repair)
+    rendering: Rendering = Rendering(promptfoo=True)
 
 
 def load_suite(
@@ -178,7 +181,14 @@ def _load(
     repeat = repeats.for_suite(data.get("repeat"))
     if repeat != 1:
         cases = [dataclasses.replace(case, repeats=repeat) for case in cases]
-    return LoadedSuite(info, tuple(cases), repair=data.get("repair"), warnings=tuple(ctx.warnings), sequence=sequence)
+    return LoadedSuite(
+        info,
+        tuple(cases),
+        repair=data.get("repair"),
+        warnings=tuple(ctx.warnings),
+        sequence=sequence,
+        rendering=Rendering(promptfoo=True, env=ctx.env, filters=ctx.filters or None),
+    )
 
 
 def _dataset_suite(
