@@ -346,6 +346,10 @@ class Prompt:
     # A prompt function (`file:///abs/prompt.py:fn`, `file:///abs/prompt.js`): called for each case
     # with its vars, it returns the template (promptfoo's prompt functions); `template` is then the reference.
     function: str | None = None
+    # A suite prompt's label in promptfoo when it differs from `label` (promptfoo labels a file
+    # `path: text` and an inline prompt by its whole text): what promptfoo's prompt filters
+    # (`providers[].prompts`, `tests[].prompts`) match. None: `label`.
+    promptfoo_label: str | None = field(default=None, compare=False)
 
     @classmethod
     def from_registry(cls, uri: str, label: str | None = None) -> Prompt:

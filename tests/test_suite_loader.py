@@ -349,6 +349,51 @@ def test_a_providers_prompt_filter_runs_only_the_prompts_it_names(tmp_path):
     assert "providers[].prompts (which prompts run on a provider) is not supported in a suite with fuzz" in str(fuzzed)
 
 
+def test_prompt_filters_match_promptfoos_labels_of_prompt_files(tmp_path):
+    """An unlabelled prompt file is `path: text` in promptfoo (the path from the config's folder),
+    so a filter names it by its path, not by `file://...` or its bare file name. Recorded with
+    promptfoo 0.121.20 (`promptfoo eval` on this config, echo provider): by-path runs say.txt,
+    by-glob multi.txt's two prompts and mark.md, by-inline and by-json theirs, the others nothing."""
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / "say.txt").write_text("Say {{q}}\n")
+    (tmp_path / "prompts" / "multi.txt").write_text("One {{q}}\n---\nTwo {{q}}\n")
+    (tmp_path / "prompts" / "chat.json").write_text('[{"role":"user","content":"Chat {{q}}"}]')
+    (tmp_path / "prompts" / "mark.md").write_text("Mark {{q}}\n")
+    suite = load(
+        tmp_path,
+        """
+        prompts:
+          - file://prompts/say.txt
+          - file://prompts/multi.txt
+          - file://prompts/chat.json
+          - file://prompts/mark.md
+          - "Inline {{q}} prompt"
+        providers:
+          - {id: echo, label: by-path, prompts: [prompts/say.txt]}
+          - {id: echo, label: by-file-url, prompts: ["file://prompts/say.txt"]}
+          - {id: echo, label: by-name, prompts: [say.txt]}
+          - {id: echo, label: by-glob, prompts: ["prompts/m*"]}
+          - {id: echo, label: by-inline, prompts: ["Inline {{q}} prompt"]}
+          - {id: echo, label: by-json, prompts: [prompts/chat.json]}
+        tests:
+          - vars: {q: x}
+        """,
+    )
+    assert sorted((c.model.label, c.prompt_index) for c in suite.cases) == [
+        ("by-glob", 1),
+        ("by-glob", 2),
+        ("by-glob", 4),
+        ("by-inline", 5),
+        ("by-json", 3),
+        ("by-path", 0),
+    ]
+    warned = [str(w) for w in suite.warnings]
+    assert any("'file://prompts/say.txt' matches no prompt" in w for w in warned), warned
+    assert any("'say.txt' matches no prompt" in w for w in warned), warned
+    # The labels shown here stay short: the file's name.
+    assert {c.prompt.label for c in suite.cases if c.prompt_index == 0} == {"say.txt"}
+
+
 def test_a_tests_prompts_and_providers_filters_run_it_where_promptfoo_does(tmp_path):
     """promptfoo's `tests[].prompts` and `tests[].providers` (isAllowedPrompt, isProviderAllowed:
     labels and ids, `x*`, `x` for `x:...`), also from defaultTest; a test's own provider takes

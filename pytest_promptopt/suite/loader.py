@@ -126,7 +126,8 @@ def _load(
     check_env([p.template for p in prompts], ctx)
     raw_providers = data.get("providers", data.get("targets"))
     providers = _providers(raw_providers, ctx) or [default_model]
-    prompt_labels = [(prompt.label,) for prompt in prompts]
+    # promptfoo's filters match its labels (a file's `path: text`), not the shorter ones shown here
+    prompt_labels = [(prompt.promptfoo_label or prompt.label,) for prompt in prompts]
     only = _prompt_filters(raw_providers, prompt_labels, ctx)
     defaults = default_test(data.get("defaultTest"), ctx)
     info = SuiteInfo(id=display, name=str(name), file=display, gates=gates)
@@ -283,7 +284,7 @@ def _chosen(
     for ref in refs:
         found = {i for i, own in enumerate(names) if _ref_matches(str(ref), *own)}
         if not found:
-            known = ", ".join(repr(n[0]) for n in names[:10])
+            known = ", ".join(repr(n[0][:60] + ("..." if len(n[0]) > 60 else "")) for n in names[:10])
             ctx.warn(path, f"{ref!r} matches no {what} (they are {known}), so it runs nothing")
         chosen |= found
     return frozenset(chosen)

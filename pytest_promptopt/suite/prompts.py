@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -39,7 +40,7 @@ def load_prompts(raw: Any, ctx: Context) -> list[Prompt]:
         elif _maybe_file_path(text):
             prompts.extend(_prompt_files(text, label, config, path, ctx))
         else:
-            prompts.append(Prompt(text, label=label or text[:60], config=config))
+            prompts.append(Prompt(text, label=label or text[:60], config=config, promptfoo_label=label or text))
     if not prompts:
         raise ctx.error(("prompts",), "no prompts: give at least one prompt")
     return prompts
@@ -100,7 +101,7 @@ def _prompt_files(reference: str, label: str | None, config: Any, path: tuple[An
     if has_magic(name):
         files = expand(name, ctx, path)
         if not files:  # promptfoo: a glob that matches nothing is the text itself
-            return [Prompt(reference, label=label or reference[:60], config=config)]
+            return [Prompt(reference, label=label or reference[:60], config=config, promptfoo_label=label or reference)]
     else:
         file = Path(name).expanduser()
         file = file if file.is_absolute() else ctx.base_dir / file
@@ -114,7 +115,9 @@ def _prompt_files(reference: str, label: str | None, config: Any, path: tuple[An
                     f"promptfoo reads {reference[:60]!r} as a file path and refuses it (no such file); it runs as "
                     "an inline prompt here: write it as {raw: ...} to run it in both",
                 )
-                return [Prompt(reference, label=label or reference[:60], config=config)]
+                return [
+                    Prompt(reference, label=label or reference[:60], config=config, promptfoo_label=label or reference)
+                ]
             raise ctx.error(path, f"prompt file not found: {file}")
         files = [file]
     prompts: list[Prompt] = []
@@ -128,13 +131,28 @@ def _read_prompt_file(
 ) -> list[Prompt]:
     suffix = file.suffix.lower()
     source = str(file)
+    # promptfoo's path of the file in its labels: relative to the config's folder (as when
+    # `promptfoo eval` runs there).
+    where = Path(os.path.relpath(file, ctx.base_dir)).as_posix()
     if suffix in CODE_SUFFIXES:
         # A prompt function: called for each case with its vars, it returns the template
         # (sandbox/scripts.py runs it); a Python file without a function: its output.
         target = f"file://{file.resolve().as_posix()}" + (f":{function}" if function else "")
         shown = file.relative_to(ctx.base_dir).as_posix() if file.is_relative_to(ctx.base_dir) else str(file)
         body = shown + (f":{function}" if function else "")
-        return [Prompt(target, label=label or body, source=source, config=config, function=target)]
+        named = f"{where}:{function}" if function else where
+        if suffix == ".py" and not function:  # promptfoo: `${filePath}: ${fileContent}`
+            named = f"{where}: {read_text(file, ctx, path, 'prompt file')}"
+        return [
+            Prompt(
+                target,
+                label=label or body,
+                source=source,
+                config=config,
+                function=target,
+                promptfoo_label=label or named,
+            )
+        ]
     if suffix in _EXEC_SUFFIXES:
         raise ctx.error(path, f"{file.name}: executable prompts are not supported; write the prompt as a template")
     text = read_text(file, ctx, path, "prompt file")
@@ -146,23 +164,38 @@ def _read_prompt_file(
             text = js_json(json_parse(text))  # promptfoo re-serialises a JSON prompt compactly
         except ValueError:
             pass  # e.g. a chat prompt with {% for %}: its text as it is
-        return [Prompt(text, label=label or file.name, source=source, config=config)]
+        return [
+            Prompt(
+                text,
+                label=label or file.name,
+                source=source,
+                config=config,
+                promptfoo_label=label or f"{where}: {text}",
+            )
+        ]
     if suffix in (".yaml", ".yml"):
         try:
             text = js_json(load_yaml(text, ctx.limits))
         except DocumentError:
             pass
-        return [Prompt(text, label=label or file.name, source=source, config=config)]
+        named = label or f"{where}: {text[:80]}"
+        return [Prompt(text, label=label or file.name, source=source, config=config, promptfoo_label=named)]
     if suffix == ".jsonl":
         lines = [line for line in re.split(r"\r?\n", text) if line]
+        several = len(lines) > 1
         return [
             Prompt(
-                line, label=label or (f"{file.name}#{n}" if len(lines) > 1 else file.name), source=source, config=config
+                line,
+                label=label or (f"{file.name}#{n}" if several else file.name),
+                source=source,
+                config=config,
+                promptfoo_label=f"{label or where}: {line}" if several else label or where,
             )
             for n, line in enumerate(lines)
         ]
     if suffix in (".j2", ".md"):  # the whole file, whitespace and all
-        return [Prompt(text, label=label or file.name, source=source, config=config)]
+        named = label or f"{where}: {text[:50]}..."
+        return [Prompt(text, label=label or file.name, source=source, config=config, promptfoo_label=named)]
     if suffix == ".csv":
         return _csv_prompts(text, file, label, config)
     if suffix != ".txt":
@@ -173,7 +206,12 @@ def _read_prompt_file(
         )
     parts = _split_text(text)
     return [
-        Prompt(part, label=label or (file.name if len(parts) == 1 else f"{file.name}#{n}"), source=source)
+        Prompt(
+            part,
+            label=label or (file.name if len(parts) == 1 else f"{file.name}#{n}"),
+            source=source,
+            promptfoo_label=f"{label}: {where}: {part}" if label else f"{where}: {part}",
+        )
         for n, part in enumerate(parts)
     ]
 
@@ -199,7 +237,13 @@ def _csv_prompts(text: str, file: Path, label: str | None, config: Any) -> list[
         lines = [line for line in re.split(r"\r?\n", text) if line.strip()]
         start = 1 if lines and lines[0].strip().lower() == "prompt" else 0
         return [
-            Prompt(line, label=label or f"Prompt {n + 1}", source=str(file), config=config)
+            Prompt(
+                line,
+                label=label or f"Prompt {n + 1}",
+                source=str(file),
+                config=config,
+                promptfoo_label=label or f"Prompt {n + 1} - {line}",
+            )
             for n, line in enumerate(lines[start:])
         ]
     rows = csv.DictReader(io.StringIO(text), skipinitialspace=True)
@@ -208,9 +252,14 @@ def _csv_prompts(text: str, file: Path, label: str | None, config: Any) -> list[
         cells = {str(k).strip(): (v or "").strip() for k, v in row.items() if k is not None}
         if cells.get("prompt"):
             n = len(prompts) + 1
+            named = cells.get("label") or label
             prompts.append(
                 Prompt(
-                    cells["prompt"], label=cells.get("label") or label or f"Prompt {n}", source=str(file), config=config
+                    cells["prompt"],
+                    label=named or f"Prompt {n}",
+                    source=str(file),
+                    config=config,
+                    promptfoo_label=named or f"Prompt {n} - {cells['prompt']}",
                 )
             )
     return prompts
