@@ -34,6 +34,20 @@ def test_suite_cases_are_items_and_failing_case_fails_without_gates(pytester, ru
     assert all(r["prompt_index"] == 0 for r in suite["results"])
 
 
+def test_providers_that_show_one_name_are_items_of_their_own_in_every_mode(pytester, run_pytest, mode):
+    # Two unlabelled providers with one id: promptfoo runs both; their items need distinct ids,
+    # or xdist and -k would mistake one for the other.
+    pytester.makefile(
+        ".promptopt.yaml",
+        same="prompts: ['A {{q}}']\nproviders: [echo, echo]\ntests: [{vars: {q: x}}, {vars: {q: y}}]\n",
+    )
+    result = run_pytest("--promptopt", "-v", "--promptopt-report", "report.json", *mode)
+    result.assert_outcomes(passed=4)
+    assert "same.promptopt.yaml::q=x[t0-echo#1]" in result.stdout.str()
+    report = load_report(pytester.path / "report.json")
+    assert len({r["name"] for r in report["suites"][0]["results"]}) == 4
+
+
 def test_gates_decide_and_failing_cases_are_tolerated(pytester, run_pytest, mode):
     pytester.makefile(".promptopt.yaml", qa=ECHO_SUITE + "gates:\n  pass_rate: 0.6\n")
     result = run_pytest("--promptopt", "-rx", *mode)

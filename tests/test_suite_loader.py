@@ -394,6 +394,64 @@ def test_prompt_filters_match_promptfoos_labels_of_prompt_files(tmp_path):
     assert {c.prompt.label for c in suite.cases if c.prompt_index == 0} == {"say.txt"}
 
 
+DUPLICATE_PROVIDERS = """
+prompts:
+  - {raw: "A {{q}}", label: a}
+  - {raw: "B {{q}}", label: b}
+  - {raw: "C {{q}}", label: c}
+providers:
+  - {id: echo, prompts: [a]}
+  - {id: echo, prompts: [b]}
+  - {id: echo, label: L1, prompts: [a]}
+  - echo
+  - echo:
+      prompts: [c]
+      label: mapped
+tests:
+  - vars: {q: x}
+"""
+
+
+def test_providers_sharing_an_id_and_the_map_form_run_the_prompts_promptfoo_runs(tmp_path):
+    """promptfoo keys provider filters by id and label (`readProviderPromptMap`) and looks each
+    provider's up by its label, else its id: the last filter for `echo` (the map form's) applies
+    to every unlabelled echo, and the map form registers no label, so `mapped` runs every
+    prompt. Recorded with promptfoo 0.121.20 on this config: echo c, echo c, L1 a, echo c,
+    mapped a b c. Each difference from the filter as written is a warning."""
+    suite = load(tmp_path, DUPLICATE_PROVIDERS)
+    assert [(c.model.display, c.rendered_prompt) for c in suite.cases] == [
+        ("echo", "C x"),
+        ("echo", "C x"),
+        ("L1", "A x"),
+        ("echo", "C x"),
+        ("mapped", "A x"),
+        ("mapped", "B x"),
+        ("mapped", "C x"),
+    ]
+    # Providers that show the same name get their index in the items' names, which stay unique.
+    names = [c.name for c in suite.cases]
+    assert len(set(names)) == len(names) and "q=x[t0-p2-echo#1]" in names, names
+    warned = [str(w) for w in suite.warnings]
+    assert sum("the last one's filter wins" in w for w in warned) == 3, warned
+    assert any("providers[4].echo.prompts: promptfoo ignores this filter" in w for w in warned), warned
+
+
+def test_the_map_form_of_a_provider_is_its_options(tmp_path):
+    suite = load(
+        tmp_path,
+        """
+        prompts: ["{{q}}"]
+        providers:
+          - echo: {config: {temperature: 0.5}, label: warm}
+        tests: [{vars: {q: x}}]
+        """,
+    )
+    [case] = suite.cases
+    assert (case.model.id, case.model.label, case.model.params) == ("echo", "warm", {"temperature": 0.5})
+    wrong = error(tmp_path, "prompts: ['{{q}}']\nproviders:\n  - echo: {confg: {}}\ntests: [{vars: {q: x}}]\n")
+    assert "confg" in str(wrong) and ":3:" in str(wrong), str(wrong)
+
+
 def test_a_tests_prompts_and_providers_filters_run_it_where_promptfoo_does(tmp_path):
     """promptfoo's `tests[].prompts` and `tests[].providers` (isAllowedPrompt, isProviderAllowed:
     labels and ids, `x*`, `x` for `x:...`), also from defaultTest; a test's own provider takes

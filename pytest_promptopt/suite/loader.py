@@ -254,13 +254,35 @@ def _scenario_tests(raw: Any, ctx: Context, start: int) -> list[TestEntry]:
     return out
 
 
-def _provider_entries(raw: Any) -> list[tuple[Any, tuple[Any, ...]]]:
+@dataclass(frozen=True)
+class _Written:
+    """A suite provider as written, read as promptfoo's `normalizeProviderRef` reads it: a string,
+    an options object, or the map form `{openai:gpt-4o: {config: ...}}` (`mapped`) as the options
+    object it stands for. `ident` is its id for promptfoo's filters (the map form's own `id`, if
+    any, else its key)."""
+
+    options: Any
+    path: tuple[Any, ...]
+    ident: str
+    mapped: bool = False
+
+
+def _provider_entries(raw: Any) -> list[_Written]:
     """The suite's providers as written (a list, or one entry), each with its path."""
     if raw is None:
         return []
-    if isinstance(raw, list):
-        return [(entry, ("providers", index)) for index, entry in enumerate(raw)]
-    return [(raw, ("providers",))]
+    entries = [(entry, ("providers", index)) for index, entry in enumerate(raw)] if isinstance(raw, list) else []
+    written = []
+    for entry, path in entries or [(raw, ("providers",))]:
+        if isinstance(entry, Mapping) and "id" not in entry and len(entry) == 1:
+            key, inner = next(iter(entry.items()))
+            if isinstance(inner, Mapping):
+                ident = str(inner.get("id") or key)
+                written.append(_Written({**inner, "id": str(key)}, path + (key,), ident, mapped=True))
+                continue
+        ident = entry if isinstance(entry, str) else str(entry.get("id", "")) if isinstance(entry, Mapping) else ""
+        written.append(_Written(entry, path, ident))
+    return written
 
 
 def _ref_matches(ref: str, *names: str) -> bool:
@@ -292,32 +314,57 @@ def _chosen(
 
 def _prompt_filters(raw: Any, labels: list[tuple[str]], ctx: Context) -> list[frozenset[int] | None]:
     """For each provider, the indexes of the prompts it runs (None: all): promptfoo's
-    `providers[].prompts` (`readProviderPromptMap`, `isPromptAllowed`), matched on `labels`."""
-    return [
-        _chosen(
-            entry.get("prompts") if isinstance(entry, Mapping) else None, labels, path + ("prompts",), "prompt", ctx
-        )
-        for entry, path in _provider_entries(raw)
-    ]
+    `providers[].prompts` (`readProviderPromptMap`, `isPromptAllowed`), matched on `labels`.
+    promptfoo keys the filters by id and label and looks each provider's up by its label, else
+    its id: of two providers with one id and no label, the last one's filter applies to both, and
+    the map form registers no label, so a labelled one runs every prompt. Both are kept (a suite
+    runs the cases it runs in promptfoo) and named in a warning."""
+    written = _provider_entries(raw)
+    keyed: dict[str, _Written] = {}
+    for entry in written:
+        if not isinstance(entry.options, Mapping):
+            continue  # promptfoo registers no filter for a provider written as a string
+        keyed[entry.ident] = entry
+        label = entry.options.get("label")
+        if label and not entry.mapped:
+            keyed[str(label)] = entry
+    filters = []
+    for entry in written:
+        options = entry.options if isinstance(entry.options, Mapping) else {}
+        own = options.get("prompts")
+        found = keyed.get(str(options.get("label") or entry.ident))
+        used = found.options.get("prompts") if found is not None and isinstance(found.options, Mapping) else None
+        if found is not None and found is not entry and used != own:
+            ctx.warn(
+                entry.path + ("prompts",),
+                f"promptfoo runs this provider with the prompts of {format_path(found.path)} (the same id or label, "
+                "the last one's filter wins); it does so here too: give each provider a label of its own",
+            )
+        elif found is None and own is not None:
+            ctx.warn(
+                entry.path + ("prompts",),
+                "promptfoo ignores this filter (it looks it up by the label, which this form of provider does not "
+                "register) and runs every prompt; so does this run: write it as {id, label, prompts}",
+            )
+        where = found.path if found is not None else entry.path
+        filters.append(_chosen(used, labels, where + ("prompts",), "prompt", ctx))
+    return filters
 
 
 def _provider_names(raw: Any, providers: list[ModelSpec]) -> list[tuple[str, ...]]:
     """Each suite provider's id as written (and as the plugin reads it) and label, for filters."""
-    written = [
-        e if isinstance(e, str) else str(e.get("id", "")) if isinstance(e, Mapping) else ""
-        for e, _ in _provider_entries(raw)
-    ]
+    written = [entry.ident for entry in _provider_entries(raw)]
     written += [""] * (len(providers) - len(written))
     return [(spec.label or ident, ident, spec.id) for spec, ident in zip(providers, written)]
 
 
 def _providers(raw: Any, ctx: Context) -> list[ModelSpec]:
     specs = []
-    for entry, path in _provider_entries(raw):
+    for entry in _provider_entries(raw):
         try:
-            specs.append(parse_model_spec(entry, format_path(path)))
+            specs.append(parse_model_spec(entry.options, format_path(entry.path)))
         except ValueError as exc:
-            raise ctx.error(path, str(exc).split(": ", 1)[-1]) from None
+            raise ctx.error(entry.path, str(exc).split(": ", 1)[-1]) from None
     return specs
 
 
@@ -343,6 +390,10 @@ class _CaseBuilder:
         self.only, self.prompt_labels, self.provider_names = only, prompt_labels, provider_names
         self.seen: dict[str, int] = {}
         self.position = 0
+        # Each suite provider's part of its cases' names: its label or id, with `#<index>` when
+        # another provider shows the same (promptfoo runs both; their items must differ).
+        shown = [spec.display for spec in providers]
+        self.provider_tags = [d if shown.count(d) == 1 else f"{d}#{i}" for i, d in enumerate(shown)]
 
     def cases(self, tests: list[TestEntry]) -> Iterator[Case]:
         ctx = self.ctx
@@ -379,14 +430,15 @@ class _CaseBuilder:
                     variables = load_vars(raw_vars, path, ctx)
                 except SuiteError as exc:  # a var file missing or unreadable: this test's cases are errors
                     variables, vars_problem = dict(raw_vars), vars_problem or str(exc)
-                for spec, (_, allowed) in zip(test_providers, columns):
+                for spec, (index, allowed) in zip(test_providers, columns):
+                    tag = spec.display if merged["provider"] is not None else self.provider_tags[index]
                     for prompt_index, prompt in enumerate(prompts):
                         if allowed is not None and prompt_index not in allowed:
                             continue  # promptfoo's prompt filters: not for this provider or test
                         case = self._case(
                             test, merged, prompt, prompt_index, variables, placed, spec,
                             name=_name(merged["description"] or _vars_label(variables), test.index, combo_index,
-                                       len(combos), prompt_index, len(prompts), spec, len(test_providers)),
+                                       len(combos), prompt_index, len(prompts), tag, len(test_providers)),
                             problem=vars_problem, several=(len(prompts) > 1, len(test_providers) > 1),
                         )  # fmt: skip
                         if isinstance(repeats, int) and repeats > 1:
@@ -548,7 +600,7 @@ def _vars_label(variables: Mapping[str, Any]) -> str:
 
 
 def _name(
-    description: str, test: int, combo: int, combos: int, prompt: int, prompts: int, spec: ModelSpec, providers: int
+    description: str, test: int, combo: int, combos: int, prompt: int, prompts: int, provider: str, providers: int
 ) -> str:
     # Brackets and '::' would confuse node ids: `name[params]` is how pytest reads them back.
     label = (
@@ -556,5 +608,5 @@ def _name(
     )
     ident = f"t{test}" + (f".{combo}" if combos > 1 else "") + (f"-p{prompt}" if prompts > 1 else "")
     if providers > 1:
-        ident += f"-{spec.display}"
+        ident += f"-{provider}"
     return f"{label}[{ident}]"

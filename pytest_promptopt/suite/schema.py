@@ -106,7 +106,7 @@ def _describe(error: Any) -> str:
     if error.validator == "oneOf":
         hints = {
             "prompts": "a prompt string, a file:// path, or a list of them (or {raw|id, label} objects)",
-            "providers": "a model id string, a {id, config, label} object, or a list of them",
+            "providers": "a model id string, a {id, config, label} object, a {<id>: {config, label}} mapping, or a list of them",
             "tests": "a list of test objects, or a file:// path to a CSV/JSONL/YAML/JSON file of tests",
             "defaultTest": "a test object (vars, assert, threshold, ...) or a file:// path",
             "vars": "a mapping of variable names to values, or a file:// path",
