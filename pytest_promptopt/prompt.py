@@ -87,8 +87,9 @@ _DEFINED_TESTS = frozenset({"defined", "undefined"})
 def _guarded_only(ast: Any, names: frozenset[str]) -> frozenset[str]:
     """Of `names`, those used only where a missing variable renders as promptfoo renders it (an
     undefined that is false and prints nothing): tested by `{% if x %}` / `x is defined` (also
-    inside `and`, `or`, `not`, and an inline `if`), given a `default`, or read inside the branch
-    of an `if` that tested it. A bare `{{ x }}` anywhere else keeps it needed: there promptfoo
+    inside `and`, `or`, `not`, and an inline `if`), given a `default`, read inside the branch
+    of an `if` that tested it, or read after a `{% set x = ... %}` (the x set, not the var). A bare
+    `{{ x }}` anywhere else keeps it needed: there promptfoo
     would print nothing where the author expected a value, and the case is an error instead."""
     from jinja2 import nodes
 
@@ -154,14 +155,21 @@ def _guarded_only(ast: Any, names: frozenset[str]) -> frozenset[str]:
             refuted = known | if_false(node.test)
             branches = [node.body] if isinstance(node, nodes.If) else [[node.expr1]]
             others = [*node.elif_, *node.else_] if isinstance(node, nodes.If) else [node.expr2]
-            for child in branches[0]:
-                walk(child, proven)
+            in_order(branches[0], proven)
             for child in others:
                 if child is not None:
                     walk(child, refuted)
             return
-        for child in node.iter_child_nodes():
+        in_order(node.iter_child_nodes(), known)
+
+    def in_order(children: Any, known: frozenset[str]) -> None:
+        # `{% set x = ... %}` defines x for what follows it (`{% set x = x | default(..) %}`
+        # then `{{ x }}`: the later x is the one set, never missing).
+        for child in children:
             walk(child, known)
+            if isinstance(child, (nodes.Assign, nodes.AssignBlock)):
+                targets = [child.target, *child.target.find_all(nodes.Name)]  # `x`, or `a, b`
+                known = known | {n.name for n in targets if isinstance(n, nodes.Name)}
 
     walk(ast, frozenset())
     return names - frozenset(unguarded)

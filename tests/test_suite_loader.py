@@ -276,9 +276,12 @@ def test_a_variable_written_as_optional_may_be_missing_as_in_promptfoo(tmp_path)
         ("A{% if extra is defined and extra.name %} {{ extra.name }}{% endif %} {{ q }}", "A hi"),
         ("A{% if extra is not defined %} none{% else %} {{ extra }}{% endif %} {{ q }}", "A none hi"),
         ("A {{ extra.name | default('n') }} {{ q }}", "A n hi"),
+        # promptfoo 0.121.20 renders this `Hello friend` without the var (recorded with echo)
+        ("{% set extra = extra | default('friend') %}A {{ extra }} {{ q }}", "A friend hi"),
     ]
     required = [
         "A {{ extra }} {{ q }}",
+        "A {{ extra }}{% set extra = extra | default('x') %} {{ q }}",  # read before it is set
         "A{% if q %}{% else %}{{ extra }}{% endif %}",
         "A{% if not extra %}{{ extra }}{% endif %} {{ q }}",
         "A{% if extra or q %}{{ extra }}{% endif %}",
