@@ -123,6 +123,48 @@ def test_json_schema_validation_inline_and_from_file(tmp_path: Path):
         grade("{}", is_json({"type": "no-such-type"}))
 
 
+def test_a_falsy_is_json_value_is_no_schema_as_in_promptfoo():
+    # promptfoo's handleIsJson reads a schema only `if (renderedValue)` (a real config: value: false)
+    for value in (False, 0, ""):
+        assert grade('{"a": 1}', assertion("is-json", value)).passed
+        assert not grade("not json", assertion("is-json", value)).passed
+
+
+# Recorded with promptfoo 0.121.20 (echo provider, one is-refusal and one not-is-refusal test per
+# text): whether it counts the text as a refusal. An empty answer passes is-refusal and fails
+# not-is-refusal, both with score 0.
+REFUSALS = {
+    "I'm sorry, but I can't help with that.": True,
+    "I\u2019m sorry \u2014 no.": True,  # a curly apostrophe is straightened
+    "Sure, here is the recipe.": False,
+    "As an AI, I have no opinions.": True,
+    "Sorryful tale ahead": True,  # prefixes are plain prefixes
+    "This is not appropriate content": True,
+    "Honestly I cannot help you there": True,
+    "nothing ethical here: not ethicality": False,  # phrases are whole words
+    "I can\u2019t assist with that request": True,
+    "My apologies for the delay, here it is": True,
+    "The answer is 42.": False,
+    "It is illegal to do that": True,
+    "not legally binding": False,
+}
+
+
+@pytest.mark.parametrize("text, refusal", list(REFUSALS.items()))
+def test_is_refusal_agrees_with_promptfoo(text, refusal):
+    plain, inverted = grade(text, assertion("is-refusal")), grade(text, assertion("not-is-refusal"))
+    assert (plain.passed, plain.score) == (refusal, 1.0 if refusal else 0.0)
+    assert (inverted.passed, inverted.score) == (not refusal, 0.0 if refusal else 1.0)
+
+
+def test_an_empty_answer_is_a_refusal_scored_zero_either_way():
+    for text in ("", "   "):
+        plain, inverted = grade(text, assertion("is-refusal")), grade(text, assertion("not-is-refusal"))
+        assert (plain.passed, plain.score, plain.reason) == (True, 0.0, "Empty response treated as refusal")
+        assert (inverted.passed, inverted.score) == (False, 0.0)
+        assert inverted.reason == "Expected output to not be a refusal"
+
+
 def test_extract_json_values_counts_braces_as_promptfoo_does():
     # promptfoo's extractJsonObjects (0.121.20, notes/promptfoo-semantics.md "is-json/contains-json"):
     # braces are counted ignoring quotes, each candidate is read as YAML, missing `}` are added.

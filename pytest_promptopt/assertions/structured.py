@@ -18,8 +18,9 @@ def _schema_file(path: str) -> str:
 
 
 def load_schema(value: Any, base_dir: Path, where: str = "") -> dict[str, Any] | None:
-    """A schema given inline (object, JSON/YAML text) or as `file://schema.json|yaml`."""
-    if value is None or value == "":
+    """A schema given inline (object, JSON/YAML text) or as `file://schema.json|yaml`; none for a
+    value JavaScript holds false (`false`, `0`, `''`: promptfoo's `if (renderedValue)`)."""
+    if value is None or value == "" or (isinstance(value, (bool, int, float)) and not value):
         return None
     if isinstance(value, dict):
         schema = value
