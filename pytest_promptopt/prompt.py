@@ -61,7 +61,7 @@ def _compile_with(template: str, filters: Mapping[str, Any]) -> tuple[Any, froze
     """`_compile` (promptfoo's manners) in an overlay of the sandboxed environment that also has
     `filters` (a suite's `nunjucksFilters`); not memoised, since the filters belong to one suite."""
     env = nunjucks.environment().overlay()
-    env.filters.update(filters)
+    env.filters = {**env.filters, **filters}  # an overlay shares its base's dict: never add to that
     return _compile_in(env, template, optional_guarded=True)
 
 
@@ -244,9 +244,11 @@ def render_suite_prompt(
         parsed = _NOT_JSON
     if parsed is not _NOT_JSON:
         try:
-            return nunjucks.js_json(_render_strings(parsed, scope, True, filters), 2)
+            # promptfoo renders a JSON prompt's strings with an engine without the suite's
+            # `nunjucksFilters` (`renderVarsInObject`): a string using one fails there...
+            return nunjucks.js_json(_render_strings(parsed, scope, True), 2)
         except TemplateError:
-            pass  # promptfoo renders the text as a whole when a string of the JSON fails
+            pass  # ... and then the text is rendered as a whole, as when any string of it fails
     rendered = {
         key: value
         if not isinstance(value, str)
@@ -287,6 +289,13 @@ class Rendering:
             return render_template(template, variables)
         scope = {"env": dict(self.env or {}), **nunjucks.resolve_variables(dict(variables))}
         return render_template(template, scope, promptfoo=True, filters=self.filters)
+
+    def needed(self, template: str) -> frozenset[str]:
+        """The variables a render of `template` needs, in these manners (with the suite's filters,
+        which a template of it may use)."""
+        if self.promptfoo and self.filters:
+            return template_variables(template, True, self.filters)
+        return Prompt(template).needed_variables(self.promptfoo)
 
 
 def _json_structure(template: str) -> Any:

@@ -97,3 +97,28 @@ tests:
         (sent,) = server.requests
     assert sent["messages"] == [{"role": "user", "content": "Say yes"}]
     assert (sent["temperature"], sent["max_tokens"]) == (0.25, 5)
+
+
+def test_a_suites_nunjucks_filters_are_its_own(run_pytest, pytester):
+    """Filters are per suite (promptfoo: per config): another suite of the same run that uses a
+    filter only the first declares gets promptfoo's error, and Python tests never see them."""
+    (pytester.path / "allcaps.js").write_text((DATA / "filters" / "allcaps.js").read_text())
+    pytester.makefile(
+        ".promptopt.yaml",
+        a_declares="nunjucksFilters: {allcaps: ./allcaps.js}\nprompts: ['{{ q | allcaps }}']\n"
+        "providers: [echo]\ntests: [{vars: {q: hi}, assert: [{type: equals, value: HI}]}]\n",
+        b_borrows="prompts: ['{{ q | allcaps }}']\nproviders: [echo]\ntests: [{vars: {q: hi}}]\n",
+    )
+    pytester.makepyfile(
+        test_later="""
+import pytest
+from pytest_promptopt import Prompt, TemplateError
+
+def test_python_prompts_have_no_suite_filters():
+    with pytest.raises(TemplateError, match="allcaps"):
+        Prompt("{{ q | allcaps }}").render(q="hi")
+"""
+    )
+    result = run_pytest("--promptopt", "-v", "a_declares.promptopt.yaml", "b_borrows.promptopt.yaml", "test_later.py")
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(["*b_borrows.promptopt.yaml:1: prompts[[]0[]]: *No filter named 'allcaps'*"])

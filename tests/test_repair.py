@@ -398,6 +398,25 @@ def test_apply_rewrites_a_chat_prompt_file_in_place(project, run_pytest) -> None
     assert written[0] == {"role": "system", "content": "Antonyms."} and len(written) == 2 + 2 * len(found["demos"])
 
 
+def test_apply_leaves_a_split_prompt_file_whole_and_rewrites_the_entry_a_prompt_came_from(project, run_pytest) -> None:
+    # multi.txt gives prompts 0 and 1 (one `prompts:` entry); the inline prompt 2 is entry 1.
+    (project.path / "multi.txt").write_text('Opposite of "{{word}}"?\n---\nAntonym of "{{word}}"?\n')
+    text = suite(prompt="file://multi.txt, 'Reverse of \"{{word}}\"?'")
+    project.makefile(".promptopt.yaml", antonyms=text)
+    run_repair(run_pytest, "--promptopt-repair-optimizer", "labeled", "--promptopt-repair-apply")
+    found = {r["prompt_index"]: r for r in repairs(project)}
+    assert sorted(found) == [0, 1, 2] and all(r["status"] == "repaired" for r in found.values()), found
+    for index in (0, 1):  # their proposals are files beside the suite, not written into multi.txt
+        assert found[index]["applied"] is False and "multi.txt holds 2 prompts" in found[index]["reason"]
+        assert (project.path / found[index]["file"]).is_file()
+    assert found[2]["applied"] is True
+    written = (project.path / "antonyms.promptopt.yaml").read_text()
+    assert 'prompts: [file://multi.txt, "file://antonyms.repaired.p2.json"]' in written, written
+    assert (project.path / "multi.txt").read_text() == 'Opposite of "{{word}}"?\n---\nAntonym of "{{word}}"?\n'
+    again = run_pytest("--promptopt", "-p", "no:cacheprovider")
+    again.assert_outcomes(passed=10, xfailed=20)  # the applied prompt passes; the split file's still fail
+
+
 # --------------------------------------------------------------------------- the bundled model
 
 
@@ -449,6 +468,19 @@ def test_one(prompt_model, prompt_check):
     run_repair(run_pytest)
     [found] = repairs(project)
     assert found["suite"] == "py" and found["status"] == "skipped" and "suite file" in found["reason"]
+
+
+def test_a_prompt_using_the_suites_nunjucks_filter_is_repaired(project, run_pytest) -> None:
+    (project.path / "keep.js").write_text("module.exports = (s) => String(s);\n")
+    text = suite(prompt="'Opposite of \"{{ word | keep }}\"?'").replace(
+        "providers:", "nunjucksFilters: {keep: keep.js}\nproviders:"
+    )
+    project.makefile(".promptopt.yaml", antonyms=text)
+    run_repair(run_pytest, "--promptopt-repair-optimizer", "labeled")
+    [found] = repairs(project)
+    assert found["status"] == "repaired", found["reason"]
+    assert found["heldout_before"] == 0.0 and found["heldout_after"] == 1.0
+    assert "{{ word | keep }}" in found["prompt"]
 
 
 def test_a_suite_whose_cases_chain_answers_is_skipped_with_the_reason(project, run_pytest) -> None:

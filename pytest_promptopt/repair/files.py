@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from ..suite.document import format_path
+from ..suite.loader import LoadedSuite
 from ..suite.model import Case
 from .result import RepairResult
 from .template import is_chat, prompt_diff
@@ -27,10 +29,17 @@ def proposal_path(suite_file: Path, prompt_index: int, model_slug: str, chat: bo
 
 
 def write_proposal(
-    result: RepairResult, case: Case, rootdir: Path, *, apply: bool = False, several_models: bool = False
+    result: RepairResult,
+    case: Case,
+    rootdir: Path,
+    loaded: LoadedSuite,
+    *,
+    apply: bool = False,
+    several_models: bool = False,
 ) -> None:
-    """Write `result.prompt` and its diff; with `apply`, make the suite use it. Sets `file`,
-    `diff_file`, `diff` and `applied` on `result`; a write that fails is the result's reason."""
+    """Write `result.prompt` and its diff; with `apply`, make the suite (`loaded`, as read for the
+    repair) use it. Sets `file`, `diff_file`, `diff` and `applied` on `result`; a write that fails
+    is the result's reason."""
     assert result.prompt is not None
     suite_file = rootdir / case.suite.file
     slug = re.sub(r"[^A-Za-z0-9_-]+", "-", case.model.display).strip("-") if several_models else ""
@@ -48,32 +57,44 @@ def write_proposal(
         return
     result.file, result.diff_file = _relative(target, rootdir), _relative(diff_file, rootdir)
     if apply:
-        _apply(result, case, suite_file, target, chat)
+        _apply(result, case, suite_file, target, chat, loaded)
 
 
-def _apply(result: RepairResult, case: Case, suite_file: Path, proposal: Path, chat: bool) -> None:
+def _apply(result: RepairResult, case: Case, suite_file: Path, proposal: Path, chat: bool, loaded: LoadedSuite) -> None:
     source = case.prompt.source
     if case.prompt.registry_uri is not None:
         result.reason = "not applied: a registered prompt is not overwritten; its candidate version is in MLflow"
         return
+    # A file split into several prompts (`---`) is not rewritten, nor an entry that gives several
+    # (a glob, a CSV) replaced: the proposal would replace the others too.
+    in_file = sum(1 for p in loaded.prompts if source is not None and p.source == source)
     if (
-        source is not None
-        and Path(source).is_file()
+        in_file == 1
+        and Path(source or "").is_file()
         and is_chat(result.original) == chat
-        and Path(source).suffix in (".txt", ".json", ".md", "")
+        and Path(source or "").suffix in (".txt", ".json", ".md", "")
     ):
         # Same format: the user's prompt file gets the repaired template (git shows the change).
-        Path(source).write_text(result.prompt or "", encoding="utf-8")
-        result.applied, result.file = True, str(Path(source))
+        Path(source or "").write_text(result.prompt or "", encoding="utf-8")
+        result.applied, result.file = True, str(Path(source or ""))
         return
     # An inline prompt, or a text prompt that became chat messages: the suite's entry now
     # points at the proposal file.
-    if _point_entry_at(suite_file, case.prompt_index, f"file://{proposal.name}"):
+    paths = loaded.prompt_paths
+    entry = paths[case.prompt_index] if case.prompt_index < len(paths) else ("prompts",)
+    in_entry = sum(1 for path in paths if path == entry)
+    if in_file > 1 or in_entry > 1:
+        where = Path(source or "").name if in_file > 1 else format_path(entry)
+        result.reason = (
+            f"not applied: {where} holds {max(in_file, in_entry)} prompts and the proposal would replace them "
+            f"all; adopt {proposal.name} by hand"
+        )
+        return
+    index = entry[1] if len(entry) == 2 and isinstance(entry[1], int) else 0 if len(entry) == 1 else None
+    if index is not None and _point_entry_at(suite_file, index, f"file://{proposal.name}"):
         result.applied = True
     else:
-        result.reason = (
-            f"not applied: could not find prompts[{case.prompt_index}] in {suite_file.name}; edit it by hand"
-        )
+        result.reason = f"not applied: could not find {format_path(entry)} in {suite_file.name}; edit it by hand"
 
 
 def _point_entry_at(suite_file: Path, index: int, reference: str) -> bool:

@@ -27,6 +27,7 @@ from ..models.specs import BUNDLED, ModelSpec
 from ..prompt import Prompt, Rendering, TemplateError
 from ..records import CaseResult
 from ..stats import wilson
+from ..suite.loader import LoadedSuite
 from ..suite.model import Case, Repeats
 from ..summary import RunSummary, SuiteSummary
 from .config import INSTRUCTION_OPTIMIZERS, RepairConfig, RepairSettings
@@ -89,9 +90,7 @@ def repair_run(session: Any, run: RunSummary, settings: RepairSettings) -> list[
             groups.setdefault((case.prompt_index, case.model.key), []).append(case)
         several = len({key for _, key in groups}) > 1
         for cases in groups.values():
-            results.append(
-                repair_prompt(session, suite, cases, config, settings, loaded.rendering, several_models=several)
-            )
+            results.append(repair_prompt(session, suite, cases, config, settings, loaded, several_models=several))
     return results
 
 
@@ -175,12 +174,13 @@ def repair_prompt(
     cases: Sequence[Case],
     config: RepairConfig,
     settings: RepairSettings,
-    rendering: Rendering,
+    loaded: LoadedSuite,
     *,
     several_models: bool = False,
 ) -> RepairResult:
-    """Repair one prompt of `suite` on one model from its `cases`; `rendering` is how the suite
-    renders its prompts (the proposal is scored rendered the same way)."""
+    """Repair one prompt of `suite` on one model from its `cases`; `loaded` is the suite as read
+    for the repair: how it renders its prompts (the proposal is scored rendered the same way) and
+    where each came from (what apply may rewrite)."""
     started = time.perf_counter()
     first = cases[0]
     result = RepairResult(
@@ -196,7 +196,7 @@ def repair_prompt(
         started_at=time.time(),
     )
     try:
-        _repair(session, cases, config, settings, rendering, result, several_models)
+        _repair(session, cases, config, settings, loaded, result, several_models)
     except TemplateError as exc:
         result.status, result.reason = "error", f"template: {exc}"
     finally:
@@ -209,7 +209,7 @@ def _repair(
     cases: Sequence[Case],
     config: RepairConfig,
     settings: RepairSettings,
-    rendering: Rendering,
+    loaded: LoadedSuite,
     result: RepairResult,
     several_models: bool,
 ) -> None:
@@ -227,6 +227,7 @@ def _repair(
     result.heldout_cases = [cases[i].name for i in held_at]
     result.insample_cases = [cases[i].name for i in train_at]
     result.weak_estimate = len(held_at) < WEAK_HELDOUT
+    rendering = loaded.rendering
     labels = [case_label(case, config, rendering) for case in cases]
     proposer_spec = _proposer(settings, first.model)
     name = _choose(config, len(train_at), sum(1 for i in train_at if labels[i] is not None), settings)
@@ -326,7 +327,7 @@ def _repair(
         )
         result.calls = budget.spent
         return
-    missing = sorted(Prompt(first.prompt.template).variables - Prompt(proposal).variables)
+    missing = sorted(rendering.needed(first.prompt.template) - rendering.needed(proposal))
     if missing:
         result.reason = f"{name} proposed a prompt without the variable(s) {', '.join(missing)}; it is not proposed"
         result.calls = budget.spent
@@ -369,7 +370,9 @@ def _repair(
         result.status = "repaired"
         from .files import write_proposal
 
-        write_proposal(result, first, session.settings.rootdir, apply=settings.apply, several_models=several_models)
+        write_proposal(
+            result, first, session.settings.rootdir, loaded, apply=settings.apply, several_models=several_models
+        )
     else:
         verdict = (
             f"the proposal does not beat the original on the {len(held_at)} held-out case(s) "

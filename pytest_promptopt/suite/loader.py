@@ -51,6 +51,10 @@ class LoadedSuite:
     # How its prompts render (promptfoo's manners, its `env:` and `nunjucksFilters`), for what
     # renders them again after the run (repair)
     rendering: Rendering = Rendering(promptfoo=True)
+    # Its prompts, each with the path of the `prompts:` entry it came from, for what rewrites the
+    # suite (repair's apply: an entry that gives several prompts is not replaced by one)
+    prompts: tuple[Prompt, ...] = ()
+    prompt_paths: tuple[tuple[Any, ...], ...] = ()
 
 
 def load_suite(
@@ -122,7 +126,7 @@ def _load(
         where = ctx.where(("nunjucksFilters", filter_name))
         filter_file = ctx.resolve_file(str(filter_path), ("nunjucksFilters", filter_name), "filter file")
         ctx.filters[str(filter_name)] = make_filter(code.sandbox, filter_file, code.timeout_s, where)
-    prompts = load_prompts(data.get("prompts"), ctx)
+    prompts, prompt_paths = load_prompts(data.get("prompts"), ctx)
     check_env([p.template for p in prompts], ctx)
     raw_providers = data.get("providers", data.get("targets"))
     providers = _providers(raw_providers, ctx) or [default_model]
@@ -189,6 +193,8 @@ def _load(
         warnings=tuple(ctx.warnings),
         sequence=sequence,
         rendering=Rendering(promptfoo=True, env=ctx.env, filters=ctx.filters or None),
+        prompts=tuple(prompts),
+        prompt_paths=tuple(prompt_paths),
     )
 
 

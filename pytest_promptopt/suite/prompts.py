@@ -28,10 +28,13 @@ CODE_SUFFIXES = (".js", ".cjs", ".mjs", ".ts", ".cts", ".mts", ".py")
 _EXEC_SUFFIXES = (".sh", ".bash", ".exe", ".bat", ".cmd", ".ps1", ".rb", ".pl")
 
 
-def load_prompts(raw: Any, ctx: Context) -> list[Prompt]:
+def load_prompts(raw: Any, ctx: Context) -> tuple[list[Prompt], list[tuple[Any, ...]]]:
+    """The suite's prompts, and for each the path of the `prompts:` entry it came from (a split
+    file, a glob or a CSV gives several prompts one entry)."""
     if raw is None:
-        return [Prompt("{{prompt}}", label="{{prompt}}")]
+        return [Prompt("{{prompt}}", label="{{prompt}}")], [("prompts",)]
     prompts: list[Prompt] = []
+    paths: list[tuple[Any, ...]] = []
     for entry, path in _entries(raw):
         text = entry.get("raw") or entry.get("id")
         label, config = entry.get("label"), entry.get("config")
@@ -41,9 +44,10 @@ def load_prompts(raw: Any, ctx: Context) -> list[Prompt]:
             prompts.extend(_prompt_files(text, label, config, path, ctx))
         else:
             prompts.append(Prompt(text, label=label or text[:60], config=config, promptfoo_label=label or text))
+        paths += [path] * (len(prompts) - len(paths))
     if not prompts:
         raise ctx.error(("prompts",), "no prompts: give at least one prompt")
-    return prompts
+    return prompts, paths
 
 
 def _entries(raw: Any) -> list[tuple[dict[str, Any], tuple[Any, ...]]]:
