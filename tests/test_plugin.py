@@ -35,11 +35,12 @@ def test_suite_cases_are_items_and_failing_case_fails_without_gates(pytester, ru
 
 
 def test_providers_that_show_one_name_are_items_of_their_own_in_every_mode(pytester, run_pytest, mode):
-    # Two unlabelled providers with one id: promptfoo runs both; their items need distinct ids,
-    # or xdist and -k would mistake one for the other.
+    # Two unlabelled providers with one id and different configs: promptfoo runs both; their
+    # items need distinct ids, or xdist and -k would mistake one for the other.
     pytester.makefile(
         ".promptopt.yaml",
-        same="prompts: ['A {{q}}']\nproviders: [echo, echo]\ntests: [{vars: {q: x}}, {vars: {q: y}}]\n",
+        same="prompts: ['A {{q}}']\nproviders: [{id: echo, config: {n: 1}}, {id: echo, config: {n: 2}}]\n"
+        "tests: [{vars: {q: x}}, {vars: {q: y}}]\n",
     )
     result = run_pytest("--promptopt", "-v", "--promptopt-report", "report.json", *mode)
     result.assert_outcomes(passed=4)

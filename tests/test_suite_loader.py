@@ -397,6 +397,29 @@ def test_prompt_filters_match_promptfoos_labels_of_prompt_files(tmp_path):
     assert {c.prompt.label for c in suite.cases if c.prompt_index == 0} == {"say.txt"}
 
 
+def test_a_globs_prompts_have_no_label_or_config_as_in_promptfoo(tmp_path):
+    """promptfoo reads each file a glob matches as `{raw: path}`: the entry's label and config are
+    dropped (recorded with 0.121.20: labels `prompts/g1.txt: G1 {{q}}`, no config)."""
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / "g1.txt").write_text("G1 {{q}}\n")
+    (tmp_path / "prompts" / "g2.txt").write_text("G2 {{q}}\n")
+    suite = load(
+        tmp_path,
+        """
+        prompts: [{raw: "file://prompts/g*.txt", label: G, config: {temperature: 0.3}}]
+        providers:
+          - {id: echo, label: by-label, prompts: [G]}
+          - {id: echo, label: by-path, prompts: [prompts/g1.txt]}
+        tests: [{vars: {q: x}}]
+        """,
+    )
+    assert [(c.model.label, c.rendered_prompt, c.model.params) for c in suite.cases] == [("by-path", "G1 x", {})]
+    assert {c.prompt.label for c in suite.cases} == {"g1.txt"}
+    warned = [str(w) for w in suite.warnings]
+    assert any("prompts[0]: promptfoo reads each file of a glob" in w for w in warned), warned
+    assert any("'G' matches no prompt" in w for w in warned), warned
+
+
 DUPLICATE_PROVIDERS = """
 prompts:
   - {raw: "A {{q}}", label: a}
@@ -437,6 +460,61 @@ def test_providers_sharing_an_id_and_the_map_form_run_the_prompts_promptfoo_runs
     warned = [str(w) for w in suite.warnings]
     assert sum("the last one's filter wins" in w for w in warned) == 3, warned
     assert any("providers[4].echo.prompts: promptfoo ignores this filter" in w for w in warned), warned
+
+
+def test_a_provider_written_twice_runs_once_as_in_promptfoo(tmp_path):
+    """promptfoo drops a provider written exactly as an earlier one (`combineConfigs`), before it
+    keys the filters: recorded with 0.121.20 on this config, three echo columns, each running b."""
+    suite = load(
+        tmp_path,
+        """
+        prompts: [{raw: "A {{q}}", label: a}, {raw: "B {{q}}", label: b}]
+        targets:
+          - {id: echo, prompts: [a]}
+          - {id: echo, prompts: [b]}
+          - {id: echo, prompts: [a]}
+          - echo
+          - echo
+        tests: [{vars: {q: x}}]
+        """,
+    )
+    assert [c.rendered_prompt for c in suite.cases] == ["B x", "B x", "B x"]
+    warned = [str(w) for w in suite.warnings]
+    assert any("targets[2]: the same provider as targets[0]" in w for w in warned), warned
+    assert any("targets[4]: the same provider as targets[3]" in w for w in warned), warned
+
+
+def test_providers_that_show_one_name_have_distinct_items_in_fuzz_and_dataset_suites(tmp_path):
+    twins = "providers: [{id: echo, config: {n: 1}}, {id: echo, config: {n: 2}}]\n"
+    fuzz = "fuzz: {count: 2, assert: [{type: contains, value: x}]}\n"
+    fuzzed = load(tmp_path, "prompts: ['{{q}}']\n" + twins + "tests: [{vars: {q: x}}]\n" + fuzz)
+    names = [c.name for c in fuzzed.cases]
+    assert len(set(names)) == len(names) == 6 and any("echo#1" in n for n in names), names
+    (tmp_path / "rows.csv").write_text("q\na\nb\n")
+    table = load(tmp_path, "prompts: ['{{q}}']\n" + twins + "dataset: {path: rows.csv}\n")
+    assert table.dataset is not None
+    assert [part.name for part in table.dataset.slices] == ["dataset[echo#0]", "dataset[echo#1]"]
+
+
+def test_a_provider_object_error_names_its_field(tmp_path):
+    def problem(provider: str) -> str:
+        return str(
+            error(tmp_path, f"prompts: ['{{{{q}}}}']\nproviders:\n  - {provider}\ntests: [{{vars: {{q: x}}}}]\n")
+        )
+
+    assert "providers[0].lable: unknown key 'lable'; did you mean 'label'?" in problem("{id: echo, lable: x}")
+    assert "providers[0].label: expected string, got int 5" in problem("{id: echo, label: 5}")
+    assert "providers[0]: 'id' is required here" in problem("{label: x}")
+    assert "providers[0].echo.confg: unknown key 'confg'; did you mean 'config'?" in problem("{echo: {confg: 1}}")
+    assert "providers[0].echo: expected object" in problem("{echo: 3}")
+
+
+def test_a_tests_own_provider_may_be_written_in_the_map_form(tmp_path):
+    suite = load(
+        tmp_path, "prompts: ['{{q}}']\nproviders: [echo]\ntests: [{vars: {q: x}, provider: {echo: {label: own}}}]\n"
+    )
+    [case] = suite.cases
+    assert (case.model.id, case.model.label, case.error) == ("echo", "own", None)
 
 
 def test_the_map_form_of_a_provider_is_its_options(tmp_path):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +19,7 @@ __all__ = [
     "LOCAL_RUNTIMES",
     "ModelSpec",
     "create_model",
+    "distinct_displays",
     "is_model",
     "local_runtime_choice",
     "model_name",
@@ -105,6 +106,13 @@ def parse_model_spec(entry: Any, where: str = "providers") -> ModelSpec:
             "(e.g. OPENAI_API_KEY) or name one with 'apiKeyEnvar'"
         )
     return ModelSpec(_normalise_id(ident.strip(), where), params, label)
+
+
+def distinct_displays(specs: Sequence[ModelSpec]) -> list[str]:
+    """Each spec's name in item names: its label or id, with `#<position>` when another spec
+    shows the same (two providers with one id and different configs are items of their own)."""
+    shown = [spec.display for spec in specs]
+    return [name if shown.count(name) == 1 else f"{name}#{i}" for i, name in enumerate(shown)]
 
 
 def is_model(value: Any) -> bool:

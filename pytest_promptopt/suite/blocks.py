@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..assertions.base import Assertion
-from ..models.specs import ModelSpec, parse_model_spec
+from ..models.specs import ModelSpec, distinct_displays, parse_model_spec
 from ..prompt import Prompt
 from .cases import CaseError
 from .dataset import FORMATS, CaseFactory, DatasetSlice, DatasetSource, DatasetSpec, columns, read_rows
@@ -156,11 +156,10 @@ def _factories(
     """A case factory per prompt x provider of a block, with its ident: named like a case's
     (`p<N>`, the provider), brackets kept out of it for node ids."""
     providers = block.providers
+    shown = distinct_displays(providers)
     for prompt_index, prompt in enumerate(prompts):
-        for spec in providers:
-            ident = "-".join(
-                ([f"p{prompt_index}"] if len(prompts) > 1 else []) + ([spec.display] if len(providers) > 1 else [])
-            )
+        for spec, tag in zip(providers, shown):
+            ident = "-".join(([f"p{prompt_index}"] if len(prompts) > 1 else []) + ([tag] if len(providers) > 1 else []))
             ident = ident.replace("::", ":").replace("[", "(").replace("]", ")")
             yield (
                 ident,

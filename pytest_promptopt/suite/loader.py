@@ -10,6 +10,7 @@ that case an error, and the others run, as in promptfoo.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Any
 
 from ..assertions.base import assertion_types, is_model_graded
 from ..gates import parse_gates
-from ..models.specs import ModelSpec, parse_model_spec
+from ..models.specs import ModelSpec, distinct_displays, parse_model_spec
 from ..prompt import Prompt, Rendering
 from ..sandbox import DEFAULT_SCRIPT_TIMEOUT_S, Sandbox, sandbox_for
 from ..sandbox.scripts import make_filter
@@ -128,11 +129,11 @@ def _load(
         ctx.filters[str(filter_name)] = make_filter(code.sandbox, filter_file, code.timeout_s, where)
     prompts, prompt_paths = load_prompts(data.get("prompts"), ctx)
     check_env([p.template for p in prompts], ctx)
-    raw_providers = data.get("providers", data.get("targets"))
-    providers = _providers(raw_providers, ctx) or [default_model]
+    written = _provider_entries(data, ctx)
+    providers = _providers(written, ctx) or [default_model]
     # promptfoo's filters match its labels (a file's `path: text`), not the shorter ones shown here
     prompt_labels = [(prompt.promptfoo_label or prompt.label,) for prompt in prompts]
-    only = _prompt_filters(raw_providers, prompt_labels, ctx)
+    only = _prompt_filters(written, prompt_labels, ctx)
     defaults = default_test(data.get("defaultTest"), ctx)
     info = SuiteInfo(id=display, name=str(name), file=display, gates=gates)
     if any(allowed is not None for allowed in only) and ({"dataset", "fuzz"} & set(data)):
@@ -176,7 +177,7 @@ def _load(
         code,
         only,
         prompt_labels,
-        _provider_names(raw_providers, providers),
+        _provider_names(written, providers),
     )
     cases = list(builder.cases(tests))
     if "fuzz" in data:
@@ -273,19 +274,41 @@ class _Written:
     mapped: bool = False
 
 
-def _provider_entries(raw: Any) -> list[_Written]:
-    """The suite's providers as written (a list, or one entry), each with its path."""
+def _map_form(entry: Any) -> tuple[str, dict[str, Any]] | None:
+    """promptfoo's map form of a provider, `{openai:gpt-4o: {config: ...}}`: its key (the model)
+    and the options object it stands for (the model as its `id`, its own `id` kept for filters
+    in `_Written.ident`); None for any other form."""
+    if isinstance(entry, Mapping) and "id" not in entry and len(entry) == 1:
+        model, inner = next(iter(entry.items()))
+        if isinstance(inner, Mapping):
+            return str(model), {**inner, "id": str(model)}
+    return None
+
+
+def _provider_entries(data: Mapping[str, Any], ctx: Context) -> list[_Written]:
+    """The suite's providers as written (`providers:` or `targets:`, a list or one entry), each
+    with its path. As in promptfoo (`combineConfigs`), an entry written exactly as an earlier one
+    (the same string, or the same object) is dropped, with a warning."""
+    key = "providers" if "providers" in data else "targets"
+    raw = data.get(key)
     if raw is None:
         return []
-    entries = [(entry, ("providers", index)) for index, entry in enumerate(raw)] if isinstance(raw, list) else []
-    written = []
-    for entry, path in entries or [(raw, ("providers",))]:
-        if isinstance(entry, Mapping) and "id" not in entry and len(entry) == 1:
-            key, inner = next(iter(entry.items()))
-            if isinstance(inner, Mapping):
-                ident = str(inner.get("id") or key)
-                written.append(_Written({**inner, "id": str(key)}, path + (key,), ident, mapped=True))
-                continue
+    entries = [(entry, (key, index)) for index, entry in enumerate(raw)] if isinstance(raw, list) else []
+    written: list[_Written] = []
+    seen: dict[str, tuple[Any, ...]] = {}
+    for entry, path in entries or [(raw, (key,))]:
+        same = json.dumps(entry, ensure_ascii=False, default=str)
+        if same in seen:
+            ctx.warn(
+                path, f"the same provider as {format_path(seen[same])}: promptfoo runs it once, and so does this run"
+            )
+            continue
+        seen[same] = path
+        mapped = _map_form(entry)
+        if mapped is not None:
+            model, options = mapped
+            written.append(_Written(options, path + (model,), str(options.get("id") or model), mapped=True))
+            continue
         ident = entry if isinstance(entry, str) else str(entry.get("id", "")) if isinstance(entry, Mapping) else ""
         written.append(_Written(entry, path, ident))
     return written
@@ -318,14 +341,13 @@ def _chosen(
     return frozenset(chosen)
 
 
-def _prompt_filters(raw: Any, labels: list[tuple[str]], ctx: Context) -> list[frozenset[int] | None]:
+def _prompt_filters(written: list[_Written], labels: list[tuple[str]], ctx: Context) -> list[frozenset[int] | None]:
     """For each provider, the indexes of the prompts it runs (None: all): promptfoo's
     `providers[].prompts` (`readProviderPromptMap`, `isPromptAllowed`), matched on `labels`.
     promptfoo keys the filters by id and label and looks each provider's up by its label, else
     its id: of two providers with one id and no label, the last one's filter applies to both, and
     the map form registers no label, so a labelled one runs every prompt. Both are kept (a suite
     runs the cases it runs in promptfoo) and named in a warning."""
-    written = _provider_entries(raw)
     keyed: dict[str, _Written] = {}
     for entry in written:
         if not isinstance(entry.options, Mapping):
@@ -342,7 +364,7 @@ def _prompt_filters(raw: Any, labels: list[tuple[str]], ctx: Context) -> list[fr
         used = found.options.get("prompts") if found is not None and isinstance(found.options, Mapping) else None
         if found is not None and found is not entry and used != own:
             ctx.warn(
-                entry.path + ("prompts",),
+                entry.path + (("prompts",) if own is not None else ()),
                 f"promptfoo runs this provider with the prompts of {format_path(found.path)} (the same id or label, "
                 "the last one's filter wins); it does so here too: give each provider a label of its own",
             )
@@ -357,16 +379,15 @@ def _prompt_filters(raw: Any, labels: list[tuple[str]], ctx: Context) -> list[fr
     return filters
 
 
-def _provider_names(raw: Any, providers: list[ModelSpec]) -> list[tuple[str, ...]]:
+def _provider_names(written: list[_Written], providers: list[ModelSpec]) -> list[tuple[str, ...]]:
     """Each suite provider's id as written (and as the plugin reads it) and label, for filters."""
-    written = [entry.ident for entry in _provider_entries(raw)]
-    written += [""] * (len(providers) - len(written))
-    return [(spec.label or ident, ident, spec.id) for spec, ident in zip(providers, written)]
+    idents = [entry.ident for entry in written] + [""] * (len(providers) - len(written))
+    return [(spec.label or ident, ident, spec.id) for spec, ident in zip(providers, idents)]
 
 
-def _providers(raw: Any, ctx: Context) -> list[ModelSpec]:
+def _providers(written: list[_Written], ctx: Context) -> list[ModelSpec]:
     specs = []
-    for entry in _provider_entries(raw):
+    for entry in written:
         try:
             specs.append(parse_model_spec(entry.options, format_path(entry.path)))
         except ValueError as exc:
@@ -396,10 +417,7 @@ class _CaseBuilder:
         self.only, self.prompt_labels, self.provider_names = only, prompt_labels, provider_names
         self.seen: dict[str, int] = {}
         self.position = 0
-        # Each suite provider's part of its cases' names: its label or id, with `#<index>` when
-        # another provider shows the same (promptfoo runs both; their items must differ).
-        shown = [spec.display for spec in providers]
-        self.provider_tags = [d if shown.count(d) == 1 else f"{d}#{i}" for i, d in enumerate(shown)]
+        self.provider_tags = distinct_displays(providers)  # each provider's part of its cases' names
 
     def cases(self, tests: list[TestEntry]) -> Iterator[Case]:
         ctx = self.ctx
@@ -417,7 +435,10 @@ class _CaseBuilder:
                         "plugin: the test runs the prompts its suite's providers run",
                     )
                 try:
-                    test_providers = [parse_model_spec(merged["provider"], format_path(path + ("provider",)))]
+                    own = _map_form(merged["provider"])  # `provider: {openai:gpt-4o: {...}}` too
+                    test_providers = [
+                        parse_model_spec(own[1] if own else merged["provider"], format_path(path + ("provider",)))
+                    ]
                 except ValueError as exc:
                     raise ctx.error(path + ("provider",), str(exc).split(": ", 1)[-1]) from None
                 # It takes the suite providers' places, with the prompts any of them runs.

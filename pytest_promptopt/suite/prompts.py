@@ -106,6 +106,13 @@ def _prompt_files(reference: str, label: str | None, config: Any, path: tuple[An
         files = expand(name, ctx, path)
         if not files:  # promptfoo: a glob that matches nothing is the text itself
             return [Prompt(reference, label=label or reference[:60], config=config, promptfoo_label=label or reference)]
+        if label or config:
+            ctx.warn(
+                path,
+                "promptfoo reads each file of a glob as a prompt of its own, without the entry's label and config; "
+                "they are dropped here too: list the files one by one to give them a label or a config",
+            )
+            label, config = None, None
     else:
         file = Path(name).expanduser()
         file = file if file.is_absolute() else ctx.base_dir / file
