@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from .ast_lock import serialize_ast_parse
 from .baseline_source import compare_with_reference
 from .cache import ResponseCache
 from .case_stats import DatasetPart
@@ -65,6 +66,7 @@ class PromptoptSession:
     ) -> None:
         self.settings = settings
         self.is_controller = is_controller
+        serialize_ast_parse()  # the run's threads and pytest's main thread parse Python (ast_lock.py)
         # xdist workers split the run's budgets (concurrency, rate limits), so W workers
         # together never exceed what one process would be allowed.
         self.workers = max(1, workers)

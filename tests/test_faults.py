@@ -781,3 +781,69 @@ def test_sigterm_becomes_a_keyboard_interrupt_only_where_it_had_its_default_acti
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # only the main thread installs
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+# Two threads building syntax trees at once, with finalizers that let the other thread in midway
+# (as a run's call threads and pytest's failure formatting do): on CPython 3.11 `ast.parse` then
+# raises SystemError (issue 106905), which ended the main job in INTERNALERROR.
+AST_RACE = """
+import ast, sys, threading, time
+if sys.argv[1] == "guarded":
+    from pytest_promptopt.ast_lock import serialize_ast_parse
+    serialize_ast_parse()
+source = open(ast.__file__).read()
+errors, stop = [], threading.Event()
+
+class Cycle:
+    def __del__(self):
+        sum(range(200))
+
+def garbage():
+    a, b = Cycle(), Cycle()
+    a.other, b.other = b, a
+
+def worker():
+    while not stop.is_set():
+        try:
+            ast.literal_eval("{'pass': True, 'score': 0.5, 'nested': {'a': [1, {'b': [3, [4, [5]]]}]}}")
+        except SystemError as exc:
+            errors.append(str(exc))
+        garbage()
+
+sys.setswitchinterval(1e-6)
+thread = threading.Thread(target=worker)
+thread.start()
+until = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < until and not errors:
+    try:
+        ast.parse(source)
+    except SystemError as exc:
+        errors.append(str(exc))
+    garbage()
+stop.set()
+thread.join()
+print(len(errors), errors[:1])
+"""
+
+
+def test_threads_parsing_python_at_once_never_break_ast_parse_in_a_run():
+    def race(mode: str, seconds: float) -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", AST_RACE, mode, str(seconds)], capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout.strip()
+
+    bare = race("bare", 8)
+    if bare.startswith("0 "):
+        pytest.skip(f"this Python ({sys.version.split()[0]}) keeps ast.parse's depth per call: nothing to guard")
+    assert "AST constructor recursion depth mismatch" in bare
+    assert race("guarded", 3).startswith("0 ")  # the lock a session installs (ast_lock.py)
+
+
+def test_a_session_that_runs_cases_serializes_ast_parse(pytester, run_pytest):
+    import ast
+
+    pytester.makefile(".promptopt.yaml", s="prompts: ['{{q}}']\nproviders: [echo]\ntests: [{vars: {q: x}}]\n")
+    run_pytest("--promptopt").assert_outcomes(passed=1)  # in this process, as a user's single run
+    assert getattr(ast.parse, "_promptopt_serialized", False)
