@@ -256,6 +256,31 @@ def test_compare_with_an_mlflow_run_by_id_and_by_branch(pytester, run_pytest, mi
     )
 
 
+def test_a_session_pytest_did_not_finish_is_never_a_baseline(pytester, run_pytest, migrated_store):  # noqa: F811
+    if git_commit(pytester.path) is None:
+        pytest.skip("git is needed for the branch tag")
+    shutil.copy(migrated_store, pytester.path / "mlflow.db")
+    pytester.makeconftest(CONFTEST)
+    pytester.makefile(".promptopt.yaml", flips=suite(["alpha", "beta"]))
+    answers(pytester, alpha="ok a", beta="ok b")
+    run_pytest("--promptopt", "--promptopt-cache", "off", mlflow=True)  # complete: the baseline
+    answers(pytester, alpha="bad a", beta="ok b")
+    run_pytest("--promptopt", "--promptopt-cache", "off", mlflow=True)  # newer, then marked as interrupted
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=sqlite_uri(pytester.path / "mlflow.db"))
+    experiment = client.get_experiment_by_name(pytester.path.name).experiment_id
+    older, newer = sorted(
+        client.search_runs([experiment], filter_string="tags.`promptopt.session` = 'true'"),
+        key=lambda r: r.info.start_time,
+    )
+    client.set_tag(newer.info.run_id, "promptopt.exit_status", "2")  # what a Ctrl-C'd session records
+    by_branch = run_pytest("--promptopt", "--promptopt-baseline", "mlflow:branch=main", mlflow=True)
+    by_branch.stdout.fnmatch_lines([f"baseline mlflow:branch=main: session run {older.info.run_id} (*"])
+    by_id = run_pytest("--promptopt", "--promptopt-baseline", f"mlflow:{newer.info.run_id}", mlflow=True)
+    by_id.stdout.fnmatch_lines([f"baseline not loaded: *{newer.info.run_id} is a session pytest did not finish*"])
+
+
 def test_an_unknown_baseline_is_a_warning_and_a_null_baseline(pytester, run_pytest, migrated_store):  # noqa: F811
     shutil.copy(migrated_store, pytester.path / "mlflow.db")
     pytester.makeconftest(CONFTEST)

@@ -211,7 +211,7 @@ def test_run_tree_metrics_params_tags_and_tables_in_the_project_store(pytester, 
     assert "- capitals: pass_rate 0.667, needs 0.9" in note and max(len(line) for line in note) < 100
     assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["promptopt-report.json", "summary.md"]
     summary = Path(client.download_artifacts(parent.info.run_id, "summary.md", str(pytester.path / "dl"))).read_text()
-    assert "| capitals | echo | 3 | 2 | 1 | 0 | 66.7% | pass_rate 0.667 >= 0.9: **FAILED** |" in summary
+    assert "| capitals | echo | 3 | 2 | 1 | 0 | 66.7% | pass_rate = 0.667 < 0.9: **FAILED** |" in summary
 
     # Each suite run: an evaluation run with its own start and end inside the session's, its
     # cases as the dataset input, named after the suite, the commit and its start.
@@ -227,7 +227,7 @@ def test_run_tree_metrics_params_tags_and_tables_in_the_project_store(pytester, 
         assert [(t.key, t.value) for t in dataset.tags] == [("mlflow.data.context", "eval")]
     assert children["capitals"].inputs.dataset_inputs[0].dataset.source == '{"uri": "qa.promptopt.yaml"}'
     assert children["capitals"].data.tags["mlflow.note.content"] == (
-        "pass rate 66.7% (2 passed, 1 failed, 0 errors); pass_rate 0.667 >= 0.9: FAILED"
+        "pass rate 66.7% (2 passed, 1 failed, 0 errors); pass_rate = 0.667 < 0.9: FAILED"
     )
 
     qa = children["capitals"]
@@ -239,6 +239,7 @@ def test_run_tree_metrics_params_tags_and_tables_in_the_project_store(pytester, 
             "passed": 2,
             "failed": 1,
             "errors": 0,
+            "gates_failed": 1,  # each suite run's verdict, a column of the runs tables
             "metric.mentions": 0.5,
             "gate.pass_rate": 0.6667,
             "calls": 3,
@@ -549,8 +550,19 @@ def test_the_session_runs_description_is_short_and_its_table_an_artifact():
         "| suite | model | cases | passed | failed | errors | pass rate | gates |",
         "|---|---|---|---|---|---|---|---|",
         "| py\\|suite |  | 1 | 1 | 0 | 0 | 100.0% | none |",
-        "| qa |  | 3 | 1 | 1 | 1 | 50.0% | pass_rate 0.500 >= 0.9: **FAILED** |",
+        "| qa |  | 3 | 1 | 1 | 1 | 50.0% | pass_rate = 0.500 < 0.9: **FAILED** |",
     ]
+    # A session pytest did not finish (Ctrl-C, an internal error) says so, whatever its gates.
+    assert (
+        parent_note(run, 3)
+        .splitlines()[0]
+        .startswith("**INCOMPLETE (pytest exit status 3: internal error; only the cases that ran)**: 2 suites")
+    )
+    assert suite_summary_table(run, 2).startswith("# promptopt session: INCOMPLETE (pytest exit status 2: interrupted")
+    # A strict gate shows the bound it read, not an inequality the estimate does not satisfy.
+    strict = SuiteInfo(id="s", name="s", file="s.yaml", gates=(Gate("pass_rate", 0.5, "strict"),))
+    both = summarize([(strict, CaseResult("a", "a", passed=True)), (strict, CaseResult("b", "b", passed=True))])
+    assert "pass_rate = 1.000, 95% lower bound 0.342 < 0.5 (strict): **FAILED**" in suite_summary_table(both)
     # Many failed gates: the description lists a few; the table has every suite.
     many = summarize(
         [

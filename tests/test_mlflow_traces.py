@@ -116,6 +116,8 @@ def test_every_case_is_a_trace_of_its_suite_run_shaped_for_the_evaluation_views(
             if case["error"]:
                 assert info.state.value == "ERROR" and span.status.status_code.value == "ERROR"
                 assert span.outputs is None and "connection refused" in case["error"]
+                # the message says where the error arose; the type names no cause it may not have
+                assert [e.attributes["exception.type"] for e in span.events] == ["CaseError"]
                 assert verdict.value is None and "connection refused" in verdict.error.error_message
                 continue
             # output: the plain answer
@@ -280,3 +282,14 @@ def test_a_trace_that_cannot_be_written_is_a_warning_and_the_count_check_sees_it
         "suite 'qa': 1 of 3 case traces could not be written: RuntimeError: database is locked",
         "suite 'qa': 2 traces found for 3 cases",
     ]
+
+
+def test_cache_hit_means_no_model_was_called():
+    from pytest_promptopt.mlflow.trace_build import _details
+    from pytest_promptopt.records import CaseResult
+
+    def hit(calls: int, cache_hits: int) -> bool:
+        return _details(CaseResult("c", "c", calls=calls, cache_hits=cache_hits))["cache_hit"]
+
+    assert hit(0, 1) and hit(0, 2)  # every answer (the model's, a judge's) from the cache
+    assert not hit(1, 0) and not hit(1, 1) and not hit(0, 0)  # a call made, or none at all (an error)

@@ -2,7 +2,8 @@
 per-case tables (`cases.json`, as runs.py logs them), as a `baseline.BaselineRun`.
 
 `mlflow:<run_id>` names the session run; `mlflow:branch=<name>` is the latest FINISHED session
-run of the experiment whose `mlflow.source.git.branch` tag is that branch. The table is
+run of the experiment whose `mlflow.source.git.branch` tag is that branch and whose session ran
+to its end (`promptopt.exit_status` 0 or 1: an interrupted one holds only some cases). The table is
 downloaded with the client and parsed (`MlflowClient.load_table` reads through the global
 tracking URI in MLflow 3.17, not the client's). Nothing here knows about pytest.
 """
@@ -63,6 +64,11 @@ def _session_run(client: Any, ref: BaselineRef, tracking_uri: str, experiment: s
             raise BaselineError(
                 f"baseline {ref.describe()}: run {ref.run_id} is {run.info.status}, not a finished session run"
             )
+        if not _complete(run):
+            raise BaselineError(
+                f"baseline {ref.describe()}: run {ref.run_id} is a session pytest did not finish (exit status "
+                f"{tags.get(EXIT_TAG)}): it holds only the cases that ran; name a complete session run"
+            )
         return run
     found = client.get_experiment_by_name(experiment)
     if found is None:
@@ -72,13 +78,22 @@ def _session_run(client: Any, ref: BaselineRef, tracking_uri: str, experiment: s
         [found.experiment_id],
         filter_string=f"tags.`{SESSION_TAG}` = 'true' AND tags.`{BRANCH_TAG}` = '{branch}' AND attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"],
-        max_results=1,
+        max_results=50,
     )
+    runs = [run for run in runs if _complete(run)][:1]  # an interrupted session is never a baseline
     if not runs:
         raise BaselineError(
             f"baseline {ref.describe()}: no finished session run on branch '{ref.branch}' in experiment '{experiment}' ({where})"
         )
     return runs[0]
+
+
+EXIT_TAG = "promptopt.exit_status"
+
+
+def _complete(run: Any) -> bool:
+    """A session run pytest finished (exit status 0 or 1; none recorded: an older run)."""
+    return run.data.tags.get(EXIT_TAG, "") in ("", "0", "1")
 
 
 def _load(client: Any, ref: BaselineRef, parent: Any) -> BaselineRun:

@@ -48,6 +48,7 @@ __all__ = [
     "case_table",
     "display_metrics",
     "parent_metrics",
+    "gate_text",
     "parent_note",
     "parent_tags",
     "rendered_prompts",
@@ -56,6 +57,7 @@ __all__ = [
     "suite_dataset",
     "suite_metrics",
     "suite_params",
+    "session_verdict",
     "suite_summary_table",
     "suite_tags",
     "suite_times",
@@ -120,6 +122,13 @@ class SessionMeta:
     git_branch: str | None = None
     ci: bool = False
     suite_files: dict[str, str] = field(default_factory=dict)  # suite file (as reported) -> its text
+
+    @property
+    def complete(self) -> bool:
+        """Whether pytest ran the whole session: exit status 0 or 1 (or unknown, from an older
+        pending file). Interrupted (2), an internal error (3) or a usage error (4): the run holds
+        only the cases that ran, decides nothing, and is never a baseline."""
+        return self.exit_status in (None, 0, 1)
 
     @classmethod
     def collect(
@@ -229,12 +238,13 @@ def parent_tags(run: RunSummary, meta: SessionMeta) -> dict[str, str]:
         "promptopt.session": "true",
         "promptopt.gates_passed": flag(run.gates_passed),
         "promptopt.exit_status": "" if meta.exit_status is None else str(meta.exit_status),
+        "promptopt.complete": flag(meta.complete),
         "promptopt.ci": flag(meta.ci),
         "promptopt.pytest_args": shlex.join(meta.pytest_args),
         "promptopt.models": ", ".join(models),
         "promptopt.plugin_version": __version__,
         "promptopt.rootdir": meta.rootdir,
-        "mlflow.note.content": parent_note(run),
+        "mlflow.note.content": parent_note(run, meta.exit_status),
         **source_tags(meta),
     }
     if run.baseline is not None:  # --promptopt-baseline (mlflow/baseline.py)
@@ -263,13 +273,32 @@ def parent_metrics(run: RunSummary) -> dict[str, float | None]:
     )
 
 
-def parent_note(run: RunSummary) -> str:
+def session_verdict(run: RunSummary, exit_status: int | None) -> str:
+    """The session's verdict in words: the gates', or, for a session pytest did not finish,
+    that it is incomplete (the gates then judged only the cases that ran)."""
+    if exit_status not in (None, 0, 1):
+        why = _EXIT_STATUSES.get(exit_status, "ended early")
+        return f"INCOMPLETE (pytest exit status {exit_status}: {why}; only the cases that ran)"
+    return "gates passed" if run.gates_passed else "GATES FAILED"
+
+
+_EXIT_STATUSES = {2: "interrupted", 3: "internal error", 4: "usage error", 5: "no tests collected"}
+
+
+def gate_text(gate: Any) -> str:
+    """A gate's outcome as its rule decided it (`pass_rate = 0.333 < 0.9`, or with the interval
+    bound a strict or tolerant rule read), then ok or FAILED."""
+    return f"{gate.reason}: {'ok' if gate.passed else 'FAILED'}"
+
+
+def parent_note(run: RunSummary, exit_status: int | None = None) -> str:
     """The parent run's description (Markdown, a few short lines, so the run's details stay on
     screen): the verdict and counts, the failed gates, regressions and repairs. The per-suite
     table is the `summary.md` artifact, every case the JSON report artifact."""
     passed, failed = sum(s.passed for s in run.suites), sum(s.failed for s in run.suites)
     errors, cases = sum(s.errors for s in run.suites), sum(s.cases for s in run.suites)
-    verdict = "**Gates passed**" if run.gates_passed else "**GATES FAILED**"
+    verdict = session_verdict(run, exit_status)
+    verdict = "**Gates passed**" if verdict == "gates passed" else f"**{verdict}**"
     lines = [
         f"{verdict}: {len(run.suites)} suites, {cases} cases, pass rate {_percent(passed, passed + failed)} "
         f"({passed} passed, {failed} failed, {errors} errors)"
@@ -284,21 +313,19 @@ def parent_note(run: RunSummary) -> str:
     return "\n".join(lines)
 
 
-def suite_summary_table(run: RunSummary) -> str:
+def suite_summary_table(run: RunSummary, exit_status: int | None = None) -> str:
     """The `summary.md` artifact: one row per suite (pass rate, counts, each gate's value and verdict)."""
     rows = [
         "| suite | model | cases | passed | failed | errors | pass rate | gates |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for s in run.suites:
-        gates = "; ".join(
-            f"{g.name} {_value(g.value)} >= {g.threshold:g}: {'ok' if g.passed else '**FAILED**'}" for g in s.gates
-        )
+        gates = "; ".join(gate_text(g).replace(": FAILED", ": **FAILED**") for g in s.gates)
         rate = _rate(s.pass_rate)
         cells = [s.info.name, ", ".join(s.models), s.cases, s.passed, s.failed, s.errors, rate, gates or "none"]
         rows.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     rows += [f"\n{c.name}: regression against the baseline: {_cell(c.regression_reason)}" for c in run.regressions()]
-    verdict = "gates passed" if run.gates_passed else "GATES FAILED"
+    verdict = session_verdict(run, exit_status)
     return scrub(f"# promptopt session: {verdict}\n\n" + "\n".join(rows) + "\n")
 
 
@@ -325,9 +352,7 @@ def suite_tags(
     suite: SuiteSummary, parent: str, linked: Sequence[Mapping[str, str]], meta: SessionMeta
 ) -> dict[str, str]:
     rate = _rate(suite.pass_rate)
-    gates = "; ".join(
-        f"{g.name} {_value(g.value)} >= {g.threshold:g}: {'ok' if g.passed else 'FAILED'}" for g in suite.gates
-    )
+    gates = "; ".join(gate_text(g) for g in suite.gates)
     tags = {
         "mlflow.parentRunId": parent,
         RUN_TYPE[0]: RUN_TYPE[1],
@@ -406,6 +431,7 @@ def suite_metrics(suite: SuiteSummary, run_baseline: Any = None) -> dict[str, fl
         "passed": suite.passed,
         "failed": suite.failed,
         "errors": suite.errors,
+        "gates_failed": sum(1 for g in suite.gates if not g.passed),  # a column the runs tables show
         "latency_p50_ms": suite.latency_percentile(0.5),
         "latency_p95_ms": suite.latency_percentile(0.95),
         "prompt_tokens": totals["prompt_tokens"],

@@ -254,7 +254,7 @@ def _details(result: CaseResult) -> dict[str, Any]:
         "completion_tokens": result.completion_tokens,
         "cost": result.cost,
         "calls": result.calls,
-        "cache_hit": result.calls > 0 and result.cache_hits >= result.calls,
+        "cache_hit": result.cache_hits > 0 and result.calls == 0,  # no model was called: all from the cache
         "cache_hits": result.cache_hits,
         "score": result.score,
         "status": result.status,

@@ -130,7 +130,8 @@ def finished_trace(
     status = Status(StatusCode.OK)
     if error:
         status = Status(StatusCode.ERROR, scrub(error)[:PREVIEW])
-        message = {"exception.type": "ModelError", "exception.message": scrub(error)}
+        # The message says where it arose (the model, a check, the case's own template or file).
+        message = {"exception.type": "CaseError", "exception.message": scrub(error)}
         events.append(Event("exception", message, timestamp=end_ns))
     span = Span(
         ReadableSpan(
