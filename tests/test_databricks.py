@@ -208,6 +208,18 @@ def test_litellms_own_variables_and_promptfoos_workspace_url_work_too(serving, m
     assert model.generate(Request.from_prompt("Antonym of hot?")).text == "cold"
     assert TOKEN not in json.dumps(model.cache_identity) and TOKEN not in json.dumps(spec.to_dict())
     assert all(c[1] == "/serving-endpoints/chat/completions" for c in serving.calls if c[0] == "POST")
+    # promptfoo's other way to name it, `apiKey: '{{ env.NAME }}'`: the same variable, the token
+    # itself never in the spec; a literal key stays refused.
+    named = parse_model_spec(
+        {
+            "id": "databricks:antonym-llm",
+            "config": {"workspaceUrl": serving.host, "apiKey": "{{ env.MY_DATABRICKS_PAT }}"},
+        }
+    )
+    assert named.params == spec.params and "apiKey" not in json.dumps(named.to_dict())
+    assert create_model(named).generate(Request.from_prompt("Antonym of up?")).text == "down"
+    with pytest.raises(ValueError, match="API keys must not be written in a suite"):
+        parse_model_spec({"id": "databricks:antonym-llm", "config": {"apiKey": TOKEN}})
 
 
 def test_databricks_settings_precedence(monkeypatch):

@@ -572,6 +572,15 @@ def test_a_tests_prompts_and_providers_filters_run_it_where_promptfoo_does(tmp_p
     assert any("tests[3].prompts: 'nope' matches no prompt" in w for w in warned), warned
 
 
+def test_a_test_with_nothing_promptfoo_reads_is_refused_as_promptfoo_refuses_the_config(tmp_path):
+    # A real config's `- label: ...` test: promptfoo stops with "Test case must contain one of ...".
+    refused = error(tmp_path, "prompts: ['{{q}}']\nproviders: [echo]\ntests:\n  - vars: {q: x}\n  - label: lone\n")
+    assert "s.promptopt.yaml:5: tests[1]: a test needs one of assert, vars, options" in str(refused)
+    assert "this one has label" in str(refused)
+    # An empty vars mapping is something (JavaScript holds {} true), and so is a numeric threshold.
+    load(tmp_path, "prompts: ['hi']\nproviders: [echo]\ntests: [{vars: {}}, {threshold: 0}]\n")
+
+
 def test_keys_promptfoo_ignores_in_real_configs_are_warnings_and_other_unknown_keys_errors(tmp_path):
     """`version: 1` and `prompts[].provider` (real configs) are keys promptfoo ignores: warnings.
     Any other unknown key is an error naming the nearest known one, so a misspelt key that

@@ -28,7 +28,7 @@ from .base import ModelError
 from .hosted import _litellm, env_api_key
 from .minilm_runtimes import EmbeddingRuntime, load_minilm
 from .packaged import package_folders
-from .specs import BUNDLED, parse_model_spec
+from .specs import BUNDLED, env_reference, parse_model_spec
 
 __all__ = [
     "EmbeddingError",
@@ -205,7 +205,13 @@ def _parse(provider: Any, where: str) -> tuple[str, dict[str, Any]]:
         if config:
             raise ValueError(f"{where}: the offline embedding model takes no config")
         return "local", {}
-    secret = [k for k in config if k in {"api_key", "apiKey", "key", "token", "authorization"} or "secret" in k.lower()]
+    secret = [
+        k
+        for k in config
+        if (k in {"api_key", "apiKey"} and env_reference(config[k]) is None)
+        or k in {"key", "token", "authorization"}
+        or "secret" in k.lower()
+    ]
     if secret:
         raise ValueError(
             f"{where}: '{secret[0]}' must not be written in a suite; set the provider's environment "

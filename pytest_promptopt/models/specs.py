@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,7 @@ __all__ = [
     "ModelSpec",
     "create_model",
     "distinct_displays",
+    "env_reference",
     "is_model",
     "local_runtime_choice",
     "model_name",
@@ -54,6 +56,9 @@ _UNSUPPORTED_PREFIXES = (
     "golang:",
     "sequence:",
 )
+
+# `{{ env.NAME }}` or `{{ env['NAME'] }}`, the whole value: a reference to an environment variable.
+_ENV_REFERENCE = re.compile(r"""^\s*\{\{\s*env(?:\.(\w+)|\[\s*['"]([^'"]+)['"]\s*\])\s*\}\}\s*$""")
 
 # promptfoo's camelCase provider config keys and their litellm names.
 _CONFIG_RENAMES = {
@@ -100,12 +105,29 @@ def parse_model_spec(entry: Any, where: str = "providers") -> ModelSpec:
     else:
         raise ValueError(f"{where}: a provider is a string id or an object with 'id' and 'config'")
     params = {_CONFIG_RENAMES.get(k, k): v for k, v in params.items()}
+    for key in ("apiKey", "api_key"):
+        # promptfoo's `apiKey: '{{ env.OPENAI_API_KEY }}'` names a variable, as `apiKeyEnvar` does;
+        # the key itself never enters the spec (nor reports, caches, MLflow).
+        named = env_reference(params.get(key))
+        if named is not None:
+            params.pop(key)
+            params.setdefault("api_key_env", named)
     if "apiKey" in params or "api_key" in params:
+        written = str(params.get("apiKey", params.get("api_key")))
+        shell = re.fullmatch(r"\$\{?(\w+)\}?", written.strip())
+        hint = f" (promptfoo sends '{written}' itself as the key: write apiKeyEnvar: {shell.group(1)})" if shell else ""
         raise ValueError(
             f"{where}: API keys must not be written in a suite; set the provider's environment variable "
-            "(e.g. OPENAI_API_KEY) or name one with 'apiKeyEnvar'"
+            f"(e.g. OPENAI_API_KEY) or name one with 'apiKeyEnvar' or apiKey: '{{{{ env.NAME }}}}'{hint}"
         )
     return ModelSpec(_normalise_id(ident.strip(), where), params, label)
+
+
+def env_reference(value: Any) -> str | None:
+    """The variable a config value names as a whole (`{{ env.NAME }}`, `{{ env['NAME'] }}`, as
+    promptfoo renders them from the environment), else None."""
+    named = _ENV_REFERENCE.match(value) if isinstance(value, str) else None
+    return None if named is None else named.group(1) or named.group(2)
 
 
 def distinct_displays(specs: Sequence[ModelSpec]) -> list[str]:

@@ -120,6 +120,7 @@ def prune_test(test: dict[str, Any], path: tuple[Any, ...], ctx: Context, origin
     silently): a misplaced `storeOutputAs`, a `dataset:`, a misspelt key."""
     allowed = set(suite_schema()["$defs"]["test"]["properties"])
     where = f" ({origin})" if origin else ""
+    written = [str(k) for k in test]
     for key in [k for k in test if k not in allowed]:
         test.pop(key)
         why = _TEST_IGNORED.get(str(key))
@@ -129,6 +130,33 @@ def prune_test(test: dict[str, Any], path: tuple[Any, ...], ctx: Context, origin
                 f"not a key of a test (allowed: {', '.join(sorted(allowed))}); promptfoo ignores it, and so does this plugin"
             )
         ctx.warn(path + (str(key),), f"{why}{where}")
+    if path[:1] not in (("defaultTest",), ("scenarios",)) and not _has_content(test):
+        # promptfoo's readTest refuses the whole config then ("Test case must contain ...").
+        raise ctx.error(
+            path,
+            f"a test needs one of {', '.join(_TEST_CONTENT)} (promptfoo refuses the config otherwise){where}; "
+            f"this one has {', '.join(written) or 'nothing'}",
+        )
+
+
+_TEST_CONTENT = ("assert", "vars", "options", "metadata", "provider", "providerOutput", "threshold")
+
+
+def _has_content(test: dict[str, Any]) -> bool:
+    """What promptfoo's `readTest` asks of a test: one of `_TEST_CONTENT` that JavaScript holds
+    true (an empty list or mapping counts), or a numeric threshold."""
+
+    def truthy(value: Any) -> bool:
+        return (
+            value is not None
+            and value is not False
+            and value != ""
+            and not (isinstance(value, (int, float)) and value == 0)
+        )
+
+    threshold = test.get("threshold")
+    numeric = isinstance(threshold, (int, float)) and not isinstance(threshold, bool)
+    return numeric or any(truthy(test.get(key)) for key in _TEST_CONTENT[:-1])
 
 
 def _load_env_files(raw: Any, ctx: Context) -> None:
