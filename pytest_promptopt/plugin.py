@@ -428,7 +428,11 @@ class ControllerHooks:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if not self.state.records:
             return
-        status, messages = self.state.finish(int(session.exitstatus), list(session.config.invocation_params.args))
+        status, messages = self.state.finish(
+            int(session.exitstatus),
+            list(session.config.invocation_params.args),
+            stopped_early=bool(session.shouldfail or session.shouldstop),  # -x / --maxfail
+        )
         if status != session.exitstatus:
             session.exitstatus = pytest.ExitCode(status)
         for message in messages:

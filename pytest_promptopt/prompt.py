@@ -153,12 +153,15 @@ def _guarded_only(ast: Any, names: frozenset[str]) -> frozenset[str]:
             condition(node.test, known)
             proven = known | truthy(node.test)
             refuted = known | if_false(node.test)
-            branches = [node.body] if isinstance(node, nodes.If) else [[node.expr1]]
-            others = [*node.elif_, *node.else_] if isinstance(node, nodes.If) else [node.expr2]
-            in_order(branches[0], proven)
-            for child in others:
-                if child is not None:
-                    walk(child, refuted)
+            if isinstance(node, nodes.If):
+                in_order(node.body, proven)
+                for branch in node.elif_:  # each an If of its own, tested after this one failed
+                    walk(branch, refuted)
+                in_order(node.else_, refuted)
+            else:
+                walk(node.expr1, proven)
+                if node.expr2 is not None:
+                    walk(node.expr2, refuted)
             return
         in_order(node.iter_child_nodes(), known)
 

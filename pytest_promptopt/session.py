@@ -343,11 +343,11 @@ class PromptoptSession:
         self.records.append((SuiteInfo.from_dict(data["suite"]), record))
         self._summary = None
 
-    def finish(self, exit_status: int, pytest_args: list[str]) -> tuple[int, list[str]]:
+    def finish(self, exit_status: int, pytest_args: list[str], stopped_early: bool = False) -> tuple[int, list[str]]:
         """After every case ran (on the controller): aggregate, compare with a baseline, decide the
         gates, repair, and build the run's `RunSummary` once; then write the JSON and HTML reports
         and log to MLflow, which only read it. Returns the session's exit status (a failing gate
-        turns 0 into 1) and warnings to show."""
+        turns 0 into 1) and warnings to show. `stopped_early`: pytest stopped at -x/--maxfail."""
         self.add_notices(self.take_notices())  # shown by the terminal summary (plugin.py)
         messages: list[str] = []
         settings = self.settings
@@ -361,7 +361,13 @@ class PromptoptSession:
             )
             if baseline.error:
                 messages.append(baseline.error)
-        if settings.update_baseline is not None:
+        partial = exit_status not in (0, 1) or stopped_early
+        if settings.update_baseline is not None and partial:
+            messages.append(
+                f"baseline not written to {settings.update_baseline}: pytest did not run the whole session "
+                "(interrupted, or stopped at -x/--maxfail), so it would hold only the cases that ran"
+            )
+        elif settings.update_baseline is not None:
             from .baseline_files import write_baseline_file
 
             outcomes = suite_outcomes(suites)
@@ -404,6 +410,7 @@ class PromptoptSession:
                 pytest_args=pytest_args,
                 started=self.started,
                 exit_status=exit_status,
+                stopped_early=stopped_early,
             )
             # Handed to the writer started with the session (without one, logged here and now);
             # `mlflow_outcome()` waits for it.

@@ -220,6 +220,13 @@ def test_litellms_own_variables_and_promptfoos_workspace_url_work_too(serving, m
     assert create_model(named).generate(Request.from_prompt("Antonym of up?")).text == "down"
     with pytest.raises(ValueError, match="API keys must not be written in a suite"):
         parse_model_spec({"id": "databricks:antonym-llm", "config": {"apiKey": TOKEN}})
+    # As promptfoo's getApiKey (`config.apiKey || env[config.apiKeyEnvar]`): the apiKey form wins;
+    # a variable that is unset renders empty there, and apiKeyEnvar or the provider's own applies.
+    both = {"apiKey": "{{ env.MY_DATABRICKS_PAT }}", "apiKeyEnvar": "OTHER_PAT"}
+    assert parse_model_spec({"id": "openai:x", "config": both}).params == {"api_key_env": "MY_DATABRICKS_PAT"}
+    monkeypatch.delenv("MY_DATABRICKS_PAT")
+    assert parse_model_spec({"id": "openai:x", "config": both}).params == {"api_key_env": "OTHER_PAT"}
+    assert parse_model_spec({"id": "openai:x", "config": {"apiKey": "{{ env.MY_DATABRICKS_PAT }}"}}).params == {}
 
 
 def test_databricks_settings_precedence(monkeypatch):

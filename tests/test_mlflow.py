@@ -524,7 +524,7 @@ def test_redact_text_masks_secret_keys_in_yaml_and_json():
 
 def test_the_session_runs_description_is_short_and_its_table_an_artifact():
     from pytest_promptopt.gates import Gate
-    from pytest_promptopt.mlflow.layout import NOTE_LINES, parent_note, suite_summary_table
+    from pytest_promptopt.mlflow.layout import NOTE_LINES, SessionMeta, parent_note, suite_summary_table
     from pytest_promptopt.records import CaseResult
     from pytest_promptopt.suite.model import SuiteInfo
     from pytest_promptopt.summary import summarize
@@ -553,12 +553,17 @@ def test_the_session_runs_description_is_short_and_its_table_an_artifact():
         "| qa |  | 3 | 1 | 1 | 1 | 50.0% | pass_rate = 0.500 < 0.9: **FAILED** |",
     ]
     # A session pytest did not finish (Ctrl-C, an internal error) says so, whatever its gates.
+    crashed, interrupted = SessionMeta(0, 0, exit_status=3), SessionMeta(0, 0, exit_status=2)
     assert (
-        parent_note(run, 3)
+        parent_note(run, crashed.incomplete)
         .splitlines()[0]
         .startswith("**INCOMPLETE (pytest exit status 3: internal error; only the cases that ran)**: 2 suites")
     )
-    assert suite_summary_table(run, 2).startswith("# promptopt session: INCOMPLETE (pytest exit status 2: interrupted")
+    assert suite_summary_table(run, interrupted.incomplete).startswith(
+        "# promptopt session: INCOMPLETE (pytest exit status 2: interrupted"
+    )
+    assert SessionMeta(0, 0, exit_status=1, stopped_early=True).incomplete == "pytest stopped at -x / --maxfail"
+    assert SessionMeta(0, 0, exit_status=1).incomplete is None and SessionMeta(0, 0).incomplete is None
     # A strict gate shows the bound it read, not an inequality the estimate does not satisfy.
     strict = SuiteInfo(id="s", name="s", file="s.yaml", gates=(Gate("pass_rate", 0.5, "strict"),))
     both = summarize([(strict, CaseResult("a", "a", passed=True)), (strict, CaseResult("b", "b", passed=True))])
@@ -576,6 +581,28 @@ def test_the_session_runs_description_is_short_and_its_table_an_artifact():
         lines[-3] == f"- ... {25 - NOTE_LINES} more"
         and len(re.findall(r"\n\| s\d+ \|", suite_summary_table(many))) == 25
     )
+
+
+def test_a_session_stopped_at_maxfail_is_incomplete_and_writes_no_baseline(pytester, run_pytest, migrated_store):
+    # -x stops pytest after the first failure with exit status 1, as a full failing run ends:
+    # the session must still say it holds only some cases.
+    pytester.makefile(
+        ".promptopt.yaml",
+        s="prompts: ['{{q}}']\nproviders: [echo]\n"
+        "tests: [{vars: {q: a}, assert: [{type: equals, value: b}]}, {vars: {q: c}}, {vars: {q: d}}]\n",
+    )
+    shutil.copy(migrated_store, pytester.path / "mlflow.db")
+    result = run_pytest(
+        "--promptopt", "-x", "--promptopt-update-baseline", "--promptopt-baseline", "base.json", mlflow=True
+    )
+    result.assert_outcomes(failed=1)
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*baseline not written to */base.json: pytest did not run the whole session*"])
+    assert not (pytester.path / "base.json").exists()
+    _, parent, _ = run_tree(sqlite_uri(pytester.path / "mlflow.db"), pytester.path.name)
+    tags = parent.data.tags
+    assert tags["promptopt.complete"] == "false" and tags["promptopt.exit_status"] == "1"
+    assert tags["mlflow.note.content"].startswith("**INCOMPLETE (pytest stopped at -x / --maxfail;")
 
 
 def test_the_html_report_is_an_artifact_of_the_session_run(pytester, run_pytest, migrated_store):

@@ -278,6 +278,10 @@ def test_a_variable_written_as_optional_may_be_missing_as_in_promptfoo(tmp_path)
         ("A {{ extra.name | default('n') }} {{ q }}", "A n hi"),
         # promptfoo 0.121.20 renders this `Hello friend` without the var (recorded with echo)
         ("{% set extra = extra | default('friend') %}A {{ extra }} {{ q }}", "A friend hi"),
+        (
+            "{% if q == 'no' %}N{% else %}{% set extra = extra | default('f') %}A {{ extra }}{% endif %} {{ q }}",
+            "A f hi",
+        ),
     ]
     required = [
         "A {{ extra }} {{ q }}",
@@ -579,6 +583,18 @@ def test_a_test_with_nothing_promptfoo_reads_is_refused_as_promptfoo_refuses_the
     assert "this one has label" in str(refused)
     # An empty vars mapping is something (JavaScript holds {} true), and so is a numeric threshold.
     load(tmp_path, "prompts: ['hi']\nproviders: [echo]\ntests: [{vars: {}}, {threshold: 0}]\n")
+    # promptfoo checks a scenario's tests too, not its config entries (merged into each test first).
+    scenario = (
+        "prompts: ['{{x}}']\nproviders: [echo]\nscenarios: [{config: [{vars: {x: a}}], tests: [{description: d}]}]\n"
+    )
+    assert "scenarios[0].tests[0]: a test needs one of" in str(error(tmp_path, scenario))
+    # A tests file named as {path: ...} is read without that check (readStandaloneTestsFile): its
+    # description-only row runs, as in promptfoo 0.121.20 (recorded: both rows pass).
+    (tmp_path / "rows.json").write_text('[{"description": "only a description"}, {"vars": {"x": "hi"}}]')
+    read = load(tmp_path, "prompts: ['Say hello']\nproviders: [echo]\ntests: [{path: rows.json}]\n")
+    assert [c.error for c in read.cases] == [None, None]
+    refused = error(tmp_path, "prompts: ['Say hello']\nproviders: [echo]\ntests: file://rows.json\n")
+    assert "rows.json item 0" in str(refused)
 
 
 def test_keys_promptfoo_ignores_in_real_configs_are_warnings_and_other_unknown_keys_errors(tmp_path):

@@ -67,7 +67,8 @@ def _session_run(client: Any, ref: BaselineRef, tracking_uri: str, experiment: s
         if not _complete(run):
             raise BaselineError(
                 f"baseline {ref.describe()}: run {ref.run_id} is a session pytest did not finish (exit status "
-                f"{tags.get(EXIT_TAG)}): it holds only the cases that ran; name a complete session run"
+                f"{tags.get(EXIT_TAG)}, complete: {tags.get('promptopt.complete', '?')}): it holds only the cases "
+                "that ran; name a complete session run"
             )
         return run
     found = client.get_experiment_by_name(experiment)
@@ -92,8 +93,10 @@ EXIT_TAG = "promptopt.exit_status"
 
 
 def _complete(run: Any) -> bool:
-    """A session run pytest finished (exit status 0 or 1; none recorded: an older run)."""
-    return run.data.tags.get(EXIT_TAG, "") in ("", "0", "1")
+    """A session run pytest finished (`promptopt.complete`; an older run without it: exit status
+    0 or 1, or none recorded)."""
+    tags = run.data.tags
+    return tags.get("promptopt.complete", "true") == "true" and tags.get(EXIT_TAG, "") in ("", "0", "1")
 
 
 def _load(client: Any, ref: BaselineRef, parent: Any) -> BaselineRun:

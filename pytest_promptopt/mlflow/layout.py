@@ -122,17 +122,27 @@ class SessionMeta:
     git_branch: str | None = None
     ci: bool = False
     suite_files: dict[str, str] = field(default_factory=dict)  # suite file (as reported) -> its text
+    stopped_early: bool = False  # pytest stopped at -x / --maxfail (its exit status is still 1)
 
     @property
-    def complete(self) -> bool:
-        """Whether pytest ran the whole session: exit status 0 or 1 (or unknown, from an older
-        pending file). Interrupted (2), an internal error (3) or a usage error (4): the run holds
+    def incomplete(self) -> str | None:
+        """Why pytest did not run the whole session, or None: interrupted (exit status 2), an
+        internal error (3), a usage error (4), or stopped at -x / --maxfail. Such a run holds
         only the cases that ran, decides nothing, and is never a baseline."""
-        return self.exit_status in (None, 0, 1)
+        if self.exit_status not in (None, 0, 1):
+            return f"pytest exit status {self.exit_status}: {_EXIT_STATUSES.get(self.exit_status, 'ended early')}"
+        return "pytest stopped at -x / --maxfail" if self.stopped_early else None
 
     @classmethod
     def collect(
-        cls, run: RunSummary, *, rootdir: Path, pytest_args: list[str], started: float, exit_status: int | None
+        cls,
+        run: RunSummary,
+        *,
+        rootdir: Path,
+        pytest_args: list[str],
+        started: float,
+        exit_status: int | None,
+        stopped_early: bool = False,
     ) -> SessionMeta:
         commit = _git(rootdir, "rev-parse", "HEAD")
         branch = _git(rootdir, "rev-parse", "--abbrev-ref", "HEAD")
@@ -161,6 +171,7 @@ class SessionMeta:
             git_branch=branch,
             ci=os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"),
             suite_files=files,
+            stopped_early=stopped_early,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -238,13 +249,13 @@ def parent_tags(run: RunSummary, meta: SessionMeta) -> dict[str, str]:
         "promptopt.session": "true",
         "promptopt.gates_passed": flag(run.gates_passed),
         "promptopt.exit_status": "" if meta.exit_status is None else str(meta.exit_status),
-        "promptopt.complete": flag(meta.complete),
+        "promptopt.complete": flag(meta.incomplete is None),
         "promptopt.ci": flag(meta.ci),
         "promptopt.pytest_args": shlex.join(meta.pytest_args),
         "promptopt.models": ", ".join(models),
         "promptopt.plugin_version": __version__,
         "promptopt.rootdir": meta.rootdir,
-        "mlflow.note.content": parent_note(run, meta.exit_status),
+        "mlflow.note.content": parent_note(run, meta.incomplete),
         **source_tags(meta),
     }
     if run.baseline is not None:  # --promptopt-baseline (mlflow/baseline.py)
@@ -273,12 +284,12 @@ def parent_metrics(run: RunSummary) -> dict[str, float | None]:
     )
 
 
-def session_verdict(run: RunSummary, exit_status: int | None) -> str:
-    """The session's verdict in words: the gates', or, for a session pytest did not finish,
-    that it is incomplete (the gates then judged only the cases that ran)."""
-    if exit_status not in (None, 0, 1):
-        why = _EXIT_STATUSES.get(exit_status, "ended early")
-        return f"INCOMPLETE (pytest exit status {exit_status}: {why}; only the cases that ran)"
+def session_verdict(run: RunSummary, incomplete: str | None = None) -> str:
+    """The session's verdict in words: the gates', or, for a session pytest did not finish
+    (`incomplete`: why, `SessionMeta.incomplete`), that it is incomplete (the gates then judged
+    only the cases that ran)."""
+    if incomplete is not None:
+        return f"INCOMPLETE ({incomplete}; only the cases that ran)"
     return "gates passed" if run.gates_passed else "GATES FAILED"
 
 
@@ -291,13 +302,13 @@ def gate_text(gate: Any) -> str:
     return f"{gate.reason}: {'ok' if gate.passed else 'FAILED'}"
 
 
-def parent_note(run: RunSummary, exit_status: int | None = None) -> str:
+def parent_note(run: RunSummary, incomplete: str | None = None) -> str:
     """The parent run's description (Markdown, a few short lines, so the run's details stay on
     screen): the verdict and counts, the failed gates, regressions and repairs. The per-suite
     table is the `summary.md` artifact, every case the JSON report artifact."""
     passed, failed = sum(s.passed for s in run.suites), sum(s.failed for s in run.suites)
     errors, cases = sum(s.errors for s in run.suites), sum(s.cases for s in run.suites)
-    verdict = session_verdict(run, exit_status)
+    verdict = session_verdict(run, incomplete)
     verdict = "**Gates passed**" if verdict == "gates passed" else f"**{verdict}**"
     lines = [
         f"{verdict}: {len(run.suites)} suites, {cases} cases, pass rate {_percent(passed, passed + failed)} "
@@ -313,7 +324,7 @@ def parent_note(run: RunSummary, exit_status: int | None = None) -> str:
     return "\n".join(lines)
 
 
-def suite_summary_table(run: RunSummary, exit_status: int | None = None) -> str:
+def suite_summary_table(run: RunSummary, incomplete: str | None = None) -> str:
     """The `summary.md` artifact: one row per suite (pass rate, counts, each gate's value and verdict)."""
     rows = [
         "| suite | model | cases | passed | failed | errors | pass rate | gates |",
@@ -325,7 +336,7 @@ def suite_summary_table(run: RunSummary, exit_status: int | None = None) -> str:
         cells = [s.info.name, ", ".join(s.models), s.cases, s.passed, s.failed, s.errors, rate, gates or "none"]
         rows.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     rows += [f"\n{c.name}: regression against the baseline: {_cell(c.regression_reason)}" for c in run.regressions()]
-    verdict = session_verdict(run, exit_status)
+    verdict = session_verdict(run, incomplete)
     return scrub(f"# promptopt session: {verdict}\n\n" + "\n".join(rows) + "\n")
 
 

@@ -154,7 +154,7 @@ def log_run(
         with terminate_on_error(client, parent):
             log_batch(client, parent, metrics=parent_metrics(run))
             client.log_text(parent, rendered.report_text, REPORT_FILE)
-            client.log_text(parent, suite_summary_table(run, meta.exit_status), SUMMARY_FILE)
+            client.log_text(parent, suite_summary_table(run, meta.incomplete), SUMMARY_FILE)
             for path in artifacts:
                 client.log_artifact(parent, str(path))
             if run.baseline is not None:

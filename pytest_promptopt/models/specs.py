@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -106,12 +107,14 @@ def parse_model_spec(entry: Any, where: str = "providers") -> ModelSpec:
         raise ValueError(f"{where}: a provider is a string id or an object with 'id' and 'config'")
     params = {_CONFIG_RENAMES.get(k, k): v for k, v in params.items()}
     for key in ("apiKey", "api_key"):
-        # promptfoo's `apiKey: '{{ env.OPENAI_API_KEY }}'` names a variable, as `apiKeyEnvar` does;
-        # the key itself never enters the spec (nor reports, caches, MLflow).
+        # promptfoo's `apiKey: '{{ env.OPENAI_API_KEY }}'` names a variable, as `apiKeyEnvar` does,
+        # and wins over it (`config.apiKey || env[config.apiKeyEnvar]`); unset, it renders empty
+        # and the provider falls back to its own variables. The key itself never enters the spec.
         named = env_reference(params.get(key))
         if named is not None:
             params.pop(key)
-            params.setdefault("api_key_env", named)
+            if os.environ.get(named):
+                params["api_key_env"] = named
     if "apiKey" in params or "api_key" in params:
         written = str(params.get("apiKey", params.get("api_key")))
         shell = re.fullmatch(r"\$\{?(\w+)\}?", written.strip())

@@ -239,7 +239,7 @@ def _scenario_tests(raw: Any, ctx: Context, start: int) -> list[TestEntry]:
     for s_index, scenario in enumerate(raw or []):
         here: tuple[Any, ...] = ("scenarios", s_index)
         tests = scenario.get("tests")
-        entries = read_tests(tests, ctx) if tests is not None else [TestEntry({}, here, 0)]
+        entries = read_tests(tests, ctx, here + ("tests",)) if tests is not None else [TestEntry({}, here, 0)]
         for data in scenario["config"]:
             for entry in entries:
                 test = entry.data
@@ -255,7 +255,7 @@ def _scenario_tests(raw: Any, ctx: Context, start: int) -> list[TestEntry]:
                         **(test.get("metadata") or {}),
                     },
                 }
-                path = here + ("tests",) + entry.path[1:] if tests is not None else here
+                path = entry.path
                 out.append(TestEntry(merged, path, start + len(out), entry.origin))
             count += 1
     return out

@@ -115,9 +115,13 @@ def _tests(data: dict[str, Any]) -> list[tuple[tuple[Any, ...], dict[str, Any]]]
     return found
 
 
-def prune_test(test: dict[str, Any], path: tuple[Any, ...], ctx: Context, origin: str = "") -> None:
+def prune_test(
+    test: dict[str, Any], path: tuple[Any, ...], ctx: Context, origin: str = "", require_content: bool = True
+) -> None:
     """Keys promptfoo does not read in a test are dropped with a warning (promptfoo drops them
-    silently): a misplaced `storeOutputAs`, a `dataset:`, a misspelt key."""
+    silently): a misplaced `storeOutputAs`, a `dataset:`, a misspelt key. A test left with
+    nothing promptfoo reads is refused as promptfoo refuses it (`require_content`: where its
+    `readTest` checks; defaultTest and a scenario's `config` entries are merged into tests first)."""
     allowed = set(suite_schema()["$defs"]["test"]["properties"])
     where = f" ({origin})" if origin else ""
     written = [str(k) for k in test]
@@ -130,7 +134,8 @@ def prune_test(test: dict[str, Any], path: tuple[Any, ...], ctx: Context, origin
                 f"not a key of a test (allowed: {', '.join(sorted(allowed))}); promptfoo ignores it, and so does this plugin"
             )
         ctx.warn(path + (str(key),), f"{why}{where}")
-    if path[:1] not in (("defaultTest",), ("scenarios",)) and not _has_content(test):
+    merged_later = path[:1] == ("defaultTest",) or (path[:1] == ("scenarios",) and path[2:3] == ("config",))
+    if require_content and not merged_later and not _has_content(test):
         # promptfoo's readTest refuses the whole config then ("Test case must contain ...").
         raise ctx.error(
             path,

@@ -42,25 +42,30 @@ def default_test(raw: Any, ctx: Context) -> dict[str, Any]:
     return raw
 
 
-def read_tests(raw: Any, ctx: Context) -> list[TestEntry]:
+def read_tests(raw: Any, ctx: Context, where: tuple[Any, ...] = ("tests",)) -> list[TestEntry]:
+    """A suite's `tests` (or a scenario's, at `where`): inline tests and the files they name."""
     if raw is None:
-        return [TestEntry({}, ("tests",), 0)]  # promptfoo runs each prompt once with no vars
+        return [TestEntry({}, where, 0)]  # promptfoo runs each prompt once with no vars
     if isinstance(raw, (str, dict)):
-        raw_entries: list[tuple[Any, tuple[Any, ...]]] = [(raw, ("tests",))]
+        raw_entries: list[tuple[Any, tuple[Any, ...]]] = [(raw, where)]
     else:
-        raw_entries = [(entry, ("tests", i)) for i, entry in enumerate(raw)]
+        raw_entries = [(entry, where + (i,)) for i, entry in enumerate(raw)]
     tests: list[TestEntry] = []
     for entry, path in raw_entries:
         reference = entry.get("path") if isinstance(entry, dict) and isinstance(entry.get("path"), str) else entry
         if isinstance(reference, str):
-            for data, origin in _tests_from_files(reference, path, ctx):
+            # promptfoo checks each test of a file named as a string (`readTest`), not of one
+            # named as `{path: ...}` (`readStandaloneTestsFile`).
+            for data, origin in _tests_from_files(reference, path, ctx, checked=reference is entry):
                 tests.append(TestEntry(data, path, len(tests), origin))
         else:
             tests.append(TestEntry(entry, path, len(tests)))
     return tests
 
 
-def _tests_from_files(reference: str, path: tuple[Any, ...], ctx: Context) -> list[tuple[dict[str, Any], str]]:
+def _tests_from_files(
+    reference: str, path: tuple[Any, ...], ctx: Context, checked: bool = True
+) -> list[tuple[dict[str, Any], str]]:
     name = reference[len("file://") :] if reference.startswith("file://") else reference
     if name.startswith(("huggingface://", "az://", "https://", "http://")):
         raise ctx.error(
@@ -99,7 +104,7 @@ def _tests_from_files(reference: str, path: tuple[Any, ...], ctx: Context) -> li
             rows = []
         for number, test in enumerate(rows):
             if isinstance(test, dict):
-                prune_test(test, path, ctx, f"{file.name} item {number}")
+                prune_test(test, path, ctx, f"{file.name} item {number}", require_content=checked)
             validate_fragment(test, "test", path, ctx, f"{file.name} item {number}")
             tests.append((test, f"{file.name} item {number}"))
     return tests
