@@ -118,7 +118,11 @@ def parse_model_spec(entry: Any, where: str = "providers") -> ModelSpec:
     if "apiKey" in params or "api_key" in params:
         written = str(params.get("apiKey", params.get("api_key")))
         shell = re.fullmatch(r"\$\{?(\w+)\}?", written.strip())
-        hint = f" (promptfoo sends '{written}' itself as the key: write apiKeyEnvar: {shell.group(1)})" if shell else ""
+        hint = (
+            f" (a shell-style '{written}' is not expanded in a suite: write apiKeyEnvar: {shell.group(1)})"
+            if shell
+            else ""
+        )
         raise ValueError(
             f"{where}: API keys must not be written in a suite; set the provider's environment variable "
             f"(e.g. OPENAI_API_KEY) or name one with 'apiKeyEnvar' or apiKey: '{{{{ env.NAME }}}}'{hint}"
