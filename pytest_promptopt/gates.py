@@ -54,6 +54,16 @@ class GateResult:
     low: float | None = None  # the 95% interval of `value`, when known
     high: float | None = None
 
+    @property
+    def compared(self) -> float | None:
+        """What the rule compared with the threshold: the interval's lower bound (strict), its
+        upper bound (tolerant), else the estimate."""
+        if self.rule == "strict" and self.low is not None:
+            return self.low
+        if self.rule == "tolerant" and self.high is not None:
+            return self.high
+        return self.value
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,

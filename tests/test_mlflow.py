@@ -208,7 +208,7 @@ def test_run_tree_metrics_params_tags_and_tables_in_the_project_store(pytester, 
     # A short description; the per-suite table is an artifact.
     note = tags["mlflow.note.content"].splitlines()
     assert note[0] == "**GATES FAILED**: 3 suites, 7 cases, pass rate 71.4% (5 passed, 2 failed, 0 errors)"
-    assert "- capitals: pass_rate 0.667, needs 0.9" in note and max(len(line) for line in note) < 100
+    assert "- capitals: pass_rate = 0.667 < 0.9" in note and max(len(line) for line in note) < 100
     assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["promptopt-report.json", "summary.md"]
     summary = Path(client.download_artifacts(parent.info.run_id, "summary.md", str(pytester.path / "dl"))).read_text()
     assert "| capitals | echo | 3 | 2 | 1 | 0 | 66.7% | pass_rate = 0.667 < 0.9: **FAILED** |" in summary
@@ -524,7 +524,7 @@ def test_redact_text_masks_secret_keys_in_yaml_and_json():
 
 def test_the_session_runs_description_is_short_and_its_table_an_artifact():
     from pytest_promptopt.gates import Gate
-    from pytest_promptopt.mlflow.layout import NOTE_LINES, SessionMeta, parent_note, suite_summary_table
+    from pytest_promptopt.mlflow.layout import NOTE_LINES, SessionMeta, parent_note, suite_metrics, suite_summary_table
     from pytest_promptopt.records import CaseResult
     from pytest_promptopt.suite.model import SuiteInfo
     from pytest_promptopt.summary import summarize
@@ -542,7 +542,7 @@ def test_the_session_runs_description_is_short_and_its_table_an_artifact():
     assert parent_note(run).splitlines() == [
         "**GATES FAILED**: 2 suites, 4 cases, pass rate 66.7% (2 passed, 1 failed, 1 errors)",
         "",
-        "- qa: pass_rate 0.500, needs 0.9",
+        "- qa: pass_rate = 0.500 < 0.9",
         "",
         "Per-suite table: `summary.md`; every case: `promptopt-report.json` (artifacts)",
     ]
@@ -568,6 +568,8 @@ def test_the_session_runs_description_is_short_and_its_table_an_artifact():
     strict = SuiteInfo(id="s", name="s", file="s.yaml", gates=(Gate("pass_rate", 0.5, "strict"),))
     both = summarize([(strict, CaseResult("a", "a", passed=True)), (strict, CaseResult("b", "b", passed=True))])
     assert "pass_rate = 1.000, 95% lower bound 0.342 < 0.5 (strict): **FAILED**" in suite_summary_table(both)
+    assert "- s: pass_rate = 1.000, 95% lower bound 0.342 < 0.5 (strict)" in parent_note(both).splitlines()
+    assert suite_metrics(both.suites[0])["gate.pass_rate"] == 0.3424  # what the rule compared, not the estimate
     # Many failed gates: the description lists a few; the table has every suite.
     many = summarize(
         [
@@ -599,10 +601,14 @@ def test_a_session_stopped_at_maxfail_is_incomplete_and_writes_no_baseline(pytes
     assert result.ret == 1
     result.stdout.fnmatch_lines(["*baseline not written to */base.json: pytest did not run the whole session*"])
     assert not (pytester.path / "base.json").exists()
-    _, parent, _ = run_tree(sqlite_uri(pytester.path / "mlflow.db"), pytester.path.name)
+    _, parent, children = run_tree(sqlite_uri(pytester.path / "mlflow.db"), pytester.path.name)
     tags = parent.data.tags
     assert tags["promptopt.complete"] == "false" and tags["promptopt.exit_status"] == "1"
     assert tags["mlflow.note.content"].startswith("**INCOMPLETE (pytest stopped at -x / --maxfail;")
+    # its suite run too: the run lists show suite runs on their own
+    [child] = children.values()
+    assert child.data.tags["promptopt.complete"] == "false"
+    assert child.data.tags["mlflow.note.content"].startswith("INCOMPLETE (pytest stopped at -x / --maxfail): pass rate")
 
 
 def test_the_html_report_is_an_artifact_of_the_session_run(pytester, run_pytest, migrated_store):

@@ -314,7 +314,7 @@ def parent_note(run: RunSummary, incomplete: str | None = None) -> str:
         f"{verdict}: {len(run.suites)} suites, {cases} cases, pass rate {_percent(passed, passed + failed)} "
         f"({passed} passed, {failed} failed, {errors} errors)"
     ]
-    notes = [f"- {s.info.name}: {g.name} {_value(g.value)}, needs {g.threshold:g}" for s, g in run.failed_gates()]
+    notes = [f"- {s.info.name}: {g.reason}" for s, g in run.failed_gates()]  # as its rule decided it
     notes += [f"- {c.name}: regression against the baseline" for c in run.regressions()]
     notes += [f"- repair of {r.suite_name} prompt {r.prompt_index}: {r.status}" for r in run.repairs]
     if len(notes) > NOTE_LINES:
@@ -364,11 +364,15 @@ def suite_tags(
 ) -> dict[str, str]:
     rate = _rate(suite.pass_rate)
     gates = "; ".join(gate_text(g) for g in suite.gates)
+    # A suite run of a session pytest did not finish holds only the cases that ran: it says so,
+    # as its session does (the run lists show suite runs on their own).
+    partial = f"INCOMPLETE ({meta.incomplete}): " if meta.incomplete else ""
     tags = {
         "mlflow.parentRunId": parent,
         RUN_TYPE[0]: RUN_TYPE[1],
-        "mlflow.note.content": f"pass rate {rate} ({suite.passed} passed, {suite.failed} failed, "
+        "mlflow.note.content": f"{partial}pass rate {rate} ({suite.passed} passed, {suite.failed} failed, "
         f"{suite.errors} errors)" + (f"; {gates}" if gates else ""),
+        "promptopt.complete": flag(meta.incomplete is None),
         "promptopt.suite": suite.info.name,
         "promptopt.suite_id": suite.info.id,  # the key a later baseline comparison matches on
         "promptopt.suite_file": suite.info.file,
@@ -442,7 +446,7 @@ def suite_metrics(suite: SuiteSummary, run_baseline: Any = None) -> dict[str, fl
         "passed": suite.passed,
         "failed": suite.failed,
         "errors": suite.errors,
-        "gates_failed": sum(1 for g in suite.gates if not g.passed),  # a column the runs tables show
+        "gates_failed": sum(1 for g in suite.gates if not g.passed),  # a default column of Evaluation runs
         "latency_p50_ms": suite.latency_percentile(0.5),
         "latency_p95_ms": suite.latency_percentile(0.95),
         "prompt_tokens": totals["prompt_tokens"],
@@ -455,7 +459,7 @@ def suite_metrics(suite: SuiteSummary, run_baseline: Any = None) -> dict[str, fl
     if suite.repeats > 1:
         metrics.update({"repeats": suite.repeats, "pass_k": suite.pass_k, "flaky": len(suite.flaky)})
     metrics.update({f"metric.{metric_key(name)}": value for name, value in suite.metric_means().items()})
-    metrics.update({f"gate.{metric_key(g.name)}": g.value for g in suite.gates})
+    metrics.update({f"gate.{metric_key(g.name)}": g.compared for g in suite.gates})  # what each rule compared
     compared = run_baseline.suites.get(suite.info.id) if run_baseline is not None else None
     if compared is not None:
         metrics.update({"baseline_pass_rate": compared.baseline_pass_rate, "pass_rate_delta": compared.delta})
