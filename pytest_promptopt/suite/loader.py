@@ -293,10 +293,10 @@ def _provider_entries(data: Mapping[str, Any], ctx: Context) -> list[_Written]:
     raw = data.get(key)
     if raw is None:
         return []
-    entries = [(entry, (key, index)) for index, entry in enumerate(raw)] if isinstance(raw, list) else []
+    entries = [(entry, (key, index)) for index, entry in enumerate(raw)] if isinstance(raw, list) else [(raw, (key,))]
     written: list[_Written] = []
     seen: dict[str, tuple[Any, ...]] = {}
-    for entry, path in entries or [(raw, (key,))]:
+    for entry, path in entries:
         same = json.dumps(entry, ensure_ascii=False, default=str)
         if same in seen:
             ctx.warn(
