@@ -597,6 +597,29 @@ def test_a_test_with_nothing_promptfoo_reads_is_refused_as_promptfoo_refuses_the
     assert "rows.json item 0" in str(refused)
 
 
+def test_a_judge_provider_without_an_id_is_an_error_only_where_a_judge_is_needed(tmp_path):
+    """A real config's `defaultTest.options.provider: {temperature: 0.1}`: promptfoo loads it and
+    errors the model-graded case only ("Invalid provider definition", recorded with 0.121.20)."""
+    suite = load(
+        tmp_path,
+        """
+        prompts: ['{{q}}']
+        providers: [echo]
+        defaultTest: {options: {provider: {temperature: 0.1}}}
+        tests:
+          - vars: {q: x}
+            assert: [{type: contains, value: x}]
+          - vars: {q: y}
+            assert: [{type: llm-rubric, value: says y}]
+        """,
+    )
+    plain, judged = suite.cases
+    assert plain.error is None and "provider object needs an 'id'" in (judged.error or "")
+    # An object with an id is still checked key by key.
+    typo = "prompts: ['{{q}}']\ndefaultTest: {options: {provider: {id: echo, confg: {}}}}\ntests: [{vars: {q: x}}]\n"
+    assert "unknown key 'confg'" in str(error(tmp_path, typo))
+
+
 def test_keys_promptfoo_ignores_in_real_configs_are_warnings_and_other_unknown_keys_errors(tmp_path):
     """`version: 1` and `prompts[].provider` (real configs) are keys promptfoo ignores: warnings.
     Any other unknown key is an error naming the nearest known one, so a misspelt key that
