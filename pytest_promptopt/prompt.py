@@ -296,9 +296,7 @@ class Rendering:
     def needed(self, template: str) -> frozenset[str]:
         """The variables a render of `template` needs, in these manners (with the suite's filters,
         which a template of it may use)."""
-        if self.promptfoo and self.filters:
-            return template_variables(template, True, self.filters)
-        return Prompt(template).needed_variables(self.promptfoo)
+        return Prompt(template).needed_variables(self.promptfoo, self.filters)
 
 
 def _json_structure(template: str) -> Any:
@@ -312,15 +310,15 @@ def _json_structure(template: str) -> Any:
     return value if isinstance(value, (list, dict)) else None
 
 
-def _collect_variables(value: Any, names: set[str], promptfoo: bool) -> None:
+def _collect_variables(value: Any, names: set[str], promptfoo: bool, filters: Mapping[str, Any] | None = None) -> None:
     if isinstance(value, str):
-        names |= template_variables(value, promptfoo)
+        names |= template_variables(value, promptfoo, filters)
     elif isinstance(value, list):
         for item in value:
-            _collect_variables(item, names, promptfoo)
+            _collect_variables(item, names, promptfoo, filters)
     elif isinstance(value, dict):
         for item in value.values():
-            _collect_variables(item, names, promptfoo)
+            _collect_variables(item, names, promptfoo, filters)
 
 
 def _render_strings(
@@ -402,15 +400,16 @@ class Prompt:
     def variables(self) -> frozenset[str]:
         return self.needed_variables()
 
-    def needed_variables(self, promptfoo: bool = False) -> frozenset[str]:
+    def needed_variables(self, promptfoo: bool = False, filters: Mapping[str, Any] | None = None) -> frozenset[str]:
         """The variables a render needs: all it reads, except, in a suite file's manners
-        (`promptfoo`), one used only where a missing one is allowed (`{% if x %}`, `x is
-        defined`, `x | default(...)`)."""
+        (`promptfoo`, implied by `filters`, a suite's `nunjucksFilters` its templates may use),
+        one used only where a missing one is allowed (`{% if x %}`, `x is defined`,
+        `x | default(...)`)."""
         structure = _json_structure(self.template)
         if structure is None:
-            return template_variables(self.template, promptfoo)
+            return template_variables(self.template, promptfoo, filters)
         names: set[str] = set()
-        _collect_variables(structure, names, promptfoo)
+        _collect_variables(structure, names, promptfoo, filters)
         return frozenset(names)
 
     @property

@@ -67,16 +67,18 @@ def _apply(result: RepairResult, case: Case, suite_file: Path, proposal: Path, c
         return
     # A file split into several prompts (`---`) is not rewritten, nor an entry that gives several
     # (a glob, a CSV) replaced: the proposal would replace the others too.
-    in_file = sum(1 for p in loaded.prompts if source is not None and p.source == source)
+    file = Path(source) if source is not None else None
+    in_file = sum(1 for p in loaded.prompts if file is not None and p.source == source)
     if (
-        in_file == 1
-        and Path(source or "").is_file()
+        file is not None
+        and in_file == 1
+        and file.is_file()
         and is_chat(result.original) == chat
-        and Path(source or "").suffix in (".txt", ".json", ".md", "")
+        and file.suffix in (".txt", ".json", ".md", "")
     ):
         # Same format: the user's prompt file gets the repaired template (git shows the change).
-        Path(source or "").write_text(result.prompt or "", encoding="utf-8")
-        result.applied, result.file = True, str(Path(source or ""))
+        file.write_text(result.prompt or "", encoding="utf-8")
+        result.applied, result.file = True, str(file)
         return
     # An inline prompt, or a text prompt that became chat messages: the suite's entry now
     # points at the proposal file.
@@ -84,7 +86,7 @@ def _apply(result: RepairResult, case: Case, suite_file: Path, proposal: Path, c
     entry = paths[case.prompt_index] if case.prompt_index < len(paths) else ("prompts",)
     in_entry = sum(1 for path in paths if path == entry)
     if in_file > 1 or in_entry > 1:
-        where = Path(source or "").name if in_file > 1 else format_path(entry)
+        where = file.name if file is not None and in_file > 1 else format_path(entry)
         result.reason = (
             f"not applied: {where} holds {max(in_file, in_entry)} prompts and the proposal would replace them "
             f"all; adopt {proposal.name} by hand"
