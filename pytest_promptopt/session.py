@@ -39,7 +39,7 @@ from .settings import Settings
 from .suite.chains import SEQUENCE, ChainRuns
 from .suite.model import Case, Repeats, SuiteInfo
 from .suite.names import is_suite_file
-from .summary import RunSummary, suite_outcomes, summarize, summarize_suites
+from .summary import RunSummary, incomplete_reason, suite_outcomes, summarize, summarize_suites
 
 __all__ = ["NOTICES_ATTR", "RECORD_ATTR", "PromptoptSession", "record_key", "session_key"]
 
@@ -361,8 +361,7 @@ class PromptoptSession:
             )
             if baseline.error:
                 messages.append(baseline.error)
-        partial = exit_status not in (0, 1) or stopped_early
-        if settings.update_baseline is not None and partial:
+        if settings.update_baseline is not None and incomplete_reason(exit_status, stopped_early) is not None:
             messages.append(
                 f"baseline not written to {settings.update_baseline}: pytest did not run the whole session "
                 "(interrupted, or stopped at -x/--maxfail), so it would hold only the cases that ran"

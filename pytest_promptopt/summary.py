@@ -16,7 +16,19 @@ from .mathexpr import derived_values
 from .records import CaseResult
 from .suite.model import SuiteInfo
 
-__all__ = ["RunSummary", "SuiteSummary", "suite_outcomes", "summarize", "summarize_suites"]
+__all__ = ["RunSummary", "SuiteSummary", "incomplete_reason", "suite_outcomes", "summarize", "summarize_suites"]
+
+_EXIT_STATUSES = {2: "interrupted", 3: "internal error", 4: "usage error", 5: "no tests collected"}
+
+
+def incomplete_reason(exit_status: int | None, stopped_early: bool = False) -> str | None:
+    """Why pytest did not run the whole session, or None: interrupted (exit status 2), an
+    internal error (3), a usage error (4), or stopped at -x / --maxfail (`stopped_early`; its exit
+    status is still 1). Such a run holds only the cases that ran: it decides nothing, is never a
+    baseline and writes no baseline file. None also when the status is unknown (an older run)."""
+    if exit_status not in (None, 0, 1):
+        return f"pytest exit status {exit_status}: {_EXIT_STATUSES.get(exit_status, 'ended early')}"
+    return "pytest stopped at -x / --maxfail" if stopped_early else None
 
 
 @dataclass

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..redact import redact, redact_text, scrub
-from ..summary import RunSummary, SuiteSummary
+from ..summary import RunSummary, SuiteSummary, incomplete_reason
 from .client import MAX_PARAM_VALUE, clean_tags, flag, metric_key, safe_text, truncate
 
 __all__ = [
@@ -126,12 +126,8 @@ class SessionMeta:
 
     @property
     def incomplete(self) -> str | None:
-        """Why pytest did not run the whole session, or None: interrupted (exit status 2), an
-        internal error (3), a usage error (4), or stopped at -x / --maxfail. Such a run holds
-        only the cases that ran, decides nothing, and is never a baseline."""
-        if self.exit_status not in (None, 0, 1):
-            return f"pytest exit status {self.exit_status}: {_EXIT_STATUSES.get(self.exit_status, 'ended early')}"
-        return "pytest stopped at -x / --maxfail" if self.stopped_early else None
+        """Why pytest did not run the whole session, or None (`summary.incomplete_reason`)."""
+        return incomplete_reason(self.exit_status, self.stopped_early)
 
     @classmethod
     def collect(
@@ -291,9 +287,6 @@ def session_verdict(run: RunSummary, incomplete: str | None = None) -> str:
     if incomplete is not None:
         return f"INCOMPLETE ({incomplete}; only the cases that ran)"
     return "gates passed" if run.gates_passed else "GATES FAILED"
-
-
-_EXIT_STATUSES = {2: "interrupted", 3: "internal error", 4: "usage error", 5: "no tests collected"}
 
 
 def gate_text(gate: Any) -> str:
