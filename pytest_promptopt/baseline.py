@@ -25,7 +25,7 @@ Rules:
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -88,6 +88,7 @@ class BaselineSuite:
     name: str
     cases: list[CaseOutcome]
     run_id: str | None = None  # the baseline's child run, when it came from MLflow
+    file: str | None = None  # the suite's file (relative to the rootdir), when a baseline file says
 
 
 @dataclass
@@ -136,6 +137,7 @@ class SuiteComparison:
     regressed: bool = False  # the regression gate's verdict
     regression_reason: str = ""
     in_baseline: bool = True  # False: a new suite (every case `added`)
+    not_selected: int = 0  # baseline cases this run left out (-k, node ids), neither removed nor compared
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -235,9 +237,11 @@ def compare_suite(
     *,
     baseline_run_id: str | None = None,
     gate: Regression | None = None,
+    not_selected: Collection[str] = (),
 ) -> SuiteComparison:
     """Compare one suite; `baseline` empty means the suite is new (every case is `added`). With
-    `gate`, the regression gate's verdict is filled in too (`regression`)."""
+    `gate`, the regression gate's verdict is filled in too (`regression`). `not_selected`: case
+    ids this run left out (-k, node ids: selection.py), which are not `removed`."""
     before = {c.case_id: c for c in baseline}
     now = {c.case_id: c for c in current}
     flipped_down, flipped_up = [], []
@@ -264,7 +268,8 @@ def compare_suite(
         newly_failing=[f.case_id for f in flipped_down],
         newly_passing=[f.case_id for f in flipped_up],
         added=[case_id for case_id in now if case_id not in before],
-        removed=[case_id for case_id in before if case_id not in now],
+        removed=[case_id for case_id in before if case_id not in now and case_id not in not_selected],
+        not_selected=sum(1 for case_id in before if case_id not in now and case_id in not_selected),
         flipped=flipped_down + flipped_up,
         compared=sum(1 for case_id in now if case_id in before),
     )
@@ -273,10 +278,16 @@ def compare_suite(
 
 
 def compare_run(
-    current: Mapping[str, tuple[str, Sequence[CaseOutcome]]], baseline: BaselineRun, gate: Regression | None = None
+    current: Mapping[str, tuple[str, Sequence[CaseOutcome]]],
+    baseline: BaselineRun,
+    gate: Regression | None = None,
+    not_selected: Mapping[str, Collection[str]] | None = None,
 ) -> BaselineComparison:
     """`current`: suite id -> (suite name, its case outcomes). Suites only in the baseline are
-    listed in `removed_suites`. With `gate`, each suite gets the regression gate's verdict."""
+    listed in `removed_suites`, unless this run left their cases out (`not_selected`: suite id
+    -> case ids, selection.LeftOut.case_ids). With `gate`, each suite gets the regression gate's
+    verdict."""
+    not_selected = not_selected or {}
     suites = {}
     for suite_id, (name, cases) in current.items():
         old = baseline.suites.get(suite_id)
@@ -287,8 +298,11 @@ def compare_run(
             cases,
             baseline_run_id=old.run_id if old else None,
             gate=gate if old else None,
+            not_selected=not_selected.get(suite_id, ()),
         )
-    removed = sorted(suite_id for suite_id in baseline.suites if suite_id not in current)
+    removed = sorted(
+        suite_id for suite_id in baseline.suites if suite_id not in current and suite_id not in not_selected
+    )
     return BaselineComparison(baseline.ref, baseline.run_id, suites, removed)
 
 

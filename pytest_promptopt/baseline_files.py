@@ -4,29 +4,40 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .baseline import STATUSES, BaselineRun, BaselineSuite, CaseOutcome
 
-__all__ = ["BASELINE_FILE_VERSION", "BaselineFileError", "read_baseline_file", "write_baseline_file"]
+__all__ = [
+    "BASELINE_FILE_VERSION",
+    "BaselineFileError",
+    "merge_baseline",
+    "read_baseline_file",
+    "write_baseline_file",
+]
 
 BASELINE_FILE_VERSION = 1
 
 
-def write_baseline_file(path: Path, current: Mapping[str, tuple[str, Sequence[CaseOutcome]]]) -> None:
+def write_baseline_file(
+    path: Path, current: Mapping[str, tuple[str, Sequence[CaseOutcome]]], files: Mapping[str, str] | None = None
+) -> None:
     """Write the run's per-case outcomes and scores as a reviewed baseline file: readable JSON,
     suites by id and cases by their stable `case_id` (sorted, so a reordered suite diffs clean;
-    no timestamp, so an unchanged run rewrites the same bytes)."""
+    no timestamp, so an unchanged run rewrites the same bytes). `files`: suite id -> the suite's
+    file (relative to the rootdir), which a later partial update checks (`merge_baseline`)."""
     import json
     import os
 
+    files = files or {}
     data = {
         "version": BASELINE_FILE_VERSION,
         "suites": {
             suite_id: {
                 "name": name,
+                **({"file": files[suite_id]} if suite_id in files else {}),
                 "cases": {c.case_id: _case_entry(c) for c in sorted(cases, key=lambda c: c.case_id)},
             }
             for suite_id, (name, cases) in sorted(current.items())
@@ -36,6 +47,35 @@ def write_baseline_file(path: Path, current: Mapping[str, tuple[str, Sequence[Ca
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n", encoding="utf-8")
     os.replace(temporary, path)  # atomic: a crash never leaves half a baseline
+
+
+def merge_baseline(
+    old: BaselineRun,
+    current: Mapping[str, tuple[str, Sequence[CaseOutcome]]],
+    left_out: Collection[str],
+    file_exists: Callable[[str], bool],
+) -> tuple[dict[str, tuple[str, list[CaseOutcome]]], dict[str, str], list[str], int]:
+    """What `--promptopt-update-baseline` writes when the old file exists: this run's suites
+    replace theirs, except that a suite in `left_out` (pytest did not select all its cases:
+    selection.py) keeps the old entries of the cases it did not run; a suite this run did not
+    run at all (other files, a file that failed to load) keeps its entry while its file exists
+    (an entry without a file, from an older writer, is kept). Returns (suites, their files, the
+    suite ids kept whole, the number of cases kept beside a partial suite's)."""
+    merged: dict[str, tuple[str, list[CaseOutcome]]] = {k: (name, list(cases)) for k, (name, cases) in current.items()}
+    files = {k: s.file for k, s in old.suites.items() if s.file}
+    kept_suites: list[str] = []
+    kept_cases = 0
+    for suite_id, suite in old.suites.items():
+        if suite_id not in merged:
+            if suite.file is None or file_exists(suite.file):
+                merged[suite_id] = (suite.name, list(suite.cases))
+                kept_suites.append(suite_id)
+        elif suite_id in left_out:
+            ran = {c.case_id for c in merged[suite_id][1]}
+            kept = [c for c in suite.cases if c.case_id not in ran]
+            merged[suite_id][1].extend(kept)
+            kept_cases += len(kept)
+    return merged, files, sorted(kept_suites), kept_cases
 
 
 def _case_entry(case: CaseOutcome) -> dict[str, Any]:
@@ -100,5 +140,8 @@ def read_baseline_file(path: Path) -> BaselineRun:
             raise BaselineFileError(
                 f"{path}: suites.{suite_id}.cases.{bad.case_id}.status: {bad.status!r} is not one of {', '.join(STATUSES)}"
             )
-        suites[suite_id] = BaselineSuite(suite_id, str(suite.get("name", suite_id)), cases)
+        file = suite.get("file")
+        suites[suite_id] = BaselineSuite(
+            suite_id, str(suite.get("name", suite_id)), cases, file=str(file) if file is not None else None
+        )
     return BaselineRun(str(path), None, suites)

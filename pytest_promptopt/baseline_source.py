@@ -3,7 +3,7 @@ run) and compared with the run's suites (baseline.py does the comparing)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 from .baseline import BaselineComparison, compare_run
@@ -14,18 +14,25 @@ from .summary import RunSummary, SuiteSummary, suite_outcomes
 __all__ = ["compare_with_reference"]
 
 
-def compare_with_reference(suites: Sequence[SuiteSummary], settings: Settings) -> BaselineComparison:
+def compare_with_reference(
+    suites: Sequence[SuiteSummary], settings: Settings, not_selected: Mapping[str, Collection[str]] | None = None
+) -> BaselineComparison:
     """The run's `BaselineComparison` with the settings' baseline; a baseline that cannot be
-    loaded gives a comparison whose `error` says why (the run's results stand as they are)."""
+    loaded gives a comparison whose `error` says why (the run's results stand as they are).
+    `not_selected`: the cases this run left out (selection.LeftOut.case_ids), not removed ones."""
     ref, regression = settings.baseline, settings.regression
     assert ref is not None
     if ref.source == "file":
         try:
-            return compare_run(suite_outcomes(suites), read_baseline_file(Path(str(ref.path))), regression)
+            return compare_run(
+                suite_outcomes(suites), read_baseline_file(Path(str(ref.path))), regression, not_selected
+            )
         except BaselineFileError as exc:
             return BaselineComparison.failed(ref.describe(), str(exc))
     mlflow = settings.mlflow
     assert mlflow is not None  # settings refuse an MLflow baseline with --promptopt-no-mlflow
     from .mlflow.baseline import compare_with_baseline  # imports mlflow: only for an MLflow baseline
 
-    return compare_with_baseline(RunSummary(tuple(suites)), ref, mlflow.tracking_uri, mlflow.experiment, regression)
+    return compare_with_baseline(
+        RunSummary(tuple(suites)), ref, mlflow.tracking_uri, mlflow.experiment, regression, not_selected
+    )

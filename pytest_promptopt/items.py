@@ -115,6 +115,9 @@ class SuiteFile(pytest.File):
                 warnings.warn_explicit(
                     SuiteWarning(notice.detail), category=None, filename=str(self.path), lineno=notice.line or 1
                 )
+        # What pytest then keeps of them tells whether the session left cases out (selection.py)
+        offered = [part.name for part in loaded.dataset.slices] if loaded.dataset else [c.case_id for c in loaded.cases]
+        session.left_out.offered(loaded.info.id, offered)
         if loaded.dataset is not None:  # one item per prompt x provider, all rows (see DatasetItem)
             self._warm_up(session, [part.make_case.model for part in loaded.dataset.slices])
             for part in loaded.dataset.slices:
@@ -220,6 +223,11 @@ class CaseItem(pytest.Item):
         self.result: CaseResult | None = None
         self.shrunk: Any = None  # a failing generated case's `fuzz.Shrunk`: the minimal failing input
 
+    @property
+    def selection_key(self) -> tuple[str, str]:
+        """(suite id, case id): what selection.LeftOut counts."""
+        return self.case.suite.id, self.case.case_id
+
     def setup(self) -> None:
         # The model call happens in setup, so a model fault is a pytest *error*, not a failure.
         session = self.config.stash[session_key]
@@ -313,6 +321,11 @@ class DatasetItem(pytest.Item):
     @property
     def suite(self) -> Any:
         return self.part.make_case.suite
+
+    @property
+    def selection_key(self) -> tuple[str, str]:
+        """(suite id, slice name): what selection.LeftOut counts."""
+        return self.suite.id, self.part.name
 
     def setup(self) -> None:
         from . import case_table

@@ -221,6 +221,33 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    # Python prompt tests pytest leaves out (-k, -m, --lf, ...) make the session partial
+    # (selection.py); a suite file's cases are counted against what it offered instead.
+    if not items or not _enabled(items[0].config):
+        return
+    from .python_tests import python_suite
+    from .session import session_key
+
+    tests = [i for i in items if isinstance(i, pytest.Function) and _is_python_prompt_test(i)]
+    if tests:
+        left_out = items[0].config.stash[session_key].left_out
+        left_out.deselected(python_suite(i, i.get_closest_marker("promptopt")).id for i in tests)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if not _enabled(session.config):
+        return
+    from .selection import WORKEROUTPUT_KEY
+    from .session import session_key
+
+    left_out = session.config.stash[session_key].left_out
+    left_out.collected(item.selection_key for item in session.items if getattr(item, "promptopt_item", False))
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # xdist: the controller collects nothing; it hears it from here
+        workeroutput[WORKEROUTPUT_KEY] = left_out.found()
+
+
 def _check_python_suites(items: list[pytest.Item]) -> None:
     """Python tests that share a `suite=` must agree on its gates: one suite, one verdict."""
     from .python_tests import python_suite
@@ -402,6 +429,16 @@ class ControllerHooks:
         if self.state.add_crash_record(crashitem, message):
             setattr(report, ERROR_ATTR, message)
 
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        # xdist: a worker finished; what its collection left out (selection.py). A worker that
+        # crashed sends nothing, the others have the same counts.
+        from .selection import WORKEROUTPUT_KEY
+
+        found = getattr(node, "workeroutput", {}).get(WORKEROUTPUT_KEY)
+        if found:
+            self.state.left_out.merge(found)
+
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> None:
         # --promptopt-backend spark: every suite case is evaluated as one Spark job before the
@@ -461,6 +498,9 @@ class ControllerHooks:
             terminalreporter.section("promptopt repair")
             for line in repair_lines(self.state.summary().repairs, logged.registered if logged is not None else None):
                 terminalreporter.write_line(line, green=": repaired by " in line)
+        partial = self.state.left_out.describe()
+        if partial:  # -k, node ids, --lf: the gates judged what ran; no branch baseline
+            terminalreporter.write_line(f"partial session: {partial}")
         for notice in self.state.notices:  # the response cache degraded (corrupt, read-only)
             terminalreporter.write_line(notice, yellow=True)
         for kind, path in self.state.written.items():  # where each report went (a fallback, maybe)

@@ -35,11 +35,12 @@ from .runners.execution import ExecutionSettings
 from .runners.limits import RateLimiter, Throttled, limit_for, throttle
 from .runners.pool import CaseRunner
 from .sandbox import Sandbox
+from .selection import LeftOut
 from .settings import Settings
 from .suite.chains import SEQUENCE, ChainRuns
 from .suite.model import Case, Repeats, SuiteInfo
 from .suite.names import is_suite_file
-from .summary import RunSummary, incomplete_reason, suite_outcomes, summarize, summarize_suites
+from .summary import RunSummary, SuiteSummary, incomplete_reason, suite_outcomes, summarize, summarize_suites
 
 __all__ = ["NOTICES_ATTR", "RECORD_ATTR", "PromptoptSession", "record_key", "session_key"]
 
@@ -109,6 +110,9 @@ class PromptoptSession:
         self.shrunk: dict[tuple[int, int, str], Any] = {}
         # Outputs chained cases hand on (storeOutputAs, _conversation), per suite (suite/chains.py).
         self.chains = ChainRuns()
+        # The prompt cases pytest's selection left out (-k, node ids, ...): such a session is no
+        # branch baseline, and a baseline file it updates keeps what it did not run.
+        self.left_out = LeftOut()
         self.started = time.time()
         self.mlflow: Any = None  # the MLflow reporting outcome (mlflow/upload.Outcome), once known
         self._writer: Any = None  # the MLflow writer beside the test loop (mlflow/writer.MlflowWriter)
@@ -357,7 +361,8 @@ class PromptoptSession:
             # --promptopt-baseline (or the default baseline file): shown by every reporter; the
             # regression gate fails the run on a significant drop, unless the run replaces it.
             baseline = dataclasses.replace(
-                compare_with_reference(suites, settings), gating=settings.update_baseline is None
+                compare_with_reference(suites, settings, self.left_out.case_ids),
+                gating=settings.update_baseline is None,
             )
             if baseline.error:
                 messages.append(baseline.error)
@@ -369,12 +374,12 @@ class PromptoptSession:
         elif settings.update_baseline is not None:
             from .baseline_files import write_baseline_file
 
-            outcomes = suite_outcomes(suites)
+            outcomes, files, kept = self._baseline_update(suites, messages)
             where = self._write(
-                "baseline", settings.update_baseline, lambda p: write_baseline_file(p, outcomes), messages
+                "baseline", settings.update_baseline, lambda p: write_baseline_file(p, outcomes, files), messages
             )
             if where is not None:
-                messages.append(f"baseline written: {where} ({len(outcomes)} suites); review and commit it")
+                messages.append(f"baseline written: {where} ({len(outcomes)} suites{kept}); review and commit it")
         gated = RunSummary(suites, baseline)
         if not gated.gates_passed and exit_status == 0:
             exit_status = 1
@@ -410,6 +415,7 @@ class PromptoptSession:
                 started=self.started,
                 exit_status=exit_status,
                 stopped_early=stopped_early,
+                left_out=self.left_out.counts,
             )
             # Handed to the writer started with the session (without one, logged here and now);
             # `mlflow_outcome()` waits for it.
@@ -420,6 +426,36 @@ class PromptoptSession:
             # own, finishes the run it was handed (docs/mlflow.md, "Nothing is lost").
             self._release_sigterm()
         return exit_status, messages
+
+    def _baseline_update(
+        self, suites: Iterable[SuiteSummary], messages: list[str]
+    ) -> tuple[dict[str, tuple[str, list[Any]]], dict[str, str], str]:
+        """What --promptopt-update-baseline writes: this run's outcomes, merged into the old file
+        when there is one (`baseline_files.merge_baseline`: what this run did not select or run
+        keeps its entry), and the words for what was kept."""
+        from .baseline_files import BaselineFileError, merge_baseline, read_baseline_file
+
+        suites = list(suites)
+        outcomes = suite_outcomes(suites)
+        files = {s.info.id: s.info.file for s in suites if s.dataset is None}
+        path = self.settings.update_baseline
+        if path is None or not path.is_file():
+            return outcomes, files, ""
+        try:
+            old = read_baseline_file(path)
+        except BaselineFileError as exc:
+            messages.append(f"{exc}: the new baseline holds only this run's suites")
+            return outcomes, files, ""
+        rootdir = self.settings.rootdir
+        merged, old_files, kept_suites, kept_cases = merge_baseline(
+            old, outcomes, self.left_out.counts, lambda file: (rootdir / file).is_file()
+        )
+        kept = []
+        if kept_suites:
+            kept.append(f"{len(kept_suites)} kept from the old file: this run did not run them")
+        if kept_cases:
+            kept.append(f"{kept_cases} cases kept from the old file: not selected in this run")
+        return merged, {**old_files, **files}, "".join(f"; {k}" for k in kept)
 
     def start_mlflow(self, spawned: Any = None) -> None:
         """Start the MLflow writer (mlflow/writer.py) so that importing mlflow and opening the

@@ -256,7 +256,7 @@ def test_compare_with_an_mlflow_run_by_id_and_by_branch(pytester, run_pytest, mi
     )
 
 
-def test_a_session_pytest_did_not_finish_is_never_a_baseline(pytester, run_pytest, migrated_store):  # noqa: F811
+def test_a_session_pytest_did_not_finish_or_narrowed_is_never_a_branch_baseline(pytester, run_pytest, migrated_store):  # noqa: F811
     if git_commit(pytester.path) is None:
         pytest.skip("git is needed for the branch tag")
     shutil.copy(migrated_store, pytester.path / "mlflow.db")
@@ -275,6 +275,19 @@ def test_a_session_pytest_did_not_finish_is_never_a_baseline(pytester, run_pytes
         key=lambda r: r.info.start_time,
     )
     client.set_tag(newer.info.run_id, "promptopt.exit_status", "2")  # what a Ctrl-C'd session records
+    # The newest session ran only alpha (-k, under xdist: the workers' collection says so).
+    run_pytest("--promptopt", "--promptopt-cache", "off", "-k", "alpha", "-n", "2", mlflow=True)
+    [narrowed] = client.search_runs(
+        [experiment], filter_string="tags.`promptopt.session` = 'true'", order_by=["attributes.start_time DESC"]
+    )[:1]
+    tags = narrowed.data.tags
+    assert tags["promptopt.left_out"] == "1" and tags["promptopt.complete"] == "true"
+    assert "Partial: 1 prompt cases not selected" in tags["mlflow.note.content"]
+    [suite_run] = client.search_runs(
+        [experiment], filter_string=f"tags.`mlflow.parentRunId` = '{narrowed.info.run_id}'"
+    )
+    assert suite_run.data.tags["promptopt.left_out"] == "1"
+    assert suite_run.data.tags["mlflow.note.content"].startswith("PARTIAL (1 cases not selected): ")
     by_branch = run_pytest("--promptopt", "--promptopt-baseline", "mlflow:branch=main", mlflow=True)
     by_branch.stdout.fnmatch_lines([f"baseline mlflow:branch=main: session run {older.info.run_id} (*"])
     by_id = run_pytest("--promptopt", "--promptopt-baseline", f"mlflow:{newer.info.run_id}", mlflow=True)

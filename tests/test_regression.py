@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import load_report
+from conftest import MODES, load_report
 
 from pytest_promptopt.baseline import BaselineRun, BaselineSuite, CaseOutcome, Regression, compare_run
 from pytest_promptopt.baseline_files import read_baseline_file, write_baseline_file
@@ -146,6 +146,61 @@ def test_update_then_compare_with_reordered_added_and_removed_cases(pytester, ru
             "*now: *'I do not know.'",
         ]
     )
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_session_narrowed_by_k_or_node_ids_updates_only_what_it_ran(pytester, run_pytest, mode: str) -> None:
+    """-k, a node id or other files: the cases left out are neither "removed" from the baseline
+    nor dropped from the file an update writes; a suite whose file is gone is dropped."""
+    pytester.makefile(".promptopt.yaml", capitals=suite(CAPITALS), other=suite(CAPITALS[:2]))
+    assert run_pytest("--promptopt", "--promptopt-update-baseline", *MODES[mode]).ret == 0
+    path = pytester.path / ".promptopt" / "baseline.json"
+    full = json.loads(path.read_text())
+    assert {k: (v["file"], len(v["cases"])) for k, v in full["suites"].items()} == {
+        "capitals.promptopt.yaml": ("capitals.promptopt.yaml", 5),
+        "other.promptopt.yaml": ("other.promptopt.yaml", 2),
+    }
+    # Italy breaks; only France and Italy are selected (-k), and only the capitals file is run.
+    pytester.makefile(".promptopt.yaml", capitals=suite(CAPITALS, prompt=broken_for("Italy")))
+    narrowed = ("capitals.promptopt.yaml", "-k", "France or Italy", "--promptopt-report", "r.json", *MODES[mode])
+    result = run_pytest("--promptopt", *narrowed)
+    assert result.ret == 0
+    [s] = load_report(pytester.path / "r.json")["suites"]
+    b = s["baseline"]
+    assert (b["compared"], len(b["newly_failing"]), b["removed"], b["not_selected"]) == (2, 1, [], 3)
+    result.stdout.fnmatch_lines(
+        [
+            "capitals.promptopt.yaml: *1 newly failing, 0 newly passing, 0 added, 0 removed, 3 not selected",
+            "partial session: 3 prompt cases of 1 suite not selected (-k, -m, --deselect, --lf, --sw or node ids)*",
+        ]
+    )
+    updated = run_pytest("--promptopt", "--promptopt-update-baseline", *narrowed)
+    updated.stdout.fnmatch_lines(
+        [
+            "*baseline written: *baseline.json (2 suites; 1 kept from the old file: this run did not run them; "
+            "3 cases kept from the old file: not selected in this run); review and commit it*"
+        ]
+    )
+    after = json.loads(path.read_text())
+    assert after["suites"]["other.promptopt.yaml"] == full["suites"]["other.promptopt.yaml"]
+    cases, old_cases = (
+        after["suites"]["capitals.promptopt.yaml"]["cases"],
+        full["suites"]["capitals.promptopt.yaml"]["cases"],
+    )
+    assert cases.keys() == old_cases.keys()
+    changed = {v["name"].split(",")[0] for k, v in cases.items() if v != old_cases[k]}
+    assert changed == {"country=Italy"} and sum(v["status"] == "failed" for v in cases.values()) == 1
+    # A node id narrows the same way.
+    [italy] = [k for k, v in cases.items() if v["name"].startswith("country=Italy")]
+    one = run_pytest(
+        "--promptopt", f"capitals.promptopt.yaml::{cases[italy]['name']}", "--promptopt-report", "r.json", *MODES[mode]
+    )
+    assert load_report(pytester.path / "r.json")["suites"][0]["baseline"]["not_selected"] == 4, one.stdout.str()
+    # The whole project again, with the other file gone: its suite leaves the baseline.
+    (pytester.path / "other.promptopt.yaml").unlink()
+    final = run_pytest("--promptopt", "--promptopt-update-baseline", *MODES[mode])
+    final.stdout.no_fnmatch_line("*partial session*")
+    assert list(json.loads(path.read_text())["suites"]) == ["capitals.promptopt.yaml"]
 
 
 def test_the_regression_gate_fails_a_significant_drop_and_passes_noise(pytester, run_pytest) -> None:

@@ -3,7 +3,8 @@ per-case tables (`cases.json`, as runs.py logs them), as a `baseline.BaselineRun
 
 `mlflow:<run_id>` names the session run; `mlflow:branch=<name>` is the latest FINISHED session
 run of the experiment whose `mlflow.source.git.branch` tag is that branch and whose session ran
-to its end (`promptopt.exit_status` 0 or 1: an interrupted one holds only some cases). The table is
+to its end (`promptopt.exit_status` 0 or 1: an interrupted one holds only some cases) with every
+case it collected (`promptopt.left_out` 0: not narrowed by -k or node ids). The table is
 downloaded with the client and parsed (`MlflowClient.load_table` reads through the global
 tracking URI in MLflow 3.17, not the client's). Nothing here knows about pytest.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -81,15 +83,20 @@ def _session_run(client: Any, ref: BaselineRef, tracking_uri: str, experiment: s
         order_by=["attributes.start_time DESC"],
         max_results=50,
     )
-    runs = [run for run in runs if _complete(run)][:1]  # an interrupted session is never a baseline
-    if not runs:
+    # An interrupted session, or one that ran only the cases pytest selected, is never a baseline
+    whole = [run for run in runs if _complete(run) and run.data.tags.get(LEFT_OUT_TAG, "0") in ("", "0")][:1]
+    if not whole:
+        skipped = f" ({len(runs)} found that did not run every case: interrupted, or -k / node ids)" if runs else ""
         raise BaselineError(
-            f"baseline {ref.describe()}: no finished session run on branch '{ref.branch}' in experiment '{experiment}' ({where})"
+            f"baseline {ref.describe()}: no finished session run on branch '{ref.branch}' in experiment "
+            f"'{experiment}' ({where}){skipped}"
         )
+    runs = whole
     return runs[0]
 
 
 EXIT_TAG = "promptopt.exit_status"
+LEFT_OUT_TAG = "promptopt.left_out"  # cases the session's selection left out (selection.py)
 
 
 def _complete(run: Any) -> bool:
@@ -149,7 +156,12 @@ def _cases(table: dict[str, Any]) -> list[CaseOutcome]:
 
 
 def compare_with_baseline(
-    run: Any, ref: BaselineRef, tracking_uri: str, experiment: str, regression: Any = None
+    run: Any,
+    ref: BaselineRef,
+    tracking_uri: str,
+    experiment: str,
+    regression: Any = None,
+    not_selected: Mapping[str, Collection[str]] | None = None,
 ) -> Any:
     """`run`'s `BaselineComparison` with the baseline `ref`; never raises: a baseline that cannot
     be loaded gives a comparison whose `error` says why (the run's results stand as they are)."""
@@ -157,4 +169,4 @@ def compare_with_baseline(
         baseline = load_baseline(ref, tracking_uri, experiment)
     except (BaselineError, MlflowReportError) as exc:
         return BaselineComparison.failed(ref.describe(), str(exc))
-    return compare_run(run.suite_outcomes(), baseline, regression)
+    return compare_run(run.suite_outcomes(), baseline, regression, not_selected)

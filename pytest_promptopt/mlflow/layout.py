@@ -123,6 +123,7 @@ class SessionMeta:
     ci: bool = False
     suite_files: dict[str, str] = field(default_factory=dict)  # suite file (as reported) -> its text
     stopped_early: bool = False  # pytest stopped at -x / --maxfail (its exit status is still 1)
+    left_out: dict[str, int] = field(default_factory=dict)  # suite id -> cases not selected (selection.py)
 
     @property
     def incomplete(self) -> str | None:
@@ -139,6 +140,7 @@ class SessionMeta:
         started: float,
         exit_status: int | None,
         stopped_early: bool = False,
+        left_out: Mapping[str, int] | None = None,
     ) -> SessionMeta:
         commit = _git(rootdir, "rev-parse", "HEAD")
         branch = _git(rootdir, "rev-parse", "--abbrev-ref", "HEAD")
@@ -168,6 +170,7 @@ class SessionMeta:
             ci=os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"),
             suite_files=files,
             stopped_early=stopped_early,
+            left_out=dict(left_out or {}),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -246,12 +249,14 @@ def parent_tags(run: RunSummary, meta: SessionMeta) -> dict[str, str]:
         "promptopt.gates_passed": flag(run.gates_passed),
         "promptopt.exit_status": "" if meta.exit_status is None else str(meta.exit_status),
         "promptopt.complete": flag(meta.incomplete is None),
+        # cases pytest's selection left out (-k, node ids, ...): never a branch baseline
+        "promptopt.left_out": str(sum(meta.left_out.values())),
         "promptopt.ci": flag(meta.ci),
         "promptopt.pytest_args": shlex.join(meta.pytest_args),
         "promptopt.models": ", ".join(models),
         "promptopt.plugin_version": __version__,
         "promptopt.rootdir": meta.rootdir,
-        "mlflow.note.content": parent_note(run, meta.incomplete),
+        "mlflow.note.content": parent_note(run, meta.incomplete, sum(meta.left_out.values())),
         **source_tags(meta),
     }
     if run.baseline is not None:  # --promptopt-baseline (mlflow/baseline.py)
@@ -295,7 +300,7 @@ def gate_text(gate: Any) -> str:
     return f"{gate.reason}: {'ok' if gate.passed else 'FAILED'}"
 
 
-def parent_note(run: RunSummary, incomplete: str | None = None) -> str:
+def parent_note(run: RunSummary, incomplete: str | None = None, left_out: int = 0) -> str:
     """The parent run's description (Markdown, a few short lines, so the run's details stay on
     screen): the verdict and counts, the failed gates, regressions and repairs. The per-suite
     table is the `summary.md` artifact, every case the JSON report artifact."""
@@ -313,6 +318,8 @@ def parent_note(run: RunSummary, incomplete: str | None = None) -> str:
     if len(notes) > NOTE_LINES:
         notes = [*notes[:NOTE_LINES], f"- ... {len(notes) - NOTE_LINES} more"]
     lines += ["", *notes] if notes else []
+    if left_out:
+        lines += ["", f"Partial: {left_out} prompt cases not selected (-k, node ids, ...); never a branch baseline"]
     lines += ["", f"Per-suite table: `{SUMMARY_FILE}`; every case: `{REPORT_FILE}` (artifacts)"]
     return "\n".join(lines)
 
@@ -360,12 +367,16 @@ def suite_tags(
     # A suite run of a session pytest did not finish holds only the cases that ran: it says so,
     # as its session does (the run lists show suite runs on their own).
     partial = f"INCOMPLETE ({meta.incomplete}): " if meta.incomplete else ""
+    left_out = meta.left_out.get(suite.info.id, 0)
+    if left_out:
+        partial += f"PARTIAL ({left_out} cases not selected): "
     tags = {
         "mlflow.parentRunId": parent,
         RUN_TYPE[0]: RUN_TYPE[1],
         "mlflow.note.content": f"{partial}pass rate {rate} ({suite.passed} passed, {suite.failed} failed, "
         f"{suite.errors} errors)" + (f"; {gates}" if gates else ""),
         "promptopt.complete": flag(meta.incomplete is None),
+        "promptopt.left_out": str(left_out),
         "promptopt.suite": suite.info.name,
         "promptopt.suite_id": suite.info.id,  # the key a later baseline comparison matches on
         "promptopt.suite_file": suite.info.file,

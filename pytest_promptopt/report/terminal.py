@@ -134,6 +134,8 @@ def baseline_lines(comparison: BaselineComparison) -> list[str]:
             if m.delta is not None and m.baseline is not None and m.current is not None
         )
         counts = f"{len(c.newly_failing)} newly failing, {len(c.newly_passing)} newly passing, {len(c.added)} added, {len(c.removed)} removed"
+        if c.not_selected:
+            counts += f", {c.not_selected} not selected"
         if not c.in_baseline:
             lines.append(f"{c.name}: not in the baseline ({len(c.added)} added)")
             continue
