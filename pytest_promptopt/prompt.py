@@ -368,6 +368,9 @@ class Prompt:
     # `path: text` and an inline prompt by its whole text): what promptfoo's prompt filters
     # (`providers[].prompts`, `tests[].prompts`) match. None: `label`.
     promptfoo_label: str | None = field(default=None, compare=False)
+    # An inline suite prompt's `id` (`{id: greet, raw: "Hi {{q}}"}`): promptfoo's filters match it
+    # as well as the label (its `processString` keeps it; a prompt file's entry drops it).
+    promptfoo_id: str | None = field(default=None, compare=False)
 
     @classmethod
     def from_registry(cls, uri: str, label: str | None = None) -> Prompt:

@@ -401,6 +401,49 @@ def test_prompt_filters_match_promptfoos_labels_of_prompt_files(tmp_path):
     assert {c.prompt.label for c in suite.cases if c.prompt_index == 0} == {"say.txt"}
 
 
+def test_prompt_filters_match_an_inline_prompts_id_as_promptfoo_does(tmp_path):
+    """promptfoo keeps an inline prompt's `id` (processString) and its filters match it exactly,
+    as `id*` and as `id` for `id:...`; a prompt file's entry loses it. Recorded with promptfoo
+    0.121.20 (`promptfoo eval` on this config, echo provider): by-id, by-id-labelled, by-label,
+    by-saylabel, by-id-prefix and by-id-star run one prompt each, the two filters naming the file
+    run nothing."""
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / "say.txt").write_text("Say {{q}}\n")
+    suite = load(
+        tmp_path,
+        """
+        prompts:
+          - {id: greet, raw: "Hi {{q}}"}
+          - {id: farewell, raw: "Bye {{q}}", label: bye-label}
+          - {id: file://prompts/say.txt, label: saylabel}
+          - {id: "group:one", raw: "G1 {{q}}"}
+        providers:
+          - {id: echo, label: by-id, prompts: [greet]}
+          - {id: echo, label: by-id-labelled, prompts: [farewell]}
+          - {id: echo, label: by-label, prompts: [bye-label]}
+          - {id: echo, label: by-file-id, prompts: ["file://prompts/say.txt"]}
+          - {id: echo, label: by-path, prompts: [prompts/say.txt]}
+          - {id: echo, label: by-saylabel, prompts: [saylabel]}
+          - {id: echo, label: by-id-prefix, prompts: ["group"]}
+          - {id: echo, label: by-id-star, prompts: ["gre*"]}
+        tests:
+          - vars: {q: x}
+        """,
+    )
+    assert [(c.model.label, c.rendered_prompt) for c in suite.cases] == [
+        ("by-id", "Hi x"),
+        ("by-id-labelled", "Bye x"),
+        ("by-label", "Bye x"),
+        ("by-saylabel", "Say x"),
+        ("by-id-prefix", "G1 x"),
+        ("by-id-star", "Hi x"),
+    ]
+    # promptfoo refuses a prompt object with neither raw nor label ("Invalid prompt: ... Prompts
+    # must be either a string or an object with a 'raw' or 'label' string property").
+    refused = error(tmp_path, "prompts: [{id: file://prompts/say.txt}]\nproviders: [echo]\ntests: [{vars: {q: x}}]\n")
+    assert "prompts[0]: a prompt object needs `raw`" in str(refused) and "as in promptfoo" in str(refused)
+
+
 def test_a_globs_prompts_have_no_label_or_config_as_in_promptfoo(tmp_path):
     """promptfoo reads each file a glob matches as `{raw: path}`: the entry's label and config are
     dropped (recorded with 0.121.20: labels `prompts/g1.txt: G1 {{q}}`, no config)."""
@@ -785,7 +828,7 @@ def test_a_prompt_functions_config_joins_the_models_parameters_over_the_prompts(
         tmp_path,
         """
         prompts:
-          - {id: file://p.js:cfg, config: {temperature: 0.9, max_tokens: 7}}
+          - {id: file://p.js:cfg, label: cfg, config: {temperature: 0.9, max_tokens: 7}}
           - file://p.js:plain
           - file://p.py:cfg
         providers: [{id: echo, config: {temperature: 0.3}}]

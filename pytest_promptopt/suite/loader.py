@@ -132,7 +132,7 @@ def _load(
     written = _provider_entries(data, ctx)
     providers = _providers(written, ctx) or [default_model]
     # promptfoo's filters match its labels (a file's `path: text`), not the shorter ones shown here
-    prompt_labels = [(prompt.promptfoo_label or prompt.label,) for prompt in prompts]
+    prompt_labels = [(prompt.promptfoo_label or prompt.label, prompt.promptfoo_id or "") for prompt in prompts]
     only = _prompt_filters(written, prompt_labels, ctx)
     defaults = default_test(data.get("defaultTest"), ctx)
     info = SuiteInfo(id=display, name=str(name), file=display, gates=gates)
@@ -341,7 +341,9 @@ def _chosen(
     return frozenset(chosen)
 
 
-def _prompt_filters(written: list[_Written], labels: list[tuple[str]], ctx: Context) -> list[frozenset[int] | None]:
+def _prompt_filters(
+    written: list[_Written], labels: list[tuple[str, str]], ctx: Context
+) -> list[frozenset[int] | None]:
     """For each provider, the indexes of the prompts it runs (None: all): promptfoo's
     `providers[].prompts` (`readProviderPromptMap`, `isPromptAllowed`), matched on `labels`.
     promptfoo keys the filters by id and label and looks each provider's up by its label, else
@@ -408,7 +410,7 @@ class _CaseBuilder:
         sequence: bool,
         code: _Code,
         only: list[frozenset[int] | None],
-        prompt_labels: list[tuple[str]],
+        prompt_labels: list[tuple[str, str]],
         provider_names: list[tuple[str, ...]],
     ) -> None:
         self.info, self.prompts, self.providers, self.default, self.ctx = info, prompts, providers, default, ctx

@@ -35,7 +35,7 @@ def load_prompts(raw: Any, ctx: Context) -> tuple[list[Prompt], list[tuple[Any, 
         return [Prompt("{{prompt}}", label="{{prompt}}")], [("prompts",)]
     prompts: list[Prompt] = []
     paths: list[tuple[Any, ...]] = []
-    for entry, path in _entries(raw):
+    for entry, path in _entries(raw, ctx):
         text = entry.get("raw") or entry.get("id")
         label, config = entry.get("label"), entry.get("config")
         if text.startswith("prompts:/"):
@@ -43,14 +43,23 @@ def load_prompts(raw: Any, ctx: Context) -> tuple[list[Prompt], list[tuple[Any, 
         elif _maybe_file_path(text):
             prompts.extend(_prompt_files(text, label, config, path, ctx))
         else:
-            prompts.append(Prompt(text, label=label or text[:60], config=config, promptfoo_label=label or text))
+            ident = entry.get("id")
+            prompts.append(
+                Prompt(
+                    text,
+                    label=label or text[:60],
+                    config=config,
+                    promptfoo_label=label or text,
+                    promptfoo_id=str(ident) if ident is not None else None,
+                )
+            )
         paths += [path] * (len(prompts) - len(paths))
     if not prompts:
         raise ctx.error(("prompts",), "no prompts: give at least one prompt")
     return prompts, paths
 
 
-def _entries(raw: Any) -> list[tuple[dict[str, Any], tuple[Any, ...]]]:
+def _entries(raw: Any, ctx: Context) -> list[tuple[dict[str, Any], tuple[Any, ...]]]:
     """promptfoo's `normalizeInput`: a string, a list of strings and objects, or a mapping."""
     if isinstance(raw, str):
         return [({"raw": raw}, ("prompts",))]
@@ -62,6 +71,13 @@ def _entries(raw: Any) -> list[tuple[dict[str, Any], tuple[Any, ...]]]:
     out = []
     for index, entry in enumerate(raw):
         if isinstance(entry, Mapping):
+            if not isinstance(entry.get("raw"), str) and not isinstance(entry.get("label"), str):
+                # promptfoo refuses the config (combineConfigs); its `id` alone does not do
+                raise ctx.error(
+                    ("prompts", index),
+                    "a prompt object needs `raw` (its text, or file://path) or `label`, as in promptfoo; "
+                    "write {raw: ..., id: ...} or {id: ..., label: ...}",
+                )
             out.append(({**entry, "raw": entry.get("raw") or entry.get("id")}, ("prompts", index)))
         else:
             out.append(({"raw": entry}, ("prompts", index)))
