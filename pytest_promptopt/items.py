@@ -15,7 +15,7 @@ from .execute import case_requests, error_result, raised
 from .judging import judge_calls
 from .models.specs import ModelSpec
 from .records import CaseResult
-from .report.failure import describe_case
+from .report.failure import describe_case, tolerate
 from .report.paths import usable_folder
 from .session import PromptoptSession, record_key, session_key
 from .suite.chains import SEQUENCE
@@ -96,6 +96,12 @@ class CaseFailed(AssertionError):
 
 class SuiteWarning(pytest.PytestWarning):
     """A suite file loads, but a key is ignored or something runs differently from promptfoo."""
+
+
+def setup_only(config: pytest.Config) -> bool:
+    """--setup-only / --setup-plan: pytest sets up and tears down, runs no test; no model call,
+    no record."""
+    return bool(config.getoption("setuponly", False) or config.getoption("setupplan", False))
 
 
 class SuiteFile(pytest.File):
@@ -213,12 +219,17 @@ class CaseSequence(pytest.Collector):
         for case in self.cases:
             yield CaseItem.from_parent(self, name=case.name, nodeid=_case_nodeid(self, case.name), case=case)
 
+    def items_in_order(self) -> list[tuple[Case, str]]:
+        """Its cases and their node ids, in the suite's order (whatever order pytest runs them in)."""
+        return [(case, str(_case_nodeid(self, case.name))) for case in self.cases]
+
 
 class CaseItem(pytest.Item):
     promptopt_item = True  # its teardown report carries its record (plugin.pytest_runtest_makereport)
 
     def __init__(self, *, case: Case, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.add_marker("promptopt")  # `-m promptopt` / `-m "not promptopt"` select prompt tests
         self.case = case
         self.result: CaseResult | None = None
         self.shrunk: Any = None  # a failing generated case's `fuzz.Shrunk`: the minimal failing input
@@ -230,8 +241,11 @@ class CaseItem(pytest.Item):
 
     def setup(self) -> None:
         # The model call happens in setup, so a model fault is a pytest *error*, not a failure.
+        if setup_only(self.config):
+            return  # --setup-only / --setup-plan: pytest runs no test, so no model is called
         session = self.config.stash[session_key]
-        self.case = session.prepare_case(self.case)
+        sequence = self.parent.items_in_order() if isinstance(self.parent, CaseSequence) else ()
+        self.case = session.prepare_case(self.case, sequence)
         upcoming = ((item.case, item.nodeid) for item in upcoming_items(self) if isinstance(item, CaseItem))
         try:
             self.result = session.run_case(self.case, self.nodeid, upcoming)
@@ -272,9 +286,7 @@ class CaseItem(pytest.Item):
         gates = self.case.suite.gates
         if gates:
             shrunk = f"; {self.shrunk.summary()}" if self.shrunk is not None else ""
-            pytest.xfail(
-                f"tolerated by gate {', '.join(g.describe() for g in gates)}: {result.reason}{shrunk}{shrink_error}"
-            )
+            tolerate(", ".join(g.describe() for g in gates), f"{result.reason}{shrunk}{shrink_error}")
         raise CaseFailed(result.reason + shrink_error)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
@@ -313,6 +325,7 @@ class DatasetItem(pytest.Item):
 
     def __init__(self, *, spec: Any, part: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.add_marker("promptopt")
         self.spec = spec  # suite.dataset.DatasetSpec
         self.part = part  # suite.dataset.DatasetSlice
         self.evaluation: Any = None  # dataset.Evaluation
@@ -332,6 +345,8 @@ class DatasetItem(pytest.Item):
         from .case_stats import DatasetPart
         from .runners import dataset
 
+        if setup_only(self.config):
+            return
         session = self.config.stash[session_key]
         # The run token is the controller's (xdist workers get it), so all items of a suite in
         # one session write their parts into one folder.

@@ -9,6 +9,7 @@ costs (docs/performance.md, "Without --promptopt").
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from collections.abc import Generator
@@ -38,7 +39,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         else:
             group.addoption(option.flag, dest=dest, default=None, choices=option.choices, help=option.help)
         if option.ini:
-            parser.addini(option.ini, help=option.help, default=None)
+            parser.addini(option.ini, help=option.help, default=None, **_INI_TYPE)
+
+
+# pytest >= 9.2 types ini values: in a native `[tool.pytest]` TOML table `promptopt_timeout = 30` or
+# `promptopt_no_mlflow = true` are a number and a bool, which a "string" option refuses ("expects a
+# string"). A union takes them as TOML gives them and an ini file's text as text; settings.py
+# parses both. Older pytest has no union (nor, before 9.0, the native table): text only.
+_INI_TYPE: dict[str, Any] = {"type": str | bool | int | float} if pytest.version_tuple >= (9, 2) else {}
 
 
 _spawned_key = pytest.StashKey[Any]()  # the MLflow writer spawned before the session exists
@@ -96,7 +104,8 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "promptopt(suite=None, gates=None, model=None, repeat=None): a Python prompt test; `suite` groups tests "
         "into one gated suite, `gates` sets its thresholds (e.g. {'pass_rate': 0.8}), `model` overrides the model, "
-        "`repeat` takes N independent samples (one item each, one case in the statistics)",
+        "`repeat` takes N independent samples (one item each, one case in the statistics); every prompt test and "
+        "suite case carries it, so `-m promptopt` / `-m 'not promptopt'` select them",
     )
     if not _enabled(config):
         return  # a bad ini value must not break an ordinary pytest run: nothing is parsed
@@ -207,18 +216,22 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         )
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: every prompt test is `-m promptopt`
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if _enabled(config):
-        _check_python_suites(items)
-        return
-    skip = None
+    enabled, skip = _enabled(config), None
     for item in items:
-        if isinstance(item, pytest.Function) and _is_python_prompt_test(item):
+        if not isinstance(item, pytest.Function) or not _is_python_prompt_test(item):
+            continue
+        if item.get_closest_marker("promptopt") is None:  # a prompt test by its fixtures alone
+            item.add_marker("promptopt")
+        if not enabled:
             if skip is None:
                 from .skipped import SKIP_REASON
 
                 skip = pytest.mark.skip(reason=SKIP_REASON)
             item.add_marker(skip)
+    if enabled:
+        _check_python_suites(items)
 
 
 def pytest_deselected(items: list[pytest.Item]) -> None:
@@ -277,9 +290,14 @@ _recorder_key = pytest.StashKey[Any]()
 
 
 def _recorder(request: pytest.FixtureRequest) -> Any:
+    return _item_recorder(request.node)
+
+
+def _item_recorder(item: Any) -> Any:
+    """The Python prompt test's recorder, made at its first fixture (or at its teardown, for a
+    test whose fixtures never ran, or that uses none: it is counted all the same)."""
     from .python_tests import REPEAT_FIXTURE, PythonCaseRecorder, python_suite
 
-    item = request.node
     recorder = item.stash.get(_recorder_key, None)
     if recorder is None:
         callspec = getattr(item, "callspec", None)
@@ -341,14 +359,30 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     if not _enabled(item.config):
         return report  # no prompt test runs: they were skipped
+    from .items import setup_only
     from .session import RECORD_ATTR, record_key
 
+    if setup_only(item.config):
+        return report  # --setup-only / --setup-plan: nothing ran, nothing is recorded
+    if item.config.option.runxfail and report.failed and call.excinfo is not None:
+        from .report.failure import Tolerated
+
+        if isinstance(call.excinfo.value, Tolerated):  # --runxfail is for the user's xfail marks
+            report.outcome, report.wasxfail = "skipped", call.excinfo.value.msg or ""
     recorder = item.stash.get(_recorder_key, None)
-    prompt_item = recorder is not None or getattr(item, "promptopt_item", False)  # items.CaseItem, DatasetItem
+    python_test = recorder is not None or (isinstance(item, pytest.Function) and _is_python_prompt_test(item))
+    prompt_item = python_test or getattr(item, "promptopt_item", False)  # items.CaseItem, DatasetItem
     if prompt_item and call.excinfo is not None and call.when != "teardown" and _raised_key not in item.stash:
         from .execute import raised
 
         item.stash[_raised_key] = raised(call.excinfo.value)  # why a case may end without a record
+    if python_test:
+        # How each phase ended, as pytest reports it: the case's outcome at teardown follows it
+        item.stash.setdefault(_phases_key, {})[call.when] = "xfailed" if hasattr(report, "wasxfail") else report.outcome
+        if call.when == "setup" and hasattr(item.config, "workerinput"):
+            from .session import SUITE_ATTR
+
+            setattr(report, SUITE_ATTR, json.dumps(_item_recorder(item).suite.to_dict()))
     if recorder is not None and call.when == "call":
         item.stash[_call_passed_key] = report.passed
         if report.failed and not recorder.error and _timed_out(call):
@@ -360,9 +394,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
         session = item.config.stash[session_key]
         payload = item.stash.get(record_key, None)
-        if payload is None and recorder is not None:
-            result = recorder.result(item.stash.get(_call_passed_key, False))
-            payload = session.encode(recorder.suite, result)
+        if payload is None and python_test:
+            payload = _python_record(item, session, call)
         if payload is None and hasattr(item, "lost_record"):  # a suite case whose setup raised first
             payload = item.lost_record(item.stash.get(_raised_key, None))
         if payload is not None:
@@ -375,6 +408,19 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
+def _python_record(item: pytest.Item, session: Any, teardown: pytest.CallInfo[None]) -> str | None:
+    """A Python prompt test's record at its teardown (`PythonCaseRecorder.outcome`)."""
+    from .execute import raised
+
+    result = _item_recorder(item).outcome(
+        item.stash.get(_phases_key, {}),
+        item.stash.get(_call_passed_key, False),
+        setup_raised=item.stash.get(_raised_key, "no result"),
+        teardown_raised=raised(teardown.excinfo.value) if teardown.excinfo is not None else None,
+    )
+    return None if result is None else session.encode(_item_recorder(item).suite, result)
+
+
 def _timed_out(call: pytest.CallInfo[None]) -> bool:
     """pytest-timeout ended the test (its signal method raises `Failed` with this text): an
     error of the test, as a model's timeout is, not a failed check."""
@@ -383,6 +429,7 @@ def _timed_out(call: pytest.CallInfo[None]) -> bool:
 
 _call_passed_key = pytest.StashKey[bool]()
 _raised_key = pytest.StashKey[str]()
+_phases_key = pytest.StashKey[dict[str, str]]()  # a Python prompt test's phases: when -> outcome
 ERROR_ATTR = "promptopt_error"
 
 
@@ -451,17 +498,22 @@ class ControllerHooks:
                 self.state.run_on_spark(cases)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        from .session import NOTICES_ATTR, RECORD_ATTR
+        from .session import NOTICES_ATTR, RECORD_ATTR, SUITE_ATTR
 
+        suite = getattr(report, SUITE_ATTR, None) if report.when == "setup" else None
+        if suite is not None:  # an xdist worker started a Python prompt test of this suite
+            self.state.note_suite(report.nodeid, suite)
         # The teardown report carries the case's record (see pytest_runtest_makereport).
         payload = getattr(report, RECORD_ATTR, None) if report.when == "teardown" else None
         if payload is not None:
-            self.state.add_record(payload)
+            self.state.add_record(payload, report.nodeid)
         notices = getattr(report, NOTICES_ATTR, None) if report.when == "teardown" else None
         if notices:
             self.state.add_notices(notices)
 
-    @pytest.hookimpl(trylast=True)
+    # First: the gates set the session's exit status before other plugins' sessionfinish writes
+    # it down (pytest-json-report's exitcode, JUnit XML), as pytest's own would have it.
+    @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if not self.state.records:
             return
@@ -472,8 +524,9 @@ class ControllerHooks:
         )
         if status != session.exitstatus:
             session.exitstatus = pytest.ExitCode(status)
+        _junit_gates(session.config, self.state.summary())
         for message in messages:
-            warnings.warn(pytest.PytestWarning(message), stacklevel=1)
+            _run_notice(message)
 
     @pytest.hookimpl(trylast=True)  # last: MLflow logging goes on beside the other plugins' summaries
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
@@ -519,7 +572,32 @@ class ControllerHooks:
         outcome = self.state.mlflow_outcome()
         if outcome is not None:
             for message in outcome.warnings():
-                warnings.warn(pytest.PytestWarning(message), stacklevel=1)
+                _run_notice(message)
             if outcome.interrupted and self.session is not None:
                 self.session.exitstatus = pytest.ExitCode.INTERRUPTED
         return outcome
+
+
+def _run_notice(message: str) -> None:
+    """A notice about the run as a whole (a report's fallback path, the baseline written, MLflow
+    reporting failed), in pytest's warnings summary. Under `-W error` or `filterwarnings = error`
+    it stays a notice: raised there, after every case ran, it would end pytest with a traceback
+    instead of the summary, and turn a passing run's exit status into 1."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", pytest.PytestWarning)
+        warnings.warn(pytest.PytestWarning(message), stacklevel=2)
+
+
+def _junit_gates(config: pytest.Config, run: Any) -> None:
+    """With --junitxml: the gates' verdict as testsuite properties (`promptopt_gates_passed`, and
+    each failed gate's reason), since a failed gate is no test's failure there."""
+    from _pytest.junitxml import xml_key  # pytest's own key; the property API is public (record_testsuite_property)
+
+    xml = config.stash.get(xml_key, None)
+    if xml is None:
+        return
+    xml.add_global_property("promptopt_gates_passed", str(run.gates_passed).lower())
+    for suite, gate in run.failed_gates():
+        xml.add_global_property(f"promptopt_gate_failed[{suite.info.name}]", gate.reason)
+    for comparison in run.regressions():
+        xml.add_global_property(f"promptopt_regression[{comparison.name}]", comparison.regression_reason)

@@ -27,7 +27,7 @@ from .models.base import Message, Model, ModelError, Request, Response
 from .models.specs import ModelSpec, parse_model_spec
 from .records import CaseResult
 from .redact import redact, scrub
-from .report.failure import describe_case
+from .report.failure import describe_case, tolerate
 from .sandbox import DEFAULT_SCRIPT_TIMEOUT_S, Sandbox
 from .session import PromptoptSession
 from .suite.cases import python_case_id
@@ -79,6 +79,22 @@ class PythonCaseRecorder:
             uri = getattr(part, "registry_uri", None)
             if uri is not None and uri not in self.registry_prompts:
                 self.registry_prompts.append(uri)
+
+    def outcome(
+        self, phases: Mapping[str, str], call_passed: bool, *, setup_raised: str, teardown_raised: str | None
+    ) -> CaseResult | None:
+        """The test's case as pytest reported the test (`phases`: when -> outcome): an error when
+        its setup or teardown raised (a fixture) or the model failed, failed when its call did,
+        and no case when pytest skipped it (`pytest.skip`, a skip mark: no case, as in pytest's
+        own summary)."""
+        if "skipped" in phases.values():
+            return None
+        if not self.error:
+            if phases.get("setup") == "failed":
+                self.error = f"the test's setup failed: {setup_raised}"
+            elif teardown_raised is not None:
+                self.error = f"the test's teardown failed: {teardown_raised}"
+        return self.result(call_passed)
 
     def result(self, call_passed: bool) -> CaseResult:
         result = CaseResult(
@@ -247,7 +263,7 @@ class PromptCheck:
             )
             message = describe_case(probe, self._recorder.last_prompt)
             if self._gates_text:
-                pytest.xfail(f"tolerated by gate {self._gates_text}: {grade.reason}")
+                tolerate(self._gates_text, grade.reason)
             raise CheckFailed(message)
         return grade
 

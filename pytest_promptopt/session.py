@@ -12,7 +12,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,9 @@ __all__ = ["NOTICES_ATTR", "RECORD_ATTR", "PromptoptSession", "record_key", "ses
 
 RECORD_ATTR = "promptopt_record"  # the teardown report attribute that carries a case record
 NOTICES_ATTR = "promptopt_notices"  # ... and what degraded in that process meanwhile (the response cache)
+# An xdist worker's setup report of a Python prompt test carries its suite, so that the controller
+# can count the case in it should the worker die during the test (`add_crash_record`)
+SUITE_ATTR = "promptopt_suite"
 session_key = pytest.StashKey["PromptoptSession"]()
 record_key = pytest.StashKey[str]()  # an item's encoded record, until its teardown report
 
@@ -104,6 +107,10 @@ class PromptoptSession:
         self._spark: Any = None
         # Every record as it came; a repeated Python test's samples are one each (`summary` folds them).
         self.records: list[tuple[SuiteInfo, CaseResult]] = []
+        # pytest node id -> its place in `records`: an item that runs again (pytest-rerunfailures,
+        # `--dist each`) replaces its record, so a case is counted once, as its last attempt.
+        self._record_at: dict[str, int] = {}
+        self._python_suites: dict[str, SuiteInfo] = {}  # node id -> suite, from xdist setup reports
         self._crashed_samples: list[CaseResult] = []  # they join their case in `summary`, which knows its suite
         self._summary: RunSummary | None = None
         # Failing fuzz blocks' minimal inputs (shrinking.shrink_failure's memo), shrunk once per process.
@@ -246,13 +253,22 @@ class PromptoptSession:
             sandbox=self.sandbox,
         )
 
-    def prepare_case(self, case: Case) -> Case:
-        """`case` ready to run: a chained case rendered with the outputs of the cases before it."""
-        return self.chains.prepare(case)
+    def prepare_case(self, case: Case, sequence: Sequence[tuple[Case, str]] = ()) -> Case:
+        """`case` ready to run: a chained case rendered with the outputs of the cases before it in
+        its `sequence` ((case, node id) in collection order). Those that have not run in this
+        process (another order, another worker) run first, unreported (suite/chains.py)."""
+        ids = {c.case_id: nodeid for c, nodeid in sequence}
+        for earlier in self.chains.before([c for c, _ in sequence], case):
+            self.run_case(self.chains.prepare(earlier), ids[earlier.case_id])
+        done = self.chains.done(case)
+        return done[0] if done is not None else self.chains.prepare(case)
 
     def run_case(self, case: Case, nodeid: str, upcoming: Iterable[tuple[Case, str]] = ()) -> CaseResult:
-        """`case`'s result (a chained case: prepared first); `upcoming` are the cases this process
-        runs next, started ahead."""
+        """`case`'s result (a chained case: prepared first, and run once per process); `upcoming`
+        are the cases this process runs next, started ahead."""
+        done = self.chains.done(case)
+        if done is not None:
+            return done[1]
         result = self.runner.result(case, nodeid, upcoming)
         self.chains.record(case, result)
         return result
@@ -326,13 +342,26 @@ class PromptoptSession:
                 self._crashed_samples.append(result)
                 self._summary = None
                 return True
-            found = next((i for i, _ in self.records if i.kind == "python" and i.file == path), None)
+            found = self._python_suites.get(nodeid)
             if found is None:
                 return False
             info = found
-        self.records.append((info, result))
-        self._summary = None
+        self._keep(nodeid, (info, result))
         return True
+
+    def note_suite(self, nodeid: str, payload: str) -> None:
+        """The suite of a Python prompt test an xdist worker has started (`SUITE_ATTR`)."""
+        self._python_suites[nodeid] = SuiteInfo.from_dict(json.loads(payload))
+
+    def _keep(self, nodeid: str | None, record: tuple[SuiteInfo, Any]) -> None:
+        at = self._record_at.get(nodeid) if nodeid else None
+        if at is None:
+            if nodeid:
+                self._record_at[nodeid] = len(self.records)
+            self.records.append(record)
+        else:
+            self.records[at] = record
+        self._summary = None
 
     @staticmethod
     def encode(info: SuiteInfo, result: CaseResult | DatasetPart) -> str:
@@ -341,11 +370,12 @@ class PromptoptSession:
         key = "dataset" if isinstance(result, DatasetPart) else "case"
         return json.dumps({"suite": info.to_dict(), key: result.to_dict()}, ensure_ascii=False, default=str)
 
-    def add_record(self, payload: str) -> None:
+    def add_record(self, payload: str, nodeid: str | None = None) -> None:
+        """A case's record from its item's teardown report; `nodeid`: the item's (the last record
+        of a node id stands: a rerun replaces it)."""
         data = json.loads(payload)
         record = DatasetPart.from_dict(data["dataset"]) if "dataset" in data else CaseResult.from_dict(data["case"])
-        self.records.append((SuiteInfo.from_dict(data["suite"]), record))
-        self._summary = None
+        self._keep(nodeid, (SuiteInfo.from_dict(data["suite"]), record))
 
     def finish(self, exit_status: int, pytest_args: list[str], stopped_early: bool = False) -> tuple[int, list[str]]:
         """After every case ran (on the controller): aggregate, compare with a baseline, decide the

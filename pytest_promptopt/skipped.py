@@ -23,6 +23,7 @@ class SkippedSuiteFile(pytest.File):
         # A skip marker, as Python prompt tests get: pytest then reports the suite file as the
         # skip's place (`SKIPPED [1] qa.promptopt.yaml: ...`), not this module.
         item.add_marker(pytest.mark.skip(reason=SKIP_REASON))
+        item.add_marker("promptopt")  # `-m promptopt` / `-m "not promptopt"` select prompt tests
         yield item
 
 

@@ -657,12 +657,13 @@ from pathlib import Path
 import pytest
 
 
-@pytest.hookimpl(tryfirst=True)
+@pytest.hookimpl(wrapper=True)  # before every sessionfinish that writes (the plugin's is tryfirst)
 def pytest_sessionfinish(session):
     # the report folder was writable at start-up, and is a file by the time reports are written
     out = Path(session.config.rootpath) / "out"
     shutil.rmtree(out)
     out.write_text("no longer a folder")
+    return (yield)
 """
 
 

@@ -312,6 +312,23 @@ def test_ini_sets_the_model_and_command_line_wins(pytester, run_pytest):
     run_pytest("--promptopt", "--promptopt-model", "acme/other").assert_outcomes(failed=1)
 
 
+@pytest.mark.skipif(pytest.version_tuple < (9, 2), reason="typed ini values need pytest 9.2")
+def test_a_native_toml_table_gives_bools_and_numbers_as_toml_writes_them(pytester, run_pytest):
+    """pytest 9's `[tool.pytest]` table: `promptopt_no_mlflow = true`, `promptopt_repeat = 2` are a
+    bool and a number there, taken as they are (a "string" option refused them)."""
+    pytester.makepyprojecttoml(
+        '[tool.pytest]\npromptopt_model = "echo"\npromptopt_no_mlflow = true\npromptopt_repeat = 2\npromptopt_timeout = 30.5\n'
+    )
+    pytester.makefile(
+        ".promptopt.yaml",
+        qa="prompts: ['hi {{x}}']\ntests: [{vars: {x: there}, assert: [{type: equals, value: hi there}]}]\n",
+    )
+    result = pytester.runpytest_inprocess("--promptopt", "--promptopt-report", "r.json")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*2 repeats per case*"])
+    assert not (pytester.path / "mlflow.db").exists()  # MLflow off, as the bool said
+
+
 def test_collection_error_for_bad_suite_names_file_line_and_path(pytester, run_pytest, mode):
     pytester.makefile(
         ".promptopt.yaml",
@@ -363,7 +380,9 @@ def test_junit_xml_does_not_carry_case_records(pytester, run_pytest, mode):
     run_pytest("--promptopt", "--junitxml", "junit.xml", "--promptopt-report", "r.json", *mode).assert_outcomes(
         passed=2, failed=1
     )
-    assert "promptopt" not in (pytester.path / "junit.xml").read_text().replace("qa.promptopt.yaml", "")
+    xml = (pytester.path / "junit.xml").read_text().replace("qa.promptopt.yaml", "")
+    # only the gates' verdict, as a testsuite property (a failed gate is no test's failure)
+    assert "promptopt" not in xml.replace('<property name="promptopt_gates_passed" value="true" />', "")
     assert len(load_report(pytester.path / "r.json")["suites"][0]["results"]) == 3
 
 
