@@ -841,3 +841,65 @@ def test_a_prompt_functions_config_joins_the_models_parameters_over_the_prompts(
         ("P abc", {"temperature": 0.3}),
         ("Y abc", {"temperature": 0.3, "top_p": 0.5}),
     ]
+
+
+def test_a_tests_other_options_are_model_parameters_over_the_prompts_and_functions_config(tmp_path):
+    """promptfoo accepts any key in a test's `options` (`.catchall`) and its mergeProviderPromptConfig
+    lays every option but `repeat` over the prompt's config, after a prompt function's config.
+    Recorded with promptfoo 0.121.20 on this config (each result's `prompt.config`): t0 p0
+    {maxTokens 9, max_tokens 7, seed 2, temperature 0.05, timeout 1000, top_k 4}, t0 p1 {maxTokens
+    9, seed 2, temperature 0.05, timeout 1000, top_p 0.2}, t1 p0 {max_tokens 7, seed 1, temperature
+    0.1, timeout 1000, top_k 4}, t1 p1 {seed 1, temperature 0.9, timeout 1000, top_p 0.2} (and
+    promptfoo's own `prefix`, which is not a model parameter here)."""
+    (tmp_path / "p.js").write_text(
+        "module.exports.cfg = ({ vars }) => ({ prompt: 'Q {{q}}', config: { temperature: 0.1, seed: vars.q.length, top_k: 4 } });\n"
+    )
+    suite = load(
+        tmp_path,
+        """
+        prompts:
+          - {id: file://p.js:cfg, label: cfg, config: {temperature: 0.9, max_tokens: 7}}
+          - {raw: "R {{q}}", label: raw, config: {temperature: 0.9, top_p: 0.2}}
+        providers: [{id: echo, config: {temperature: 0.3}}]
+        defaultTest:
+          options: {timeout: 1000, seed: 1, prefix: ''}
+        tests:
+          - vars: {q: abc}
+            options: {temperature: 0.05, seed: 2, repeat: 1, maxTokens: 9}
+          - vars: {q: d}
+        """,
+    )
+    got = [(case.rendered_prompt, dict(case.model.params)) for case in suite.cases]
+    assert got == [
+        ("Q abc", {"temperature": 0.05, "max_tokens": 7, "seed": 2, "top_k": 4, "timeout": 1000, "maxTokens": 9}),
+        ("R abc", {"temperature": 0.05, "top_p": 0.2, "timeout": 1000, "seed": 2, "maxTokens": 9}),
+        ("Q d", {"temperature": 0.1, "max_tokens": 7, "seed": 1, "top_k": 4, "timeout": 1000}),
+        ("R d", {"temperature": 0.9, "top_p": 0.2, "timeout": 1000, "seed": 1}),
+    ]
+    # promptfoo's providers that read a timeout take milliseconds; a hosted model here, seconds
+    assert [w.place for w in suite.warnings] == ["defaultTest.options.timeout"]
+
+
+def test_an_option_that_looks_misspelt_is_named_and_factuality_scores_reach_the_checks(tmp_path):
+    """An unknown option is a model parameter (as in promptfoo), so a misspelt one changes only the
+    model's call: a warning names the option it resembles. promptfoo's `options.factuality` (its
+    matchesFactuality's category scores) is the factuality checks' `config.factuality` here."""
+    suite = load(
+        tmp_path,
+        """
+        prompts: ["{{q}}"]
+        tests:
+          - vars: {q: a}
+            options: {disableDefaultAssert: true, factuality: {disagree: 0.5}}
+            assert:
+              - {type: factuality, value: a}
+              - {type: factuality, value: a, config: {factuality: {agree: 0.2}}}
+        """,
+    )
+    (case,) = suite.cases
+    assert case.model.params == {"disableDefaultAssert": True}
+    assert [a.config for a in case.assertions] == [{"factuality": {"disagree": 0.5}}, {"factuality": {"agree": 0.2}}]
+    assert tuple(map(str, suite.warnings)) == (
+        "s.promptopt.yaml:4: tests[0].options.disableDefaultAssert: did you mean 'disableDefaultAsserts'? not an "
+        "option promptfoo reads: it passes it to the model as a parameter, and so does this plugin",
+    )

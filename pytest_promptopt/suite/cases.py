@@ -83,10 +83,13 @@ def build_case(
     script_timeout_s: float = DEFAULT_SCRIPT_TIMEOUT_S,
     sandbox: Sandbox | None = None,
     filters: Mapping[str, Any] | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> Case:
     """Render `prompt` and `assertions` with `variables` into a `Case`, as promptfoo renders
-    them (prompt.render_suite_prompt; `env` is the suite's `env:`). A prompt's `config`, and
-    the config its prompt function returns, join the model's parameters. Raises `CaseError`.
+    them (prompt.render_suite_prompt; `env` is the suite's `env:`). A prompt's `config`, the
+    config its prompt function returns, then the test's `options` that are model parameters
+    (`expansion.model_options`) join the model's parameters, each over the one before, as
+    promptfoo merges them. Raises `CaseError`.
 
     User code runs here, as promptfoo runs it when it renders a prompt: `file://x.py|js` vars
     (loaders, in order, each seeing the vars loaded before it), then a prompt function, whose
@@ -100,6 +103,7 @@ def build_case(
             prompt, variables, model, base_dir, script_timeout_s, sandbox, missing.path, prompt_index
         )
         config.update(added)  # promptfoo: `prompt.config = {...prompt.config, ...result.config}`
+    config.update(options or {})  # promptfoo's mergeProviderPromptConfig: the test's options win
     try:
         rendered = render_suite_prompt(template, variables, env, filters)
     except MissingVariable as exc:

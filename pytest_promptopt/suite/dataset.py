@@ -72,6 +72,7 @@ class CaseFactory:
     base_dir: Path = Path(".")
     several_prompts: bool = False
     several_providers: bool = False
+    options: tuple[tuple[str, Any], ...] = ()  # defaultTest.options that are model parameters
 
     def variables(self, row: Mapping[str, Any]) -> dict[str, Any]:
         values = dict(self.defaults)
@@ -99,6 +100,7 @@ class CaseFactory:
             base_dir=self.base_dir,
             several_prompts=self.several_prompts,
             several_providers=self.several_providers,
+            options=dict(self.options),
         )
 
 

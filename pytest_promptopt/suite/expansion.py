@@ -14,9 +14,10 @@ from ..nunjucks import js_json
 from ..sandbox.scripts import is_code_reference
 from .document import Context, DocumentError, load_yaml
 from .files import expand, has_magic, read_text
+from .schema import suite_schema
 from .sources import load_structured
 
-__all__ = ["build_assertion", "load_vars", "merge_test", "var_combinations", "vars_mapping"]
+__all__ = ["build_assertion", "load_vars", "merge_test", "model_options", "var_combinations", "vars_mapping"]
 
 CASES_OPTION = "--promptopt-max-cases (ini promptopt_max_cases)"
 _MEDIA = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".svg", ".tif", ".tiff", ".ico", ".avif", ".heic", ".heif",
@@ -47,6 +48,15 @@ def merge_test(
         "options": options,
         "metadata": {**(default.get("metadata") or {}), **(test.get("metadata") or {})},
     }
+
+
+def model_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys of a test's merged `options` that are not options this plugin reads (`temperature`,
+    `maxTokens`, ...): model parameters of its cases. promptfoo's `mergeProviderPromptConfig` lays
+    every option but `repeat` over the prompt's config for the provider's call; the options it reads
+    itself (`prefix`, `transform`, ...) mean nothing to a model, so they are not passed here."""
+    own = suite_schema()["$defs"]["test"]["properties"]["options"]["properties"]
+    return {str(key): value for key, value in options.items() if key not in own}
 
 
 def vars_mapping(raw: Any, path: tuple[Any, ...], ctx: Context) -> dict[str, Any]:

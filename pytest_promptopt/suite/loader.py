@@ -28,7 +28,7 @@ from .cases import CaseError, Missing, Placed, build_case, case_id, failed_case
 from .csv_tests import PROMPTFOO_TYPES
 from .dataset import DatasetSpec
 from .document import Context, DocumentError, SuiteNotice, format_path, read_document
-from .expansion import build_assertion, file_value, load_vars, merge_test, var_combinations
+from .expansion import build_assertion, file_value, load_vars, merge_test, model_options, var_combinations
 from .model import MAX_REPEAT, Case, ChainStep, Repeats, SuiteError, SuiteInfo, SuiteLimits
 from .promptfoo_keys import check_env, derived_metrics, preprocess
 from .prompts import load_prompts
@@ -519,6 +519,7 @@ class _CaseBuilder:
         raw_asserts = merged["assert"]
         n_default = len(raw_asserts) - len(test.data.get("assert") or [])
         rubric = merged["options"].get("rubricPrompt")
+        factuality = merged["options"].get("factuality")  # promptfoo's category scores (matchesFactuality)
         placed: list[Placed] = []
         for a_index, raw in enumerate(raw_asserts):
             a_path = (
@@ -542,6 +543,8 @@ class _CaseBuilder:
                 problem = problem or str(exc)
             if rubric is not None and is_model_graded(kind) and not (raw.get("config") or {}).get("rubric_prompt"):
                 raw["config"] = {**(raw.get("config") or {}), "rubric_prompt": rubric}
+            if factuality is not None and kind in ("factuality", "model-graded-factuality"):
+                raw["config"] = {"factuality": factuality, **(raw.get("config") or {})}
             placed.append((build_assertion(raw, where, merged["options"].get("provider")), a_path))
         return problem, placed
 
@@ -585,7 +588,8 @@ class _CaseBuilder:
             try:
                 return build_case(
                     self.info, prompt, prompt_index, {**variables, **extra}, placed, spec, missing=missing,
-                    threshold=merged["threshold"], env=ctx.env, sandbox=self.code.sandbox, filters=ctx.filters, **common,
+                    threshold=merged["threshold"], env=ctx.env, sandbox=self.code.sandbox, filters=ctx.filters,
+                    options=model_options(merged["options"]), **common,
                 )  # fmt: skip
             except CaseError as exc:
                 message = f"{self._place(test, exc.path)}: {exc.message}" if exc.path else exc.message

@@ -134,6 +134,7 @@ def prune_test(
                 f"not a key of a test (allowed: {', '.join(sorted(allowed))}); promptfoo ignores it, and so does this plugin"
             )
         ctx.warn(path + (str(key),), f"{why}{where}")
+    _check_options(test.get("options"), path, ctx, where)
     merged_later = path[:1] == ("defaultTest",) or (path[:1] == ("scenarios",) and path[2:3] == ("config",))
     if require_content and not merged_later and not _has_content(test):
         # promptfoo's readTest refuses the whole config then ("Test case must contain ...").
@@ -142,6 +143,31 @@ def prune_test(
             f"a test needs one of {', '.join(_TEST_CONTENT)} (promptfoo refuses the config otherwise){where}; "
             f"this one has {', '.join(written) or 'nothing'}",
         )
+
+
+def _check_options(options: Any, path: tuple[Any, ...], ctx: Context, where: str) -> None:
+    """Any key of a test's `options` is valid (promptfoo hands the ones it does not read to the
+    provider as model parameters: `expansion.model_options`); one that looks like a misspelt
+    option is named in a warning, since it changes nothing but the model's call."""
+    if not isinstance(options, dict):
+        return
+    known = sorted(suite_schema()["$defs"]["test"]["properties"]["options"]["properties"])
+    for key in options:
+        hint = [] if key in known else difflib.get_close_matches(str(key), known, n=1, cutoff=0.8)
+        if hint:
+            ctx.warn(
+                path + ("options", str(key)),
+                f"did you mean '{hint[0]}'? not an option promptfoo reads: it passes it to the model as a "
+                f"parameter, and so does this plugin{where}",
+            )
+        elif key == "timeout":
+            # Real configs write milliseconds here (promptfoo's providers that read it take them);
+            # a hosted model here reads seconds, so 120000 would wait 33 hours for an answer.
+            ctx.warn(
+                path + ("options", "timeout"),
+                f"the model's timeout in seconds here, as in a provider's config (promptfoo's providers that "
+                f"read a timeout take milliseconds): write seconds, or remove it to keep --promptopt-timeout{where}",
+            )
 
 
 _TEST_CONTENT = ("assert", "vars", "options", "metadata", "provider", "providerOutput", "threshold")
