@@ -903,3 +903,65 @@ def test_an_option_that_looks_misspelt_is_named_and_factuality_scores_reach_the_
         "s.promptopt.yaml:4: tests[0].options.disableDefaultAssert: did you mean 'disableDefaultAsserts'? not an "
         "option promptfoo reads: it passes it to the model as a parameter, and so does this plugin",
     )
+
+
+def test_a_key_left_empty_in_a_test_is_absent_with_a_warning_as_in_promptfoo(tmp_path):
+    """`assert:` or `options:` with nothing under it (YAML null). Recorded with promptfoo 0.121.20:
+    each test key (description, vars, assert, threshold, options, metadata, provider, prompts,
+    providers) and each defaultTest key left empty (inline or in its file), and an empty
+    `defaultTest:`, is a "TestSuite Schema Validation Error" warning and the test runs as without
+    it (`??` and `||` in its merge: an empty threshold takes defaultTest's)."""
+    (tmp_path / "default.yaml").write_text("vars: {x: zero}\nassert:\n")
+    suite = load(
+        tmp_path,
+        """
+        prompts: ["hello {{x}}"]
+        providers: [echo]
+        defaultTest:
+          vars: {x: zero}
+          threshold: 0.5
+          metadata:
+          options:
+        tests:
+          - vars: {x: one}
+            assert:
+          - vars: {x: two}
+            description:
+            threshold:
+            options:
+            metadata:
+            provider:
+            prompts:
+            providers:
+            assert: [{type: contains, value: two}]
+          - vars:
+            assert: [{type: contains, value: zero}]
+        """,
+    )
+    got = [(c.rendered_prompt, c.threshold, len(c.assertions), c.model.id) for c in suite.cases]
+    assert got == [("hello one", 0.5, 0, "echo"), ("hello two", 0.5, 1, "echo"), ("hello zero", 0.5, 1, "echo")]
+    assert [w.place for w in suite.warnings] == [
+        "defaultTest.metadata",
+        "defaultTest.options",
+        "tests[0].assert",
+        "tests[1].description",
+        "tests[1].threshold",
+        "tests[1].options",
+        "tests[1].metadata",
+        "tests[1].provider",
+        "tests[1].prompts",
+        "tests[1].providers",
+        "tests[2].vars",
+    ]
+    assert str(suite.warnings[2]) == (
+        "s.promptopt.yaml:10: tests[0].assert: left empty (null): promptfoo warns that the config is invalid and runs "
+        "the test without it; so does this plugin"
+    )
+    empty = load(tmp_path, "prompts: ['hi']\ndefaultTest:\ntests: [{vars: {}}]\n", "e.promptopt.yaml")
+    assert [c.rendered_prompt for c in empty.cases] == ["hi"] and [w.place for w in empty.warnings] == ["defaultTest"]
+    from_file = load(tmp_path, "prompts: ['hi {{x}}']\ndefaultTest: file://default.yaml\n", "f.promptopt.yaml")
+    assert [c.rendered_prompt for c in from_file.cases] == ["hi zero"]
+    assert [str(w) for w in from_file.warnings] == [
+        "f.promptopt.yaml:2: defaultTest.assert: left empty (null): promptfoo warns that the config is invalid and "
+        "runs the test without it; so does this plugin (file://default.yaml)"
+    ]

@@ -63,6 +63,9 @@ def preprocess(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     """`data` with references resolved and promptfoo's app keys taken out (warned)."""
     data = dereference(data, ctx.file, ctx)
     data.pop("assertionTemplates", None)  # only a target of `$ref`s
+    if "defaultTest" in data and data["defaultTest"] is None:
+        data.pop("defaultTest")
+        ctx.warn(("defaultTest",), "left empty (null): promptfoo warns that the config is invalid and runs without it")
     for key, why in IGNORED.items():
         if key in data:
             data.pop(key)
@@ -119,12 +122,22 @@ def prune_test(
     test: dict[str, Any], path: tuple[Any, ...], ctx: Context, origin: str = "", require_content: bool = True
 ) -> None:
     """Keys promptfoo does not read in a test are dropped with a warning (promptfoo drops them
-    silently): a misplaced `storeOutputAs`, a `dataset:`, a misspelt key. A test left with
+    silently): a misplaced `storeOutputAs`, a `dataset:`, a misspelt key; and so are keys left
+    empty (null), which promptfoo warns about and runs as absent. A test left with
     nothing promptfoo reads is refused as promptfoo refuses it (`require_content`: where its
     `readTest` checks; defaultTest and a scenario's `config` entries are merged into tests first)."""
     allowed = set(suite_schema()["$defs"]["test"]["properties"])
     where = f" ({origin})" if origin else ""
     written = [str(k) for k in test]
+    for key in [k for k in test if k in allowed and test[k] is None]:
+        # `assert:` with nothing under it: promptfoo's schema check only warns, and its merge
+        # (`??`, `||`) reads null as absent, so a defaultTest's value still applies.
+        test.pop(key)
+        ctx.warn(
+            path + (str(key),),
+            f"left empty (null): promptfoo warns that the config is invalid and runs the test without it; "
+            f"so does this plugin{where}",
+        )
     for key in [k for k in test if k not in allowed]:
         test.pop(key)
         why = _TEST_IGNORED.get(str(key))
