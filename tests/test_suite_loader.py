@@ -965,3 +965,37 @@ def test_a_key_left_empty_in_a_test_is_absent_with_a_warning_as_in_promptfoo(tmp
         "f.promptopt.yaml:2: defaultTest.assert: left empty (null): promptfoo warns that the config is invalid and "
         "runs the test without it; so does this plugin (file://default.yaml)"
     ]
+
+
+def test_x_keys_hold_yaml_anchors_and_top_level_vars_and_max_concurrency_are_ignored(tmp_path):
+    """Recorded with promptfoo 0.121.20 on this config: one case, passing, without a word about
+    the three keys (it reads neither a top-level `vars` nor `maxConcurrency`). An `x-` key (an
+    anchor holder) is ignored silently here too; the two others with a warning line, as the keys
+    promptfoo ignores are; any other unknown top-level key stays an error."""
+    suite = load(
+        tmp_path,
+        """
+        x-shared-asserts: &shared
+          - type: contains
+            value: hello
+        vars:
+          unused: 1
+        maxConcurrency: 10
+        prompts:
+          - "hello {{x}}"
+        providers:
+          - echo
+        tests:
+          - vars: {x: one}
+            assert: *shared
+        """,
+    )
+    (case,) = suite.cases
+    assert (case.rendered_prompt, [a.value for a in case.assertions]) == ("hello one", ["hello"])
+    assert tuple(map(str, suite.warnings)) == (
+        "s.promptopt.yaml:4: vars: not a promptfoo key at the top level (promptfoo ignores it); ignored: put vars "
+        "every test shares under defaultTest.vars",
+        "s.promptopt.yaml:6: maxConcurrency: not a promptfoo key at the top level (promptfoo ignores it; it reads "
+        "evaluateOptions.maxConcurrency); ignored (use --promptopt-concurrency)",
+    )
+    assert "unknown key 'y-anchors'" in str(error(tmp_path, "y-anchors: &a [1]\nprompts: ['x']\n"))

@@ -47,6 +47,10 @@ IGNORED = {
     "version": "not a promptfoo key (promptfoo ignores it); ignored",
     "apiBaseUrl": "promptfoo's sharing server; ignored",
     "appBaseUrl": "promptfoo's sharing server; ignored",
+    "vars": "not a promptfoo key at the top level (promptfoo ignores it); ignored: put vars every test shares "
+    "under defaultTest.vars",
+    "maxConcurrency": "not a promptfoo key at the top level (promptfoo ignores it; it reads "
+    "evaluateOptions.maxConcurrency); ignored (use --promptopt-concurrency)",
 }
 # Keys of a prompt object promptfoo does not read (its PromptSchema drops them): why each is left out.
 _PROMPT_IGNORED = {
@@ -63,6 +67,10 @@ def preprocess(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     """`data` with references resolved and promptfoo's app keys taken out (warned)."""
     data = dereference(data, ctx.file, ctx)
     data.pop("assertionTemplates", None)  # only a target of `$ref`s
+    for key in [k for k in data if str(k).startswith("x-")]:
+        # Docker Compose's convention, common in real configs: a holder of YAML anchors (`&shared`)
+        # that the rest of the file aliases. promptfoo ignores it silently, and so does this plugin.
+        data.pop(key)
     if "defaultTest" in data and data["defaultTest"] is None:
         data.pop("defaultTest")
         ctx.warn(("defaultTest",), "left empty (null): promptfoo warns that the config is invalid and runs without it")
