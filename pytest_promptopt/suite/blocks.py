@@ -176,6 +176,7 @@ def _factories(
                     len(prompts) > 1,
                     len(providers) > 1,
                     tuple(model_options(block.merged["options"]).items()),
+                    tuple(block.merged["metadata"].items()),
                 ),
             )
 

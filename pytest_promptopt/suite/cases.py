@@ -84,12 +84,13 @@ def build_case(
     sandbox: Sandbox | None = None,
     filters: Mapping[str, Any] | None = None,
     options: Mapping[str, Any] | None = None,
+    metadata: Mapping[str, Any] | None = None,
 ) -> Case:
     """Render `prompt` and `assertions` with `variables` into a `Case`, as promptfoo renders
     them (prompt.render_suite_prompt; `env` is the suite's `env:`). A prompt's `config`, the
     config its prompt function returns, then the test's `options` that are model parameters
     (`expansion.model_options`) join the model's parameters, each over the one before, as
-    promptfoo merges them. Raises `CaseError`.
+    promptfoo merges them. `metadata` is the test's, for code checks. Raises `CaseError`.
 
     User code runs here, as promptfoo runs it when it renders a prompt: `file://x.py|js` vars
     (loaders, in order, each seeing the vars loaded before it), then a prompt function, whose
@@ -149,6 +150,7 @@ def build_case(
         position=position,
         transform=transform,
         script_timeout_s=script_timeout_s,
+        metadata=dict(metadata or {}),
     )
 
 

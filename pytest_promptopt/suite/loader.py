@@ -589,7 +589,7 @@ class _CaseBuilder:
                 return build_case(
                     self.info, prompt, prompt_index, {**variables, **extra}, placed, spec, missing=missing,
                     threshold=merged["threshold"], env=ctx.env, sandbox=self.code.sandbox, filters=ctx.filters,
-                    options=model_options(merged["options"]), **common,
+                    options=model_options(merged["options"]), metadata=merged["metadata"], **common,
                 )  # fmt: skip
             except CaseError as exc:
                 message = f"{self._place(test, exc.path)}: {exc.message}" if exc.path else exc.message
