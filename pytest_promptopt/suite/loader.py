@@ -28,7 +28,7 @@ from .cases import CaseError, Missing, Placed, build_case, case_id, failed_case
 from .csv_tests import PROMPTFOO_TYPES
 from .dataset import DatasetSpec
 from .document import Context, DocumentError, SuiteNotice, format_path, read_document
-from .expansion import build_assertion, file_value, load_vars, merge_test, model_options, var_combinations
+from .expansion import build_assertion, drop_newline, file_value, merge_test, model_options, read_vars, var_combinations
 from .model import MAX_REPEAT, Case, ChainStep, Repeats, SuiteError, SuiteInfo, SuiteLimits
 from .promptfoo_keys import check_env, derived_metrics, preprocess
 from .prompts import load_prompts
@@ -454,9 +454,11 @@ class _CaseBuilder:
             repeats = options.get("repeat")
             for combo_index, raw_vars in enumerate(combos):
                 variables: dict[str, Any] = {}
+                code_vars: dict[str, Any] | None = None  # as the case's code sees them (newlines kept)
                 vars_problem = problem
                 try:
-                    variables = load_vars(raw_vars, path, ctx)
+                    code_vars = read_vars(raw_vars, path, ctx)
+                    variables = drop_newline(code_vars)
                 except SuiteError as exc:  # a var file missing or unreadable: this test's cases are errors
                     variables, vars_problem = dict(raw_vars), vars_problem or str(exc)
                 for spec, (index, allowed) in zip(test_providers, columns):
@@ -469,6 +471,7 @@ class _CaseBuilder:
                             name=_name(merged["description"] or _vars_label(variables), test.index, combo_index,
                                        len(combos), prompt_index, len(prompts), tag, len(test_providers)),
                             problem=vars_problem, several=(len(prompts) > 1, len(test_providers) > 1),
+                            code_vars=code_vars,
                         )  # fmt: skip
                         if isinstance(repeats, int) and repeats > 1:
                             case = dataclasses.replace(case, repeats=min(repeats, MAX_REPEAT))
@@ -567,6 +570,7 @@ class _CaseBuilder:
         name: str,
         problem: str | None,
         several: tuple[bool, bool],
+        code_vars: dict[str, Any] | None = None,
     ) -> Case:
         ctx = self.ctx
         common = {
@@ -589,7 +593,8 @@ class _CaseBuilder:
                 return build_case(
                     self.info, prompt, prompt_index, {**variables, **extra}, placed, spec, missing=missing,
                     threshold=merged["threshold"], env=ctx.env, sandbox=self.code.sandbox, filters=ctx.filters,
-                    options=model_options(merged["options"]), metadata=merged["metadata"], **common,
+                    options=model_options(merged["options"]), metadata=merged["metadata"],
+                    code_vars=None if code_vars is None else {**code_vars, **extra}, **common,
                 )  # fmt: skip
             except CaseError as exc:
                 message = f"{self._place(test, exc.path)}: {exc.message}" if exc.path else exc.message
