@@ -444,6 +444,46 @@ def test_prompt_filters_match_an_inline_prompts_id_as_promptfoo_does(tmp_path):
     assert "prompts[0]: a prompt object needs `raw`" in str(refused) and "as in promptfoo" in str(refused)
 
 
+def test_transform_vars_runs_once_per_test_before_list_vars_expand_and_a_failure_is_its_cases_error(tmp_path):
+    """promptfoo's applyInputTransform runs on a test's vars before its lists expand (recorded
+    with promptfoo 0.121.20: `{question: [a, b]}` with `{ extra: Array.isArray(vars.question) ?
+    "list" : "scalar" }` gave `list` on both cases). A transform that throws makes that test's
+    cases errors (promptfoo stops the whole eval); the other tests run. Its context.uuid is
+    fixed per test, so the prompt and the case id are the same at every load."""
+    text = """
+        prompts: ["{{question}} {{extra}}"]
+        providers: [echo]
+        tests:
+          - vars: {question: [a, b]}
+            options:
+              transformVars: '{ extra: Array.isArray(vars.question) ? "list" : "scalar" }'
+          - vars: {question: boom}
+            options:
+              transformVars: 'vars.nothing.here'
+          - vars: {question: id}
+            options:
+              transformVars: '{ extra: context.uuid }'
+        """
+    suite = load(tmp_path, text)
+    assert [c.rendered_prompt for c in suite.cases[:2]] == ["a list", "b list"]
+    failed = suite.cases[2]
+    assert failed.error and "Transform failed ([inline transform]: vars.nothing.here)" in failed.error
+    assert "tests[1].options.transformVars" in failed.error
+    again = load(tmp_path, text)
+    assert suite.cases[3].rendered_prompt == again.cases[3].rendered_prompt
+    assert suite.cases[3].case_id == again.cases[3].case_id
+    assert len(suite.cases[3].rendered_prompt) == len("id ") + 36
+    for block in ("fuzz: {count: 2}", "dataset: {path: rows.csv}"):
+        refused = error(
+            tmp_path,
+            "prompts: ['{{q}}']\nproviders: [echo]\ndefaultTest: {options: {transformVars: '{}'}}\n"
+            + ("tests: [{vars: {q: a}}]\n" if "fuzz" in block else "")
+            + block
+            + "\n",
+        )
+        assert "defaultTest.options.transformVars: var transforms are run for a suite's tests" in str(refused)
+
+
 def test_a_globs_prompts_have_no_label_or_config_as_in_promptfoo(tmp_path):
     """promptfoo reads each file a glob matches as `{raw: path}`: the entry's label and config are
     dropped (recorded with 0.121.20: labels `prompts/g1.txt: G1 {{q}}`, no config)."""
