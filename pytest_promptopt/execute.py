@@ -189,6 +189,8 @@ def _grade(
                 "assert": json_safe([a.to_dict() for a in case.assertions]),
                 "threshold": case.threshold,
                 "options": {"transform": case.transform} if case.transform else {},
+                # promptfoo's context.test is the test case: its metadata (defaultTest's merged in) too
+                "metadata": json_safe(dict(case.metadata)),
             },
             provider={"id": case.model.id, "label": case.model.label},
         )

@@ -515,7 +515,9 @@ def test_parquet_folder_source_and_cases_are_picklable(tmp_path):
     write_parquet(tmp_path / "data" / "parts" / "part-0.parquet", {"text": ["a", "b"]})
     write_parquet(tmp_path / "data" / "parts" / "part-1.parquet", {"text": ["c"]})
     loaded = load(
-        tmp_path, 'prompts: ["{{text}}"]\nproviders: [echo]\ndataset: {path: data/parts, assert: [{type: is-json}]}\n'
+        tmp_path,
+        'prompts: ["{{text}}"]\nproviders: [echo]\ndefaultTest: {options: {temperature: 0.2}}\n'
+        "dataset: {path: data/parts, assert: [{type: is-json}]}\n",
     )
     make_case = pickle.loads(pickle.dumps(loaded.dataset.slices[0].make_case))
     cases = [make_case(row, i) for i, row in read_rows(loaded.dataset.source)]
@@ -525,6 +527,7 @@ def test_parquet_folder_source_and_cases_are_picklable(tmp_path):
         "row 2",
     ]
     assert len({c.case_id for c in cases}) == 3 and cases[0].suite.id == "s.promptopt.yaml"
+    assert cases[0].model.params == {"temperature": 0.2}  # defaultTest's options that are model parameters
 
 
 # --------------------------------------------------------------------------- CaseStats

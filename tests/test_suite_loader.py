@@ -444,6 +444,46 @@ def test_prompt_filters_match_an_inline_prompts_id_as_promptfoo_does(tmp_path):
     assert "prompts[0]: a prompt object needs `raw`" in str(refused) and "as in promptfoo" in str(refused)
 
 
+def test_transform_vars_runs_once_per_test_before_list_vars_expand_and_a_failure_is_its_cases_error(tmp_path):
+    """promptfoo's applyInputTransform runs on a test's vars before its lists expand (recorded
+    with promptfoo 0.121.20: `{question: [a, b]}` with `{ extra: Array.isArray(vars.question) ?
+    "list" : "scalar" }` gave `list` on both cases). A transform that throws makes that test's
+    cases errors (promptfoo stops the whole eval); the other tests run. Its context.uuid is
+    fixed per test, so the prompt and the case id are the same at every load."""
+    text = """
+        prompts: ["{{question}} {{extra}}"]
+        providers: [echo]
+        tests:
+          - vars: {question: [a, b]}
+            options:
+              transformVars: '{ extra: Array.isArray(vars.question) ? "list" : "scalar" }'
+          - vars: {question: boom}
+            options:
+              transformVars: 'vars.nothing.here'
+          - vars: {question: id}
+            options:
+              transformVars: '{ extra: context.uuid }'
+        """
+    suite = load(tmp_path, text)
+    assert [c.rendered_prompt for c in suite.cases[:2]] == ["a list", "b list"]
+    failed = suite.cases[2]
+    assert failed.error and "Transform failed ([inline transform]: vars.nothing.here)" in failed.error
+    assert "tests[1].options.transformVars" in failed.error
+    again = load(tmp_path, text)
+    assert suite.cases[3].rendered_prompt == again.cases[3].rendered_prompt
+    assert suite.cases[3].case_id == again.cases[3].case_id
+    assert len(suite.cases[3].rendered_prompt) == len("id ") + 36
+    for block in ("fuzz: {count: 2}", "dataset: {path: rows.csv}"):
+        refused = error(
+            tmp_path,
+            "prompts: ['{{q}}']\nproviders: [echo]\ndefaultTest: {options: {transformVars: '{}'}}\n"
+            + ("tests: [{vars: {q: a}}]\n" if "fuzz" in block else "")
+            + block
+            + "\n",
+        )
+        assert "defaultTest.options.transformVars: var transforms are run for a suite's tests" in str(refused)
+
+
 def test_a_globs_prompts_have_no_label_or_config_as_in_promptfoo(tmp_path):
     """promptfoo reads each file a glob matches as `{raw: path}`: the entry's label and config are
     dropped (recorded with 0.121.20: labels `prompts/g1.txt: G1 {{q}}`, no config)."""
@@ -841,3 +881,161 @@ def test_a_prompt_functions_config_joins_the_models_parameters_over_the_prompts(
         ("P abc", {"temperature": 0.3}),
         ("Y abc", {"temperature": 0.3, "top_p": 0.5}),
     ]
+
+
+def test_a_tests_other_options_are_model_parameters_over_the_prompts_and_functions_config(tmp_path):
+    """promptfoo accepts any key in a test's `options` (`.catchall`) and its mergeProviderPromptConfig
+    lays every option but `repeat` over the prompt's config, after a prompt function's config.
+    Recorded with promptfoo 0.121.20 on this config (each result's `prompt.config`): t0 p0
+    {maxTokens 9, max_tokens 7, seed 2, temperature 0.05, timeout 1000, top_k 4}, t0 p1 {maxTokens
+    9, seed 2, temperature 0.05, timeout 1000, top_p 0.2}, t1 p0 {max_tokens 7, seed 1, temperature
+    0.1, timeout 1000, top_k 4}, t1 p1 {seed 1, temperature 0.9, timeout 1000, top_p 0.2} (and
+    promptfoo's own `prefix`, which is not a model parameter here)."""
+    (tmp_path / "p.js").write_text(
+        "module.exports.cfg = ({ vars }) => ({ prompt: 'Q {{q}}', config: { temperature: 0.1, seed: vars.q.length, top_k: 4 } });\n"
+    )
+    suite = load(
+        tmp_path,
+        """
+        prompts:
+          - {id: file://p.js:cfg, label: cfg, config: {temperature: 0.9, max_tokens: 7}}
+          - {raw: "R {{q}}", label: raw, config: {temperature: 0.9, top_p: 0.2}}
+        providers: [{id: echo, config: {temperature: 0.3}}]
+        defaultTest:
+          options: {timeout: 1000, seed: 1, prefix: ''}
+        tests:
+          - vars: {q: abc}
+            options: {temperature: 0.05, seed: 2, repeat: 1, maxTokens: 9}
+          - vars: {q: d}
+        """,
+    )
+    got = [(case.rendered_prompt, dict(case.model.params)) for case in suite.cases]
+    assert got == [
+        ("Q abc", {"temperature": 0.05, "max_tokens": 7, "seed": 2, "top_k": 4, "timeout": 1000, "maxTokens": 9}),
+        ("R abc", {"temperature": 0.05, "top_p": 0.2, "timeout": 1000, "seed": 2, "maxTokens": 9}),
+        ("Q d", {"temperature": 0.1, "max_tokens": 7, "seed": 1, "top_k": 4, "timeout": 1000}),
+        ("R d", {"temperature": 0.9, "top_p": 0.2, "timeout": 1000, "seed": 1}),
+    ]
+    # promptfoo's providers that read a timeout take milliseconds; a hosted model here, seconds
+    assert [w.place for w in suite.warnings] == ["defaultTest.options.timeout"]
+
+
+def test_an_option_that_looks_misspelt_is_named_and_factuality_scores_reach_the_checks(tmp_path):
+    """An unknown option is a model parameter (as in promptfoo), so a misspelt one changes only the
+    model's call: a warning names the option it resembles. promptfoo's `options.factuality` (its
+    matchesFactuality's category scores) is the factuality checks' `config.factuality` here."""
+    suite = load(
+        tmp_path,
+        """
+        prompts: ["{{q}}"]
+        tests:
+          - vars: {q: a}
+            options: {disableDefaultAssert: true, factuality: {disagree: 0.5}}
+            assert:
+              - {type: factuality, value: a}
+              - {type: factuality, value: a, config: {factuality: {agree: 0.2}}}
+        """,
+    )
+    (case,) = suite.cases
+    assert case.model.params == {"disableDefaultAssert": True}
+    assert [a.config for a in case.assertions] == [{"factuality": {"disagree": 0.5}}, {"factuality": {"agree": 0.2}}]
+    assert tuple(map(str, suite.warnings)) == (
+        "s.promptopt.yaml:4: tests[0].options.disableDefaultAssert: did you mean 'disableDefaultAsserts'? not an "
+        "option promptfoo reads: it passes it to the model as a parameter, and so does this plugin",
+    )
+
+
+def test_a_key_left_empty_in_a_test_is_absent_with_a_warning_as_in_promptfoo(tmp_path):
+    """`assert:` or `options:` with nothing under it (YAML null). Recorded with promptfoo 0.121.20:
+    each test key (description, vars, assert, threshold, options, metadata, provider, prompts,
+    providers) and each defaultTest key left empty (inline or in its file), and an empty
+    `defaultTest:`, is a "TestSuite Schema Validation Error" warning and the test runs as without
+    it (`??` and `||` in its merge: an empty threshold takes defaultTest's)."""
+    (tmp_path / "default.yaml").write_text("vars: {x: zero}\nassert:\n")
+    suite = load(
+        tmp_path,
+        """
+        prompts: ["hello {{x}}"]
+        providers: [echo]
+        defaultTest:
+          vars: {x: zero}
+          threshold: 0.5
+          metadata:
+          options:
+        tests:
+          - vars: {x: one}
+            assert:
+          - vars: {x: two}
+            description:
+            threshold:
+            options:
+            metadata:
+            provider:
+            prompts:
+            providers:
+            assert: [{type: contains, value: two}]
+          - vars:
+            assert: [{type: contains, value: zero}]
+        """,
+    )
+    got = [(c.rendered_prompt, c.threshold, len(c.assertions), c.model.id) for c in suite.cases]
+    assert got == [("hello one", 0.5, 0, "echo"), ("hello two", 0.5, 1, "echo"), ("hello zero", 0.5, 1, "echo")]
+    assert [w.place for w in suite.warnings] == [
+        "defaultTest.metadata",
+        "defaultTest.options",
+        "tests[0].assert",
+        "tests[1].description",
+        "tests[1].threshold",
+        "tests[1].options",
+        "tests[1].metadata",
+        "tests[1].provider",
+        "tests[1].prompts",
+        "tests[1].providers",
+        "tests[2].vars",
+    ]
+    assert str(suite.warnings[2]) == (
+        "s.promptopt.yaml:10: tests[0].assert: left empty (null): promptfoo warns that the config is invalid and runs "
+        "the test without it; so does this plugin"
+    )
+    empty = load(tmp_path, "prompts: ['hi']\ndefaultTest:\ntests: [{vars: {}}]\n", "e.promptopt.yaml")
+    assert [c.rendered_prompt for c in empty.cases] == ["hi"] and [w.place for w in empty.warnings] == ["defaultTest"]
+    from_file = load(tmp_path, "prompts: ['hi {{x}}']\ndefaultTest: file://default.yaml\n", "f.promptopt.yaml")
+    assert [c.rendered_prompt for c in from_file.cases] == ["hi zero"]
+    assert [str(w) for w in from_file.warnings] == [
+        "f.promptopt.yaml:2: defaultTest.assert: left empty (null): promptfoo warns that the config is invalid and "
+        "runs the test without it; so does this plugin (file://default.yaml)"
+    ]
+
+
+def test_x_keys_hold_yaml_anchors_and_top_level_vars_and_max_concurrency_are_ignored(tmp_path):
+    """Recorded with promptfoo 0.121.20 on this config: one case, passing, without a word about
+    the three keys (it reads neither a top-level `vars` nor `maxConcurrency`). An `x-` key (an
+    anchor holder) is ignored silently here too; the two others with a warning line, as the keys
+    promptfoo ignores are; any other unknown top-level key stays an error."""
+    suite = load(
+        tmp_path,
+        """
+        x-shared-asserts: &shared
+          - type: contains
+            value: hello
+        vars:
+          unused: 1
+        maxConcurrency: 10
+        prompts:
+          - "hello {{x}}"
+        providers:
+          - echo
+        tests:
+          - vars: {x: one}
+            assert: *shared
+        """,
+    )
+    (case,) = suite.cases
+    assert (case.rendered_prompt, [a.value for a in case.assertions]) == ("hello one", ["hello"])
+    assert tuple(map(str, suite.warnings)) == (
+        "s.promptopt.yaml:4: vars: not a promptfoo key at the top level (promptfoo ignores it); ignored: put vars "
+        "every test shares under defaultTest.vars",
+        "s.promptopt.yaml:6: maxConcurrency: not a promptfoo key at the top level (promptfoo ignores it; it reads "
+        "evaluateOptions.maxConcurrency); ignored (use --promptopt-concurrency)",
+    )
+    assert "unknown key 'y-anchors'" in str(error(tmp_path, "y-anchors: &a [1]\nprompts: ['x']\n"))

@@ -19,7 +19,7 @@ from ..prompt import Prompt
 from .cases import CaseError
 from .dataset import FORMATS, CaseFactory, DatasetSlice, DatasetSource, DatasetSpec, columns, read_rows
 from .document import Context
-from .expansion import build_assertion, load_vars, merge_test, var_combinations, vars_mapping
+from .expansion import build_assertion, load_vars, merge_test, model_options, var_combinations, vars_mapping
 from .model import Case, SuiteInfo
 from .sources import TestEntry
 
@@ -175,6 +175,8 @@ def _factories(
                     ctx.base_dir,
                     len(prompts) > 1,
                     len(providers) > 1,
+                    tuple(model_options(block.merged["options"]).items()),
+                    tuple(block.merged["metadata"].items()),
                 ),
             )
 

@@ -83,23 +83,31 @@ def build_case(
     script_timeout_s: float = DEFAULT_SCRIPT_TIMEOUT_S,
     sandbox: Sandbox | None = None,
     filters: Mapping[str, Any] | None = None,
+    options: Mapping[str, Any] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    code_vars: Mapping[str, Any] | None = None,
 ) -> Case:
     """Render `prompt` and `assertions` with `variables` into a `Case`, as promptfoo renders
-    them (prompt.render_suite_prompt; `env` is the suite's `env:`). A prompt's `config`, and
-    the config its prompt function returns, join the model's parameters. Raises `CaseError`.
+    them (prompt.render_suite_prompt; `env` is the suite's `env:`). A prompt's `config`, the
+    config its prompt function returns, then the test's `options` that are model parameters
+    (`expansion.model_options`) join the model's parameters, each over the one before, as
+    promptfoo merges them. `metadata` is the test's, for code checks. Raises `CaseError`.
 
     User code runs here, as promptfoo runs it when it renders a prompt: `file://x.py|js` vars
     (loaders, in order, each seeing the vars loaded before it), then a prompt function, whose
-    result is the template; `filters` are the suite's Nunjucks filters."""
+    result is the template; `filters` are the suite's Nunjucks filters. That code gets `code_vars`
+    when given: the vars before their trailing newline is dropped (`expansion.read_vars`), as
+    promptfoo gives them to it."""
     where = f"prompts[{prompt_index}] ({prompt.label[:60]})"
     identity_vars = variables
     template = prompt.template
     config = dict(prompt.config or {})
     if prompt.function is not None or any(is_code_reference(v) for v in variables.values()):
         variables, template, added = _run_code(
-            prompt, variables, model, base_dir, script_timeout_s, sandbox, missing.path, prompt_index
+            prompt, variables, code_vars, model, base_dir, script_timeout_s, sandbox, missing.path, prompt_index
         )
         config.update(added)  # promptfoo: `prompt.config = {...prompt.config, ...result.config}`
+    config.update(options or {})  # promptfoo's mergeProviderPromptConfig: the test's options win
     try:
         rendered = render_suite_prompt(template, variables, env, filters)
     except MissingVariable as exc:
@@ -145,6 +153,7 @@ def build_case(
         position=position,
         transform=transform,
         script_timeout_s=script_timeout_s,
+        metadata=dict(metadata or {}),
     )
 
 
@@ -195,6 +204,7 @@ def failed_case(
 def _run_code(
     prompt: Prompt,
     variables: Mapping[str, Any],
+    code_vars: Mapping[str, Any] | None,
     model: ModelSpec,
     base_dir: Path,
     timeout: float,
@@ -203,8 +213,12 @@ def _run_code(
     prompt_index: int,
 ) -> tuple[dict[str, Any], str, dict[str, Any]]:
     """The case's vars with their loaders run, its template (a prompt function's result) and the
-    config the function returned with it (`{prompt, config}`; joins the model's parameters)."""
+    config the function returned with it (`{prompt, config}`; joins the model's parameters).
+
+    The code sees `code_vars` (else `variables`) and each loader's output as it is: promptfoo's
+    renderPrompt drops one trailing newline only after its loaders and prompt function ran."""
     provider = {"id": model.id, "label": model.label}
+    shown = dict(variables if code_vars is None else code_vars)
     loaded = dict(variables)
     template = prompt.template
     added: dict[str, Any] = {}
@@ -214,15 +228,16 @@ def _run_code(
                 continue
             try:
                 text = load_code_var(
-                    box, name, value, prompt.template, loaded, provider, base_dir, timeout, f"var {name} ({value})"
+                    box, name, value, prompt.template, shown, provider, base_dir, timeout, f"var {name} ({value})"
                 )
             except ScriptFault as exc:
                 raise CaseError(str(exc), vars_path) from None
+            shown[name] = text
             loaded[name] = text[:-1] if text.endswith("\n") else text  # promptfoo drops one trailing newline
         if prompt.function is not None:
             try:
                 template, added = run_prompt_function(
-                    box, prompt.function, loaded, provider, {}, timeout, f"prompt function {prompt.label}"
+                    box, prompt.function, shown, provider, {}, timeout, f"prompt function {prompt.label}"
                 )
             except ScriptFault as exc:
                 raise CaseError(str(exc), ("prompts", prompt_index)) from None

@@ -72,6 +72,8 @@ class CaseFactory:
     base_dir: Path = Path(".")
     several_prompts: bool = False
     several_providers: bool = False
+    options: tuple[tuple[str, Any], ...] = ()  # defaultTest.options that are model parameters
+    metadata: tuple[tuple[str, Any], ...] = ()  # defaultTest.metadata, for code checks
 
     def variables(self, row: Mapping[str, Any]) -> dict[str, Any]:
         values = dict(self.defaults)
@@ -99,6 +101,8 @@ class CaseFactory:
             base_dir=self.base_dir,
             several_prompts=self.several_prompts,
             several_providers=self.several_providers,
+            options=dict(self.options),
+            metadata=dict(self.metadata),
         )
 
 

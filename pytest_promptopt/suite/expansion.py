@@ -14,9 +14,19 @@ from ..nunjucks import js_json
 from ..sandbox.scripts import is_code_reference
 from .document import Context, DocumentError, load_yaml
 from .files import expand, has_magic, read_text
+from .schema import suite_schema
 from .sources import load_structured
 
-__all__ = ["build_assertion", "load_vars", "merge_test", "var_combinations", "vars_mapping"]
+__all__ = [
+    "build_assertion",
+    "drop_newline",
+    "load_vars",
+    "merge_test",
+    "model_options",
+    "read_vars",
+    "var_combinations",
+    "vars_mapping",
+]
 
 CASES_OPTION = "--promptopt-max-cases (ini promptopt_max_cases)"
 _MEDIA = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".svg", ".tif", ".tiff", ".ico", ".avif", ".heic", ".heif",
@@ -49,6 +59,15 @@ def merge_test(
     }
 
 
+def model_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys of a test's merged `options` that are not options this plugin reads (`temperature`,
+    `maxTokens`, ...): model parameters of its cases. promptfoo's `mergeProviderPromptConfig` lays
+    every option but `repeat` over the prompt's config for the provider's call; the options it reads
+    itself (`prefix`, `transform`, ...) mean nothing to a model, so they are not passed here."""
+    own = suite_schema()["$defs"]["test"]["properties"]["options"]["properties"]
+    return {str(key): value for key, value in options.items() if key not in own}
+
+
 def vars_mapping(raw: Any, path: tuple[Any, ...], ctx: Context) -> dict[str, Any]:
     """A test's `vars`: a mapping, or `file://` YAML/JSON paths (a string, a glob or a list of
     them), whose mappings are merged in order (promptfoo's `readTestFiles`)."""
@@ -68,18 +87,27 @@ def vars_mapping(raw: Any, path: tuple[Any, ...], ctx: Context) -> dict[str, Any
 
 
 def load_vars(raw: Mapping[str, Any], path: tuple[Any, ...], ctx: Context) -> dict[str, Any]:
-    """Vars as a case sees them: `file://` values read (promptfoo's `renderPrompt`), one trailing
-    newline dropped from strings."""
+    """Vars as a case's templates and checks see them: `read_vars`, then `drop_newline`."""
+    return drop_newline(read_vars(raw, path, ctx))
+
+
+def read_vars(raw: Mapping[str, Any], path: tuple[Any, ...], ctx: Context) -> dict[str, Any]:
+    """Vars as promptfoo's `renderPrompt` hands them to code (var loaders, prompt functions):
+    `file://` values read, strings as written (a `|` block keeps its trailing newline)."""
     values: dict[str, Any] = {}
     for name, value in raw.items():
         if isinstance(value, str) and value.startswith("file://") and not is_code_reference(value):
             value = _var_from_file(value, path + ("vars", name), ctx)
         elif is_code_reference(value):  # a var loader, run per case and prompt (suite/cases.py)
             ctx.check_code(value, path + ("vars", name))
-        if isinstance(value, str) and value.endswith("\n"):
-            value = value[:-1]  # promptfoo drops one trailing newline from string vars
         values[str(name)] = value
     return values
+
+
+def drop_newline(values: Mapping[str, Any]) -> dict[str, Any]:
+    """One trailing newline dropped from each string, as promptfoo's `renderPrompt` does once its
+    var loaders and prompt function have run, before the templates render."""
+    return {name: v[:-1] if isinstance(v, str) and v.endswith("\n") else v for name, v in values.items()}
 
 
 def _var_from_file(reference: str, path: tuple[Any, ...], ctx: Context) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +23,14 @@ from ..gates import parse_gates
 from ..models.specs import ModelSpec, distinct_displays, parse_model_spec
 from ..prompt import Prompt, Rendering
 from ..sandbox import DEFAULT_SCRIPT_TIMEOUT_S, Sandbox, sandbox_for
-from ..sandbox.scripts import make_filter
+from ..sandbox.errors import ScriptFault
+from ..sandbox.scripts import make_filter, run_transform
 from .blocks import dataset_spec, fuzz_cases
 from .cases import CaseError, Missing, Placed, build_case, case_id, failed_case
 from .csv_tests import PROMPTFOO_TYPES
 from .dataset import DatasetSpec
 from .document import Context, DocumentError, SuiteNotice, format_path, read_document
-from .expansion import build_assertion, file_value, load_vars, merge_test, var_combinations
+from .expansion import build_assertion, drop_newline, file_value, merge_test, model_options, read_vars, var_combinations
 from .model import MAX_REPEAT, Case, ChainStep, Repeats, SuiteError, SuiteInfo, SuiteLimits
 from .promptfoo_keys import check_env, derived_metrics, preprocess
 from .prompts import load_prompts
@@ -36,9 +38,6 @@ from .schema import validate_suite
 from .sources import TestEntry, default_test, read_tests
 
 __all__ = ["LoadedSuite", "load_suite"]
-
-# Options a test may set that this version does not run: its cases are errors saying so.
-_NOT_RUN = {"transformVars": "var transforms (options.transformVars)"}
 
 
 @dataclass(frozen=True)
@@ -136,6 +135,13 @@ def _load(
     only = _prompt_filters(written, prompt_labels, ctx)
     defaults = default_test(data.get("defaultTest"), ctx)
     info = SuiteInfo(id=display, name=str(name), file=display, gates=gates)
+    if (defaults.get("options") or {}).get("transformVars") is not None and ({"dataset", "fuzz"} & set(data)):
+        key = "dataset" if "dataset" in data else "fuzz"
+        raise ctx.error(
+            ("defaultTest", "options", "transformVars"),
+            f"var transforms are run for a suite's tests, not for the rows or generated inputs of a {key} block: "
+            "compute the vars in the data, or put the tests in a suite of their own",
+        )
     if any(allowed is not None for allowed in only) and ({"dataset", "fuzz"} & set(data)):
         key = "dataset" if "dataset" in data else "fuzz"
         raise ctx.error(
@@ -448,15 +454,22 @@ class _CaseBuilder:
                 columns = [(0, None if None in runs else frozenset().union(*runs))]
             prompts = self._with_prefix(options, test)
             problem, placed = self._assertions(merged, test, path)
+            if options.get("transformVars") is not None and problem is None:
+                try:
+                    merged = {**merged, "vars": self._transformed_vars(merged["vars"], options["transformVars"], path)}
+                except CaseError as exc:  # the transform failed: this test's cases are errors saying so
+                    problem = exc.message
             left = ctx.limits.max_cases - self.position
             combos = var_combinations(merged["vars"], path, ctx, max(0, left // max(1, len(prompts) * len(test_providers))),
                                       not options.get("disableVarExpansion"))  # fmt: skip
             repeats = options.get("repeat")
             for combo_index, raw_vars in enumerate(combos):
                 variables: dict[str, Any] = {}
+                code_vars: dict[str, Any] | None = None  # as the case's code sees them (newlines kept)
                 vars_problem = problem
                 try:
-                    variables = load_vars(raw_vars, path, ctx)
+                    code_vars = read_vars(raw_vars, path, ctx)
+                    variables = drop_newline(code_vars)
                 except SuiteError as exc:  # a var file missing or unreadable: this test's cases are errors
                     variables, vars_problem = dict(raw_vars), vars_problem or str(exc)
                 for spec, (index, allowed) in zip(test_providers, columns):
@@ -469,6 +482,7 @@ class _CaseBuilder:
                             name=_name(merged["description"] or _vars_label(variables), test.index, combo_index,
                                        len(combos), prompt_index, len(prompts), tag, len(test_providers)),
                             problem=vars_problem, several=(len(prompts) > 1, len(test_providers) > 1),
+                            code_vars=code_vars,
                         )  # fmt: skip
                         if isinstance(repeats, int) and repeats > 1:
                             case = dataclasses.replace(case, repeats=min(repeats, MAX_REPEAT))
@@ -499,6 +513,26 @@ class _CaseBuilder:
             return self.prompts
         return [dataclasses.replace(p, template=f"{prefix}{p.template}{suffix}") for p in self.prompts]
 
+    def _transformed_vars(self, variables: Mapping[str, Any], code: str, path: tuple[Any, ...]) -> dict[str, Any]:
+        """promptfoo's `options.transformVars` (its `applyInputTransform`): `code` (inline JavaScript
+        reading `vars` and `context`, or `file://x.js|py[:fn]`) runs once per test on its vars as
+        written (defaultTest's merged in, before list vars expand and before `file://` values are
+        read), and what it returns is laid over them. `context.uuid` is one UUID per test, fixed
+        by the suite and the test's place (promptfoo draws a random one per run; a fixed one keeps
+        the prompt, its cached answer and the case id the same from run to run)."""
+        where = self.ctx.where(path + ("options", "transformVars"))
+        context = {"prompt": {}, "uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{self.info.id}#{format_path(path)}"))}
+        try:
+            result = run_transform(
+                self.code.sandbox, code, dict(variables), context, self.ctx.base_dir,
+                self.code.timeout_s, where, input_type="vars",
+            )  # fmt: skip
+        except ScriptFault as exc:
+            raise CaseError(str(exc)) from None
+        if not isinstance(result, Mapping):
+            raise CaseError(f"{where}: Transform function did not return a valid object (got {result!r})")
+        return {**variables, **{str(k): v for k, v in result.items()}}
+
     def _assertions(
         self, merged: dict[str, Any], test: TestEntry, path: tuple[Any, ...]
     ) -> tuple[str | None, list[Placed]]:
@@ -506,12 +540,7 @@ class _CaseBuilder:
         key this version does not run, a value file that cannot be read), or None."""
         ctx = self.ctx
         problem = None
-        for key, what in _NOT_RUN.items():
-            if merged["options"].get(key) is not None and problem is None:
-                problem = (
-                    f"{ctx.where(path + ('options', key))}: {what} are not run by this version of pytest-promptopt"
-                )
-        for key in ("transform", "postprocess"):
+        for key in ("transform", "postprocess", "transformVars"):
             try:
                 ctx.check_code(merged["options"].get(key), path + ("options", key))
             except SuiteError as exc:
@@ -519,6 +548,7 @@ class _CaseBuilder:
         raw_asserts = merged["assert"]
         n_default = len(raw_asserts) - len(test.data.get("assert") or [])
         rubric = merged["options"].get("rubricPrompt")
+        factuality = merged["options"].get("factuality")  # promptfoo's category scores (matchesFactuality)
         placed: list[Placed] = []
         for a_index, raw in enumerate(raw_asserts):
             a_path = (
@@ -542,6 +572,8 @@ class _CaseBuilder:
                 problem = problem or str(exc)
             if rubric is not None and is_model_graded(kind) and not (raw.get("config") or {}).get("rubric_prompt"):
                 raw["config"] = {**(raw.get("config") or {}), "rubric_prompt": rubric}
+            if factuality is not None and kind in ("factuality", "model-graded-factuality"):
+                raw["config"] = {"factuality": factuality, **(raw.get("config") or {})}
             placed.append((build_assertion(raw, where, merged["options"].get("provider")), a_path))
         return problem, placed
 
@@ -564,6 +596,7 @@ class _CaseBuilder:
         name: str,
         problem: str | None,
         several: tuple[bool, bool],
+        code_vars: dict[str, Any] | None = None,
     ) -> Case:
         ctx = self.ctx
         common = {
@@ -585,7 +618,9 @@ class _CaseBuilder:
             try:
                 return build_case(
                     self.info, prompt, prompt_index, {**variables, **extra}, placed, spec, missing=missing,
-                    threshold=merged["threshold"], env=ctx.env, sandbox=self.code.sandbox, filters=ctx.filters, **common,
+                    threshold=merged["threshold"], env=ctx.env, sandbox=self.code.sandbox, filters=ctx.filters,
+                    options=model_options(merged["options"]), metadata=merged["metadata"],
+                    code_vars=None if code_vars is None else {**code_vars, **extra}, **common,
                 )  # fmt: skip
             except CaseError as exc:
                 message = f"{self._place(test, exc.path)}: {exc.message}" if exc.path else exc.message

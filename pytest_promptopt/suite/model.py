@@ -91,6 +91,8 @@ class Case:
     chain: ChainStep | None = None
     # promptfoo's options.transform (or postprocess): code run on the answer before the assertions
     transform: str | None = None
+    # The test's metadata (defaultTest's merged in), which code checks read as context.test.metadata
+    metadata: Mapping[str, Any] = field(default_factory=dict)
     script_timeout_s: float = DEFAULT_SCRIPT_TIMEOUT_S  # one call of the case's user code (--promptopt-script-timeout)
 
 

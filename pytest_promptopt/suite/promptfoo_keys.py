@@ -47,6 +47,10 @@ IGNORED = {
     "version": "not a promptfoo key (promptfoo ignores it); ignored",
     "apiBaseUrl": "promptfoo's sharing server; ignored",
     "appBaseUrl": "promptfoo's sharing server; ignored",
+    "vars": "not a promptfoo key at the top level (promptfoo ignores it); ignored: put vars every test shares "
+    "under defaultTest.vars",
+    "maxConcurrency": "not a promptfoo key at the top level (promptfoo ignores it; it reads "
+    "evaluateOptions.maxConcurrency); ignored (use --promptopt-concurrency)",
 }
 # Keys of a prompt object promptfoo does not read (its PromptSchema drops them): why each is left out.
 _PROMPT_IGNORED = {
@@ -63,6 +67,13 @@ def preprocess(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     """`data` with references resolved and promptfoo's app keys taken out (warned)."""
     data = dereference(data, ctx.file, ctx)
     data.pop("assertionTemplates", None)  # only a target of `$ref`s
+    for key in [k for k in data if str(k).startswith("x-")]:
+        # Docker Compose's convention, common in real configs: a holder of YAML anchors (`&shared`)
+        # that the rest of the file aliases. promptfoo ignores it silently, and so does this plugin.
+        data.pop(key)
+    if "defaultTest" in data and data["defaultTest"] is None:
+        data.pop("defaultTest")
+        ctx.warn(("defaultTest",), "left empty (null): promptfoo warns that the config is invalid and runs without it")
     for key, why in IGNORED.items():
         if key in data:
             data.pop(key)
@@ -119,12 +130,22 @@ def prune_test(
     test: dict[str, Any], path: tuple[Any, ...], ctx: Context, origin: str = "", require_content: bool = True
 ) -> None:
     """Keys promptfoo does not read in a test are dropped with a warning (promptfoo drops them
-    silently): a misplaced `storeOutputAs`, a `dataset:`, a misspelt key. A test left with
+    silently): a misplaced `storeOutputAs`, a `dataset:`, a misspelt key; and so are keys left
+    empty (null), which promptfoo warns about and runs as absent. A test left with
     nothing promptfoo reads is refused as promptfoo refuses it (`require_content`: where its
     `readTest` checks; defaultTest and a scenario's `config` entries are merged into tests first)."""
     allowed = set(suite_schema()["$defs"]["test"]["properties"])
     where = f" ({origin})" if origin else ""
     written = [str(k) for k in test]
+    for key in [k for k in test if k in allowed and test[k] is None]:
+        # `assert:` with nothing under it: promptfoo's schema check only warns, and its merge
+        # (`??`, `||`) reads null as absent, so a defaultTest's value still applies.
+        test.pop(key)
+        ctx.warn(
+            path + (str(key),),
+            f"left empty (null): promptfoo warns that the config is invalid and runs the test without it; "
+            f"so does this plugin{where}",
+        )
     for key in [k for k in test if k not in allowed]:
         test.pop(key)
         why = _TEST_IGNORED.get(str(key))
@@ -134,6 +155,7 @@ def prune_test(
                 f"not a key of a test (allowed: {', '.join(sorted(allowed))}); promptfoo ignores it, and so does this plugin"
             )
         ctx.warn(path + (str(key),), f"{why}{where}")
+    _check_options(test.get("options"), path, ctx, where)
     merged_later = path[:1] == ("defaultTest",) or (path[:1] == ("scenarios",) and path[2:3] == ("config",))
     if require_content and not merged_later and not _has_content(test):
         # promptfoo's readTest refuses the whole config then ("Test case must contain ...").
@@ -142,6 +164,31 @@ def prune_test(
             f"a test needs one of {', '.join(_TEST_CONTENT)} (promptfoo refuses the config otherwise){where}; "
             f"this one has {', '.join(written) or 'nothing'}",
         )
+
+
+def _check_options(options: Any, path: tuple[Any, ...], ctx: Context, where: str) -> None:
+    """Any key of a test's `options` is valid (promptfoo hands the ones it does not read to the
+    provider as model parameters: `expansion.model_options`); one that looks like a misspelt
+    option is named in a warning, since it changes nothing but the model's call."""
+    if not isinstance(options, dict):
+        return
+    known = sorted(suite_schema()["$defs"]["test"]["properties"]["options"]["properties"])
+    for key in options:
+        hint = [] if key in known else difflib.get_close_matches(str(key), known, n=1, cutoff=0.8)
+        if hint:
+            ctx.warn(
+                path + ("options", str(key)),
+                f"did you mean '{hint[0]}'? not an option promptfoo reads: it passes it to the model as a "
+                f"parameter, and so does this plugin{where}",
+            )
+        elif key == "timeout":
+            # Real configs write milliseconds here (promptfoo's providers that read it take them);
+            # a hosted model here reads seconds, so 120000 would wait 33 hours for an answer.
+            ctx.warn(
+                path + ("options", "timeout"),
+                f"the model's timeout in seconds here, as in a provider's config (promptfoo's providers that "
+                f"read a timeout take milliseconds): write seconds, or remove it to keep --promptopt-timeout{where}",
+            )
 
 
 _TEST_CONTENT = ("assert", "vars", "options", "metadata", "provider", "providerOutput", "threshold")

@@ -37,7 +37,8 @@ def default_test(raw: Any, ctx: Context) -> dict[str, Any]:
         loaded = load_structured(raw, ("defaultTest",), ctx)
         if not isinstance(loaded, dict):
             raise ctx.error(("defaultTest",), f"{raw} must hold a test object")
-        validate_fragment(loaded, "test", ("defaultTest",), ctx)
+        prune_test(loaded, ("defaultTest",), ctx, raw)
+        validate_fragment(loaded, "test", ("defaultTest",), ctx, raw)
         return loaded
     return raw
 

@@ -1,0 +1,1 @@
+module.exports = (vars, context) => ({ extra: 'js:' + vars.question });

@@ -1,0 +1,2 @@
+def get_transform(vars, context):
+    return {"extra": "py:" + vars["question"]}
