@@ -90,6 +90,17 @@ _KEY_VALUE = re.compile(
 )
 
 
+# A URL's `user:password@`: everything up to the last `@` before the host (the authority ends at
+# the first `/`), because MLflow and requests accept a password with an unencoded `@`
+# (`http://carol:Pw@55@host` logs in as carol with `Pw@55`).
+_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)([^/\s]*)@", re.I)
+
+
+def mask_credentials(text: str) -> str:
+    """`text` with URL credentials masked: `https://user:pw@host` -> `https://***@host`."""
+    return _USERINFO.sub(rf"\1{REDACTED}@", text)
+
+
 def redact_text(text: str) -> str:
     """A YAML/JSON document's text (e.g. a suite file) with secret-looking keys' values masked
     and secret environment values scrubbed; comments and layout are kept."""

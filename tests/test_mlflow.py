@@ -522,6 +522,20 @@ def test_redact_text_masks_secret_keys_in_yaml_and_json():
     )
 
 
+def test_url_credentials_are_masked_up_to_the_last_at_before_the_host():
+    from pytest_promptopt.mlflow.client import safe_text, safe_uri
+    from pytest_promptopt.redact import mask_credentials
+
+    # MLflow (requests) accepts a password with an unencoded `@` and logs in with all of it
+    assert safe_uri("http://carol:Carol@Pw-55667788@127.0.0.1:5601") == "http://***@127.0.0.1:5601"
+    line = "MLflow: http://carol:Carol@Pw-55667788@127.0.0.1:5601, experiment 'x' (http://c:C@P@h:1/#/runs/1)"
+    assert safe_text(line) == "MLflow: http://***@127.0.0.1:5601, experiment 'x' (http://***@h:1/#/runs/1)"
+    # an `@` after the host (a path, an alias, a mail address) or without `://` is not a credential
+    for text in ("https://h:1/a@b", "sqlite:///data/a@b.db", "prompts:/greet@prod", "ask ops@example.com"):
+        assert mask_credentials(text) == text
+    assert mask_credentials("postgresql://u:p@db:5432/mlflow") == "postgresql://***@db:5432/mlflow"
+
+
 def test_the_session_runs_description_is_short_and_its_table_an_artifact():
     from pytest_promptopt.gates import Gate
     from pytest_promptopt.mlflow.layout import NOTE_LINES, SessionMeta, parent_note, suite_metrics, suite_summary_table

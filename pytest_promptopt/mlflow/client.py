@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..gc_pause import paused_for_first_import
-from ..redact import scrub
+from ..redact import mask_credentials, scrub
 from .table_file import split_table_json
 
 __all__ = [
@@ -62,7 +62,6 @@ _ENV_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
-_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.I)
 
 
 class MlflowReportError(RuntimeError):
@@ -118,8 +117,9 @@ def one_line(exc: BaseException) -> str:
 
 
 def safe_text(text: str) -> str:
-    """`text` without URL credentials (`https://user:pw@host`) or secret environment values."""
-    return scrub(_USERINFO.sub(r"\1***@", text))
+    """`text` without URL credentials (`https://user:pw@host`) or secret environment values
+    (redact.py's rules: one for everything the plugin prints, logs or keeps)."""
+    return scrub(mask_credentials(text))
 
 
 def safe_uri(uri: str) -> str:
