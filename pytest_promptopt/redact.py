@@ -95,9 +95,24 @@ _KEY_VALUE = re.compile(
 # (`http://carol:Pw@55@host` logs in as carol with `Pw@55`).
 _USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)([^/\s]*)@", re.I)
 
+# An Authorization header's value (`Authorization: Basic dXNlcjpwdw==`, `{'Authorization': 'Bearer x'}`),
+# as a server that echoes the header it got quotes it in an error body: after a scheme, whatever
+# follows; else a value of 8 characters or more (as `scrub`: shorter is prose, "authorization: the ...").
+_AUTH_HEADER = re.compile(
+    r"""(\b(?:proxy-)?authorization["']?\s*[:=]\s*["']?)"""
+    r"""(?:((?:basic|bearer|token|digest|negotiate)\s+)[^\s"',;)\]}]+|[^\s"',;)\]}]{8,})""",
+    re.I,
+)
+# A Basic or Bearer credential anywhere else: a token of 8 characters or more holding a digit or
+# one of `+/=` (base64, JWTs, API keys), so that prose ("basic questions") stays.
+_AUTH_SCHEME = re.compile(r"\b((?:basic|bearer)\s+)(?=[\w.~+/-]*[\d+/=])[\w.~+/-]{8,}=*", re.I)
+
 
 def mask_credentials(text: str) -> str:
-    """`text` with URL credentials masked: `https://user:pw@host` -> `https://***@host`."""
+    """`text` with URL credentials (`https://user:pw@host` -> `https://***@host`) and
+    Authorization values (`Authorization: Basic ***`, `Bearer ***`) masked."""
+    text = _AUTH_HEADER.sub(lambda m: f"{m.group(1)}{m.group(2) or ''}{REDACTED}", text)
+    text = _AUTH_SCHEME.sub(rf"\1{REDACTED}", text)
     return _USERINFO.sub(rf"\1{REDACTED}@", text)
 
 

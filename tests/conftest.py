@@ -240,6 +240,7 @@ WHOLE_MODULES = {
     "test_spark.py",  # a local Spark session, then a Spark Connect server
     "test_gateway.py",  # an MLflow AI Gateway server and two model servers
     "test_mlflow_ui.py",  # an MLflow server and its UI in Chromium
+    "test_mlflow_auth.py",  # an MLflow server behind a proxy that asks for credentials
     "test_serve.py",  # a model server
     "test_promptfoo_code.py",  # our results in the three modes, compared test by test
     "test_promptfoo_compat.py",
