@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import base64
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from conftest import ECHO_SUITE
 from test_mlflow import migrated_store, offline_mlflow  # noqa: F401  (fixtures)
-from test_mlflow_faults import Proxy, mlflow_server, pending_files
+from test_mlflow_faults import Proxy, mlflow_server, pending_files, upload
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -43,6 +44,10 @@ def proxy(server: str) -> Iterator[Proxy]:
         yield gate
 
 
+def with_password(url: str) -> str:
+    return url.replace("://", f"://{USER}:{PASSWORD}@", 1)
+
+
 def test_an_authorization_header_a_server_quotes_back_is_masked_in_the_terminal_warning_and_pending_file(
     pytester: pytest.Pytester,
     run_pytest: Callable[..., pytest.RunResult],
@@ -63,3 +68,23 @@ def test_an_authorization_header_a_server_quotes_back_is_masked_in_the_terminal_
     [pending] = pending_files(pytester.path)
     for text in (result.stdout.str() + result.stderr.str(), pending.read_text()):
         assert "got Authorization: Basic ***" in text and sent not in text
+
+
+def test_upload_prints_no_run_link_of_mlflows_own(tmp_path: Path, proxy: Proxy) -> None:
+    """MLflow prints "View run ... at: <tracking URI>" when a run ends, credentials included."""
+    from pytest_promptopt.mlflow.client import MlflowSettings
+    from pytest_promptopt.mlflow.layout import SessionMeta
+    from pytest_promptopt.mlflow.upload import write_pending
+    from pytest_promptopt.records import CaseResult
+    from pytest_promptopt.suite.model import SuiteInfo
+    from pytest_promptopt.summary import summarize
+
+    target = MlflowSettings(proxy.url, "uploaded", tmp_path / "pending")
+    info = SuiteInfo(id="s.yaml", name="s", file="s.yaml")
+    run = summarize([(info, CaseResult("a", "a", passed=True))])
+    meta = SessionMeta(started_ms=int(time.time() * 1000), ended_ms=int(time.time() * 1000), exit_status=0)
+    pending = write_pending(target.pending_dir, run, meta, target)
+    sent = upload(pending, with_password(proxy.url))
+    assert sent.returncode == 0, sent.stderr
+    assert "View run" not in sent.stdout and PASSWORD not in sent.stdout + sent.stderr
+    assert sent.stdout.startswith(f"{pending}: sent; MLflow: http://***@127.0.0.1:{proxy.server_address[1]}, ")

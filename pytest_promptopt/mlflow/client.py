@@ -62,6 +62,10 @@ _ENV_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
+# Set whatever the user's setting: MLflow prints "View run ... at: <tracking URI>" when a run ends,
+# with the URI's `user:password@` in clear (TrackingServiceClient._log_url, one more request per
+# run); the plugin names the run itself, masked.
+_ENV_FORCED = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 
 
 class MlflowReportError(RuntimeError):
@@ -70,11 +74,12 @@ class MlflowReportError(RuntimeError):
 
 @contextlib.contextmanager
 def mlflow_calls() -> Iterator[None]:
-    """Import mlflow, then keep its network limits short and its loggers, progress bars and
-    warnings quiet, for the duration of the logging only."""
-    saved = {name: os.environ.get(name) for name in _ENV_DEFAULTS}
+    """Import mlflow, then keep its network limits short and its loggers, progress bars, run
+    links and warnings quiet, for the duration of the logging only."""
+    saved = {name: os.environ.get(name) for name in (*_ENV_DEFAULTS, *_ENV_FORCED)}
     for name, value in _ENV_DEFAULTS.items():
         os.environ.setdefault(name, value)
+    os.environ.update(_ENV_FORCED)
     loggers = [logging.getLogger(name) for name in ("mlflow", "alembic")]
     levels = [logger.level for logger in loggers]
     try:
