@@ -14,11 +14,12 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import ECHO_SUITE
 from test_mlflow import migrated_store, offline_mlflow  # noqa: F401  (fixtures)
-from test_mlflow_faults import Proxy, mlflow_server, pending_files, upload
+from test_mlflow_faults import CREATE_RUN, Proxy, mlflow_server, pending_files, upload
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -48,6 +49,20 @@ def with_password(url: str) -> str:
     return url.replace("://", f"://{USER}:{PASSWORD}@", 1)
 
 
+def one_case_run() -> tuple[Any, Any]:
+    """A session of one passing case, and its metadata."""
+    from pytest_promptopt.mlflow.layout import SessionMeta
+    from pytest_promptopt.records import CaseResult
+    from pytest_promptopt.suite.model import SuiteInfo
+    from pytest_promptopt.summary import summarize
+
+    info = SuiteInfo(id="s.yaml", name="s", file="s.yaml")
+    now = int(time.time() * 1000)
+    return summarize([(info, CaseResult("a", "a", passed=True))]), SessionMeta(
+        started_ms=now, ended_ms=now, exit_status=0
+    )
+
+
 def test_an_authorization_header_a_server_quotes_back_is_masked_in_the_terminal_warning_and_pending_file(
     pytester: pytest.Pytester,
     run_pytest: Callable[..., pytest.RunResult],
@@ -70,21 +85,64 @@ def test_an_authorization_header_a_server_quotes_back_is_masked_in_the_terminal_
         assert "got Authorization: Basic ***" in text and sent not in text
 
 
-def test_upload_prints_no_run_link_of_mlflows_own(tmp_path: Path, proxy: Proxy) -> None:
-    """MLflow prints "View run ... at: <tracking URI>" when a run ends, credentials included."""
+def test_upload_prints_no_credentials_nor_a_run_link_of_mlflows_own(tmp_path: Path, proxy: Proxy) -> None:
+    """MLflow prints "View run ... at: <tracking URI>" when a run ends, credentials included; a
+    file not sent says why in one line, as a session does."""
     from pytest_promptopt.mlflow.client import MlflowSettings
-    from pytest_promptopt.mlflow.layout import SessionMeta
     from pytest_promptopt.mlflow.upload import write_pending
-    from pytest_promptopt.records import CaseResult
-    from pytest_promptopt.suite.model import SuiteInfo
-    from pytest_promptopt.summary import summarize
 
+    run, meta = one_case_run()
     target = MlflowSettings(proxy.url, "uploaded", tmp_path / "pending")
-    info = SuiteInfo(id="s.yaml", name="s", file="s.yaml")
-    run = summarize([(info, CaseResult("a", "a", passed=True))])
-    meta = SessionMeta(started_ms=int(time.time() * 1000), ended_ms=int(time.time() * 1000), exit_status=0)
     pending = write_pending(target.pending_dir, run, meta, target)
+    port = proxy.server_address[1]
+    refused = upload(pending, proxy.url.replace("://", f"://{USER}:wrong-password@"))
+    assert refused.returncode == 1 and pending.exists()
+    assert refused.stderr == (
+        f"{pending}: not sent: http://***@127.0.0.1:{port}: the tracking server refused the credentials (HTTP 401: "
+        "'missing or wrong credentials (got Authorization: Basic ***)'): set MLFLOW_TRACKING_USERNAME and "
+        "MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN\n"
+    )
     sent = upload(pending, with_password(proxy.url))
     assert sent.returncode == 0, sent.stderr
     assert "View run" not in sent.stdout and PASSWORD not in sent.stdout + sent.stderr
-    assert sent.stdout.startswith(f"{pending}: sent; MLflow: http://***@127.0.0.1:{proxy.server_address[1]}, ")
+    assert sent.stdout.startswith(f"{pending}: sent; MLflow: http://***@127.0.0.1:{port}, ")
+
+
+@pytest.mark.parametrize("fault", ["no credentials", "no permission", "hung up"])
+def test_a_server_refusing_or_hanging_up_says_what_to_fix(
+    tmp_path: Path, server: str, fault: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a session reports (and keeps in its pending file) when the server answers 401, 403
+    (here to `runs/create`, as MLflow's basic-auth app answers a user with READ permission), or
+    hangs up mid-request."""
+    from pytest_promptopt.mlflow.client import MlflowSettings
+    from pytest_promptopt.mlflow.upload import report_run
+
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    run, meta = one_case_run()
+    with Proxy(server, credentials=CREDENTIALS, refused=(CREATE_RUN,)) as proxy:
+        port = proxy.server_address[1]
+        uri = proxy.url if fault == "no credentials" else with_password(proxy.url)
+        if fault == "hung up":
+            proxy.created.set()
+            proxy.dead = True
+        outcome = report_run(run, meta, MlflowSettings(uri, f"refused-{port}", tmp_path / "pending"))
+    where = f"MLflow reporting failed (http://{'' if fault == 'no credentials' else '***@'}127.0.0.1:{port}): "
+    assert outcome.error is not None and outcome.pending is not None
+    error = outcome.error.removeprefix(where)
+    if fault == "no credentials":
+        assert error == (
+            "the tracking server refused the credentials (HTTP 401: 'missing or wrong credentials (got "
+            "Authorization: None)'): set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN"
+        )
+    elif fault == "no permission":
+        assert error == (
+            f"the tracking server's user lacks permission on experiment 'refused-{port}' (HTTP 403: 'Permission "
+            "denied'): ask an admin of the server to grant it"
+        )
+    else:  # RemoteDisconnected, or a reset when the request's body was left unread
+        assert error in (
+            "cannot reach the tracking server: Remote end closed connection without response",
+            "cannot reach the tracking server: Connection reset by peer",
+        )

@@ -109,16 +109,50 @@ def mlflow_calls() -> Iterator[None]:
                 os.environ[name] = value
 
 
-def one_line(exc: BaseException) -> str:
-    """An MLflow, network or database fault as one line without credentials."""
+# MLflow's error codes for a request the server refused: the credentials (HTTP 401), the user's
+# permission (403) (mlflow/exceptions.py, ERROR_CODE_TO_HTTP_STATUS).
+_UNAUTHENTICATED = ("UNAUTHENTICATED", "CUSTOMER_UNAUTHORIZED")
+_PERMISSION_DENIED = "PERMISSION_DENIED"
+# requests/urllib3 bury the cause of a network fault in a long retry message: a refused
+# connection, a timeout, an unknown host, a server that hung up mid-request (RemoteDisconnected,
+# a reset), else just "Connection aborted".
+_NETWORK = ("Max retries exceeded", "timed out", "Connection aborted")
+_CAUSE = re.compile(
+    r"\[Errno -?\d+\][^\"')]*|timed out|Name or service not known"
+    r"|Remote end closed connection without response|Connection reset by peer"
+)
+
+
+def one_line(exc: BaseException, on: str | None = None) -> str:
+    """An MLflow, network or database fault as one line without credentials. A server refusing
+    the credentials, or the permission on `on` (e.g. "experiment 'qa'"), says what to fix."""
     text = " ".join(str(exc).split()) or type(exc).__name__
-    # requests/urllib3 bury the cause ("Connection refused", a timeout) in a long retry message.
-    cause = re.search(r"(\[Errno -?\d+\][^\"')]*|timed out|Name or service not known)", text)
-    if cause and ("Max retries exceeded" in text or "timed out" in text):
-        return safe_text(f"cannot reach the tracking server: {cause.group(1).strip()}")
+    code = getattr(exc, "error_code", None)
+    if code in _UNAUTHENTICATED:
+        return safe_text(
+            f"the tracking server refused the credentials ({_refusal(exc, 401)}): set MLFLOW_TRACKING_USERNAME "
+            "and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN"
+        )
+    if code == _PERMISSION_DENIED:
+        return safe_text(
+            f"the tracking server's user lacks permission on {on or 'this request'} ({_refusal(exc, 403)}): "
+            "ask an admin of the server to grant it"
+        )
+    if any(sign in text for sign in _NETWORK):
+        cause = _CAUSE.search(text) or re.search("Connection aborted", text)
+        if cause is not None:
+            return safe_text(f"cannot reach the tracking server: {cause.group(0).strip()}")
     if not isinstance(exc, MlflowReportError):
         text = f"{type(exc).__name__}: {text}"
     return safe_text(text[:400])
+
+
+def _refusal(exc: BaseException, status: int) -> str:
+    """`HTTP 401: '<what the server said>'`: the body MLflow quotes, or a REST error's message."""
+    message = " ".join(str(getattr(exc, "message", None) or exc).split())
+    quoted = re.search(r"Response body: '(.*)'$", message)
+    said = quoted.group(1) if quoted else message.removeprefix(f"{getattr(exc, 'error_code', '')}: ")
+    return f"HTTP {status}: '{said[:200]}'" if said else f"HTTP {status}"
 
 
 def safe_text(text: str) -> str:

@@ -103,7 +103,8 @@ def fetch(uri: str, tracking_uri: str | None) -> Resolved:
     except RegistryError:
         raise
     except Exception as exc:  # network, database, or mlflow missing
-        raise RegistryError(f"cannot read the registry at {where}: {one_line(exc)}") from None
+        cause = one_line(exc, on=f"prompt '{name}'")
+        raise RegistryError(f"cannot read the registry at {where}: {cause}") from None
     if found is None:
         raise RegistryError(f"not found in the registry at {where}")
     template = found.template
