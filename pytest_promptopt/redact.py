@@ -116,6 +116,21 @@ def mask_credentials(text: str) -> str:
     return _USERINFO.sub(rf"\1{REDACTED}@", text)
 
 
+def split_credentials(uri: str) -> tuple[str, str]:
+    """(`uri` without its `user:password@`, that `user:password`, "" when it has none): by the
+    rule `mask_credentials` masks."""
+    match = _USERINFO.match(uri)
+    if match is None:
+        return uri, ""
+    return match.group(1) + uri[match.end() :], match.group(2)
+
+
+def with_credentials(uri: str, credentials: str) -> str:
+    """`uri` with `credentials` (from `split_credentials`) put back."""
+    scheme, sep, rest = uri.partition("://")
+    return f"{scheme}{sep}{credentials}@{rest}" if credentials and sep else uri
+
+
 def redact_text(text: str) -> str:
     """A YAML/JSON document's text (e.g. a suite file) with secret-looking keys' values masked
     and secret environment values scrubbed; comments and layout are kept."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -146,3 +147,41 @@ def test_a_server_refusing_or_hanging_up_says_what_to_fix(
             "cannot reach the tracking server: Remote end closed connection without response",
             "cannot reach the tracking server: Connection reset by peer",
         )
+
+
+def test_xdist_workers_resolve_registry_prompts_with_the_uris_credentials_which_stay_out_of_the_file(
+    pytester: pytest.Pytester, server: str, proxy: Proxy
+) -> None:
+    """The session's resolutions file (mlflow/prompts.py) records the URI without credentials;
+    the workers, which resolve `Prompt.from_registry` at import, get them from the environment."""
+    from mlflow import MlflowClient
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        MlflowClient(tracking_uri=server).register_prompt("auth-greet", "Hi {{name}}!")
+    pytester.makepyfile(
+        test_auth=f"""
+        import os, stat
+        from pathlib import Path
+        import pytest
+        from pytest_promptopt import Prompt, equals
+
+        PROMPT = Prompt.from_registry("prompts:/auth-greet/1")  # at import, in a worker: through the proxy
+
+        def test_the_resolutions_file_holds_no_credentials():
+            path = Path(os.environ["PYTEST_PROMPTOPT_REGISTRY"])
+            text = path.read_text()
+            assert {PASSWORD!r} not in text and {USER!r} not in text and "http://127.0.0.1:" in text
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+        @pytest.mark.promptopt(suite="py-greet", model="echo")
+        def test_pinned(prompt_model, prompt_check):
+            prompt_check(prompt_model(PROMPT.render(name="Eve")), equals("Hi Eve!"))
+        """
+    )
+    uri = with_password(proxy.url)
+    result = pytester.runpytest_subprocess("--promptopt", "--promptopt-mlflow-uri", uri, "-n", "2", "-p", "no:randomly")
+    assert result.ret == 0, result.stdout.str()
+    result.assert_outcomes(passed=2)
+    assert PASSWORD not in result.stdout.str() + result.stderr.str()
+    assert not (pytester.path / ".promptopt" / "registry").exists()  # deleted with the session
