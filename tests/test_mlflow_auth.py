@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from conftest import ECHO_SUITE
 from test_mlflow import migrated_store, offline_mlflow  # noqa: F401  (fixtures)
-from test_mlflow_faults import CREATE_RUN, Proxy, mlflow_server, pending_files, upload
+from test_mlflow_faults import CREATE_RUN, Proxy, mlflow_server, pending_files
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -42,7 +42,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, migrated_store: Path) -> It
 @pytest.fixture
 def proxy(server: str) -> Iterator[Proxy]:
     """The server behind a proxy that wants `CREDENTIALS`."""
-    with Proxy(server, credentials=CREDENTIALS) as gate:
+    with Proxy(server, credentials=CREDENTIALS, hold=False) as gate:
         yield gate
 
 
@@ -86,9 +86,13 @@ def test_an_authorization_header_a_server_quotes_back_is_masked_in_the_terminal_
         assert "got Authorization: Basic ***" in text and sent not in text
 
 
-def test_upload_prints_no_credentials_nor_a_run_link_of_mlflows_own(tmp_path: Path, proxy: Proxy) -> None:
+def test_upload_prints_no_credentials_nor_a_run_link_of_mlflows_own(
+    tmp_path: Path, proxy: Proxy, capsys: pytest.CaptureFixture[str]
+) -> None:
     """MLflow prints "View run ... at: <tracking URI>" when a run ends, credentials included; a
-    file not sent says why in one line, as a session does."""
+    file not sent says why in one line, as a session does. (`python -m pytest_promptopt upload`,
+    in this process: mlflow is imported already.)"""
+    from pytest_promptopt.__main__ import main
     from pytest_promptopt.mlflow.client import MlflowSettings
     from pytest_promptopt.mlflow.upload import write_pending
 
@@ -96,17 +100,18 @@ def test_upload_prints_no_credentials_nor_a_run_link_of_mlflows_own(tmp_path: Pa
     target = MlflowSettings(proxy.url, "uploaded", tmp_path / "pending")
     pending = write_pending(target.pending_dir, run, meta, target)
     port = proxy.server_address[1]
-    refused = upload(pending, proxy.url.replace("://", f"://{USER}:wrong-password@"))
-    assert refused.returncode == 1 and pending.exists()
-    assert refused.stderr == (
+    wrong = proxy.url.replace("://", f"://{USER}:wrong-password@")
+    assert main(["upload", str(pending), "--tracking-uri", wrong]) == 1 and pending.exists()
+    refused = capsys.readouterr()
+    assert refused.err == (
         f"{pending}: not sent: http://***@127.0.0.1:{port}: the tracking server refused the credentials (HTTP 401: "
         "'missing or wrong credentials (got Authorization: Basic ***)'): set MLFLOW_TRACKING_USERNAME and "
         "MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN\n"
     )
-    sent = upload(pending, with_password(proxy.url))
-    assert sent.returncode == 0, sent.stderr
-    assert "View run" not in sent.stdout and PASSWORD not in sent.stdout + sent.stderr
-    assert sent.stdout.startswith(f"{pending}: sent; MLflow: http://***@127.0.0.1:{port}, ")
+    assert main(["upload", str(pending), "--tracking-uri", with_password(proxy.url)]) == 0
+    sent = capsys.readouterr()
+    assert "View run" not in sent.out and PASSWORD not in sent.out + sent.err
+    assert sent.out.startswith(f"{pending}: sent; MLflow: http://***@127.0.0.1:{port}, ")
 
 
 @pytest.mark.parametrize("fault", ["no credentials", "no permission", "hung up"])
@@ -122,7 +127,7 @@ def test_a_server_refusing_or_hanging_up_says_what_to_fix(
     for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     run, meta = one_case_run()
-    with Proxy(server, credentials=CREDENTIALS, refused=(CREATE_RUN,)) as proxy:
+    with Proxy(server, credentials=CREDENTIALS, refused=(CREATE_RUN,), hold=False) as proxy:
         port = proxy.server_address[1]
         uri = proxy.url if fault == "no credentials" else with_password(proxy.url)
         if fault == "hung up":

@@ -86,10 +86,11 @@ class Proxy(http.server.ThreadingHTTPServer):
     goes dead (`dead=True`: the connection is dropped, as a killed server's) or holds the next
     request until `release` is set (`held` says one is waiting).
 
-    With `credentials` (an Authorization header's value), it is a server that asks for them, as
-    MLflow's basic-auth app or a token gateway in front of a server: any other request gets 401,
-    its answer quoting the header it got (a badly behaved server); requests whose path starts
-    with one of `refused` get 403, as the basic-auth app answers a user without permission."""
+    With `hold=False` it holds nothing. With `credentials` (an Authorization header's value), it
+    is a server that asks for them, as MLflow's basic-auth app or a token gateway in front of a
+    server: any other request gets 401, its answer quoting the header it got (a badly behaved
+    server); requests whose path starts with one of `refused` get 403, as the basic-auth app
+    answers a user without permission."""
 
     daemon_threads = True
 
@@ -98,6 +99,7 @@ class Proxy(http.server.ThreadingHTTPServer):
         upstream: str,
         after_create: Callable[[], None] = lambda: None,
         *,
+        hold: bool = True,
         credentials: str | None = None,
         refused: tuple[str, ...] = (),
     ) -> None:
@@ -109,6 +111,8 @@ class Proxy(http.server.ThreadingHTTPServer):
         self.created = threading.Event()
         self.held = threading.Event()
         self.release = threading.Event()
+        if not hold:
+            self.release.set()
         self.dead = False
         self.requests: list[str] = []
 
