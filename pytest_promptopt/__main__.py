@@ -147,6 +147,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 def _upload(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from .mlflow.client import one_line
     from .mlflow.upload import upload_pending
 
     status = 0
@@ -155,7 +156,7 @@ def _upload(args: argparse.Namespace) -> int:
         try:
             logged = upload_pending(path, tracking_uri=args.tracking_uri, experiment=args.experiment)
         except Exception as exc:  # report every file, keep going
-            print(f"{name}: not sent: {type(exc).__name__}: {' '.join(str(exc).split())[:400]}", file=sys.stderr)
+            print(f"{name}: not sent: {one_line(exc)}", file=sys.stderr)
             status = 1
             continue
         for problem in logged.problems:

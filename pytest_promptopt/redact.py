@@ -90,6 +90,47 @@ _KEY_VALUE = re.compile(
 )
 
 
+# A URL's `user:password@`: everything up to the last `@` before the host (the authority ends at
+# the first `/`), because MLflow and requests accept a password with an unencoded `@`
+# (`http://carol:Pw@55@host` logs in as carol with `Pw@55`).
+_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)([^/\s]*)@", re.I)
+
+# An Authorization header's value (`Authorization: Basic dXNlcjpwdw==`, `{'Authorization': 'Bearer x'}`),
+# as a server that echoes the header it got quotes it in an error body: after a scheme, whatever
+# follows; else a value of 8 characters or more (as `scrub`: shorter is prose, "authorization: the ...").
+_AUTH_HEADER = re.compile(
+    r"""(\b(?:proxy-)?authorization["']?\s*[:=]\s*["']?)"""
+    r"""(?:((?:basic|bearer|token|digest|negotiate)\s+)[^\s"',;)\]}]+|[^\s"',;)\]}]{8,})""",
+    re.I,
+)
+# A Basic or Bearer credential anywhere else: a token of 8 characters or more holding a digit or
+# one of `+/=` (base64, JWTs, API keys), so that prose ("basic questions") stays.
+_AUTH_SCHEME = re.compile(r"\b((?:basic|bearer)\s+)(?=[\w.~+/-]*[\d+/=])[\w.~+/-]{8,}=*", re.I)
+
+
+def mask_credentials(text: str) -> str:
+    """`text` with URL credentials (`https://user:pw@host` -> `https://***@host`) and
+    Authorization values (`Authorization: Basic ***`, `Bearer ***`) masked."""
+    text = _AUTH_HEADER.sub(lambda m: f"{m.group(1)}{m.group(2) or ''}{REDACTED}", text)
+    text = _AUTH_SCHEME.sub(rf"\1{REDACTED}", text)
+    return _USERINFO.sub(rf"\1{REDACTED}@", text)
+
+
+def split_credentials(uri: str) -> tuple[str, str]:
+    """(`uri` without its `user:password@`, that `user:password`, "" when it has none): by the
+    rule `mask_credentials` masks."""
+    match = _USERINFO.match(uri)
+    if match is None:
+        return uri, ""
+    return match.group(1) + uri[match.end() :], match.group(2)
+
+
+def with_credentials(uri: str, credentials: str) -> str:
+    """`uri` with `credentials` (from `split_credentials`) put back."""
+    scheme, sep, rest = uri.partition("://")
+    return f"{scheme}{sep}{credentials}@{rest}" if credentials and sep else uri
+
+
 def redact_text(text: str) -> str:
     """A YAML/JSON document's text (e.g. a suite file) with secret-looking keys' values masked
     and secret environment values scrubbed; comments and layout are kept."""

@@ -240,6 +240,7 @@ WHOLE_MODULES = {
     "test_spark.py",  # a local Spark session, then a Spark Connect server
     "test_gateway.py",  # an MLflow AI Gateway server and two model servers
     "test_mlflow_ui.py",  # an MLflow server and its UI in Chromium
+    "test_mlflow_auth.py",  # an MLflow server behind a proxy that asks for credentials
     "test_serve.py",  # a model server
     "test_promptfoo_code.py",  # our results in the three modes, compared test by test
     "test_promptfoo_compat.py",
@@ -253,6 +254,7 @@ LONGEST_FIRST = {
     "test_examples.py": 100,
     "test_gateway.py": 55,
     "test_mlflow_ui.py": 50,
+    "test_mlflow_auth.py": 25,
     "test_bundled_model.py::test_preparing_reads_the_gguf_once_and_gets_the_same_weights_and_tokenizer": 43,
     "test_faults.py::test_spark_executors_rebuild_a_corrupt_cache_and_store_no_secret": 26,
     "test_bundled_model.py::test_a_first_run_prepares_the_weights_in_a_child_while_collecting_and_the_first_case_waits_for_it": 25,

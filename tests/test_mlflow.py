@@ -522,6 +522,49 @@ def test_redact_text_masks_secret_keys_in_yaml_and_json():
     )
 
 
+def test_url_credentials_are_masked_up_to_the_last_at_before_the_host():
+    from pytest_promptopt.mlflow.client import safe_text, safe_uri
+    from pytest_promptopt.redact import mask_credentials
+
+    # MLflow (requests) accepts a password with an unencoded `@` and logs in with all of it
+    assert safe_uri("http://carol:Carol@Pw-55667788@127.0.0.1:5601") == "http://***@127.0.0.1:5601"
+    line = "MLflow: http://carol:Carol@Pw-55667788@127.0.0.1:5601, experiment 'x' (http://c:C@P@h:1/#/runs/1)"
+    assert safe_text(line) == "MLflow: http://***@127.0.0.1:5601, experiment 'x' (http://***@h:1/#/runs/1)"
+    # an `@` after the host (a path, an alias, a mail address) or without `://` is not a credential
+    for text in ("https://h:1/a@b", "sqlite:///data/a@b.db", "prompts:/greet@prod", "ask ops@example.com"):
+        assert mask_credentials(text) == text
+    assert mask_credentials("postgresql://u:p@db:5432/mlflow") == "postgresql://***@db:5432/mlflow"
+
+
+def test_authorization_values_are_masked_and_the_scheme_kept():
+    from pytest_promptopt.mlflow.client import safe_text
+    from pytest_promptopt.redact import mask_credentials
+
+    # a server that echoes the header it got (base64 of admin:AdminPw-Zq81xK77vv)
+    body = "401 != 200. Response body: 'missing or wrong bearer token (got Authorization: Basic YWRtaW46QWRtaW5Qdy1acTgxeEs3N3Z2)'"
+    assert (
+        safe_text(body) == "401 != 200. Response body: 'missing or wrong bearer token (got Authorization: Basic ***)'"
+    )
+    for text, masked in [
+        (
+            "{'Authorization': 'Bearer sk-live-0123456789', 'Accept': '*/*'}",
+            "{'Authorization': 'Bearer ***', 'Accept': '*/*'}",
+        ),
+        ('"authorization": "tok_9f8e7d6c5b4a"', '"authorization": "***"'),
+        ("Proxy-Authorization: Digest username=x", "Proxy-Authorization: Digest ***"),
+        ("sent bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln", "sent bearer ***"),
+        ("Basic dXNlcjpwYXNzd29yZA== is not accepted", "Basic *** is not accepted"),
+    ]:
+        assert mask_credentials(text) == masked
+    # prose stays: no token after the scheme, a short value after the header's name
+    for text in (
+        "Basic questions about Bearer tokens",
+        "authorization: the user lacks it",
+        "Authorization header absent",
+    ):
+        assert mask_credentials(text) == text
+
+
 def test_the_session_runs_description_is_short_and_its_table_an_artifact():
     from pytest_promptopt.gates import Gate
     from pytest_promptopt.mlflow.layout import NOTE_LINES, SessionMeta, parent_note, suite_metrics, suite_summary_table

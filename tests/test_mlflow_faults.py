@@ -84,17 +84,35 @@ class Proxy(http.server.ThreadingHTTPServer):
     """A pass-through HTTP proxy to `upstream` that calls `after_create()` once the first run
     exists (the session run: its `runs/create` answer is already on its way back), then either
     goes dead (`dead=True`: the connection is dropped, as a killed server's) or holds the next
-    request until `release` is set (`held` says one is waiting)."""
+    request until `release` is set (`held` says one is waiting).
+
+    With `hold=False` it holds nothing. With `credentials` (an Authorization header's value), it
+    is a server that asks for them, as MLflow's basic-auth app or a token gateway in front of a
+    server: any other request gets 401, its answer quoting the header it got (a badly behaved
+    server); requests whose path starts with one of `refused` get 403, as the basic-auth app
+    answers a user without permission."""
 
     daemon_threads = True
 
-    def __init__(self, upstream: str, after_create: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        after_create: Callable[[], None] = lambda: None,
+        *,
+        hold: bool = True,
+        credentials: str | None = None,
+        refused: tuple[str, ...] = (),
+    ) -> None:
         super().__init__(("127.0.0.1", 0), _Forward)
         self.upstream = upstream.removeprefix("http://")
         self.after_create = after_create
+        self.credentials = credentials
+        self.refused = refused
         self.created = threading.Event()
         self.held = threading.Event()
         self.release = threading.Event()
+        if not hold:
+            self.release.set()
         self.dead = False
         self.requests: list[str] = []
 
@@ -133,6 +151,11 @@ class _Forward(http.server.BaseHTTPRequestHandler):
                 proxy.held.set()
                 proxy.release.wait(120)
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        given = self.headers.get("Authorization")
+        if proxy.credentials is not None and given != proxy.credentials:
+            return self._answer(401, f"missing or wrong credentials (got Authorization: {given})")
+        if self.path.startswith(proxy.refused):
+            return self._answer(403, "Permission denied")
         upstream = http.client.HTTPConnection(proxy.upstream, timeout=60)
         headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
         upstream.request(self.command, self.path, body=body, headers=headers)
@@ -150,6 +173,14 @@ class _Forward(http.server.BaseHTTPRequestHandler):
         if self.path.startswith(CREATE_RUN) and not proxy.created.is_set():
             proxy.created.set()
             proxy.after_create()
+
+    def _answer(self, status: int, text: str) -> None:
+        data = text.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
 

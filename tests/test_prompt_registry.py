@@ -8,13 +8,18 @@ The store is a copy of test_mlflow.py's migrated template (a fresh store spends 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import stat
+import subprocess
+import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import load_report
+from conftest import PYTEST, load_report
 from test_mlflow import free_port, migrated_store, offline_mlflow, run_tree, sqlite_uri  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.timeout(480)  # several pytest sessions per test, each logging to MLflow with traces
@@ -253,8 +258,6 @@ def test_names_and_references():
 
 
 def test_the_session_names_its_resolutions_file_in_the_environment_while_configured(pytester, monkeypatch):
-    import os
-
     from pytest_promptopt.mlflow.prompts import REGISTRY_ENV, PromptResolver
     from pytest_promptopt.session import session_key
 
@@ -273,6 +276,54 @@ def test_the_session_names_its_resolutions_file_in_the_environment_while_configu
     assert (found.tracking_uri, found.shared) == ("sqlite:///elsewhere.db", None)
     monkeypatch.delenv(REGISTRY_ENV)
     assert PromptResolver.from_environment().tracking_uri == "sqlite:///elsewhere.db"
+
+
+def test_the_resolutions_file_holds_the_uri_without_credentials_which_the_environment_hands_on(pytester, monkeypatch):
+    from pytest_promptopt.mlflow.prompts import CREDENTIALS_ENV, REGISTRY_ENV, PromptResolver
+
+    monkeypatch.setenv(CREDENTIALS_ENV, "outer:Outer-Pw-1234")  # a session around this one
+    uri = "http://carol:Carol@Pw-55667788@127.0.0.1:9"  # an unencoded `@`: MLflow logs in with all of it
+    config = pytester.parseconfigure("--promptopt", "--promptopt-mlflow-uri", uri)
+    path = Path(os.environ[REGISTRY_ENV])
+    assert json.loads(path.read_text())["tracking_uri"] == "http://127.0.0.1:9"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert os.environ[CREDENTIALS_ENV] == "carol:Carol@Pw-55667788"
+    assert PromptResolver.from_environment().tracking_uri == uri  # what Prompt.from_registry uses
+    config._ensure_unconfigure()
+    assert os.environ[CREDENTIALS_ENV] == "outer:Outer-Pw-1234"
+
+    config = pytester.parseconfigure("--promptopt", "--promptopt-mlflow-uri", "http://127.0.0.1:9")
+    assert CREDENTIALS_ENV not in os.environ  # not the outer session's either
+    assert PromptResolver.from_environment().tracking_uri == "http://127.0.0.1:9"
+    config._ensure_unconfigure()
+
+
+def test_a_killed_sessions_resolutions_file_holds_no_credentials_and_the_next_session_deletes_it(
+    pytester, run_pytest, monkeypatch
+):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://carol:Carol@Pw-55667788@127.0.0.1:9")  # never reached
+    pytester.makepyfile(
+        test_wait="import pathlib, time\ndef test_wait():\n    pathlib.Path('started').touch()\n    time.sleep(120)\n"
+    )
+    killed = subprocess.Popen(
+        [*PYTEST, "-p", "no:cacheprovider", "--promptopt", "--promptopt-no-mlflow"],
+        cwd=pytester.path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (pytester.path / "started").exists():
+        assert killed.poll() is None and time.monotonic() < deadline, "the session did not start its test"
+        time.sleep(0.1)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    [stale] = (pytester.path / ".promptopt" / "registry").glob("*.json")
+    assert "Carol@Pw-55667788" not in stale.read_text() and stale.with_suffix(".lock").exists()
+
+    pytester.makepyfile(test_wait="def test_fine():\n    pass\n")
+    assert run_pytest("--promptopt").ret == 0
+    assert not stale.exists() and not stale.with_suffix(".lock").exists()
 
 
 def test_a_rendered_registry_prompt_is_a_str_that_names_its_version():

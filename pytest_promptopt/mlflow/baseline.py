@@ -43,8 +43,9 @@ def load_baseline(ref: BaselineRef, tracking_uri: str, experiment: str) -> Basel
     except (BaselineError, MlflowReportError):
         raise
     except Exception as exc:  # a store that is down, a missing artifact
+        cause = one_line(exc, on=f"experiment '{experiment}'")
         raise BaselineError(
-            f"baseline {ref.describe()} could not be read from {safe_uri(tracking_uri)}: {one_line(exc)}"
+            f"baseline {ref.describe()} could not be read from {safe_uri(tracking_uri)}: {cause}"
         ) from None
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..gc_pause import paused_for_first_import
-from ..redact import scrub
+from ..redact import mask_credentials, scrub
 from .table_file import split_table_json
 
 __all__ = [
@@ -62,7 +62,10 @@ _ENV_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
-_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.I)
+# Set whatever the user's setting: MLflow prints "View run ... at: <tracking URI>" when a run ends,
+# with the URI's `user:password@` in clear (TrackingServiceClient._log_url, one more request per
+# run); the plugin names the run itself, masked.
+_ENV_FORCED = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 
 
 class MlflowReportError(RuntimeError):
@@ -71,11 +74,12 @@ class MlflowReportError(RuntimeError):
 
 @contextlib.contextmanager
 def mlflow_calls() -> Iterator[None]:
-    """Import mlflow, then keep its network limits short and its loggers, progress bars and
-    warnings quiet, for the duration of the logging only."""
-    saved = {name: os.environ.get(name) for name in _ENV_DEFAULTS}
+    """Import mlflow, then keep its network limits short and its loggers, progress bars, run
+    links and warnings quiet, for the duration of the logging only."""
+    saved = {name: os.environ.get(name) for name in (*_ENV_DEFAULTS, *_ENV_FORCED)}
     for name, value in _ENV_DEFAULTS.items():
         os.environ.setdefault(name, value)
+    os.environ.update(_ENV_FORCED)
     loggers = [logging.getLogger(name) for name in ("mlflow", "alembic")]
     levels = [logger.level for logger in loggers]
     try:
@@ -105,21 +109,56 @@ def mlflow_calls() -> Iterator[None]:
                 os.environ[name] = value
 
 
-def one_line(exc: BaseException) -> str:
-    """An MLflow, network or database fault as one line without credentials."""
+# MLflow's error codes for a request the server refused: the credentials (HTTP 401), the user's
+# permission (403) (mlflow/exceptions.py, ERROR_CODE_TO_HTTP_STATUS).
+_UNAUTHENTICATED = ("UNAUTHENTICATED", "CUSTOMER_UNAUTHORIZED")
+_PERMISSION_DENIED = "PERMISSION_DENIED"
+# requests/urllib3 bury the cause of a network fault in a long retry message: a refused
+# connection, a timeout, an unknown host, a server that hung up mid-request (RemoteDisconnected,
+# a reset), else just "Connection aborted".
+_NETWORK = ("Max retries exceeded", "timed out", "Connection aborted")
+_CAUSE = re.compile(
+    r"\[Errno -?\d+\][^\"')]*|timed out|Name or service not known"
+    r"|Remote end closed connection without response|Connection reset by peer"
+)
+
+
+def one_line(exc: BaseException, on: str | None = None) -> str:
+    """An MLflow, network or database fault as one line without credentials. A server refusing
+    the credentials, or the permission on `on` (e.g. "experiment 'qa'"), says what to fix."""
     text = " ".join(str(exc).split()) or type(exc).__name__
-    # requests/urllib3 bury the cause ("Connection refused", a timeout) in a long retry message.
-    cause = re.search(r"(\[Errno -?\d+\][^\"')]*|timed out|Name or service not known)", text)
-    if cause and ("Max retries exceeded" in text or "timed out" in text):
-        return safe_text(f"cannot reach the tracking server: {cause.group(1).strip()}")
+    code = getattr(exc, "error_code", None)
+    if code in _UNAUTHENTICATED:
+        return safe_text(
+            f"the tracking server refused the credentials ({_refusal(exc, 401)}): set MLFLOW_TRACKING_USERNAME "
+            "and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN"
+        )
+    if code == _PERMISSION_DENIED:
+        return safe_text(
+            f"the tracking server's user lacks permission on {on or 'this request'} ({_refusal(exc, 403)}): "
+            "ask an admin of the server to grant it"
+        )
+    if any(sign in text for sign in _NETWORK):
+        cause = _CAUSE.search(text) or re.search("Connection aborted", text)
+        if cause is not None:
+            return safe_text(f"cannot reach the tracking server: {cause.group(0).strip()}")
     if not isinstance(exc, MlflowReportError):
         text = f"{type(exc).__name__}: {text}"
     return safe_text(text[:400])
 
 
+def _refusal(exc: BaseException, status: int) -> str:
+    """`HTTP 401: '<what the server said>'`: the body MLflow quotes, or a REST error's message."""
+    message = " ".join(str(getattr(exc, "message", None) or exc).split())
+    quoted = re.search(r"Response body: '(.*)'$", message)
+    said = quoted.group(1) if quoted else message.removeprefix(f"{getattr(exc, 'error_code', '')}: ")
+    return f"HTTP {status}: '{said[:200]}'" if said else f"HTTP {status}"
+
+
 def safe_text(text: str) -> str:
-    """`text` without URL credentials (`https://user:pw@host`) or secret environment values."""
-    return scrub(_USERINFO.sub(r"\1***@", text))
+    """`text` without URL credentials (`https://user:pw@host`) or secret environment values
+    (redact.py's rules: one for everything the plugin prints, logs or keeps)."""
+    return scrub(mask_credentials(text))
 
 
 def safe_uri(uri: str) -> str:

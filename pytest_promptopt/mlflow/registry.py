@@ -153,9 +153,8 @@ def prompt_versions(
             )
             found.link(name, version, index)
         except Exception as exc:  # a name taken by a model, a registry that refuses: warn, log the rest
-            problems.append(
-                f"suite '{suite.info.name}': prompts[{index}] was not registered as '{name}': {one_line(exc)}"
-            )
+            cause = one_line(exc, on=f"prompt '{name}'")
+            problems.append(f"suite '{suite.info.name}': prompts[{index}] was not registered as '{name}': {cause}")
     return found
 
 
@@ -184,9 +183,10 @@ def register_proposal(
         )
         client.set_prompt_alias(name, CANDIDATE_ALIAS, version)
     except Exception as exc:  # a name taken by a model, a registry that refuses: warn, log the rest
+        cause = one_line(exc, on=f"prompt '{name}'")
         problems.append(
             f"repair of '{repair.suite_name}' prompts[{repair.prompt_index}]: the proposal was not registered "
-            f"as '{name}': {one_line(exc)}"
+            f"as '{name}': {cause}"
         )
         return None
     return f"{SCHEME}{name}/{version}"

@@ -182,7 +182,8 @@ def log_run(
         try:
             problems = _verify(client, experiment_key, parent, run, children)
         except Exception as exc:  # the run is logged; a failed read-back must not make it pending
-            problems = [f"could not read the logged runs back: {one_line(exc)}"]
+            cause = one_line(exc, on=f"experiment '{experiment}'")
+            problems = [f"could not read the logged runs back: {cause}"]
         if traces:  # a trace that could not be written is a warning: the runs are logged
             problems += write_and_verify(
                 client,

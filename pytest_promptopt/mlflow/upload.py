@@ -119,7 +119,8 @@ def report_run(
             rendered=rendered,
         )
     except Exception as exc:  # any MLflow, network or database fault
-        error = f"MLflow reporting failed ({safe_uri(target.tracking_uri)}): {one_line(exc)}"
+        cause = one_line(exc, on=f"experiment '{target.experiment}'")
+        error = f"MLflow reporting failed ({safe_uri(target.tracking_uri)}): {cause}"
         if pending is None:
             return Outcome(error=f"{error}; the results could not be kept either: {kept_error}")
         with contextlib.suppress(OSError):
@@ -207,6 +208,7 @@ def upload_pending(path: Path, *, tracking_uri: str | None = None, experiment: s
     """Send a pending-upload file (or any JSON report) to MLflow with the same code as a live run.
 
     The tracking URI is `tracking_uri`, else $MLFLOW_TRACKING_URI, else the one the file records.
+    A fault raises `MlflowReportError` with one line that names the URI without credentials.
     """
     data = json.loads(path.read_text(encoding="utf-8"))
     saved = data.get(PENDING_KEY) or {}
@@ -223,6 +225,17 @@ def upload_pending(path: Path, *, tracking_uri: str | None = None, experiment: s
             else time.time() * 1000
         )
         meta = SessionMeta(started_ms=int(created), ended_ms=int(created), exit_status=data.get("exit_status"))
+    try:
+        return _log_pending(data, uri, name, meta)
+    except MlflowReportError:
+        raise
+    except Exception as exc:  # any MLflow, network or database fault: one line, as a session reports it
+        cause = one_line(exc, on=f"experiment '{name}'")
+        raise MlflowReportError(f"{safe_uri(uri)}: {cause}") from None
+
+
+def _log_pending(data: dict[str, Any], uri: str, name: str, meta: SessionMeta) -> Logged:
+    saved = data.get(PENDING_KEY) or {}
     same_store = uri == saved.get("tracking_uri")
     cut_short = saved.get(RUN_ID_KEY)
     if cut_short:

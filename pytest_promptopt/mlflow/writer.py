@@ -45,7 +45,7 @@ from typing import IO, Any
 from ..gc_pause import gc_paused
 from ..run_json import report_dict
 from ..summary import RunSummary
-from .client import MlflowSettings, mlflow_calls, safe_uri
+from .client import MlflowSettings, mlflow_calls, safe_text, safe_uri
 from .layout import SessionMeta
 from .runs import RenderedRun, render_run
 from .store import check_store, default_home, sqlite_file, template_store
@@ -192,7 +192,7 @@ class MlflowWriter:
         if self._stderr is not None:
             self._stderr.seek(0)
             lines = self._stderr.read().decode("utf-8", "replace").strip().splitlines()
-            last = f": {lines[-1][:300]}" if lines else ""
+            last = f": {safe_text(lines[-1][:300])}" if lines else ""  # what MLflow printed may hold the URI
         return f"MLflow reporting failed ({self._uri()}): the writer process ended ({status}){last}"
 
     def _uri(self) -> str:
