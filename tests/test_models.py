@@ -90,6 +90,22 @@ def test_litellm_failure_is_a_model_error_without_the_key(monkeypatch: pytest.Mo
     assert "openai/acme-chat" in str(info.value) and "sk-test-0123456789" not in str(info.value)
 
 
+def test_a_provider_quoting_a_url_with_credentials_or_an_authorization_value_is_masked(monkeypatch: pytest.MonkeyPatch):
+    """A server (an mlflow-gateway behind basic auth, a proxy) may quote the URL it was called
+    on, or the Authorization header it got, in its error: the model error masks both."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-dummy-dummy")
+    quoted = (
+        "upstream http://alice:Pw@with-at-9911@127.0.0.1:5000/gateway refused; got Authorization: Basic YWxpY2U6UHc="
+    )
+    with FakeOpenAI(lambda body: (502, quoted)) as server:
+        model = LiteLLMModel("openai/acme-chat", {"api_base": server.base_url, "num_retries": 0})
+        with pytest.raises(ModelError) as info:
+            model.generate(Request.from_prompt("hi"))
+    text = str(info.value)
+    assert "refused" in text and "127.0.0.1:5000" in text, text  # the message itself stays
+    assert "Pw@with-at-9911" not in text and "with-at-9911" not in text and "YWxpY2U6UHc=" not in text
+
+
 def test_unreachable_server_is_a_model_error(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-dummy-dummy")
     model = LiteLLMModel("openai/acme-chat", {"api_base": "http://127.0.0.1:9/v1", "num_retries": 0, "timeout": 5})

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..gc_pause import paused_for_first_import
-from ..redact import scrub, without_secrets
+from ..redact import mask_credentials, scrub, without_secrets
 from .base import ModelError, Request, Response, RetryableModelError
 
 __all__ = ["LiteLLMModel", "env_api_key", "warm_up_litellm"]
@@ -184,7 +184,10 @@ class LiteLLMModel:
                 **params,
             )
         except Exception as exc:  # litellm raises its own hierarchy per provider
-            message = f"model {self.model}: {type(exc).__name__}: {scrub(str(exc), (key,) if key else ())}"
+            # a provider's message may quote its URL, credentials and all (an mlflow-gateway server's)
+            message = (
+                f"model {self.model}: {type(exc).__name__}: {mask_credentials(scrub(str(exc), (key,) if key else ()))}"
+            )
             if _retryable(exc):
                 raise RetryableModelError(message, _retry_after(exc)) from None
             raise ModelError(message) from None

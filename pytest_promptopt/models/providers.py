@@ -20,7 +20,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from ..redact import scrub, without_secrets
+from ..redact import mask_credentials, scrub, without_secrets
 from .base import ModelError, Request, Response
 from .hosted import LiteLLMModel
 
@@ -92,7 +92,7 @@ class MlflowGatewayModel(LiteLLMModel):
             if "NotFoundError" not in str(exc) and "RESOURCE_DOES_NOT_EXIST" not in str(exc):
                 raise
             raise ModelError(
-                f"{exc} (no endpoint '{self.endpoint}' on {scrub(self.server)}: see its AI Gateway page, "
+                f"{exc} (no endpoint '{self.endpoint}' on {mask_credentials(scrub(self.server))}: see its AI Gateway page, "
                 "or `python -m pytest_promptopt gateway register`)"
             ) from None
 
