@@ -93,7 +93,8 @@ def new_result(case: Case, nodeid: str = "") -> CaseResult:
         position=case.position,
         model=case.model.display,
         repeats=case.repeats,
-        template=case.prompt.template,
+        # none for a prompt that could not be had: its reference is not a text to register or show
+        template=None if case.prompt.unavailable is not None else case.prompt.template,
         registry_prompts=[case.prompt.registry_uri] if case.prompt.registry_uri else [],
         model_params=redact(json_safe(dict(case.model.params))),
         started_at=time.time(),

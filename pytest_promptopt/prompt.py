@@ -371,6 +371,9 @@ class Prompt:
     # An inline suite prompt's `id` (`{id: greet, raw: "Hi {{q}}"}`): promptfoo's filters match it
     # as well as the label (its `processString` keeps it; a prompt file's entry drops it).
     promptfoo_id: str | None = field(default=None, compare=False)
+    # Why the prompt cannot be had (a Prompt Registry that is down or refuses the credentials):
+    # each case of it is an error saying so, as a model that is down makes its cases errors.
+    unavailable: str | None = field(default=None, compare=False)
 
     @classmethod
     def from_registry(cls, uri: str, label: str | None = None) -> Prompt:

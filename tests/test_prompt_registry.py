@@ -95,7 +95,7 @@ def test_alias_and_version_resolve_once_and_child_runs_link_them(pytester, run_p
     assert not list((pytester.path / ".promptopt" / "registry").glob("*.json"))  # the session's file is gone
 
 
-def test_unknown_references_and_an_unreachable_registry_are_collection_errors(
+def test_unknown_references_are_collection_errors_and_an_unreachable_registry_errors_its_cases(
     pytester, run_pytest, migrated_store, monkeypatch
 ):  # noqa: F811
     registered_store(pytester, migrated_store)
@@ -118,16 +118,23 @@ def test_unknown_references_and_an_unreachable_registry_are_collection_errors(
         ]
     )
 
+    # A registry that cannot be read is the server's fault, not the suite's: that prompt's cases
+    # are errors (a test with vars, and the prompt beside it runs), and the other suites run.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")  # nothing listens
-    for name in ("version", "name", "malformed"):
+    for name in ("name", "malformed", "alias"):
         (pytester.path / f"{name}.promptopt.yaml").unlink()
-    result = run_pytest("--promptopt")
-    assert result.ret == pytest.ExitCode.INTERRUPTED  # collection errors
+    pytester.makefile(
+        ".promptopt.yaml", other="providers: [echo]\nprompts: ['Plain {{name}}']\ntests: [{vars: {name: B}}]\n"
+    )
+    result = run_pytest("--promptopt", "--promptopt-report", "r.json")
+    result.assert_outcomes(passed=2, errors=1)
     result.stdout.fnmatch_lines(
         [
-            "*alias.promptopt.yaml:2: prompts[[]0[]]: registered prompt prompts:/greet@nope: cannot read the registry at http://127.0.0.1:*"
+            "*version.promptopt.yaml:2: prompts[[]1[]]: registered prompt prompts:/greet/7: cannot read the registry at http://127.0.0.1:*"
         ]
     )
+    errored = [r for s in load_report(pytester.path / "r.json")["suites"] for r in s["results"] if r["error"]]
+    assert [(r["prompt_index"], r["calls"], r["template"]) for r in errored] == [(1, 0, None)]
 
 
 def test_a_suites_own_prompt_gets_a_new_version_only_when_its_text_changes(pytester, run_pytest, migrated_store):  # noqa: F811

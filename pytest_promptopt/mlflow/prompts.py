@@ -60,7 +60,12 @@ _NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
 
 
 class RegistryError(ValueError):
-    """A registry reference is malformed, unknown, or the registry cannot be reached."""
+    """A registry reference is malformed, unknown, or the registry cannot be reached
+    (`unreachable`: down, refusing the credentials: a fault of the server, not of the suite)."""
+
+    def __init__(self, message: str, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 @dataclass(frozen=True)
@@ -114,7 +119,7 @@ def fetch(uri: str, tracking_uri: str | None) -> Resolved:
         raise
     except Exception as exc:  # network, database, or mlflow missing
         cause = one_line(exc, on=f"prompt '{name}'")
-        raise RegistryError(f"cannot read the registry at {where}: {cause}") from None
+        raise RegistryError(f"cannot read the registry at {where}: {cause}", unreachable=True) from None
     if found is None:
         raise RegistryError(f"not found in the registry at {where}")
     template = found.template
@@ -163,7 +168,7 @@ class PromptResolver:
                 entry = self._shared_entry(uri)
                 self._known[uri] = entry
         if "error" in entry:
-            raise RegistryError(entry["error"])
+            raise RegistryError(entry["error"], bool(entry.get("unreachable")))
         return Resolved(entry["name"], int(entry["version"]), entry["template"])
 
     def _shared_entry(self, uri: str) -> dict[str, Any]:
@@ -200,7 +205,7 @@ class PromptResolver:
         try:
             found = fetch(uri, self.tracking_uri)
         except RegistryError as exc:
-            return {"error": str(exc)}
+            return {"error": str(exc), "unreachable": exc.unreachable}
         return {"name": found.name, "version": found.version, "template": found.template}
 
     def publish(self) -> None:

@@ -90,6 +90,11 @@ def repair_run(session: Any, run: RunSummary, settings: RepairSettings) -> list[
             groups.setdefault((case.prompt_index, case.model.key), []).append(case)
         several = len({key for _, key in groups}) > 1
         for cases in groups.values():
+            if cases[0].prompt.unavailable is not None:  # its text could not be had (the registry is down)
+                results.append(
+                    dataclasses.replace(base, prompt_index=cases[0].prompt_index, reason=cases[0].prompt.unavailable)
+                )
+                continue
             results.append(repair_prompt(session, suite, cases, config, settings, loaded, several_models=several))
     return results
 

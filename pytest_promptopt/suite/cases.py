@@ -98,6 +98,8 @@ def build_case(
     result is the template; `filters` are the suite's Nunjucks filters. That code gets `code_vars`
     when given: the vars before their trailing newline is dropped (`expansion.read_vars`), as
     promptfoo gives them to it."""
+    if prompt.unavailable is not None:
+        raise CaseError(prompt.unavailable)
     where = f"prompts[{prompt_index}] ({prompt.label[:60]})"
     identity_vars = variables
     template = prompt.template
