@@ -238,10 +238,12 @@ def compare_suite(
     baseline_run_id: str | None = None,
     gate: Regression | None = None,
     not_selected: Collection[str] = (),
+    narrowed: bool = False,
 ) -> SuiteComparison:
     """Compare one suite; `baseline` empty means the suite is new (every case is `added`). With
     `gate`, the regression gate's verdict is filled in too (`regression`). `not_selected`: case
-    ids this run left out (-k, node ids: selection.py), which are not `removed`."""
+    ids this run left out (-k, node ids: selection.py), which are not `removed`; `narrowed`: its
+    cases left out are not known, so no case of the baseline that did not run is removed."""
     before = {c.case_id: c for c in baseline}
     now = {c.case_id: c for c in current}
     flipped_down, flipped_up = [], []
@@ -268,8 +270,8 @@ def compare_suite(
         newly_failing=[f.case_id for f in flipped_down],
         newly_passing=[f.case_id for f in flipped_up],
         added=[case_id for case_id in now if case_id not in before],
-        removed=[case_id for case_id in before if case_id not in now and case_id not in not_selected],
-        not_selected=sum(1 for case_id in before if case_id not in now and case_id in not_selected),
+        removed=[c for c in before if c not in now and c not in not_selected and not narrowed],
+        not_selected=sum(1 for c in before if c not in now and (c in not_selected or narrowed)),
         flipped=flipped_down + flipped_up,
         compared=sum(1 for case_id in now if case_id in before),
     )
@@ -282,11 +284,12 @@ def compare_run(
     baseline: BaselineRun,
     gate: Regression | None = None,
     not_selected: Mapping[str, Collection[str]] | None = None,
+    narrowed: Collection[str] = (),
 ) -> BaselineComparison:
     """`current`: suite id -> (suite name, its case outcomes). Suites only in the baseline are
     listed in `removed_suites`, unless this run left their cases out (`not_selected`: suite id
-    -> case ids, selection.LeftOut.case_ids). With `gate`, each suite gets the regression gate's
-    verdict."""
+    -> case ids, selection.LeftOut.case_ids; `narrowed`: suites whose cases left out are not
+    known). With `gate`, each suite gets the regression gate's verdict."""
     not_selected = not_selected or {}
     suites = {}
     for suite_id, (name, cases) in current.items():
@@ -299,10 +302,9 @@ def compare_run(
             baseline_run_id=old.run_id if old else None,
             gate=gate if old else None,
             not_selected=not_selected.get(suite_id, ()),
+            narrowed=suite_id in narrowed,
         )
-    removed = sorted(
-        suite_id for suite_id in baseline.suites if suite_id not in current and suite_id not in not_selected
-    )
+    removed = sorted(s for s in baseline.suites if s not in current and s not in not_selected and s not in narrowed)
     return BaselineComparison(baseline.ref, baseline.run_id, suites, removed)
 
 

@@ -52,27 +52,34 @@ def write_baseline_file(
 def merge_baseline(
     old: BaselineRun,
     current: Mapping[str, tuple[str, Sequence[CaseOutcome]]],
-    left_out: Collection[str],
+    not_selected: Mapping[str, Collection[str]],
+    narrowed: Collection[str],
+    collected_files: Collection[str],
     file_exists: Callable[[str], bool],
 ) -> tuple[dict[str, tuple[str, list[CaseOutcome]]], dict[str, str], list[str], int]:
     """What `--promptopt-update-baseline` writes when the old file exists: this run's suites
-    replace theirs, except that a suite in `left_out` (pytest did not select all its cases:
-    selection.py) keeps the old entries of the cases it did not run; a suite this run did not
-    run at all (other files, a file that failed to load) keeps its entry while its file exists
-    (an entry without a file, from an older writer, is kept). Returns (suites, their files, the
-    suite ids kept whole, the number of cases kept beside a partial suite's)."""
+    replace theirs, except for the cases the run's selection left out (selection.py), which keep
+    their old entries: those in `not_selected` (suite id -> case ids), and every old case that did
+    not run of a suite in `narrowed` (a node id named its module: which were left out is not
+    known). A suite this run did not run at all keeps its entry when the selection left it out, or
+    when its file exists and was not collected (another path, a file that failed to load, --lf):
+    a suite of a file this run collected that is not among its suites is gone (renamed), and so is
+    one whose file is gone; an entry without a file (an older writer's) is kept. Returns (suites,
+    their files, the suite ids kept whole, the number of cases kept beside a suite's new ones)."""
     merged: dict[str, tuple[str, list[CaseOutcome]]] = {k: (name, list(cases)) for k, (name, cases) in current.items()}
     files = {k: s.file for k, s in old.suites.items() if s.file}
     kept_suites: list[str] = []
     kept_cases = 0
     for suite_id, suite in old.suites.items():
+        left_out = set(not_selected.get(suite_id, ()))
         if suite_id not in merged:
-            if suite.file is None or file_exists(suite.file):
+            away = suite.file is None or (file_exists(suite.file) and suite.file not in collected_files)
+            if suite_id in not_selected or suite_id in narrowed or away:
                 merged[suite_id] = (suite.name, list(suite.cases))
                 kept_suites.append(suite_id)
-        elif suite_id in left_out:
+        elif left_out or suite_id in narrowed:
             ran = {c.case_id for c in merged[suite_id][1]}
-            kept = [c for c in suite.cases if c.case_id not in ran]
+            kept = [c for c in suite.cases if c.case_id not in ran and (suite_id in narrowed or c.case_id in left_out)]
             merged[suite_id][1].extend(kept)
             kept_cases += len(kept)
     return merged, files, sorted(kept_suites), kept_cases

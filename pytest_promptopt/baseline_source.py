@@ -15,11 +15,14 @@ __all__ = ["compare_with_reference"]
 
 
 def compare_with_reference(
-    suites: Sequence[SuiteSummary], settings: Settings, not_selected: Mapping[str, Collection[str]] | None = None
+    suites: Sequence[SuiteSummary],
+    settings: Settings,
+    not_selected: Mapping[str, Collection[str]] | None = None,
+    narrowed: Collection[str] = (),
 ) -> BaselineComparison:
     """The run's `BaselineComparison` with the settings' baseline; a baseline that cannot be
     loaded gives a comparison whose `error` says why (the run's results stand as they are).
-    `not_selected`: the cases this run left out (selection.LeftOut.case_ids), not removed ones."""
+    `not_selected` and `narrowed`: what this run left out (selection.LeftOut), not removed."""
     ref, regression = settings.baseline, settings.regression
     assert ref is not None
     if ref.source == "file":
@@ -34,5 +37,5 @@ def compare_with_reference(
     from .mlflow.baseline import compare_with_baseline  # imports mlflow: only for an MLflow baseline
 
     return compare_with_baseline(
-        RunSummary(tuple(suites)), ref, mlflow.tracking_uri, mlflow.experiment, regression, not_selected
+        RunSummary(tuple(suites)), ref, mlflow.tracking_uri, mlflow.experiment, regression, not_selected, narrowed
     )

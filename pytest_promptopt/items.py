@@ -15,11 +15,13 @@ from .execute import case_requests, error_result, raised
 from .judging import judge_calls
 from .models.specs import ModelSpec
 from .records import CaseResult
-from .report.failure import describe_case, tolerate
+from .report.failure import describe_case
 from .report.paths import usable_folder
+from .selection import WORKEROUTPUT_KEY, LeftOut
 from .session import PromptoptSession, record_key, session_key
 from .suite.chains import SEQUENCE
 from .suite.model import Case, SuiteError
+from .tolerance import tolerate
 
 
 def _case_nodeid(parent: pytest.Collector, name: str) -> Any:
@@ -96,6 +98,28 @@ class CaseFailed(AssertionError):
 
 class SuiteWarning(pytest.PytestWarning):
     """A suite file loads, but a key is ignored or something runs differently from promptfoo."""
+
+
+def note_selection(session: pytest.Session, left_out: LeftOut, python_tests: Sequence[pytest.Item]) -> None:
+    """Collection is done: tell `left_out` (selection.py) what pytest kept of the suites' cases,
+    which files the items come from, the Python suites of modules a node id named (pytest never
+    collected their other tests) and the files --lf skipped; an xdist worker sends it on."""
+    from .python_tests import python_case_key
+
+    config = session.config
+    named = {
+        (config.invocation_params.dir / str(arg).split("::", 1)[0]).resolve() for arg in config.args if "::" in str(arg)
+    }
+    lf = config.pluginmanager.get_plugin("lfplugin")
+    left_out.collected(
+        (item.selection_key for item in session.items if isinstance(item, (CaseItem, DatasetItem))),
+        {item.nodeid.split("::", 1)[0] for item in session.items},
+        {python_case_key(item)[0] for item in python_tests if item.path.resolve() in named},
+        int(getattr(lf, "_skipped_files", 0) or 0),  # pytest's count of the files --lf did not collect
+    )
+    workeroutput = getattr(config, "workeroutput", None)
+    if workeroutput is not None:  # xdist: the controller collects nothing; it hears it from here
+        workeroutput[WORKEROUTPUT_KEY] = left_out.found()
 
 
 def setup_only(config: pytest.Config) -> bool:

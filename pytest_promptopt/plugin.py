@@ -231,7 +231,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 skip = pytest.mark.skip(reason=SKIP_REASON)
             item.add_marker(skip)
     if enabled:
-        _check_python_suites(items)
+        from .python_tests import check_python_suites
+
+        check_python_suites(items)
 
 
 def pytest_deselected(items: list[pytest.Item]) -> None:
@@ -239,79 +241,31 @@ def pytest_deselected(items: list[pytest.Item]) -> None:
     # (selection.py); a suite file's cases are counted against what it offered instead.
     if not items or not _enabled(items[0].config):
         return
-    from .python_tests import python_suite
+    from .python_tests import python_case_key
     from .session import session_key
 
     tests = [i for i in items if isinstance(i, pytest.Function) and _is_python_prompt_test(i)]
     if tests:
-        left_out = items[0].config.stash[session_key].left_out
-        left_out.deselected(python_suite(i, i.get_closest_marker("promptopt")).id for i in tests)
+        items[0].config.stash[session_key].left_out.deselected(python_case_key(i) for i in tests)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     if not _enabled(session.config):
         return
-    from .selection import WORKEROUTPUT_KEY
+    from .items import note_selection
     from .session import session_key
 
-    left_out = session.config.stash[session_key].left_out
-    left_out.collected(item.selection_key for item in session.items if getattr(item, "promptopt_item", False))
-    workeroutput = getattr(session.config, "workeroutput", None)
-    if workeroutput is not None:  # xdist: the controller collects nothing; it hears it from here
-        workeroutput[WORKEROUTPUT_KEY] = left_out.found()
-
-
-def _check_python_suites(items: list[pytest.Item]) -> None:
-    """Python tests that share a `suite=` must agree on its gates: one suite, one verdict."""
-    from .python_tests import python_suite
-
-    first: dict[str, tuple[str, Any]] = {}
-    for item in items:
-        marker = item.get_closest_marker("promptopt")
-        if not isinstance(item, pytest.Function) or marker is None or "suite" not in marker.kwargs:
-            continue
-        suite = python_suite(item, marker)
-        seen = first.setdefault(suite.id, (item.nodeid, suite.gates))
-        if seen[1] != suite.gates:
-
-            def shown(gates: Any) -> str:
-                return ", ".join(g.describe() for g in gates) or "no gates"
-
-            raise pytest.UsageError(
-                f"suite '{suite.id}': {seen[0]} declares {shown(seen[1])} but {item.nodeid} declares "
-                f"{shown(suite.gates)}; give every test of a suite the same gates (e.g. a module-level pytestmark)"
-            )
+    python = [i for i in session.items if isinstance(i, pytest.Function) and _is_python_prompt_test(i)]
+    note_selection(session, session.config.stash[session_key].left_out, python)
 
 
 # --------------------------------------------------------------------------- Python prompt tests
 
 
-_recorder_key = pytest.StashKey[Any]()
-
-
 def _recorder(request: pytest.FixtureRequest) -> Any:
-    return _item_recorder(request.node)
+    from .python_tests import item_recorder
 
-
-def _item_recorder(item: Any) -> Any:
-    """The Python prompt test's recorder, made at its first fixture (or at its teardown, for a
-    test whose fixtures never ran, or that uses none: it is counted all the same)."""
-    from .python_tests import REPEAT_FIXTURE, PythonCaseRecorder, python_suite
-
-    recorder = item.stash.get(_recorder_key, None)
-    if recorder is None:
-        callspec = getattr(item, "callspec", None)
-        params = dict(callspec.params) if callspec is not None else {}
-        recorder = PythonCaseRecorder(
-            suite=python_suite(item, item.get_closest_marker("promptopt")),
-            nodeid=item.nodeid,
-            name=item.name,
-            vars=params,
-            base_dir=item.path.parent,
-            repeat=params.pop(REPEAT_FIXTURE, 0),  # a sample, not a template var
-        )
-        item.stash[_recorder_key] = recorder
-    return recorder
+    return item_recorder(request.node)
 
 
 @pytest.fixture
@@ -359,43 +313,37 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     if not _enabled(item.config):
         return report  # no prompt test runs: they were skipped
+    from .execute import raised
     from .items import setup_only
-    from .session import RECORD_ATTR, record_key
+    from .python_tests import has_recorder, item_recorder
+    from .session import RECORD_ATTR, record_key, session_key
+    from .tolerance import keep_tolerated
 
     if setup_only(item.config):
         return report  # --setup-only / --setup-plan: nothing ran, nothing is recorded
-    if item.config.option.runxfail and report.failed and call.excinfo is not None:
-        from .report.failure import Tolerated
-
-        if isinstance(call.excinfo.value, Tolerated):  # --runxfail is for the user's xfail marks
-            report.outcome, report.wasxfail = "skipped", call.excinfo.value.msg or ""
-    recorder = item.stash.get(_recorder_key, None)
-    python_test = recorder is not None or (isinstance(item, pytest.Function) and _is_python_prompt_test(item))
+    keep_tolerated(report, call.excinfo, item.config.option.runxfail)
+    python_test = has_recorder(item) or (isinstance(item, pytest.Function) and _is_python_prompt_test(item))
     prompt_item = python_test or getattr(item, "promptopt_item", False)  # items.CaseItem, DatasetItem
-    if prompt_item and call.excinfo is not None and call.when != "teardown" and _raised_key not in item.stash:
-        from .execute import raised
-
-        item.stash[_raised_key] = raised(call.excinfo.value)  # why a case may end without a record
-    if python_test:
-        # How each phase ended, as pytest reports it: the case's outcome at teardown follows it
-        item.stash.setdefault(_phases_key, {})[call.when] = "xfailed" if hasattr(report, "wasxfail") else report.outcome
+    why = raised(call.excinfo.value) if call.excinfo is not None else None
+    if prompt_item and why is not None and call.when != "teardown" and _raised_key not in item.stash:
+        item.stash[_raised_key] = why  # why a suite case may end without a record
+    recorder = item_recorder(item) if python_test else None  # made here for a test using no fixture
+    if recorder is not None:
+        recorder.saw(call.when, "xfailed" if hasattr(report, "wasxfail") else report.outcome, why, _timed_out(call))
         if call.when == "setup" and hasattr(item.config, "workerinput"):
             from .session import SUITE_ATTR
 
-            setattr(report, SUITE_ATTR, json.dumps(_item_recorder(item).suite.to_dict()))
-    if recorder is not None and call.when == "call":
-        item.stash[_call_passed_key] = report.passed
-        if report.failed and not recorder.error and _timed_out(call):
-            recorder.error = f"the test did not finish: {item.stash[_raised_key]}"
-        if recorder.error and report.failed:
+            setattr(report, SUITE_ATTR, json.dumps(recorder.suite.to_dict()))
+        if call.when == "call" and recorder.error and report.failed:
             setattr(report, ERROR_ATTR, recorder.error)
     if call.when == "teardown":
-        from .session import NOTICES_ATTR, session_key
+        from .session import NOTICES_ATTR
 
         session = item.config.stash[session_key]
         payload = item.stash.get(record_key, None)
-        if payload is None and python_test:
-            payload = _python_record(item, session, call)
+        if payload is None and recorder is not None:
+            result = recorder.outcome()  # counted as pytest reported the test (None: skipped)
+            payload = None if result is None else session.encode(recorder.suite, result)
         if payload is None and hasattr(item, "lost_record"):  # a suite case whose setup raised first
             payload = item.lost_record(item.stash.get(_raised_key, None))
         if payload is not None:
@@ -408,28 +356,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
-def _python_record(item: pytest.Item, session: Any, teardown: pytest.CallInfo[None]) -> str | None:
-    """A Python prompt test's record at its teardown (`PythonCaseRecorder.outcome`)."""
-    from .execute import raised
-
-    result = _item_recorder(item).outcome(
-        item.stash.get(_phases_key, {}),
-        item.stash.get(_call_passed_key, False),
-        setup_raised=item.stash.get(_raised_key, "no result"),
-        teardown_raised=raised(teardown.excinfo.value) if teardown.excinfo is not None else None,
-    )
-    return None if result is None else session.encode(_item_recorder(item).suite, result)
-
-
 def _timed_out(call: pytest.CallInfo[None]) -> bool:
     """pytest-timeout ended the test (its signal method raises `Failed` with this text): an
     error of the test, as a model's timeout is, not a failed check."""
     return call.excinfo is not None and "from pytest-timeout" in str(call.excinfo.value)
 
 
-_call_passed_key = pytest.StashKey[bool]()
 _raised_key = pytest.StashKey[str]()
-_phases_key = pytest.StashKey[dict[str, str]]()  # a Python prompt test's phases: when -> outcome
 ERROR_ATTR = "promptopt_error"
 
 
@@ -524,7 +457,9 @@ class ControllerHooks:
         )
         if status != session.exitstatus:
             session.exitstatus = pytest.ExitCode(status)
-        _junit_gates(session.config, self.state.summary())
+        from .report.junit import add_gate_properties
+
+        add_gate_properties(session.config, self.state.summary())
         for message in messages:
             _run_notice(message)
 
@@ -586,18 +521,3 @@ def _run_notice(message: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("always", pytest.PytestWarning)
         warnings.warn(pytest.PytestWarning(message), stacklevel=2)
-
-
-def _junit_gates(config: pytest.Config, run: Any) -> None:
-    """With --junitxml: the gates' verdict as testsuite properties (`promptopt_gates_passed`, and
-    each failed gate's reason), since a failed gate is no test's failure there."""
-    from _pytest.junitxml import xml_key  # pytest's own key; the property API is public (record_testsuite_property)
-
-    xml = config.stash.get(xml_key, None)
-    if xml is None:
-        return
-    xml.add_global_property("promptopt_gates_passed", str(run.gates_passed).lower())
-    for suite, gate in run.failed_gates():
-        xml.add_global_property(f"promptopt_gate_failed[{suite.info.name}]", gate.reason)
-    for comparison in run.regressions():
-        xml.add_global_property(f"promptopt_regression[{comparison.name}]", comparison.regression_reason)

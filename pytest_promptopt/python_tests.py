@@ -27,11 +27,13 @@ from .models.base import Message, Model, ModelError, Request, Response
 from .models.specs import ModelSpec, parse_model_spec
 from .records import CaseResult
 from .redact import redact, scrub
-from .report.failure import describe_case, tolerate
+from .repeats import split_repeat
+from .report.failure import describe_case
 from .sandbox import DEFAULT_SCRIPT_TIMEOUT_S, Sandbox
 from .session import PromptoptSession
 from .suite.cases import python_case_id
 from .suite.model import Repeats, SuiteInfo
+from .tolerance import tolerate
 
 __all__ = [
     "REPEAT_FIXTURE",
@@ -70,6 +72,8 @@ class PythonCaseRecorder:
     registry_prompts: list[str] = field(default_factory=list)  # registry versions the model was given
     started: float = field(default_factory=time.perf_counter)
     started_at: float = field(default_factory=time.time)  # wall clock, for the suite run's start in MLflow
+    phases: dict[str, str] = field(default_factory=dict)  # pytest's phases: when -> outcome (`saw`)
+    call_passed: bool = False
 
     def note_prompt(self, prompt: str | Sequence[Message]) -> None:
         """Remember the Prompt Registry version of a prompt given to the model (a `RenderedPrompt`
@@ -80,21 +84,25 @@ class PythonCaseRecorder:
             if uri is not None and uri not in self.registry_prompts:
                 self.registry_prompts.append(uri)
 
-    def outcome(
-        self, phases: Mapping[str, str], call_passed: bool, *, setup_raised: str, teardown_raised: str | None
-    ) -> CaseResult | None:
-        """The test's case as pytest reported the test (`phases`: when -> outcome): an error when
-        its setup or teardown raised (a fixture) or the model failed, failed when its call did,
-        and no case when pytest skipped it (`pytest.skip`, a skip mark: no case, as in pytest's
-        own summary)."""
-        if "skipped" in phases.values():
+    def saw(self, when: str, outcome: str, raised: str | None, timed_out: bool = False) -> None:
+        """How one phase of the test ended, as pytest reports it (`outcome`: passed, failed,
+        skipped or xfailed; `raised`: what, when it raised); `timed_out`: pytest-timeout ended
+        the call, an error of the test as a model's timeout is."""
+        self.phases[when] = outcome
+        if when == "call":
+            self.call_passed = outcome == "passed"
+            if outcome == "failed" and timed_out and not self.error:
+                self.error = f"the test did not finish: {raised}"
+        elif outcome == "failed" and raised is not None and not self.error:
+            self.error = f"the test's {when} failed: {raised}"  # a fixture raised
+
+    def outcome(self) -> CaseResult | None:
+        """The test's case as pytest reported the test: an error when its setup or teardown
+        raised or the model failed, failed when its call did, and no case when pytest skipped
+        it (`pytest.skip`, a skip mark: no case, as in pytest's own summary)."""
+        if "skipped" in self.phases.values():
             return None
-        if not self.error:
-            if phases.get("setup") == "failed":
-                self.error = f"the test's setup failed: {setup_raised}"
-            elif teardown_raised is not None:
-                self.error = f"the test's teardown failed: {teardown_raised}"
-        return self.result(call_passed)
+        return self.result(self.call_passed)
 
     def result(self, call_passed: bool) -> CaseResult:
         result = CaseResult(
@@ -299,6 +307,61 @@ def python_suite(item: pytest.Item, marker: pytest.Mark | None) -> SuiteInfo:
     except ValueError as exc:
         raise pytest.UsageError(str(exc)) from None
     return SuiteInfo(id=name, name=name, file=module, gates=gates, kind="python")
+
+
+_recorder_key = pytest.StashKey["PythonCaseRecorder"]()
+
+
+def item_recorder(item: pytest.Item) -> PythonCaseRecorder:
+    """The Python prompt test's recorder, made at its first fixture of the plugin (or at its
+    first report, for a test whose fixtures never ran or that uses none: it is counted all the
+    same), kept on the item."""
+    recorder = item.stash.get(_recorder_key, None)
+    if recorder is None:
+        callspec = getattr(item, "callspec", None)
+        params = dict(callspec.params) if callspec is not None else {}
+        recorder = PythonCaseRecorder(
+            suite=python_suite(item, item.get_closest_marker("promptopt")),
+            nodeid=item.nodeid,
+            name=item.name,
+            vars=params,
+            base_dir=item.path.parent,
+            repeat=params.pop(REPEAT_FIXTURE, 0),  # a sample, not a template var
+        )
+        item.stash[_recorder_key] = recorder
+    return recorder
+
+
+def has_recorder(item: pytest.Item) -> bool:
+    return _recorder_key in item.stash
+
+
+def check_python_suites(items: Sequence[pytest.Item]) -> None:
+    """Python tests that share a `suite=` must agree on its gates: one suite, one verdict."""
+    first: dict[str, tuple[str, Any]] = {}
+    for item in items:
+        marker = item.get_closest_marker("promptopt")
+        if not isinstance(item, pytest.Function) or marker is None or "suite" not in marker.kwargs:
+            continue
+        suite = python_suite(item, marker)
+        seen = first.setdefault(suite.id, (item.nodeid, suite.gates))
+        if seen[1] != suite.gates:
+
+            def shown(gates: Any) -> str:
+                return ", ".join(g.describe() for g in gates) or "no gates"
+
+            raise pytest.UsageError(
+                f"suite '{suite.id}': {seen[0]} declares {shown(seen[1])} but {item.nodeid} declares "
+                f"{shown(suite.gates)}; give every test of a suite the same gates (e.g. a module-level pytestmark)"
+            )
+
+
+def python_case_key(item: pytest.Item) -> tuple[str, str]:
+    """(suite id, case id) of a Python prompt test's item: the case its samples, if repeated, make."""
+    split = split_repeat(item.nodeid)
+    return python_suite(item, item.get_closest_marker("promptopt")).id, python_case_id(
+        split[0] if split else item.nodeid
+    )
 
 
 def python_repeats(marker: pytest.Mark | None, repeats: Repeats, nodeid: str) -> int:

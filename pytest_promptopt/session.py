@@ -255,20 +255,21 @@ class PromptoptSession:
 
     def prepare_case(self, case: Case, sequence: Sequence[tuple[Case, str]] = ()) -> Case:
         """`case` ready to run: a chained case rendered with the outputs of the cases before it in
-        its `sequence` ((case, node id) in collection order). Those that have not run in this
-        process (another order, another worker) run first, unreported (suite/chains.py)."""
+        its `sequence` ((case, node id) in collection order). Those it reads that have not run in
+        this process (another order, another worker) run first, unreported (suite/chains.py)."""
         ids = {c.case_id: nodeid for c, nodeid in sequence}
         for earlier in self.chains.before([c for c, _ in sequence], case):
-            self.run_case(self.chains.prepare(earlier), ids[earlier.case_id])
-        done = self.chains.done(case)
-        return done[0] if done is not None else self.chains.prepare(case)
+            prepared = self.chains.prepare(earlier)
+            self.chains.record(prepared, self.runner.result(prepared, ids[earlier.case_id]), ahead=True)
+        ahead = self.chains.ahead(case)
+        return ahead[0] if ahead is not None else self.chains.prepare(case)
 
     def run_case(self, case: Case, nodeid: str, upcoming: Iterable[tuple[Case, str]] = ()) -> CaseResult:
-        """`case`'s result (a chained case: prepared first, and run once per process); `upcoming`
-        are the cases this process runs next, started ahead."""
-        done = self.chains.done(case)
-        if done is not None:
-            return done[1]
+        """`case`'s result (a chained case: prepared first; run ahead of its item, it is taken
+        once); `upcoming` are the cases this process runs next, started ahead."""
+        ahead = self.chains.take_ahead(case)
+        if ahead is not None:
+            return ahead[1]
         result = self.runner.result(case, nodeid, upcoming)
         self.chains.record(case, result)
         return result
@@ -391,7 +392,7 @@ class PromptoptSession:
             # --promptopt-baseline (or the default baseline file): shown by every reporter; the
             # regression gate fails the run on a significant drop, unless the run replaces it.
             baseline = dataclasses.replace(
-                compare_with_reference(suites, settings, self.left_out.case_ids),
+                compare_with_reference(suites, settings, self.left_out.case_ids, self.left_out.narrowed),
                 gating=settings.update_baseline is None,
             )
             if baseline.error:
@@ -446,6 +447,8 @@ class PromptoptSession:
                 exit_status=exit_status,
                 stopped_early=stopped_early,
                 left_out=self.left_out.counts,
+                partial=self.left_out.describe(),
+                narrowed=sorted(self.left_out.narrowed),
             )
             # Handed to the writer started with the session (without one, logged here and now);
             # `mlflow_outcome()` waits for it.
@@ -476,9 +479,9 @@ class PromptoptSession:
         except BaselineFileError as exc:
             messages.append(f"{exc}: the new baseline holds only this run's suites")
             return outcomes, files, ""
-        rootdir = self.settings.rootdir
+        rootdir, left_out = self.settings.rootdir, self.left_out
         merged, old_files, kept_suites, kept_cases = merge_baseline(
-            old, outcomes, self.left_out.counts, lambda file: (rootdir / file).is_file()
+            old, outcomes, left_out.case_ids, left_out.narrowed, left_out.files, lambda file: (rootdir / file).is_file()
         )
         kept = []
         if kept_suites:

@@ -87,6 +87,11 @@ class Settings:
                 return given
             if option.ini:
                 ini = config.getini(option.ini)
+                if isinstance(ini, bool) and not option.is_flag:
+                    # a native TOML table's `true` for a path, a number or a name: no such value
+                    raise pytest.UsageError(
+                        f"{option.ini} = {str(ini).lower()} (ini): expected a value for {option.flag}, not a bool"
+                    )
                 if ini not in (None, "", []):
                     return ini
             return option.default

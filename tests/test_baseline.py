@@ -282,7 +282,7 @@ def test_a_session_pytest_did_not_finish_or_narrowed_is_never_a_branch_baseline(
     )[:1]
     tags = narrowed.data.tags
     assert tags["promptopt.left_out"] == "1" and tags["promptopt.complete"] == "true"
-    assert "Partial: 1 prompt cases not selected" in tags["mlflow.note.content"]
+    assert "Partial: 1 prompt case of 1 suite not selected" in tags["mlflow.note.content"]
     [suite_run] = client.search_runs(
         [experiment], filter_string=f"tags.`mlflow.parentRunId` = '{narrowed.info.run_id}'"
     )
@@ -344,3 +344,37 @@ def test_the_report_html_plot_and_a_pending_round_trip_carry_the_comparison():
 
     page = render_html(run)
     assert "id='plot-baseline'" in page and "Pass rate against the baseline" in page
+
+
+def test_a_branch_baseline_is_found_behind_pages_of_narrowed_sessions(tmp_path, migrated_store, monkeypatch):  # noqa: F811
+    """Every -k run on a branch logs a session; the baseline search reads the branch's sessions
+    page by page, newest first, past the narrowed and unfinished ones, to the newest whole one."""
+    import time
+
+    from mlflow import MlflowClient
+
+    from pytest_promptopt.baseline import BaselineRef
+    from pytest_promptopt.mlflow import baseline as mlflow_baseline
+
+    shutil.copy(migrated_store, tmp_path / "mlflow.db")
+    uri = sqlite_uri(tmp_path / "mlflow.db")
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("pages")
+    base = {"promptopt.session": "true", "mlflow.source.git.branch": "main", "promptopt.exit_status": "0"}
+    made = []
+    for tags in [
+        {},
+        *[{"promptopt.left_out": "3"}] * 4,
+        {"promptopt.left_out": "unknown"},
+        {"promptopt.exit_status": "2"},
+    ]:
+        run = client.create_run(experiment, tags={**base, **tags})
+        client.set_terminated(run.info.run_id)
+        made.append(run.info.run_id)
+        time.sleep(0.01)  # distinct start times: newest first is the order read
+    monkeypatch.setattr(mlflow_baseline, "_PAGE", 2)  # 7 sessions: the whole one is on the fourth page
+    loaded = mlflow_baseline.load_baseline(BaselineRef("mlflow", branch="main"), uri, "pages")
+    assert loaded.run_id == made[0]
+    monkeypatch.setattr(mlflow_baseline, "_MAX_PAGES", 2)  # a bounded search: past its pages, not found
+    with pytest.raises(mlflow_baseline.BaselineError, match=r"\(4 found that did not run every case"):
+        mlflow_baseline.load_baseline(BaselineRef("mlflow", branch="main"), uri, "pages")

@@ -327,6 +327,12 @@ def test_a_native_toml_table_gives_bools_and_numbers_as_toml_writes_them(pyteste
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*2 repeats per case*"])
     assert not (pytester.path / "mlflow.db").exists()  # MLflow off, as the bool said
+    # a bool where a path or a number goes is refused, not a file named False
+    pytester.makepyprojecttoml("[tool.pytest]\npromptopt_html = false\n")
+    refused = pytester.runpytest_inprocess("--promptopt")
+    assert refused.ret == pytest.ExitCode.USAGE_ERROR
+    refused.stderr.fnmatch_lines(["*promptopt_html = false (ini): expected a value for --promptopt-html, not a bool*"])
+    assert not (pytester.path / "False").exists()
 
 
 def test_collection_error_for_bad_suite_names_file_line_and_path(pytester, run_pytest, mode):

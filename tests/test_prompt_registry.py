@@ -124,17 +124,23 @@ def test_unknown_references_are_collection_errors_and_an_unreachable_registry_er
     for name in ("name", "malformed", "alias"):
         (pytester.path / f"{name}.promptopt.yaml").unlink()
     pytester.makefile(
-        ".promptopt.yaml", other="providers: [echo]\nprompts: ['Plain {{name}}']\ntests: [{vars: {name: B}}]\n"
+        ".promptopt.yaml",
+        other="providers: [echo]\nprompts: ['Plain {{name}}']\ntests: [{vars: {name: B}}]\n",
+        # a dataset's and a fuzz block's cases of that prompt are errors too, not the suite file
+        rows="providers: [echo]\nprompts: ['prompts:/greet/1', 'Plain {{name}}']\ndataset: {path: rows.csv}\n",
+        fz="providers: [echo]\nprompts: ['prompts:/greet/1', 'P {{name}}']\ntests: [{vars: {name: hello}}]\n"
+        "defaultTest: {assert: [{type: contains, value: P}]}\nfuzz: {count: 1, shrink: 0}\n",
     )
+    (pytester.path / "rows.csv").write_text("name\nA\nB\n")
     result = run_pytest("--promptopt", "--promptopt-report", "r.json")
-    result.assert_outcomes(passed=2, errors=1)
+    result.assert_outcomes(passed=5, errors=4)  # version, rows and fz's two cases of the registry prompt
     result.stdout.fnmatch_lines(
         [
             "*version.promptopt.yaml:2: prompts[[]1[]]: registered prompt prompts:/greet/7: cannot read the registry at http://127.0.0.1:*"
         ]
     )
     errored = [r for s in load_report(pytester.path / "r.json")["suites"] for r in s["results"] if r["error"]]
-    assert [(r["prompt_index"], r["calls"], r["template"]) for r in errored] == [(1, 0, None)]
+    assert {(r["prompt_index"], r["calls"], r["template"]) for r in errored} == {(0, 0, None), (1, 0, None)}
 
 
 def test_a_suites_own_prompt_gets_a_new_version_only_when_its_text_changes(pytester, run_pytest, migrated_store):  # noqa: F811

@@ -32,6 +32,9 @@ def test_ok(prompt_model, prompt_check):
 def test_marker_only_fails():  # the marker, no fixture of the plugin: a prompt test all the same
     assert False
 
+def test_marker_only_passes():
+    pass
+
 def test_fixture_first(broken, prompt_model):  # its setup raises before prompt_model exists
     pass
 
@@ -54,12 +57,13 @@ def test_python_prompt_tests_count_as_pytest_reports_them(pytester, run_pytest, 
     pytest's summary counts."""
     pytester.makepyfile(test_outcomes=PYTHON_TESTS)
     result = run_pytest("--promptopt", "--promptopt-report", "r.json", *MODES[mode])
-    result.assert_outcomes(passed=2, failed=1, skipped=1, errors=3)
+    result.assert_outcomes(passed=3, failed=1, skipped=1, errors=3)
     [suite] = load_report(pytester.path / "r.json")["suites"]
     outcomes = {r["name"]: "error" if r["error"] else ("passed" if r["passed"] else "failed") for r in suite["results"]}
     assert outcomes == {
         "test_ok": "passed",
         "test_marker_only_fails": "failed",
+        "test_marker_only_passes": "passed",
         "test_fixture_first": "error",
         "test_fixture_after": "error",
         "test_teardown_raises": "error",
@@ -232,3 +236,64 @@ def test_ordinary():
     }
     only = run_pytest("--promptopt", "--promptopt-model", "echo", "-m", "promptopt")
     only.assert_outcomes(passed=2, xfailed=1, deselected=1)
+
+
+RERUN_CONFTEST = """
+import dataclasses, os, pathlib
+import pytest
+from _pytest.runner import runtestprotocol
+from pytest_promptopt.models.fakes import EchoModel
+
+class Counting(EchoModel):
+    name = "acme/counting"
+    @property
+    def cache_identity(self):
+        return {"model": "acme/counting"}
+    def generate(self, request):
+        with open("calls.log", "a") as log:
+            log.write(request.prompt + "\\n")
+        n = len(pathlib.Path("calls.log").read_text().splitlines())
+        return dataclasses.replace(super().generate(request), text=f"call{n} " + request.prompt)
+
+def pytest_promptopt_make_model(spec):
+    if spec.id == "acme/counting":
+        return Counting()
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):  # pytest-rerunfailures' way: a failed item runs once more
+    item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    reports = runtestprotocol(item, nextitem=nextitem, log=False)
+    if any(r.failed for r in reports):
+        reports = runtestprotocol(item, nextitem=nextitem, log=False)
+    for r in reports:
+        item.ihook.pytest_runtest_logreport(report=r)
+    return True
+"""
+
+
+def test_a_rerun_chained_case_calls_the_model_again_and_a_catch_up_runs_only_what_the_case_reads(
+    pytester, run_pytest
+) -> None:
+    pytester.makeconftest(RERUN_CONFTEST)
+    pytester.makefile(
+        ".promptopt.yaml",
+        chain="""
+providers: [acme/counting]
+prompts: ['Q {{q}} {{prev}}']
+tests:
+  - vars: {q: one, prev: start}
+    options: {storeOutputAs: prev}
+  - vars: {q: two}
+  - vars: {q: three}
+    assert: [{type: contains, value: call4}]
+""",
+    )
+    # In order: one, two, three (call3: fails), then three again (call4: passes): a rerun is a new call.
+    first = run_pytest("--promptopt", "--promptopt-cache", "off", "--promptopt-report", "r.json")
+    calls = (pytester.path / "calls.log").read_text().splitlines()
+    assert len(calls) == 4 and first.ret == 0, first.stdout.str()
+    # `three` alone: the catch-up runs `one` (it stores what `three` reads), not `two` (it stores nothing).
+    (pytester.path / "calls.log").unlink()
+    run_pytest("--promptopt", "--promptopt-cache", "off", "-k", "three")
+    assert (pytester.path / "calls.log").read_text().splitlines()[0] == "Q one start"
+    assert "Q two" not in (pytester.path / "calls.log").read_text()

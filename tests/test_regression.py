@@ -196,11 +196,59 @@ def test_a_session_narrowed_by_k_or_node_ids_updates_only_what_it_ran(pytester, 
         "--promptopt", f"capitals.promptopt.yaml::{cases[italy]['name']}", "--promptopt-report", "r.json", *MODES[mode]
     )
     assert load_report(pytester.path / "r.json")["suites"][0]["baseline"]["not_selected"] == 4, one.stdout.str()
+    # A case removed from the suite while -k leaves others out: the removed one leaves the file,
+    # the ones not selected stay.
+    pytester.makefile(".promptopt.yaml", capitals=suite(CAPITALS[:4], prompt=broken_for("Italy")))  # Peru removed
+    run_pytest("--promptopt", "--promptopt-update-baseline", "-k", "France", *MODES[mode])
+    names = {
+        v["name"].split(",")[0]
+        for v in json.loads(path.read_text())["suites"]["capitals.promptopt.yaml"]["cases"].values()
+    }
+    assert names == {"country=France", "country=Spain", "country=Italy", "country=Japan"}
     # The whole project again, with the other file gone: its suite leaves the baseline.
     (pytester.path / "other.promptopt.yaml").unlink()
     final = run_pytest("--promptopt", "--promptopt-update-baseline", *MODES[mode])
     final.stdout.no_fnmatch_line("*partial session*")
     assert list(json.loads(path.read_text())["suites"]) == ["capitals.promptopt.yaml"]
+
+
+PY_SUITE = """
+import pytest
+from pytest_promptopt import contains
+
+pytestmark = pytest.mark.promptopt(suite="%s", model="echo")
+
+def test_a(prompt_model, prompt_check):
+    prompt_check(prompt_model("hi a"), contains("a"))
+
+def test_b(prompt_model, prompt_check):
+    prompt_check(prompt_model("hi b"), contains("b"))
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_python_suites_node_ids_and_lf_in_a_baseline_update(pytester, run_pytest, mode: str) -> None:
+    """A node id naming one Python test leaves the module's other tests uncollected: the session
+    is partial and their entries stay; a Python suite renamed in a full run leaves the file; --lf
+    that skips whole files makes a partial session."""
+    pytester.makepyfile(test_s=PY_SUITE % "old-name")
+    pytester.makefile(".promptopt.yaml", capitals=suite(CAPITALS[:2]))
+    update = ("--promptopt", "--promptopt-update-baseline", "--promptopt-baseline", "b.json", *MODES[mode])
+    assert run_pytest(*update).ret == 0
+    path = pytester.path / "b.json"
+    assert len(json.loads(path.read_text())["suites"]["old-name"]["cases"]) == 2
+    one = run_pytest(*update, "test_s.py::test_a")
+    one.stdout.fnmatch_lines(["partial session: the other tests of 1 Python suite(s) named by node ids not selected*"])
+    assert len(json.loads(path.read_text())["suites"]["old-name"]["cases"]) == 2  # test_b kept
+    pytester.makepyfile(test_s=PY_SUITE % "new-name")
+    renamed = run_pytest(*update)
+    renamed.stdout.no_fnmatch_line("*partial session*")
+    assert sorted(json.loads(path.read_text())["suites"]) == ["capitals.promptopt.yaml", "new-name"]
+    # --lf: the suite file has no failure, so --lf does not collect it
+    pytester.makepyfile(test_s=PY_SUITE.replace('contains("b")', 'contains("zzz")') % "new-name")
+    run_pytest("--promptopt", *MODES[mode])  # test_b fails: the last failure --lf reruns
+    lf = run_pytest("--promptopt", "--lf", *MODES[mode])
+    lf.stdout.fnmatch_lines(["partial session: *1 file(s) --lf did not collect*"])
 
 
 def test_the_regression_gate_fails_a_significant_drop_and_passes_noise(pytester, run_pytest) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..baseline import BaselineComparison, BaselineRef, BaselineRun, BaselineSuite, CaseOutcome, compare_run
 from .client import MlflowReportError, mlflow_calls, one_line, safe_uri
-from .layout import TABLE_FILE
+from .layout import LEFT_OUT_TAG, TABLE_FILE
 
 __all__ = ["BaselineError", "compare_with_baseline", "load_baseline"]
 
@@ -78,26 +78,33 @@ def _session_run(client: Any, ref: BaselineRef, tracking_uri: str, experiment: s
     if found is None:
         raise BaselineError(f"baseline {ref.describe()}: no experiment '{experiment}' in {where}")
     branch = (ref.branch or "").replace("'", "\\'")
-    runs = client.search_runs(
-        [found.experiment_id],
-        filter_string=f"tags.`{SESSION_TAG}` = 'true' AND tags.`{BRANCH_TAG}` = '{branch}' AND attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-        max_results=50,
-    )
-    # An interrupted session, or one that ran only the cases pytest selected, is never a baseline
-    whole = [run for run in runs if _complete(run) and run.data.tags.get(LEFT_OUT_TAG, "0") in ("", "0")][:1]
-    if not whole:
-        skipped = f" ({len(runs)} found that did not run every case: interrupted, or -k / node ids)" if runs else ""
-        raise BaselineError(
-            f"baseline {ref.describe()}: no finished session run on branch '{ref.branch}' in experiment "
-            f"'{experiment}' ({where}){skipped}"
+    # Newest first, page by page: the first whole session is the baseline. An interrupted one, or
+    # one that ran only the cases pytest selected, never is (a branch may hold many -k runs).
+    skipped, token = 0, None
+    for _ in range(_MAX_PAGES):
+        page = client.search_runs(
+            [found.experiment_id],
+            filter_string=f"tags.`{SESSION_TAG}` = 'true' AND tags.`{BRANCH_TAG}` = '{branch}' AND attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=_PAGE,
+            page_token=token,
         )
-    runs = whole
-    return runs[0]
+        for run in page:
+            if _complete(run) and run.data.tags.get(LEFT_OUT_TAG, "0") in ("", "0"):
+                return run
+            skipped += 1
+        token = page.token
+        if not token:
+            break
+    found_partial = f" ({skipped} found that did not run every case: interrupted, or -k / node ids)" if skipped else ""
+    raise BaselineError(
+        f"baseline {ref.describe()}: no finished session run on branch '{ref.branch}' in experiment "
+        f"'{experiment}' ({where}){found_partial}"
+    )
 
 
 EXIT_TAG = "promptopt.exit_status"
-LEFT_OUT_TAG = "promptopt.left_out"  # cases the session's selection left out (selection.py)
+_PAGE, _MAX_PAGES = 100, 20  # sessions of a branch read, newest first, to find a whole one
 
 
 def _complete(run: Any) -> bool:
@@ -163,6 +170,7 @@ def compare_with_baseline(
     experiment: str,
     regression: Any = None,
     not_selected: Mapping[str, Collection[str]] | None = None,
+    narrowed: Collection[str] = (),
 ) -> Any:
     """`run`'s `BaselineComparison` with the baseline `ref`; never raises: a baseline that cannot
     be loaded gives a comparison whose `error` says why (the run's results stand as they are)."""
@@ -170,4 +178,4 @@ def compare_with_baseline(
         baseline = load_baseline(ref, tracking_uri, experiment)
     except (BaselineError, MlflowReportError) as exc:
         return BaselineComparison.failed(ref.describe(), str(exc))
-    return compare_run(run.suite_outcomes(), baseline, regression, not_selected)
+    return compare_run(run.suite_outcomes(), baseline, regression, not_selected, narrowed)

@@ -124,6 +124,8 @@ class SessionMeta:
     suite_files: dict[str, str] = field(default_factory=dict)  # suite file (as reported) -> its text
     stopped_early: bool = False  # pytest stopped at -x / --maxfail (its exit status is still 1)
     left_out: dict[str, int] = field(default_factory=dict)  # suite id -> cases not selected (selection.py)
+    partial: str | None = None  # what the selection left out, in words (`LeftOut.describe`); None: nothing
+    narrowed: list[str] = field(default_factory=list)  # suites whose left-out cases are not known
 
     @property
     def incomplete(self) -> str | None:
@@ -141,6 +143,8 @@ class SessionMeta:
         exit_status: int | None,
         stopped_early: bool = False,
         left_out: Mapping[str, int] | None = None,
+        partial: str | None = None,
+        narrowed: Sequence[str] = (),
     ) -> SessionMeta:
         commit = _git(rootdir, "rev-parse", "HEAD")
         branch = _git(rootdir, "rev-parse", "--abbrev-ref", "HEAD")
@@ -171,6 +175,8 @@ class SessionMeta:
             suite_files=files,
             stopped_early=stopped_early,
             left_out=dict(left_out or {}),
+            partial=partial,
+            narrowed=list(narrowed),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -250,19 +256,28 @@ def parent_tags(run: RunSummary, meta: SessionMeta) -> dict[str, str]:
         "promptopt.exit_status": "" if meta.exit_status is None else str(meta.exit_status),
         "promptopt.complete": flag(meta.incomplete is None),
         # cases pytest's selection left out (-k, node ids, ...): never a branch baseline
-        "promptopt.left_out": str(sum(meta.left_out.values())),
+        LEFT_OUT_TAG: left_out_tag(sum(meta.left_out.values()), meta.partial is not None),
         "promptopt.ci": flag(meta.ci),
         "promptopt.pytest_args": shlex.join(meta.pytest_args),
         "promptopt.models": ", ".join(models),
         "promptopt.plugin_version": __version__,
         "promptopt.rootdir": meta.rootdir,
-        "mlflow.note.content": parent_note(run, meta.incomplete, sum(meta.left_out.values())),
+        "mlflow.note.content": parent_note(run, meta.incomplete, meta.partial),
         **source_tags(meta),
     }
     if run.baseline is not None:  # --promptopt-baseline (mlflow/baseline.py)
         tags["promptopt.baseline"] = run.baseline.ref
         tags["promptopt.baseline_run_id"] = run.baseline.run_id or ""
     return clean_tags(tags)
+
+
+LEFT_OUT_TAG = "promptopt.left_out"  # what the selection left out: "0", a count, or "unknown"
+
+
+def left_out_tag(count: int, partial: bool) -> str:
+    """The `promptopt.left_out` value: how many cases the selection left out, `unknown` when it
+    left some out without saying which (a node id naming a Python module, --lf skipping files)."""
+    return str(count) if count or not partial else "unknown"
 
 
 def parent_metrics(run: RunSummary) -> dict[str, float | None]:
@@ -300,7 +315,7 @@ def gate_text(gate: Any) -> str:
     return f"{gate.reason}: {'ok' if gate.passed else 'FAILED'}"
 
 
-def parent_note(run: RunSummary, incomplete: str | None = None, left_out: int = 0) -> str:
+def parent_note(run: RunSummary, incomplete: str | None = None, partial: str | None = None) -> str:
     """The parent run's description (Markdown, a few short lines, so the run's details stay on
     screen): the verdict and counts, the failed gates, regressions and repairs. The per-suite
     table is the `summary.md` artifact, every case the JSON report artifact."""
@@ -318,8 +333,8 @@ def parent_note(run: RunSummary, incomplete: str | None = None, left_out: int = 
     if len(notes) > NOTE_LINES:
         notes = [*notes[:NOTE_LINES], f"- ... {len(notes) - NOTE_LINES} more"]
     lines += ["", *notes] if notes else []
-    if left_out:
-        lines += ["", f"Partial: {left_out} prompt cases not selected (-k, node ids, ...); never a branch baseline"]
+    if partial:
+        lines += ["", f"Partial: {partial}"]
     lines += ["", f"Per-suite table: `{SUMMARY_FILE}`; every case: `{REPORT_FILE}` (artifacts)"]
     return "\n".join(lines)
 
@@ -368,15 +383,16 @@ def suite_tags(
     # as its session does (the run lists show suite runs on their own).
     partial = f"INCOMPLETE ({meta.incomplete}): " if meta.incomplete else ""
     left_out = meta.left_out.get(suite.info.id, 0)
-    if left_out:
-        partial += f"PARTIAL ({left_out} cases not selected): "
+    narrowed = suite.info.id in meta.narrowed
+    if left_out or narrowed:
+        partial += f"PARTIAL ({left_out or 'some'} cases not selected): "
     tags = {
         "mlflow.parentRunId": parent,
         RUN_TYPE[0]: RUN_TYPE[1],
         "mlflow.note.content": f"{partial}pass rate {rate} ({suite.passed} passed, {suite.failed} failed, "
         f"{suite.errors} errors)" + (f"; {gates}" if gates else ""),
         "promptopt.complete": flag(meta.incomplete is None),
-        "promptopt.left_out": str(left_out),
+        LEFT_OUT_TAG: left_out_tag(left_out, narrowed),
         "promptopt.suite": suite.info.name,
         "promptopt.suite_id": suite.info.id,  # the key a later baseline comparison matches on
         "promptopt.suite_file": suite.info.file,

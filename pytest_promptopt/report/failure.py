@@ -4,24 +4,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from typing import Any, NoReturn
-
-import pytest
+from typing import Any
 
 from ..records import CaseResult
 
 _MAX = 600
-
-
-class Tolerated(pytest.xfail.Exception):
-    """A failing case its suite's gates tolerate: pytest shows it as XFAIL and the gates decide.
-    Its own class, so that `--runxfail` (which runs the user's xfail marks as ordinary tests)
-    leaves it an expected failure (plugin.pytest_runtest_makereport)."""
-
-
-def tolerate(gates: str, reason: str) -> NoReturn:
-    """Raise `Tolerated` for a case that failed `reason` under the gates `gates` (described)."""
-    raise Tolerated(f"tolerated by gate {gates}: {reason}")
 
 
 def _clip(text: str, limit: int = _MAX) -> str:

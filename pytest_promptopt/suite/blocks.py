@@ -16,7 +16,7 @@ from typing import Any
 from ..assertions.base import Assertion
 from ..models.specs import ModelSpec, distinct_displays, parse_model_spec
 from ..prompt import Prompt
-from .cases import CaseError
+from .cases import CaseError, failed_case
 from .dataset import FORMATS, CaseFactory, DatasetSlice, DatasetSource, DatasetSpec, columns, read_rows
 from .document import Context
 from .expansion import build_assertion, load_vars, merge_test, model_options, var_combinations, vars_mapping
@@ -99,11 +99,18 @@ def fuzz_cases(
             try:
                 case = factory(values, index)
             except CaseError as exc:
-                where = exc.path if exc.path and exc.path[0] != "dataset" else here
-                raise ctx.error(
-                    where,
-                    f"{exc.message} (generated case fuzz[{index}]: {json.dumps(values, ensure_ascii=False, default=str)[:200]})",
-                ) from None
+                if factory.prompt.unavailable is not None:  # the registry is down: an error, not the suite's
+                    case = failed_case(
+                        factory.suite, factory.prompt, factory.prompt_index, values, factory.model, exc.message,
+                        name="", test_index=index, position=index, several_prompts=factory.several_prompts,
+                        several_providers=factory.several_providers,
+                    )  # fmt: skip
+                else:
+                    where = exc.path if exc.path and exc.path[0] != "dataset" else here
+                    raise ctx.error(
+                        where,
+                        f"{exc.message} (generated case fuzz[{index}]: {json.dumps(values, ensure_ascii=False, default=str)[:200]})",
+                    ) from None
             identity, n = case.case_id, 0
             while identity in taken:  # a generated case identical to a test's, or to another one
                 n += 1
@@ -282,6 +289,8 @@ def _check_dataset(source: DatasetSource, slices: list[DatasetSlice], defaults: 
     if isinstance(row, CaseError):
         raise ctx.error(("dataset", "path"), f"{source.written}: {row.message}")
     for item in slices:
+        if item.make_case.prompt.unavailable is not None:
+            continue  # a registry that is down: each row of this prompt is an error when it runs
         try:
             case = item.make_case(row, index)
         except CaseError as exc:

@@ -36,25 +36,43 @@ class ChainRuns:
     def __init__(self) -> None:
         self._registers: dict[str, dict[str, Any]] = {}
         self._turns: dict[str, dict[str, list[dict[str, Any]]]] = {}
-        self._ran: dict[tuple[str, str], tuple[Case, CaseResult]] = {}  # (group, case id) -> as it ran
+        self._seen: set[tuple[str, str]] = set()  # (group, case id) whose output this process recorded
+        # cases run ahead of their own items (`before`), until each item takes its result once
+        self._ahead: dict[tuple[str, str], tuple[Case, CaseResult]] = {}
         self._lock = threading.Lock()
 
     def before(self, cases: Sequence[Case], case: Case) -> list[Case]:
         """The cases of `cases` (a sequence, in collection order) before `case` that have not
-        run in this process: what must run first for `case` to see their outputs."""
+        run in this process and whose output `case` reads: any that stores one (`storeOutputAs`:
+        registers are the suite's, whatever the provider), and the earlier turns of its
+        conversation. What must run first for `case` to see what it would see in order."""
+        step = case.chain
         earlier = []
         for other in cases:
             if other.case_id == case.case_id:
                 break
-            if other.chain is not None and self.done(other) is None:
+            mine = other.chain
+            if mine is None or self._key(other) in self._seen:
+                continue
+            if mine.store_as or (
+                step is not None and mine.conversation is not None and mine.conversation == step.conversation
+            ):
                 earlier.append(other)
         return earlier
 
-    def done(self, case: Case) -> tuple[Case, CaseResult] | None:
-        """How `case` ran in this process (the case as rendered, its result), or None."""
-        step = case.chain
+    def ahead(self, case: Case) -> tuple[Case, CaseResult] | None:
+        """How `case` ran ahead of its item (the case as rendered, its result), or None."""
         with self._lock:
-            return None if step is None else self._ran.get((step.group, case.case_id))
+            return self._ahead.get(self._key(case))
+
+    def take_ahead(self, case: Case) -> tuple[Case, CaseResult] | None:
+        """`ahead`, once: the item reports it; a rerun of the item runs the case again."""
+        with self._lock:
+            return self._ahead.pop(self._key(case), None)
+
+    @staticmethod
+    def _key(case: Case) -> tuple[str, str]:
+        return (case.chain.group if case.chain is not None else "", case.case_id)
 
     def prepare(self, case: Case) -> Case:
         """`case` rendered with what the cases before it produced (itself when not chained)."""
@@ -71,14 +89,17 @@ class ChainRuns:
                 extra["_conversation"] = list(self._turns.get(step.group, {}).get(step.conversation, []))
         return dataclasses.replace(step.build(extra), chain=step)
 
-    def record(self, case: Case, result: CaseResult) -> None:
+    def record(self, case: Case, result: CaseResult, ahead: bool = False) -> None:
         """Keep `result`'s output for the cases after `case`: in its register (only a non-empty
-        output, as promptfoo) and as a turn of its conversation."""
+        output, as promptfoo) and as a turn of its conversation; `ahead`: run before its own
+        item, which takes the result (`take_ahead`)."""
         step = case.chain
         if step is None:
             return
         with self._lock:
-            self._ran[(step.group, case.case_id)] = (case, result)
+            self._seen.add(self._key(case))
+            if ahead:
+                self._ahead[self._key(case)] = (case, result)
             if result.output is None:
                 return
             if step.store_as and result.output:
