@@ -117,17 +117,15 @@ class LeftOut:
 
     def describe(self) -> str | None:
         """One phrase for the terminal and MLflow, or None when nothing was left out."""
-        parts = []
+        left = []
         n, suites = sum(self.counts.values()), len(self.counts)
         if n:
-            parts.append(f"{n} prompt case{'s' if n != 1 else ''} of {suites} suite{'s' if suites != 1 else ''}")
+            left.append(f"{n} prompt case{'s' if n != 1 else ''} of {suites} suite{'s' if suites != 1 else ''}")
         if self.narrowed:
-            parts.append(f"the other tests of {len(self.narrowed)} Python suite(s) named by node ids")
+            left.append(f"the other tests of {len(self.narrowed)} Python suite(s) named by node ids")
+        parts = [" and ".join(left) + " not selected (-k, -m, --deselect, --lf, --sw or node ids)"] if left else []
         if self._skipped_files:
             parts.append(f"{self._skipped_files} file(s) --lf did not collect")
         if not parts:
             return None
-        return (
-            " and ".join(parts) + " not selected (-k, -m, --deselect, --lf, --sw or node ids): "
-            "the gates judged the cases that ran; not a branch baseline"
-        )
+        return "; ".join(parts) + ": the gates judged the cases that ran; not a branch baseline"
