@@ -911,13 +911,15 @@ def test_a_tests_other_options_are_model_parameters_over_the_prompts_and_functio
     )
     got = [(case.rendered_prompt, dict(case.model.params)) for case in suite.cases]
     assert got == [
-        ("Q abc", {"temperature": 0.05, "max_tokens": 7, "seed": 2, "top_k": 4, "timeout": 1000, "maxTokens": 9}),
-        ("R abc", {"temperature": 0.05, "top_p": 0.2, "timeout": 1000, "seed": 2, "maxTokens": 9}),
-        ("Q d", {"temperature": 0.1, "max_tokens": 7, "seed": 1, "top_k": 4, "timeout": 1000}),
-        ("R d", {"temperature": 0.9, "top_p": 0.2, "timeout": 1000, "seed": 1}),
+        ("Q abc", {"temperature": 0.05, "max_tokens": 7, "seed": 2, "top_k": 4, "timeout": 1.0, "maxTokens": 9}),
+        ("R abc", {"temperature": 0.05, "top_p": 0.2, "timeout": 1.0, "seed": 2, "maxTokens": 9}),
+        ("Q d", {"temperature": 0.1, "max_tokens": 7, "seed": 1, "top_k": 4, "timeout": 1.0}),
+        ("R d", {"temperature": 0.9, "top_p": 0.2, "timeout": 1.0, "seed": 1}),
     ]
-    # promptfoo's providers that read a timeout take milliseconds; a hosted model here, seconds
+    # promptfoo's providers that read a timeout take milliseconds, a model here seconds: 1000 and
+    # more is read as milliseconds (a real config's 120000 would otherwise wait 33 hours)
     assert [w.place for w in suite.warnings] == ["defaultTest.options.timeout"]
+    assert "1000 is read as milliseconds (as promptfoo's providers read it): a timeout of 1 s" in str(suite.warnings[0])
 
 
 def test_an_option_that_looks_misspelt_is_named_and_factuality_scores_reach_the_checks(tmp_path):

@@ -14,6 +14,7 @@ from ..nunjucks import js_json
 from ..sandbox.scripts import is_code_reference
 from .document import Context, DocumentError, load_yaml
 from .files import expand, has_magic, read_text
+from .promptfoo_keys import test_option_timeout
 from .schema import suite_schema
 from .sources import load_structured
 
@@ -65,7 +66,10 @@ def model_options(options: Mapping[str, Any]) -> dict[str, Any]:
     every option but `repeat` over the prompt's config for the provider's call; the options it reads
     itself (`prefix`, `transform`, ...) mean nothing to a model, so they are not passed here."""
     own = suite_schema()["$defs"]["test"]["properties"]["options"]["properties"]
-    return {str(key): value for key, value in options.items() if key not in own}
+    params = {str(key): value for key, value in options.items() if key not in own}
+    if "timeout" in params:
+        params["timeout"] = test_option_timeout(params["timeout"])
+    return params
 
 
 def vars_mapping(raw: Any, path: tuple[Any, ...], ctx: Context) -> dict[str, Any]:

@@ -182,13 +182,28 @@ def _check_options(options: Any, path: tuple[Any, ...], ctx: Context, where: str
                 f"parameter, and so does this plugin{where}",
             )
         elif key == "timeout":
-            # Real configs write milliseconds here (promptfoo's providers that read it take them);
-            # a hosted model here reads seconds, so 120000 would wait 33 hours for an answer.
+            value = options["timeout"]
+            read = test_option_timeout(value)
+            as_ms = isinstance(value, (int, float)) and read != value
             ctx.warn(
                 path + ("options", "timeout"),
-                f"the model's timeout in seconds here, as in a provider's config (promptfoo's providers that "
-                f"read a timeout take milliseconds): write seconds, or remove it to keep --promptopt-timeout{where}",
-            )
+                (f"{value} is read as milliseconds (as promptfoo's providers read it): a timeout of {read:g} s"
+                 if as_ms else "the model's timeout in seconds here, as in a provider's config (promptfoo's "
+                 "providers that read a timeout take milliseconds)")
+                + f"; remove it to keep --promptopt-timeout{where}",
+            )  # fmt: skip
+
+
+# A test option `timeout` this large is promptfoo's milliseconds: real configs write 120000 there
+# (its providers read milliseconds); a model here reads seconds, and would wait 33 hours.
+MILLISECONDS_FROM = 1000
+
+
+def test_option_timeout(value: Any) -> Any:
+    """A test option `timeout` in seconds, as the model reads it (`MILLISECONDS_FROM`)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= MILLISECONDS_FROM:
+        return value / 1000
+    return value
 
 
 _TEST_CONTENT = ("assert", "vars", "options", "metadata", "provider", "providerOutput", "threshold")
