@@ -72,6 +72,7 @@ REPORT_FILE = "promptopt-report.json"
 SUMMARY_FILE = "summary.md"  # the parent run's per-suite table (Markdown: the artifact view renders it)
 BASELINE_FILE = "baseline_comparison.json"  # with --promptopt-baseline
 KIND_TAG = "promptopt.kind"  # "repair" on a repair's child run (a suite's child run has none)
+LEFT_OUT_TAG = "promptopt.left_out"  # what the selection left out: "0", a count, or "unknown"
 LINKED_PROMPTS_TAG = "mlflow.linkedPrompts"  # mlflow.tracing.constant.TraceTagKey.LINKED_PROMPTS
 # mlflow.utils.mlflow_tags.MLFLOW_RUN_TYPE_GENAI_EVALUATE, what `mlflow.genai.evaluate` tags its run
 # with (not "test": the Evaluation runs tab cannot compare such runs)
@@ -269,9 +270,6 @@ def parent_tags(run: RunSummary, meta: SessionMeta) -> dict[str, str]:
         tags["promptopt.baseline"] = run.baseline.ref
         tags["promptopt.baseline_run_id"] = run.baseline.run_id or ""
     return clean_tags(tags)
-
-
-LEFT_OUT_TAG = "promptopt.left_out"  # what the selection left out: "0", a count, or "unknown"
 
 
 def left_out_tag(count: int, partial: bool) -> str:
