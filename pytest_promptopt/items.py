@@ -114,7 +114,7 @@ def note_selection(session: pytest.Session, left_out: LeftOut, python_tests: Seq
     left_out.collected(
         (item.selection_key for item in session.items if isinstance(item, (CaseItem, DatasetItem))),
         {item.nodeid.split("::", 1)[0] for item in session.items},
-        {python_case_key(item)[0] for item in python_tests if item.path.resolve() in named},
+        {python_case_key(item)[0] for item in python_tests if named and item.path.resolve() in named},
         int(getattr(lf, "_skipped_files", 0) or 0),  # pytest's count of the files --lf did not collect
     )
     workeroutput = getattr(config, "workeroutput", None)
