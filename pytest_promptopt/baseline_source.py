@@ -28,7 +28,7 @@ def compare_with_reference(
     if ref.source == "file":
         try:
             return compare_run(
-                suite_outcomes(suites), read_baseline_file(Path(str(ref.path))), regression, not_selected
+                suite_outcomes(suites), read_baseline_file(Path(str(ref.path))), regression, not_selected, narrowed
             )
         except BaselineFileError as exc:
             return BaselineComparison.failed(ref.describe(), str(exc))

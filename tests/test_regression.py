@@ -239,6 +239,8 @@ def test_python_suites_node_ids_and_lf_in_a_baseline_update(pytester, run_pytest
     assert len(json.loads(path.read_text())["suites"]["old-name"]["cases"]) == 2
     one = run_pytest(*update, "test_s.py::test_a")
     one.stdout.fnmatch_lines(["partial session: the other tests of 1 Python suite(s) named by node ids not selected*"])
+    # compared with the file: test_b is not known to be left out or removed, so it is not "removed"
+    one.stdout.fnmatch_lines(["old-name: *0 added, 0 removed, 1 not selected"])
     assert len(json.loads(path.read_text())["suites"]["old-name"]["cases"]) == 2  # test_b kept
     pytester.makepyfile(test_s=PY_SUITE % "new-name")
     renamed = run_pytest(*update)
