@@ -100,10 +100,11 @@ class SuiteWarning(pytest.PytestWarning):
     """A suite file loads, but a key is ignored or something runs differently from promptfoo."""
 
 
-def note_selection(session: pytest.Session, left_out: LeftOut, python_tests: Sequence[pytest.Item]) -> None:
+def note_selection(session: pytest.Session, left_out: LeftOut, is_python_test: Callable[[pytest.Item], bool]) -> None:
     """Collection is done: tell `left_out` (selection.py) what pytest kept of the suites' cases,
     which files the items come from, the Python suites of modules a node id named (pytest never
-    collected their other tests) and the files --lf skipped; an xdist worker sends it on."""
+    collected their other tests; `is_python_test` tells a Python prompt test, looked for only
+    then) and the files --lf skipped; an xdist worker sends it on."""
     from .python_tests import python_case_key
 
     config = session.config
@@ -114,7 +115,11 @@ def note_selection(session: pytest.Session, left_out: LeftOut, python_tests: Seq
     left_out.collected(
         (item.selection_key for item in session.items if isinstance(item, (CaseItem, DatasetItem))),
         {item.nodeid.split("::", 1)[0] for item in session.items},
-        {python_case_key(item)[0] for item in python_tests if named and item.path.resolve() in named},
+        {
+            python_case_key(item)[0]
+            for item in (session.items if named else ())
+            if isinstance(item, pytest.Function) and is_python_test(item) and item.path.resolve() in named
+        },
         int(getattr(lf, "_skipped_files", 0) or 0),  # pytest's count of the files --lf did not collect
     )
     workeroutput = getattr(config, "workeroutput", None)

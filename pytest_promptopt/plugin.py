@@ -255,8 +255,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     from .items import note_selection
     from .session import session_key
 
-    python = [i for i in session.items if isinstance(i, pytest.Function) and _is_python_prompt_test(i)]
-    note_selection(session, session.config.stash[session_key].left_out, python)
+    note_selection(session, session.config.stash[session_key].left_out, _is_python_prompt_test)
 
 
 # --------------------------------------------------------------------------- Python prompt tests

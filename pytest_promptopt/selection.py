@@ -110,11 +110,6 @@ class LeftOut:
     def files(self) -> frozenset[str]:
         return frozenset(self._files)
 
-    @property
-    def partial(self) -> bool:
-        """Whether the selection left anything out: such a session is no branch baseline."""
-        return bool(self.counts or self._narrowed or self._skipped_files)
-
     def describe(self) -> str | None:
         """One phrase for the terminal and MLflow, or None when nothing was left out."""
         left = []

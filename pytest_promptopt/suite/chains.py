@@ -48,11 +48,13 @@ class ChainRuns:
         conversation. What must run first for `case` to see what it would see in order."""
         step = case.chain
         earlier = []
+        with self._lock:
+            seen = set(self._seen)
         for other in cases:
             if other.case_id == case.case_id:
                 break
             mine = other.chain
-            if mine is None or self._key(other) in self._seen:
+            if mine is None or self._key(other) in seen:
                 continue
             if mine.store_as or (
                 step is not None and mine.conversation is not None and mine.conversation == step.conversation

@@ -611,6 +611,7 @@ class _CaseBuilder:
             "script_timeout_s": self.code.timeout_s,
         }
         missing = Missing(test.path + ("vars",), "add it to this test's vars or to defaultTest.vars")
+        params = model_options(merged["options"])  # the test's options that are model parameters
 
         def build(extra: Mapping[str, Any]) -> Case:
             if problem is not None:
@@ -619,7 +620,7 @@ class _CaseBuilder:
                 return build_case(
                     self.info, prompt, prompt_index, {**variables, **extra}, placed, spec, missing=missing,
                     threshold=merged["threshold"], env=ctx.env, sandbox=self.code.sandbox, filters=ctx.filters,
-                    options=model_options(merged["options"]), metadata=merged["metadata"],
+                    options=params, metadata=merged["metadata"],
                     code_vars=None if code_vars is None else {**code_vars, **extra}, **common,
                 )  # fmt: skip
             except CaseError as exc:
