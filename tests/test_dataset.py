@@ -617,26 +617,6 @@ def test_dataset_parts_of_a_suite_merge_into_one_summary():
 # --------------------------------------------------------------------------- the Spark backend
 
 
-@pytest.mark.timeout(900)
-def test_spark_backend_gives_the_local_results(pytester, run_pytest):
-    pytest.importorskip("pyspark")
-    project(pytester, SUITE + "  limit: 25\ngates: {pass_rate: 0.75}\n")
-    local = run_pytest("--promptopt", "--promptopt-report", "local.json")
-    on_spark = run_pytest("--promptopt", "--promptopt-backend", "spark", "--promptopt-report", "spark.json")
-    local.assert_outcomes(passed=1)
-    on_spark.assert_outcomes(passed=1)
-    [a] = load_report(pytester.path / "local.json")["suites"]
-    [b] = load_report(pytester.path / "spark.json")["suites"]
-    keys = ("cases", "passed", "failed", "errors", "pass_rate", "metrics", "gates", "calls")
-    assert {k: a[k] for k in keys} == {k: b[k] for k in keys} and a["cases"] == 25
-    assert Path(b["cases_file"], "all").is_dir()  # Spark writes the item's part as a folder of part files
-
-    def comparable(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
-        return sorted((r["case_id"], r["name"], r["nodeid"], r["status"], r["output"], r["score"]) for r in rows)
-
-    assert comparable(table(a["cases_file"])) == comparable(table(b["cases_file"]))
-
-
 HOOK_JUDGE = """
 import json
 from pytest_promptopt import Response
@@ -658,31 +638,46 @@ def pytest_promptopt_make_model(spec):
 
 
 @pytest.mark.timeout(900)
-def test_a_dataset_suite_on_spark_takes_a_hook_made_judge_along(pytester, run_pytest):
+def test_spark_backend_gives_the_local_results_and_takes_a_hook_made_judge_along(pytester, run_pytest):
+    """Two dataset suites, run in this process and on a local Spark session (one JVM for both:
+    each costs ~12 s of the suite): the same verdicts, metrics, calls and per-case tables; the
+    second is judged by a model a conftest hook makes, which Spark's workers cannot make."""
     pytest.importorskip("pyspark")
     pytester.makeconftest(HOOK_JUDGE)
+    project(pytester, SUITE + "  limit: 25\ngates: {pass_rate: 0.75}\n")
     project(
         pytester,
-        SUITE.replace(
+        SUITE.replace("name: reviews", "name: judged").replace(
             'assert: [{type: icontains, value: "{{label}}", metric: right}]',
             'assert: [{type: llm-rubric, value: "Says it is great", metric: great}]',
         )
         + "  limit: 10\n",
+        name="judged",
     )
     options = ("--promptopt", "--promptopt-judge-model", "judge/hook", "--promptopt-cache", "off")
     local = run_pytest(*options, "--promptopt-report", "local.json")
     on_spark = run_pytest(*options, "--promptopt-backend", "spark", "--promptopt-report", "spark.json")
-    local.assert_outcomes(failed=1)  # no gate: a failed row fails the item
-    on_spark.assert_outcomes(failed=1)
-    [a] = load_report(pytester.path / "local.json")["suites"]
-    [b] = load_report(pytester.path / "spark.json")["suites"]
+    local.assert_outcomes(passed=1, failed=1)  # the judged suite has no gate: a failed row fails its item
+    on_spark.assert_outcomes(passed=1, failed=1)
+    a = {suite["name"]: suite for suite in load_report(pytester.path / "local.json")["suites"]}
+    b = {suite["name"]: suite for suite in load_report(pytester.path / "spark.json")["suites"]}
+    keys = ("cases", "passed", "failed", "errors", "pass_rate", "metrics", "gates", "calls")
+    assert {k: a["reviews"][k] for k in keys} == {k: b["reviews"][k] for k in keys} and a["reviews"]["cases"] == 25
+    assert Path(b["reviews"]["cases_file"], "all").is_dir()  # Spark writes the item's part as a folder of part files
+
+    def comparable(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        return sorted((r["case_id"], r["name"], r["nodeid"], r["status"], r["output"], r["score"]) for r in rows)
+
+    assert comparable(table(a["reviews"]["cases_file"])) == comparable(table(b["reviews"]["cases_file"]))
     # rows 1, 3, 5, 7 say great, and 4 (whose review names the other label): judged, not errored
+    judged_a, judged_b = a["judged"], b["judged"]
     assert (
-        (b["cases"], b["passed"], b["failed"], b["errors"])
-        == (a["cases"], a["passed"], a["failed"], a["errors"])
+        (judged_b["cases"], judged_b["passed"], judged_b["failed"], judged_b["errors"])
+        == (judged_a["cases"], judged_a["passed"], judged_a["failed"], judged_a["errors"])
         == (10, 5, 5, 0)
     )
-    assert b["metrics"] == a["metrics"] == {"great": 0.5} and b["calls"] == 20  # echo's answers and the verdicts
+    assert judged_b["metrics"] == judged_a["metrics"] == {"great": 0.5}
+    assert judged_b["calls"] == 20  # echo's answers and the verdicts
 
 
 # ----------------------------------------------------------------------------- reading suite files

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import recorded_reference
 from conftest import load_report
 
 from pytest_promptopt import LocalModel, Request
@@ -97,15 +99,44 @@ def _requests(report: dict[str, Any]) -> list[tuple[Request, tuple[str, int, int
     return cases
 
 
+def _key(request: Request) -> str:
+    return json.dumps([list(request.messages), request.params], sort_keys=True, ensure_ascii=False)
+
+
 def test_ctranslate2_answers_exactly_as_transformers_float32_on_the_example_suites(main_job: dict[str, Any]):
     """The main job ran on CTranslate2 (chosen when installed), in the suites' own batches with
     their shared prompt prefixes; transformers float32, the reference, gives every case the same
     full completion and the same token counts. (That CTranslate2's answers do not depend on how
-    prompts are batched is tested in test_bundled_model.py.)"""
+    prompts are batched is tested in test_bundled_model.py.)
+
+    transformers' answers are recorded (tests/recorded_reference.py): every case is compared with
+    the recording, and the first case of each suite, plus any case not recorded, is answered by
+    transformers live and compared with both. A stale recording makes all of them live."""
     if importlib.util.find_spec("ctranslate2") is None:
         pytest.skip("the CTranslate2 runtime is not installed (scripts/setup.sh installs it)")
     assert chosen_runtime() in ("auto", "ctranslate2"), "the main job must run on CTranslate2 here"
     cases = _requests(main_job)
     assert len(cases) >= 50
-    reference = LocalModel(runtime="transformers").generate_batch([request for request, _ in cases])
-    assert [answer for _, answer in cases] == [(r.text, r.completion_tokens, r.prompt_tokens) for r in reference]
+    recording = recorded_reference.recorded("main_job_answers")
+    reference: dict[str, tuple[str, int, int]] = {}
+    if recording is not None:
+        reference = {_key(Request.from_prompt(e["messages"], e["params"])): tuple(e["answer"]) for e in recording}
+    first_of_each_suite = [_requests({"suites": [suite]})[0][0] for suite in main_job["suites"]]
+    live = first_of_each_suite + [request for request, _ in cases if _key(request) not in reference]
+    live = list({_key(request): request for request in live}.values())
+    answered = LocalModel(runtime="transformers").generate_batch(live)
+    now = {_key(request): (r.text, r.completion_tokens, r.prompt_tokens) for request, r in zip(live, answered)}
+    assert {key: reference[key] for key in now if key in reference} == {
+        key: answer for key, answer in now.items() if key in reference
+    }, "transformers no longer answers as recorded"
+    reference.update(now)
+    assert [answer for _, answer in cases] == [reference[_key(request)] for request, _ in cases]
+    if recording is None:
+        distinct = {_key(request): request for request, _ in cases}  # the fuzz suite repeats some
+        recorded_reference.record_if_asked(
+            "main_job_answers",
+            [
+                {"messages": list(request.messages), "params": dict(request.params), "answer": list(reference[key])}
+                for key, request in distinct.items()
+            ],
+        )

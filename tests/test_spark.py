@@ -796,7 +796,8 @@ def test_a_warm_rerun_on_spark_makes_no_model_call(
     run_pytest: Any, pytester: pytest.Pytester, connect_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Over Spark Connect: the server's executors write the project's cache, then read it. (On a
-    # local session, test_faults.py's executor-cache test makes the same cold and warm runs.)
+    # local session, test_faults.py's executor-cache test makes the cold run, its executors
+    # rebuilding a corrupt cache; executors read a cache file the same way in both.)
     from conftest import load_report
 
     clean_spark_env(monkeypatch)
