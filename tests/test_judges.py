@@ -598,47 +598,6 @@ tests:
     assert result.ret == rerun.ret
 
 
-# ----------------------------------------------------------------------------- the Spark backend
-
-
-def test_judges_on_spark_workers(tmp_path):
-    """Spark workers build the run's judge model from its spec and call it through their cache."""
-    import shutil
-
-    pytest.importorskip("pyspark")
-    if not shutil.which("java"):
-        pytest.skip("Spark needs a Java runtime")
-    from pytest_promptopt.runners.execution import ExecutionSettings
-    from pytest_promptopt.runners.spark import evaluate_cases, spark_session
-    from pytest_promptopt.runners.spark_session import SparkSettings
-
-    rubric = "Names the capital of France"
-    turn = "<Output>\n{}\n</Output>\n<Rubric>\n" + rubric + "\n</Rubric>"
-    judge = ModelSpec("fake", {"responses": {turn.format("Paris"): PASS, turn.format("Lyon"): FAIL}}, "spark-judge")
-    suite = tmp_path / "judged.promptopt.yaml"
-    suite.write_text(
-        'providers: [echo]\nprompts: ["{{city}}"]\ntests:\n'
-        f'  - vars: {{city: Paris}}\n    assert: [{{type: llm-rubric, value: "{rubric}"}}]\n'
-        f'  - vars: {{city: Lyon}}\n    assert: [{{type: llm-rubric, value: "{rubric}"}}]\n'
-    )
-    cases = [(f"judged::{c.name}", c) for c in load_suite(suite, "judged.promptopt.yaml", ModelSpec("echo")).cases]
-    spark = spark_session(SparkSettings(master="local[1]"))
-    try:
-        cold = dict(
-            evaluate_cases(spark, cases, ExecutionSettings(tmp_path / "c.sqlite", CacheMode.READWRITE, judge=judge))
-        )
-        warm = dict(
-            evaluate_cases(spark, cases, ExecutionSettings(tmp_path / "c.sqlite", CacheMode.READWRITE, judge=judge))
-        )
-    finally:
-        spark.stop()
-    cold_results, warm_results = [cold[n] for n, _ in cases], [warm[n] for n, _ in cases]  # results come in any order
-    assert [(r.passed, r.error) for r in cold_results] == [(True, None), (False, None)]
-    assert cold_results[1].reason == "It names Lyon, not Paris."
-    assert [(r.calls, r.cache_hits) for r in cold_results] == [(2, 0)] * 2  # echo and the judge
-    assert [(r.calls, r.cache_hits) for r in warm_results] == [(1, 1)] * 2
-
-
 BATCHED_JUDGE_CONFTEST = """
 import threading
 from pytest_promptopt import ModelError, Response

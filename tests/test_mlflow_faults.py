@@ -295,21 +295,28 @@ def test_upload_does_not_log_twice_a_run_that_finished(
 # --------------------------------------------------------------------------- interrupted while logging
 
 
+@pytest.fixture(scope="module")
+def signal_server(tmp_path_factory: pytest.TempPathFactory, migrated_store: Path) -> Iterator[str]:
+    """One `mlflow server` for both signals (each test logs to an experiment of its own)."""
+    root = tmp_path_factory.mktemp("server")
+    store = root / "server.db"
+    shutil.copy(migrated_store, store)
+    with mlflow_server(root, store) as (url, _):
+        yield url
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_while_mlflow_logs_leaves_a_finished_run_or_a_pending_file_upload_sends(
-    pytester: pytest.Pytester, migrated_store: Path, tmp_path: Path, sig: int
+    pytester: pytest.Pytester, signal_server: str, sig: int
 ) -> None:
     """SIGINT (Ctrl-C): pytest stops the writer, which marks its run FAILED; the pending file is
     kept and `upload` sends it. SIGTERM kills pytest at once; the writer, in its own process
     session, finishes the run and removes the file. Either way exactly one session run is
     FINISHED in the end."""
     pytester.makefile(".promptopt.yaml", qa=QA)
-    root = tmp_path / "server"
-    root.mkdir()
-    store = root / "server.db"
-    shutil.copy(migrated_store, store)
-    with mlflow_server(root, store) as (url, _), Proxy(url) as proxy:
-        process = start_pytest(pytester.path, "--promptopt-mlflow-uri", proxy.url, "--promptopt-experiment", "sig")
+    url, experiment = signal_server, f"sig-{signal.Signals(sig).name}"
+    with Proxy(url) as proxy:
+        process = start_pytest(pytester.path, "--promptopt-mlflow-uri", proxy.url, "--promptopt-experiment", experiment)
         try:
             assert proxy.held.wait(180), proxy.requests  # the session run exists; the writer waits
             os.kill(process.pid, sig)
@@ -329,10 +336,10 @@ def test_a_signal_while_mlflow_logs_leaves_a_finished_run_or_a_pending_file_uplo
             assert "MLflow reporting interrupted (http://127.0.0.1:" in out and "results kept in" in out, out
             [pending] = pending_files(pytester.path)
             cut = json.loads(pending.read_text())["mlflow"]["session_run_id"]
-            assert session_runs(url, "sig")[cut].info.status == "FAILED"  # the writer marked it when stopped
+            assert session_runs(url, experiment)[cut].info.status == "FAILED"  # the writer marked it when stopped
             sent = upload(pending, url)
             assert sent.returncode == 0, sent.stderr
-        runs = session_runs(url, "sig")
+        runs = session_runs(url, experiment)
     finished = [r for r in runs.values() if r.info.status == "FINISHED"]
     assert len(finished) == 1 and finished[0].data.metrics["cases"] == 3
     assert all(r.info.status == "FAILED" for r in runs.values() if r not in finished)

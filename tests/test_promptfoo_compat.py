@@ -38,6 +38,7 @@ def our_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
         [
             *PYTEST,
             "--promptopt",
+            "--promptopt-no-mlflow",
             "-p",
             "no:cacheprovider",
             "--promptopt-report",

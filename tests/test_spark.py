@@ -508,6 +508,33 @@ def test_workers_take_the_runs_retries_and_a_share_of_its_rate_limits(
 
 
 @needs_java
+def test_judges_on_spark_workers(spark: Any, tmp_path: Path) -> None:
+    """Spark workers build the run's judge model from its spec and call it through their cache."""
+    rubric = "Names the capital of France"
+    turn = "<Output>\n{}\n</Output>\n<Rubric>\n" + rubric + "\n</Rubric>"
+    verdicts = {
+        turn.format("Paris"): '{"reason": "It names Paris.", "pass": true, "score": 1.0}',
+        turn.format("Lyon"): '{"reason": "It names Lyon, not Paris.", "pass": false, "score": 0.1}',
+    }
+    judge = ModelSpec("fake", {"responses": verdicts}, "spark-judge")
+    suite = tmp_path / "judged.promptopt.yaml"
+    suite.write_text(
+        'providers: [echo]\nprompts: ["{{city}}"]\ntests:\n'
+        f'  - vars: {{city: Paris}}\n    assert: [{{type: llm-rubric, value: "{rubric}"}}]\n'
+        f'  - vars: {{city: Lyon}}\n    assert: [{{type: llm-rubric, value: "{rubric}"}}]\n'
+    )
+    cases = [(f"judged::{c.name}", c) for c in load_suite(suite, "judged.promptopt.yaml", ModelSpec("echo")).cases]
+    execution = ExecutionSettings(tmp_path / "c.sqlite", CacheMode.READWRITE, judge=judge)
+    cold = dict(evaluate_cases(spark, cases, execution))
+    warm = dict(evaluate_cases(spark, cases, execution))
+    cold_results, warm_results = [cold[n] for n, _ in cases], [warm[n] for n, _ in cases]  # results come in any order
+    assert [(r.passed, r.error) for r in cold_results] == [(True, None), (False, None)]
+    assert cold_results[1].reason == "It names Lyon, not Paris."
+    assert [(r.calls, r.cache_hits) for r in cold_results] == [(2, 0)] * 2  # echo and the judge
+    assert [(r.calls, r.cache_hits) for r in warm_results] == [(1, 1)] * 2
+
+
+@needs_java
 def test_a_hosted_model_on_spark_retries_as_often_as_the_run_says(spark: Any, tmp_path: Path) -> None:
     """A real hosted call (litellm to a loopback OpenAI-compatible server) from the Spark workers:
     with retries=1 each case is tried twice, then errors naming its attempts; a rate limit
