@@ -98,6 +98,9 @@ class BaselineRun:
     ref: str  # as given, e.g. "mlflow:branch=main"
     run_id: str | None
     suites: dict[str, BaselineSuite]
+    # What that session's selection left out (its `promptopt.left_out` tag: "0", a count or
+    # "unknown"); only a session run named by id can be partial (mlflow/baseline.py).
+    left_out: str = "0"
 
 
 @dataclass
@@ -162,6 +165,7 @@ class BaselineComparison:
     removed_suites: list[str] = field(default_factory=list)  # suite ids only in the baseline
     error: str | None = None
     gating: bool = True  # False while --promptopt-update-baseline accepts the run as the new baseline
+    baseline_left_out: str = "0"  # BaselineRun.left_out: a partial baseline's cases it did not run show as added
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -170,6 +174,7 @@ class BaselineComparison:
             "error": self.error,
             "removed_suites": list(self.removed_suites),
             "gating": self.gating,
+            "baseline_left_out": self.baseline_left_out,
             "suites": {k: v.to_dict() for k, v in self.suites.items()},
         }
 
@@ -182,6 +187,7 @@ class BaselineComparison:
             list(data.get("removed_suites") or []),
             data.get("error"),
             bool(data.get("gating", True)),
+            str(data.get("baseline_left_out") or "0"),
         )
 
     @classmethod
@@ -305,7 +311,7 @@ def compare_run(
             narrowed=suite_id in narrowed,
         )
     removed = sorted(s for s in baseline.suites if s not in current and s not in not_selected and s not in narrowed)
-    return BaselineComparison(baseline.ref, baseline.run_id, suites, removed)
+    return BaselineComparison(baseline.ref, baseline.run_id, suites, removed, baseline_left_out=baseline.left_out)
 
 
 @dataclass(frozen=True)

@@ -102,6 +102,7 @@ def report_dict(run: RunSummary, *, exit_status: int | None = None) -> dict[str,
             "error": b.error,
             "removed_suites": b.removed_suites,
             "gating": b.gating,
+            "baseline_left_out": b.baseline_left_out,
         }
     # --promptopt-repair: one entry per repaired prompt (or skipped suite); [] without repair.
     data["repairs"] = [redact(r.to_dict()) for r in run.repairs]
@@ -135,7 +136,13 @@ def run_from_report(data: dict[str, Any]) -> RunSummary:
             if s.get("baseline")
         }
         baseline = BaselineComparison(
-            top["ref"], top.get("run_id"), suites, list(top.get("removed_suites") or []), top.get("error")
+            top["ref"],
+            top.get("run_id"),
+            suites,
+            list(top.get("removed_suites") or []),
+            top.get("error"),
+            bool(top.get("gating", True)),
+            str(top.get("baseline_left_out") or "0"),
         )
     repairs = tuple(RepairResult.from_dict(r) for r in data.get("repairs") or [])  # they travel with a pending run too
     return RunSummary(summarize_suites(records), baseline, repairs, data.get("exit_status"))

@@ -292,6 +292,16 @@ def test_a_session_pytest_did_not_finish_or_narrowed_is_never_a_branch_baseline(
     by_branch.stdout.fnmatch_lines([f"baseline mlflow:branch=main: session run {older.info.run_id} (*"])
     by_id = run_pytest("--promptopt", "--promptopt-baseline", f"mlflow:{newer.info.run_id}", mlflow=True)
     by_id.stdout.fnmatch_lines([f"baseline not loaded: *{newer.info.run_id} is a session pytest did not finish*"])
+    # Named by id, the narrowed session is the baseline as asked; the comparison says what that means.
+    partial = run_pytest("--promptopt", "--promptopt-baseline", f"mlflow:{narrowed.info.run_id}", mlflow=True)
+    partial.stdout.fnmatch_lines(
+        [
+            f"baseline mlflow:{narrowed.info.run_id}: session run {narrowed.info.run_id} (*",
+            "    that session ran part of the project (1 cases not selected, -k / -m / node ids): cases it did not run show as added",
+            "*1 added*",
+            "    added since the baseline: *",
+        ]
+    )
 
 
 def test_an_unknown_baseline_is_a_warning_and_a_null_baseline(pytester, run_pytest, migrated_store):  # noqa: F811
@@ -333,12 +343,17 @@ def test_the_report_html_plot_and_a_pending_round_trip_carry_the_comparison():
         "mlflow:abc",
         "abc",
         {"s.yaml": BaselineSuite("s.yaml", "s", [case("a", "passed", "ok"), case("b", "passed", "ok")], "child")},
+        left_out="unknown",  # a session narrowed by node ids, named by its run id
     )
     run = dataclasses.replace(run, baseline=compare_run(run.suite_outcomes(), baseline))
+    assert run.baseline is not None and run.baseline.baseline_left_out == "unknown"
     data = json.loads(json.dumps(report_dict(run)))
     assert data["suites"][0]["baseline"]["newly_failing"] == ["a"] and data["suites"][0]["baseline"]["delta"] == -0.5
     assert run_from_report(data).baseline == run.baseline  # a pending run keeps its comparison
     assert "  newly failing  s :: a[t0] (a): passed -> failed" in baseline_lines(run.baseline)
+    assert "    that session ran part of the project (some cases not selected" in "\n".join(
+        baseline_lines(run.baseline)
+    )
     pytest.importorskip("plotly", reason="the html extra (plotly) is not installed")
     from pytest_promptopt.report.html_report import render_html
 

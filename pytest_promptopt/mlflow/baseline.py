@@ -1,7 +1,8 @@
 """Loading a baseline from MLflow: a session (parent) run, its per-suite child runs and their
 per-case tables (`cases.json`, as runs.py logs them), as a `baseline.BaselineRun`.
 
-`mlflow:<run_id>` names the session run; `mlflow:branch=<name>` is the latest FINISHED session
+`mlflow:<run_id>` names the session run (one narrowed by -k or node ids is used as asked, and
+the comparison says that the cases it did not run show as added); `mlflow:branch=<name>` is the latest FINISHED session
 run of the experiment whose `mlflow.source.git.branch` tag is that branch and whose session ran
 to its end (`promptopt.exit_status` 0 or 1: an interrupted one holds only some cases) with every
 case it collected (`promptopt.left_out` 0: not narrowed by -k or node ids). The table is
@@ -136,7 +137,7 @@ def _load(client: Any, ref: BaselineRef, parent: Any) -> BaselineRun:
             suites[suite_id] = BaselineSuite(
                 suite_id, name, _cases(json.loads(Path(local).read_text(encoding="utf-8"))), child.info.run_id
             )
-    return BaselineRun(ref.describe(), run_id, suites)
+    return BaselineRun(ref.describe(), run_id, suites, parent.data.tags.get(LEFT_OUT_TAG) or "0")
 
 
 def _cases(table: dict[str, Any]) -> list[CaseOutcome]:

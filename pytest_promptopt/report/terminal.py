@@ -127,6 +127,14 @@ def baseline_lines(comparison: BaselineComparison) -> list[str]:
         "regression gate on" if comparison.gating else "compared, not gated: --promptopt-update-baseline replaces it"
     )
     lines = [f"baseline {comparison.ref}: {source} ({gating})"]
+    if comparison.baseline_left_out not in ("", "0"):
+        # Named by run id (a branch never picks one): its selection left cases out, which this run
+        # shows as added.
+        count = "some" if comparison.baseline_left_out == "unknown" else comparison.baseline_left_out
+        lines.append(
+            f"    that session ran part of the project ({count} cases not selected, -k / -m / node ids): "
+            "cases it did not run show as added"
+        )
     for c in comparison.suites.values():
         metrics = "".join(
             f"; {name} {m.baseline:.3f} -> {m.current:.3f} ({m.delta:+.3f})"
