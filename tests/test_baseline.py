@@ -204,6 +204,7 @@ def test_compare_with_an_mlflow_run_by_id_and_by_branch(pytester, run_pytest, mi
         "error": None,
         "removed_suites": [],
         "gating": True,
+        "baseline_left_out": "0",
     }
     [flips] = report["suites"]
     ids = {r["name"].split("[")[0]: r["case_id"] for r in flips["results"]}
