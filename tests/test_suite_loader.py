@@ -1041,3 +1041,15 @@ def test_x_keys_hold_yaml_anchors_and_top_level_vars_and_max_concurrency_are_ign
         "evaluateOptions.maxConcurrency); ignored (use --promptopt-concurrency)",
     )
     assert "unknown key 'y-anchors'" in str(error(tmp_path, "y-anchors: &a [1]\nprompts: ['x']\n"))
+
+
+def test_a_provider_transform_is_refused_with_the_fix(tmp_path):
+    """promptfoo runs a provider's `transform` on its output before a test's (a real config strips
+    <think> blocks so); this plugin has test transforms only, so the error names where to move it.
+    The map form holds it one level down."""
+    listed = "providers:\n  - id: echo\n    transform: output.trim()\nprompts: ['x']\ntests: [{vars: {}}]\n"
+    mapped = "providers:\n  - echo:\n      transform: output.trim()\nprompts: ['x']\ntests: [{vars: {}}]\n"
+    for text, field in ((listed, "providers[0].transform"), (mapped, "providers[0].echo.transform")):
+        message = str(error(tmp_path, text))
+        assert f"s.promptopt.yaml:3: {field}: a provider's transform" in message, message
+        assert "move it to defaultTest.options.transform" in message, message

@@ -115,7 +115,7 @@ def preprocess(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
 
 
 def _prune_provider_configs(data: dict[str, Any], ctx: Context) -> None:
-    """A provider's `config:` left empty (null: a block holding only comments, in a real config) is
+    """A provider's `transform` is refused with the fix. A provider's `config:` left empty (null: a block holding only comments, in a real config) is
     read as absent, as promptfoo's loadApiProvider reads it (it spreads the config, and null adds
     nothing); named in a warning, as the other keys left empty are."""
     key = "providers" if "providers" in data else "targets"
@@ -128,6 +128,16 @@ def _prune_provider_configs(data: dict[str, Any], ctx: Context) -> None:
         if "id" not in entry and len(entry) == 1:  # the map form {<id>: {config, label}}
             holders = [(where + (name,), options) for name, options in entry.items() if isinstance(options, dict)]
         for path, holder in holders:
+            if holder.get("transform") is not None:
+                # promptfoo's transformRunEvalResponse runs it on this provider's output before a
+                # test's transform; this plugin has test transforms only (a clear error, not the
+                # schema's "unknown key").
+                raise ctx.error(
+                    path + ("transform",),
+                    "a provider's transform (promptfoo runs it on that provider's output, before a test's "
+                    "options.transform) is not supported; move it to defaultTest.options.transform, which is the "
+                    "same when the suite has one provider and no test has a transform of its own",
+                )
             if "config" in holder and holder["config"] is None:
                 holder.pop("config")
                 ctx.warn(
