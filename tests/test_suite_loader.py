@@ -1067,3 +1067,17 @@ def test_a_tests_glob_matching_nothing_is_a_warning_unless_nothing_else_gives_te
     ]
     message = str(error(tmp_path, "prompts: ['x']\nproviders: [echo]\ntests: [file://none/*.yaml, nope/*.csv]\n"))
     assert "tests: no tests: every file or glob listed here matches nothing; check the paths" in message, message
+
+
+def test_derived_metrics_on_names_only_code_checks_report_are_not_warned_about(tmp_path):
+    """A python or javascript check's namedScores may carry any name (a real config's entity
+    scorer reports true_positives, read by its derivedMetrics): such a name is not "reported by no
+    assertion". Without code checks, an unknown name is still named in a warning."""
+    base = "prompts: ['x']\nproviders: [echo]\nderivedMetrics:\n  - {name: P, value: 'tp / (tp + fp)'}\n"
+    coded = load(tmp_path, base + "defaultTest:\n  assert:\n    - {type: python, value: '1'}\ntests: [{vars: {}}]\n")
+    assert [str(w) for w in coded.warnings] == []
+    plain = load(tmp_path, base + "tests:\n  - assert: [{type: contains, value: x, metric: tp}]\n")
+    assert [str(w) for w in plain.warnings] == [
+        "s.promptopt.yaml:4: derivedMetrics[0].value: fp: no assertion of this suite reports such a metric; "
+        "promptfoo then evaluates 'P' to 0, and so does this plugin"
+    ]

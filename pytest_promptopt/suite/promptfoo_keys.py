@@ -277,14 +277,15 @@ def _load_env_files(raw: Any, ctx: Context) -> None:
             os.environ[key] = value
 
 
-def derived_metrics(raw: Any, known: set[str], ctx: Context) -> tuple[DerivedMetric, ...]:
+def derived_metrics(raw: Any, known: set[str] | None, ctx: Context) -> tuple[DerivedMetric, ...]:
     """promptfoo's `derivedMetrics: [{name, value}]`, each expression parsed now. A name it reads
     that no assertion of the suite reports (nor an earlier derived metric) is warned about:
-    promptfoo evaluates such an expression to 0, and so does this plugin."""
+    promptfoo evaluates such an expression to 0, and so does this plugin. `known` is None when
+    the suite's code checks may report any name (their namedScores): nothing is warned then."""
     if raw is None:
         return ()
     out = []
-    seen = set(known) | {"__count"}
+    seen = set(known or ()) | {"__count"}
     for index, entry in enumerate(raw):
         path = ("derivedMetrics", index)
         if not isinstance(entry.get("value"), str):
@@ -300,7 +301,7 @@ def derived_metrics(raw: Any, known: set[str], ctx: Context) -> tuple[DerivedMet
                 "abs sqrt min max round floor ceil exp log log10 pow mod mean sum",
             ) from None
         unknown = sorted(expression.names - seen)
-        if unknown:
+        if unknown and known is not None:
             ctx.warn(
                 path + ("value",),
                 f"{', '.join(unknown)}: no assertion of this suite reports such a metric; promptfoo then "
