@@ -1059,7 +1059,9 @@ def test_a_tests_glob_matching_nothing_is_a_warning_unless_nothing_else_gives_te
     """promptfoo logs "No test files found for path" and reads the other entries (recorded in
     tests/data/promptfoo-format/glob_no_match); when every entry is such a glob it would run each
     prompt once with no vars, which is far likelier a wrong path: an error here."""
-    suite = load(tmp_path, "prompts: ['x {{q}}']\nproviders: [echo]\ntests:\n  - file://none/*.yaml\n  - vars: {q: 1}\n")
+    suite = load(
+        tmp_path, "prompts: ['x {{q}}']\nproviders: [echo]\ntests:\n  - file://none/*.yaml\n  - vars: {q: 1}\n"
+    )
     assert [c.rendered_prompt for c in suite.cases] == ["x 1"]
     assert [str(w) for w in suite.warnings] == [
         f"s.promptopt.yaml:4: tests[0]: no tests file matches none/*.yaml (in {tmp_path}); promptfoo reads none "
