@@ -128,3 +128,16 @@ def test_keys_promptfoo_ignores_are_named_in_one_warning_line_each(plain_runs):
     assert "promptfooconfig.yaml:0" not in out
     # the summary groups them under the lines they point at, with the line itself quoted
     assert "\npromptfooconfig.yaml:4\n" in out and "    sharing: " in out
+
+
+def test_anchor_holders_and_an_empty_provider_config_are_named_in_warnings(plain_runs):
+    """promptfoo runs both silently (recorded in anchor_holders): the `_` key is dropped and the
+    null config read as absent, each named at its line."""
+    _, proc = plain_runs["anchor_holders"]
+    out = proc.stdout
+    for line in (
+        "promptfooconfig.yaml:3: SuiteWarning: _checks: not a promptfoo key (promptfoo ignores it); ignored",
+        "promptfooconfig.yaml:6: SuiteWarning: _base: not a promptfoo key (promptfoo ignores it); ignored",
+        "promptfooconfig.yaml:13: SuiteWarning: providers[0].config: left empty (null): promptfoo runs the provider",
+    ):
+        assert out.count(line) == 1, (line, out[-3000:])

@@ -1041,3 +1041,45 @@ def test_x_keys_hold_yaml_anchors_and_top_level_vars_and_max_concurrency_are_ign
         "evaluateOptions.maxConcurrency); ignored (use --promptopt-concurrency)",
     )
     assert "unknown key 'y-anchors'" in str(error(tmp_path, "y-anchors: &a [1]\nprompts: ['x']\n"))
+
+
+def test_a_provider_transform_is_refused_with_the_fix(tmp_path):
+    """promptfoo runs a provider's `transform` on its output before a test's (a real config strips
+    <think> blocks so); this plugin has test transforms only, so the error names where to move it.
+    The map form holds it one level down."""
+    listed = "providers:\n  - id: echo\n    transform: output.trim()\nprompts: ['x']\ntests: [{vars: {}}]\n"
+    mapped = "providers:\n  - echo:\n      transform: output.trim()\nprompts: ['x']\ntests: [{vars: {}}]\n"
+    for text, field in ((listed, "providers[0].transform"), (mapped, "providers[0].echo.transform")):
+        message = str(error(tmp_path, text))
+        assert f"s.promptopt.yaml:3: {field}: a provider's transform" in message, message
+        assert "move it to defaultTest.options.transform" in message, message
+
+
+def test_a_tests_glob_matching_nothing_is_a_warning_unless_nothing_else_gives_tests(tmp_path):
+    """promptfoo logs "No test files found for path" and reads the other entries (recorded in
+    tests/data/promptfoo-format/glob_no_match); when every entry is such a glob it would run each
+    prompt once with no vars, which is far likelier a wrong path: an error here."""
+    suite = load(
+        tmp_path, "prompts: ['x {{q}}']\nproviders: [echo]\ntests:\n  - file://none/*.yaml\n  - vars: {q: 1}\n"
+    )
+    assert [c.rendered_prompt for c in suite.cases] == ["x 1"]
+    assert [str(w) for w in suite.warnings] == [
+        f"s.promptopt.yaml:4: tests[0]: no tests file matches none/*.yaml (in {tmp_path}); promptfoo reads none "
+        "from it, and so does this run"
+    ]
+    message = str(error(tmp_path, "prompts: ['x']\nproviders: [echo]\ntests: [file://none/*.yaml, nope/*.csv]\n"))
+    assert "tests: no tests: every file or glob listed here matches nothing; check the paths" in message, message
+
+
+def test_derived_metrics_on_names_only_code_checks_report_are_not_warned_about(tmp_path):
+    """A python or javascript check's namedScores may carry any name (a real config's entity
+    scorer reports true_positives, read by its derivedMetrics): such a name is not "reported by no
+    assertion". Without code checks, an unknown name is still named in a warning."""
+    base = "prompts: ['x']\nproviders: [echo]\nderivedMetrics:\n  - {name: P, value: 'tp / (tp + fp)'}\n"
+    coded = load(tmp_path, base + "defaultTest:\n  assert:\n    - {type: python, value: '1'}\ntests: [{vars: {}}]\n")
+    assert [str(w) for w in coded.warnings] == []
+    plain = load(tmp_path, base + "tests:\n  - assert: [{type: contains, value: x, metric: tp}]\n")
+    assert [str(w) for w in plain.warnings] == [
+        "s.promptopt.yaml:4: derivedMetrics[0].value: fp: no assertion of this suite reports such a metric; "
+        "promptfoo then evaluates 'P' to 0, and so does this plugin"
+    ]

@@ -75,16 +75,27 @@ def is_grading_result(value: Any) -> bool:
 
 
 def snake_to_camel(value: Any) -> Any:
-    """promptfoo's mapSnakeCaseToCamelCase: `pass_` -> `pass`, `named_scores` -> `namedScores`, ..."""
-    if isinstance(value, list):
-        return [snake_to_camel(v) for v in value]
+    """promptfoo's mapSnakeCaseToCamelCase (0.121.20): `pass_`, `named_scores`, `component_results`
+    and `tokens_used` are also given under their camelCase names (unless those are written too),
+    in the result and in each of its componentResults; every other key stays as written, so a
+    named score `true_positives` keeps its name (a derivedMetrics formula reads it so)."""
     if not isinstance(value, Mapping):
         return value
-    out: dict[str, Any] = {}
-    for key, item in value.items():
-        name = "pass" if key == "pass_" else re.sub(r"_([a-z])", lambda m: m.group(1).upper(), str(key))
-        out[name] = snake_to_camel(item)
+    out = dict(value)
+    for snake, camel in _CAMEL_KEYS:
+        if snake in out and camel not in out:
+            out[camel] = out[snake]
+    if isinstance(out.get("componentResults"), list):
+        out["componentResults"] = [snake_to_camel(c) for c in out["componentResults"]]
     return out
+
+
+_CAMEL_KEYS = (
+    ("pass_", "pass"),
+    ("named_scores", "namedScores"),
+    ("component_results", "componentResults"),
+    ("tokens_used", "tokensUsed"),
+)
 
 
 def _code_grade(

@@ -202,3 +202,93 @@ def contains_json(output: str, assertion: Assertion, ctx: AssertionContext) -> G
             return Grade(True, 1.0, "Assertion passed")
         errors.extend(problems)
     return Grade(False, 0.0, "JSON does not conform to the provided schema. Errors: " + "; ".join(errors))
+
+
+def _tool_names(output: Any) -> set[str]:
+    """The names of the tools an output calls, as promptfoo's `extractToolNames` finds them:
+    OpenAI's `{tool_calls: [...]}`, Anthropic's `{type: tool_use, name}`, Google's `functionCall`
+    and `toolCall.functionCalls`, a list of such blocks; text is read as JSON whole, else each line
+    that starts with `{` or `[` (so plain prose calls nothing). JavaScript's `x && typeof x ===
+    'object'` is any dict or list here (`{}` and `[]` included)."""
+    if isinstance(output, str):
+        try:
+            return _tool_names(json_parse(output))
+        except (ValueError, RecursionError):
+            pass
+        names: set[str] = set()
+        for line in output.split("\n"):
+            if line.strip().startswith(("{", "[")):
+                try:
+                    names |= _tool_names(json_parse(line.strip()))
+                except (ValueError, RecursionError):
+                    continue
+        return names
+    if isinstance(output, dict):
+        return _object_tool_names(output)
+    if isinstance(output, list):
+        return set().union(*(_block_tool_name(block) for block in output if isinstance(block, dict)))
+    return set()
+
+
+def _name(holder: Any) -> set[str]:
+    name = holder.get("name") if isinstance(holder, dict) else None
+    return {name} if isinstance(name, str) else set()
+
+
+def _object_tool_names(obj: dict[str, Any]) -> set[str]:
+    if isinstance(obj.get("tool_calls"), list):
+        calls = [call for call in obj["tool_calls"] if isinstance(call, dict)]
+        return set().union(*(_name(call.get("function")) | _name(call) for call in calls))
+    if obj.get("type") == "tool_use" and isinstance(obj.get("name"), str):
+        return {obj["name"]}
+    if isinstance(obj.get("functionCall"), (dict, list)):
+        return _name(obj["functionCall"])
+    call = obj.get("toolCall")
+    if isinstance(call, (dict, list)):
+        calls = call.get("functionCalls") if isinstance(call, dict) else None
+        return set().union(*(_name(c) for c in calls)) if isinstance(calls, list) else set()
+    return set()
+
+
+def _block_tool_name(block: dict[str, Any]) -> set[str]:
+    if block.get("type") == "tool_use" and isinstance(block.get("name"), str):
+        return {block["name"]}
+    for key in ("functionCall", "function"):
+        if isinstance(block.get(key), (dict, list)):
+            return _name(block[key])
+    return _name(block)
+
+
+def _tool_call_value(assertion: Assertion) -> None:
+    """promptfoo's invariants: a list (not empty) or a string (split at commas) of tool names."""
+    value = assertion.value
+    if not isinstance(value, (list, str)) or value == []:
+        raise AssertionConfigError(
+            f"{assertion.where or assertion.type}: 'tool-call-f1' needs a value: a list of tool names or a "
+            "comma-separated string (tool-call-f1 value: [search, book])"
+        )
+
+
+@register("tool-call-f1", check=_tool_call_value, inverse_aware=True)
+def tool_call_f1(output: str, assertion: Assertion, ctx: AssertionContext) -> Grade:
+    """promptfoo's `handleToolCallF1`: the F1 of the set of tools called against the expected set
+    (order and repeats do not count), passing at `threshold` (default 1); `not-` flips only the
+    verdict, the score stays the F1."""
+    value = assertion.value
+    expected = {str(v) for v in value} if isinstance(value, list) else {s.strip() for s in str(value).split(",")}
+    actual = _tool_names(ctx.output_value if ctx.output_value is not None else output)
+    both = len(expected & actual)
+    precision = both / len(actual) if actual else 0.0
+    recall = both / len(expected) if expected else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    threshold = assertion.threshold if assertion.threshold is not None else 1.0
+    passed = (f1 >= threshold) != assertion.inverse
+    wanted, called = ", ".join(sorted(expected)), ", ".join(sorted(actual)) or "(none)"
+    if passed:
+        reason = f"Tool Call F1: {f1:.3f} (precision={precision:.3f}, recall={recall:.3f}). Expected: [{wanted}], Called: [{called}]"
+    else:
+        reason = (
+            f"Tool Call F1 score {f1:.3f} is {'above' if assertion.inverse else 'below'} threshold {threshold:g}. "
+            f"Expected: [{wanted}], Called: [{called}]. Precision={precision:.3f}, Recall={recall:.3f}"
+        )
+    return Grade(passed, f1, reason)

@@ -1,8 +1,10 @@
 """Tests from a CSV file, read as promptfoo reads them (`src/csv.ts`, `src/util/testCaseReader.ts`),
 but strict where promptfoo is silent or crashes.
 
-Parsing follows promptfoo's csv-parse options (`columns`, `bom`, quotes relaxed, no trimming of
-values, header names trimmed). A row with more or fewer cells than the header is an error naming
+Parsing follows promptfoo's csv-parse options (`columns`, `bom`, no trimming of values, header
+names trimmed), strict first and with csv-parse's `relax_quotes` when that fails, as promptfoo does:
+then a quoted cell followed by more text before its comma keeps its quotes (`"..." ,` is the var
+`"..." `). A row with more or fewer cells than the header is an error naming
 the row (csv-parse's "Invalid Record Length": this includes a blank line in a file of several
 columns), as are bytes that are not UTF-8, a file without rows, a header cell left empty and a
 `__config` cell that is not a number.
@@ -133,19 +135,72 @@ def _rows(file: Path, ctx: Context, path: tuple[Any, ...]) -> tuple[list[str], l
             f"{file.name} line {line}: byte 0x{data[exc.start]:02x} is not UTF-8 (row {max(1, line - 1)}); "
             "save the file as UTF-8",
         ) from None
-    reader = csv.reader(io.StringIO(text, newline=""), strict=False)
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
-        header = next(reader, None)
-        rows = []
+        records = []
         line = reader.line_num
         for cells in reader:
-            rows.append((line + 1, cells))
+            records.append((line + 1, cells))
             line = reader.line_num
-    except csv.Error as exc:
-        raise ctx.error(path, f"{file.name} line {reader.line_num}: {exc}") from None
-    if not header:
+    except csv.Error:
+        # promptfoo's parseCsvRows parses strictly, and on any error parses the whole file again
+        # with csv-parse's relax_quotes; a file that fails that too is refused.
+        records = _relaxed_records(text, file, ctx, path)
+    if not records or not records[0][1] or records[0][1] == [""]:
         raise ctx.error(path, f"{file.name} is empty: give a header line and at least one row")
+    (_, header), rows = records[0], records[1:]
     return [h.strip() for h in header], rows
+
+
+def _relaxed_records(text: str, file: Path, ctx: Context, path: tuple[Any, ...]) -> list[tuple[int, list[str]]]:
+    """The records csv-parse reads with `relax_quotes` (promptfoo's second try), each with its first
+    line: a cell opened by a quote ends at the closing quote (`""` is one quote) when a comma or the
+    line's end follows; when other text follows (`"a" b`), the cell keeps its quotes and runs on to
+    the next comma (`"a" b`). A quote inside a cell that does not start with one is text."""
+    records: list[tuple[int, list[str]]] = []
+    i, n, line = 0, len(text), 1
+    while i < n:
+        first, cells = line, []
+        while True:
+            if text.startswith('"', i):
+                j, buf = i + 1, []
+                while True:
+                    if j >= n:
+                        raise ctx.error(
+                            path, f"{file.name} line {first}: a quoted cell is not closed (no closing quote)"
+                        )
+                    if text[j] == '"':
+                        if text.startswith('"', j + 1):
+                            buf.append('"')
+                            j += 2
+                            continue
+                        j += 1
+                        break
+                    line += text[j] == "\n"
+                    buf.append(text[j])
+                    j += 1
+                cell, i = "".join(buf), j
+                if i < n and text[i] not in ",\r\n":
+                    end = _cell_end(text, i)
+                    cell, i = f'"{cell}"{text[i:end]}', end
+            else:
+                end = _cell_end(text, i)
+                cell, i = text[i:end], end
+            cells.append(cell)
+            if not text.startswith(",", i):
+                break
+            i += 1
+        i += text.startswith("\r", i)
+        i += text.startswith("\n", i)
+        line += 1
+        records.append((first, [] if cells == [""] else cells))
+    return records
+
+
+def _cell_end(text: str, start: int) -> int:
+    """Where an unquoted cell starting at `start` ends: the next comma or line break."""
+    ends = [k for k in (text.find(c, start) for c in ",\r\n") if k >= 0]
+    return min(ends, default=len(text))
 
 
 def tests_from_csv(file: Path, ctx: Context, path: tuple[Any, ...]) -> list[dict[str, Any]]:

@@ -156,9 +156,12 @@ def _load(
     plain = "tests" in data or not ({"fuzz", "scenarios"} & set(data))
     tests = read_tests(data.get("tests"), ctx) if plain else []
     tests += _scenario_tests(data.get("scenarios"), ctx, len(tests))
-    known = {a.get("metric") for t in [defaults, *(t.data for t in tests)] for a in t.get("assert") or []}
+    asserts = [a for t in [defaults, *(t.data for t in tests)] for a in t.get("assert") or [] if isinstance(a, dict)]
+    known = {str(a["metric"]) for a in asserts if a.get("metric")}
+    # a javascript/python check may return namedScores under any name: then no name is unknown
+    coded = any(str(a.get("type")).removeprefix("not-") in ("javascript", "python") for a in asserts)
     info = dataclasses.replace(
-        info, derived_metrics=derived_metrics(data.get("derivedMetrics"), {str(m) for m in known if m}, ctx)
+        info, derived_metrics=derived_metrics(data.get("derivedMetrics"), None if coded else known, ctx)
     )
     if "prompts" not in data and not any(
         "prompt" in (t.data.get("vars") or {}) for t in tests if isinstance(t.data.get("vars"), dict)

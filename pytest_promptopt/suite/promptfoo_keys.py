@@ -71,6 +71,12 @@ def preprocess(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
         # Docker Compose's convention, common in real configs: a holder of YAML anchors (`&shared`)
         # that the rest of the file aliases. promptfoo ignores it silently, and so does this plugin.
         data.pop(key)
+    for key in [k for k in data if str(k).startswith("_")]:
+        # The other convention for anchor holders (`_http_base: &http`, a real config): no promptfoo
+        # key starts with `_`, and promptfoo ignores unknown top-level keys; named, since it is not x-.
+        data.pop(key)
+        ctx.warn((key,), "not a promptfoo key (promptfoo ignores it); ignored, as a holder of YAML anchors")
+    _prune_provider_configs(data, ctx)
     if "defaultTest" in data and data["defaultTest"] is None:
         data.pop("defaultTest")
         ctx.warn(("defaultTest",), "left empty (null): promptfoo warns that the config is invalid and runs without it")
@@ -106,6 +112,38 @@ def preprocess(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
                 prompt.pop(key)
                 ctx.warn(("prompts", index, key), _PROMPT_IGNORED[key])
     return data
+
+
+def _prune_provider_configs(data: dict[str, Any], ctx: Context) -> None:
+    """A provider's `transform` is refused with the fix. A provider's `config:` left empty (null: a block holding only comments, in a real config) is
+    read as absent, as promptfoo's loadApiProvider reads it (it spreads the config, and null adds
+    nothing); named in a warning, as the other keys left empty are."""
+    key = "providers" if "providers" in data else "targets"
+    entries = data.get(key)
+    for index, entry in enumerate(entries if isinstance(entries, list) else [entries]):
+        if not isinstance(entry, dict):
+            continue
+        where: tuple[Any, ...] = (key, index) if isinstance(entries, list) else (key,)
+        holders = [(where, entry)]
+        if "id" not in entry and len(entry) == 1:  # the map form {<id>: {config, label}}
+            holders = [(where + (name,), options) for name, options in entry.items() if isinstance(options, dict)]
+        for path, holder in holders:
+            if holder.get("transform") is not None:
+                # promptfoo's transformRunEvalResponse runs it on this provider's output before a
+                # test's transform; this plugin has test transforms only (a clear error, not the
+                # schema's "unknown key").
+                raise ctx.error(
+                    path + ("transform",),
+                    "a provider's transform (promptfoo runs it on that provider's output, before a test's "
+                    "options.transform) is not supported; move it to defaultTest.options.transform, which is the "
+                    "same when the suite has one provider and no test has a transform of its own",
+                )
+            if "config" in holder and holder["config"] is None:
+                holder.pop("config")
+                ctx.warn(
+                    path + ("config",),
+                    "left empty (null): promptfoo runs the provider without a config; so does this plugin",
+                )
 
 
 def _tests(data: dict[str, Any]) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
@@ -239,14 +277,15 @@ def _load_env_files(raw: Any, ctx: Context) -> None:
             os.environ[key] = value
 
 
-def derived_metrics(raw: Any, known: set[str], ctx: Context) -> tuple[DerivedMetric, ...]:
+def derived_metrics(raw: Any, known: set[str] | None, ctx: Context) -> tuple[DerivedMetric, ...]:
     """promptfoo's `derivedMetrics: [{name, value}]`, each expression parsed now. A name it reads
     that no assertion of the suite reports (nor an earlier derived metric) is warned about:
-    promptfoo evaluates such an expression to 0, and so does this plugin."""
+    promptfoo evaluates such an expression to 0, and so does this plugin. `known` is None when
+    the suite's code checks may report any name (their namedScores): nothing is warned then."""
     if raw is None:
         return ()
     out = []
-    seen = set(known) | {"__count"}
+    seen = set(known or ()) | {"__count"}
     for index, entry in enumerate(raw):
         path = ("derivedMetrics", index)
         if not isinstance(entry.get("value"), str):
@@ -262,7 +301,7 @@ def derived_metrics(raw: Any, known: set[str], ctx: Context) -> tuple[DerivedMet
                 "abs sqrt min max round floor ceil exp log log10 pow mod mean sum",
             ) from None
         unknown = sorted(expression.names - seen)
-        if unknown:
+        if unknown and known is not None:
             ctx.warn(
                 path + ("value",),
                 f"{', '.join(unknown)}: no assertion of this suite reports such a metric; promptfoo then "

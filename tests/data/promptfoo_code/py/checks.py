@@ -16,3 +16,8 @@ def boom(output, context):
 
 def config_value(output, context):
     return context.get("config", {}).get("want") in output
+
+
+def named(output, context):
+    # a real config's entity scorer: snake_case named scores, read by derivedMetrics
+    return {"pass_": True, "score": 0.5, "reason": "counts", "named_scores": {"true_positives": 2, "gold_count": 4}}
