@@ -32,6 +32,7 @@ from pytest_promptopt import (
     word_count,
 )
 from pytest_promptopt.assertions.base import (
+    Assertion,
     AssertionConfigError,
     AssertionContext,
     AssertionEvaluationError,
@@ -296,3 +297,16 @@ def test_levenshtein_is_a_metric(a, b):
     assert d == levenshtein_distance(b, a)
     assert (d == 0) == (a == b)
     assert abs(len(a) - len(b)) <= d <= max(len(a), len(b))
+
+
+def test_tool_call_f1_reads_names_and_numbers_as_javascript_does():
+    """promptfoo's expected names are `String(v)` (true -> "true", null -> "null"), a line's JSON
+    is found after `trim()` (which also drops a byte order mark), and the threshold is printed
+    as JavaScript prints a number (recorded verdicts: tests/data/promptfoo-format/tool_call_f1)."""
+    calls = "\n".join(json.dumps({"type": "tool_use", "name": n}) for n in ("true", "null", "1"))
+    assert grade(calls, Assertion("tool-call-f1", [True, None, 1])).passed
+    assert grade(
+        "\ufeff" + json.dumps({"type": "tool_use", "name": "search"}), Assertion("tool-call-f1", "search")
+    ).passed
+    missed = grade(calls, Assertion("tool-call-f1", ["true", "book"], threshold=0.9999999))
+    assert not missed.passed and "below threshold 0.9999999." in missed.reason, missed.reason

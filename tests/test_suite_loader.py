@@ -1069,6 +1069,24 @@ def test_a_tests_glob_matching_nothing_is_a_warning_unless_nothing_else_gives_te
     ]
     message = str(error(tmp_path, "prompts: ['x']\nproviders: [echo]\ntests: [file://none/*.yaml, nope/*.csv]\n"))
     assert "tests: no tests: every file or glob listed here matches nothing; check the paths" in message, message
+    # With scenarios, promptfoo runs theirs (and adds no test without vars): no error then.
+    scenarios = "scenarios:\n  - config: [{vars: {q: 2}}]\n    tests: [{vars: {}}]\n"
+    suite = load(tmp_path, "prompts: ['x {{q}}']\nproviders: [echo]\ntests: [file://none/*.yaml]\n" + scenarios)
+    assert [c.rendered_prompt for c in suite.cases] == ["x 2"]
+    # `{path: <glob>}` is read by promptfoo's readStandaloneTestsFile, which does not expand globs: refused.
+    message = str(error(tmp_path, "prompts: ['x']\nproviders: [echo]\ntests:\n  - path: none/*.yaml\n  - vars: {}\n"))
+    assert "tests[0]: no tests file matches none/*.yaml" in message, message
+
+
+def test_promptfoo_csv_strict_turns_off_the_relaxed_second_reading(tmp_path, monkeypatch):
+    """promptfoo reads a CSV that strict parsing refuses again with relax_quotes, unless
+    PROMPTFOO_CSV_STRICT is set (recorded without it in tests/data/promptfoo-format/csv_relaxed_quotes)."""
+    (tmp_path / "t.csv").write_text('q,level\n"quoted" ,LOW\n')
+    text = "prompts: ['x {{q}}']\nproviders: [echo]\ntests: file://t.csv\n"
+    assert [c.vars["q"] for c in load(tmp_path, text).cases] == ['"quoted" ']
+    monkeypatch.setenv("PROMPTFOO_CSV_STRICT", "true")
+    message = str(error(tmp_path, text))
+    assert "t.csv line 2:" in message and "PROMPTFOO_CSV_STRICT is set: quotes are strict" in message, message
 
 
 def test_derived_metrics_on_names_only_code_checks_report_are_not_warned_about(tmp_path):

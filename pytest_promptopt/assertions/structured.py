@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import yaml12
-from ..nunjucks import json_parse
+from ..nunjucks import js_number, js_string, json_parse
 from .base import Assertion, AssertionConfigError, AssertionContext, Grade, register
 
 
@@ -217,9 +217,10 @@ def _tool_names(output: Any) -> set[str]:
             pass
         names: set[str] = set()
         for line in output.split("\n"):
-            if line.strip().startswith(("{", "[")):
+            trimmed = line.strip().strip("\ufeff")  # JavaScript's trim() also drops a byte order mark
+            if trimmed.startswith(("{", "[")):
                 try:
-                    names |= _tool_names(json_parse(line.strip()))
+                    names |= _tool_names(json_parse(trimmed))
                 except (ValueError, RecursionError):
                     continue
         return names
@@ -275,7 +276,12 @@ def tool_call_f1(output: str, assertion: Assertion, ctx: AssertionContext) -> Gr
     (order and repeats do not count), passing at `threshold` (default 1); `not-` flips only the
     verdict, the score stays the F1."""
     value = assertion.value
-    expected = {str(v) for v in value} if isinstance(value, list) else {s.strip() for s in str(value).split(",")}
+    # JavaScript's String(): true -> "true", null -> "null", 2.0 -> "2"
+    expected = (
+        {"null" if v is None else js_string(v) for v in value}
+        if isinstance(value, list)
+        else {s.strip() for s in str(value).split(",")}
+    )
     actual = _tool_names(ctx.output_value if ctx.output_value is not None else output)
     both = len(expected & actual)
     precision = both / len(actual) if actual else 0.0
@@ -288,7 +294,7 @@ def tool_call_f1(output: str, assertion: Assertion, ctx: AssertionContext) -> Gr
         reason = f"Tool Call F1: {f1:.3f} (precision={precision:.3f}, recall={recall:.3f}). Expected: [{wanted}], Called: [{called}]"
     else:
         reason = (
-            f"Tool Call F1 score {f1:.3f} is {'above' if assertion.inverse else 'below'} threshold {threshold:g}. "
+            f"Tool Call F1 score {f1:.3f} is {'above' if assertion.inverse else 'below'} threshold {js_number(threshold)}. "
             f"Expected: [{wanted}], Called: [{called}]. Precision={precision:.3f}, Recall={recall:.3f}"
         )
     return Grade(passed, f1, reason)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,8 @@ _THRESHOLDED = {
     "latency", "levenshtein", "perplexity-score", "perplexity", "rouge-n", "similar", "starts-with",
 }  # fmt: skip
 _CODE_SUFFIXES = (".js", ".cjs", ".mjs", ".ts", ".cts", ".mts")
+_CELL_END = re.compile(r"[,\r\n]")
+_TRUE = ("1", "true", "yes", "yup", "yeppers")  # promptfoo's getEnvBool
 _FINITE = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$")
 
 
@@ -142,9 +145,14 @@ def _rows(file: Path, ctx: Context, path: tuple[Any, ...]) -> tuple[list[str], l
         for cells in reader:
             records.append((line + 1, cells))
             line = reader.line_num
-    except csv.Error:
+    except csv.Error as exc:
         # promptfoo's parseCsvRows parses strictly, and on any error parses the whole file again
-        # with csv-parse's relax_quotes; a file that fails that too is refused.
+        # with csv-parse's relax_quotes (unless PROMPTFOO_CSV_STRICT is set); a file that fails
+        # that too is refused.
+        if os.environ.get("PROMPTFOO_CSV_STRICT", "").strip().lower() in _TRUE:
+            raise ctx.error(
+                path, f"{file.name} line {reader.line_num}: {exc} (PROMPTFOO_CSV_STRICT is set: quotes are strict)"
+            ) from None
         records = _relaxed_records(text, file, ctx, path)
     if not records or not records[0][1] or records[0][1] == [""]:
         raise ctx.error(path, f"{file.name} is empty: give a header line and at least one row")
@@ -199,8 +207,8 @@ def _relaxed_records(text: str, file: Path, ctx: Context, path: tuple[Any, ...])
 
 def _cell_end(text: str, start: int) -> int:
     """Where an unquoted cell starting at `start` ends: the next comma or line break."""
-    ends = [k for k in (text.find(c, start) for c in ",\r\n") if k >= 0]
-    return min(ends, default=len(text))
+    found = _CELL_END.search(text, start)
+    return found.start() if found else len(text)
 
 
 def tests_from_csv(file: Path, ctx: Context, path: tuple[Any, ...]) -> list[dict[str, Any]]:

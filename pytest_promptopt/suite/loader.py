@@ -154,7 +154,7 @@ def _load(
     # A fuzz suite without `tests` has only generated cases (not promptfoo's one case without
     # vars); a suite with scenarios and no tests has only the scenarios' (as in promptfoo).
     plain = "tests" in data or not ({"fuzz", "scenarios"} & set(data))
-    tests = read_tests(data.get("tests"), ctx) if plain else []
+    tests = read_tests(data.get("tests"), ctx, others=bool(data.get("scenarios"))) if plain else []
     tests += _scenario_tests(data.get("scenarios"), ctx, len(tests))
     asserts = [a for t in [defaults, *(t.data for t in tests)] for a in t.get("assert") or [] if isinstance(a, dict)]
     known = {str(a["metric"]) for a in asserts if a.get("metric")}

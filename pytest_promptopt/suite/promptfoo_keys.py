@@ -76,7 +76,7 @@ def preprocess(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
         # key starts with `_`, and promptfoo ignores unknown top-level keys; named, since it is not x-.
         data.pop(key)
         ctx.warn((key,), "not a promptfoo key (promptfoo ignores it); ignored, as a holder of YAML anchors")
-    _prune_provider_configs(data, ctx)
+    _provider_keys(data, ctx)
     if "defaultTest" in data and data["defaultTest"] is None:
         data.pop("defaultTest")
         ctx.warn(("defaultTest",), "left empty (null): promptfoo warns that the config is invalid and runs without it")
@@ -114,10 +114,12 @@ def preprocess(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     return data
 
 
-def _prune_provider_configs(data: dict[str, Any], ctx: Context) -> None:
-    """A provider's `transform` is refused with the fix. A provider's `config:` left empty (null: a block holding only comments, in a real config) is
-    read as absent, as promptfoo's loadApiProvider reads it (it spreads the config, and null adds
-    nothing); named in a warning, as the other keys left empty are."""
+def _provider_keys(data: dict[str, Any], ctx: Context) -> None:
+    """Two provider keys read before the schema sees them. A provider's `transform` is refused with
+    the fix (not the schema's "unknown key"). A provider's `config:` left empty (null: a block
+    holding only comments, in a real config) is read as absent, as promptfoo's loadApiProvider
+    reads it (it spreads the config, and null adds nothing); named in a warning, as the other keys
+    left empty are."""
     key = "providers" if "providers" in data else "targets"
     entries = data.get(key)
     for index, entry in enumerate(entries if isinstance(entries, list) else [entries]):

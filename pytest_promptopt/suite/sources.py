@@ -43,8 +43,10 @@ def default_test(raw: Any, ctx: Context) -> dict[str, Any]:
     return raw
 
 
-def read_tests(raw: Any, ctx: Context, where: tuple[Any, ...] = ("tests",)) -> list[TestEntry]:
-    """A suite's `tests` (or a scenario's, at `where`): inline tests and the files they name."""
+def read_tests(raw: Any, ctx: Context, where: tuple[Any, ...] = ("tests",), *, others: bool = False) -> list[TestEntry]:
+    """A suite's `tests` (or a scenario's, at `where`): inline tests and the files they name.
+    `others`: the suite has tests from elsewhere (scenarios), so globs that all match nothing
+    leave it with those, as in promptfoo."""
     if raw is None:
         return [TestEntry({}, where, 0)]  # promptfoo runs each prompt once with no vars
     if isinstance(raw, (str, dict)):
@@ -64,7 +66,7 @@ def read_tests(raw: Any, ctx: Context, where: tuple[Any, ...] = ("tests",)) -> l
                 tests.append(TestEntry(data, path, len(tests), origin))
         else:
             tests.append(TestEntry(entry, path, len(tests)))
-    if not tests and raw_entries and unmatched == len(raw_entries):
+    if not tests and raw_entries and unmatched == len(raw_entries) and not others:
         # promptfoo would run each prompt once with no vars (its default test); a `tests:` whose
         # globs all match nothing is far likelier a wrong path, so it stays an error here.
         raise ctx.error(where, "no tests: every file or glob listed here matches nothing; check the paths")
@@ -82,6 +84,9 @@ def _tests_from_files(
         )
     if has_magic(name):
         files = expand(name, ctx, path)
+        if not files and not checked:
+            # `{path: <glob>}`: promptfoo's readStandaloneTestsFile does not expand globs and fails
+            raise ctx.error(path, f"no tests file matches {name} (in {ctx.base_dir})")
         if not files:
             # promptfoo logs "No test files found for path" and reads the other entries (a real
             # config lists one folder per skill, some still empty); named here in a warning.
