@@ -12,7 +12,7 @@ import datetime as _dt
 import math
 from typing import Any
 
-from .baseline import BaselineComparison, SuiteComparison
+from .baseline import BaselineComparison
 from .case_stats import CaseStats, DatasetPart
 from .gates import Gate
 from .mathexpr import DerivedMetric
@@ -130,19 +130,7 @@ def run_from_report(data: dict[str, Any]) -> RunSummary:
     baseline = None
     if data.get("baseline"):  # the comparison travels with a pending run
         top = data["baseline"]
-        suites = {
-            s.get("id") or s["name"]: SuiteComparison.from_dict(s["baseline"])
-            for s in data.get("suites", [])
-            if s.get("baseline")
-        }
-        baseline = BaselineComparison(
-            top["ref"],
-            top.get("run_id"),
-            suites,
-            list(top.get("removed_suites") or []),
-            top.get("error"),
-            bool(top.get("gating", True)),
-            str(top.get("baseline_left_out") or "0"),
-        )
+        suites = {s.get("id") or s["name"]: s["baseline"] for s in data.get("suites", []) if s.get("baseline")}
+        baseline = BaselineComparison.from_dict({**top, "suites": suites})  # the suites' comparisons are kept per suite
     repairs = tuple(RepairResult.from_dict(r) for r in data.get("repairs") or [])  # they travel with a pending run too
     return RunSummary(summarize_suites(records), baseline, repairs, data.get("exit_status"))

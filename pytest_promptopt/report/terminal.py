@@ -130,10 +130,11 @@ def baseline_lines(comparison: BaselineComparison) -> list[str]:
     if comparison.baseline_left_out not in ("", "0"):
         # Named by run id (a branch never picks one): its selection left cases out, which this run
         # shows as added.
-        count = "some" if comparison.baseline_left_out == "unknown" else comparison.baseline_left_out
+        left_out = comparison.baseline_left_out
+        count = "some cases" if left_out == "unknown" else f"{left_out} case{'' if left_out == '1' else 's'}"
         lines.append(
-            f"    that session ran part of the project ({count} cases not selected, -k / -m / node ids): "
-            "cases it did not run show as added"
+            f"    that session ran part of the project ({count} not selected, -k / -m / node ids): cases it "
+            "did not run show as added, and its pass rates are over the cases it ran"
         )
     for c in comparison.suites.values():
         metrics = "".join(
