@@ -614,6 +614,25 @@ def test_dataset_parts_of_a_suite_merge_into_one_summary():
     )
 
 
+def test_every_row_gets_the_default_tests_transform(pytester, run_pytest):
+    """defaultTest.options.transform runs on each row's answer, as on a test's: it was left out
+    of dataset rows, which then failed checks written for it."""
+    project(
+        pytester,
+        SUITE.replace(
+            "providers: [echo]", "providers: [echo]\ndefaultTest:\n  options: {transform: output.toUpperCase()}"
+        ).replace(
+            '{type: icontains, value: "{{label}}", metric: right}', '{type: starts-with, value: "CLASSIFY: REVIEW"}'
+        )
+        + "  limit: 6\n",
+    )
+    run_pytest("--promptopt", "--promptopt-report", "r.json").assert_outcomes(passed=1)
+    [suite] = load_report(pytester.path / "r.json")["suites"]
+    assert (suite["cases"], suite["passed"]) == (6, 6)
+    rows = table(suite["cases_file"])
+    assert len(rows) == 6 and all(r["output"].startswith("CLASSIFY: REVIEW") for r in rows), rows
+
+
 # --------------------------------------------------------------------------- the Spark backend
 
 

@@ -428,6 +428,28 @@ def test_fuzz_cases_run_the_same_in_every_mode(pytester, run_pytest):
     assert reports["plain"][0]["counts"][0] == 14
 
 
+def test_generated_cases_get_the_default_tests_transform(pytester, run_pytest):
+    """defaultTest.options.transform runs on every generated case's answer, as on the tests' (it
+    was left out of generated cases, which then failed checks written for the transformed text)."""
+    pytester.makefile(
+        ".promptopt.yaml",
+        fuzz="""
+prompts: ["say {{text}}"]
+providers: [echo]
+defaultTest:
+  options: {transform: output.toUpperCase()}
+  assert: [{type: starts-with, value: "SAY "}]
+tests:
+  - vars: {text: hi}
+fuzz: {count: 4, seed: 0, shrink: 0}
+""",
+    )
+    result = run_pytest("--promptopt", "--promptopt-report", "r.json")
+    result.assert_outcomes(passed=5)
+    outputs = [r["output"] for r in load_report(pytester.path / "r.json")["suites"][0]["results"]]
+    assert len(outputs) == 5 and all(o == o.upper() and o.startswith("SAY ") for o in outputs), outputs
+
+
 def test_a_failing_fuzz_case_shows_the_minimal_input(pytester, run_pytest, mode):
     pytester.makefile(".promptopt.yaml", fuzz=SHRINK_SUITE)
     result = run_pytest("--promptopt", "-p", "no:cacheprovider", *mode)

@@ -16,6 +16,7 @@ from typing import Any
 from ..assertions.base import Assertion
 from ..models.specs import ModelSpec, distinct_displays, parse_model_spec
 from ..prompt import Prompt
+from ..sandbox import DEFAULT_SCRIPT_TIMEOUT_S
 from .cases import CaseError, failed_case
 from .dataset import FORMATS, CaseFactory, DatasetSlice, DatasetSource, DatasetSpec, columns, read_rows
 from .document import Context
@@ -33,6 +34,7 @@ def fuzz_cases(
     tests: list[TestEntry],
     cases: list[Case],
     ctx: Context,
+    script_timeout_s: float = DEFAULT_SCRIPT_TIMEOUT_S,
 ) -> list[Case]:
     """A `fuzz:` block: `count` var sets generated with Hypothesis (`fuzz.generate`, seeded), each
     run on every prompt x provider with the block's invariants: `defaultTest.assert` (unless
@@ -91,7 +93,7 @@ def fuzz_cases(
         raise ctx.error(
             here + (("vars",) if schemas else ()), f"cannot generate vars: {type(exc).__name__}: {exc}"
         ) from None
-    factories = list(_factories(info, prompts, block, ctx))
+    factories = list(_factories(info, prompts, block, ctx, script_timeout_s=script_timeout_s))
     taken = {case.case_id for case in cases}
     out: list[Case] = []
     for index, values in enumerate(generated):
@@ -158,12 +160,21 @@ def _block(
 
 
 def _factories(
-    info: SuiteInfo, prompts: list[Prompt], block: _Block, ctx: Context, renames: tuple[tuple[str, str], ...] = ()
+    info: SuiteInfo,
+    prompts: list[Prompt],
+    block: _Block,
+    ctx: Context,
+    renames: tuple[tuple[str, str], ...] = (),
+    *,
+    script_timeout_s: float,
 ) -> Iterator[tuple[str, CaseFactory]]:
     """A case factory per prompt x provider of a block, with its ident: named like a case's
-    (`p<N>`, the provider), brackets kept out of it for node ids."""
+    (`p<N>`, the provider), brackets kept out of it for node ids. The block's cases get
+    `defaultTest.options.transform`, as a test's cases do."""
     providers = block.providers
     shown = distinct_displays(providers)
+    options = block.merged["options"]
+    transform = options.get("transform") or options.get("postprocess")
     for prompt_index, prompt in enumerate(prompts):
         for spec, tag in zip(providers, shown):
             ident = "-".join(([f"p{prompt_index}"] if len(prompts) > 1 else []) + ([tag] if len(providers) > 1 else []))
@@ -182,8 +193,10 @@ def _factories(
                     ctx.base_dir,
                     len(prompts) > 1,
                     len(providers) > 1,
-                    tuple(model_options(block.merged["options"]).items()),
+                    tuple(model_options(options).items()),
                     tuple(block.merged["metadata"].items()),
+                    transform,
+                    script_timeout_s,
                 ),
             )
 
@@ -196,6 +209,7 @@ def dataset_spec(
     default: dict[str, Any],
     ctx: Context,
     backend: str | None,
+    script_timeout_s: float = DEFAULT_SCRIPT_TIMEOUT_S,
 ) -> DatasetSpec:
     """A `dataset:` block: the source, checked against its columns and first row now (a typo
     must not surface after an hour of model calls), and one case factory per prompt x provider.
@@ -213,7 +227,7 @@ def dataset_spec(
     block = _block(raw, default, providers, here, ctx)
     slices = [
         DatasetSlice(f"dataset[{ident}]" if ident else "dataset", ident, factory)
-        for ident, factory in _factories(info, prompts, block, ctx, source.renames)
+        for ident, factory in _factories(info, prompts, block, ctx, source.renames, script_timeout_s=script_timeout_s)
     ]
     if source.path is not None:
         _check_dataset(source, slices, set(block.defaults), ctx)

@@ -19,6 +19,7 @@ from typing import Any
 
 from ..models.specs import ModelSpec
 from ..prompt import Prompt
+from ..sandbox import DEFAULT_SCRIPT_TIMEOUT_S
 from .cases import CaseError, Missing, Placed, build_case
 from .model import Case, SuiteInfo
 
@@ -74,6 +75,8 @@ class CaseFactory:
     several_providers: bool = False
     options: tuple[tuple[str, Any], ...] = ()  # defaultTest.options that are model parameters
     metadata: tuple[tuple[str, Any], ...] = ()  # defaultTest.metadata, for code checks
+    transform: str | None = None  # defaultTest.options.transform: run on each answer
+    script_timeout_s: float = DEFAULT_SCRIPT_TIMEOUT_S  # the suite's limit for that transform and code checks
 
     def variables(self, row: Mapping[str, Any]) -> dict[str, Any]:
         values = dict(self.defaults)
@@ -103,6 +106,8 @@ class CaseFactory:
             several_providers=self.several_providers,
             options=dict(self.options),
             metadata=dict(self.metadata),
+            transform=self.transform,
+            script_timeout_s=self.script_timeout_s,
         )
 
 

@@ -150,7 +150,7 @@ def _load(
             "run every prompt on every provider there, or put the other provider in a suite of its own",
         )
     if "dataset" in data:
-        return _dataset_suite(data, info, prompts, providers, defaults, ctx, backend)
+        return _dataset_suite(data, info, prompts, providers, defaults, ctx, backend, code.timeout_s)
     # A fuzz suite without `tests` has only generated cases (not promptfoo's one case without
     # vars); a suite with scenarios and no tests has only the scenarios' (as in promptfoo).
     plain = "tests" in data or not ({"fuzz", "scenarios"} & set(data))
@@ -190,7 +190,7 @@ def _load(
     )
     cases = list(builder.cases(tests))
     if "fuzz" in data:
-        cases.extend(fuzz_cases(data["fuzz"], info, prompts, providers, defaults, tests, cases, ctx))
+        cases.extend(fuzz_cases(data["fuzz"], info, prompts, providers, defaults, tests, cases, ctx, code.timeout_s))
     if not cases:
         raise ctx.error(("tests",), "the suite has no cases: give it tests (an empty file or list runs nothing)")
     repeat = repeats.for_suite(data.get("repeat"))
@@ -216,6 +216,7 @@ def _dataset_suite(
     defaults: dict[str, Any],
     ctx: Context,
     backend: str | None,
+    script_timeout_s: float,
 ) -> LoadedSuite:
     for key, problem in (
         ("tests", "a suite takes its cases from 'tests' or from 'dataset', not both; put the tests in a suite file of their own"),
@@ -231,7 +232,7 @@ def _dataset_suite(
             ("repeat",),
             "a dataset suite samples each row once; repeat cases in a suite with tests, or add the rows again to the table",
         )
-    spec = dataset_spec(data["dataset"], info, prompts, providers, defaults, ctx, backend)
+    spec = dataset_spec(data["dataset"], info, prompts, providers, defaults, ctx, backend, script_timeout_s)
     return LoadedSuite(info, (), spec, warnings=tuple(ctx.warnings))
 
 
