@@ -614,14 +614,17 @@ def test_dataset_parts_of_a_suite_merge_into_one_summary():
     )
 
 
-def test_every_row_gets_the_default_tests_transform(pytester, run_pytest):
+def test_every_row_gets_the_default_tests_transform_and_the_suites_env(pytester, run_pytest):
     """defaultTest.options.transform runs on each row's answer, as on a test's: it was left out
-    of dataset rows, which then failed checks written for it."""
+    of dataset rows, which then failed checks written for it. The prompt reads the suite's `env:`
+    (a collection error said `env` was missing)."""
     project(
         pytester,
         SUITE.replace(
             "providers: [echo]", "providers: [echo]\ndefaultTest:\n  options: {transform: output.toUpperCase()}"
-        ).replace(
+        )
+        .replace('prompts: ["Classify: {{text}}"]', 'env: {VERB: Classify}\nprompts: ["{{env.VERB}}: {{text}}"]')
+        .replace(
             '{type: icontains, value: "{{label}}", metric: right}', '{type: starts-with, value: "CLASSIFY: REVIEW"}'
         )
         + "  limit: 6\n",

@@ -428,13 +428,15 @@ def test_fuzz_cases_run_the_same_in_every_mode(pytester, run_pytest):
     assert reports["plain"][0]["counts"][0] == 14
 
 
-def test_generated_cases_get_the_default_tests_transform(pytester, run_pytest):
+def test_generated_cases_get_the_default_tests_transform_and_the_suites_env(pytester, run_pytest):
     """defaultTest.options.transform runs on every generated case's answer, as on the tests' (it
-    was left out of generated cases, which then failed checks written for the transformed text)."""
+    was left out of generated cases, which then failed checks written for the transformed text),
+    and their prompts read the suite's `env:` (a collection error said `env` was missing)."""
     pytester.makefile(
         ".promptopt.yaml",
         fuzz="""
-prompts: ["say {{text}}"]
+env: {VERB: say}
+prompts: ["{{env.VERB}} {{text}}"]
 providers: [echo]
 defaultTest:
   options: {transform: output.toUpperCase()}

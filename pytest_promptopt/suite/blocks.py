@@ -70,7 +70,8 @@ def fuzz_cases(
         merged_vars = merge_test(default, test.data, test.path, ctx)["vars"]
         for combo in var_combinations(merged_vars, test.path, ctx, ctx.limits.max_cases):
             examples.append({k: v for k, v in load_vars(combo, test.path, ctx).items() if k in drawn})
-    available = set(schemas) | set(block.defaults) | {name for example in examples for name in example}
+    # `env` is the suite's `env:`, always in a render's scope (suite/cases.py build_case)
+    available = set(schemas) | set(block.defaults) | {name for example in examples for name in example} | {"env"}
     for index, prompt in enumerate(prompts):
         missing = sorted(prompt.needed_variables(promptfoo=True) - available)
         if missing:
@@ -195,8 +196,9 @@ def _factories(
                     len(providers) > 1,
                     tuple(model_options(options).items()),
                     tuple(block.merged["metadata"].items()),
-                    transform,
-                    script_timeout_s,
+                    transform=transform,
+                    script_timeout_s=script_timeout_s,
+                    env=tuple((ctx.env or {}).items()),
                 ),
             )
 
@@ -281,7 +283,7 @@ def _check_dataset(source: DatasetSource, slices: list[DatasetSlice], defaults: 
                 ("dataset", "vars", var), f"column {column!r} is not in {source.written}; {fix}its columns: {listed}"
             )
     renamed = {column for _, column in source.renames}
-    available = (set(found) - renamed) | {var for var, _ in source.renames} | defaults
+    available = (set(found) - renamed) | {var for var, _ in source.renames} | defaults | {"env"}  # env: the suite's
     for item in slices:
         factory = item.make_case
         missing = sorted(factory.prompt.needed_variables(promptfoo=True) - available)

@@ -76,6 +76,7 @@ class CaseFactory:
     options: tuple[tuple[str, Any], ...] = ()  # defaultTest.options that are model parameters
     metadata: tuple[tuple[str, Any], ...] = ()  # defaultTest.metadata, for code checks
     transform: str | None = None  # defaultTest.options.transform: run on each answer
+    env: tuple[tuple[str, Any], ...] = ()  # the suite's `env:`, which its templates read as {{env.X}}
     script_timeout_s: float = DEFAULT_SCRIPT_TIMEOUT_S  # the suite's limit for that transform and code checks
 
     def variables(self, row: Mapping[str, Any]) -> dict[str, Any]:
@@ -108,6 +109,7 @@ class CaseFactory:
             metadata=dict(self.metadata),
             transform=self.transform,
             script_timeout_s=self.script_timeout_s,
+            env=dict(self.env) if self.env else None,
         )
 
 
