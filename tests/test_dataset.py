@@ -740,3 +740,28 @@ def test_a_stale_libyaml_extension_falls_back_to_the_python_loader(
     assert yaml12._trusted_c_parser(yaml) is None
     spec = load(tmp_path, SUITE).dataset
     assert spec is not None and spec.source.describe().endswith("reviews.parquet")
+
+
+def test_rows_and_generated_cases_render_with_the_suites_nunjucks_filters(tmp_path: Path):
+    """A dataset or fuzz suite's prompts may use its nunjucksFilters, as a test's do (loading
+    ended in a raw TemplateError: "No filter named"); on the Spark backend, whose workers render
+    the rows and cannot run this process's filters, a dataset suite with filters is refused."""
+    (tmp_path / "shout.js").write_text("module.exports = (s) => String(s).toUpperCase();\n")
+    write_parquet(tmp_path / "rows.parquet", {"text": ["hello", "there"]})
+    head = "nunjucksFilters: {shout: file://shout.js}\nprompts: ['{{text | shout}}']\nproviders: [echo]\n"
+    dataset_suite = tmp_path / "d.promptopt.yaml"
+    dataset_suite.write_text(head + "dataset:\n  path: rows.parquet\n  assert: [{type: contains, value: E}]\n")
+    [item] = load_suite(dataset_suite, "d.promptopt.yaml", ModelSpec("echo")).dataset.slices
+    assert [item.make_case({"text": t}, i).rendered_prompt for i, t in enumerate(["hello", "there"])] == [
+        "HELLO",
+        "THERE",
+    ]
+    fuzz_suite = tmp_path / "f.promptopt.yaml"
+    fuzz_suite.write_text(
+        head + "defaultTest:\n  assert: [{type: is-json}]\ntests: [{vars: {text: hi}}]\nfuzz: {count: 3, seed: 0}\n"
+    )
+    cases = load_suite(fuzz_suite, "f.promptopt.yaml", ModelSpec("echo")).cases
+    assert len(cases) == 4 and all(c.rendered_prompt == c.rendered_prompt.upper() for c in cases)
+    assert cases[0].rendered_prompt == "HI"
+    with pytest.raises(SuiteError, match=r"d.promptopt.yaml:1: nunjucksFilters: a dataset suite on the Spark backend"):
+        load_suite(dataset_suite, "d.promptopt.yaml", ModelSpec("echo"), backend="spark")

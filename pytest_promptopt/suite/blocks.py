@@ -73,7 +73,7 @@ def fuzz_cases(
     # `env` is the suite's `env:`, always in a render's scope (suite/cases.py build_case)
     available = set(schemas) | set(block.defaults) | {name for example in examples for name in example} | {"env"}
     for index, prompt in enumerate(prompts):
-        missing = sorted(prompt.needed_variables(promptfoo=True) - available)
+        missing = sorted(prompt.needed_variables(promptfoo=True, filters=ctx.filters or None) - available)
         if missing:
             raise ctx.error(
                 here + (("vars",) if schemas else ()),
@@ -199,6 +199,7 @@ def _factories(
                     transform=transform,
                     script_timeout_s=script_timeout_s,
                     env=tuple((ctx.env or {}).items()),
+                    filters=ctx.filters or None,
                 ),
             )
 
@@ -226,6 +227,13 @@ def dataset_spec(
             "'table' a Spark table name (with --promptopt-backend spark)",
         )
     source = _dataset_source(raw, ctx, backend)
+    if backend == "spark" and ctx.filters:
+        raise ctx.error(
+            ("nunjucksFilters",),
+            "a dataset suite on the Spark backend renders its rows on Spark's workers, which cannot run this "
+            "suite's nunjucksFilters (JavaScript or Python run by this process): run it without "
+            "--promptopt-backend spark, or write the filter's work into the data",
+        )
     block = _block(raw, default, providers, here, ctx)
     slices = [
         DatasetSlice(f"dataset[{ident}]" if ident else "dataset", ident, factory)
@@ -286,7 +294,7 @@ def _check_dataset(source: DatasetSource, slices: list[DatasetSlice], defaults: 
     available = (set(found) - renamed) | {var for var, _ in source.renames} | defaults | {"env"}  # env: the suite's
     for item in slices:
         factory = item.make_case
-        missing = sorted(factory.prompt.needed_variables(promptfoo=True) - available)
+        missing = sorted(factory.prompt.needed_variables(promptfoo=True, filters=ctx.filters or None) - available)
         if missing:
             where = ("dataset", "vars") if source.renames else ("dataset",)
             raise ctx.error(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,9 @@ class CaseFactory:
     metadata: tuple[tuple[str, Any], ...] = ()  # defaultTest.metadata, for code checks
     transform: str | None = None  # defaultTest.options.transform: run on each answer
     env: tuple[tuple[str, Any], ...] = ()  # the suite's `env:`, which its templates read as {{env.X}}
+    # The suite's nunjucksFilters (callables on this process's sandbox: a dataset suite on Spark
+    # refuses them, blocks.dataset_spec), kept out of comparisons.
+    filters: Mapping[str, Any] | None = field(default=None, compare=False)
     script_timeout_s: float = DEFAULT_SCRIPT_TIMEOUT_S  # the suite's limit for that transform and code checks
 
     def variables(self, row: Mapping[str, Any]) -> dict[str, Any]:
@@ -110,6 +113,7 @@ class CaseFactory:
             transform=self.transform,
             script_timeout_s=self.script_timeout_s,
             env=dict(self.env) if self.env else None,
+            filters=self.filters,
         )
 
 
