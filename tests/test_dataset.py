@@ -763,5 +763,11 @@ def test_rows_and_generated_cases_render_with_the_suites_nunjucks_filters(tmp_pa
     cases = load_suite(fuzz_suite, "f.promptopt.yaml", ModelSpec("echo")).cases
     assert len(cases) == 4 and all(c.rendered_prompt == c.rendered_prompt.upper() for c in cases)
     assert cases[0].rendered_prompt == "HI"
+    # A generated case still pickles (the Spark backend ships it), its origin's factory without the filters.
+    from pyspark import cloudpickle
+
+    shipped = cloudpickle.loads(cloudpickle.dumps(cases[1]))
+    assert shipped.rendered_prompt == cases[1].rendered_prompt and shipped.fuzz.factory.filters is None
+    assert cases[1].fuzz.factory.filters  # this process's own keeps them, for shrinking
     with pytest.raises(SuiteError, match=r"d.promptopt.yaml:1: nunjucksFilters: a dataset suite on the Spark backend"):
         load_suite(dataset_suite, "d.promptopt.yaml", ModelSpec("echo"), backend="spark")

@@ -82,6 +82,12 @@ class CaseFactory:
     filters: Mapping[str, Any] | None = field(default=None, compare=False)
     script_timeout_s: float = DEFAULT_SCRIPT_TIMEOUT_S  # the suite's limit for that transform and code checks
 
+    def __getstate__(self) -> dict[str, Any]:
+        # A pickled factory (a generated case's origin, shipped with the case to Spark's workers,
+        # which run the rendered case and never render with it) goes without the filters: they
+        # are callables on this process's sandbox and do not pickle.
+        return {**self.__dict__, "filters": None}
+
     def variables(self, row: Mapping[str, Any]) -> dict[str, Any]:
         values = dict(self.defaults)
         renamed = {column for _, column in self.renames}
