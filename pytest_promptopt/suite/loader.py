@@ -32,7 +32,7 @@ from .dataset import DatasetSpec
 from .document import Context, DocumentError, SuiteNotice, format_path, read_document
 from .expansion import build_assertion, drop_newline, file_value, merge_test, model_options, read_vars, var_combinations
 from .model import MAX_REPEAT, Case, ChainStep, Repeats, SuiteError, SuiteInfo, SuiteLimits
-from .promptfoo_keys import check_env, derived_metrics, preprocess
+from .promptfoo_keys import check_env, derived_metrics, map_form, preprocess, provider_entries
 from .prompts import load_prompts
 from .schema import validate_suite
 from .sources import TestEntry, default_test, read_tests
@@ -285,28 +285,20 @@ class _Written:
 
 
 def _map_form(entry: Any) -> tuple[str, dict[str, Any]] | None:
-    """promptfoo's map form of a provider, `{openai:gpt-4o: {config: ...}}`: its key (the model)
-    and the options object it stands for (the model as its `id`, its own `id` kept for filters
-    in `_Written.ident`); None for any other form."""
-    if isinstance(entry, Mapping) and "id" not in entry and len(entry) == 1:
-        model, inner = next(iter(entry.items()))
-        if isinstance(inner, Mapping):
-            return str(model), {**inner, "id": str(model)}
-    return None
+    """promptfoo's map form of a provider (`promptfoo_keys.map_form`): its key (the model) and the
+    options object it stands for (the model as its `id`, its own `id` kept for filters in
+    `_Written.ident`); None for any other form."""
+    mapped = map_form(entry)
+    return None if mapped is None else (mapped[0], {**mapped[1], "id": mapped[0]})
 
 
 def _provider_entries(data: Mapping[str, Any], ctx: Context) -> list[_Written]:
     """The suite's providers as written (`providers:` or `targets:`, a list or one entry), each
     with its path. As in promptfoo (`combineConfigs`), an entry written exactly as an earlier one
     (the same string, or the same object) is dropped, with a warning."""
-    key = "providers" if "providers" in data else "targets"
-    raw = data.get(key)
-    if raw is None:
-        return []
-    entries = [(entry, (key, index)) for index, entry in enumerate(raw)] if isinstance(raw, list) else [(raw, (key,))]
     written: list[_Written] = []
     seen: dict[str, tuple[Any, ...]] = {}
-    for entry, path in entries:
+    for entry, path in provider_entries(data):
         same = json.dumps(entry, ensure_ascii=False, default=str)
         if same in seen:
             ctx.warn(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from ..mathexpr import DerivedMetric, ExpressionError, parse
@@ -21,7 +22,7 @@ from .files import read_env_file
 from .refs import dereference
 from .schema import suite_schema
 
-__all__ = ["check_env", "derived_metrics", "env_references", "preprocess"]
+__all__ = ["check_env", "derived_metrics", "env_references", "map_form", "preprocess", "provider_entries"]
 
 # Top-level keys promptfoo reads for its own app, or ignores: why each is left out here.
 IGNORED = {
@@ -114,38 +115,53 @@ def preprocess(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     return data
 
 
+def provider_entries(data: Mapping[str, Any]) -> list[tuple[Any, tuple[Any, ...]]]:
+    """The suite's providers as written (`providers:` or `targets:`, a list or one entry), each
+    with its path."""
+    key = "providers" if "providers" in data else "targets"
+    raw = data.get(key)
+    if raw is None:
+        return []
+    return [(entry, (key, index)) for index, entry in enumerate(raw)] if isinstance(raw, list) else [(raw, (key,))]
+
+
+def map_form(entry: Any) -> tuple[str, Any] | None:
+    """promptfoo's map form of a provider, `{openai:gpt-4o: {config: ...}}`: its key (the model)
+    and the options object as written; None for any other form."""
+    if isinstance(entry, Mapping) and "id" not in entry and len(entry) == 1:
+        model, inner = next(iter(entry.items()))
+        if isinstance(inner, Mapping):
+            return str(model), inner
+    return None
+
+
 def _provider_keys(data: dict[str, Any], ctx: Context) -> None:
     """Two provider keys read before the schema sees them. A provider's `transform` is refused with
     the fix (not the schema's "unknown key"). A provider's `config:` left empty (null: a block
     holding only comments, in a real config) is read as absent, as promptfoo's loadApiProvider
     reads it (it spreads the config, and null adds nothing); named in a warning, as the other keys
     left empty are."""
-    key = "providers" if "providers" in data else "targets"
-    entries = data.get(key)
-    for index, entry in enumerate(entries if isinstance(entries, list) else [entries]):
-        if not isinstance(entry, dict):
+    for entry, where in provider_entries(data):
+        mapped = map_form(entry)
+        path, holder = (where + (mapped[0],), mapped[1]) if mapped is not None else (where, entry)
+        if not isinstance(holder, dict):
             continue
-        where: tuple[Any, ...] = (key, index) if isinstance(entries, list) else (key,)
-        holders = [(where, entry)]
-        if "id" not in entry and len(entry) == 1:  # the map form {<id>: {config, label}}
-            holders = [(where + (name,), options) for name, options in entry.items() if isinstance(options, dict)]
-        for path, holder in holders:
-            if holder.get("transform") is not None:
-                # promptfoo's transformRunEvalResponse runs it on this provider's output before a
-                # test's transform; this plugin has test transforms only (a clear error, not the
-                # schema's "unknown key").
-                raise ctx.error(
-                    path + ("transform",),
-                    "a provider's transform (promptfoo runs it on that provider's output, before a test's "
-                    "options.transform) is not supported; move it to defaultTest.options.transform, which is the "
-                    "same when the suite has one provider and no test has a transform of its own",
-                )
-            if "config" in holder and holder["config"] is None:
-                holder.pop("config")
-                ctx.warn(
-                    path + ("config",),
-                    "left empty (null): promptfoo runs the provider without a config; so does this plugin",
-                )
+        if holder.get("transform") is not None:
+            # promptfoo's transformRunEvalResponse runs it on this provider's output before a
+            # test's transform; this plugin has test transforms only (a clear error, not the
+            # schema's "unknown key").
+            raise ctx.error(
+                path + ("transform",),
+                "a provider's transform (promptfoo runs it on that provider's output, before a test's "
+                "options.transform) is not supported; move it to defaultTest.options.transform, which is the "
+                "same when the suite has one provider and no test has a transform of its own",
+            )
+        if "config" in holder and holder["config"] is None:
+            holder.pop("config")
+            ctx.warn(
+                path + ("config",),
+                "left empty (null): promptfoo runs the provider without a config; so does this plugin",
+            )
 
 
 def _tests(data: dict[str, Any]) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
