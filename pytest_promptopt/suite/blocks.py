@@ -20,7 +20,15 @@ from ..sandbox import DEFAULT_SCRIPT_TIMEOUT_S
 from .cases import CaseError, failed_case
 from .dataset import FORMATS, CaseFactory, DatasetSlice, DatasetSource, DatasetSpec, columns, read_rows
 from .document import Context
-from .expansion import build_assertion, load_vars, merge_test, model_options, var_combinations, vars_mapping
+from .expansion import (
+    build_assertion,
+    load_vars,
+    merge_test,
+    model_options,
+    output_transform,
+    var_combinations,
+    vars_mapping,
+)
 from .model import Case, SuiteInfo
 from .sources import TestEntry
 
@@ -175,7 +183,7 @@ def _factories(
     providers = block.providers
     shown = distinct_displays(providers)
     options = block.merged["options"]
-    transform = options.get("transform") or options.get("postprocess")
+    transform = output_transform(options)
     for prompt_index, prompt in enumerate(prompts):
         for spec, tag in zip(providers, shown):
             ident = "-".join(([f"p{prompt_index}"] if len(prompts) > 1 else []) + ([tag] if len(providers) > 1 else []))

@@ -24,6 +24,7 @@ __all__ = [
     "load_vars",
     "merge_test",
     "model_options",
+    "output_transform",
     "read_vars",
     "var_combinations",
     "vars_mapping",
@@ -70,6 +71,12 @@ def model_options(options: Mapping[str, Any]) -> dict[str, Any]:
     if "timeout" in params:
         params["timeout"] = test_option_timeout(params["timeout"])
     return params
+
+
+def output_transform(options: Mapping[str, Any]) -> str | None:
+    """A test's merged `options.transform` (promptfoo's older name: `postprocess`), run on each of
+    its cases' answers before the checks."""
+    return options.get("transform") or options.get("postprocess")
 
 
 def vars_mapping(raw: Any, path: tuple[Any, ...], ctx: Context) -> dict[str, Any]:

@@ -30,7 +30,16 @@ from .cases import CaseError, Missing, Placed, build_case, case_id, failed_case
 from .csv_tests import PROMPTFOO_TYPES
 from .dataset import DatasetSpec
 from .document import Context, DocumentError, SuiteNotice, format_path, read_document
-from .expansion import build_assertion, drop_newline, file_value, merge_test, model_options, read_vars, var_combinations
+from .expansion import (
+    build_assertion,
+    drop_newline,
+    file_value,
+    merge_test,
+    model_options,
+    output_transform,
+    read_vars,
+    var_combinations,
+)
 from .model import MAX_REPEAT, Case, ChainStep, Repeats, SuiteError, SuiteInfo, SuiteLimits
 from .promptfoo_keys import check_env, derived_metrics, map_form, preprocess, provider_entries
 from .prompts import load_prompts
@@ -603,7 +612,7 @@ class _CaseBuilder:
             "base_dir": ctx.base_dir,
             "several_prompts": several[0],
             "several_providers": several[1],
-            "transform": merged["options"].get("transform") or merged["options"].get("postprocess"),
+            "transform": output_transform(merged["options"]),
             "script_timeout_s": self.code.timeout_s,
         }
         missing = Missing(test.path + ("vars",), "add it to this test's vars or to defaultTest.vars")
