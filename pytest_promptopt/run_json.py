@@ -95,15 +95,8 @@ def report_dict(run: RunSummary, *, exit_status: int | None = None) -> dict[str,
         "suites": [suite_dict(s, run.baseline) for s in run.suites],
     }
     if run.baseline is not None:
-        b = run.baseline
-        data["baseline"] = {
-            "ref": b.ref,
-            "run_id": b.run_id,
-            "error": b.error,
-            "removed_suites": b.removed_suites,
-            "gating": b.gating,
-            "baseline_left_out": b.baseline_left_out,
-        }
+        # the suites' comparisons are in each suite's entry (suite_dict), not repeated here
+        data["baseline"] = {k: v for k, v in run.baseline.to_dict().items() if k != "suites"}
     # --promptopt-repair: one entry per repaired prompt (or skipped suite); [] without repair.
     data["repairs"] = [redact(r.to_dict()) for r in run.repairs]
     return data

@@ -2,12 +2,12 @@
 per-case tables (`cases.json`, as runs.py logs them), as a `baseline.BaselineRun`.
 
 `mlflow:<run_id>` names the session run (one narrowed by -k or node ids is used as asked, and
-the comparison says that the cases it did not run show as added); `mlflow:branch=<name>` is the latest FINISHED session
-run of the experiment whose `mlflow.source.git.branch` tag is that branch and whose session ran
-to its end (`promptopt.exit_status` 0 or 1: an interrupted one holds only some cases) with every
-case it collected (`promptopt.left_out` 0: not narrowed by -k or node ids). The table is
-downloaded with the client and parsed (`MlflowClient.load_table` reads through the global
-tracking URI in MLflow 3.17, not the client's). Nothing here knows about pytest.
+the comparison says that the cases it did not run show as added); `mlflow:branch=<name>` is the
+latest FINISHED session run of the experiment whose `mlflow.source.git.branch` tag is that branch
+and whose session ran to its end (`promptopt.exit_status` 0 or 1: an interrupted one holds only
+some cases) with every case it collected (`promptopt.left_out` 0: not narrowed by -k or node
+ids). The table is downloaded with the client and parsed (`MlflowClient.load_table` reads through
+the global tracking URI in MLflow 3.17, not the client's). Nothing here knows about pytest.
 """
 
 from __future__ import annotations
