@@ -105,9 +105,17 @@ def logged(server: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, A
 
 
 def wait(browser: Any, condition: Any, timeout: float = 60) -> Any:  # noqa: F811
+    """`condition`'s first truthy value; on a timeout, the failure shows the page it waited on."""
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(browser, timeout, poll_frequency=0.5).until(condition)
+    try:
+        return WebDriverWait(browser, timeout, poll_frequency=0.5).until(condition)
+    except TimeoutException:
+        raise AssertionError(
+            f"{getattr(condition, '__name__', 'the condition')} did not hold within {timeout:g} s on "
+            f"{browser.current_url}; the page showed:\n{page_text(browser)[-3000:]}"
+        ) from None
 
 
 def page_text(browser: Any) -> str:  # noqa: F811
@@ -167,7 +175,15 @@ def test_a_trace_shows_the_vars_the_expectation_the_linked_prompt_and_the_ration
     wait(
         browser, lambda d: next((a for a in d.find_elements(By.CSS_SELECTOR, "a") if a.text == run.info.run_name), None)
     ).click()
-    wait(browser, italy_link).click()
+    wait(browser, lambda d: run.info.run_id in d.current_url)
+    try:
+        link = wait(browser, italy_link, timeout=45)
+    except AssertionError:
+        # CI once saw the run's traces table stay empty for 60 s on a loaded machine (the page
+        # was not kept then); a user would reload, and the failure below now shows the page.
+        browser.refresh()
+        link = wait(browser, italy_link)
+    link.click()
     text = text_with(browser, "linked prompt")
     assert "country" in text and "Italy" in text and "capital" in text  # the vars, as inputs
     assert "1 linked prompt" in text
