@@ -429,7 +429,8 @@ class ControllerHooks:
             if cases:
                 self.state.run_on_spark(cases)
 
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+    @pytest.hookimpl(wrapper=True)  # around JUnit XML's writer: see the end
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> Generator[None, None, None]:
         from .session import NOTICES_ATTR, RECORD_ATTR, SUITE_ATTR
 
         suite = getattr(report, SUITE_ATTR, None) if report.when == "setup" else None
@@ -442,6 +443,13 @@ class ControllerHooks:
         notices = getattr(report, NOTICES_ATTR, None) if report.when == "teardown" else None
         if notices:
             self.state.add_notices(notices)
+        yield
+        if report.when == "call" and report.failed and getattr(report, ERROR_ATTR, None) and self.session:
+            # A model fault in a Python prompt test's call: JUnit XML decides by the phase and
+            # wrote a <failure>; it is an error, as the terminal counts it.
+            from .report.junit import failure_as_error
+
+            failure_as_error(self.session.config, report)
 
     # First: the gates set the session's exit status before other plugins' sessionfinish writes
     # it down (pytest-json-report's exitcode, JUnit XML), as pytest's own would have it.
