@@ -138,17 +138,24 @@ def _judge(judges: Judges | None, cache: ResponseCache, stats: CallStats) -> Jud
 
 
 def _transformed(case: Case, response: Response, sandbox: Sandbox) -> Any:
-    """The answer after the test's `options.transform` (promptfoo's transformRunEvalResponse):
-    the text, or what the transform returned (an object stays an object for code checks)."""
-    if not case.transform:
-        return response.text
-    context = {
+    """The answer after the provider's `transform`, then the test's `options.transform`
+    (promptfoo's transformRunEvalResponse, in that order, each on what the one before returned):
+    the text, or what a transform returned (an object stays an object for code checks)."""
+    value: Any = response.text
+    if not (case.model.transform or case.transform):
+        return value
+    context: dict[str, Any] = {
         "vars": json_safe(dict(case.vars)),
         "prompt": {"raw": case.prompt.template, "label": case.prompt.label, "template": case.prompt.template},
-        "metadata": {},
     }
-    what = f"transform of {case.suite.file}: {case.name}"
-    return run_transform(sandbox, case.transform, response.text, context, case.base_dir, case.script_timeout_s, what)
+    if case.model.transform:  # promptfoo gives it no metadata
+        what = f"transform of provider {case.model.display} in {case.suite.file}: {case.name}"
+        value = run_transform(sandbox, case.model.transform, value, context, case.base_dir, case.script_timeout_s, what)
+    if case.transform:
+        what = f"transform of {case.suite.file}: {case.name}"
+        context["metadata"] = {}
+        value = run_transform(sandbox, case.transform, value, context, case.base_dir, case.script_timeout_s, what)
+    return value
 
 
 def _grade(

@@ -616,12 +616,14 @@ def test_dataset_parts_of_a_suite_merge_into_one_summary():
 
 def test_every_row_gets_the_default_tests_transform_and_the_suites_env(pytester, run_pytest):
     """defaultTest.options.transform runs on each row's answer, as on a test's: it was left out
-    of dataset rows, which then failed checks written for it. The prompt reads the suite's `env:`
-    (a collection error said `env` was missing)."""
+    of dataset rows, which then failed checks written for it. The provider's transform runs
+    before it. The prompt reads the suite's `env:` (a collection error said `env` was missing)."""
     project(
         pytester,
         SUITE.replace(
-            "providers: [echo]", "providers: [echo]\ndefaultTest:\n  options: {transform: output.toUpperCase()}"
+            "providers: [echo]",
+            "providers: [{id: echo, transform: \"output + ' ok'\"}]\n"
+            "defaultTest:\n  options: {transform: output.toUpperCase()}",
         )
         .replace('prompts: ["Classify: {{text}}"]', 'env: {VERB: Classify}\nprompts: ["{{env.VERB}}: {{text}}"]')
         .replace(
@@ -634,6 +636,7 @@ def test_every_row_gets_the_default_tests_transform_and_the_suites_env(pytester,
     assert (suite["cases"], suite["passed"]) == (6, 6)
     rows = table(suite["cases_file"])
     assert len(rows) == 6 and all(r["output"].startswith("CLASSIFY: REVIEW") for r in rows), rows
+    assert all(r["output"].endswith(" OK") for r in rows), rows  # the provider's transform, then the test's
 
 
 # --------------------------------------------------------------------------- the Spark backend

@@ -74,9 +74,16 @@ def check_same(folder: str, report: dict) -> None:
             theirs["error"],
         )
         if _verdict(theirs) == "error":
-            assert ours["output"] is None, where  # no model call for a case that cannot run
+            if (theirs["error"] or "").startswith("Error: Transform"):
+                # the model answered and a transform failed: promptfoo's reason, and the answer kept
+                assert "transform error: " in ours["error"] and theirs["error"][7:] in ours["error"], where
+            else:
+                assert ours["output"] is None, where  # no model call for a case that cannot run
             continue
-        assert ours["output"] == theirs["output"], where
+        if isinstance(theirs["output"], str):
+            assert ours["output"] == theirs["output"], where
+        else:  # a transform's object: promptfoo keeps it, the report holds its JSON
+            assert json.loads(ours["output"]) == theirs["output"], where
         assert ours["score"] == pytest.approx(theirs["score"]), where
         assert [(a["type"], a["passed"], a["score"]) for a in ours["assertions"]] == [
             (c["type"], c["pass"], pytest.approx(c["score"])) for c in theirs["components"]
@@ -90,11 +97,12 @@ def test_each_case_as_promptfoo_runs_it(plain_runs, folder):
 
 
 @pytest.mark.parametrize("mode", [["-n", "2"], ["-p", "no:xdist"]], ids=["xdist", "no-xdist"])
-@pytest.mark.parametrize("folder", ["sequences", "malformed"])
+@pytest.mark.parametrize("folder", ["sequences", "malformed", "provider_transform_code"])
 def test_sequences_and_case_errors_in_every_mode(tmp_path, folder, mode):
     """storeOutputAs and _conversation need each case after the ones before it, in one process
     (the xdist scheduler sends the suite's `sequence` node to one worker whole); a malformed
-    check's case is an error whichever process runs it."""
+    check's case is an error whichever process runs it; a provider's transform runs (and fails)
+    in whichever process answers its case."""
     report, _ = run_folder(folder, tmp_path, *mode)
     check_same(folder, report)
     nodeids = [r["nodeid"] for r in report["suites"][0]["results"]]

@@ -52,6 +52,7 @@ from pytest_promptopt.suite.loader import load_suite
 from pytest_promptopt.suite.model import Case
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "example_suites"
+PROMPTFOO_FORMAT = Path(__file__).resolve().parent / "data" / "promptfoo-format"
 JAVA = shutil.which("java") or (
     os.environ.get("JAVA_HOME") and shutil.which("java", path=os.path.join(os.environ["JAVA_HOME"], "bin"))
 )
@@ -281,6 +282,11 @@ def test_results_equal_the_in_process_path(spark: Any, tmp_path: Path) -> None:
         # checks.py:person_fields_match scores every field of the first case and some of the others
         spec = ModelSpec("fake", {"default": PERSON}) if path.name.startswith("json_extraction") else ModelSpec("echo")
         cases += suite_cases(path, spec)
+    # A provider's transform from a JavaScript file (promptfoo's verdicts: tests/data/promptfoo-format)
+    shutil.copytree(PROMPTFOO_FORMAT / "provider_transform_code", tmp_path / "transformed")
+    cases += suite_cases(
+        tmp_path / "transformed" / "promptfooconfig.yaml", ModelSpec("echo", transform="file://transform.js")
+    )
 
     results = list(evaluate_cases(spark, cases, ExecutionSettings(tmp_path / "spark.sqlite", CacheMode.READWRITE)))
 
@@ -292,6 +298,14 @@ def test_results_equal_the_in_process_path(spark: Any, tmp_path: Path) -> None:
     assert all(r["assertions"][0]["reason"].startswith("checked on ") for r in python_checked)  # capital_check.py ran
     person = got[next(nodeid for nodeid, _ in cases if "json_extraction" in nodeid)]
     assert person["passed"] and person["named_scores"] == {"valid_json": 1.0, "field_accuracy": 1.0}
+    transformed = [got[nodeid] for nodeid, _ in cases if nodeid.startswith("promptfooconfig.yaml::")]
+    assert [(r["output"], r["passed"], bool(r["error"])) for r in transformed] == [
+        ("<Say six|six>", True, False),
+        ('{"text":"Say obj","n":7}', True, False),
+        ("Say obj=7", True, False),
+        ("Say boom", False, True),
+        ("Say none", False, True),
+    ]
 
 
 @needs_java

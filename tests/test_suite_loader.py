@@ -1043,16 +1043,44 @@ def test_x_keys_hold_yaml_anchors_and_top_level_vars_and_max_concurrency_are_ign
     assert "unknown key 'y-anchors'" in str(error(tmp_path, "y-anchors: &a [1]\nprompts: ['x']\n"))
 
 
-def test_a_provider_transform_is_refused_with_the_fix(tmp_path):
+def test_a_provider_transform_rides_on_its_cases_and_a_test_provider_runs_the_places_transform(tmp_path):
     """promptfoo runs a provider's `transform` on its output before a test's (a real config strips
-    <think> blocks so); this plugin has test transforms only, so the error names where to move it.
-    The map form holds it one level down."""
+    <think> blocks so; verdicts recorded in tests/data/promptfoo-format/provider_transform*). The
+    map form holds it one level down. A test's own provider is called in the suite provider's
+    place and gets that place's transform, not its own (a warning says so); where the places'
+    transforms differ, the test runs in each place."""
     listed = "providers:\n  - id: echo\n    transform: output.trim()\nprompts: ['x']\ntests: [{vars: {}}]\n"
     mapped = "providers:\n  - echo:\n      transform: output.trim()\nprompts: ['x']\ntests: [{vars: {}}]\n"
-    for text, field in ((listed, "providers[0].transform"), (mapped, "providers[0].echo.transform")):
-        message = str(error(tmp_path, text))
-        assert f"s.promptopt.yaml:3: {field}: a provider's transform" in message, message
-        assert "move it to defaultTest.options.transform" in message, message
+    for text in (listed, mapped):
+        (case,) = load(tmp_path, text).cases
+        assert (case.model.id, case.model.transform) == ("echo", "output.trim()")
+    suite = load(
+        tmp_path,
+        """
+        prompts: ['x']
+        providers:
+          - {id: echo, label: a, transform: "output + 'a'"}
+          - {id: echo, label: b, transform: "output + 'b'"}
+        tests:
+          - provider: {id: fake, transform: "output + 'own'"}
+          - provider: fake
+            providers: [a]
+        """,
+    )
+    assert [(c.model.id, c.model.transform) for c in suite.cases] == [
+        ("fake", "output + 'a'"),
+        ("fake", "output + 'b'"),
+        ("fake", "output + 'a'"),
+    ]
+    assert len({c.name for c in suite.cases}) == 3, [c.name for c in suite.cases]
+    (warning,) = suite.warnings
+    assert str(warning).startswith(
+        "s.promptopt.yaml:6: tests[0].provider.transform: promptfoo runs the suite provider's transform"
+    ), str(warning)
+    message = str(error(tmp_path, "providers: [{id: echo, transform: 3}]\nprompts: ['x']\ntests: [{vars: {}}]\n"))
+    assert message == "s.promptopt.yaml:1: providers[0].transform: expected string, got int 3", message
+    outside = "providers: [{id: echo, transform: file://../x.js}]\nprompts: ['x']\ntests: [{vars: {}}]\n"
+    assert "providers[0].transform: code file" in str(error(tmp_path, outside))
 
 
 def test_a_tests_glob_matching_nothing_is_a_warning_unless_nothing_else_gives_tests(tmp_path):

@@ -78,6 +78,9 @@ class ModelSpec:
     id: str
     params: Mapping[str, Any] = field(default_factory=dict)
     label: str = ""
+    # promptfoo's provider `transform`: code run on this provider's answers before a test's
+    # transform (execute.py). Not the model's: it stays out of `key` and of the response cache.
+    transform: str | None = None
 
     @functools.cached_property  # asked for every case the runner looks ahead at
     def key(self) -> str:
@@ -95,6 +98,7 @@ class ModelSpec:
 
 def parse_model_spec(entry: Any, where: str = "providers") -> ModelSpec:
     """Read a model from a string or promptfoo provider object (`{id, config, label}`)."""
+    transform = None
     if isinstance(entry, str):
         ident, params, label = entry, {}, ""
     elif isinstance(entry, Mapping):
@@ -103,6 +107,9 @@ def parse_model_spec(entry: Any, where: str = "providers") -> ModelSpec:
         ident = entry["id"]
         params = dict(entry.get("config") or {})
         label = str(entry.get("label") or "")
+        transform = entry.get("transform")
+        if transform is not None and not (isinstance(transform, str) and transform.strip()):
+            raise ValueError(f"{where}: a provider's transform is JavaScript code or a file:// reference, as text")
     else:
         raise ValueError(f"{where}: a provider is a string id or an object with 'id' and 'config'")
     params = {_CONFIG_RENAMES.get(k, k): v for k, v in params.items()}
@@ -127,7 +134,7 @@ def parse_model_spec(entry: Any, where: str = "providers") -> ModelSpec:
             f"{where}: API keys must not be written in a suite; set the provider's environment variable "
             f"(e.g. OPENAI_API_KEY) or name one with 'apiKeyEnvar' or apiKey: '{{{{ env.NAME }}}}'{hint}"
         )
-    return ModelSpec(_normalise_id(ident.strip(), where), params, label)
+    return ModelSpec(_normalise_id(ident.strip(), where), params, label, transform)
 
 
 def env_reference(value: Any) -> str | None:

@@ -26,6 +26,7 @@ from .expansion import (
     merge_test,
     model_options,
     output_transform,
+    test_provider_places,
     var_combinations,
     vars_mapping,
 )
@@ -157,9 +158,10 @@ def _block(
     merged = merge_test(default, {k: raw[k] for k in ("assert", "threshold", "options") if k in raw}, here, ctx)
     if merged["provider"] is not None:
         try:
-            providers = [parse_model_spec(merged["provider"], "defaultTest.provider")]
+            spec = parse_model_spec(merged["provider"], "defaultTest.provider")
         except ValueError as exc:
             raise ctx.error(("defaultTest", "provider"), str(exc).split(": ", 1)[-1]) from None
+        providers = test_provider_places(spec, providers, ("defaultTest", "provider"), ctx)
     n_default = len(merged["assert"]) - len(raw.get("assert", []))
     assertions = []
     for index, entry in enumerate(merged["assert"]):

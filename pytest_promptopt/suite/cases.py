@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +117,7 @@ def build_case(
     except TemplateError as exc:
         raise CaseError(f"{exc} in {where}", ("prompts", prompt_index)) from None
     if config:
-        model = ModelSpec(model.id, {**model.params, **config}, model.label)
+        model = replace(model, params={**model.params, **config})
     checks = []
     scope = {"env": dict(env or {}), **variables}
     for assertion, path in assertions:

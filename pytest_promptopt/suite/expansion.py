@@ -4,12 +4,14 @@ loaded (files) and expanded (list vars, `file://` globs), its assertions built w
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..assertions.base import Assertion, is_model_graded
+from ..models.specs import ModelSpec
 from ..nunjucks import js_json
 from ..sandbox.scripts import is_code_reference
 from .document import Context, DocumentError, load_yaml
@@ -26,6 +28,7 @@ __all__ = [
     "model_options",
     "output_transform",
     "read_vars",
+    "test_provider_places",
     "var_combinations",
     "vars_mapping",
 ]
@@ -77,6 +80,25 @@ def output_transform(options: Mapping[str, Any]) -> str | None:
     """A test's merged `options.transform` (promptfoo's older name: `postprocess`), run on each of
     its cases' answers before the checks."""
     return options.get("transform") or options.get("postprocess")
+
+
+def test_provider_places(
+    spec: ModelSpec, places: Sequence[ModelSpec], path: tuple[Any, ...], ctx: Context
+) -> list[ModelSpec]:
+    """A test's own `provider` (at `path`) in the places of the suite providers it runs on.
+    promptfoo calls it in each place and then runs that place's provider `transform` on its
+    answer (transformRunEvalResponse is given the suite provider), never the test provider's own,
+    which a warning names. One spec when the places' transforms agree, else one per place."""
+    if spec.transform is not None:
+        ctx.warn(
+            path + ("transform",),
+            "promptfoo runs the suite provider's transform on a test provider's output, not the test "
+            "provider's own; so does this run: write it as the test's options.transform",
+        )
+    transforms = [place.transform for place in places]
+    if len(set(transforms)) > 1:
+        return [dataclasses.replace(spec, transform=transform) for transform in transforms]
+    return [dataclasses.replace(spec, transform=transforms[0] if transforms else None)]
 
 
 def vars_mapping(raw: Any, path: tuple[Any, ...], ctx: Context) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from .expansion import (
     model_options,
     output_transform,
     read_vars,
+    test_provider_places,
     var_combinations,
 )
 from .model import MAX_REPEAT, Case, ChainStep, Repeats, SuiteError, SuiteInfo, SuiteLimits
@@ -405,6 +406,7 @@ def _providers(written: list[_Written], ctx: Context) -> list[ModelSpec]:
             specs.append(parse_model_spec(entry.options, format_path(entry.path)))
         except ValueError as exc:
             raise ctx.error(entry.path, str(exc).split(": ", 1)[-1]) from None
+        ctx.check_code(specs[-1].transform, entry.path + ("transform",))
     return specs
 
 
@@ -449,14 +451,15 @@ class _CaseBuilder:
                     )
                 try:
                     own = _map_form(merged["provider"])  # `provider: {openai:gpt-4o: {...}}` too
-                    test_providers = [
-                        parse_model_spec(own[1] if own else merged["provider"], format_path(path + ("provider",)))
-                    ]
+                    spec = parse_model_spec(own[1] if own else merged["provider"], format_path(path + ("provider",)))
                 except ValueError as exc:
                     raise ctx.error(path + ("provider",), str(exc).split(": ", 1)[-1]) from None
-                # It takes the suite providers' places, with the prompts any of them runs.
-                runs = [allowed for _, allowed in columns]
-                columns = [(0, None if None in runs else frozenset().union(*runs))]
+                places = [self.providers[index] for index, _ in columns]
+                test_providers = test_provider_places(spec, places, path + ("provider",), ctx)
+                if len(test_providers) == 1:
+                    # It takes the suite providers' places, with the prompts any of them runs.
+                    runs = [allowed for _, allowed in columns]
+                    columns = [(0, None if None in runs else frozenset().union(*runs))]
             prompts = self._with_prefix(options, test)
             problem, placed = self._assertions(merged, test, path)
             if options.get("transformVars") is not None and problem is None:
@@ -478,7 +481,8 @@ class _CaseBuilder:
                 except SuiteError as exc:  # a var file missing or unreadable: this test's cases are errors
                     variables, vars_problem = dict(raw_vars), vars_problem or str(exc)
                 for spec, (index, allowed) in zip(test_providers, columns):
-                    tag = spec.display if merged["provider"] is not None else self.provider_tags[index]
+                    own_only = merged["provider"] is not None and len(test_providers) == 1
+                    tag = spec.display if own_only else self.provider_tags[index]
                     for prompt_index, prompt in enumerate(prompts):
                         if allowed is not None and prompt_index not in allowed:
                             continue  # promptfoo's prompt filters: not for this provider or test

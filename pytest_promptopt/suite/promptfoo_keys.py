@@ -136,26 +136,14 @@ def map_form(entry: Any) -> tuple[str, Any] | None:
 
 
 def _provider_keys(data: dict[str, Any], ctx: Context) -> None:
-    """Two provider keys read before the schema sees them. A provider's `transform` is refused with
-    the fix (not the schema's "unknown key"). A provider's `config:` left empty (null: a block
-    holding only comments, in a real config) is read as absent, as promptfoo's loadApiProvider
-    reads it (it spreads the config, and null adds nothing); named in a warning, as the other keys
-    left empty are."""
+    """A provider's `config:` left empty (null: a block holding only comments, in a real config)
+    is read as absent, as promptfoo's loadApiProvider reads it (it spreads the config, and null
+    adds nothing); named in a warning, as the other keys left empty are."""
     for entry, where in provider_entries(data):
         mapped = map_form(entry)
         path, holder = (where + (mapped[0],), mapped[1]) if mapped is not None else (where, entry)
         if not isinstance(holder, dict):
             continue
-        if holder.get("transform") is not None:
-            # promptfoo's transformRunEvalResponse runs it on this provider's output before a
-            # test's transform; this plugin has test transforms only (a clear error, not the
-            # schema's "unknown key").
-            raise ctx.error(
-                path + ("transform",),
-                "a provider's transform (promptfoo runs it on that provider's output, before a test's "
-                "options.transform) is not supported; move it to defaultTest.options.transform, which is the "
-                "same when the suite has one provider and no test has a transform of its own",
-            )
         if "config" in holder and holder["config"] is None:
             holder.pop("config")
             ctx.warn(
