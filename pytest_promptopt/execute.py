@@ -36,10 +36,13 @@ __all__ = [
     "fill_grade",
     "fill_response",
     "grade_answered",
+    "grading_context",
     "json_safe",
     "model_error",
     "new_result",
+    "output_text",
     "raised",
+    "transformed",
 ]
 
 
@@ -97,6 +100,7 @@ def new_result(case: Case, nodeid: str = "") -> CaseResult:
         template=None if case.prompt.unavailable is not None else case.prompt.template,
         registry_prompts=[case.prompt.registry_uri] if case.prompt.registry_uri else [],
         model_params=redact(json_safe(dict(case.model.params))),
+        provider_transform=case.model.transform,
         started_at=time.time(),
     )
 
@@ -137,7 +141,7 @@ def _judge(judges: Judges | None, cache: ResponseCache, stats: CallStats) -> Jud
     return judges.bind(stats, cache) if judges is not None else None
 
 
-def _transformed(case: Case, response: Response, sandbox: Sandbox) -> Any:
+def transformed(case: Case, response: Response, sandbox: Sandbox) -> Any:
     """The answer after the provider's `transform`, then the test's `options.transform`
     (promptfoo's transformRunEvalResponse, in that order, each on what the one before returned):
     the text, or what a transform returned (an object stays an object for code checks)."""
@@ -158,6 +162,44 @@ def _transformed(case: Case, response: Response, sandbox: Sandbox) -> Any:
     return value
 
 
+def output_text(value: Any) -> str:
+    """The output checks grade and reports show: a transform's object as compact JSON."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def grading_context(
+    case: Case,
+    response: Response,
+    value: Any,
+    judge: Judge | None,
+    embeddings: ResponseCache | None,
+    sandbox: Sandbox,
+) -> AssertionContext:
+    """What `case`'s assertions see besides the output: `value` is the answer after the
+    transforms (`transformed`), kept as an object for code checks when it is one."""
+    return AssertionContext(
+        vars=case.vars,
+        prompt=case.rendered_prompt,
+        response=response,
+        base_dir=case.base_dir,
+        judge=judge,
+        embeddings=embeddings,
+        sandbox=sandbox,
+        script_timeout_s=case.script_timeout_s,
+        output_value=None if isinstance(value, str) else value,
+        test={
+            "description": case.description,
+            "vars": json_safe(dict(case.vars)),
+            "assert": json_safe([a.to_dict() for a in case.assertions]),
+            "threshold": case.threshold,
+            "options": {"transform": case.transform} if case.transform else {},
+            # promptfoo's context.test is the test case: its metadata (defaultTest's merged in) too
+            "metadata": json_safe(dict(case.metadata)),
+        },
+        provider={"id": case.model.id, "label": case.model.label},
+    )
+
+
 def _grade(
     case: Case,
     result: CaseResult,
@@ -170,7 +212,7 @@ def _grade(
     result.model = case.model.label or result.model  # a suite's provider label names it in reports
     with sandbox_for(sandbox) as box:
         try:
-            value = _transformed(case, response, box)
+            value = transformed(case, response, box)
         except ScriptFault as exc:
             result.error = f"transform error: {scrub(str(exc))}"
             return
@@ -179,29 +221,9 @@ def _grade(
         except BaseException as exc:  # see `raised`
             result.error = f"transform error: {raised(exc)}"
             return
-        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        text = output_text(value)
         result.output = text
-        ctx = AssertionContext(
-            vars=case.vars,
-            prompt=case.rendered_prompt,
-            response=response,
-            base_dir=case.base_dir,
-            judge=judge,
-            embeddings=embeddings,
-            sandbox=box,
-            script_timeout_s=case.script_timeout_s,
-            output_value=None if isinstance(value, str) else value,
-            test={
-                "description": case.description,
-                "vars": json_safe(dict(case.vars)),
-                "assert": json_safe([a.to_dict() for a in case.assertions]),
-                "threshold": case.threshold,
-                "options": {"transform": case.transform} if case.transform else {},
-                # promptfoo's context.test is the test case: its metadata (defaultTest's merged in) too
-                "metadata": json_safe(dict(case.metadata)),
-            },
-            provider={"id": case.model.id, "label": case.model.label},
-        )
+        ctx = grading_context(case, response, value, judge, embeddings, box)
         try:
             fill_grade(result, grade_case(text, case.assertions, ctx, case.threshold))
         except (AssertionEvaluationError, AssertionConfigError) as exc:

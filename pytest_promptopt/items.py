@@ -306,7 +306,7 @@ class CaseItem(pytest.Item):
             session = self.config.stash[session_key]
             try:
                 self.shrunk = shrink_failure(
-                    self.case, session.model_for, session.cache, session.shrunk, session.judges
+                    self.case, session.model_for, session.cache, session.shrunk, session.judges, session.sandbox
                 )
             except (KeyboardInterrupt, pytest.exit.Exception):
                 raise

@@ -18,6 +18,7 @@ a judge, and how often, the assertion registry says (`register(..., judge_calls=
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -64,7 +65,7 @@ class Judge:
         if isinstance(provider, Mapping) and "id" not in provider and set(provider) == {"config"}:
             # promptfoo's `provider: {config: {...}}`: the default judge with these parameters
             base = self.judges.default
-            return ModelSpec(base.id, {**base.params, **(provider["config"] or {})}, base.label)
+            return dataclasses.replace(base, params={**base.params, **(provider["config"] or {})})
         return provider_spec(provider) or self.judges.default
 
     def model(self, provider: Any = None) -> Model:

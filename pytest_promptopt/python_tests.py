@@ -384,7 +384,16 @@ def python_model_spec(
         return default
     if hasattr(model, "generate") and hasattr(model, "cache_identity"):
         return session.adopt_model(model)
+    where = f"@pytest.mark.promptopt(model=...) on {nodeid}"
     try:
-        return parse_model_spec(model, f"@pytest.mark.promptopt(model=...) on {nodeid}")
+        spec = parse_model_spec(model, where)
     except ValueError as exc:
         raise pytest.UsageError(str(exc)) from None
+    if spec.transform is not None:
+        # A suite runs a provider's transform on each answer; a Python test holds its answer
+        # itself, so one here would be silently ignored.
+        raise pytest.UsageError(
+            f"{where}: a provider's transform runs on suite cases only; in a Python test, transform the "
+            "answer in the test before checking it"
+        )
+    return spec

@@ -37,6 +37,8 @@ class CaseResult:
     template: str | None = None  # the prompt template before rendering (suite-file cases)
     registry_prompts: list[str] = field(default_factory=list)  # `prompts:/name/<version>` of registered prompts used
     model_params: dict[str, Any] = field(default_factory=dict)  # redacted: records travel and get logged
+    # The provider's `transform` run on the answer before the test's (suite cases), as written
+    provider_transform: str | None = None
     latency_ms: float | None = None
     # How many requests shared the model call `latency_ms` was measured on (a batching model such
     # as the bundled one answers a batch at once); None: the case's call was its own.

@@ -24,6 +24,7 @@ from .models.base import Model
 from .models.specs import ModelSpec
 from .records import CaseResult
 from .report.failure import _clip, assertion_lines
+from .sandbox import Sandbox
 from .suite.cases import CaseError
 from .suite.fuzz import FuzzBlock, FuzzOrigin, fixed_constants, search_settings
 from .suite.model import Case
@@ -73,7 +74,7 @@ class _Fails(Exception):
 
 # What `shrink_failure` remembers: (block, prompt, provider) -> (the block, kept alive so its id is
 # not reused; the result). The session owns one, so a block shrinks once per process and run.
-ShrinkMemo = MutableMapping[tuple[int, int, str], tuple[FuzzBlock, "Shrunk | None"]]
+ShrinkMemo = MutableMapping[tuple[int, int, tuple[str, str | None]], tuple[FuzzBlock, "Shrunk | None"]]
 
 
 def shrink_failure(
@@ -82,19 +83,22 @@ def shrink_failure(
     cache: ResponseCache,
     memo: ShrinkMemo,
     judges: Judges | None = None,
+    sandbox: Sandbox | None = None,
 ) -> Shrunk | None:
     """For a failing generated case: the minimal failing input of its block on its prompt x
     provider, run through `model_for(case.model)` and `cache` (model-graded assertions ask
-    `judges`). None when the case is not generated, `fuzz.shrink` is 0, or the replay met no
+    `judges`; transforms and code checks run in `sandbox`, the session's). None when the case is not generated, `fuzz.shrink` is 0, or the replay met no
     failure. Computed once per block, prompt and provider for a `memo`."""
     origin = case.fuzz
     if origin is None or origin.block.shrink <= 0:
         return None
-    memo_key = (id(origin.block), case.prompt_index, case.model.key)
+    memo_key = (id(origin.block), case.prompt_index, case.model.answers)
     if memo_key not in memo:
         # Each input takes the case's repeats, so "fails" means what it meant for the case.
         def evaluate(c: Case) -> CaseResult:
-            return execute_case(dataclasses.replace(c, repeats=case.repeats), model_for(c.model), cache, judges=judges)
+            return execute_case(
+                dataclasses.replace(c, repeats=case.repeats), model_for(c.model), cache, judges=judges, sandbox=sandbox
+            )
 
         memo[memo_key] = (origin.block, shrink(origin, evaluate))
     return memo[memo_key][1]

@@ -425,6 +425,7 @@ description: secrets
 providers:
   - id: acme/scripted
     config: {client_secret: hunter2-client-secret, temperature: 0}
+    transform: output.trim()
 prompts: ["Forward this: {{note}}"]
 tests:
   - vars: {note: "the token is tok-9f8e7d6c5b4a3921"}
@@ -450,6 +451,7 @@ def test_secrets_never_reach_params_tags_or_artifacts(pytester, run_pytest, migr
     client, parent, children = run_tree(sqlite_uri(pytester.path / "mlflow.db"), "secrets")
     child = children["secrets"]
     assert child.data.params["model_params.acme_scripted"] == '{"client_secret": "***", "temperature": 0}'
+    assert child.data.params["provider_transform.acme_scripted"] == "output.trim()"
     [row] = case_table(client, child.info.run_id).values()
     assert row["output"] == "Forward this: the token is ***"
     # Nothing anywhere in the store (database and artifact files) holds either secret.

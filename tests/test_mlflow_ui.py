@@ -112,9 +112,12 @@ def wait(browser: Any, condition: Any, timeout: float = 60) -> Any:  # noqa: F81
     try:
         return WebDriverWait(browser, timeout, poll_frequency=0.5).until(condition)
     except TimeoutException:
+        try:
+            shown = f"{browser.current_url}; the page showed:\n{page_text(browser)[-3000:]}"
+        except Exception as exc:  # the page itself is gone: say so rather than hide the timeout
+            shown = f"a page that could not be read ({type(exc).__name__})"
         raise AssertionError(
-            f"{getattr(condition, '__name__', 'the condition')} did not hold within {timeout:g} s on "
-            f"{browser.current_url}; the page showed:\n{page_text(browser)[-3000:]}"
+            f"{getattr(condition, '__name__', 'the condition')} did not hold within {timeout:g} s on {shown}"
         ) from None
 
 
@@ -206,8 +209,8 @@ def open_run_case(browser: Any, runs_page: str, run_name: str, attempts: int = 3
         click_the_run()
         try:
             return wait(browser, italy_link, timeout=30)
-        except AssertionError:
-            pass  # the list stayed: click the run again
+        except AssertionError as stuck:
+            print(f"clicking the run again: {stuck}")  # shown with the test's output if it fails later
     click_the_run()
     return wait(browser, italy_link)
 

@@ -293,6 +293,29 @@ def test_bad_option_values_are_usage_errors(pytester, run_pytest):
     )
 
 
+@pytest.mark.parametrize("mode", [[], ["-p", "no:xdist"]], ids=["plain", "no-xdist"])
+def test_a_python_tests_provider_transform_is_refused_not_ignored(pytester, run_pytest, mode):
+    """A provider's transform runs on suite cases; a Python test holds its answer itself, so a
+    transform in its marker's model would be silently ignored: that test is an error saying so."""
+    pytester.makepyfile(
+        """
+        import pytest
+        from pytest_promptopt import contains
+
+        @pytest.mark.promptopt(model={"id": "echo", "transform": "output.toUpperCase()"})
+        def test_shout(prompt_model, prompt_check):
+            prompt_check(prompt_model("hi"), contains("HI"))
+
+        @pytest.mark.promptopt(model="echo")
+        def test_plain(prompt_model, prompt_check):
+            prompt_check(prompt_model("hi"), contains("hi"))
+        """
+    )
+    result = run_pytest("--promptopt", *mode)
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*model=...) on *test_shout: a provider's transform runs on suite cases only*"])
+
+
 def test_ini_sets_the_model_and_command_line_wins(pytester, run_pytest):
     pytester.makeini("[pytest]\npromptopt_model = echo\n")
     pytester.makefile(

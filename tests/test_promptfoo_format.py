@@ -109,6 +109,12 @@ def test_sequences_and_case_errors_in_every_mode(tmp_path, folder, mode):
     assert all(("::sequence::" in n) == (folder == "sequences") for n in nodeids), nodeids
 
 
+def test_the_report_names_each_cases_provider_transform(plain_runs):
+    for folder, transform in (("provider_transform_code", "file://transform.js"), ("json_checks", None)):
+        report, _ = plain_runs[folder]
+        assert {r["provider_transform"] for r in report["suites"][0]["results"]} == {transform}, folder
+
+
 def test_derived_metrics_are_computed_from_sums_as_promptfoo_does(plain_runs):
     report, _ = plain_runs["refs_scenarios"]
     expected = json.loads((DATA / "refs_scenarios" / "expected.json").read_text())

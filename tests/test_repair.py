@@ -48,6 +48,9 @@ def task(request):
         return ANTONYMS[word]
     return "The opposite of %%s is %%s." %% (word, ANTONYMS[word])
 
+def thinking(request):  # a reasoning model's answer, its thoughts first (a provider transform strips them)
+    return "<think>the user wants an antonym</think>" + task(request)
+
 def stubborn(request):
     word = request.messages[-1]["content"].split('"')[1]
     return "The opposite of %%s is %%s." %% (word, ANTONYMS[word])
@@ -69,6 +72,7 @@ def judge(request):  # an llm-rubric judge that passes everything
     return '{"reason": "it is a word", "pass": true, "score": 1.0}'
 
 MODELS = {"acme/task": FakeModel(task, name="acme/task"), "acme/stubborn": FakeModel(stubborn, name="acme/stubborn"),
+          "acme/thinking": FakeModel(thinking, name="acme/thinking"),
           "acme/proposer": FakeModel(proposer, name="acme/proposer"), "acme/judge": FakeModel(judge, name="acme/judge")}
 
 def pytest_promptopt_make_model(spec):
@@ -199,6 +203,18 @@ def test_demonstration_optimisers_repair_the_suite_on_held_out_cases(project, ru
         "diff"
     ] and '+    "content": "Opposite of \\"{{word}}\\"?"' in found["diff"]
     assert "Opposite of" in (project.path / "antonyms.promptopt.yaml").read_text()  # the user's suite is untouched
+
+
+def test_the_optimiser_grades_answers_through_the_providers_transform(project, run_pytest) -> None:
+    """The optimiser's metric sees what the run's checks see: the answer after the provider's
+    transform (here stripping a reasoning model's thoughts). Graded raw, every candidate failed
+    and no repair was found."""
+    provider = "{id: acme/thinking, transform: \"output.split('</think>').pop()\"}"
+    project.makefile(".promptopt.yaml", antonyms=suite(provider=provider))
+    run_repair(run_pytest, "--promptopt-repair-optimizer", "random-search")
+    [found] = repairs(project)
+    assert found["status"] == "repaired", found["reason"]
+    assert found["heldout_before"] == 0.0 and found["heldout_after"] == 1.0
 
 
 @pytest.mark.parametrize("optimizer", ["gepa", "miprov2"])

@@ -18,6 +18,7 @@ from pytest_promptopt.cache import ResponseCache
 from pytest_promptopt.execute import execute_case
 from pytest_promptopt.models.fakes import EchoModel
 from pytest_promptopt.models.specs import ModelSpec
+from pytest_promptopt.sandbox import sandbox_for
 from pytest_promptopt.shrinking import shrink_failure
 from pytest_promptopt.strategies import (
     INJECTIONS,
@@ -396,6 +397,32 @@ def test_a_failing_generated_case_shrinks_to_a_minimal_input(tmp_path):
     # Once per block x prompt x provider for a memo (the session's); the same again with a fresh one.
     assert shrink_failure(failing[0][0], lambda spec: model, cache, memo) is shrunk
     assert shrink_failure(case, lambda spec: model, cache, {}).vars == shrunk.vars
+
+
+def test_providers_differing_only_in_their_transform_shrink_apart(tmp_path):
+    """Two providers on one model whose transforms differ answer differently, so each one's
+    failure shrinks to its own minimal input (the memo once mixed them: one adapter)."""
+    suite = load(
+        tmp_path,
+        SHRINK_SUITE.replace(
+            "providers: [echo]",
+            "providers:\n  - {id: echo, label: padded, transform: \"output + 'x'.repeat(300)\"}\n"
+            "  - {id: echo, label: plain, transform: output}",
+        ),
+    )
+    cache = ResponseCache(tmp_path / "c.sqlite")
+    model = EchoModel()
+    with sandbox_for(None) as sandbox:
+        results = [(case, execute_case(case, model, cache, sandbox=sandbox)) for case in suite.cases]
+        failing = {c.model.label: c for c, r in results if r.passed is False}
+        memo: dict = {}
+        padded, plain = (
+            shrink_failure(failing[label], lambda spec: model, cache, memo, sandbox=sandbox)
+            for label in ("padded", "plain")
+        )
+    assert padded is not None and plain is not None and padded is not plain
+    # with the padding every input fails, so its shrink ends far shorter than plain's 1000 characters
+    assert len(plain.vars["text"]) == 1000 and len(padded.vars["text"]) < 100, (padded.vars, plain.vars)
 
 
 def test_shrinking_stops_at_its_budget_and_can_be_off(tmp_path):

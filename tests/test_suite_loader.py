@@ -1077,6 +1077,20 @@ def test_a_provider_transform_rides_on_its_cases_and_a_test_provider_runs_the_pl
     assert str(warning).startswith(
         "s.promptopt.yaml:6: tests[0].provider.transform: promptfoo runs the suite provider's transform"
     ), str(warning)
+    # defaultTest's provider: one warning, where it is written (the map form one level down)
+    suite = load(
+        tmp_path,
+        """
+        prompts: ['x']
+        providers: [echo]
+        defaultTest:
+          provider:
+            fake: {transform: "output + 'own'"}
+        tests: [{vars: {a: 1}}, {vars: {a: 2}}]
+        """,
+    )
+    assert [(c.model.id, c.model.transform) for c in suite.cases] == [("fake", None), ("fake", None)]
+    assert [(w.line, w.place) for w in suite.warnings] == [(5, "defaultTest.provider.fake.transform")]
     message = str(error(tmp_path, "providers: [{id: echo, transform: 3}]\nprompts: ['x']\ntests: [{vars: {}}]\n"))
     assert message == "s.promptopt.yaml:1: providers[0].transform: expected string, got int 3", message
     outside = "providers: [{id: echo, transform: file://../x.js}]\nprompts: ['x']\ntests: [{vars: {}}]\n"

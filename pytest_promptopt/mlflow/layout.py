@@ -446,10 +446,15 @@ def suite_params(suite: SuiteSummary, templates: Mapping[int, str]) -> dict[str,
         params[f"prompt.{index}.template"] = template
         params[f"prompt.{index}.sha256"] = hashlib.sha256(template.encode("utf-8")).hexdigest()
     model_params: dict[str, Any] = {}
+    transforms: dict[str, str] = {}
     for result in suite.results:
         model_params.setdefault(result.model or "model", result.model_params)
+        if result.provider_transform:
+            transforms.setdefault(result.model or "model", result.provider_transform)
     for model, values in model_params.items():
         params[f"model_params.{metric_key(model)}"] = json.dumps(redact(values), sort_keys=True, default=str)
+    for model, transform in transforms.items():
+        params[f"provider_transform.{metric_key(model)}"] = transform
     for gate in suite.gates:
         params[f"gate.{metric_key(gate.name)}.threshold"] = f"{gate.threshold:g}"
     return {k: truncate(scrub(str(v)), MAX_PARAM_VALUE) for k, v in params.items()}

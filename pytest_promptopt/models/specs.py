@@ -3,6 +3,7 @@ model-graded assertion's `provider` names."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -92,12 +93,25 @@ class ModelSpec:
     def display(self) -> str:
         return self.label or self.id
 
+    @property
+    def answers(self) -> tuple[str, str | None]:
+        """Which answers a case of this spec is graded on: the adapter's (`key`) after this
+        transform. Two providers that differ only in their transform give different answers
+        (shrinking's memo and a repair's groups go by this)."""
+        return self.key, self.transform
+
+    @property
+    def case_tag(self) -> str:
+        """This provider's part of a case id in a suite of several: its name, with its transform
+        when it has one (without, ids stay what they were before transforms ran)."""
+        return self.display if self.transform is None else f"{self.display} | transform: {self.transform}"
+
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "params": redact(dict(self.params)), "label": self.label}
 
 
 def parse_model_spec(entry: Any, where: str = "providers") -> ModelSpec:
-    """Read a model from a string or promptfoo provider object (`{id, config, label}`)."""
+    """Read a model from a string or promptfoo provider object (`{id, config, label, transform}`)."""
     transform = None
     if isinstance(entry, str):
         ident, params, label = entry, {}, ""
@@ -203,7 +217,7 @@ def with_timeout(spec: ModelSpec, timeout_s: float) -> ModelSpec:
     """`spec` with the run's timeout for a hosted model whose config sets none."""
     if "/" not in spec.id or "timeout" in spec.params:
         return spec
-    return ModelSpec(spec.id, {**spec.params, "timeout": timeout_s}, spec.label)
+    return dataclasses.replace(spec, params={**spec.params, "timeout": timeout_s})
 
 
 def local_runtime_choice(raw: Any) -> str | None:
@@ -219,7 +233,7 @@ def with_local_runtime(spec: ModelSpec, runtime: str | None) -> ModelSpec:
     provider config names one."""
     if spec.id != BUNDLED or not runtime or "runtime" in spec.params:
         return spec
-    return ModelSpec(spec.id, {**spec.params, "runtime": runtime}, spec.label)
+    return dataclasses.replace(spec, params={**spec.params, "runtime": runtime})
 
 
 def with_tracking_server(spec: ModelSpec, tracking_uri: str | None) -> ModelSpec:
@@ -229,7 +243,7 @@ def with_tracking_server(spec: ModelSpec, tracking_uri: str | None) -> ModelSpec
         return spec
     from .providers import with_gateway
 
-    return ModelSpec(spec.id, with_gateway(spec.id, spec.params, tracking_uri), spec.label)
+    return dataclasses.replace(spec, params=with_gateway(spec.id, spec.params, tracking_uri))
 
 
 def create_model(spec: ModelSpec) -> Model:

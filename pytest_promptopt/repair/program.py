@@ -19,13 +19,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..assertions.base import AssertionConfigError, AssertionContext, AssertionEvaluationError
+from ..assertions.base import AssertionConfigError, AssertionEvaluationError
 from ..assertions.scoring import CaseGrade, grade_case
 from ..cache import CallStats, ResponseCache
+from ..execute import grading_context, output_text, transformed
 from ..judging import Judge, Judges
 from ..models.base import Model, ModelError, Request, Response
 from ..prompt import Rendering
-from ..sandbox import Sandbox
+from ..sandbox import Sandbox, ScriptFault, sandbox_for
 from ..suite.model import Case
 from .result import Calls
 from .template import Demo, render_composed
@@ -271,23 +272,18 @@ def grade_output(
     embeddings: ResponseCache | None = None,
     sandbox: Sandbox | None = None,
 ) -> CaseGrade | None:
-    """`text` graded by the case's own assertions (model-graded ones ask `judge`, `similar`
-    keeps its embeddings in `embeddings`, code checks run in `sandbox`); None when an
-    assertion cannot be evaluated."""
-    ctx = AssertionContext(
-        vars=case.vars,
-        prompt=case.rendered_prompt,
-        response=Response(text=text),
-        base_dir=case.base_dir,
-        judge=judge,
-        embeddings=embeddings,
-        sandbox=sandbox,
-        script_timeout_s=case.script_timeout_s,
-    )
-    try:
-        return grade_case(text, case.assertions, ctx, case.threshold)
-    except (AssertionEvaluationError, AssertionConfigError):
-        return None
+    """`text` (a candidate prompt's answer) graded as the run grades `case`: through the
+    provider's and the test's transforms, then the case's own assertions (model-graded ones ask
+    `judge`, `similar` keeps its embeddings in `embeddings`, code checks run in `sandbox`); None
+    when a transform or an assertion cannot be evaluated."""
+    response = Response(text=text)
+    with sandbox_for(sandbox) as box:
+        try:
+            value = transformed(case, response, box)
+            ctx = grading_context(case, response, value, judge, embeddings, box)
+            return grade_case(output_text(value), case.assertions, ctx, case.threshold)
+        except (ScriptFault, AssertionEvaluationError, AssertionConfigError):
+            return None
 
 
 def case_metric(

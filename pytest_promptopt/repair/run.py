@@ -33,7 +33,7 @@ from ..summary import RunSummary, SuiteSummary
 from .config import INSTRUCTION_OPTIMIZERS, RepairConfig, RepairSettings
 from .result import Calls, RepairResult, Score
 
-__all__ = ["repair_run", "split_cases", "WEAK_HELDOUT"]
+__all__ = ["repair_groups", "repair_run", "split_cases", "WEAK_HELDOUT"]
 
 WEAK_HELDOUT = 10  # fewer held-out cases than this: the before/after estimate is weak (report the interval)
 
@@ -85,11 +85,9 @@ def repair_run(session: Any, run: RunSummary, settings: RepairSettings) -> list[
             )
             continue
         config = RepairConfig.resolve(settings, loaded.repair)
-        groups: dict[tuple[int, str], list[Case]] = {}
-        for case in loaded.cases:
-            groups.setdefault((case.prompt_index, case.model.key), []).append(case)
-        several = len({key for _, key in groups}) > 1
-        for cases in groups.values():
+        groups = repair_groups(loaded.cases)
+        several = len({case.model.answers for cases in groups for case in cases}) > 1
+        for cases in groups:
             if cases[0].prompt.unavailable is not None:  # its text could not be had (the registry is down)
                 results.append(
                     dataclasses.replace(base, prompt_index=cases[0].prompt_index, reason=cases[0].prompt.unavailable)
@@ -136,6 +134,16 @@ def score(results: Sequence[CaseResult]) -> Score:
         errors=sum(1 for r in results if r.error),
         metrics=CaseStats.of(results).metric_means(),
     )
+
+
+def repair_groups(cases: Iterable[Case]) -> list[list[Case]]:
+    """The cases repaired together: those of one prompt on one provider's answers (its model
+    and its transform: two providers differing only in their transform are graded on different
+    text, so each gets its own repair)."""
+    groups: dict[tuple[int, tuple[str, str | None]], list[Case]] = {}
+    for case in cases:
+        groups.setdefault((case.prompt_index, case.model.answers), []).append(case)
+    return list(groups.values())
 
 
 def _evaluate(session: Any, cases: Sequence[Case], tag: str, calls: Calls) -> list[CaseResult]:

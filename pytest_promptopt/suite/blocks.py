@@ -26,7 +26,7 @@ from .expansion import (
     merge_test,
     model_options,
     output_transform,
-    test_provider_places,
+    places_of_test_provider,
     var_combinations,
     vars_mapping,
 )
@@ -161,7 +161,7 @@ def _block(
             spec = parse_model_spec(merged["provider"], "defaultTest.provider")
         except ValueError as exc:
             raise ctx.error(("defaultTest", "provider"), str(exc).split(": ", 1)[-1]) from None
-        providers = test_provider_places(spec, providers, ("defaultTest", "provider"), ctx)
+        providers = places_of_test_provider(spec, providers, ("defaultTest", "provider"), ctx)
     n_default = len(merged["assert"]) - len(raw.get("assert", []))
     assertions = []
     for index, entry in enumerate(merged["assert"]):

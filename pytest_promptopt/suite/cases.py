@@ -136,7 +136,7 @@ def build_case(
         [a.to_dict() for a in checks],
         threshold,
         prompt_index if several_prompts else None,
-        model.display if several_providers else None,
+        model.case_tag if several_providers else None,
     )
     return Case(
         suite=suite,
@@ -183,7 +183,7 @@ def failed_case(
         variables,
         {"error": message},
         prompt_index if several_prompts else None,
-        model.display if several_providers else None,
+        model.case_tag if several_providers else None,
     )
     return Case(
         suite=suite,

@@ -28,7 +28,7 @@ __all__ = [
     "model_options",
     "output_transform",
     "read_vars",
-    "test_provider_places",
+    "places_of_test_provider",
     "var_combinations",
     "vars_mapping",
 ]
@@ -82,7 +82,7 @@ def output_transform(options: Mapping[str, Any]) -> str | None:
     return options.get("transform") or options.get("postprocess")
 
 
-def test_provider_places(
+def places_of_test_provider(
     spec: ModelSpec, places: Sequence[ModelSpec], path: tuple[Any, ...], ctx: Context
 ) -> list[ModelSpec]:
     """A test's own `provider` (at `path`) in the places of the suite providers it runs on.

@@ -37,8 +37,8 @@ from .expansion import (
     merge_test,
     model_options,
     output_transform,
+    places_of_test_provider,
     read_vars,
-    test_provider_places,
     var_combinations,
 )
 from .model import MAX_REPEAT, Case, ChainStep, Repeats, SuiteError, SuiteInfo, SuiteLimits
@@ -443,19 +443,22 @@ class _CaseBuilder:
             columns = self._columns(merged, path)
             test_providers = [self.providers[i] for i, _ in columns]
             if merged["provider"] is not None:
+                # Where it is written: the test's own, else defaultTest's (named once for all tests).
+                written = path + ("provider",) if "provider" in test.data else ("defaultTest", "provider")
                 if isinstance(merged["provider"], Mapping) and "prompts" in merged["provider"]:
                     ctx.warn(
-                        path + ("provider", "prompts"),
+                        written + ("prompts",),
                         "promptfoo does not read a prompt filter on a test's provider, and neither does this "
                         "plugin: the test runs the prompts its suite's providers run",
                     )
                 try:
                     own = _map_form(merged["provider"])  # `provider: {openai:gpt-4o: {...}}` too
-                    spec = parse_model_spec(own[1] if own else merged["provider"], format_path(path + ("provider",)))
+                    spec = parse_model_spec(own[1] if own else merged["provider"], format_path(written))
                 except ValueError as exc:
-                    raise ctx.error(path + ("provider",), str(exc).split(": ", 1)[-1]) from None
+                    raise ctx.error(written, str(exc).split(": ", 1)[-1]) from None
                 places = [self.providers[index] for index, _ in columns]
-                test_providers = test_provider_places(spec, places, path + ("provider",), ctx)
+                written += (own[0],) if own else ()
+                test_providers = places_of_test_provider(spec, places, written, ctx)
                 if len(test_providers) == 1:
                     # It takes the suite providers' places, with the prompts any of them runs.
                     runs = [allowed for _, allowed in columns]
