@@ -62,6 +62,10 @@ _PROMPT_IGNORED = {
     "provider": "not a key of a prompt in promptfoo (it ignores it; providers[].prompts picks prompts per "
     "provider); ignored",
     "display": "promptfoo's old name for label, read only by its results database; ignored (write label)",
+    # A real config (Masques) writes `file: file://prompt.txt` beside id and label; promptfoo 0.121.20
+    # drops the key and, as the prompt has no raw, sends its id as the prompt text.
+    "file": "not a key of a prompt in promptfoo: it ignores it and, with no raw, sends the id as the prompt "
+    "text; ignored here too (write raw: file://... to send the file)",
 }
 _TEST_IGNORED = {
     "storeOutputAs": "promptfoo reads storeOutputAs under options only (options.storeOutputAs); ignored here too",
