@@ -137,11 +137,20 @@ def test_keys_promptfoo_ignores_are_named_in_one_warning_line_each(plain_runs):
         "promptfooconfig.yaml:6: SuiteWarning: assert: promptfoo ignores a top-level assert",
         "promptfooconfig.yaml:11: SuiteWarning: tests[0].storeOutputAs: promptfoo reads storeOutputAs under options only",
         "promptfooconfig.yaml:13: SuiteWarning: tests[1].dataset: not a key of a test",
+        "promptfooconfig.yaml:17: SuiteWarning: threshold: not a promptfoo key at the top level",
     ):
         assert out.count(line) == 1, (line, out[-3000:])
     assert "promptfooconfig.yaml:0" not in out
     # the summary groups them under the lines they point at, with the line itself quoted
     assert "\npromptfooconfig.yaml:4\n" in out and "    sharing: " in out
+
+
+def test_a_prompts_file_key_is_ignored_and_its_id_sent_as_promptfoo_does(plain_runs):
+    """promptfoo drops a prompt's `file:` key and sends the id as the text (recorded in
+    prompt_file_key: the echo output is "codesmith", the file is never read); a warning says so."""
+    _, proc = plain_runs["prompt_file_key"]
+    line = "promptfooconfig.yaml:9: SuiteWarning: prompts[1].file: not a key of a prompt in promptfoo"
+    assert proc.stdout.count(line) == 1, proc.stdout[-3000:]
 
 
 def test_anchor_holders_and_an_empty_provider_config_are_named_in_warnings(plain_runs):

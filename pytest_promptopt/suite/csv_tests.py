@@ -216,8 +216,14 @@ def tests_from_csv(file: Path, ctx: Context, path: tuple[Any, ...]) -> list[dict
     if not rows:
         raise ctx.error(path, f"{file.name} has a header but no rows: add at least one row")
     for index, name in enumerate(header, 1):
-        if not name:
-            raise ctx.error(path, f"{file.name}: column {index} of the header has no name; name it or remove it")
+        if not name and header.index(name) == index - 1:
+            # pandas' to_csv writes its index under an empty name (a real config's tests file has
+            # one); promptfoo 0.121.20 keeps that column as a var named '' and so does this plugin.
+            ctx.warn(
+                path,
+                f"{file.name}: column {index} of the header has no name (pandas writes its index so); "
+                "kept as a var named '' as promptfoo keeps it, which no template can use",
+            )
         if header.index(name) != index - 1:
             raise ctx.error(
                 path, f"{file.name}: column '{name}' appears twice (columns {header.index(name) + 1} and {index})"

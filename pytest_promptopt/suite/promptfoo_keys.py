@@ -43,6 +43,10 @@ IGNORED = {
     "defaultTest.assert to run them",
     "passRateThreshold": "not a promptfoo key (promptfoo reads PROMPTFOO_PASS_RATE_THRESHOLD from the environment); "
     "ignored: use gates: {pass_rate: ...}",
+    # A real config (people-ops) writes `threshold: {passRate: 1.0}` as a CI gate; promptfoo's
+    # config schema has no top-level threshold and drops it (0.121.20 ran it with no word).
+    "threshold": "not a promptfoo key at the top level (promptfoo ignores it; a test's pass threshold goes in "
+    "the test or in defaultTest.threshold); ignored: use gates: {pass_rate: ...} for a pass-rate gate",
     "envPath": "promptfoo reads envPath under commandLineOptions only; ignored here too",
     "$schema": "a JSON Schema reference for editors; ignored",
     "version": "not a promptfoo key (promptfoo ignores it); ignored",
@@ -58,6 +62,10 @@ _PROMPT_IGNORED = {
     "provider": "not a key of a prompt in promptfoo (it ignores it; providers[].prompts picks prompts per "
     "provider); ignored",
     "display": "promptfoo's old name for label, read only by its results database; ignored (write label)",
+    # A real config (Masques) writes `file: file://prompt.txt` beside id and label; promptfoo 0.121.20
+    # drops the key and, as the prompt has no raw, sends its id as the prompt text.
+    "file": "not a key of a prompt in promptfoo: it ignores it and, with no raw, sends the id as the prompt "
+    "text; ignored here too (write raw: file://... to send the file)",
 }
 _TEST_IGNORED = {
     "storeOutputAs": "promptfoo reads storeOutputAs under options only (options.storeOutputAs); ignored here too",
