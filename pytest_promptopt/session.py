@@ -114,7 +114,7 @@ class PromptoptSession:
         self._crashed_samples: list[CaseResult] = []  # they join their case in `summary`, which knows its suite
         self._summary: RunSummary | None = None
         # Failing fuzz blocks' minimal inputs (shrinking.shrink_failure's memo), shrunk once per process.
-        self.shrunk: dict[tuple[int, int, str], Any] = {}
+        self.shrunk: dict[tuple[int, int, tuple[str, str | None]], Any] = {}  # a shrinking.ShrinkMemo
         # Outputs chained cases hand on (storeOutputAs, _conversation), per suite (suite/chains.py).
         self.chains = ChainRuns()
         # The prompt cases pytest's selection left out (-k, node ids, ...): such a session is no

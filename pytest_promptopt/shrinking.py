@@ -87,8 +87,9 @@ def shrink_failure(
 ) -> Shrunk | None:
     """For a failing generated case: the minimal failing input of its block on its prompt x
     provider, run through `model_for(case.model)` and `cache` (model-graded assertions ask
-    `judges`; transforms and code checks run in `sandbox`, the session's). None when the case is not generated, `fuzz.shrink` is 0, or the replay met no
-    failure. Computed once per block, prompt and provider for a `memo`."""
+    `judges`; transforms and code checks run in `sandbox`, the session's). None when the case
+    is not generated, `fuzz.shrink` is 0, or the replay met no failure. Computed once per
+    block, prompt and provider's answers (its model and transform) for a `memo`."""
     origin = case.fuzz
     if origin is None or origin.block.shrink <= 0:
         return None

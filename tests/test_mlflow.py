@@ -465,6 +465,31 @@ def test_secrets_never_reach_params_tags_or_artifacts(pytester, run_pytest, migr
 # --------------------------------------------------------------------------- off, and settings
 
 
+def test_a_suite_runs_params_name_each_provider_transform_of_a_model():
+    """Two providers on one model name (ids alike, no labels) may transform differently, or one
+    not at all: the param lists each once (null: none) instead of showing the first alone."""
+    from pytest_promptopt.mlflow.layout import suite_params
+    from pytest_promptopt.records import CaseResult
+    from pytest_promptopt.suite.model import SuiteInfo
+    from pytest_promptopt.summary import SuiteSummary
+
+    def results(*transforms):
+        return [
+            CaseResult(case_id=str(i), name=str(i), model="echo", provider_transform=t)
+            for i, t in enumerate(transforms)
+        ]
+
+    def params(*transforms):
+        summary = SuiteSummary(SuiteInfo("s", "s", "s.yaml"), results(*transforms), [], ["echo"])
+        return {k: v for k, v in suite_params(summary, {}).items() if k.startswith("provider_transform")}
+
+    assert params(None, None) == {}
+    assert params("output.trim()", "output.trim()") == {"provider_transform.echo": "output.trim()"}
+    assert params("output.trim()", None, "output + '!'") == {
+        "provider_transform.echo": '["output.trim()", null, "output + \'!\'"]'
+    }
+
+
 def test_no_mlflow_writes_nothing_and_imports_nothing(pytester, run_pytest):
     write_project(pytester)
     pytester.makeconftest(

@@ -208,13 +208,22 @@ def test_demonstration_optimisers_repair_the_suite_on_held_out_cases(project, ru
 def test_the_optimiser_grades_answers_through_the_providers_transform(project, run_pytest) -> None:
     """The optimiser's metric sees what the run's checks see: the answer after the provider's
     transform (here stripping a reasoning model's thoughts). Graded raw, every candidate failed
-    and no repair was found."""
-    provider = "{id: acme/thinking, transform: \"output.split('</think>').pop()\"}"
+    and no repair was found. Two providers on that model with different transforms are repaired
+    apart, into files of their own (one file held both before)."""
+    strip = "output.split('</think>').pop()"
+    provider = f'{{id: acme/thinking, transform: "{strip}"}}, {{id: acme/thinking, transform: "{strip}.trim()"}}'
     project.makefile(".promptopt.yaml", antonyms=suite(provider=provider))
     run_repair(run_pytest, "--promptopt-repair-optimizer", "random-search")
-    [found] = repairs(project)
-    assert found["status"] == "repaired", found["reason"]
-    assert found["heldout_before"] == 0.0 and found["heldout_after"] == 1.0
+    # One model under two transforms: two providers, each repaired on its own answers, apart.
+    first, second = repairs(project)
+    for found in (first, second):
+        assert found["status"] == "repaired", found["reason"]
+        assert found["heldout_before"] == 0.0 and found["heldout_after"] == 1.0
+    assert (first["model"], second["model"]) == ("acme/thinking#0", "acme/thinking#1")
+    assert (first["file"], second["file"]) == (
+        "antonyms.repaired.acme-thinking-0.json",
+        "antonyms.repaired.acme-thinking-1.json",
+    )
 
 
 @pytest.mark.parametrize("optimizer", ["gepa", "miprov2"])

@@ -42,7 +42,7 @@ CSV_SUITE = "prompts: ['{{q}}']\ntests: file://t.csv\n"
         (b"q,a\nx,caf\xe9\n", "t.csv line 2: byte 0xe9 is not UTF-8 (row 1); save the file as UTF-8"),
         (b"", "t.csv is empty: give a header line and at least one row"),
         (b"q,a\n", "t.csv has a header but no rows: add at least one row"),
-        (b"q,,,a\nx,1,2,3\n", "t.csv: column '' appears twice (columns 2 and 3)"),
+        (b"q,,,a\nx,1,2,3\n", "t.csv: two columns of the header have no name (columns 2 and 3)"),
         (
             b"q,__expected,__config:__expected:threshold\nx,contains: x,\n",
             "t.csv row 1 (line 2), column __config:__expected:threshold: '' is not a number",

@@ -1091,10 +1091,32 @@ def test_a_provider_transform_rides_on_its_cases_and_a_test_provider_runs_the_pl
     )
     assert [(c.model.id, c.model.transform) for c in suite.cases] == [("fake", None), ("fake", None)]
     assert [(w.line, w.place) for w in suite.warnings] == [(5, "defaultTest.provider.fake.transform")]
+
+    # Case ids: editing a transform keeps them (a baseline sees the case change), unless the
+    # transform is what tells two providers apart (then no position suffix decides which is which).
+    def ids(first: str, second: str) -> list[str]:
+        text = f"prompts: ['x']\nproviders: [{first}, {second}]\ntests: [{{vars: {{a: 1}}}}]\n"
+        return [c.case_id for c in load(tmp_path, text).cases]
+
+    assert ids("{id: echo, transform: output.trim()}", "{id: echo, label: plain}") == ids(
+        "{id: echo, transform: output.toUpperCase()}", "{id: echo, label: plain}"
+    )
+    apart = ids("{id: echo, transform: output.trim()}", "{id: echo, transform: output.toUpperCase()}")
+    assert len(set(apart)) == 2 and not any("-" in i for i in apart), apart
     message = str(error(tmp_path, "providers: [{id: echo, transform: 3}]\nprompts: ['x']\ntests: [{vars: {}}]\n"))
     assert message == "s.promptopt.yaml:1: providers[0].transform: expected string, got int 3", message
     outside = "providers: [{id: echo, transform: file://../x.js}]\nprompts: ['x']\ntests: [{vars: {}}]\n"
     assert "providers[0].transform: code file" in str(error(tmp_path, outside))
+
+
+def test_a_prompt_with_only_a_file_key_names_the_fix(tmp_path):
+    """promptfoo does not read a prompt's `file:` (it refuses `{label, file}`: "Invalid input at
+    prompts"); the error says what to write, not the schema's view of the entry without it."""
+    message = str(error(tmp_path, "prompts:\n  - label: L\n    file: file://p.txt\nproviders: [echo]\n"))
+    assert message.endswith(
+        "s.promptopt.yaml:2: prompts[0]: a prompt object needs raw or id; promptfoo does not read file: "
+        "(write raw: file://...)"
+    ), message
 
 
 def test_a_tests_glob_matching_nothing_is_a_warning_unless_nothing_else_gives_tests(tmp_path):

@@ -446,15 +446,21 @@ def suite_params(suite: SuiteSummary, templates: Mapping[int, str]) -> dict[str,
         params[f"prompt.{index}.template"] = template
         params[f"prompt.{index}.sha256"] = hashlib.sha256(template.encode("utf-8")).hexdigest()
     model_params: dict[str, Any] = {}
-    transforms: dict[str, str] = {}
+    transforms: dict[str, list[str | None]] = {}  # per model name, each distinct transform once
     for result in suite.results:
         model_params.setdefault(result.model or "model", result.model_params)
-        if result.provider_transform:
-            transforms.setdefault(result.model or "model", result.provider_transform)
+        seen = transforms.setdefault(result.model or "model", [])
+        if result.provider_transform not in seen:
+            seen.append(result.provider_transform)
     for model, values in model_params.items():
         params[f"model_params.{metric_key(model)}"] = json.dumps(redact(values), sort_keys=True, default=str)
-    for model, transform in transforms.items():
-        params[f"provider_transform.{metric_key(model)}"] = transform
+    for model, written in transforms.items():
+        if written == [None]:
+            continue
+        # Two providers on one model (one name) may transform differently, or one not at all:
+        # then the param lists each, null for none, rather than showing the first alone.
+        value = written[0] if len(written) == 1 else json.dumps(written, ensure_ascii=False)
+        params[f"provider_transform.{metric_key(model)}"] = value
     for gate in suite.gates:
         params[f"gate.{metric_key(gate.name)}.threshold"] = f"{gate.threshold:g}"
     return {k: truncate(scrub(str(v)), MAX_PARAM_VALUE) for k, v in params.items()}

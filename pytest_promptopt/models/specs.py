@@ -21,6 +21,7 @@ __all__ = [
     "BUNDLED",
     "LOCAL_RUNTIMES",
     "ModelSpec",
+    "case_id_tags",
     "create_model",
     "distinct_displays",
     "env_reference",
@@ -100,12 +101,6 @@ class ModelSpec:
         (shrinking's memo and a repair's groups go by this)."""
         return self.key, self.transform
 
-    @property
-    def case_tag(self) -> str:
-        """This provider's part of a case id in a suite of several: its name, with its transform
-        when it has one (without, ids stay what they were before transforms ran)."""
-        return self.display if self.transform is None else f"{self.display} | transform: {self.transform}"
-
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "params": redact(dict(self.params)), "label": self.label}
 
@@ -156,6 +151,21 @@ def env_reference(value: Any) -> str | None:
     promptfoo renders them from the environment), else None."""
     named = _ENV_REFERENCE.match(value) if isinstance(value, str) else None
     return None if named is None else named.group(1) or named.group(2)
+
+
+def case_id_tags(specs: Sequence[ModelSpec]) -> list[str | None]:
+    """Each provider's part of its cases' ids (suite/cases.case_id): None when it is the only
+    one (the ids leave it out), else its name, with its transform only when another provider of
+    that name has a different one. So editing a transform keeps a case's id (a baseline sees the
+    case change, not one removed and one added), unless the transform is what tells two
+    providers apart."""
+    if len(specs) < 2:
+        return [None] * len(specs)
+    tags: list[str | None] = []
+    for spec in specs:
+        rivals = {other.transform for other in specs if other.display == spec.display}
+        tags.append(spec.display if len(rivals) < 2 else f"{spec.display} | transform: {spec.transform}")
+    return tags
 
 
 def distinct_displays(specs: Sequence[ModelSpec]) -> list[str]:

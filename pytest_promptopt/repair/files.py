@@ -35,14 +35,15 @@ def write_proposal(
     loaded: LoadedSuite,
     *,
     apply: bool = False,
-    several_models: bool = False,
+    model_name: str | None = None,
 ) -> None:
     """Write `result.prompt` and its diff; with `apply`, make the suite (`loaded`, as read for the
-    repair) use it. Sets `file`, `diff_file`, `diff` and `applied` on `result`; a write that fails
-    is the result's reason."""
+    repair) use it. `model_name` (a suite of several providers) joins the file's name. Sets
+    `file`, `diff_file`, `diff` and `applied` on `result`; a write that fails is the result's
+    reason."""
     assert result.prompt is not None
     suite_file = rootdir / case.suite.file
-    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", case.model.display).strip("-") if several_models else ""
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", model_name).strip("-") if model_name else ""
     chat = is_chat(result.prompt)
     target = proposal_path(suite_file, case.prompt_index, slug, chat)
     before_name = case.prompt.source or f"{case.suite.file} prompts[{case.prompt_index}]"

@@ -23,7 +23,7 @@ from typing import Any
 from ..case_stats import CaseStats
 from ..judging import judge_calls
 from ..models.base import ModelError
-from ..models.specs import BUNDLED, ModelSpec
+from ..models.specs import BUNDLED, ModelSpec, distinct_displays
 from ..prompt import Prompt, Rendering, TemplateError
 from ..records import CaseResult
 from ..stats import wilson
@@ -86,14 +86,15 @@ def repair_run(session: Any, run: RunSummary, settings: RepairSettings) -> list[
             continue
         config = RepairConfig.resolve(settings, loaded.repair)
         groups = repair_groups(loaded.cases)
-        several = len({case.model.answers for cases in groups for case in cases}) > 1
+        names = _model_names(groups)
         for cases in groups:
             if cases[0].prompt.unavailable is not None:  # its text could not be had (the registry is down)
                 results.append(
                     dataclasses.replace(base, prompt_index=cases[0].prompt_index, reason=cases[0].prompt.unavailable)
                 )
                 continue
-            results.append(repair_prompt(session, suite, cases, config, settings, loaded, several_models=several))
+            model_name = names.get(cases[0].model.answers)
+            results.append(repair_prompt(session, suite, cases, config, settings, loaded, model_name=model_name))
     return results
 
 
@@ -146,6 +147,18 @@ def repair_groups(cases: Iterable[Case]) -> list[list[Case]]:
     return list(groups.values())
 
 
+def _model_names(groups: Sequence[Sequence[Case]]) -> dict[tuple[str, str | None], str]:
+    """With several providers' answers among `groups`, each one's name in its repairs' results
+    and proposal files (`distinct_displays`: `#N` when two share a name, e.g. two providers on
+    one model that differ in their transform); empty with one."""
+    specs: dict[tuple[str, str | None], ModelSpec] = {}
+    for cases in groups:
+        specs.setdefault(cases[0].model.answers, cases[0].model)
+    if len(specs) < 2:
+        return {}
+    return dict(zip(specs, distinct_displays(list(specs.values()))))
+
+
 def _evaluate(session: Any, cases: Sequence[Case], tag: str, calls: Calls) -> list[CaseResult]:
     """Every case through the plugin's runner (batched or concurrent as in the run); its model
     calls are charged to `calls`."""
@@ -189,18 +202,19 @@ def repair_prompt(
     settings: RepairSettings,
     loaded: LoadedSuite,
     *,
-    several_models: bool = False,
+    model_name: str | None = None,
 ) -> RepairResult:
     """Repair one prompt of `suite` on one model from its `cases`; `loaded` is the suite as read
     for the repair: how it renders its prompts (the proposal is scored rendered the same way) and
-    where each came from (what apply may rewrite)."""
+    where each came from (what apply may rewrite). `model_name`: the provider's name when the
+    suite has several (`_model_names`), which also names the proposal file."""
     started = time.perf_counter()
     first = cases[0]
     result = RepairResult(
         suite=suite.info.id,
         suite_name=suite.info.name,
         status="no repair found",
-        model=first.model.display,
+        model=model_name or first.model.display,
         prompt_index=first.prompt_index,
         prompt_label=first.prompt.label,
         original=first.prompt.template,
@@ -209,7 +223,7 @@ def repair_prompt(
         started_at=time.time(),
     )
     try:
-        _repair(session, cases, config, settings, loaded, result, several_models)
+        _repair(session, cases, config, settings, loaded, result, model_name)
     except TemplateError as exc:
         result.status, result.reason = "error", f"template: {exc}"
     finally:
@@ -224,7 +238,7 @@ def _repair(
     settings: RepairSettings,
     loaded: LoadedSuite,
     result: RepairResult,
-    several_models: bool,
+    model_name: str | None,
 ) -> None:
     from .program import Budget, budgeted_judge, build_lm, case_metric, feedback_metric, output_field, template_program
     from .template import compose
@@ -383,9 +397,7 @@ def _repair(
         result.status = "repaired"
         from .files import write_proposal
 
-        write_proposal(
-            result, first, session.settings.rootdir, loaded, apply=settings.apply, several_models=several_models
-        )
+        write_proposal(result, first, session.settings.rootdir, loaded, apply=settings.apply, model_name=model_name)
     else:
         verdict = (
             f"the proposal does not beat the original on the {len(held_at)} held-out case(s) "

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..assertions.base import Assertion
-from ..models.specs import ModelSpec, distinct_displays, parse_model_spec
+from ..models.specs import ModelSpec, case_id_tags, distinct_displays, parse_model_spec
 from ..prompt import Prompt
 from ..sandbox import DEFAULT_SCRIPT_TIMEOUT_S
 from .cases import CaseError, failed_case
@@ -115,7 +115,7 @@ def fuzz_cases(
                     case = failed_case(
                         factory.suite, factory.prompt, factory.prompt_index, values, factory.model, exc.message,
                         name="", test_index=index, position=index, several_prompts=factory.several_prompts,
-                        several_providers=factory.several_providers,
+                        provider_tag=factory.provider_tag,
                     )  # fmt: skip
                 else:
                     where = exc.path if exc.path and exc.path[0] != "dataset" else here
@@ -184,10 +184,11 @@ def _factories(
     `defaultTest.options.transform`, as a test's cases do."""
     providers = block.providers
     shown = distinct_displays(providers)
+    id_tags = case_id_tags(providers)
     options = block.merged["options"]
     transform = output_transform(options)
     for prompt_index, prompt in enumerate(prompts):
-        for spec, tag in zip(providers, shown):
+        for spec, tag, id_tag in zip(providers, shown, id_tags):
             ident = "-".join(([f"p{prompt_index}"] if len(prompts) > 1 else []) + ([tag] if len(providers) > 1 else []))
             ident = ident.replace("::", ":").replace("[", "(").replace("]", ")")
             yield (
@@ -203,7 +204,7 @@ def _factories(
                     renames,
                     ctx.base_dir,
                     len(prompts) > 1,
-                    len(providers) > 1,
+                    id_tag,
                     tuple(model_options(options).items()),
                     tuple(block.merged["metadata"].items()),
                     transform=transform,

@@ -77,7 +77,7 @@ def build_case(
     description: str = "",
     base_dir: Path = Path("."),
     several_prompts: bool = False,
-    several_providers: bool = False,
+    provider_tag: str | None = None,
     env: Mapping[str, Any] | None = None,
     transform: str | None = None,
     script_timeout_s: float = DEFAULT_SCRIPT_TIMEOUT_S,
@@ -91,7 +91,9 @@ def build_case(
     them (prompt.render_suite_prompt; `env` is the suite's `env:`). A prompt's `config`, the
     config its prompt function returns, then the test's `options` that are model parameters
     (`expansion.model_options`) join the model's parameters, each over the one before, as
-    promptfoo merges them. `metadata` is the test's, for code checks. Raises `CaseError`.
+    promptfoo merges them. `metadata` is the test's, for code checks; `provider_tag` is the
+    provider's part of the case id (`specs.case_id_tags`: None with one provider). Raises
+    `CaseError`.
 
     User code runs here, as promptfoo runs it when it renders a prompt: `file://x.py|js` vars
     (loaders, in order, each seeing the vars loaded before it), then a prompt function, whose
@@ -136,7 +138,7 @@ def build_case(
         [a.to_dict() for a in checks],
         threshold,
         prompt_index if several_prompts else None,
-        model.case_tag if several_providers else None,
+        provider_tag,
     )
     return Case(
         suite=suite,
@@ -173,7 +175,7 @@ def failed_case(
     description: str = "",
     base_dir: Path = Path("."),
     several_prompts: bool = False,
-    several_providers: bool = False,
+    provider_tag: str | None = None,
     transform: str | None = None,
     script_timeout_s: float = DEFAULT_SCRIPT_TIMEOUT_S,
 ) -> Case:
@@ -183,7 +185,7 @@ def failed_case(
         variables,
         {"error": message},
         prompt_index if several_prompts else None,
-        model.case_tag if several_providers else None,
+        provider_tag,
     )
     return Case(
         suite=suite,

@@ -221,13 +221,12 @@ def tests_from_csv(file: Path, ctx: Context, path: tuple[Any, ...]) -> list[dict
             # one); promptfoo 0.121.20 keeps that column as a var named '' and so does this plugin.
             ctx.warn(
                 path,
-                f"{file.name}: column {index} of the header has no name (pandas writes its index so); "
+                f"{file.name}: column {index} of the header has no name (e.g. pandas' index column); "
                 "kept as a var named '' as promptfoo keeps it, which no template can use",
             )
         if header.index(name) != index - 1:
-            raise ctx.error(
-                path, f"{file.name}: column '{name}' appears twice (columns {header.index(name) + 1} and {index})"
-            )
+            twice = f"column '{name}' appears twice" if name else "two columns of the header have no name"
+            raise ctx.error(path, f"{file.name}: {twice} (columns {header.index(name) + 1} and {index})")
         if not name.startswith("__") and re.match(
             r"_(expected|prefix|suffix|description|providerOutput|metric|threshold|metadata|config)", name
         ):

@@ -72,7 +72,7 @@ class CaseFactory:
     renames: tuple[tuple[str, str], ...] = ()
     base_dir: Path = Path(".")
     several_prompts: bool = False
-    several_providers: bool = False
+    provider_tag: str | None = None  # the provider's part of the case ids (specs.case_id_tags)
     options: tuple[tuple[str, Any], ...] = ()  # defaultTest.options that are model parameters
     metadata: tuple[tuple[str, Any], ...] = ()  # defaultTest.metadata, for code checks
     transform: str | None = None  # defaultTest.options.transform: run on each answer
@@ -113,7 +113,7 @@ class CaseFactory:
             threshold=self.threshold,
             base_dir=self.base_dir,
             several_prompts=self.several_prompts,
-            several_providers=self.several_providers,
+            provider_tag=self.provider_tag,
             options=dict(self.options),
             metadata=dict(self.metadata),
             transform=self.transform,

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..assertions.base import assertion_types, is_model_graded
 from ..gates import parse_gates
-from ..models.specs import ModelSpec, distinct_displays, parse_model_spec
+from ..models.specs import ModelSpec, case_id_tags, distinct_displays, parse_model_spec
 from ..prompt import Prompt, Rendering
 from ..sandbox import DEFAULT_SCRIPT_TIMEOUT_S, Sandbox, sandbox_for
 from ..sandbox.errors import ScriptFault
@@ -483,7 +483,8 @@ class _CaseBuilder:
                     variables = drop_newline(code_vars)
                 except SuiteError as exc:  # a var file missing or unreadable: this test's cases are errors
                     variables, vars_problem = dict(raw_vars), vars_problem or str(exc)
-                for spec, (index, allowed) in zip(test_providers, columns):
+                id_tags = case_id_tags(test_providers)
+                for spec, id_tag, (index, allowed) in zip(test_providers, id_tags, columns):
                     own_only = merged["provider"] is not None and len(test_providers) == 1
                     tag = spec.display if own_only else self.provider_tags[index]
                     for prompt_index, prompt in enumerate(prompts):
@@ -493,7 +494,7 @@ class _CaseBuilder:
                             test, merged, prompt, prompt_index, variables, placed, spec,
                             name=_name(merged["description"] or _vars_label(variables), test.index, combo_index,
                                        len(combos), prompt_index, len(prompts), tag, len(test_providers)),
-                            problem=vars_problem, several=(len(prompts) > 1, len(test_providers) > 1),
+                            problem=vars_problem, several=(len(prompts) > 1, id_tag),
                             code_vars=code_vars,
                         )  # fmt: skip
                         if isinstance(repeats, int) and repeats > 1:
@@ -607,7 +608,7 @@ class _CaseBuilder:
         *,
         name: str,
         problem: str | None,
-        several: tuple[bool, bool],
+        several: tuple[bool, str | None],  # several prompts; the provider's part of the id (case_id_tags)
         code_vars: dict[str, Any] | None = None,
     ) -> Case:
         ctx = self.ctx
@@ -618,7 +619,7 @@ class _CaseBuilder:
             "description": merged["description"],
             "base_dir": ctx.base_dir,
             "several_prompts": several[0],
-            "several_providers": several[1],
+            "provider_tag": several[1],
             "transform": output_transform(merged["options"]),
             "script_timeout_s": self.code.timeout_s,
         }
@@ -656,6 +657,7 @@ class _CaseBuilder:
         store_as = merged["options"].get("storeOutputAs")
         conversation = None
         if "_conversation" in prompt.template and not merged["options"].get("disableConversationVar"):
+            # promptfoo keys a conversation by the provider's label or id (not its transform)
             conversation = repr([spec.display, prompt_index, merged["metadata"].get("conversationId")])
         step = ChainStep(self.info.id, store_as, conversation, lambda extra: _keep(build(extra), identity))
         return Case(

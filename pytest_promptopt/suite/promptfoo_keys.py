@@ -117,6 +117,13 @@ def preprocess(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     prompts = data.get("prompts")
     for index, prompt in enumerate(prompts if isinstance(prompts, list) else []):
         if isinstance(prompt, dict):
+            if "file" in prompt and "raw" not in prompt and "id" not in prompt:
+                # What is left once `file:` is dropped holds no text; the schema would show it
+                # without the key the user wrote.
+                raise ctx.error(
+                    ("prompts", index),
+                    "a prompt object needs raw or id; promptfoo does not read file: (write raw: file://...)",
+                )
             for key in [k for k in _PROMPT_IGNORED if k in prompt]:
                 prompt.pop(key)
                 ctx.warn(("prompts", index, key), _PROMPT_IGNORED[key])
