@@ -18,7 +18,7 @@ from .gates import Gate
 from .mathexpr import DerivedMetric
 from .records import CaseResult
 from .redact import redact
-from .repair.result import RepairResult
+from .repair_result import RepairResult
 from .suite.model import SuiteInfo
 from .summary import RunSummary, SuiteSummary, summarize_suites
 

@@ -172,7 +172,7 @@ class RunSummary:
 
     suites: tuple[SuiteSummary, ...]
     baseline: BaselineComparison | None = None  # --promptopt-baseline (or the default baseline file)
-    repairs: tuple[Any, ...] = ()  # repair/result.RepairResult, with --promptopt-repair
+    repairs: tuple[Any, ...] = ()  # repair_result.RepairResult, with --promptopt-repair
     exit_status: int | None = None  # the session's, after the gates (None when not known, e.g. a rebuilt report)
 
     def suite_outcomes(self) -> dict[str, tuple[str, list[CaseOutcome]]]:

@@ -186,7 +186,7 @@ def test_without_repair_the_report_has_an_empty_list_and_no_section(project, run
 
 
 def test_terminal_lines_for_every_status() -> None:
-    from pytest_promptopt.repair.result import RepairResult, Score
+    from pytest_promptopt.repair_result import RepairResult, Score
     from pytest_promptopt.report.terminal import repair_lines
 
     refused = RepairResult("a.yaml", "a", "refused", optimizer="gepa", model="m", reason="needs a proposer")
@@ -226,7 +226,7 @@ def test_terminal_lines_for_every_status() -> None:
 
 
 def test_a_report_entry_rebuilds_the_same_repair() -> None:
-    from pytest_promptopt.repair.result import Calls, RepairResult, Score
+    from pytest_promptopt.repair_result import Calls, RepairResult, Score
 
     repair = RepairResult(
         "a.yaml",

@@ -1,5 +1,5 @@
 """What a repair's MLflow run holds (`--promptopt-repair`): its tags, description, params and
-metrics, built from a `repair.result.RepairResult`. Its per-case traces (the proposal scored case
+metrics, built from a `repair_result.RepairResult`. Its per-case traces (the proposal scored case
 by case, held-out or in-sample, next to the original) are trace_build.py's; runs.py logs both.
 """
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from ..repair_result import RepairResult
 from ..suite.document import format_path
 from ..suite.loader import LoadedSuite
 from ..suite.model import Case
-from .result import RepairResult
 from .template import is_chat, prompt_diff
 
 __all__ = ["proposal_path", "write_proposal"]

@@ -17,8 +17,8 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from ..repair_result import Calls
 from .config import DEMO_OPTIMIZERS, INSTRUCTION_OPTIMIZERS, RANDOM_SEARCH_MIN_CASES, RepairConfig
-from .result import Calls
 
 __all__ = ["choose", "optimise", "projected_calls", "random_search_candidates"]
 

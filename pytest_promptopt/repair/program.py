@@ -26,9 +26,9 @@ from ..execute import grading_context, output_text, transformed
 from ..judging import Judge, Judges
 from ..models.base import Model, ModelError, Request, Response
 from ..prompt import Rendering
+from ..repair_result import Calls
 from ..sandbox import Sandbox, ScriptFault, sandbox_for
 from ..suite.model import Case
-from .result import Calls
 from .template import Demo, render_composed
 
 __all__ = [

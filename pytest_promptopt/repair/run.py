@@ -26,12 +26,12 @@ from ..models.base import ModelError
 from ..models.specs import BUNDLED, ModelSpec, distinct_displays
 from ..prompt import Prompt, Rendering, TemplateError
 from ..records import CaseResult
+from ..repair_result import Calls, RepairResult, Score
 from ..stats import wilson
 from ..suite.loader import LoadedSuite
 from ..suite.model import Case, Repeats
 from ..summary import RunSummary, SuiteSummary
 from .config import INSTRUCTION_OPTIMIZERS, RepairConfig, RepairSettings
-from .result import Calls, RepairResult, Score
 
 __all__ = ["repair_groups", "repair_run", "split_cases", "WEAK_HELDOUT"]
 
