@@ -226,6 +226,27 @@ def test_the_optimiser_grades_answers_through_the_providers_transform(project, r
     )
 
 
+def test_repairs_are_named_as_their_providers_items_are(tmp_path) -> None:
+    """One model under two transforms: its items are `echo#0` and `echo#1` (their places in
+    `providers:`), and so are its repairs, whatever cases of a test's own provider come first."""
+    from pytest_promptopt.models.specs import ModelSpec
+    from pytest_promptopt.repair.run import repair_groups, repair_names
+    from pytest_promptopt.suite.loader import load_suite
+
+    (tmp_path / "s.promptopt.yaml").write_text(
+        "prompts: ['x {{a}}']\n"
+        "providers: [{id: echo, transform: output.trim()}, {id: echo, transform: output.toUpperCase()}]\n"
+        "tests: [{vars: {a: 1}, provider: fake}, {vars: {a: 2}}]\n"
+    )
+    loaded = load_suite(tmp_path / "s.promptopt.yaml", "s.promptopt.yaml", ModelSpec("echo"))
+    assert [c.name for c in loaded.cases][-2:] == ["a=2[t1-echo#0]", "a=2[t1-echo#1]"]
+    groups = repair_groups(loaded.cases)
+    names = repair_names(groups, loaded.providers)
+    # the test's own provider runs in both places, under each one's transform: two repairs, two names
+    assert sorted(names[g[0].model.answers] for g in groups) == ["echo#0", "echo#1", "fake#0", "fake#1"]
+    assert repair_names(groups[-1:], loaded.providers) == {}  # one provider's answers: no name part
+
+
 @pytest.mark.parametrize("optimizer", ["gepa", "miprov2"])
 def test_instruction_optimisers_rewrite_the_template_with_a_proposer_model(project, run_pytest, optimizer) -> None:
     project.makefile(".promptopt.yaml", antonyms=suite())

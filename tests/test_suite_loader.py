@@ -1103,6 +1103,11 @@ def test_a_provider_transform_rides_on_its_cases_and_a_test_provider_runs_the_pl
     )
     apart = ids("{id: echo, transform: output.trim()}", "{id: echo, transform: output.toUpperCase()}")
     assert len(set(apart)) == 2 and not any("-" in i for i in apart), apart
+    # a transformed twin leaves the untransformed provider's ids as they were without it
+    assert (
+        ids("{id: echo}", "{id: echo, transform: output.trim()}")[0]
+        == ids("{id: echo}", "{id: echo, config: {a: 1}}")[0]
+    )
     message = str(error(tmp_path, "providers: [{id: echo, transform: 3}]\nprompts: ['x']\ntests: [{vars: {}}]\n"))
     assert message == "s.promptopt.yaml:1: providers[0].transform: expected string, got int 3", message
     outside = "providers: [{id: echo, transform: file://../x.js}]\nprompts: ['x']\ntests: [{vars: {}}]\n"

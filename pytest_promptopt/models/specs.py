@@ -156,15 +156,17 @@ def env_reference(value: Any) -> str | None:
 def case_id_tags(specs: Sequence[ModelSpec]) -> list[str | None]:
     """Each provider's part of its cases' ids (suite/cases.case_id): None when it is the only
     one (the ids leave it out), else its name, with its transform only when another provider of
-    that name has a different one. So editing a transform keeps a case's id (a baseline sees the
-    case change, not one removed and one added), unless the transform is what tells two
+    that name has a different one (a provider without one keeps its bare name, so adding a
+    transformed twin leaves its ids alone). So editing a transform keeps a case's id (a baseline
+    sees the case change, not one removed and one added), unless the transform is what tells two
     providers apart."""
     if len(specs) < 2:
         return [None] * len(specs)
     tags: list[str | None] = []
     for spec in specs:
         rivals = {other.transform for other in specs if other.display == spec.display}
-        tags.append(spec.display if len(rivals) < 2 else f"{spec.display} | transform: {spec.transform}")
+        apart = len(rivals) > 1 and spec.transform is not None
+        tags.append(f"{spec.display} | transform: {spec.transform}" if apart else spec.display)
     return tags
 
 

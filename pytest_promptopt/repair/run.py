@@ -33,7 +33,7 @@ from ..suite.model import Case, Repeats
 from ..summary import RunSummary, SuiteSummary
 from .config import INSTRUCTION_OPTIMIZERS, RepairConfig, RepairSettings
 
-__all__ = ["repair_groups", "repair_run", "split_cases", "WEAK_HELDOUT"]
+__all__ = ["repair_groups", "repair_names", "repair_run", "split_cases", "WEAK_HELDOUT"]
 
 WEAK_HELDOUT = 10  # fewer held-out cases than this: the before/after estimate is weak (report the interval)
 
@@ -86,7 +86,7 @@ def repair_run(session: Any, run: RunSummary, settings: RepairSettings) -> list[
             continue
         config = RepairConfig.resolve(settings, loaded.repair)
         groups = repair_groups(loaded.cases)
-        names = _model_names(groups)
+        names = repair_names(groups, loaded.providers)
         for cases in groups:
             if cases[0].prompt.unavailable is not None:  # its text could not be had (the registry is down)
                 results.append(
@@ -147,16 +147,21 @@ def repair_groups(cases: Iterable[Case]) -> list[list[Case]]:
     return list(groups.values())
 
 
-def _model_names(groups: Sequence[Sequence[Case]]) -> dict[tuple[str, str | None], str]:
+def repair_names(groups: Sequence[Sequence[Case]], providers: Sequence[ModelSpec]) -> dict[tuple[str, str | None], str]:
     """With several providers' answers among `groups`, each one's name in its repairs' results
-    and proposal files (`distinct_displays`: `#N` when two share a name, e.g. two providers on
-    one model that differ in their transform); empty with one."""
-    specs: dict[tuple[str, str | None], ModelSpec] = {}
-    for cases in groups:
-        specs.setdefault(cases[0].model.answers, cases[0].model)
-    if len(specs) < 2:
+    and proposal files: the name its items carry (`distinct_displays` over the suite's
+    `providers`: `#N`, its place, when two share a name, e.g. one model under two transforms),
+    a test's own provider its display (with `#N` in order of appearance when it runs in places
+    of different transforms); empty with one provider's answers."""
+    answers = {cases[0].model.answers: cases[0].model for cases in groups}
+    if len(answers) < 2:
         return {}
-    return dict(zip(specs, distinct_displays(list(specs.values()))))
+    named: dict[tuple[str, str | None], str] = {}
+    for spec, name in zip(providers, distinct_displays(providers)):
+        named.setdefault(spec.answers, name)
+    others = [(key, spec) for key, spec in answers.items() if key not in named]
+    named.update(zip((key for key, _ in others), distinct_displays([spec for _, spec in others])))
+    return {key: named[key] for key in answers}
 
 
 def _evaluate(session: Any, cases: Sequence[Case], tag: str, calls: Calls) -> list[CaseResult]:
@@ -207,7 +212,7 @@ def repair_prompt(
     """Repair one prompt of `suite` on one model from its `cases`; `loaded` is the suite as read
     for the repair: how it renders its prompts (the proposal is scored rendered the same way) and
     where each came from (what apply may rewrite). `model_name`: the provider's name when the
-    suite has several (`_model_names`), which also names the proposal file."""
+    suite has several (`repair_names`), which also names the proposal file."""
     started = time.perf_counter()
     first = cases[0]
     result = RepairResult(

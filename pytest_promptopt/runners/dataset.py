@@ -18,7 +18,6 @@ from ..case_stats import CaseStats
 from ..case_table import CasesWriter
 from ..execute import json_safe
 from ..records import CaseResult
-from ..redact import redact
 from ..suite.cases import CaseError
 
 __all__ = ["Evaluation", "evaluate", "row_error"]
@@ -58,7 +57,6 @@ def row_error(make_case: Any, row: Any, index: int, nodeid: str, message: str) -
         position=index,
         model=model.display if model is not None else "",
         template=prompt.template if prompt is not None else None,
-        model_params=redact(json_safe(dict(model.params))) if model is not None else {},
         provider_transform=model.transform if model is not None else None,
     )
 

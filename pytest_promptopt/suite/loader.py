@@ -65,6 +65,7 @@ class LoadedSuite:
     # suite (repair's apply: an entry that gives several prompts is not replaced by one)
     prompts: tuple[Prompt, ...] = ()
     prompt_paths: tuple[tuple[Any, ...], ...] = ()
+    providers: tuple[ModelSpec, ...] = ()  # the suite's providers, in order (what item names number)
 
 
 def load_suite(
@@ -215,6 +216,7 @@ def _load(
         rendering=Rendering(promptfoo=True, env=ctx.env, filters=ctx.filters or None),
         prompts=tuple(prompts),
         prompt_paths=tuple(prompt_paths),
+        providers=tuple(providers),
     )
 
 
@@ -494,7 +496,7 @@ class _CaseBuilder:
                             test, merged, prompt, prompt_index, variables, placed, spec,
                             name=_name(merged["description"] or _vars_label(variables), test.index, combo_index,
                                        len(combos), prompt_index, len(prompts), tag, len(test_providers)),
-                            problem=vars_problem, several=(len(prompts) > 1, id_tag),
+                            problem=vars_problem, identity=(len(prompts) > 1, id_tag),
                             code_vars=code_vars,
                         )  # fmt: skip
                         if isinstance(repeats, int) and repeats > 1:
@@ -608,7 +610,7 @@ class _CaseBuilder:
         *,
         name: str,
         problem: str | None,
-        several: tuple[bool, str | None],  # several prompts; the provider's part of the id (case_id_tags)
+        identity: tuple[bool, str | None],  # several prompts?; the provider's part of the id (case_id_tags)
         code_vars: dict[str, Any] | None = None,
     ) -> Case:
         ctx = self.ctx
@@ -618,8 +620,8 @@ class _CaseBuilder:
             "position": self.position,
             "description": merged["description"],
             "base_dir": ctx.base_dir,
-            "several_prompts": several[0],
-            "provider_tag": several[1],
+            "several_prompts": identity[0],
+            "provider_tag": identity[1],
             "transform": output_transform(merged["options"]),
             "script_timeout_s": self.code.timeout_s,
         }
