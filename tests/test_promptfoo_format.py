@@ -138,6 +138,8 @@ def test_keys_promptfoo_ignores_are_named_in_one_warning_line_each(plain_runs):
         "promptfooconfig.yaml:11: SuiteWarning: tests[0].storeOutputAs: promptfoo reads storeOutputAs under options only",
         "promptfooconfig.yaml:13: SuiteWarning: tests[1].dataset: not a key of a test",
         "promptfooconfig.yaml:17: SuiteWarning: threshold: not a promptfoo key at the top level",
+        "promptfooconfig.yaml:19: SuiteWarning: output: not a promptfoo key (promptfoo ignores it",
+        "promptfooconfig.yaml:22: SuiteWarning: metrics: not a promptfoo key (promptfoo ignores it",
     ):
         assert out.count(line) == 1, (line, out[-3000:])
     assert "promptfooconfig.yaml:0" not in out

@@ -37,6 +37,14 @@ IGNORED = {
     "redteam": "promptfoo's red-team generation is not run here (a red-team run also renders its inject var "
     "differently); the prompts and tests run as a plain evaluation",
     "outputs": "not a promptfoo key (promptfoo ignores it); ignored",
+    # A real config (autopipe) writes `output: {format: markdown, table: [...]}` as a report layout;
+    # promptfoo 0.121.20 has no such key and ran it with no word. A block, not a misspelt outputPath.
+    # A real config (LLM_Project) lists model-graded criteria under a top-level `metrics:`; promptfoo
+    # 0.121.20 has no such key and ran the config with no word (its named metrics come from checks).
+    "metrics": "not a promptfoo key (promptfoo ignores it; a named metric is an assertion's metric:, a computed "
+    "one goes in derivedMetrics); ignored",
+    "output": "not a promptfoo key (promptfoo ignores it; its results file is outputPath); ignored "
+    "(write reports with --promptopt-report or --promptopt-html)",
     "filters": "not a promptfoo key: promptfoo ignores it (custom filters go in nunjucksFilters), so a template "
     "using these filters fails in promptfoo, and here",
     "assert": "promptfoo ignores a top-level assert, and so does this plugin; put the checks under "
