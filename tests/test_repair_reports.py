@@ -360,7 +360,10 @@ def test_mlflow_child_run_and_candidate_prompt_version(project, run_pytest, migr
         warnings.simplefilter("ignore")
         candidate = client.get_prompt_version_by_alias("antonyms", "candidate")
         assert (candidate.version, candidate.template) == (2, json.loads(proposal))  # a chat prompt (demos as turns)
-        assert candidate.tags.get("promptopt.repair") == "proposal" and "labeled" in candidate.commit_message
+        assert (
+            candidate.tags.get("promptopt.repair") == "proposal"
+            and "on acme/task by labeled" in candidate.commit_message
+        )
         assert candidate.model_config == {"model_name": "acme/task"}
         # the tag is on the version it describes, not on the prompt
         assert client.get_prompt("antonyms").tags == {"_mlflow_experiment_ids": f",{experiment},"}

@@ -168,7 +168,8 @@ def register_proposal(
         return None
     name = _repair_registry_name(run, repair, prefix)
     suite = next((s for s in run.suites if s.info.id == repair.suite), None)
-    origin = f"{repair.suite} prompts[{repair.prompt_index}] by {repair.optimizer}"
+    # which provider's answers it was repaired on: a prompt of several providers gets a version each
+    origin = f"{repair.suite} prompts[{repair.prompt_index}] on {repair.model} by {repair.optimizer}"
     if repair.heldout_before is not None and repair.heldout_after is not None:
         origin += f", held-out {repair.heldout_before.describe()} -> {repair.heldout_after.describe()}"
     try:
