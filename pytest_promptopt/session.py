@@ -28,7 +28,7 @@ from .mlflow.prompts import PromptResolver
 from .models.base import Model, ModelError
 from .models.hosted import LiteLLMModel
 from .models.preparing_ahead import PreparationAhead
-from .models.specs import ModelSpec, create_model, with_local_runtime, with_timeout, with_tracking_server
+from .models.specs import Answers, ModelSpec, create_model, with_local_runtime, with_timeout, with_tracking_server
 from .records import CaseResult
 from .repeats import fold_repeated_tests, split_repeat
 from .runners.execution import ExecutionSettings
@@ -114,7 +114,7 @@ class PromptoptSession:
         self._crashed_samples: list[CaseResult] = []  # they join their case in `summary`, which knows its suite
         self._summary: RunSummary | None = None
         # Failing fuzz blocks' minimal inputs (shrinking.shrink_failure's memo), shrunk once per process.
-        self.shrunk: dict[tuple[int, int, tuple[str, str | None]], Any] = {}  # a shrinking.ShrinkMemo
+        self.shrunk: dict[tuple[int, int, Answers], Any] = {}  # a shrinking.ShrinkMemo
         # Outputs chained cases hand on (storeOutputAs, _conversation), per suite (suite/chains.py).
         self.chains = ChainRuns()
         # The prompt cases pytest's selection left out (-k, node ids, ...): such a session is no

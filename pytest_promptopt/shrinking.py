@@ -21,7 +21,7 @@ from .cache import ResponseCache
 from .execute import execute_case
 from .judging import Judges
 from .models.base import Model
-from .models.specs import ModelSpec
+from .models.specs import Answers, ModelSpec
 from .records import CaseResult
 from .report.failure import _clip, assertion_lines
 from .sandbox import Sandbox
@@ -74,7 +74,7 @@ class _Fails(Exception):
 
 # What `shrink_failure` remembers: (block, prompt, provider) -> (the block, kept alive so its id is
 # not reused; the result). The session owns one, so a block shrinks once per process and run.
-ShrinkMemo = MutableMapping[tuple[int, int, tuple[str, str | None]], tuple[FuzzBlock, "Shrunk | None"]]
+ShrinkMemo = MutableMapping[tuple[int, int, Answers], tuple[FuzzBlock, "Shrunk | None"]]
 
 
 def shrink_failure(

@@ -18,6 +18,7 @@ from .base import Model, ModelError
 from .local_runtimes import RUNTIMES as LOCAL_RUNTIMES  # the bundled model's runtimes (models/local.py)
 
 __all__ = [
+    "Answers",
     "BUNDLED",
     "LOCAL_RUNTIMES",
     "ModelSpec",
@@ -73,6 +74,10 @@ _CONFIG_RENAMES = {
 }
 
 
+# Which answers a provider's cases are graded on: its adapter's key and its transform (ModelSpec.answers)
+Answers = tuple[str, str | None]
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Which model a case uses: an id (`smollm2`, `echo`, `fake`, `openai/gpt-4o-mini`, ...) and params."""
@@ -95,7 +100,7 @@ class ModelSpec:
         return self.label or self.id
 
     @property
-    def answers(self) -> tuple[str, str | None]:
+    def answers(self) -> Answers:
         """Which answers a case of this spec is graded on: the adapter's (`key`) after this
         transform. Two providers that differ only in their transform give different answers
         (shrinking's memo and a repair's groups go by this)."""

@@ -23,7 +23,7 @@ from typing import Any
 from ..case_stats import CaseStats
 from ..judging import judge_calls
 from ..models.base import ModelError
-from ..models.specs import BUNDLED, ModelSpec, distinct_displays
+from ..models.specs import BUNDLED, Answers, ModelSpec, distinct_displays
 from ..prompt import Prompt, Rendering, TemplateError
 from ..records import CaseResult
 from ..repair_result import Calls, RepairResult, Score
@@ -141,13 +141,13 @@ def repair_groups(cases: Iterable[Case]) -> list[list[Case]]:
     """The cases repaired together: those of one prompt on one provider's answers (its model
     and its transform: two providers differing only in their transform are graded on different
     text, so each gets its own repair)."""
-    groups: dict[tuple[int, tuple[str, str | None]], list[Case]] = {}
+    groups: dict[tuple[int, Answers], list[Case]] = {}
     for case in cases:
         groups.setdefault((case.prompt_index, case.model.answers), []).append(case)
     return list(groups.values())
 
 
-def repair_names(groups: Sequence[Sequence[Case]], providers: Sequence[ModelSpec]) -> dict[tuple[str, str | None], str]:
+def repair_names(groups: Sequence[Sequence[Case]], providers: Sequence[ModelSpec]) -> dict[Answers, str]:
     """With several providers' answers among `groups`, each one's name in its repairs' results
     and proposal files: the name its items carry (`distinct_displays` over the suite's
     `providers`: `#N`, its place, when two share a name, e.g. one model under two transforms),
@@ -156,7 +156,7 @@ def repair_names(groups: Sequence[Sequence[Case]], providers: Sequence[ModelSpec
     answers = {cases[0].model.answers: cases[0].model for cases in groups}
     if len(answers) < 2:
         return {}
-    named: dict[tuple[str, str | None], str] = {}
+    named: dict[Answers, str] = {}
     for spec, name in zip(providers, distinct_displays(providers)):
         named.setdefault(spec.answers, name)
     others = [(key, spec) for key, spec in answers.items() if key not in named]
