@@ -67,12 +67,16 @@ class KeepingLibraries(pytester_module.SysModulesSnapshot):
         def keep(name: str) -> bool:
             module = sys.modules.get(name)
             file = str(getattr(module, "__file__", None) or "")
-            return bool(preserve and preserve(name)) or not file.startswith(TEMPORARY)
+            dropped = file.startswith(TEMPORARY) and not file.startswith(INSTALLED)
+            return bool(preserve and preserve(name)) or not dropped
 
         super().__init__(preserve=keep)
 
 
 TEMPORARY = str(Path(tempfile.gettempdir()).resolve())
+# A checkout in the temporary directory (a CI clone in /tmp) holds the plugin and its virtualenv
+# there too: those are libraries, kept like any other.
+INSTALLED = tuple(str(Path(p).resolve()) for p in (Path(__file__).parents[1], sys.prefix))
 
 
 def pytest_configure(config: pytest.Config) -> None:
