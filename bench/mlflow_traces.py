@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def session(cases: int):  # noqa: ANN201  (a RunSummary)
     from pytest_promptopt.records import CaseResult
-    from pytest_promptopt.suite.model import SuiteInfo
+    from pytest_promptopt.suite_info import SuiteInfo
     from pytest_promptopt.summary import summarize
 
     info = SuiteInfo("bench.promptopt.yaml", "bench", "bench.promptopt.yaml")

@@ -32,7 +32,8 @@ from .report.failure import describe_case
 from .sandbox import DEFAULT_SCRIPT_TIMEOUT_S, Sandbox
 from .session import PromptoptSession
 from .suite.cases import python_case_id
-from .suite.model import Repeats, SuiteInfo
+from .suite.model import Repeats
+from .suite_info import SuiteInfo
 from .tolerance import tolerate
 
 __all__ = [

@@ -16,7 +16,7 @@ from typing import Any
 
 from .records import CaseResult
 from .suite.cases import python_case_id
-from .suite.model import SuiteInfo
+from .suite_info import SuiteInfo
 
 __all__ = ["fold_repeated_tests", "merge_samples", "repeat_id", "split_repeat"]
 

@@ -19,7 +19,7 @@ from .mathexpr import DerivedMetric
 from .records import CaseResult
 from .redact import redact
 from .repair_result import RepairResult
-from .suite.model import SuiteInfo
+from .suite_info import SuiteInfo
 from .summary import RunSummary, SuiteSummary, summarize_suites
 
 __all__ = ["REPORT_VERSION", "report_dict", "run_from_report", "suite_dict"]

@@ -38,8 +38,9 @@ from .sandbox import Sandbox
 from .selection import LeftOut
 from .settings import Settings
 from .suite.chains import SEQUENCE, ChainRuns
-from .suite.model import Case, Repeats, SuiteInfo
+from .suite.model import Case, Repeats
 from .suite.names import is_suite_file
+from .suite_info import SuiteInfo
 from .summary import RunSummary, SuiteSummary, incomplete_reason, suite_outcomes, summarize, summarize_suites
 
 __all__ = ["NOTICES_ATTR", "RECORD_ATTR", "PromptoptSession", "record_key", "session_key"]

@@ -14,7 +14,7 @@ from .case_stats import CaseStats, DatasetPart
 from .gates import PASS_K, PASS_RATE, GateResult, decide
 from .mathexpr import derived_values
 from .records import CaseResult
-from .suite.model import SuiteInfo
+from .suite_info import SuiteInfo
 
 __all__ = ["RunSummary", "SuiteSummary", "incomplete_reason", "suite_outcomes", "summarize", "summarize_suites"]
 

@@ -331,7 +331,7 @@ def test_the_report_html_plot_and_a_pending_round_trip_carry_the_comparison():
     from pytest_promptopt.records import CaseResult
     from pytest_promptopt.report.terminal import baseline_lines
     from pytest_promptopt.run_json import report_dict, run_from_report
-    from pytest_promptopt.suite.model import SuiteInfo
+    from pytest_promptopt.suite_info import SuiteInfo
     from pytest_promptopt.summary import summarize
 
     info = SuiteInfo(id="s.yaml", name="s", file="s.yaml")

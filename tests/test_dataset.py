@@ -22,7 +22,8 @@ from pytest_promptopt.records import CaseResult
 from pytest_promptopt.runners.dataset import evaluate
 from pytest_promptopt.suite.dataset import read_rows
 from pytest_promptopt.suite.loader import load_suite
-from pytest_promptopt.suite.model import SuiteError, SuiteInfo
+from pytest_promptopt.suite.model import SuiteError
+from pytest_promptopt.suite_info import SuiteInfo
 from pytest_promptopt.summary import SuiteSummary, summarize
 
 pa = pytest.importorskip("pyarrow")

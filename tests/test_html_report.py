@@ -15,7 +15,7 @@ import pytest
 
 from pytest_promptopt.gates import Gate
 from pytest_promptopt.records import CaseResult
-from pytest_promptopt.suite.model import SuiteInfo
+from pytest_promptopt.suite_info import SuiteInfo
 from pytest_promptopt.summary import summarize
 
 pytest.importorskip("plotly", reason="the html extra (plotly) is not installed")

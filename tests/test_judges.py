@@ -34,7 +34,8 @@ from pytest_promptopt.judging import Judges
 from pytest_promptopt.models.specs import ModelSpec
 from pytest_promptopt.prompt import Prompt
 from pytest_promptopt.suite.loader import load_suite
-from pytest_promptopt.suite.model import Case, SuiteInfo
+from pytest_promptopt.suite.model import Case
+from pytest_promptopt.suite_info import SuiteInfo
 
 
 class ScriptedJudge:

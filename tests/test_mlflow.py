@@ -470,7 +470,7 @@ def test_a_suite_runs_params_name_each_provider_transform_of_a_model():
     not at all: the param lists each once (null: none) instead of showing the first alone."""
     from pytest_promptopt.mlflow.layout import suite_params
     from pytest_promptopt.records import CaseResult
-    from pytest_promptopt.suite.model import SuiteInfo
+    from pytest_promptopt.suite_info import SuiteInfo
     from pytest_promptopt.summary import SuiteSummary
 
     def results(*transforms):
@@ -596,7 +596,7 @@ def test_the_session_runs_description_is_short_and_its_table_an_artifact():
     from pytest_promptopt.gates import Gate
     from pytest_promptopt.mlflow.layout import NOTE_LINES, SessionMeta, parent_note, suite_metrics, suite_summary_table
     from pytest_promptopt.records import CaseResult
-    from pytest_promptopt.suite.model import SuiteInfo
+    from pytest_promptopt.suite_info import SuiteInfo
     from pytest_promptopt.summary import summarize
 
     gated = SuiteInfo(id="qa.yaml", name="qa", file="qa.yaml", gates=(Gate("pass_rate", 0.9),))

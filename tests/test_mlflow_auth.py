@@ -54,7 +54,7 @@ def one_case_run() -> tuple[Any, Any]:
     """A session of one passing case, and its metadata."""
     from pytest_promptopt.mlflow.layout import SessionMeta
     from pytest_promptopt.records import CaseResult
-    from pytest_promptopt.suite.model import SuiteInfo
+    from pytest_promptopt.suite_info import SuiteInfo
     from pytest_promptopt.summary import summarize
 
     info = SuiteInfo(id="s.yaml", name="s", file="s.yaml")

@@ -274,7 +274,7 @@ def test_upload_does_not_log_twice_a_run_that_finished(
     from pytest_promptopt.mlflow.runs import log_run
     from pytest_promptopt.mlflow.upload import record_run_id, upload_pending, write_pending
     from pytest_promptopt.records import CaseResult
-    from pytest_promptopt.suite.model import SuiteInfo
+    from pytest_promptopt.suite_info import SuiteInfo
     from pytest_promptopt.summary import summarize
 
     store = tmp_path / "mlflow.db"
@@ -569,7 +569,7 @@ def test_without_a_writer_process_the_session_logs_itself(
     from pytest_promptopt.mlflow.layout import SessionMeta
     from pytest_promptopt.mlflow.writer import MlflowWriter
     from pytest_promptopt.records import CaseResult
-    from pytest_promptopt.suite.model import SuiteInfo
+    from pytest_promptopt.suite_info import SuiteInfo
     from pytest_promptopt.summary import summarize
 
     monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python-here"))

@@ -21,7 +21,8 @@ from pytest_promptopt.execute import execute_case
 from pytest_promptopt.judging import Judges
 from pytest_promptopt.models.specs import ModelSpec
 from pytest_promptopt.prompt import Prompt
-from pytest_promptopt.suite.model import Case, SuiteInfo
+from pytest_promptopt.suite.model import Case
+from pytest_promptopt.suite_info import SuiteInfo
 
 mlflow_entities = pytest.importorskip("mlflow.entities")
 Feedback = mlflow_entities.Feedback

@@ -236,7 +236,7 @@ def test_no_traces_when_turned_off_and_auto_skips_large_runs(
     from pytest_promptopt.mlflow.layout import SessionMeta
     from pytest_promptopt.mlflow.runs import TRACES_AUTO_LIMIT, log_run
     from pytest_promptopt.records import CaseResult
-    from pytest_promptopt.suite.model import SuiteInfo
+    from pytest_promptopt.suite_info import SuiteInfo
     from pytest_promptopt.summary import summarize
 
     shutil.copy(migrated_store, tmp_path / "big.db")
@@ -256,7 +256,7 @@ def test_a_trace_that_cannot_be_written_is_a_warning_and_the_count_check_sees_it
 
     from pytest_promptopt.mlflow.traces import write_and_verify
     from pytest_promptopt.records import CaseResult
-    from pytest_promptopt.suite.model import SuiteInfo
+    from pytest_promptopt.suite_info import SuiteInfo
     from pytest_promptopt.summary import summarize
 
     shutil.copy(migrated_store, tmp_path / "mlflow.db")

@@ -28,7 +28,8 @@ from pytest_promptopt.repeats import fold_repeated_tests, merge_samples, repeat_
 from pytest_promptopt.stats import cluster_bootstrap, mean_interval, wilson
 from pytest_promptopt.suite.cases import python_case_id
 from pytest_promptopt.suite.loader import load_suite
-from pytest_promptopt.suite.model import Repeats, SuiteError, SuiteInfo
+from pytest_promptopt.suite.model import Repeats, SuiteError
+from pytest_promptopt.suite_info import SuiteInfo
 from pytest_promptopt.summary import summarize
 
 # --------------------------------------------------------------------------- one case's repeats

@@ -17,6 +17,7 @@ from ..assertions.base import Assertion
 from ..models.specs import ModelSpec, case_id_tags, distinct_displays, parse_model_spec
 from ..prompt import Prompt
 from ..sandbox import DEFAULT_SCRIPT_TIMEOUT_S
+from ..suite_info import SuiteInfo
 from .cases import CaseError, failed_case
 from .dataset import FORMATS, CaseFactory, DatasetSlice, DatasetSource, DatasetSpec, columns, read_rows
 from .document import Context
@@ -30,7 +31,7 @@ from .expansion import (
     var_combinations,
     vars_mapping,
 )
-from .model import Case, SuiteInfo
+from .model import Case
 from .sources import TestEntry
 
 

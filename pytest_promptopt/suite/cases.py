@@ -21,8 +21,9 @@ from ..models.specs import ModelSpec
 from ..prompt import MissingVariable, Prompt, TemplateError, render_suite_prompt
 from ..sandbox import DEFAULT_SCRIPT_TIMEOUT_S, Sandbox, ScriptFault, sandbox_for
 from ..sandbox.scripts import is_code_reference, load_code_var, run_prompt_function
+from ..suite_info import SuiteInfo
 from .document import format_path
-from .model import Case, SuiteInfo
+from .model import Case
 
 __all__ = ["CaseError", "Missing", "Place", "Placed", "build_case", "case_id", "failed_case", "python_case_id"]
 

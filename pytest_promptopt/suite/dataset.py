@@ -20,8 +20,9 @@ from typing import Any
 from ..models.specs import ModelSpec
 from ..prompt import Prompt
 from ..sandbox import DEFAULT_SCRIPT_TIMEOUT_S
+from ..suite_info import SuiteInfo
 from .cases import CaseError, Missing, Placed, build_case
-from .model import Case, SuiteInfo
+from .model import Case
 
 __all__ = [
     "CHUNK_ROWS",

@@ -25,6 +25,7 @@ from ..prompt import Prompt, Rendering
 from ..sandbox import DEFAULT_SCRIPT_TIMEOUT_S, Sandbox, sandbox_for
 from ..sandbox.errors import ScriptFault
 from ..sandbox.scripts import make_filter, run_transform
+from ..suite_info import SuiteInfo
 from .blocks import dataset_spec, fuzz_cases
 from .cases import CaseError, Missing, Placed, build_case, case_id, failed_case
 from .csv_tests import PROMPTFOO_TYPES
@@ -41,7 +42,7 @@ from .expansion import (
     read_vars,
     var_combinations,
 )
-from .model import MAX_REPEAT, Case, ChainStep, Repeats, SuiteError, SuiteInfo, SuiteLimits
+from .model import MAX_REPEAT, Case, ChainStep, Repeats, SuiteError, SuiteLimits
 from .promptfoo_keys import check_env, derived_metrics, map_form, preprocess, provider_entries
 from .prompts import load_prompts
 from .schema import validate_suite

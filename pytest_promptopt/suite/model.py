@@ -1,4 +1,4 @@
-"""The records a suite file becomes: `SuiteInfo` (what the gates and reports need) and `Case`."""
+"""The records a suite file becomes: `Case`, with its suite's `SuiteInfo` (suite_info.py)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from ..assertions.base import Assertion
-from ..gates import Gate
-from ..mathexpr import DerivedMetric
 from ..models.specs import ModelSpec
 from ..prompt import Prompt
 from ..sandbox import DEFAULT_SCRIPT_TIMEOUT_S
+from ..suite_info import SuiteInfo
 
 
 class SuiteError(ValueError):
@@ -25,42 +24,6 @@ class SuiteError(ValueError):
         self.message = message
         location = f"{file}:{line}" if line else file
         super().__init__(f"{location}: {path}: {message}" if path else f"{location}: {message}")
-
-
-@dataclass(frozen=True)
-class SuiteInfo:
-    """A suite's identity and gates; travels with every case record to the controller."""
-
-    id: str
-    name: str
-    file: str
-    gates: tuple[Gate, ...] = ()
-    kind: str = "file"  # "file" for suite files, "python" for Python tests
-    # promptfoo's `derivedMetrics`: named metrics computed from the others' sums (mathexpr.py)
-    derived_metrics: tuple[DerivedMetric, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        data = {
-            "id": self.id,
-            "name": self.name,
-            "file": self.file,
-            "kind": self.kind,
-            "gates": [g.to_dict() for g in self.gates],
-        }
-        if self.derived_metrics:
-            data["derived_metrics"] = [{"name": m.name, "value": m.expression} for m in self.derived_metrics]
-        return data
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SuiteInfo:
-        return cls(
-            id=data["id"],
-            name=data["name"],
-            file=data["file"],
-            gates=tuple(Gate.from_dict(g) for g in data.get("gates", ())),
-            kind=data.get("kind", "file"),
-            derived_metrics=tuple(DerivedMetric(m["name"], m["value"]) for m in data.get("derived_metrics", ())),
-        )
 
 
 @dataclass(frozen=True)
