@@ -97,12 +97,12 @@ def test_each_case_as_promptfoo_runs_it(plain_runs, folder):
 
 
 @pytest.mark.parametrize("mode", [["-n", "2"], ["-p", "no:xdist"]], ids=["xdist", "no-xdist"])
-@pytest.mark.parametrize("folder", ["sequences", "malformed", "provider_transform_code"])
+@pytest.mark.parametrize("folder", ["sequences", "malformed", "provider_transform_code", "tests_generators"])
 def test_sequences_and_case_errors_in_every_mode(tmp_path, folder, mode):
     """storeOutputAs and _conversation need each case after the ones before it, in one process
     (the xdist scheduler sends the suite's `sequence` node to one worker whole); a malformed
     check's case is an error whichever process runs it; a provider's transform runs (and fails)
-    in whichever process answers its case."""
+    in whichever process answers its case; tests generators give each worker the same tests."""
     report, _ = run_folder(folder, tmp_path, *mode)
     check_same(folder, report)
     nodeids = [r["nodeid"] for r in report["suites"][0]["results"]]

@@ -1170,3 +1170,28 @@ def test_derived_metrics_on_names_only_code_checks_report_are_not_warned_about(t
         "s.promptopt.yaml:4: derivedMetrics[0].value: fp: no assertion of this suite reports such a metric; "
         "promptfoo then evaluates 'P' to 0, and so does this plugin"
     ]
+
+
+def test_a_tests_generator_that_fails_is_an_error_naming_the_suite_file_its_place_and_the_generator(tmp_path):
+    """promptfoo stops the run when a tests generator throws or gives no list; here the suite
+    file is a collection error at the generator's place (file, line, path), with what it raised.
+    (What generators give, against promptfoo's own run: tests/data/promptfoo-format/tests_generators.)"""
+    (tmp_path / "gen.py").write_text(
+        "def boom(config=None):\n    raise ValueError('no rows today')\n\n"
+        "def one(config=None):\n    return {'vars': {'q': 1}}\n\n"
+        "def bad_item():\n    return [{'vars': {'q': 1}}, 'not a test']\n"
+    )
+    (tmp_path / "gen.js").write_text("module.exports = () => { throw new TypeError('js says no'); };\n")
+    head = "prompts: ['x {{q}}']\nproviders: [echo]\ntests:\n  - vars: {q: 0}\n"
+    message = str(error(tmp_path, head + "  - file://gen.py:boom\n"))
+    assert message.startswith(
+        "s.promptopt.yaml:5: tests[1]: tests generator gen.py:boom raised ValueError: no rows today"
+    )
+    message = str(error(tmp_path, head + "  - path: file://gen.py:one\n    config: {a: 1}\n"))
+    assert message == "s.promptopt.yaml:5: tests[1]: tests generator gen.py:one must give a list of tests, got dict"
+    message = str(error(tmp_path, head + "  - file://gen.js\n"))
+    assert message.startswith("s.promptopt.yaml:5: tests[1]: tests generator gen.js raised TypeError: js says no")
+    message = str(error(tmp_path, head + "  - file://gen.py:bad_item\n"))
+    assert message.startswith("s.promptopt.yaml:5: tests[1]: gen.py:bad_item item 1: "), message
+    message = str(error(tmp_path, head + "  - file://missing.py\n"))
+    assert message == f"s.promptopt.yaml:5: tests[1]: tests generator not found: {tmp_path / 'missing.py'}"

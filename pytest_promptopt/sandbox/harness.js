@@ -45,6 +45,11 @@ var __promptopt = (function () {
       throw new Error('Transform ' + file + ' must export a function, have a default export as a function, or export the specified function "' + fn + '"');
     }
     if (style === 'module') return () => mod;
+    if (style === 'generator') {
+      // promptfoo's readJavascriptTestCases: importModule(file, fn), called if a function
+      const value = fn ? mod[fn] : mod;
+      return typeof value === 'function' ? value : () => value;
+    }
     const found = fn ? mod[fn] : mod;
     if (typeof found !== 'function') throw new Error(file + ' does not export ' + (fn ? 'a function "' + fn + '"' : 'a function'));
     return found;

@@ -103,7 +103,8 @@ def call_file(
 ) -> Reply:
     """Import `file` and call the function `style` picks (`check`: promptfoo's
     loadFromJavaScriptFile, `transform`: getJavascriptTransformFunction, `function`: the module or
-    its `function` export, `module`: the module's value itself) with `args`."""
+    its `function` export, `module`: the module's value itself, `generator`: the module or its
+    `function` export, called if it is a function) with `args`."""
     try:
         source = file.read_text(encoding="utf-8")
     except FileNotFoundError:

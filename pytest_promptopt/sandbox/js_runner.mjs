@@ -109,6 +109,11 @@ async function pick(request) {
     );
   }
   if (request.style === 'module') return () => mod;
+  if (request.style === 'generator') {
+    // promptfoo's readJavascriptTestCases: importModule(file, fn), called if a function
+    const value = fn ? mod[fn] : mod;
+    return typeof value === 'function' ? value : () => value;
+  }
   const found = fn ? mod[fn] : mod;
   if (typeof found !== 'function') {
     throw new Error(`${request.file} does not export ${fn ? `a function "${fn}"` : 'a function'}`);

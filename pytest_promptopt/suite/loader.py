@@ -24,7 +24,7 @@ from ..models.specs import ModelSpec, case_id_tags, distinct_displays, parse_mod
 from ..prompt import Prompt, Rendering
 from ..sandbox import DEFAULT_SCRIPT_TIMEOUT_S, Sandbox, sandbox_for
 from ..sandbox.errors import ScriptFault
-from ..sandbox.scripts import make_filter, run_transform
+from ..sandbox.scripts import make_filter, run_test_generator, run_transform
 from ..suite_info import SuiteInfo
 from .blocks import dataset_spec, fuzz_cases
 from .cases import CaseError, Missing, Placed, build_case, case_id, failed_case
@@ -46,7 +46,7 @@ from .model import MAX_REPEAT, Case, ChainStep, Repeats, SuiteError, SuiteLimits
 from .promptfoo_keys import check_env, derived_metrics, map_form, preprocess, provider_entries
 from .prompts import load_prompts
 from .schema import validate_suite
-from .sources import TestEntry, default_test, read_tests
+from .sources import Generate, TestEntry, default_test, read_tests
 
 __all__ = ["LoadedSuite", "load_suite"]
 
@@ -166,8 +166,9 @@ def _load(
     # A fuzz suite without `tests` has only generated cases (not promptfoo's one case without
     # vars); a suite with scenarios and no tests has only the scenarios' (as in promptfoo).
     plain = "tests" in data or not ({"fuzz", "scenarios"} & set(data))
-    tests = read_tests(data.get("tests"), ctx, others=bool(data.get("scenarios"))) if plain else []
-    tests += _scenario_tests(data.get("scenarios"), ctx, len(tests))
+    generate = _generator(code, ctx)
+    tests = read_tests(data.get("tests"), ctx, generate, others=bool(data.get("scenarios"))) if plain else []
+    tests += _scenario_tests(data.get("scenarios"), ctx, generate, len(tests))
     asserts = [a for t in [defaults, *(t.data for t in tests)] for a in t.get("assert") or [] if isinstance(a, dict)]
     known = {str(a["metric"]) for a in asserts if a.get("metric")}
     # a javascript/python check may return namedScores under any name: then no name is unknown
@@ -253,7 +254,22 @@ def _stores(default: Mapping[str, Any], test: Mapping[str, Any]) -> bool:
     return bool({**(default.get("options") or {}), **(test.get("options") or {})}.get("storeOutputAs"))
 
 
-def _scenario_tests(raw: Any, ctx: Context, start: int) -> list[TestEntry]:
+def _generator(code: _Code, ctx: Context) -> Generate:
+    """Runs a suite's tests generators in its sandbox, each once, when the suite is loaded (under
+    xdist, once per worker: a generator must give the same tests each time, as pytest asks of
+    parametrisation). What it raises, or a fault, is an error of the suite file at its place."""
+
+    def generate(file: Path, function: str | None, config: Any, path: tuple[Any, ...]) -> Any:
+        what = f"tests generator {file.name}" + (f":{function}" if function else "")
+        try:
+            return run_test_generator(code.sandbox, file, function, config, code.timeout_s, what)
+        except ScriptFault as exc:
+            raise ctx.error(path, str(exc)) from None
+
+    return generate
+
+
+def _scenario_tests(raw: Any, ctx: Context, generate: Generate, start: int) -> list[TestEntry]:
     """promptfoo's `scenarios`: for each scenario, each `config` entry merged with each of its
     tests (`{...config, ...test}`, vars and options merged key by key, the config's asserts
     first), after the plain tests; `metadata.conversationId` defaults to `__scenario_<n>__`."""
@@ -262,7 +278,7 @@ def _scenario_tests(raw: Any, ctx: Context, start: int) -> list[TestEntry]:
     for s_index, scenario in enumerate(raw or []):
         here: tuple[Any, ...] = ("scenarios", s_index)
         tests = scenario.get("tests")
-        entries = read_tests(tests, ctx, here + ("tests",)) if tests is not None else [TestEntry({}, here, 0)]
+        entries = read_tests(tests, ctx, generate, here + ("tests",)) if tests is not None else [TestEntry({}, here, 0)]
         for data in scenario["config"]:
             for entry in entries:
                 test = entry.data
