@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import getpass
 import hashlib
 import json
 import os
@@ -264,6 +265,11 @@ def test_run_tree_metrics_params_tags_and_tables_in_the_project_store(pytester, 
         "gate.pass_rate.threshold": "0.9",
     }
     assert qa.data.tags["promptopt.gate.pass_rate"] == "failed" and qa.data.tags["promptopt.gates_passed"] == "false"
+    # what the gate compared, as a tag: MLflow 3.18's run page shows tags, not the metrics
+    assert qa.data.tags["promptopt.gates"] == "pass_rate = 0.667 < 0.9: FAILED", qa.data.tags
+    # who ran it: the run pages' "Created by" (MLflow's own runs record it the same way)
+    assert qa.data.tags["mlflow.user"] == parent.data.tags["mlflow.user"] == getpass.getuser()
+    assert qa.info.user_id == getpass.getuser()
     artifacts = {a.path for a in client.list_artifacts(qa.info.run_id)} | {
         a.path for a in client.list_artifacts(qa.info.run_id, "prompts")
     }

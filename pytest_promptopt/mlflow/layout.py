@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import getpass
 import hashlib
 import json
 import os
@@ -127,6 +128,7 @@ class SessionMeta:
     left_out: dict[str, int] = field(default_factory=dict)  # suite id -> cases not selected (selection.py)
     partial: str | None = None  # what the selection left out, in words (`LeftOut.describe`); None: nothing
     narrowed: list[str] = field(default_factory=list)  # suites whose left-out cases are not known
+    user: str | None = None  # who ran the session (MLflow's "Created by"), kept for a later upload
 
     @property
     def incomplete(self) -> str | None:
@@ -178,6 +180,7 @@ class SessionMeta:
             left_out=dict(left_out or {}),
             partial=partial,
             narrowed=list(narrowed),
+            user=_user(),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -186,6 +189,15 @@ class SessionMeta:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SessionMeta:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+def _user() -> str | None:
+    """The login name, as MLflow's own runs record it (`mlflow.user`, from `getpass.getuser()`);
+    None where the process has none (a container user without a passwd entry or LOGNAME)."""
+    try:
+        return getpass.getuser() or None
+    except (OSError, KeyError, ImportError):
+        return None
 
 
 def _git(rootdir: Path, *args: str) -> str | None:
@@ -218,10 +230,12 @@ def run_name(subject: str, meta: SessionMeta, at_ms: int) -> str:
 
 def source_tags(meta: SessionMeta) -> dict[str, str]:
     """MLflow's source tags: the run lists' Source (`<project>@<commit>`) and Version (the commit)
-    columns, and the git branch."""
+    columns, the git branch, and who ran the session."""
     commit = (meta.git_commit or "")[:7]
     project = Path(meta.rootdir).name if meta.rootdir else "pytest-promptopt"
     tags = {"mlflow.source.type": "LOCAL", "mlflow.source.name": f"{project}@{commit}" if commit else project}
+    if meta.user:  # MLflow's run pages show it as "Created by" (else "unknown")
+        tags["mlflow.user"] = meta.user
     if meta.git_commit:
         tags["mlflow.source.git.commit"] = meta.git_commit
     if meta.git_branch:
@@ -397,6 +411,8 @@ def suite_tags(
         "promptopt.models": ", ".join(suite.models),
         "promptopt.gates_passed": flag(suite.gates_passed),
         **{f"promptopt.gate.{metric_key(g.name)}": "passed" if g.passed else "failed" for g in suite.gates},
+        # what each gate compared, in words: MLflow 3.18's run page shows tags, not metrics or the description
+        **({"promptopt.gates": gates} if gates else {}),
         **source_tags(meta),
     }
     if suite.cases_file is not None:  # a dataset suite: its rows are the `cases/` artifacts
