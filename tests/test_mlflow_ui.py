@@ -191,6 +191,29 @@ def test_a_trace_shows_the_vars_the_expectation_the_linked_prompt_and_the_ration
     assert italy.info.tags["mlflow.linkedPrompts"] == json.dumps([{"name": "capitals", "version": "2"}])
 
 
+def test_a_prompt_versions_traces_tab_lists_the_cases_that_ran_it(browser, server, logged):  # noqa: F811
+    """The prompt's page lists the traces of each version through the store's trace-prompt links
+    (`prompt = "name/version"`), which the plugin writes beside the `mlflow.linkedPrompts` tag."""
+    client = logged["client"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        linked = client.search_traces(locations=[logged["experiment"]], filter_string='prompt = "capitals/2"')
+    assert sorted(t.info.request_preview for t in linked) == sorted(
+        t.info.request_preview
+        for t in client.search_traces(locations=[logged["experiment"]], run_id=logged["second"].info.run_id)
+    )
+    open_page(browser, f"{server}/#/experiments/{logged['experiment']}/prompts/capitals", "Version 2")
+    from selenium.webdriver.common.by import By
+
+    # The page's Preview / Compare / Traces switch (the side bar's "Traces" is a link, not this).
+    switch = "label, button, [role=tab], [role=radio]"
+    wait(
+        browser, lambda d: next((e for e in d.find_elements(By.CSS_SELECTOR, switch) if e.text == "Traces"), None)
+    ).click()
+    text = text_with(browser, "Italy")
+    assert "Spain" in text and "France" in text, text
+
+
 def open_run_case(browser: Any, runs_page: str, run_name: str, attempts: int = 3) -> Any:  # noqa: F811
     """The Italy case's link in run `run_name`'s traces table, reached as a user does: the
     Evaluation runs list, then the run's name. After a reload, MLflow 3.17's page has been seen

@@ -17,6 +17,7 @@ exporter makes per trace, made serially, so a SQLite store sees one writer and n
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -141,11 +142,14 @@ def _write(client: Any, experiment_id: str, built: Sequence[tuple[Any, Any]]) ->
     tracing = client._tracing_client  # the TracingClient of this MlflowClient (same store)
     errors: list[str] = []
     written: list[tuple[Any, Any]] = []
+    links = True
     for span, info in built:
         try:
             written.append((span, tracing.start_trace(info)))
         except Exception as exc:
             errors.append(_message(exc))
+            continue
+        links = links and _link_prompts(tracing.store, info)
     if not written:
         return errors
     try:
@@ -161,6 +165,26 @@ def _write(client: Any, experiment_id: str, built: Sequence[tuple[Any, Any]]) ->
         except Exception as exc:
             errors.append(_message(exc))
     return errors
+
+
+def _link_prompts(store: Any, info: Any) -> bool:
+    """Link a trace to the prompt versions it ran in the store, as MLflow's own tracing does: a
+    prompt version's Traces tab searches those links (`prompt = "name/version"`), not the trace's
+    `mlflow.linkedPrompts` tag (which the trace's page reads, and which stays). False when the
+    store cannot (a server without the endpoint): the chunk's other traces keep the tag alone."""
+    from mlflow.entities.model_registry import PromptVersion
+    from mlflow.tracing.constant import TraceTagKey
+
+    linked = json.loads(info.tags.get(TraceTagKey.LINKED_PROMPTS) or "[]")
+    if not linked:
+        return True
+    try:
+        store.link_prompts_to_trace(
+            info.trace_id, [PromptVersion(name=v["name"], version=int(v["version"]), template="") for v in linked]
+        )
+    except Exception:  # the link is what the prompt's page lists; the trace itself is written
+        return False
+    return True
 
 
 def _message(exc: BaseException) -> str:
