@@ -166,3 +166,11 @@ def test_anchor_holders_and_an_empty_provider_config_are_named_in_warnings(plain
         "promptfooconfig.yaml:13: SuiteWarning: providers[0].config: left empty (null): promptfoo runs the provider",
     ):
         assert out.count(line) == 1, (line, out[-3000:])
+
+
+def test_a_provider_config_written_as_a_list_is_named_in_a_warning(plain_runs):
+    """promptfoo spreads a list `config:` into keys no provider reads and runs the provider without
+    a config (recorded in provider_config_list); the plugin does the same and says so at its line."""
+    _, proc = plain_runs["provider_config_list"]
+    line = "promptfooconfig.yaml:8: SuiteWarning: targets[0].config: a list, not a mapping: promptfoo spreads it"
+    assert proc.stdout.count(line) == 1, proc.stdout[-3000:]

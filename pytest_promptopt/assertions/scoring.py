@@ -133,7 +133,9 @@ def grade_case(
     metric_totals: dict[str, list[float]] = {}
     for assertion in assertions:
         grade = grade_assertion(output, assertion, ctx)
-        score = min(1.0, max(0.0, float(grade.score)))
+        # Not clamped: a code check's score of 482 or -2 counts as written, as in promptfoo's
+        # AssertionsResult (so a case `threshold` and the named metrics see the same sums).
+        score = float(grade.score)
         # promptfoo forces a weight-0 assertion to pass: it is reported and decides nothing.
         passed = grade.passed or assertion.weight == 0
         outcomes.append(

@@ -161,7 +161,9 @@ def map_form(entry: Any) -> tuple[str, Any] | None:
 def _provider_keys(data: dict[str, Any], ctx: Context) -> None:
     """A provider's `config:` left empty (null: a block holding only comments, in a real config)
     is read as absent, as promptfoo's loadApiProvider reads it (it spreads the config, and null
-    adds nothing); named in a warning, as the other keys left empty are."""
+    adds nothing); named in a warning, as the other keys left empty are. So is a `config:` written
+    as a list (`config: [{model: ...}]`, in a real config): the spread makes its items keys `0`,
+    `1`, ... that no provider reads, so promptfoo runs the provider as without a config."""
     for entry, where in provider_entries(data):
         mapped = map_form(entry)
         path, holder = (where + (mapped[0],), mapped[1]) if mapped is not None else (where, entry)
@@ -172,6 +174,14 @@ def _provider_keys(data: dict[str, Any], ctx: Context) -> None:
             ctx.warn(
                 path + ("config",),
                 "left empty (null): promptfoo runs the provider without a config; so does this plugin",
+            )
+        elif isinstance(holder.get("config"), list):
+            holder.pop("config")
+            ctx.warn(
+                path + ("config",),
+                "a list, not a mapping: promptfoo spreads it into keys 0, 1, ... that no provider reads "
+                "and runs the provider without a config; so does this plugin (write the mapping itself: "
+                "config: {model: ...})",
             )
 
 
