@@ -93,8 +93,9 @@ BOOTSTRAP_MAX = 500  # beyond this many values the normal interval is as good an
 
 
 def mean_interval(values: list[float], *, seed: int = 0) -> tuple[float, float] | None:
-    """95% interval of the mean of `values` (scores in [0, 1]): a seeded percentile bootstrap for
-    up to `BOOTSTRAP_MAX` values, where scores are often lumpy (0 or 1), else the normal interval."""
+    """95% interval of the mean of `values` (scores, mostly in [0, 1]; a code check may give 482):
+    a seeded percentile bootstrap for up to `BOOTSTRAP_MAX` values, where scores are often lumpy
+    (0 or 1), else the normal interval, kept within the values' range as the bootstrap's is."""
     n = len(values)
     if n < 2:
         return None
@@ -102,7 +103,7 @@ def mean_interval(values: list[float], *, seed: int = 0) -> tuple[float, float] 
     if n > BOOTSTRAP_MAX:
         sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
         half = 1.959964 * sd / math.sqrt(n)
-        return max(0.0, mean - half), min(1.0, mean + half)
+        return max(min(values), mean - half), min(max(values), mean + half)
     import random
 
     rng = random.Random(seed)

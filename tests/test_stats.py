@@ -8,7 +8,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pytest_promptopt.stats import cluster_bootstrap, mcnemar_exact, paired_bootstrap, wilson
+from pytest_promptopt.stats import (
+    BOOTSTRAP_MAX,
+    cluster_bootstrap,
+    mcnemar_exact,
+    mean_interval,
+    paired_bootstrap,
+    wilson,
+)
 
 
 def test_wilson_interval_known_values() -> None:
@@ -60,3 +67,16 @@ def test_cluster_bootstrap_is_wider_than_treating_repeats_as_cases() -> None:
     naive = wilson(25, 50)
     assert low <= 0.5 <= high and (high - low) > (naive[1] - naive[0])
     assert cluster_bootstrap([], seed=0) is None
+
+
+@pytest.mark.parametrize("n", [40, BOOTSTRAP_MAX + 1], ids=["bootstrap", "normal"])
+def test_a_mean_scores_interval_holds_the_mean_of_scores_outside_0_1(n: int) -> None:
+    """A code check may score 482 or -2 (promptfoo does not clip it): the interval of the mean
+    score holds the mean and stays within the scores' range, bootstrap or normal alike (the
+    normal one was clipped to [0, 1], which put 482 above an interval ending at 1)."""
+    values = [482.0 if i % 2 else -2.0 for i in range(n)]
+    low, high = mean_interval(values)
+    mean = sum(values) / n
+    assert -2.0 <= low < mean < high <= 482.0
+    low, high = mean_interval([0.0, 1.0] * (n // 2) + [1.0] * (n % 2))
+    assert 0.0 <= low < high <= 1.0
