@@ -67,7 +67,7 @@ class KeepingLibraries(pytester_module.SysModulesSnapshot):
         def keep(name: str) -> bool:
             module = sys.modules.get(name)
             file = str(getattr(module, "__file__", None) or "")
-            dropped = file.startswith(TEMPORARY) and not file.startswith(INSTALLED)
+            dropped = file.startswith(TEMPORARY) and not any(Path(file).is_relative_to(p) for p in INSTALLED)
             return bool(preserve and preserve(name)) or not dropped
 
         super().__init__(preserve=keep)

@@ -112,6 +112,12 @@ def _code_grade(
     if isinstance(result, bool):
         passed = result != inverse
         return Grade(passed, 1.0 if passed else 0.0, "Assertion passed" if passed else failure(result))
+    # Scores are not clipped (promptfoo sums them as given), so one that is no number at all
+    # (NaN, infinite) would pass into the case score, the metrics and the gates: it fails the
+    # check, as promptfoo fails a Python check whose JSON holds NaN.
+    scores = [result] if isinstance(result, (int, float)) else [result["score"], *_named(result).values()]
+    if any(isinstance(v, (int, float)) and not math.isfinite(v) for v in scores):
+        return _failed(f"{code_label} returned a score that is not a finite number ({scores})")
     if isinstance(result, (int, float)):
         raw = result > 0 if assertion.threshold is None else result >= assertion.threshold
         passed = raw != inverse
@@ -121,8 +127,11 @@ def _code_grade(
         reason = str(result["reason"])
     else:
         reason = "Assertion passed" if passed else f"{code_label} returned {'true' if result['pass'] else 'false'}"
-    named = result.get("namedScores") if isinstance(result.get("namedScores"), Mapping) else {}
-    return Grade(passed, float(result["score"]), reason, {str(k): float(v) for k, v in named.items()})
+    return Grade(passed, float(result["score"]), reason, {str(k): float(v) for k, v in _named(result).items()})
+
+
+def _named(result: Mapping[str, Any]) -> Mapping[str, Any]:
+    return result["namedScores"] if isinstance(result.get("namedScores"), Mapping) else {}
 
 
 def _failed(reason: str) -> Grade:
