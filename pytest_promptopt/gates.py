@@ -10,6 +10,7 @@ The result says which rule decided, with the interval it read.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -96,9 +97,11 @@ def parse_gates(raw: Any, where: str = "gates") -> tuple[Gate, ...]:
             if rule is not None and rule not in GATE_RULES:
                 raise ValueError(f"{path}.rule: {rule!r} is not one of {', '.join(GATE_RULES)}")
             spec = spec["min"]
-        if isinstance(spec, bool) or not isinstance(spec, (int, float)):
-            raise ValueError(f"{path}: the threshold must be a number between 0 and 1, got {spec!r}")
-        if not 0 <= spec <= 1:
+        if isinstance(spec, bool) or not isinstance(spec, (int, float)) or not math.isfinite(spec):
+            raise ValueError(f"{path}: the threshold must be a number, got {spec!r}")
+        # A share of cases lies in [0, 1]; a named or derived metric's mean is whatever its checks
+        # score (a code check may give 482, as in promptfoo), so its threshold is any number.
+        if name in (PASS_RATE, PASS_K) and not 0 <= spec <= 1:
             raise ValueError(f"{path}: the threshold must be between 0 and 1, got {spec}")
         gates.append(Gate(str(name), float(spec), rule))
     return tuple(gates)

@@ -4,6 +4,7 @@ ids, and the paired regression gate, on constructed data where the answer is kno
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from conftest import MODES, load_report
@@ -45,6 +46,23 @@ def test_gate_rules_parse_from_a_suite_and_bad_rules_name_the_path() -> None:
     )
     with pytest.raises(ValueError, match=r"gates.pass_rate.rule: 'lenient'"):
         parse_gates({"pass_rate": {"min": 0.9, "rule": "lenient"}})
+
+
+def test_a_named_metrics_gate_takes_any_number_and_a_share_of_cases_stays_in_0_1() -> None:
+    """A named metric's mean is what its checks score (a code check may give 482, as promptfoo
+    sums it), so its threshold is any finite number; pass_rate and pass^k are shares of cases."""
+    assert parse_gates({"length": 300, "drift": {"min": -2.5, "rule": "point"}}) == (
+        Gate("length", 300.0),
+        Gate("drift", -2.5, "point"),
+    )
+    assert decide(Gate("length", 300.0), 0.5, {"length": 482.0}).passed
+    for name in ("pass_rate", "pass^k"):
+        with pytest.raises(
+            ValueError, match=rf"gates.{re.escape(name)}: the threshold must be between 0 and 1, got 1.5"
+        ):
+            parse_gates({name: 1.5})
+    with pytest.raises(ValueError, match=r"gates.length: the threshold must be a number, got inf"):
+        parse_gates({"length": float("inf")})
 
 
 # The echo model answers with the rendered prompt, so a prompt change decides which cases pass;
