@@ -370,7 +370,10 @@ def ask_the_playground(browser: Any, gateway: str, endpoint: str, message: str, 
 
     browser.get(f"{gateway}/#/experiments/0/playground")
     find('[data-component-id="mlflow.endpoint-selector.select"] [role=combobox]').click()
-    option = WebDriverWait(browser, 30).until(
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    # the menu re-renders while its options are read: a stale one only means "not yet"
+    option = WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,)).until(
         lambda d: next(
             (o for o in d.find_elements(By.CSS_SELECTOR, "[role=option]") if o.text.split("\n")[0] == endpoint), None
         )

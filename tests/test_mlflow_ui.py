@@ -106,11 +106,14 @@ def logged(server: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, A
 
 def wait(browser: Any, condition: Any, timeout: float = 60) -> Any:  # noqa: F811
     """`condition`'s first truthy value; on a timeout, the failure shows the page it waited on."""
-    from selenium.common.exceptions import TimeoutException
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
+    # React re-renders the tables while a condition reads them: an element found a moment ago
+    # may be gone, which only means "not yet" (CI saw it in italy_link on MLflow 3.18).
+    waiting = WebDriverWait(browser, timeout, poll_frequency=0.5, ignored_exceptions=(StaleElementReferenceException,))
     try:
-        return WebDriverWait(browser, timeout, poll_frequency=0.5).until(condition)
+        return waiting.until(condition)
     except TimeoutException:
         try:
             shown = f"{browser.current_url}; the page showed:\n{page_text(browser)[-3000:]}"

@@ -1195,3 +1195,36 @@ def test_a_tests_generator_that_fails_is_an_error_naming_the_suite_file_its_plac
     assert message.startswith("s.promptopt.yaml:5: tests[1]: gen.py:bad_item item 1: "), message
     message = str(error(tmp_path, head + "  - file://missing.py\n"))
     assert message == f"s.promptopt.yaml:5: tests[1]: tests generator not found: {tmp_path / 'missing.py'}"
+
+
+def test_a_tests_generators_config_reads_files_and_a_glob_of_generators_or_a_missing_export_is_named(tmp_path):
+    """promptfoo reads a generator's `config` through maybeLoadConfigFromExternalFile (a
+    `file://` YAML/JSON file, the config itself or a value in it, is its data), calls it with
+    `null` when `config: null`, and imports a glob as a path; here a glob of generators is
+    refused with the fix, as is a named export the module lacks (mini-racer and node alike)."""
+    (tmp_path / "gen.py").write_text("def echo(config='absent'):\n    return [{'vars': {'q': repr(config)}}]\n")
+    (tmp_path / "cfg.json").write_text('{"n": 2, "words": "file://words.txt"}')
+    (tmp_path / "words.txt").write_text("alpha beta")
+    (tmp_path / "sync.js").write_text("module.exports = { some: [] };\n")
+    (tmp_path / "esm.mjs").write_text("export const some = [];\n")
+    head = "prompts: ['x {{q}}']\nproviders: [echo]\ntests:\n"
+    # a file's data is taken as it is (promptfoo does not read the references inside it again)
+    cases = load(tmp_path, head + "  - path: file://gen.py:echo\n    config: file://cfg.json\n").cases
+    assert [c.vars["q"] for c in cases] == [repr({"n": 2, "words": "file://words.txt"})]
+    written = "  - path: file://gen.py:echo\n    config: {d: file://cfg.json, w: file://words.txt, vars: {v: file://cfg.json}}\n"
+    cases = load(tmp_path, head + written).cases
+    expected = {"d": {"n": 2, "words": "file://words.txt"}, "w": "alpha beta", "vars": {"v": "file://cfg.json"}}
+    assert [c.vars["q"] for c in cases] == [repr(expected)]
+    assert [c.vars["q"] for c in load(tmp_path, head + "  - path: file://gen.py:echo\n    config: null\n").cases] == [
+        "None"
+    ]
+    assert [c.vars["q"] for c in load(tmp_path, head + "  - file://gen.py:echo\n").cases] == ["'absent'"]
+    message = str(error(tmp_path, head + "  - file://*.py\n"))
+    assert message.startswith("s.promptopt.yaml:4: tests[0]: gen.py: a glob of tests generators"), message
+    assert "name each generator (file://gen.py:fn)" in message, message
+    for module in ("sync.js", "esm.mjs"):
+        message = str(error(tmp_path, head + f"  - file://{module}:nope\n"))
+        assert (
+            f"tests generator {module}:nope raised Error: " in message
+            and f'{module} has no export named "nope"' in message
+        ), message

@@ -48,6 +48,7 @@ var __promptopt = (function () {
     if (style === 'generator') {
       // promptfoo's readJavascriptTestCases: importModule(file, fn), called if a function
       const value = fn ? mod[fn] : mod;
+      if (fn && value === undefined) throw new Error(file + ' has no export named "' + fn + '"');
       return typeof value === 'function' ? value : () => value;
     }
     const found = fn ? mod[fn] : mod;

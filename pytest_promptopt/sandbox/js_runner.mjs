@@ -112,6 +112,7 @@ async function pick(request) {
   if (request.style === 'generator') {
     // promptfoo's readJavascriptTestCases: importModule(file, fn), called if a function
     const value = fn ? mod[fn] : mod;
+    if (fn && value === undefined) throw new Error(request.file + ' has no export named "' + fn + '"');
     return typeof value === 'function' ? value : () => value;
   }
   const found = fn ? mod[fn] : mod;

@@ -210,13 +210,12 @@ def make_filter(sandbox: Sandbox, file: Path, timeout: float, what: str) -> Call
 
 
 def run_test_generator(
-    sandbox: Sandbox, file: Path, function: str | None, config: Any, timeout: float, what: str
+    sandbox: Sandbox, file: Path, function: str | None, args: list[Any], timeout: float, what: str
 ) -> list[Any]:
     """promptfoo's tests from code (`readJavascriptTestCases`, `readPythonTestCases`): a JavaScript
-    module's value (or its `function` export), called with `config` when it is a function; a
-    Python file's `function` (default `generate_tests`), called with `config` when one is given.
+    module's value (or its `function` export), called with `args` (`[config]`, or none) when it
+    is a function; a Python file's `function` (default `generate_tests`), called with `args`.
     It must give a list of tests. `what` names the generator (`tests generator gen.py:fn`)."""
-    args = [] if config is None else [config]
     try:
         if is_javascript_file(str(file)):
             reply = call_file(sandbox, file, function, "generator", args, timeout, what)

@@ -259,10 +259,10 @@ def _generator(code: _Code, ctx: Context) -> Generate:
     xdist, once per worker: a generator must give the same tests each time, as pytest asks of
     parametrisation). What it raises, or a fault, is an error of the suite file at its place."""
 
-    def generate(file: Path, function: str | None, config: Any, path: tuple[Any, ...]) -> Any:
+    def generate(file: Path, function: str | None, args: list[Any], path: tuple[Any, ...]) -> Any:
         what = f"tests generator {file.name}" + (f":{function}" if function else "")
         try:
-            return run_test_generator(code.sandbox, file, function, config, code.timeout_s, what)
+            return run_test_generator(code.sandbox, file, function, args, code.timeout_s, what)
         except ScriptFault as exc:
             raise ctx.error(path, str(exc)) from None
 

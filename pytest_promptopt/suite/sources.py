@@ -45,9 +45,10 @@ def default_test(raw: Any, ctx: Context) -> dict[str, Any]:
     return raw
 
 
-# Runs a tests generator: (its file, its function or None, its `config` or None, where it is
-# named) -> what it gave. The loader's, on the suite's sandbox.
-Generate = Callable[[Path, "str | None", Any, tuple[Any, ...]], Any]
+# Runs a tests generator: (its file, its function or None, what it is called with: `[config]`,
+# or nothing when the entry has no `config`, where it is named) -> what it gave. The loader's,
+# on the suite's sandbox.
+Generate = Callable[[Path, "str | None", list[Any], tuple[Any, ...]], Any]
 
 
 def read_tests(
@@ -67,10 +68,10 @@ def read_tests(
     for entry, path in raw_entries:
         reference = entry.get("path") if isinstance(entry, dict) and isinstance(entry.get("path"), str) else entry
         if isinstance(reference, str):
-            config = entry.get("config") if isinstance(entry, dict) else None
             code = _generator(reference)
             if code is not None:
-                found = _generated_tests(*code, config, path, ctx, generate)
+                given = [entry["config"]] if isinstance(entry, dict) and "config" in entry else []
+                found = _generated_tests(*code, given, path, ctx, generate)
             else:
                 # promptfoo checks each test of a file named as a string (`readTest`), not of one
                 # named as `{path: ...}` (`readStandaloneTestsFile`).
@@ -91,24 +92,44 @@ def _generator(reference: str) -> tuple[str, str | None] | None:
     """A JavaScript or Python file of tests (`file://gen.py`, `gen.js:fn`: promptfoo's
     getStandaloneTestsFileMetadata): its path and function; None for a file of data."""
     name = reference[len("file://") :] if reference.startswith("file://") else reference
+    if has_magic(name):
+        return None  # a glob: _tests_from_files expands it, and refuses the code files it finds
     head, sep, function = name.rpartition(":")
     file, function = (head, function) if sep and len(head) > 1 else (name, None)
     return (file, function or None) if is_javascript_file(file) or file.lower().endswith(".py") else None
 
 
 def _generated_tests(
-    name: str, function: str | None, config: Any, path: tuple[Any, ...], ctx: Context, generate: Generate
+    name: str, function: str | None, given: list[Any], path: tuple[Any, ...], ctx: Context, generate: Generate
 ) -> list[tuple[dict[str, Any], str]]:
     """The tests a generator gives, each checked as a test read from a file."""
     file = ctx.resolve_file(name, path, "tests generator")
     label = f"{file.name}:{function}" if function else file.name
+    given = [_external_values(config, path + ("config",), ctx) for config in given]
     tests: list[tuple[dict[str, Any], str]] = []
-    for number, test in enumerate(generate(file, function, config, path)):
+    for number, test in enumerate(generate(file, function, given, path)):
         if isinstance(test, dict):  # promptfoo takes them as given (no `readTest`)
             prune_test(test, path, ctx, f"{label} item {number}", require_content=False)
         validate_fragment(test, "test", path, ctx, f"{label} item {number}")
         tests.append((test, f"{label} item {number}"))
     return tests
+
+
+def _external_values(value: Any, path: tuple[Any, ...], ctx: Context, key: str = "") -> Any:
+    """promptfoo's maybeLoadConfigFromExternalFile, as it reads a generator's `config`: a
+    `file://` YAML or JSON file (the config itself, or any value in it) is its data, any other
+    file its text; code references (`file://x.py:fn`) and values under `vars` stay as written."""
+    if isinstance(value, list):
+        return [_external_values(v, path + (i,), ctx, key) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: _external_values(v, path + (k,), ctx, "vars" if k == "vars" else key) for k, v in value.items()}
+    if not isinstance(value, str) or not value.startswith("file://") or key == "vars" or _generator(value):
+        return value
+    if has_magic(value):
+        raise ctx.error(path, f"{value}: a glob is not read here; name one file")
+    if value.lower().endswith((".yaml", ".yml", ".json")):
+        return load_structured(value, path, ctx)
+    return read_text(ctx.resolve_file(value, path), ctx, path)
 
 
 def _tests_from_files(
