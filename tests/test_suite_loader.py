@@ -1228,3 +1228,16 @@ def test_a_tests_generators_config_reads_files_and_a_glob_of_generators_or_a_mis
             f"tests generator {module}:nope raised Error: " in message
             and f'{module} has no export named "nope"' in message
         ), message
+
+
+def test_a_generator_named_as_a_file_in_a_tests_list_is_read_as_promptfoo_reads_a_glob(tmp_path):
+    """promptfoo reads `- file://gen.py` in a tests list through loadTestsFromGlob: each test it
+    gives is checked by readTest (one holding only a description stops the run); `{path: ...}`
+    and `gen.py:fn` go through readStandaloneTestsFile, unchecked (checked with promptfoo 0.121.20)."""
+    (tmp_path / "gen.py").write_text("def generate_tests(config=None):\n    return [{'description': 'only this'}]\n")
+    head = "prompts: ['x']\nproviders: [echo]\ntests:\n"
+    message = str(error(tmp_path, head + "  - file://gen.py\n"))
+    assert message.startswith("s.promptopt.yaml:4: tests[0]: "), message
+    assert "a test needs one of" in message, message
+    for written in ("  - path: file://gen.py\n", "  - file://gen.py:generate_tests\n"):
+        assert [c.rendered_prompt for c in load(tmp_path, head + written).cases] == ["x"]

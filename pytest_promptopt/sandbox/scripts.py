@@ -211,20 +211,15 @@ def make_filter(sandbox: Sandbox, file: Path, timeout: float, what: str) -> Call
 
 def run_test_generator(
     sandbox: Sandbox, file: Path, function: str | None, args: list[Any], timeout: float, what: str
-) -> list[Any]:
+) -> Any:
     """promptfoo's tests from code (`readJavascriptTestCases`, `readPythonTestCases`): a JavaScript
     module's value (or its `function` export), called with `args` (`[config]`, or none) when it
     is a function; a Python file's `function` (default `generate_tests`), called with `args`.
-    It must give a list of tests. `what` names the generator (`tests generator gen.py:fn`)."""
+    What it gives (the caller checks it is a list of tests). `what` names the generator
+    (`tests generator gen.py:fn`)."""
     try:
         if is_javascript_file(str(file)):
-            reply = call_file(sandbox, file, function, "generator", args, timeout, what)
-            result, kind = reply.get("value"), reply["type"]
-        else:
-            result = call_python_file(sandbox, file, function or "generate_tests", args, timeout, what, "function")
-            kind = "None" if result is None else type(result).__name__
+            return call_file(sandbox, file, function, "generator", args, timeout, what).get("value")
+        return call_python_file(sandbox, file, function or "generate_tests", args, timeout, what, "function")
     except ScriptRaised as exc:
         raise ScriptFault(f"{what} raised {exc}") from None
-    if not isinstance(result, list):
-        raise ScriptFault(f"{what} must give a list of tests, got {kind}")
-    return result

@@ -71,7 +71,12 @@ def read_tests(
             code = _generator(reference)
             if code is not None:
                 given = [entry["config"]] if isinstance(entry, dict) and "config" in entry else []
-                found = _generated_tests(*code, given, path, ctx, generate)
+                # promptfoo reads `- file://gen.py` in a list as a glob (loadTestsFromGlob: one
+                # object is one test, each checked by readTest); `gen.py:fn`, a bare `gen.py`, a
+                # `{path}` or a lone `tests: file://gen.py` through readStandaloneTestsFile (a list,
+                # taken as given).
+                as_glob = entry is reference and entry is not raw and reference.startswith("file://") and not code[1]
+                found = _generated_tests(*code, given, path, ctx, generate, as_glob)
             else:
                 # promptfoo checks each test of a file named as a string (`readTest`), not of one
                 # named as `{path: ...}` (`readStandaloneTestsFile`).
@@ -100,16 +105,29 @@ def _generator(reference: str) -> tuple[str, str | None] | None:
 
 
 def _generated_tests(
-    name: str, function: str | None, given: list[Any], path: tuple[Any, ...], ctx: Context, generate: Generate
+    name: str,
+    function: str | None,
+    given: list[Any],
+    path: tuple[Any, ...],
+    ctx: Context,
+    generate: Generate,
+    as_glob: bool = False,
 ) -> list[tuple[dict[str, Any], str]]:
-    """The tests a generator gives, each checked as a test read from a file."""
+    """The tests a generator gives, each checked as a test read from a file (`as_glob`: promptfoo's
+    loadTestsFromGlob, which takes one object as one test and checks that each holds something)."""
     file = ctx.resolve_file(name, path, "tests generator")
     label = f"{file.name}:{function}" if function else file.name
     given = [_external_values(config, path + ("config",), ctx) for config in given]
+    generated = generate(file, function, given, path)
+    if as_glob and isinstance(generated, dict):
+        generated = [generated]
+    if not isinstance(generated, list):
+        kind = "nothing" if generated is None else type(generated).__name__
+        raise ctx.error(path, f"tests generator {label} must give a list of tests, got {kind}")
     tests: list[tuple[dict[str, Any], str]] = []
-    for number, test in enumerate(generate(file, function, given, path)):
-        if isinstance(test, dict):  # promptfoo takes them as given (no `readTest`)
-            prune_test(test, path, ctx, f"{label} item {number}", require_content=False)
+    for number, test in enumerate(generated):
+        if isinstance(test, dict):
+            prune_test(test, path, ctx, f"{label} item {number}", require_content=as_glob)
         validate_fragment(test, "test", path, ctx, f"{label} item {number}")
         tests.append((test, f"{label} item {number}"))
     return tests
