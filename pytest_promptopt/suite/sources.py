@@ -136,12 +136,16 @@ def _generated_tests(
 def _external_values(value: Any, path: tuple[Any, ...], ctx: Context, key: str = "") -> Any:
     """promptfoo's maybeLoadConfigFromExternalFile, as it reads a generator's `config`: a
     `file://` YAML or JSON file (the config itself, or any value in it) is its data, any other
-    file its text; code references (`file://x.py:fn`) and values under `vars` stay as written."""
+    file its text; code references with a function (`file://x.py:fn`) and values under `vars`
+    stay as written."""
     if isinstance(value, list):
         return [_external_values(v, path + (i,), ctx, key) for i, v in enumerate(value)]
     if isinstance(value, dict):
         return {k: _external_values(v, path + (k,), ctx, "vars" if k == "vars" else key) for k, v in value.items()}
-    if not isinstance(value, str) or not value.startswith("file://") or key == "vars" or _generator(value):
+    if not isinstance(value, str) or not value.startswith("file://") or key == "vars":
+        return value
+    code = _generator(value)
+    if code is not None and code[1]:  # promptfoo's maybeLoadFromExternalFile keeps `x.py:fn`
         return value
     if has_magic(value):
         raise ctx.error(path, f"{value}: a glob is not read here; name one file")
