@@ -363,21 +363,33 @@ def browser(tmp_path: Path) -> Iterator[Any]:
 def ask_the_playground(browser: Any, gateway: str, endpoint: str, message: str, wait_s: float = 60) -> str:
     """What a user does: open the Playground, pick the endpoint, type, Submit; the answer shown."""
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
     def find(css: str) -> Any:
         return WebDriverWait(browser, 30).until(lambda d: d.find_element(By.CSS_SELECTOR, css))
 
-    browser.get(f"{gateway}/#/experiments/0/playground")
-    find('[data-component-id="mlflow.endpoint-selector.select"] [role=combobox]').click()
-    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 
-    # the menu re-renders while its options are read: a stale one only means "not yet"
-    option = WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,)).until(
-        lambda d: next(
+    def the_option(d: Any) -> Any:
+        return next(
             (o for o in d.find_elements(By.CSS_SELECTOR, "[role=option]") if o.text.split("\n")[0] == endpoint), None
         )
-    )
+
+    browser.get(f"{gateway}/#/experiments/0/playground")
+    # A menu opened before the endpoints have loaded can stay without them (a clean-clone run on
+    # MLflow 3.18 waited 30 s on it once): a user opens it again, and so does this, 3 times at
+    # most. The menu re-renders while its options are read: a stale one only means "not yet".
+    for attempt in range(3):
+        find('[data-component-id="mlflow.endpoint-selector.select"] [role=combobox]').click()
+        try:
+            option = WebDriverWait(browser, 15, ignored_exceptions=(StaleElementReferenceException,)).until(the_option)
+            break
+        except TimeoutException:
+            shown = [o.text for o in browser.find_elements(By.CSS_SELECTOR, "[role=option]")]
+            if attempt == 2:
+                raise AssertionError(f"no option {endpoint!r} in the endpoint menu, which showed {shown}") from None
+            browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
     option.click()
     find('textarea[data-component-id="mlflow.playground.prompt_input.content"]').send_keys(message)
     find('[data-component-id="mlflow.playground.submit"]').click()
