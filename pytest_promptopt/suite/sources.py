@@ -124,10 +124,18 @@ def _generated_tests(
     if not isinstance(generated, list):
         kind = "nothing" if generated is None else type(generated).__name__
         raise ctx.error(path, f"tests generator {label} must give a list of tests, got {kind}")
+    return _checked_items(generated, label, path, ctx, require_content=as_glob)
+
+
+def _checked_items(
+    rows: list[Any], label: str, path: tuple[Any, ...], ctx: Context, require_content: bool
+) -> list[tuple[dict[str, Any], str]]:
+    """The tests of a file or generator, each pruned and validated as an inline test, with its
+    origin (`gen.py item 3`) for messages."""
     tests: list[tuple[dict[str, Any], str]] = []
-    for number, test in enumerate(generated):
+    for number, test in enumerate(rows):
         if isinstance(test, dict):
-            prune_test(test, path, ctx, f"{label} item {number}", require_content=as_glob)
+            prune_test(test, path, ctx, f"{label} item {number}", require_content=require_content)
         validate_fragment(test, "test", path, ctx, f"{label} item {number}")
         tests.append((test, f"{label} item {number}"))
     return tests
@@ -200,14 +208,8 @@ def _tests_from_files(
             raise ctx.error(path, f"{file.name}: tests files are .csv, .jsonl, .yaml, .yml or .json")
         loaded = load_structured(str(file), path, ctx)
         loaded = dereference(loaded, file, ctx, path)  # promptfoo dereferences each YAML/JSON tests file
-        rows = loaded if isinstance(loaded, list) else [loaded]
-        if loaded is None:
-            rows = []
-        for number, test in enumerate(rows):
-            if isinstance(test, dict):
-                prune_test(test, path, ctx, f"{file.name} item {number}", require_content=checked)
-            validate_fragment(test, "test", path, ctx, f"{file.name} item {number}")
-            tests.append((test, f"{file.name} item {number}"))
+        rows = [] if loaded is None else loaded if isinstance(loaded, list) else [loaded]
+        tests.extend(_checked_items(rows, file.name, path, ctx, require_content=checked))
     return tests
 
 
