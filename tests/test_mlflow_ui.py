@@ -4,7 +4,7 @@ Playground tests' `browser` fixture). Two sessions log the same suites, the seco
 changed prompt (a new registry version); then each view is opened and checked for what a user
 must see there:
 
-- the experiment's Prompts page lists the suites' prompts;
+- the experiment's Prompts page lists the suites' prompts, and a version's Traces tab its cases;
 - the Evaluation runs list shows each suite run with its dataset and pass rate;
 - a case's trace shows its vars, its expected values, its linked prompt and the check's
   rationale as written (a regex keeps its asterisks);
