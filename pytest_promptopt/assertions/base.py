@@ -112,7 +112,7 @@ def _provider_dict(provider: Any) -> Any:
 
 @dataclass(frozen=True)
 class Grade:
-    """An assertion's verdict: pass/fail, a score in [0, 1] and why."""
+    """An assertion's verdict: pass/fail, a score (mostly in [0, 1]; a code check may give any finite number) and why."""
 
     passed: bool
     score: float

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -86,6 +87,12 @@ def grade_assertion(output: str, assertion: Assertion, ctx: AssertionContext) ->
     if assertion.transform:
         output, ctx = _assertion_transform(output, assertion, ctx)
     grade = entry.grader(output, assertion, ctx)
+    scores = [grade.score, *grade.named_scores.values()]
+    if not all(math.isfinite(v) for v in scores):
+        # Scores are not clipped (promptfoo sums them as given), so one that is no number at all
+        # (a code check's NaN or infinity) would reach the case score, the metrics and the gates:
+        # the check fails instead, as promptfoo fails a Python check whose JSON holds NaN.
+        return Grade(False, 0.0, f"{assertion.type} gave a score that is not a finite number: {scores}")
     if not assertion.inverse or entry.inverse_aware:
         return grade
     passed = not grade.passed

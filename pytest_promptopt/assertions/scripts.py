@@ -112,12 +112,6 @@ def _code_grade(
     if isinstance(result, bool):
         passed = result != inverse
         return Grade(passed, 1.0 if passed else 0.0, "Assertion passed" if passed else failure(result))
-    # Scores are not clipped (promptfoo sums them as given), so one that is no number at all
-    # (NaN, infinite) would pass into the case score, the metrics and the gates: it fails the
-    # check, as promptfoo fails a Python check whose JSON holds NaN.
-    scores = [result] if isinstance(result, (int, float)) else [result["score"], *_named(result).values()]
-    if any(isinstance(v, (int, float)) and not math.isfinite(v) for v in scores):
-        return _failed(f"{code_label} returned a score that is not a finite number ({scores})")
     if isinstance(result, (int, float)):
         raw = result > 0 if assertion.threshold is None else result >= assertion.threshold
         passed = raw != inverse
