@@ -323,9 +323,13 @@ def test_tool_call_f1_reads_names_and_numbers_as_javascript_does():
 def test_a_code_check_whose_score_is_not_a_finite_number_fails(tmp_path: Path, code: str):
     """Scores are summed as given (promptfoo does not clip them): a NaN or infinite one would
     reach the case score, the named metrics and the gates (it passed the case before), so the
-    check fails instead, in a file or inline (promptfoo fails a Python check whose JSON holds NaN)."""
+    check fails instead, in a file, inline or as a function (promptfoo fails a Python check whose
+    JSON holds NaN)."""
     (tmp_path / "checks.py").write_text(f"def odd(output, context):\n    return {code}\n")
-    for check in (python("file://checks.py:odd"), assertion("python", code)):
+    checks = [python("file://checks.py:odd"), assertion("python", code)]
+    if "named_scores" not in code:  # a Python test's own function (it reports no named scores)
+        checks.append(python(lambda output, context: eval(code)))
+    for check in checks:
         g = grade("x", check, base_dir=tmp_path)
         assert (g.passed, g.score, g.named_scores) == (False, 0.0, {}), g
         assert "not a finite number" in g.reason, g.reason
