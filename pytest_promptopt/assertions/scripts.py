@@ -121,11 +121,8 @@ def _code_grade(
         reason = str(result["reason"])
     else:
         reason = "Assertion passed" if passed else f"{code_label} returned {'true' if result['pass'] else 'false'}"
-    return Grade(passed, float(result["score"]), reason, {str(k): float(v) for k, v in _named(result).items()})
-
-
-def _named(result: Mapping[str, Any]) -> Mapping[str, Any]:
-    return result["namedScores"] if isinstance(result.get("namedScores"), Mapping) else {}
+    named = result.get("namedScores") if isinstance(result.get("namedScores"), Mapping) else {}
+    return Grade(passed, float(result["score"]), reason, {str(k): float(v) for k, v in named.items()})
 
 
 def _failed(reason: str) -> Grade:
