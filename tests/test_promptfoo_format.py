@@ -97,7 +97,9 @@ def test_each_case_as_promptfoo_runs_it(plain_runs, folder):
 
 
 @pytest.mark.parametrize("mode", [["-n", "2"], ["-p", "no:xdist"]], ids=["xdist", "no-xdist"])
-@pytest.mark.parametrize("folder", ["sequences", "malformed", "provider_transform_code", "tests_generators"])
+@pytest.mark.parametrize(
+    "folder", ["sequences", "malformed", "provider_transform_code", "tests_generators", "tests_file_folders"]
+)
 def test_sequences_and_case_errors_in_every_mode(tmp_path, folder, mode):
     """storeOutputAs and _conversation need each case after the ones before it, in one process
     (the xdist scheduler sends the suite's `sequence` node to one worker whole); a malformed

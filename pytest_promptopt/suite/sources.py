@@ -124,21 +124,43 @@ def _generated_tests(
     if not isinstance(generated, list):
         kind = "nothing" if generated is None else type(generated).__name__
         raise ctx.error(path, f"tests generator {label} must give a list of tests, got {kind}")
-    return _checked_items(generated, label, path, ctx, require_content=as_glob)
+    return _checked_items(generated, label, path, ctx, read_from=file.parent if as_glob else None)
 
 
 def _checked_items(
-    rows: list[Any], label: str, path: tuple[Any, ...], ctx: Context, require_content: bool
+    rows: list[Any], label: str, path: tuple[Any, ...], ctx: Context, read_from: Path | None
 ) -> list[tuple[dict[str, Any], str]]:
     """The tests of a file or generator, each pruned and validated as an inline test, with its
-    origin (`gen.py item 3`) for messages."""
+    origin (`gen.py item 3`) for messages. `read_from`: the folder of a file promptfoo reads
+    through `readTest` (a glob's), which checks that each test holds something and reads a
+    test's `vars:` file from that folder; None for one read as given."""
     tests: list[tuple[dict[str, Any], str]] = []
     for number, test in enumerate(rows):
         if isinstance(test, dict):
-            prune_test(test, path, ctx, f"{label} item {number}", require_content=require_content)
+            prune_test(test, path, ctx, f"{label} item {number}", require_content=read_from is not None)
+            if read_from is not None and read_from != ctx.base_dir:
+                _rebase_vars_files(test, read_from)
         validate_fragment(test, "test", path, ctx, f"{label} item {number}")
         tests.append((test, f"{label} item {number}"))
     return tests
+
+
+def _rebase_vars_files(test: dict[str, Any], folder: Path) -> None:
+    """A test's `vars:` given as files (a path, a glob or a list), relative paths made to name
+    them from `folder` (promptfoo's readTest hands its file's folder to readTestFiles)."""
+
+    def rebased(reference: Any) -> Any:
+        if not isinstance(reference, str):
+            return reference
+        scheme = "file://" if reference.startswith("file://") else ""
+        name = Path(reference[len(scheme) :]).expanduser()
+        return reference if name.is_absolute() else f"{scheme}{folder / name}"
+
+    given = test.get("vars")
+    if isinstance(given, str):
+        test["vars"] = rebased(given)
+    elif isinstance(given, list):
+        test["vars"] = [rebased(reference) for reference in given]
 
 
 def _external_values(value: Any, path: tuple[Any, ...], ctx: Context, key: str = "") -> Any:
@@ -202,18 +224,20 @@ def _tests_from_files(
                 tests.append((test, f"{file.name} row {number}"))
             continue
         if suffix == ".jsonl":
-            tests.extend(_tests_from_jsonl(file, path, ctx))
+            tests.extend(_tests_from_jsonl(file, path, ctx, read_from=file.parent if checked else None))
             continue
         if suffix not in (".yaml", ".yml", ".json"):
             raise ctx.error(path, f"{file.name}: tests files are .csv, .jsonl, .yaml, .yml or .json")
         loaded = load_structured(str(file), path, ctx)
         loaded = dereference(loaded, file, ctx, path)  # promptfoo dereferences each YAML/JSON tests file
         rows = [] if loaded is None else loaded if isinstance(loaded, list) else [loaded]
-        tests.extend(_checked_items(rows, file.name, path, ctx, require_content=checked))
+        tests.extend(_checked_items(rows, file.name, path, ctx, read_from=file.parent if checked else None))
     return tests
 
 
-def _tests_from_jsonl(file: Path, path: tuple[Any, ...], ctx: Context) -> list[tuple[dict[str, Any], str]]:
+def _tests_from_jsonl(
+    file: Path, path: tuple[Any, ...], ctx: Context, read_from: Path | None
+) -> list[tuple[dict[str, Any], str]]:
     tests = []
     for number, line in enumerate(re.split(r"\r?\n", read_text(file, ctx, path, "tests file")), 1):
         if not line.strip():
@@ -229,6 +253,8 @@ def _tests_from_jsonl(file: Path, path: tuple[Any, ...], ctx: Context) -> list[t
             raise ctx.error(path, f"{where}: each line must be a JSON object")
         test = row if {"vars", "assert"} & set(row) else {"vars": row}
         prune_test(test, path, ctx, where)
+        if read_from is not None and read_from != ctx.base_dir:
+            _rebase_vars_files(test, read_from)
         validate_fragment(test, "test", path, ctx, where)
         tests.append((test, where))
     return tests
