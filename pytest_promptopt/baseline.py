@@ -317,7 +317,8 @@ def compare_run(
 @dataclass(frozen=True)
 class Regression:
     """The regression gate's settings: a drop fails the run when it is significant at `alpha`
-    and larger than `min_effect` (in pass-rate or metric-mean units)."""
+    and larger than `min_effect` (in pass-rate or metric-mean units; for a metric with values
+    beyond [-1, 1], times its largest magnitude)."""
 
     alpha: float = 0.05
     min_effect: float = 0.05
@@ -367,9 +368,15 @@ def regression(
             continue
         change, _, _, p = paired_bootstrap([b for b, _ in both], [a for _, a in both], seed=settings.seed)
         suite.metric_p_values[metric] = p
-        if p < settings.alpha and -change > settings.min_effect:
+        # `min_effect` is in the units of a score from 0 to 1; a metric on another scale (a code
+        # check's word count of 482, promptfoo sums code checks' scores as given) has it as a
+        # share of its largest magnitude, or any significant wobble of it would fail the run.
+        scale = max(1.0, max(abs(v) for pair in both for v in pair))
+        if p < settings.alpha and -change > settings.min_effect * scale:
+            smallest = "" if scale == 1.0 else f", more than {settings.min_effect:g} x its largest value {scale:g}"
             reasons.append(
-                f"{metric} fell by {-change:.3f} on {len(both)} paired cases (paired bootstrap p = {p:.3g} < {settings.alpha:g})"
+                f"{metric} fell by {-change:.3f} on {len(both)} paired cases (paired bootstrap p = {p:.3g} < "
+                f"{settings.alpha:g}{smallest})"
             )
     suite.regressed = bool(reasons)
     suite.regression_reason = "; ".join(reasons)

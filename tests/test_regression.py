@@ -316,6 +316,23 @@ def test_regression_on_constructed_metric_scores() -> None:
     assert not same.regressed
 
 
+def test_a_metric_beyond_0_1_has_the_smallest_effect_as_a_share_of_its_magnitude() -> None:
+    """A code check's score is summed as given (a word count of ~480): a significant drop of 3
+    words is no regression at min_effect 0.05 (24 words here), a drop of 48 is."""
+    before = [CaseOutcome(f"c{i}", "", "passed", None, {"words": 480.0 + i % 3}) for i in range(30)]
+    slightly = [CaseOutcome(f"c{i}", "", "passed", None, {"words": 477.0 + i % 3}) for i in range(30)]
+    much = [CaseOutcome(f"c{i}", "", "passed", None, {"words": 432.0 + i % 3}) for i in range(30)]
+    baseline = BaselineRun("b", None, {"s": BaselineSuite("s", "s", before)})
+    [small] = compare_run({"s": ("s", slightly)}, baseline, Regression()).suites.values()
+    assert small.metric_p_values["words"] < 0.01 and not small.regressed
+    [large] = compare_run({"s": ("s", much)}, baseline, Regression()).suites.values()
+    assert large.regressed and "words fell by 48.000" in large.regression_reason
+    assert "more than 0.05 x its largest value 482" in large.regression_reason
+    # min_effect 0 gates on significance alone, whatever the scale
+    [strict] = compare_run({"s": ("s", slightly)}, baseline, Regression(min_effect=0.0)).suites.values()
+    assert strict.regressed
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
