@@ -400,6 +400,16 @@ class ControllerHooks:
         # xdist: workers name their session files as the controller does (PromptoptSession.run_token).
         node.workerinput[RUN_TOKEN_INPUT] = self.state.run_token
 
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        # xdist's "Different tests were collected" names items, not why a suite's differ.
+        if report.failed and isinstance(report.longrepr, str):
+            from .runners.scheduling import collection_difference_hint
+
+            hint = collection_difference_hint(report.longrepr)
+            if hint:
+                report.longrepr = f"{report.longrepr}\n{hint}"
+
     @pytest.hookimpl(optionalhook=True)
     def pytest_handlecrashitem(self, crashitem: str, report: pytest.TestReport, sched: Any) -> None:
         # xdist: a worker died (killed, segfault) while running `crashitem`. Its other cases
