@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     from .models.specs import BUNDLED, ModelSpec
     from .suite.loader import load_suite
     from .suite.model import SuiteError, SuiteLimits
+    from .wording import counted
 
     status = 0
     limits = SuiteLimits(root=Path.cwd())  # files outside the folder validate runs in are refused, as in a run
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             status = 1 if failing else status
             errors = f", {len(failing)} with errors" if failing else ""
             print(
-                f"{name}: {'ok' if not failing else 'loads'}, {len(loaded.cases)} case{'' if len(loaded.cases) == 1 else 's'}{errors}, gates: {gates}"
+                f"{name}: {'ok' if not failing else 'loads'}, {counted(len(loaded.cases), 'case')}{errors}, gates: {gates}"
             )
     return status
 

@@ -24,6 +24,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from .wording import counted
+
 __all__ = ["LeftOut", "WORKEROUTPUT_KEY"]
 
 WORKEROUTPUT_KEY = "promptopt_left_out"  # xdist workeroutput: `LeftOut.found()`
@@ -115,7 +117,7 @@ class LeftOut:
         left = []
         n, suites = sum(self.counts.values()), len(self.counts)
         if n:
-            left.append(f"{n} prompt case{'s' if n != 1 else ''} of {suites} suite{'s' if suites != 1 else ''}")
+            left.append(f"{counted(n, 'prompt case')} of {counted(suites, 'suite')}")
         if self.narrowed:
             left.append(f"the other tests of {len(self.narrowed)} Python suite(s) named by node ids")
         parts = [" and ".join(left) + " not selected (-k, -m, --deselect, --lf, --sw or node ids)"] if left else []

@@ -288,7 +288,7 @@ def test_a_session_pytest_did_not_finish_or_narrowed_is_never_a_branch_baseline(
         [experiment], filter_string=f"tags.`mlflow.parentRunId` = '{narrowed.info.run_id}'"
     )
     assert suite_run.data.tags["promptopt.left_out"] == "1"
-    assert suite_run.data.tags["mlflow.note.content"].startswith("PARTIAL (1 cases not selected): ")
+    assert suite_run.data.tags["mlflow.note.content"].startswith("PARTIAL (1 case not selected): ")
     by_branch = run_pytest("--promptopt", "--promptopt-baseline", "mlflow:branch=main", mlflow=True)
     by_branch.stdout.fnmatch_lines([f"baseline mlflow:branch=main: session run {older.info.run_id} (*"])
     by_id = run_pytest("--promptopt", "--promptopt-baseline", f"mlflow:{newer.info.run_id}", mlflow=True)

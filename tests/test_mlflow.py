@@ -616,7 +616,7 @@ def test_the_session_runs_description_is_short_and_its_table_an_artifact():
         ]
     )
     assert parent_note(run).splitlines() == [
-        "**GATES FAILED**: 2 suites, 4 cases, pass rate 66.7% (2 passed, 1 failed, 1 errors)",
+        "**GATES FAILED**: 2 suites, 4 cases, pass rate 66.7% (2 passed, 1 failed, 1 error)",
         "",
         "- qa: pass_rate = 0.500 < 0.9",
         "",

@@ -31,6 +31,7 @@ from typing import Any
 
 from ..redact import redact, redact_text, scrub
 from ..summary import RunSummary, SuiteSummary, incomplete_reason
+from ..wording import counted
 from .client import MAX_PARAM_VALUE, clean_tags, flag, metric_key, safe_text, truncate
 
 __all__ = [
@@ -336,8 +337,8 @@ def parent_note(run: RunSummary, incomplete: str | None = None, partial: str | N
     verdict = session_verdict(run, incomplete)
     verdict = "**Gates passed**" if verdict == "gates passed" else f"**{verdict}**"
     lines = [
-        f"{verdict}: {len(run.suites)} suites, {cases} cases, pass rate {_percent(passed, passed + failed)} "
-        f"({passed} passed, {failed} failed, {errors} errors)"
+        f"{verdict}: {counted(len(run.suites), 'suite')}, {counted(cases, 'case')}, pass rate "
+        f"{_percent(passed, passed + failed)} ({passed} passed, {failed} failed, {counted(errors, 'error')})"
     ]
     notes = [f"- {s.info.name}: {g.reason}" for s, g in run.failed_gates()]  # as its rule decided it
     notes += [f"- {c.name}: regression against the baseline" for c in run.regressions()]
@@ -397,12 +398,12 @@ def suite_tags(
     left_out = meta.left_out.get(suite.info.id, 0)
     narrowed = suite.info.id in meta.narrowed
     if left_out or narrowed:
-        partial += f"PARTIAL ({left_out or 'some'} cases not selected): "
+        partial += f"PARTIAL ({counted(left_out, 'case') if left_out else 'some cases'} not selected): "
     tags = {
         "mlflow.parentRunId": parent,
         RUN_TYPE[0]: RUN_TYPE[1],
         "mlflow.note.content": f"{partial}pass rate {rate} ({suite.passed} passed, {suite.failed} failed, "
-        f"{suite.errors} errors)" + (f"; {gates}" if gates else ""),
+        f"{counted(suite.errors, 'error')})" + (f"; {gates}" if gates else ""),
         "promptopt.complete": flag(meta.incomplete is None),
         LEFT_OUT_TAG: left_out_tag(left_out, narrowed),
         "promptopt.suite": suite.info.name,

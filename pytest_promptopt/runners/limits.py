@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..models.base import ModelError, Request, Response, RetryableModelError
+from ..wording import counted
 
 __all__ = [
     "DEFAULT_CONCURRENCY",
@@ -235,8 +236,7 @@ class Throttled:
                     self.limiter.settle(reservation, 0)
                 too_long = exc.retry_after is not None and exc.retry_after > self.policy.max_retry_after_s
                 if attempt >= self.policy.retries or too_long:
-                    tries = f"{attempt + 1} attempt{'s' if attempt else ''}"
-                    raise ModelError(f"{exc} (gave up after {tries})") from None
+                    raise ModelError(f"{exc} (gave up after {counted(attempt + 1, 'attempt')})") from None
                 self._sleep(self.policy.delay(attempt, exc.retry_after))
                 attempt += 1
                 self.retried += 1
