@@ -136,6 +136,9 @@ def test_every_case_is_a_trace_of_its_suite_run_shaped_for_the_evaluation_views(
             assert expectation.value == {c["metric"] or c["type"]: c["value"] for c in case["assertions"]}
 
     assert len(every) == sum(CASES.values())
+    # the session's run links every case too: its row of the Evaluation runs list opens to them
+    session = traces_by_run(client, experiment_id, parent.info.run_id)
+    assert sorted(t.info.trace_id for t in session) == sorted(t.info.trace_id for t in every)
     # every request preview is unique in a run (a duplicate would never be paired)
     for name in CASES:
         previews = [t.info.request_preview for t in every if t.info.tags["promptopt.suite"] == name]
@@ -277,10 +280,29 @@ def test_a_trace_that_cannot_be_written_is_a_warning_and_the_count_check_sees_it
         return start_trace(trace_info)
 
     monkeypatch.setattr(client._tracing_client, "start_trace", flaky)
-    problems = write_and_verify(client, experiment_id, run, {info.id: run_id}, started_ms=1_700_000_000_000)
+    session = client.create_run(experiment_id).info.run_id
+    problems = write_and_verify(
+        client, experiment_id, run, {info.id: run_id}, started_ms=1_700_000_000_000, session=session
+    )
     assert problems == [
         "suite 'qa': 1 of 3 case traces could not be written: RuntimeError: database is locked",
         "suite 'qa': 2 traces found for 3 cases",
+        "the session's run: 2 traces found for 3 cases",
+    ]
+    # a store that cannot link traces to a run: one warning, the suite run's traces written
+    calls.clear()
+    monkeypatch.setattr(client._tracing_client, "start_trace", start_trace)
+
+    def refuse(trace_ids, run_id):
+        raise RuntimeError("405 Method Not Allowed")
+
+    monkeypatch.setattr(client, "link_traces_to_run", refuse)
+    other = client.create_run(experiment_id).info.run_id
+    problems = write_and_verify(
+        client, experiment_id, run, {info.id: other}, started_ms=1_700_000_000_000, session=session
+    )
+    assert problems == [
+        "suite 'qa': its case traces could not be linked to the session's run: RuntimeError: 405 Method Not Allowed"
     ]
 
 

@@ -194,6 +194,17 @@ def test_a_trace_shows_the_vars_the_expectation_the_linked_prompt_and_the_ration
     assert italy.info.tags["mlflow.linkedPrompts"] == json.dumps([{"name": "capitals", "version": "2"}])
 
 
+def test_the_session_runs_row_opens_to_the_cases_of_all_its_suites(browser, server, logged):  # noqa: F811
+    """The session's run is listed beside its suite runs; clicking it showed "No traces found"
+    (its cases are traces of the suite runs). Each case trace is linked to the session too."""
+    client, second = logged["client"], logged["second"]
+    session = client.get_run(second.data.tags["mlflow.parentRunId"])
+    open_run_case(browser, f"{server}/#/experiments/{logged['experiment']}/evaluation-runs", session.info.run_name)
+    # the capitals cases (Italy's request is what open_run_case waited for) and the antonyms case
+    text = text_with(browser, "hot")
+    assert "Spain" in text and "France" in text and "No traces found" not in text, text
+
+
 def test_a_prompt_versions_traces_tab_lists_the_cases_that_ran_it(browser, server, logged):  # noqa: F811
     """The prompt's page lists the traces of each version through the store's trace-prompt links
     (`prompt = "name/version"`), which the plugin writes beside the `mlflow.linkedPrompts` tag."""

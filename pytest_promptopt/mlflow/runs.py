@@ -193,6 +193,7 @@ def log_run(
                 started_ms=meta.started_ms,
                 prompts=prompts,
                 repairs=[r for r in repair_runs if r[0].cases],
+                session=parent,
             )
     return Logged(
         safe_uri(tracking_uri),

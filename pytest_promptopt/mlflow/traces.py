@@ -3,7 +3,8 @@
 The controller calls `write_and_verify` once, after the session, suite and repair runs exist:
 every case becomes one finished trace in the session's experiment (built by trace_build.py),
 linked to its suite's run (trace metadata `mlflow.sourceRun`, as `mlflow.genai.evaluate` links its
-traces) and tagged the way MLflow's own pytest plugin tags traces (`mlflow.test.name` = the pytest
+traces) and to the session's run (a run link, so the session's row of the Evaluation runs list
+opens to all its cases, not to "No traces found"), and tagged the way MLflow's own pytest plugin tags traces (`mlflow.test.name` = the pytest
 node id, `mlflow.test.case_id` = the parametrize id); each repair's scored cases become traces of
 its run.
 
@@ -44,9 +45,11 @@ def log_case_traces(
     started_ms: int,
     prompts: Mapping[str, SuitePrompts] | None = None,
     repairs: Sequence[RepairRun] = (),
+    session: str | None = None,
 ) -> list[str]:
     """Write one trace per case of every suite (and per scored case of every repair); return
-    problems (never raises for one case). `prompts`: each suite's prompt versions, by suite id."""
+    problems (never raises for one case). `prompts`: each suite's prompt versions, by suite id;
+    `session`: the session's run, which the suites' case traces are linked to as well."""
     problems: list[str] = []
     previews: dict[str, dict[str, dict[str, Any]]] = {}  # suite id -> case id -> trace inputs
     for suite in run.suites:
@@ -68,7 +71,7 @@ def log_case_traces(
             )
             for result, case_input in zip(suite.results, inputs)
         ]
-        problems += _write_all(client, experiment_id, built, f"suite '{suite.info.name}'")
+        problems += _write_all(client, experiment_id, built, f"suite '{suite.info.name}'", session)
     for repair, run_id, registry_uri in repairs:
         built = []
         known = previews.get(repair.suite, {})
@@ -107,13 +110,25 @@ def _uri_links(uris: Sequence[str]) -> list[dict[str, str]]:
     return found
 
 
-def _write_all(client: Any, experiment_id: str, built: Sequence[tuple[Any, Any]], what: str) -> list[str]:
+def _write_all(
+    client: Any, experiment_id: str, built: Sequence[tuple[Any, Any]], what: str, session: str | None = None
+) -> list[str]:
     errors: list[str] = []
+    unlinked: list[str] = []
     for start in range(0, len(built), CHUNK):
-        errors += _write(client, experiment_id, built[start : start + CHUNK])
-    if not errors:
-        return []
-    return [f"{what}: {len(errors)} of {len(built)} case traces could not be written: {errors[0]}"]
+        written, failed = _write(client, experiment_id, built[start : start + CHUNK])
+        errors += failed
+        if session and written:
+            try:  # at most 100 traces per call (MLflow's limit), as CHUNK
+                client.link_traces_to_run(written, session)
+            except Exception as exc:
+                unlinked.append(_message(exc))
+    problems = (
+        [f"{what}: {len(errors)} of {len(built)} case traces could not be written: {errors[0]}"] if errors else []
+    )
+    if unlinked:
+        problems.append(f"{what}: its case traces could not be linked to the session's run: {unlinked[0]}")
+    return problems
 
 
 def count_run_traces(client: Any, experiment_id: str, run_id: str) -> int:
@@ -132,10 +147,11 @@ def count_run_traces(client: Any, experiment_id: str, run_id: str) -> int:
 # --------------------------------------------------------------------------- writing
 
 
-def _write(client: Any, experiment_id: str, built: Sequence[tuple[Any, Any]]) -> list[str]:
+def _write(client: Any, experiment_id: str, built: Sequence[tuple[Any, Any]]) -> tuple[list[str], list[str]]:
     """Write a chunk of traces: each trace's record (info, tags, metadata, assessments), then the
     spans of the whole chunk in one call; a store that does not take spans gets them in the
-    artifact store, as MLflow's exporter does. Returns one message per trace that failed."""
+    artifact store, as MLflow's exporter does. Returns the ids of the traces written, and one
+    message per trace that failed."""
     from mlflow.entities import TraceData
     from mlflow.tracing.constant import SpansLocation, TraceTagKey
 
@@ -151,7 +167,7 @@ def _write(client: Any, experiment_id: str, built: Sequence[tuple[Any, Any]]) ->
             continue
         links = links and _link_prompts(tracing.store, info)
     if not written:
-        return errors
+        return [], errors
     try:
         tracing.log_spans(experiment_id, [span for span, _ in written])
         in_store = True
@@ -164,7 +180,7 @@ def _write(client: Any, experiment_id: str, built: Sequence[tuple[Any, Any]]) ->
             tracing._upload_trace_data(returned, TraceData(spans=[span]))
         except Exception as exc:
             errors.append(_message(exc))
-    return errors
+    return [returned.trace_id for _, returned in written], errors
 
 
 def _link_prompts(store: Any, info: Any) -> bool:
@@ -200,17 +216,28 @@ def write_and_verify(
     started_ms: int,
     prompts: Mapping[str, SuitePrompts] | None = None,
     repairs: Sequence[RepairRun] = (),
+    session: str | None = None,
 ) -> list[str]:
     """`log_case_traces`, then read back: each suite run must link one trace per case, each
-    repair run one per scored case. Problems are returned as warnings; the runs are logged
-    whatever happens here."""
+    repair run one per scored case, the session's run one per case of its suites. Problems are
+    returned as warnings; the runs are logged whatever happens here."""
     try:
         problems = log_case_traces(
-            client, experiment_id, run, children, started_ms=started_ms, prompts=prompts, repairs=repairs
+            client,
+            experiment_id,
+            run,
+            children,
+            started_ms=started_ms,
+            prompts=prompts,
+            repairs=repairs,
+            session=session,
         )
     except Exception as exc:
         return [f"case traces were not written: {_message(exc)}"]
     expected = [(f"suite '{s.info.name}'", children.get(s.info.id), len(s.results)) for s in run.suites]
+    if session and not any("linked to the session" in p for p in problems):
+        cases = sum(len(s.results) for s in run.suites if children.get(s.info.id))
+        expected.append(("the session's run", session, cases))
     expected += [(f"repair of '{r.suite_name}'", run_id, len(r.cases)) for r, run_id, _ in repairs]
     try:
         for what, run_id, cases in expected:
