@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .records import CaseResult
+from .wording import counted
 
 __all__ = ["CaseStats", "DatasetPart"]
 
@@ -271,7 +272,7 @@ class DatasetPart:
 
     @property
     def error(self) -> str | None:
-        return f"{self.stats.errors} rows errored" if self.stats.errors else None
+        return f"{counted(self.stats.errors, 'row')} errored" if self.stats.errors else None
 
     def merge(self, other: DatasetPart) -> DatasetPart:
         return DatasetPart(

@@ -22,6 +22,7 @@ from .session import PromptoptSession, record_key, session_key
 from .suite.chains import SEQUENCE
 from .suite.model import Case, SuiteError
 from .tolerance import tolerate
+from .wording import counted
 
 
 def _case_nodeid(parent: pytest.Collector, name: str) -> Any:
@@ -479,7 +480,8 @@ class DatasetItem(pytest.Item):
         stats = self.evaluation.stats
         rate = "-" if stats.pass_rate is None else f"{stats.pass_rate * 100:.1f}%"
         lines = [
-            f"{stats.cases} rows: {stats.passed} passed, {stats.failed} failed, {stats.errors} errors (pass rate {rate})"
+            f"{counted(stats.cases, 'row')}: {stats.passed} passed, {stats.failed} failed, {counted(stats.errors, 'error')} "
+            f"(pass rate {rate})"
         ]
         means = stats.metric_means()
         if means:

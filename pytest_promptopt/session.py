@@ -42,6 +42,7 @@ from .suite.model import Case, Repeats
 from .suite.names import is_suite_file
 from .suite_info import SuiteInfo
 from .summary import RunSummary, SuiteSummary, incomplete_reason, suite_outcomes, summarize, summarize_suites
+from .wording import counted
 
 __all__ = ["NOTICES_ATTR", "RECORD_ATTR", "PromptoptSession", "record_key", "session_key"]
 
@@ -411,7 +412,9 @@ class PromptoptSession:
                 "baseline", settings.update_baseline, lambda p: write_baseline_file(p, outcomes, files), messages
             )
             if where is not None:
-                messages.append(f"baseline written: {where} ({len(outcomes)} suites{kept}); review and commit it")
+                messages.append(
+                    f"baseline written: {where} ({counted(len(outcomes), 'suite')}{kept}); review and commit it"
+                )
         gated = RunSummary(suites, baseline)
         if not gated.gates_passed and exit_status == 0:
             exit_status = 1
@@ -488,7 +491,7 @@ class PromptoptSession:
         if kept_suites:
             kept.append(f"{len(kept_suites)} kept from the old file: this run did not run them")
         if kept_cases:
-            kept.append(f"{kept_cases} cases kept from the old file: not selected in this run")
+            kept.append(f"{counted(kept_cases, 'case')} kept from the old file: not selected in this run")
         return merged, {**old_files, **files}, "".join(f"; {k}" for k in kept)
 
     def start_mlflow(self, spawned: Any = None) -> None:

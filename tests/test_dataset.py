@@ -223,7 +223,7 @@ def test_an_errored_row_fails_an_ungated_item_and_all_errored_is_an_error(pytest
     pytester.makefile(".promptopt.yaml", partly=FAKE_SUITE.replace('"Q: three": "no"', '"Q: three": "yes"'))
     failing = run_pytest("--promptopt")
     failing.assert_outcomes(failed=1)
-    failing.stdout.fnmatch_lines(["*4 rows: 3 passed, 0 failed, 1 errors*", "  row 3: ERROR model error (fake)*"])
+    failing.stdout.fnmatch_lines(["*4 rows: 3 passed, 0 failed, 1 error*", "  row 3: ERROR model error (fake)*"])
 
     # No row could be scored: the dataset did not run, which is an error, not a failure.
     pytester.makefile(

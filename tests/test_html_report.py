@@ -209,16 +209,16 @@ def test_progress_lines_count_tests_calls_cache_hits_and_errors(pytester, run_py
     first = run_pytest("--promptopt", "--promptopt-progress", "0.01", *mode)
     first.assert_outcomes(passed=3, errors=1)  # Italy: the fake model does not know it
     if exact:
-        first.stdout.fnmatch_lines(["promptopt: 3/4 tests done, 3 model calls, 0 cache hits, 1 errors, *s"])
+        first.stdout.fnmatch_lines(["promptopt: 3/4 tests done, 3 model calls, 0 cache hits, 1 error, *s"])
     else:
-        first.stdout.fnmatch_lines(["promptopt: [123]/4 tests done, * model calls, * cache hits, * errors, *s"])
+        first.stdout.fnmatch_lines(["promptopt: [123]/4 tests done, * model call*, * cache hit*, * error*, *s"])
     progress = [line for line in first.stdout.lines if "tests done" in line]
     # Each line stands on its own; none after the last test, whose line pytest ends with [100%].
     assert all(line.startswith("promptopt: ") for line in progress) and not any("4/4" in line for line in progress)
     first.stdout.fnmatch_lines(["*[[]100%[]]"])
     again = run_pytest("--promptopt", "--promptopt-progress", "0.01", *mode)
     if exact:
-        again.stdout.fnmatch_lines(["promptopt: 3/4 tests done, 1 model calls, 2 cache hits, 1 errors, *s"])
+        again.stdout.fnmatch_lines(["promptopt: 3/4 tests done, 1 model call, 2 cache hits, 1 error, *s"])
     else:
         again.stdout.fnmatch_lines(["promptopt: [123]/4 tests done, *, *s"])
 
@@ -239,7 +239,7 @@ def test_capital(prompt_model):
     # the three samples are one case, whose record is folded again as each arrives
     result.stdout.fnmatch_lines(
         [
-            "promptopt: 1/3 tests done, 1 model calls, *",
+            "promptopt: 1/3 tests done, 1 model call, *",
             "promptopt: 2/3 tests done, 2 model calls, 0 cache hits, 0 errors, *s",
         ]
     )

@@ -22,6 +22,7 @@ from typing import Any
 from ..records import CaseResult
 from ..redact import redact
 from ..summary import RunSummary, SuiteSummary
+from ..wording import counted
 from .html_plots import DRAW_JS, figures_json
 
 __all__ = ["render_html", "write_html"]
@@ -46,7 +47,7 @@ def render_html(run: RunSummary, *, exit_status: int | None = None) -> str:
     verdict = "all gates passed" if run.gates_passed else f"{len(run.failed_gates())} gate(s) failed"
     cases = sum(s.cases for s in run.suites)
     head = (
-        f"<p class=meta>{cases} cases in {len(run.suites)} suites · "
+        f"<p class=meta>{counted(cases, 'case')} in {counted(len(run.suites), 'suite')} · "
         f"<span class='{'ok' if run.gates_passed else 'bad'}'>{escape(verdict)}</span>"
         + ("" if exit_status is None else f" · exit status {int(exit_status)}")
         + f" · {escape(created)} · pytest-promptopt {escape(__version__)}</p>"

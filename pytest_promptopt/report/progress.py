@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from ..models.base import STATUS_LOGGER
+from ..wording import counted
 
 __all__ = ["ProgressLine"]
 
@@ -103,8 +104,8 @@ class ProgressLine:
         minutes, seconds = divmod(int(elapsed_s), 60)
         took = f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
         return (
-            f"promptopt: {self.done}/{total} tests done, {self.calls} model calls, {self.cache_hits} cache hits, "
-            f"{self.errors} errors, {took}"
+            f"promptopt: {self.done}/{total} tests done, {counted(self.calls, 'model call')}, "
+            f"{counted(self.cache_hits, 'cache hit')}, {counted(self.errors, 'error')}, {took}"
         )
 
     def write(self, line: str) -> None:
