@@ -1241,3 +1241,19 @@ def test_a_generator_named_as_a_file_in_a_tests_list_is_read_as_promptfoo_reads_
     assert "a test needs one of" in message, message
     for written in ("  - path: file://gen.py\n", "  - file://gen.py:generate_tests\n"):
         assert [c.rendered_prompt for c in load(tmp_path, head + written).cases] == ["x"]
+
+
+def test_an_include_reads_from_the_working_directory_and_a_changed_one_is_not_cached(tmp_path, monkeypatch):
+    # promptfoo's nunjucks.configure() loads includes relative to where it runs
+    # (tests/data/promptfoo-format/nunjucks_include); the template cache must follow the run
+    from pytest_promptopt.prompt import render_suite_prompt
+
+    for name, text in (("one", "first {{ who }}"), ("two", "second {{ who }}")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "part.md").write_text(text)
+    monkeypatch.chdir(tmp_path / "one")
+    assert render_suite_prompt('{% include "part.md" %}!', {"who": "Ada"}) == "first Ada!"
+    monkeypatch.chdir(tmp_path / "two")
+    assert render_suite_prompt('{% include "part.md" %}!', {"who": "Ada"}) == "second Ada!"
+    with pytest.raises(TemplateError, match="not found"):
+        render_suite_prompt('{% include "../one/part.md" %}', {"who": "Ada"})
