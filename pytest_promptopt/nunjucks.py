@@ -28,6 +28,7 @@ import math
 import re
 from collections.abc import Mapping
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 __all__ = [
@@ -235,6 +236,7 @@ def environment() -> Any:
             raise SecurityError(f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe.")
 
     env = NunjucksEnvironment(
+        loader=_working_dir_loader(),
         undefined=JsUndefined,
         autoescape=False,
         keep_trailing_newline=True,
@@ -249,6 +251,39 @@ def environment() -> Any:
     )
     env.globals["range"] = budgeted_range
     return env
+
+
+def _working_dir_loader() -> Any:
+    """The loader of `{% include %}`, `{% import %}` and `{% extends %}`: files under the directory
+    the run works in, as promptfoo's `nunjucks.configure()` (a FileSystemLoader on '.') reads them,
+    so not the suite file's folder; a name that climbs out of it (`..`) is not found."""
+    from jinja2 import BaseLoader, TemplateNotFound
+    from jinja2.loaders import split_template_path
+
+    class WorkingDirLoader(BaseLoader):
+        def get_source(self, environment: Any, template: str) -> tuple[str, str, Any]:
+            base = Path.cwd()
+            missing = (
+                f"template not found: {template} (read relative to the working directory {base}, as promptfoo does)"
+            )
+            try:
+                path = base.joinpath(*split_template_path(template))
+                source = path.read_text(encoding="utf-8")
+                mtime = path.stat().st_mtime
+            except (OSError, TemplateNotFound):  # split_template_path refuses `..`
+                raise TemplateNotFound(template, missing) from None
+            # the environment is shared by every run of the process: a cached template is stale
+            # once the run works elsewhere or the file changed
+            return source, str(path), lambda: Path.cwd() == base and _mtime(path) == mtime
+
+    return WorkingDirLoader()
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
 
 
 def render(compiled: Any, variables: Mapping[str, Any]) -> str:

@@ -131,6 +131,20 @@ def test_a_falsy_is_json_value_is_no_schema_as_in_promptfoo():
         assert not grade("not json", assertion("is-json", value)).passed
 
 
+def test_a_schema_ajv_strict_mode_refuses_is_an_error_once_the_output_holds_json(monkeypatch):
+    # promptfoo compiles the schema with Ajv's strictSchema (tests/data/promptfoo-format/json_schema_strict):
+    # `{"is_even": true}` written as the expected JSON is an unknown keyword, not a schema
+    with pytest.raises(AssertionConfigError, match='strict mode: unknown keyword: "is_even"'):
+        grade('{"is_even": true}', contains_json('{"is_even": true}'))
+    assert not grade("no json", contains_json('{"is_even": true}')).passed  # nothing to compile it for
+    with pytest.raises(AssertionConfigError, match='unknown format "colour" ignored in schema at path "#/items"'):
+        grade("[1]", is_json({"items": {"format": "colour"}}))
+    unused = {"definitions": {"x": {"foo": 1}}, "type": "object"}  # Ajv compiles only what it reaches
+    assert grade("{}", is_json(unused)).passed
+    monkeypatch.setenv("PROMPTFOO_DISABLE_AJV_STRICT_MODE", "true")
+    assert grade('{"is_even": true}', contains_json('{"is_even": true}')).passed
+
+
 # Recorded with promptfoo 0.121.20 (echo provider, one is-refusal and one not-is-refusal test per
 # text): whether it counts the text as a refusal. An empty answer passes is-refusal and fails
 # not-is-refusal, both with score 0.

@@ -623,8 +623,7 @@ def test_the_map_form_of_a_provider_is_its_options(tmp_path):
 def test_a_tests_prompts_and_providers_filters_run_it_where_promptfoo_does(tmp_path):
     """promptfoo's `tests[].prompts` and `tests[].providers` (isAllowedPrompt, isProviderAllowed:
     labels and ids, `x*`, `x` for `x:...`), also from defaultTest; a test's own provider takes
-    the places of the suite's, with the prompts they run; a reference that matches nothing runs
-    nothing and is named in a warning."""
+    the places of the suite's, with the prompts they run."""
     suite = load(
         tmp_path,
         """
@@ -643,8 +642,6 @@ def test_a_tests_prompts_and_providers_filters_run_it_where_promptfoo_does(tmp_p
           - vars: {q: s}
             provider: echo
             providers: [two]
-          - vars: {q: t}
-            prompts: [nope]
         """,
     )
     got = [(c.name.split("[")[0], c.model.label or c.model.id, c.rendered_prompt) for c in suite.cases]
@@ -655,8 +652,17 @@ def test_a_tests_prompts_and_providers_filters_run_it_where_promptfoo_does(tmp_p
         ("q=r", "one:x", "B r"),
         ("q=s", "echo", "B s"),
     ]
-    warned = [str(w) for w in suite.warnings]
-    assert any("tests[3].prompts: 'nope' matches no prompt" in w for w in warned), warned
+
+
+def test_a_filter_naming_no_prompt_or_provider_is_refused_as_promptfoo_refuses_the_config(tmp_path):
+    # promptfoo 0.121.20 stops: 'Test #2 references prompt "nope" which does not exist' (and
+    # '... references provider "nope" ...'); the test would otherwise run nothing, silently
+    head = "prompts: [{raw: 'A {{q}}', label: a}]\nproviders: [{id: echo, label: one}]\n"
+    for key, what in (("prompts", "prompt"), ("providers", "provider")):
+        refused = error(tmp_path, head + f"tests:\n  - vars: {{q: p}}\n  - vars: {{q: t}}\n    {key}: [nope]\n")
+        assert f"s.promptopt.yaml:6: tests[1].{key}: 'nope' names no {what} of this suite" in str(refused)
+        refused = error(tmp_path, head + f"defaultTest: {{{key}: [nope]}}\ntests:\n  - vars: {{q: p}}\n")
+        assert f"defaultTest.{key}: 'nope' names no {what}" in str(refused), str(refused)
 
 
 def test_a_test_with_nothing_promptfoo_reads_is_refused_as_promptfoo_refuses_the_config(tmp_path):
@@ -1241,3 +1247,19 @@ def test_a_generator_named_as_a_file_in_a_tests_list_is_read_as_promptfoo_reads_
     assert "a test needs one of" in message, message
     for written in ("  - path: file://gen.py\n", "  - file://gen.py:generate_tests\n"):
         assert [c.rendered_prompt for c in load(tmp_path, head + written).cases] == ["x"]
+
+
+def test_an_include_reads_from_the_working_directory_and_a_changed_one_is_not_cached(tmp_path, monkeypatch):
+    # promptfoo's nunjucks.configure() loads includes relative to where it runs
+    # (tests/data/promptfoo-format/nunjucks_include); the template cache must follow the run
+    from pytest_promptopt.prompt import render_suite_prompt
+
+    for name, text in (("one", "first {{ who }}"), ("two", "second {{ who }}")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "part.md").write_text(text)
+    monkeypatch.chdir(tmp_path / "one")
+    assert render_suite_prompt('{% include "part.md" %}!', {"who": "Ada"}) == "first Ada!"
+    monkeypatch.chdir(tmp_path / "two")
+    assert render_suite_prompt('{% include "part.md" %}!', {"who": "Ada"}) == "second Ada!"
+    with pytest.raises(TemplateError, match="not found"):
+        render_suite_prompt('{% include "../one/part.md" %}', {"who": "Ada"})

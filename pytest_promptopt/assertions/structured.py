@@ -9,6 +9,7 @@ from typing import Any
 
 from .. import yaml12
 from ..nunjucks import js_number, js_string, json_parse
+from .ajv_strict import strict_schema_problem
 from .base import Assertion, AssertionConfigError, AssertionContext, Grade, register
 
 
@@ -57,6 +58,18 @@ def _validator_for(schema_json: str, where: str = "") -> Any:
     except exceptions.SchemaError as exc:
         raise AssertionConfigError(f"{where}: invalid JSON Schema: {exc.message}") from None
     return cls(schema)
+
+
+def _check_strict(schema: dict[str, Any], where: str) -> None:
+    """Raise what promptfoo's Ajv throws when it compiles `schema`; it compiles it only once the
+    output holds JSON, so a case whose output has none fails on that instead."""
+    problem = strict_schema_problem(schema)
+    if problem:
+        raise AssertionConfigError(
+            f"{where}: {problem} (promptfoo compiles the value as a JSON Schema in Ajv's strict mode, so the "
+            "case is an error there too; write a schema, e.g. {properties: {key: {const: value}}}, or set "
+            "PROMPTFOO_DISABLE_AJV_STRICT_MODE=true)"
+        )
 
 
 def _schema_errors(data: Any, schema: dict[str, Any]) -> list[str]:
@@ -181,6 +194,7 @@ def is_json(output: str, assertion: Assertion, ctx: AssertionContext) -> Grade:
         return Grade(False, 0.0, "Expected output to be valid JSON")
     schema = load_schema(assertion.value, ctx.base_dir, assertion.where)
     if schema is not None:
+        _check_strict(schema, assertion.where)
         errors = _schema_errors(data, schema)
         if errors:
             return Grade(False, 0.0, "JSON does not conform to the provided schema. Errors: " + "; ".join(errors))
@@ -195,6 +209,7 @@ def contains_json(output: str, assertion: Assertion, ctx: AssertionContext) -> G
     schema = load_schema(assertion.value, ctx.base_dir, assertion.where)
     if schema is None:
         return Grade(True, 1.0, "Assertion passed")
+    _check_strict(schema, assertion.where)
     errors: list[str] = []
     for value in values:
         problems = _schema_errors(value, schema)

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 from ..assertions.base import assertion_types
+from ..env_flags import promptfoo_env_bool
 from .document import Context
 
 __all__ = ["PROMPTFOO_TYPES", "assertion_from_string", "tests_from_csv"]
@@ -46,7 +46,6 @@ _THRESHOLDED = {
 }  # fmt: skip
 _CODE_SUFFIXES = (".js", ".cjs", ".mjs", ".ts", ".cts", ".mts")
 _CELL_END = re.compile(r"[,\r\n]")
-_TRUE = ("1", "true", "yes", "yup", "yeppers")  # promptfoo's getEnvBool
 _FINITE = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$")
 
 
@@ -149,7 +148,7 @@ def _rows(file: Path, ctx: Context, path: tuple[Any, ...]) -> tuple[list[str], l
         # promptfoo's parseCsvRows parses strictly, and on any error parses the whole file again
         # with csv-parse's relax_quotes (unless PROMPTFOO_CSV_STRICT is set); a file that fails
         # that too is refused.
-        if os.environ.get("PROMPTFOO_CSV_STRICT", "").strip().lower() in _TRUE:
+        if promptfoo_env_bool("PROMPTFOO_CSV_STRICT"):
             raise ctx.error(
                 path, f"{file.name} line {reader.line_num}: {exc} (PROMPTFOO_CSV_STRICT is set: quotes are strict)"
             ) from None

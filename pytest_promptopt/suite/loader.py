@@ -45,6 +45,7 @@ from .expansion import (
 from .model import MAX_REPEAT, Case, ChainStep, Repeats, SuiteError, SuiteLimits
 from .promptfoo_keys import check_env, derived_metrics, map_form, preprocess, provider_entries
 from .prompts import load_prompts
+from .references import check_test_references, ref_matches
 from .schema import validate_suite
 from .sources import Generate, TestEntry, default_test, read_tests
 
@@ -189,18 +190,9 @@ def _load(
             "storeOutputAs and _conversation make each case wait for the ones before it: run this suite "
             "with the local backend, not --promptopt-backend spark",
         )
-    builder = _CaseBuilder(
-        info,
-        prompts,
-        providers,
-        defaults,
-        ctx,
-        sequence,
-        code,
-        only,
-        prompt_labels,
-        _provider_names(written, providers),
-    )
+    provider_names = _provider_names(written, providers)
+    check_test_references(defaults, tests, prompt_labels, provider_names, ctx)
+    builder = _CaseBuilder(info, prompts, providers, defaults, ctx, sequence, code, only, prompt_labels, provider_names)
     cases = list(builder.cases(tests))
     if "fuzz" in data:
         cases.extend(fuzz_cases(data["fuzz"], info, prompts, providers, defaults, tests, cases, ctx, code.timeout_s))
@@ -345,16 +337,6 @@ def _provider_entries(data: Mapping[str, Any], ctx: Context) -> list[_Written]:
     return written
 
 
-def _ref_matches(ref: str, *names: str) -> bool:
-    """promptfoo's `doesPromptRefMatch` / `doesProviderRefMatch` on a prompt's label or a
-    provider's id and label: equal, `ref*` as a prefix, or `ref` for `ref:...`."""
-    return any(
-        name == ref or (ref.endswith("*") and name.startswith(ref[:-1])) or name.startswith(f"{ref}:")
-        for name in names
-        if name
-    )
-
-
 def _chosen(
     refs: Any, names: list[tuple[str, ...]], path: tuple[Any, ...], what: str, ctx: Context
 ) -> frozenset[int] | None:
@@ -364,7 +346,7 @@ def _chosen(
         return None
     chosen: set[int] = set()
     for ref in refs:
-        found = {i for i, own in enumerate(names) if _ref_matches(str(ref), *own)}
+        found = {i for i, own in enumerate(names) if ref_matches(str(ref), *own)}
         if not found:
             known = ", ".join(repr(n[0][:60] + ("..." if len(n[0]) > 60 else "")) for n in names[:10])
             ctx.warn(path, f"{ref!r} matches no {what} (they are {known}), so it runs nothing")
