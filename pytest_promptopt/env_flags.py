@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+__all__ = ["promptfoo_env_bool"]
+
 _TRUE = ("1", "true", "yes", "yup", "yeppers")  # promptfoo's getEnvBool
 
 

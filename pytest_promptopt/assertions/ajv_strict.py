@@ -15,6 +15,8 @@ from typing import Any
 
 from ..env_flags import promptfoo_env_bool
 
+__all__ = ["AJV_FORMATS", "AJV_KEYWORDS", "strict_schema_problem"]
+
 # Object.keys(new Ajv().RULES.keywords) after addFormats(ajv), ajv 8.20.0 / ajv-formats 3.
 AJV_KEYWORDS = frozenset(
     {

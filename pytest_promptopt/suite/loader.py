@@ -45,7 +45,7 @@ from .expansion import (
 from .model import MAX_REPEAT, Case, ChainStep, Repeats, SuiteError, SuiteLimits
 from .promptfoo_keys import check_env, derived_metrics, map_form, preprocess, provider_entries
 from .prompts import load_prompts
-from .references import check_test_references, ref_matches
+from .references import check_test_references, known_names, ref_matches
 from .schema import validate_suite
 from .sources import Generate, TestEntry, default_test, read_tests
 
@@ -348,8 +348,7 @@ def _chosen(
     for ref in refs:
         found = {i for i, own in enumerate(names) if ref_matches(str(ref), *own)}
         if not found:
-            known = ", ".join(repr(n[0][:60] + ("..." if len(n[0]) > 60 else "")) for n in names[:10])
-            ctx.warn(path, f"{ref!r} matches no {what} (they are {known}), so it runs nothing")
+            ctx.warn(path, f"{ref!r} matches no {what} (they are {known_names(names)}), so it runs nothing")
         chosen |= found
     return frozenset(chosen)
 

@@ -14,6 +14,8 @@ from typing import Any
 from .document import Context
 from .sources import TestEntry
 
+__all__ = ["check_test_references", "known_names", "ref_matches"]
+
 
 def ref_matches(ref: str, *names: str) -> bool:
     """promptfoo's `doesPromptRefMatch` / `doesProviderRefMatch` on a prompt's label or a
@@ -23,6 +25,11 @@ def ref_matches(ref: str, *names: str) -> bool:
         for name in names
         if name
     )
+
+
+def known_names(names: Sequence[tuple[str, ...]]) -> str:
+    """The first names of a suite's prompts or providers, for a message about a filter."""
+    return ", ".join(repr(n[0][:60] + ("..." if len(n[0]) > 60 else "")) for n in names[:10])
 
 
 def check_test_references(
@@ -50,10 +57,9 @@ def _check(
         return
     for ref in refs:
         if not any(ref_matches(str(ref), *own) for own in names):
-            known = ", ".join(repr(n[0][:60] + ("..." if len(n[0]) > 60 else "")) for n in names[:10])
             raise ctx.error(
                 path,
                 (f"({origin}) " if origin else "")
-                + f"{ref!r} names no {what} of this suite (they are {known}); promptfoo refuses the config "
+                + f"{ref!r} names no {what} of this suite (they are {known_names(names)}); promptfoo refuses the config "
                 f'("references {what} "{ref}" which does not exist"): name one by its label or id',
             )
