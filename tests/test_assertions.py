@@ -143,6 +143,11 @@ def test_a_schema_ajv_strict_mode_refuses_is_an_error_once_the_output_holds_json
     assert grade("{}", is_json(unused)).passed
     monkeypatch.setenv("PROMPTFOO_DISABLE_AJV_STRICT_MODE", "true")
     assert grade('{"is_even": true}', contains_json('{"is_even": true}')).passed
+    # Ajv knows the draft-07 meta-schema only, strict mode or not (the same folder)
+    later = {"$schema": "https://json-schema.org/draft/2020-12/schema", "type": "object"}
+    with pytest.raises(AssertionConfigError, match='no schema with key or ref ".*2020-12/schema".*draft-07/schema#'):
+        grade("{}", is_json(later))
+    assert grade("{}", is_json({**later, "$schema": "http://json-schema.org/draft-07/schema#"})).passed
 
 
 # Recorded with promptfoo 0.121.20 (echo provider, one is-refusal and one not-is-refusal test per

@@ -9,7 +9,7 @@ from typing import Any
 
 from .. import yaml12
 from ..nunjucks import js_number, js_string, json_parse
-from .ajv_strict import strict_schema_problem
+from .ajv_compile import meta_schema_problem, strict_mode_problem
 from .base import Assertion, AssertionConfigError, AssertionContext, Grade, register
 
 
@@ -49,21 +49,30 @@ def load_schema(value: Any, base_dir: Path, where: str = "") -> dict[str, Any] |
 
 @functools.lru_cache(maxsize=256)
 def _validator_for(schema_json: str, where: str = "") -> Any:
-    from jsonschema import exceptions, validators
+    """A draft-07 validator, as promptfoo's Ajv validates, whatever `$schema` says: Ajv refuses
+    any other meta-schema when it compiles (`_check_compiles`), and one without `$schema` is
+    draft-07 there, where jsonschema would take the latest draft."""
+    from jsonschema import Draft7Validator, exceptions
 
-    schema = json.loads(schema_json)
-    cls = validators.validator_for(schema)
+    schema = {k: v for k, v in json.loads(schema_json).items() if k != "$schema"}
     try:
-        cls.check_schema(schema)
+        Draft7Validator.check_schema(schema)
     except exceptions.SchemaError as exc:
         raise AssertionConfigError(f"{where}: invalid JSON Schema: {exc.message}") from None
-    return cls(schema)
+    return Draft7Validator(schema)
 
 
-def _check_strict(schema: dict[str, Any], where: str) -> None:
+def _check_compiles(schema: dict[str, Any], where: str) -> None:
     """Raise what promptfoo's Ajv throws when it compiles `schema`; it compiles it only once the
     output holds JSON, so a case whose output has none fails on that instead."""
-    problem = strict_schema_problem(schema)
+    problem = meta_schema_problem(schema)
+    if problem:
+        raise AssertionConfigError(
+            f"{where}: {problem} (promptfoo compiles the value with Ajv, which knows the draft-07 meta-schema "
+            'only, so the case is an error there too; write "$schema": "http://json-schema.org/draft-07/schema#" '
+            "or leave $schema out)"
+        )
+    problem = strict_mode_problem(schema)
     if problem:
         raise AssertionConfigError(
             f"{where}: {problem} (promptfoo compiles the value as a JSON Schema in Ajv's strict mode, so the "
@@ -194,7 +203,7 @@ def is_json(output: str, assertion: Assertion, ctx: AssertionContext) -> Grade:
         return Grade(False, 0.0, "Expected output to be valid JSON")
     schema = load_schema(assertion.value, ctx.base_dir, assertion.where)
     if schema is not None:
-        _check_strict(schema, assertion.where)
+        _check_compiles(schema, assertion.where)
         errors = _schema_errors(data, schema)
         if errors:
             return Grade(False, 0.0, "JSON does not conform to the provided schema. Errors: " + "; ".join(errors))
@@ -209,7 +218,7 @@ def contains_json(output: str, assertion: Assertion, ctx: AssertionContext) -> G
     schema = load_schema(assertion.value, ctx.base_dir, assertion.where)
     if schema is None:
         return Grade(True, 1.0, "Assertion passed")
-    _check_strict(schema, assertion.where)
+    _check_compiles(schema, assertion.where)
     errors: list[str] = []
     for value in values:
         problems = _schema_errors(value, schema)

@@ -1,11 +1,16 @@
-"""What Ajv's strict mode refuses in a JSON Schema, as promptfoo compiles is-json / contains-json schemas.
+"""What Ajv refuses when it compiles a JSON Schema, as promptfoo compiles is-json / contains-json schemas.
 
 promptfoo 0.121.20 compiles these schemas with `new Ajv({strictSchema: true})` (ajv 8.20, draft-07,
 plus ajv-formats), so a schema with a keyword Ajv does not know, e.g. `{"is_even": true}` written
 as if it were the expected JSON, throws "strict mode: unknown keyword" and the case is an error.
-jsonschema ignores such keywords and the check would pass; `strict_schema_problem` finds what Ajv
+jsonschema ignores such keywords and the check would pass; `strict_mode_problem` finds what Ajv
 throws for instead. Ajv compiles only the subschemas it reaches: unreferenced `definitions` are not
-checked. `PROMPTFOO_DISABLE_AJV_STRICT_MODE` turns the check off, as it does in promptfoo.
+checked. `PROMPTFOO_DISABLE_AJV_STRICT_MODE` turns the strict checks off, as it does in promptfoo.
+
+Ajv's default instance knows one meta-schema, draft-07: a schema whose `$schema` names another
+(`https://json-schema.org/draft/2020-12/schema`, draft-04, `https://` for draft-07) is refused,
+strict mode or not ("no schema with key or ref"), where jsonschema would pick that draft's
+validator (`meta_schema_problem`; Ajv checks it first). Recorded with promptfoo 0.121.20 in tests/data/promptfoo-format/json_schema_strict.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import Any
 
 from ..env_flags import promptfoo_env_bool
 
-__all__ = ["AJV_FORMATS", "AJV_KEYWORDS", "strict_schema_problem"]
+__all__ = ["AJV_FORMATS", "AJV_KEYWORDS", "AJV_META_SCHEMAS", "meta_schema_problem", "strict_mode_problem"]
 
 # Object.keys(new Ajv().RULES.keywords) after addFormats(ajv), ajv 8.20.0 / ajv-formats 3.
 AJV_KEYWORDS = frozenset(
@@ -37,15 +42,31 @@ AJV_FORMATS = frozenset(
         "password", "regex", "relative-json-pointer", "time", "uri", "uri-reference", "uri-template", "url", "uuid",
     }
 )  # fmt: skip
+# The `$schema` values `new Ajv()` has a meta-schema for (one trailing `#` dropped, as Ajv's normalizeId does)
+AJV_META_SCHEMAS = frozenset({"http://json-schema.org/draft-07/schema", "http://json-schema.org/schema"})
 _ONE_SCHEMA = ("additionalProperties", "additionalItems", "contains", "propertyNames", "not", "if", "then", "else")
 _SCHEMA_MAPS = ("properties", "patternProperties", "dependencies")
 _SCHEMA_LISTS = ("allOf", "anyOf", "oneOf")
 
 
-def strict_schema_problem(schema: Any) -> str | None:
+def meta_schema_problem(schema: Any) -> str | None:
+    """Ajv's message when the meta-schema `schema` names (`$schema`) is not one it knows, or None.
+
+    >>> meta_schema_problem({"$schema": "https://json-schema.org/draft/2020-12/schema"})
+    'no schema with key or ref "https://json-schema.org/draft/2020-12/schema"'
+    """
+    meta = schema.get("$schema") if isinstance(schema, dict) else None
+    if meta is not None and not isinstance(meta, str):
+        return "$schema must be a string"
+    if meta and meta.removesuffix("#") not in AJV_META_SCHEMAS:
+        return f'no schema with key or ref "{meta}"'
+    return None
+
+
+def strict_mode_problem(schema: Any) -> str | None:
     """Ajv's message for the first thing strict mode refuses in `schema`, or None.
 
-    >>> strict_schema_problem({"is_even": True})
+    >>> strict_mode_problem({"is_even": True})
     'strict mode: unknown keyword: "is_even"'
     """
     if promptfoo_env_bool("PROMPTFOO_DISABLE_AJV_STRICT_MODE"):
