@@ -1263,3 +1263,27 @@ def test_an_include_reads_from_the_working_directory_and_a_changed_one_is_not_ca
     assert render_suite_prompt('{% include "part.md" %}!', {"who": "Ada"}) == "second Ada!"
     with pytest.raises(TemplateError, match="not found"):
         render_suite_prompt('{% include "../one/part.md" %}', {"who": "Ada"})
+
+
+def test_an_assertion_key_promptfoo_does_not_read_is_dropped_with_a_warning(tmp_path):
+    """promptfoo's AssertionSchema is a plain zod object: a check's `label:` (a real config,
+    lead-ia) or a misspelt `treshold:` is stripped without a word, and the check runs without it.
+    Here it is dropped too, named in a warning (with the nearest known key when there is one)."""
+    suite = load(
+        tmp_path,
+        """
+        prompts: ['{{q}}']
+        providers: [echo]
+        defaultTest:
+          assert: [{type: contains, value: x, label: has x}]
+        tests:
+          - vars: {q: x}
+            assert: [{type: javascript, value: '0.5', treshold: 0.9}]
+        """,
+    )
+    (case,) = suite.cases
+    assert [a.type for a in case.assertions] == ["contains", "javascript"]
+    assert all(a.threshold is None for a in case.assertions)
+    warned = [str(w) for w in suite.warnings]
+    assert any("defaultTest.assert[0].label: not a key of an assertion" in w for w in warned), warned
+    assert any("tests[0].assert[0].treshold: did you mean 'threshold'? not a key of an assertion" in w for w in warned)

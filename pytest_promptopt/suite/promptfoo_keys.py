@@ -55,6 +55,10 @@ IGNORED = {
     # config schema has no top-level threshold and drops it (0.121.20 ran it with no word).
     "threshold": "not a promptfoo key at the top level (promptfoo ignores it; a test's pass threshold goes in "
     "the test or in defaultTest.threshold); ignored: use gates: {pass_rate: ...} for a pass-rate gate",
+    # A real config (spear) writes `thresholds: {leak_rate: 0.001, ...}` as CI gates; promptfoo 0.121.20
+    # has no such key and ran the config with no word.
+    "thresholds": "not a promptfoo key (promptfoo ignores it; a test's pass threshold goes in the test or in "
+    "defaultTest.threshold); ignored: use gates: {pass_rate: ..., metrics: ...} for CI gates",
     "envPath": "promptfoo reads envPath under commandLineOptions only; ignored here too",
     "$schema": "a JSON Schema reference for editors; ignored",
     "version": "not a promptfoo key (promptfoo ignores it); ignored",
@@ -232,6 +236,7 @@ def prune_test(
                 f"not a key of a test (allowed: {', '.join(sorted(allowed))}); promptfoo ignores it, and so does this plugin"
             )
         ctx.warn(path + (str(key),), f"{why}{where}")
+    _prune_assertions(test.get("assert"), path + ("assert",), ctx, where)
     _check_options(test.get("options"), path, ctx, where)
     merged_later = path[:1] == ("defaultTest",) or (path[:1] == ("scenarios",) and path[2:3] == ("config",))
     if require_content and not merged_later and not _has_content(test):
@@ -241,6 +246,28 @@ def prune_test(
             f"a test needs one of {', '.join(_TEST_CONTENT)} (promptfoo refuses the config otherwise){where}; "
             f"this one has {', '.join(written) or 'nothing'}",
         )
+
+
+def _prune_assertions(checks: Any, path: tuple[Any, ...], ctx: Context, where: str) -> None:
+    """Keys of an assertion promptfoo does not read are dropped with a warning: its AssertionSchema
+    is a plain zod object, which strips unknown keys without a word (a real config, lead-ia, labels
+    each check with `label:`; promptfoo 0.121.20 ran it). An assert-set's own `assert` list is left
+    to the schema, as are its members."""
+    if not isinstance(checks, list):
+        return
+    allowed = set(suite_schema()["$defs"]["assertion"]["properties"])
+    for index, check in enumerate(checks):
+        if not isinstance(check, dict) or check.get("type") == "assert-set":
+            continue
+        for key in [k for k in check if k not in allowed]:
+            check.pop(key)
+            hint = difflib.get_close_matches(str(key), sorted(allowed), n=1, cutoff=0.75)
+            ctx.warn(
+                path + (index, str(key)),
+                (f"did you mean '{hint[0]}'? " if hint else "")
+                + f"not a key of an assertion (allowed: {', '.join(sorted(allowed))}); promptfoo ignores it, "
+                f"and so does this plugin{where}",
+            )
 
 
 def _check_options(options: Any, path: tuple[Any, ...], ctx: Context, where: str) -> None:
