@@ -1,4 +1,5 @@
-"""What Ajv refuses when it compiles a JSON Schema, as promptfoo compiles is-json / contains-json schemas.
+"""What Ajv refuses when it compiles a JSON Schema (promptfoo compiles is-json / contains-json
+schemas with it).
 
 promptfoo 0.121.20 compiles these schemas with `new Ajv({strictSchema: true})` (ajv 8.20, draft-07,
 plus ajv-formats), so a schema with a keyword Ajv does not know, e.g. `{"is_even": true}` written
@@ -10,7 +11,8 @@ checked. `PROMPTFOO_DISABLE_AJV_STRICT_MODE` turns the strict checks off, as it 
 Ajv's default instance knows one meta-schema, draft-07: a schema whose `$schema` names another
 (`https://json-schema.org/draft/2020-12/schema`, draft-04, `https://` for draft-07) is refused,
 strict mode or not ("no schema with key or ref"), where jsonschema would pick that draft's
-validator (`meta_schema_problem`; Ajv checks it first). Recorded with promptfoo 0.121.20 in tests/data/promptfoo-format/json_schema_strict.
+validator (`meta_schema_problem`; Ajv checks it first). Recorded with promptfoo 0.121.20 in
+tests/data/promptfoo-format/json_schema_strict.
 """
 
 from __future__ import annotations

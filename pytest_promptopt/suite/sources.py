@@ -138,16 +138,18 @@ def _checked_items(
     for number, test in enumerate(rows):
         if isinstance(test, dict):
             prune_test(test, path, ctx, f"{label} item {number}", require_content=read_from is not None)
-            if read_from is not None and read_from != ctx.base_dir:
-                _rebase_vars_files(test, read_from)
+            _rebase_vars_files(test, read_from, ctx)
         validate_fragment(test, "test", path, ctx, f"{label} item {number}")
         tests.append((test, f"{label} item {number}"))
     return tests
 
 
-def _rebase_vars_files(test: dict[str, Any], folder: Path) -> None:
+def _rebase_vars_files(test: dict[str, Any], folder: Path | None, ctx: Context) -> None:
     """A test's `vars:` given as files (a path, a glob or a list), relative paths made to name
-    them from `folder` (promptfoo's readTest hands its file's folder to readTestFiles)."""
+    them from `folder` (promptfoo's readTest hands its file's folder to readTestFiles); None, or
+    the suite's own folder: nothing to change."""
+    if folder is None or folder == ctx.base_dir:
+        return
 
     def rebased(reference: Any) -> Any:
         if not isinstance(reference, str):
@@ -253,8 +255,7 @@ def _tests_from_jsonl(
             raise ctx.error(path, f"{where}: each line must be a JSON object")
         test = row if {"vars", "assert"} & set(row) else {"vars": row}
         prune_test(test, path, ctx, where)
-        if read_from is not None and read_from != ctx.base_dir:
-            _rebase_vars_files(test, read_from)
+        _rebase_vars_files(test, read_from, ctx)
         validate_fragment(test, "test", path, ctx, where)
         tests.append((test, where))
     return tests
