@@ -64,6 +64,9 @@ class CaseStats:
     score_sum: list[float] = field(default_factory=list)  # partials, see _fadd
     score_count: int = 0
     metric_sums: dict[str, list[float]] = field(default_factory=dict)
+    # Each sample's named score times its weight (promptfoo's prompt-level namedScores, which
+    # its derivedMetrics read); partials, as metric_sums.
+    metric_weighted_sums: dict[str, list[float]] = field(default_factory=dict)
     metric_counts: dict[str, int] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)  # exact, until LATENCY_EXACT values
     latency_buckets: dict[int, int] | None = None  # bucket -> count, once there were more
@@ -124,8 +127,11 @@ class CaseStats:
                 if sample.get("score") is not None:
                     _fadd(self.score_sum, float(sample["score"]))
                     self.score_count += 1
+                weights = sample.get("named_weights") or {}
                 for name, value in (sample.get("named_scores") or {}).items():
                     _fadd(self.metric_sums.setdefault(name, []), float(value))
+                    weighted = float(value) * float(weights.get(name, 1.0))
+                    _fadd(self.metric_weighted_sums.setdefault(name, []), weighted)
                     self.metric_counts[name] = self.metric_counts.get(name, 0) + 1
         if result.samples:
             for sample in result.samples:
@@ -168,6 +174,9 @@ class CaseStats:
             for x in partials:
                 _fadd(merged.metric_sums.setdefault(name, []), x)
             merged.metric_counts[name] = merged.metric_counts.get(name, 0) + other.metric_counts.get(name, 0)
+        for name, partials in other.metric_weighted_sums.items():
+            for x in partials:
+                _fadd(merged.metric_weighted_sums.setdefault(name, []), x)
         if other.latency_buckets is None:
             for value in other.latencies:
                 merged._add_latency(value)
@@ -243,6 +252,9 @@ class CaseStats:
         fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         fields["score_sum"] = [float(x) for x in fields.get("score_sum", [])]
         fields["metric_sums"] = {k: [float(x) for x in v] for k, v in (fields.get("metric_sums") or {}).items()}
+        # stats written before the weighted sums existed weigh every score 1
+        weighted = fields.get("metric_weighted_sums") or fields["metric_sums"]
+        fields["metric_weighted_sums"] = {k: [float(x) for x in v] for k, v in weighted.items()}
         fields["metric_counts"] = dict(fields.get("metric_counts") or {})
         fields["latencies"] = [float(x) for x in fields.get("latencies", [])]
         fields["models"] = list(fields.get("models") or [])

@@ -81,6 +81,7 @@ def fill_grade(result: CaseResult, grade: CaseGrade) -> None:
     result.assertions = [json_safe(o.to_dict()) for o in grade.outcomes]
     result.scores = score_labels(grade.outcomes)
     result.named_scores = dict(grade.named_scores)
+    result.named_weights = dict(grade.named_weights)
 
 
 def new_result(case: Case, nodeid: str = "") -> CaseResult:

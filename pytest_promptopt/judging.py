@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .assertions.base import is_model_graded, judge_calls_for
+from .assertions.base import is_model_graded, judge_calls_for, walk
 from .cache import CallStats, ResponseCache
 from .models.base import Model, ModelError, Request, Response
 from .models.specs import ModelSpec, is_model, provider_spec
@@ -93,14 +93,14 @@ def judge_calls(assertions: Iterable[Any]) -> int:
     """The most judge calls grading one answer against `assertions` may make (every one a cache
     miss), as the assertion types registered them: one per model-graded assertion, two for
     `g-eval` (its steps, then the score), one per MLflow scorer."""
-    return sum(judge_calls_for(str(getattr(a, "type", ""))) for a in assertions)
+    return sum(judge_calls_for(str(getattr(a, "type", ""))) for a in walk(assertions))
 
 
 def judge_specs(assertions: Iterable[Any], default: ModelSpec | None = None) -> list[ModelSpec]:
     """The judge model specs `assertions` use: their providers, and `default` when one of them
     is model-graded without a provider (for shipping hook-made judges to Spark)."""
     specs: dict[str, ModelSpec] = {}
-    for assertion in assertions:
+    for assertion in walk(assertions):
         # `similar`'s provider is an embedding model; MLflow judges call their own
         if not is_model_graded(str(getattr(assertion, "type", ""))):
             continue

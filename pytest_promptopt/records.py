@@ -29,6 +29,9 @@ class CaseResult:
     reason: str = ""
     scores: dict[str, float] = field(default_factory=dict)
     named_scores: dict[str, float] = field(default_factory=dict)
+    # The weight behind each named score (promptfoo's namedScoreWeights; absent: 1): a metric on
+    # two checks of a case, or with weight 2, counts twice in promptfoo's derivedMetrics sums.
+    named_weights: dict[str, float] = field(default_factory=dict)
     assertions: list[dict[str, Any]] = field(default_factory=list)
     prompt_index: int | None = None
     test_index: int | None = None
@@ -86,6 +89,7 @@ class CaseResult:
                 "passed": self.passed,
                 "score": self.score,
                 "named_scores": self.named_scores,
+                "named_weights": self.named_weights,
                 "latency_ms": self.latency_ms,
             }
         ]

@@ -44,6 +44,7 @@ def merge_samples(result: CaseResult, samples: Sequence[CaseResult], repeats: in
             "reason": s.reason,
             "output": s.output,
             "named_scores": dict(s.named_scores),
+            "named_weights": dict(s.named_weights),
             "latency_ms": s.latency_ms,
         }
         for s in done
@@ -63,6 +64,7 @@ def merge_samples(result: CaseResult, samples: Sequence[CaseResult], repeats: in
                 metrics.setdefault(name, []).append(float(value))
         result.scores = {label: math.fsum(v) / len(v) for label, v in labels.items()}
         result.named_scores = {name: math.fsum(v) / len(v) for name, v in metrics.items()}
+        result.named_weights = dict(shown.named_weights)  # the same checks in every sample
         result.latency_ms = _mean([float(s.latency_ms) for s in done if s.latency_ms is not None])
         for name in ("prompt_tokens", "completion_tokens", "cost"):
             values = [getattr(s, name) for s in done if getattr(s, name) is not None]

@@ -103,12 +103,12 @@ class SuiteSummary:
 
     def metric_means(self) -> dict[str, float]:
         """Each named metric's mean over the cases that report it, and the suite's derived
-        metrics (promptfoo's `derivedMetrics`: expressions over the metrics' sums and `__count`,
-        the cases run, errors included)."""
+        metrics (promptfoo's `derivedMetrics`: expressions over the metrics' sums, each score
+        times its weight as promptfoo sums them, and `__count`, the cases run, errors included)."""
         means = self.stats.metric_means()
         if self.info.derived_metrics:
             stats = self.stats
-            sums = {name: math.fsum(parts) for name, parts in stats.metric_sums.items()}
+            sums = {name: math.fsum(parts) for name, parts in stats.metric_weighted_sums.items()}
             means.update(derived_values(self.info.derived_metrics, sums, stats.cases))
         return means
 

@@ -273,6 +273,30 @@ def test_case_combines_weights_threshold_and_metrics_like_promptfoo():
     assert g.reason == 'Expected output to contain "y"'  # the last failure, as promptfoo
 
 
+def test_an_assert_set_is_one_check_of_its_case_as_in_promptfoo():
+    """promptfoo's runAssertions: the set's checks are graded with the set's threshold (without
+    one, all must pass) and the set counts once, with its weight and metric; the checks' metrics
+    reach the case weighted by the set's weight times their own."""
+    out = "alpha beta"
+    group = Assertion(
+        "assert-set",
+        threshold=0.5,
+        weight=2,
+        metric="set",
+        children=(contains("alpha", weight=3, metric="form"), contains("nope", metric="form")),
+    )
+    g = grade_case(out, [group, contains("alpha", metric="form")], ctx())
+    assert [o.type for o in g.outcomes] == ["assert-set", "contains", "contains", "contains"]
+    assert g.passed and g.outcomes[0].score == pytest.approx(0.75)  # 3 of 4 weight units
+    assert g.score == pytest.approx((0.75 * 2 + 1) / 3)
+    # form: the set's 0.75 at weight 4 (its checks' weights) x 2, and the plain check's 1 at 1
+    assert g.named_scores == {"set": pytest.approx(0.75), "form": pytest.approx((0.75 * 8 + 1) / 9)}
+    g = grade_case(out, [Assertion("assert-set", children=(contains("alpha"), contains("nope")))], ctx())
+    assert not g.passed and g.reason == 'Expected output to contain "nope"'  # no threshold: all must pass
+    g = grade_case(out, [Assertion("assert-set", weight=0, children=(contains("nope"),)), contains("alpha")], ctx())
+    assert not g.passed and g.score == 1.0  # a weight-0 set still decides (promptfoo forces only checks)
+
+
 def test_every_registered_type_is_in_the_suite_schema():
     schema = json.loads(
         (Path(__file__).parent.parent / "pytest_promptopt" / "schemas" / "suite.schema.json").read_text()

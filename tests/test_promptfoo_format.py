@@ -133,6 +133,18 @@ def test_derived_metrics_are_computed_from_sums_as_promptfoo_does(plain_runs):
     ]
 
 
+def test_derived_metrics_weigh_each_score_as_promptfoo_sums_it(plain_runs):
+    """promptfoo sums a case's named score times its weight total (a `__metric` on two CSV
+    checks, a weighted check, an assert-set of weight 2): the derived metrics see those sums."""
+    report, _ = plain_runs["derived_weights"]
+    expected = json.loads((DATA / "derived_weights" / "expected.json").read_text())
+    theirs = expected["promptMetrics"][0]["namedScores"]
+    (suite,) = report["suites"]
+    assert {k: suite["metrics"][k] for k in ("geo_double", "mix")} == pytest.approx(
+        {k: theirs[k] for k in ("geo_double", "mix")}
+    )
+
+
 def test_keys_promptfoo_ignores_are_named_in_one_warning_line_each(plain_runs):
     """One warning each in pytest's summary, at the file and line of the key (not at line 0)."""
     _, proc = plain_runs["ignored_keys"]

@@ -1265,6 +1265,38 @@ def test_an_include_reads_from_the_working_directory_and_a_changed_one_is_not_ca
         render_suite_prompt('{% include "../one/part.md" %}', {"who": "Ada"})
 
 
+def test_an_assert_set_loads_its_checks_and_needs_them(tmp_path):
+    """promptfoo's assert-set groups checks under `assert:`; they are read as a test's own (keys
+    promptfoo does not read dropped with a warning); a set without an `assert` list refuses the
+    config, as promptfoo's validateAssertions does; `assert:` on another check is dropped."""
+    suite = load(
+        tmp_path,
+        """
+        prompts: ['{{q}}']
+        providers: [echo]
+        tests:
+          - vars: {q: x}
+            assert:
+              - type: assert-set
+                threshold: 0.33
+                metric: answer
+                assert:
+                  - {type: icontains-any, value: [x, y], label: either}
+                  - {type: contains, value: z}
+              - {type: contains, value: x, assert: [{type: contains, value: y}]}
+        """,
+    )
+    (case,) = suite.cases
+    group, plain = case.assertions
+    assert (group.type, group.threshold, group.metric) == ("assert-set", 0.33, "answer")
+    assert [c.type for c in group.children] == ["icontains-any", "contains"] and not plain.children
+    warned = [str(w) for w in suite.warnings]
+    assert any("tests[0].assert[0].assert[0].label: not a key of an assertion" in w for w in warned), warned
+    assert any("tests[0].assert[1].assert: only an assert-set reads 'assert'" in w for w in warned), warned
+    with pytest.raises(SuiteError, match=r"tests\[0\]\.assert\[0\]: an assert-set needs an 'assert' list"):
+        load(tmp_path, "prompts: ['{{q}}']\nproviders: [echo]\ntests: [{vars: {q: x}, assert: [{type: assert-set}]}]")
+
+
 def test_an_assertion_key_promptfoo_does_not_read_is_dropped_with_a_warning(tmp_path):
     """promptfoo's AssertionSchema is a plain zod object: a check's `label:` (a real config,
     lead-ia) or a misspelt `treshold:` is stripped without a word, and the check runs without it.

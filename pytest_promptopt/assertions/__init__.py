@@ -11,6 +11,7 @@ from . import (  # noqa: F401  (imported for their @register)
     model_graded,
     python_ref,
     reference,
+    scoring,
     scripts,
     similarity,
     structured,

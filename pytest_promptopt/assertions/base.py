@@ -7,7 +7,7 @@ The built-in graders register themselves when their modules are imported, which 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -35,6 +35,7 @@ __all__ = [
     "judge_calls_for",
     "register",
     "suggest_type",
+    "walk",
 ]
 
 
@@ -73,6 +74,9 @@ class Assertion:
     transform: str | None = None
     context_transform: str | None = None
     place: str = ""  # `file:line` of the assertion in its suite, for messages about running its code
+    # promptfoo's `assert-set`: the checks it groups (graded together, scoring.grade_case); empty
+    # for every other type.
+    children: tuple[Assertion, ...] = ()
 
     @property
     def label(self) -> str:
@@ -93,6 +97,8 @@ class Assertion:
             data["transform"] = self.transform
         if self.context_transform is not None:
             data["contextTransform"] = self.context_transform
+        if self.children:
+            data["assert"] = [child.to_dict() for child in self.children]
         return data
 
     @property
@@ -245,6 +251,14 @@ def judge_calls_for(kind: str) -> int:
     (0 for an unknown type)."""
     entry = _lookup(kind)
     return entry.judge_calls if entry is not None else 0
+
+
+def walk(assertions: Iterable[Any]) -> Iterator[Any]:
+    """Every assertion with the checks an `assert-set` groups, depth first (the set before its
+    own), for what counts each check once: judge calls, judge models, metric names."""
+    for assertion in assertions:
+        yield assertion
+        yield from walk(getattr(assertion, "children", ()))
 
 
 def is_model_graded(kind: str) -> bool:

@@ -201,7 +201,9 @@ def _reference(name: str, default_threshold: float, doc: str) -> Callable[..., A
     return build
 
 
-rouge_n = _reference("rouge-n", 0.75, "ROUGE-N recall (promptfoo's rouge-n; `config={'n': 2}` for bigrams)")
+rouge_n = _reference(
+    "rouge-n", 0.75, "ROUGE-N F-measure on promptfoo's tokens (its rouge-n; `config={'n': 2}` for bigrams)"
+)
 rouge_1 = _reference("rouge-1", 0.75, "ROUGE-1 F-measure")
 rouge_2 = _reference("rouge-2", 0.75, "ROUGE-2 F-measure")
 rouge_l = _reference("rouge-l", 0.75, "ROUGE-L F-measure")

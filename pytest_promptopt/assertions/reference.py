@@ -1,7 +1,8 @@
 """Reference metrics: ROUGE, BLEU, chrF and GLEU of the output against reference text(s).
 
 Each is computed by a maintained library, not here: ROUGE by Google's `rouge-score` (a
-reimplementation of ROUGE-1.5.5), BLEU and chrF by `sacrebleu`, GLEU by NLTK. Every score is
+reimplementation of ROUGE-1.5.5; promptfoo's `rouge-n` on NLTK's Treebank tokens, as promptfoo
+tokenises), BLEU and chrF by `sacrebleu`, GLEU by NLTK. Every score is
 in [0, 1] and passes at `threshold` (promptfoo's defaults: 0.75 for ROUGE, 0.5 for BLEU and
 GLEU). `value` is the reference, or a list of references. The libraries load on first use.
 """
@@ -9,6 +10,7 @@ GLEU). `value` is the reference, or a list of references. The libraries load on 
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -68,7 +70,11 @@ _ROUGE = {"rouge-1": "rouge1", "rouge-2": "rouge2", "rouge-l": "rougeL", "rouge-
 
 
 def _rouge_settings(assertion: Assertion) -> tuple[str, str, bool]:
-    """(rouge-score type, measure attribute, stemmer) from the assertion and its config."""
+    """(rouge-score type, measure attribute, stemmer) from the assertion and its config.
+
+    `rouge-n` is promptfoo's (0.121.20, assertions/rouge.ts): the F-measure of clipped n-gram
+    counts over js-rouge's Treebank tokens of the lowercased texts, so an answer longer than its
+    reference scores below 1. The other ROUGE types are this plugin's, on ROUGE-1.5.5's tokens."""
     allowed: dict[str, type | tuple[type, ...]] = {"measure": str, "stemmer": bool}
     if assertion.type == "rouge-n":
         allowed["n"] = int
@@ -79,11 +85,9 @@ def _rouge_settings(assertion: Assertion) -> tuple[str, str, bool]:
         if not 1 <= n <= 9:
             raise AssertionConfigError(f"{where}: rouge-n's config 'n' must be between 1 and 9, got {n}")
         kind = f"rouge{n}"
-        default_measure = "recall"  # promptfoo's rouge-n is the recall of the reference's n-grams
     else:
         kind = _ROUGE[assertion.type]
-        default_measure = "f"
-    measure = str(config.get("measure", default_measure)).lower()
+    measure = str(config.get("measure", "f")).lower()
     if measure not in _MEASURES:
         raise AssertionConfigError(
             f"{where}: config 'measure' must be recall, precision or f, got {config['measure']!r}"
@@ -96,18 +100,39 @@ def _check_rouge(assertion: Assertion) -> None:
     _rouge_settings(assertion)
 
 
+class _TreebankTokens:
+    """rouge-score's tokenizer interface over NLTK's Treebank tokenizer, which splits as js-rouge's
+    `treeBankTokenize` (promptfoo's rouge-n tokens: punctuation and clitics are tokens of their
+    own, so "Answer: hello" is three). Like js-rouge it first folds whitespace runs into one
+    space; like promptfoo it lowercases; `stemmer` stems each token as rouge-score's own does."""
+
+    def __init__(self, stemmer: bool) -> None:
+        try:
+            from nltk.stem import porter
+            from nltk.tokenize import TreebankWordTokenizer
+        except ImportError:
+            raise missing("nltk", "ROUGE-N") from None
+        self._split = TreebankWordTokenizer().tokenize
+        self._stem = porter.PorterStemmer().stem if stemmer else None
+
+    def tokenize(self, text: str) -> list[str]:
+        tokens = self._split(re.sub(r"[\s\u0085]+", " ", text).strip().lower())
+        return [self._stem(token) for token in tokens] if self._stem else tokens
+
+
 @functools.lru_cache(maxsize=32)
-def _rouge_scorer(kind: str, stemmer: bool) -> Any:
+def _rouge_scorer(kind: str, stemmer: bool, treebank: bool) -> Any:
     try:
         from rouge_score import rouge_scorer
     except ImportError:
         raise missing("rouge-score", "ROUGE") from None
-    return rouge_scorer.RougeScorer([kind], use_stemmer=stemmer)
+    tokenizer = _TreebankTokens(stemmer) if treebank else None
+    return rouge_scorer.RougeScorer([kind], use_stemmer=stemmer, tokenizer=tokenizer)
 
 
 def _rouge(output: str, assertion: Assertion, ctx: AssertionContext) -> Grade:
     kind, measure, stemmer = _rouge_settings(assertion)
-    scorer = _rouge_scorer(kind, stemmer)
+    scorer = _rouge_scorer(kind, stemmer, assertion.type == "rouge-n")
     # rouge-score takes (target, prediction); with several references the best one counts.
     score = max(getattr(scorer.score(reference, output)[kind], measure) for reference in references(assertion))
     # `kind` is rouge-score's name (rouge2, rougeL, rougeLsum): ROUGE-2, ROUGE-L, ROUGE-LSUM

@@ -11,7 +11,17 @@ from typing import Any
 from ..prompt import TemplateError, render_template
 from ..sandbox import ScriptFault, sandbox_for
 from ..sandbox.scripts import run_transform
-from .base import Assertion, AssertionConfigError, AssertionContext, AssertionEvaluationError, Grade, entry_for
+from .base import (
+    Assertion,
+    AssertionConfigError,
+    AssertionContext,
+    AssertionEvaluationError,
+    Grade,
+    entry_for,
+    register,
+)
+
+ASSERT_SET = "assert-set"
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,17 @@ class CaseGrade:
     reason: str
     outcomes: tuple[Outcome, ...] = ()
     named_scores: Mapping[str, float] = field(default_factory=dict)
+    # The weight behind each named score (promptfoo's namedScoreWeights): how much an
+    # `assert-set`'s metrics count in the case that holds it.
+    named_weights: Mapping[str, float] = field(default_factory=dict)
+
+
+@register(ASSERT_SET, needs_value=False, render_value=False)
+def _assert_set(output: str, assertion: Assertion, ctx: AssertionContext) -> Grade:
+    """promptfoo's `assert-set` alone, as `grade_assertion` would see it; `grade_case` grades a
+    set inside a case itself, so its checks are reported and weighed as promptfoo does."""
+    grade = grade_case(output, assertion.children, ctx, assertion.threshold)
+    return Grade(grade.passed, grade.score, grade.reason, grade.named_scores)
 
 
 def render_assertion(assertion: Assertion, variables: Mapping[str, Any], promptfoo: bool = False) -> Assertion:
@@ -61,7 +82,8 @@ def render_assertion(assertion: Assertion, variables: Mapping[str, Any], promptf
             value = _render_strings(value, variables, promptfoo)
         except TemplateError as exc:
             raise AssertionConfigError(f"{assertion.where or assertion.type}: value {exc}") from None
-    rendered = replace(assertion, value=value)
+    children = tuple(render_assertion(child, variables, promptfoo) for child in assertion.children)
+    rendered = replace(assertion, value=value, children=children)
     if entry.check is not None:
         entry.check(rendered)
     return rendered
@@ -132,19 +154,35 @@ def grade_case(
 
     As in promptfoo, every assertion counts towards the weighted score; the case passes when
     every assertion passes, or, when the case sets `threshold`, when the weighted score reaches it.
-    A weight-0 assertion is reported but decides nothing.
+    A weight-0 assertion is reported but decides nothing. An `assert-set` is graded the same way
+    over its own checks with its own `threshold` (promptfoo's runAssertions), and counts as one
+    check of the case; it is reported before its checks, as promptfoo lists them.
     """
     outcomes: list[Outcome] = []
     total = weight_sum = 0.0
     failure = ""
     metric_totals: dict[str, list[float]] = {}
+
+    def add(name: str, value: float, weight: float) -> None:
+        sums = metric_totals.setdefault(name, [0.0, 0.0])
+        sums[0] += value * weight
+        sums[1] += weight
+
     for assertion in assertions:
-        grade = grade_assertion(output, assertion, ctx)
+        if assertion.type == ASSERT_SET:
+            group = grade_case(output, assertion.children, ctx, assertion.threshold)
+            grade = Grade(group.passed, group.score, group.reason, group.named_scores)
+            # promptfoo runs the set's checks through runAssertion (a weight-0 one passes) but
+            # not the set itself: a set of weight 0 still decides.
+            passed = group.passed
+        else:
+            group = None
+            grade = grade_assertion(output, assertion, ctx)
+            # promptfoo forces a weight-0 assertion to pass: it is reported and decides nothing.
+            passed = grade.passed or assertion.weight == 0
         # Not clamped: a code check's score of 482 or -2 counts as written, as in promptfoo's
         # AssertionsResult (so a case `threshold` and the named metrics see the same sums).
         score = float(grade.score)
-        # promptfoo forces a weight-0 assertion to pass: it is reported and decides nothing.
-        passed = grade.passed or assertion.weight == 0
         outcomes.append(
             Outcome(
                 assertion.label,
@@ -157,17 +195,16 @@ def grade_case(
                 assertion.metric,
             )
         )
+        if group is not None:
+            outcomes.extend(group.outcomes)
         total += score * assertion.weight
         weight_sum += assertion.weight
         if assertion.metric:
-            sums = metric_totals.setdefault(assertion.metric, [0.0, 0.0])
-            sums[0] += score * assertion.weight
-            sums[1] += assertion.weight
+            add(assertion.metric, score, assertion.weight)
         for name, value in grade.named_scores.items():  # promptfoo's AssertionsResult.addResult
             if name != assertion.metric:
-                sums = metric_totals.setdefault(name, [0.0, 0.0])
-                sums[0] += float(value) * assertion.weight
-                sums[1] += assertion.weight
+                weights = group.named_weights if group is not None else {}
+                add(name, float(value), weights.get(name, 1.0) * assertion.weight)
         if not passed:
             failure = grade.reason  # promptfoo reports the last failure
     if not outcomes:
@@ -183,4 +220,5 @@ def grade_case(
             else f"Aggregate score {score:.2f} < threshold {threshold:g}"
         )
     named = {name: (s / w if w else 0.0) for name, (s, w) in metric_totals.items()}
-    return CaseGrade(passed, score, reason, tuple(outcomes), named)
+    weights = {name: w for name, (_, w) in metric_totals.items()}
+    return CaseGrade(passed, score, reason, tuple(outcomes), named, weights)

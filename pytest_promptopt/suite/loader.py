@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..assertions.base import assertion_types, is_model_graded
+from ..assertions.base import Assertion, assertion_types, is_model_graded
 from ..gates import parse_gates
 from ..models.specs import ModelSpec, case_id_tags, distinct_displays, parse_model_spec
 from ..prompt import Prompt, Rendering
@@ -171,6 +171,9 @@ def _load(
     tests = read_tests(data.get("tests"), ctx, generate, others=bool(data.get("scenarios"))) if plain else []
     tests += _scenario_tests(data.get("scenarios"), ctx, generate, len(tests))
     asserts = [a for t in [defaults, *(t.data for t in tests)] for a in t.get("assert") or [] if isinstance(a, dict)]
+    asserts += [
+        c for a in asserts if a.get("type") == "assert-set" for c in a.get("assert") or [] if isinstance(c, dict)
+    ]
     known = {str(a["metric"]) for a in asserts if a.get("metric")}
     # a javascript/python check may return namedScores under any name: then no name is unknown
     coded = any(str(a.get("type")).removeprefix("not-") in ("javascript", "python") for a in asserts)
@@ -562,16 +565,16 @@ class _CaseBuilder:
         n_default = len(raw_asserts) - len(test.data.get("assert") or [])
         rubric = merged["options"].get("rubricPrompt")
         factuality = merged["options"].get("factuality")  # promptfoo's category scores (matchesFactuality)
-        placed: list[Placed] = []
-        for a_index, raw in enumerate(raw_asserts):
-            a_path = (
-                ("defaultTest", "assert", a_index) if a_index < n_default else path + ("assert", a_index - n_default)
-            )
+        problems: list[str] = [] if problem is None else [problem]
+
+        def one(raw: Mapping[str, Any], a_path: tuple[Any, ...]) -> Assertion:
             raw = dict(raw)
             kind = str(raw["type"]).removeprefix("not-")
             where = self._place(test, a_path)
-            if kind in PROMPTFOO_TYPES and kind not in assertion_types() and problem is None:
-                problem = f"{where}: '{kind}' checks (a promptfoo assertion type) are not run by this version of pytest-promptopt"
+            if kind in PROMPTFOO_TYPES and kind not in assertion_types():
+                problems.append(
+                    f"{where}: '{kind}' checks (a promptfoo assertion type) are not run by this version of pytest-promptopt"
+                )
             if raw.get("rubricPrompt") is not None:
                 raw["config"] = {"rubric_prompt": raw.pop("rubricPrompt"), **(raw.get("config") or {})}
             value = raw.get("value")
@@ -582,13 +585,27 @@ class _CaseBuilder:
                     ctx.check_code(value, a_path + ("value",))
                 ctx.check_code(raw.get("transform"), a_path + ("transform",))
             except SuiteError as exc:
-                problem = problem or str(exc)
+                problems.append(str(exc))
             if rubric is not None and is_model_graded(kind) and not (raw.get("config") or {}).get("rubric_prompt"):
                 raw["config"] = {**(raw.get("config") or {}), "rubric_prompt": rubric}
             if factuality is not None and kind in ("factuality", "model-graded-factuality"):
                 raw["config"] = {"factuality": factuality, **(raw.get("config") or {})}
-            placed.append((build_assertion(raw, where, merged["options"].get("provider")), a_path))
-        return problem, placed
+            if kind == "assert-set" and not isinstance(raw.get("assert"), list):
+                # promptfoo's validateAssertions refuses the config then
+                raise ctx.error(a_path, "an assert-set needs an 'assert' list of the checks it groups")
+            # an assert-set's checks are read as the test's own are (value files, rubric prompts)
+            grouped = raw.pop("assert", None) if kind == "assert-set" else None
+            children = tuple(one(child, a_path + ("assert", i)) for i, child in enumerate(grouped or []))
+            built = build_assertion(raw, where, merged["options"].get("provider"))
+            return dataclasses.replace(built, children=children) if children else built
+
+        placed: list[Placed] = []
+        for a_index, raw in enumerate(raw_asserts):
+            a_path = (
+                ("defaultTest", "assert", a_index) if a_index < n_default else path + ("assert", a_index - n_default)
+            )
+            placed.append((one(raw, a_path), a_path))
+        return (problems[0] if problems else None), placed
 
     def _place(self, test: TestEntry, path: tuple[Any, ...]) -> str:
         """`file:line: path` of a place in a test; for a test read from a file, the row too."""

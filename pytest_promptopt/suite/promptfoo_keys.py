@@ -251,14 +251,23 @@ def prune_test(
 def _prune_assertions(checks: Any, path: tuple[Any, ...], ctx: Context, where: str) -> None:
     """Keys of an assertion promptfoo does not read are dropped with a warning: its AssertionSchema
     is a plain zod object, which strips unknown keys without a word (a real config, lead-ia, labels
-    each check with `label:`; promptfoo 0.121.20 ran it). An assert-set's own `assert` list is left
-    to the schema, as are its members."""
+    each check with `label:`; promptfoo 0.121.20 ran it). An assert-set's checks are pruned the
+    same way; `assert` on any other check is such a key (promptfoo reads it on a set only)."""
     if not isinstance(checks, list):
         return
     allowed = set(suite_schema()["$defs"]["assertion"]["properties"])
     for index, check in enumerate(checks):
-        if not isinstance(check, dict) or check.get("type") == "assert-set":
+        if not isinstance(check, dict):
             continue
+        if check.get("type") == "assert-set":
+            _prune_assertions(check.get("assert"), path + (index, "assert"), ctx, where)
+        elif "assert" in check:
+            check.pop("assert")
+            ctx.warn(
+                path + (index, "assert"),
+                f"only an assert-set reads 'assert' (the checks it groups); promptfoo ignores it on a "
+                f"'{check.get('type')}' check, and so does this plugin{where}",
+            )
         for key in [k for k in check if k not in allowed]:
             check.pop(key)
             hint = difflib.get_close_matches(str(key), sorted(allowed), n=1, cutoff=0.75)

@@ -31,8 +31,14 @@ def main(work, dst, version, rc):
                     "error": error.splitlines()[0] if error else None,
                     "score": r["score"],
                     "namedScores": r.get("namedScores", {}),
+                    # an assert-set's own result names its type in metadata.assertionSet
                     "components": [
-                        {"type": (c.get("assertion") or {}).get("type"), "pass": c["pass"], "score": c["score"]}
+                        {
+                            "type": (c.get("assertion") or {}).get("type")
+                            or ((c.get("metadata") or {}).get("assertionSet") or {}).get("type"),
+                            "pass": c["pass"],
+                            "score": c["score"],
+                        }
                         for c in gr.get("componentResults", [])
                     ],
                 }
